@@ -1,0 +1,134 @@
+// Package api holds the wire types shared by govnetd, govnet-agent and
+// govnetctl: requests and responses of the controller's HTTP API and the
+// per-gateway view that the watch stream delivers.
+package api
+
+import (
+	"net/netip"
+	"time"
+)
+
+// Gateway statuses.
+const (
+	StatusPending        = "pending"
+	StatusEnrolled       = "enrolled"
+	StatusRevoked        = "revoked"
+	StatusDecommissioned = "decommissioned"
+)
+
+// Protocols a rule can name.
+const (
+	ProtoTCP  = "tcp"
+	ProtoUDP  = "udp"
+	ProtoICMP = "icmp"
+)
+
+// Agency is one agency of the state, identified by its QCVN 102:2016 code.
+type Agency struct {
+	Code   string `json:"code"`
+	Name   string `json:"name"`
+	Parent string `json:"parent,omitempty"` // derived from the code; empty for level 1
+	Level  string `json:"level"`            // central, province, district, commune
+}
+
+// Gateway is one agency edge gateway.
+type Gateway struct {
+	ID          string         `json:"id"`
+	Agency      string         `json:"agency"`
+	Name        string         `json:"name,omitempty"`
+	Endpoint    string         `json:"endpoint,omitempty"` // host:port on the transport network
+	LANs        []netip.Prefix `json:"lans,omitempty"`     // agency LAN prefixes it routes
+	Status      string         `json:"status"`
+	PublicKey   string         `json:"public_key,omitempty"` // WireGuard, base64
+	OverlayIP   netip.Addr     `json:"overlay_ip,omitzero"`
+	CertSerial  string         `json:"cert_serial,omitempty"`
+	CertExpires time.Time      `json:"cert_expires,omitzero"`
+	Report      *Report        `json:"report,omitempty"`
+}
+
+// Report is what an agent says it applied.
+type Report struct {
+	PolicyVersion uint64    `json:"policy_version"`
+	RaftIndex     uint64    `json:"raft_index"`
+	RulesetDigest string    `json:"ruleset_digest"`
+	Peers         int       `json:"peers"`
+	LastHandshake time.Time `json:"last_handshake,omitzero"` // most recent WireGuard handshake of any peer
+	At            time.Time `json:"at,omitzero"`             // stamped by the controller
+}
+
+// View is everything one gateway needs to configure itself: its peers and
+// the inbound flows it must accept. Everything else is dropped.
+type View struct {
+	Gateway       string       `json:"gateway"`
+	RaftIndex     uint64       `json:"raft_index"`
+	PolicyVersion uint64       `json:"policy_version"`
+	OverlayIP     netip.Addr   `json:"overlay_ip"`
+	OverlayPrefix netip.Prefix `json:"overlay_prefix"`
+	Peers         []Peer       `json:"peers"`
+	Rules         []Rule       `json:"rules"`
+}
+
+// Peer is a WireGuard peer of a gateway.
+type Peer struct {
+	Gateway    string         `json:"gateway"`
+	Agency     string         `json:"agency"`
+	PublicKey  string         `json:"public_key"` // base64
+	Endpoint   string         `json:"endpoint,omitempty"`
+	AllowedIPs []netip.Prefix `json:"allowed_ips"` // overlay /32 first, then LAN prefixes
+}
+
+// Rule admits packets from Source with Protocol to Port (0 for ICMP).
+type Rule struct {
+	Source   netip.Prefix `json:"source"`
+	Protocol string       `json:"protocol"`
+	Port     uint16       `json:"port,omitempty"`
+}
+
+// EnrollRequest is sent once by an agent with its one-time token.
+type EnrollRequest struct {
+	Token     string `json:"token"`
+	CSR       string `json:"csr"`        // PEM
+	PublicKey string `json:"public_key"` // WireGuard, base64
+	Endpoint  string `json:"endpoint,omitempty"`
+}
+
+// EnrollResponse carries the gateway's identity on the overlay.
+type EnrollResponse struct {
+	Gateway       string       `json:"gateway"`
+	Agency        string       `json:"agency"`
+	Certificate   string       `json:"certificate"` // PEM chain: leaf, intermediate
+	Root          string       `json:"root"`        // PEM
+	OverlayIP     netip.Addr   `json:"overlay_ip"`
+	OverlayPrefix netip.Prefix `json:"overlay_prefix"`
+}
+
+// TokenResponse returns a one-time enrollment token.
+type TokenResponse struct {
+	Gateway string    `json:"gateway"`
+	Token   string    `json:"token"`
+	Expires time.Time `json:"expires"`
+}
+
+// TokenRequest asks for an enrollment token for a gateway.
+type TokenRequest struct {
+	TTL string `json:"ttl,omitempty"` // Go duration; default 1h
+}
+
+// Policy is a published policy document.
+type Policy struct {
+	Version   uint64    `json:"version"`
+	Source    string    `json:"source"`
+	Published time.Time `json:"published,omitzero"`
+	Actor     string    `json:"actor,omitempty"`
+}
+
+// PolicyRequest loads a new policy.
+type PolicyRequest struct {
+	Name   string `json:"name,omitempty"` // file name, for error messages
+	Source string `json:"source"`
+}
+
+// Error is the body of every non-2xx response.
+type Error struct {
+	Error string `json:"error"`
+}
