@@ -1,0 +1,134 @@
+package policy
+
+import (
+	"cmp"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/govnet/govnet/api"
+)
+
+// Compile validates the policy and returns one View per participating
+// gateway of the registry (see Participates), keyed by gateway id. A
+// gateway that no rule names gets an empty view: it denies everything.
+//
+// For every rule, every target gateway d and every source gateway s other
+// than d, d's view admits s's overlay address and each of s's LANs on each
+// port of the rule (or of the service), and s and d become peers of each
+// other. Views carry Gateway and OverlayIP; the controller stamps the
+// overlay prefix, raft index and policy version. Peers are sorted by
+// gateway id, rules by source, protocol and port, without duplicates, so
+// the same policy and registry always give the same views.
+func (p *Policy) Compile(reg *Registry) (map[string]*api.View, error) {
+	r, err := p.resolve(reg)
+	if err != nil {
+		return nil, err
+	}
+	return r.compile(), nil
+}
+
+type portProto struct {
+	proto string
+	port  uint16
+}
+
+// expand lists every protocol and port of the specs.
+func expand(specs []PortSpec) []portProto {
+	var out []portProto
+	for _, s := range specs {
+		if s.Proto == api.ProtoICMP {
+			out = append(out, portProto{proto: s.Proto})
+			continue
+		}
+		for port := int(s.First); port <= int(s.Last); port++ {
+			out = append(out, portProto{proto: s.Proto, port: uint16(port)})
+		}
+	}
+	return out
+}
+
+func (r *resolver) compile() map[string]*api.View {
+	members := r.ix.members
+	n := len(members)
+
+	// What a gateway sends from: its overlay address, then its LANs.
+	sources := make([][]netip.Prefix, n)
+	for i, gw := range members {
+		src := []netip.Prefix{overlayPrefix(gw.OverlayIP)}
+		for _, lan := range gw.LANs {
+			if lan.IsValid() {
+				src = append(src, lan.Masked())
+			}
+		}
+		sources[i] = src
+	}
+
+	type acc struct {
+		rules []api.Rule
+		peers []int
+	}
+	accs := make([]acc, n)
+	for _, rule := range r.p.Rules {
+		from := newBitset(n)
+		for _, ref := range rule.From {
+			from.or(r.ref(ref.Name))
+		}
+		src := from.members()
+		if len(src) == 0 {
+			continue
+		}
+		for _, to := range rule.To {
+			specs := rule.Ports
+			if s := r.nm.services[to.Name]; s != nil {
+				specs = s.Ports
+			}
+			ports := expand(specs)
+			for _, d := range r.ref(to.Name).members() {
+				a := &accs[d]
+				for _, s := range src {
+					if s == d {
+						continue
+					}
+					for _, pfx := range sources[s] {
+						for _, pp := range ports {
+							a.rules = append(a.rules, api.Rule{Source: pfx, Protocol: pp.proto, Port: pp.port})
+						}
+					}
+					a.peers = append(a.peers, s)
+					accs[s].peers = append(accs[s].peers, d)
+				}
+			}
+		}
+	}
+
+	views := make(map[string]*api.View, n)
+	for i, gw := range members {
+		a := &accs[i]
+		slices.Sort(a.peers)
+		a.peers = slices.Compact(a.peers)
+		peers := make([]api.Peer, 0, len(a.peers))
+		for _, j := range a.peers {
+			m := members[j]
+			peers = append(peers, api.Peer{
+				Gateway:    m.ID,
+				Agency:     m.Agency,
+				PublicKey:  m.PublicKey,
+				Endpoint:   m.Endpoint,
+				AllowedIPs: slices.Clone(sources[j]),
+			})
+		}
+		slices.SortFunc(a.rules, compareRules)
+		rules := slices.Clip(slices.Compact(a.rules))
+		if rules == nil {
+			rules = []api.Rule{}
+		}
+		views[gw.ID] = &api.View{Gateway: gw.ID, OverlayIP: gw.OverlayIP, Peers: peers, Rules: rules}
+		*a = acc{}
+	}
+	return views
+}
+
+func compareRules(a, b api.Rule) int {
+	return cmp.Or(a.Source.Compare(b.Source), strings.Compare(a.Protocol, b.Protocol), cmp.Compare(a.Port, b.Port))
+}
