@@ -1,0 +1,262 @@
+package controller
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+
+	"github.com/govnet/govnet/api"
+	"github.com/hashicorp/raft"
+)
+
+// ApplyResult is what the FSM returns for every command: nil Err means the
+// command took effect. It is told apart from raft's own errors by type.
+type ApplyResult struct {
+	Index uint64
+	Err   error
+}
+
+// FSM applies committed commands to a State.
+type FSM struct {
+	state   *State
+	log     *slog.Logger
+	onApply func(index uint64, t CommandType) // called after a command took effect, outside the lock
+}
+
+// NewFSM returns an FSM over a fresh state.
+func NewFSM(log *slog.Logger, onApply func(uint64, CommandType)) *FSM {
+	if onApply == nil {
+		onApply = func(uint64, CommandType) {}
+	}
+	return &FSM{state: newState(), log: log, onApply: onApply}
+}
+
+// State returns the state the FSM maintains.
+func (f *FSM) State() *State { return f.state }
+
+// Apply implements raft.FSM. It is one switch into the applyX functions.
+func (f *FSM) Apply(l *raft.Log) any {
+	if l.Type != raft.LogCommand || len(l.Data) == 0 {
+		return nil
+	}
+	t, body := CommandType(l.Data[0]), l.Data[1:]
+	s := f.state
+	s.mu.Lock()
+	err := f.dispatch(t, body)
+	s.index = l.Index
+	s.mu.Unlock()
+	if err == nil {
+		f.onApply(l.Index, t)
+	}
+	return ApplyResult{Index: l.Index, Err: err}
+}
+
+func (f *FSM) dispatch(t CommandType, body []byte) error {
+	s := f.state
+	switch t {
+	case CmdInitNetwork:
+		return applyJSON(body, s.applyInitNetwork)
+	case CmdAgencyUpsert:
+		return applyJSON(body, s.applyAgencyUpsert)
+	case CmdGatewayAdd:
+		return applyJSON(body, s.applyGatewayAdd)
+	case CmdTokenIssue:
+		return applyJSON(body, s.applyTokenIssue)
+	case CmdGatewayEnroll:
+		return applyJSON(body, s.applyGatewayEnroll)
+	case CmdPolicyPublish:
+		return applyJSON(body, s.applyPolicyPublish)
+	case CmdGatewayReport:
+		return applyJSON(body, s.applyGatewayReport)
+	}
+	if t&IgnoreUnknownTypeFlag != 0 {
+		f.log.Warn("skipping unknown command type", "type", uint8(t))
+		return nil
+	}
+	// A command this node does not understand would make its state diverge.
+	panic(fmt.Sprintf("controller: unknown command type %d: upgrade this node", uint8(t)))
+}
+
+func applyJSON[T any](body []byte, apply func(*T) error) error {
+	req := new(T)
+	if err := json.Unmarshal(body, req); err != nil {
+		return fmt.Errorf("%w: decode command: %v", ErrBadRequest, err)
+	}
+	return apply(req)
+}
+
+// Snapshot format: a header line, then one typed JSON record per line.
+const snapshotFormat = "govnet-state/1"
+
+type snapshotHeader struct {
+	Format string `json:"format"`
+	Index  uint64 `json:"index"`
+}
+
+type snapshotRecord struct {
+	Type string          `json:"type"`
+	Data json.RawMessage `json:"data"`
+}
+
+type snapshotNetwork struct {
+	Overlay netip.Prefix `json:"overlay"`
+}
+
+// Snapshot implements raft.FSM: it copies the state under the read lock
+// and writes it out later, off the apply path.
+func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
+	s := f.state
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	snap := &fsmSnapshot{header: snapshotHeader{Format: snapshotFormat, Index: s.index}}
+	add := func(typ string, v any) error {
+		b, err := json.Marshal(v)
+		if err != nil {
+			return fmt.Errorf("snapshot %s: %w", typ, err)
+		}
+		snap.records = append(snap.records, snapshotRecord{Type: typ, Data: b})
+		return nil
+	}
+	var err error
+	if s.overlay.IsValid() {
+		err = errors.Join(err, add("network", snapshotNetwork{Overlay: s.overlay}))
+	}
+	for _, a := range s.agenciesSorted() {
+		err = errors.Join(err, add("agency", a))
+	}
+	for _, g := range s.gatewaysSorted() {
+		err = errors.Join(err, add("gateway", g))
+	}
+	tokens := make([]*tokenRecord, 0, len(s.tokens))
+	for _, t := range s.tokens {
+		tokens = append(tokens, t)
+	}
+	sortBy(tokens, func(t *tokenRecord) string { return t.Hash })
+	for _, t := range tokens {
+		err = errors.Join(err, add("token", t))
+	}
+	for _, p := range s.policies {
+		err = errors.Join(err, add("policy", p))
+	}
+	return snap, err
+}
+
+type fsmSnapshot struct {
+	header  snapshotHeader
+	records []snapshotRecord
+}
+
+func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
+	w := bufio.NewWriter(sink)
+	enc := json.NewEncoder(w)
+	err := enc.Encode(s.header)
+	for i := 0; err == nil && i < len(s.records); i++ {
+		err = enc.Encode(s.records[i])
+	}
+	if err == nil {
+		err = w.Flush()
+	}
+	if err != nil {
+		sink.Cancel()
+		return fmt.Errorf("persist snapshot: %w", err)
+	}
+	return sink.Close()
+}
+
+func (s *fsmSnapshot) Release() {}
+
+// Restore implements raft.FSM: it replaces the state with a snapshot's.
+func (f *FSM) Restore(rc io.ReadCloser) error {
+	defer rc.Close()
+	dec := json.NewDecoder(bufio.NewReader(rc))
+	var hdr snapshotHeader
+	if err := dec.Decode(&hdr); err != nil {
+		return fmt.Errorf("restore: header: %w", err)
+	}
+	if hdr.Format != snapshotFormat {
+		return fmt.Errorf("restore: snapshot format %q, want %q", hdr.Format, snapshotFormat)
+	}
+	ns := newState()
+	ns.index = hdr.Index
+	for n := 1; ; n++ {
+		var rec snapshotRecord
+		if err := dec.Decode(&rec); err == io.EOF {
+			break
+		} else if err != nil {
+			return fmt.Errorf("restore: record %d: %w", n, err)
+		}
+		if err := ns.restoreRecord(rec); err != nil {
+			return fmt.Errorf("restore: record %d (%s): %w", n, rec.Type, err)
+		}
+	}
+	s := f.state
+	s.mu.Lock()
+	s.index, s.overlay, s.agencies, s.gateways, s.tokens, s.policies, s.addrInUse =
+		ns.index, ns.overlay, ns.agencies, ns.gateways, ns.tokens, ns.policies, ns.addrInUse
+	s.mu.Unlock()
+	f.onApply(hdr.Index, 0)
+	return nil
+}
+
+func (s *State) restoreRecord(rec snapshotRecord) error {
+	switch rec.Type {
+	case "network":
+		var n snapshotNetwork
+		if err := json.Unmarshal(rec.Data, &n); err != nil {
+			return err
+		}
+		s.overlay = n.Overlay
+	case "agency":
+		a := new(api.Agency)
+		if err := json.Unmarshal(rec.Data, a); err != nil {
+			return err
+		}
+		s.agencies[a.Code] = a
+	case "gateway":
+		g := new(api.Gateway)
+		if err := json.Unmarshal(rec.Data, g); err != nil {
+			return err
+		}
+		s.gateways[g.ID] = g
+		if g.OverlayIP.IsValid() {
+			s.addrInUse[g.OverlayIP] = g.ID
+		}
+	case "token":
+		t := new(tokenRecord)
+		if err := json.Unmarshal(rec.Data, t); err != nil {
+			return err
+		}
+		s.tokens[t.Hash] = t
+	case "policy":
+		var p api.Policy
+		if err := json.Unmarshal(rec.Data, &p); err != nil {
+			return err
+		}
+		s.policies = append(s.policies, p)
+	default:
+		return fmt.Errorf("unknown record type %q", rec.Type)
+	}
+	return nil
+}
+
+func (s *State) agenciesSorted() []*api.Agency {
+	out := make([]*api.Agency, 0, len(s.agencies))
+	for _, a := range s.agencies {
+		out = append(out, a)
+	}
+	sortBy(out, func(a *api.Agency) string { return a.Code })
+	return out
+}
+
+func (s *State) gatewaysSorted() []*api.Gateway {
+	out := make([]*api.Gateway, 0, len(s.gateways))
+	for _, g := range s.gateways {
+		out = append(out, g)
+	}
+	sortBy(out, func(g *api.Gateway) string { return g.ID })
+	return out
+}

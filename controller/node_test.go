@@ -1,0 +1,300 @@
+package controller
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/govnet/govnet/api"
+	"github.com/govnet/govnet/ca"
+	"github.com/govnet/govnet/hsm/hsmtest"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	hsmtest.Cleanup()
+	os.Exit(code)
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// testNode initialises a controller with a fresh SoftHSM2 token and returns
+// its config; people operator1 and officer1 get credentials in dir/people.
+func testConfig(t *testing.T) Config {
+	t.Helper()
+	hsmtest.Require(t)
+	hc := hsmtest.NewToken(t)
+	dir := t.TempDir()
+	pinFile := filepath.Join(dir, "pin")
+	if err := os.WriteFile(pinFile, []byte(hc.PIN+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{
+		Node: "ctl1", DataDir: filepath.Join(dir, "data"), RaftAddr: freePort(t), APIAddr: "127.0.0.1:0",
+		OverlayPrefix: "100.64.0.0/24",
+		HSM:           HSMConfig{Module: hc.Module, TokenLabel: hc.TokenLabel, PINFile: pinFile},
+	}
+	err := Init(context.Background(), InitOptions{
+		Config:    cfg,
+		People:    []Person{{"operator1", ca.RoleOperator}, {"officer1", ca.RoleOfficer}},
+		PeopleDir: filepath.Join(dir, "people"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+func startNode(t *testing.T, cfg Config) *Node {
+	t.Helper()
+	n, err := Start(context.Background(), cfg, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for n.Ready() != nil {
+		if time.Now().After(deadline) {
+			n.Close()
+			t.Fatalf("node not ready: %v", n.Ready())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return n
+}
+
+func client(t *testing.T, cfg Config, n *Node, certFile, keyFile string) *api.Client {
+	t.Helper()
+	tc, err := api.TLSConfig(cfg.pkiPath(rootFile), certFile, keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return api.NewClient("https://"+n.Addr().String(), tc)
+}
+
+func person(t *testing.T, cfg Config, n *Node, name string) *api.Client {
+	people := filepath.Join(filepath.Dir(cfg.DataDir), "people")
+	return client(t, cfg, n, filepath.Join(people, name+".crt"), filepath.Join(people, name+".key"))
+}
+
+func wantStatus(t *testing.T, err error, code int, contains string) {
+	t.Helper()
+	var se *api.StatusError
+	if !errors.As(err, &se) || se.Code != code || !strings.Contains(se.Msg, contains) {
+		t.Fatalf("got %v, want HTTP %d containing %q", err, code, contains)
+	}
+}
+
+type enrolled struct {
+	resp   *api.EnrollResponse
+	tls    *tls.Config
+	client *api.Client
+}
+
+// enroll plays an agent: keys made here, CSR and WireGuard key sent with the token.
+func enroll(t *testing.T, cfg Config, n *Node, token string) (*enrolled, error) {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	csr, err := ca.NewCSR(key, "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wg, _ := wgtypes.GeneratePrivateKey()
+	anon := client(t, cfg, n, "", "")
+	resp, err := anon.Enroll(context.Background(), api.EnrollRequest{
+		Token:     token,
+		CSR:       string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr.Raw})),
+		PublicKey: wg.PublicKey().String(),
+	})
+	if err != nil {
+		return nil, err
+	}
+	chain, err := ca.ParsePEM([]byte(resp.Certificate))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc, _ := api.TLSConfig(cfg.pkiPath(rootFile), "", "")
+	tc.Certificates = []tls.Certificate{{Certificate: [][]byte{chain[0].Raw, chain[1].Raw}, PrivateKey: key}}
+	return &enrolled{resp: resp, tls: tc, client: api.NewClient("https://"+n.Addr().String(), tc)}, nil
+}
+
+func TestControllerEnrollWatchRestart(t *testing.T) {
+	cfg := testConfig(t)
+	n := startNode(t, cfg)
+	defer func() { n.Close() }()
+	ctx := context.Background()
+	op, off := person(t, cfg, n, "operator1"), person(t, cfg, n, "officer1")
+
+	for _, a := range []api.Agency{
+		{Code: "000.00.00.H29", Name: "Ủy ban nhân dân tỉnh Quảng Ninh"},
+		{Code: "000.00.04.H29", Name: "Ủy ban nhân dân thành phố Hạ Long"},
+		{Code: "000.12.04.H29", Name: "Ủy ban nhân dân phường Hồng Gai"},
+		{Code: "000.00.00.H49", Name: "Ủy ban nhân dân tỉnh Quảng Nam"},
+	} {
+		if _, err := op.AddAgency(ctx, a); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Bad input: clear errors, nothing recorded.
+	_, err := op.AddAgency(ctx, api.Agency{Code: "000.12.05.H29", Name: "x"})
+	wantStatus(t, err, 400, "parent agency 000.00.05.H29")
+	_, err = op.AddAgency(ctx, api.Agency{Code: "H29", Name: "x"})
+	wantStatus(t, err, 400, "four dot-separated groups")
+	if ags, _ := op.Agencies(ctx); len(ags) != 4 {
+		t.Fatalf("%d agencies, want 4", len(ags))
+	}
+	if ags, _ := op.Agencies(ctx); ags[2].Code != "000.00.04.H29" || ags[2].Level != "district" || ags[2].Parent != "000.00.00.H29" {
+		t.Fatalf("agencies sorted by code, the district third: %+v", ags)
+	}
+
+	for _, g := range []api.Gateway{{ID: "gw1", Agency: "000.00.00.H29"}, {ID: "gw2", Agency: "000.00.00.H49"}, {ID: "gw3", Agency: "000.12.04.H29"}} {
+		if _, err := op.AddGateway(ctx, g); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err = op.AddGateway(ctx, api.Gateway{ID: "gw9", Agency: "000.00.00.H01"})
+	wantStatus(t, err, 400, "not registered")
+
+	// Separation of duties: an operator cannot issue tokens.
+	_, err = op.IssueToken(ctx, "gw1", 0)
+	wantStatus(t, err, 403, "officer")
+
+	tokens := map[string]string{}
+	for _, id := range []string{"gw1", "gw2", "gw3"} {
+		tr, err := off.IssueToken(ctx, id, time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tokens[id] = tr.Token
+	}
+	gw1, err := enroll(t, cfg, n, tokens["gw1"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if gw1.resp.OverlayIP != netip.MustParseAddr("100.64.0.1") || gw1.resp.Gateway != "gw1" {
+		t.Fatalf("enroll: %+v", gw1.resp)
+	}
+	// The certificate chains to the root and names the gateway and its agency.
+	chain, _ := ca.ParsePEM([]byte(gw1.resp.Certificate))
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM([]byte(gw1.resp.Root))
+	inter := x509.NewCertPool()
+	inter.AddCert(chain[1])
+	if _, err := chain[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		t.Fatal(err)
+	}
+	if id, err := ca.IdentityOf(chain[0]); err != nil || id.Name != "gw1" || id.Agency != "000.00.00.H29" {
+		t.Fatalf("identity %+v %v", id, err)
+	}
+	if got := chain[0].NotAfter.Sub(chain[0].NotBefore); got < 24*time.Hour || got > 24*time.Hour+2*time.Minute {
+		t.Fatalf("lifetime %v", got)
+	}
+
+	// The token is burnt: a second use is refused and changes nothing.
+	_, err = enroll(t, cfg, n, tokens["gw1"])
+	wantStatus(t, err, 403, "already used")
+	_, err = enroll(t, cfg, n, "not-a-token")
+	wantStatus(t, err, 403, "unknown enrollment token")
+	short, err := off.IssueToken(ctx, "gw3", time.Nanosecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = enroll(t, cfg, n, short.Token)
+	wantStatus(t, err, 403, "expired")
+
+	gw2, err := enroll(t, cfg, n, tokens["gw2"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A person's certificate does not open the gateway stream.
+	err = op.Watch(ctx, 0, func(*api.View) error { return nil })
+	wantStatus(t, err, 401, "gateway")
+
+	// A policy with errors is rejected and publishes nothing.
+	_, err = off.PublishPolicy(ctx, "bad.yaml", "version: 1\nrules:\n  - from: [nosuch]\n    to: [provinces]\n    ports: [tcp/22]\n")
+	wantStatus(t, err, 400, "bad.yaml:3")
+	_, err = off.Policy(ctx)
+	wantStatus(t, err, 404, "no policy")
+
+	const pol = "version: 1\ngroups:\n  provinces:\n    level: province\nrules:\n  - from: [provinces]\n    to: [provinces]\n    ports: [tcp/22]\n"
+	_, err = op.PublishPolicy(ctx, "p.yaml", pol)
+	wantStatus(t, err, 403, "officer")
+	p, err := off.PublishPolicy(ctx, "p.yaml", pol)
+	if err != nil || p.Version != 1 || p.Actor != "officer1" {
+		t.Fatalf("publish: %+v %v", p, err)
+	}
+
+	// gw1's stream: a view with gw2 as its peer and gw2's address on tcp/22.
+	v := firstView(t, gw1.client, 0)
+	if v.PolicyVersion != 1 || len(v.Peers) != 1 || v.Peers[0].Gateway != "gw2" || v.RaftIndex == 0 {
+		t.Fatalf("view %+v", v)
+	}
+	wantRule := api.Rule{Source: netip.MustParsePrefix("100.64.0.2/32"), Protocol: "tcp", Port: 22}
+	if len(v.Rules) != 1 || v.Rules[0] != wantRule {
+		t.Fatalf("rules %+v", v.Rules)
+	}
+	if err := gw1.client.Report(ctx, api.Report{PolicyVersion: 1, RaftIndex: v.RaftIndex, RulesetDigest: "sha256:x"}); err != nil {
+		t.Fatal(err)
+	}
+	_ = gw2
+
+	// Restart: everything is still there.
+	if err := n.Close(); err != nil {
+		t.Fatal(err)
+	}
+	n = startNode(t, cfg)
+	op = person(t, cfg, n, "operator1")
+	g, err := op.Gateway(ctx, "gw1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g.Status != api.StatusEnrolled || g.Report == nil || g.Report.PolicyVersion != 1 || g.OverlayIP != netip.MustParseAddr("100.64.0.1") {
+		t.Fatalf("after restart: %+v", g)
+	}
+	gw1.client = rebase(t, gw1, n)
+	if v2 := firstView(t, gw1.client, 0); v2.PolicyVersion != 1 || len(v2.Peers) != 1 {
+		t.Fatalf("view after restart %+v", v2)
+	}
+	_, err = enroll(t, cfg, n, tokens["gw1"])
+	wantStatus(t, err, 403, "already used")
+}
+
+// rebase points an enrolled gateway's client at a restarted node.
+func rebase(t *testing.T, e *enrolled, n *Node) *api.Client {
+	t.Helper()
+	return api.NewClient("https://"+n.Addr().String(), e.tls)
+}
+
+func firstView(t *testing.T, c *api.Client, since uint64) *api.View {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var got *api.View
+	errStop := errors.New("stop")
+	err := c.Watch(ctx, since, func(v *api.View) error { got = v; return errStop })
+	if !errors.Is(err, errStop) {
+		t.Fatalf("watch: %v", err)
+	}
+	return got
+}

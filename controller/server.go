@@ -1,0 +1,434 @@
+package controller
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/govnet/govnet/api"
+	"github.com/govnet/govnet/ca"
+	"github.com/govnet/govnet/policy"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+)
+
+// Request body limits.
+const (
+	maxBody       = 64 << 10
+	maxPolicyBody = 4 << 20
+	maxTokenTTL   = 7 * 24 * time.Hour
+)
+
+// heartbeat keeps idle watch streams alive through middleboxes and lets
+// either side notice a dead peer.
+const heartbeat = 15 * time.Second
+
+func (n *Node) serve() error {
+	ln, err := net.Listen("tcp", n.cfg.APIAddr)
+	if err != nil {
+		return fmt.Errorf("api listen: %w", err)
+	}
+	n.ln = ln
+	cert := n.tls
+	n.srv = &http.Server{
+		Handler:           n.routes(),
+		ReadHeaderTimeout: 10 * time.Second,
+		TLSConfig: &tls.Config{
+			MinVersion:   tls.VersionTLS13,
+			Certificates: []tls.Certificate{cert},
+			ClientAuth:   tls.VerifyClientCertIfGiven,
+			ClientCAs:    n.roots,
+		},
+	}
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		if err := n.srv.ServeTLS(ln, "", ""); ignoreClosed(err) != nil {
+			n.log.Error("api server", "err", err)
+		}
+	}()
+	n.log.Info("api listening", "addr", ln.Addr().String())
+	return nil
+}
+
+func (n *Node) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
+	mux.HandleFunc("GET /readyz", n.handleReady)
+	mux.HandleFunc("GET /v1/ca/root", n.handleRoot)
+	mux.HandleFunc("POST /v1/enroll", n.handleEnroll)
+	mux.HandleFunc("GET /v1/watch", n.gateway(n.handleWatch))
+	mux.HandleFunc("POST /v1/report", n.gateway(n.handleReport))
+	anyone := []string{ca.RoleOperator, ca.RoleOfficer, ca.RoleAuditor}
+	mux.HandleFunc("GET /v1/agencies", n.person(anyone, n.handleAgencies))
+	mux.HandleFunc("POST /v1/agencies", n.person([]string{ca.RoleOperator}, n.handleAgencyAdd))
+	mux.HandleFunc("GET /v1/gateways", n.person(anyone, n.handleGateways))
+	mux.HandleFunc("GET /v1/gateways/{id}", n.person(anyone, n.handleGateway))
+	mux.HandleFunc("POST /v1/gateways", n.person([]string{ca.RoleOperator}, n.handleGatewayAdd))
+	mux.HandleFunc("POST /v1/gateways/{id}/token", n.person([]string{ca.RoleOfficer}, n.handleToken))
+	mux.HandleFunc("GET /v1/policy", n.person(anyone, n.handlePolicy))
+	mux.HandleFunc("PUT /v1/policy", n.person([]string{ca.RoleOfficer}, n.handlePolicyPublish))
+	return mux
+}
+
+// identity returns the verified client certificate's identity.
+func identity(r *http.Request) (ca.Identity, bool) {
+	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 {
+		return ca.Identity{}, false
+	}
+	id, err := ca.IdentityOf(r.TLS.VerifiedChains[0][0])
+	return id, err == nil
+}
+
+type handler func(w http.ResponseWriter, r *http.Request, id ca.Identity)
+
+// person admits a person holding one of roles.
+// TODO(issue 4): check the person against the registry; four-eyes approval.
+func (n *Node) person(roles []string, h handler) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		id, ok := identity(r)
+		if !ok || id.Kind != ca.KindPerson {
+			writeError(w, http.StatusUnauthorized, "a person's client certificate is required")
+			return
+		}
+		for _, role := range roles {
+			if id.Role == role {
+				h(w, r, id)
+				return
+			}
+		}
+		writeError(w, http.StatusForbidden, fmt.Sprintf("role %q may not do this (needs one of %v)", id.Role, roles))
+	}
+}
+
+// gateway admits an enrolled gateway presenting its current certificate.
+func (n *Node) gateway(h handler) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		id, ok := identity(r)
+		if !ok || id.Kind != ca.KindGateway {
+			writeError(w, http.StatusUnauthorized, "a gateway's client certificate is required")
+			return
+		}
+		g, ok := n.State().Gateway(id.Name)
+		if !ok || g.Status != api.StatusEnrolled {
+			writeError(w, http.StatusForbidden, fmt.Sprintf("gateway %s is not enrolled", id.Name))
+			return
+		}
+		h(w, r, id)
+	}
+}
+
+func (n *Node) handleReady(w http.ResponseWriter, r *http.Request) {
+	if err := n.Ready(); err != nil {
+		writeError(w, http.StatusServiceUnavailable, err.Error())
+		return
+	}
+	w.Write([]byte("ready\n"))
+}
+
+func (n *Node) handleRoot(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "application/x-pem-file")
+	w.Write(ca.EncodePEM(n.ca.Root()))
+}
+
+func hashToken(token string) string {
+	sum := sha256.Sum256([]byte(token))
+	return hex.EncodeToString(sum[:])
+}
+
+func (n *Node) handleEnroll(w http.ResponseWriter, r *http.Request) {
+	var req api.EnrollRequest
+	if !decode(w, r, maxBody, &req) {
+		return
+	}
+	hash := hashToken(req.Token)
+	tok, ok := n.State().token(hash)
+	if err := checkToken(&tok, ok, n.now()); err != nil {
+		n.fail(w, err)
+		return
+	}
+	if _, err := wgtypes.ParseKey(req.PublicKey); err != nil {
+		writeError(w, http.StatusBadRequest, "public_key: not a base64 WireGuard key")
+		return
+	}
+	csr, err := ca.ParseCSR([]byte(req.CSR))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "csr: "+err.Error())
+		return
+	}
+	gw, ok := n.State().Gateway(tok.Gateway)
+	if !ok || gw.Status != api.StatusPending {
+		n.fail(w, fmt.Errorf("%w: gateway %s is not pending enrollment", ErrConflict, tok.Gateway))
+		return
+	}
+	// Sign first, then burn the token: if the burn loses a race, the
+	// certificate is never handed out.
+	chain, err := n.ca.Issue(r.Context(), csr, ca.GatewayProfile(gw.ID, gw.Agency))
+	if err != nil {
+		n.fail(w, err)
+		return
+	}
+	_, err = n.submit(r.Context(), CmdGatewayEnroll, &GatewayEnrollRequest{
+		Meta:        n.meta("gateway:" + gw.ID),
+		Gateway:     gw.ID,
+		TokenHash:   hash,
+		PublicKey:   req.PublicKey,
+		Endpoint:    req.Endpoint,
+		CertSerial:  ca.Serial(chain[0]),
+		CertExpires: chain[0].NotAfter.UTC(),
+	})
+	if err != nil {
+		n.fail(w, err)
+		return
+	}
+	gw, _ = n.State().Gateway(gw.ID)
+	n.log.Info("gateway enrolled", "gateway", gw.ID, "agency", gw.Agency, "serial", ca.Serial(chain[0]))
+	writeJSON(w, http.StatusOK, api.EnrollResponse{
+		Gateway:       gw.ID,
+		Agency:        gw.Agency,
+		Certificate:   string(ca.EncodePEM(chain...)),
+		Root:          string(ca.EncodePEM(n.ca.Root())),
+		OverlayIP:     gw.OverlayIP,
+		OverlayPrefix: n.State().Overlay(),
+	})
+}
+
+// handleWatch streams the gateway's view as JSON lines: the current view
+// at once (unless the client already has it), then every change.
+func (n *Node) handleWatch(w http.ResponseWriter, r *http.Request, id ca.Identity) {
+	since, _ := strconv.ParseUint(r.URL.Query().Get("since"), 10, 64)
+	flusher, ok := w.(http.Flusher)
+	if !ok {
+		writeError(w, http.StatusInternalServerError, "streaming unsupported")
+		return
+	}
+	changes, stop := n.hub.subscribe(id.Name)
+	defer stop()
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.WriteHeader(http.StatusOK)
+	flusher.Flush()
+	enc := json.NewEncoder(w)
+	tick := time.NewTicker(heartbeat)
+	defer tick.Stop()
+	for {
+		if v, ok := n.hub.view(id.Name); ok && v.RaftIndex > since {
+			if err := enc.Encode(v); err != nil {
+				return
+			}
+			flusher.Flush()
+			since = v.RaftIndex
+		} else if g, ok := n.State().Gateway(id.Name); !ok || g.Status != api.StatusEnrolled {
+			return // revoked or removed: the stream ends
+		}
+		select {
+		case <-r.Context().Done():
+			return
+		case <-changes:
+		case <-tick.C:
+			if _, err := w.Write([]byte("\n")); err != nil {
+				return
+			}
+			flusher.Flush()
+		}
+	}
+}
+
+func (n *Node) handleReport(w http.ResponseWriter, r *http.Request, id ca.Identity) {
+	var rep api.Report
+	if !decode(w, r, maxBody, &rep) {
+		return
+	}
+	_, err := n.submit(r.Context(), CmdGatewayReport, &GatewayReportRequest{Meta: n.meta("gateway:" + id.Name), Gateway: id.Name, Report: rep})
+	if err != nil {
+		n.fail(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (n *Node) handleAgencies(w http.ResponseWriter, r *http.Request, _ ca.Identity) {
+	writeJSON(w, http.StatusOK, n.State().Agencies())
+}
+
+func (n *Node) handleAgencyAdd(w http.ResponseWriter, r *http.Request, id ca.Identity) {
+	var a api.Agency
+	if !decode(w, r, maxBody, &a) {
+		return
+	}
+	if _, err := n.submit(r.Context(), CmdAgencyUpsert, &AgencyUpsertRequest{Meta: n.meta(id.Name), Code: a.Code, Name: a.Name}); err != nil {
+		n.fail(w, err)
+		return
+	}
+	for _, got := range n.State().Agencies() {
+		if got.Code == a.Code {
+			writeJSON(w, http.StatusOK, got)
+			return
+		}
+	}
+}
+
+func (n *Node) handleGateways(w http.ResponseWriter, r *http.Request, _ ca.Identity) {
+	writeJSON(w, http.StatusOK, n.State().Gateways())
+}
+
+func (n *Node) handleGateway(w http.ResponseWriter, r *http.Request, _ ca.Identity) {
+	g, ok := n.State().Gateway(r.PathValue("id"))
+	if !ok {
+		n.fail(w, fmt.Errorf("%w: gateway %s", ErrNotFound, r.PathValue("id")))
+		return
+	}
+	writeJSON(w, http.StatusOK, g)
+}
+
+func (n *Node) handleGatewayAdd(w http.ResponseWriter, r *http.Request, id ca.Identity) {
+	var g api.Gateway
+	if !decode(w, r, maxBody, &g) {
+		return
+	}
+	req := &GatewayAddRequest{Meta: n.meta(id.Name), ID: g.ID, Agency: g.Agency, Name: g.Name, Endpoint: g.Endpoint, LANs: g.LANs}
+	if _, err := n.submit(r.Context(), CmdGatewayAdd, req); err != nil {
+		n.fail(w, err)
+		return
+	}
+	got, _ := n.State().Gateway(g.ID)
+	writeJSON(w, http.StatusOK, got)
+}
+
+func (n *Node) handleToken(w http.ResponseWriter, r *http.Request, id ca.Identity) {
+	var req api.TokenRequest
+	if r.ContentLength != 0 && !decode(w, r, maxBody, &req) {
+		return
+	}
+	ttl := time.Hour
+	if req.TTL != "" {
+		d, err := time.ParseDuration(req.TTL)
+		if err != nil || d <= 0 || d > maxTokenTTL {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("ttl %q: want a duration up to %s", req.TTL, maxTokenTTL))
+			return
+		}
+		ttl = d
+	}
+	secret := make([]byte, 32)
+	if _, err := rand.Read(secret); err != nil {
+		n.fail(w, err)
+		return
+	}
+	token := base64.RawURLEncoding.EncodeToString(secret)
+	m := n.meta(id.Name)
+	expires := m.At.Add(ttl)
+	gw := r.PathValue("id")
+	if _, err := n.submit(r.Context(), CmdTokenIssue, &TokenIssueRequest{Meta: m, Gateway: gw, TokenHash: hashToken(token), Expires: expires}); err != nil {
+		n.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, api.TokenResponse{Gateway: gw, Token: token, Expires: expires})
+}
+
+func (n *Node) handlePolicy(w http.ResponseWriter, r *http.Request, _ ca.Identity) {
+	p, ok := n.State().Policy()
+	if !ok {
+		n.fail(w, fmt.Errorf("%w: no policy has been published", ErrNotFound))
+		return
+	}
+	writeJSON(w, http.StatusOK, p)
+}
+
+// handlePolicyPublish validates, compiles and tests a policy against the
+// live registry before it is committed: a policy that fails any of these
+// is rejected with its errors and changes nothing.
+func (n *Node) handlePolicyPublish(w http.ResponseWriter, r *http.Request, id ca.Identity) {
+	var req api.PolicyRequest
+	if !decode(w, r, maxPolicyBody, &req) {
+		return
+	}
+	if req.Name == "" {
+		req.Name = "policy.yaml"
+	}
+	if err := CheckPolicy(req.Name, []byte(req.Source), n.State()); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	if _, err := n.submit(r.Context(), CmdPolicyPublish, &PolicyPublishRequest{Meta: n.meta(id.Name), Name: req.Name, Source: req.Source}); err != nil {
+		n.fail(w, err)
+		return
+	}
+	p, _ := n.State().Policy()
+	n.log.Info("policy published", "policy_version", p.Version, "actor", id.Name)
+	writeJSON(w, http.StatusOK, p)
+}
+
+// CheckPolicy parses, validates, compiles and tests a policy against the
+// registry in s.
+func CheckPolicy(name string, src []byte, s *State) error {
+	p, err := policy.Parse(name, src)
+	if err != nil {
+		return err
+	}
+	reg := &policy.Registry{Agencies: s.Agencies(), Gateways: s.Gateways()}
+	if err := p.Validate(reg); err != nil {
+		return err
+	}
+	if _, err := p.Compile(reg); err != nil {
+		return err
+	}
+	return p.Test(reg)
+}
+
+// fail maps an error to a status; internal causes are logged, not sent.
+func (n *Node) fail(w http.ResponseWriter, err error) {
+	var status int
+	switch {
+	case errors.Is(err, ErrBadRequest), errors.Is(err, ca.ErrBadCSR), errors.Is(err, ca.ErrKeyType):
+		status = http.StatusBadRequest
+	case errors.Is(err, ErrForbidden):
+		status = http.StatusForbidden
+	case errors.Is(err, ErrNotFound):
+		status = http.StatusNotFound
+	case errors.Is(err, ErrConflict):
+		status = http.StatusConflict
+	case errors.Is(err, ErrNotLeader):
+		status = http.StatusServiceUnavailable
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		status = http.StatusServiceUnavailable
+	default:
+		n.log.Error("request failed", "err", err)
+		writeError(w, http.StatusInternalServerError, "internal error (see the controller's log)")
+		return
+	}
+	writeError(w, status, err.Error())
+}
+
+// decode reads a JSON body of at most limit bytes; unknown fields are errors.
+func decode(w http.ResponseWriter, r *http.Request, limit int64, v any) bool {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, limit))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body is larger than %d bytes", limit))
+		} else {
+			writeError(w, http.StatusBadRequest, "request body: "+err.Error())
+		}
+		return false
+	}
+	return true
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, msg string) {
+	writeJSON(w, status, api.Error{Error: msg})
+}

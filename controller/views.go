@@ -1,0 +1,190 @@
+package controller
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"reflect"
+	"sync"
+
+	"github.com/govnet/govnet/api"
+	"github.com/govnet/govnet/policy"
+)
+
+// viewHub keeps each gateway's compiled view and wakes the streams that
+// watch it. A recompute is triggered after every command that can change
+// the network map; triggers coalesce, so a burst of commands costs one
+// compile. Subscribers hold a one-slot channel: a slow stream only ever
+// has "something changed" pending and never blocks the hub or the others.
+type viewHub struct {
+	state   *State
+	log     *slog.Logger
+	trigger chan struct{}
+
+	mu      sync.Mutex
+	views   map[string]*api.View
+	subs    map[string]map[chan struct{}]struct{}
+	compErr error // why the last compile failed, if it did
+
+	polVersion uint64
+	pol        *policy.Policy
+}
+
+func newViewHub(state *State, log *slog.Logger) *viewHub {
+	return &viewHub{
+		state:   state,
+		log:     log,
+		trigger: make(chan struct{}, 1),
+		views:   map[string]*api.View{},
+		subs:    map[string]map[chan struct{}]struct{}{},
+	}
+}
+
+// changed tells the hub that the state moved; it never blocks.
+func (h *viewHub) changed() {
+	select {
+	case h.trigger <- struct{}{}:
+	default:
+	}
+}
+
+func (h *viewHub) run(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-h.trigger:
+			if err := h.recompute(); err != nil {
+				h.log.Error("compile views", "err", err)
+			}
+		}
+	}
+}
+
+// recompute compiles every gateway's view from the current state.
+// TODO(issue 4): maintain views incrementally instead of compiling all.
+func (h *viewHub) recompute() error {
+	s := h.state
+	s.mu.RLock()
+	index, overlay := s.index, s.overlay
+	var cur api.Policy
+	if n := len(s.policies); n > 0 {
+		cur = s.policies[n-1]
+	}
+	s.mu.RUnlock()
+	reg := &policy.Registry{Agencies: s.Agencies(), Gateways: s.Gateways()}
+
+	views := map[string]*api.View{}
+	if cur.Version == 0 {
+		// No policy yet: every enrolled gateway gets a view that denies all.
+		for _, g := range reg.Gateways {
+			if g.Status == api.StatusEnrolled {
+				views[g.ID] = &api.View{Gateway: g.ID, OverlayIP: g.OverlayIP}
+			}
+		}
+	} else {
+		if h.polVersion != cur.Version {
+			p, err := policy.Parse(fmt.Sprintf("policy-v%d.yaml", cur.Version), []byte(cur.Source))
+			if err != nil {
+				return h.fail(fmt.Errorf("policy version %d: %w", cur.Version, err))
+			}
+			h.pol, h.polVersion = p, cur.Version
+		}
+		var err error
+		if views, err = h.pol.Compile(reg); err != nil {
+			return h.fail(fmt.Errorf("policy version %d: %w", cur.Version, err))
+		}
+	}
+	for _, v := range views {
+		v.OverlayPrefix = overlay
+		v.PolicyVersion = cur.Version
+		if v.Peers == nil {
+			v.Peers = []api.Peer{}
+		}
+		if v.Rules == nil {
+			v.Rules = []api.Rule{}
+		}
+	}
+
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.compErr = nil
+	for id, v := range views {
+		if old, ok := h.views[id]; ok && sameView(old, v) {
+			continue
+		}
+		v.RaftIndex = index
+		h.views[id] = v
+		h.notify(id)
+	}
+	for id := range h.views {
+		if _, ok := views[id]; !ok {
+			delete(h.views, id)
+			h.notify(id)
+		}
+	}
+	return nil
+}
+
+func (h *viewHub) fail(err error) error {
+	h.mu.Lock()
+	h.compErr = err
+	h.mu.Unlock()
+	return err
+}
+
+func sameView(a, b *api.View) bool {
+	x, y := *a, *b
+	x.RaftIndex, y.RaftIndex = 0, 0
+	return reflect.DeepEqual(x, y)
+}
+
+// notify wakes gateway id's streams; h.mu must be held.
+func (h *viewHub) notify(id string) {
+	for ch := range h.subs[id] {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// subscribe returns a channel that receives a value whenever gateway id's
+// view changes, and a function to stop.
+func (h *viewHub) subscribe(id string) (<-chan struct{}, func()) {
+	ch := make(chan struct{}, 1)
+	h.mu.Lock()
+	if h.subs[id] == nil {
+		h.subs[id] = map[chan struct{}]struct{}{}
+	}
+	h.subs[id][ch] = struct{}{}
+	h.mu.Unlock()
+	return ch, func() {
+		h.mu.Lock()
+		delete(h.subs[id], ch)
+		if len(h.subs[id]) == 0 {
+			delete(h.subs, id)
+		}
+		h.mu.Unlock()
+	}
+}
+
+// view returns gateway id's current view; views are never mutated once
+// published, so the pointer may be shared.
+func (h *viewHub) view(id string) (*api.View, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	v, ok := h.views[id]
+	return v, ok
+}
+
+// watchers counts connected streams.
+func (h *viewHub) watchers() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := 0
+	for _, s := range h.subs {
+		n += len(s)
+	}
+	return n
+}
