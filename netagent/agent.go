@@ -1,0 +1,240 @@
+package netagent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"reflect"
+	"sync"
+	"time"
+
+	"github.com/govnet/govnet/api"
+)
+
+// Agent reconciles one gateway to the controllers' view of it.
+type Agent struct {
+	cfg    Config
+	log    *slog.Logger
+	id     *Identity
+	client *api.Client
+	dev    *Device
+	fw     *Firewall
+
+	mu      sync.Mutex
+	applied *api.View // last view applied in full; nil before the first
+	digest  string    // digest of the table the last apply left in the kernel
+}
+
+// Run starts the gateway's WireGuard interface and firewall and keeps them
+// reconciled until ctx ends. Before any controller answers it enforces the
+// last view it applied (or deny-all on the overlay on first boot); when the
+// controllers are unreachable it keeps enforcing and retries with backoff.
+func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	id, wgKey, tlsCfg, err := loadIdentity(cfg)
+	if err != nil {
+		return err
+	}
+	log = log.With("gateway", id.Gateway, "agency", id.Agency)
+	a := &Agent{cfg: cfg, log: log, id: id, client: api.NewClient(cfg.Controller, tlsCfg)}
+
+	if a.fw, err = NewFirewall(cfg.Interface, WithLogger(log)); err != nil {
+		return err
+	}
+	// The firewall goes in before the interface comes up, so the overlay
+	// is never open: the saved view, or deny-all.
+	saved, err := a.loadView()
+	if err != nil {
+		log.Warn("ignoring saved view", "err", err)
+	}
+	rules := []api.Rule{}
+	if saved != nil {
+		rules = saved.Rules
+	}
+	if a.digest, err = a.applyRules(rules); err != nil {
+		return fmt.Errorf("initial firewall: %w", err)
+	}
+	addr := netip.PrefixFrom(id.OverlayIP, id.OverlayPrefix.Bits())
+	if a.dev, err = OpenDevice(cfg.Interface, wgKey, cfg.ListenPort, addr, log); err != nil {
+		return err
+	}
+	defer a.dev.Close()
+	if saved != nil {
+		if _, err := a.dev.ApplyPeers(saved.Peers); err != nil {
+			log.Error("restore saved peers", "err", err)
+		}
+		a.applied = saved
+		log.Info("enforcing saved view until a controller answers", "raft_index", saved.RaftIndex, "policy_version", saved.PolicyVersion)
+	}
+
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); a.reconcileLoop(ctx) }()
+	a.watchLoop(ctx)
+	wg.Wait()
+	return nil
+}
+
+// watchLoop holds a stream to the controller, reconnecting with backoff.
+func (a *Agent) watchLoop(ctx context.Context) {
+	b := newBackoff(500*time.Millisecond, 30*time.Second)
+	for ctx.Err() == nil {
+		err := a.client.Watch(ctx, a.appliedIndex(), func(v *api.View) error {
+			b.reset()
+			return a.apply(ctx, v)
+		})
+		if ctx.Err() != nil {
+			return
+		}
+		a.log.Warn("controller stream lost; enforcing the last applied view", "err", err)
+		if b.wait(ctx) != nil {
+			return
+		}
+	}
+}
+
+func (a *Agent) appliedIndex() uint64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.applied == nil {
+		return 0
+	}
+	return a.applied.RaftIndex
+}
+
+// apply makes the kernel match v: peers added before rules admit them,
+// the firewall replaced atomically, then a report.
+func (a *Agent) apply(ctx context.Context, v *api.View) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if v.Gateway != a.id.Gateway {
+		return fmt.Errorf("view for gateway %q sent to %q", v.Gateway, a.id.Gateway)
+	}
+	if a.applied != nil && v.RaftIndex <= a.applied.RaftIndex {
+		a.log.Debug("ignoring stale view", "raft_index", v.RaftIndex, "applied", a.applied.RaftIndex)
+		return nil
+	}
+	start := time.Now()
+	peersChanged, err := a.dev.ApplyPeers(v.Peers)
+	if err != nil {
+		return fmt.Errorf("apply peers: %w", err)
+	}
+	rulesChanged := a.applied == nil || !reflect.DeepEqual(a.applied.Rules, v.Rules)
+	if rulesChanged {
+		if a.digest, err = a.applyRules(v.Rules); err != nil {
+			return fmt.Errorf("apply firewall: %w", err)
+		}
+	}
+	a.applied = v
+	if err := a.saveView(v); err != nil {
+		a.log.Error("save view", "err", err)
+	}
+	a.log.Info("applied view", "raft_index", v.RaftIndex, "policy_version", v.PolicyVersion,
+		"peers", len(v.Peers), "rules", len(v.Rules), "peers_changed", peersChanged,
+		"rules_changed", rulesChanged, "ruleset_digest", a.digest, "took", time.Since(start).String())
+	a.report(ctx)
+	return nil
+}
+
+// report tells the controller what is applied; a failure is logged and
+// retried on the next reconcile tick. a.mu must be held.
+func (a *Agent) report(ctx context.Context) {
+	if a.applied == nil {
+		return
+	}
+	peers, hs, err := a.dev.Stats()
+	if err != nil {
+		a.log.Warn("read wireguard stats", "err", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	err = a.client.Report(ctx, api.Report{
+		PolicyVersion: a.applied.PolicyVersion,
+		RaftIndex:     a.applied.RaftIndex,
+		RulesetDigest: a.digest,
+		Peers:         peers,
+		LastHandshake: hs,
+	})
+	if err != nil {
+		a.log.Warn("report", "err", err)
+	}
+}
+
+// reconcileLoop checks the kernel for drift every period: a table edited
+// by hand is put back, and the report is refreshed.
+func (a *Agent) reconcileLoop(ctx context.Context) {
+	t := time.NewTicker(a.cfg.Reconcile)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		a.mu.Lock()
+		if err := a.reconcile(); err != nil {
+			a.log.Error("reconcile", "err", err)
+		}
+		a.report(ctx)
+		a.mu.Unlock()
+	}
+}
+
+// reconcile restores the firewall if the kernel no longer holds what was
+// applied. a.mu must be held.
+func (a *Agent) reconcile() error {
+	got, err := a.fw.Digest()
+	if err == nil && got == a.digest {
+		return nil
+	}
+	a.log.Warn("firewall drifted from the applied view; restoring", "want", a.digest, "got", got, "read_err", err)
+	rules := []api.Rule{}
+	if a.applied != nil {
+		rules = a.applied.Rules
+	}
+	a.digest, err = a.applyRules(rules)
+	return err
+}
+
+// applyRules installs the table. Rules the firewall cannot express are left
+// out (which only blocks more: fail closed) and logged; the rest applies.
+func (a *Agent) applyRules(rules []api.Rule) (string, error) {
+	digest, err := a.fw.Apply(rules)
+	if errors.Is(err, ErrUnsupportedRule) {
+		a.log.Error("rules left out of the firewall", "err", err)
+		return digest, nil
+	}
+	return digest, err
+}
+
+func (a *Agent) saveView(v *api.View) error {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(a.cfg.path(fileView), data, 0o600)
+}
+
+func (a *Agent) loadView() (*api.View, error) {
+	data, err := os.ReadFile(a.cfg.path(fileView))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	v := new(api.View)
+	if err := json.Unmarshal(data, v); err != nil {
+		return nil, fmt.Errorf("%s: %w", a.cfg.path(fileView), err)
+	}
+	if v.Gateway != a.id.Gateway {
+		return nil, fmt.Errorf("%s is for gateway %q", a.cfg.path(fileView), v.Gateway)
+	}
+	return v, nil
+}

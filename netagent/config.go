@@ -1,0 +1,124 @@
+// Package netagent is govnet-agent: it enrolls a gateway once with a
+// one-time token, then keeps the gateway's WireGuard interface and its
+// nftables table `inet govnet` equal to the view the controllers send,
+// reports what it applied, and keeps enforcing the last applied view when
+// no controller answers (fail static, never open).
+package netagent
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/goccy/go-yaml"
+)
+
+// Config is the agent's configuration file.
+type Config struct {
+	Controller string        `yaml:"controller"` // https://host:port of any controller node
+	StateDir   string        `yaml:"state_dir"`  // keys, certificate, last applied view
+	Interface  string        `yaml:"interface"`  // WireGuard interface name, unique on the machine
+	ListenPort int           `yaml:"listen_port"`
+	Endpoint   string        `yaml:"endpoint"`  // host:port peers reach this gateway at
+	Reconcile  time.Duration `yaml:"reconcile"` // how often the kernel state is checked for drift
+}
+
+// DefaultConfig returns the defaults `govnet-agent enroll` writes.
+func DefaultConfig() Config {
+	return Config{
+		StateDir:   "/var/lib/govnet-agent",
+		Interface:  "govnet0",
+		ListenPort: 51820,
+		Reconcile:  30 * time.Second,
+	}
+}
+
+// LoadConfig reads a YAML config over the defaults; unknown keys are errors.
+func LoadConfig(path string) (Config, error) {
+	cfg := DefaultConfig()
+	err := cfg.LoadFile(path)
+	return cfg, err
+}
+
+// LoadFile reads a YAML config file over the values already in c.
+func (c *Config) LoadFile(path string) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	if err := yaml.NewDecoder(bytes.NewReader(data), yaml.DisallowUnknownField()).Decode(c); err != nil {
+		return fmt.Errorf("config %s: %s", path, yaml.FormatError(err, false, true))
+	}
+	return nil
+}
+
+// Save writes the config file.
+func (c Config) Save(path string) error {
+	data, err := yaml.Marshal(c)
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(path, data, 0o640)
+}
+
+// Validate says which key is wrong.
+func (c Config) Validate() error {
+	var errs []error
+	if c.Controller == "" {
+		errs = append(errs, errors.New("controller: required (https://host:port)"))
+	}
+	if !filepath.IsAbs(c.StateDir) {
+		errs = append(errs, fmt.Errorf("state_dir %q: must be an absolute path", c.StateDir))
+	}
+	if c.Interface == "" || len(c.Interface) > 15 {
+		errs = append(errs, fmt.Errorf("interface %q: want 1-15 characters", c.Interface))
+	}
+	if c.ListenPort < 1 || c.ListenPort > 65535 {
+		errs = append(errs, fmt.Errorf("listen_port %d: out of range", c.ListenPort))
+	}
+	if c.Reconcile < time.Second {
+		errs = append(errs, fmt.Errorf("reconcile %s: at least 1s", c.Reconcile))
+	}
+	return errors.Join(errs...)
+}
+
+// Files in the state directory.
+func (c Config) path(name string) string { return filepath.Join(c.StateDir, name) }
+
+const (
+	fileTLSKey = "tls.key"  // the gateway's TLS private key, 0600
+	fileCert   = "tls.crt"  // its certificate chain
+	fileRoot   = "root.crt" // the govnet root it trusts
+	fileWGKey  = "wg.key"   // the WireGuard private key, 0600
+	fileIdent  = "identity.json"
+	fileView   = "view.json" // the last applied view, for fail-static restarts
+)
+
+// writeFileAtomic writes data so that a crash leaves either the old or the
+// new file, never a torn one.
+func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Chmod(mode); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}

@@ -1,0 +1,152 @@
+package netagent
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"net/netip"
+	"os"
+
+	"github.com/govnet/govnet/api"
+	"github.com/govnet/govnet/ca"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+)
+
+// Identity is what enrollment taught the gateway about itself.
+type Identity struct {
+	Gateway       string       `json:"gateway"`
+	Agency        string       `json:"agency"`
+	OverlayIP     netip.Addr   `json:"overlay_ip"`
+	OverlayPrefix netip.Prefix `json:"overlay_prefix"`
+}
+
+// Enroll generates the gateway's keys on this machine, sends a CSR and the
+// WireGuard public key with the one-time token, and stores the answer in
+// the state directory. The private keys never leave the machine. rootFile
+// is the govnet root certificate, obtained out of band, that the
+// controller must prove it chains to.
+func Enroll(ctx context.Context, cfg Config, token, rootFile string) (*Identity, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	if _, err := os.Stat(cfg.path(fileIdent)); err == nil {
+		return nil, fmt.Errorf("%s exists: this gateway is already enrolled", cfg.path(fileIdent))
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, err
+	}
+	rootPEM, err := os.ReadFile(rootFile)
+	if err != nil {
+		return nil, fmt.Errorf("root certificate: %w", err)
+	}
+	tlsCfg, err := api.TLSConfig(rootFile, "", "")
+	if err != nil {
+		return nil, err
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	wgKey, err := wgtypes.GeneratePrivateKey()
+	if err != nil {
+		return nil, err
+	}
+	csr, err := ca.NewCSR(key, "gateway")
+	if err != nil {
+		return nil, err
+	}
+	resp, err := api.NewClient(cfg.Controller, tlsCfg).Enroll(ctx, api.EnrollRequest{
+		Token:     token,
+		CSR:       string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr.Raw})),
+		PublicKey: wgKey.PublicKey().String(),
+		Endpoint:  cfg.Endpoint,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("enroll: %w", err)
+	}
+	// Check what came back before keeping it.
+	chain, err := ca.ParsePEM([]byte(resp.Certificate))
+	if err != nil {
+		return nil, fmt.Errorf("enroll: certificate: %w", err)
+	}
+	if !key.PublicKey.Equal(chain[0].PublicKey) {
+		return nil, fmt.Errorf("enroll: the certificate is not for this gateway's key")
+	}
+	if err := verifyChain(chain, rootPEM); err != nil {
+		return nil, err
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, err
+	}
+	id := &Identity{Gateway: resp.Gateway, Agency: resp.Agency, OverlayIP: resp.OverlayIP, OverlayPrefix: resp.OverlayPrefix}
+	idJSON, _ := json.MarshalIndent(id, "", "  ")
+	for _, f := range []struct {
+		name string
+		data []byte
+		mode os.FileMode
+	}{
+		{fileTLSKey, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600},
+		{fileWGKey, []byte(wgKey.String() + "\n"), 0o600},
+		{fileCert, []byte(resp.Certificate), 0o644},
+		{fileRoot, rootPEM, 0o644},
+		{fileIdent, idJSON, 0o644}, // last: its presence means "enrolled"
+	} {
+		if err := writeFileAtomic(cfg.path(f.name), f.data, f.mode); err != nil {
+			return nil, err
+		}
+	}
+	return id, nil
+}
+
+func verifyChain(chain []*x509.Certificate, rootPEM []byte) error {
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(rootPEM)
+	inter := x509.NewCertPool()
+	for _, c := range chain[1:] {
+		inter.AddCert(c)
+	}
+	_, err := chain[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	if err != nil {
+		return fmt.Errorf("enroll: certificate does not verify against the root: %w", err)
+	}
+	return nil
+}
+
+// loadIdentity reads what Enroll stored.
+func loadIdentity(cfg Config) (*Identity, wgtypes.Key, *tls.Config, error) {
+	data, err := os.ReadFile(cfg.path(fileIdent))
+	if err != nil {
+		return nil, wgtypes.Key{}, nil, fmt.Errorf("%w (run `govnet-agent enroll` first)", err)
+	}
+	id := new(Identity)
+	if err := json.Unmarshal(data, id); err != nil {
+		return nil, wgtypes.Key{}, nil, fmt.Errorf("%s: %w", cfg.path(fileIdent), err)
+	}
+	wgData, err := os.ReadFile(cfg.path(fileWGKey))
+	if err != nil {
+		return nil, wgtypes.Key{}, nil, err
+	}
+	wgKey, err := wgtypes.ParseKey(string(trimSpace(wgData)))
+	if err != nil {
+		return nil, wgtypes.Key{}, nil, fmt.Errorf("%s: %w", cfg.path(fileWGKey), err)
+	}
+	tlsCfg, err := api.TLSConfig(cfg.path(fileRoot), cfg.path(fileCert), cfg.path(fileTLSKey))
+	if err != nil {
+		return nil, wgtypes.Key{}, nil, err
+	}
+	return id, wgKey, tlsCfg, nil
+}
+
+func trimSpace(b []byte) []byte {
+	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == ' ' || b[len(b)-1] == '\r') {
+		b = b[:len(b)-1]
+	}
+	return b
+}

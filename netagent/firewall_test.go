@@ -1,0 +1,651 @@
+package netagent
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+
+	"github.com/govnet/govnet/api"
+	"github.com/govnet/govnet/internal/netnstest"
+)
+
+// testLogger sends log records to the test's log.
+func testLogger(t testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSuffix(string(p), "\n"))
+	return len(p), nil
+}
+
+func pfx(s string) netip.Prefix { return netip.MustParsePrefix(s) }
+
+func tcp(src string, port uint16) api.Rule {
+	return api.Rule{Source: pfx(src), Protocol: api.ProtoTCP, Port: port}
+}
+func udp(src string, port uint16) api.Rule {
+	return api.Rule{Source: pfx(src), Protocol: api.ProtoUDP, Port: port}
+}
+func icmp(src string) api.Rule { return api.Rule{Source: pfx(src), Protocol: api.ProtoICMP} }
+
+// newTestFirewall returns a Firewall working in a fresh namespace.
+func newTestFirewall(t *testing.T, iface string) (*Firewall, *netnstest.NS) {
+	t.Helper()
+	netnstest.RequireTools(t, "nft")
+	ns := netnstest.New(t)
+	fw, err := NewFirewall(iface, WithNetNS(ns.Fd()), WithLogger(testLogger(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fw, ns
+}
+
+var smallRules = []api.Rule{
+	tcp("10.0.0.1/32", 443),
+	udp("10.0.0.2/32", 53),
+	tcp("10.0.0.2/32", 22),
+	icmp("10.0.0.3/32"),
+	tcp("10.20.0.0/16", 8080),
+	tcp("10.20.5.0/24", 8080), // nested in the /16: dropped
+	icmp("10.30.0.0/24"),
+	icmp("10.30.1.0/24"), // adjacent: merged
+}
+
+func TestFirewallApplyAndList(t *testing.T) {
+	fw, ns := newTestFirewall(t, "wg0")
+	digest, err := fw.Apply(smallRules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(digest, "sha256:") || len(digest) != len("sha256:")+64 {
+		t.Fatalf("digest %q", digest)
+	}
+	out := ns.Exec(t, "nft", "list", "table", "inet", "govnet")
+	t.Logf("nft list table inet govnet:\n%s", out)
+	for _, want := range []string{
+		"set allow4 {", "type ipv4_addr . inet_proto . inet_service",
+		"10.0.0.1 . tcp . 443", "10.0.0.2 . udp . 53", "10.0.0.2 . tcp . 22",
+		"set allow4_net {", "10.20.0.0/16 . tcp . 8080",
+		"set allow4_icmp {", "10.0.0.3",
+		"set allow4_icmp_net {", "10.30.0.0/23",
+		"chain input {", "type filter hook input priority filter; policy accept;",
+		"chain forward {", "type filter hook forward priority filter; policy accept;",
+		`iifname "wg0" ct state established,related accept`,
+		`iifname "wg0" ip saddr . meta l4proto . th dport @allow4 accept`,
+		`iifname "wg0" ip saddr . meta l4proto . th dport @allow4_net accept`,
+		`iifname "wg0" meta l4proto icmp ip saddr @allow4_icmp accept`,
+		`iifname "wg0" meta l4proto icmp ip saddr @allow4_icmp_net accept`,
+		`iifname "wg0" counter packets 0 bytes 0 drop`,
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("nft output lacks %q", want)
+		}
+	}
+	if strings.Contains(out, "10.20.5.0") {
+		t.Errorf("nested prefix 10.20.5.0/24 installed")
+	}
+	text, err := fw.Render()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("canonical rendering:\n%s", text)
+	if text != goldenSmall {
+		t.Errorf("rendering differs from golden:\n--- got\n%s\n--- want\n%s", text, goldenSmall)
+	}
+}
+
+const goldenSmall = `table inet govnet
+set allow4 type ipv4_addr . inet_proto . inet_service keylen 12 flags concat
+	elem 10.0.0.1 . tcp . 443
+	elem 10.0.0.2 . tcp . 22
+	elem 10.0.0.2 . udp . 53
+set allow4_icmp type ipv4_addr keylen 4
+	elem 10.0.0.3
+set allow4_icmp_net type ipv4_addr keylen 4 flags interval
+	elem 10.30.0.0
+	elem 10.30.2.0 end
+set allow4_net type ipv4_addr . inet_proto . inet_service keylen 12 flags interval,concat
+	elem 10.20.0.0 . tcp . 8080 - 10.20.255.255 . tcp . 8080
+chain forward type filter hook forward priority 0 policy accept
+	rule [ meta key=iifname dreg=1 ] [ cmp sreg=1 op=eq data=0x77673000000000000000000000000000 ] [ ct dreg=1 key=state ] [ bitwise sreg=1 dreg=1 len=4 a6=0x00000000 mask=0x06000000 xor=0x00000000 ] [ cmp sreg=1 op=neq data=0x00000000 ] [ immediate dreg=0 data=verdict accept ]
+	rule [ meta key=iifname dreg=1 ] [ cmp sreg=1 op=eq data=0x77673000000000000000000000000000 ] [ meta key=nfproto dreg=1 ] [ cmp sreg=1 op=eq data=0x02 ] [ payload dreg=1 base=network offset=12 len=4 ] [ meta key=l4proto dreg=9 ] [ payload dreg=10 base=transport offset=2 len=2 ] [ lookup set="allow4" sreg=1 flags=0 ] [ immediate dreg=0 data=verdict accept ]
+	rule [ meta key=iifname dreg=1 ] [ cmp sreg=1 op=eq data=0x77673000000000000000000000000000 ] [ meta key=nfproto dreg=1 ] [ cmp sreg=1 op=eq data=0x02 ] [ payload dreg=1 base=network offset=12 len=4 ] [ meta key=l4proto dreg=9 ] [ payload dreg=10 base=transport offset=2 len=2 ] [ lookup set="allow4_net" sreg=1 flags=0 ] [ immediate dreg=0 data=verdict accept ]
+	rule [ meta key=iifname dreg=1 ] [ cmp sreg=1 op=eq data=0x77673000000000000000000000000000 ] [ meta key=l4proto dreg=1 ] [ cmp sreg=1 op=eq data=0x01 ] [ meta key=nfproto dreg=1 ] [ cmp sreg=1 op=eq data=0x02 ] [ payload dreg=1 base=network offset=12 len=4 ] [ lookup set="allow4_icmp" sreg=1 flags=0 ] [ immediate dreg=0 data=verdict accept ]
+	rule [ meta key=iifname dreg=1 ] [ cmp sreg=1 op=eq data=0x77673000000000000000000000000000 ] [ meta key=l4proto dreg=1 ] [ cmp sreg=1 op=eq data=0x01 ] [ meta key=nfproto dreg=1 ] [ cmp sreg=1 op=eq data=0x02 ] [ payload dreg=1 base=network offset=12 len=4 ] [ lookup set="allow4_icmp_net" sreg=1 flags=0 ] [ immediate dreg=0 data=verdict accept ]
+	rule [ meta key=iifname dreg=1 ] [ cmp sreg=1 op=eq data=0x77673000000000000000000000000000 ] [ counter ] [ immediate dreg=0 data=verdict drop ]
+chain input type filter hook input priority 0 policy accept
+	rule [ meta key=iifname dreg=1 ] [ cmp sreg=1 op=eq data=0x77673000000000000000000000000000 ] [ ct dreg=1 key=state ] [ bitwise sreg=1 dreg=1 len=4 a6=0x00000000 mask=0x06000000 xor=0x00000000 ] [ cmp sreg=1 op=neq data=0x00000000 ] [ immediate dreg=0 data=verdict accept ]
+	rule [ meta key=iifname dreg=1 ] [ cmp sreg=1 op=eq data=0x77673000000000000000000000000000 ] [ meta key=nfproto dreg=1 ] [ cmp sreg=1 op=eq data=0x02 ] [ payload dreg=1 base=network offset=12 len=4 ] [ meta key=l4proto dreg=9 ] [ payload dreg=10 base=transport offset=2 len=2 ] [ lookup set="allow4" sreg=1 flags=0 ] [ immediate dreg=0 data=verdict accept ]
+	rule [ meta key=iifname dreg=1 ] [ cmp sreg=1 op=eq data=0x77673000000000000000000000000000 ] [ meta key=nfproto dreg=1 ] [ cmp sreg=1 op=eq data=0x02 ] [ payload dreg=1 base=network offset=12 len=4 ] [ meta key=l4proto dreg=9 ] [ payload dreg=10 base=transport offset=2 len=2 ] [ lookup set="allow4_net" sreg=1 flags=0 ] [ immediate dreg=0 data=verdict accept ]
+	rule [ meta key=iifname dreg=1 ] [ cmp sreg=1 op=eq data=0x77673000000000000000000000000000 ] [ meta key=l4proto dreg=1 ] [ cmp sreg=1 op=eq data=0x01 ] [ meta key=nfproto dreg=1 ] [ cmp sreg=1 op=eq data=0x02 ] [ payload dreg=1 base=network offset=12 len=4 ] [ lookup set="allow4_icmp" sreg=1 flags=0 ] [ immediate dreg=0 data=verdict accept ]
+	rule [ meta key=iifname dreg=1 ] [ cmp sreg=1 op=eq data=0x77673000000000000000000000000000 ] [ meta key=l4proto dreg=1 ] [ cmp sreg=1 op=eq data=0x01 ] [ meta key=nfproto dreg=1 ] [ cmp sreg=1 op=eq data=0x02 ] [ payload dreg=1 base=network offset=12 len=4 ] [ lookup set="allow4_icmp_net" sreg=1 flags=0 ] [ immediate dreg=0 data=verdict accept ]
+	rule [ meta key=iifname dreg=1 ] [ cmp sreg=1 op=eq data=0x77673000000000000000000000000000 ] [ counter ] [ immediate dreg=0 data=verdict drop ]
+`
+
+func TestFirewallIdempotent(t *testing.T) {
+	fw, ns := newTestFirewall(t, "wg0")
+	d1, err := fw.Apply(smallRules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	list1 := ns.Exec(t, "nft", "list", "table", "inet", "govnet")
+
+	// Same rules in another order, with duplicates: same table.
+	shuffled := slices.Clone(smallRules)
+	shuffled = append(shuffled, smallRules[0], smallRules[4])
+	rand.Shuffle(len(shuffled), func(i, j int) { shuffled[i], shuffled[j] = shuffled[j], shuffled[i] })
+	d2, err := fw.Apply(shuffled)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d1 != d2 {
+		t.Fatalf("same rules, different digests: %s, %s", d1, d2)
+	}
+	if list2 := ns.Exec(t, "nft", "list", "table", "inet", "govnet"); list1 != list2 {
+		t.Fatalf("nft list differs after re-apply:\n%s\n---\n%s", list1, list2)
+	}
+	if d, err := fw.Digest(); err != nil || d != d1 {
+		t.Fatalf("Digest() = %s, %v; Apply returned %s", d, err, d1)
+	}
+	// A new Firewall (an agent restart) reads the same digest.
+	fw2, err := NewFirewall("wg0", WithNetNS(ns.Fd()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d, err := fw2.Digest(); err != nil || d != d1 {
+		t.Fatalf("new Firewall Digest() = %s, %v; want %s", d, err, d1)
+	}
+	// Different rules, different digest; and back.
+	d3, err := fw.Apply(smallRules[1:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d3 == d1 {
+		t.Fatal("different rules, same digest")
+	}
+	// Another interface name is another table.
+	fw3, err := NewFirewall("wg1", WithNetNS(ns.Fd()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d4, err := fw3.Apply(smallRules); err != nil || d4 == d1 {
+		t.Fatalf("other iface: digest %s, %v (wg0 gave %s)", d4, err, d1)
+	}
+}
+
+func TestFirewallEmptyIsDenyAll(t *testing.T) {
+	fw, ns := newTestFirewall(t, "wg0")
+	if _, err := fw.Apply(nil); err != nil {
+		t.Fatal(err)
+	}
+	out := ns.Exec(t, "nft", "list", "table", "inet", "govnet")
+	if !strings.Contains(out, `iifname "wg0" counter packets 0 bytes 0 drop`) {
+		t.Fatalf("no drop rule:\n%s", out)
+	}
+	for _, s := range []string{SetAllow4, SetAllow4Net, SetAllow4ICMP, SetAllow4ICMPNet} {
+		if !strings.Contains(out, "set "+s+" {") {
+			t.Errorf("set %s missing", s)
+		}
+	}
+	if strings.Contains(out, "elements") {
+		t.Errorf("empty policy has elements:\n%s", out)
+	}
+}
+
+// bigRules returns n distinct TCP/UDP rules from /32 sources, and a tenth as
+// many LAN-prefix rules.
+func bigRules(n int) []api.Rule {
+	rules := make([]api.Rule, 0, n+n/10)
+	for i := range n {
+		a := netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
+		proto := api.ProtoTCP
+		if i%3 == 0 {
+			proto = api.ProtoUDP
+		}
+		rules = append(rules, api.Rule{Source: netip.PrefixFrom(a, 32), Protocol: proto, Port: uint16(1000 + i%50)})
+	}
+	for i := range n / 10 {
+		a := netip.AddrFrom4([4]byte{172, 16 + byte(i>>8)%16, byte(i), 0})
+		rules = append(rules, api.Rule{Source: netip.PrefixFrom(a, 24), Protocol: api.ProtoTCP, Port: 443})
+	}
+	return rules
+}
+
+// TestFirewallLarge guards against google/nftables' silent truncation of
+// big element lists: every element must reach the kernel.
+func TestFirewallLarge(t *testing.T) {
+	fw, ns := newTestFirewall(t, "wg0")
+	for _, n := range []int{10_000, 10_001} {
+		rules := bigRules(n)
+		start := time.Now()
+		d, err := fw.Apply(rules)
+		took := time.Since(start)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("Apply(%d rules: %d /32, %d /24) took %v", len(rules), n, n/10, took)
+		kt, err := fw.read()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := len(kt.elements(SetAllow4)); got != n {
+			t.Fatalf("allow4 holds %d elements, want %d", got, n)
+		}
+		if got := len(kt.elements(SetAllow4Net)); got != n/10 {
+			t.Fatalf("allow4_net holds %d elements, want %d", got, n/10)
+		}
+		// nft agrees.
+		out := ns.Exec(t, "nft", "-j", "list", "set", "inet", "govnet", SetAllow4)
+		if got := strings.Count(out, `"concat"`); got != n {
+			t.Fatalf("nft lists %d elements in allow4, want %d", got, n)
+		}
+		start = time.Now()
+		if d2, err := fw.Digest(); err != nil || d2 != d {
+			t.Fatalf("Digest() = %s, %v; want %s", d2, err, d)
+		}
+		t.Logf("Digest() of %d elements took %v", n+n/10, time.Since(start))
+	}
+}
+
+// TestFirewallHandEdit: an edit behind the agent's back changes the digest,
+// and the next Apply of the same rules puts the table back.
+func TestFirewallHandEdit(t *testing.T) {
+	fw, ns := newTestFirewall(t, "wg0")
+	want, err := fw.Apply(smallRules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, edit := range [][]string{
+		{"add", "rule", "inet", "govnet", "input", "accept"},
+		{"insert", "rule", "inet", "govnet", "forward", "iifname", "wg0", "tcp", "dport", "22", "accept"},
+		{"add", "element", "inet", "govnet", "allow4", "{ 10.9.9.9 . tcp . 22 }"},
+		{"delete", "element", "inet", "govnet", "allow4", "{ 10.0.0.1 . tcp . 443 }"},
+		{"add", "element", "inet", "govnet", "allow4_net", "{ 192.168.0.0/16 . tcp . 22 }"},
+		{"add", "element", "inet", "govnet", "allow4_icmp", "{ 10.9.9.9 }"},
+		{"flush", "set", "inet", "govnet", "allow4_icmp_net"},
+		{"add", "chain", "inet", "govnet", "extra"},
+		{"add", "set", "inet", "govnet", "extra", "{ type ipv4_addr; }"},
+		{"flush", "chain", "inet", "govnet", "input"},
+		{"delete", "chain", "inet", "govnet", "forward"},
+		{"add", "chain", "inet", "govnet", "input", "{ policy drop; }"},
+		// An expression google/nftables cannot parse (byteorder).
+		{"add", "rule", "inet", "govnet", "input", "ip", "saddr", ".", "meta", "l4proto", ".", "th", "dport", "{ 10.0.0.9/32 . tcp . 22 }", "accept"},
+	} {
+		t.Run(strings.Join(edit[:2], "-"), func(t *testing.T) {
+			ns.Exec(t, append([]string{"nft"}, edit...)...)
+			got, err := fw.Digest()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got == want {
+				t.Fatalf("nft %s did not change the digest", strings.Join(edit, " "))
+			}
+			d, err := fw.Apply(smallRules)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d != want {
+				t.Fatalf("Apply after edit gave %s, want %s", d, want)
+			}
+		})
+	}
+}
+
+// TestFirewallCountersDoNotChangeDigest: the drop counter moves with
+// traffic; the digest must not.
+func TestFirewallCountersDoNotChangeDigest(t *testing.T) {
+	fw, ns := newTestFirewall(t, "lo")
+	want, err := fw.Apply(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Traffic on lo hits the drop rule (iface "lo" here).
+	_ = ns.Do(func() error {
+		c, err := net.DialTimeout("tcp4", "127.0.0.1:9", 300*time.Millisecond)
+		if err == nil {
+			c.Close()
+		}
+		return nil
+	})
+	out := ns.Exec(t, "nft", "list", "chain", "inet", "govnet", "input")
+	if strings.Contains(out, "counter packets 0 bytes 0") {
+		t.Fatalf("counter did not move:\n%s", out)
+	}
+	if got, err := fw.Digest(); err != nil || got != want {
+		t.Fatalf("digest %s, %v after traffic; want %s", got, err, want)
+	}
+}
+
+func TestFirewallOtherTablesUntouched(t *testing.T) {
+	fw, ns := newTestFirewall(t, "wg0")
+	ns.Exec(t, "nft", "add", "table", "inet", "other")
+	ns.Exec(t, "nft", "add", "chain", "inet", "other", "input", "{ type filter hook input priority 10; policy accept; }")
+	ns.Exec(t, "nft", "add", "rule", "inet", "other", "input", "tcp", "dport", "22", "accept")
+	ns.Exec(t, "nft", "add", "set", "inet", "other", "s", "{ type ipv4_addr; elements = { 1.2.3.4 }; }")
+	ns.Exec(t, "nft", "add", "table", "ip", "govnet") // same name, other family
+	before := ns.Exec(t, "nft", "list", "ruleset")
+
+	if _, err := fw.Apply(smallRules); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fw.Apply(bigRules(3000)); err != nil {
+		t.Fatal(err)
+	}
+	if err := fw.Remove(); err != nil {
+		t.Fatal(err)
+	}
+	if after := ns.Exec(t, "nft", "list", "ruleset"); after != before {
+		t.Fatalf("ruleset outside inet govnet changed:\n--- before\n%s\n--- after\n%s", before, after)
+	}
+}
+
+func TestFirewallRemove(t *testing.T) {
+	fw, ns := newTestFirewall(t, "wg0")
+	if err := fw.Remove(); err != nil { // nothing there yet
+		t.Fatal(err)
+	}
+	if _, err := fw.Digest(); !errors.Is(err, ErrNoTable) {
+		t.Fatalf("Digest without table: %v, want ErrNoTable", err)
+	}
+	if _, err := fw.Apply(smallRules); err != nil {
+		t.Fatal(err)
+	}
+	if err := fw.Remove(); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := ns.Run("nft", "list", "table", "inet", "govnet"); err == nil {
+		t.Fatalf("table still there:\n%s", out)
+	}
+}
+
+// TestFirewallFailedBatchKeepsOld: a batch the kernel rejects leaves the
+// previous table exactly as it was, and no table if there was none.
+func TestFirewallFailedBatchKeepsOld(t *testing.T) {
+	fw, ns := newTestFirewall(t, "wg0")
+	breakBatch := func(c *nftables.Conn, tbl *nftables.Table) {
+		// A jump to a chain that does not exist: the kernel refuses the
+		// rule, and with it the whole batch.
+		c.AddRule(&nftables.Rule{Table: tbl, Chain: &nftables.Chain{Name: "input", Table: tbl},
+			Exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: "no-such-chain"}}})
+	}
+
+	fw.beforeFlush = breakBatch
+	if _, err := fw.Apply(smallRules); err == nil {
+		t.Fatal("broken batch accepted")
+	}
+	if _, err := fw.Digest(); !errors.Is(err, ErrNoTable) {
+		t.Fatalf("failed first Apply left a table behind: %v", err)
+	}
+
+	fw.beforeFlush = nil
+	want, err := fw.Apply(smallRules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := ns.Exec(t, "nft", "list", "table", "inet", "govnet")
+
+	fw.beforeFlush = breakBatch
+	_, err = fw.Apply(bigRules(5000))
+	if err == nil {
+		t.Fatal("broken batch accepted")
+	}
+	t.Logf("failed Apply: %v", err)
+	if got, err := fw.Digest(); err != nil || got != want {
+		t.Fatalf("digest after failed Apply: %s, %v; want %s", got, err, want)
+	}
+	if after := ns.Exec(t, "nft", "list", "table", "inet", "govnet"); after != before {
+		t.Fatalf("table changed by a failed batch:\n--- before\n%s\n--- after\n%s", before, after)
+	}
+}
+
+func TestCompileRules(t *testing.T) {
+	for _, tc := range []struct {
+		name                   string
+		rules                  []api.Rule
+		exact, nets, icmp, icn int
+		bad                    int
+	}{
+		{name: "empty"},
+		{name: "dedupe", rules: []api.Rule{tcp("10.0.0.1/32", 1), tcp("10.0.0.1/32", 1), udp("10.0.0.1/32", 1)}, exact: 2},
+		{name: "masked", rules: []api.Rule{tcp("10.1.2.3/24", 1), tcp("10.1.2.0/24", 1)}, nets: 1},
+		{name: "nested", rules: []api.Rule{tcp("10.1.2.0/24", 1), tcp("10.0.0.0/8", 1), tcp("10.1.0.0/16", 1), tcp("11.0.0.0/24", 1)}, nets: 2},
+		{name: "nested other port kept", rules: []api.Rule{tcp("10.1.2.0/24", 2), tcp("10.0.0.0/8", 1)}, nets: 2},
+		{name: "4in6", rules: []api.Rule{tcp("::ffff:10.0.0.1/128", 1), icmp("::ffff:10.0.0.0/120")}, exact: 1, icn: 2},
+		{name: "icmp", rules: []api.Rule{icmp("10.0.0.1/32"), icmp("10.0.0.0/24"), icmp("10.0.1.0/24"), icmp("255.255.255.0/24")}, icmp: 1, icn: 3},
+		{name: "bad", rules: []api.Rule{
+			{Protocol: api.ProtoTCP, Port: 1},
+			tcp("2001:db8::/64", 1),
+			tcp("10.0.0.1/32", 0),
+			{Source: pfx("10.0.0.1/32"), Protocol: api.ProtoICMP, Port: 3},
+			{Source: pfx("10.0.0.1/32"), Protocol: "sctp", Port: 3},
+			tcp("10.0.0.1/32", 1),
+		}, exact: 1, bad: 5},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p, err := compileRules(tc.rules)
+			sets := p.sets(&nftables.Table{Name: TableName, Family: nftables.TableFamilyINet})
+			got := []int{len(sets[0].elems), len(sets[1].elems), len(sets[2].elems), len(sets[3].elems)}
+			want := []int{tc.exact, tc.nets, tc.icmp, tc.icn}
+			if !slices.Equal(got, want) {
+				t.Errorf("elements per set %v, want %v", got, want)
+			}
+			if got := p.elements(); tc.icn%2 == 0 && got != tc.exact+tc.nets+tc.icmp+tc.icn {
+				t.Errorf("elements() = %d", got)
+			}
+			var n int
+			if err != nil {
+				n = len(err.(interface{ Unwrap() []error }).Unwrap())
+				if !errors.Is(err, ErrUnsupportedRule) {
+					t.Errorf("error %v does not wrap ErrUnsupportedRule", err)
+				}
+			}
+			if n != tc.bad {
+				t.Errorf("%d rules refused (%v), want %d", n, err, tc.bad)
+			}
+		})
+	}
+}
+
+func TestKeyEncoding(t *testing.T) {
+	k := concatKey(netip.MustParseAddr("10.0.0.1"), service{proto: 6, port: 443})
+	want := []byte{10, 0, 0, 1, 6, 0, 0, 0, 0x01, 0xbb, 0, 0}
+	if !slices.Equal(k, want) {
+		t.Fatalf("key % x, want % x", k, want)
+	}
+	if got := renderKey(concatKeyType, k); got != "10.0.0.1 . tcp . 443" {
+		t.Fatalf("renderKey = %q", got)
+	}
+	for in, want := range map[string]string{"10.0.0.0/8": "10.255.255.255", "10.1.2.3/32": "10.1.2.3", "0.0.0.0/0": "255.255.255.255"} {
+		if got := lastAddr(pfx(in)).String(); got != want {
+			t.Errorf("lastAddr(%s) = %s, want %s", in, got, want)
+		}
+	}
+}
+
+func TestFirewallApplyPartial(t *testing.T) {
+	fw, ns := newTestFirewall(t, "wg0")
+	d, err := fw.Apply([]api.Rule{tcp("10.0.0.1/32", 443), tcp("2001:db8::1/128", 443)})
+	if !errors.Is(err, ErrUnsupportedRule) || d == "" {
+		t.Fatalf("Apply = %q, %v; want a digest and ErrUnsupportedRule", d, err)
+	}
+	if out := ns.Exec(t, "nft", "list", "set", "inet", "govnet", "allow4"); !strings.Contains(out, "10.0.0.1 . tcp . 443") {
+		t.Fatalf("supported rule not installed:\n%s", out)
+	}
+}
+
+// TestFirewallPackets sends real packets between two namespaces: ns "b"
+// is the gateway, its veth plays the WireGuard interface.
+func TestFirewallPackets(t *testing.T) {
+	netnstest.RequireTools(t, "nft")
+	a, b := netnstest.New(t), netnstest.New(t)
+	addrA, addrB := pfx("198.18.0.1/24"), pfx("198.18.0.2/24")
+	_, ifB := netnstest.Veth(t, a, b, addrA, addrB)
+	fw, err := NewFirewall(ifB, WithNetNS(b.Fd()), WithLogger(testLogger(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Servers in b (behind the firewall) and in a.
+	serve := func(ns *netnstest.NS, addr string) string {
+		var ln net.Listener
+		if err := ns.Do(func() (err error) {
+			ln, err = net.Listen("tcp4", addr)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				go func() {
+					defer c.Close()
+					buf := make([]byte, 64)
+					n, _ := c.Read(buf)
+					c.Write(buf[:n])
+				}()
+			}
+		}()
+		return ln.Addr().String()
+	}
+	allowed := serve(b, "198.18.0.2:7001")
+	lanPort := serve(b, "198.18.0.2:7002")
+	closed := serve(b, "198.18.0.2:7003")
+	inA := serve(a, "198.18.0.1:7100")
+
+	dial := func(from *netnstest.NS, addr string, timeout time.Duration) error {
+		return from.Do(func() error {
+			c, err := net.DialTimeout("tcp4", addr, timeout)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(2 * time.Second))
+			if _, err := c.Write([]byte("ping")); err != nil {
+				return err
+			}
+			buf := make([]byte, 4)
+			if _, err := c.Read(buf); err != nil {
+				return err
+			}
+			if string(buf) != "ping" {
+				return fmt.Errorf("echo %q", buf)
+			}
+			return nil
+		})
+	}
+	wantOK := func(from *netnstest.NS, addr, why string) {
+		t.Helper()
+		if err := dial(from, addr, 10*time.Second); err != nil {
+			t.Errorf("%s: dial %s: %v", why, addr, err)
+		}
+	}
+	wantDropped := func(from *netnstest.NS, addr, why string) {
+		t.Helper()
+		err := dial(from, addr, 700*time.Millisecond)
+		var ne net.Error
+		if err == nil || !errors.As(err, &ne) || !ne.Timeout() {
+			t.Errorf("%s: dial %s: %v, want a timeout (dropped, not refused)", why, addr, err)
+		}
+	}
+
+	// No table yet: everything passes.
+	wantOK(a, closed, "no policy")
+
+	if _, err := fw.Apply([]api.Rule{
+		tcp("198.18.0.1/32", 7001),
+		tcp("198.18.0.0/24", 7002), // a LAN prefix rule
+		icmp("198.18.0.1/32"),
+	}); err != nil {
+		t.Fatal(err)
+	}
+	wantOK(a, allowed, "allowed /32 rule")
+	wantOK(a, lanPort, "allowed prefix rule")
+	wantDropped(a, closed, "port not in the policy")
+	wantOK(b, inA, "reply to a connection b opened (ct established)")
+	if err := ping(a, netip.MustParseAddr("198.18.0.1"), netip.MustParseAddr("198.18.0.2")); err != nil {
+		t.Errorf("ping allowed: %v", err)
+	}
+
+	// Deny-all.
+	if _, err := fw.Apply(nil); err != nil {
+		t.Fatal(err)
+	}
+	wantDropped(a, allowed, "empty policy")
+	wantDropped(a, lanPort, "empty policy")
+	wantOK(b, inA, "empty policy, reply to b's own connection")
+	if err := ping(a, netip.MustParseAddr("198.18.0.1"), netip.MustParseAddr("198.18.0.2")); err == nil {
+		t.Errorf("ping passed an empty policy")
+	}
+	if out := b.Exec(t, "nft", "list", "chain", "inet", "govnet", "input"); strings.Contains(out, "counter packets 0 ") {
+		t.Errorf("drop counter did not count:\n%s", out)
+	}
+
+	// Other sources of the LAN prefix are not the /32.
+	if _, err := fw.Apply([]api.Rule{tcp("198.18.0.99/32", 7001), tcp("198.18.1.0/24", 7002)}); err != nil {
+		t.Fatal(err)
+	}
+	wantDropped(a, allowed, "rule for another /32")
+	wantDropped(a, lanPort, "rule for another prefix")
+}
+
+// ping sends one ICMP echo request from src (in ns) to dst and waits up to
+// a second for the reply.
+func ping(ns *netnstest.NS, src, dst netip.Addr) error {
+	var conn net.PacketConn
+	if err := ns.Do(func() (err error) {
+		conn, err = net.ListenPacket("ip4:icmp", src.String())
+		return err
+	}); err != nil {
+		return err
+	}
+	defer conn.Close()
+	id := uint16(rand.IntN(1 << 16))
+	msg := []byte{8, 0, 0, 0, byte(id >> 8), byte(id), 0, 1, 'g', 'o', 'v', 'n'}
+	binary.BigEndian.PutUint16(msg[2:], icmpChecksum(msg))
+	if _, err := conn.WriteTo(msg, &net.IPAddr{IP: dst.AsSlice()}); err != nil {
+		return err
+	}
+	conn.SetReadDeadline(time.Now().Add(time.Second))
+	buf := make([]byte, 1500)
+	for {
+		n, from, err := conn.ReadFrom(buf)
+		if err != nil {
+			return err
+		}
+		if n >= 8 && buf[0] == 0 && binary.BigEndian.Uint16(buf[4:]) == id && from.String() == dst.String() {
+			return nil
+		}
+	}
+}
+
+func icmpChecksum(b []byte) uint16 {
+	var s uint32
+	for i := 0; i+1 < len(b); i += 2 {
+		s += uint32(b[i])<<8 | uint32(b[i+1])
+	}
+	if len(b)%2 == 1 {
+		s += uint32(b[len(b)-1]) << 8
+	}
+	for s>>16 != 0 {
+		s = s&0xffff + s>>16
+	}
+	return ^uint16(s)
+}
