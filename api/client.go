@@ -211,3 +211,9 @@ func (c *Client) PublishPolicy(ctx context.Context, name, source string) (*Polic
 	var out Policy
 	return &out, c.do(ctx, http.MethodPut, "/v1/policy", PolicyRequest{Name: name, Source: source}, &out)
 }
+
+// ClusterStatus returns the answering node's view of the cluster.
+func (c *Client) ClusterStatus(ctx context.Context) (*ClusterStatus, error) {
+	var out ClusterStatus
+	return &out, c.do(ctx, http.MethodGet, "/v1/cluster/status", nil, &out)
+}

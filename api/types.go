@@ -132,3 +132,14 @@ type PolicyRequest struct {
 type Error struct {
 	Error string `json:"error"`
 }
+
+// ClusterStatus is one controller node's view of the cluster.
+type ClusterStatus struct {
+	Node      string `json:"node"`
+	State     string `json:"state"`  // raft state: Leader, Follower, Candidate
+	Leader    string `json:"leader"` // leader's node name, empty if none is known
+	RaftIndex uint64 `json:"raft_index"`
+	Ready     bool   `json:"ready"`
+	NotReady  string `json:"not_ready,omitempty"` // why not
+	Watchers  int    `json:"watchers"`            // gateway streams served by this node
+}

@@ -76,6 +76,7 @@ func (n *Node) routes() http.Handler {
 	mux.HandleFunc("POST /v1/gateways", n.person([]string{ca.RoleOperator}, n.handleGatewayAdd))
 	mux.HandleFunc("POST /v1/gateways/{id}/token", n.person([]string{ca.RoleOfficer}, n.handleToken))
 	mux.HandleFunc("GET /v1/policy", n.person(anyone, n.handlePolicy))
+	mux.HandleFunc("GET /v1/cluster/status", n.person(anyone, n.handleClusterStatus))
 	mux.HandleFunc("PUT /v1/policy", n.person([]string{ca.RoleOfficer}, n.handlePolicyPublish))
 	return mux
 }
@@ -133,6 +134,23 @@ func (n *Node) handleReady(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Write([]byte("ready\n"))
+}
+
+func (n *Node) handleClusterStatus(w http.ResponseWriter, r *http.Request, _ ca.Identity) {
+	_, leader := n.raft.LeaderWithID()
+	st := api.ClusterStatus{
+		Node:      n.cfg.Node,
+		State:     n.raft.State().String(),
+		Leader:    string(leader),
+		RaftIndex: n.State().Index(),
+		Watchers:  n.hub.watchers(),
+	}
+	if err := n.Ready(); err != nil {
+		st.NotReady = err.Error()
+	} else {
+		st.Ready = true
+	}
+	writeJSON(w, http.StatusOK, st)
 }
 
 func (n *Node) handleRoot(w http.ResponseWriter, r *http.Request) {

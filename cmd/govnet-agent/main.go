@@ -1,0 +1,122 @@
+// Command govnet-agent runs on an agency's edge gateway: it enrolls once
+// with a one-time token, then keeps the gateway's WireGuard interface and
+// nftables table reconciled to what the controllers say.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/govnet/govnet/internal/cli"
+	"github.com/govnet/govnet/netagent"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+)
+
+func main() {
+	root := &cobra.Command{
+		Use:           "govnet-agent",
+		Short:         "govnet gateway agent: WireGuard and nftables reconciled to the controllers' view",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.AddCommand(enrollCmd(), runCmd())
+	if err := root.Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "govnet-agent:", err)
+		os.Exit(1)
+	}
+}
+
+func bindConfig(fs *pflag.FlagSet, c *netagent.Config) {
+	fs.StringVar(&c.Controller, "controller", c.Controller, "controller API, https://host:port")
+	fs.StringVar(&c.StateDir, "state-dir", c.StateDir, "directory for keys, certificate and the last applied view")
+	fs.StringVar(&c.Interface, "interface", c.Interface, "WireGuard interface name")
+	fs.IntVar(&c.ListenPort, "listen-port", c.ListenPort, "WireGuard UDP port")
+	fs.StringVar(&c.Endpoint, "endpoint", c.Endpoint, "host:port peers reach this gateway at")
+	fs.DurationVar(&c.Reconcile, "reconcile", c.Reconcile, "how often to check the kernel for drift")
+}
+
+func enrollCmd() *cobra.Command {
+	cfg := netagent.DefaultConfig()
+	var configPath, root, tokenFile string
+	cmd := &cobra.Command{
+		Use:   "enroll",
+		Short: "Generate this gateway's keys and enroll with a one-time token",
+		Long: "Generates the TLS and WireGuard keys on this machine (they never leave it), sends a CSR\n" +
+			"with the token, and writes the certificate, the identity and a config file.\n" +
+			"The token is read from --token-file or the GOVNET_TOKEN environment variable.",
+		Example: `  GOVNET_TOKEN=... govnet-agent enroll --config /etc/govnet/agent.yaml \
+    --controller https://10.0.0.1:7443 --root /etc/govnet/root.crt --endpoint 192.0.2.10:51820`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			token := os.Getenv("GOVNET_TOKEN")
+			if tokenFile != "" {
+				b, err := os.ReadFile(tokenFile)
+				if err != nil {
+					return err
+				}
+				token = strings.TrimSpace(string(b))
+			}
+			if token == "" {
+				return errors.New("no token: set --token-file or GOVNET_TOKEN (ask an officer for `govnetctl gateway token`)")
+			}
+			id, err := netagent.Enroll(cmd.Context(), cfg, token, root)
+			if err != nil {
+				return err
+			}
+			if err := cfg.Save(configPath); err != nil {
+				return err
+			}
+			fmt.Printf("enrolled gateway %s of agency %s: overlay address %s, config %s\n", id.Gateway, id.Agency, id.OverlayIP, configPath)
+			return nil
+		},
+	}
+	fs := cmd.Flags()
+	bindConfig(fs, &cfg)
+	fs.StringVar(&configPath, "config", "/etc/govnet/agent.yaml", "config file to write")
+	fs.StringVar(&root, "root", "", "govnet root certificate (PEM), obtained out of band")
+	fs.StringVar(&tokenFile, "token-file", "", "file holding the one-time enrollment token")
+	cmd.MarkFlagRequired("root")
+	cmd.MarkFlagRequired("controller")
+	return cmd
+}
+
+func runCmd() *cobra.Command {
+	cfg := netagent.DefaultConfig()
+	var (
+		configPath, logLevel string
+		check                bool
+	)
+	cmd := &cobra.Command{
+		Use:     "run",
+		Short:   "Run the agent (inside the gateway's network namespace)",
+		Example: "  govnet-agent run --config /etc/govnet/agent.yaml",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := cli.LoadConfig(cmd.Flags(), configPath, cfg.LoadFile); err != nil {
+				return err
+			}
+			if err := cfg.Validate(); err != nil {
+				return fmt.Errorf("config: %w", err)
+			}
+			if check {
+				fmt.Println("config ok")
+				return nil
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return netagent.Run(ctx, cfg, cli.Logger(os.Stderr, logLevel))
+		},
+	}
+	fs := cmd.Flags()
+	bindConfig(fs, &cfg)
+	fs.StringVar(&configPath, "config", "/etc/govnet/agent.yaml", "config file (flags override its keys)")
+	fs.BoolVar(&check, "check", false, "validate the configuration and exit")
+	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	return cmd
+}

@@ -1,0 +1,301 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/govnet/govnet/api"
+	"github.com/govnet/govnet/policy"
+	"github.com/spf13/cobra"
+)
+
+func (a *app) agencyCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "agency", Short: "Register and list agencies"}
+	var name string
+	add := &cobra.Command{
+		Use:     "add CODE --name NAME",
+		Short:   "Register an agency (its parent must be registered first)",
+		Example: `  govnetctl agency add 000.00.00.H29 --name "Ủy ban nhân dân tỉnh Quảng Ninh"`,
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.call(cmd, func(ctx context.Context, c *api.Client) error {
+				ag, err := c.AddAgency(ctx, api.Agency{Code: args[0], Name: name})
+				if err != nil {
+					return err
+				}
+				return a.print(ag, "CODE\tLEVEL\tPARENT\tNAME", func(w io.Writer) { agencyRow(w, *ag) })
+			})
+		},
+	}
+	add.Flags().StringVar(&name, "name", "", "the agency's name (UTF-8)")
+	add.MarkFlagRequired("name")
+	list := &cobra.Command{
+		Use:     "list",
+		Short:   "List agencies",
+		Example: "  govnetctl agency list\n  govnetctl agency list -o json",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return a.call(cmd, func(ctx context.Context, c *api.Client) error {
+				ags, err := c.Agencies(ctx)
+				if err != nil {
+					return err
+				}
+				return a.print(ags, "CODE\tLEVEL\tPARENT\tNAME", func(w io.Writer) {
+					for _, ag := range ags {
+						agencyRow(w, ag)
+					}
+				})
+			})
+		},
+	}
+	cmd.AddCommand(add, list)
+	return cmd
+}
+
+func agencyRow(w io.Writer, a api.Agency) {
+	fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", a.Code, a.Level, dash(a.Parent), a.Name)
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func (a *app) gatewayCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "gateway", Short: "Register gateways, issue enrollment tokens, see their state"}
+	var g api.Gateway
+	var lans []string
+	add := &cobra.Command{
+		Use:     "add ID --agency CODE",
+		Short:   "Register a gateway of an agency (pending until it enrolls)",
+		Example: "  govnetctl gateway add h29-gw1 --agency 000.00.00.H29 --endpoint 192.0.2.10:51820 --lan 10.29.0.0/16",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			g.ID = args[0]
+			for _, l := range lans {
+				p, err := netip.ParsePrefix(l)
+				if err != nil {
+					return fmt.Errorf("--lan %q: %w", l, err)
+				}
+				g.LANs = append(g.LANs, p)
+			}
+			return a.call(cmd, func(ctx context.Context, c *api.Client) error {
+				got, err := c.AddGateway(ctx, g)
+				if err != nil {
+					return err
+				}
+				return a.print(got, gatewayHeader, func(w io.Writer) { gatewayRow(w, *got) })
+			})
+		},
+	}
+	add.Flags().StringVar(&g.Agency, "agency", "", "agency code the gateway belongs to")
+	add.Flags().StringVar(&g.Name, "name", "", "a human name")
+	add.Flags().StringVar(&g.Endpoint, "endpoint", "", "host:port on the transport network (the agent may also report it)")
+	add.Flags().StringSliceVar(&lans, "lan", nil, "agency LAN prefix routed by the gateway (repeatable)")
+	add.MarkFlagRequired("agency")
+
+	list := &cobra.Command{
+		Use:     "list",
+		Short:   "List gateways with status, overlay address and applied policy",
+		Example: "  govnetctl gateway list\n  govnetctl gateway list -o json",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return a.call(cmd, func(ctx context.Context, c *api.Client) error {
+				gws, err := c.Gateways(ctx)
+				if err != nil {
+					return err
+				}
+				return a.print(gws, gatewayHeader, func(w io.Writer) {
+					for _, g := range gws {
+						gatewayRow(w, g)
+					}
+				})
+			})
+		},
+	}
+	show := &cobra.Command{
+		Use:     "show ID",
+		Short:   "Show one gateway",
+		Example: "  govnetctl gateway show h29-gw1 -o json",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.call(cmd, func(ctx context.Context, c *api.Client) error {
+				g, err := c.Gateway(ctx, args[0])
+				if err != nil {
+					return err
+				}
+				return a.print(g, gatewayHeader, func(w io.Writer) { gatewayRow(w, *g) })
+			})
+		},
+	}
+	var ttl time.Duration
+	var tokenOut string
+	token := &cobra.Command{
+		Use:   "token ID",
+		Short: "Issue a one-time enrollment token for a pending gateway (officer)",
+		Example: "  govnetctl gateway token h29-gw1 --ttl 30m\n" +
+			"  govnetctl gateway token h29-gw1 --write /tmp/h29-gw1.token",
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.call(cmd, func(ctx context.Context, c *api.Client) error {
+				t, err := c.IssueToken(ctx, args[0], ttl)
+				if err != nil {
+					return err
+				}
+				if tokenOut != "" {
+					if err := os.WriteFile(tokenOut, []byte(t.Token+"\n"), 0o600); err != nil {
+						return err
+					}
+				}
+				return a.print(t, "GATEWAY\tEXPIRES\tTOKEN", func(w io.Writer) {
+					fmt.Fprintf(w, "%s\t%s\t%s\n", t.Gateway, t.Expires.Format(time.RFC3339), t.Token)
+				})
+			})
+		},
+	}
+	token.Flags().DurationVar(&ttl, "ttl", time.Hour, "how long the token is valid")
+	token.Flags().StringVar(&tokenOut, "write", "", "also write the token to this file (mode 0600)")
+	cmd.AddCommand(add, list, show, token)
+	return cmd
+}
+
+const gatewayHeader = "ID\tAGENCY\tSTATUS\tOVERLAY\tENDPOINT\tPOLICY\tRAFT INDEX\tPEERS\tLAST HANDSHAKE\tREPORTED"
+
+func gatewayRow(w io.Writer, g api.Gateway) {
+	overlay := "-"
+	if g.OverlayIP.IsValid() {
+		overlay = g.OverlayIP.String()
+	}
+	pol, idx, peers, hs, at := "-", "-", "-", "-", "-"
+	if r := g.Report; r != nil {
+		pol, idx, peers = fmt.Sprintf("v%d", r.PolicyVersion), fmt.Sprint(r.RaftIndex), fmt.Sprint(r.Peers)
+		if !r.LastHandshake.IsZero() {
+			hs = ago(r.LastHandshake)
+		}
+		at = ago(r.At)
+	}
+	fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", g.ID, g.Agency, g.Status, overlay, dash(g.Endpoint), pol, idx, peers, hs, at)
+}
+
+func ago(t time.Time) string {
+	return time.Since(t).Round(time.Second).String() + " ago"
+}
+
+func (a *app) policyCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "policy", Short: "Check, publish and show the network policy"}
+	check := &cobra.Command{
+		Use:     "check FILE",
+		Short:   "Check a policy file's syntax and structure offline",
+		Example: "  govnetctl policy check deploy/lab/policy.yaml",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			src, err := os.ReadFile(args[0])
+			if err != nil {
+				return err
+			}
+			if _, err := policy.Parse(args[0], src); err != nil {
+				return fmt.Errorf("policy rejected:\n%w", err)
+			}
+			fmt.Fprintf(a.out, "%s: ok\n", args[0])
+			return nil
+		},
+	}
+	publish := &cobra.Command{
+		Use:   "publish FILE",
+		Short: "Validate a policy against the registry, run its tests and publish it (officer)",
+		Long: "The controller parses the policy, checks every name against the registry, compiles it for\n" +
+			"every gateway and runs its embedded tests. A policy that fails any step is rejected with\n" +
+			"its errors and no gateway changes.",
+		Example: "  govnetctl policy publish deploy/lab/policy.yaml",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			src, err := os.ReadFile(args[0])
+			if err != nil {
+				return err
+			}
+			return a.call(cmd, func(ctx context.Context, c *api.Client) error {
+				p, err := c.PublishPolicy(ctx, filepath.Base(args[0]), string(src))
+				if err != nil {
+					return err
+				}
+				return a.print(p, "VERSION\tPUBLISHED\tBY", func(w io.Writer) { policyRow(w, *p) })
+			})
+		},
+	}
+	show := &cobra.Command{
+		Use:     "show",
+		Short:   "Show the current policy",
+		Example: "  govnetctl policy show",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return a.call(cmd, func(ctx context.Context, c *api.Client) error {
+				p, err := c.Policy(ctx)
+				if err != nil {
+					return err
+				}
+				return a.print(p, "VERSION\tPUBLISHED\tBY", func(w io.Writer) {
+					policyRow(w, *p)
+					fmt.Fprintln(w)
+					fmt.Fprint(w, strings.TrimRight(p.Source, "\n")+"\n")
+				})
+			})
+		},
+	}
+	cmd.AddCommand(check, publish, show)
+	return cmd
+}
+
+func policyRow(w io.Writer, p api.Policy) {
+	fmt.Fprintf(w, "v%d\t%s\t%s\n", p.Version, p.Published.Format(time.RFC3339), p.Actor)
+}
+
+func (a *app) clusterCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "cluster", Short: "See the controller cluster"}
+	var wait time.Duration
+	status := &cobra.Command{
+		Use:   "status",
+		Short: "Show the answering node's raft state and readiness",
+		Example: "  govnetctl cluster status\n" +
+			"  govnetctl cluster status --wait 30s   # until the node is ready, or fail",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			deadline := time.Now().Add(wait)
+			for {
+				ctx, cancel := context.WithTimeout(cmd.Context(), 5*time.Second)
+				st, err := c.ClusterStatus(ctx)
+				cancel()
+				if err == nil && (st.Ready || wait == 0) {
+					return a.print(st, "NODE\tSTATE\tLEADER\tRAFT INDEX\tREADY\tWATCHERS", func(w io.Writer) {
+						ready := "yes"
+						if !st.Ready {
+							ready = "no: " + st.NotReady
+						}
+						fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%d\n", st.Node, st.State, dash(st.Leader), st.RaftIndex, ready, st.Watchers)
+					})
+				}
+				if time.Now().After(deadline) {
+					if err == nil {
+						err = fmt.Errorf("node %s not ready: %s", st.Node, st.NotReady)
+					}
+					return err
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+		},
+	}
+	status.Flags().DurationVar(&wait, "wait", 0, "wait up to this long for the node to be ready")
+	cmd.AddCommand(status)
+	return cmd
+}

@@ -1,0 +1,129 @@
+// Command govnetctl is the desk tool of govnet's operators, officers and
+// auditors. It talks to the controllers only through the API client.
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"text/tabwriter"
+	"time"
+
+	"github.com/goccy/go-yaml"
+	"github.com/govnet/govnet/api"
+	"github.com/govnet/govnet/internal/cli"
+	"github.com/spf13/cobra"
+)
+
+// ctlConfig is govnetctl's config file: where the controller is and whose
+// credentials to present.
+type ctlConfig struct {
+	Controller string `yaml:"controller"` // https://host:port
+	Root       string `yaml:"root"`       // govnet root certificate
+	Cert       string `yaml:"cert"`       // this person's certificate chain
+	Key        string `yaml:"key"`        // and key
+}
+
+func (c *ctlConfig) load(path string) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	if err := yaml.NewDecoder(bytes.NewReader(data), yaml.DisallowUnknownField()).Decode(c); err != nil {
+		return fmt.Errorf("config %s: %s", path, yaml.FormatError(err, false, true))
+	}
+	// Relative paths in the file are relative to the file.
+	for _, p := range []*string{&c.Root, &c.Cert, &c.Key} {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(filepath.Dir(path), *p)
+		}
+	}
+	return nil
+}
+
+type app struct {
+	cfg        ctlConfig
+	configPath string
+	output     string
+	out        io.Writer
+}
+
+func defaultConfigPath() string {
+	if p := os.Getenv("GOVNETCTL_CONFIG"); p != "" {
+		return p
+	}
+	if dir, err := os.UserConfigDir(); err == nil {
+		p := filepath.Join(dir, "govnet", "govnetctl.yaml")
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	return ""
+}
+
+func main() {
+	a := &app{out: os.Stdout}
+	root := &cobra.Command{
+		Use:           "govnetctl",
+		Short:         "Run the govnet network: agencies, gateways, tokens, policy",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			if a.output != "table" && a.output != "json" {
+				return fmt.Errorf("-o %q: want table or json", a.output)
+			}
+			return cli.LoadConfig(cmd.Flags(), a.configPath, a.cfg.load)
+		},
+	}
+	pf := root.PersistentFlags()
+	pf.StringVar(&a.configPath, "config", defaultConfigPath(), "config file (default $GOVNETCTL_CONFIG or ~/.config/govnet/govnetctl.yaml)")
+	pf.StringVar(&a.cfg.Controller, "controller", "", "controller API, https://host:port")
+	pf.StringVar(&a.cfg.Root, "root", "", "govnet root certificate (PEM)")
+	pf.StringVar(&a.cfg.Cert, "cert", "", "your certificate chain (PEM)")
+	pf.StringVar(&a.cfg.Key, "key", "", "your private key (PEM)")
+	pf.StringVarP(&a.output, "output", "o", "table", "output format: table or json")
+	root.AddCommand(a.agencyCmd(), a.gatewayCmd(), a.policyCmd(), a.clusterCmd())
+	if err := root.Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "govnetctl:", err)
+		os.Exit(1)
+	}
+}
+
+func (a *app) client() (*api.Client, error) {
+	if a.cfg.Controller == "" || a.cfg.Root == "" || a.cfg.Cert == "" || a.cfg.Key == "" {
+		return nil, fmt.Errorf("controller, root, cert and key must be set: write them to a config file (--config) or pass the flags")
+	}
+	tlsCfg, err := api.TLSConfig(a.cfg.Root, a.cfg.Cert, a.cfg.Key)
+	if err != nil {
+		return nil, err
+	}
+	return api.NewClient(a.cfg.Controller, tlsCfg), nil
+}
+
+// call runs fn with a client and a bounded context.
+func (a *app) call(cmd *cobra.Command, fn func(context.Context, *api.Client) error) error {
+	c, err := a.client()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
+	defer cancel()
+	return fn(ctx, c)
+}
+
+// print writes v as JSON, or as the table that rows renders.
+func (a *app) print(v any, header string, rows func(w io.Writer)) error {
+	if a.output == "json" {
+		enc := json.NewEncoder(a.out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(v)
+	}
+	tw := tabwriter.NewWriter(a.out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, header)
+	rows(tw)
+	return tw.Flush()
+}
