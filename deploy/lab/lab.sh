@@ -1,0 +1,201 @@
+#!/usr/bin/env bash
+# The govnet lab: a controller and four agency gateways, each in its own
+# network namespace, joined by a transport bridge that lives in a namespace
+# of its own. Nothing is configured in the host's namespace; every address
+# exists only inside the lab.
+#
+#   deploy/lab/lab.sh up      build nothing; start the lab from bin/ and show the flow matrix
+#   deploy/lab/lab.sh down    remove every namespace, interface, socket, process and file it made
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+LAB=${GOVNET_LAB_DIR:-$ROOT/.lab}
+BIN=$ROOT/bin
+P=gvlab-                       # namespace prefix
+NET=${P}net                    # namespace holding the transport bridge
+CTL=${P}ctl1                   # controller namespace
+CTL_IP=192.0.2.1               # TEST-NET-1: documentation addresses, lab only
+API=https://$CTL_IP:7443
+PIN=1234
+
+# gateway id | agency code | transport address | WireGuard interface
+GATEWAYS=(
+  "gw-h29|000.00.00.H29|192.0.2.11|gvl-h29"
+  "gw-h29c|000.12.04.H29|192.0.2.12|gvl-h29c"
+  "gw-h49|000.00.00.H49|192.0.2.13|gvl-h49"
+  "gw-g22|000.00.00.G22|192.0.2.14|gvl-g22"
+)
+# code | name (parents first)
+AGENCIES=(
+  "000.00.00.G22|Văn phòng Chính phủ"
+  "000.00.00.H29|Ủy ban nhân dân tỉnh Quảng Ninh"
+  "000.00.04.H29|Ủy ban nhân dân thành phố Hạ Long"
+  "000.12.04.H29|Ủy ban nhân dân phường Hồng Gai"
+  "000.00.00.H49|Ủy ban nhân dân tỉnh Quảng Nam"
+)
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+nsx() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
+ctl() { nsx "$CTL" "$BIN/govnetctl" --config "$LAB/govnetctl-$1.yaml" "${@:2}"; }
+
+down() {
+  # Processes first (by pid file, then anything still in a lab namespace).
+  if [ -d "$LAB/run" ]; then
+    for f in "$LAB"/run/*.pid; do
+      [ -e "$f" ] && kill "$(cat "$f")" 2>/dev/null || true
+    done
+  fi
+  for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^$P" || true); do
+    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill "$pid" 2>/dev/null || true; done
+  done
+  sleep 0.5
+  for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^$P" || true); do
+    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
+    ip netns delete "$ns"
+  done
+  rm -f /var/run/wireguard/gvl-*.sock
+  rm -rf "$LAB"
+}
+
+wait_for() { # seconds description command...
+  local secs=$1 what=$2; shift 2
+  for _ in $(seq $((secs * 10))); do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    sleep 0.1
+  done
+  echo "timed out after ${secs}s waiting for $what" >&2
+  return 1
+}
+
+start() { # name namespace command... (logs to $LAB/logs/name.log)
+  local name=$1 ns=$2; shift 2
+  ip netns exec "$ns" "$@" >"$LAB/logs/$name.log" 2>&1 &
+  echo $! >"$LAB/run/$name.pid"
+}
+
+up() {
+  for b in govnetd govnet-agent govnetctl labtool; do
+    [ -x "$BIN/$b" ] || { echo "missing $BIN/$b: run make build" >&2; exit 1; }
+  done
+  down
+  mkdir -p "$LAB"/{logs,run,tokens,people,hsm}
+  chmod 700 "$LAB"
+
+  say "network: bridge in $NET, controller and ${#GATEWAYS[@]} gateways in their own namespaces"
+  ip netns add "$NET"
+  nsx "$NET" ip link add br0 type bridge
+  nsx "$NET" ip link set br0 up
+  nsx "$NET" ip link set lo up
+  local i=0
+  attach() { # ns address
+    local ns=$1 addr=$2 host=vl$i
+    i=$((i + 1))
+    ip netns add "$ns"
+    ip link add "$host" netns "$NET" type veth peer name eth0 netns "$ns"
+    nsx "$NET" ip link set "$host" master br0 up
+    nsx "$ns" ip link set lo up
+    nsx "$ns" ip addr add "$addr/24" dev eth0
+    nsx "$ns" ip link set eth0 up
+  }
+  attach "$CTL" "$CTL_IP"
+  for g in "${GATEWAYS[@]}"; do
+    IFS='|' read -r id _ addr _ <<<"$g"
+    attach "$P$id" "$addr"
+  done
+
+  say "HSM: SoftHSM2 token govnet-ca-ctl1 (config $LAB/hsm/softhsm2.conf)"
+  export SOFTHSM2_CONF=$LAB/hsm/softhsm2.conf
+  mkdir -p "$LAB/hsm/tokens"
+  printf 'directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\n' "$LAB/hsm/tokens" >"$SOFTHSM2_CONF"
+  softhsm2-util --init-token --free --label govnet-ca-ctl1 --so-pin 0000 --pin "$PIN" >/dev/null
+  echo "$PIN" >"$LAB/hsm/pin"
+  chmod 600 "$LAB/hsm/pin"
+
+  say "controller: govnetd init (root, intermediate and TLS keys generated inside the HSM)"
+  nsx "$CTL" "$BIN/govnetd" init --config "$LAB/govnetd.yaml" --node ctl1 --data-dir "$LAB/ctl1" \
+    --api-addr "$CTL_IP:7443" --raft-addr "$CTL_IP:7000" --overlay-prefix 100.64.0.0/24 \
+    --hsm-token govnet-ca-ctl1 --hsm-pin-file "$LAB/hsm/pin" --hsm-pin-env "" \
+    --person operator1:operator --person officer1:officer --people-dir "$LAB/people"
+  for who in operator1 officer1; do
+    cat >"$LAB/govnetctl-${who%1}.yaml" <<YAML
+controller: $API
+root: $LAB/ctl1/pki/root.pem
+cert: $LAB/people/$who.crt
+key: $LAB/people/$who.key
+YAML
+  done
+  start govnetd "$CTL" "$BIN/govnetd" run --config "$LAB/govnetd.yaml"
+  wait_for 30 "the controller's API" ctl operator agency list
+  ctl operator cluster status --wait 30s
+
+  say "registry: agencies and gateways (operator), enrollment tokens (officer)"
+  for a in "${AGENCIES[@]}"; do
+    IFS='|' read -r code name <<<"$a"
+    ctl operator agency add "$code" --name "$name" >/dev/null
+  done
+  for g in "${GATEWAYS[@]}"; do
+    IFS='|' read -r id code addr _ <<<"$g"
+    ctl operator gateway add "$id" --agency "$code" --endpoint "$addr:51820" >/dev/null
+    ctl officer gateway token "$id" --ttl 15m --write "$LAB/tokens/$id" >/dev/null
+  done
+  ctl operator agency list
+
+  say "gateways: govnet-agent enroll, then run, each inside its namespace"
+  for g in "${GATEWAYS[@]}"; do
+    IFS='|' read -r id _ addr ifc <<<"$g"
+    nsx "$P$id" "$BIN/govnet-agent" enroll --config "$LAB/$id/agent.yaml" --controller "$API" \
+      --root "$LAB/ctl1/pki/root.pem" --token-file "$LAB/tokens/$id" --state-dir "$LAB/$id/state" \
+      --interface "$ifc" --listen-port 51820 --endpoint "$addr:51820" --reconcile 5s
+    start "agent-$id" "$P$id" "$BIN/govnet-agent" run --config "$LAB/$id/agent.yaml"
+    start "listen-$id" "$P$id" "$BIN/labtool" listen 22 443 8080
+  done
+
+  say "policy: publish deploy/lab/policy.yaml (officer)"
+  ctl officer policy publish "$ROOT/deploy/lab/policy.yaml"
+  local version
+  version=$(ctl officer policy show -o json | sed -n 's/.*"version": *\([0-9]*\).*/\1/p' | head -1)
+  applied() {
+    ctl operator gateway list -o json >"$LAB/gateways.json" || return 1
+    [ "$(grep -c "\"policy_version\": $version," "$LAB/gateways.json")" -eq ${#GATEWAYS[@]} ]
+  }
+  wait_for 60 "every gateway to report policy v$version" applied
+  handshakes() { # every peer of every gateway has completed a WireGuard handshake
+    local g id ifc
+    for g in "${GATEWAYS[@]}"; do
+      IFS='|' read -r id _ _ ifc <<<"$g"
+      nsx "$P$id" wg show "$ifc" latest-handshakes | awk '$2 == 0 { bad = 1 } END { exit bad }' || return 1
+    done
+  }
+  wait_for 30 "WireGuard handshakes between all peers" handshakes
+  ctl operator agency list -o json >"$LAB/agencies.json"
+  ctl operator gateway list
+
+  say "flows over the overlay: expected by policy vs observed with real TCP connections"
+  "$BIN/labtool" matrix --policy "$ROOT/deploy/lab/policy.yaml" --agencies "$LAB/agencies.json" \
+    --gateways "$LAB/gateways.json" --ports 22,443,8080 --ns-prefix "$P" --timeout 2s
+
+  cat <<EOT
+
+The lab stays up. Explore it:
+  ip netns list                                           # the lab's namespaces ($P*)
+  ip netns exec ${P}gw-h29c ping -c1 100.64.0.4            # commune -> Government Office (ICMP to NDXP: allowed)
+  ip netns exec ${P}gw-h29 wg show gvl-h29                 # WireGuard peers and handshakes
+  ip netns exec ${P}gw-h29 nft list table inet govnet      # the ruleset the agent applied
+  ip netns exec $CTL $BIN/govnetctl --config $LAB/govnetctl-operator.yaml gateway list
+State:
+  controller data, certificates   $LAB/ctl1   (root: $LAB/ctl1/pki/root.pem)
+  SoftHSM2 tokens                 SOFTHSM2_CONF=$LAB/hsm/softhsm2.conf  (PIN in $LAB/hsm/pin)
+  people's credentials            $LAB/people
+  gateway state (keys, certs)     $LAB/<gateway>/state
+  logs                            $LAB/logs
+govnetctl from the host: the controller listens only inside the lab, at $API, so run it in the
+controller's namespace as above, with the config $LAB/govnetctl-operator.yaml (or -officer.yaml).
+Tear down: make demo-down
+EOT
+}
+
+case ${1:-} in
+  up) up ;;
+  down) down; echo "lab removed" ;;
+  *) echo "usage: $0 up|down" >&2; exit 2 ;;
+esac
