@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"math/big"
 	"net"
+	"sync"
 	"time"
 
 	"github.com/smallstep/certificates/authority"
@@ -45,47 +46,74 @@ var (
 )
 
 // NewRoot self-signs a root certificate for a key that lives in an HSM.
+// The certificate is linted before the HSM signs it.
 func NewRoot(signer crypto.Signer, commonName string, now time.Time) (*x509.Certificate, error) {
 	tmpl := &x509.Certificate{
 		Subject:               pkix.Name{CommonName: commonName, Organization: []string{"govnet"}},
-		NotBefore:             now.Add(-time.Minute),
+		NotBefore:             now.Add(-Backdate),
 		NotAfter:              now.Add(RootLifetime),
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
 		BasicConstraintsValid: true,
 		IsCA:                  true,
 		MaxPathLen:            1,
 	}
-	return createCert(tmpl, nil, signer.Public(), signer)
+	l, err := defaultLinter()
+	if err != nil {
+		return nil, err
+	}
+	return l.signCertificate(fmt.Sprintf("root certificate %q", commonName), tmpl, nil, signer.Public(), signer)
 }
 
-// NewIntermediate signs an intermediate for the key pub with the root's signer.
+// NewIntermediate signs an intermediate for the key pub with the root's
+// signer, after linting it.
 func NewIntermediate(root *x509.Certificate, rootSigner crypto.Signer, pub crypto.PublicKey, commonName string, now time.Time) (*x509.Certificate, error) {
+	return newIntermediate(root, rootSigner, pub, commonName, now, "")
+}
+
+// newIntermediate is NewIntermediate with an optional CRL distribution
+// point (the root's CRL).
+func newIntermediate(root *x509.Certificate, rootSigner crypto.Signer, pub crypto.PublicKey, commonName string, now time.Time, crlURL string) (*x509.Certificate, error) {
+	if err := checkCAKey(pub); err != nil {
+		return nil, err
+	}
 	tmpl := &x509.Certificate{
 		Subject:               pkix.Name{CommonName: commonName, Organization: []string{"govnet"}},
-		NotBefore:             now.Add(-time.Minute),
+		NotBefore:             now.Add(-Backdate),
 		NotAfter:              minTime(now.Add(IntermediateLifetime), root.NotAfter),
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
 		BasicConstraintsValid: true,
 		IsCA:                  true,
 		MaxPathLenZero:        true,
 	}
-	return createCert(tmpl, root, pub, rootSigner)
-}
-
-func createCert(tmpl, parent *x509.Certificate, pub crypto.PublicKey, signer crypto.Signer) (*x509.Certificate, error) {
-	serial, err := randomSerial()
+	if crlURL != "" {
+		tmpl.CRLDistributionPoints = []string{crlURL}
+	}
+	l, err := defaultLinter()
 	if err != nil {
 		return nil, err
 	}
-	tmpl.SerialNumber = serial
-	if parent == nil {
-		parent = tmpl
+	return l.signCertificate(fmt.Sprintf("intermediate certificate %q", commonName), tmpl, root, pub, rootSigner)
+}
+
+// checkCAKey accepts the key types of CA keys: ECDSA P-256 or P-384 (the
+// HSM generates only those).
+func checkCAKey(pub crypto.PublicKey) error {
+	if k, ok := pub.(*ecdsa.PublicKey); ok && (k.Curve == elliptic.P256() || k.Curve == elliptic.P384()) {
+		return nil
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, signer)
-	if err != nil {
-		return nil, fmt.Errorf("sign %q: %w", tmpl.Subject.CommonName, err)
-	}
-	return x509.ParseCertificate(der)
+	return fmt.Errorf("%w: CA key %T (want ECDSA P-256 or P-384)", ErrKeyType, pub)
+}
+
+var (
+	defaultLinterOnce sync.Once
+	defaultLinterV    *Linter
+	defaultLinterErr  error
+)
+
+// defaultLinter lints CA certificates, which do not depend on profiles.
+func defaultLinter() (*Linter, error) {
+	defaultLinterOnce.Do(func() { defaultLinterV, defaultLinterErr = NewLinter(DefaultProfiles()) })
+	return defaultLinterV, defaultLinterErr
 }
 
 func randomSerial() (*big.Int, error) {
@@ -105,10 +133,17 @@ func minTime(a, b time.Time) time.Time {
 
 // CA issues certificates with an intermediate whose key is in an HSM.
 type CA struct {
-	auth  *authority.Authority
-	root  *x509.Certificate
-	inter *x509.Certificate
-	now   func() time.Time
+	auth     *authority.Authority
+	root     *x509.Certificate
+	inter    *x509.Certificate
+	signer   crypto.Signer
+	now      func() time.Time
+	profiles Profiles
+	urls     RevocationURLs
+	linter   *Linter
+	issuerID string
+
+	tmplHook func(*x509.Certificate) // tests: spoil the template after the profile
 }
 
 // Option configures a CA.
@@ -116,6 +151,13 @@ type Option func(*CA)
 
 // WithClock sets the clock the CA stamps validity with (tests).
 func WithClock(now func() time.Time) Option { return func(c *CA) { c.now = now } }
+
+// WithProfiles sets the per-profile lifetimes (default DefaultProfiles).
+func WithProfiles(p Profiles) Option { return func(c *CA) { c.profiles = p } }
+
+// WithRevocationURLs sets where certificates point relying parties for
+// CRLs and OCSP (default DefaultCRLBaseURL and DefaultOCSPURL).
+func WithRevocationURLs(u RevocationURLs) Option { return func(c *CA) { c.urls = u } }
 
 // New returns a CA that signs with signer, the key of inter, chained to root.
 func New(root, inter *x509.Certificate, signer crypto.Signer, opts ...Option) (*CA, error) {
@@ -125,6 +167,23 @@ func New(root, inter *x509.Certificate, signer crypto.Signer, opts ...Option) (*
 	if !publicKeysEqual(inter.PublicKey, signer.Public()) {
 		return nil, fmt.Errorf("the HSM key does not match intermediate %q", inter.Subject.CommonName)
 	}
+	c := &CA{
+		root: root, inter: inter, signer: signer, now: time.Now,
+		profiles: DefaultProfiles(),
+		urls:     RevocationURLs{CRLBase: DefaultCRLBaseURL, OCSPBase: DefaultOCSPURL},
+		issuerID: IssuerID(inter),
+	}
+	for _, o := range opts {
+		o(c)
+	}
+	if err := c.urls.Validate(); err != nil {
+		return nil, fmt.Errorf("revocation URLs: %w", err)
+	}
+	l, err := NewLinter(c.profiles)
+	if err != nil {
+		return nil, fmt.Errorf("profiles: %w", err)
+	}
+	c.linter = l
 	auth, err := authority.NewEmbedded(
 		authority.WithX509Signer(inter, signer),
 		authority.WithX509RootCerts(root),
@@ -133,12 +192,13 @@ func New(root, inter *x509.Certificate, signer crypto.Signer, opts ...Option) (*
 	if err != nil {
 		return nil, fmt.Errorf("embedded authority: %w", err)
 	}
-	c := &CA{auth: auth, root: root, inter: inter, now: time.Now}
-	for _, o := range opts {
-		o(c)
-	}
+	c.auth = auth
 	return c, nil
 }
+
+// IssuerID names an issuing certificate in CRL and OCSP URLs: its subject
+// key identifier in hex.
+func IssuerID(issuer *x509.Certificate) string { return hex.EncodeToString(issuer.SubjectKeyId) }
 
 func publicKeysEqual(a, b crypto.PublicKey) bool {
 	ka, ok := a.(interface{ Equal(crypto.PublicKey) bool })
@@ -151,12 +211,25 @@ func (c *CA) Root() *x509.Certificate { return c.root }
 // Intermediate returns the issuing certificate.
 func (c *CA) Intermediate() *x509.Certificate { return c.inter }
 
+// Chain returns the issuing chain a client needs beside its leaf:
+// intermediate, then root.
+func (c *CA) Chain() []*x509.Certificate { return []*x509.Certificate{c.inter, c.root} }
+
+// Profiles returns the CA's profile lifetimes.
+func (c *CA) Profiles() Profiles { return c.profiles }
+
+// URLs returns the CRL and OCSP URLs certificates of this CA carry.
+func (c *CA) URLs() (crl, ocsp string) { return c.urls.CRL(c.issuerID), c.urls.OCSP(c.issuerID) }
+
 // Profile says what a certificate may contain; the registry, never the
 // CSR, supplies names.
 type Profile struct {
 	Identity Identity
 	DNSNames []string
 	IPs      []net.IP
+	// Lifetime overrides the CA's lifetime for the profile's kind (see
+	// Profiles); zero takes it. Longer than the kind's lifetime is
+	// blocked by the lint e_govnet_lifetime_bound.
 	Lifetime time.Duration
 	Server   bool // add serverAuth
 	Client   bool // add clientAuth
@@ -168,7 +241,6 @@ func GatewayProfile(id, agencyCode string) Profile {
 	return Profile{
 		Identity: Identity{Kind: KindGateway, Name: id, Agency: agencyCode},
 		DNSNames: []string{id + ".gateway.govnet"},
-		Lifetime: GatewayLifetime,
 		Server:   true,
 		Client:   true,
 	}
@@ -176,7 +248,7 @@ func GatewayProfile(id, agencyCode string) Profile {
 
 // PersonProfile is the profile of a person holding one role.
 func PersonProfile(name, role string) Profile {
-	return Profile{Identity: Identity{Kind: KindPerson, Name: name, Role: role}, Lifetime: PersonLifetime, Client: true}
+	return Profile{Identity: Identity{Kind: KindPerson, Name: name, Role: role}, Client: true}
 }
 
 // NodeProfile is the profile of a controller node's API server.
@@ -185,36 +257,73 @@ func NodeProfile(name string, dnsNames []string, ips []net.IP) Profile {
 		Identity: Identity{Kind: KindNode, Name: name},
 		DNSNames: dnsNames,
 		IPs:      ips,
-		Lifetime: NodeLifetime,
 		Server:   true,
 		Client:   true, // nodes talk to each other
 	}
 }
 
 // Issue signs csr under profile p and returns the chain leaf, intermediate.
+// The certificate is built from the profile (never from the CSR's names),
+// linted (see Linter) and only then signed by the HSM; a *LintError
+// (errors.Is ErrLint) says which lints blocked it.
 func (c *CA) Issue(ctx context.Context, csr *x509.CertificateRequest, p Profile) ([]*x509.Certificate, error) {
 	if err := checkCSR(csr); err != nil {
 		return nil, err
 	}
-	if p.Lifetime <= 0 {
-		return nil, fmt.Errorf("profile for %s/%s has no lifetime", p.Identity.Kind, p.Identity.Name)
+	p, err := c.authorize(p)
+	if err != nil {
+		return nil, err
 	}
 	now := c.now()
-	notAfter := minTime(now.Add(p.Lifetime), c.inter.NotAfter)
 	opts := provisioner.SignOptions{
-		NotBefore: provisioner.NewTimeDuration(now.Add(-time.Minute)),
-		NotAfter:  provisioner.NewTimeDuration(notAfter),
+		NotBefore: provisioner.NewTimeDuration(now.Add(-Backdate)),
+		NotAfter:  provisioner.NewTimeDuration(minTime(now.Add(p.Lifetime), c.inter.NotAfter)),
 	}
-	chain, err := c.auth.SignWithContext(ctx, csr, opts, profileModifier(p))
+	what := fmt.Sprintf("%s certificate %q", p.Identity.Kind, p.Identity.Name)
+	var lintErr error
+	lintBeforeSign := provisioner.CertificateEnforcerFunc(func(cert *x509.Certificate) error {
+		if err := completeTemplate(cert, cert.PublicKey); err != nil {
+			return err
+		}
+		lintErr = c.linter.lintCertificate(what, cert, c.inter, cert.PublicKey, c.signer.Public())
+		return lintErr
+	})
+	chain, err := c.auth.SignWithContext(ctx, csr, opts, c.profileModifier(p), lintBeforeSign)
+	if lintErr != nil {
+		return nil, lintErr
+	}
 	if err != nil {
-		return nil, fmt.Errorf("issue %s certificate for %q: %w", p.Identity.Kind, p.Identity.Name, err)
+		return nil, fmt.Errorf("issue %s: %w", what, err)
 	}
 	return chain, nil
 }
 
+// ErrProfile is wrapped by errors about a profile the CA will not issue.
+var ErrProfile = errors.New("profile not allowed")
+
+// authorize checks what the profile asks for and fills in the lifetime.
+// Whether the resulting certificate is well-formed is the lints' job.
+func (c *CA) authorize(p Profile) (Profile, error) {
+	max, ok := c.profiles.Lifetime(p.Identity.Kind)
+	if !ok {
+		return p, fmt.Errorf("%w: unknown kind %q", ErrProfile, p.Identity.Kind)
+	}
+	if p.Identity.Name == "" {
+		return p, fmt.Errorf("%w: %s profile without a name", ErrProfile, p.Identity.Kind)
+	}
+	if p.Lifetime < 0 {
+		return p, fmt.Errorf("%w: %s/%s: negative lifetime", ErrProfile, p.Identity.Kind, p.Identity.Name)
+	}
+	if p.Lifetime == 0 {
+		p.Lifetime = max
+	}
+	return p, nil
+}
+
 // profileModifier replaces whatever the CSR asked for with what the
 // profile allows.
-func profileModifier(p Profile) provisioner.CertificateModifierFunc {
+func (c *CA) profileModifier(p Profile) provisioner.CertificateModifierFunc {
+	crl, ocsp := c.URLs()
 	return func(cert *x509.Certificate, opts provisioner.SignOptions) error {
 		cert.Subject = pkix.Name{CommonName: p.Identity.Name, Organization: []string{"govnet"}}
 		if p.Identity.Agency != "" {
@@ -232,7 +341,12 @@ func profileModifier(p Profile) provisioner.CertificateModifierFunc {
 		cert.IsCA = false
 		cert.BasicConstraintsValid = true
 		cert.KeyUsage = x509.KeyUsageDigitalSignature
-		if _, ok := cert.PublicKey.(*rsa.PublicKey); ok {
+		if _, ok := cert.PublicKey.(*rsa.PublicKey); ok && p.Server {
+			// A TLS server with an RSA key may be asked for RSA key
+			// transport (TLS 1.2). A client never is, and RFC 5280 lints
+			// (e_key_usage_and_extended_key_usage_inconsistent) reject
+			// keyEncipherment on a clientAuth-only certificate. ECDSA
+			// keys never encipher.
 			cert.KeyUsage |= x509.KeyUsageKeyEncipherment
 		}
 		cert.ExtKeyUsage = nil
@@ -242,7 +356,14 @@ func profileModifier(p Profile) provisioner.CertificateModifierFunc {
 		if p.Client {
 			cert.ExtKeyUsage = append(cert.ExtKeyUsage, x509.ExtKeyUsageClientAuth)
 		}
+		cert.CRLDistributionPoints = []string{crl}
+		cert.OCSPServer = []string{ocsp}
+		cert.IssuingCertificateURL = nil
+		cert.PolicyIdentifiers, cert.Policies = nil, nil
 		cert.ExtraExtensions = nil
+		if c.tmplHook != nil {
+			c.tmplHook(cert)
+		}
 		return nil
 	}
 }
@@ -281,22 +402,13 @@ func ParseCSR(data []byte) (*x509.CertificateRequest, error) {
 }
 
 func checkCSR(csr *x509.CertificateRequest) error {
+	if csr == nil {
+		return fmt.Errorf("%w: none given", ErrBadCSR)
+	}
 	if err := csr.CheckSignature(); err != nil {
 		return fmt.Errorf("%w: signature does not verify: %v", ErrBadCSR, err)
 	}
-	switch k := csr.PublicKey.(type) {
-	case *ecdsa.PublicKey:
-		if k.Curve != elliptic.P256() && k.Curve != elliptic.P384() {
-			return fmt.Errorf("%w: ECDSA curve %s (want P-256 or P-384)", ErrKeyType, k.Curve.Params().Name)
-		}
-	case *rsa.PublicKey:
-		if k.N.BitLen() != 3072 {
-			return fmt.Errorf("%w: RSA %d bits (want 3072)", ErrKeyType, k.N.BitLen())
-		}
-	default:
-		return fmt.Errorf("%w: %T (want ECDSA P-256, P-384 or RSA 3072)", ErrKeyType, csr.PublicKey)
-	}
-	return nil
+	return checkPublicKey(csr.PublicKey)
 }
 
 // Fingerprint returns the SHA-256 fingerprint of a certificate in hex.

@@ -29,7 +29,7 @@ func TestMain(m *testing.M) {
 
 // newCA makes a root and an intermediate whose keys live in a fresh
 // SoftHSM2 token.
-func newCA(t *testing.T, opts ...Option) (*CA, *hsm.Token) {
+func newCA(t testing.TB, opts ...Option) (*CA, *hsm.Token) {
 	t.Helper()
 	hsmtest.Require(t)
 	tok, err := hsm.Open(hsmtest.NewToken(t))
@@ -61,7 +61,7 @@ func newCA(t *testing.T, opts ...Option) (*CA, *hsm.Token) {
 	return c, tok
 }
 
-func csrFor(t *testing.T, key crypto.Signer) *x509.CertificateRequest {
+func csrFor(t testing.TB, key crypto.Signer) *x509.CertificateRequest {
 	t.Helper()
 	csr, err := NewCSR(key, "ignored.example")
 	if err != nil {

@@ -55,8 +55,9 @@ var (
 	setupErr error
 	seq      atomic.Uint64
 
-	cleanMu sync.Mutex // guards dir, confPath, setupErr and pool
+	cleanMu sync.Mutex // guards dir, confPath, setupErr, pool and soPINs
 	pool    []hsm.Config
+	soPINs  = map[string]string{} // token label -> SO PIN
 )
 
 // BatchSize is how many tokens NewToken creates whenever its pool is
@@ -224,7 +225,16 @@ func createToken(conf string) (hsm.Config, error) {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return hsm.Config{}, fmt.Errorf("hsmtest: softhsm2-util --init-token --label %s: %v\n%s", label, err, out)
 	}
+	soPINs[label] = soPIN
 	return hsm.Config{Module: Module(), TokenLabel: label, PIN: pin}, nil
+}
+
+// SOPIN returns the security officer PIN of a token made by NewToken or
+// CreateToken ("" for any other label).
+func SOPIN(label string) string {
+	cleanMu.Lock()
+	defer cleanMu.Unlock()
+	return soPINs[label]
 }
 
 func randomPIN() (string, error) {

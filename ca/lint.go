@@ -1,0 +1,580 @@
+package ca
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha1"
+	"crypto/x509"
+	"encoding/asn1"
+	"errors"
+	"fmt"
+	"regexp"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/govnet/govnet/agency"
+	zx509 "github.com/zmap/zcrypto/x509"
+	"github.com/zmap/zlint/v3"
+	"github.com/zmap/zlint/v3/lint"
+)
+
+// Lint before sign.
+//
+// Every certificate and CRL the CA makes is first built in full, signed
+// with a throwaway key of the issuer's key type (never the HSM key) and
+// linted: zlint v3 with the sources in LintSources, and govnet's own lints
+// (GovnetLints) beside it. Any finding of level warning or worse blocks
+// the real signature with a *LintError naming every failing lint. Only
+// then is the same template signed by the HSM, so what was linted is what
+// is issued, byte for byte except for the signature.
+
+// LintSources are the zlint sources run before signing. The CA/B Forum
+// (CABF_BR, CABF_EV, CABF_SMIME_BR, CABF_CS_BR), browser root-program
+// (Mozilla, Apple, Chrome), ETSI and Certificate Transparency (RFC6962)
+// lints encode the rules of the public web PKI and are not run: govnet is
+// a private PKI whose names (*.gateway.govnet, govnet:// URIs) are
+// deliberately outside the public DNS.
+var LintSources = lint.SourceList{
+	lint.RFC5280, // certificate and CRL profile
+	lint.RFC3279, // algorithm identifiers
+	lint.RFC5480, // EC subject public keys
+	lint.RFC8813, // EC key usages
+	lint.RFC5891, // IDN names
+	lint.Community,
+}
+
+// Lint severities as reported in a Finding.
+const (
+	SeverityWarn  = "warn"
+	SeverityError = "error"
+	SeverityFatal = "fatal"
+)
+
+// ErrLint is wrapped by every *LintError.
+var ErrLint = errors.New("blocked by pre-issuance lint")
+
+// Finding is one lint that did not pass.
+type Finding struct {
+	Lint     string // e.g. "e_govnet_gateway_san_form"
+	Source   string // zlint source, or "govnet"
+	Severity string // warn, error or fatal
+	Details  string
+}
+
+func (f Finding) String() string {
+	s := fmt.Sprintf("%s (%s, %s)", f.Lint, f.Severity, f.Source)
+	if f.Details != "" {
+		s += ": " + f.Details
+	}
+	return s
+}
+
+// LintError says what lints blocked a signature.
+type LintError struct {
+	What     string // what was to be signed, e.g. `gateway certificate "gw-1"`
+	Findings []Finding
+}
+
+func (e *LintError) Error() string {
+	parts := make([]string, len(e.Findings))
+	for i, f := range e.Findings {
+		parts[i] = f.String()
+	}
+	return fmt.Sprintf("%s: %v: %s", e.What, ErrLint, strings.Join(parts, "; "))
+}
+
+func (e *LintError) Unwrap() error { return ErrLint }
+
+// Lints returns the names of the failing lints.
+func (e *LintError) Lints() []string {
+	out := make([]string, len(e.Findings))
+	for i, f := range e.Findings {
+		out[i] = f.Lint
+	}
+	return out
+}
+
+// LintExclusions are zlint lints from LintSources that are not run, with
+// the reason.
+var LintExclusions = map[string]string{
+	// Checks every certificate's signature against the keys of one public
+	// web CA known to be compromised: irrelevant to a private PKI, and a
+	// dozen P-384 verifications per certificate (5 ms, 85% of the lint).
+	"e_cert_issued_by_compromised_emudhra_ca": "public web CA check; costly",
+}
+
+var (
+	registryOnce sync.Once
+	registry     lint.Registry
+	registryErr  error
+)
+
+// lintRegistry is the zlint registry filtered to LintSources.
+func lintRegistry() (lint.Registry, error) {
+	registryOnce.Do(func() {
+		var exclude []string
+		for name := range LintExclusions {
+			exclude = append(exclude, name)
+		}
+		registry, registryErr = lint.GlobalRegistry().Filter(lint.FilterOptions{IncludeSources: LintSources, ExcludeNames: exclude})
+	})
+	return registry, registryErr
+}
+
+// ZlintNames returns the zlint lints run before signing (for listing in
+// documentation and audits).
+func ZlintNames() ([]string, error) {
+	r, err := lintRegistry()
+	if err != nil {
+		return nil, err
+	}
+	return r.Names(), nil
+}
+
+// Linter lints certificates and CRLs before they are signed.
+type Linter struct {
+	profiles Profiles
+}
+
+// NewLinter returns a Linter whose lifetime bound follows profiles.
+func NewLinter(profiles Profiles) (*Linter, error) {
+	if err := profiles.Validate(); err != nil {
+		return nil, err
+	}
+	if _, err := lintRegistry(); err != nil {
+		return nil, fmt.Errorf("zlint registry: %w", err)
+	}
+	return &Linter{profiles: profiles}, nil
+}
+
+func severity(s lint.LintStatus) (string, bool) {
+	switch s {
+	case lint.Warn:
+		return SeverityWarn, true
+	case lint.Error:
+		return SeverityError, true
+	case lint.Fatal:
+		return SeverityFatal, true
+	}
+	return "", false
+}
+
+func zlintFindings(results map[string]*lint.LintResult) []Finding {
+	var out []Finding
+	for name, r := range results {
+		if sev, bad := severity(r.Status); bad {
+			out = append(out, Finding{Lint: name, Source: string(r.LintMetadata.Source), Severity: sev, Details: r.Details})
+		}
+	}
+	return out
+}
+
+func sortFindings(fs []Finding) []Finding {
+	sort.Slice(fs, func(i, j int) bool { return fs[i].Lint < fs[j].Lint })
+	return fs
+}
+
+// Certificate lints a DER certificate and returns its findings (nil if
+// it passes).
+func (l *Linter) Certificate(der []byte) []Finding { return l.certificate(der, false) }
+
+// certificate lints der; selfSigned says that der is a pre-certificate of
+// a self-signed certificate: its throwaway signature does not verify with
+// its own key, so zcrypto cannot see that, but the issued one will be.
+func (l *Linter) certificate(der []byte, selfSigned bool) []Finding {
+	reg, _ := lintRegistry()
+	var out []Finding
+	zc, err := zx509.ParseCertificate(der)
+	if err != nil {
+		out = append(out, Finding{Lint: "e_govnet_parse", Source: GovnetLintSource, Severity: SeverityFatal, Details: "zcrypto: " + err.Error()})
+	} else {
+		if selfSigned {
+			zc.SelfSigned = true
+		}
+		out = append(out, zlintFindings(zlint.LintCertificateEx(zc, reg).Results)...)
+	}
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		out = append(out, Finding{Lint: "e_govnet_parse", Source: GovnetLintSource, Severity: SeverityFatal, Details: "crypto/x509: " + err.Error()})
+		return sortFindings(out)
+	}
+	out = append(out, l.govnet(c)...)
+	return sortFindings(out)
+}
+
+// CRL lints a DER CRL of an intermediate (nextUpdate at most
+// MaxCRLValidity ahead).
+func (l *Linter) CRL(der []byte) []Finding { return l.crlFindings(der, MaxCRLValidity) }
+
+func (l *Linter) crlFindings(der []byte, maxValidity time.Duration) []Finding {
+	reg, _ := lintRegistry()
+	zr, err := zx509.ParseRevocationList(der)
+	if err != nil {
+		return []Finding{{Lint: "e_govnet_parse", Source: GovnetLintSource, Severity: SeverityFatal, Details: "zcrypto: " + err.Error()}}
+	}
+	out := zlintFindings(zlint.LintRevocationListEx(zr, reg).Results)
+	r, err := x509.ParseRevocationList(der)
+	if err != nil {
+		out = append(out, Finding{Lint: "e_govnet_parse", Source: GovnetLintSource, Severity: SeverityFatal, Details: "crypto/x509: " + err.Error()})
+		return sortFindings(out)
+	}
+	if max := maxValidity; r.NextUpdate.Sub(r.ThisUpdate) > max {
+		out = append(out, Finding{Lint: "e_govnet_crl_next_update_bound", Source: GovnetLintSource, Severity: SeverityError,
+			Details: fmt.Sprintf("nextUpdate is %v after thisUpdate, at most %v", r.NextUpdate.Sub(r.ThisUpdate), max)})
+	}
+	return sortFindings(out)
+}
+
+// GovnetLintSource is the Source of govnet's own lints.
+const GovnetLintSource = "govnet"
+
+// GovnetLint is one of govnet's own certificate lints. They run beside
+// zlint on the same pre-certificate.
+type GovnetLint struct {
+	Name        string
+	Description string
+	// Applies says whether the lint concerns c (id is c's govnet
+	// identity, zero for CA certificates).
+	Applies func(c *x509.Certificate, id Identity) bool
+	// Check returns "" if c passes, otherwise what is wrong.
+	Check func(l *Linter, c *x509.Certificate, id Identity) string
+}
+
+func isLeaf(c *x509.Certificate, _ Identity) bool { return !c.IsCA }
+
+func isKind(kind string) func(*x509.Certificate, Identity) bool {
+	return func(c *x509.Certificate, id Identity) bool { return !c.IsCA && id.Kind == kind }
+}
+
+// gatewayIDRe is the form of a gateway id: one DNS label.
+var gatewayIDRe = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+// GovnetLints are govnet's own lints, run on every certificate.
+var GovnetLints = []GovnetLint{
+	{
+		Name:        "e_govnet_identity",
+		Description: "an end-entity certificate names exactly one govnet identity (govnet://gateway|person|node.govnet/<name>) and no other kind of URI or email",
+		Applies:     isLeaf,
+		Check: func(_ *Linter, c *x509.Certificate, id Identity) string {
+			if _, err := IdentityOf(c); err != nil {
+				return err.Error()
+			}
+			for _, u := range c.URIs {
+				switch uriType(u) {
+				case KindGateway, KindPerson, KindNode, nameAgency, nameRole:
+				default:
+					return fmt.Sprintf("URI SAN %q is not a govnet://<type>.govnet/ URI of a known type", u)
+				}
+				if u.RawQuery != "" || u.Fragment != "" || u.User != nil || u.Port() != "" {
+					return fmt.Sprintf("URI SAN %q carries more than a type and a name", u)
+				}
+			}
+			if len(c.EmailAddresses) > 0 {
+				return fmt.Sprintf("email SANs %q are not part of any govnet profile", c.EmailAddresses)
+			}
+			return ""
+		},
+	},
+	{
+		Name:        "e_govnet_gateway_san_form",
+		Description: "a gateway certificate's SANs are exactly DNS <id>.gateway.govnet, URIs govnet://gateway.govnet/<id> and govnet://agency.govnet/<code>",
+		Applies:     isKind(KindGateway),
+		Check: func(_ *Linter, c *x509.Certificate, id Identity) string {
+			if !gatewayIDRe.MatchString(id.Name) {
+				return fmt.Sprintf("gateway id %q is not one lower-case DNS label", id.Name)
+			}
+			if want := []string{id.Name + ".gateway.govnet"}; !slices.Equal(c.DNSNames, want) {
+				return fmt.Sprintf("DNS SANs %q, want %q", c.DNSNames, want)
+			}
+			if len(c.IPAddresses) > 0 {
+				return fmt.Sprintf("IP SANs %v: a gateway is named, not addressed", c.IPAddresses)
+			}
+			want := Identity{Kind: KindGateway, Name: id.Name, Agency: id.Agency}.URIs()
+			if len(c.URIs) != len(want) {
+				return fmt.Sprintf("URI SANs %q, want %q", c.URIs, want)
+			}
+			for i := range want {
+				if c.URIs[i].String() != want[i].String() {
+					return fmt.Sprintf("URI SANs %q, want %q", c.URIs, want)
+				}
+			}
+			if c.Subject.CommonName != id.Name {
+				return fmt.Sprintf("subject CN %q, want the gateway id %q", c.Subject.CommonName, id.Name)
+			}
+			return ""
+		},
+	},
+	{
+		Name:        "e_govnet_agency_code",
+		Description: "a gateway certificate names a valid QCVN 102:2016 agency code, the same in its URI SAN and subject OU",
+		Applies:     isKind(KindGateway),
+		Check: func(_ *Linter, c *x509.Certificate, id Identity) string {
+			if id.Agency == "" {
+				return "no govnet://agency.govnet/<code> URI SAN"
+			}
+			code, err := agency.Parse(id.Agency)
+			if err != nil {
+				return err.Error()
+			}
+			if code.String() != id.Agency {
+				return fmt.Sprintf("agency code %q is not in canonical form %q", id.Agency, code)
+			}
+			if !slices.Equal(c.Subject.OrganizationalUnit, []string{id.Agency}) {
+				return fmt.Sprintf("subject OU %q, want [%q]", c.Subject.OrganizationalUnit, id.Agency)
+			}
+			return ""
+		},
+	},
+	{
+		Name:        "e_govnet_person_role",
+		Description: "a person certificate binds exactly one known role (operator, officer, auditor, custodian), is for client authentication only and carries no DNS or IP names",
+		Applies:     isKind(KindPerson),
+		Check: func(_ *Linter, c *x509.Certificate, id Identity) string {
+			switch id.Role {
+			case RoleOperator, RoleOfficer, RoleAuditor, RoleCustodian:
+			case "":
+				return "no govnet://role.govnet/<role> URI SAN"
+			default:
+				return fmt.Sprintf("unknown role %q", id.Role)
+			}
+			roles := 0
+			for _, u := range c.URIs {
+				if uriType(u) == nameRole {
+					roles++
+				}
+			}
+			if roles != 1 {
+				return fmt.Sprintf("%d role URIs, want 1", roles)
+			}
+			if len(c.DNSNames) > 0 || len(c.IPAddresses) > 0 {
+				return fmt.Sprintf("a person certificate names hosts: DNS %q IP %v", c.DNSNames, c.IPAddresses)
+			}
+			if !slices.Equal(c.ExtKeyUsage, []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}) {
+				return fmt.Sprintf("extended key usages %v, want clientAuth only", c.ExtKeyUsage)
+			}
+			return ""
+		},
+	},
+	{
+		Name:        "e_govnet_lifetime_bound",
+		Description: "an end-entity certificate lives no longer than its profile's configured lifetime (plus the backdate)",
+		Applies:     isLeaf,
+		Check: func(l *Linter, c *x509.Certificate, id Identity) string {
+			max, ok := l.profiles.Lifetime(id.Kind)
+			if !ok {
+				return fmt.Sprintf("no profile for kind %q", id.Kind)
+			}
+			if got := c.NotAfter.Sub(c.NotBefore); got > max+Backdate {
+				return fmt.Sprintf("%s certificate valid for %v, profile allows %v", id.Kind, got, max)
+			}
+			return ""
+		},
+	},
+	{
+		Name:        "e_govnet_subject_key",
+		Description: "the subject key is ECDSA P-256 or P-384, or RSA 3072",
+		Applies:     func(*x509.Certificate, Identity) bool { return true },
+		Check: func(_ *Linter, c *x509.Certificate, _ Identity) string {
+			if err := checkPublicKey(c.PublicKey); err != nil {
+				return err.Error()
+			}
+			return ""
+		},
+	},
+}
+
+func (l *Linter) govnet(c *x509.Certificate) []Finding {
+	var id Identity
+	if !c.IsCA {
+		id, _ = IdentityOf(c) // e_govnet_identity reports the error
+	}
+	var out []Finding
+	for _, g := range GovnetLints {
+		if !g.Applies(c, id) {
+			continue
+		}
+		if d := g.Check(l, c, id); d != "" {
+			out = append(out, Finding{Lint: g.Name, Source: GovnetLintSource, Severity: SeverityError, Details: d})
+		}
+	}
+	return out
+}
+
+// throwaway returns a fresh software key of the same type and size as
+// pub, used only to sign what is linted.
+func throwaway(pub crypto.PublicKey) (crypto.Signer, error) {
+	switch k := pub.(type) {
+	case *ecdsa.PublicKey:
+		return ecdsa.GenerateKey(k.Curve, rand.Reader)
+	case *rsa.PublicKey:
+		return rsa.GenerateKey(rand.Reader, k.N.BitLen())
+	}
+	return nil, fmt.Errorf("%w: issuer key %T", ErrKeyType, pub)
+}
+
+// lintKeys caches one throwaway key per issuer key type: generating
+// RSA keys is slow, and the key never signs anything that is kept.
+var lintKeys sync.Map // string -> crypto.Signer
+
+func lintKeyFor(pub crypto.PublicKey) (crypto.Signer, error) {
+	var kind string
+	switch k := pub.(type) {
+	case *ecdsa.PublicKey:
+		kind = "ec-" + k.Curve.Params().Name
+	case *rsa.PublicKey:
+		kind = fmt.Sprintf("rsa-%d", k.N.BitLen())
+	default:
+		return nil, fmt.Errorf("%w: issuer key %T", ErrKeyType, pub)
+	}
+	if s, ok := lintKeys.Load(kind); ok {
+		return s.(crypto.Signer), nil
+	}
+	s, err := throwaway(pub)
+	if err != nil {
+		return nil, err
+	}
+	actual, _ := lintKeys.LoadOrStore(kind, s)
+	return actual.(crypto.Signer), nil
+}
+
+// completeTemplate fixes the fields that signing would otherwise fill in
+// at random, so that the linted pre-certificate and the issued one agree.
+func completeTemplate(tmpl *x509.Certificate, pub crypto.PublicKey) error {
+	if tmpl.SerialNumber == nil {
+		s, err := randomSerial()
+		if err != nil {
+			return err
+		}
+		tmpl.SerialNumber = s
+	}
+	if len(tmpl.SubjectKeyId) == 0 {
+		ski, err := subjectKeyID(pub)
+		if err != nil {
+			return err
+		}
+		tmpl.SubjectKeyId = ski
+	}
+	return nil
+}
+
+// subjectKeyID is RFC 5280 4.2.1.2 method 1: SHA-1 of the subjectPublicKey
+// bit string.
+func subjectKeyID(pub crypto.PublicKey) ([]byte, error) {
+	der, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		return nil, fmt.Errorf("subject key id: %w", err)
+	}
+	var spki struct {
+		Algorithm asn1.RawValue
+		Key       asn1.BitString
+	}
+	if _, err := asn1.Unmarshal(der, &spki); err != nil {
+		return nil, fmt.Errorf("subject key id: %w", err)
+	}
+	sum := sha1.Sum(spki.Key.Bytes)
+	return sum[:], nil
+}
+
+// precertificate signs tmpl as parent would, but with a throwaway key of
+// the issuer's key type. parent nil means self-signed.
+func precertificate(tmpl, parent *x509.Certificate, pub, issuerPub crypto.PublicKey) ([]byte, error) {
+	key, err := lintKeyFor(issuerPub)
+	if err != nil {
+		return nil, err
+	}
+	var fake x509.Certificate
+	if parent == nil {
+		fake = *tmpl
+	} else {
+		fake = *parent
+	}
+	fake.PublicKey = key.Public()
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, &fake, pub, key)
+	if err != nil {
+		return nil, fmt.Errorf("pre-certificate: %w", err)
+	}
+	return der, nil
+}
+
+// lintCertificate lints tmpl as it would be signed under parent (nil for
+// self-signed) by a key of type issuerPub. tmpl must be complete
+// (completeTemplate).
+func (l *Linter) lintCertificate(what string, tmpl, parent *x509.Certificate, pub, issuerPub crypto.PublicKey) error {
+	der, err := precertificate(tmpl, parent, pub, issuerPub)
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	if fs := l.certificate(der, parent == nil); len(fs) > 0 {
+		return &LintError{What: what, Findings: fs}
+	}
+	return nil
+}
+
+// signCertificate completes tmpl, lints it and only then signs it with
+// signer under parent (nil: self-signed).
+func (l *Linter) signCertificate(what string, tmpl, parent *x509.Certificate, pub crypto.PublicKey, signer crypto.Signer) (*x509.Certificate, error) {
+	if err := completeTemplate(tmpl, pub); err != nil {
+		return nil, err
+	}
+	if err := l.lintCertificate(what, tmpl, parent, pub, signer.Public()); err != nil {
+		return nil, err
+	}
+	p := parent
+	if p == nil {
+		p = tmpl
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, p, pub, signer)
+	if err != nil {
+		return nil, fmt.Errorf("sign %s: %w", what, err)
+	}
+	return x509.ParseCertificate(der)
+}
+
+// signCRL lints tmpl under a throwaway key, then signs it with signer as
+// issuer.
+func (l *Linter) signCRL(what string, tmpl *x509.RevocationList, issuer *x509.Certificate, signer crypto.Signer, maxValidity time.Duration) ([]byte, error) {
+	key, err := lintKeyFor(signer.Public())
+	if err != nil {
+		return nil, err
+	}
+	fake := *issuer
+	fake.PublicKey = key.Public()
+	pre, err := x509.CreateRevocationList(rand.Reader, tmpl, &fake, key)
+	if err != nil {
+		return nil, fmt.Errorf("%s: pre-CRL: %w", what, err)
+	}
+	if fs := l.crlFindings(pre, maxValidity); len(fs) > 0 {
+		return nil, &LintError{What: what, Findings: fs}
+	}
+	der, err := x509.CreateRevocationList(rand.Reader, tmpl, issuer, signer)
+	if err != nil {
+		return nil, fmt.Errorf("sign %s: %w", what, err)
+	}
+	return der, nil
+}
+
+// checkPublicKey accepts the subject key types govnet allows.
+func checkPublicKey(pub crypto.PublicKey) error {
+	switch k := pub.(type) {
+	case *ecdsa.PublicKey:
+		if k.Curve != elliptic.P256() && k.Curve != elliptic.P384() {
+			return fmt.Errorf("%w: ECDSA curve %s (want P-256 or P-384)", ErrKeyType, k.Curve.Params().Name)
+		}
+	case *rsa.PublicKey:
+		if k.N.BitLen() != 3072 {
+			return fmt.Errorf("%w: RSA %d bits (want 3072)", ErrKeyType, k.N.BitLen())
+		}
+		if k.E != 65537 {
+			return fmt.Errorf("%w: RSA public exponent %d (want 65537)", ErrKeyType, k.E)
+		}
+	default:
+		return fmt.Errorf("%w: %T (want ECDSA P-256, P-384 or RSA 3072)", ErrKeyType, pub)
+	}
+	return nil
+}

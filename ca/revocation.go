@@ -1,0 +1,304 @@
+package ca
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/x509"
+	"encoding/asn1"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"math/big"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/crypto/ocsp"
+)
+
+// MaxCRLValidity bounds how far ahead a CRL's nextUpdate may be.
+const MaxCRLValidity = 24 * time.Hour
+
+// Reason is an RFC 5280 CRLReason (5.3.1).
+type Reason int
+
+// Reasons a certificate can be revoked for. certificateHold (6) is not
+// offered: govnet's revocations are final, a gateway that comes back is
+// re-enrolled. removeFromCRL (8) exists only in delta CRLs.
+const (
+	ReasonUnspecified          Reason = 0
+	ReasonKeyCompromise        Reason = 1
+	ReasonCACompromise         Reason = 2
+	ReasonAffiliationChanged   Reason = 3
+	ReasonSuperseded           Reason = 4
+	ReasonCessationOfOperation Reason = 5
+	ReasonPrivilegeWithdrawn   Reason = 9
+)
+
+var reasonNames = map[Reason]string{
+	ReasonUnspecified:          "unspecified",
+	ReasonKeyCompromise:        "keyCompromise",
+	ReasonCACompromise:         "cACompromise",
+	ReasonAffiliationChanged:   "affiliationChanged",
+	ReasonSuperseded:           "superseded",
+	ReasonCessationOfOperation: "cessationOfOperation",
+	ReasonPrivilegeWithdrawn:   "privilegeWithdrawn",
+}
+
+func (r Reason) String() string {
+	if n, ok := reasonNames[r]; ok {
+		return n
+	}
+	return "reason(" + strconv.Itoa(int(r)) + ")"
+}
+
+// Valid reports whether r is a reason govnet revokes for.
+func (r Reason) Valid() bool { _, ok := reasonNames[r]; return ok }
+
+// ErrReason is wrapped by errors about an unknown revocation reason.
+var ErrReason = errors.New("unknown revocation reason")
+
+// ParseReason reads a reason by its RFC 5280 name ("keyCompromise"), in
+// any case and with or without dashes ("key-compromise").
+func ParseReason(s string) (Reason, error) {
+	norm := strings.ToLower(strings.ReplaceAll(strings.ReplaceAll(s, "-", ""), "_", ""))
+	for r, n := range reasonNames {
+		if strings.ToLower(n) == norm {
+			return r, nil
+		}
+	}
+	names := make([]string, 0, len(reasonNames))
+	for _, n := range reasonNames {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return 0, fmt.Errorf("%w %q (want one of %s)", ErrReason, s, strings.Join(names, ", "))
+}
+
+// Revoked is one revoked certificate, as the inventory records it.
+type Revoked struct {
+	Serial *big.Int
+	At     time.Time
+	Reason Reason
+}
+
+// CRL returns a DER CRL of entries, signed (through the HSM) by the CA's
+// intermediate, with CRL number number, thisUpdate now and nextUpdate
+// now + MaxCRLValidity. The CRL is linted before it is signed.
+func (c *CA) CRL(entries []Revoked, number *big.Int, now time.Time) ([]byte, error) {
+	return c.linter.crl(c.inter, c.signer, entries, number, now, MaxCRLValidity, MaxCRLValidity)
+}
+
+func (l *Linter) crl(issuer *x509.Certificate, signer crypto.Signer, entries []Revoked, number *big.Int, now time.Time, validity, maxValidity time.Duration) ([]byte, error) {
+	what := fmt.Sprintf("CRL %v of %q", number, issuer.Subject.CommonName)
+	if number == nil || number.Sign() < 0 || number.BitLen() > 159 {
+		return nil, fmt.Errorf("%s: CRL number must be a non-negative integer of at most 20 octets", what)
+	}
+	if validity <= 0 || validity > maxValidity {
+		return nil, fmt.Errorf("%s: validity %v: want (0, %v]", what, validity, maxValidity)
+	}
+	// CRL times have whole seconds.
+	now = now.UTC().Truncate(time.Second)
+	tmpl := &x509.RevocationList{
+		Number:     number,
+		ThisUpdate: now,
+		NextUpdate: now.Add(validity),
+	}
+	seen := map[string]bool{}
+	for _, e := range entries {
+		e.At = e.At.UTC().Truncate(time.Second)
+		switch {
+		case e.Serial == nil || e.Serial.Sign() <= 0:
+			return nil, fmt.Errorf("%s: entry with serial %v: want a positive serial", what, e.Serial)
+		case seen[e.Serial.String()]:
+			return nil, fmt.Errorf("%s: serial %s listed twice", what, e.Serial.Text(16))
+		case !e.Reason.Valid():
+			return nil, fmt.Errorf("%s: serial %s: %w %d", what, e.Serial.Text(16), ErrReason, e.Reason)
+		case e.At.After(now):
+			return nil, fmt.Errorf("%s: serial %s revoked at %v, after thisUpdate %v", what, e.Serial.Text(16), e.At, now)
+		}
+		seen[e.Serial.String()] = true
+		tmpl.RevokedCertificateEntries = append(tmpl.RevokedCertificateEntries, x509.RevocationListEntry{
+			SerialNumber:   e.Serial,
+			RevocationTime: e.At,
+			ReasonCode:     int(e.Reason), // 0 (unspecified) is left out, as RFC 5280 5.3.1 asks
+		})
+	}
+	slices.SortFunc(tmpl.RevokedCertificateEntries, func(a, b x509.RevocationListEntry) int {
+		return a.SerialNumber.Cmp(b.SerialNumber)
+	})
+	return l.signCRL(what, tmpl, issuer, signer, maxValidity)
+}
+
+// CertState is what the inventory knows of a serial.
+type CertState int
+
+// Certificate states for OCSP.
+const (
+	StateUnknown CertState = iota // not issued by this CA as far as the inventory knows
+	StateGood
+	StateRevoked
+)
+
+// CertStatus is the answer of a StatusLookup.
+type CertStatus struct {
+	State     CertState
+	RevokedAt time.Time // StateRevoked only
+	Reason    Reason    // StateRevoked only
+}
+
+// StatusLookup answers for a serial issued by the responder's issuer. The
+// controller implements it over the replicated inventory.
+type StatusLookup func(ctx context.Context, serial *big.Int) (CertStatus, error)
+
+// OCSPValidity is how long an OCSP response is valid (nextUpdate -
+// thisUpdate), and how long HTTP caches may keep a GET response.
+const OCSPValidity = time.Hour
+
+// maxOCSPRequest bounds the size of a request body.
+const maxOCSPRequest = 4 << 10
+
+// OCSPResponder answers RFC 6960 requests about certificates of one
+// issuer, signing responses with the issuer's own key (no delegated
+// responder certificate). It serves POST (application/ocsp-request) on
+// any path and GET with the base64 request as the last path segment
+// (RFC 6960 A.1). Requests about another issuer get "unauthorized".
+type OCSPResponder struct {
+	issuer *x509.Certificate
+	signer crypto.Signer
+	lookup StatusLookup
+	now    func() time.Time
+}
+
+// OCSPResponder returns an http.Handler that answers OCSP requests for
+// this CA's intermediate with the status lookup says.
+func (c *CA) OCSPResponder(lookup StatusLookup) *OCSPResponder {
+	return &OCSPResponder{issuer: c.inter, signer: c.signer, lookup: lookup, now: c.now}
+}
+
+func (o *OCSPResponder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	var raw []byte
+	switch r.Method {
+	case http.MethodPost:
+		b, err := io.ReadAll(io.LimitReader(r.Body, maxOCSPRequest+1))
+		if err != nil || len(b) > maxOCSPRequest {
+			o.write(w, r, ocsp.MalformedRequestErrorResponse, false)
+			return
+		}
+		raw = b
+	case http.MethodGet:
+		b, ok := requestFromPath(r.URL)
+		if !ok {
+			o.write(w, r, ocsp.MalformedRequestErrorResponse, false)
+			return
+		}
+		raw = b
+	default:
+		w.Header().Set("Allow", "GET, POST")
+		http.Error(w, "OCSP takes GET or POST", http.StatusMethodNotAllowed)
+		return
+	}
+	resp, cacheable := o.Respond(r.Context(), raw)
+	o.write(w, r, resp, cacheable)
+}
+
+func (o *OCSPResponder) write(w http.ResponseWriter, r *http.Request, resp []byte, cacheable bool) {
+	h := w.Header()
+	h.Set("Content-Type", "application/ocsp-response")
+	h.Set("Content-Length", strconv.Itoa(len(resp)))
+	if cacheable && r.Method == http.MethodGet {
+		h.Set("Cache-Control", fmt.Sprintf("max-age=%d, public, no-transform, must-revalidate", int(OCSPValidity/time.Second)))
+	} else {
+		h.Set("Cache-Control", "no-store")
+	}
+	w.WriteHeader(http.StatusOK)
+	w.Write(resp)
+}
+
+// requestFromPath finds the base64 request at the end of a GET path.
+// RFC 6960 A.1 asks clients to URL-encode it, but many do not, and base64
+// contains '/': so try every suffix that starts after a '/', longest
+// first, and take the first that decodes to an OCSP request.
+func requestFromPath(u *url.URL) ([]byte, bool) {
+	p := u.Path // already unescaped
+	if len(p) > 2*maxOCSPRequest {
+		return nil, false
+	}
+	for i := 0; i < len(p); i++ {
+		if p[i] != '/' {
+			continue
+		}
+		b, err := base64.StdEncoding.DecodeString(p[i+1:])
+		if err != nil {
+			continue
+		}
+		if _, err := ocsp.ParseRequest(b); err == nil {
+			return b, true
+		}
+	}
+	return nil, false
+}
+
+// Respond answers one DER OCSP request; cacheable is false for error
+// responses.
+func (o *OCSPResponder) Respond(ctx context.Context, raw []byte) (resp []byte, cacheable bool) {
+	req, err := ocsp.ParseRequest(raw)
+	if err != nil {
+		return ocsp.MalformedRequestErrorResponse, false
+	}
+	if !o.issuedByUs(req) {
+		return ocsp.UnauthorizedErrorResponse, false
+	}
+	st, err := o.lookup(ctx, req.SerialNumber)
+	if err != nil {
+		return ocsp.InternalErrorErrorResponse, false
+	}
+	now := o.now().UTC().Truncate(time.Second)
+	tmpl := ocsp.Response{
+		SerialNumber: req.SerialNumber,
+		IssuerHash:   req.HashAlgorithm,
+		ThisUpdate:   now,
+		NextUpdate:   now.Add(OCSPValidity),
+		ProducedAt:   now,
+	}
+	switch st.State {
+	case StateGood:
+		tmpl.Status = ocsp.Good
+	case StateRevoked:
+		tmpl.Status = ocsp.Revoked
+		tmpl.RevokedAt = st.RevokedAt.UTC()
+		tmpl.RevocationReason = int(st.Reason)
+	default:
+		tmpl.Status = ocsp.Unknown
+	}
+	der, err := ocsp.CreateResponse(o.issuer, o.issuer, tmpl, o.signer)
+	if err != nil {
+		return ocsp.InternalErrorErrorResponse, false
+	}
+	return der, true
+}
+
+// issuedByUs compares the request's issuer name and key hashes with ours.
+func (o *OCSPResponder) issuedByUs(req *ocsp.Request) bool {
+	h := req.HashAlgorithm
+	if !h.Available() {
+		return false
+	}
+	var spki struct {
+		Algorithm asn1.RawValue
+		Key       asn1.BitString
+	}
+	if _, err := asn1.Unmarshal(o.issuer.RawSubjectPublicKeyInfo, &spki); err != nil {
+		return false
+	}
+	kh := h.New()
+	kh.Write(spki.Key.RightAlign())
+	nh := h.New()
+	nh.Write(o.issuer.RawSubject)
+	return bytes.Equal(kh.Sum(nil), req.IssuerKeyHash) && bytes.Equal(nh.Sum(nil), req.IssuerNameHash)
+}
