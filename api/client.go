@@ -28,9 +28,19 @@ func (e *StatusError) Error() string { return fmt.Sprintf("controller: %s (HTTP 
 // Client calls the controller's API. It is the only way govnetctl and
 // govnet-agent talk to a controller.
 type Client struct {
-	base   string
-	http   *http.Client
-	stream *http.Client // no overall timeout: watch streams live long
+	base         string
+	http         *http.Client
+	stream       *http.Client // no overall timeout: watch streams live long
+	linearizable bool
+}
+
+// Linearizable returns a client whose reads reflect every write the
+// cluster committed before they were sent (ConsistencyHeader), whichever
+// node answers.
+func (c *Client) Linearizable() *Client {
+	l := *c
+	l.linearizable = true
+	return &l
 }
 
 // NewClient returns a client for the controller at base (https://host:port).
@@ -80,6 +90,9 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	}
 	if in != nil {
 		req.Header.Set("Content-Type", "application/json")
+	}
+	if c.linearizable {
+		req.Header.Set(ConsistencyHeader, Linearizable)
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
@@ -216,4 +229,132 @@ func (c *Client) PublishPolicy(ctx context.Context, name, source string) (*Polic
 func (c *Client) ClusterStatus(ctx context.Context) (*ClusterStatus, error) {
 	var out ClusterStatus
 	return &out, c.do(ctx, http.MethodGet, "/v1/cluster/status", nil, &out)
+}
+
+// JoinNode adds a controller node to the cluster as a voter.
+func (c *Client) JoinNode(ctx context.Context, req JoinRequest) (*ClusterStatus, error) {
+	var out ClusterStatus
+	return &out, c.do(ctx, http.MethodPost, "/v1/cluster/members", req, &out)
+}
+
+// RemoveNode takes a controller node out of the cluster.
+func (c *Client) RemoveNode(ctx context.Context, node string) (*ClusterStatus, error) {
+	var out ClusterStatus
+	return &out, c.do(ctx, http.MethodDelete, "/v1/cluster/members/"+url.PathEscape(node), nil, &out)
+}
+
+// SaveSnapshot writes a backup of the replicated state to w.
+func (c *Client) SaveSnapshot(ctx context.Context, w io.Writer) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/v1/cluster/snapshot", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.stream.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if err := checkStatus(resp); err != nil {
+		return err
+	}
+	_, err = io.Copy(w, resp.Body)
+	return err
+}
+
+// RestoreSnapshot replaces the whole cluster's state with a backup.
+func (c *Client) RestoreSnapshot(ctx context.Context, r io.Reader) (*ClusterStatus, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.base+"/v1/cluster/snapshot", r)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/x-ndjson")
+	resp, err := c.stream.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if err := checkStatus(resp); err != nil {
+		return nil, err
+	}
+	var out ClusterStatus
+	return &out, json.NewDecoder(resp.Body).Decode(&out)
+}
+
+// People lists the registry of people.
+func (c *Client) People(ctx context.Context) ([]Person, error) {
+	var out []Person
+	return out, c.do(ctx, http.MethodGet, "/v1/people", nil, &out)
+}
+
+// AddPerson registers a person's certificate and role (officer).
+func (c *Client) AddPerson(ctx context.Context, p Person) (*Person, error) {
+	var out Person
+	return &out, c.do(ctx, http.MethodPost, "/v1/people", p, &out)
+}
+
+// RevokePerson revokes a person's certificate (officer).
+func (c *Client) RevokePerson(ctx context.Context, name string) (*Person, error) {
+	var out Person
+	return &out, c.do(ctx, http.MethodPost, "/v1/people/"+url.PathEscape(name)+"/revoke", nil, &out)
+}
+
+// Requests lists the four-eyes requests.
+func (c *Client) Requests(ctx context.Context) ([]Request, error) {
+	var out []Request
+	return out, c.do(ctx, http.MethodGet, "/v1/requests", nil, &out)
+}
+
+// CreateRequest asks for a change that another officer must approve.
+func (c *Client) CreateRequest(ctx context.Context, r RequestCreate) (*Request, error) {
+	var out Request
+	return &out, c.do(ctx, http.MethodPost, "/v1/requests", r, &out)
+}
+
+// ApproveRequest approves a request (an officer who is not the requester);
+// for a token request the answer carries the token.
+func (c *Client) ApproveRequest(ctx context.Context, id string) (*Request, error) {
+	var out Request
+	return &out, c.do(ctx, http.MethodPost, "/v1/requests/"+url.PathEscape(id)+"/approve", nil, &out)
+}
+
+// RejectRequest rejects a request.
+func (c *Client) RejectRequest(ctx context.Context, id string) (*Request, error) {
+	var out Request
+	return &out, c.do(ctx, http.MethodPost, "/v1/requests/"+url.PathEscape(id)+"/reject", nil, &out)
+}
+
+// AuditExport calls fn for every audit entry with seq > since, in order.
+func (c *Client) AuditExport(ctx context.Context, since uint64, fn func(AuditEntry) error) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/v1/audit?since="+strconv.FormatUint(since, 10), nil)
+	if err != nil {
+		return err
+	}
+	if c.linearizable {
+		req.Header.Set(ConsistencyHeader, Linearizable)
+	}
+	resp, err := c.stream.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if err := checkStatus(resp); err != nil {
+		return err
+	}
+	dec := json.NewDecoder(resp.Body)
+	for dec.More() {
+		var e AuditEntry
+		if err := dec.Decode(&e); err != nil {
+			return fmt.Errorf("audit export: %w", err)
+		}
+		if err := fn(e); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// AuditCheckpoint asks the answering node to sign the chain's head.
+func (c *Client) AuditCheckpoint(ctx context.Context) (*AuditCheckpoint, error) {
+	var out AuditCheckpoint
+	return &out, c.do(ctx, http.MethodPost, "/v1/audit/checkpoint", nil, &out)
 }

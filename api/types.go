@@ -128,6 +128,15 @@ type PolicyRequest struct {
 	Source string `json:"source"`
 }
 
+// ConsistencyHeader, set to Linearizable on a read, makes the answering
+// controller catch up with every write the cluster had committed when the
+// request arrived before it answers. Without it a follower answers from
+// its own state, which may lag the leader by a few milliseconds.
+const (
+	ConsistencyHeader = "X-Govnet-Consistency"
+	Linearizable      = "linearizable"
+)
+
 // Error is the body of every non-2xx response.
 type Error struct {
 	Error string `json:"error"`
@@ -135,11 +144,87 @@ type Error struct {
 
 // ClusterStatus is one controller node's view of the cluster.
 type ClusterStatus struct {
-	Node      string `json:"node"`
-	State     string `json:"state"`  // raft state: Leader, Follower, Candidate
-	Leader    string `json:"leader"` // leader's node name, empty if none is known
-	RaftIndex uint64 `json:"raft_index"`
-	Ready     bool   `json:"ready"`
-	NotReady  string `json:"not_ready,omitempty"` // why not
-	Watchers  int    `json:"watchers"`            // gateway streams served by this node
+	Node      string   `json:"node"`
+	State     string   `json:"state"`  // raft state: Leader, Follower, Candidate
+	Leader    string   `json:"leader"` // leader's node name, empty if none is known
+	RaftIndex uint64   `json:"raft_index"`
+	Ready     bool     `json:"ready"`
+	NotReady  string   `json:"not_ready,omitempty"` // why not
+	Watchers  int      `json:"watchers"`            // gateway streams served by this node
+	Members   []Member `json:"members,omitempty"`   // the cluster as this node sees it
+}
+
+// Member is one controller node of the cluster.
+type Member struct {
+	Node     string `json:"node"`
+	RaftAddr string `json:"raft_addr"`
+	APIAddr  string `json:"api_addr,omitempty"`
+	Suffrage string `json:"suffrage,omitempty"` // voter, nonvoter; empty if not in raft's configuration
+	Leader   bool   `json:"leader,omitempty"`
+}
+
+// JoinRequest asks the cluster to add a controller node as a voter.
+type JoinRequest struct {
+	Node     string `json:"node"`
+	RaftAddr string `json:"raft_addr"`
+	APIAddr  string `json:"api_addr"`
+}
+
+// Person statuses.
+const (
+	PersonActive  = "active"
+	PersonRevoked = "revoked"
+)
+
+// Person is someone allowed to use the API, bound to one certificate.
+type Person struct {
+	Name   string `json:"name"`
+	Role   string `json:"role"`
+	Serial string `json:"serial"` // certificate serial, hex
+	Status string `json:"status"`
+}
+
+// Kinds of four-eyes request.
+const (
+	RequestToken  = "token"  // issue an enrollment token for a pending gateway
+	RequestPolicy = "policy" // publish a policy
+	RequestRevoke = "revoke" // revoke an enrolled gateway
+)
+
+// Request statuses.
+const (
+	RequestPending  = "pending"
+	RequestApproved = "approved"
+	RequestRejected = "rejected"
+)
+
+// Request is a change that one person asks for and an officer who is
+// someone else approves.
+type Request struct {
+	ID           string    `json:"id"`
+	Kind         string    `json:"kind"`
+	Gateway      string    `json:"gateway,omitempty"`
+	TTL          string    `json:"ttl,omitempty"`
+	PolicyName   string    `json:"policy_name,omitempty"`
+	PolicySource string    `json:"policy_source,omitempty"`
+	Reason       string    `json:"reason,omitempty"`
+	Requester    string    `json:"requester"`
+	Created      time.Time `json:"created"`
+	Status       string    `json:"status"`
+	Approver     string    `json:"approver,omitempty"`
+	Decided      time.Time `json:"decided,omitzero"`
+	// Token is the enrollment token, returned once, to the approver.
+	Token *TokenResponse `json:"token,omitempty"`
+	// Policy is the version an approved policy request published.
+	PolicyVersion uint64 `json:"policy_version,omitempty"`
+}
+
+// RequestCreate asks for a four-eyes change.
+type RequestCreate struct {
+	Kind         string `json:"kind"`
+	Gateway      string `json:"gateway,omitempty"`
+	TTL          string `json:"ttl,omitempty"` // token requests: Go duration, default 1h
+	PolicyName   string `json:"policy_name,omitempty"`
+	PolicySource string `json:"policy_source,omitempty"`
+	Reason       string `json:"reason,omitempty"`
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/govnet/govnet/api"
@@ -26,6 +27,12 @@ const (
 	CmdGatewayEnroll CommandType = 5
 	CmdPolicyPublish CommandType = 6
 	CmdGatewayReport CommandType = 7 | IgnoreUnknownTypeFlag
+	CmdMemberUpsert  CommandType = 8
+	CmdMemberRemove  CommandType = 9
+	CmdPersonUpsert  CommandType = 10
+	CmdRequestCreate CommandType = 11
+	CmdRequestDecide CommandType = 12
+	CmdStateRestored CommandType = 13
 )
 
 func (t CommandType) String() string {
@@ -44,9 +51,24 @@ func (t CommandType) String() string {
 		return "policy-publish"
 	case CmdGatewayReport:
 		return "gateway-report"
+	case CmdMemberUpsert:
+		return "member-upsert"
+	case CmdMemberRemove:
+		return "member-remove"
+	case CmdPersonUpsert:
+		return "person-upsert"
+	case CmdRequestCreate:
+		return "request-create"
+	case CmdRequestDecide:
+		return "request-decide"
+	case CmdStateRestored:
+		return "state-restored"
 	}
 	return fmt.Sprintf("command(%d)", uint8(t))
 }
+
+// known says whether this version of the state machine applies t.
+func (t CommandType) known() bool { return !strings.HasPrefix(t.String(), "command(") }
 
 // Meta is stamped by the node that submits a command: who asked, and the
 // leader's clock, so that Apply never reads a clock of its own.
@@ -109,6 +131,67 @@ type GatewayReportRequest struct {
 	Meta
 	Gateway string     `json:"gateway"`
 	Report  api.Report `json:"report"`
+}
+
+// MemberUpsertRequest records a controller node's addresses. Raft's own
+// configuration says who votes; this record tells the other nodes and the
+// clients where the node's API is, so that writes can be forwarded to the
+// leader.
+type MemberUpsertRequest struct {
+	Meta
+	Node     string `json:"node"`
+	RaftAddr string `json:"raft_addr"`
+	APIAddr  string `json:"api_addr"`
+}
+
+// MemberRemoveRequest forgets a controller node's record.
+type MemberRemoveRequest struct {
+	Meta
+	Node string `json:"node"`
+}
+
+// PersonUpsertRequest registers a person's certificate and role, or
+// changes its status (revoking it).
+type PersonUpsertRequest struct {
+	Meta
+	Name   string `json:"name"`
+	Role   string `json:"role"`
+	Serial string `json:"serial"`
+	Status string `json:"status"` // active or revoked
+}
+
+// RequestCreateRequest opens a four-eyes request: an officer other than
+// the requester must approve it before it takes effect.
+type RequestCreateRequest struct {
+	Meta
+	ID           string        `json:"id"` // chosen by the submitting node
+	Role         string        `json:"role"`
+	Kind         string        `json:"kind"` // api.RequestToken, RequestPolicy, RequestRevoke
+	Gateway      string        `json:"gateway,omitempty"`
+	TTL          time.Duration `json:"ttl,omitempty"`
+	PolicyName   string        `json:"policy_name,omitempty"`
+	PolicySource string        `json:"policy_source,omitempty"`
+	Reason       string        `json:"reason,omitempty"`
+}
+
+// RequestDecideRequest approves or rejects a pending request. Approving a
+// token request carries the token's hash, made by the submitting node.
+type RequestDecideRequest struct {
+	Meta
+	ID        string `json:"id"`
+	Role      string `json:"role"`
+	Approve   bool   `json:"approve"`
+	TokenHash string `json:"token_hash,omitempty"`
+}
+
+// StateRestoredRequest follows a restore from a backup: it records who
+// restored which backup in the audit chain, and its index, applied on
+// every node after the restored state, gives linearizable reads an index
+// that every node reaches.
+type StateRestoredRequest struct {
+	Meta
+	BackupSHA256 string `json:"backup_sha256"`
+	BackupIndex  uint64 `json:"backup_index"`
 }
 
 // encodeCommand frames a command as its type byte followed by JSON.

@@ -46,8 +46,12 @@ func (f *FSM) Apply(l *raft.Log) any {
 	t, body := CommandType(l.Data[0]), l.Data[1:]
 	s := f.state
 	s.mu.Lock()
+	entry := s.auditEntry(l.Index, t, l.Data)
 	err := f.dispatch(t, body)
-	s.index = l.Index
+	if err == nil {
+		s.appendAudit(entry)
+	}
+	s.setIndex(l.Index)
 	s.mu.Unlock()
 	if err == nil {
 		f.onApply(l.Index, t)
@@ -72,6 +76,18 @@ func (f *FSM) dispatch(t CommandType, body []byte) error {
 		return applyJSON(body, s.applyPolicyPublish)
 	case CmdGatewayReport:
 		return applyJSON(body, s.applyGatewayReport)
+	case CmdMemberUpsert:
+		return applyJSON(body, s.applyMemberUpsert)
+	case CmdMemberRemove:
+		return applyJSON(body, s.applyMemberRemove)
+	case CmdPersonUpsert:
+		return applyJSON(body, s.applyPersonUpsert)
+	case CmdRequestCreate:
+		return applyJSON(body, s.applyRequestCreate)
+	case CmdRequestDecide:
+		return applyJSON(body, s.applyRequestDecide)
+	case CmdStateRestored:
+		return applyJSON(body, func(*StateRestoredRequest) error { return nil })
 	}
 	if t&IgnoreUnknownTypeFlag != 0 {
 		f.log.Warn("skipping unknown command type", "type", uint8(t))
@@ -142,6 +158,18 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	for _, p := range s.policies {
 		err = errors.Join(err, add("policy", p))
 	}
+	for _, m := range s.membersSorted() {
+		err = errors.Join(err, add("member", m))
+	}
+	for _, p := range s.peopleSorted() {
+		err = errors.Join(err, add("person", p))
+	}
+	for _, r := range s.requestsSorted() {
+		err = errors.Join(err, add("request", r))
+	}
+	for _, e := range s.audit {
+		err = errors.Join(err, add("audit", e))
+	}
 	return snap, err
 }
 
@@ -170,15 +198,38 @@ func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
 func (s *fsmSnapshot) Release() {}
 
 // Restore implements raft.FSM: it replaces the state with a snapshot's.
+//
+// The state's index never moves backwards: when an operator restores an
+// older backup into a running cluster (raft.Restore), readers waiting for
+// an index they have already seen must not wait for ever. The next
+// command sets the index to its raft index again.
 func (f *FSM) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
-	dec := json.NewDecoder(bufio.NewReader(rc))
+	ns, err := readSnapshot(rc)
+	if err != nil {
+		return err
+	}
+	s := f.state
+	s.mu.Lock()
+	s.overlay, s.agencies, s.gateways, s.tokens, s.policies, s.addrInUse, s.members, s.people, s.requests, s.audit =
+		ns.overlay, ns.agencies, ns.gateways, ns.tokens, ns.policies, ns.addrInUse, ns.members, ns.people, ns.requests, ns.audit
+	s.setIndex(max(s.index, ns.index))
+	index := s.index
+	s.mu.Unlock()
+	f.onApply(index, 0)
+	return nil
+}
+
+// readSnapshot decodes a snapshot into a fresh state; it is also how an
+// uploaded backup is checked before it is handed to raft.
+func readSnapshot(r io.Reader) (*State, error) {
+	dec := json.NewDecoder(bufio.NewReader(r))
 	var hdr snapshotHeader
 	if err := dec.Decode(&hdr); err != nil {
-		return fmt.Errorf("restore: header: %w", err)
+		return nil, fmt.Errorf("restore: header: %w", err)
 	}
 	if hdr.Format != snapshotFormat {
-		return fmt.Errorf("restore: snapshot format %q, want %q", hdr.Format, snapshotFormat)
+		return nil, fmt.Errorf("restore: snapshot format %q, want %q", hdr.Format, snapshotFormat)
 	}
 	ns := newState()
 	ns.index = hdr.Index
@@ -187,19 +238,13 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 		if err := dec.Decode(&rec); err == io.EOF {
 			break
 		} else if err != nil {
-			return fmt.Errorf("restore: record %d: %w", n, err)
+			return nil, fmt.Errorf("restore: record %d: %w", n, err)
 		}
 		if err := ns.restoreRecord(rec); err != nil {
-			return fmt.Errorf("restore: record %d (%s): %w", n, rec.Type, err)
+			return nil, fmt.Errorf("restore: record %d (%s): %w", n, rec.Type, err)
 		}
 	}
-	s := f.state
-	s.mu.Lock()
-	s.index, s.overlay, s.agencies, s.gateways, s.tokens, s.policies, s.addrInUse =
-		ns.index, ns.overlay, ns.agencies, ns.gateways, ns.tokens, ns.policies, ns.addrInUse
-	s.mu.Unlock()
-	f.onApply(hdr.Index, 0)
-	return nil
+	return ns, nil
 }
 
 func (s *State) restoreRecord(rec snapshotRecord) error {
@@ -237,6 +282,33 @@ func (s *State) restoreRecord(rec snapshotRecord) error {
 			return err
 		}
 		s.policies = append(s.policies, p)
+	case "member":
+		m := new(api.Member)
+		if err := json.Unmarshal(rec.Data, m); err != nil {
+			return err
+		}
+		s.members[m.Node] = m
+	case "person":
+		p := new(api.Person)
+		if err := json.Unmarshal(rec.Data, p); err != nil {
+			return err
+		}
+		s.people[p.Name] = p
+	case "request":
+		r := new(request)
+		if err := json.Unmarshal(rec.Data, r); err != nil {
+			return err
+		}
+		s.requests[r.ID] = r
+	case "audit":
+		var e api.AuditEntry
+		if err := json.Unmarshal(rec.Data, &e); err != nil {
+			return err
+		}
+		if n := len(s.audit); n > 0 && (e.Seq != s.audit[n-1].Seq+1 || e.Prev != s.audit[n-1].Hash) || e.ComputeHash() != e.Hash {
+			return fmt.Errorf("audit entry %d does not extend the chain", e.Seq)
+		}
+		s.audit = append(s.audit, e)
 	default:
 		return fmt.Errorf("unknown record type %q", rec.Type)
 	}
@@ -249,6 +321,15 @@ func (s *State) agenciesSorted() []*api.Agency {
 		out = append(out, a)
 	}
 	sortBy(out, func(a *api.Agency) string { return a.Code })
+	return out
+}
+
+func (s *State) membersSorted() []*api.Member {
+	out := make([]*api.Member, 0, len(s.members))
+	for _, m := range s.members {
+		out = append(out, m)
+	}
+	sortBy(out, func(m *api.Member) string { return m.Node })
 	return out
 }
 

@@ -1,16 +1,20 @@
 package controller
 
 import (
+	"bytes"
 	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/govnet/govnet/ca"
@@ -89,7 +93,7 @@ func Init(ctx context.Context, o InitOptions) error {
 	if err != nil {
 		return err
 	}
-	inter, err := ca.NewIntermediate(root, rootKey, interKey.Public(), "govnet Intermediate CA "+cfg.Node, o.Now)
+	inter, err := ca.NewIntermediate(root, rootKey, interKey.Public(), IntermediateCN(cfg.Node), o.Now)
 	if err != nil {
 		return err
 	}
@@ -101,9 +105,55 @@ func Init(ctx context.Context, o InitOptions) error {
 	if err != nil {
 		return err
 	}
+	node, err := issueNodeCert(ctx, authority, cfg, o.APIHosts, tlsKey)
+	if err != nil {
+		return err
+	}
+	if err := writeCerts(cfg, root, inter, node); err != nil {
+		return err
+	}
+	var people []bootstrapPerson
+	for _, p := range o.People {
+		serial, err := issuePerson(ctx, authority, p, o.PeopleDir)
+		if err != nil {
+			return err
+		}
+		people = append(people, bootstrapPerson{Name: p.Name, Role: p.Role, Serial: serial})
+	}
+	if err := writeJSONFile(cfg.pkiPath(bootstrapPeopleFile), people); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(cfg.DataDir, bootstrapFile), []byte("this node founds a new cluster on its first start\n"), 0o600); err != nil {
+		return err
+	}
+	if o.ConfigPath != "" {
+		return WriteConfig(o.ConfigPath, cfg)
+	}
+	return nil
+}
+
+// bootstrapPeopleFile lists the people Init issued credentials to; the
+// first leader registers them in the replicated registry.
+const bootstrapPeopleFile = "bootstrap-people.json"
+
+type bootstrapPerson struct {
+	Name   string `json:"name"`
+	Role   string `json:"role"`
+	Serial string `json:"serial"`
+}
+
+func writeJSONFile(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, append(b, '\n'), 0o644)
+}
+
+func issueNodeCert(ctx context.Context, authority *ca.CA, cfg Config, hosts []string, tlsKey crypto.Signer) (*x509.Certificate, error) {
 	var dns []string
 	var ips []net.IP
-	for _, h := range append([]string{"localhost"}, o.APIHosts...) {
+	for _, h := range append([]string{"localhost"}, hosts...) {
 		if ip := net.ParseIP(h); ip != nil {
 			ips = append(ips, ip)
 		} else {
@@ -117,53 +167,232 @@ func Init(ctx context.Context, o InitOptions) error {
 	}
 	csr, err := ca.NewCSR(tlsKey, cfg.Node)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	nodeChain, err := authority.Issue(ctx, csr, ca.NodeProfile(cfg.Node, dns, ips))
+	chain, err := authority.Issue(ctx, csr, ca.NodeProfile(cfg.Node, dns, ips))
 	if err != nil {
-		return err
+		return nil, err
 	}
-	for name, c := range map[string]*x509.Certificate{rootFile: root, intermediateFile: inter, nodeFile: nodeChain[0]} {
+	return chain[0], nil
+}
+
+func writeCerts(cfg Config, root, inter, node *x509.Certificate) error {
+	for name, c := range map[string]*x509.Certificate{rootFile: root, intermediateFile: inter, nodeFile: node} {
 		if err := os.WriteFile(cfg.pkiPath(name), ca.EncodePEM(c), 0o644); err != nil {
 			return err
 		}
 	}
-	for _, p := range o.People {
-		if err := issuePerson(ctx, authority, p, o.PeopleDir); err != nil {
-			return err
-		}
+	return nil
+}
+
+// Adding a node to a cluster takes three steps, so that no key ever
+// leaves its HSM:
+//
+//  1. PrepareJoin, on the new node: its intermediate and TLS keys are
+//     generated in ITS token, and a CSR for the intermediate is written.
+//  2. SignIntermediate, where the root key is: the root signs the CSR
+//     (today with the root key in the first node's token; the M-of-N
+//     ceremony replaces this one step).
+//  3. FinishJoin, on the new node: it checks the intermediate against the
+//     root and its own key, and issues its TLS certificate.
+//
+// Then the node starts (`govnetd run`) and is added as a voter, by
+// `govnetctl cluster join` or by itself through the join config key.
+
+// joinFile remembers, between PrepareJoin and FinishJoin, what the node
+// certificate must name.
+const (
+	joinFile = "join.json"
+	csrFile  = "intermediate.csr"
+)
+
+type joinState struct {
+	APIHosts []string `json:"api_hosts"`
+}
+
+// IntermediateCN is the subject common name of a node's intermediate.
+func IntermediateCN(node string) string { return "govnet Intermediate CA " + node }
+
+// PrepareJoin is step 1: it returns the intermediate's CSR (PEM), also
+// written to <data_dir>/pki/intermediate.csr.
+func PrepareJoin(ctx context.Context, o InitOptions) ([]byte, error) {
+	cfg := o.Config
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	if _, err := os.Stat(cfg.pkiPath(rootFile)); err == nil {
+		return nil, fmt.Errorf("%s exists: this node is already initialised", cfg.pkiPath(rootFile))
+	}
+	if _, err := os.Stat(cfg.pkiPath(csrFile)); err == nil {
+		return nil, fmt.Errorf("%s exists: finish the join with the signed intermediate", cfg.pkiPath(csrFile))
+	}
+	if err := os.MkdirAll(filepath.Dir(cfg.pkiPath(rootFile)), 0o755); err != nil {
+		return nil, err
+	}
+	hc, err := cfg.hsmConfig()
+	if err != nil {
+		return nil, err
+	}
+	tok, err := hsm.Open(hc)
+	if err != nil {
+		return nil, err
+	}
+	defer tok.Close()
+	interKey, err := tok.GenerateKey(IntermediateKeyLabel(cfg.Node), elliptic.P256())
+	if err != nil {
+		return nil, err
+	}
+	if _, err := tok.GenerateKey(TLSKeyLabel(cfg.Node), elliptic.P256()); err != nil {
+		return nil, err
+	}
+	csr, err := ca.NewCSR(interKey, IntermediateCN(cfg.Node))
+	if err != nil {
+		return nil, err
+	}
+	csrPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr.Raw})
+	if err := writeJSONFile(cfg.pkiPath(joinFile), joinState{APIHosts: o.APIHosts}); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(cfg.pkiPath(csrFile), csrPEM, 0o644); err != nil {
+		return nil, err
 	}
 	if o.ConfigPath != "" {
-		return WriteConfig(o.ConfigPath, cfg)
+		if err := WriteConfig(o.ConfigPath, cfg); err != nil {
+			return nil, err
+		}
 	}
-	return nil
+	return csrPEM, nil
+}
+
+// SignIntermediate is step 2 as the holder of the root key in cfg's token
+// does it: it returns the PEM bundle intermediate, root.
+func SignIntermediate(ctx context.Context, cfg Config, csrPEM []byte, now time.Time) ([]byte, error) {
+	root, err := readCert(cfg.pkiPath(rootFile))
+	if err != nil {
+		return nil, err
+	}
+	hc, err := cfg.hsmConfig()
+	if err != nil {
+		return nil, err
+	}
+	tok, err := hsm.Open(hc)
+	if err != nil {
+		return nil, err
+	}
+	defer tok.Close()
+	rootKey, err := tok.Signer(RootKeyLabel)
+	if err != nil {
+		return nil, fmt.Errorf("the root key is not in token %q: %w", cfg.HSM.TokenLabel, err)
+	}
+	inter, err := SignIntermediateCSR(root, rootKey, csrPEM, now)
+	if err != nil {
+		return nil, err
+	}
+	return ca.EncodePEM(inter, root), nil
+}
+
+// SignIntermediateCSR is the one function that uses the root key to admit
+// a node: whatever holds the root (a token, or the custodians' M-of-N
+// ceremony) passes its signer here. The CSR must name a node's
+// intermediate (IntermediateCN).
+func SignIntermediateCSR(root *x509.Certificate, rootKey crypto.Signer, csrPEM []byte, now time.Time) (*x509.Certificate, error) {
+	csr, err := ca.ParseCSR(csrPEM)
+	if err != nil {
+		return nil, err
+	}
+	node, ok := strings.CutPrefix(csr.Subject.CommonName, IntermediateCN(""))
+	if !ok || !validID(node) {
+		return nil, fmt.Errorf("%w: subject %q does not name a node's intermediate (%q)", ca.ErrBadCSR, csr.Subject.CommonName, IntermediateCN("<node>"))
+	}
+	return ca.NewIntermediate(root, rootKey, csr.PublicKey, IntermediateCN(node), now)
+}
+
+// FinishJoin is step 3: bundle is SignIntermediate's output.
+func FinishJoin(ctx context.Context, cfg Config, bundle []byte, now time.Time) error {
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	if _, err := os.Stat(cfg.pkiPath(rootFile)); err == nil {
+		return fmt.Errorf("%s exists: this node is already initialised", cfg.pkiPath(rootFile))
+	}
+	var js joinState
+	b, err := os.ReadFile(cfg.pkiPath(joinFile))
+	if err != nil {
+		return fmt.Errorf("%w (run `govnetd init --join` first)", err)
+	}
+	if err := json.Unmarshal(b, &js); err != nil {
+		return fmt.Errorf("%s: %w", cfg.pkiPath(joinFile), err)
+	}
+	certs, err := ca.ParsePEM(bundle)
+	if err != nil {
+		return err
+	}
+	var root, inter *x509.Certificate
+	for _, c := range certs {
+		if c.IsCA && bytes.Equal(c.RawIssuer, c.RawSubject) && c.CheckSignatureFrom(c) == nil {
+			root = c
+		} else if c.Subject.CommonName == IntermediateCN(cfg.Node) {
+			inter = c
+		}
+	}
+	if root == nil || inter == nil {
+		return fmt.Errorf("the bundle must hold the root and the intermediate %q", IntermediateCN(cfg.Node))
+	}
+	hc, err := cfg.hsmConfig()
+	if err != nil {
+		return err
+	}
+	tok, err := hsm.Open(hc)
+	if err != nil {
+		return err
+	}
+	defer tok.Close()
+	interKey, err := tok.Signer(IntermediateKeyLabel(cfg.Node))
+	if err != nil {
+		return err
+	}
+	tlsKey, err := tok.Signer(TLSKeyLabel(cfg.Node))
+	if err != nil {
+		return err
+	}
+	// ca.New checks that the root signed the intermediate and that the
+	// intermediate is for this token's key.
+	authority, err := ca.New(root, inter, interKey, ca.WithClock(func() time.Time { return now }))
+	if err != nil {
+		return err
+	}
+	node, err := issueNodeCert(ctx, authority, cfg, js.APIHosts, tlsKey)
+	if err != nil {
+		return err
+	}
+	return writeCerts(cfg, root, inter, node)
 }
 
 // issuePerson creates a key pair on this machine for a bootstrap person and
 // writes <dir>/<name>.key (0600) and <dir>/<name>.crt (the chain).
-func issuePerson(ctx context.Context, authority *ca.CA, p Person, dir string) error {
+func issuePerson(ctx context.Context, authority *ca.CA, p Person, dir string) (serial string, err error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return err
+		return "", err
 	}
 	csr, err := ca.NewCSR(key, p.Name)
 	if err != nil {
-		return err
+		return "", err
 	}
 	chain, err := authority.Issue(ctx, csr, ca.PersonProfile(p.Name, p.Role))
 	if err != nil {
-		return err
+		return "", err
 	}
 	der, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
-		return err
+		return "", err
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
+		return "", err
 	}
 	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
 	if err := os.WriteFile(filepath.Join(dir, p.Name+".key"), keyPEM, 0o600); err != nil {
-		return err
+		return "", err
 	}
-	return os.WriteFile(filepath.Join(dir, p.Name+".crt"), ca.EncodePEM(chain...), 0o644)
+	return ca.Serial(chain[0]), os.WriteFile(filepath.Join(dir, p.Name+".crt"), ca.EncodePEM(chain...), 0o644)
 }

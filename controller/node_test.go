@@ -25,6 +25,9 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	if path := os.Getenv(childNodeEnv); path != "" {
+		os.Exit(runChildNode(path))
+	}
 	code := m.Run()
 	hsmtest.Cleanup()
 	os.Exit(code)
@@ -58,7 +61,7 @@ func testConfig(t *testing.T) Config {
 	}
 	err := Init(context.Background(), InitOptions{
 		Config:    cfg,
-		People:    []Person{{"operator1", ca.RoleOperator}, {"officer1", ca.RoleOfficer}},
+		People:    []Person{{"operator1", ca.RoleOperator}, {"officer1", ca.RoleOfficer}, {"officer2", ca.RoleOfficer}},
 		PeopleDir: filepath.Join(dir, "people"),
 	})
 	if err != nil {
@@ -297,4 +300,167 @@ func firstView(t *testing.T, c *api.Client, since uint64) *api.View {
 		t.Fatalf("watch: %v", err)
 	}
 	return got
+}
+
+// TestFourEyesAndPeople: the registry of people gates every call, and
+// tokens, publications and revocations need an officer other than the
+// requester.
+func TestFourEyesAndPeople(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.FourEyes = true
+	n := startNode(t, cfg)
+	defer n.Close()
+	ctx := context.Background()
+	op, off1, off2 := person(t, cfg, n, "operator1"), person(t, cfg, n, "officer1"), person(t, cfg, n, "officer2")
+
+	if _, err := op.AddAgency(ctx, api.Agency{Code: "000.00.00.H29", Name: "Quảng Ninh"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"gw1", "gw2"} {
+		if _, err := op.AddGateway(ctx, api.Gateway{ID: id, Agency: "000.00.00.H29"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Four-eyes mode: the one-step endpoints are closed.
+	_, err := off1.IssueToken(ctx, "gw1", 0)
+	wantStatus(t, err, 403, "four-eyes")
+	_, err = off1.PublishPolicy(ctx, "p.yaml", "version: 1\n")
+	wantStatus(t, err, 403, "four-eyes")
+
+	// Token: the operator asks, an officer approves and receives the token.
+	req, err := op.CreateRequest(ctx, api.RequestCreate{Kind: api.RequestToken, Gateway: "gw1", TTL: "10m"})
+	if err != nil || req.Status != api.RequestPending || req.Requester != "operator1" {
+		t.Fatalf("request: %+v %v", req, err)
+	}
+	_, err = op.ApproveRequest(ctx, req.ID)
+	wantStatus(t, err, 403, "officer")
+	got, err := off1.ApproveRequest(ctx, req.ID)
+	if err != nil || got.Status != api.RequestApproved || got.Token == nil || got.Approver != "officer1" {
+		t.Fatalf("approve: %+v %v", got, err)
+	}
+	_, err = off2.ApproveRequest(ctx, req.ID)
+	wantStatus(t, err, 409, "already approved")
+	gw1, err := enroll(t, cfg, n, got.Token.Token)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Policy: an officer asks; approving it themself is refused.
+	const pol = "version: 1\n"
+	preq, err := off1.CreateRequest(ctx, api.RequestCreate{Kind: api.RequestPolicy, PolicyName: "p.yaml", PolicySource: pol})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = off1.ApproveRequest(ctx, preq.ID)
+	wantStatus(t, err, 403, "own request")
+	_, err = off1.RejectRequest(ctx, preq.ID)
+	wantStatus(t, err, 403, "own request")
+	if got, err := off2.ApproveRequest(ctx, preq.ID); err != nil || got.PolicyVersion != 1 {
+		t.Fatalf("approve policy: %+v %v", got, err)
+	}
+	if p, err := op.Policy(ctx); err != nil || p.Version != 1 || p.Actor != "officer2" {
+		t.Fatalf("policy: %+v %v", p, err)
+	}
+	// A policy that does not check is refused at request time.
+	_, err = op.CreateRequest(ctx, api.RequestCreate{Kind: api.RequestPolicy, PolicySource: "version: 1\nrules:\n  - from: [nosuch]\n    to: [x]\n    ports: [tcp/22]\n"})
+	wantStatus(t, err, 400, "nosuch")
+
+	// Revocation: asked, approved by someone else; the gateway's stream ends.
+	rreq, err := op.CreateRequest(ctx, api.RequestCreate{Kind: api.RequestRevoke, Gateway: "gw1", Reason: "key lost"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := off2.ApproveRequest(ctx, rreq.ID); err != nil {
+		t.Fatal(err)
+	}
+	if g, _ := op.Gateway(ctx, "gw1"); g.Status != api.StatusRevoked {
+		t.Fatalf("gw1 is %s", g.Status)
+	}
+	err = gw1.client.Watch(ctx, 0, func(*api.View) error { return nil })
+	wantStatus(t, err, 403, "not enrolled")
+
+	// People: a certificate our CA signed but the registry does not know is
+	// refused; a revoked person is refused.
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	csr, _ := ca.NewCSR(key, "mallory")
+	chain, err := n.ca.Issue(ctx, csr, ca.PersonProfile("mallory", ca.RoleOfficer))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc, _ := api.TLSConfig(cfg.pkiPath(rootFile), "", "")
+	tc.Certificates = []tls.Certificate{{Certificate: [][]byte{chain[0].Raw, chain[1].Raw}, PrivateKey: key}}
+	mallory := api.NewClient("https://"+n.Addr().String(), tc)
+	_, err = mallory.Agencies(ctx)
+	wantStatus(t, err, 403, "not in the registry")
+	if _, err := off1.AddPerson(ctx, api.Person{Name: "mallory", Role: ca.RoleOfficer, Serial: ca.Serial(chain[0])}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := mallory.Agencies(ctx); err != nil {
+		t.Fatalf("registered person refused: %v", err)
+	}
+	if _, err := off1.RevokePerson(ctx, "mallory"); err != nil {
+		t.Fatal(err)
+	}
+	_, err = mallory.Agencies(ctx)
+	wantStatus(t, err, 403, "revoked")
+	_, err = off1.AddPerson(ctx, api.Person{Name: "mallory", Role: ca.RoleOfficer, Serial: ca.Serial(chain[0])})
+	wantStatus(t, err, 409, "was revoked")
+
+	// The audit chain names who did what, verifies, and its signed head
+	// catches a truncated export.
+	cp, err := off2.AuditCheckpoint(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var entries []api.AuditEntry
+	if err := off2.AuditExport(ctx, 0, func(e api.AuditEntry) error { entries = append(entries, e); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if err := api.VerifyAudit(entries); err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, e := range entries {
+		if e.Action == "request-decide" && e.Actor == "officer2" && e.Role == ca.RoleOfficer && e.Object == rreq.ID && e.RaftIndex > 0 {
+			found = true
+		}
+	}
+	if !found {
+		t.Fatalf("no audit entry for officer2 approving the revocation: %+v", entries)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(n.ca.Root())
+	if err := api.VerifyCheckpoint(*cp, roots, entries); err != nil {
+		t.Fatal(err)
+	}
+	cut := entries[:len(entries)-3]
+	if err := api.VerifyCheckpoint(*cp, roots, cut); err == nil || !strings.Contains(err.Error(), "removed") {
+		t.Fatalf("truncated export: %v", err)
+	}
+	_, err = op.AuditCheckpoint(ctx)
+	wantStatus(t, err, 403, "auditor")
+}
+
+func TestRateLimit(t *testing.T) {
+	now := t0
+	l := newLimiter(10, func() time.Time { return now })
+	for i := range 20 { // the burst
+		if ok, _ := l.allow("person/a"); !ok {
+			t.Fatalf("request %d refused within the burst", i)
+		}
+	}
+	ok, wait := l.allow("person/a")
+	if ok || wait <= 0 || wait > 100*time.Millisecond {
+		t.Fatalf("21st request: ok=%v wait=%v", ok, wait)
+	}
+	if ok, _ := l.allow("person/b"); !ok {
+		t.Fatal("another client was limited")
+	}
+	now = now.Add(100 * time.Millisecond) // one token back
+	if ok, _ := l.allow("person/a"); !ok {
+		t.Fatal("refused after refill")
+	}
+	if ok, _ := l.allow("person/a"); ok {
+		t.Fatal("allowed beyond the rate")
+	}
 }

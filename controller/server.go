@@ -12,7 +12,9 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/govnet/govnet/api"
@@ -78,7 +80,42 @@ func (n *Node) routes() http.Handler {
 	mux.HandleFunc("GET /v1/policy", n.person(anyone, n.handlePolicy))
 	mux.HandleFunc("GET /v1/cluster/status", n.person(anyone, n.handleClusterStatus))
 	mux.HandleFunc("PUT /v1/policy", n.person([]string{ca.RoleOfficer}, n.handlePolicyPublish))
-	return mux
+
+	mux.HandleFunc("POST /v1/cluster/members", n.handleJoin)
+	mux.HandleFunc("DELETE /v1/cluster/members/{node}", n.person([]string{ca.RoleOperator}, n.handleRemove))
+	mux.HandleFunc("GET /v1/cluster/snapshot", n.person([]string{ca.RoleOperator, ca.RoleAuditor}, n.handleSnapshotSave))
+	mux.HandleFunc("POST /v1/cluster/snapshot", n.person([]string{ca.RoleOfficer}, n.handleSnapshotRestore))
+
+	mux.HandleFunc("GET /v1/people", n.person(anyone, n.handlePeople))
+	mux.HandleFunc("POST /v1/people", n.person([]string{ca.RoleOfficer}, n.handlePersonAdd))
+	mux.HandleFunc("POST /v1/people/{name}/revoke", n.person([]string{ca.RoleOfficer}, n.handlePersonRevoke))
+	mux.HandleFunc("GET /v1/audit", n.person([]string{ca.RoleAuditor, ca.RoleOfficer}, n.handleAudit))
+	mux.HandleFunc("POST /v1/audit/checkpoint", n.person([]string{ca.RoleAuditor, ca.RoleOfficer}, n.handleCheckpoint))
+	mux.HandleFunc("GET /v1/requests", n.person(anyone, n.handleRequests))
+	mux.HandleFunc("POST /v1/requests", n.person([]string{ca.RoleOperator, ca.RoleOfficer}, n.handleRequestCreate))
+	mux.HandleFunc("POST /v1/requests/{id}/approve", n.person([]string{ca.RoleOfficer}, n.handleRequestDecide(true)))
+	mux.HandleFunc("POST /v1/requests/{id}/reject", n.person([]string{ca.RoleOfficer}, n.handleRequestDecide(false)))
+
+	mux.HandleFunc("POST /v1/internal/apply", n.internalNode(n.handleInternalApply))
+	mux.HandleFunc("POST /v1/internal/barrier", n.internalNode(n.handleInternalBarrier))
+	mux.HandleFunc("POST /v1/internal/members", n.internalNode(n.handleInternalMembers))
+	mux.HandleFunc("POST /v1/internal/members/remove", n.internalNode(n.handleInternalMembers))
+	mux.HandleFunc("POST /v1/internal/restore", n.internalNode(n.handleInternalRestore))
+	return n.limits.middleware(n.whenCaughtUp(mux))
+}
+
+// whenCaughtUp answers 503 to every API call that reads or writes the
+// registry until the state machine has replayed this node's log; health,
+// readiness and the root certificate are served at once.
+func (n *Node) whenCaughtUp(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, "/v1/") && r.URL.Path != "/v1/ca/root" && !n.caughtUp() {
+			w.Header().Set("Retry-After", "1")
+			writeError(w, http.StatusServiceUnavailable, "starting: replaying the raft log, try again shortly")
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // identity returns the verified client certificate's identity.
@@ -92,8 +129,10 @@ func identity(r *http.Request) (ca.Identity, bool) {
 
 type handler func(w http.ResponseWriter, r *http.Request, id ca.Identity)
 
-// person admits a person holding one of roles.
-// TODO(issue 4): check the person against the registry; four-eyes approval.
+// person admits a person holding one of roles whose certificate the
+// registry knows and has not revoked. A request carrying
+// ConsistencyHeader is served only after this node has caught up with the
+// leader (see linearizable).
 func (n *Node) person(roles []string, h handler) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		id, ok := identity(r)
@@ -101,13 +140,21 @@ func (n *Node) person(roles []string, h handler) http.HandlerFunc {
 			writeError(w, http.StatusUnauthorized, "a person's client certificate is required")
 			return
 		}
-		for _, role := range roles {
-			if id.Role == role {
-				h(w, r, id)
+		if !slices.Contains(roles, id.Role) {
+			writeError(w, http.StatusForbidden, fmt.Sprintf("role %q may not do this (needs one of %v)", id.Role, roles))
+			return
+		}
+		if err := n.checkPerson(id, r); err != nil {
+			n.fail(w, err)
+			return
+		}
+		if r.Header.Get(ConsistencyHeader) == api.Linearizable {
+			if err := n.linearizable(r.Context()); err != nil {
+				n.fail(w, err)
 				return
 			}
 		}
-		writeError(w, http.StatusForbidden, fmt.Sprintf("role %q may not do this (needs one of %v)", id.Role, roles))
+		h(w, r, id)
 	}
 }
 
@@ -134,23 +181,6 @@ func (n *Node) handleReady(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Write([]byte("ready\n"))
-}
-
-func (n *Node) handleClusterStatus(w http.ResponseWriter, r *http.Request, _ ca.Identity) {
-	_, leader := n.raft.LeaderWithID()
-	st := api.ClusterStatus{
-		Node:      n.cfg.Node,
-		State:     n.raft.State().String(),
-		Leader:    string(leader),
-		RaftIndex: n.State().Index(),
-		Watchers:  n.hub.watchers(),
-	}
-	if err := n.Ready(); err != nil {
-		st.NotReady = err.Error()
-	} else {
-		st.Ready = true
-	}
-	writeJSON(w, http.StatusOK, st)
 }
 
 func (n *Node) handleRoot(w http.ResponseWriter, r *http.Request) {
@@ -321,7 +351,21 @@ func (n *Node) handleGatewayAdd(w http.ResponseWriter, r *http.Request, id ca.Id
 	writeJSON(w, http.StatusOK, got)
 }
 
+// oneStepRefused says whether four-eyes mode forbids a one-step endpoint.
+func (n *Node) oneStepRefused(w http.ResponseWriter, what string) bool {
+	if !n.cfg.FourEyes {
+		return false
+	}
+	writeError(w, http.StatusForbidden, fmt.Sprintf("four-eyes approval is required: %s with `govnetctl request`, then have another officer approve it", what))
+	return true
+}
+
+// handleToken issues a token in one step; with four_eyes set it is refused
+// (use a token request and an approval).
 func (n *Node) handleToken(w http.ResponseWriter, r *http.Request, id ca.Identity) {
+	if n.oneStepRefused(w, "request the token") {
+		return
+	}
 	var req api.TokenRequest
 	if r.ContentLength != 0 && !decode(w, r, maxBody, &req) {
 		return
@@ -364,6 +408,9 @@ func (n *Node) handlePolicy(w http.ResponseWriter, r *http.Request, _ ca.Identit
 // live registry before it is committed: a policy that fails any of these
 // is rejected with its errors and changes nothing.
 func (n *Node) handlePolicyPublish(w http.ResponseWriter, r *http.Request, id ca.Identity) {
+	if n.oneStepRefused(w, "request the publication") {
+		return
+	}
 	var req api.PolicyRequest
 	if !decode(w, r, maxPolicyBody, &req) {
 		return
@@ -407,13 +454,16 @@ func (n *Node) fail(w http.ResponseWriter, err error) {
 	switch {
 	case errors.Is(err, ErrBadRequest), errors.Is(err, ca.ErrBadCSR), errors.Is(err, ca.ErrKeyType):
 		status = http.StatusBadRequest
-	case errors.Is(err, ErrForbidden):
+	case errors.Is(err, ErrForbidden), errors.Is(err, ErrUnauthorized):
 		status = http.StatusForbidden
 	case errors.Is(err, ErrNotFound):
 		status = http.StatusNotFound
 	case errors.Is(err, ErrConflict):
 		status = http.StatusConflict
 	case errors.Is(err, ErrNotLeader):
+		w.Header().Set(notLeaderHeader, "1")
+		status = http.StatusServiceUnavailable
+	case errors.Is(err, ErrNoLeader), errors.Is(err, ErrUnknownOutcome):
 		status = http.StatusServiceUnavailable
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		status = http.StatusServiceUnavailable

@@ -1,6 +1,11 @@
 package controller
 
 import (
+	"cmp"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -41,6 +46,12 @@ type State struct {
 	tokens    map[string]*tokenRecord // by hash
 	policies  []api.Policy            // every published version, oldest first
 	addrInUse map[netip.Addr]string   // overlay address -> gateway
+	members   map[string]*api.Member  // controller nodes by name
+	people    map[string]*api.Person  // by name
+	requests  map[string]*request     // four-eyes requests by id
+	audit     []api.AuditEntry        // the hash chain, one entry per committed command
+
+	applied chan struct{} // closed and replaced whenever index moves
 }
 
 func newState() *State {
@@ -49,7 +60,58 @@ func newState() *State {
 		gateways:  map[string]*api.Gateway{},
 		tokens:    map[string]*tokenRecord{},
 		addrInUse: map[netip.Addr]string{},
+		members:   map[string]*api.Member{},
+		people:    map[string]*api.Person{},
+		requests:  map[string]*request{},
+		applied:   make(chan struct{}),
 	}
+}
+
+// setIndex records the last applied index and wakes waitIndex; s.mu must
+// be held for writing.
+func (s *State) setIndex(i uint64) {
+	s.index = i
+	close(s.applied)
+	s.applied = make(chan struct{})
+}
+
+// waitIndex returns once the state has applied index i, or ctx ends.
+func (s *State) waitIndex(ctx context.Context, i uint64) error {
+	for {
+		s.mu.RLock()
+		cur, ch := s.index, s.applied
+		s.mu.RUnlock()
+		if cur >= i {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for raft index %d (at %d): %w", i, cur, ctx.Err())
+		case <-ch:
+		}
+	}
+}
+
+// Members returns the controller nodes' records sorted by name.
+func (s *State) Members() []api.Member {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]api.Member, 0, len(s.members))
+	for _, m := range s.membersSorted() {
+		out = append(out, *m)
+	}
+	return out
+}
+
+// Member returns one controller node's record.
+func (s *State) Member(node string) (api.Member, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	m, ok := s.members[node]
+	if !ok {
+		return api.Member{}, false
+	}
+	return *m, true
 }
 
 // Index returns the raft index of the last applied command.
@@ -279,12 +341,17 @@ func (s *State) allocate() (netip.Addr, error) {
 }
 
 func (s *State) applyPolicyPublish(r *PolicyPublishRequest) error {
+	s.publish(r.Source, r.Actor, r.At)
+	return nil
+}
+
+func (s *State) publish(source, actor string, at time.Time) uint64 {
 	version := uint64(1)
 	if n := len(s.policies); n > 0 {
 		version = s.policies[n-1].Version + 1
 	}
-	s.policies = append(s.policies, api.Policy{Version: version, Source: r.Source, Published: r.At, Actor: r.Actor})
-	return nil
+	s.policies = append(s.policies, api.Policy{Version: version, Source: source, Published: at, Actor: actor})
+	return version
 }
 
 func (s *State) applyGatewayReport(r *GatewayReportRequest) error {
@@ -296,4 +363,321 @@ func (s *State) applyGatewayReport(r *GatewayReportRequest) error {
 	rep.At = r.At
 	g.Report = &rep
 	return nil
+}
+
+func (s *State) applyMemberUpsert(r *MemberUpsertRequest) error {
+	if !validID(r.Node) {
+		return fmt.Errorf("%w: node name %q: use 1-63 lowercase letters, digits and '-'", ErrBadRequest, r.Node)
+	}
+	for key, addr := range map[string]string{"raft_addr": r.RaftAddr, "api_addr": r.APIAddr} {
+		if _, err := netip.ParseAddrPort(addr); err != nil {
+			return fmt.Errorf("%w: %s %q: want ip:port", ErrBadRequest, key, addr)
+		}
+	}
+	for _, m := range s.members {
+		if m.Node != r.Node && (m.RaftAddr == r.RaftAddr || m.APIAddr == r.APIAddr) {
+			return fmt.Errorf("%w: node %s already uses one of these addresses", ErrConflict, m.Node)
+		}
+	}
+	s.members[r.Node] = &api.Member{Node: r.Node, RaftAddr: r.RaftAddr, APIAddr: r.APIAddr}
+	return nil
+}
+
+func (s *State) applyMemberRemove(r *MemberRemoveRequest) error {
+	if _, ok := s.members[r.Node]; !ok {
+		return fmt.Errorf("%w: node %s", ErrNotFound, r.Node)
+	}
+	delete(s.members, r.Node)
+	return nil
+}
+
+// request is a four-eyes request as the state keeps it.
+type request struct {
+	api.Request
+	TTLDur time.Duration `json:"ttl_ns,omitempty"`
+}
+
+// People returns the registry of people sorted by name.
+func (s *State) People() []api.Person {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]api.Person, 0, len(s.people))
+	for _, p := range s.peopleSorted() {
+		out = append(out, *p)
+	}
+	return out
+}
+
+// Person returns one person's record.
+func (s *State) Person(name string) (api.Person, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	p, ok := s.people[name]
+	if !ok {
+		return api.Person{}, false
+	}
+	return *p, true
+}
+
+// Requests returns the four-eyes requests, oldest first.
+func (s *State) Requests() []api.Request {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]api.Request, 0, len(s.requests))
+	for _, r := range s.requestsSorted() {
+		out = append(out, r.Request)
+	}
+	return out
+}
+
+// Request returns one request.
+func (s *State) Request(id string) (api.Request, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	r, ok := s.requests[id]
+	if !ok {
+		return api.Request{}, false
+	}
+	return r.Request, true
+}
+
+var roles = []string{"operator", "officer", "auditor", "custodian"}
+
+func (s *State) applyPersonUpsert(r *PersonUpsertRequest) error {
+	if !validPersonName(r.Name) {
+		return fmt.Errorf("%w: person name %q: use 1-63 letters, digits, '.', '_' and '-'", ErrBadRequest, r.Name)
+	}
+	if !slices.Contains(roles, r.Role) {
+		return fmt.Errorf("%w: role %q: want one of %v", ErrBadRequest, r.Role, roles)
+	}
+	if r.Serial == "" || strings.Trim(strings.ToLower(r.Serial), "0123456789abcdef") != "" {
+		return fmt.Errorf("%w: serial %q: want the certificate serial in hex", ErrBadRequest, r.Serial)
+	}
+	if r.Status != api.PersonActive && r.Status != api.PersonRevoked {
+		return fmt.Errorf("%w: status %q: want active or revoked", ErrBadRequest, r.Status)
+	}
+	if old, ok := s.people[r.Name]; ok && old.Status == api.PersonRevoked && r.Status == api.PersonActive && old.Serial == strings.ToLower(r.Serial) {
+		return fmt.Errorf("%w: certificate %s of %s was revoked; register a new certificate", ErrConflict, r.Serial, r.Name)
+	}
+	s.people[r.Name] = &api.Person{Name: r.Name, Role: r.Role, Serial: strings.ToLower(r.Serial), Status: r.Status}
+	return nil
+}
+
+func validPersonName(n string) bool {
+	if n == "" || len(n) > 63 {
+		return false
+	}
+	for _, r := range n {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.') {
+			return false
+		}
+	}
+	return true
+}
+
+// whoMay says which roles may ask for and approve each kind of request.
+var requesters = map[string][]string{
+	api.RequestToken:  {"operator", "officer"},
+	api.RequestPolicy: {"operator", "officer"},
+	api.RequestRevoke: {"operator", "officer"},
+}
+
+func (s *State) applyRequestCreate(r *RequestCreateRequest) error {
+	who, ok := requesters[r.Kind]
+	if !ok {
+		return fmt.Errorf("%w: request kind %q: want token, policy or revoke", ErrBadRequest, r.Kind)
+	}
+	if !slices.Contains(who, r.Role) {
+		return fmt.Errorf("%w: role %q may not request %s", ErrForbidden, r.Role, r.Kind)
+	}
+	if r.ID == "" {
+		return fmt.Errorf("%w: request without an id", ErrBadRequest)
+	}
+	if _, ok := s.requests[r.ID]; ok {
+		return fmt.Errorf("%w: request %s exists", ErrConflict, r.ID)
+	}
+	switch r.Kind {
+	case api.RequestToken:
+		if err := s.canIssueToken(r.Gateway); err != nil {
+			return err
+		}
+		if r.TTL <= 0 || r.TTL > maxTokenTTL {
+			return fmt.Errorf("%w: ttl %s: want up to %s", ErrBadRequest, r.TTL, maxTokenTTL)
+		}
+	case api.RequestRevoke:
+		if err := s.canRevoke(r.Gateway); err != nil {
+			return err
+		}
+	case api.RequestPolicy:
+		if strings.TrimSpace(r.PolicySource) == "" {
+			return fmt.Errorf("%w: empty policy", ErrBadRequest)
+		}
+	}
+	req := &request{Request: api.Request{
+		ID: r.ID, Kind: r.Kind, Gateway: r.Gateway, PolicyName: r.PolicyName, PolicySource: r.PolicySource,
+		Reason: r.Reason, Requester: r.Actor, Created: r.At, Status: api.RequestPending,
+	}, TTLDur: r.TTL}
+	if r.TTL > 0 {
+		req.TTL = r.TTL.String()
+	}
+	s.requests[r.ID] = req
+	return nil
+}
+
+func (s *State) canIssueToken(gateway string) error {
+	g, ok := s.gateways[gateway]
+	if !ok {
+		return fmt.Errorf("%w: gateway %s", ErrNotFound, gateway)
+	}
+	if g.Status != api.StatusPending {
+		return fmt.Errorf("%w: gateway %s is %s, tokens are issued only to pending gateways", ErrConflict, g.ID, g.Status)
+	}
+	return nil
+}
+
+func (s *State) canRevoke(gateway string) error {
+	g, ok := s.gateways[gateway]
+	if !ok {
+		return fmt.Errorf("%w: gateway %s", ErrNotFound, gateway)
+	}
+	if g.Status != api.StatusEnrolled && g.Status != api.StatusPending {
+		return fmt.Errorf("%w: gateway %s is %s", ErrConflict, g.ID, g.Status)
+	}
+	return nil
+}
+
+func (s *State) applyRequestDecide(r *RequestDecideRequest) error {
+	req, ok := s.requests[r.ID]
+	if !ok {
+		return fmt.Errorf("%w: request %s", ErrNotFound, r.ID)
+	}
+	if req.Status != api.RequestPending {
+		return fmt.Errorf("%w: request %s is already %s", ErrConflict, r.ID, req.Status)
+	}
+	if r.Role != "officer" {
+		return fmt.Errorf("%w: only an officer decides requests", ErrForbidden)
+	}
+	if r.Actor == req.Requester {
+		return fmt.Errorf("%w: %s may not decide their own request (four-eyes)", ErrForbidden, r.Actor)
+	}
+	if r.Approve {
+		// Check everything before changing anything.
+		switch req.Kind {
+		case api.RequestToken:
+			if err := s.canIssueToken(req.Gateway); err != nil {
+				return err
+			}
+			if r.TokenHash == "" {
+				return fmt.Errorf("%w: approving a token request needs the token's hash", ErrBadRequest)
+			}
+			if _, ok := s.tokens[r.TokenHash]; ok {
+				return fmt.Errorf("%w: token exists", ErrConflict)
+			}
+		case api.RequestRevoke:
+			if err := s.canRevoke(req.Gateway); err != nil {
+				return err
+			}
+		}
+		switch req.Kind {
+		case api.RequestToken:
+			s.tokens[r.TokenHash] = &tokenRecord{Gateway: req.Gateway, Hash: r.TokenHash, Expires: r.At.Add(req.TTLDur), Issuer: r.Actor}
+		case api.RequestPolicy:
+			req.PolicyVersion = s.publish(req.PolicySource, r.Actor, r.At)
+		case api.RequestRevoke:
+			s.gateways[req.Gateway].Status = api.StatusRevoked
+		}
+		req.Status = api.RequestApproved
+	} else {
+		req.Status = api.RequestRejected
+	}
+	req.Approver, req.Decided = r.Actor, r.At
+	return nil
+}
+
+func (s *State) peopleSorted() []*api.Person {
+	out := make([]*api.Person, 0, len(s.people))
+	for _, p := range s.people {
+		out = append(out, p)
+	}
+	sortBy(out, func(p *api.Person) string { return p.Name })
+	return out
+}
+
+func (s *State) requestsSorted() []*request {
+	out := make([]*request, 0, len(s.requests))
+	for _, r := range s.requests {
+		out = append(out, r)
+	}
+	slices.SortFunc(out, func(a, b *request) int {
+		if c := a.Created.Compare(b.Created); c != 0 {
+			return c
+		}
+		return strings.Compare(a.ID, b.ID)
+	})
+	return out
+}
+
+// auditFields are the parts of any command that an audit entry names.
+type auditFields struct {
+	Actor   string    `json:"actor"`
+	At      time.Time `json:"at"`
+	Gateway string    `json:"gateway"`
+	Code    string    `json:"code"`
+	Node    string    `json:"node"`
+	ID      string    `json:"id"`
+	Name    string    `json:"name"`
+}
+
+// auditEntry prepares the entry for a command about to be applied (the
+// actor's role is the one it held when it acted). Deterministic: it
+// reads only the command and the state.
+func (s *State) auditEntry(index uint64, t CommandType, data []byte) api.AuditEntry {
+	var f auditFields
+	_ = json.Unmarshal(data[1:], &f) // a command that does not decode is refused anyway
+	role := ""
+	switch {
+	case strings.HasPrefix(f.Actor, "node:"):
+		role = "node"
+	case strings.HasPrefix(f.Actor, "gateway:"):
+		role = "gateway"
+	default:
+		if p, ok := s.people[f.Actor]; ok {
+			role = p.Role
+		}
+	}
+	object := f.Gateway
+	for _, o := range []string{f.Code, f.Node, f.ID, f.Name} {
+		if object == "" {
+			object = o
+		}
+	}
+	sum := sha256.Sum256(data)
+	return api.AuditEntry{RaftIndex: index, At: f.At.UTC(), Actor: f.Actor, Role: role, Action: t.String(), Object: object, RequestSHA256: hex.EncodeToString(sum[:])}
+}
+
+func (s *State) appendAudit(e api.AuditEntry) {
+	e.Seq = 1
+	if n := len(s.audit); n > 0 {
+		e.Seq, e.Prev = s.audit[n-1].Seq+1, s.audit[n-1].Hash
+	}
+	e.Hash = e.ComputeHash()
+	s.audit = append(s.audit, e)
+}
+
+// Audit returns the chain's entries with seq > since.
+func (s *State) Audit(since uint64) []api.AuditEntry {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	i, _ := slices.BinarySearchFunc(s.audit, since+1, func(e api.AuditEntry, seq uint64) int { return cmp.Compare(e.Seq, seq) })
+	return slices.Clone(s.audit[i:])
+}
+
+// AuditHead returns the last entry; ok is false while the chain is empty.
+func (s *State) AuditHead() (api.AuditEntry, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if len(s.audit) == 0 {
+		return api.AuditEntry{}, false
+	}
+	return s.audit[len(s.audit)-1], true
 }

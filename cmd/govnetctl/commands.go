@@ -258,11 +258,11 @@ func policyRow(w io.Writer, p api.Policy) {
 }
 
 func (a *app) clusterCmd() *cobra.Command {
-	cmd := &cobra.Command{Use: "cluster", Short: "See the controller cluster"}
+	cmd := &cobra.Command{Use: "cluster", Short: "See and change the controller cluster; back it up and restore it"}
 	var wait time.Duration
 	status := &cobra.Command{
 		Use:   "status",
-		Short: "Show the answering node's raft state and readiness",
+		Short: "Show the answering node's raft state and readiness, and the members",
 		Example: "  govnetctl cluster status\n" +
 			"  govnetctl cluster status --wait 30s   # until the node is ready, or fail",
 		Args: cobra.NoArgs,
@@ -277,13 +277,7 @@ func (a *app) clusterCmd() *cobra.Command {
 				st, err := c.ClusterStatus(ctx)
 				cancel()
 				if err == nil && (st.Ready || wait == 0) {
-					return a.print(st, "NODE\tSTATE\tLEADER\tRAFT INDEX\tREADY\tWATCHERS", func(w io.Writer) {
-						ready := "yes"
-						if !st.Ready {
-							ready = "no: " + st.NotReady
-						}
-						fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%d\n", st.Node, st.State, dash(st.Leader), st.RaftIndex, ready, st.Watchers)
-					})
+					return a.printStatus(st)
 				}
 				if time.Now().After(deadline) {
 					if err == nil {
@@ -296,6 +290,109 @@ func (a *app) clusterCmd() *cobra.Command {
 		},
 	}
 	status.Flags().DurationVar(&wait, "wait", 0, "wait up to this long for the node to be ready")
-	cmd.AddCommand(status)
+	join := &cobra.Command{
+		Use:     "join NODE RAFT_ADDR API_ADDR",
+		Short:   "Add an initialised, running controller node to the cluster as a voter (operator)",
+		Example: "  govnetctl cluster join ctl2 10.0.0.2:7000 10.0.0.2:7443",
+		Args:    cobra.ExactArgs(3),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.call(cmd, func(ctx context.Context, c *api.Client) error {
+				st, err := c.JoinNode(ctx, api.JoinRequest{Node: args[0], RaftAddr: args[1], APIAddr: args[2]})
+				if err != nil {
+					return err
+				}
+				return a.printStatus(st)
+			})
+		},
+	}
+	remove := &cobra.Command{
+		Use:     "remove NODE",
+		Short:   "Take a controller node out of the cluster (operator)",
+		Example: "  govnetctl cluster remove ctl3",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.call(cmd, func(ctx context.Context, c *api.Client) error {
+				st, err := c.RemoveNode(ctx, args[0])
+				if err != nil {
+					return err
+				}
+				return a.printStatus(st)
+			})
+		},
+	}
+	snapshot := &cobra.Command{Use: "snapshot", Short: "Back up and restore the replicated state"}
+	save := &cobra.Command{
+		Use:     "save FILE",
+		Short:   "Write a backup of the replicated state, as of now, to FILE (operator, auditor)",
+		Example: "  govnetctl cluster snapshot save /var/backups/govnet-$(date +%F).snap",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.call(cmd, func(ctx context.Context, c *api.Client) error {
+				tmp := args[0] + ".part"
+				f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+				if err != nil {
+					return err
+				}
+				err = c.SaveSnapshot(ctx, f)
+				if cerr := f.Close(); err == nil {
+					err = cerr
+				}
+				if err != nil {
+					os.Remove(tmp)
+					return err
+				}
+				if err := os.Rename(tmp, args[0]); err != nil {
+					return err
+				}
+				fmt.Fprintf(a.out, "saved %s\n", args[0])
+				return nil
+			})
+		},
+	}
+	restore := &cobra.Command{
+		Use:   "restore FILE",
+		Short: "Replace the whole cluster's state with a backup (officer; disaster recovery)",
+		Long: "The backup is checked, then the leader installs it and replicates it to every node; the\n" +
+			"cluster's membership is kept. Everything written since the backup is lost.",
+		Example: "  govnetctl cluster snapshot restore /var/backups/govnet-2026-11-23.snap",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			f, err := os.Open(args[0])
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			return a.call(cmd, func(ctx context.Context, c *api.Client) error {
+				st, err := c.RestoreSnapshot(ctx, f)
+				if err != nil {
+					return err
+				}
+				return a.printStatus(st)
+			})
+		},
+	}
+	snapshot.AddCommand(save, restore)
+	cmd.AddCommand(status, join, remove, snapshot)
 	return cmd
+}
+
+func (a *app) printStatus(st *api.ClusterStatus) error {
+	return a.print(st, "NODE\tSTATE\tLEADER\tRAFT INDEX\tREADY\tWATCHERS", func(w io.Writer) {
+		ready := "yes"
+		if !st.Ready {
+			ready = "no: " + st.NotReady
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%d\n", st.Node, st.State, dash(st.Leader), st.RaftIndex, ready, st.Watchers)
+		if len(st.Members) > 0 {
+			fmt.Fprintln(w)
+			fmt.Fprintln(w, "MEMBER\tSUFFRAGE\tRAFT\tAPI\tLEADER")
+			for _, m := range st.Members {
+				leader := ""
+				if m.Leader {
+					leader = "*"
+				}
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", m.Node, dash(m.Suffrage), m.RaftAddr, dash(m.APIAddr), leader)
+			}
+		}
+	})
 }

@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/govnet/govnet/controller"
 	"github.com/govnet/govnet/internal/cli"
@@ -32,6 +33,8 @@ func rootCmd() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.AddCommand(initCmd(), runCmd())
+	root.AddCommand(ceremonyCmd())
+	root.AddCommand(signIntermediateCmd(), finishJoinCmd())
 	return root
 }
 
@@ -46,24 +49,62 @@ func bindConfig(fs *pflag.FlagSet, c *controller.Config) {
 	fs.StringVar(&c.HSM.TokenLabel, "hsm-token", c.HSM.TokenLabel, "label of the HSM token holding the CA keys")
 	fs.StringVar(&c.HSM.PINFile, "hsm-pin-file", c.HSM.PINFile, "file holding the token's user PIN")
 	fs.StringVar(&c.HSM.PINEnv, "hsm-pin-env", c.HSM.PINEnv, "environment variable holding the token's user PIN")
+	fs.DurationVar(&c.Raft.HeartbeatTimeout, "raft-heartbeat-timeout", c.Raft.HeartbeatTimeout, "raft heartbeat timeout")
+	fs.DurationVar(&c.Raft.ElectionTimeout, "raft-election-timeout", c.Raft.ElectionTimeout, "raft election timeout")
+	fs.DurationVar(&c.Raft.LeaderLeaseTimeout, "raft-leader-lease-timeout", c.Raft.LeaderLeaseTimeout, "raft leader lease timeout")
+	fs.StringSliceVar(&c.Join, "join-addr", c.Join, "API host:port of a running member to ask to add this node (config key join; repeatable)")
+	fs.BoolVar(&c.FourEyes, "four-eyes", c.FourEyes, "refuse one-step tokens and policy publication: require a request approved by another officer")
+	fs.Float64Var(&c.RateLimit, "rate-limit", c.RateLimit, "requests per second per client (0: 100)")
 }
 
 func initCmd() *cobra.Command {
 	cfg := controller.DefaultConfig()
 	var (
-		configPath, peopleDir string
-		hosts, people         []string
+		configPath, peopleDir, csrOut string
+		hosts, people                 []string
+		join                          bool
 	)
 	cmd := &cobra.Command{
 		Use:   "init",
 		Short: "Create this node's CA keys in the HSM, its certificates, bootstrap credentials and config",
+		Long: "The first node of a cluster: `govnetd init` creates the root, this node's intermediate and TLS keys\n" +
+			"in the HSM, their certificates and the bootstrap people's credentials; the node founds the cluster\n" +
+			"on its first start.\n\n" +
+			"Another node: `govnetd init --join` creates this node's intermediate and TLS keys in ITS token and\n" +
+			"a CSR for the intermediate; the root's holder signs it (`govnetd sign-intermediate`), then\n" +
+			"`govnetd finish-join` installs the result, and after `govnetd run` an operator adds the node\n" +
+			"(`govnetctl cluster join`), or the node asks a member itself (--join-addr HOST:PORT).",
 		Example: `  softhsm2-util --init-token --free --label govnet-ca --so-pin 0000 --pin 1234
   echo 1234 > /etc/govnet/pin
   govnetd init --config /etc/govnet/govnetd.yaml --data-dir /var/lib/govnet \
     --hsm-token govnet-ca --hsm-pin-file /etc/govnet/pin \
-    --api-addr 10.0.0.1:7443 --person alice:operator --person bob:officer --people-dir ./people`,
+    --api-addr 10.0.0.1:7443 --person alice:operator --person bob:officer --people-dir ./people
+
+  # a second node, then on the first node, then on the second again:
+  govnetd init --join --config /etc/govnet/govnetd.yaml --node ctl2 --api-addr 10.0.0.2:7443 \
+    --raft-addr 10.0.0.2:7000 --hsm-token govnet-ca --hsm-pin-file /etc/govnet/pin --csr-out ctl2.csr
+  govnetd sign-intermediate --config /etc/govnet/govnetd.yaml --csr ctl2.csr --out ctl2.bundle.pem
+  govnetd finish-join --config /etc/govnet/govnetd.yaml --bundle ctl2.bundle.pem`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if join {
+				if len(people) > 0 {
+					return fmt.Errorf("--person: bootstrap people are created by the first node's init only")
+				}
+				csr, err := controller.PrepareJoin(cmd.Context(), controller.InitOptions{Config: cfg, APIHosts: hosts, ConfigPath: configPath})
+				if err != nil {
+					return err
+				}
+				if csrOut != "" {
+					if err := os.WriteFile(csrOut, csr, 0o644); err != nil {
+						return err
+					}
+				}
+				fmt.Printf("node %s: intermediate and TLS keys in HSM token %q; intermediate CSR in %s/pki/intermediate.csr%s\n"+
+					"next: have the root's holder run `govnetd sign-intermediate`, then `govnetd finish-join --bundle FILE`\n",
+					cfg.Node, cfg.HSM.TokenLabel, cfg.DataDir, map[bool]string{true: " and " + csrOut}[csrOut != ""])
+				return nil
+			}
 			var ps []controller.Person
 			for _, p := range people {
 				name, role, ok := strings.Cut(p, ":")
@@ -88,7 +129,79 @@ func initCmd() *cobra.Command {
 	fs.StringSliceVar(&hosts, "api-host", nil, "extra DNS name or IP the API is reached at (repeatable)")
 	fs.StringArrayVar(&people, "person", nil, "bootstrap person as name:role (operator, officer, auditor); repeatable")
 	fs.StringVar(&peopleDir, "people-dir", "people", "directory to write the bootstrap people's key and certificate to")
+	fs.BoolVar(&join, "join", false, "prepare a node that joins an existing cluster (keys and intermediate CSR only)")
+	fs.StringVar(&csrOut, "csr-out", "", "with --join: also write the intermediate CSR to this file")
 	cmd.MarkFlagRequired("config")
+	return cmd
+}
+
+func signIntermediateCmd() *cobra.Command {
+	cfg := controller.DefaultConfig()
+	var configPath, csrPath, out string
+	cmd := &cobra.Command{
+		Use:     "sign-intermediate --csr FILE --out FILE",
+		Short:   "Sign a joining node's intermediate CSR with the root key in this node's HSM token",
+		Example: "  govnetd sign-intermediate --config /etc/govnet/govnetd.yaml --csr ctl2.csr --out ctl2.bundle.pem",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := cli.LoadConfig(cmd.Flags(), configPath, cfg.LoadFile); err != nil {
+				return err
+			}
+			csr, err := os.ReadFile(csrPath)
+			if err != nil {
+				return err
+			}
+			bundle, err := controller.SignIntermediate(cmd.Context(), cfg, csr, time.Now())
+			if err != nil {
+				return err
+			}
+			if err := os.WriteFile(out, bundle, 0o644); err != nil {
+				return err
+			}
+			fmt.Printf("signed: %s (intermediate and root); give it to the joining node's `govnetd finish-join --bundle`\n", out)
+			return nil
+		},
+	}
+	fs := cmd.Flags()
+	bindConfig(fs, &cfg)
+	fs.StringVar(&configPath, "config", "", "this node's config file")
+	fs.StringVar(&csrPath, "csr", "", "the joining node's intermediate CSR (PEM)")
+	fs.StringVar(&out, "out", "", "where to write the signed intermediate and the root (PEM)")
+	cmd.MarkFlagRequired("csr")
+	cmd.MarkFlagRequired("out")
+	return cmd
+}
+
+func finishJoinCmd() *cobra.Command {
+	cfg := controller.DefaultConfig()
+	var configPath, bundle string
+	cmd := &cobra.Command{
+		Use:     "finish-join --bundle FILE",
+		Short:   "Install a joining node's signed intermediate and issue its TLS certificate",
+		Example: "  govnetd finish-join --config /etc/govnet/govnetd.yaml --bundle ctl2.bundle.pem",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := cli.LoadConfig(cmd.Flags(), configPath, cfg.LoadFile); err != nil {
+				return err
+			}
+			b, err := os.ReadFile(bundle)
+			if err != nil {
+				return err
+			}
+			if err := controller.FinishJoin(cmd.Context(), cfg, b, time.Now()); err != nil {
+				return err
+			}
+			fmt.Printf("node %s initialised; start it (govnetd run) and add it: govnetctl cluster join %s %s %s\n",
+				cfg.Node, cfg.Node, cfg.RaftAddr, cfg.APIAddr)
+			return nil
+		},
+	}
+	fs := cmd.Flags()
+	bindConfig(fs, &cfg)
+	fs.StringVar(&configPath, "config", "", "this node's config file (written by init --join)")
+	fs.StringVar(&bundle, "bundle", "", "the output of sign-intermediate")
+	cmd.MarkFlagRequired("config")
+	cmd.MarkFlagRequired("bundle")
 	return cmd
 }
 

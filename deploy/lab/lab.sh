@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The govnet lab: a controller and four agency gateways, each in its own
-# network namespace, joined by a transport bridge that lives in a namespace
+# The govnet lab: a 3-node controller cluster and four agency gateways, each
+# in its own network namespace (each controller with its own SoftHSM2 token
+# and intermediate), joined by a transport bridge that lives in a namespace
 # of its own. Nothing is configured in the host's namespace; every address
 # exists only inside the lab.
 #
@@ -13,9 +14,15 @@ LAB=${GOVNET_LAB_DIR:-$ROOT/.lab}
 BIN=$ROOT/bin
 P=gvlab-                       # namespace prefix
 NET=${P}net                    # namespace holding the transport bridge
-CTL=${P}ctl1                   # controller namespace
+CTL=${P}ctl1                   # namespace govnetctl runs in
 CTL_IP=192.0.2.1               # TEST-NET-1: documentation addresses, lab only
 API=https://$CTL_IP:7443
+# controller node | address (each in namespace $P<node>)
+CONTROLLERS=(
+  "ctl1|192.0.2.1"
+  "ctl2|192.0.2.2"
+  "ctl3|192.0.2.3"
+)
 PIN=1234
 
 # gateway id | agency code | transport address | WireGuard interface
@@ -37,6 +44,7 @@ AGENCIES=(
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 nsx() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 ctl() { nsx "$CTL" "$BIN/govnetctl" --config "$LAB/govnetctl-$1.yaml" "${@:2}"; }
+request_id() { sed -n 's/^ *"id": *"\([0-9a-f]*\)".*/\1/p' | head -1; }
 
 down() {
   # Processes first (by pid file, then anything still in a lab namespace).
@@ -81,7 +89,7 @@ up() {
   mkdir -p "$LAB"/{logs,run,tokens,people,hsm}
   chmod 700 "$LAB"
 
-  say "network: bridge in $NET, controller and ${#GATEWAYS[@]} gateways in their own namespaces"
+  say "network: bridge in $NET, ${#CONTROLLERS[@]} controllers and ${#GATEWAYS[@]} gateways in their own namespaces"
   ip netns add "$NET"
   nsx "$NET" ip link add br0 type bridge
   nsx "$NET" ip link set br0 up
@@ -97,25 +105,43 @@ up() {
     nsx "$ns" ip addr add "$addr/24" dev eth0
     nsx "$ns" ip link set eth0 up
   }
-  attach "$CTL" "$CTL_IP"
+  for c in "${CONTROLLERS[@]}"; do
+    IFS='|' read -r node addr <<<"$c"
+    attach "$P$node" "$addr"
+  done
   for g in "${GATEWAYS[@]}"; do
     IFS='|' read -r id _ addr _ <<<"$g"
     attach "$P$id" "$addr"
   done
 
-  say "HSM: SoftHSM2 token govnet-ca-ctl1 (config $LAB/hsm/softhsm2.conf)"
+  say "HSM: one SoftHSM2 token per controller (config $LAB/hsm/softhsm2.conf)"
   export SOFTHSM2_CONF=$LAB/hsm/softhsm2.conf
   mkdir -p "$LAB/hsm/tokens"
   printf 'directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\n' "$LAB/hsm/tokens" >"$SOFTHSM2_CONF"
-  softhsm2-util --init-token --free --label govnet-ca-ctl1 --so-pin 0000 --pin "$PIN" >/dev/null
+  for c in "${CONTROLLERS[@]}"; do
+    IFS='|' read -r node _ <<<"$c"
+    softhsm2-util --init-token --free --label "govnet-ca-$node" --so-pin 0000 --pin "$PIN" >/dev/null
+  done
   echo "$PIN" >"$LAB/hsm/pin"
   chmod 600 "$LAB/hsm/pin"
 
-  say "controller: govnetd init (root, intermediate and TLS keys generated inside the HSM)"
-  nsx "$CTL" "$BIN/govnetd" init --config "$LAB/govnetd.yaml" --node ctl1 --data-dir "$LAB/ctl1" \
+  say "controllers: govnetd init on ctl1 (root, intermediate and TLS keys generated inside its HSM)"
+  nsx "$CTL" "$BIN/govnetd" init --config "$LAB/govnetd-ctl1.yaml" --node ctl1 --data-dir "$LAB/ctl1" \
     --api-addr "$CTL_IP:7443" --raft-addr "$CTL_IP:7000" --overlay-prefix 100.64.0.0/24 \
-    --hsm-token govnet-ca-ctl1 --hsm-pin-file "$LAB/hsm/pin" --hsm-pin-env "" \
+    --hsm-token govnet-ca-ctl1 --hsm-pin-file "$LAB/hsm/pin" --hsm-pin-env "" --four-eyes \
     --person operator1:operator --person officer1:officer --people-dir "$LAB/people"
+  for c in "${CONTROLLERS[@]:1}"; do
+    IFS='|' read -r node addr <<<"$c"
+    say "controllers: $node joins: keys in its own token, its intermediate signed by the root (ctl1's token)"
+    local joinaddr=()
+    [ "$node" = ctl3 ] && joinaddr=(--join-addr "$CTL_IP:7443") # ctl3 asks to be added; ctl2 is added by an operator
+    nsx "$P$node" "$BIN/govnetd" init --join --config "$LAB/govnetd-$node.yaml" --node "$node" --data-dir "$LAB/$node" \
+      --api-addr "$addr:7443" --raft-addr "$addr:7000" --overlay-prefix 100.64.0.0/24 \
+      --hsm-token "govnet-ca-$node" --hsm-pin-file "$LAB/hsm/pin" --hsm-pin-env "" --four-eyes \
+      "${joinaddr[@]}" --csr-out "$LAB/$node.csr" >/dev/null
+    nsx "$CTL" "$BIN/govnetd" sign-intermediate --config "$LAB/govnetd-ctl1.yaml" --csr "$LAB/$node.csr" --out "$LAB/$node.bundle.pem" >/dev/null
+    nsx "$P$node" "$BIN/govnetd" finish-join --config "$LAB/govnetd-$node.yaml" --bundle "$LAB/$node.bundle.pem" >/dev/null
+  done
   for who in operator1 officer1; do
     cat >"$LAB/govnetctl-${who%1}.yaml" <<YAML
 controller: $API
@@ -124,11 +150,19 @@ cert: $LAB/people/$who.crt
 key: $LAB/people/$who.key
 YAML
   done
-  start govnetd "$CTL" "$BIN/govnetd" run --config "$LAB/govnetd.yaml"
+  start govnetd-ctl1 "$CTL" "$BIN/govnetd" run --config "$LAB/govnetd-ctl1.yaml"
   wait_for 30 "the controller's API" ctl operator agency list
-  ctl operator cluster status --wait 30s
+  ctl operator cluster status --wait 30s >/dev/null
+  for c in "${CONTROLLERS[@]:1}"; do
+    IFS='|' read -r node _ <<<"$c"
+    start "govnetd-$node" "$P$node" "$BIN/govnetd" run --config "$LAB/govnetd-$node.yaml"
+  done
+  wait_for 30 "an operator to add ctl2" ctl operator cluster join ctl2 192.0.2.2:7000 192.0.2.2:7443
+  voters() { [ "$(ctl operator cluster status -o json | grep -c '"suffrage": "voter"')" -eq ${#CONTROLLERS[@]} ]; }
+  wait_for 60 "${#CONTROLLERS[@]} voters" voters
+  ctl operator cluster status
 
-  say "registry: agencies and gateways (operator), enrollment tokens (officer)"
+  say "registry: agencies and gateways (operator); enrollment tokens requested (operator) and approved (officer)"
   for a in "${AGENCIES[@]}"; do
     IFS='|' read -r code name <<<"$a"
     ctl operator agency add "$code" --name "$name" >/dev/null
@@ -136,22 +170,29 @@ YAML
   for g in "${GATEWAYS[@]}"; do
     IFS='|' read -r id code addr _ <<<"$g"
     ctl operator gateway add "$id" --agency "$code" --endpoint "$addr:51820" >/dev/null
-    ctl officer gateway token "$id" --ttl 15m --write "$LAB/tokens/$id" >/dev/null
+    req=$(ctl operator request token "$id" --ttl 15m -o json | request_id)
+    ctl officer request approve "$req" --write "$LAB/tokens/$id" >/dev/null
   done
   ctl operator agency list
 
-  say "gateways: govnet-agent enroll, then run, each inside its namespace"
+  say "gateways: govnet-agent enroll, then run, each inside its namespace, spread over the controllers"
+  local k=0
   for g in "${GATEWAYS[@]}"; do
     IFS='|' read -r id _ addr ifc <<<"$g"
-    nsx "$P$id" "$BIN/govnet-agent" enroll --config "$LAB/$id/agent.yaml" --controller "$API" \
+    local caddr
+    IFS='|' read -r _ caddr <<<"${CONTROLLERS[$((k % ${#CONTROLLERS[@]}))]}"
+    k=$((k + 1))
+    nsx "$P$id" "$BIN/govnet-agent" enroll --config "$LAB/$id/agent.yaml" --controller "https://$caddr:7443" \
       --root "$LAB/ctl1/pki/root.pem" --token-file "$LAB/tokens/$id" --state-dir "$LAB/$id/state" \
       --interface "$ifc" --listen-port 51820 --endpoint "$addr:51820" --reconcile 5s
     start "agent-$id" "$P$id" "$BIN/govnet-agent" run --config "$LAB/$id/agent.yaml"
     start "listen-$id" "$P$id" "$BIN/labtool" listen 22 443 8080
   done
 
-  say "policy: publish deploy/lab/policy.yaml (officer)"
-  ctl officer policy publish "$ROOT/deploy/lab/policy.yaml"
+  say "policy: deploy/lab/policy.yaml requested (operator), approved and published (officer)"
+  req=$(ctl operator request policy "$ROOT/deploy/lab/policy.yaml" -o json | request_id)
+  ctl officer request approve "$req"
+  ctl officer request list
   local version
   version=$(ctl officer policy show -o json | sed -n 's/.*"version": *\([0-9]*\).*/\1/p' | head -1)
   applied() {
@@ -182,8 +223,9 @@ The lab stays up. Explore it:
   ip netns exec ${P}gw-h29 wg show gvl-h29                 # WireGuard peers and handshakes
   ip netns exec ${P}gw-h29 nft list table inet govnet      # the ruleset the agent applied
   ip netns exec $CTL $BIN/govnetctl --config $LAB/govnetctl-operator.yaml gateway list
+  ip netns exec $CTL $BIN/govnetctl --config $LAB/govnetctl-operator.yaml cluster status
 State:
-  controller data, certificates   $LAB/ctl1   (root: $LAB/ctl1/pki/root.pem)
+  controllers' data, certificates $LAB/ctl1, ctl2, ctl3   (root: $LAB/ctl1/pki/root.pem)
   SoftHSM2 tokens                 SOFTHSM2_CONF=$LAB/hsm/softhsm2.conf  (PIN in $LAB/hsm/pin)
   people's credentials            $LAB/people
   gateway state (keys, certs)     $LAB/<gateway>/state

@@ -1,0 +1,148 @@
+package api
+
+import (
+	"crypto/ecdsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"time"
+)
+
+// AuditEntry is one link of the audit chain that the controllers keep in
+// their replicated state: one entry per committed command.
+type AuditEntry struct {
+	Seq           uint64    `json:"seq"`            // 1, 2, 3, ... with no gaps
+	RaftIndex     uint64    `json:"raft_index"`     // the command's raft index
+	At            time.Time `json:"at"`             // the leader's clock when it was submitted
+	Actor         string    `json:"actor"`          // person name, node:<name> or gateway:<id>
+	Role          string    `json:"role,omitempty"` // the actor's role when it acted
+	Action        string    `json:"action"`         // the command type, e.g. gateway-add
+	Object        string    `json:"object,omitempty"`
+	RequestSHA256 string    `json:"request_sha256"` // of the encoded command
+	Prev          string    `json:"prev"`           // Hash of the previous entry; "" for the first
+	Hash          string    `json:"hash"`           // see ComputeHash
+}
+
+// ComputeHash returns the hex SHA-256 of the entry's JSON encoding with
+// Hash left empty. Prev makes each hash commit to the whole chain before it.
+func (e AuditEntry) ComputeHash() string {
+	e.Hash = ""
+	e.At = e.At.UTC()
+	b, _ := json.Marshal(e) // a struct of strings, numbers and a time: cannot fail
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
+// AuditError names the first entry of an exported chain that does not hold.
+type AuditError struct {
+	Line int    // 1-based line of the export
+	Seq  uint64 // the entry's seq as found
+	Msg  string
+}
+
+func (e *AuditError) Error() string {
+	return fmt.Sprintf("line %d (seq %d): %s", e.Line, e.Seq, e.Msg)
+}
+
+// VerifyAudit recomputes a chain exported from its first entry (seq 1) or
+// from any later one (then the first entry's Prev is taken on trust) and
+// returns an *AuditError for the first entry that was altered, or after a
+// removal or reordering.
+func VerifyAudit(entries []AuditEntry) error {
+	present := make(map[uint64]bool, len(entries))
+	for _, e := range entries {
+		present[e.Seq] = true
+	}
+	for i, e := range entries {
+		line := i + 1
+		if e.ComputeHash() != e.Hash {
+			return &AuditError{line, e.Seq, "entry altered: its hash does not match its contents"}
+		}
+		if i == 0 {
+			if e.Seq == 1 && e.Prev != "" {
+				return &AuditError{line, e.Seq, "the first entry names a predecessor"}
+			}
+			continue
+		}
+		p := entries[i-1]
+		switch {
+		case e.Seq <= p.Seq || e.Seq != p.Seq+1 && present[p.Seq+1]:
+			return &AuditError{line, e.Seq, fmt.Sprintf("entries reordered: seq %d follows seq %d", e.Seq, p.Seq)}
+		case e.Seq != p.Seq+1:
+			return &AuditError{line, e.Seq, fmt.Sprintf("entries removed: seq %d follows seq %d", e.Seq, p.Seq)}
+		case e.Prev != p.Hash:
+			return &AuditError{line, e.Seq, "chain broken: prev is not the hash of the entry before it (that entry was altered or replaced)"}
+		}
+	}
+	return nil
+}
+
+// AuditCheckpoint is a signed statement of the chain's head: a node
+// signs Seq and Hash with its key, certified by its intermediate, so that
+// an auditor can prove that nothing up to Seq was removed or rewritten.
+type AuditCheckpoint struct {
+	Seq       uint64    `json:"seq"`
+	Hash      string    `json:"hash"`
+	At        time.Time `json:"at"`
+	Node      string    `json:"node"`
+	Signature string    `json:"signature"` // base64 ASN.1 ECDSA over SHA-256 of CheckpointMessage
+	Chain     string    `json:"chain"`     // PEM: the node certificate, its intermediate
+}
+
+// CheckpointMessage is what a checkpoint's signature covers.
+func (c AuditCheckpoint) CheckpointMessage() []byte {
+	return fmt.Appendf(nil, "govnet-audit-checkpoint/1\n%d\n%s\n%s\n%s\n", c.Seq, c.Hash, c.At.UTC().Format(time.RFC3339Nano), c.Node)
+}
+
+// VerifyCheckpoint checks a checkpoint's signature and certificate chain
+// against roots, and that entries (an export from seq 1) reach its head
+// unchanged: a chain cut short or rewritten before the head fails.
+func VerifyCheckpoint(cp AuditCheckpoint, roots *x509.CertPool, entries []AuditEntry) error {
+	var certs []*x509.Certificate
+	rest := []byte(cp.Chain)
+	for {
+		var b *pem.Block
+		b, rest = pem.Decode(rest)
+		if b == nil {
+			break
+		}
+		c, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			return fmt.Errorf("checkpoint chain: %w", err)
+		}
+		certs = append(certs, c)
+	}
+	if len(certs) == 0 {
+		return fmt.Errorf("checkpoint carries no certificate")
+	}
+	inter := x509.NewCertPool()
+	for _, c := range certs[1:] {
+		inter.AddCert(c)
+	}
+	if _, err := certs[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		return fmt.Errorf("checkpoint certificate: %w", err)
+	}
+	pub, ok := certs[0].PublicKey.(*ecdsa.PublicKey)
+	sig, err := base64.StdEncoding.DecodeString(cp.Signature)
+	digest := sha256.Sum256(cp.CheckpointMessage())
+	if !ok || err != nil || !ecdsa.VerifyASN1(pub, digest[:], sig) {
+		return fmt.Errorf("checkpoint signature does not verify")
+	}
+	for _, e := range entries {
+		if e.Seq == cp.Seq {
+			if e.Hash != cp.Hash {
+				return fmt.Errorf("entry %d differs from the signed checkpoint: the chain up to it was rewritten", e.Seq)
+			}
+			return nil
+		}
+	}
+	last := uint64(0)
+	if len(entries) > 0 {
+		last = entries[len(entries)-1].Seq
+	}
+	return fmt.Errorf("the export ends at seq %d but node %s signed seq %d at %s: entries were removed", last, cp.Node, cp.Seq, cp.At.Format(time.RFC3339))
+}

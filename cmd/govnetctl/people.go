@@ -1,0 +1,214 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/govnet/govnet/api"
+	"github.com/spf13/cobra"
+)
+
+func (a *app) personCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "person", Short: "The registry of people: who may call the API, with which certificate and role"}
+	list := &cobra.Command{
+		Use:     "list",
+		Short:   "List registered people",
+		Example: "  govnetctl person list",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return a.call(cmd, func(ctx context.Context, c *api.Client) error {
+				ps, err := c.People(ctx)
+				if err != nil {
+					return err
+				}
+				return a.print(ps, personHeader, func(w io.Writer) {
+					for _, p := range ps {
+						personRow(w, p)
+					}
+				})
+			})
+		},
+	}
+	var p api.Person
+	add := &cobra.Command{
+		Use:     "add NAME --role ROLE --serial HEX",
+		Short:   "Register a person's certificate (officer)",
+		Example: "  govnetctl person add alice --role operator --serial 3f2a9c...",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			p.Name = args[0]
+			return a.call(cmd, func(ctx context.Context, c *api.Client) error {
+				got, err := c.AddPerson(ctx, p)
+				if err != nil {
+					return err
+				}
+				return a.print(got, personHeader, func(w io.Writer) { personRow(w, *got) })
+			})
+		},
+	}
+	add.Flags().StringVar(&p.Role, "role", "", "operator, officer, auditor or custodian")
+	add.Flags().StringVar(&p.Serial, "serial", "", "the person's certificate serial (hex)")
+	add.MarkFlagRequired("role")
+	add.MarkFlagRequired("serial")
+	revoke := &cobra.Command{
+		Use:     "revoke NAME",
+		Short:   "Revoke a person's certificate: every later call with it is refused (officer)",
+		Example: "  govnetctl person revoke alice",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.call(cmd, func(ctx context.Context, c *api.Client) error {
+				got, err := c.RevokePerson(ctx, args[0])
+				if err != nil {
+					return err
+				}
+				return a.print(got, personHeader, func(w io.Writer) { personRow(w, *got) })
+			})
+		},
+	}
+	cmd.AddCommand(list, add, revoke)
+	return cmd
+}
+
+const personHeader = "NAME\tROLE\tSTATUS\tSERIAL"
+
+func personRow(w io.Writer, p api.Person) {
+	fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", p.Name, p.Role, p.Status, p.Serial)
+}
+
+func (a *app) requestCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "request",
+		Short: "Four-eyes changes: one person asks, an officer who is someone else approves",
+	}
+	create := func(ctx context.Context, c *api.Client, rc api.RequestCreate) error {
+		r, err := c.CreateRequest(ctx, rc)
+		if err != nil {
+			return err
+		}
+		return a.print(r, requestHeader, func(w io.Writer) { requestRow(w, *r) })
+	}
+	var ttl time.Duration
+	var reason string
+	token := &cobra.Command{
+		Use:     "token GATEWAY",
+		Short:   "Ask for a one-time enrollment token for a pending gateway",
+		Example: "  govnetctl request token h29-gw1 --ttl 30m",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.call(cmd, func(ctx context.Context, c *api.Client) error {
+				return create(ctx, c, api.RequestCreate{Kind: api.RequestToken, Gateway: args[0], TTL: ttl.String(), Reason: reason})
+			})
+		},
+	}
+	token.Flags().DurationVar(&ttl, "ttl", time.Hour, "how long the token is valid once approved")
+	policy := &cobra.Command{
+		Use:     "policy FILE",
+		Short:   "Ask for a policy to be published (it is validated and tested now, and again on approval)",
+		Example: "  govnetctl request policy deploy/lab/policy.yaml",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			src, err := os.ReadFile(args[0])
+			if err != nil {
+				return err
+			}
+			return a.call(cmd, func(ctx context.Context, c *api.Client) error {
+				return create(ctx, c, api.RequestCreate{Kind: api.RequestPolicy, PolicyName: filepath.Base(args[0]), PolicySource: string(src), Reason: reason})
+			})
+		},
+	}
+	revoke := &cobra.Command{
+		Use:     "revoke GATEWAY",
+		Short:   "Ask for a gateway to be revoked",
+		Example: "  govnetctl request revoke h29-gw1 --reason 'stolen'",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.call(cmd, func(ctx context.Context, c *api.Client) error {
+				return create(ctx, c, api.RequestCreate{Kind: api.RequestRevoke, Gateway: args[0], Reason: reason})
+			})
+		},
+	}
+	for _, c := range []*cobra.Command{token, policy, revoke} {
+		c.Flags().StringVar(&reason, "reason", "", "why, for the approver and the audit log")
+	}
+	list := &cobra.Command{
+		Use:     "list",
+		Short:   "List requests",
+		Example: "  govnetctl request list",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return a.call(cmd, func(ctx context.Context, c *api.Client) error {
+				rs, err := c.Requests(ctx)
+				if err != nil {
+					return err
+				}
+				return a.print(rs, requestHeader, func(w io.Writer) {
+					for _, r := range rs {
+						requestRow(w, r)
+					}
+				})
+			})
+		},
+	}
+	var tokenOut string
+	approve := &cobra.Command{
+		Use:   "approve ID",
+		Short: "Approve a request (officer; not your own). A token request's answer carries the token.",
+		Example: "  govnetctl request approve 9c1f0e2a7b3d4c5e\n" +
+			"  govnetctl request approve 9c1f0e2a7b3d4c5e --write /tmp/h29-gw1.token",
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.call(cmd, func(ctx context.Context, c *api.Client) error {
+				r, err := c.ApproveRequest(ctx, args[0])
+				if err != nil {
+					return err
+				}
+				if tokenOut != "" && r.Token != nil {
+					if err := os.WriteFile(tokenOut, []byte(r.Token.Token+"\n"), 0o600); err != nil {
+						return err
+					}
+				}
+				return a.print(r, requestHeader, func(w io.Writer) {
+					requestRow(w, *r)
+					if r.Token != nil {
+						fmt.Fprintf(w, "\ntoken for %s (expires %s): %s\n", r.Token.Gateway, r.Token.Expires.Format(time.RFC3339), r.Token.Token)
+					}
+				})
+			})
+		},
+	}
+	approve.Flags().StringVar(&tokenOut, "write", "", "write an approved token to this file (mode 0600)")
+	reject := &cobra.Command{
+		Use:     "reject ID",
+		Short:   "Reject a request (officer)",
+		Example: "  govnetctl request reject 9c1f0e2a7b3d4c5e",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.call(cmd, func(ctx context.Context, c *api.Client) error {
+				r, err := c.RejectRequest(ctx, args[0])
+				if err != nil {
+					return err
+				}
+				return a.print(r, requestHeader, func(w io.Writer) { requestRow(w, *r) })
+			})
+		},
+	}
+	cmd.AddCommand(token, policy, revoke, list, approve, reject)
+	return cmd
+}
+
+const requestHeader = "ID\tKIND\tSUBJECT\tSTATUS\tREQUESTER\tAPPROVER\tCREATED"
+
+func requestRow(w io.Writer, r api.Request) {
+	subject := r.Gateway
+	if r.Kind == api.RequestPolicy {
+		subject = r.PolicyName
+		if r.PolicyVersion > 0 {
+			subject += fmt.Sprintf(" (v%d)", r.PolicyVersion)
+		}
+	}
+	fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, r.Kind, dash(subject), r.Status, r.Requester, dash(r.Approver), r.Created.Format(time.RFC3339))
+}

@@ -1,0 +1,182 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/user"
+	"strings"
+
+	"github.com/govnet/govnet/ca"
+	"github.com/govnet/govnet/hsm"
+	"github.com/spf13/cobra"
+)
+
+// ceremonyCmd is the Cipher Committee's root key ceremony and the root
+// operations that need a quorum of custodians.
+func ceremonyCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "ceremony",
+		Short: "Root key ceremony and M-of-N root operations (Cipher Committee)",
+	}
+	cmd.AddCommand(ceremonyInitCmd(), ceremonySignIntermediateCmd())
+	return cmd
+}
+
+// auditToStderr prints root audit events as JSON lines.
+func auditToStderr(_ context.Context, e ca.AuditEvent) {
+	b, _ := json.Marshal(e)
+	fmt.Fprintf(os.Stderr, "audit: %s\n", b)
+}
+
+func currentUser() string {
+	if u, err := user.Current(); err == nil {
+		return u.Username
+	}
+	return ""
+}
+
+func ceremonyInitCmd() *cobra.Command {
+	var (
+		o                   ca.CeremonyOptions
+		soPINFile, soPINEnv string
+		custodians          []string
+	)
+	o.HSM.Module = hsm.DefaultModules[0]
+	cmd := &cobra.Command{
+		Use:   "init",
+		Short: "Generate the root key in its own token, split its activation secret among custodians, write a signed transcript",
+		Long: `init runs the root key ceremony on a token that the HSM administrator has
+initialized beforehand (with SoftHSM2: softhsm2-util --init-token). It
+generates a random activation secret, splits it M-of-N among the named
+custodians (one share file each, created 0600 and never overwritten, in
+OUT/shares), replaces the token's user and SO PINs with values derived
+from the secret (the SO PIN given here stops working), generates the root
+key in the token (ECDSA P-384, sensitive, never extractable), self-signs
+the root certificate and writes OUT/root.pem, OUT/transcript.json and its
+detached signature by the root key, OUT/transcript.json.sig. The secret is
+never shown or stored. Hand each share file to its custodian and delete it
+from this machine.`,
+		Example: `  softhsm2-util --init-token --free --label govnet-root --so-pin "$(cat so.pin)" --pin unused-0000
+  govnetd ceremony init --root-token govnet-root --so-pin-file so.pin \
+    --custodians an,binh,cuong,dung,em --threshold 3 --out /srv/ceremony`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			pin, err := hsm.ReadPIN(soPINFile, soPINEnv)
+			if err != nil {
+				return fmt.Errorf("SO PIN: %w", err)
+			}
+			o.SOPIN = pin
+			for _, c := range custodians {
+				o.Custodians = append(o.Custodians, strings.TrimSpace(c))
+			}
+			res, err := ca.RunCeremony(o)
+			if err != nil {
+				return err
+			}
+			tr := res.Transcript
+			fmt.Printf("ceremony %s done: root %q\n  SHA-256 %s\n  root key %s (id %s) in token %q\n  %d-of-%d shares:\n",
+				tr.CeremonyID, res.Root.Subject.CommonName, ca.Fingerprint(res.Root), tr.RootKey.Label, tr.RootKey.ID, tr.Token.Label, tr.Threshold, tr.Shares)
+			for _, c := range tr.Custodians {
+				fmt.Printf("    %-12s %s\n", c.Name, res.ShareFiles[c.Name])
+			}
+			fmt.Printf("  transcript %s/%s, signature %s/%s\n", o.OutDir, ca.CeremonyTranscriptFile, o.OutDir, ca.CeremonySignatureFile)
+			return nil
+		},
+	}
+	fs := cmd.Flags()
+	fs.StringVar(&o.HSM.Module, "hsm-module", o.HSM.Module, "PKCS#11 module path (must be on the allowlist)")
+	fs.StringVar(&o.HSM.TokenLabel, "root-token", "", "label of the root token (initialized beforehand, empty)")
+	fs.StringVar(&soPINFile, "so-pin-file", "", "file holding the root token's SO PIN (replaced by the ceremony)")
+	fs.StringVar(&soPINEnv, "so-pin-env", "", "environment variable holding the SO PIN, if no file")
+	fs.StringSliceVar(&custodians, "custodians", nil, "custodians' names, comma-separated (N)")
+	fs.IntVar(&o.Threshold, "threshold", 0, "shares needed to use the root key (M)")
+	fs.StringVar(&o.OutDir, "out", "", "directory for root.pem, the transcript and the share files")
+	fs.StringVar(&o.Operator, "operator", currentUser(), "who runs the ceremony (recorded in the transcript)")
+	fs.StringVar(&o.CommonName, "cn", "govnet Root CA", "root certificate common name")
+	for _, f := range []string{"root-token", "custodians", "threshold", "out"} {
+		cmd.MarkFlagRequired(f)
+	}
+	return cmd
+}
+
+func ceremonySignIntermediateCmd() *cobra.Command {
+	var (
+		o                     ca.RootOptions
+		shares                []string
+		csrPath, out, node    string
+		rootToken, rootCRLURL string
+	)
+	cmd := &cobra.Command{
+		Use:   "sign-intermediate",
+		Short: "Sign a controller node's intermediate with the root key, opened with M custodians' shares",
+		Example: `  govnetd ceremony sign-intermediate --ceremony-dir /srv/ceremony --root-token govnet-root \
+    --shares /media/an/an.share,/media/cuong/cuong.share,/media/em/em.share \
+    --csr ctl2.csr --node ctl2 --out ctl2-intermediate.pem`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			tr, _, err := ca.LoadCeremony(o.Dir)
+			if err != nil {
+				return err
+			}
+			if rootToken != "" && rootToken != tr.Token.Label {
+				return fmt.Errorf("--root-token %q: the ceremony in %s used token %q", rootToken, o.Dir, tr.Token.Label)
+			}
+			csrPEM, err := os.ReadFile(csrPath)
+			if err != nil {
+				return err
+			}
+			csr, err := ca.ParseCSR(csrPEM)
+			if err != nil {
+				return err
+			}
+			if node == "" {
+				node = csr.Subject.CommonName
+			}
+			files, err := ca.ReadShareFiles(shares...)
+			if err != nil {
+				return err
+			}
+			o.Audit = auditToStderr
+			o.RootCRLURL = rootCRLURL
+			root, err := ca.OpenRoot(ctx, o, files)
+			if err != nil {
+				return err
+			}
+			defer root.Close()
+			inter, err := root.SignIntermediate(ctx, csr, node)
+			if err != nil {
+				return err
+			}
+			f, err := os.OpenFile(out, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+			if err != nil {
+				return err
+			}
+			if _, err := f.Write(ca.EncodePEM(inter, root.Certificate())); err != nil {
+				f.Close()
+				return err
+			}
+			if err := f.Close(); err != nil {
+				return err
+			}
+			fmt.Printf("signed %q serial %s SHA-256 %s -> %s (intermediate, then root)\n", inter.Subject.CommonName, ca.Serial(inter), ca.Fingerprint(inter), out)
+			return nil
+		},
+	}
+	fs := cmd.Flags()
+	fs.StringVar(&o.Dir, "ceremony-dir", ".", "the ceremony's output directory (root.pem, transcript.json, transcript.json.sig)")
+	fs.StringVar(&rootToken, "root-token", "", "label of the root token (checked against the transcript)")
+	fs.StringVar(&o.Module, "hsm-module", "", "PKCS#11 module path (default: the one the transcript names)")
+	fs.StringSliceVar(&shares, "shares", nil, "custodians' share files, comma-separated (at least M)")
+	fs.StringVar(&csrPath, "csr", "", "the node's certificate request (PEM or DER) for its intermediate key")
+	fs.StringVar(&node, "node", "", "controller node name (default: the CSR's common name)")
+	fs.StringVar(&out, "out", "", "file to write the intermediate and root certificates to (PEM; must not exist)")
+	fs.StringVar(&rootCRLURL, "root-crl-url", "", "CRL distribution point of the root's CRL, put into the intermediate")
+	fs.StringVar(&o.Actor, "actor", currentUser(), "who asks for the signature (audited)")
+	for _, f := range []string{"shares", "csr", "out"} {
+		cmd.MarkFlagRequired(f)
+	}
+	return cmd
+}

@@ -1,0 +1,574 @@
+package controller
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"syscall"
+	"time"
+
+	"github.com/govnet/govnet/api"
+	"github.com/govnet/govnet/ca"
+	"github.com/hashicorp/raft"
+)
+
+// Node-to-node calls. A follower forwards what only the leader can do to
+// the leader's API under /v1/internal/, presenting its node certificate;
+// the leader admits only nodes that are members of the cluster.
+//
+// A forwarded write carries the encoded command. The leader answers
+// 200 with the state machine's verdict (applyResponse), or an error status
+// for raft and transport failures; a leader that has lost leadership
+// before writing anything sets notLeaderHeader, and only then does the
+// follower retry, so a write is never applied twice.
+const (
+	notLeaderHeader = "X-Govnet-Not-Leader"
+	actorHeader     = "X-Govnet-Actor"
+	// ConsistencyHeader asks for a linearizable read: the answering node
+	// first catches up with everything the leader had committed when the
+	// request arrived.
+	ConsistencyHeader = api.ConsistencyHeader
+)
+
+// maxSnapshotBody bounds an uploaded backup.
+const maxSnapshotBody = 1 << 30
+
+func newPeerClient(roots *x509.CertPool, cert tls.Certificate) *http.Client {
+	return &http.Client{
+		Timeout: applyTimeout,
+		Transport: &http.Transport{
+			TLSClientConfig:     &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: roots, Certificates: []tls.Certificate{cert}},
+			ForceAttemptHTTP2:   true,
+			TLSHandshakeTimeout: 5 * time.Second,
+			MaxIdleConnsPerHost: 16,
+		},
+	}
+}
+
+// applyResponse is the leader's answer to a forwarded command.
+type applyResponse struct {
+	Index uint64 `json:"index"`
+	Error string `json:"error,omitempty"`
+	Kind  string `json:"kind,omitempty"` // bad_request, forbidden, not_found, conflict or internal
+}
+
+var errKinds = []struct {
+	kind string
+	err  error
+}{
+	{"bad_request", ErrBadRequest}, {"forbidden", ErrForbidden}, {"not_found", ErrNotFound}, {"conflict", ErrConflict},
+}
+
+// stateError is a state machine error that crossed the wire: it keeps the
+// leader's message and matches the same sentinel with errors.Is.
+type stateError struct {
+	kind error
+	msg  string
+}
+
+func (e *stateError) Error() string { return e.msg }
+func (e *stateError) Unwrap() error { return e.kind }
+
+func encodeVerdict(index uint64, verdict error) applyResponse {
+	res := applyResponse{Index: index}
+	if verdict == nil {
+		return res
+	}
+	res.Error, res.Kind = verdict.Error(), "internal"
+	for _, k := range errKinds {
+		if errors.Is(verdict, k.err) {
+			res.Kind = k.kind
+			break
+		}
+	}
+	return res
+}
+
+func (r applyResponse) verdict() error {
+	if r.Error == "" {
+		return nil
+	}
+	for _, k := range errKinds {
+		if r.Kind == k.kind {
+			return &stateError{kind: k.err, msg: r.Error}
+		}
+	}
+	return errors.New(r.Error)
+}
+
+// forwardApply sends an encoded command to the leader at apiAddr.
+func (n *Node) forwardApply(ctx context.Context, apiAddr string, b []byte) (uint64, error, error) {
+	var res applyResponse
+	err := n.peerCall(ctx, apiAddr, "/v1/internal/apply", "application/octet-stream", bytes.NewReader(b), "", &res)
+	if err != nil {
+		return 0, nil, err
+	}
+	return res.Index, res.verdict(), nil
+}
+
+// peerCall POSTs body to another node and decodes its JSON answer into
+// out. Errors wrap ErrNotLeader when the other node wrote nothing because
+// it does not lead, or when the connection was refused (nothing was sent);
+// other transport failures wrap ErrUnknownOutcome.
+func (n *Node) peerCall(ctx context.Context, apiAddr, path, ctype string, body io.Reader, actor string, out any) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+apiAddr+path, body)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", ctype)
+	if actor != "" {
+		req.Header.Set(actorHeader, actor)
+	}
+	resp, err := n.peers.Do(req)
+	if err != nil {
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			return fmt.Errorf("%w: leader at %s: %v", ErrNotLeader, apiAddr, err)
+		}
+		return fmt.Errorf("%w: forward to leader at %s: %v", ErrUnknownOutcome, apiAddr, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		var e api.Error
+		_ = json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&e)
+		if resp.Header.Get(notLeaderHeader) != "" {
+			return fmt.Errorf("%w: %s", ErrNotLeader, e.Error)
+		}
+		for _, k := range []struct {
+			code int
+			err  error
+		}{{400, ErrBadRequest}, {403, ErrForbidden}, {404, ErrNotFound}, {409, ErrConflict}} {
+			if resp.StatusCode == k.code {
+				return &stateError{kind: k.err, msg: e.Error}
+			}
+		}
+		return fmt.Errorf("leader at %s: HTTP %d: %s", apiAddr, resp.StatusCode, e.Error)
+	}
+	if out == nil {
+		return nil
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("%w: leader at %s: decode answer: %v", ErrUnknownOutcome, apiAddr, err)
+	}
+	return nil
+}
+
+// onLeader runs local if this node leads, or POSTs in as JSON to path on
+// the leader; it retries while nothing can have been done.
+func (n *Node) onLeader(ctx context.Context, actor, path string, in, out any, local func(context.Context) error) error {
+	ctx, cancel := context.WithTimeout(ctx, applyTimeout)
+	defer cancel()
+	body, err := json.Marshal(in)
+	if err != nil {
+		return err
+	}
+	for {
+		if n.raft.State() == raft.Leader {
+			err = local(ctx)
+		} else if _, leader := n.raft.LeaderWithID(); leader == "" {
+			err = ErrNoLeader
+		} else if m, ok := n.fsm.State().Member(string(leader)); !ok {
+			err = ErrNoLeader
+		} else {
+			err = n.peerCall(ctx, m.APIAddr, path, "application/json", bytes.NewReader(body), actor, out)
+		}
+		if !errors.Is(err, ErrNotLeader) && !errors.Is(err, ErrNoLeader) {
+			return err
+		}
+		if perr := pause(ctx, 20*time.Millisecond); perr != nil {
+			return err
+		}
+	}
+}
+
+// linearizable makes this node's state include every write committed
+// before it was called (the read-index protocol): the leader confirms its
+// leadership with a barrier and names its applied index, and this node
+// waits until it has applied as much.
+func (n *Node) linearizable(ctx context.Context) error {
+	var res struct {
+		Index uint64 `json:"index"`
+	}
+	err := n.onLeader(ctx, "", "/v1/internal/barrier", struct{}{}, &res, func(ctx context.Context) error {
+		var err error
+		res.Index, err = n.barrier(ctx)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	return n.fsm.State().waitIndex(ctx, res.Index)
+}
+
+func (n *Node) barrier(ctx context.Context) (uint64, error) {
+	if err := n.raft.Barrier(timeoutOf(ctx)).Error(); err != nil {
+		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {
+			return 0, ErrNotLeader // a barrier changes no state: safe to retry
+		}
+		return 0, fmt.Errorf("raft barrier: %w", err)
+	}
+	return n.fsm.State().Index(), nil
+}
+
+// addMember records a node's addresses and makes it a voter.
+func (n *Node) addMember(ctx context.Context, actor string, req api.JoinRequest) error {
+	return n.onLeader(ctx, actor, "/v1/internal/members", req, nil, func(ctx context.Context) error {
+		_, err := n.submit(ctx, CmdMemberUpsert, &MemberUpsertRequest{Meta: n.meta(actor), Node: req.Node, RaftAddr: req.RaftAddr, APIAddr: req.APIAddr})
+		if err != nil {
+			return err
+		}
+		if err := n.raft.AddVoter(raft.ServerID(req.Node), raft.ServerAddress(req.RaftAddr), 0, timeoutOf(ctx)).Error(); err != nil {
+			if errors.Is(err, raft.ErrNotLeader) {
+				return ErrNotLeader
+			}
+			return fmt.Errorf("add voter %s: %w", req.Node, err)
+		}
+		n.log.Info("node joined the cluster", "node", req.Node, "raft_addr", req.RaftAddr, "actor", actor)
+		return nil
+	})
+}
+
+// removeMember takes a node out of the cluster and forgets its record.
+func (n *Node) removeMember(ctx context.Context, actor, node string) error {
+	return n.onLeader(ctx, actor, "/v1/internal/members/remove", api.JoinRequest{Node: node}, nil, func(ctx context.Context) error {
+		cf := n.raft.GetConfiguration()
+		if err := cf.Error(); err != nil {
+			return err
+		}
+		voters, found := 0, false
+		for _, s := range cf.Configuration().Servers {
+			if s.Suffrage == raft.Voter {
+				voters++
+			}
+			found = found || s.ID == raft.ServerID(node)
+		}
+		if found && voters <= 1 {
+			return fmt.Errorf("%w: %s is the last voter", ErrConflict, node)
+		}
+		if _, ok := n.fsm.State().Member(node); ok {
+			if _, err := n.submit(ctx, CmdMemberRemove, &MemberRemoveRequest{Meta: n.meta(actor), Node: node}); err != nil {
+				return err
+			}
+		} else if !found {
+			return fmt.Errorf("%w: node %s is not a member", ErrNotFound, node)
+		}
+		if found {
+			if err := n.raft.RemoveServer(raft.ServerID(node), 0, timeoutOf(ctx)).Error(); err != nil {
+				return fmt.Errorf("remove server %s: %w", node, err)
+			}
+		}
+		n.log.Info("node removed from the cluster", "node", node, "actor", actor)
+		return nil
+	})
+}
+
+// autoJoin asks the members listed in the join key to add this node,
+// until it is part of a raft configuration.
+func (n *Node) autoJoin(ctx context.Context) {
+	if len(n.cfg.Join) == 0 {
+		return
+	}
+	req := api.JoinRequest{Node: n.cfg.Node, RaftAddr: n.cfg.RaftAddr, APIAddr: n.advertisedAPI()}
+	body, _ := json.Marshal(req)
+	for attempt := 0; ; attempt++ {
+		if cf := n.raft.GetConfiguration(); cf.Error() == nil && len(cf.Configuration().Servers) > 0 {
+			return
+		}
+		addr := n.cfg.Join[attempt%len(n.cfg.Join)]
+		cctx, cancel := context.WithTimeout(ctx, applyTimeout)
+		err := n.peerCall(cctx, addr, "/v1/cluster/members", "application/json", bytes.NewReader(body), "", nil)
+		cancel()
+		if err == nil {
+			n.log.Info("joined the cluster", "via", addr)
+		} else {
+			n.log.Warn("join the cluster", "via", addr, "err", err)
+		}
+		if pause(ctx, time.Second) != nil {
+			return
+		}
+	}
+}
+
+// internalNode admits another member of the cluster, by its node certificate.
+func (n *Node) internalNode(h handler) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		id, ok := identity(r)
+		if !ok || id.Kind != ca.KindNode {
+			writeError(w, http.StatusUnauthorized, "a controller node's certificate is required")
+			return
+		}
+		if _, ok := n.fsm.State().Member(id.Name); !ok {
+			writeError(w, http.StatusForbidden, fmt.Sprintf("node %s is not a member of this cluster", id.Name))
+			return
+		}
+		h(w, r, id)
+	}
+}
+
+// actorOf names who a forwarded request acts for.
+func actorOf(r *http.Request, id ca.Identity) string {
+	if a := r.Header.Get(actorHeader); a != "" {
+		return a
+	}
+	return "node:" + id.Name
+}
+
+func (n *Node) handleInternalApply(w http.ResponseWriter, r *http.Request, id ca.Identity) {
+	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 2*maxPolicyBody))
+	if err != nil || len(b) < 2 {
+		writeError(w, http.StatusBadRequest, "request body: want an encoded command")
+		return
+	}
+	if n.raft.State() != raft.Leader {
+		n.fail(w, ErrNotLeader)
+		return
+	}
+	// The leader's clock stamps every command, forwarded or not.
+	if b, err = restamp(b, n.now().UTC()); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	t := CommandType(b[0])
+	index, verdict, err := n.applyLocal(r.Context(), t, b)
+	if err != nil {
+		n.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, encodeVerdict(index, verdict))
+}
+
+// restamp sets a forwarded command's "at" to the leader's time.
+func restamp(b []byte, at time.Time) ([]byte, error) {
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(b[1:], &fields); err != nil {
+		return nil, fmt.Errorf("forwarded command: %v", err)
+	}
+	ts, _ := json.Marshal(at)
+	fields["at"] = ts
+	body, err := json.Marshal(fields)
+	if err != nil {
+		return nil, err
+	}
+	return append([]byte{b[0]}, body...), nil
+}
+
+func (n *Node) handleInternalBarrier(w http.ResponseWriter, r *http.Request, _ ca.Identity) {
+	if n.raft.State() != raft.Leader {
+		n.fail(w, ErrNotLeader)
+		return
+	}
+	index, err := n.barrier(r.Context())
+	if err != nil {
+		n.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]uint64{"index": index})
+}
+
+func (n *Node) handleInternalMembers(w http.ResponseWriter, r *http.Request, id ca.Identity) {
+	var req api.JoinRequest
+	if !decode(w, r, maxBody, &req) {
+		return
+	}
+	if n.raft.State() != raft.Leader {
+		n.fail(w, ErrNotLeader)
+		return
+	}
+	var err error
+	if r.URL.Path == "/v1/internal/members/remove" {
+		err = n.removeMember(r.Context(), actorOf(r, id), req.Node)
+	} else {
+		err = n.addMember(r.Context(), actorOf(r, id), req)
+	}
+	if err != nil {
+		n.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, struct{}{})
+}
+
+// handleJoin adds a node: asked by an operator, or by the node itself
+// presenting its node certificate.
+func (n *Node) handleJoin(w http.ResponseWriter, r *http.Request) {
+	id, ok := identity(r)
+	if !ok {
+		writeError(w, http.StatusUnauthorized, "a client certificate is required")
+		return
+	}
+	var req api.JoinRequest
+	if !decode(w, r, maxBody, &req) {
+		return
+	}
+	actor := id.Name
+	switch {
+	case id.Kind == ca.KindNode && id.Name == req.Node:
+		actor = "node:" + id.Name
+	case id.Kind == ca.KindPerson && id.Role == ca.RoleOperator:
+		if err := n.checkPerson(id, r); err != nil {
+			n.fail(w, err)
+			return
+		}
+	default:
+		writeError(w, http.StatusForbidden, "only an operator, or the node itself, may add a node")
+		return
+	}
+	if err := n.addMember(r.Context(), actor, req); err != nil {
+		n.fail(w, err)
+		return
+	}
+	n.writeStatus(w, r)
+}
+
+func (n *Node) handleRemove(w http.ResponseWriter, r *http.Request, id ca.Identity) {
+	if err := n.removeMember(r.Context(), id.Name, r.PathValue("node")); err != nil {
+		n.fail(w, err)
+		return
+	}
+	n.writeStatus(w, r)
+}
+
+func (n *Node) handleClusterStatus(w http.ResponseWriter, r *http.Request, _ ca.Identity) {
+	n.writeStatus(w, r)
+}
+
+func (n *Node) writeStatus(w http.ResponseWriter, r *http.Request) {
+	_, leader := n.raft.LeaderWithID()
+	st := api.ClusterStatus{
+		Node:      n.cfg.Node,
+		State:     n.raft.State().String(),
+		Leader:    string(leader),
+		RaftIndex: n.State().Index(),
+		Watchers:  n.hub.watchers(),
+	}
+	if err := n.Ready(); err != nil {
+		st.NotReady = err.Error()
+	} else {
+		st.Ready = true
+	}
+	members := map[string]*api.Member{}
+	for _, m := range n.State().Members() {
+		members[m.Node] = &m
+	}
+	if cf := n.raft.GetConfiguration(); cf.Error() == nil {
+		for _, s := range cf.Configuration().Servers {
+			m, ok := members[string(s.ID)]
+			if !ok {
+				m = &api.Member{Node: string(s.ID), RaftAddr: string(s.Address)}
+				members[m.Node] = m
+			}
+			m.Suffrage = map[raft.ServerSuffrage]string{raft.Voter: "voter", raft.Nonvoter: "nonvoter", raft.Staging: "staging"}[s.Suffrage]
+		}
+	}
+	for _, m := range members {
+		m.Leader = m.Node == string(leader)
+		st.Members = append(st.Members, *m)
+	}
+	sortBy(st.Members, func(m api.Member) string { return m.Node })
+	writeJSON(w, http.StatusOK, st)
+}
+
+// handleSnapshotSave streams a backup: the state as of a linearizable
+// read, in the snapshot format raft itself stores.
+func (n *Node) handleSnapshotSave(w http.ResponseWriter, r *http.Request, _ ca.Identity) {
+	if err := n.linearizable(r.Context()); err != nil {
+		n.fail(w, err)
+		return
+	}
+	snap, err := n.fsm.Snapshot()
+	if err != nil {
+		n.fail(w, err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	if err := snap.Persist(&httpSink{w: w}); err != nil {
+		n.log.Error("snapshot save", "err", err)
+	}
+}
+
+type httpSink struct{ w io.Writer }
+
+func (s *httpSink) Write(p []byte) (int, error) { return s.w.Write(p) }
+func (s *httpSink) ID() string                  { return "http" }
+func (s *httpSink) Cancel() error               { return nil }
+func (s *httpSink) Close() error                { return nil }
+
+// handleSnapshotRestore replaces the whole cluster's state with a backup.
+// The backup is checked before raft sees it; raft keeps the current
+// membership and replicates the restored state to every node.
+func (n *Node) handleSnapshotRestore(w http.ResponseWriter, r *http.Request, id ca.Identity) {
+	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxSnapshotBody))
+	if err != nil {
+		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("snapshot: %v", err))
+		return
+	}
+	if _, err := readSnapshot(bytes.NewReader(b)); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	actor := actorOf(r, id)
+	if id.Kind == ca.KindPerson {
+		actor = id.Name
+	}
+	err = n.onLeaderRaw(r.Context(), actor, "/v1/internal/restore", b, func(ctx context.Context) error {
+		meta := &raft.SnapshotMeta{Version: raft.SnapshotVersionMax, Size: int64(len(b))}
+		if err := n.raft.Restore(meta, bytes.NewReader(b), timeoutOf(ctx)); err != nil {
+			if errors.Is(err, raft.ErrNotLeader) {
+				return ErrNotLeader
+			}
+			return fmt.Errorf("raft restore: %w", err)
+		}
+		// A command after the restore: every node applies it after the
+		// restored state, so reads that wait for its index see the restore
+		// (the backup's own index lies in the past), and the audit chain
+		// says who restored what.
+		ns, _ := readSnapshot(bytes.NewReader(b))
+		sum := sha256.Sum256(b)
+		_, err := n.submit(ctx, CmdStateRestored, &StateRestoredRequest{Meta: n.meta(actor), BackupSHA256: hex.EncodeToString(sum[:]), BackupIndex: ns.index})
+		n.log.Warn("state restored from a backup", "actor", actor, "raft_index", n.State().Index(), "backup_index", ns.index)
+		return err
+	})
+	if err != nil {
+		n.fail(w, err)
+		return
+	}
+	n.writeStatus(w, r)
+}
+
+// onLeaderRaw is onLeader for a body that is not JSON.
+func (n *Node) onLeaderRaw(ctx context.Context, actor, path string, body []byte, local func(context.Context) error) error {
+	ctx, cancel := context.WithTimeout(ctx, applyTimeout)
+	defer cancel()
+	for {
+		var err error
+		if n.raft.State() == raft.Leader {
+			err = local(ctx)
+		} else if _, leader := n.raft.LeaderWithID(); leader == "" {
+			err = ErrNoLeader
+		} else if m, ok := n.fsm.State().Member(string(leader)); !ok {
+			err = ErrNoLeader
+		} else {
+			err = n.peerCall(ctx, m.APIAddr, path, "application/octet-stream", bytes.NewReader(body), actor, nil)
+		}
+		if !errors.Is(err, ErrNotLeader) && !errors.Is(err, ErrNoLeader) {
+			return err
+		}
+		if perr := pause(ctx, 20*time.Millisecond); perr != nil {
+			return err
+		}
+	}
+}
+
+func (n *Node) handleInternalRestore(w http.ResponseWriter, r *http.Request, id ca.Identity) {
+	if n.raft.State() != raft.Leader {
+		n.fail(w, ErrNotLeader)
+		return
+	}
+	n.handleSnapshotRestore(w, r, id)
+}

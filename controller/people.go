@@ -1,0 +1,202 @@
+package controller
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/govnet/govnet/api"
+	"github.com/govnet/govnet/ca"
+)
+
+// checkPerson admits a person only if the registry holds their name with
+// the role and the serial of the certificate presented, and has not
+// revoked it: a certificate alone, even one our CA signed, is not enough.
+func (n *Node) checkPerson(id ca.Identity, r *http.Request) error {
+	p, ok := n.State().Person(id.Name)
+	serial := ""
+	if r.TLS != nil && len(r.TLS.VerifiedChains) > 0 {
+		serial = ca.Serial(r.TLS.VerifiedChains[0][0])
+	}
+	switch {
+	case !ok:
+		return fmt.Errorf("%w: %s is not in the registry of people", ErrUnauthorized, id.Name)
+	case p.Serial != serial:
+		return fmt.Errorf("%w: certificate %s is not the one registered for %s", ErrUnauthorized, serial, id.Name)
+	case p.Status != api.PersonActive:
+		return fmt.Errorf("%w: %s's certificate is %s", ErrUnauthorized, id.Name, p.Status)
+	case p.Role != id.Role:
+		return fmt.Errorf("%w: %s is registered as %s, the certificate says %s", ErrUnauthorized, id.Name, p.Role, id.Role)
+	}
+	return nil
+}
+
+// ErrUnauthorized refuses a caller the registry does not know or has revoked.
+var ErrUnauthorized = errors.New("unauthorized")
+
+// registerBootstrap records, once, the people `govnetd init` issued
+// credentials to (only the founding node has the list).
+func (n *Node) registerBootstrap(ctx context.Context) {
+	if len(n.State().People()) > 0 {
+		return
+	}
+	b, err := os.ReadFile(n.cfg.pkiPath(bootstrapPeopleFile))
+	if err != nil {
+		return // not the founding node
+	}
+	var people []bootstrapPerson
+	if err := json.Unmarshal(b, &people); err != nil {
+		n.log.Error("bootstrap people", "err", err)
+		return
+	}
+	for _, p := range people {
+		req := &PersonUpsertRequest{Meta: n.meta("node:" + n.cfg.Node), Name: p.Name, Role: p.Role, Serial: p.Serial, Status: api.PersonActive}
+		if _, err := n.submit(ctx, CmdPersonUpsert, req); err != nil {
+			n.log.Error("register bootstrap person", "person", p.Name, "err", err)
+			return
+		}
+	}
+}
+
+func (n *Node) handlePeople(w http.ResponseWriter, r *http.Request, _ ca.Identity) {
+	writeJSON(w, http.StatusOK, n.State().People())
+}
+
+// handlePersonAdd registers a person's certificate (officer).
+func (n *Node) handlePersonAdd(w http.ResponseWriter, r *http.Request, id ca.Identity) {
+	var p api.Person
+	if !decode(w, r, maxBody, &p) {
+		return
+	}
+	req := &PersonUpsertRequest{Meta: n.meta(id.Name), Name: p.Name, Role: p.Role, Serial: p.Serial, Status: api.PersonActive}
+	if _, err := n.submit(r.Context(), CmdPersonUpsert, req); err != nil {
+		n.fail(w, err)
+		return
+	}
+	got, _ := n.State().Person(p.Name)
+	writeJSON(w, http.StatusOK, got)
+}
+
+// handlePersonRevoke revokes a person's certificate (officer): every
+// later call with it is refused, on every node.
+func (n *Node) handlePersonRevoke(w http.ResponseWriter, r *http.Request, id ca.Identity) {
+	p, ok := n.State().Person(r.PathValue("name"))
+	if !ok {
+		n.fail(w, fmt.Errorf("%w: person %s", ErrNotFound, r.PathValue("name")))
+		return
+	}
+	req := &PersonUpsertRequest{Meta: n.meta(id.Name), Name: p.Name, Role: p.Role, Serial: p.Serial, Status: api.PersonRevoked}
+	if _, err := n.submit(r.Context(), CmdPersonUpsert, req); err != nil {
+		n.fail(w, err)
+		return
+	}
+	got, _ := n.State().Person(p.Name)
+	writeJSON(w, http.StatusOK, got)
+}
+
+func (n *Node) handleRequests(w http.ResponseWriter, r *http.Request, _ ca.Identity) {
+	writeJSON(w, http.StatusOK, n.State().Requests())
+}
+
+func newID() (string, error) {
+	b := make([]byte, 8)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(b), nil
+}
+
+// handleRequestCreate opens a four-eyes request (operator or officer).
+func (n *Node) handleRequestCreate(w http.ResponseWriter, r *http.Request, id ca.Identity) {
+	var rc api.RequestCreate
+	if !decode(w, r, maxPolicyBody, &rc) {
+		return
+	}
+	req := &RequestCreateRequest{Meta: n.meta(id.Name), Role: id.Role, Kind: rc.Kind, Gateway: rc.Gateway,
+		PolicyName: rc.PolicyName, PolicySource: rc.PolicySource, Reason: rc.Reason}
+	switch rc.Kind {
+	case api.RequestToken:
+		req.TTL = time.Hour
+		if rc.TTL != "" {
+			d, err := time.ParseDuration(rc.TTL)
+			if err != nil || d <= 0 || d > maxTokenTTL {
+				writeError(w, http.StatusBadRequest, fmt.Sprintf("ttl %q: want a duration up to %s", rc.TTL, maxTokenTTL))
+				return
+			}
+			req.TTL = d
+		}
+	case api.RequestPolicy:
+		if req.PolicyName == "" {
+			req.PolicyName = "policy.yaml"
+		}
+		// A policy that does not validate, compile and pass its tests is
+		// refused before anyone is asked to approve it.
+		if err := CheckPolicy(req.PolicyName, []byte(req.PolicySource), n.State()); err != nil {
+			writeError(w, http.StatusBadRequest, err.Error())
+			return
+		}
+	}
+	var err error
+	if req.ID, err = newID(); err != nil {
+		n.fail(w, err)
+		return
+	}
+	if _, err := n.submit(r.Context(), CmdRequestCreate, req); err != nil {
+		n.fail(w, err)
+		return
+	}
+	got, _ := n.State().Request(req.ID)
+	n.log.Info("four-eyes request opened", "request", got.ID, "kind", got.Kind, "gateway", got.Gateway, "actor", id.Name)
+	writeJSON(w, http.StatusCreated, got)
+}
+
+// handleRequestDecide approves or rejects a request (an officer who is not
+// the requester; the state machine enforces both).
+func (n *Node) handleRequestDecide(approve bool) handler {
+	return func(w http.ResponseWriter, r *http.Request, id ca.Identity) {
+		rid := r.PathValue("id")
+		req, ok := n.State().Request(rid)
+		if !ok {
+			n.fail(w, fmt.Errorf("%w: request %s", ErrNotFound, rid))
+			return
+		}
+		dec := &RequestDecideRequest{Meta: n.meta(id.Name), ID: rid, Role: id.Role, Approve: approve}
+		var token string
+		if approve {
+			switch req.Kind {
+			case api.RequestToken:
+				secret := make([]byte, 32)
+				if _, err := rand.Read(secret); err != nil {
+					n.fail(w, err)
+					return
+				}
+				token = base64.RawURLEncoding.EncodeToString(secret)
+				dec.TokenHash = hashToken(token)
+			case api.RequestPolicy:
+				// The registry may have changed since the request.
+				if err := CheckPolicy(req.PolicyName, []byte(req.PolicySource), n.State()); err != nil {
+					writeError(w, http.StatusConflict, "the policy no longer checks against the registry: "+err.Error())
+					return
+				}
+			}
+		}
+		if _, err := n.submit(r.Context(), CmdRequestDecide, dec); err != nil {
+			n.fail(w, err)
+			return
+		}
+		got, _ := n.State().Request(rid)
+		if token != "" {
+			tok, _ := n.State().token(dec.TokenHash)
+			got.Token = &api.TokenResponse{Gateway: got.Gateway, Token: token, Expires: tok.Expires}
+		}
+		n.log.Info("four-eyes request decided", "request", got.ID, "kind", got.Kind, "status", got.Status, "gateway", got.Gateway, "actor", id.Name)
+		writeJSON(w, http.StatusOK, got)
+	}
+}

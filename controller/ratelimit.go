@@ -1,0 +1,90 @@
+package controller
+
+import (
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/govnet/govnet/ca"
+)
+
+// limiter is a token bucket per client: a verified certificate's identity,
+// or the remote IP for callers without one. Controller nodes forwarding
+// writes are not limited (their clients already were). Buckets idle for a
+// minute are dropped, so the map stays as small as the set of active
+// clients.
+type limiter struct {
+	rate  float64 // tokens per second
+	burst float64
+	now   func() time.Time
+
+	mu      sync.Mutex
+	buckets map[string]*bucket
+	swept   time.Time
+}
+
+type bucket struct {
+	tokens float64
+	last   time.Time
+}
+
+const defaultRateLimit = 100
+
+func newLimiter(rate float64, now func() time.Time) *limiter {
+	if rate <= 0 {
+		rate = defaultRateLimit
+	}
+	return &limiter{rate: rate, burst: 2 * rate, now: now, buckets: map[string]*bucket{}}
+}
+
+// allow takes one token from key's bucket; when there is none it says how
+// long until there will be.
+func (l *limiter) allow(key string) (bool, time.Duration) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := l.now()
+	if now.Sub(l.swept) > time.Minute {
+		for k, b := range l.buckets {
+			if now.Sub(b.last) > time.Minute {
+				delete(l.buckets, k)
+			}
+		}
+		l.swept = now
+	}
+	b, ok := l.buckets[key]
+	if !ok {
+		b = &bucket{tokens: l.burst, last: now}
+		l.buckets[key] = b
+	}
+	b.tokens = min(l.burst, b.tokens+now.Sub(b.last).Seconds()*l.rate)
+	b.last = now
+	if b.tokens < 1 {
+		return false, time.Duration((1 - b.tokens) / l.rate * float64(time.Second))
+	}
+	b.tokens--
+	return true, 0
+}
+
+func (l *limiter) middleware(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		key := ""
+		if id, ok := identity(r); ok {
+			if id.Kind == ca.KindNode {
+				next.ServeHTTP(w, r)
+				return
+			}
+			key = id.Kind + "/" + id.Name
+		} else {
+			host, _, _ := net.SplitHostPort(r.RemoteAddr)
+			key = "ip/" + host
+		}
+		if ok, wait := l.allow(key); !ok {
+			w.Header().Set("Retry-After", strconv.Itoa(int(wait/time.Second)+1))
+			writeError(w, http.StatusTooManyRequests, "rate limit exceeded: slow down")
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
