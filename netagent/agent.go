@@ -10,6 +10,7 @@ import (
 	"os"
 	"reflect"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/govnet/govnet/api"
@@ -17,12 +18,13 @@ import (
 
 // Agent reconciles one gateway to the controllers' view of it.
 type Agent struct {
-	cfg    Config
-	log    *slog.Logger
-	id     *Identity
-	client *api.Client
-	dev    *Device
-	fw     *Firewall
+	cfg     Config
+	log     *slog.Logger
+	id      *Identity
+	clients []*api.Client // one per controller node, in the configured order
+	cur     atomic.Int32  // index of the node the agent currently talks to
+	dev     *Device
+	fw      *Firewall
 
 	mu      sync.Mutex
 	applied *api.View // last view applied in full; nil before the first
@@ -42,7 +44,10 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	log = log.With("gateway", id.Gateway, "agency", id.Agency)
-	a := &Agent{cfg: cfg, log: log, id: id, client: api.NewClient(cfg.Controller, tlsCfg)}
+	a := &Agent{cfg: cfg, log: log, id: id}
+	for _, u := range cfg.endpoints() {
+		a.clients = append(a.clients, api.NewClient(u, tlsCfg))
+	}
 
 	if a.fw, err = NewFirewall(cfg.Interface, WithLogger(log)); err != nil {
 		return err
@@ -81,20 +86,32 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	return nil
 }
 
-// watchLoop holds a stream to the controller, reconnecting with backoff.
+// client returns the client of the controller node in use.
+func (a *Agent) client() *api.Client { return a.clients[a.cur.Load()] }
+
+// watchLoop holds a stream to a controller node. When the stream breaks it
+// moves to the next configured node at once; only after every node has
+// failed in a row does it wait, with capped, jittered backoff.
 func (a *Agent) watchLoop(ctx context.Context) {
 	b := newBackoff(500*time.Millisecond, 30*time.Second)
+	failures := 0
 	for ctx.Err() == nil {
-		err := a.client.Watch(ctx, a.appliedIndex(), func(v *api.View) error {
+		node := a.cfg.endpoints()[a.cur.Load()]
+		err := a.client().Watch(ctx, a.appliedIndex(), func(v *api.View) error {
 			b.reset()
+			failures = 0
 			return a.apply(ctx, v)
 		})
 		if ctx.Err() != nil {
 			return
 		}
-		a.log.Warn("controller stream lost; enforcing the last applied view", "err", err)
-		if b.wait(ctx) != nil {
-			return
+		a.log.Warn("controller stream lost; enforcing the last applied view", "controller", node, "err", err)
+		a.cur.Store((a.cur.Load() + 1) % int32(len(a.clients)))
+		if failures++; failures >= len(a.clients) {
+			failures = 0
+			if b.wait(ctx) != nil {
+				return
+			}
 		}
 	}
 }
@@ -154,7 +171,7 @@ func (a *Agent) report(ctx context.Context) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	err = a.client.Report(ctx, api.Report{
+	err = a.client().Report(ctx, api.Report{
 		PolicyVersion: a.applied.PolicyVersion,
 		RaftIndex:     a.applied.RaftIndex,
 		RulesetDigest: a.digest,

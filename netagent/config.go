@@ -11,6 +11,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/goccy/go-yaml"
@@ -18,12 +20,13 @@ import (
 
 // Config is the agent's configuration file.
 type Config struct {
-	Controller string        `yaml:"controller"` // https://host:port of any controller node
-	StateDir   string        `yaml:"state_dir"`  // keys, certificate, last applied view
-	Interface  string        `yaml:"interface"`  // WireGuard interface name, unique on the machine
-	ListenPort int           `yaml:"listen_port"`
-	Endpoint   string        `yaml:"endpoint"`  // host:port peers reach this gateway at
-	Reconcile  time.Duration `yaml:"reconcile"` // how often the kernel state is checked for drift
+	Controller  string        `yaml:"controller"`  // https://host:port of a controller node
+	Controllers []string      `yaml:"controllers"` // more nodes of the same cluster, to fail over to
+	StateDir    string        `yaml:"state_dir"`   // keys, certificate, last applied view
+	Interface   string        `yaml:"interface"`   // WireGuard interface name, unique on the machine
+	ListenPort  int           `yaml:"listen_port"`
+	Endpoint    string        `yaml:"endpoint"`  // host:port peers reach this gateway at
+	Reconcile   time.Duration `yaml:"reconcile"` // how often the kernel state is checked for drift
 }
 
 // DefaultConfig returns the defaults `govnet-agent enroll` writes.
@@ -70,6 +73,11 @@ func (c Config) Validate() error {
 	if c.Controller == "" {
 		errs = append(errs, errors.New("controller: required (https://host:port)"))
 	}
+	for _, u := range append([]string{c.Controller}, c.Controllers...) {
+		if u != "" && !strings.HasPrefix(u, "https://") {
+			errs = append(errs, fmt.Errorf("controller %q: want https://host:port", u))
+		}
+	}
 	if !filepath.IsAbs(c.StateDir) {
 		errs = append(errs, fmt.Errorf("state_dir %q: must be an absolute path", c.StateDir))
 	}
@@ -83,6 +91,17 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("reconcile %s: at least 1s", c.Reconcile))
 	}
 	return errors.Join(errs...)
+}
+
+// endpoints returns every controller node to try, the configured one first.
+func (c Config) endpoints() []string {
+	out := []string{c.Controller}
+	for _, u := range c.Controllers {
+		if u != c.Controller && !slices.Contains(out, u) {
+			out = append(out, u)
+		}
+	}
+	return out
 }
 
 // Files in the state directory.

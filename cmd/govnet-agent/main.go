@@ -34,6 +34,7 @@ func main() {
 
 func bindConfig(fs *pflag.FlagSet, c *netagent.Config) {
 	fs.StringVar(&c.Controller, "controller", c.Controller, "controller API, https://host:port")
+	fs.StringSliceVar(&c.Controllers, "controllers", c.Controllers, "more controller nodes to fail over to (comma-separated https://host:port)")
 	fs.StringVar(&c.StateDir, "state-dir", c.StateDir, "directory for keys, certificate and the last applied view")
 	fs.StringVar(&c.Interface, "interface", c.Interface, "WireGuard interface name")
 	fs.IntVar(&c.ListenPort, "listen-port", c.ListenPort, "WireGuard UDP port")

@@ -176,13 +176,16 @@ YAML
   ctl operator agency list
 
   say "gateways: govnet-agent enroll, then run, each inside its namespace, spread over the controllers"
-  local k=0
+  local k=0 all=() c
+  for c in "${CONTROLLERS[@]}"; do all+=("https://${c#*|}:7443"); done
+  all=$(IFS=,; echo "${all[*]}")
   for g in "${GATEWAYS[@]}"; do
     IFS='|' read -r id _ addr ifc <<<"$g"
     local caddr
     IFS='|' read -r _ caddr <<<"${CONTROLLERS[$((k % ${#CONTROLLERS[@]}))]}"
     k=$((k + 1))
     nsx "$P$id" "$BIN/govnet-agent" enroll --config "$LAB/$id/agent.yaml" --controller "https://$caddr:7443" \
+      --controllers "$all" \
       --root "$LAB/ctl1/pki/root.pem" --token-file "$LAB/tokens/$id" --state-dir "$LAB/$id/state" \
       --interface "$ifc" --listen-port 51820 --endpoint "$addr:51820" --reconcile 5s
     start "agent-$id" "$P$id" "$BIN/govnet-agent" run --config "$LAB/$id/agent.yaml"
