@@ -28,6 +28,26 @@ func (p *Policy) Compile(reg *Registry) (map[string]*api.View, error) {
 	return r.compile(), nil
 }
 
+// CompileFor is Compile restricted to the gateways ids: it returns the
+// same views Compile would for those of them that participate, at a cost
+// that grows with what those gateways' rules name rather than with the
+// whole network. The controller uses it to recompute only the views a
+// change touches: a gateway's own view and those of its peers before and
+// after the change (peering is symmetric, so nothing else can change).
+func (p *Policy) CompileFor(reg *Registry, ids []string) (map[string]*api.View, error) {
+	r, err := p.resolve(reg)
+	if err != nil {
+		return nil, err
+	}
+	want := newBitset(len(r.ix.members))
+	for _, id := range ids {
+		if i, ok := r.ix.memberIdx[id]; ok {
+			want.set(i)
+		}
+	}
+	return r.compileFor(want), nil
+}
+
 type portProto struct {
 	proto string
 	port  uint16
@@ -48,7 +68,11 @@ func expand(specs []PortSpec) []portProto {
 	return out
 }
 
-func (r *resolver) compile() map[string]*api.View {
+func (r *resolver) compile() map[string]*api.View { return r.compileFor(nil) }
+
+// compileFor builds the views of the members in want, or of every member
+// when want is nil.
+func (r *resolver) compileFor(want bitset) map[string]*api.View {
 	members := r.ix.members
 	n := len(members)
 
@@ -84,7 +108,11 @@ func (r *resolver) compile() map[string]*api.View {
 				specs = s.Ports
 			}
 			ports := expand(specs)
-			for _, d := range r.ref(to.Name).members() {
+			dst := r.ref(to.Name).members()
+			for _, d := range dst {
+				if want != nil && !want.has(d) {
+					continue
+				}
 				a := &accs[d]
 				for _, s := range src {
 					if s == d {
@@ -96,7 +124,17 @@ func (r *resolver) compile() map[string]*api.View {
 						}
 					}
 					a.peers = append(a.peers, s)
-					accs[s].peers = append(accs[s].peers, d)
+				}
+			}
+			// Sources peer with every destination.
+			for _, s := range src {
+				if want != nil && !want.has(s) {
+					continue
+				}
+				for _, d := range dst {
+					if s != d {
+						accs[s].peers = append(accs[s].peers, d)
+					}
 				}
 			}
 		}
@@ -104,6 +142,9 @@ func (r *resolver) compile() map[string]*api.View {
 
 	views := make(map[string]*api.View, n)
 	for i, gw := range members {
+		if want != nil && !want.has(i) {
+			continue
+		}
 		a := &accs[i]
 		slices.Sort(a.peers)
 		a.peers = slices.Compact(a.peers)

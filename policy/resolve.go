@@ -315,6 +315,8 @@ func newBitset(n int) bitset { return make(bitset, (n+63)/64) }
 
 func (b bitset) set(i int) { b[i/64] |= 1 << (i % 64) }
 
+func (b bitset) has(i int) bool { return b[i/64]&(1<<(i%64)) != 0 }
+
 func (b bitset) or(c bitset) {
 	for i := range b {
 		b[i] |= c[i]
