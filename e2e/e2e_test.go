@@ -53,6 +53,8 @@ type lab struct {
 	ctl    *netnstest.NS
 	ctld   *exec.Cmd
 	gws    map[string]*gateway
+	via    *member  // the node govnetctl talks to, when not the first
+	extra  []string // the other nodes' API URLs, for agents to fail over to
 }
 
 type gateway struct {
@@ -94,6 +96,13 @@ func (l *lab) path(name string) string { return filepath.Join(l.dir, name) }
 
 // startController initialises (once) and starts govnetd.
 func (l *lab) startController() {
+	l.initController()
+	l.ctld = l.ctl.Start(l.t, bin("govnetd"), "run", "--config", l.path("govnetd.yaml"), "--log-level", "warn")
+	l.ctl.Exec(l.t, bin("govnetctl"), "--config", l.path("op.yaml"), "cluster", "status", "--wait", "30s")
+}
+
+// initController runs govnetd init for the first node, once.
+func (l *lab) initController() {
 	t := l.t
 	if _, err := os.Stat(l.path("govnetd.yaml")); err != nil {
 		hc := hsmtest.NewToken(t)
@@ -113,8 +122,43 @@ func (l *lab) startController() {
 			}
 		}
 	}
-	l.ctld = l.ctl.Start(t, bin("govnetd"), "run", "--config", l.path("govnetd.yaml"), "--log-level", "warn")
-	l.ctl.Exec(t, bin("govnetctl"), "--config", l.path("op.yaml"), "cluster", "status", "--wait", "30s")
+}
+
+// member is a controller node that joined the first one.
+type member struct {
+	name, addr string
+	ns         *netnstest.NS
+	cmd        *exec.Cmd
+}
+
+// prepareJoin makes a node's keys in its own token, has the root sign its
+// intermediate, and finishes its init; start it with startMember.
+func (l *lab) prepareJoin(name, addr string) *member {
+	t := l.t
+	m := &member{name: name, addr: addr, ns: netnstest.New(t)}
+	l.attach(m.ns, addr)
+	hc := hsmtest.NewToken(t)
+	pin := l.path(name + ".pin")
+	if err := os.WriteFile(pin, []byte(hc.PIN+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	m.ns.Exec(t, bin("govnetd"), "init", "--join", "--config", l.path(name+".yaml"), "--node", name,
+		"--data-dir", l.path(name), "--api-addr", addr+":7443", "--raft-addr", addr+":7000",
+		"--overlay-prefix", "100.64.0.0/24", "--hsm-module", hc.Module, "--hsm-token", hc.TokenLabel,
+		"--hsm-pin-file", pin, "--hsm-pin-env", "", "--csr-out", l.path(name+".csr"))
+	l.ctl.Exec(t, bin("govnetd"), "sign-intermediate", "--config", l.path("govnetd.yaml"),
+		"--csr", l.path(name+".csr"), "--out", l.path(name+".bundle"))
+	m.ns.Exec(t, bin("govnetd"), "finish-join", "--config", l.path(name+".yaml"), "--bundle", l.path(name+".bundle"))
+	return m
+}
+
+// startMember starts a prepared node and has an operator add it as a voter.
+func (l *lab) startMember(m *member) {
+	m.cmd = m.ns.Start(l.t, bin("govnetd"), "run", "--config", l.path(m.name+".yaml"), "--log-level", "warn")
+	eventually(l.t, 30*time.Second, "operator adds "+m.name, func() error {
+		_, err := l.ctlctl("op", "cluster", "join", m.name, m.addr+":7000", m.addr+":7443")
+		return err
+	})
 }
 
 func (l *lab) stopController() {
@@ -122,9 +166,14 @@ func (l *lab) stopController() {
 	l.ctld.Wait()
 }
 
-// ctlctl runs govnetctl as who (op or off) in the controller's namespace.
+// ctlctl runs govnetctl as who (op or off) against the first node, or
+// against l.via once that is set.
 func (l *lab) ctlctl(who string, args ...string) (string, error) {
-	out, err := l.ctl.Run(append([]string{bin("govnetctl"), "--config", l.path(who + ".yaml")}, args...)...)
+	ns, cmd := l.ctl, []string{bin("govnetctl"), "--config", l.path(who + ".yaml")}
+	if l.via != nil {
+		ns, cmd = l.via.ns, append(cmd, "--controller", "https://"+l.via.addr+":7443")
+	}
+	out, err := ns.Run(append(cmd, args...)...)
 	return string(out), err
 }
 
@@ -147,7 +196,8 @@ func (l *lab) addGateway(id, agency, addr string) *gateway {
 	out := g.ns.Exec(t, bin("govnet-agent"), "enroll", "--config", l.path(id+".yaml"),
 		"--controller", "https://"+ctlAddr+":7443", "--root", l.path("ctl/pki/root.pem"),
 		"--token-file", l.path(id+".token"), "--state-dir", l.path(id), "--interface", g.iface,
-		"--listen-port", "51820", "--endpoint", addr+":51820", "--reconcile", "1s")
+		"--listen-port", "51820", "--endpoint", addr+":51820", "--reconcile", "1s",
+		"--controllers", strings.Join(l.extra, ","))
 	if !strings.Contains(out, "overlay address") {
 		t.Fatalf("enroll: %s", out)
 	}
@@ -429,4 +479,48 @@ func TestNetwork(t *testing.T) {
 		l.publish(policyWeb)
 		l.flows(a, b, false, true)
 	})
+}
+
+// TestFailover runs three controllers; the gateways stream from the first.
+// Killing it (kill -9), the gateways move to a survivor, and a policy
+// published through the survivor reaches them: the flow flips.
+func TestFailover(t *testing.T) {
+	l := newLab(t)
+	l.initController()
+	m2, m3 := l.prepareJoin("ctl2", "192.0.2.2"), l.prepareJoin("ctl3", "192.0.2.3")
+	l.startController()
+	l.startMember(m2)
+	l.startMember(m3)
+	eventually(t, 30*time.Second, "three voters", func() error {
+		out, err := l.ctlctl("op", "cluster", "status", "-o", "json")
+		if err != nil {
+			return err
+		}
+		if n := strings.Count(out, `"suffrage": "voter"`); n != 3 {
+			return fmt.Errorf("%d voters", n)
+		}
+		return nil
+	})
+	l.extra = []string{"https://192.0.2.2:7443", "https://192.0.2.3:7443"}
+
+	l.mustCtl("op", "agency", "add", "000.00.00.H29", "--name", "Ủy ban nhân dân tỉnh Quảng Ninh")
+	l.mustCtl("op", "agency", "add", "000.00.00.H49", "--name", "Ủy ban nhân dân tỉnh Quảng Nam")
+	a := l.addGateway("gw-a", "000.00.00.H29", "192.0.2.11")
+	b := l.addGateway("gw-b", "000.00.00.H49", "192.0.2.12")
+	l.publish(policySSH)
+	l.flows(a, b, true, false)
+
+	// The node both gateways stream from dies without a word.
+	l.ctld.Process.Kill()
+	l.ctld.Wait()
+	l.via = m2
+	eventually(t, 30*time.Second, "a survivor is ready", func() error {
+		_, err := l.ctlctl("op", "cluster", "status", "--wait", "5s")
+		return err
+	})
+	// Enforcement never stopped, and a new policy reaches both gateways
+	// through the survivors.
+	l.flows(a, b, true, false)
+	l.publish(policyWeb)
+	l.flows(a, b, false, true)
 }
