@@ -75,7 +75,7 @@ lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
 	$(GO) vet $(PKGS)
 
-# A controller and four gateways in network namespaces; the lab stays up.
+# A 3-node controller cluster and four gateways in network namespaces; the lab stays up.
 demo: deps build
 	deploy/lab/lab.sh up
 
