@@ -1,9 +1,12 @@
 // Package netagent is the data plane of govnet-agent: it keeps a gateway's
 // WireGuard device ([Device]) and its nftables policy ([Firewall]) equal to
 // the view the controller publishes. Both reconcile against what the kernel
-// actually holds rather than editing it step by step: they read the kernel's
-// state, compute the difference and apply it in one operation, and say when
-// nothing changed.
+// actually holds rather than editing it step by step, and say when nothing
+// changed. The Firewall rebuilds its whole table in one atomic batch and
+// reads it back every time. The Device applies a change to its peers as one
+// ConfigureDevice of the peers that changed since its last apply, and
+// compares the whole device and its routes with the desired state in
+// [Device.Repair], which the agent runs every reconcile period.
 package netagent
 
 import (
@@ -15,6 +18,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"net"
 	"net/netip"
 	"os"
 	"slices"
@@ -41,14 +46,27 @@ const (
 	// SetAllow4 holds ipv4_addr . inet_proto . inet_service for TCP/UDP
 	// rules whose source is a single address: a hash set, O(1) per packet.
 	SetAllow4 = "allow4"
-	// SetAllow4Net holds the same key with intervals for rules whose source
-	// is a wider prefix (agency LANs): one element per prefix . proto . port.
-	SetAllow4Net = "allow4_net"
+	// SetAllow4NetPrefix names the sets for TCP/UDP rules whose source is a
+	// wider prefix (agency LANs): allow4_net_<len>, one per prefix length
+	// the policy uses, a hash set of the same key as allow4 holding each
+	// prefix's (masked) address, matched on the source address masked to
+	// that length. See [SetAllow4Net].
+	SetAllow4NetPrefix = "allow4_net_"
 	// SetAllow4ICMP holds single source addresses allowed to send ICMP.
 	SetAllow4ICMP = "allow4_icmp"
-	// SetAllow4ICMPNet holds source prefixes allowed to send ICMP.
-	SetAllow4ICMPNet = "allow4_icmp_net"
+	// SetAllow4ICMPNetPrefix names the sets of source prefixes allowed to
+	// send ICMP: allow4_icmp_net_<len>, hash sets of ipv4_addr, one per
+	// prefix length. See [SetAllow4ICMPNet].
+	SetAllow4ICMPNetPrefix = "allow4_icmp_net_"
 )
+
+// SetAllow4Net is the name of the TCP/UDP set for source prefixes of
+// length bits (0–31), e.g. allow4_net_24.
+func SetAllow4Net(bits int) string { return SetAllow4NetPrefix + strconv.Itoa(bits) }
+
+// SetAllow4ICMPNet is the name of the ICMP set for source prefixes of
+// length bits (0–31), e.g. allow4_icmp_net_24.
+func SetAllow4ICMPNet(bits int) string { return SetAllow4ICMPNetPrefix + strconv.Itoa(bits) }
 
 // maxElementsPerMessage bounds one NEWSETELEM message. google/nftables
 // v0.3.0 silently truncates a larger element list (a 16-bit attribute length
@@ -372,7 +390,7 @@ func unmapBits(a netip.Addr) int {
 }
 
 // outermost sorts prefixes and drops duplicates and prefixes nested in
-// another one: interval sets refuse overlapping elements. Prefixes are
+// another one, which the outer one already admits. Prefixes are
 // either nested or disjoint, so after sorting by address (shortest first) a
 // prefix overlaps the set kept so far only if the last kept one contains it.
 func outermost(ps []netip.Prefix) []netip.Prefix {
@@ -392,74 +410,84 @@ func outermost(ps []netip.Prefix) []netip.Prefix {
 	return out
 }
 
-func lastAddr(p netip.Prefix) netip.Addr {
-	a := p.Addr().As4()
-	v := binary.BigEndian.Uint32(a[:]) | uint32(uint64(1)<<(32-p.Bits())-1)
-	var b [4]byte
-	binary.BigEndian.PutUint32(b[:], v)
-	return netip.AddrFrom4(b)
-}
-
 type setSpec struct {
 	set   *nftables.Set
 	elems []nftables.SetElement
+	// icmp: the set is matched on ICMP packets by source address; else on
+	// TCP/UDP packets by source . protocol . destination port.
+	icmp bool
+	// bits is the source prefix length the set holds: its rule masks the
+	// packet's source address to it (32: exact, no mask).
+	bits int
 }
 
 func (p *ruleset) elements() int {
-	n := len(p.exact) + len(p.icmp) + 2*len(p.icmpNets)
+	n := len(p.exact) + len(p.icmp) + len(p.icmpNets)
 	for _, ps := range p.nets {
 		n += len(ps)
 	}
 	return n
 }
 
-// sets builds the four sets with their elements, in a deterministic order.
+// sets builds the sets with their elements, in a deterministic order:
+// allow4, then allow4_net_<len> by decreasing length, allow4_icmp, then
+// allow4_icmp_net_<len> by decreasing length. Only the prefix lengths the
+// policy uses get a set (and a rule), so their number is bounded by the 32
+// possible lengths, not by the policy's size.
 //
-// Per-packet cost. The chains are a fixed six rules whatever the policy,
-// so a packet never walks a rule list that grows with peers or rules (one
-// nftables rule per flow costs ~118 µs per packet at 10k rules; one
-// interval set per (proto, port) would make the rule count grow with the
-// number of services). /32 sources, the bulk of a policy, go to hash sets:
-// one O(1) lookup. LAN prefixes need ranges on the address and exact
-// values on protocol and port, i.e. a concatenated interval set: the kernel
-// implements allow4_net with nft_set_pipapo (Linux >= 5.6), whose lookup
-// is a fixed sequence of bitmap ANDs, one per 4-bit group of the 12-byte
-// key, over bitmaps one bit per element wide (AVX2: 256 elements per
-// instruction) — near-constant for the few thousand LAN prefixes a state
-// network has, with no per-element branching. allow4_icmp_net is a
-// single-field interval set (rbtree, O(log n)).
+// Per-packet cost. Every set is a hash set (no interval flag): one O(1)
+// lookup each, whatever its size. A packet from a LAN prefix is matched by
+// masking its source address to each length in use and looking the masked
+// address up (agency LANs are nearly all /24: typically one to three
+// lengths), so the chain is a handful of rules whatever the number of
+// peers or flows. (One nftables rule per flow costs ~118 µs per packet at
+// 10k rules. A concatenated interval set — nft_set_pipapo — was used
+// before for the prefixes: its lookup ANDs bitmaps one bit per element
+// wide, so it grew linearly with the number of prefixes: 1.5–1.95× per
+// packet from 1,000 to 100,000 elements; docs/performance.md.) Nested
+// prefixes on the same service are dropped by outermost: they would be
+// redundant, not wrong, in sets of different lengths.
 func (p *ruleset) sets(t *nftables.Table) []setSpec {
 	// Set IDs only need to be unique within the batch; setting them here
 	// keeps google/nftables from using its global, unsynchronised counter.
-	exact := setSpec{set: &nftables.Set{Table: t, ID: 1, Name: SetAllow4, KeyType: concatKeyType, Concatenation: true}}
+	var out []setSpec
+	add := func(name string, keyType nftables.SetDatatype, icmp bool, bits int) *setSpec {
+		out = append(out, setSpec{icmp: icmp, bits: bits, set: &nftables.Set{
+			Table: t, ID: uint32(len(out) + 1), Name: name, KeyType: keyType,
+			Concatenation: !icmp,
+		}})
+		return &out[len(out)-1]
+	}
+
+	exact := add(SetAllow4, concatKeyType, false, 32)
 	keys := make([][12]byte, 0, len(p.exact))
 	for k := range p.exact {
 		keys = append(keys, k)
 	}
 	slices.SortFunc(keys, func(a, b [12]byte) int { return bytes.Compare(a[:], b[:]) })
+	exact.elems = make([]nftables.SetElement, 0, len(keys))
 	for _, k := range keys {
 		exact.elems = append(exact.elems, nftables.SetElement{Key: bytes.Clone(k[:])})
 	}
 
-	nets := setSpec{set: &nftables.Set{Table: t, ID: 2, Name: SetAllow4Net, KeyType: concatKeyType,
-		Concatenation: true, Interval: true, KeyByteOrder: binaryutil.BigEndian}}
-	svcs := make([]service, 0, len(p.nets))
-	for s := range p.nets {
-		svcs = append(svcs, s)
+	// TCP/UDP prefixes, grouped by length, each group sorted by key.
+	byLen := map[int][][12]byte{}
+	for s, ps := range p.nets {
+		for _, pfx := range ps {
+			byLen[pfx.Bits()] = append(byLen[pfx.Bits()], [12]byte(concatKey(pfx.Addr(), s)))
+		}
 	}
-	slices.SortFunc(svcs, func(a, b service) int {
-		return cmp.Or(cmp.Compare(a.proto, b.proto), cmp.Compare(a.port, b.port))
-	})
-	for _, s := range svcs {
-		for _, pfx := range p.nets[s] {
-			nets.elems = append(nets.elems, nftables.SetElement{
-				Key:    concatKey(pfx.Addr(), s),
-				KeyEnd: concatKey(lastAddr(pfx), s),
-			})
+	for _, bits := range slices.Backward(slices.Sorted(maps.Keys(byLen))) {
+		ks := byLen[bits]
+		slices.SortFunc(ks, func(a, b [12]byte) int { return bytes.Compare(a[:], b[:]) })
+		set := add(SetAllow4Net(bits), concatKeyType, false, bits)
+		set.elems = make([]nftables.SetElement, 0, len(ks))
+		for _, k := range ks {
+			set.elems = append(set.elems, nftables.SetElement{Key: bytes.Clone(k[:])})
 		}
 	}
 
-	icmp := setSpec{set: &nftables.Set{Table: t, ID: 3, Name: SetAllow4ICMP, KeyType: nftables.TypeIPAddr}}
+	icmp := add(SetAllow4ICMP, nftables.TypeIPAddr, true, 32)
 	addrs := make([]netip.Addr, 0, len(p.icmp))
 	for a := range p.icmp {
 		addrs = append(addrs, a)
@@ -469,34 +497,16 @@ func (p *ruleset) sets(t *nftables.Table) []setSpec {
 		icmp.elems = append(icmp.elems, nftables.SetElement{Key: a.AsSlice()})
 	}
 
-	// A single-field interval set holds each range as a start element and
-	// an interval-end element one past its last address (none when the
-	// range runs to 255.255.255.255). Adjacent ranges are merged, so no end
-	// element shares its key with the next start.
-	icmpNets := setSpec{set: &nftables.Set{Table: t, ID: 4, Name: SetAllow4ICMPNet, KeyType: nftables.TypeIPAddr,
-		Interval: true, KeyByteOrder: binaryutil.BigEndian}}
-	for _, r := range mergeRanges(p.icmpNets) {
-		icmpNets.elems = append(icmpNets.elems, nftables.SetElement{Key: r.from.AsSlice()})
-		if next := r.to.Next(); next.IsValid() {
-			icmpNets.elems = append(icmpNets.elems, nftables.SetElement{Key: next.AsSlice(), IntervalEnd: true})
-		}
+	// ICMP prefixes (sorted by outermost), grouped by length.
+	icmpByLen := map[int][]netip.Addr{}
+	for _, pfx := range p.icmpNets {
+		icmpByLen[pfx.Bits()] = append(icmpByLen[pfx.Bits()], pfx.Addr())
 	}
-	return []setSpec{exact, nets, icmp, icmpNets}
-}
-
-type addrRange struct{ from, to netip.Addr }
-
-// mergeRanges turns sorted, disjoint prefixes into ranges, merging adjacent
-// ones.
-func mergeRanges(ps []netip.Prefix) []addrRange {
-	var out []addrRange
-	for _, p := range ps {
-		r := addrRange{p.Addr(), lastAddr(p)}
-		if n := len(out); n > 0 && out[n-1].to.Next() == r.from {
-			out[n-1].to = r.to
-			continue
+	for _, bits := range slices.Backward(slices.Sorted(maps.Keys(icmpByLen))) {
+		set := add(SetAllow4ICMPNet(bits), nftables.TypeIPAddr, true, bits)
+		for _, a := range icmpByLen[bits] {
+			set.elems = append(set.elems, nftables.SetElement{Key: a.AsSlice()})
 		}
-		out = append(out, r)
 	}
 	return out
 }
@@ -523,10 +533,12 @@ func ifname(name string) []byte {
 //
 //	iifname IFACE ct state established,related accept
 //	iifname IFACE ip saddr . meta l4proto . th dport @allow4 accept
-//	iifname IFACE ip saddr . meta l4proto . th dport @allow4_net accept
+//	iifname IFACE ip saddr & MASK(L) . meta l4proto . th dport @allow4_net_L accept   (each L in use)
 //	iifname IFACE meta l4proto icmp ip saddr @allow4_icmp accept
-//	iifname IFACE meta l4proto icmp ip saddr @allow4_icmp_net accept
+//	iifname IFACE meta l4proto icmp ip saddr & MASK(L) @allow4_icmp_net_L accept      (each L in use)
 //	iifname IFACE counter drop
+//
+// in the order of sets (see [ruleset.sets]).
 func (f *Firewall) chainRules(t *nftables.Table, ch *nftables.Chain, sets []setSpec) []*nftables.Rule {
 	onIface := []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
@@ -536,7 +548,11 @@ func (f *Firewall) chainRules(t *nftables.Table, ch *nftables.Chain, sets []setS
 		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}},
 	}
-	accept := &expr.Verdict{Kind: expr.VerdictAccept}
+	isICMP := []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_ICMP}},
+	}
+	accept := []expr.Any{&expr.Verdict{Kind: expr.VerdictAccept}}
 	rule := func(parts ...[]expr.Any) *nftables.Rule {
 		var e []expr.Any
 		for _, p := range parts {
@@ -544,19 +560,25 @@ func (f *Firewall) chainRules(t *nftables.Table, ch *nftables.Chain, sets []setS
 		}
 		return &nftables.Rule{Table: t, Chain: ch, Exprs: e}
 	}
-	lookup := func(s *nftables.Set) []expr.Any {
-		return []expr.Any{&expr.Lookup{SourceRegister: 1, SetName: s.Name, SetID: s.ID}}
+	// saddr loads the source address into register 1, masked to bits.
+	saddr := func(bits int) []expr.Any {
+		e := []expr.Any{&expr.Payload{OperationType: expr.PayloadLoad, DestRegister: 1,
+			Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4}}
+		if bits < 32 {
+			e = append(e, &expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+				Mask: net.CIDRMask(bits, 32), Xor: make([]byte, 4)})
+		}
+		return e
 	}
-	saddrProtoPort := []expr.Any{
-		&expr.Payload{OperationType: expr.PayloadLoad, DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
+	// In a concatenation every field takes a 4-byte register: the address
+	// in register 1 (the first 4 bytes of NFT_REG_1 = NFT_REG32_00), the
+	// protocol in NFT_REG32_01 (9), the port in NFT_REG32_02 (10).
+	protoPort := []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 9},
 		&expr.Payload{OperationType: expr.PayloadLoad, DestRegister: 10, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
 	}
-	icmpSaddr := []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_ICMP}},
-		ipv4[0], ipv4[1],
-		&expr.Payload{OperationType: expr.PayloadLoad, DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
+	lookup := func(s *nftables.Set) []expr.Any {
+		return []expr.Any{&expr.Lookup{SourceRegister: 1, SetName: s.Name, SetID: s.ID}}
 	}
 	established := []expr.Any{
 		&expr.Ct{Key: expr.CtKeySTATE, Register: 1},
@@ -565,18 +587,15 @@ func (f *Firewall) chainRules(t *nftables.Table, ch *nftables.Chain, sets []setS
 			Xor:  binaryutil.NativeEndian.PutUint32(0)},
 		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(0)},
 	}
-	byName := map[string]*nftables.Set{}
+	rules := []*nftables.Rule{rule(onIface, established, accept)}
 	for _, s := range sets {
-		byName[s.set.Name] = s.set
+		if s.icmp {
+			rules = append(rules, rule(onIface, isICMP, ipv4, saddr(s.bits), lookup(s.set), accept))
+		} else {
+			rules = append(rules, rule(onIface, ipv4, saddr(s.bits), protoPort, lookup(s.set), accept))
+		}
 	}
-	return []*nftables.Rule{
-		rule(onIface, established, []expr.Any{accept}),
-		rule(onIface, ipv4, saddrProtoPort, lookup(byName[SetAllow4]), []expr.Any{accept}),
-		rule(onIface, ipv4, saddrProtoPort, lookup(byName[SetAllow4Net]), []expr.Any{accept}),
-		rule(onIface, icmpSaddr, lookup(byName[SetAllow4ICMP]), []expr.Any{accept}),
-		rule(onIface, icmpSaddr, lookup(byName[SetAllow4ICMPNet]), []expr.Any{accept}),
-		rule(onIface, []expr.Any{&expr.Counter{}, &expr.Verdict{Kind: expr.VerdictDrop}}),
-	}
+	return append(rules, rule(onIface, []expr.Any{&expr.Counter{}, &expr.Verdict{Kind: expr.VerdictDrop}}))
 }
 
 // ---- reading the table back ----

@@ -61,8 +61,10 @@ var smallRules = []api.Rule{
 	icmp("10.0.0.3/32"),
 	tcp("10.20.0.0/16", 8080),
 	tcp("10.20.5.0/24", 8080), // nested in the /16: dropped
+	tcp("10.40.1.0/24", 443),
+	udp("10.40.2.0/24", 443),
 	icmp("10.30.0.0/24"),
-	icmp("10.30.1.0/24"), // adjacent: merged
+	icmp("10.30.1.0/24"), // adjacent: still two elements
 }
 
 func TestFirewallApplyAndList(t *testing.T) {
@@ -79,16 +81,18 @@ func TestFirewallApplyAndList(t *testing.T) {
 	for _, want := range []string{
 		"set allow4 {", "type ipv4_addr . inet_proto . inet_service",
 		"10.0.0.1 . tcp . 443", "10.0.0.2 . udp . 53", "10.0.0.2 . tcp . 22",
-		"set allow4_net {", "10.20.0.0/16 . tcp . 8080",
+		"set allow4_net_16 {", "10.20.0.0 . tcp . 8080",
+		"set allow4_net_24 {", "10.40.1.0 . tcp . 443", "10.40.2.0 . udp . 443",
 		"set allow4_icmp {", "10.0.0.3",
-		"set allow4_icmp_net {", "10.30.0.0/23",
+		"set allow4_icmp_net_24 {", "10.30.0.0", "10.30.1.0",
 		"chain input {", "type filter hook input priority filter; policy accept;",
 		"chain forward {", "type filter hook forward priority filter; policy accept;",
 		`iifname "wg0" ct state established,related accept`,
 		`iifname "wg0" ip saddr . meta l4proto . th dport @allow4 accept`,
-		`iifname "wg0" ip saddr . meta l4proto . th dport @allow4_net accept`,
+		`iifname "wg0" ip saddr & 255.255.255.0 . meta l4proto . th dport @allow4_net_24 accept`,
+		`iifname "wg0" ip saddr & 255.255.0.0 . meta l4proto . th dport @allow4_net_16 accept`,
 		`iifname "wg0" meta l4proto icmp ip saddr @allow4_icmp accept`,
-		`iifname "wg0" meta l4proto icmp ip saddr @allow4_icmp_net accept`,
+		`iifname "wg0" meta l4proto icmp ip saddr & 255.255.255.0 == @allow4_icmp_net_24 accept`,
 		`iifname "wg0" counter packets 0 bytes 0 drop`,
 	} {
 		if !strings.Contains(out, want) {
@@ -97,6 +101,9 @@ func TestFirewallApplyAndList(t *testing.T) {
 	}
 	if strings.Contains(out, "10.20.5.0") {
 		t.Errorf("nested prefix 10.20.5.0/24 installed")
+	}
+	if strings.Contains(out, "interval") {
+		t.Errorf("interval set installed: every set must be a hash set")
 	}
 	text, err := fw.Render()
 	if err != nil {
@@ -115,24 +122,29 @@ set allow4 type ipv4_addr . inet_proto . inet_service keylen 12 flags concat
 	elem 10.0.0.2 . udp . 53
 set allow4_icmp type ipv4_addr keylen 4
 	elem 10.0.0.3
-set allow4_icmp_net type ipv4_addr keylen 4 flags interval
+set allow4_icmp_net_24 type ipv4_addr keylen 4
 	elem 10.30.0.0
-	elem 10.30.2.0 end
-set allow4_net type ipv4_addr . inet_proto . inet_service keylen 12 flags interval,concat
-	elem 10.20.0.0 . tcp . 8080 - 10.20.255.255 . tcp . 8080
+	elem 10.30.1.0
+set allow4_net_16 type ipv4_addr . inet_proto . inet_service keylen 12 flags concat
+	elem 10.20.0.0 . tcp . 8080
+set allow4_net_24 type ipv4_addr . inet_proto . inet_service keylen 12 flags concat
+	elem 10.40.1.0 . tcp . 443
+	elem 10.40.2.0 . udp . 443
 chain forward type filter hook forward priority 0 policy accept
 	rule [ meta key=iifname dreg=1 ] [ cmp sreg=1 op=eq data=0x77673000000000000000000000000000 ] [ ct dreg=1 key=state ] [ bitwise sreg=1 dreg=1 len=4 a6=0x00000000 mask=0x06000000 xor=0x00000000 ] [ cmp sreg=1 op=neq data=0x00000000 ] [ immediate dreg=0 data=verdict accept ]
 	rule [ meta key=iifname dreg=1 ] [ cmp sreg=1 op=eq data=0x77673000000000000000000000000000 ] [ meta key=nfproto dreg=1 ] [ cmp sreg=1 op=eq data=0x02 ] [ payload dreg=1 base=network offset=12 len=4 ] [ meta key=l4proto dreg=9 ] [ payload dreg=10 base=transport offset=2 len=2 ] [ lookup set="allow4" sreg=1 flags=0 ] [ immediate dreg=0 data=verdict accept ]
-	rule [ meta key=iifname dreg=1 ] [ cmp sreg=1 op=eq data=0x77673000000000000000000000000000 ] [ meta key=nfproto dreg=1 ] [ cmp sreg=1 op=eq data=0x02 ] [ payload dreg=1 base=network offset=12 len=4 ] [ meta key=l4proto dreg=9 ] [ payload dreg=10 base=transport offset=2 len=2 ] [ lookup set="allow4_net" sreg=1 flags=0 ] [ immediate dreg=0 data=verdict accept ]
+	rule [ meta key=iifname dreg=1 ] [ cmp sreg=1 op=eq data=0x77673000000000000000000000000000 ] [ meta key=nfproto dreg=1 ] [ cmp sreg=1 op=eq data=0x02 ] [ payload dreg=1 base=network offset=12 len=4 ] [ bitwise sreg=1 dreg=1 len=4 a6=0x00000000 mask=0xffffff00 xor=0x00000000 ] [ meta key=l4proto dreg=9 ] [ payload dreg=10 base=transport offset=2 len=2 ] [ lookup set="allow4_net_24" sreg=1 flags=0 ] [ immediate dreg=0 data=verdict accept ]
+	rule [ meta key=iifname dreg=1 ] [ cmp sreg=1 op=eq data=0x77673000000000000000000000000000 ] [ meta key=nfproto dreg=1 ] [ cmp sreg=1 op=eq data=0x02 ] [ payload dreg=1 base=network offset=12 len=4 ] [ bitwise sreg=1 dreg=1 len=4 a6=0x00000000 mask=0xffff0000 xor=0x00000000 ] [ meta key=l4proto dreg=9 ] [ payload dreg=10 base=transport offset=2 len=2 ] [ lookup set="allow4_net_16" sreg=1 flags=0 ] [ immediate dreg=0 data=verdict accept ]
 	rule [ meta key=iifname dreg=1 ] [ cmp sreg=1 op=eq data=0x77673000000000000000000000000000 ] [ meta key=l4proto dreg=1 ] [ cmp sreg=1 op=eq data=0x01 ] [ meta key=nfproto dreg=1 ] [ cmp sreg=1 op=eq data=0x02 ] [ payload dreg=1 base=network offset=12 len=4 ] [ lookup set="allow4_icmp" sreg=1 flags=0 ] [ immediate dreg=0 data=verdict accept ]
-	rule [ meta key=iifname dreg=1 ] [ cmp sreg=1 op=eq data=0x77673000000000000000000000000000 ] [ meta key=l4proto dreg=1 ] [ cmp sreg=1 op=eq data=0x01 ] [ meta key=nfproto dreg=1 ] [ cmp sreg=1 op=eq data=0x02 ] [ payload dreg=1 base=network offset=12 len=4 ] [ lookup set="allow4_icmp_net" sreg=1 flags=0 ] [ immediate dreg=0 data=verdict accept ]
+	rule [ meta key=iifname dreg=1 ] [ cmp sreg=1 op=eq data=0x77673000000000000000000000000000 ] [ meta key=l4proto dreg=1 ] [ cmp sreg=1 op=eq data=0x01 ] [ meta key=nfproto dreg=1 ] [ cmp sreg=1 op=eq data=0x02 ] [ payload dreg=1 base=network offset=12 len=4 ] [ bitwise sreg=1 dreg=1 len=4 a6=0x00000000 mask=0xffffff00 xor=0x00000000 ] [ lookup set="allow4_icmp_net_24" sreg=1 flags=0 ] [ immediate dreg=0 data=verdict accept ]
 	rule [ meta key=iifname dreg=1 ] [ cmp sreg=1 op=eq data=0x77673000000000000000000000000000 ] [ counter ] [ immediate dreg=0 data=verdict drop ]
 chain input type filter hook input priority 0 policy accept
 	rule [ meta key=iifname dreg=1 ] [ cmp sreg=1 op=eq data=0x77673000000000000000000000000000 ] [ ct dreg=1 key=state ] [ bitwise sreg=1 dreg=1 len=4 a6=0x00000000 mask=0x06000000 xor=0x00000000 ] [ cmp sreg=1 op=neq data=0x00000000 ] [ immediate dreg=0 data=verdict accept ]
 	rule [ meta key=iifname dreg=1 ] [ cmp sreg=1 op=eq data=0x77673000000000000000000000000000 ] [ meta key=nfproto dreg=1 ] [ cmp sreg=1 op=eq data=0x02 ] [ payload dreg=1 base=network offset=12 len=4 ] [ meta key=l4proto dreg=9 ] [ payload dreg=10 base=transport offset=2 len=2 ] [ lookup set="allow4" sreg=1 flags=0 ] [ immediate dreg=0 data=verdict accept ]
-	rule [ meta key=iifname dreg=1 ] [ cmp sreg=1 op=eq data=0x77673000000000000000000000000000 ] [ meta key=nfproto dreg=1 ] [ cmp sreg=1 op=eq data=0x02 ] [ payload dreg=1 base=network offset=12 len=4 ] [ meta key=l4proto dreg=9 ] [ payload dreg=10 base=transport offset=2 len=2 ] [ lookup set="allow4_net" sreg=1 flags=0 ] [ immediate dreg=0 data=verdict accept ]
+	rule [ meta key=iifname dreg=1 ] [ cmp sreg=1 op=eq data=0x77673000000000000000000000000000 ] [ meta key=nfproto dreg=1 ] [ cmp sreg=1 op=eq data=0x02 ] [ payload dreg=1 base=network offset=12 len=4 ] [ bitwise sreg=1 dreg=1 len=4 a6=0x00000000 mask=0xffffff00 xor=0x00000000 ] [ meta key=l4proto dreg=9 ] [ payload dreg=10 base=transport offset=2 len=2 ] [ lookup set="allow4_net_24" sreg=1 flags=0 ] [ immediate dreg=0 data=verdict accept ]
+	rule [ meta key=iifname dreg=1 ] [ cmp sreg=1 op=eq data=0x77673000000000000000000000000000 ] [ meta key=nfproto dreg=1 ] [ cmp sreg=1 op=eq data=0x02 ] [ payload dreg=1 base=network offset=12 len=4 ] [ bitwise sreg=1 dreg=1 len=4 a6=0x00000000 mask=0xffff0000 xor=0x00000000 ] [ meta key=l4proto dreg=9 ] [ payload dreg=10 base=transport offset=2 len=2 ] [ lookup set="allow4_net_16" sreg=1 flags=0 ] [ immediate dreg=0 data=verdict accept ]
 	rule [ meta key=iifname dreg=1 ] [ cmp sreg=1 op=eq data=0x77673000000000000000000000000000 ] [ meta key=l4proto dreg=1 ] [ cmp sreg=1 op=eq data=0x01 ] [ meta key=nfproto dreg=1 ] [ cmp sreg=1 op=eq data=0x02 ] [ payload dreg=1 base=network offset=12 len=4 ] [ lookup set="allow4_icmp" sreg=1 flags=0 ] [ immediate dreg=0 data=verdict accept ]
-	rule [ meta key=iifname dreg=1 ] [ cmp sreg=1 op=eq data=0x77673000000000000000000000000000 ] [ meta key=l4proto dreg=1 ] [ cmp sreg=1 op=eq data=0x01 ] [ meta key=nfproto dreg=1 ] [ cmp sreg=1 op=eq data=0x02 ] [ payload dreg=1 base=network offset=12 len=4 ] [ lookup set="allow4_icmp_net" sreg=1 flags=0 ] [ immediate dreg=0 data=verdict accept ]
+	rule [ meta key=iifname dreg=1 ] [ cmp sreg=1 op=eq data=0x77673000000000000000000000000000 ] [ meta key=l4proto dreg=1 ] [ cmp sreg=1 op=eq data=0x01 ] [ meta key=nfproto dreg=1 ] [ cmp sreg=1 op=eq data=0x02 ] [ payload dreg=1 base=network offset=12 len=4 ] [ bitwise sreg=1 dreg=1 len=4 a6=0x00000000 mask=0xffffff00 xor=0x00000000 ] [ lookup set="allow4_icmp_net_24" sreg=1 flags=0 ] [ immediate dreg=0 data=verdict accept ]
 	rule [ meta key=iifname dreg=1 ] [ cmp sreg=1 op=eq data=0x77673000000000000000000000000000 ] [ counter ] [ immediate dreg=0 data=verdict drop ]
 `
 
@@ -187,6 +199,30 @@ func TestFirewallIdempotent(t *testing.T) {
 	}
 }
 
+// TestFirewallEveryPrefixLength: each prefix length 0–31 gets its own set
+// and rule (the kernel takes a /0 mask too), at most 32 per protocol kind.
+func TestFirewallEveryPrefixLength(t *testing.T) {
+	fw, ns := newTestFirewall(t, "wg0")
+	var rules []api.Rule
+	for bits := range 32 {
+		// Distinct ports: nested prefixes on the same service are dropped.
+		rules = append(rules,
+			api.Rule{Source: netip.PrefixFrom(netip.MustParseAddr("10.1.2.3"), bits), Protocol: api.ProtoTCP, Port: uint16(1000 + bits)})
+	}
+	rules = append(rules, icmp("0.0.0.0/0"), icmp("10.0.0.0/8"))
+	if _, err := fw.Apply(rules); err != nil {
+		t.Fatal(err)
+	}
+	out := ns.Exec(t, "nft", "list", "chain", "inet", "govnet", "input")
+	if got := strings.Count(out, "@"+SetAllow4NetPrefix); got != 32 {
+		t.Errorf("%d rules on TCP/UDP prefix sets, want 32:\n%s", got, out)
+	}
+	// The /8 is nested in the /0: one ICMP prefix set.
+	if got := strings.Count(out, "@"+SetAllow4ICMPNetPrefix); got != 1 {
+		t.Errorf("%d rules on ICMP prefix sets, want 1:\n%s", got, out)
+	}
+}
+
 func TestFirewallEmptyIsDenyAll(t *testing.T) {
 	fw, ns := newTestFirewall(t, "wg0")
 	if _, err := fw.Apply(nil); err != nil {
@@ -196,10 +232,14 @@ func TestFirewallEmptyIsDenyAll(t *testing.T) {
 	if !strings.Contains(out, `iifname "wg0" counter packets 0 bytes 0 drop`) {
 		t.Fatalf("no drop rule:\n%s", out)
 	}
-	for _, s := range []string{SetAllow4, SetAllow4Net, SetAllow4ICMP, SetAllow4ICMPNet} {
+	for _, s := range []string{SetAllow4, SetAllow4ICMP} {
 		if !strings.Contains(out, "set "+s+" {") {
 			t.Errorf("set %s missing", s)
 		}
+	}
+	// Prefix sets (and their rules) exist only for lengths in use.
+	if strings.Contains(out, SetAllow4NetPrefix) || strings.Contains(out, SetAllow4ICMPNetPrefix) {
+		t.Errorf("empty policy has prefix sets:\n%s", out)
 	}
 	if strings.Contains(out, "elements") {
 		t.Errorf("empty policy has elements:\n%s", out)
@@ -245,7 +285,7 @@ func TestFirewallLarge(t *testing.T) {
 		if got := len(kt.elements(SetAllow4)); got != n {
 			t.Fatalf("allow4 holds %d elements, want %d", got, n)
 		}
-		if got := len(kt.elements(SetAllow4Net)); got != n/10 {
+		if got := len(kt.elements(SetAllow4Net(24))); got != n/10 {
 			t.Fatalf("allow4_net holds %d elements, want %d", got, n/10)
 		}
 		// nft agrees.
@@ -274,9 +314,17 @@ func TestFirewallHandEdit(t *testing.T) {
 		{"insert", "rule", "inet", "govnet", "forward", "iifname", "wg0", "tcp", "dport", "22", "accept"},
 		{"add", "element", "inet", "govnet", "allow4", "{ 10.9.9.9 . tcp . 22 }"},
 		{"delete", "element", "inet", "govnet", "allow4", "{ 10.0.0.1 . tcp . 443 }"},
-		{"add", "element", "inet", "govnet", "allow4_net", "{ 192.168.0.0/16 . tcp . 22 }"},
+		{"add", "element", "inet", "govnet", "allow4_net_16", "{ 192.168.0.0 . tcp . 22 }"},
+		{"delete", "element", "inet", "govnet", "allow4_net_24", "{ 10.40.1.0 . tcp . 443 }"},
 		{"add", "element", "inet", "govnet", "allow4_icmp", "{ 10.9.9.9 }"},
-		{"flush", "set", "inet", "govnet", "allow4_icmp_net"},
+		{"add", "element", "inet", "govnet", "allow4_icmp_net_24", "{ 10.9.9.0 }"},
+		{"flush", "set", "inet", "govnet", "allow4_icmp_net_24"},
+		// A set for a prefix length the policy does not use, and a rule
+		// matching it.
+		{"add set inet govnet allow4_net_8 { type ipv4_addr . inet_proto . inet_service; elements = { 10.0.0.0 . tcp . 22 }; };" +
+			"insert rule inet govnet input iifname wg0 ip saddr & 255.0.0.0 . meta l4proto . th dport @allow4_net_8 accept"},
+		// A wider mask on an existing set: the same elements admit more.
+		{"insert", "rule", "inet", "govnet", "forward", "iifname", "wg0", "ip", "saddr", "&", "255.0.0.0", ".", "meta", "l4proto", ".", "th", "dport", "@allow4_net_16", "accept"},
 		{"add", "chain", "inet", "govnet", "extra"},
 		{"add", "set", "inet", "govnet", "extra", "{ type ipv4_addr; }"},
 		{"flush", "chain", "inet", "govnet", "input"},
@@ -285,7 +333,8 @@ func TestFirewallHandEdit(t *testing.T) {
 		// An expression google/nftables cannot parse (byteorder).
 		{"add", "rule", "inet", "govnet", "input", "ip", "saddr", ".", "meta", "l4proto", ".", "th", "dport", "{ 10.0.0.9/32 . tcp . 22 }", "accept"},
 	} {
-		t.Run(strings.Join(edit[:2], "-"), func(t *testing.T) {
+		words := strings.Fields(strings.Join(edit, " "))
+		t.Run(strings.Join(words[:min(len(words), 5)], "-"), func(t *testing.T) {
 			ns.Exec(t, append([]string{"nft"}, edit...)...)
 			got, err := fw.Digest()
 			if err != nil {
@@ -414,18 +463,28 @@ func TestFirewallFailedBatchKeepsOld(t *testing.T) {
 
 func TestCompileRules(t *testing.T) {
 	for _, tc := range []struct {
-		name                   string
-		rules                  []api.Rule
-		exact, nets, icmp, icn int
-		bad                    int
+		name  string
+		rules []api.Rule
+		sets  string // name=elements, in order
+		bad   int
 	}{
-		{name: "empty"},
-		{name: "dedupe", rules: []api.Rule{tcp("10.0.0.1/32", 1), tcp("10.0.0.1/32", 1), udp("10.0.0.1/32", 1)}, exact: 2},
-		{name: "masked", rules: []api.Rule{tcp("10.1.2.3/24", 1), tcp("10.1.2.0/24", 1)}, nets: 1},
-		{name: "nested", rules: []api.Rule{tcp("10.1.2.0/24", 1), tcp("10.0.0.0/8", 1), tcp("10.1.0.0/16", 1), tcp("11.0.0.0/24", 1)}, nets: 2},
-		{name: "nested other port kept", rules: []api.Rule{tcp("10.1.2.0/24", 2), tcp("10.0.0.0/8", 1)}, nets: 2},
-		{name: "4in6", rules: []api.Rule{tcp("::ffff:10.0.0.1/128", 1), icmp("::ffff:10.0.0.0/120")}, exact: 1, icn: 2},
-		{name: "icmp", rules: []api.Rule{icmp("10.0.0.1/32"), icmp("10.0.0.0/24"), icmp("10.0.1.0/24"), icmp("255.255.255.0/24")}, icmp: 1, icn: 3},
+		{name: "empty", sets: "allow4=0 allow4_icmp=0"},
+		{name: "dedupe", rules: []api.Rule{tcp("10.0.0.1/32", 1), tcp("10.0.0.1/32", 1), udp("10.0.0.1/32", 1)},
+			sets: "allow4=2 allow4_icmp=0"},
+		{name: "masked", rules: []api.Rule{tcp("10.1.2.3/24", 1), tcp("10.1.2.0/24", 1)},
+			sets: "allow4=0 allow4_net_24=1 allow4_icmp=0"},
+		{name: "nested", rules: []api.Rule{tcp("10.1.2.0/24", 1), tcp("10.0.0.0/8", 1), tcp("10.1.0.0/16", 1), tcp("11.0.0.0/24", 1)},
+			sets: "allow4=0 allow4_net_24=1 allow4_net_8=1 allow4_icmp=0"},
+		{name: "nested other port kept", rules: []api.Rule{tcp("10.1.2.0/24", 2), tcp("10.0.0.0/8", 1)},
+			sets: "allow4=0 allow4_net_24=1 allow4_net_8=1 allow4_icmp=0"},
+		{name: "4in6", rules: []api.Rule{tcp("::ffff:10.0.0.1/128", 1), icmp("::ffff:10.0.0.0/120")},
+			sets: "allow4=1 allow4_icmp=0 allow4_icmp_net_24=1"},
+		{name: "icmp", rules: []api.Rule{icmp("10.0.0.1/32"), icmp("10.0.0.0/24"), icmp("10.0.1.0/24"), icmp("255.255.255.0/24")},
+			sets: "allow4=0 allow4_icmp=1 allow4_icmp_net_24=3"},
+		{name: "lengths", rules: []api.Rule{
+			tcp("10.2.3.0/24", 2), udp("10.1.0.0/16", 1), tcp("0.0.0.0/0", 3), tcp("10.9.0.0/24", 2),
+			icmp("192.168.0.0/16"), icmp("172.16.0.0/12"), icmp("10.0.0.0/31"),
+		}, sets: "allow4=0 allow4_net_24=2 allow4_net_16=1 allow4_net_0=1 allow4_icmp=0 allow4_icmp_net_31=1 allow4_icmp_net_16=1 allow4_icmp_net_12=1"},
 		{name: "bad", rules: []api.Rule{
 			{Protocol: api.ProtoTCP, Port: 1},
 			tcp("2001:db8::/64", 1),
@@ -433,18 +492,35 @@ func TestCompileRules(t *testing.T) {
 			{Source: pfx("10.0.0.1/32"), Protocol: api.ProtoICMP, Port: 3},
 			{Source: pfx("10.0.0.1/32"), Protocol: "sctp", Port: 3},
 			tcp("10.0.0.1/32", 1),
-		}, exact: 1, bad: 5},
+		}, sets: "allow4=1 allow4_icmp=0", bad: 5},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p, err := compileRules(tc.rules)
-			sets := p.sets(&nftables.Table{Name: TableName, Family: nftables.TableFamilyINet})
-			got := []int{len(sets[0].elems), len(sets[1].elems), len(sets[2].elems), len(sets[3].elems)}
-			want := []int{tc.exact, tc.nets, tc.icmp, tc.icn}
-			if !slices.Equal(got, want) {
-				t.Errorf("elements per set %v, want %v", got, want)
+			tbl := &nftables.Table{Name: TableName, Family: nftables.TableFamilyINet}
+			sets := p.sets(tbl)
+			var got []string
+			total := 0
+			ids := map[uint32]bool{}
+			for _, s := range sets {
+				got = append(got, fmt.Sprintf("%s=%d", s.set.Name, len(s.elems)))
+				total += len(s.elems)
+				if ids[s.set.ID] {
+					t.Errorf("set ID %d used twice", s.set.ID)
+				}
+				ids[s.set.ID] = true
+				if s.set.Interval {
+					t.Errorf("set %s is an interval set", s.set.Name)
+				}
 			}
-			if got := p.elements(); tc.icn%2 == 0 && got != tc.exact+tc.nets+tc.icmp+tc.icn {
-				t.Errorf("elements() = %d", got)
+			if g := strings.Join(got, " "); g != tc.sets {
+				t.Errorf("sets %q, want %q", g, tc.sets)
+			}
+			if got := p.elements(); got != total {
+				t.Errorf("elements() = %d, sets hold %d", got, total)
+			}
+			fw := &Firewall{iface: "wg0"}
+			if got := len(fw.chainRules(tbl, &nftables.Chain{Name: "input", Table: tbl}, sets)); got != len(sets)+2 {
+				t.Errorf("%d rules for %d sets, want one per set plus established and drop", got, len(sets))
 			}
 			var n int
 			if err != nil {
@@ -468,11 +544,6 @@ func TestKeyEncoding(t *testing.T) {
 	}
 	if got := renderKey(concatKeyType, k); got != "10.0.0.1 . tcp . 443" {
 		t.Fatalf("renderKey = %q", got)
-	}
-	for in, want := range map[string]string{"10.0.0.0/8": "10.255.255.255", "10.1.2.3/32": "10.1.2.3", "0.0.0.0/0": "255.255.255.255"} {
-		if got := lastAddr(pfx(in)).String(); got != want {
-			t.Errorf("lastAddr(%s) = %s, want %s", in, got, want)
-		}
 	}
 }
 
@@ -528,6 +599,7 @@ func TestFirewallPackets(t *testing.T) {
 	allowed := serve(b, "198.18.0.2:7001")
 	lanPort := serve(b, "198.18.0.2:7002")
 	closed := serve(b, "198.18.0.2:7003")
+	wider := serve(b, "198.18.0.2:7004")
 	inA := serve(a, "198.18.0.1:7100")
 
 	dial := func(from *netnstest.NS, addr string, timeout time.Duration) error {
@@ -572,12 +644,14 @@ func TestFirewallPackets(t *testing.T) {
 	if _, err := fw.Apply([]api.Rule{
 		tcp("198.18.0.1/32", 7001),
 		tcp("198.18.0.0/24", 7002), // a LAN prefix rule
-		icmp("198.18.0.1/32"),
+		tcp("198.16.0.0/14", 7004), // another prefix length: another set
+		icmp("198.18.0.0/25"),      // an ICMP prefix rule
 	}); err != nil {
 		t.Fatal(err)
 	}
 	wantOK(a, allowed, "allowed /32 rule")
 	wantOK(a, lanPort, "allowed prefix rule")
+	wantOK(a, wider, "allowed /14 prefix rule")
 	wantDropped(a, closed, "port not in the policy")
 	wantOK(b, inA, "reply to a connection b opened (ct established)")
 	if err := ping(a, netip.MustParseAddr("198.18.0.1"), netip.MustParseAddr("198.18.0.2")); err != nil {
@@ -590,6 +664,7 @@ func TestFirewallPackets(t *testing.T) {
 	}
 	wantDropped(a, allowed, "empty policy")
 	wantDropped(a, lanPort, "empty policy")
+	wantDropped(a, wider, "empty policy")
 	wantOK(b, inA, "empty policy, reply to b's own connection")
 	if err := ping(a, netip.MustParseAddr("198.18.0.1"), netip.MustParseAddr("198.18.0.2")); err == nil {
 		t.Errorf("ping passed an empty policy")
@@ -599,11 +674,17 @@ func TestFirewallPackets(t *testing.T) {
 	}
 
 	// Other sources of the LAN prefix are not the /32.
-	if _, err := fw.Apply([]api.Rule{tcp("198.18.0.99/32", 7001), tcp("198.18.1.0/24", 7002)}); err != nil {
+	if _, err := fw.Apply([]api.Rule{tcp("198.18.0.99/32", 7001), tcp("198.18.1.0/24", 7002),
+		tcp("198.20.0.0/14", 7004), tcp("198.18.0.0/24", 7003), icmp("198.18.0.128/25")}); err != nil {
 		t.Fatal(err)
 	}
 	wantDropped(a, allowed, "rule for another /32")
 	wantDropped(a, lanPort, "rule for another prefix")
+	wantDropped(a, wider, "rule for another /14")
+	wantOK(a, closed, "prefix rule for the port")
+	if err := ping(a, netip.MustParseAddr("198.18.0.1"), netip.MustParseAddr("198.18.0.2")); err == nil {
+		t.Errorf("ping passed an ICMP rule for another prefix")
+	}
 }
 
 // ping sends one ICMP echo request from src (in ns) to dst and waits up to

@@ -3,11 +3,13 @@ package netagent
 import (
 	"bufio"
 	"bytes"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
@@ -46,7 +48,7 @@ type helperConfig struct {
 }
 
 type helperRequest struct {
-	Op      string     `json:"op"` // apply, stats, peer, routes, dial
+	Op      string     `json:"op"` // apply, apply-full, repair, dump, stats, peer, routes, dial
 	Peers   []api.Peer `json:"peers,omitempty"`
 	Key     string     `json:"key,omitempty"`
 	Addr    string     `json:"addr,omitempty"`
@@ -69,6 +71,7 @@ type helperReply struct {
 	LastHandshake time.Time `json:"last_handshake,omitzero"`
 	Peer          *peerInfo `json:"peer,omitempty"`
 	Routes        []string  `json:"routes,omitempty"`
+	Dump          []string  `json:"dump,omitempty"`
 	Timeout       bool      `json:"timeout,omitempty"`
 }
 
@@ -157,13 +160,31 @@ func helperServe(d *Device, wg *wgctrl.Client, req helperRequest) helperReply {
 		return helperReply{Error: err.Error(), Timeout: errors.As(err, &ne) && ne.Timeout()}
 	}
 	switch req.Op {
-	case "apply":
-		changed, err := d.ApplyPeers(req.Peers)
+	case "apply", "apply-full", "repair":
+		var changed bool
+		var err error
+		switch req.Op {
+		case "apply":
+			changed, err = d.ApplyPeers(req.Peers)
+		case "apply-full": // as if the previous call had failed
+			d.mu.Lock()
+			d.synced = false
+			d.mu.Unlock()
+			changed, err = d.ApplyPeers(req.Peers)
+		case "repair":
+			changed, err = d.Repair()
+		}
 		r := helperReply{Changed: changed}
 		if err != nil {
 			r.Error = err.Error()
 		}
 		return r
+	case "dump":
+		lines, err := dumpDevice(wg, d.Name())
+		if err != nil {
+			return errReply(err)
+		}
+		return helperReply{Dump: lines}
 	case "stats":
 		n, hs, err := d.Stats()
 		if err != nil {
@@ -226,6 +247,39 @@ func helperServe(d *Device, wg *wgctrl.Client, req helperRequest) helperReply {
 		return helperReply{}
 	}
 	return helperReply{Error: "unknown op " + req.Op}
+}
+
+// dumpDevice describes the device's peers (key, endpoint, keepalive,
+// allowed IPs) and our routes through it, sorted: two devices configured
+// alike give the same lines.
+func dumpDevice(wg *wgctrl.Client, name string) ([]string, error) {
+	dev, err := wg.Device(name)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, p := range dev.Peers {
+		ep := "-"
+		if p.Endpoint != nil {
+			ep = p.Endpoint.String()
+		}
+		out = append(out, fmt.Sprintf("peer %s endpoint %s keepalive %s allowed %v",
+			p.PublicKey, ep, p.PersistentKeepaliveInterval, ipNetsToPrefixes(p.AllowedIPs)))
+	}
+	link, err := netlink.LinkByName(name)
+	if err != nil {
+		return nil, err
+	}
+	routes, err := netlink.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{LinkIndex: link.Attrs().Index, Protocol: RouteProtocol},
+		netlink.RT_FILTER_OIF|netlink.RT_FILTER_PROTOCOL)
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range routes {
+		out = append(out, fmt.Sprintf("route %s", r.Dst))
+	}
+	slices.Sort(out)
+	return out, nil
 }
 
 // helper is the test's side of one helper process.
@@ -574,29 +628,349 @@ func TestWireGuardInvalidPeers(t *testing.T) {
 	}
 }
 
-func TestDesiredPeers(t *testing.T) {
-	self := mustKey(t).PublicKey()
-	k1, k2 := mustKey(t).PublicKey(), mustKey(t).PublicKey()
-	d := &Device{name: "x", addr: pfx("10.250.0.1/24")}
-	want, err := d.desired([]api.Peer{
-		{PublicKey: k1.String(), Endpoint: "[::ffff:198.18.0.1]:51820", AllowedIPs: prefixes("10.1.0.0/24", "10.250.0.2/32", "10.1.0.7/24")},
-		{PublicKey: k2.String(), AllowedIPs: prefixes("::ffff:10.2.0.0/120")},
-		{PublicKey: self.String()},
-	}, self)
-	if !errors.Is(err, ErrInvalidPeer) || !strings.Contains(err.Error(), "own key") {
-		t.Fatalf("err = %v", err)
+// planDevice is a Device without a kernel device: enough for plan and
+// commit, the validation and bookkeeping of ApplyPeers.
+func planDevice(self wgtypes.Key) *Device {
+	return &Device{name: "x", addr: pfx("10.250.0.1/24"), self: self, log: slog.New(slog.DiscardHandler),
+		peers: map[string]*peerState{}, owner: map[netip.Prefix]*peerState{}}
+}
+
+// planCommit runs ApplyPeers' validation (incremental, or of every peer if
+// all) and records the result as applied, as ApplyPeers does. It returns
+// the sorted error messages.
+func (d *Device) planCommit(peers []api.Peer, all bool) []string {
+	p := d.plan(peers, all)
+	d.commit(p)
+	var errs []string
+	for _, err := range p.errs {
+		errs = append(errs, err.Error())
 	}
-	w1 := want[k1]
-	if w1 == nil || w1.endpointUDP.String() != "198.18.0.1:51820" {
-		t.Fatalf("peer 1: %+v", w1)
+	slices.Sort(errs)
+	return errs
+}
+
+// grants renders who holds what ("gateway endpoint allowed-IPs" per peer,
+// sorted), after checking that the owner map is exactly the peers' grants.
+func grants(t *testing.T, d *Device, names map[string]string) string {
+	t.Helper()
+	var lines []string
+	n := 0
+	for id, w := range d.peers {
+		if id != w.id {
+			t.Errorf("peer %s filed under %s", w.id, id)
+		}
+		for _, a := range w.allowed {
+			if d.owner[a] != w {
+				t.Errorf("%s holds %s, owner map says %v", names[id], a, d.owner[a])
+			}
+		}
+		n += len(w.allowed)
+		lines = append(lines, fmt.Sprintf("%s %s %v", names[id], w.endpoint, w.allowed))
 	}
-	if got := fmt.Sprint(w1.allowed); got != "[10.1.0.0/24 10.250.0.2/32]" {
-		t.Fatalf("peer 1 allowed %s", got)
+	if len(d.owner) != n {
+		t.Errorf("owner map has %d prefixes, peers hold %d", len(d.owner), n)
 	}
-	if got := fmt.Sprint(want[k2].allowed); got != "[10.2.0.0/24]" {
-		t.Fatalf("peer 2 allowed %s", got)
+	slices.Sort(lines)
+	return strings.Join(lines, "; ")
+}
+
+// planKey is the i-th test key, deterministic.
+func planKey(i int) wgtypes.Key {
+	return wgtypes.Key(sha256.Sum256(fmt.Appendf(nil, "plan key %d", i)))
+}
+
+// TestPeerPlan walks ApplyPeers' validation through successive desired
+// states, incrementally and with every peer validated (the full path),
+// and checks both give the same grants and errors, and the expected ones.
+func TestPeerPlan(t *testing.T) {
+	self := planKey(99)
+	names := map[string]string{}
+	peer := func(i int, endpoint string, allowed ...string) api.Peer {
+		k := planKey(i)
+		names[k.String()] = fmt.Sprintf("p%d", i)
+		p := api.Peer{Gateway: fmt.Sprintf("p%d", i), PublicKey: k.String(), Endpoint: endpoint}
+		for _, a := range allowed {
+			var pf netip.Prefix // "": the zero Prefix, invalid
+			if a != "" {
+				pf = pfx(a)
+			}
+			p.AllowedIPs = append(p.AllowedIPs, pf)
+		}
+		return p
 	}
-	if len(want) != 2 {
-		t.Fatalf("%d peers", len(want))
+	ep := "198.18.0.1:51820"
+	steps := []struct {
+		name   string
+		peers  []api.Peer
+		grants string
+		errs   []string // substrings, one per error, in sorted order
+	}{
+		{"start", []api.Peer{peer(1, ep, "10.1.0.0/24", "10.250.0.2/32"), peer(2, "", "10.2.0.0/24")},
+			"p1 198.18.0.1:51820 [10.1.0.0/24 10.250.0.2/32]; p2  [10.2.0.0/24]", nil},
+		{"changed peer claims what an unchanged one holds",
+			[]api.Peer{peer(2, "", "10.1.0.0/24", "10.2.0.0/24"), peer(1, ep, "10.1.0.0/24", "10.250.0.2/32")},
+			"p1 198.18.0.1:51820 [10.1.0.0/24 10.250.0.2/32]; p2  [10.2.0.0/24]",
+			[]string{"peer 0 (p2, " + planKey(2).String() + "): allowed IP 10.1.0.0/24 already belongs to " + planKey(1).String()}},
+		{"same again: the error again",
+			[]api.Peer{peer(2, "", "10.1.0.0/24", "10.2.0.0/24"), peer(1, ep, "10.1.0.0/24", "10.250.0.2/32")},
+			"p1 198.18.0.1:51820 [10.1.0.0/24 10.250.0.2/32]; p2  [10.2.0.0/24]",
+			[]string{"allowed IP 10.1.0.0/24 already belongs to"}},
+		{"holder lets go: the refused claim is granted",
+			[]api.Peer{peer(2, "", "10.1.0.0/24", "10.2.0.0/24"), peer(1, ep, "10.250.0.2/32")},
+			"p1 198.18.0.1:51820 [10.250.0.2/32]; p2  [10.1.0.0/24 10.2.0.0/24]", nil},
+		{"new peer, first in the list, claims a held prefix",
+			[]api.Peer{peer(3, "", "10.2.0.0/24", "10.3.0.0/24"), peer(2, "", "10.1.0.0/24", "10.2.0.0/24"), peer(1, ep, "10.250.0.2/32")},
+			"p1 198.18.0.1:51820 [10.250.0.2/32]; p2  [10.1.0.0/24 10.2.0.0/24]; p3  [10.3.0.0/24]",
+			[]string{"peer 0 (p3"}},
+		{"holder removed: granted",
+			[]api.Peer{peer(3, "", "10.2.0.0/24", "10.3.0.0/24"), peer(1, ep, "10.250.0.2/32")},
+			"p1 198.18.0.1:51820 [10.250.0.2/32]; p3  [10.2.0.0/24 10.3.0.0/24]", nil},
+		{"prefix moves between two changed peers",
+			[]api.Peer{peer(3, "", "10.3.0.0/24"), peer(1, ep, "10.250.0.2/32", "10.2.0.0/24")},
+			"p1 198.18.0.1:51820 [10.2.0.0/24 10.250.0.2/32]; p3  [10.3.0.0/24]", nil},
+		{"two new claimants: the first in the list",
+			[]api.Peer{peer(3, "", "10.3.0.0/24"), peer(1, ep, "10.250.0.2/32", "10.2.0.0/24"),
+				peer(5, "", "10.5.0.0/24"), peer(4, "", "10.5.0.0/24", "10.4.0.0/24")},
+			"p1 198.18.0.1:51820 [10.2.0.0/24 10.250.0.2/32]; p3  [10.3.0.0/24]; p4  [10.4.0.0/24]; p5  [10.5.0.0/24]",
+			[]string{"peer 3 (p4"}},
+		{"incumbent keeps its prefix even when later in the list",
+			[]api.Peer{peer(4, "", "10.5.0.0/24", "10.4.0.0/24"), peer(5, "", "10.5.0.0/24", "10.6.0.0/24"),
+				peer(3, "", "10.3.0.0/24"), peer(1, ep, "10.250.0.2/32", "10.2.0.0/24")},
+			"p1 198.18.0.1:51820 [10.2.0.0/24 10.250.0.2/32]; p3  [10.3.0.0/24]; p4  [10.4.0.0/24]; p5  [10.5.0.0/24 10.6.0.0/24]",
+			[]string{"peer 0 (p4"}},
+		{"normalised: masked, unmapped, deduplicated, reordered; endpoint changed",
+			[]api.Peer{peer(1, "[::ffff:198.18.0.7]:51820", "10.2.0.9/24", "::ffff:10.250.0.2/128", "10.2.0.0/24"),
+				peer(3, "", "10.3.0.0/24"), peer(4, "", "10.4.0.0/24"), peer(5, "", "10.6.0.0/24", "10.5.0.0/24")},
+			"p1 [::ffff:198.18.0.7]:51820 [10.2.0.0/24 10.250.0.2/32]; p3  [10.3.0.0/24]; p4  [10.4.0.0/24]; p5  [10.5.0.0/24 10.6.0.0/24]", nil},
+		{"bad input: duplicate, bad key, own key, bad endpoint (p3 goes), invalid prefix, default route",
+			[]api.Peer{peer(1, "[::ffff:198.18.0.7]:51820", "10.2.0.9/24", "::ffff:10.250.0.2/128", "10.2.0.0/24"),
+				peer(1, "", "10.7.0.0/24"),
+				{Gateway: "bad", PublicKey: "not a key"},
+				{Gateway: "self", PublicKey: self.String()},
+				peer(3, "nonsense", "10.3.0.0/24"),
+				peer(4, "", "10.4.0.0/24", ""),
+				peer(5, "", "10.6.0.0/24", "10.5.0.0/24", "0.0.0.0/0")},
+			"p1 [::ffff:198.18.0.7]:51820 [10.2.0.0/24 10.250.0.2/32]; p4  [10.4.0.0/24]; p5  [0.0.0.0/0 10.5.0.0/24 10.6.0.0/24]",
+			[]string{"peer 1 (p1", "peer 2 (bad", "peer 3 (self", "peer 4 (p3", "peer 5 (p4", "peer 6 (p5"}},
+		{"empty", nil, "", nil},
 	}
+	inc, full := planDevice(self), planDevice(self)
+	for _, st := range steps {
+		t.Run(st.name, func(t *testing.T) {
+			errsInc := inc.planCommit(st.peers, false)
+			errsFull := full.planCommit(st.peers, true)
+			gInc, gFull := grants(t, inc, names), grants(t, full, names)
+			if gInc != st.grants {
+				t.Errorf("incremental grants\n%s\nwant\n%s", gInc, st.grants)
+			}
+			if gFull != gInc {
+				t.Errorf("full grants\n%s\nincremental\n%s", gFull, gInc)
+			}
+			if !slices.Equal(errsInc, errsFull) {
+				t.Errorf("incremental errors %q, full %q", errsInc, errsFull)
+			}
+			if len(errsInc) != len(st.errs) {
+				t.Fatalf("errors %q, want %d: %q", errsInc, len(st.errs), st.errs)
+			}
+			for i, want := range st.errs {
+				if !strings.Contains(errsInc[i], want) || !strings.Contains(errsInc[i], ErrInvalidPeer.Error()) {
+					t.Errorf("error %q does not mention %q", errsInc[i], want)
+				}
+			}
+		})
+	}
+}
+
+// TestPeerPlanRandom: random successive desired states with overlapping
+// claims, duplicates and reordering. The incremental path and the full
+// path (every peer validated) must agree on every step.
+func TestPeerPlanRandom(t *testing.T) {
+	self := planKey(999)
+	rng := rand.New(rand.NewPCG(1, 2))
+	const nKeys, nPrefixes = 24, 16
+	names := map[string]string{}
+	for i := range nKeys {
+		names[planKey(i).String()] = fmt.Sprintf("p%d", i)
+	}
+	randPeer := func() api.Peer {
+		i := rng.IntN(nKeys)
+		p := api.Peer{Gateway: fmt.Sprintf("p%d", i), PublicKey: planKey(i).String()}
+		if rng.IntN(2) == 0 {
+			p.Endpoint = fmt.Sprintf("198.18.0.%d:51820", rng.IntN(3)+1)
+		}
+		for range rng.IntN(4) {
+			p.AllowedIPs = append(p.AllowedIPs, netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(rng.IntN(nPrefixes)), 0, 0}), 24))
+		}
+		return p
+	}
+	var peers []api.Peer
+	inc, full := planDevice(self), planDevice(self)
+	for step := range 500 {
+		peers = slices.Clone(peers)
+		switch op := rng.IntN(10); {
+		case op < 4 && len(peers) > 0: // change one
+			i := rng.IntN(len(peers))
+			q := randPeer()
+			q.PublicKey, q.Gateway = peers[i].PublicKey, peers[i].Gateway
+			peers[i] = q
+		case op < 6: // add one (maybe a duplicate key)
+			peers = slices.Insert(peers, rng.IntN(len(peers)+1), randPeer())
+		case op < 8 && len(peers) > 0: // remove one
+			i := rng.IntN(len(peers))
+			peers = slices.Delete(peers, i, i+1)
+		case op < 9: // reorder
+			rng.Shuffle(len(peers), func(i, j int) { peers[i], peers[j] = peers[j], peers[i] })
+		}
+		errsInc := inc.planCommit(peers, false)
+		errsFull := full.planCommit(peers, true)
+		gInc, gFull := grants(t, inc, names), grants(t, full, names)
+		if gInc != gFull || !slices.Equal(errsInc, errsFull) {
+			t.Fatalf("step %d: incremental and full differ:\ngrants %s\n  full %s\nerrors %q\n  full %q", step, gInc, gFull, errsInc, errsFull)
+		}
+	}
+}
+
+// TestWireGuardIncrementalAndRepair: a device that gets each desired state
+// through the incremental path (every ApplyPeers after the first) ends up
+// exactly like one that gets it through the full path (read the device,
+// diff, repair), step after step, and Repair finds nothing to fix on it.
+// Then the device is changed behind the agent's back: the incremental path
+// does not see it (it does not read the kernel), Repair puts it back.
+func TestWireGuardIncrementalAndRepair(t *testing.T) {
+	netnstest.RequireTools(t, "wg", "ip")
+	netnstest.RequireTUN(t)
+	nsInc, nsFull := netnstest.New(t), netnstest.New(t)
+	nameInc, nameFull := netnstest.IfName("gvi"), netnstest.IfName("gvf")
+	hInc := startHelper(t, nsInc, helperConfig{Name: nameInc, PrivateKey: mustKey(t).String(), Addr: "10.250.0.1/24"})
+	hFull := startHelper(t, nsFull, helperConfig{Name: nameFull, PrivateKey: mustKey(t).String(), Addr: "10.250.0.1/24"})
+
+	dump := func(h *helper) []string {
+		t.Helper()
+		r := h.call(helperRequest{Op: "dump"})
+		if r.Error != "" {
+			t.Fatalf("%s: dump: %s", h.name, r.Error)
+		}
+		return r.Dump
+	}
+	converged := func(step string) {
+		t.Helper()
+		inc, full := dump(hInc), dump(hFull)
+		if !slices.Equal(inc, full) {
+			t.Fatalf("%s: incremental and full paths differ:\n--- incremental\n%s\n--- full\n%s",
+				step, strings.Join(inc, "\n"), strings.Join(full, "\n"))
+		}
+		if r := hInc.call(helperRequest{Op: "repair"}); r.Error != "" || r.Changed {
+			t.Fatalf("%s: Repair after the incremental apply: changed %v, %s", step, r.Changed, r.Error)
+		}
+	}
+	// step applies peers to both devices; wantErr is a substring of the
+	// (ErrInvalidPeer) error both must return, "" for none.
+	step := func(name string, peers []api.Peer, wantChanged bool, wantErr string) {
+		t.Helper()
+		for _, c := range []struct {
+			h  *helper
+			op string
+		}{{hInc, "apply"}, {hFull, "apply-full"}} {
+			r := c.h.call(helperRequest{Op: c.op, Peers: peers})
+			if r.Changed != wantChanged {
+				t.Errorf("%s: %s reported changed=%v, want %v", name, c.op, r.Changed, wantChanged)
+			}
+			if (wantErr == "") != (r.Error == "") || !strings.Contains(r.Error, wantErr) {
+				t.Fatalf("%s: %s: error %q, want one mentioning %q", name, c.op, r.Error, wantErr)
+			}
+		}
+		converged(name)
+	}
+
+	peers := make([]api.Peer, 40)
+	for i := range peers {
+		peers[i] = benchPeer(i)
+	}
+	key := func(i int) string { return benchPeer(i).PublicKey }
+	lan := func(i int) netip.Prefix { return benchPeer(i).AllowedIPs[1] }
+
+	step("first apply", peers, true, "")
+	if got := dump(hInc); len(got) != 40+80 {
+		t.Fatalf("%d peers and routes, want 40 peers and 80 routes:\n%s", len(got), strings.Join(got, "\n"))
+	}
+	step("unchanged", peers, false, "")
+
+	peers = slices.Clone(peers)
+	peers[7].AllowedIPs = append(slices.Clone(peers[7].AllowedIPs), pfx("172.16.7.0/24"))
+	step("allowed IPs of one peer", peers, true, "")
+
+	peers = slices.Clone(peers)
+	peers[8].Endpoint = "198.18.99.8:51820"
+	step("endpoint of one peer", peers, true, "")
+
+	peers = append(slices.Delete(slices.Clone(peers), 3, 4), benchPeer(40))
+	step("one peer added, one removed", peers, true, "")
+
+	// Peer 10's LAN moves to peer 11, in one change.
+	peers = slices.Clone(peers)
+	i10 := slices.IndexFunc(peers, func(p api.Peer) bool { return p.PublicKey == key(10) })
+	i11 := slices.IndexFunc(peers, func(p api.Peer) bool { return p.PublicKey == key(11) })
+	peers[i10].AllowedIPs = peers[i10].AllowedIPs[:1]
+	peers[i11].AllowedIPs = append(slices.Clone(peers[i11].AllowedIPs), lan(10))
+	step("a LAN moves between peers", peers, true, "")
+
+	// Peer 12 claims peer 13's LAN: refused, 13 keeps it, nothing changes.
+	i12 := slices.IndexFunc(peers, func(p api.Peer) bool { return p.PublicKey == key(12) })
+	i13 := slices.IndexFunc(peers, func(p api.Peer) bool { return p.PublicKey == key(13) })
+	peers = slices.Clone(peers)
+	peers[i12].AllowedIPs = append(slices.Clone(peers[i12].AllowedIPs), lan(13))
+	step("a changed peer claims an unchanged one's LAN", peers, false, "already belongs to "+key(13))
+	// Peer 13 leaves: 12 gets the LAN (the route stays, through the same
+	// device).
+	peers = slices.Delete(slices.Clone(peers), i13, i13+1)
+	step("the holder leaves", peers, true, "")
+
+	rev := slices.Clone(peers)
+	slices.Reverse(rev)
+	step("same peers, another order", rev, false, "")
+	want := dump(hInc)
+
+	// Behind the agent's back.
+	stray := mustKey(t).PublicKey().String()
+	for _, cmd := range [][]string{
+		{"wg", "set", nameInc, "peer", key(5), "remove"},
+		{"wg", "set", nameInc, "peer", key(6), "allowed-ips", "10.99.0.0/24"},
+		{"wg", "set", nameInc, "peer", key(9), "persistent-keepalive", "off"},
+		{"wg", "set", nameInc, "peer", stray, "allowed-ips", "10.98.0.0/24"},
+		{"ip", "route", "del", lan(20).String(), "dev", nameInc},
+		{"ip", "route", "add", "10.97.0.0/24", "dev", nameInc, "proto", strconv.Itoa(int(RouteProtocol))},
+		{"ip", "route", "add", "10.96.0.0/24", "dev", nameInc}, // not ours: left alone
+	} {
+		nsInc.Exec(t, cmd...)
+	}
+	drifted := dump(hInc)
+	if slices.Equal(drifted, want) {
+		t.Fatal("the edits did not change the device")
+	}
+	// The incremental path trusts what it applied: the same view is no
+	// change, and the drift stays until a repair.
+	if hInc.apply(rev...) {
+		t.Error("incremental ApplyPeers of the same view reported a change")
+	}
+	if got := dump(hInc); !slices.Equal(got, drifted) {
+		t.Errorf("incremental ApplyPeers of the same view touched the device")
+	}
+	r := hInc.call(helperRequest{Op: "repair"})
+	if r.Error != "" || !r.Changed {
+		t.Fatalf("Repair after drift: changed %v, %s", r.Changed, r.Error)
+	}
+	if got := dump(hInc); !slices.Equal(got, want) {
+		t.Fatalf("after Repair:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if out := nsInc.Exec(t, "ip", "route", "show", "10.96.0.0/24"); !strings.Contains(out, "10.96.0.0/24") {
+		t.Errorf("Repair removed a route that is not ours")
+	}
+	if r := hInc.call(helperRequest{Op: "repair"}); r.Error != "" || r.Changed {
+		t.Fatalf("second Repair: changed %v, %s", r.Changed, r.Error)
+	}
+	// And incremental changes carry on from the repaired device.
+	peers = slices.Clone(rev)
+	peers[0].AllowedIPs = peers[0].AllowedIPs[:1]
+	step("a change after the repair", peers, true, "")
+	step("all peers removed", nil, true, "")
 }
