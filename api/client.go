@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"os"
 	"strconv"
+	"sync"
 	"time"
 )
 
@@ -29,10 +30,48 @@ func (e *StatusError) Error() string { return fmt.Sprintf("controller: %s (HTTP 
 // govnet-agent talk to a controller.
 type Client struct {
 	base         string
-	http         *http.Client
-	stream       *http.Client // no overall timeout: watch streams live long
+	conns        *conns // shared by copies (Linearizable)
 	linearizable bool
 }
+
+// conns holds the client's HTTP clients; ResetConnections replaces them.
+type conns struct {
+	tls    *tls.Config
+	mu     sync.Mutex
+	tr     *http.Transport
+	http   *http.Client
+	stream *http.Client // no overall timeout: watch streams live long
+}
+
+func (cs *conns) reset() {
+	tr := &http.Transport{TLSClientConfig: cs.tls, ForceAttemptHTTP2: true, TLSHandshakeTimeout: 10 * time.Second}
+	cs.mu.Lock()
+	old := cs.tr
+	cs.tr = tr
+	cs.http = &http.Client{Transport: tr, Timeout: 30 * time.Second}
+	cs.stream = &http.Client{Transport: tr}
+	cs.mu.Unlock()
+	if old != nil {
+		old.CloseIdleConnections()
+	}
+}
+
+func (c *Client) httpClient() *http.Client {
+	c.conns.mu.Lock()
+	defer c.conns.mu.Unlock()
+	return c.conns.http
+}
+
+func (c *Client) streamClient() *http.Client {
+	c.conns.mu.Lock()
+	defer c.conns.mu.Unlock()
+	return c.conns.stream
+}
+
+// ResetConnections makes later calls open new connections (and so present
+// the client certificate the TLS config yields now, after a renewal).
+// Calls in flight, a watch stream for one, finish on their old connection.
+func (c *Client) ResetConnections() { c.conns.reset() }
 
 // Linearizable returns a client whose reads reflect every write the
 // cluster committed before they were sent (ConsistencyHeader), whichever
@@ -45,12 +84,9 @@ func (c *Client) Linearizable() *Client {
 
 // NewClient returns a client for the controller at base (https://host:port).
 func NewClient(base string, tlsConfig *tls.Config) *Client {
-	tr := &http.Transport{TLSClientConfig: tlsConfig, ForceAttemptHTTP2: true, TLSHandshakeTimeout: 10 * time.Second}
-	return &Client{
-		base:   base,
-		http:   &http.Client{Transport: tr, Timeout: 30 * time.Second},
-		stream: &http.Client{Transport: tr},
-	}
+	cs := &conns{tls: tlsConfig}
+	cs.reset()
+	return &Client{base: base, conns: cs}
 }
 
 // TLSConfig builds a client TLS config that trusts the root in rootFile and,
@@ -94,7 +130,7 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	if c.linearizable {
 		req.Header.Set(ConsistencyHeader, Linearizable)
 	}
-	resp, err := c.http.Do(req)
+	resp, err := c.httpClient().Do(req)
 	if err != nil {
 		return err
 	}
@@ -144,7 +180,7 @@ func (c *Client) Watch(ctx context.Context, since uint64, fn func(*View) error) 
 	if err != nil {
 		return err
 	}
-	resp, err := c.stream.Do(req)
+	resp, err := c.streamClient().Do(req)
 	if err != nil {
 		return err
 	}
@@ -249,7 +285,7 @@ func (c *Client) SaveSnapshot(ctx context.Context, w io.Writer) error {
 	if err != nil {
 		return err
 	}
-	resp, err := c.stream.Do(req)
+	resp, err := c.streamClient().Do(req)
 	if err != nil {
 		return err
 	}
@@ -268,7 +304,7 @@ func (c *Client) RestoreSnapshot(ctx context.Context, r io.Reader) (*ClusterStat
 		return nil, err
 	}
 	req.Header.Set("Content-Type", "application/x-ndjson")
-	resp, err := c.stream.Do(req)
+	resp, err := c.streamClient().Do(req)
 	if err != nil {
 		return nil, err
 	}
@@ -332,7 +368,7 @@ func (c *Client) AuditExport(ctx context.Context, since uint64, fn func(AuditEnt
 	if c.linearizable {
 		req.Header.Set(ConsistencyHeader, Linearizable)
 	}
-	resp, err := c.stream.Do(req)
+	resp, err := c.streamClient().Do(req)
 	if err != nil {
 		return err
 	}
@@ -357,4 +393,35 @@ func (c *Client) AuditExport(ctx context.Context, since uint64, fn func(AuditEnt
 func (c *Client) AuditCheckpoint(ctx context.Context) (*AuditCheckpoint, error) {
 	var out AuditCheckpoint
 	return &out, c.do(ctx, http.MethodPost, "/v1/audit/checkpoint", nil, &out)
+}
+
+// Certificates lists the certificate inventory; query may hold agency,
+// revoked=true and expiring (a Go duration).
+func (c *Client) Certificates(ctx context.Context, query url.Values) ([]Certificate, error) {
+	var out []Certificate
+	path := "/v1/certificates"
+	if len(query) > 0 {
+		path += "?" + query.Encode()
+	}
+	return out, c.do(ctx, http.MethodGet, path, nil, &out)
+}
+
+// Certificate returns one certificate of the inventory by serial (hex).
+func (c *Client) Certificate(ctx context.Context, serial string) (*Certificate, error) {
+	var out Certificate
+	return &out, c.do(ctx, http.MethodGet, "/v1/certificates/"+url.PathEscape(serial), nil, &out)
+}
+
+// Revoke revokes a certificate or a gateway in one step (officer; refused
+// when the controllers require four-eyes approval).
+func (c *Client) Revoke(ctx context.Context, r RevokeRequest) (*RevokeResponse, error) {
+	var out RevokeResponse
+	return &out, c.do(ctx, http.MethodPost, "/v1/revoke", r, &out)
+}
+
+// Renew exchanges a CSR for a new certificate, authenticated by the
+// gateway's current one.
+func (c *Client) Renew(ctx context.Context, r RenewRequest) (*RenewResponse, error) {
+	var out RenewResponse
+	return &out, c.do(ctx, http.MethodPost, "/v1/renew", r, &out)
 }

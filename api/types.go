@@ -201,18 +201,22 @@ const (
 // Request is a change that one person asks for and an officer who is
 // someone else approves.
 type Request struct {
-	ID           string    `json:"id"`
-	Kind         string    `json:"kind"`
-	Gateway      string    `json:"gateway,omitempty"`
-	TTL          string    `json:"ttl,omitempty"`
-	PolicyName   string    `json:"policy_name,omitempty"`
-	PolicySource string    `json:"policy_source,omitempty"`
-	Reason       string    `json:"reason,omitempty"`
-	Requester    string    `json:"requester"`
-	Created      time.Time `json:"created"`
-	Status       string    `json:"status"`
-	Approver     string    `json:"approver,omitempty"`
-	Decided      time.Time `json:"decided,omitzero"`
+	ID           string `json:"id"`
+	Kind         string `json:"kind"`
+	Gateway      string `json:"gateway,omitempty"`
+	TTL          string `json:"ttl,omitempty"`
+	PolicyName   string `json:"policy_name,omitempty"`
+	PolicySource string `json:"policy_source,omitempty"`
+	Reason       string `json:"reason,omitempty"`
+	// Revocation requests: the certificate to revoke (instead of a
+	// gateway) and the RFC 5280 reason (ca.ParseReason names).
+	Serial           string    `json:"serial,omitempty"`
+	RevocationReason string    `json:"revocation_reason,omitempty"`
+	Requester        string    `json:"requester"`
+	Created          time.Time `json:"created"`
+	Status           string    `json:"status"`
+	Approver         string    `json:"approver,omitempty"`
+	Decided          time.Time `json:"decided,omitzero"`
 	// Token is the enrollment token, returned once, to the approver.
 	Token *TokenResponse `json:"token,omitempty"`
 	// Policy is the version an approved policy request published.
@@ -226,5 +230,71 @@ type RequestCreate struct {
 	TTL          string `json:"ttl,omitempty"` // token requests: Go duration, default 1h
 	PolicyName   string `json:"policy_name,omitempty"`
 	PolicySource string `json:"policy_source,omitempty"`
-	Reason       string `json:"reason,omitempty"`
+	Reason       string `json:"reason,omitempty"` // why, in words
+	// Revocation requests: a serial instead of a gateway, and the RFC
+	// 5280 reason (default unspecified).
+	Serial           string `json:"serial,omitempty"`
+	RevocationReason string `json:"revocation_reason,omitempty"`
+}
+
+// Certificate statuses in the inventory.
+const (
+	CertValid   = "valid"
+	CertRevoked = "revoked"
+)
+
+// Certificate is one certificate the CA issued, as the replicated
+// inventory records it.
+type Certificate struct {
+	Serial    string    `json:"serial"` // hex, lowercase
+	Kind      string    `json:"kind"`   // gateway, person or node (the profile)
+	Subject   string    `json:"subject"`
+	Agency    string    `json:"agency,omitempty"`  // gateways
+	Gateway   string    `json:"gateway,omitempty"` // gateways: the gateway it identifies
+	Role      string    `json:"role,omitempty"`    // people
+	SANs      []string  `json:"sans,omitempty"`
+	Issuer    string    `json:"issuer"` // issuer id (ca.IssuerID of the intermediate)
+	NotBefore time.Time `json:"not_before"`
+	NotAfter  time.Time `json:"not_after"`
+	Requester string    `json:"requester,omitempty"`
+	Approver  string    `json:"approver,omitempty"` // four-eyes: who approved the request behind it
+	Issued    time.Time `json:"issued,omitzero"`    // when the inventory recorded it (leader's clock)
+	Status    string    `json:"status"`
+	RevokedAt time.Time `json:"revoked_at,omitzero"`
+	// Reason is the RFC 5280 CRLReason code of a revoked certificate;
+	// ReasonName its name.
+	Reason     int    `json:"reason,omitempty"`
+	ReasonName string `json:"reason_name,omitempty"`
+	RevokedBy  string `json:"revoked_by,omitempty"`
+}
+
+// RevokeRequest revokes one certificate by serial, or a gateway and every
+// valid certificate it holds.
+type RevokeRequest struct {
+	Serial  string `json:"serial,omitempty"`
+	Gateway string `json:"gateway,omitempty"`
+	Reason  string `json:"reason"` // RFC 5280 name, e.g. keyCompromise
+}
+
+// RevokeResponse says what a revocation changed.
+type RevokeResponse struct {
+	RaftIndex    uint64        `json:"raft_index"`
+	Gateway      string        `json:"gateway,omitempty"`
+	Certificates []Certificate `json:"certificates"`
+	// Enforced is the time from the command's commit to the moment the
+	// answering node's compiled views no longer give the revoked gateway
+	// to any peer (zero when no gateway was revoked).
+	Enforced time.Duration `json:"enforced_ns,omitempty"`
+}
+
+// RenewRequest asks for a new certificate for the gateway presenting its
+// current one.
+type RenewRequest struct {
+	CSR string `json:"csr"` // PEM, for a key the gateway generated
+}
+
+// RenewResponse carries the renewed certificate.
+type RenewResponse struct {
+	Certificate string `json:"certificate"` // PEM chain: leaf, intermediate
+	Serial      string `json:"serial"`
 }

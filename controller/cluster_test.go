@@ -171,7 +171,7 @@ func newTestCluster(t *testing.T, count int) *testCluster {
 		}
 		ip := fmt.Sprintf("127.0.0.%d", 11+i)
 		cfg := Config{
-			Node: name, DataDir: filepath.Join(dir, name), RaftAddr: freePortOn(t, ip), APIAddr: freePortOn(t, ip),
+			Node: name, DataDir: filepath.Join(dir, name), RaftAddr: freePortOn(t, ip), APIAddr: freePortOn(t, ip), HTTPAddr: freePortOn(t, ip),
 			OverlayPrefix: "100.64.0.0/16",
 			HSM:           HSMConfig{Module: hc.Module, TokenLabel: hc.TokenLabel, PINFile: pinFile},
 			Raft:          testRaft,

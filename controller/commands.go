@@ -33,6 +33,11 @@ const (
 	CmdRequestCreate CommandType = 11
 	CmdRequestDecide CommandType = 12
 	CmdStateRestored CommandType = 13
+	CmdCertRecord    CommandType = 14
+	CmdCertRevoke    CommandType = 15
+	CmdGatewayRenew  CommandType = 16
+	CmdCRLPublish    CommandType = 17
+	CmdIssuerUpsert  CommandType = 18
 )
 
 func (t CommandType) String() string {
@@ -63,6 +68,16 @@ func (t CommandType) String() string {
 		return "request-decide"
 	case CmdStateRestored:
 		return "state-restored"
+	case CmdCertRecord:
+		return "cert-record"
+	case CmdCertRevoke:
+		return "cert-revoke"
+	case CmdGatewayRenew:
+		return "gateway-renew"
+	case CmdCRLPublish:
+		return "crl-publish"
+	case CmdIssuerUpsert:
+		return "issuer-upsert"
 	}
 	return fmt.Sprintf("command(%d)", uint8(t))
 }
@@ -117,6 +132,10 @@ type GatewayEnrollRequest struct {
 	Endpoint    string    `json:"endpoint"`
 	CertSerial  string    `json:"cert_serial"`
 	CertExpires time.Time `json:"cert_expires"`
+	// Cert is the inventory record of the certificate just signed: one
+	// raft entry enrolls and records. Absent in entries written before
+	// the inventory existed.
+	Cert *api.Certificate `json:"cert,omitempty"`
 }
 
 // PolicyPublishRequest makes a validated policy the current one.
@@ -172,6 +191,10 @@ type RequestCreateRequest struct {
 	PolicyName   string        `json:"policy_name,omitempty"`
 	PolicySource string        `json:"policy_source,omitempty"`
 	Reason       string        `json:"reason,omitempty"`
+	// Revocation requests: a serial instead of a gateway, and the RFC
+	// 5280 reason code.
+	Serial     string `json:"serial,omitempty"`
+	ReasonCode int    `json:"reason_code,omitempty"`
 }
 
 // RequestDecideRequest approves or rejects a pending request. Approving a
@@ -192,6 +215,58 @@ type StateRestoredRequest struct {
 	Meta
 	BackupSHA256 string `json:"backup_sha256"`
 	BackupIndex  uint64 `json:"backup_index"`
+}
+
+// CertRecordRequest adds issued certificates to the inventory. The
+// recorder batches certificates signed close together into one command,
+// so that the raft commit, not one fsync per certificate, bounds the rate.
+type CertRecordRequest struct {
+	Meta
+	Certs []api.Certificate `json:"certs"`
+}
+
+// CertRevokeRequest revokes a certificate by serial, or a gateway and
+// every valid certificate of it. Revoking a gateway's current certificate
+// revokes the gateway; revoking a person's registered certificate revokes
+// the person.
+type CertRevokeRequest struct {
+	Meta
+	Serial  string `json:"serial,omitempty"`
+	Gateway string `json:"gateway,omitempty"`
+	Reason  int    `json:"reason"` // RFC 5280 CRLReason
+}
+
+// GatewayRenewRequest records a renewed gateway certificate and makes it
+// the gateway's current one; OldSerial must be the current one.
+type GatewayRenewRequest struct {
+	Meta
+	Gateway   string          `json:"gateway"`
+	OldSerial string          `json:"old_serial"`
+	Cert      api.Certificate `json:"cert"`
+}
+
+// CRLPublishRequest stores a CRL signed by the node that holds the
+// issuer's key, so that every node serves every issuer's CRL. Number
+// must be the issuer's last number plus one; Covers is the raft index of
+// the last revocation it includes.
+type CRLPublishRequest struct {
+	Meta
+	Issuer     string    `json:"issuer"`
+	Number     uint64    `json:"number"`
+	Covers     uint64    `json:"covers"`
+	ThisUpdate time.Time `json:"this_update"`
+	NextUpdate time.Time `json:"next_update"`
+	DER        []byte    `json:"der"`
+}
+
+// IssuerUpsertRequest records which node holds an intermediate and where
+// its plain-HTTP revocation endpoint is, so that any node can route an
+// OCSP request to the only node that can sign its answer.
+type IssuerUpsertRequest struct {
+	Meta
+	Issuer   string `json:"issuer"`
+	Node     string `json:"node"`
+	HTTPAddr string `json:"http_addr"`
 }
 
 // encodeCommand frames a command as its type byte followed by JSON.

@@ -8,22 +8,37 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/goccy/go-yaml"
+	"github.com/govnet/govnet/ca"
 	"github.com/govnet/govnet/hsm"
 )
 
 // Config is govnetd's configuration: one typed struct, loaded from YAML,
 // every key overridable by a flag in cmd/govnetd.
 type Config struct {
-	Node          string     `yaml:"node"`           // this node's name, unique in the cluster
-	DataDir       string     `yaml:"data_dir"`       // raft log, snapshots, certificates
-	RaftAddr      string     `yaml:"raft_addr"`      // host:port for raft traffic
-	APIAddr       string     `yaml:"api_addr"`       // host:port the API listens on
-	OverlayPrefix string     `yaml:"overlay_prefix"` // the overlay address plan, e.g. 100.64.0.0/16
-	HSM           HSMConfig  `yaml:"hsm"`
-	Raft          RaftConfig `yaml:"raft"`
+	Node     string `yaml:"node"`      // this node's name, unique in the cluster
+	DataDir  string `yaml:"data_dir"`  // raft log, snapshots, certificates
+	RaftAddr string `yaml:"raft_addr"` // host:port for raft traffic
+	APIAddr  string `yaml:"api_addr"`  // host:port the API listens on
+	// HTTPAddr is the plain-HTTP listener that serves CRLs, OCSP and
+	// health to anyone, without a client certificate. Empty: the API's
+	// host and the port after the API's (the API's port 0: any port).
+	HTTPAddr string `yaml:"http_addr,omitempty"`
+	// RevocationURL is the base every certificate this node issues points
+	// relying parties at: <base>/crl/<issuer id>.crl and
+	// <base>/ocsp/<issuer id>. Every node serves every issuer's CRL and
+	// answers (or routes) OCSP for every issuer, so a name that resolves
+	// to any controller fits. Empty: http://<http_addr>.
+	RevocationURL string `yaml:"revocation_url,omitempty"`
+	// Profiles sets certificate lifetimes per profile (gateway, person,
+	// node); unset ones take the defaults (24 h, 90 days, one year).
+	Profiles      ca.Profiles `yaml:"profiles,omitempty"`
+	OverlayPrefix string      `yaml:"overlay_prefix"` // the overlay address plan, e.g. 100.64.0.0/16
+	HSM           HSMConfig   `yaml:"hsm"`
+	Raft          RaftConfig  `yaml:"raft"`
 	// Join lists API addresses (host:port) of running members. A node
 	// that is not part of a cluster yet asks them, with its node
 	// certificate, to add it as a voter. Empty: an operator adds it with
@@ -164,6 +179,18 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("raft: want 10ms <= heartbeat_timeout (%s) <= election_timeout (%s) and leader_lease_timeout (%s) <= heartbeat_timeout",
 			r.HeartbeatTimeout, r.ElectionTimeout, r.LeaderLeaseTimeout))
 	}
+	if _, err := c.httpAddr(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.RevocationURL != "" {
+		u := ca.RevocationURLs{CRLBase: c.RevocationURL + "/crl", OCSPBase: c.RevocationURL + "/ocsp"}
+		if err := u.Validate(); err != nil {
+			errs = append(errs, fmt.Errorf("revocation_url %q: want http://host[:port][/path]", c.RevocationURL))
+		}
+	}
+	if err := c.profiles().Validate(); err != nil {
+		errs = append(errs, err)
+	}
 	for _, j := range c.Join {
 		if _, _, err := net.SplitHostPort(j); err != nil {
 			errs = append(errs, fmt.Errorf("join %q: want host:port of a member's API", j))
@@ -182,3 +209,40 @@ func (c Config) hsmConfig() (hsm.Config, error) {
 }
 
 func (c Config) pkiPath(name string) string { return filepath.Join(c.DataDir, "pki", name) }
+
+// httpAddr is the address of the plain-HTTP listener (see HTTPAddr).
+func (c Config) httpAddr() (string, error) {
+	if c.HTTPAddr != "" {
+		if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
+			return "", fmt.Errorf("http_addr %q: %v", c.HTTPAddr, err)
+		}
+		return c.HTTPAddr, nil
+	}
+	host, port, err := net.SplitHostPort(c.APIAddr)
+	if err != nil {
+		return "", fmt.Errorf("api_addr %q: %v", c.APIAddr, err)
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil || p < 0 || p >= 65535 {
+		return "", fmt.Errorf("api_addr %q: bad port", c.APIAddr)
+	}
+	if p > 0 {
+		p++
+	}
+	return net.JoinHostPort(host, strconv.Itoa(p)), nil
+}
+
+// profiles returns the configured lifetimes over the defaults.
+func (c Config) profiles() ca.Profiles {
+	p, d := c.Profiles, ca.DefaultProfiles()
+	if p.Gateway == 0 {
+		p.Gateway = d.Gateway
+	}
+	if p.Person == 0 {
+		p.Person = d.Person
+	}
+	if p.Node == 0 {
+		p.Node = d.Node
+	}
+	return p
+}

@@ -47,6 +47,7 @@ func (f *FSM) Apply(l *raft.Log) any {
 	s := f.state
 	s.mu.Lock()
 	entry := s.auditEntry(l.Index, t, l.Data)
+	s.applying = l.Index
 	err := f.dispatch(t, body)
 	if err == nil {
 		s.appendAudit(entry)
@@ -88,6 +89,16 @@ func (f *FSM) dispatch(t CommandType, body []byte) error {
 		return applyJSON(body, s.applyRequestDecide)
 	case CmdStateRestored:
 		return applyJSON(body, func(*StateRestoredRequest) error { return nil })
+	case CmdCertRecord:
+		return applyJSON(body, s.applyCertRecord)
+	case CmdCertRevoke:
+		return applyJSON(body, s.applyCertRevoke)
+	case CmdGatewayRenew:
+		return applyJSON(body, s.applyGatewayRenew)
+	case CmdCRLPublish:
+		return applyJSON(body, s.applyCRLPublish)
+	case CmdIssuerUpsert:
+		return applyJSON(body, s.applyIssuerUpsert)
 	}
 	if t&IgnoreUnknownTypeFlag != 0 {
 		f.log.Warn("skipping unknown command type", "type", uint8(t))
@@ -167,6 +178,12 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	for _, r := range s.requestsSorted() {
 		err = errors.Join(err, add("request", r))
 	}
+	for _, c := range s.certsSorted() {
+		err = errors.Join(err, add("cert", c))
+	}
+	for _, r := range s.issuersSorted() {
+		err = errors.Join(err, add("issuer", r))
+	}
 	for _, e := range s.audit {
 		err = errors.Join(err, add("audit", e))
 	}
@@ -213,6 +230,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	s.mu.Lock()
 	s.overlay, s.agencies, s.gateways, s.tokens, s.policies, s.addrInUse, s.members, s.people, s.requests, s.audit =
 		ns.overlay, ns.agencies, ns.gateways, ns.tokens, ns.policies, ns.addrInUse, ns.members, ns.people, ns.requests, ns.audit
+	s.certs, s.issuers = ns.certs, ns.issuers
 	s.setIndex(max(s.index, ns.index))
 	index := s.index
 	s.mu.Unlock()
@@ -300,6 +318,18 @@ func (s *State) restoreRecord(rec snapshotRecord) error {
 			return err
 		}
 		s.requests[r.ID] = r
+	case "cert":
+		c := new(api.Certificate)
+		if err := json.Unmarshal(rec.Data, c); err != nil {
+			return err
+		}
+		s.certs[c.Serial] = c
+	case "issuer":
+		r := new(issuerRecord)
+		if err := json.Unmarshal(rec.Data, r); err != nil {
+			return err
+		}
+		s.issuers[r.Issuer] = r
 	case "audit":
 		var e api.AuditEntry
 		if err := json.Unmarshal(rec.Data, &e); err != nil {

@@ -50,6 +50,19 @@ func history() []struct {
 		{CmdRequestCreate, &RequestCreateRequest{Meta: meta("op"), ID: "r3", Role: "operator", Kind: api.RequestRevoke, Gateway: "gw1", Reason: "test"}},
 		{CmdRequestDecide, &RequestDecideRequest{Meta: meta("off"), ID: "r3", Role: "officer", Approve: false}},
 		{CmdRequestCreate, &RequestCreateRequest{Meta: meta("off"), ID: "r4", Role: "officer", Kind: api.RequestRevoke, Gateway: "gw1"}},
+		{CmdGatewayEnroll, &GatewayEnrollRequest{Meta: meta("gateway:gw2"), Gateway: "gw2", TokenHash: "h3", PublicKey: "k2", CertSerial: "2a", CertExpires: t0.Add(24 * time.Hour),
+			Cert: &api.Certificate{Serial: "2a", Kind: "gateway", Subject: "gw2", Gateway: "gw2", Agency: "000.00.00.H49", SANs: []string{"gw2.gateway.govnet"}, Issuer: "abcd", NotBefore: t0, NotAfter: t0.Add(24 * time.Hour)}}},
+		{CmdCertRecord, &CertRecordRequest{Meta: meta("node:ctl1"), Certs: []api.Certificate{
+			{Serial: "c", Kind: "person", Subject: "off", Role: "officer", Issuer: "abcd", NotBefore: t0, NotAfter: t0.Add(90 * 24 * time.Hour)},
+			{Serial: "f", Kind: "node", Subject: "ctl1", Issuer: "abcd", NotBefore: t0, NotAfter: t0.Add(365 * 24 * time.Hour)},
+		}}},
+		{CmdGatewayRenew, &GatewayRenewRequest{Meta: meta("gateway:gw2"), Gateway: "gw2", OldSerial: "2a",
+			Cert: api.Certificate{Serial: "2b", Kind: "gateway", Subject: "gw2", Gateway: "gw2", Agency: "000.00.00.H49", Issuer: "abcd", NotBefore: t0.Add(16 * time.Hour), NotAfter: t0.Add(40 * time.Hour)}}},
+		{CmdIssuerUpsert, &IssuerUpsertRequest{Meta: meta("node:ctl1"), Issuer: "abcd", Node: "ctl1", HTTPAddr: "127.0.0.11:7444"}},
+		{CmdCertRevoke, &CertRevokeRequest{Meta: meta("off"), Serial: "2a", Reason: 4}},
+		{CmdCRLPublish, &CRLPublishRequest{Meta: meta("node:ctl1"), Issuer: "abcd", Number: 1, Covers: 30, ThisUpdate: t0, NextUpdate: t0.Add(24 * time.Hour), DER: []byte{0x30, 0x00}}},
+		{CmdRequestCreate, &RequestCreateRequest{Meta: meta("op"), ID: "r5", Role: "operator", Kind: api.RequestRevoke, Gateway: "gw2", ReasonCode: 1, Reason: "key lost"}},
+		{CmdRequestDecide, &RequestDecideRequest{Meta: meta("off2"), ID: "r5", Role: "officer", Approve: true}},
 		{CmdStateRestored, &StateRestoredRequest{Meta: meta("off"), BackupSHA256: "ab", BackupIndex: 7}},
 	}
 }
@@ -115,6 +128,30 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	if gw.Status != api.StatusEnrolled || gw.OverlayIP != netip.MustParseAddr("100.64.0.1") || gw.Report.At != t0 {
 		t.Fatalf("gw1 %+v", gw)
 	}
+	// The inventory: gw2 enrolled with 2a (token asked by op, approved by
+	// off), renewed to 2b, 2a revoked as superseded, then the gateway
+	// revoked through a four-eyes request, which revoked 2b.
+	if gw2, _ := f.State().Gateway("gw2"); gw2.Status != api.StatusRevoked || gw2.CertSerial != "2b" {
+		t.Fatalf("gw2 %+v", gw2)
+	}
+	if c, _ := f.State().Certificate("2a"); c.Status != api.CertRevoked || c.ReasonName != "superseded" || c.Requester != "op" || c.Approver != "off" {
+		t.Fatalf("2a %+v", c)
+	}
+	if c, _ := f.State().Certificate("02B"); c.Status != api.CertRevoked || c.Reason != 1 || c.RevokedBy != "off2" || c.Requester != "gateway:gw2" {
+		t.Fatalf("2b %+v", c)
+	}
+	if got := f.State().Certificates(CertFilter{Revoked: true}); len(got) != 2 {
+		t.Fatalf("revoked: %+v", got)
+	}
+	if got := f.State().Certificates(CertFilter{Agency: "000.00.00.H49"}); len(got) != 2 {
+		t.Fatalf("of H49: %+v", got)
+	}
+	if got := f.State().Certificates(CertFilter{Expiring: 100 * 24 * time.Hour, Now: t0}); len(got) != 1 || got[0].Serial != "c" {
+		t.Fatalf("expiring: %+v", got)
+	}
+	if ir, _ := f.State().issuer("abcd"); ir.CRL == nil || ir.CRL.Number != 1 || ir.LastRevocation != 33 || ir.HTTPAddr != "127.0.0.11:7444" {
+		t.Fatalf("issuer %+v", ir)
+	}
 }
 
 // TestApplyRejects checks that every refused command leaves the state as it was.
@@ -153,6 +190,34 @@ func TestApplyRejects(t *testing.T) {
 		{"approve as operator", CmdRequestDecide, &RequestDecideRequest{Meta: meta("op"), ID: "r4", Role: "operator", Approve: true}},
 		{"decide twice", CmdRequestDecide, &RequestDecideRequest{Meta: meta("off2"), ID: "r1", Role: "officer", Approve: true, TokenHash: "h8"}},
 		{"decide unknown", CmdRequestDecide, &RequestDecideRequest{Meta: meta("off2"), ID: "nope", Role: "officer", Approve: true}},
+		{"revoke request bad reason", CmdRequestCreate, &RequestCreateRequest{Meta: meta("op"), ID: "r9", Role: "operator", Kind: api.RequestRevoke, Gateway: "gw1", ReasonCode: 7}},
+		{"revoke request unknown serial", CmdRequestCreate, &RequestCreateRequest{Meta: meta("op"), ID: "r9", Role: "operator", Kind: api.RequestRevoke, Serial: "99"}},
+		{"record nothing", CmdCertRecord, &CertRecordRequest{Meta: meta("node:ctl1")}},
+		{"record twice", CmdCertRecord, &CertRecordRequest{Meta: meta("node:ctl1"), Certs: []api.Certificate{{Serial: "c", Kind: "person", Issuer: "abcd", NotBefore: t0, NotAfter: t0.Add(time.Hour)}}}},
+		{"record dup in batch", CmdCertRecord, &CertRecordRequest{Meta: meta("node:ctl1"), Certs: []api.Certificate{
+			{Serial: "d1", Kind: "node", Issuer: "abcd", NotBefore: t0, NotAfter: t0.Add(time.Hour)}, {Serial: "d1", Kind: "node", Issuer: "abcd", NotBefore: t0, NotAfter: t0.Add(time.Hour)}}}},
+		{"record bad serial", CmdCertRecord, &CertRecordRequest{Meta: meta("node:ctl1"), Certs: []api.Certificate{{Serial: "0D1", Kind: "node", Issuer: "abcd", NotBefore: t0, NotAfter: t0.Add(time.Hour)}}}},
+		{"record bad kind", CmdCertRecord, &CertRecordRequest{Meta: meta("node:ctl1"), Certs: []api.Certificate{{Serial: "d1", Kind: "root", Issuer: "abcd", NotBefore: t0, NotAfter: t0.Add(time.Hour)}}}},
+		{"record backwards validity", CmdCertRecord, &CertRecordRequest{Meta: meta("node:ctl1"), Certs: []api.Certificate{{Serial: "d1", Kind: "node", Issuer: "abcd", NotBefore: t0, NotAfter: t0}}}},
+		{"revoke unknown serial", CmdCertRevoke, &CertRevokeRequest{Meta: meta("off"), Serial: "99"}},
+		{"revoke twice", CmdCertRevoke, &CertRevokeRequest{Meta: meta("off"), Serial: "2a", Reason: 1}},
+		{"revoke bad reason", CmdCertRevoke, &CertRevokeRequest{Meta: meta("off"), Serial: "c", Reason: 8}},
+		{"revoke both", CmdCertRevoke, &CertRevokeRequest{Meta: meta("off"), Serial: "c", Gateway: "gw1"}},
+		{"revoke nothing", CmdCertRevoke, &CertRevokeRequest{Meta: meta("off")}},
+		{"revoke revoked gateway", CmdCertRevoke, &CertRevokeRequest{Meta: meta("off"), Gateway: "gw2"}},
+		{"renew stale serial", CmdGatewayRenew, &GatewayRenewRequest{Meta: meta("gateway:gw1"), Gateway: "gw1", OldSerial: "2a",
+			Cert: api.Certificate{Serial: "e1", Kind: "gateway", Gateway: "gw1", Issuer: "abcd", NotBefore: t0, NotAfter: t0.Add(time.Hour)}}},
+		{"renew revoked gateway", CmdGatewayRenew, &GatewayRenewRequest{Meta: meta("gateway:gw2"), Gateway: "gw2", OldSerial: "2b",
+			Cert: api.Certificate{Serial: "e1", Kind: "gateway", Gateway: "gw2", Issuer: "abcd", NotBefore: t0, NotAfter: t0.Add(time.Hour)}}},
+		{"renew into another gateway", CmdGatewayRenew, &GatewayRenewRequest{Meta: meta("gateway:gw1"), Gateway: "gw1", OldSerial: "01",
+			Cert: api.Certificate{Serial: "e1", Kind: "gateway", Gateway: "gw2", Issuer: "abcd", NotBefore: t0, NotAfter: t0.Add(time.Hour)}}},
+		{"renew reuses a serial", CmdGatewayRenew, &GatewayRenewRequest{Meta: meta("gateway:gw1"), Gateway: "gw1", OldSerial: "01",
+			Cert: api.Certificate{Serial: "2b", Kind: "gateway", Gateway: "gw1", Issuer: "abcd", NotBefore: t0, NotAfter: t0.Add(time.Hour)}}},
+		{"crl number repeated", CmdCRLPublish, &CRLPublishRequest{Issuer: "abcd", Number: 1, ThisUpdate: t0, NextUpdate: t0.Add(time.Hour), DER: []byte{1}}},
+		{"crl number zero", CmdCRLPublish, &CRLPublishRequest{Issuer: "ef", Number: 0, ThisUpdate: t0, NextUpdate: t0.Add(time.Hour), DER: []byte{1}}},
+		{"crl empty", CmdCRLPublish, &CRLPublishRequest{Issuer: "abcd", Number: 2, ThisUpdate: t0, NextUpdate: t0.Add(time.Hour)}},
+		{"issuer bad addr", CmdIssuerUpsert, &IssuerUpsertRequest{Issuer: "abcd", Node: "ctl1", HTTPAddr: "ctl1:80"}},
+		{"issuer bad id", CmdIssuerUpsert, &IssuerUpsertRequest{Issuer: "XYZ", Node: "ctl1", HTTPAddr: "127.0.0.1:80"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			f := NewFSM(slog.Default(), nil)

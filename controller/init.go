@@ -17,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/govnet/govnet/api"
 	"github.com/govnet/govnet/ca"
 	"github.com/govnet/govnet/hsm"
 )
@@ -114,11 +115,13 @@ func Init(ctx context.Context, o InitOptions) error {
 	}
 	var people []bootstrapPerson
 	for _, p := range o.People {
-		serial, err := issuePerson(ctx, authority, p, o.PeopleDir)
+		cert, err := issuePerson(ctx, authority, p, o.PeopleDir)
 		if err != nil {
 			return err
 		}
-		people = append(people, bootstrapPerson{Name: p.Name, Role: p.Role, Serial: serial})
+		rec := certRecordOf(cert)
+		rec.Requester = "node:" + cfg.Node
+		people = append(people, bootstrapPerson{Name: p.Name, Role: p.Role, Serial: rec.Serial, Cert: &rec})
 	}
 	if err := writeJSONFile(cfg.pkiPath(bootstrapPeopleFile), people); err != nil {
 		return err
@@ -140,6 +143,9 @@ type bootstrapPerson struct {
 	Name   string `json:"name"`
 	Role   string `json:"role"`
 	Serial string `json:"serial"`
+	// Cert is the inventory record of the person's certificate, which
+	// the first leader records with the person.
+	Cert *api.Certificate `json:"cert,omitempty"`
 }
 
 func writeJSONFile(path string, v any) error {
@@ -370,29 +376,29 @@ func FinishJoin(ctx context.Context, cfg Config, bundle []byte, now time.Time) e
 
 // issuePerson creates a key pair on this machine for a bootstrap person and
 // writes <dir>/<name>.key (0600) and <dir>/<name>.crt (the chain).
-func issuePerson(ctx context.Context, authority *ca.CA, p Person, dir string) (serial string, err error) {
+func issuePerson(ctx context.Context, authority *ca.CA, p Person, dir string) (*x509.Certificate, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	csr, err := ca.NewCSR(key, p.Name)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	chain, err := authority.Issue(ctx, csr, ca.PersonProfile(p.Name, p.Role))
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	der, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return "", err
+		return nil, err
 	}
 	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
 	if err := os.WriteFile(filepath.Join(dir, p.Name+".key"), keyPEM, 0o600); err != nil {
-		return "", err
+		return nil, err
 	}
-	return ca.Serial(chain[0]), os.WriteFile(filepath.Join(dir, p.Name+".crt"), ca.EncodePEM(chain...), 0o644)
+	return chain[0], os.WriteFile(filepath.Join(dir, p.Name+".crt"), ca.EncodePEM(chain...), 0o644)
 }

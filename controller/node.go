@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/big"
 	"net"
 	"net/http"
 	"net/netip"
@@ -53,7 +54,14 @@ type Node struct {
 	ln     net.Listener
 	srv    *http.Server
 	cancel context.CancelFunc
-	wg     sync.WaitGroup
+
+	// The plain-HTTP listener for CRLs and OCSP, and this node's issuer.
+	httpLn   net.Listener
+	httpSrv  *http.Server
+	issuerID string
+	ocsp     *ca.OCSPResponder
+	crlWake  chan struct{} // a command was applied: is the CRL behind?
+	wg       sync.WaitGroup
 }
 
 // Start opens the HSM, loads the CA, starts raft (bootstrapping a
@@ -63,12 +71,16 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Node, err erro
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
-	n := &Node{cfg: cfg, log: log, now: time.Now, limits: newLimiter(cfg.RateLimit, time.Now)}
+	n := &Node{cfg: cfg, log: log, now: time.Now, limits: newLimiter(cfg.RateLimit, time.Now), crlWake: make(chan struct{}, 1)}
 	defer func() {
 		if err != nil {
 			n.Close()
 		}
 	}()
+	// The revocation listener comes first: certificates name its address.
+	if err := n.listenHTTP(); err != nil {
+		return nil, err
+	}
 	if err := n.openCA(); err != nil {
 		return nil, err
 	}
@@ -81,7 +93,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Node, err erro
 	if err := n.serve(); err != nil {
 		return nil, err
 	}
-	n.wg.Add(2)
+	n.serveHTTP()
+	n.wg.Add(3)
+	go func() { defer n.wg.Done(); n.issuerDuties(ctx) }()
 	go func() { defer n.wg.Done(); n.leaderDuties(ctx) }()
 	go func() { defer n.wg.Done(); n.autoJoin(ctx) }()
 	return n, nil
@@ -115,9 +129,13 @@ func (n *Node) openCA() error {
 	if err != nil {
 		return err
 	}
-	if n.ca, err = ca.New(root, inter, interKey); err != nil {
+	if n.ca, err = ca.New(root, inter, interKey, ca.WithProfiles(n.cfg.profiles()), ca.WithRevocationURLs(n.revocationURLs())); err != nil {
 		return err
 	}
+	n.issuerID = ca.IssuerID(inter)
+	n.ocsp = n.ca.OCSPResponder(func(_ context.Context, serial *big.Int) (ca.CertStatus, error) {
+		return n.State().CertStatus(n.issuerID, serial), nil
+	})
 	n.tls = tls.Certificate{Certificate: [][]byte{node.Raw, inter.Raw}, PrivateKey: tlsKey, Leaf: node}
 	n.roots = x509.NewCertPool()
 	n.roots.AddCert(root)
@@ -201,7 +219,13 @@ func (n *Node) startRaft() error {
 	n.stores = append(n.stores, closerFunc(trans.Close))
 
 	var hub *viewHub
-	n.fsm = NewFSM(n.log, func(uint64, CommandType) { hub.changed() })
+	n.fsm = NewFSM(n.log, func(uint64, CommandType) {
+		hub.changed()
+		select {
+		case n.crlWake <- struct{}{}:
+		default:
+		}
+	})
 	hub = newViewHub(n.fsm.State(), n.log)
 	n.hub = hub
 
@@ -423,6 +447,11 @@ func (n *Node) Close() error {
 		_ = n.srv.Shutdown(ctx) // streams are long-lived: close what remains
 		cancel()
 		errs = append(errs, ignoreClosed(n.srv.Close()))
+	}
+	if n.httpSrv != nil {
+		errs = append(errs, ignoreClosed(n.httpSrv.Close()))
+	} else if n.httpLn != nil {
+		n.httpLn.Close()
 	}
 	if n.cancel != nil {
 		n.cancel()

@@ -56,6 +56,19 @@ func (n *Node) registerBootstrap(ctx context.Context) {
 		n.log.Error("bootstrap people", "err", err)
 		return
 	}
+	var certs []api.Certificate
+	for _, p := range people {
+		if p.Cert != nil {
+			certs = append(certs, *p.Cert)
+		}
+	}
+	if len(certs) > 0 {
+		_, err := n.submit(ctx, CmdCertRecord, &CertRecordRequest{Meta: n.meta("node:" + n.cfg.Node), Certs: certs})
+		if err != nil && !errors.Is(err, ErrConflict) {
+			n.log.Error("record bootstrap certificates", "err", err)
+			return
+		}
+	}
 	for _, p := range people {
 		req := &PersonUpsertRequest{Meta: n.meta("node:" + n.cfg.Node), Name: p.Name, Role: p.Role, Serial: p.Serial, Status: api.PersonActive}
 		if _, err := n.submit(ctx, CmdPersonUpsert, req); err != nil {
@@ -122,6 +135,21 @@ func (n *Node) handleRequestCreate(w http.ResponseWriter, r *http.Request, id ca
 	req := &RequestCreateRequest{Meta: n.meta(id.Name), Role: id.Role, Kind: rc.Kind, Gateway: rc.Gateway,
 		PolicyName: rc.PolicyName, PolicySource: rc.PolicySource, Reason: rc.Reason}
 	switch rc.Kind {
+	case api.RequestRevoke:
+		if rc.Serial != "" {
+			if req.Serial = normSerial(rc.Serial); req.Serial == "" {
+				writeError(w, http.StatusBadRequest, fmt.Sprintf("serial %q: want the serial in hex", rc.Serial))
+				return
+			}
+		}
+		if rc.RevocationReason != "" {
+			reason, err := ca.ParseReason(rc.RevocationReason)
+			if err != nil {
+				writeError(w, http.StatusBadRequest, err.Error())
+				return
+			}
+			req.ReasonCode = int(reason)
+		}
 	case api.RequestToken:
 		req.TTL = time.Hour
 		if rc.TTL != "" {

@@ -70,6 +70,7 @@ func (n *Node) routes() http.Handler {
 	mux.HandleFunc("POST /v1/enroll", n.handleEnroll)
 	mux.HandleFunc("GET /v1/watch", n.gateway(n.handleWatch))
 	mux.HandleFunc("POST /v1/report", n.gateway(n.handleReport))
+	mux.HandleFunc("POST /v1/renew", n.gateway(n.handleRenew))
 	anyone := []string{ca.RoleOperator, ca.RoleOfficer, ca.RoleAuditor}
 	mux.HandleFunc("GET /v1/agencies", n.person(anyone, n.handleAgencies))
 	mux.HandleFunc("POST /v1/agencies", n.person([]string{ca.RoleOperator}, n.handleAgencyAdd))
@@ -80,6 +81,9 @@ func (n *Node) routes() http.Handler {
 	mux.HandleFunc("GET /v1/policy", n.person(anyone, n.handlePolicy))
 	mux.HandleFunc("GET /v1/cluster/status", n.person(anyone, n.handleClusterStatus))
 	mux.HandleFunc("PUT /v1/policy", n.person([]string{ca.RoleOfficer}, n.handlePolicyPublish))
+	mux.HandleFunc("GET /v1/certificates", n.person(anyone, n.handleCertificates))
+	mux.HandleFunc("GET /v1/certificates/{serial}", n.person(anyone, n.handleCertificate))
+	mux.HandleFunc("POST /v1/revoke", n.person([]string{ca.RoleOfficer}, n.handleRevoke))
 
 	mux.HandleFunc("POST /v1/cluster/members", n.handleJoin)
 	mux.HandleFunc("DELETE /v1/cluster/members/{node}", n.person([]string{ca.RoleOperator}, n.handleRemove))
@@ -158,7 +162,9 @@ func (n *Node) person(roles []string, h handler) http.HandlerFunc {
 	}
 }
 
-// gateway admits an enrolled gateway presenting its current certificate.
+// gateway admits an enrolled gateway presenting its current certificate:
+// a revoked gateway, or one of its certificates that a renewal replaced,
+// is refused. (An expired certificate fails the TLS handshake already.)
 func (n *Node) gateway(h handler) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		id, ok := identity(r)
@@ -168,7 +174,15 @@ func (n *Node) gateway(h handler) http.HandlerFunc {
 		}
 		g, ok := n.State().Gateway(id.Name)
 		if !ok || g.Status != api.StatusEnrolled {
-			writeError(w, http.StatusForbidden, fmt.Sprintf("gateway %s is not enrolled", id.Name))
+			status := "not enrolled"
+			if ok {
+				status = "not enrolled (" + g.Status + ")"
+			}
+			writeError(w, http.StatusForbidden, fmt.Sprintf("gateway %s is %s", id.Name, status))
+			return
+		}
+		if serial := ca.Serial(r.TLS.VerifiedChains[0][0]); serial != g.CertSerial {
+			writeError(w, http.StatusForbidden, fmt.Sprintf("certificate %s is not gateway %s's current certificate (%s)", serial, id.Name, g.CertSerial))
 			return
 		}
 		h(w, r, id)
@@ -225,6 +239,7 @@ func (n *Node) handleEnroll(w http.ResponseWriter, r *http.Request) {
 		n.fail(w, err)
 		return
 	}
+	rec := n.certRecord(chain[0])
 	_, err = n.submit(r.Context(), CmdGatewayEnroll, &GatewayEnrollRequest{
 		Meta:        n.meta("gateway:" + gw.ID),
 		Gateway:     gw.ID,
@@ -233,6 +248,7 @@ func (n *Node) handleEnroll(w http.ResponseWriter, r *http.Request) {
 		Endpoint:    req.Endpoint,
 		CertSerial:  ca.Serial(chain[0]),
 		CertExpires: chain[0].NotAfter.UTC(),
+		Cert:        &rec,
 	})
 	if err != nil {
 		n.fail(w, err)
@@ -268,14 +284,15 @@ func (n *Node) handleWatch(w http.ResponseWriter, r *http.Request, id ca.Identit
 	tick := time.NewTicker(heartbeat)
 	defer tick.Stop()
 	for {
+		if g, ok := n.State().Gateway(id.Name); !ok || g.Status != api.StatusEnrolled {
+			return // revoked or removed: the stream ends
+		}
 		if v, ok := n.hub.view(id.Name); ok && v.RaftIndex > since {
 			if err := enc.Encode(v); err != nil {
 				return
 			}
 			flusher.Flush()
 			since = v.RaftIndex
-		} else if g, ok := n.State().Gateway(id.Name); !ok || g.Status != api.StatusEnrolled {
-			return // revoked or removed: the stream ends
 		}
 		select {
 		case <-r.Context().Done():

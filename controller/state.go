@@ -16,6 +16,7 @@ import (
 
 	"github.com/govnet/govnet/agency"
 	"github.com/govnet/govnet/api"
+	"github.com/govnet/govnet/ca"
 )
 
 // Errors from the state machine that callers decide on.
@@ -33,6 +34,9 @@ type tokenRecord struct {
 	Expires time.Time `json:"expires"`
 	Used    bool      `json:"used"`
 	Issuer  string    `json:"issuer"`
+	// Requester asked for the token in a four-eyes request that Issuer
+	// approved; empty for a one-step token.
+	Requester string `json:"requester,omitempty"`
 }
 
 // State is the replicated registry. Only the FSM writes it; readers take
@@ -43,13 +47,17 @@ type State struct {
 	overlay   netip.Prefix
 	agencies  map[string]*api.Agency
 	gateways  map[string]*api.Gateway
-	tokens    map[string]*tokenRecord // by hash
-	policies  []api.Policy            // every published version, oldest first
-	addrInUse map[netip.Addr]string   // overlay address -> gateway
-	members   map[string]*api.Member  // controller nodes by name
-	people    map[string]*api.Person  // by name
-	requests  map[string]*request     // four-eyes requests by id
-	audit     []api.AuditEntry        // the hash chain, one entry per committed command
+	tokens    map[string]*tokenRecord     // by hash
+	policies  []api.Policy                // every published version, oldest first
+	addrInUse map[netip.Addr]string       // overlay address -> gateway
+	members   map[string]*api.Member      // controller nodes by name
+	people    map[string]*api.Person      // by name
+	requests  map[string]*request         // four-eyes requests by id
+	audit     []api.AuditEntry            // the hash chain, one entry per committed command
+	certs     map[string]*api.Certificate // the certificate inventory by serial
+	issuers   map[string]*issuerRecord    // intermediates: where they live, their CRLs
+
+	applying uint64 // raft index of the command being applied
 
 	applied chan struct{} // closed and replaced whenever index moves
 }
@@ -63,6 +71,8 @@ func newState() *State {
 		members:   map[string]*api.Member{},
 		people:    map[string]*api.Person{},
 		requests:  map[string]*request{},
+		certs:     map[string]*api.Certificate{},
+		issuers:   map[string]*issuerRecord{},
 		applied:   make(chan struct{}),
 	}
 }
@@ -307,9 +317,24 @@ func (s *State) applyGatewayEnroll(r *GatewayEnrollRequest) error {
 			return fmt.Errorf("%w: WireGuard key is already used by gateway %s", ErrConflict, other.ID)
 		}
 	}
+	if c := r.Cert; c != nil {
+		if c.Serial != r.CertSerial || c.Kind != ca.KindGateway || c.Gateway != g.ID {
+			return fmt.Errorf("%w: the certificate record is not gateway %s's certificate %s", ErrBadRequest, g.ID, r.CertSerial)
+		}
+		if err := s.checkCert(c); err != nil {
+			return err
+		}
+	}
 	addr, err := s.allocate()
 	if err != nil {
 		return err
+	}
+	if c := r.Cert; c != nil {
+		rec := *c
+		// Who asked for and who approved the token are who asked for and
+		// approved this certificate.
+		rec.Requester, rec.Approver = cmp.Or(t.Requester, t.Issuer), t.Issuer
+		s.addCert(rec, r.At, r.Actor)
 	}
 	t.Used = true
 	s.addrInUse[addr] = g.ID
@@ -394,7 +419,8 @@ func (s *State) applyMemberRemove(r *MemberRemoveRequest) error {
 // request is a four-eyes request as the state keeps it.
 type request struct {
 	api.Request
-	TTLDur time.Duration `json:"ttl_ns,omitempty"`
+	TTLDur     time.Duration `json:"ttl_ns,omitempty"`
+	ReasonCode int           `json:"reason_code,omitempty"` // revocations
 }
 
 // People returns the registry of people sorted by name.
@@ -505,7 +531,7 @@ func (s *State) applyRequestCreate(r *RequestCreateRequest) error {
 			return fmt.Errorf("%w: ttl %s: want up to %s", ErrBadRequest, r.TTL, maxTokenTTL)
 		}
 	case api.RequestRevoke:
-		if err := s.canRevoke(r.Gateway); err != nil {
+		if _, err := s.checkRevoke(r.Serial, r.Gateway, r.ReasonCode); err != nil {
 			return err
 		}
 	case api.RequestPolicy:
@@ -515,8 +541,11 @@ func (s *State) applyRequestCreate(r *RequestCreateRequest) error {
 	}
 	req := &request{Request: api.Request{
 		ID: r.ID, Kind: r.Kind, Gateway: r.Gateway, PolicyName: r.PolicyName, PolicySource: r.PolicySource,
-		Reason: r.Reason, Requester: r.Actor, Created: r.At, Status: api.RequestPending,
-	}, TTLDur: r.TTL}
+		Reason: r.Reason, Requester: r.Actor, Created: r.At, Status: api.RequestPending, Serial: r.Serial,
+	}, TTLDur: r.TTL, ReasonCode: r.ReasonCode}
+	if r.Kind == api.RequestRevoke {
+		req.RevocationReason = ca.Reason(r.ReasonCode).String()
+	}
 	if r.TTL > 0 {
 		req.TTL = r.TTL.String()
 	}
@@ -562,6 +591,7 @@ func (s *State) applyRequestDecide(r *RequestDecideRequest) error {
 	}
 	if r.Approve {
 		// Check everything before changing anything.
+		var revoke []*api.Certificate
 		switch req.Kind {
 		case api.RequestToken:
 			if err := s.canIssueToken(req.Gateway); err != nil {
@@ -574,17 +604,18 @@ func (s *State) applyRequestDecide(r *RequestDecideRequest) error {
 				return fmt.Errorf("%w: token exists", ErrConflict)
 			}
 		case api.RequestRevoke:
-			if err := s.canRevoke(req.Gateway); err != nil {
+			var err error
+			if revoke, err = s.checkRevoke(req.Serial, req.Gateway, req.ReasonCode); err != nil {
 				return err
 			}
 		}
 		switch req.Kind {
 		case api.RequestToken:
-			s.tokens[r.TokenHash] = &tokenRecord{Gateway: req.Gateway, Hash: r.TokenHash, Expires: r.At.Add(req.TTLDur), Issuer: r.Actor}
+			s.tokens[r.TokenHash] = &tokenRecord{Gateway: req.Gateway, Hash: r.TokenHash, Expires: r.At.Add(req.TTLDur), Issuer: r.Actor, Requester: req.Requester}
 		case api.RequestPolicy:
 			req.PolicyVersion = s.publish(req.PolicySource, r.Actor, r.At)
 		case api.RequestRevoke:
-			s.gateways[req.Gateway].Status = api.StatusRevoked
+			s.revoke(revoke, req.Gateway, req.ReasonCode, r.At, r.Actor, s.applying)
 		}
 		req.Status = api.RequestApproved
 	} else {
@@ -626,6 +657,8 @@ type auditFields struct {
 	Node    string    `json:"node"`
 	ID      string    `json:"id"`
 	Name    string    `json:"name"`
+	Serial  string    `json:"serial"`
+	Issuer  string    `json:"issuer"`
 }
 
 // auditEntry prepares the entry for a command about to be applied (the
@@ -646,7 +679,7 @@ func (s *State) auditEntry(index uint64, t CommandType, data []byte) api.AuditEn
 		}
 	}
 	object := f.Gateway
-	for _, o := range []string{f.Code, f.Node, f.ID, f.Name} {
+	for _, o := range []string{f.Code, f.Node, f.ID, f.Name, f.Serial, f.Issuer} {
 		if object == "" {
 			object = o
 		}

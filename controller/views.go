@@ -25,6 +25,10 @@ type viewHub struct {
 	views   map[string]*api.View
 	subs    map[string]map[chan struct{}]struct{}
 	compErr error // why the last compile failed, if it did
+	// computed is the raft index the views were last compiled at;
+	// compiled is closed and replaced after every compile.
+	computed uint64
+	compiled chan struct{}
 
 	polVersion uint64
 	pol        *policy.Policy
@@ -32,11 +36,12 @@ type viewHub struct {
 
 func newViewHub(state *State, log *slog.Logger) *viewHub {
 	return &viewHub{
-		state:   state,
-		log:     log,
-		trigger: make(chan struct{}, 1),
-		views:   map[string]*api.View{},
-		subs:    map[string]map[chan struct{}]struct{}{},
+		state:    state,
+		log:      log,
+		trigger:  make(chan struct{}, 1),
+		views:    map[string]*api.View{},
+		subs:     map[string]map[chan struct{}]struct{}{},
+		compiled: make(chan struct{}),
 	}
 }
 
@@ -73,6 +78,7 @@ func (h *viewHub) recompute() error {
 	}
 	s.mu.RUnlock()
 	reg := &policy.Registry{Agencies: s.Agencies(), Gateways: s.Gateways()}
+	h.wakeUnenrolled(reg.Gateways)
 
 	views := map[string]*api.View{}
 	if cur.Version == 0 {
@@ -123,7 +129,60 @@ func (h *viewHub) recompute() error {
 			h.notify(id)
 		}
 	}
+	h.computed = index
+	close(h.compiled)
+	h.compiled = make(chan struct{})
 	return nil
+}
+
+// wakeUnenrolled wakes the streams of gateways that are no longer
+// enrolled (revoked, decommissioned), so that they end now, whether or
+// not the compile that follows succeeds.
+func (h *viewHub) wakeUnenrolled(gws []api.Gateway) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.subs) == 0 {
+		return
+	}
+	for _, g := range gws {
+		if g.Status != api.StatusEnrolled && h.subs[g.ID] != nil {
+			h.notify(g.ID)
+		}
+	}
+}
+
+// waitGone returns once views compiled at index or later give gateway
+// id to no gateway, and id has no view of its own.
+func (h *viewHub) waitGone(ctx context.Context, id string, index uint64) error {
+	for {
+		h.mu.Lock()
+		done, ch := h.computed >= index && !h.inAnyView(id), h.compiled
+		h.mu.Unlock()
+		if done {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for gateway %s to leave every view: %w", id, ctx.Err())
+		case <-ch:
+		}
+	}
+}
+
+// inAnyView says whether gateway id has a view or is any view's peer; h.mu
+// must be held.
+func (h *viewHub) inAnyView(id string) bool {
+	if _, ok := h.views[id]; ok {
+		return true
+	}
+	for _, v := range h.views {
+		for _, p := range v.Peers {
+			if p.Gateway == id {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func (h *viewHub) fail(err error) error {

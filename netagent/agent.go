@@ -39,10 +39,14 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("config: %w", err)
 	}
+	if err := finishRenewal(cfg); err != nil {
+		log.Warn("complete an interrupted certificate renewal", "err", err)
+	}
 	id, wgKey, tlsCfg, err := loadIdentity(cfg)
 	if err != nil {
 		return err
 	}
+	tlsCfg = reloadingClientCert(cfg, tlsCfg) // a renewed certificate is presented without a restart
 	log = log.With("gateway", id.Gateway, "agency", id.Agency)
 	a := &Agent{cfg: cfg, log: log, id: id}
 	for _, u := range cfg.endpoints() {
@@ -79,8 +83,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 
 	var wg sync.WaitGroup
-	wg.Add(1)
+	wg.Add(2)
 	go func() { defer wg.Done(); a.reconcileLoop(ctx) }()
+	go func() { defer wg.Done(); a.renewLoop(ctx) }()
 	a.watchLoop(ctx)
 	wg.Wait()
 	return nil

@@ -87,7 +87,7 @@ func main() {
 	pf.StringVar(&a.cfg.Key, "key", "", "your private key (PEM)")
 	pf.StringVarP(&a.output, "output", "o", "table", "output format: table or json")
 	root.AddCommand(a.agencyCmd(), a.gatewayCmd(), a.policyCmd(), a.clusterCmd())
-	root.AddCommand(a.personCmd(), a.requestCmd(), a.auditCmd())
+	root.AddCommand(a.personCmd(), a.requestCmd(), a.auditCmd(), a.certCmd())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "govnetctl:", err)
 		os.Exit(1)

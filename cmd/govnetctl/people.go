@@ -120,17 +120,28 @@ func (a *app) requestCmd() *cobra.Command {
 			})
 		},
 	}
+	var revSerial, revReason string
 	revoke := &cobra.Command{
-		Use:     "revoke GATEWAY",
-		Short:   "Ask for a gateway to be revoked",
-		Example: "  govnetctl request revoke h29-gw1 --reason 'stolen'",
-		Args:    cobra.ExactArgs(1),
+		Use:   "revoke [GATEWAY | --serial SERIAL] [--revocation-reason REASON]",
+		Short: "Ask for a gateway, and every certificate it holds, or one certificate to be revoked",
+		Example: "  govnetctl request revoke h29-gw1 --revocation-reason keyCompromise --reason 'stolen'\n" +
+			"  govnetctl request revoke --serial 5cfdc3e55583fedb1e12658813d367e4 --revocation-reason superseded",
+		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			rc := api.RequestCreate{Kind: api.RequestRevoke, Serial: revSerial, RevocationReason: revReason, Reason: reason}
+			if len(args) == 1 {
+				rc.Gateway = args[0]
+			}
+			if (rc.Gateway == "") == (rc.Serial == "") {
+				return fmt.Errorf("name a gateway or a --serial, not both")
+			}
 			return a.call(cmd, func(ctx context.Context, c *api.Client) error {
-				return create(ctx, c, api.RequestCreate{Kind: api.RequestRevoke, Gateway: args[0], Reason: reason})
+				return create(ctx, c, rc)
 			})
 		},
 	}
+	revoke.Flags().StringVar(&revSerial, "serial", "", "the certificate serial (hex) to revoke instead of a gateway")
+	revoke.Flags().StringVar(&revReason, "revocation-reason", "", "RFC 5280 reason: keyCompromise, affiliationChanged, superseded, cessationOfOperation, privilegeWithdrawn, ... (default unspecified)")
 	for _, c := range []*cobra.Command{token, policy, revoke} {
 		c.Flags().StringVar(&reason, "reason", "", "why, for the approver and the audit log")
 	}

@@ -53,6 +53,9 @@ func bindConfig(fs *pflag.FlagSet, c *controller.Config) {
 	fs.DurationVar(&c.Raft.ElectionTimeout, "raft-election-timeout", c.Raft.ElectionTimeout, "raft election timeout")
 	fs.DurationVar(&c.Raft.LeaderLeaseTimeout, "raft-leader-lease-timeout", c.Raft.LeaderLeaseTimeout, "raft leader lease timeout")
 	fs.StringSliceVar(&c.Join, "join-addr", c.Join, "API host:port of a running member to ask to add this node (config key join; repeatable)")
+	fs.StringVar(&c.HTTPAddr, "http-addr", c.HTTPAddr, "host:port of the plain-HTTP CRL and OCSP listener (default: the API host, the next port)")
+	fs.StringVar(&c.RevocationURL, "revocation-url", c.RevocationURL, "base URL certificates name for CRLs and OCSP (default http://<http-addr>)")
+	fs.DurationVar(&c.Profiles.Gateway, "gateway-cert-lifetime", c.Profiles.Gateway, "lifetime of gateway certificates (0: 24h)")
 	fs.BoolVar(&c.FourEyes, "four-eyes", c.FourEyes, "refuse one-step tokens and policy publication: require a request approved by another officer")
 	fs.Float64Var(&c.RateLimit, "rate-limit", c.RateLimit, "requests per second per client (0: 100)")
 }

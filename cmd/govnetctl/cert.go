@@ -1,0 +1,144 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/govnet/govnet/api"
+	"github.com/spf13/cobra"
+)
+
+func (a *app) certCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "cert", Short: "The certificate inventory: list, show, revoke"}
+	var agency, expiring string
+	var revoked bool
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List every certificate the CA issued (any node answers, from its replicated state)",
+		Example: "  govnetctl cert list --agency 000.00.00.H29\n" +
+			"  govnetctl cert list --revoked -o json\n" +
+			"  govnetctl cert list --expiring 7d",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			q := url.Values{}
+			if agency != "" {
+				q.Set("agency", agency)
+			}
+			if revoked {
+				q.Set("revoked", "true")
+			}
+			if expiring != "" {
+				q.Set("expiring", expiring)
+			}
+			return a.call(cmd, func(ctx context.Context, c *api.Client) error {
+				certs, err := c.Certificates(ctx, q)
+				if err != nil {
+					return err
+				}
+				return a.print(certs, certHeader, func(w io.Writer) {
+					for _, ct := range certs {
+						certRow(w, ct)
+					}
+				})
+			})
+		},
+	}
+	list.Flags().StringVar(&agency, "agency", "", "only certificates of this agency's gateways")
+	list.Flags().BoolVar(&revoked, "revoked", false, "only revoked certificates")
+	list.Flags().StringVar(&expiring, "expiring", "", "only valid certificates that expire within this long (7d, 36h)")
+	show := &cobra.Command{
+		Use:     "show SERIAL",
+		Short:   "Show one certificate of the inventory",
+		Example: "  govnetctl cert show 5cfdc3e55583fedb1e12658813d367e4 -o json",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.call(cmd, func(ctx context.Context, c *api.Client) error {
+				ct, err := c.Certificate(ctx, args[0])
+				if err != nil {
+					return err
+				}
+				return a.print(ct, "FIELD\tVALUE", func(w io.Writer) { certDetail(w, *ct) })
+			})
+		},
+	}
+	var gateway, reason string
+	revoke := &cobra.Command{
+		Use:   "revoke [SERIAL | --gateway ID] --reason REASON",
+		Short: "Revoke a certificate, or a gateway and its certificates, in one step (officer; four-eyes: use `request revoke`)",
+		Long: "Revoking a gateway, or its current certificate, ends its streams on every node, removes it from\n" +
+			"every peer's view and puts its certificates in its issuer's next CRL, which is signed at once.\n" +
+			"Reasons are RFC 5280 names: unspecified, keyCompromise, cACompromise, affiliationChanged,\n" +
+			"superseded, cessationOfOperation, privilegeWithdrawn.",
+		Example: "  govnetctl cert revoke --gateway h29-gw1 --reason keyCompromise\n" +
+			"  govnetctl cert revoke 5cfdc3e55583fedb1e12658813d367e4 --reason superseded",
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			req := api.RevokeRequest{Gateway: gateway, Reason: reason}
+			if len(args) == 1 {
+				req.Serial = args[0]
+			}
+			if (req.Serial == "") == (req.Gateway == "") {
+				return fmt.Errorf("name a SERIAL or a --gateway, not both")
+			}
+			return a.call(cmd, func(ctx context.Context, c *api.Client) error {
+				res, err := c.Revoke(ctx, req)
+				if err != nil {
+					return err
+				}
+				return a.print(res, certHeader, func(w io.Writer) {
+					for _, ct := range res.Certificates {
+						certRow(w, ct)
+					}
+					if res.Gateway != "" {
+						fmt.Fprintf(w, "\ngateway %s revoked at raft index %d; gone from every view after %v\n", res.Gateway, res.RaftIndex, res.Enforced.Round(time.Microsecond))
+					}
+				})
+			})
+		},
+	}
+	revoke.Flags().StringVar(&gateway, "gateway", "", "revoke this gateway and every valid certificate it holds")
+	revoke.Flags().StringVar(&reason, "reason", "unspecified", "RFC 5280 revocation reason")
+	cmd.AddCommand(list, show, revoke)
+	return cmd
+}
+
+const certHeader = "SERIAL\tKIND\tSUBJECT\tAGENCY/ROLE\tNOT AFTER\tSTATUS\tREASON"
+
+func certRow(w io.Writer, c api.Certificate) {
+	fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", c.Serial, c.Kind, c.Subject, dash(c.Agency+c.Role),
+		c.NotAfter.Format(time.RFC3339), c.Status, dash(c.ReasonName))
+}
+
+func certDetail(w io.Writer, c api.Certificate) {
+	row := func(k, v string) { fmt.Fprintf(w, "%s\t%s\n", k, dash(v)) }
+	ts := func(t time.Time) string {
+		if t.IsZero() {
+			return ""
+		}
+		return t.Format(time.RFC3339)
+	}
+	row("serial", c.Serial)
+	row("kind", c.Kind)
+	row("subject", c.Subject)
+	row("gateway", c.Gateway)
+	row("agency", c.Agency)
+	row("role", c.Role)
+	row("sans", strings.Join(c.SANs, ", "))
+	row("issuer", c.Issuer)
+	row("not before", ts(c.NotBefore))
+	row("not after", ts(c.NotAfter))
+	row("requester", c.Requester)
+	row("approver", c.Approver)
+	row("recorded", ts(c.Issued))
+	row("status", c.Status)
+	if c.Status == api.CertRevoked {
+		row("revoked at", ts(c.RevokedAt))
+		row("reason", c.ReasonName+" ("+strconv.Itoa(c.Reason)+")")
+		row("revoked by", c.RevokedBy)
+	}
+}

@@ -1,0 +1,364 @@
+package controller
+
+import (
+	"fmt"
+	"math/big"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/govnet/govnet/api"
+	"github.com/govnet/govnet/ca"
+)
+
+// The certificate inventory lives in the replicated state: every node
+// answers `cert list|show` and OCSP from it, and every issuer's latest
+// CRL is stored beside it.
+//
+// CRLs: only the node whose HSM holds an intermediate's key can sign that
+// issuer's CRL. That node signs a new one whenever a revocation concerning
+// its issuer commits (and at least every crlRefresh), and commits the DER
+// with CmdCRLPublish; the CRL number is the issuer's last number plus one,
+// kept in raft, so it only grows whichever node restarts. Every node then
+// serves every issuer's CRL from its own state, so a relying party can
+// fetch any CRL from any node, even while the issuing node is down (the
+// last CRL stays valid until its nextUpdate, at most 24 h).
+//
+// OCSP answers must be signed by the issuer's key, so each node answers
+// for its own issuer and proxies requests about another issuer to the
+// node that holds it (issuer records, CmdIssuerUpsert).
+
+// issuerRecord is what the state knows of one intermediate.
+type issuerRecord struct {
+	Issuer   string `json:"issuer"`
+	Node     string `json:"node,omitempty"`
+	HTTPAddr string `json:"http_addr,omitempty"`
+	// LastRevocation is the raft index of the last revocation of one of
+	// its certificates; the CRL is current when CRL.Covers reaches it.
+	LastRevocation uint64     `json:"last_revocation,omitempty"`
+	CRL            *crlRecord `json:"crl,omitempty"`
+}
+
+type crlRecord struct {
+	Number     uint64    `json:"number"`
+	Covers     uint64    `json:"covers"`
+	ThisUpdate time.Time `json:"this_update"`
+	NextUpdate time.Time `json:"next_update"`
+	DER        []byte    `json:"der"`
+}
+
+// CertFilter selects certificates for Certificates.
+type CertFilter struct {
+	Agency   string        // gateways of this agency
+	Revoked  bool          // only revoked certificates
+	Expiring time.Duration // only valid ones that expire within this long of Now
+	Now      time.Time
+}
+
+// Certificates returns the inventory sorted by issue time, then serial.
+func (s *State) Certificates(f CertFilter) []api.Certificate {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := []api.Certificate{}
+	for _, c := range s.certs {
+		switch {
+		case f.Agency != "" && c.Agency != f.Agency:
+			continue
+		case f.Revoked && c.Status != api.CertRevoked:
+			continue
+		case f.Expiring > 0 && (c.Status != api.CertValid || !c.NotAfter.After(f.Now) || c.NotAfter.After(f.Now.Add(f.Expiring))):
+			continue
+		}
+		out = append(out, copyCert(c))
+	}
+	slices.SortFunc(out, func(a, b api.Certificate) int {
+		if c := a.Issued.Compare(b.Issued); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Serial, b.Serial)
+	})
+	return out
+}
+
+// Certificate returns one certificate by serial (hex, any case, leading
+// zeros ignored).
+func (s *State) Certificate(serial string) (api.Certificate, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	c, ok := s.certs[normSerial(serial)]
+	if !ok {
+		return api.Certificate{}, false
+	}
+	return copyCert(c), true
+}
+
+func copyCert(c *api.Certificate) api.Certificate {
+	out := *c
+	out.SANs = slices.Clone(c.SANs)
+	return out
+}
+
+// normSerial renders a hex serial the way ca.Serial does ("" if it is not hex).
+func normSerial(s string) string {
+	n, ok := new(big.Int).SetString(strings.TrimPrefix(strings.ToLower(s), "0x"), 16)
+	if !ok || n.Sign() <= 0 {
+		return ""
+	}
+	return n.Text(16)
+}
+
+// CertStatus answers OCSP for a serial of issuer.
+func (s *State) CertStatus(issuer string, serial *big.Int) ca.CertStatus {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	c, ok := s.certs[serial.Text(16)]
+	if !ok || c.Issuer != issuer {
+		return ca.CertStatus{State: ca.StateUnknown}
+	}
+	if c.Status == api.CertRevoked {
+		return ca.CertStatus{State: ca.StateRevoked, RevokedAt: c.RevokedAt, Reason: ca.Reason(c.Reason)}
+	}
+	return ca.CertStatus{State: ca.StateGood}
+}
+
+// issuer returns a copy of an issuer's record.
+func (s *State) issuer(id string) (issuerRecord, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	r, ok := s.issuers[id]
+	if !ok {
+		return issuerRecord{}, false
+	}
+	out := *r
+	if r.CRL != nil {
+		c := *r.CRL
+		out.CRL = &c
+	}
+	return out, true
+}
+
+// revokedOf returns the entries of issuer's next CRL: its revoked
+// certificates that have not expired at now, and the raft index of the
+// last revocation they reflect.
+func (s *State) revokedOf(issuer string, now time.Time) ([]ca.Revoked, uint64) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var out []ca.Revoked
+	for _, c := range s.certs {
+		if c.Issuer != issuer || c.Status != api.CertRevoked || !c.NotAfter.After(now) {
+			continue
+		}
+		serial, _ := new(big.Int).SetString(c.Serial, 16)
+		out = append(out, ca.Revoked{Serial: serial, At: c.RevokedAt, Reason: ca.Reason(c.Reason)})
+	}
+	var last uint64
+	if r, ok := s.issuers[issuer]; ok {
+		last = r.LastRevocation
+	}
+	return out, last
+}
+
+// checkCert validates a certificate record before it enters the inventory.
+func (s *State) checkCert(c *api.Certificate) error {
+	serial := normSerial(c.Serial)
+	switch {
+	case serial == "" || serial != c.Serial:
+		return fmt.Errorf("%w: certificate serial %q: want lowercase hex without leading zeros", ErrBadRequest, c.Serial)
+	case c.Kind != ca.KindGateway && c.Kind != ca.KindPerson && c.Kind != ca.KindNode:
+		return fmt.Errorf("%w: certificate %s: kind %q", ErrBadRequest, c.Serial, c.Kind)
+	case c.Issuer == "" || strings.Trim(c.Issuer, "0123456789abcdef") != "":
+		return fmt.Errorf("%w: certificate %s: issuer %q: want the issuer id in hex", ErrBadRequest, c.Serial, c.Issuer)
+	case !c.NotAfter.After(c.NotBefore):
+		return fmt.Errorf("%w: certificate %s: not after %s is not after not before %s", ErrBadRequest, c.Serial, c.NotAfter, c.NotBefore)
+	case c.Kind == ca.KindGateway && c.Gateway == "":
+		return fmt.Errorf("%w: gateway certificate %s names no gateway", ErrBadRequest, c.Serial)
+	}
+	if _, ok := s.certs[c.Serial]; ok {
+		return fmt.Errorf("%w: certificate %s is already recorded", ErrConflict, c.Serial)
+	}
+	return nil
+}
+
+// addCert records a checked certificate as valid.
+func (s *State) addCert(c api.Certificate, at time.Time, actor string) {
+	c.SANs = slices.Clone(c.SANs)
+	c.Status = api.CertValid
+	c.RevokedAt, c.Reason, c.ReasonName, c.RevokedBy = time.Time{}, 0, "", ""
+	c.Issued = at
+	if c.Requester == "" {
+		c.Requester = actor
+	}
+	s.certs[c.Serial] = &c
+}
+
+func (s *State) applyCertRecord(r *CertRecordRequest) error {
+	if len(r.Certs) == 0 {
+		return fmt.Errorf("%w: no certificates to record", ErrBadRequest)
+	}
+	seen := map[string]bool{}
+	for i := range r.Certs {
+		if err := s.checkCert(&r.Certs[i]); err != nil {
+			return err
+		}
+		if seen[r.Certs[i].Serial] {
+			return fmt.Errorf("%w: certificate %s listed twice", ErrBadRequest, r.Certs[i].Serial)
+		}
+		seen[r.Certs[i].Serial] = true
+	}
+	for _, c := range r.Certs {
+		s.addCert(c, r.At, r.Actor)
+	}
+	return nil
+}
+
+// checkRevoke says what a revocation would revoke, changing nothing.
+func (s *State) checkRevoke(serial, gateway string, reason int) ([]*api.Certificate, error) {
+	if !ca.Reason(reason).Valid() {
+		return nil, fmt.Errorf("%w: %w %d", ErrBadRequest, ca.ErrReason, reason)
+	}
+	switch {
+	case serial != "" && gateway != "":
+		return nil, fmt.Errorf("%w: revoke a serial or a gateway, not both", ErrBadRequest)
+	case gateway != "":
+		if err := s.canRevoke(gateway); err != nil {
+			return nil, err
+		}
+		var certs []*api.Certificate
+		for _, c := range s.certs {
+			if c.Gateway == gateway && c.Kind == ca.KindGateway && c.Status == api.CertValid {
+				certs = append(certs, c)
+			}
+		}
+		return certs, nil
+	case serial != "":
+		c, ok := s.certs[normSerial(serial)]
+		if !ok {
+			return nil, fmt.Errorf("%w: certificate %s is not in the inventory", ErrNotFound, serial)
+		}
+		if c.Status == api.CertRevoked {
+			return nil, fmt.Errorf("%w: certificate %s was already revoked", ErrConflict, c.Serial)
+		}
+		return []*api.Certificate{c}, nil
+	}
+	return nil, fmt.Errorf("%w: name a serial or a gateway to revoke", ErrBadRequest)
+}
+
+// revoke revokes what checkRevoke found: the certificates, the gateway
+// (named, or whose current certificate is revoked) and the person whose
+// registered certificate is revoked. index is the raft index of the
+// command, which tells each issuer's CRL publisher it is behind.
+func (s *State) revoke(certs []*api.Certificate, gateway string, reason int, at time.Time, actor string, index uint64) {
+	for _, c := range certs {
+		c.Status, c.RevokedAt, c.Reason, c.ReasonName, c.RevokedBy = api.CertRevoked, at, reason, ca.Reason(reason).String(), actor
+		if c.Kind == ca.KindGateway {
+			if g, ok := s.gateways[c.Gateway]; ok && g.CertSerial == c.Serial && g.Status == api.StatusEnrolled {
+				g.Status = api.StatusRevoked
+			}
+		}
+		if c.Kind == ca.KindPerson {
+			for _, p := range s.people {
+				if p.Serial == c.Serial {
+					p.Status = api.PersonRevoked
+				}
+			}
+		}
+		ir := s.issuers[c.Issuer]
+		if ir == nil {
+			ir = &issuerRecord{Issuer: c.Issuer}
+			s.issuers[c.Issuer] = ir
+		}
+		ir.LastRevocation = index
+	}
+	if gateway != "" {
+		s.gateways[gateway].Status = api.StatusRevoked
+	}
+}
+
+func (s *State) applyCertRevoke(r *CertRevokeRequest) error {
+	certs, err := s.checkRevoke(r.Serial, r.Gateway, r.Reason)
+	if err != nil {
+		return err
+	}
+	s.revoke(certs, r.Gateway, r.Reason, r.At, r.Actor, s.applying)
+	return nil
+}
+
+func (s *State) applyGatewayRenew(r *GatewayRenewRequest) error {
+	g, ok := s.gateways[r.Gateway]
+	if !ok {
+		return fmt.Errorf("%w: gateway %s", ErrNotFound, r.Gateway)
+	}
+	if g.Status != api.StatusEnrolled {
+		return fmt.Errorf("%w: gateway %s is %s, only enrolled gateways renew", ErrForbidden, g.ID, g.Status)
+	}
+	if g.CertSerial != r.OldSerial {
+		return fmt.Errorf("%w: certificate %s is not gateway %s's current certificate", ErrForbidden, r.OldSerial, g.ID)
+	}
+	if r.Cert.Kind != ca.KindGateway || r.Cert.Gateway != g.ID {
+		return fmt.Errorf("%w: renewed certificate is not a certificate of gateway %s", ErrBadRequest, g.ID)
+	}
+	if err := s.checkCert(&r.Cert); err != nil {
+		return err
+	}
+	s.addCert(r.Cert, r.At, r.Actor)
+	g.CertSerial, g.CertExpires = r.Cert.Serial, r.Cert.NotAfter
+	return nil
+}
+
+func (s *State) applyCRLPublish(r *CRLPublishRequest) error {
+	ir := s.issuers[r.Issuer]
+	switch {
+	case r.Issuer == "" || len(r.DER) == 0:
+		return fmt.Errorf("%w: a CRL needs its issuer and its DER", ErrBadRequest)
+	case !r.NextUpdate.After(r.ThisUpdate):
+		return fmt.Errorf("%w: CRL nextUpdate is not after thisUpdate", ErrBadRequest)
+	case ir != nil && ir.CRL != nil && r.Number <= ir.CRL.Number:
+		return fmt.Errorf("%w: CRL number %d of issuer %s: already at %d", ErrConflict, r.Number, r.Issuer, ir.CRL.Number)
+	case r.Number == 0:
+		return fmt.Errorf("%w: CRL numbers start at 1", ErrBadRequest)
+	}
+	if ir == nil {
+		ir = &issuerRecord{Issuer: r.Issuer}
+		s.issuers[r.Issuer] = ir
+	}
+	ir.CRL = &crlRecord{Number: r.Number, Covers: r.Covers, ThisUpdate: r.ThisUpdate, NextUpdate: r.NextUpdate, DER: slices.Clone(r.DER)}
+	return nil
+}
+
+func (s *State) applyIssuerUpsert(r *IssuerUpsertRequest) error {
+	if r.Issuer == "" || strings.Trim(r.Issuer, "0123456789abcdef") != "" {
+		return fmt.Errorf("%w: issuer %q: want the issuer id in hex", ErrBadRequest, r.Issuer)
+	}
+	if !validID(r.Node) {
+		return fmt.Errorf("%w: node name %q", ErrBadRequest, r.Node)
+	}
+	if _, err := netip.ParseAddrPort(r.HTTPAddr); err != nil {
+		return fmt.Errorf("%w: http_addr %q: want ip:port", ErrBadRequest, r.HTTPAddr)
+	}
+	ir := s.issuers[r.Issuer]
+	if ir == nil {
+		ir = &issuerRecord{Issuer: r.Issuer}
+		s.issuers[r.Issuer] = ir
+	}
+	ir.Node, ir.HTTPAddr = r.Node, r.HTTPAddr
+	return nil
+}
+
+func (s *State) certsSorted() []*api.Certificate {
+	out := make([]*api.Certificate, 0, len(s.certs))
+	for _, c := range s.certs {
+		out = append(out, c)
+	}
+	sortBy(out, func(c *api.Certificate) string { return c.Serial })
+	return out
+}
+
+func (s *State) issuersSorted() []*issuerRecord {
+	out := make([]*issuerRecord, 0, len(s.issuers))
+	for _, r := range s.issuers {
+		out = append(out, r)
+	}
+	sortBy(out, func(r *issuerRecord) string { return r.Issuer })
+	return out
+}

@@ -1,0 +1,401 @@
+package controller
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/govnet/govnet/api"
+	"github.com/govnet/govnet/ca"
+	"golang.org/x/crypto/ocsp"
+)
+
+// crlRefresh is how often an issuer's CRL is re-signed when nothing was
+// revoked: half of ca.MaxCRLValidity, so that a relying party always holds
+// one with a day of validity left to the next.
+const crlRefresh = 12 * time.Hour
+
+// proxiedHeader marks an OCSP request routed from another node, so that
+// two nodes that disagree about who holds an issuer never bounce it.
+const proxiedHeader = "X-Govnet-Proxied"
+
+func (n *Node) listenHTTP() error {
+	addr, err := n.cfg.httpAddr()
+	if err != nil {
+		return err
+	}
+	if n.httpLn, err = net.Listen("tcp", addr); err != nil {
+		return fmt.Errorf("http listen: %w", err)
+	}
+	return nil
+}
+
+// advertisedHTTP is the revocation listener's address as others reach it.
+func (n *Node) advertisedHTTP() string {
+	host, _, _ := net.SplitHostPort(n.httpLn.Addr().String())
+	if cfgHost, _, err := net.SplitHostPort(n.cfg.HTTPAddr); err == nil && cfgHost != "" {
+		host = cfgHost
+	}
+	if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
+		if apiHost, _, err := net.SplitHostPort(n.cfg.APIAddr); err == nil {
+			host = apiHost
+		}
+	}
+	_, port, _ := net.SplitHostPort(n.httpLn.Addr().String())
+	return net.JoinHostPort(host, port)
+}
+
+// revocationURLs are the URLs certificates of this node's issuer carry.
+func (n *Node) revocationURLs() ca.RevocationURLs {
+	base := strings.TrimRight(n.cfg.RevocationURL, "/")
+	if base == "" {
+		base = "http://" + n.advertisedHTTP()
+	}
+	return ca.RevocationURLs{CRLBase: base + "/crl", OCSPBase: base + "/ocsp"}
+}
+
+// serveHTTP serves, without TLS or client certificates, what relying
+// parties and load balancers need: CRLs, OCSP and health. Nothing else.
+func (n *Node) serveHTTP() {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
+	mux.HandleFunc("GET /readyz", n.handleReady)
+	mux.HandleFunc("GET /crl/{file}", n.handleCRL)
+	mux.HandleFunc("/ocsp/{issuer}", n.handleOCSP)
+	mux.HandleFunc("/ocsp/{issuer}/{req...}", n.handleOCSP)
+	n.httpSrv = &http.Server{Handler: n.limits.middleware(mux), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second}
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		if err := n.httpSrv.Serve(n.httpLn); ignoreClosed(err) != nil {
+			n.log.Error("revocation http server", "err", err)
+		}
+	}()
+	n.log.Info("crl and ocsp listening", "addr", n.httpLn.Addr().String(), "issuer", n.issuerID)
+}
+
+// handleCRL serves an issuer's latest CRL from the replicated state.
+func (n *Node) handleCRL(w http.ResponseWriter, r *http.Request) {
+	issuer, ok := strings.CutSuffix(r.PathValue("file"), ".crl")
+	if !ok {
+		http.NotFound(w, r)
+		return
+	}
+	rec, ok := n.State().issuer(issuer)
+	if !ok || rec.CRL == nil {
+		http.Error(w, "no CRL of issuer "+issuer, http.StatusNotFound)
+		return
+	}
+	h := w.Header()
+	h.Set("Content-Type", "application/pkix-crl")
+	h.Set("Content-Length", strconv.Itoa(len(rec.CRL.DER)))
+	h.Set("Last-Modified", rec.CRL.ThisUpdate.UTC().Format(http.TimeFormat))
+	// Short: a revocation publishes a new CRL at once.
+	h.Set("Cache-Control", "max-age=60, public, no-transform, must-revalidate")
+	w.Write(rec.CRL.DER)
+}
+
+// handleOCSP answers for this node's issuer and routes requests about
+// another issuer to the node that holds its key; an issuer no node
+// claims gets "unauthorized" from our responder (RFC 6960 2.3).
+func (n *Node) handleOCSP(w http.ResponseWriter, r *http.Request) {
+	issuer := r.PathValue("issuer")
+	if issuer == n.issuerID || r.Header.Get(proxiedHeader) != "" {
+		n.ocsp.ServeHTTP(w, r)
+		return
+	}
+	rec, ok := n.State().issuer(issuer)
+	if !ok || rec.HTTPAddr == "" || rec.Node == n.cfg.Node {
+		n.ocsp.ServeHTTP(w, r)
+		return
+	}
+	target := &url.URL{Scheme: "http", Host: rec.HTTPAddr}
+	proxy := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(target)
+			pr.Out.Header.Set(proxiedHeader, n.cfg.Node)
+		},
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			n.log.Warn("ocsp: route to the issuer's node", "issuer", issuer, "node", rec.Node, "err", err)
+			w.Header().Set("Content-Type", "application/ocsp-response")
+			w.Write(ocsp.TryLaterErrorResponse)
+		},
+	}
+	proxy.ServeHTTP(w, r)
+}
+
+// issuerDuties runs on every node: it records where this node's issuer
+// lives and keeps the issuer's CRL current in the replicated state.
+func (n *Node) issuerDuties(ctx context.Context) {
+	tick := time.NewTicker(time.Minute)
+	defer tick.Stop()
+	var retry <-chan time.Time
+	for {
+		if n.caughtUp() {
+			err := n.recordIssuer(ctx)
+			if err == nil {
+				err = n.publishCRL(ctx)
+			}
+			retry = nil
+			if err != nil && ctx.Err() == nil {
+				n.log.Debug("issuer duties", "err", err)
+				retry = time.After(time.Second)
+			}
+		} else {
+			retry = time.After(100 * time.Millisecond)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-n.crlWake:
+		case <-tick.C:
+		case <-retry:
+		}
+	}
+}
+
+// recordIssuer commits this node's issuer record if it is missing or stale.
+func (n *Node) recordIssuer(ctx context.Context) error {
+	addr := n.advertisedHTTP()
+	if _, ok := n.State().Member(n.cfg.Node); !ok {
+		return fmt.Errorf("not a member yet")
+	}
+	if rec, ok := n.State().issuer(n.issuerID); !ok || rec.Node != n.cfg.Node || rec.HTTPAddr != addr {
+		if _, err := n.submit(ctx, CmdIssuerUpsert, &IssuerUpsertRequest{Meta: n.meta("node:" + n.cfg.Node), Issuer: n.issuerID, Node: n.cfg.Node, HTTPAddr: addr}); err != nil {
+			return err
+		}
+	}
+	// This node's own TLS certificate joins the inventory too.
+	if rec := certRecordOf(n.tls.Leaf); rec.Kind == ca.KindNode {
+		if _, ok := n.State().Certificate(rec.Serial); !ok {
+			rec.Requester = "node:" + n.cfg.Node
+			if _, err := n.submit(ctx, CmdCertRecord, &CertRecordRequest{Meta: n.meta("node:" + n.cfg.Node), Certs: []api.Certificate{rec}}); err != nil && !errors.Is(err, ErrConflict) {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// publishCRL signs and commits a new CRL of this node's issuer when a
+// revocation is not in the last one, or the last one is due for refresh.
+func (n *Node) publishCRL(ctx context.Context) error {
+	now := n.now().UTC()
+	entries, last := n.State().revokedOf(n.issuerID, now)
+	rec, _ := n.State().issuer(n.issuerID)
+	if c := rec.CRL; c != nil && c.Covers >= last && now.Sub(c.ThisUpdate) < crlRefresh {
+		return nil
+	}
+	number := uint64(1)
+	if rec.CRL != nil {
+		number = rec.CRL.Number + 1
+	}
+	for i := range entries {
+		// Another node's clock stamped the revocation; a CRL may not list
+		// one after its own thisUpdate.
+		if entries[i].At.After(now) {
+			entries[i].At = now
+		}
+	}
+	der, err := n.ca.CRL(entries, new(big.Int).SetUint64(number), now)
+	if err != nil {
+		return fmt.Errorf("sign CRL %d: %w", number, err)
+	}
+	crl, err := x509.ParseRevocationList(der)
+	if err != nil {
+		return err
+	}
+	_, err = n.submit(ctx, CmdCRLPublish, &CRLPublishRequest{
+		Meta: n.meta("node:" + n.cfg.Node), Issuer: n.issuerID, Number: number, Covers: last,
+		ThisUpdate: crl.ThisUpdate, NextUpdate: crl.NextUpdate, DER: der,
+	})
+	if err != nil {
+		return fmt.Errorf("publish CRL %d: %w", number, err)
+	}
+	n.log.Info("crl published", "issuer", n.issuerID, "number", number, "entries", len(entries), "raft_index", last)
+	return nil
+}
+
+// certRecord is the inventory record of a certificate this node's CA signed.
+func (n *Node) certRecord(cert *x509.Certificate) api.Certificate {
+	rec := certRecordOf(cert)
+	rec.Issuer = n.issuerID
+	return rec
+}
+
+// certRecordOf is the inventory record of a govnet certificate; its
+// issuer id is the issuing certificate's key id (ca.IssuerID).
+func certRecordOf(cert *x509.Certificate) api.Certificate {
+	rec := api.Certificate{
+		Serial:    ca.Serial(cert),
+		Subject:   cert.Subject.CommonName,
+		Issuer:    hex.EncodeToString(cert.AuthorityKeyId),
+		NotBefore: cert.NotBefore.UTC(),
+		NotAfter:  cert.NotAfter.UTC(),
+	}
+	if id, err := ca.IdentityOf(cert); err == nil {
+		rec.Kind, rec.Agency, rec.Role = id.Kind, id.Agency, id.Role
+		if id.Kind == ca.KindGateway {
+			rec.Gateway = id.Name
+		}
+	}
+	rec.SANs = sans(cert)
+	return rec
+}
+
+func sans(cert *x509.Certificate) []string {
+	var out []string
+	out = append(out, cert.DNSNames...)
+	for _, ip := range cert.IPAddresses {
+		out = append(out, ip.String())
+	}
+	for _, u := range cert.URIs {
+		out = append(out, u.String())
+	}
+	return out
+}
+
+// handleCertificates lists the inventory from this node's state:
+// ?agency=CODE, ?revoked=true, ?expiring=DURATION (Go duration or Nd).
+func (n *Node) handleCertificates(w http.ResponseWriter, r *http.Request, _ ca.Identity) {
+	q := r.URL.Query()
+	f := CertFilter{Agency: q.Get("agency"), Revoked: q.Get("revoked") == "true", Now: n.now()}
+	if e := q.Get("expiring"); e != "" {
+		d, err := ParseDays(e)
+		if err != nil || d <= 0 {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("expiring %q: want a duration such as 7d or 36h", e))
+			return
+		}
+		f.Expiring = d
+	}
+	writeJSON(w, http.StatusOK, n.State().Certificates(f))
+}
+
+// ParseDays reads a Go duration that may also count days ("7d").
+func ParseDays(s string) (time.Duration, error) {
+	if d, ok := strings.CutSuffix(s, "d"); ok {
+		days, err := strconv.Atoi(d)
+		if err != nil {
+			return 0, fmt.Errorf("duration %q: %w", s, err)
+		}
+		return time.Duration(days) * 24 * time.Hour, nil
+	}
+	return time.ParseDuration(s)
+}
+
+func (n *Node) handleCertificate(w http.ResponseWriter, r *http.Request, _ ca.Identity) {
+	c, ok := n.State().Certificate(r.PathValue("serial"))
+	if !ok {
+		n.fail(w, fmt.Errorf("%w: certificate %s", ErrNotFound, r.PathValue("serial")))
+		return
+	}
+	writeJSON(w, http.StatusOK, c)
+}
+
+// handleRevoke revokes a certificate or a gateway in one step (officer);
+// with four_eyes set it is refused: use a revoke request and an approval.
+func (n *Node) handleRevoke(w http.ResponseWriter, r *http.Request, id ca.Identity) {
+	if n.oneStepRefused(w, "request the revocation") {
+		return
+	}
+	var req api.RevokeRequest
+	if !decode(w, r, maxBody, &req) {
+		return
+	}
+	reason := ca.ReasonUnspecified
+	if req.Reason != "" {
+		var err error
+		if reason, err = ca.ParseReason(req.Reason); err != nil {
+			writeError(w, http.StatusBadRequest, err.Error())
+			return
+		}
+	}
+	serial := req.Serial
+	if serial != "" {
+		if serial = normSerial(serial); serial == "" {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("serial %q: want the serial in hex", req.Serial))
+			return
+		}
+	}
+	start := time.Now()
+	index, err := n.submit(r.Context(), CmdCertRevoke, &CertRevokeRequest{Meta: n.meta(id.Name), Serial: serial, Gateway: req.Gateway, Reason: int(reason)})
+	if err != nil {
+		n.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, n.revokeResponse(r.Context(), index, req.Gateway, serial, start))
+}
+
+// revokeResponse says what was revoked at index and, when a gateway was,
+// waits until this node's views give it to no peer and reports how long
+// that took from start.
+func (n *Node) revokeResponse(ctx context.Context, index uint64, gateway, serial string, start time.Time) api.RevokeResponse {
+	resp := api.RevokeResponse{RaftIndex: index, Gateway: gateway, Certificates: []api.Certificate{}}
+	if serial != "" {
+		if c, ok := n.State().Certificate(serial); ok {
+			resp.Certificates = append(resp.Certificates, c)
+			if g, ok := n.State().Gateway(c.Gateway); ok && c.Kind == ca.KindGateway && g.Status == api.StatusRevoked && g.CertSerial == c.Serial {
+				resp.Gateway = g.ID
+			}
+		}
+	}
+	if gateway != "" {
+		for _, c := range n.State().Certificates(CertFilter{Revoked: true}) {
+			if c.Gateway == gateway && c.Kind == ca.KindGateway {
+				resp.Certificates = append(resp.Certificates, c)
+			}
+		}
+	}
+	if resp.Gateway != "" {
+		ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		if err := n.hub.waitGone(ctx, resp.Gateway, index); err != nil {
+			n.log.Warn("revocation not yet enforced in the views", "gateway", resp.Gateway, "err", err)
+		} else {
+			resp.Enforced = time.Since(start)
+		}
+		n.log.Info("gateway revoked", "gateway", resp.Gateway, "raft_index", index, "enforced", resp.Enforced.String())
+	}
+	return resp
+}
+
+// handleRenew issues a new certificate to the gateway presenting its
+// current one (the gateway middleware checked that it is enrolled and
+// that this is its current certificate). The profile comes from the
+// registry, never from the CSR.
+func (n *Node) handleRenew(w http.ResponseWriter, r *http.Request, id ca.Identity) {
+	var req api.RenewRequest
+	if !decode(w, r, maxBody, &req) {
+		return
+	}
+	csr, err := ca.ParseCSR([]byte(req.CSR))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "csr: "+err.Error())
+		return
+	}
+	g, _ := n.State().Gateway(id.Name)
+	old := ca.Serial(r.TLS.VerifiedChains[0][0])
+	chain, err := n.ca.Issue(r.Context(), csr, ca.GatewayProfile(g.ID, g.Agency))
+	if err != nil {
+		n.fail(w, err)
+		return
+	}
+	rec := n.certRecord(chain[0])
+	_, err = n.submit(r.Context(), CmdGatewayRenew, &GatewayRenewRequest{Meta: n.meta("gateway:" + g.ID), Gateway: g.ID, OldSerial: old, Cert: rec})
+	if err != nil {
+		n.fail(w, err)
+		return
+	}
+	n.log.Info("gateway certificate renewed", "gateway", g.ID, "agency", g.Agency, "serial", rec.Serial, "old_serial", old)
+	writeJSON(w, http.StatusOK, api.RenewResponse{Certificate: string(ca.EncodePEM(chain...)), Serial: rec.Serial})
+}

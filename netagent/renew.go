@@ -1,0 +1,287 @@
+package netagent
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/govnet/govnet/api"
+	"github.com/govnet/govnet/ca"
+)
+
+// Certificate renewal. The gateway's certificate is short-lived (24 h by
+// default); at two thirds of its life the agent makes a new key here,
+// sends a CSR over mTLS with the current certificate, and replaces the
+// key and certificate files. The API client's TLS config reads the files
+// at every handshake (reloadingClientCert), and the client drops its
+// connections, so the new certificate is presented from the next call on
+// without a restart; a watch stream in flight finishes on its connection.
+
+// Errors a caller can decide on.
+var (
+	// ErrCertExpired: the certificate expired before it could be renewed.
+	// The controllers refuse it in the TLS handshake; only a new
+	// enrollment (a new token) brings the gateway back.
+	ErrCertExpired = errors.New("gateway certificate expired")
+	// ErrRenewRefused: the controllers refused the renewal (the gateway
+	// or its certificate was revoked, or the certificate is no longer its
+	// current one). Retrying will not help until an officer acts.
+	ErrRenewRefused = errors.New("certificate renewal refused")
+)
+
+// Files of a renewal in progress: written in full first, then renamed
+// over the live files, key first. finishRenewal completes a renewal that
+// a crash interrupted between the two renames.
+const (
+	fileTLSKeyNext = fileTLSKey + ".next"
+	fileCertNext   = fileCert + ".next"
+)
+
+// renewAt is when a certificate is due: two thirds into its life.
+func renewAt(cert *x509.Certificate) time.Time {
+	life := cert.NotAfter.Sub(cert.NotBefore)
+	return cert.NotBefore.Add(life * 2 / 3)
+}
+
+// renewer keeps the gateway's certificate fresh.
+type renewer struct {
+	cfg       Config
+	client    func() *api.Client // the client of the controller node in use
+	onRenewed func()             // drop connections that present the old certificate
+	log       *slog.Logger
+	now       func() time.Time
+	retry     *backoff
+}
+
+func newRenewer(cfg Config, client func() *api.Client, log *slog.Logger) *renewer {
+	return &renewer{
+		cfg: cfg, client: client, log: log, now: time.Now,
+		onRenewed: func() { client().ResetConnections() },
+		retry:     newBackoff(5*time.Second, 10*time.Minute),
+	}
+}
+
+// renewLoop renews the gateway's certificate at two thirds of its life
+// until ctx ends, retrying failures with capped, jittered backoff.
+func (a *Agent) renewLoop(ctx context.Context) {
+	r := newRenewer(a.cfg, a.client, a.log)
+	r.onRenewed = func() {
+		for _, c := range a.clients {
+			c.ResetConnections()
+		}
+	}
+	r.run(ctx)
+}
+
+func (r *renewer) run(ctx context.Context) {
+	for ctx.Err() == nil {
+		cert, err := r.current()
+		if err != nil {
+			r.log.Error("read the gateway certificate", "err", err)
+			if r.retry.wait(ctx) != nil {
+				return
+			}
+			continue
+		}
+		if wait := renewAt(cert).Sub(r.now()); wait > 0 {
+			r.log.Debug("certificate renewal scheduled", "serial", ca.Serial(cert), "in", wait.Round(time.Second).String())
+			if pause(ctx, wait) != nil {
+				return
+			}
+		}
+		err = r.renew(ctx)
+		switch {
+		case err == nil:
+			r.retry.reset()
+			continue
+		case ctx.Err() != nil:
+			return
+		case errors.Is(err, ErrCertExpired), errors.Is(err, ErrRenewRefused):
+			r.log.Error("certificate renewal", "err", err)
+		default:
+			r.log.Warn("certificate renewal failed; retrying", "err", err)
+		}
+		if r.retry.wait(ctx) != nil {
+			return
+		}
+	}
+}
+
+// current reads the gateway's certificate from its file.
+func (r *renewer) current() (*x509.Certificate, error) {
+	data, err := os.ReadFile(r.cfg.path(fileCert))
+	if err != nil {
+		return nil, err
+	}
+	chain, err := ca.ParsePEM(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", r.cfg.path(fileCert), err)
+	}
+	return chain[0], nil
+}
+
+// renew makes a new key, asks for a certificate for it, checks the answer
+// and installs both.
+func (r *renewer) renew(ctx context.Context) error {
+	cur, err := r.current()
+	if err != nil {
+		return err
+	}
+	if now := r.now(); !now.Before(cur.NotAfter) {
+		return fmt.Errorf("%w: certificate %s expired at %s; the controllers will refuse it in the TLS handshake: re-enroll the gateway with a new token",
+			ErrCertExpired, ca.Serial(cur), cur.NotAfter.UTC().Format(time.RFC3339))
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	csr, err := ca.NewCSR(key, "gateway")
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	resp, err := r.client().Renew(ctx, api.RenewRequest{CSR: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr.Raw}))})
+	var se *api.StatusError
+	if errors.As(err, &se) && (se.Code == http.StatusForbidden || se.Code == http.StatusUnauthorized) {
+		return fmt.Errorf("%w: %s", ErrRenewRefused, se.Msg)
+	}
+	if err != nil {
+		return fmt.Errorf("renew certificate %s: %w", ca.Serial(cur), err)
+	}
+	chain, err := ca.ParsePEM([]byte(resp.Certificate))
+	if err != nil {
+		return fmt.Errorf("renewed certificate: %w", err)
+	}
+	if !key.PublicKey.Equal(chain[0].PublicKey) {
+		return errors.New("renewed certificate is not for the key this gateway generated")
+	}
+	rootPEM, err := os.ReadFile(r.cfg.path(fileRoot))
+	if err != nil {
+		return err
+	}
+	if err := verifyChain(chain, rootPEM); err != nil {
+		return fmt.Errorf("renewed certificate: %w", err)
+	}
+	curID, _ := ca.IdentityOf(cur)
+	if id, err := ca.IdentityOf(chain[0]); err != nil || id != curID {
+		return fmt.Errorf("renewed certificate names %+v, want %+v", id, curID)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return err
+	}
+	if err := installCert(r.cfg, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), []byte(resp.Certificate)); err != nil {
+		return fmt.Errorf("install renewed certificate: %w", err)
+	}
+	// New connections present the new certificate; the controllers
+	// already refuse the old one for new calls.
+	r.onRenewed()
+	r.log.Info("certificate renewed", "serial", ca.Serial(chain[0]), "old_serial", ca.Serial(cur),
+		"not_after", chain[0].NotAfter.UTC().Format(time.RFC3339), "renew_at", renewAt(chain[0]).UTC().Format(time.RFC3339))
+	return nil
+}
+
+// installCert writes the new key and certificate in full beside the live
+// files, then renames them over the live ones, key first.
+func installCert(cfg Config, keyPEM, certPEM []byte) error {
+	if err := writeFileAtomic(cfg.path(fileTLSKeyNext), keyPEM, 0o600); err != nil {
+		return err
+	}
+	if err := writeFileAtomic(cfg.path(fileCertNext), certPEM, 0o644); err != nil {
+		return err
+	}
+	return finishRenewal(cfg)
+}
+
+// finishRenewal completes an installation that installCert began: the
+// controllers made the new certificate current as they issued it, so the
+// old one is of no more use and the new files must win. It does nothing
+// when no renewal is pending.
+func finishRenewal(cfg Config) error {
+	keyNext, certNext := cfg.path(fileTLSKeyNext), cfg.path(fileCertNext)
+	if _, err := os.Stat(certNext); errors.Is(err, os.ErrNotExist) {
+		os.Remove(keyNext) // a renewal that stopped before its certificate was written
+		return nil
+	}
+	if _, err := os.Stat(keyNext); err == nil {
+		if _, err := tls.LoadX509KeyPair(certNext, keyNext); err != nil {
+			return fmt.Errorf("pending renewal: %w", err)
+		}
+		if err := os.Rename(keyNext, cfg.path(fileTLSKey)); err != nil {
+			return err
+		}
+	}
+	if _, err := tls.LoadX509KeyPair(certNext, cfg.path(fileTLSKey)); err != nil {
+		return fmt.Errorf("pending renewal: %w", err)
+	}
+	return os.Rename(certNext, cfg.path(fileCert))
+}
+
+// reloadingClientCert returns tc with a GetClientCertificate that presents
+// the key pair in the state directory as it is at each handshake: a
+// renewal takes effect without a restart. While the files are between
+// two renames (a key that does not match the certificate) the pair loaded
+// before is presented.
+func reloadingClientCert(cfg Config, tc *tls.Config) *tls.Config {
+	src := &certFiles{certFile: cfg.path(fileCert), keyFile: cfg.path(fileTLSKey)}
+	if len(tc.Certificates) > 0 {
+		c := tc.Certificates[0]
+		src.cert = &c
+	}
+	out := tc.Clone()
+	out.Certificates = nil
+	out.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return src.get() }
+	return out
+}
+
+// certFiles loads a key pair again whenever either file was replaced.
+type certFiles struct {
+	certFile, keyFile string
+
+	mu               sync.Mutex
+	cert             *tls.Certificate
+	certInfo, keyInf os.FileInfo
+}
+
+func (s *certFiles) get() (*tls.Certificate, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ci, cerr := os.Stat(s.certFile)
+	ki, kerr := os.Stat(s.keyFile)
+	if cerr == nil && kerr == nil && (s.certInfo == nil || s.keyInf == nil || !os.SameFile(ci, s.certInfo) || !os.SameFile(ki, s.keyInf) ||
+		!ci.ModTime().Equal(s.certInfo.ModTime()) || !ki.ModTime().Equal(s.keyInf.ModTime())) {
+		if c, err := tls.LoadX509KeyPair(s.certFile, s.keyFile); err == nil {
+			s.cert, s.certInfo, s.keyInf = &c, ci, ki
+		} else if s.cert == nil {
+			return nil, fmt.Errorf("client certificate: %w", err)
+		}
+	}
+	if s.cert == nil {
+		return nil, fmt.Errorf("client certificate: %w", errors.Join(cerr, kerr))
+	}
+	return s.cert, nil
+}
+
+// pause waits d or until ctx ends.
+func pause(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
