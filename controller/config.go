@@ -1,7 +1,6 @@
 package controller
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"net"
@@ -14,6 +13,7 @@ import (
 	"github.com/goccy/go-yaml"
 	"github.com/govnet/govnet/ca"
 	"github.com/govnet/govnet/hsm"
+	"github.com/govnet/govnet/internal/yamlfile"
 )
 
 // Config is govnetd's configuration: one typed struct, loaded from YAML,
@@ -124,16 +124,7 @@ func LoadConfig(path string) (Config, error) {
 }
 
 // LoadFile reads a YAML config file over the values already in c.
-func (c *Config) LoadFile(path string) error {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return fmt.Errorf("config: %w", err)
-	}
-	if err := yaml.NewDecoder(bytes.NewReader(data), yaml.DisallowUnknownField()).Decode(c); err != nil {
-		return fmt.Errorf("config %s: %s", path, yaml.FormatError(err, false, true))
-	}
-	return nil
-}
+func (c *Config) LoadFile(path string) error { return yamlfile.Decode(path, c) }
 
 // WriteConfig writes cfg as YAML, refusing to overwrite a file.
 func WriteConfig(path string, cfg Config) error {

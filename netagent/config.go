@@ -6,7 +6,6 @@
 package netagent
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -16,6 +15,7 @@ import (
 	"time"
 
 	"github.com/goccy/go-yaml"
+	"github.com/govnet/govnet/internal/yamlfile"
 )
 
 // Config is the agent's configuration file.
@@ -47,16 +47,7 @@ func LoadConfig(path string) (Config, error) {
 }
 
 // LoadFile reads a YAML config file over the values already in c.
-func (c *Config) LoadFile(path string) error {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return fmt.Errorf("config: %w", err)
-	}
-	if err := yaml.NewDecoder(bytes.NewReader(data), yaml.DisallowUnknownField()).Decode(c); err != nil {
-		return fmt.Errorf("config %s: %s", path, yaml.FormatError(err, false, true))
-	}
-	return nil
-}
+func (c *Config) LoadFile(path string) error { return yamlfile.Decode(path, c) }
 
 // Save writes the config file.
 func (c Config) Save(path string) error {

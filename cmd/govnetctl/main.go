@@ -3,7 +3,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -13,9 +12,9 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/goccy/go-yaml"
 	"github.com/govnet/govnet/api"
 	"github.com/govnet/govnet/internal/cli"
+	"github.com/govnet/govnet/internal/yamlfile"
 	"github.com/spf13/cobra"
 )
 
@@ -29,12 +28,8 @@ type ctlConfig struct {
 }
 
 func (c *ctlConfig) load(path string) error {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return fmt.Errorf("config: %w", err)
-	}
-	if err := yaml.NewDecoder(bytes.NewReader(data), yaml.DisallowUnknownField()).Decode(c); err != nil {
-		return fmt.Errorf("config %s: %s", path, yaml.FormatError(err, false, true))
+	if err := yamlfile.Decode(path, c); err != nil {
+		return err
 	}
 	// Relative paths in the file are relative to the file.
 	for _, p := range []*string{&c.Root, &c.Cert, &c.Key} {
