@@ -144,7 +144,11 @@ func (a *Agent) apply(ctx context.Context, v *api.View) error {
 	}
 	start := time.Now()
 	peersChanged, err := a.dev.ApplyPeers(v.Peers)
-	if err != nil {
+	if errors.Is(err, ErrInvalidPeer) {
+		// The valid peers are in place; the ones left out cannot send
+		// anything, so the rest of the view still applies.
+		a.log.Error("peers left out of the WireGuard device", "err", err)
+	} else if err != nil {
 		return fmt.Errorf("apply peers: %w", err)
 	}
 	rulesChanged := a.applied == nil || !reflect.DeepEqual(a.applied.Rules, v.Rules)
@@ -189,7 +193,8 @@ func (a *Agent) report(ctx context.Context) {
 }
 
 // reconcileLoop checks the kernel for drift every period: a table edited
-// by hand is put back, and the report is refreshed.
+// by hand is put back, WireGuard peers and routes changed behind the
+// agent's back are repaired, and the report is refreshed.
 func (a *Agent) reconcileLoop(ctx context.Context) {
 	t := time.NewTicker(a.cfg.Reconcile)
 	defer t.Stop()
@@ -202,6 +207,11 @@ func (a *Agent) reconcileLoop(ctx context.Context) {
 		a.mu.Lock()
 		if err := a.reconcile(); err != nil {
 			a.log.Error("reconcile", "err", err)
+		}
+		if changed, err := a.dev.Repair(); err != nil {
+			a.log.Error("wireguard repair", "err", err)
+		} else if changed {
+			a.log.Warn("wireguard device drifted from the applied view; repaired")
 		}
 		a.report(ctx)
 		a.mu.Unlock()

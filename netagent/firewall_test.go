@@ -1,15 +1,18 @@
 package netagent
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"net/netip"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -18,6 +21,7 @@ import (
 
 	"github.com/govnet/govnet/api"
 	"github.com/govnet/govnet/internal/netnstest"
+	"github.com/govnet/govnet/policy/nft"
 )
 
 // testLogger sends log records to the test's log.
@@ -113,6 +117,10 @@ func TestFirewallApplyAndList(t *testing.T) {
 	if text != goldenSmall {
 		t.Errorf("rendering differs from golden:\n--- got\n%s\n--- want\n%s", text, goldenSmall)
 	}
+	// The controller's side renders the same text without a kernel.
+	if exp, err := nft.ExpectedRender(smallRules); err != nil || exp != goldenSmall {
+		t.Errorf("ExpectedRender = %v:\n%s\nwant the golden rendering", err, exp)
+	}
 }
 
 const goldenSmall = `table inet govnet
@@ -131,21 +139,21 @@ set allow4_net_24 type ipv4_addr . inet_proto . inet_service keylen 12 flags con
 	elem 10.40.1.0 . tcp . 443
 	elem 10.40.2.0 . udp . 443
 chain forward type filter hook forward priority 0 policy accept
-	rule [ meta key=iifname dreg=1 ] [ cmp sreg=1 op=eq data=0x77673000000000000000000000000000 ] [ ct dreg=1 key=state ] [ bitwise sreg=1 dreg=1 len=4 a6=0x00000000 mask=0x06000000 xor=0x00000000 ] [ cmp sreg=1 op=neq data=0x00000000 ] [ immediate dreg=0 data=verdict accept ]
-	rule [ meta key=iifname dreg=1 ] [ cmp sreg=1 op=eq data=0x77673000000000000000000000000000 ] [ meta key=nfproto dreg=1 ] [ cmp sreg=1 op=eq data=0x02 ] [ payload dreg=1 base=network offset=12 len=4 ] [ meta key=l4proto dreg=9 ] [ payload dreg=10 base=transport offset=2 len=2 ] [ lookup set="allow4" sreg=1 flags=0 ] [ immediate dreg=0 data=verdict accept ]
-	rule [ meta key=iifname dreg=1 ] [ cmp sreg=1 op=eq data=0x77673000000000000000000000000000 ] [ meta key=nfproto dreg=1 ] [ cmp sreg=1 op=eq data=0x02 ] [ payload dreg=1 base=network offset=12 len=4 ] [ bitwise sreg=1 dreg=1 len=4 a6=0x00000000 mask=0xffffff00 xor=0x00000000 ] [ meta key=l4proto dreg=9 ] [ payload dreg=10 base=transport offset=2 len=2 ] [ lookup set="allow4_net_24" sreg=1 flags=0 ] [ immediate dreg=0 data=verdict accept ]
-	rule [ meta key=iifname dreg=1 ] [ cmp sreg=1 op=eq data=0x77673000000000000000000000000000 ] [ meta key=nfproto dreg=1 ] [ cmp sreg=1 op=eq data=0x02 ] [ payload dreg=1 base=network offset=12 len=4 ] [ bitwise sreg=1 dreg=1 len=4 a6=0x00000000 mask=0xffff0000 xor=0x00000000 ] [ meta key=l4proto dreg=9 ] [ payload dreg=10 base=transport offset=2 len=2 ] [ lookup set="allow4_net_16" sreg=1 flags=0 ] [ immediate dreg=0 data=verdict accept ]
-	rule [ meta key=iifname dreg=1 ] [ cmp sreg=1 op=eq data=0x77673000000000000000000000000000 ] [ meta key=l4proto dreg=1 ] [ cmp sreg=1 op=eq data=0x01 ] [ meta key=nfproto dreg=1 ] [ cmp sreg=1 op=eq data=0x02 ] [ payload dreg=1 base=network offset=12 len=4 ] [ lookup set="allow4_icmp" sreg=1 flags=0 ] [ immediate dreg=0 data=verdict accept ]
-	rule [ meta key=iifname dreg=1 ] [ cmp sreg=1 op=eq data=0x77673000000000000000000000000000 ] [ meta key=l4proto dreg=1 ] [ cmp sreg=1 op=eq data=0x01 ] [ meta key=nfproto dreg=1 ] [ cmp sreg=1 op=eq data=0x02 ] [ payload dreg=1 base=network offset=12 len=4 ] [ bitwise sreg=1 dreg=1 len=4 a6=0x00000000 mask=0xffffff00 xor=0x00000000 ] [ lookup set="allow4_icmp_net_24" sreg=1 flags=0 ] [ immediate dreg=0 data=verdict accept ]
-	rule [ meta key=iifname dreg=1 ] [ cmp sreg=1 op=eq data=0x77673000000000000000000000000000 ] [ counter ] [ immediate dreg=0 data=verdict drop ]
+	rule [ meta dreg=1 key=iifname ] [ cmp sreg=1 op=eq data=$IFACE ] [ ct dreg=1 key=state ] [ bitwise sreg=1 dreg=1 len=4 mask=0x06000000 xor=0x00000000 ] [ cmp sreg=1 op=neq data=0x00000000 ] [ immediate dreg=0 data=verdict accept ]
+	rule [ meta dreg=1 key=iifname ] [ cmp sreg=1 op=eq data=$IFACE ] [ meta dreg=1 key=nfproto ] [ cmp sreg=1 op=eq data=0x02 ] [ payload dreg=1 base=network offset=12 len=4 ] [ meta dreg=9 key=l4proto ] [ payload dreg=10 base=transport offset=2 len=2 ] [ lookup set="allow4" sreg=1 ] [ immediate dreg=0 data=verdict accept ]
+	rule [ meta dreg=1 key=iifname ] [ cmp sreg=1 op=eq data=$IFACE ] [ meta dreg=1 key=nfproto ] [ cmp sreg=1 op=eq data=0x02 ] [ payload dreg=1 base=network offset=12 len=4 ] [ bitwise sreg=1 dreg=1 len=4 mask=0xffffff00 xor=0x00000000 ] [ meta dreg=9 key=l4proto ] [ payload dreg=10 base=transport offset=2 len=2 ] [ lookup set="allow4_net_24" sreg=1 ] [ immediate dreg=0 data=verdict accept ]
+	rule [ meta dreg=1 key=iifname ] [ cmp sreg=1 op=eq data=$IFACE ] [ meta dreg=1 key=nfproto ] [ cmp sreg=1 op=eq data=0x02 ] [ payload dreg=1 base=network offset=12 len=4 ] [ bitwise sreg=1 dreg=1 len=4 mask=0xffff0000 xor=0x00000000 ] [ meta dreg=9 key=l4proto ] [ payload dreg=10 base=transport offset=2 len=2 ] [ lookup set="allow4_net_16" sreg=1 ] [ immediate dreg=0 data=verdict accept ]
+	rule [ meta dreg=1 key=iifname ] [ cmp sreg=1 op=eq data=$IFACE ] [ meta dreg=1 key=l4proto ] [ cmp sreg=1 op=eq data=0x01 ] [ meta dreg=1 key=nfproto ] [ cmp sreg=1 op=eq data=0x02 ] [ payload dreg=1 base=network offset=12 len=4 ] [ lookup set="allow4_icmp" sreg=1 ] [ immediate dreg=0 data=verdict accept ]
+	rule [ meta dreg=1 key=iifname ] [ cmp sreg=1 op=eq data=$IFACE ] [ meta dreg=1 key=l4proto ] [ cmp sreg=1 op=eq data=0x01 ] [ meta dreg=1 key=nfproto ] [ cmp sreg=1 op=eq data=0x02 ] [ payload dreg=1 base=network offset=12 len=4 ] [ bitwise sreg=1 dreg=1 len=4 mask=0xffffff00 xor=0x00000000 ] [ lookup set="allow4_icmp_net_24" sreg=1 ] [ immediate dreg=0 data=verdict accept ]
+	rule [ meta dreg=1 key=iifname ] [ cmp sreg=1 op=eq data=$IFACE ] [ counter ] [ immediate dreg=0 data=verdict drop ]
 chain input type filter hook input priority 0 policy accept
-	rule [ meta key=iifname dreg=1 ] [ cmp sreg=1 op=eq data=0x77673000000000000000000000000000 ] [ ct dreg=1 key=state ] [ bitwise sreg=1 dreg=1 len=4 a6=0x00000000 mask=0x06000000 xor=0x00000000 ] [ cmp sreg=1 op=neq data=0x00000000 ] [ immediate dreg=0 data=verdict accept ]
-	rule [ meta key=iifname dreg=1 ] [ cmp sreg=1 op=eq data=0x77673000000000000000000000000000 ] [ meta key=nfproto dreg=1 ] [ cmp sreg=1 op=eq data=0x02 ] [ payload dreg=1 base=network offset=12 len=4 ] [ meta key=l4proto dreg=9 ] [ payload dreg=10 base=transport offset=2 len=2 ] [ lookup set="allow4" sreg=1 flags=0 ] [ immediate dreg=0 data=verdict accept ]
-	rule [ meta key=iifname dreg=1 ] [ cmp sreg=1 op=eq data=0x77673000000000000000000000000000 ] [ meta key=nfproto dreg=1 ] [ cmp sreg=1 op=eq data=0x02 ] [ payload dreg=1 base=network offset=12 len=4 ] [ bitwise sreg=1 dreg=1 len=4 a6=0x00000000 mask=0xffffff00 xor=0x00000000 ] [ meta key=l4proto dreg=9 ] [ payload dreg=10 base=transport offset=2 len=2 ] [ lookup set="allow4_net_24" sreg=1 flags=0 ] [ immediate dreg=0 data=verdict accept ]
-	rule [ meta key=iifname dreg=1 ] [ cmp sreg=1 op=eq data=0x77673000000000000000000000000000 ] [ meta key=nfproto dreg=1 ] [ cmp sreg=1 op=eq data=0x02 ] [ payload dreg=1 base=network offset=12 len=4 ] [ bitwise sreg=1 dreg=1 len=4 a6=0x00000000 mask=0xffff0000 xor=0x00000000 ] [ meta key=l4proto dreg=9 ] [ payload dreg=10 base=transport offset=2 len=2 ] [ lookup set="allow4_net_16" sreg=1 flags=0 ] [ immediate dreg=0 data=verdict accept ]
-	rule [ meta key=iifname dreg=1 ] [ cmp sreg=1 op=eq data=0x77673000000000000000000000000000 ] [ meta key=l4proto dreg=1 ] [ cmp sreg=1 op=eq data=0x01 ] [ meta key=nfproto dreg=1 ] [ cmp sreg=1 op=eq data=0x02 ] [ payload dreg=1 base=network offset=12 len=4 ] [ lookup set="allow4_icmp" sreg=1 flags=0 ] [ immediate dreg=0 data=verdict accept ]
-	rule [ meta key=iifname dreg=1 ] [ cmp sreg=1 op=eq data=0x77673000000000000000000000000000 ] [ meta key=l4proto dreg=1 ] [ cmp sreg=1 op=eq data=0x01 ] [ meta key=nfproto dreg=1 ] [ cmp sreg=1 op=eq data=0x02 ] [ payload dreg=1 base=network offset=12 len=4 ] [ bitwise sreg=1 dreg=1 len=4 a6=0x00000000 mask=0xffffff00 xor=0x00000000 ] [ lookup set="allow4_icmp_net_24" sreg=1 flags=0 ] [ immediate dreg=0 data=verdict accept ]
-	rule [ meta key=iifname dreg=1 ] [ cmp sreg=1 op=eq data=0x77673000000000000000000000000000 ] [ counter ] [ immediate dreg=0 data=verdict drop ]
+	rule [ meta dreg=1 key=iifname ] [ cmp sreg=1 op=eq data=$IFACE ] [ ct dreg=1 key=state ] [ bitwise sreg=1 dreg=1 len=4 mask=0x06000000 xor=0x00000000 ] [ cmp sreg=1 op=neq data=0x00000000 ] [ immediate dreg=0 data=verdict accept ]
+	rule [ meta dreg=1 key=iifname ] [ cmp sreg=1 op=eq data=$IFACE ] [ meta dreg=1 key=nfproto ] [ cmp sreg=1 op=eq data=0x02 ] [ payload dreg=1 base=network offset=12 len=4 ] [ meta dreg=9 key=l4proto ] [ payload dreg=10 base=transport offset=2 len=2 ] [ lookup set="allow4" sreg=1 ] [ immediate dreg=0 data=verdict accept ]
+	rule [ meta dreg=1 key=iifname ] [ cmp sreg=1 op=eq data=$IFACE ] [ meta dreg=1 key=nfproto ] [ cmp sreg=1 op=eq data=0x02 ] [ payload dreg=1 base=network offset=12 len=4 ] [ bitwise sreg=1 dreg=1 len=4 mask=0xffffff00 xor=0x00000000 ] [ meta dreg=9 key=l4proto ] [ payload dreg=10 base=transport offset=2 len=2 ] [ lookup set="allow4_net_24" sreg=1 ] [ immediate dreg=0 data=verdict accept ]
+	rule [ meta dreg=1 key=iifname ] [ cmp sreg=1 op=eq data=$IFACE ] [ meta dreg=1 key=nfproto ] [ cmp sreg=1 op=eq data=0x02 ] [ payload dreg=1 base=network offset=12 len=4 ] [ bitwise sreg=1 dreg=1 len=4 mask=0xffff0000 xor=0x00000000 ] [ meta dreg=9 key=l4proto ] [ payload dreg=10 base=transport offset=2 len=2 ] [ lookup set="allow4_net_16" sreg=1 ] [ immediate dreg=0 data=verdict accept ]
+	rule [ meta dreg=1 key=iifname ] [ cmp sreg=1 op=eq data=$IFACE ] [ meta dreg=1 key=l4proto ] [ cmp sreg=1 op=eq data=0x01 ] [ meta dreg=1 key=nfproto ] [ cmp sreg=1 op=eq data=0x02 ] [ payload dreg=1 base=network offset=12 len=4 ] [ lookup set="allow4_icmp" sreg=1 ] [ immediate dreg=0 data=verdict accept ]
+	rule [ meta dreg=1 key=iifname ] [ cmp sreg=1 op=eq data=$IFACE ] [ meta dreg=1 key=l4proto ] [ cmp sreg=1 op=eq data=0x01 ] [ meta dreg=1 key=nfproto ] [ cmp sreg=1 op=eq data=0x02 ] [ payload dreg=1 base=network offset=12 len=4 ] [ bitwise sreg=1 dreg=1 len=4 mask=0xffffff00 xor=0x00000000 ] [ lookup set="allow4_icmp_net_24" sreg=1 ] [ immediate dreg=0 data=verdict accept ]
+	rule [ meta dreg=1 key=iifname ] [ cmp sreg=1 op=eq data=$IFACE ] [ counter ] [ immediate dreg=0 data=verdict drop ]
 `
 
 func TestFirewallIdempotent(t *testing.T) {
@@ -189,13 +197,18 @@ func TestFirewallIdempotent(t *testing.T) {
 	if d3 == d1 {
 		t.Fatal("different rules, same digest")
 	}
-	// Another interface name is another table.
+	// Another interface name is another table, with the same digest: the
+	// digest does not depend on the interface name (the controller, which
+	// does not know it, computes the digest it expects).
 	fw3, err := NewFirewall("wg1", WithNetNS(ns.Fd()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d4, err := fw3.Apply(smallRules); err != nil || d4 == d1 {
-		t.Fatalf("other iface: digest %s, %v (wg0 gave %s)", d4, err, d1)
+	if d4, err := fw3.Apply(smallRules); err != nil || d4 != d1 {
+		t.Fatalf("other iface: digest %s, %v; wg0 gave %s", d4, err, d1)
+	}
+	if out := ns.Exec(t, "nft", "list", "table", "inet", "govnet"); !strings.Contains(out, `iifname "wg1"`) || strings.Contains(out, `"wg0"`) {
+		t.Fatalf("table not rebuilt for wg1:\n%s", out)
 	}
 }
 
@@ -282,10 +295,10 @@ func TestFirewallLarge(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := len(kt.elements(SetAllow4)); got != n {
+		if got := len(kt.Elements(SetAllow4)); got != n {
 			t.Fatalf("allow4 holds %d elements, want %d", got, n)
 		}
-		if got := len(kt.elements(SetAllow4Net(24))); got != n/10 {
+		if got := len(kt.Elements(SetAllow4Net(24))); got != n/10 {
 			t.Fatalf("allow4_net holds %d elements, want %d", got, n/10)
 		}
 		// nft agrees.
@@ -301,38 +314,51 @@ func TestFirewallLarge(t *testing.T) {
 	}
 }
 
+// handEdits are edits of the table smallRules install on wg0, made behind
+// the agent's back with nft(8); each must change the digest.
+var handEdits = [][]string{
+	{"add", "rule", "inet", "govnet", "input", "accept"},
+	{"insert", "rule", "inet", "govnet", "forward", "iifname", "wg0", "tcp", "dport", "22", "accept"},
+	{"add", "element", "inet", "govnet", "allow4", "{ 10.9.9.9 . tcp . 22 }"},
+	{"delete", "element", "inet", "govnet", "allow4", "{ 10.0.0.1 . tcp . 443 }"},
+	{"add", "element", "inet", "govnet", "allow4_net_16", "{ 192.168.0.0 . tcp . 22 }"},
+	{"delete", "element", "inet", "govnet", "allow4_net_24", "{ 10.40.1.0 . tcp . 443 }"},
+	{"add", "element", "inet", "govnet", "allow4_icmp", "{ 10.9.9.9 }"},
+	{"add", "element", "inet", "govnet", "allow4_icmp_net_24", "{ 10.9.9.0 }"},
+	{"flush", "set", "inet", "govnet", "allow4_icmp_net_24"},
+	// A set for a prefix length the policy does not use, and a rule
+	// matching it.
+	{"add set inet govnet allow4_net_8 { type ipv4_addr . inet_proto . inet_service; elements = { 10.0.0.0 . tcp . 22 }; };" +
+		"insert rule inet govnet input iifname wg0 ip saddr & 255.0.0.0 . meta l4proto . th dport @allow4_net_8 accept"},
+	// A wider mask on an existing set: the same elements admit more.
+	{"insert", "rule", "inet", "govnet", "forward", "iifname", "wg0", "ip", "saddr", "&", "255.0.0.0", ".", "meta", "l4proto", ".", "th", "dport", "@allow4_net_16", "accept"},
+	{"add", "chain", "inet", "govnet", "extra"},
+	{"add", "set", "inet", "govnet", "extra", "{ type ipv4_addr; }"},
+	{"flush", "chain", "inet", "govnet", "input"},
+	{"delete", "chain", "inet", "govnet", "forward"},
+	{"add", "chain", "inet", "govnet", "input", "{ policy drop; }"},
+	// An expression google/nftables cannot parse (byteorder).
+	{"add", "rule", "inet", "govnet", "input", "ip", "saddr", ".", "meta", "l4proto", ".", "th", "dport", "{ 10.0.0.9/32 . tcp . 22 }", "accept"},
+}
+
 // TestFirewallHandEdit: an edit behind the agent's back changes the digest,
-// and the next Apply of the same rules puts the table back.
+// so that it differs from the one the controller expects
+// (nft.ExpectedDigest), and the next Apply of the same rules puts the table
+// back.
 func TestFirewallHandEdit(t *testing.T) {
 	fw, ns := newTestFirewall(t, "wg0")
 	want, err := fw.Apply(smallRules)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, edit := range [][]string{
-		{"add", "rule", "inet", "govnet", "input", "accept"},
-		{"insert", "rule", "inet", "govnet", "forward", "iifname", "wg0", "tcp", "dport", "22", "accept"},
-		{"add", "element", "inet", "govnet", "allow4", "{ 10.9.9.9 . tcp . 22 }"},
-		{"delete", "element", "inet", "govnet", "allow4", "{ 10.0.0.1 . tcp . 443 }"},
-		{"add", "element", "inet", "govnet", "allow4_net_16", "{ 192.168.0.0 . tcp . 22 }"},
-		{"delete", "element", "inet", "govnet", "allow4_net_24", "{ 10.40.1.0 . tcp . 443 }"},
-		{"add", "element", "inet", "govnet", "allow4_icmp", "{ 10.9.9.9 }"},
-		{"add", "element", "inet", "govnet", "allow4_icmp_net_24", "{ 10.9.9.0 }"},
-		{"flush", "set", "inet", "govnet", "allow4_icmp_net_24"},
-		// A set for a prefix length the policy does not use, and a rule
-		// matching it.
-		{"add set inet govnet allow4_net_8 { type ipv4_addr . inet_proto . inet_service; elements = { 10.0.0.0 . tcp . 22 }; };" +
-			"insert rule inet govnet input iifname wg0 ip saddr & 255.0.0.0 . meta l4proto . th dport @allow4_net_8 accept"},
-		// A wider mask on an existing set: the same elements admit more.
-		{"insert", "rule", "inet", "govnet", "forward", "iifname", "wg0", "ip", "saddr", "&", "255.0.0.0", ".", "meta", "l4proto", ".", "th", "dport", "@allow4_net_16", "accept"},
-		{"add", "chain", "inet", "govnet", "extra"},
-		{"add", "set", "inet", "govnet", "extra", "{ type ipv4_addr; }"},
-		{"flush", "chain", "inet", "govnet", "input"},
-		{"delete", "chain", "inet", "govnet", "forward"},
-		{"add", "chain", "inet", "govnet", "input", "{ policy drop; }"},
-		// An expression google/nftables cannot parse (byteorder).
-		{"add", "rule", "inet", "govnet", "input", "ip", "saddr", ".", "meta", "l4proto", ".", "th", "dport", "{ 10.0.0.9/32 . tcp . 22 }", "accept"},
-	} {
+	expected, err := nft.ExpectedDigest(smallRules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want != expected {
+		t.Fatalf("Apply gave %s, ExpectedDigest %s", want, expected)
+	}
+	for _, edit := range handEdits {
 		words := strings.Fields(strings.Join(edit, " "))
 		t.Run(strings.Join(words[:min(len(words), 5)], "-"), func(t *testing.T) {
 			ns.Exec(t, append([]string{"nft"}, edit...)...)
@@ -342,6 +368,9 @@ func TestFirewallHandEdit(t *testing.T) {
 			}
 			if got == want {
 				t.Fatalf("nft %s did not change the digest", strings.Join(edit, " "))
+			}
+			if got == expected {
+				t.Fatalf("nft %s: the digest still equals ExpectedDigest", strings.Join(edit, " "))
 			}
 			d, err := fw.Apply(smallRules)
 			if err != nil {
@@ -495,32 +524,35 @@ func TestCompileRules(t *testing.T) {
 		}, sets: "allow4=1 allow4_icmp=0", bad: 5},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			p, err := compileRules(tc.rules)
-			tbl := &nftables.Table{Name: TableName, Family: nftables.TableFamilyINet}
-			sets := p.sets(tbl)
+			d, err := nft.Build(tc.rules, "wg0")
+			sets := d.Sets
 			var got []string
 			total := 0
 			ids := map[uint32]bool{}
 			for _, s := range sets {
-				got = append(got, fmt.Sprintf("%s=%d", s.set.Name, len(s.elems)))
-				total += len(s.elems)
-				if ids[s.set.ID] {
-					t.Errorf("set ID %d used twice", s.set.ID)
+				got = append(got, fmt.Sprintf("%s=%d", s.Set.Name, len(s.Elems)))
+				total += len(s.Elems)
+				if ids[s.Set.ID] {
+					t.Errorf("set ID %d used twice", s.Set.ID)
 				}
-				ids[s.set.ID] = true
-				if s.set.Interval {
-					t.Errorf("set %s is an interval set", s.set.Name)
+				ids[s.Set.ID] = true
+				if s.Set.Interval {
+					t.Errorf("set %s is an interval set", s.Set.Name)
 				}
 			}
 			if g := strings.Join(got, " "); g != tc.sets {
 				t.Errorf("sets %q, want %q", g, tc.sets)
 			}
-			if got := p.elements(); got != total {
-				t.Errorf("elements() = %d, sets hold %d", got, total)
+			if got := d.Elements(); got != total {
+				t.Errorf("Elements() = %d, sets hold %d", got, total)
 			}
-			fw := &Firewall{iface: "wg0"}
-			if got := len(fw.chainRules(tbl, &nftables.Chain{Name: "input", Table: tbl}, sets)); got != len(sets)+2 {
-				t.Errorf("%d rules for %d sets, want one per set plus established and drop", got, len(sets))
+			if len(d.Chains) != 2 {
+				t.Fatalf("%d chains, want input and forward", len(d.Chains))
+			}
+			for _, ch := range d.Chains {
+				if got := len(ch.Rules); got != len(sets)+2 {
+					t.Errorf("chain %s: %d rules for %d sets, want one per set plus established and drop", ch.Chain.Name, got, len(sets))
+				}
 			}
 			var n int
 			if err != nil {
@@ -533,17 +565,6 @@ func TestCompileRules(t *testing.T) {
 				t.Errorf("%d rules refused (%v), want %d", n, err, tc.bad)
 			}
 		})
-	}
-}
-
-func TestKeyEncoding(t *testing.T) {
-	k := concatKey(netip.MustParseAddr("10.0.0.1"), service{proto: 6, port: 443})
-	want := []byte{10, 0, 0, 1, 6, 0, 0, 0, 0x01, 0xbb, 0, 0}
-	if !slices.Equal(k, want) {
-		t.Fatalf("key % x, want % x", k, want)
-	}
-	if got := renderKey(concatKeyType, k); got != "10.0.0.1 . tcp . 443" {
-		t.Fatalf("renderKey = %q", got)
 	}
 }
 
@@ -730,3 +751,163 @@ func icmpChecksum(b []byte) uint16 {
 	}
 	return ^uint16(s)
 }
+
+// expectedCases are rule sets for which the digest the agent reports after
+// Apply must equal nft.ExpectedDigest.
+func expectedCases() map[string][]api.Rule {
+	shuffled := slices.Clone(smallRules)
+	shuffled = append(shuffled, smallRules[0], smallRules[4], smallRules[8], smallRules[3])
+	rand.Shuffle(len(shuffled), func(i, j int) { shuffled[i], shuffled[j] = shuffled[j], shuffled[i] })
+	var lengths []api.Rule
+	for bits := range 33 {
+		lengths = append(lengths,
+			api.Rule{Source: netip.PrefixFrom(netip.MustParseAddr("10.1.2.3"), bits), Protocol: api.ProtoTCP, Port: uint16(1000 + bits)},
+			api.Rule{Source: netip.PrefixFrom(netip.MustParseAddr("172.16.9.9"), bits), Protocol: api.ProtoICMP})
+	}
+	big := bigRules(10_000)
+	bigShuffled := append(slices.Clone(big), big[:500]...)
+	rand.Shuffle(len(bigShuffled), func(i, j int) { bigShuffled[i], bigShuffled[j] = bigShuffled[j], bigShuffled[i] })
+	return map[string][]api.Rule{
+		"empty": nil,
+		"exact": {tcp("10.0.0.1/32", 443), udp("10.0.0.2/32", 53), tcp("10.0.0.2/32", 22), tcp("100.64.0.7/32", 8443)},
+		"lan-prefixes": {tcp("10.20.0.0/16", 8080), tcp("10.40.1.0/24", 443), udp("10.40.2.0/24", 443),
+			tcp("10.0.0.0/8", 22), tcp("192.168.4.0/22", 3389), tcp("172.16.0.0/12", 25), udp("10.50.0.128/25", 123)},
+		"icmp":               {icmp("10.0.0.3/32"), icmp("10.30.0.0/24"), icmp("10.30.1.0/24"), icmp("10.0.0.0/30"), icmp("0.0.0.0/0")},
+		"small":              smallRules,
+		"shuffled-dupes":     shuffled,
+		"every-length":       lengths,
+		"4in6":               {tcp("::ffff:10.0.0.1/128", 443), icmp("::ffff:10.0.0.0/120"), udp("::ffff:10.9.0.0/112", 53)},
+		"10000":              big,
+		"10000-shuffled-dup": bigShuffled,
+	}
+}
+
+// TestExpectedDigestMatchesKernel: what the controller computes without a
+// kernel (nft.ExpectedDigest) is what the agent reports after Apply, for
+// every rule set and whatever the interface is called.
+func TestExpectedDigestMatchesKernel(t *testing.T) {
+	cases := expectedCases()
+	for _, iface := range []string{"wg0", "govnet-gw-1234"} {
+		fw, ns := newTestFirewall(t, iface)
+		// Apply checks its digest against the expectation and logs an
+		// error if they differ: no error may be logged.
+		errs := &errorCounter{}
+		if fw, err := NewFirewall(iface, WithNetNS(ns.Fd()), WithLogger(slog.New(errs))); err != nil {
+			t.Fatal(err)
+		} else if _, err := fw.Apply(smallRules); err != nil {
+			t.Fatal(err)
+		}
+		if errs.n.Load() != 0 {
+			t.Fatalf("Apply logged %d errors", errs.n.Load())
+		}
+		for _, name := range slices.Sorted(maps.Keys(cases)) {
+			rules := cases[name]
+			t.Run(iface+"/"+name, func(t *testing.T) {
+				applied, err := fw.Apply(rules)
+				if err != nil {
+					t.Fatal(err)
+				}
+				got, err := fw.Digest()
+				if err != nil {
+					t.Fatal(err)
+				}
+				want, err := nft.ExpectedDigest(rules)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got != want || applied != want {
+					kernel, _ := fw.Render()
+					expected, _ := nft.ExpectedRender(rules)
+					t.Fatalf("Digest() = %s, Apply = %s, ExpectedDigest = %s\n%s", got, applied, want, firstDiff(kernel, expected))
+				}
+				if len(rules) < 100 {
+					kernel, _ := fw.Render()
+					if strings.Contains(kernel, iface) {
+						t.Errorf("rendering names the interface %q:\n%s", iface, kernel)
+					}
+				}
+			})
+		}
+	}
+}
+
+// firstDiff shows the first line where the kernel's rendering and the
+// expected one differ.
+func firstDiff(kernel, expected string) string {
+	k, e := strings.Split(kernel, "\n"), strings.Split(expected, "\n")
+	for i := range max(len(k), len(e)) {
+		var kl, el string
+		if i < len(k) {
+			kl = k[i]
+		}
+		if i < len(e) {
+			el = e[i]
+		}
+		if kl != el {
+			return fmt.Sprintf("line %d:\nkernel:   %s\nexpected: %s", i+1, kl, el)
+		}
+	}
+	return "renderings are equal"
+}
+
+// TestExpectedDigestUnsupported: rules the agent cannot express are left
+// out of the table and of the expectation alike. ExpectedDigest returns
+// the digest of the other rules with an error wrapping ErrUnsupportedRule,
+// as Apply does.
+func TestExpectedDigestUnsupported(t *testing.T) {
+	good := []api.Rule{tcp("10.0.0.1/32", 443), tcp("10.40.1.0/24", 443), icmp("10.30.0.0/24")}
+	bad := []api.Rule{
+		{Protocol: api.ProtoTCP, Port: 1}, // no source
+		tcp("2001:db8::1/128", 443),       // IPv6
+		tcp("10.0.0.9/32", 0),             // no port
+		{Source: pfx("10.0.0.1/32"), Protocol: api.ProtoICMP, Port: 3},
+		{Source: pfx("10.0.0.1/32"), Protocol: "sctp", Port: 3},
+	}
+	mixed := append(slices.Clone(bad[:2]), good[0], bad[2], good[1])
+	mixed = append(mixed, bad[3:]...)
+	mixed = append(mixed, good[2])
+
+	wantGood, err := nft.ExpectedDigest(good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := nft.ExpectedDigest(mixed)
+	if !errors.Is(err, nft.ErrUnsupportedRule) || !errors.Is(err, ErrUnsupportedRule) {
+		t.Fatalf("ExpectedDigest(mixed) error %v, want ErrUnsupportedRule", err)
+	}
+	if want != wantGood {
+		t.Fatalf("ExpectedDigest(mixed) = %s, ExpectedDigest(supported rules only) = %s", want, wantGood)
+	}
+	onlyBad, err := nft.ExpectedDigest(bad)
+	if !errors.Is(err, ErrUnsupportedRule) {
+		t.Fatalf("ExpectedDigest(bad) error %v", err)
+	}
+	if deny, _ := nft.ExpectedDigest(nil); onlyBad != deny {
+		t.Fatalf("only unsupported rules: %s, want the deny-all digest %s", onlyBad, deny)
+	}
+
+	fw, _ := newTestFirewall(t, "wg7")
+	for _, tc := range []struct {
+		rules []api.Rule
+		want  string
+	}{{mixed, want}, {bad, onlyBad}} {
+		d, err := fw.Apply(tc.rules)
+		if !errors.Is(err, ErrUnsupportedRule) {
+			t.Fatalf("Apply error %v, want ErrUnsupportedRule", err)
+		}
+		if got, err := fw.Digest(); err != nil || got != tc.want || d != tc.want {
+			t.Fatalf("Apply = %s, Digest() = %s, %v; ExpectedDigest = %s", d, got, err, tc.want)
+		}
+	}
+}
+
+// errorCounter is a slog.Handler that counts records of level Error.
+type errorCounter struct{ n atomic.Int32 }
+
+func (h *errorCounter) Enabled(_ context.Context, l slog.Level) bool { return l >= slog.LevelError }
+func (h *errorCounter) Handle(context.Context, slog.Record) error {
+	h.n.Add(1)
+	return nil
+}
+func (h *errorCounter) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h *errorCounter) WithGroup(string) slog.Handler      { return h }
