@@ -44,7 +44,20 @@ type Gateway struct {
 	CertSerial  string         `json:"cert_serial,omitempty"`
 	CertExpires time.Time      `json:"cert_expires,omitzero"`
 	Report      *Report        `json:"report,omitempty"`
+	// ExpectedDigest is the digest of the ruleset the gateway's current
+	// view compiles to; Ruleset compares the report with it: "ok",
+	// "mismatch" (the gateway's table is not what it was sent), or
+	// "pending" (no report yet for the current view).
+	ExpectedDigest string `json:"expected_digest,omitempty"`
+	Ruleset        string `json:"ruleset,omitempty"`
 }
+
+// Ruleset attestation states of a gateway (Gateway.Ruleset).
+const (
+	RulesetOK       = "ok"
+	RulesetMismatch = "mismatch"
+	RulesetPending  = "pending"
+)
 
 // Report is what an agent says it applied.
 type Report struct {

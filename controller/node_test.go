@@ -260,6 +260,10 @@ func TestControllerEnrollWatchRestart(t *testing.T) {
 	if err := gw1.client.Report(ctx, api.Report{PolicyVersion: 1, RaftIndex: v.RaftIndex, RulesetDigest: "sha256:x"}); err != nil {
 		t.Fatal(err)
 	}
+	// A digest other than the one the view compiles to is a mismatch.
+	if g, err := op.Gateway(ctx, "gw1"); err != nil || g.Ruleset != api.RulesetMismatch || !strings.HasPrefix(g.ExpectedDigest, "sha256:") {
+		t.Fatalf("attestation of a wrong digest: %+v %v", g, err)
+	}
 	_ = gw2
 
 	// Restart: everything is still there.

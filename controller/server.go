@@ -342,7 +342,29 @@ func (n *Node) handleAgencyAdd(w http.ResponseWriter, r *http.Request, id ca.Ide
 }
 
 func (n *Node) handleGateways(w http.ResponseWriter, r *http.Request, _ ca.Identity) {
-	writeJSON(w, http.StatusOK, n.State().Gateways())
+	gws := n.State().Gateways()
+	for i := range gws {
+		n.attest(&gws[i])
+	}
+	writeJSON(w, http.StatusOK, gws)
+}
+
+// attest compares what a gateway reported with the ruleset its current
+// view compiles to.
+func (n *Node) attest(g *api.Gateway) {
+	want, v, ok := n.hub.expected(g.ID)
+	if !ok || want == "" {
+		return
+	}
+	g.ExpectedDigest = want
+	switch {
+	case g.Report != nil && g.Report.RulesetDigest == want:
+		g.Ruleset = api.RulesetOK
+	case g.Report == nil || g.Report.RaftIndex < v.RaftIndex:
+		g.Ruleset = api.RulesetPending
+	default:
+		g.Ruleset = api.RulesetMismatch
+	}
 }
 
 func (n *Node) handleGateway(w http.ResponseWriter, r *http.Request, _ ca.Identity) {
@@ -351,6 +373,7 @@ func (n *Node) handleGateway(w http.ResponseWriter, r *http.Request, _ ca.Identi
 		n.fail(w, fmt.Errorf("%w: gateway %s", ErrNotFound, r.PathValue("id")))
 		return
 	}
+	n.attest(&g)
 	writeJSON(w, http.StatusOK, g)
 }
 

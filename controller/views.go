@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"reflect"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/govnet/govnet/api"
 	"github.com/govnet/govnet/policy"
+	"github.com/govnet/govnet/policy/nft"
 )
 
 // viewHub keeps each gateway's compiled view and wakes the streams that
@@ -32,6 +34,15 @@ type viewHub struct {
 
 	polVersion uint64
 	pol        *policy.Policy
+
+	// digests caches the expected ruleset digest of each gateway's view,
+	// computed on first use; an entry is valid for the view it was made from.
+	digests map[string]expectedDigest
+}
+
+type expectedDigest struct {
+	view   *api.View
+	digest string
 }
 
 func newViewHub(state *State, log *slog.Logger) *viewHub {
@@ -126,6 +137,7 @@ func (h *viewHub) recompute() error {
 	for id := range h.views {
 		if _, ok := views[id]; !ok {
 			delete(h.views, id)
+			delete(h.digests, id)
 			h.notify(id)
 		}
 	}
@@ -226,6 +238,39 @@ func (h *viewHub) subscribe(id string) (<-chan struct{}, func()) {
 		}
 		h.mu.Unlock()
 	}
+}
+
+// expected returns the digest of the ruleset gateway id's current view
+// compiles to, as the agent will read it back from its kernel; ok is false
+// when the gateway has no view.
+func (h *viewHub) expected(id string) (digest string, v *api.View, ok bool) {
+	h.mu.Lock()
+	v, ok = h.views[id]
+	e, cached := h.digests[id]
+	h.mu.Unlock()
+	if !ok {
+		return "", nil, false
+	}
+	if cached && e.view == v {
+		return e.digest, v, true
+	}
+	// Pure and cheap (about 1 ms per 1,000 rules): computed outside the lock.
+	// Rules the firewall cannot express are left out by the agent too, so
+	// the digest that comes with ErrUnsupportedRule is still the expectation.
+	d, err := nft.ExpectedDigest(v.Rules)
+	if err != nil && !errors.Is(err, nft.ErrUnsupportedRule) {
+		h.log.Error("expected ruleset digest", "gateway", id, "err", err)
+		return "", v, true
+	}
+	h.mu.Lock()
+	if h.digests == nil {
+		h.digests = map[string]expectedDigest{}
+	}
+	if h.views[id] == v {
+		h.digests[id] = expectedDigest{view: v, digest: d}
+	}
+	h.mu.Unlock()
+	return d, v, true
 }
 
 // view returns gateway id's current view; views are never mutated once

@@ -299,11 +299,17 @@ func (l *lab) gateways() []api.Gateway {
 	return gws
 }
 
+// waitApplied waits until every gateway reports the policy version and
+// the controller attests its ruleset: the digest the agent read back from
+// its kernel equals the one the controller computed from the view.
 func (l *lab) waitApplied(version uint64) {
-	eventually(l.t, 30*time.Second, fmt.Sprintf("every gateway reports policy v%d", version), func() error {
+	eventually(l.t, 30*time.Second, fmt.Sprintf("every gateway reports policy v%d with the expected ruleset", version), func() error {
 		for _, g := range l.gateways() {
 			if g.Report == nil || g.Report.PolicyVersion != version {
 				return fmt.Errorf("%s reports %+v", g.ID, g.Report)
+			}
+			if g.Ruleset != api.RulesetOK {
+				return fmt.Errorf("%s ruleset %q: reported %s, expected %s", g.ID, g.Ruleset, g.Report.RulesetDigest, g.ExpectedDigest)
 			}
 		}
 		return nil

@@ -167,7 +167,7 @@ func (a *app) gatewayCmd() *cobra.Command {
 	return cmd
 }
 
-const gatewayHeader = "ID\tAGENCY\tSTATUS\tOVERLAY\tENDPOINT\tPOLICY\tRAFT INDEX\tPEERS\tLAST HANDSHAKE\tREPORTED"
+const gatewayHeader = "ID\tAGENCY\tSTATUS\tOVERLAY\tENDPOINT\tPOLICY\tRAFT INDEX\tRULESET\tPEERS\tLAST HANDSHAKE\tREPORTED"
 
 func gatewayRow(w io.Writer, g api.Gateway) {
 	overlay := "-"
@@ -182,7 +182,11 @@ func gatewayRow(w io.Writer, g api.Gateway) {
 		}
 		at = ago(r.At)
 	}
-	fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", g.ID, g.Agency, g.Status, overlay, dash(g.Endpoint), pol, idx, peers, hs, at)
+	ruleset := dash(g.Ruleset)
+	if g.Ruleset == api.RulesetMismatch {
+		ruleset = "MISMATCH" // the gateway's table is not what it was sent
+	}
+	fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", g.ID, g.Agency, g.Status, overlay, dash(g.Endpoint), pol, idx, ruleset, peers, hs, at)
 }
 
 func ago(t time.Time) string {
