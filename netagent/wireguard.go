@@ -29,7 +29,7 @@ const (
 	// overhead over IPv6 transport (80 bytes).
 	MTU = 1420
 	// PersistentKeepalive keeps NAT mappings and stateful firewalls on the
-	// transport path open.
+	// transport path open. Of two peers only one sends it: see keepaliveFor.
 	PersistentKeepalive = 25 * time.Second
 	// RouteProtocol marks the routes [Device.ApplyPeers] installs (the
 	// rtm_protocol field, "proto 157" in ip route), so it finds and removes
@@ -599,8 +599,22 @@ func (d *Device) routed(a netip.Prefix) bool {
 	return !(overlay.Bits() <= a.Bits() && overlay.Contains(a.Addr()))
 }
 
-func newPeerConfig(w *peerState) wgtypes.PeerConfig {
-	keepalive := PersistentKeepalive
+// keepaliveFor returns the persistent keepalive for a peer. Setting one
+// makes wireguard-go send a keepalive at once, which starts a handshake;
+// when a policy adds two gateways to each other both would start one at
+// the same instant, the handshakes collide ("invalid state for keypair
+// derivation") and the tunnel waits for the 5 s rekey timeout. So only the
+// side whose public key sorts lower keeps the pair alive; the other
+// answers, and still starts a handshake itself when it has data to send.
+func (d *Device) keepaliveFor(peer wgtypes.Key) time.Duration {
+	if bytes.Compare(d.self[:], peer[:]) < 0 {
+		return PersistentKeepalive
+	}
+	return 0
+}
+
+func (d *Device) newPeerConfig(w *peerState) wgtypes.PeerConfig {
+	keepalive := d.keepaliveFor(w.key)
 	return wgtypes.PeerConfig{
 		PublicKey:                   w.key,
 		Endpoint:                    w.endpointUDP,
@@ -640,7 +654,7 @@ func (d *Device) applyChanges(p *peerPlan) (changed bool, err error) {
 		w := c.next
 		touched = append(touched, w.allowed...)
 		if c.old == nil {
-			adds = append(adds, newPeerConfig(w))
+			adds = append(adds, d.newPeerConfig(w))
 			continue
 		}
 		touched = append(touched, c.old.allowed...)
@@ -726,7 +740,6 @@ func (d *Device) repair() (changed bool, err error) {
 	}
 	d.markGen++
 	mark := d.markGen
-	keepalive := PersistentKeepalive
 	var adds, updates, removes []wgtypes.PeerConfig
 	for i := range dev.Peers {
 		cur := &dev.Peers[i]
@@ -741,7 +754,7 @@ func (d *Device) repair() (changed bool, err error) {
 		if !slices.Equal(w.allowed, ipNetsToPrefixes(cur.AllowedIPs)) {
 			pc.ReplaceAllowedIPs, pc.AllowedIPs, diff = true, prefixesToIPNets(w.allowed), true
 		}
-		if cur.PersistentKeepaliveInterval != keepalive {
+		if keepalive := d.keepaliveFor(w.key); cur.PersistentKeepaliveInterval != keepalive {
 			pc.PersistentKeepaliveInterval, diff = &keepalive, true
 		}
 		if w.endpointUDP != nil && !sameUDPAddr(w.endpointUDP, cur.Endpoint) &&
@@ -754,7 +767,7 @@ func (d *Device) repair() (changed bool, err error) {
 	}
 	for _, w := range d.peers {
 		if w.mark != mark {
-			adds = append(adds, newPeerConfig(w))
+			adds = append(adds, d.newPeerConfig(w))
 		}
 	}
 	var errs []error

@@ -496,8 +496,16 @@ func TestWireGuardTunnel(t *testing.T) {
 		t.Fatalf("routes of %s: %v, want %q", nameA, got, want)
 	}
 	before := hA.peer(pubB)
-	if before.Keepalive != PersistentKeepalive.String() {
-		t.Errorf("keepalive %s", before.Keepalive)
+	// Only the side whose key sorts lower keeps the pair alive.
+	wantKeepalive := time.Duration(0)
+	if bytes.Compare(pubA[:], pubB[:]) < 0 {
+		wantKeepalive = PersistentKeepalive
+	}
+	if before.Keepalive != wantKeepalive.String() {
+		t.Errorf("keepalive %s, want %s", before.Keepalive, wantKeepalive)
+	}
+	if other := hB.peer(pubA); (other.Keepalive == "0s") == (wantKeepalive == 0) {
+		t.Errorf("both sides or neither keep the pair alive: %s and %s", before.Keepalive, other.Keepalive)
 	}
 
 	// 2. Same desired state: nothing to do.
@@ -841,8 +849,10 @@ func TestWireGuardIncrementalAndRepair(t *testing.T) {
 	netnstest.RequireTUN(t)
 	nsInc, nsFull := netnstest.New(t), netnstest.New(t)
 	nameInc, nameFull := netnstest.IfName("gvi"), netnstest.IfName("gvf")
-	hInc := startHelper(t, nsInc, helperConfig{Name: nameInc, PrivateKey: mustKey(t).String(), Addr: "10.250.0.1/24"})
-	hFull := startHelper(t, nsFull, helperConfig{Name: nameFull, PrivateKey: mustKey(t).String(), Addr: "10.250.0.1/24"})
+	// One private key for both: per-peer settings (keepalive) depend on it.
+	self := mustKey(t).String()
+	hInc := startHelper(t, nsInc, helperConfig{Name: nameInc, PrivateKey: self, Addr: "10.250.0.1/24"})
+	hFull := startHelper(t, nsFull, helperConfig{Name: nameFull, PrivateKey: self, Addr: "10.250.0.1/24"})
 
 	dump := func(h *helper) []string {
 		t.Helper()
