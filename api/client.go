@@ -261,6 +261,19 @@ func (c *Client) PublishPolicy(ctx context.Context, name, source string) (*Polic
 	return &out, c.do(ctx, http.MethodPut, "/v1/policy", PolicyRequest{Name: name, Source: source}, &out)
 }
 
+// PolicyHistory returns every published policy, oldest first.
+func (c *Client) PolicyHistory(ctx context.Context) ([]Policy, error) {
+	var out []Policy
+	return out, c.do(ctx, http.MethodGet, "/v1/policy/history", nil, &out)
+}
+
+// PlanPolicy checks a draft against the live registry and says which
+// gateways would gain or lose which flows; nothing is committed.
+func (c *Client) PlanPolicy(ctx context.Context, name, source string) (*PolicyPlan, error) {
+	var out PolicyPlan
+	return &out, c.do(ctx, http.MethodPost, "/v1/policy/plan", PolicyRequest{Name: name, Source: source}, &out)
+}
+
 // ClusterStatus returns the answering node's view of the cluster.
 func (c *Client) ClusterStatus(ctx context.Context) (*ClusterStatus, error) {
 	var out ClusterStatus

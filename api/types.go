@@ -311,3 +311,36 @@ type RenewResponse struct {
 	Certificate string `json:"certificate"` // PEM chain: leaf, intermediate
 	Serial      string `json:"serial"`
 }
+
+// PolicyPlan says what publishing a policy would change: per gateway, the
+// inbound flows it gains and loses and the peers it gains and loses. Its
+// counts are the blast radius of the change.
+type PolicyPlan struct {
+	Gateways      []GatewayPlan `json:"gateways"` // only gateways that change, sorted by id
+	FlowsGained   int           `json:"flows_gained"`
+	FlowsLost     int           `json:"flows_lost"`
+	PeersGained   int           `json:"peers_gained"`
+	PeersLost     int           `json:"peers_lost"`
+	Unchanged     int           `json:"unchanged"` // gateways whose view does not change
+	TotalGateways int           `json:"total_gateways"`
+}
+
+// GatewayPlan is one gateway's part of a PolicyPlan.
+type GatewayPlan struct {
+	Gateway     string   `json:"gateway"`
+	Agency      string   `json:"agency"`
+	Gained      []Flow   `json:"gained,omitempty"`
+	Lost        []Flow   `json:"lost,omitempty"`
+	PeersGained []string `json:"peers_gained,omitempty"`
+	PeersLost   []string `json:"peers_lost,omitempty"`
+}
+
+// Flow is an inbound flow a gateway admits: from a source (named by the
+// gateway whose overlay address or LAN it is, when known) on a protocol
+// and port.
+type Flow struct {
+	From     string       `json:"from,omitempty"` // gateway id; empty when no gateway owns the source
+	Source   netip.Prefix `json:"source"`
+	Protocol string       `json:"protocol"`
+	Port     uint16       `json:"port,omitempty"`
+}

@@ -81,6 +81,8 @@ func (n *Node) routes() http.Handler {
 	mux.HandleFunc("GET /v1/policy", n.person(anyone, n.handlePolicy))
 	mux.HandleFunc("GET /v1/cluster/status", n.person(anyone, n.handleClusterStatus))
 	mux.HandleFunc("PUT /v1/policy", n.person([]string{ca.RoleOfficer}, n.handlePolicyPublish))
+	mux.HandleFunc("GET /v1/policy/history", n.person(anyone, n.handlePolicyHistory))
+	mux.HandleFunc("POST /v1/policy/plan", n.person(anyone, n.handlePolicyPlan))
 	mux.HandleFunc("GET /v1/certificates", n.person(anyone, n.handleCertificates))
 	mux.HandleFunc("GET /v1/certificates/{serial}", n.person(anyone, n.handleCertificate))
 	mux.HandleFunc("POST /v1/revoke", n.person([]string{ca.RoleOfficer}, n.handleRevoke))
@@ -469,6 +471,52 @@ func (n *Node) handlePolicyPublish(w http.ResponseWriter, r *http.Request, id ca
 	p, _ := n.State().Policy()
 	n.log.Info("policy published", "policy_version", p.Version, "actor", id.Name)
 	writeJSON(w, http.StatusOK, p)
+}
+
+func (n *Node) handlePolicyHistory(w http.ResponseWriter, r *http.Request, _ ca.Identity) {
+	writeJSON(w, http.StatusOK, n.State().PolicyHistory())
+}
+
+// handlePolicyPlan checks a draft as publication would and says what it
+// would change against the current policy: per gateway, the flows and
+// peers gained and lost. Nothing is committed.
+func (n *Node) handlePolicyPlan(w http.ResponseWriter, r *http.Request, _ ca.Identity) {
+	var req api.PolicyRequest
+	if !decode(w, r, maxPolicyBody, &req) {
+		return
+	}
+	if req.Name == "" {
+		req.Name = "policy.yaml"
+	}
+	plan, err := PlanPolicy(req.Name, []byte(req.Source), n.State())
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, plan)
+}
+
+// PlanPolicy checks a draft against the registry in s, as CheckPolicy
+// does, and diffs its views against the current policy's.
+func PlanPolicy(name string, src []byte, s *State) (*api.PolicyPlan, error) {
+	reg := &policy.Registry{Agencies: s.Agencies(), Gateways: s.Gateways()}
+	_, after, err := policy.Check(name, src, reg)
+	if err != nil {
+		return nil, err
+	}
+	var before map[string]*api.View
+	if cur, ok := s.Policy(); ok {
+		p, err := policy.Parse(fmt.Sprintf("policy-v%d.yaml", cur.Version), []byte(cur.Source))
+		if err == nil {
+			before, err = p.Compile(reg)
+		}
+		if err != nil {
+			// The registry moved under the current policy (a merged
+			// agency, say): a plan against it would mean nothing.
+			return nil, fmt.Errorf("the current policy v%d no longer compiles against the registry: %w", cur.Version, err)
+		}
+	}
+	return policy.Diff(before, after, reg), nil
 }
 
 // CheckPolicy parses, validates, compiles and tests a policy against the

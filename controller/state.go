@@ -182,6 +182,13 @@ func copyGateway(g *api.Gateway) api.Gateway {
 }
 
 // Policy returns the current policy; ok is false before the first publication.
+// PolicyHistory returns every published policy, oldest first.
+func (s *State) PolicyHistory() []api.Policy {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return slices.Clone(s.policies)
+}
+
 func (s *State) Policy() (api.Policy, bool) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()

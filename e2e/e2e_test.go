@@ -430,9 +430,38 @@ func TestNetwork(t *testing.T) {
 	})
 
 	t.Run("flip", func(t *testing.T) {
-		l.publish(policyWeb)
+		// The plan says what publishing will change: each gateway swaps
+		// tcp/22 from the other for tcp/443.
+		f := l.path("web.yaml")
+		os.WriteFile(f, []byte(policyWeb), 0o644)
+		var plan api.PolicyPlan
+		if err := json.Unmarshal([]byte(l.mustCtl("op", "policy", "plan", f, "-o", "json")), &plan); err != nil {
+			t.Fatal(err)
+		}
+		if len(plan.Gateways) != 2 || plan.FlowsGained != 2 || plan.FlowsLost != 2 || plan.PeersGained+plan.PeersLost != 0 {
+			t.Fatalf("plan %+v", plan)
+		}
+		if g := plan.Gateways[0]; g.Gateway != a.id || g.Gained[0].From != b.id || g.Gained[0].Port != 443 || g.Lost[0].Port != 22 {
+			t.Fatalf("plan for %s: %+v", a.id, g)
+		}
+		v := l.publish(policyWeb)
 		l.flows(a, b, false, true)
-		l.publish(policySSH)
+		if err := json.Unmarshal([]byte(l.mustCtl("op", "policy", "plan", f, "-o", "json")), &plan); err != nil || len(plan.Gateways) != 0 {
+			t.Fatalf("plan of the published policy changes %+v (%v)", plan.Gateways, err)
+		}
+		// Roll back to the version before: the flow flips back.
+		var hist []api.Policy
+		if err := json.Unmarshal([]byte(l.mustCtl("op", "policy", "history", "-o", "json")), &hist); err != nil || len(hist) != int(v) {
+			t.Fatalf("history %+v (%v)", hist, err)
+		}
+		var p api.Policy
+		if err := json.Unmarshal([]byte(l.mustCtl("off", "policy", "rollback", fmt.Sprint(v-1), "-o", "json")), &p); err != nil {
+			t.Fatal(err)
+		}
+		if p.Version != v+1 || p.Source != hist[v-2].Source {
+			t.Fatalf("rollback published %+v", p)
+		}
+		l.waitApplied(p.Version)
 		l.flows(a, b, true, false)
 	})
 

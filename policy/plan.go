@@ -11,40 +11,8 @@ import (
 	"github.com/govnet/govnet/api"
 )
 
-// Plan says what publishing a policy would change: per gateway, the
-// inbound flows it gains and loses and the peers it gains and loses. Its
-// counts are the blast radius of the change.
-type Plan struct {
-	Gateways     []GatewayPlan `json:"gateways"` // only gateways that change, sorted by id
-	FlowsGained  int           `json:"flows_gained"`
-	FlowsLost    int           `json:"flows_lost"`
-	PeersGained  int           `json:"peers_gained"`
-	PeersLost    int           `json:"peers_lost"`
-	Unchanged    int           `json:"unchanged"` // gateways whose view does not change
-	TotalGateway int           `json:"total_gateways"`
-}
-
-// GatewayPlan is one gateway's change.
-type GatewayPlan struct {
-	Gateway     string   `json:"gateway"`
-	Agency      string   `json:"agency"`
-	Gained      []Flow   `json:"gained,omitempty"`
-	Lost        []Flow   `json:"lost,omitempty"`
-	PeersGained []string `json:"peers_gained,omitempty"`
-	PeersLost   []string `json:"peers_lost,omitempty"`
-}
-
-// Flow is an inbound flow a gateway admits: from a source (named by the
-// gateway whose overlay address or LAN it is, when known) on a protocol
-// and port.
-type Flow struct {
-	From     string       `json:"from"` // gateway id, or "" when no gateway owns the source
-	Source   netip.Prefix `json:"source"`
-	Protocol string       `json:"protocol"`
-	Port     uint16       `json:"port,omitempty"`
-}
-
-func (f Flow) String() string {
+// flowString renders a flow for a person: "h49-gw1 (100.64.0.6/32) tcp/443".
+func flowString(f api.Flow) string {
 	who := f.Source.String()
 	if f.From != "" {
 		who = f.From + " (" + who + ")"
@@ -58,7 +26,7 @@ func (f Flow) String() string {
 // Diff compares the views before and after a change. reg names the owners
 // of source addresses; gateways absent from one side count as having an
 // empty view there.
-func Diff(before, after map[string]*api.View, reg *Registry) *Plan {
+func Diff(before, after map[string]*api.View, reg *Registry) *api.PolicyPlan {
 	owner := map[netip.Prefix]string{}
 	agencyOf := map[string]string{}
 	if reg != nil {
@@ -79,16 +47,16 @@ func Diff(before, after map[string]*api.View, reg *Registry) *Plan {
 	for id := range after {
 		ids[id] = true
 	}
-	p := &Plan{TotalGateway: len(ids)}
+	p := &api.PolicyPlan{TotalGateways: len(ids)}
 	for _, id := range slices.Sorted(maps.Keys(ids)) {
 		b, a := viewOrEmpty(before[id]), viewOrEmpty(after[id])
-		gp := GatewayPlan{Gateway: id, Agency: agencyOf[id]}
+		gp := api.GatewayPlan{Gateway: id, Agency: agencyOf[id]}
 		gained, lost := diffSorted(b.Rules, a.Rules, compareRule)
 		for _, r := range gained {
-			gp.Gained = append(gp.Gained, Flow{From: owner[r.Source], Source: r.Source, Protocol: r.Protocol, Port: r.Port})
+			gp.Gained = append(gp.Gained, api.Flow{From: owner[r.Source], Source: r.Source, Protocol: r.Protocol, Port: r.Port})
 		}
 		for _, r := range lost {
-			gp.Lost = append(gp.Lost, Flow{From: owner[r.Source], Source: r.Source, Protocol: r.Protocol, Port: r.Port})
+			gp.Lost = append(gp.Lost, api.Flow{From: owner[r.Source], Source: r.Source, Protocol: r.Protocol, Port: r.Port})
 		}
 		gp.PeersGained, gp.PeersLost = diffSorted(peerIDs(b), peerIDs(a), strings.Compare)
 		if len(gp.Gained)+len(gp.Lost)+len(gp.PeersGained)+len(gp.PeersLost) == 0 {
@@ -104,19 +72,19 @@ func Diff(before, after map[string]*api.View, reg *Registry) *Plan {
 	return p
 }
 
-// String renders the plan for a person: a summary line, then each
+// RenderPlan renders a plan for a person: a summary line, then each
 // changing gateway with + and - lines.
-func (p *Plan) String() string {
+func RenderPlan(p *api.PolicyPlan) string {
 	var sb strings.Builder
 	fmt.Fprintf(&sb, "%d of %d gateways change: %d flows gained, %d lost; %d peerings gained, %d lost\n",
-		len(p.Gateways), p.TotalGateway, p.FlowsGained, p.FlowsLost, p.PeersGained, p.PeersLost)
+		len(p.Gateways), p.TotalGateways, p.FlowsGained, p.FlowsLost, p.PeersGained, p.PeersLost)
 	for _, g := range p.Gateways {
 		fmt.Fprintf(&sb, "\n%s (%s): +%d -%d flows\n", g.Gateway, g.Agency, len(g.Gained), len(g.Lost))
 		for _, f := range g.Gained {
-			fmt.Fprintf(&sb, "  + from %s\n", f)
+			fmt.Fprintf(&sb, "  + from %s\n", flowString(f))
 		}
 		for _, f := range g.Lost {
-			fmt.Fprintf(&sb, "  - from %s\n", f)
+			fmt.Fprintf(&sb, "  - from %s\n", flowString(f))
 		}
 		for _, id := range g.PeersGained {
 			fmt.Fprintf(&sb, "  + peer %s\n", id)

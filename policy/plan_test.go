@@ -25,7 +25,7 @@ func TestDiff(t *testing.T) {
 	t.Run("no change", func(t *testing.T) {
 		v := compileSrc(t, reg, provincesSSH)
 		p := Diff(v, compileSrc(t, reg, provincesSSH), reg)
-		if len(p.Gateways) != 0 || p.Unchanged != 5 || p.TotalGateway != 5 {
+		if len(p.Gateways) != 0 || p.Unchanged != 5 || p.TotalGateways != 5 {
 			t.Fatalf("%+v", p)
 		}
 	})
@@ -34,14 +34,14 @@ func TestDiff(t *testing.T) {
 		// h29-gw1 and h49-gw1 each swap tcp/22 for tcp/443 from the other's
 		// overlay address and LAN: 2 flows gained, 2 lost per gateway.
 		if len(p.Gateways) != 2 || p.FlowsGained != 4 || p.FlowsLost != 4 || p.PeersGained+p.PeersLost != 0 {
-			t.Fatalf("%s", p)
+			t.Fatalf("%s", RenderPlan(p))
 		}
 		g := p.Gateways[0]
 		if g.Gateway != "h29-gw1" || g.Agency != "000.00.00.H29" || g.Gained[0].From != "h49-gw1" || g.Gained[0].Port != 443 || g.Lost[0].Port != 22 {
 			t.Fatalf("%+v", g)
 		}
-		if !strings.Contains(p.String(), "  + from h49-gw1 (100.64.0.6/32) tcp/443\n") {
-			t.Fatalf("rendering:\n%s", p)
+		if !strings.Contains(RenderPlan(p), "  + from h49-gw1 (100.64.0.6/32) tcp/443\n") {
+			t.Fatalf("rendering:\n%s", RenderPlan(p))
 		}
 	})
 	t.Run("new service", func(t *testing.T) {
@@ -53,7 +53,7 @@ func TestDiff(t *testing.T) {
 			"h49-gw1":  {0, 2},
 		}
 		if len(p.Gateways) != len(want) {
-			t.Fatalf("%s", p)
+			t.Fatalf("%s", RenderPlan(p))
 		}
 		for _, g := range p.Gateways {
 			if w := want[g.Gateway]; len(g.Gained) != w[0] || len(g.Lost) != w[1] {
@@ -67,7 +67,7 @@ func TestDiff(t *testing.T) {
 	t.Run("from nothing", func(t *testing.T) {
 		p := Diff(nil, compileSrc(t, reg, provincesSSH), reg)
 		if p.FlowsGained != 4 || p.FlowsLost != 0 {
-			t.Fatalf("%s", p)
+			t.Fatalf("%s", RenderPlan(p))
 		}
 	})
 }

@@ -7,6 +7,8 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -253,7 +255,93 @@ func (a *app) policyCmd() *cobra.Command {
 			})
 		},
 	}
-	cmd.AddCommand(check, publish, show)
+	plan := &cobra.Command{
+		Use:   "plan FILE",
+		Short: "Say which gateways a policy would change, against the live registry (the blast radius)",
+		Long: "The controller checks the draft as publication would (names, compile, embedded tests) and\n" +
+			"compares every gateway's view under it with the current policy's: flows and peers gained and\n" +
+			"lost, per gateway, with counts. Nothing is committed.",
+		Example: "  govnetctl policy plan deploy/lab/policy.yaml\n  govnetctl policy plan new.yaml -o json",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			src, err := os.ReadFile(args[0])
+			if err != nil {
+				return err
+			}
+			return a.call(cmd, func(ctx context.Context, c *api.Client) error {
+				p, err := c.PlanPolicy(ctx, filepath.Base(args[0]), string(src))
+				if err != nil {
+					return err
+				}
+				if a.output == "json" {
+					return a.print(p, "", nil)
+				}
+				_, err = io.WriteString(a.out, policy.RenderPlan(p))
+				return err
+			})
+		},
+	}
+	history := &cobra.Command{
+		Use:     "history",
+		Short:   "List every published version of the policy",
+		Example: "  govnetctl policy history",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return a.call(cmd, func(ctx context.Context, c *api.Client) error {
+				ps, err := c.PolicyHistory(ctx)
+				if err != nil {
+					return err
+				}
+				return a.print(ps, "VERSION\tPUBLISHED\tBY", func(w io.Writer) {
+					for _, p := range ps {
+						policyRow(w, p)
+					}
+				})
+			})
+		},
+	}
+	var viaRequest bool
+	rollback := &cobra.Command{
+		Use:   "rollback VERSION",
+		Short: "Publish an earlier version's text again, as a new version (officer; or --request under four-eyes)",
+		Long: "Fetches the text of VERSION from the history and publishes it as the next version, checked\n" +
+			"against today's registry like any other policy. With four-eyes approval on, use --request:\n" +
+			"the rollback becomes a request that another officer approves.",
+		Example: "  govnetctl policy rollback 3\n  govnetctl policy rollback 3 --request",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			version, err := strconv.ParseUint(strings.TrimPrefix(args[0], "v"), 10, 64)
+			if err != nil {
+				return fmt.Errorf("version %q: want a number such as 3", args[0])
+			}
+			return a.call(cmd, func(ctx context.Context, c *api.Client) error {
+				ps, err := c.PolicyHistory(ctx)
+				if err != nil {
+					return err
+				}
+				i := slices.IndexFunc(ps, func(p api.Policy) bool { return p.Version == version })
+				if i < 0 {
+					return fmt.Errorf("no policy version %d (see govnetctl policy history)", version)
+				}
+				name := fmt.Sprintf("rollback-to-v%d.yaml", version)
+				if viaRequest {
+					r, err := c.CreateRequest(ctx, api.RequestCreate{Kind: api.RequestPolicy, PolicyName: name, PolicySource: ps[i].Source,
+						Reason: fmt.Sprintf("roll back to policy v%d", version)})
+					if err != nil {
+						return err
+					}
+					return a.print(r, "REQUEST\tKIND", func(w io.Writer) { fmt.Fprintf(w, "%s\t%s\n", r.ID, r.Kind) })
+				}
+				p, err := c.PublishPolicy(ctx, name, ps[i].Source)
+				if err != nil {
+					return err
+				}
+				return a.print(p, "VERSION\tPUBLISHED\tBY", func(w io.Writer) { policyRow(w, *p) })
+			})
+		},
+	}
+	rollback.Flags().BoolVar(&viaRequest, "request", false, "ask for the rollback as a four-eyes request instead of publishing it")
+	cmd.AddCommand(check, publish, show, plan, history, rollback)
 	return cmd
 }
 
