@@ -163,29 +163,11 @@ func (n *Node) peerCall(ctx context.Context, apiAddr, path, ctype string, body i
 // onLeader runs local if this node leads, or POSTs in as JSON to path on
 // the leader; it retries while nothing can have been done.
 func (n *Node) onLeader(ctx context.Context, actor, path string, in, out any, local func(context.Context) error) error {
-	ctx, cancel := context.WithTimeout(ctx, applyTimeout)
-	defer cancel()
 	body, err := json.Marshal(in)
 	if err != nil {
 		return err
 	}
-	for {
-		if n.raft.State() == raft.Leader {
-			err = local(ctx)
-		} else if _, leader := n.raft.LeaderWithID(); leader == "" {
-			err = ErrNoLeader
-		} else if m, ok := n.fsm.State().Member(string(leader)); !ok {
-			err = ErrNoLeader
-		} else {
-			err = n.peerCall(ctx, m.APIAddr, path, "application/json", bytes.NewReader(body), actor, out)
-		}
-		if !errors.Is(err, ErrNotLeader) && !errors.Is(err, ErrNoLeader) {
-			return err
-		}
-		if perr := pause(ctx, 20*time.Millisecond); perr != nil {
-			return err
-		}
-	}
+	return n.routeToLeader(ctx, actor, path, "application/json", body, out, local)
 }
 
 // linearizable makes this node's state include every write committed
@@ -543,6 +525,13 @@ func (n *Node) handleSnapshotRestore(w http.ResponseWriter, r *http.Request, id 
 
 // onLeaderRaw is onLeader for a body that is not JSON.
 func (n *Node) onLeaderRaw(ctx context.Context, actor, path string, body []byte, local func(context.Context) error) error {
+	return n.routeToLeader(ctx, actor, path, "application/octet-stream", body, nil, local)
+}
+
+// routeToLeader runs local if this node leads, or POSTs body to path on
+// the leader and decodes its answer into out (when not nil), retrying
+// while there is no leader or the leader moved: nothing was done then.
+func (n *Node) routeToLeader(ctx context.Context, actor, path, contentType string, body []byte, out any, local func(context.Context) error) error {
 	ctx, cancel := context.WithTimeout(ctx, applyTimeout)
 	defer cancel()
 	for {
@@ -554,7 +543,7 @@ func (n *Node) onLeaderRaw(ctx context.Context, actor, path string, body []byte,
 		} else if m, ok := n.fsm.State().Member(string(leader)); !ok {
 			err = ErrNoLeader
 		} else {
-			err = n.peerCall(ctx, m.APIAddr, path, "application/octet-stream", bytes.NewReader(body), actor, nil)
+			err = n.peerCall(ctx, m.APIAddr, path, contentType, bytes.NewReader(body), actor, out)
 		}
 		if !errors.Is(err, ErrNotLeader) && !errors.Is(err, ErrNoLeader) {
 			return err
