@@ -38,7 +38,8 @@ unit:
 FUZZTIME ?= 20s
 fuzz:
 	$(GO) test ./agency -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME)
-	$(GO) test ./policy -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME)
+	$(GO) test ./policy -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./policy -run '^$$' -fuzz '^FuzzParseRegistry$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./ca -run '^$$' -fuzz FuzzParseCSR -fuzztime $(FUZZTIME)
 	$(GO) test ./controller -run '^$$' -fuzz FuzzAPIRequest -fuzztime $(FUZZTIME)
 

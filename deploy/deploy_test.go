@@ -77,7 +77,7 @@ func TestExampleConfigsCheck(t *testing.T) {
 		{"govnet-agent", []string{"run", "--config", "deploy/examples/agent.yaml", "--check"}, "config ok"},
 		// govnetctl has no --check: any command loads and validates the
 		// config first, and `policy check` then works offline.
-		{"govnetctl", []string{"--config", "deploy/examples/govnetctl.yaml", "policy", "check", "deploy/lab/policy.yaml"}, "deploy/lab/policy.yaml: ok"},
+		{"govnetctl", []string{"--config", "deploy/examples/govnetctl.yaml", "policy", "check", "deploy/lab/policy.yaml", "--registry", "deploy/lab/registry.yaml"}, "deploy/lab/policy.yaml: ok: 5 tests passed"},
 	} {
 		t.Run(tc.bin, func(t *testing.T) {
 			out, code := runBin(t, tc.bin, tc.args...)

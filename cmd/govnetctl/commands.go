@@ -197,23 +197,45 @@ func ago(t time.Time) string {
 
 func (a *app) policyCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "policy", Short: "Check, publish and show the network policy"}
+	var registryFile string
 	check := &cobra.Command{
-		Use:     "check FILE",
-		Short:   "Check a policy file's syntax and structure offline",
-		Example: "  govnetctl policy check deploy/lab/policy.yaml",
-		Args:    cobra.ExactArgs(1),
+		Use:   "check FILE",
+		Short: "Check a policy offline: syntax, names, and its embedded tests against a registry file",
+		Long: "Without --registry only the file itself is checked (syntax, structure, references between\n" +
+			"its own groups and services). With --registry the policy is checked as the controller would\n" +
+			"before publishing it: every agency code and gateway is looked up in the registry file, the\n" +
+			"policy is compiled for every gateway, and its embedded tests are run. Nothing is contacted.\n" +
+			"Write a registry file by hand (see deploy/lab/registry.yaml) or from the live network with\n" +
+			"`govnetctl registry export`.",
+		Example: "  govnetctl policy check deploy/lab/policy.yaml\n" +
+			"  govnetctl policy check deploy/lab/policy.yaml --registry deploy/lab/registry.yaml",
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			src, err := os.ReadFile(args[0])
 			if err != nil {
 				return err
 			}
-			if _, err := policy.Parse(args[0], src); err != nil {
+			if registryFile == "" {
+				if _, err := policy.Parse(args[0], src); err != nil {
+					return fmt.Errorf("policy rejected:\n%w", err)
+				}
+				fmt.Fprintf(a.out, "%s: ok (syntax only: give --registry FILE to check names and run the tests)\n", args[0])
+				return nil
+			}
+			reg, err := policy.LoadRegistry(registryFile)
+			if err != nil {
+				return fmt.Errorf("%w\n(fix the registry file, or write a new one with `govnetctl registry export`)", err)
+			}
+			p, views, err := policy.Check(args[0], src, reg)
+			if err != nil {
 				return fmt.Errorf("policy rejected:\n%w", err)
 			}
-			fmt.Fprintf(a.out, "%s: ok\n", args[0])
+			fmt.Fprintf(a.out, "%s: ok: %d tests passed against %s (%d agencies, %d gateways, %d with a view)\n",
+				args[0], len(p.Tests), registryFile, len(reg.Agencies), len(reg.Gateways), len(views))
 			return nil
 		},
 	}
+	check.Flags().StringVar(&registryFile, "registry", "", "registry `FILE` (YAML or JSON) to check names and run the tests against")
 	publish := &cobra.Command{
 		Use:   "publish FILE",
 		Short: "Validate a policy against the registry, run its tests and publish it (officer)",

@@ -83,6 +83,7 @@ func main() {
 	pf.StringVarP(&a.output, "output", "o", "table", "output format: table or json")
 	root.AddCommand(a.agencyCmd(), a.gatewayCmd(), a.policyCmd(), a.clusterCmd())
 	root.AddCommand(a.personCmd(), a.requestCmd(), a.auditCmd(), a.certCmd())
+	root.AddCommand(a.registryCmd())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "govnetctl:", err)
 		os.Exit(1)

@@ -16,8 +16,19 @@ func Decode(path string, v any) error {
 	if err != nil {
 		return fmt.Errorf("config: %w", err)
 	}
-	if err := yaml.NewDecoder(bytes.NewReader(data), yaml.DisallowUnknownField()).Decode(v); err != nil {
+	if err := decode(data, v); err != nil {
 		return fmt.Errorf("config %s: %s", path, yaml.FormatError(err, false, true))
 	}
 	return nil
+}
+
+// decode decodes strictly, turning a panic of the YAML decoder (it has
+// some on malformed input) into an error.
+func decode(data []byte, v any) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("YAML decoder failed: %v", r)
+		}
+	}()
+	return yaml.NewDecoder(bytes.NewReader(data), yaml.DisallowUnknownField()).Decode(v)
 }

@@ -8,8 +8,9 @@ import (
 )
 
 type conf struct {
-	Name string `yaml:"name"`
-	Port int    `yaml:"port"`
+	Name string   `yaml:"name"`
+	Port int      `yaml:"port"`
+	Tags []string `yaml:"tags"`
 }
 
 func TestDecode(t *testing.T) {
@@ -22,12 +23,13 @@ func TestDecode(t *testing.T) {
 		return p
 	}
 	c := conf{Name: "default", Port: 1}
-	if err := Decode(write("port: 2\n"), &c); err != nil || c != (conf{Name: "default", Port: 2}) {
+	if err := Decode(write("port: 2\n"), &c); err != nil || c.Name != "default" || c.Port != 2 {
 		t.Fatalf("%+v %v", c, err)
 	}
 	for _, tt := range []struct{ src, want string }{
 		{"prot: 2\n", `unknown field "prot"`},
 		{"name: x\nport: abc\n", "[2:7]"},
+		{"tags:\n  ! #x\n", "YAML decoder failed"}, // the decoder panics on this
 	} {
 		err := Decode(write(tt.src), &c)
 		if err == nil || !strings.Contains(err.Error(), tt.want) || !strings.Contains(err.Error(), "c.yaml") {
