@@ -364,6 +364,7 @@ func (a *app) policyCmd() *cobra.Command {
 	}
 	rollback.Flags().BoolVar(&viaRequest, "request", false, "ask for the rollback as a four-eyes request instead of publishing it")
 	cmd.AddCommand(check, publish, show, plan, history, rollback)
+	cmd.AddCommand(a.policyReviewCmds()...)
 	return cmd
 }
 

@@ -192,9 +192,11 @@ YAML
     start "listen-$id" "$P$id" "$BIN/labtool" listen 22 443 8080
   done
 
-  say "policy: deploy/lab/policy.yaml requested (operator), approved and published (officer)"
-  req=$(ctl operator request policy "$ROOT/deploy/lab/policy.yaml" -o json | request_id)
-  ctl officer request approve "$req"
+  say "policy: deploy/lab/policy.yaml checked offline, proposed (operator), approved and published (officer)"
+  ctl operator registry export >"$LAB/registry.json"
+  ctl operator policy check "$ROOT/deploy/lab/policy.yaml" --registry "$LAB/registry.json"
+  req=$(ctl operator policy propose "$ROOT/deploy/lab/policy.yaml" -o json | request_id)
+  ctl officer policy approve "$req"
   ctl officer request list
   local version
   version=$(ctl officer policy show -o json | sed -n 's/.*"version": *\([0-9]*\).*/\1/p' | head -1)
