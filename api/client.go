@@ -174,9 +174,13 @@ func (c *Client) Report(ctx context.Context, r Report) error {
 var ErrStreamEnded = errors.New("watch stream ended")
 
 // Watch streams the gateway's view, calling fn for every view newer than
-// since, until ctx ends, fn fails or the stream breaks.
+// since, until ctx ends, fn fails or the stream breaks. The controller
+// sends one full view, then deltas against it, which Watch applies: fn
+// always sees whole views, and must not modify them. A delta that does
+// not apply (it should not happen) ends the call with ErrDeltaBase; a new
+// call starts with a full view again.
 func (c *Client) Watch(ctx context.Context, since uint64, fn func(*View) error) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/v1/watch?since="+strconv.FormatUint(since, 10), nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/v1/watch?deltas=1&since="+strconv.FormatUint(since, 10), nil)
 	if err != nil {
 		return err
 	}
@@ -190,16 +194,29 @@ func (c *Client) Watch(ctx context.Context, since uint64, fn func(*View) error) 
 	}
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 64<<20)
+	var cur *View
 	for sc.Scan() {
 		line := bytes.TrimSpace(sc.Bytes())
 		if len(line) == 0 {
 			continue // heartbeat
 		}
-		v := new(View)
-		if err := json.Unmarshal(line, v); err != nil {
-			return fmt.Errorf("watch: decode view: %w", err)
+		var ev WatchEvent
+		if err := json.Unmarshal(line, &ev); err != nil {
+			return fmt.Errorf("watch: decode: %w", err)
 		}
-		if err := fn(v); err != nil {
+		switch {
+		case ev.View != nil:
+			cur = ev.View
+		case ev.Delta != nil:
+			v, err := ev.Delta.Apply(cur)
+			if err != nil {
+				return fmt.Errorf("watch: index %d: %w", ev.Delta.RaftIndex, err)
+			}
+			cur = v
+		default:
+			return fmt.Errorf("watch: an event with neither a view nor a delta")
+		}
+		if err := fn(cur); err != nil {
 			return err
 		}
 	}

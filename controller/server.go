@@ -269,9 +269,14 @@ func (n *Node) handleEnroll(w http.ResponseWriter, r *http.Request) {
 }
 
 // handleWatch streams the gateway's view as JSON lines: the current view
-// at once (unless the client already has it), then every change.
+// at once (unless the client already has it), then every change. A client
+// that asks for deltas gets api.WatchEvents: the first view whole, then
+// the difference from the view sent before; views the hub hands out are
+// never modified, so the one last sent is a safe base.
 func (n *Node) handleWatch(w http.ResponseWriter, r *http.Request, id ca.Identity) {
 	since, _ := strconv.ParseUint(r.URL.Query().Get("since"), 10, 64)
+	deltas := r.URL.Query().Get("deltas") == "1"
+	var sent *api.View // the view the client has, when this stream sent it
 	flusher, ok := w.(http.Flusher)
 	if !ok {
 		writeError(w, http.StatusInternalServerError, "streaming unsupported")
@@ -290,11 +295,18 @@ func (n *Node) handleWatch(w http.ResponseWriter, r *http.Request, id ca.Identit
 			return // revoked or removed: the stream ends
 		}
 		if v, ok := n.hub.view(id.Name); ok && v.RaftIndex > since {
-			if err := enc.Encode(v); err != nil {
+			var msg any = v // a client without deltas gets whole views
+			switch {
+			case deltas && sent == nil:
+				msg = api.WatchEvent{View: v}
+			case deltas:
+				msg = api.WatchEvent{Delta: api.Diff(sent, v)}
+			}
+			if err := enc.Encode(msg); err != nil {
 				return
 			}
 			flusher.Flush()
-			since = v.RaftIndex
+			since, sent = v.RaftIndex, v
 		}
 		select {
 		case <-r.Context().Done():

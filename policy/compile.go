@@ -1,10 +1,8 @@
 package policy
 
 import (
-	"cmp"
 	"net/netip"
 	"slices"
-	"strings"
 
 	"github.com/govnet/govnet/api"
 )
@@ -159,7 +157,7 @@ func (r *resolver) compileFor(want bitset) map[string]*api.View {
 				AllowedIPs: slices.Clone(sources[j]),
 			})
 		}
-		slices.SortFunc(a.rules, compareRules)
+		slices.SortFunc(a.rules, api.CompareRules)
 		rules := slices.Clip(slices.Compact(a.rules))
 		if rules == nil {
 			rules = []api.Rule{}
@@ -168,8 +166,4 @@ func (r *resolver) compileFor(want bitset) map[string]*api.View {
 		*a = acc{}
 	}
 	return views
-}
-
-func compareRules(a, b api.Rule) int {
-	return cmp.Or(a.Source.Compare(b.Source), strings.Compare(a.Protocol, b.Protocol), cmp.Compare(a.Port, b.Port))
 }

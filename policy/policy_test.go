@@ -483,7 +483,7 @@ func TestCompileViews(t *testing.T) {
 	}
 	// Sorted and deduplicated.
 	for id, v := range views {
-		if !slices.IsSortedFunc(v.Rules, func(a, b api.Rule) int { return compareRules(a, b) }) {
+		if !slices.IsSortedFunc(v.Rules, api.CompareRules) {
 			t.Errorf("%s: rules not sorted", id)
 		}
 		if len(slices.Compact(slices.Clone(v.Rules))) != len(v.Rules) {
