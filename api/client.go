@@ -419,6 +419,13 @@ func (c *Client) AuditExport(ctx context.Context, since uint64, fn func(AuditEnt
 	return nil
 }
 
+// AuditCheckpoints lists the checkpoints the leaders signed and recorded
+// in the replicated state, oldest first.
+func (c *Client) AuditCheckpoints(ctx context.Context) ([]AuditCheckpoint, error) {
+	var out []AuditCheckpoint
+	return out, c.do(ctx, http.MethodGet, "/v1/audit/checkpoints", nil, &out)
+}
+
 // AuditCheckpoint asks the answering node to sign the chain's head.
 func (c *Client) AuditCheckpoint(ctx context.Context) (*AuditCheckpoint, error) {
 	var out AuditCheckpoint

@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"context"
 	"crypto"
 	"crypto/rand"
 	"crypto/sha256"
@@ -9,7 +10,9 @@ import (
 	"encoding/pem"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
+	"time"
 
 	"github.com/govnet/govnet/api"
 	"github.com/govnet/govnet/ca"
@@ -27,6 +30,10 @@ func (n *Node) handleAudit(w http.ResponseWriter, r *http.Request, _ ca.Identity
 	}
 }
 
+// defaultCheckpointEvery is how often the leader signs and records the
+// audit chain's head when the config does not say.
+const defaultCheckpointEvery = time.Hour
+
 // handleCheckpoint signs the chain's current head with this node's key,
 // whose certificate its intermediate issued.
 func (n *Node) handleCheckpoint(w http.ResponseWriter, r *http.Request, _ ca.Identity) {
@@ -35,22 +42,103 @@ func (n *Node) handleCheckpoint(w http.ResponseWriter, r *http.Request, _ ca.Ide
 		n.fail(w, fmt.Errorf("%w: the audit chain is empty", ErrNotFound))
 		return
 	}
+	cp, err := n.signCheckpoint(head)
+	if err != nil {
+		n.fail(w, err)
+		return
+	}
+	n.log.Info("audit checkpoint signed", "seq", cp.Seq, "raft_index", head.RaftIndex)
+	writeJSON(w, http.StatusOK, cp)
+}
+
+// handleCheckpoints lists the recorded checkpoints, oldest first.
+func (n *Node) handleCheckpoints(w http.ResponseWriter, r *http.Request, _ ca.Identity) {
+	writeJSON(w, http.StatusOK, n.State().Checkpoints())
+}
+
+// signCheckpoint signs an entry of the chain as its head with this node's
+// TLS key; the checkpoint carries the certificate chain that proves it.
+func (n *Node) signCheckpoint(head api.AuditEntry) (api.AuditCheckpoint, error) {
 	cp := api.AuditCheckpoint{Seq: head.Seq, Hash: head.Hash, At: n.now().UTC(), Node: n.cfg.Node}
 	signer, ok := n.tls.PrivateKey.(crypto.Signer)
 	if !ok {
-		n.fail(w, fmt.Errorf("node key %T cannot sign", n.tls.PrivateKey))
-		return
+		return cp, fmt.Errorf("node key %T cannot sign", n.tls.PrivateKey)
 	}
 	digest := sha256.Sum256(cp.CheckpointMessage())
 	sig, err := signer.Sign(rand.Reader, digest[:], crypto.SHA256)
 	if err != nil {
-		n.fail(w, fmt.Errorf("sign checkpoint: %w", err))
-		return
+		return cp, fmt.Errorf("sign checkpoint: %w", err)
 	}
 	cp.Signature = base64.StdEncoding.EncodeToString(sig)
 	for _, der := range n.tls.Certificate {
 		cp.Chain += string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
 	}
-	n.log.Info("audit checkpoint signed", "seq", cp.Seq, "raft_index", head.RaftIndex)
-	writeJSON(w, http.StatusOK, cp)
+	return cp, nil
+}
+
+// checkpointIfDue runs on the leader: once the configured period has
+// passed since the last recorded checkpoint, and the chain has grown since
+// then, it signs the head and records the checkpoint through raft, so
+// that every node holds every checkpoint and an auditor can fetch them
+// from any node (`govnetctl audit checkpoints`).
+func (n *Node) checkpointIfDue(ctx context.Context) error {
+	every := n.cfg.AuditCheckpointEvery
+	if every <= 0 {
+		every = defaultCheckpointEvery
+	}
+	st := n.State()
+	head, ok := st.AuditHead()
+	if !ok {
+		return nil
+	}
+	last, ok := st.LastCheckpoint()
+	if ok && (head.Seq <= last.Seq+1 || n.now().Sub(last.At) < every) {
+		return nil // nothing new but the last checkpoint's own entry, or not yet due
+	}
+	cp, err := n.signCheckpoint(head)
+	if err != nil {
+		return err
+	}
+	_, err = n.submit(ctx, CmdAuditCheckpoint, &AuditCheckpointRequest{Meta: n.meta("node:" + n.cfg.Node), Node: n.cfg.Node, Checkpoint: cp})
+	if err == nil {
+		n.log.Info("audit checkpoint recorded", "seq", cp.Seq, "raft_index", head.RaftIndex)
+	}
+	return err
+}
+
+// applyAuditCheckpoint records a signed head. It must name an entry of the
+// chain with that entry's hash, and come after the last one recorded.
+func (s *State) applyAuditCheckpoint(r *AuditCheckpointRequest) error {
+	cp := r.Checkpoint
+	if cp.Seq == 0 || cp.Seq > uint64(len(s.audit)) {
+		return fmt.Errorf("%w: checkpoint of seq %d: the chain has %d entries", ErrBadRequest, cp.Seq, len(s.audit))
+	}
+	if e := s.audit[cp.Seq-1]; e.Seq != cp.Seq || e.Hash != cp.Hash {
+		return fmt.Errorf("%w: checkpoint of seq %d names hash %s, the chain has %s", ErrBadRequest, cp.Seq, cp.Hash, e.Hash)
+	}
+	if n := len(s.checkpoints); n > 0 && cp.Seq <= s.checkpoints[n-1].Seq {
+		return fmt.Errorf("%w: checkpoint of seq %d: seq %d is already checkpointed", ErrBadRequest, cp.Seq, s.checkpoints[n-1].Seq)
+	}
+	if cp.Node != r.Node || cp.Signature == "" || cp.Chain == "" {
+		return fmt.Errorf("%w: checkpoint of seq %d is not signed by node %s", ErrBadRequest, cp.Seq, r.Node)
+	}
+	s.checkpoints = append(s.checkpoints, cp)
+	return nil
+}
+
+// Checkpoints returns the recorded checkpoints, oldest first.
+func (s *State) Checkpoints() []api.AuditCheckpoint {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return slices.Clone(s.checkpoints)
+}
+
+// LastCheckpoint returns the newest recorded checkpoint.
+func (s *State) LastCheckpoint() (api.AuditCheckpoint, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if len(s.checkpoints) == 0 {
+		return api.AuditCheckpoint{}, false
+	}
+	return s.checkpoints[len(s.checkpoints)-1], true
 }

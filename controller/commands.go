@@ -20,24 +20,25 @@ type CommandType uint8
 const IgnoreUnknownTypeFlag CommandType = 128
 
 const (
-	CmdInitNetwork   CommandType = 1
-	CmdAgencyUpsert  CommandType = 2
-	CmdGatewayAdd    CommandType = 3
-	CmdTokenIssue    CommandType = 4
-	CmdGatewayEnroll CommandType = 5
-	CmdPolicyPublish CommandType = 6
-	CmdGatewayReport CommandType = 7 | IgnoreUnknownTypeFlag
-	CmdMemberUpsert  CommandType = 8
-	CmdMemberRemove  CommandType = 9
-	CmdPersonUpsert  CommandType = 10
-	CmdRequestCreate CommandType = 11
-	CmdRequestDecide CommandType = 12
-	CmdStateRestored CommandType = 13
-	CmdCertRecord    CommandType = 14
-	CmdCertRevoke    CommandType = 15
-	CmdGatewayRenew  CommandType = 16
-	CmdCRLPublish    CommandType = 17
-	CmdIssuerUpsert  CommandType = 18
+	CmdInitNetwork     CommandType = 1
+	CmdAgencyUpsert    CommandType = 2
+	CmdGatewayAdd      CommandType = 3
+	CmdTokenIssue      CommandType = 4
+	CmdGatewayEnroll   CommandType = 5
+	CmdPolicyPublish   CommandType = 6
+	CmdGatewayReport   CommandType = 7 | IgnoreUnknownTypeFlag
+	CmdMemberUpsert    CommandType = 8
+	CmdMemberRemove    CommandType = 9
+	CmdPersonUpsert    CommandType = 10
+	CmdRequestCreate   CommandType = 11
+	CmdRequestDecide   CommandType = 12
+	CmdStateRestored   CommandType = 13
+	CmdCertRecord      CommandType = 14
+	CmdCertRevoke      CommandType = 15
+	CmdGatewayRenew    CommandType = 16
+	CmdCRLPublish      CommandType = 17
+	CmdIssuerUpsert    CommandType = 18
+	CmdAuditCheckpoint CommandType = 25
 )
 
 func (t CommandType) String() string {
@@ -78,6 +79,8 @@ func (t CommandType) String() string {
 		return "crl-publish"
 	case CmdIssuerUpsert:
 		return "issuer-upsert"
+	case CmdAuditCheckpoint:
+		return "audit-checkpoint"
 	}
 	return fmt.Sprintf("command(%d)", uint8(t))
 }
@@ -90,6 +93,15 @@ func (t CommandType) known() bool { return !strings.HasPrefix(t.String(), "comma
 type Meta struct {
 	Actor string    `json:"actor"`
 	At    time.Time `json:"at"`
+}
+
+// AuditCheckpointRequest records a checkpoint of the audit chain's head
+// that the leader signed with its node key. Apply checks that it names an
+// entry of the chain with that entry's hash and moves forward.
+type AuditCheckpointRequest struct {
+	Meta
+	Node       string              `json:"node"`
+	Checkpoint api.AuditCheckpoint `json:"checkpoint"`
 }
 
 // InitNetworkRequest sets the overlay address plan, once.

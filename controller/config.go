@@ -52,6 +52,10 @@ type Config struct {
 	// RateLimit bounds each client's requests per second on this node
 	// (a burst of twice as many is allowed); 0 means the default, 100.
 	RateLimit float64 `yaml:"rate_limit,omitempty"`
+	// AuditCheckpointEvery is how often the leader signs the audit
+	// chain's head and records the checkpoint in the replicated state
+	// (when the chain has grown since the last one); 0 means one hour.
+	AuditCheckpointEvery time.Duration `yaml:"audit_checkpoint_every,omitempty"`
 }
 
 // RaftConfig tunes failure detection. Followers start an election after

@@ -63,6 +63,8 @@ func (f *FSM) Apply(l *raft.Log) any {
 func (f *FSM) dispatch(t CommandType, body []byte) error {
 	s := f.state
 	switch t {
+	case CmdAuditCheckpoint:
+		return applyJSON(body, s.applyAuditCheckpoint)
 	case CmdInitNetwork:
 		return applyJSON(body, s.applyInitNetwork)
 	case CmdAgencyUpsert:
@@ -187,6 +189,9 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	for _, e := range s.audit {
 		err = errors.Join(err, add("audit", e))
 	}
+	for _, c := range s.checkpoints {
+		err = errors.Join(err, add("checkpoint", c))
+	}
 	return snap, err
 }
 
@@ -231,6 +236,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	s.overlay, s.agencies, s.gateways, s.tokens, s.policies, s.addrInUse, s.members, s.people, s.requests, s.audit =
 		ns.overlay, ns.agencies, ns.gateways, ns.tokens, ns.policies, ns.addrInUse, ns.members, ns.people, ns.requests, ns.audit
 	s.certs, s.issuers = ns.certs, ns.issuers
+	s.checkpoints = ns.checkpoints
 	s.setIndex(max(s.index, ns.index))
 	index := s.index
 	s.mu.Unlock()
@@ -330,6 +336,12 @@ func (s *State) restoreRecord(rec snapshotRecord) error {
 			return err
 		}
 		s.issuers[r.Issuer] = r
+	case "checkpoint":
+		var c api.AuditCheckpoint
+		if err := json.Unmarshal(rec.Data, &c); err != nil {
+			return err
+		}
+		s.checkpoints = append(s.checkpoints, c)
 	case "audit":
 		var e api.AuditEntry
 		if err := json.Unmarshal(rec.Data, &e); err != nil {

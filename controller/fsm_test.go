@@ -21,7 +21,7 @@ func history() []struct {
 	t   CommandType
 	req any
 } {
-	return []struct {
+	h := []struct {
 		t   CommandType
 		req any
 	}{
@@ -65,6 +65,19 @@ func history() []struct {
 		{CmdRequestDecide, &RequestDecideRequest{Meta: meta("off2"), ID: "r5", Role: "officer", Approve: true}},
 		{CmdStateRestored, &StateRestoredRequest{Meta: meta("off"), BackupSHA256: "ab", BackupIndex: 7}},
 	}
+	// A checkpoint of the chain's third entry, as the commands above make it.
+	scratch := NewFSM(slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	for i, c := range h {
+		b, _ := encodeCommand(c.t, c.req)
+		scratch.Apply(&raft.Log{Index: uint64(i + 1), Type: raft.LogCommand, Data: b})
+	}
+	third := scratch.State().Audit(2)[0]
+	cp := api.AuditCheckpoint{Seq: third.Seq, Hash: third.Hash, At: t0, Node: "ctl1", Signature: "c2ln", Chain: "-----BEGIN CERTIFICATE-----"}
+	h = append(h, struct {
+		t   CommandType
+		req any
+	}{CmdAuditCheckpoint, &AuditCheckpointRequest{Meta: meta("node:ctl1"), Node: "ctl1", Checkpoint: cp}})
+	return h
 }
 
 func applyCmd(t testing.TB, f *FSM, index uint64, typ CommandType, req any) error {
@@ -217,6 +230,9 @@ func TestApplyRejects(t *testing.T) {
 		{"crl number zero", CmdCRLPublish, &CRLPublishRequest{Issuer: "ef", Number: 0, ThisUpdate: t0, NextUpdate: t0.Add(time.Hour), DER: []byte{1}}},
 		{"crl empty", CmdCRLPublish, &CRLPublishRequest{Issuer: "abcd", Number: 2, ThisUpdate: t0, NextUpdate: t0.Add(time.Hour)}},
 		{"issuer bad addr", CmdIssuerUpsert, &IssuerUpsertRequest{Issuer: "abcd", Node: "ctl1", HTTPAddr: "ctl1:80"}},
+		{"checkpoint beyond the chain", CmdAuditCheckpoint, &AuditCheckpointRequest{Node: "ctl1", Checkpoint: api.AuditCheckpoint{Seq: 999, Hash: "x", Node: "ctl1", Signature: "s", Chain: "c"}}},
+		{"checkpoint wrong hash", CmdAuditCheckpoint, &AuditCheckpointRequest{Node: "ctl1", Checkpoint: api.AuditCheckpoint{Seq: 5, Hash: "x", Node: "ctl1", Signature: "s", Chain: "c"}}},
+		{"checkpoint backwards", CmdAuditCheckpoint, &AuditCheckpointRequest{Node: "ctl1", Checkpoint: api.AuditCheckpoint{Seq: 0, Node: "ctl1", Signature: "s", Chain: "c"}}},
 		{"issuer bad id", CmdIssuerUpsert, &IssuerUpsertRequest{Issuer: "XYZ", Node: "ctl1", HTTPAddr: "127.0.0.1:80"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {

@@ -285,6 +285,9 @@ func (n *Node) leaderDuties(ctx context.Context) {
 				}
 			}
 			n.registerBootstrap(ctx)
+			if err := n.checkpointIfDue(ctx); err != nil && ctx.Err() == nil {
+				n.log.Error("audit checkpoint", "err", err)
+			}
 		}
 		select {
 		case <-ctx.Done():

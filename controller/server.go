@@ -97,6 +97,7 @@ func (n *Node) routes() http.Handler {
 	mux.HandleFunc("POST /v1/people/{name}/revoke", n.person([]string{ca.RoleOfficer}, n.handlePersonRevoke))
 	mux.HandleFunc("GET /v1/audit", n.person([]string{ca.RoleAuditor, ca.RoleOfficer}, n.handleAudit))
 	mux.HandleFunc("POST /v1/audit/checkpoint", n.person([]string{ca.RoleAuditor, ca.RoleOfficer}, n.handleCheckpoint))
+	mux.HandleFunc("GET /v1/audit/checkpoints", n.person([]string{ca.RoleAuditor, ca.RoleOfficer}, n.handleCheckpoints))
 	mux.HandleFunc("GET /v1/requests", n.person(anyone, n.handleRequests))
 	mux.HandleFunc("POST /v1/requests", n.person([]string{ca.RoleOperator, ca.RoleOfficer}, n.handleRequestCreate))
 	mux.HandleFunc("POST /v1/requests/{id}/approve", n.person([]string{ca.RoleOfficer}, n.handleRequestDecide(true)))

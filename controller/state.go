@@ -56,6 +56,8 @@ type State struct {
 	audit     []api.AuditEntry            // the hash chain, one entry per committed command
 	certs     map[string]*api.Certificate // the certificate inventory by serial
 	issuers   map[string]*issuerRecord    // intermediates: where they live, their CRLs
+	// checkpoints are the signed heads of the audit chain, oldest first.
+	checkpoints []api.AuditCheckpoint
 
 	applying uint64 // raft index of the command being applied
 

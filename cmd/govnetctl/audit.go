@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"time"
 
 	"github.com/govnet/govnet/api"
 	"github.com/spf13/cobra"
@@ -91,13 +92,9 @@ func (a *app) auditCmd() *cobra.Command {
 				if a.cfg.Root == "" {
 					return fmt.Errorf("--checkpoint needs the root certificate (--root or the config file)")
 				}
-				var cp api.AuditCheckpoint
-				b, err := os.ReadFile(cpIn)
+				cps, err := readCheckpoints(cpIn)
 				if err != nil {
 					return err
-				}
-				if err := json.Unmarshal(b, &cp); err != nil {
-					return fmt.Errorf("%s: %w", cpIn, err)
 				}
 				rootPEM, err := os.ReadFile(a.cfg.Root)
 				if err != nil {
@@ -105,10 +102,12 @@ func (a *app) auditCmd() *cobra.Command {
 				}
 				roots := x509.NewCertPool()
 				roots.AppendCertsFromPEM(rootPEM)
-				if err := api.VerifyCheckpoint(cp, roots, entries); err != nil {
-					return fmt.Errorf("%s: NOT VALID: %w", args[0], err)
+				for _, cp := range cps {
+					if err := api.VerifyCheckpoint(cp, roots, entries); err != nil {
+						return fmt.Errorf("%s: NOT VALID: checkpoint seq %d: %w", args[0], cp.Seq, err)
+					}
+					fmt.Fprintf(a.out, "%s: checkpoint seq %d signed by node %s at %s verifies\n", args[0], cp.Seq, cp.Node, cp.At.Format(time.RFC3339))
 				}
-				fmt.Fprintf(a.out, "%s: checkpoint seq %d signed by node %s verifies\n", args[0], cp.Seq, cp.Node)
 			}
 			last := uint64(0)
 			if len(entries) > 0 {
@@ -118,8 +117,33 @@ func (a *app) auditCmd() *cobra.Command {
 			return nil
 		},
 	}
-	verify.Flags().StringVar(&cpIn, "checkpoint", "", "a signed checkpoint written by audit export --checkpoint")
-	cmd.AddCommand(export, verify)
+	verify.Flags().StringVar(&cpIn, "checkpoint", "", "signed checkpoints: one written by audit export --checkpoint, or the list audit checkpoints -o json writes")
+	checkpoints := &cobra.Command{
+		Use:   "checkpoints",
+		Short: "List the signed checkpoints of the chain's head that the leaders recorded",
+		Long: "The leader signs the chain's head with its node key every audit_checkpoint_every (default\n" +
+			"one hour) when the chain has grown, and records the checkpoint in the replicated state, so\n" +
+			"any node lists them all. Save them with -o json and give the file to audit verify --checkpoint.",
+		Example: "  govnetctl audit checkpoints\n" +
+			"  govnetctl audit checkpoints -o json > checkpoints.json\n" +
+			"  govnetctl audit export --out audit.jsonl\n" +
+			"  govnetctl audit verify audit.jsonl --checkpoint checkpoints.json --root root.pem",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return a.call(cmd, func(ctx context.Context, c *api.Client) error {
+				cps, err := c.AuditCheckpoints(ctx)
+				if err != nil {
+					return err
+				}
+				return a.print(cps, "SEQ\tSIGNED\tNODE\tHASH", func(w io.Writer) {
+					for _, cp := range cps {
+						fmt.Fprintf(w, "%d\t%s\t%s\t%s\n", cp.Seq, cp.At.Format(time.RFC3339), cp.Node, cp.Hash)
+					}
+				})
+			})
+		},
+	}
+	cmd.AddCommand(export, verify, checkpoints)
 	return cmd
 }
 
@@ -140,4 +164,25 @@ func readAudit(path string) ([]api.AuditEntry, error) {
 		}
 		out = append(out, e)
 	}
+}
+
+// readCheckpoints reads one checkpoint (audit export --checkpoint) or a
+// list of them (audit checkpoints -o json).
+func readCheckpoints(path string) ([]api.AuditCheckpoint, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var cps []api.AuditCheckpoint
+	if err := json.Unmarshal(b, &cps); err != nil {
+		var cp api.AuditCheckpoint
+		if err := json.Unmarshal(b, &cp); err != nil {
+			return nil, fmt.Errorf("%s: neither a checkpoint nor a list of them: %w", path, err)
+		}
+		cps = []api.AuditCheckpoint{cp}
+	}
+	if len(cps) == 0 {
+		return nil, fmt.Errorf("%s: no checkpoints", path)
+	}
+	return cps, nil
 }
