@@ -53,6 +53,9 @@ type InitOptions struct {
 	PeopleDir  string
 	ConfigPath string // where to write the config; empty to skip
 	Now        time.Time
+	// Found (PrepareJoin only): this node founds the cluster with a root
+	// the custodians hold; see PrepareJoin.
+	Found bool
 }
 
 // Init performs the first-start ceremony of a single node: it generates the
@@ -113,9 +116,22 @@ func Init(ctx context.Context, o InitOptions) error {
 	if err := writeCerts(cfg, root, inter, node); err != nil {
 		return err
 	}
+	if err := found(ctx, cfg, authority, o.People, o.PeopleDir); err != nil {
+		return err
+	}
+	if o.ConfigPath != "" {
+		return WriteConfig(o.ConfigPath, cfg)
+	}
+	return nil
+}
+
+// found makes this node the founder of a new cluster: it issues the
+// bootstrap people's credentials and marks the node to bootstrap raft on
+// its first start.
+func found(ctx context.Context, cfg Config, authority *ca.CA, ps []Person, peopleDir string) error {
 	var people []bootstrapPerson
-	for _, p := range o.People {
-		cert, err := issuePerson(ctx, authority, p, o.PeopleDir)
+	for _, p := range ps {
+		cert, err := issuePerson(ctx, authority, p, peopleDir)
 		if err != nil {
 			return err
 		}
@@ -126,13 +142,14 @@ func Init(ctx context.Context, o InitOptions) error {
 	if err := writeJSONFile(cfg.pkiPath(bootstrapPeopleFile), people); err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(cfg.DataDir, bootstrapFile), []byte("this node founds a new cluster on its first start\n"), 0o600); err != nil {
-		return err
-	}
-	if o.ConfigPath != "" {
-		return WriteConfig(o.ConfigPath, cfg)
-	}
-	return nil
+	return os.WriteFile(filepath.Join(cfg.DataDir, bootstrapFile), []byte("this node founds a new cluster on its first start\n"), 0o600)
+}
+
+// Founding says whether the node at cfg is initialised to found a new
+// cluster on its first start.
+func Founding(cfg Config) bool {
+	_, err := os.Stat(filepath.Join(cfg.DataDir, bootstrapFile))
+	return err == nil
 }
 
 // bootstrapPeopleFile lists the people Init issued credentials to; the
@@ -214,15 +231,27 @@ const (
 
 type joinState struct {
 	APIHosts []string `json:"api_hosts"`
+	// Found: this node founds the cluster once its intermediate is signed
+	// (the root is held by the custodians' ceremony, not by this node),
+	// issuing People's credentials into PeopleDir.
+	Found     bool     `json:"found,omitempty"`
+	People    []Person `json:"people,omitempty"`
+	PeopleDir string   `json:"people_dir,omitempty"`
 }
 
 // IntermediateCN is the subject common name of a node's intermediate.
 func IntermediateCN(node string) string { return "govnet Intermediate CA " + node }
 
 // PrepareJoin is step 1: it returns the intermediate's CSR (PEM), also
-// written to <data_dir>/pki/intermediate.csr.
+// written to <data_dir>/pki/intermediate.csr. With o.Found the node will
+// found a new cluster instead of joining one: the root is held by the
+// custodians (`govnetd ceremony`), who sign the CSR with M shares, and
+// FinishJoin then also issues o.People's credentials.
 func PrepareJoin(ctx context.Context, o InitOptions) ([]byte, error) {
 	cfg := o.Config
+	if !o.Found && len(o.People) > 0 {
+		return nil, fmt.Errorf("bootstrap people are created by the founding node only")
+	}
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
@@ -256,7 +285,11 @@ func PrepareJoin(ctx context.Context, o InitOptions) ([]byte, error) {
 		return nil, err
 	}
 	csrPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr.Raw})
-	if err := writeJSONFile(cfg.pkiPath(joinFile), joinState{APIHosts: o.APIHosts}); err != nil {
+	js := joinState{APIHosts: o.APIHosts}
+	if o.Found {
+		js.Found, js.People, js.PeopleDir = true, o.People, o.PeopleDir
+	}
+	if err := writeJSONFile(cfg.pkiPath(joinFile), js); err != nil {
 		return nil, err
 	}
 	if err := os.WriteFile(cfg.pkiPath(csrFile), csrPEM, 0o644); err != nil {
@@ -371,7 +404,13 @@ func FinishJoin(ctx context.Context, cfg Config, bundle []byte, now time.Time) e
 	if err != nil {
 		return err
 	}
-	return writeCerts(cfg, root, inter, node)
+	if err := writeCerts(cfg, root, inter, node); err != nil {
+		return err
+	}
+	if js.Found {
+		return found(ctx, cfg, authority, js.People, js.PeopleDir)
+	}
+	return nil
 }
 
 // issuePerson creates a key pair on this machine for a bootstrap person and

@@ -133,7 +133,7 @@ func ceremonySignIntermediateCmd() *cobra.Command {
 				return err
 			}
 			if node == "" {
-				node = csr.Subject.CommonName
+				node = strings.TrimPrefix(csr.Subject.CommonName, ca.IntermediateCommonName(""))
 			}
 			files, err := ca.ReadShareFiles(shares...)
 			if err != nil {
@@ -171,7 +171,7 @@ func ceremonySignIntermediateCmd() *cobra.Command {
 	fs.StringVar(&o.Module, "hsm-module", "", "PKCS#11 module path (default: the one the transcript names)")
 	fs.StringSliceVar(&shares, "shares", nil, "custodians' share files, comma-separated (at least M)")
 	fs.StringVar(&csrPath, "csr", "", "the node's certificate request (PEM or DER) for its intermediate key")
-	fs.StringVar(&node, "node", "", "controller node name (default: the CSR's common name)")
+	fs.StringVar(&node, "node", "", "controller node name (default: from the CSR's common name, \"govnet Intermediate CA <node>\")")
 	fs.StringVar(&out, "out", "", "file to write the intermediate and root certificates to (PEM; must not exist)")
 	fs.StringVar(&rootCRLURL, "root-crl-url", "", "CRL distribution point of the root's CRL, put into the intermediate")
 	fs.StringVar(&o.Actor, "actor", currentUser(), "who asks for the signature (audited)")

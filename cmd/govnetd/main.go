@@ -65,19 +65,33 @@ func initCmd() *cobra.Command {
 	var (
 		configPath, peopleDir, csrOut string
 		hosts, people                 []string
-		join                          bool
+		join, externalRoot            bool
 	)
 	cmd := &cobra.Command{
 		Use:   "init",
 		Short: "Create this node's CA keys in the HSM, its certificates, bootstrap credentials and config",
-		Long: "The first node of a cluster: `govnetd init` creates the root, this node's intermediate and TLS keys\n" +
-			"in the HSM, their certificates and the bootstrap people's credentials; the node founds the cluster\n" +
-			"on its first start.\n\n" +
+		Long: "The first node of a cluster, with the root held by the Cipher Committee (production):\n" +
+			"`govnetd init --external-root --csr-out FILE` creates this node's intermediate and TLS keys in its\n" +
+			"token and a CSR for the intermediate; the custodians sign it with M shares (`govnetd ceremony\n" +
+			"sign-intermediate`), and `govnetd finish-join` installs it and issues the bootstrap people's\n" +
+			"credentials; the node founds the cluster on its first start.\n\n" +
+			"The first node with the root in its own token (development and single-machine labs only): plain\n" +
+			"`govnetd init` creates the root, this node's intermediate and TLS keys in the HSM, their\n" +
+			"certificates and the bootstrap people's credentials.\n\n" +
 			"Another node: `govnetd init --join` creates this node's intermediate and TLS keys in ITS token and\n" +
 			"a CSR for the intermediate; the root's holder signs it (`govnetd sign-intermediate`), then\n" +
 			"`govnetd finish-join` installs the result, and after `govnetd run` an operator adds the node\n" +
 			"(`govnetctl cluster join`), or the node asks a member itself (--join-addr HOST:PORT).",
-		Example: `  softhsm2-util --init-token --free --label govnet-ca --so-pin 0000 --pin 1234
+		Example: `  # the first node, its intermediate signed by the custodians' root (see govnetd ceremony):
+  govnetd init --external-root --csr-out ctl1.csr --config /etc/govnet/govnetd.yaml --node ctl1 \
+    --hsm-token govnet-ca --hsm-pin-file /etc/govnet/pin --api-addr 10.0.0.1:7443 \
+    --person alice:operator --person bob:officer --people-dir ./people
+  govnetd ceremony sign-intermediate --ceremony-dir /srv/ceremony --shares an.share,cuong.share \
+    --csr ctl1.csr --out ctl1.bundle.pem
+  govnetd finish-join --config /etc/govnet/govnetd.yaml --bundle ctl1.bundle.pem
+
+  # development: the root in the node's own token
+  softhsm2-util --init-token --free --label govnet-ca --so-pin 0000 --pin 1234
   echo 1234 > /etc/govnet/pin
   govnetd init --config /etc/govnet/govnetd.yaml --data-dir /var/lib/govnet \
     --hsm-token govnet-ca --hsm-pin-file /etc/govnet/pin \
@@ -90,11 +104,23 @@ func initCmd() *cobra.Command {
   govnetd finish-join --config /etc/govnet/govnetd.yaml --bundle ctl2.bundle.pem`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if join {
-				if len(people) > 0 {
+			var ps []controller.Person
+			for _, p := range people {
+				name, role, ok := strings.Cut(p, ":")
+				if !ok {
+					return fmt.Errorf("--person %q: want name:role", p)
+				}
+				ps = append(ps, controller.Person{Name: name, Role: role})
+			}
+			if join || externalRoot {
+				switch {
+				case join && externalRoot:
+					return fmt.Errorf("--join and --external-root: a node either joins a cluster or founds one")
+				case join && len(people) > 0:
 					return fmt.Errorf("--person: bootstrap people are created by the first node's init only")
 				}
-				csr, err := controller.PrepareJoin(cmd.Context(), controller.InitOptions{Config: cfg, APIHosts: hosts, ConfigPath: configPath})
+				csr, err := controller.PrepareJoin(cmd.Context(), controller.InitOptions{Config: cfg, APIHosts: hosts, ConfigPath: configPath,
+					Found: externalRoot, People: ps, PeopleDir: peopleDir})
 				if err != nil {
 					return err
 				}
@@ -103,18 +129,14 @@ func initCmd() *cobra.Command {
 						return err
 					}
 				}
-				fmt.Printf("node %s: intermediate and TLS keys in HSM token %q; intermediate CSR in %s/pki/intermediate.csr%s\n"+
-					"next: have the root's holder run `govnetd sign-intermediate`, then `govnetd finish-join --bundle FILE`\n",
-					cfg.Node, cfg.HSM.TokenLabel, cfg.DataDir, map[bool]string{true: " and " + csrOut}[csrOut != ""])
-				return nil
-			}
-			var ps []controller.Person
-			for _, p := range people {
-				name, role, ok := strings.Cut(p, ":")
-				if !ok {
-					return fmt.Errorf("--person %q: want name:role", p)
+				signer := "have the root's holder run `govnetd sign-intermediate`"
+				if externalRoot {
+					signer = "have M custodians sign it with `govnetd ceremony sign-intermediate`"
 				}
-				ps = append(ps, controller.Person{Name: name, Role: role})
+				fmt.Printf("node %s: intermediate and TLS keys in HSM token %q; intermediate CSR in %s/pki/intermediate.csr%s\n"+
+					"next: %s, then `govnetd finish-join --bundle FILE`\n",
+					cfg.Node, cfg.HSM.TokenLabel, cfg.DataDir, map[bool]string{true: " and " + csrOut}[csrOut != ""], signer)
+				return nil
 			}
 			err := controller.Init(cmd.Context(), controller.InitOptions{
 				Config: cfg, APIHosts: hosts, People: ps, PeopleDir: peopleDir, ConfigPath: configPath,
@@ -133,7 +155,8 @@ func initCmd() *cobra.Command {
 	fs.StringArrayVar(&people, "person", nil, "bootstrap person as name:role (operator, officer, auditor); repeatable")
 	fs.StringVar(&peopleDir, "people-dir", "people", "directory to write the bootstrap people's key and certificate to")
 	fs.BoolVar(&join, "join", false, "prepare a node that joins an existing cluster (keys and intermediate CSR only)")
-	fs.StringVar(&csrOut, "csr-out", "", "with --join: also write the intermediate CSR to this file")
+	fs.BoolVar(&externalRoot, "external-root", false, "found a cluster whose root the custodians hold (govnetd ceremony): keys and intermediate CSR only")
+	fs.StringVar(&csrOut, "csr-out", "", "with --join or --external-root: also write the intermediate CSR to this file")
 	cmd.MarkFlagRequired("config")
 	return cmd
 }
@@ -180,7 +203,7 @@ func finishJoinCmd() *cobra.Command {
 	var configPath, bundle string
 	cmd := &cobra.Command{
 		Use:     "finish-join --bundle FILE",
-		Short:   "Install a joining node's signed intermediate and issue its TLS certificate",
+		Short:   "Install a node's signed intermediate and issue its TLS certificate (and, founding, the bootstrap people's)",
 		Example: "  govnetd finish-join --config /etc/govnet/govnetd.yaml --bundle ctl2.bundle.pem",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -193,6 +216,10 @@ func finishJoinCmd() *cobra.Command {
 			}
 			if err := controller.FinishJoin(cmd.Context(), cfg, b, time.Now()); err != nil {
 				return err
+			}
+			if controller.Founding(cfg) {
+				fmt.Printf("node %s initialised; start it (govnetd run): it founds the cluster\n", cfg.Node)
+				return nil
 			}
 			fmt.Printf("node %s initialised; start it (govnetd run) and add it: govnetctl cluster join %s %s %s\n",
 				cfg.Node, cfg.Node, cfg.RaftAddr, cfg.APIAddr)

@@ -125,24 +125,41 @@ up() {
   echo "$PIN" >"$LAB/hsm/pin"
   chmod 600 "$LAB/hsm/pin"
 
-  say "controllers: govnetd init on ctl1 (root, intermediate and TLS keys generated inside its HSM)"
-  nsx "$CTL" "$BIN/govnetd" init --config "$LAB/govnetd-ctl1.yaml" --node ctl1 --data-dir "$LAB/ctl1" \
-    --api-addr "$CTL_IP:7443" --raft-addr "$CTL_IP:7000" --overlay-prefix 100.64.0.0/24 \
-    --hsm-token govnet-ca-ctl1 --hsm-pin-file "$LAB/hsm/pin" --hsm-pin-env "" --four-eyes \
-    --person operator1:operator --person officer1:officer --people-dir "$LAB/people"
-  for c in "${CONTROLLERS[@]:1}"; do
+  say "Cipher Committee: the root key ceremony, in its own token, 2-of-3 custodians (an, binh, cuong)"
+  softhsm2-util --init-token --free --label govnet-root --so-pin "$PIN" --pin unused-0000 >/dev/null
+  "$BIN/govnetd" ceremony init --root-token govnet-root --so-pin-file "$LAB/hsm/pin" \
+    --custodians an,binh,cuong --threshold 2 --out "$LAB/ceremony" --operator officer1
+  share() { echo "$LAB/ceremony/shares/$1.share"; }
+
+  for c in "${CONTROLLERS[@]}"; do
     IFS='|' read -r node addr <<<"$c"
-    say "controllers: $node joins: keys in its own token, its intermediate signed by the root (ctl1's token)"
-    local joinaddr=()
-    [ "$node" = ctl3 ] && joinaddr=(--join-addr "$CTL_IP:7443") # ctl3 asks to be added; ctl2 is added by an operator
-    nsx "$P$node" "$BIN/govnetd" init --join --config "$LAB/govnetd-$node.yaml" --node "$node" --data-dir "$LAB/$node" \
-      --api-addr "$addr:7443" --raft-addr "$addr:7000" --overlay-prefix 100.64.0.0/24 \
-      --hsm-token "govnet-ca-$node" --hsm-pin-file "$LAB/hsm/pin" --hsm-pin-env "" --four-eyes \
-      "${joinaddr[@]}" --csr-out "$LAB/$node.csr" >/dev/null
-    nsx "$CTL" "$BIN/govnetd" sign-intermediate --config "$LAB/govnetd-ctl1.yaml" --csr "$LAB/$node.csr" --out "$LAB/$node.bundle.pem" >/dev/null
+    if [ "$node" = ctl1 ]; then
+      say "controllers: ctl1 founds the cluster: intermediate and TLS keys in its own token, a CSR for the custodians"
+      nsx "$CTL" "$BIN/govnetd" init --external-root --config "$LAB/govnetd-ctl1.yaml" --node ctl1 --data-dir "$LAB/ctl1" \
+        --api-addr "$CTL_IP:7443" --raft-addr "$CTL_IP:7000" --overlay-prefix 100.64.0.0/24 \
+        --hsm-token govnet-ca-ctl1 --hsm-pin-file "$LAB/hsm/pin" --hsm-pin-env "" --four-eyes \
+        --person operator1:operator --person officer1:officer --person auditor1:auditor --people-dir "$LAB/people" \
+        --csr-out "$LAB/ctl1.csr" >/dev/null
+      say "root operation with one share of a 2-of-3 root: refused (and audited)"
+      "$BIN/govnetd" ceremony sign-intermediate --ceremony-dir "$LAB/ceremony" --shares "$(share binh)" \
+        --csr "$LAB/ctl1.csr" --out "$LAB/ctl1.refused.pem" --actor officer1 2>&1 | grep -v '^audit:' | sed 's/^/    /' || true
+      [ ! -e "$LAB/ctl1.refused.pem" ] || { echo "one share signed an intermediate" >&2; exit 1; }
+    else
+      say "controllers: $node joins: keys in its own token, a CSR for the custodians"
+      local joinaddr=()
+      [ "$node" = ctl3 ] && joinaddr=(--join-addr "$CTL_IP:7443") # ctl3 asks to be added; ctl2 is added by an operator
+      nsx "$P$node" "$BIN/govnetd" init --join --config "$LAB/govnetd-$node.yaml" --node "$node" --data-dir "$LAB/$node" \
+        --api-addr "$addr:7443" --raft-addr "$addr:7000" --overlay-prefix 100.64.0.0/24 \
+        --hsm-token "govnet-ca-$node" --hsm-pin-file "$LAB/hsm/pin" --hsm-pin-env "" --four-eyes \
+        "${joinaddr[@]}" --csr-out "$LAB/$node.csr" >/dev/null
+    fi
+    say "custodians an and cuong open the root with their shares and sign $node's intermediate"
+    "$BIN/govnetd" ceremony sign-intermediate --ceremony-dir "$LAB/ceremony" --shares "$(share an),$(share cuong)" \
+      --csr "$LAB/$node.csr" --node "$node" --out "$LAB/$node.bundle.pem" --actor officer1 2>>"$LAB/logs/ceremony.log" |
+      sed 's/^/    /' || { cat "$LAB/logs/ceremony.log" >&2; exit 1; }
     nsx "$P$node" "$BIN/govnetd" finish-join --config "$LAB/govnetd-$node.yaml" --bundle "$LAB/$node.bundle.pem" >/dev/null
   done
-  for who in operator1 officer1; do
+  for who in operator1 officer1 auditor1; do
     cat >"$LAB/govnetctl-${who%1}.yaml" <<YAML
 controller: $API
 root: $LAB/ctl1/pki/root.pem
@@ -220,6 +237,11 @@ YAML
   "$BIN/labtool" matrix --policy "$ROOT/deploy/lab/policy.yaml" --agencies "$LAB/agencies.json" \
     --gateways "$LAB/gateways.json" --ports 22,443,8080 --ns-prefix "$P" --timeout 2s
 
+  say "auditor: the certificate inventory, and the audit chain verified offline against the ceremony's root"
+  ctl auditor cert list
+  ctl auditor audit export --out "$LAB/audit.jsonl" --checkpoint "$LAB/audit.checkpoint.json"
+  ctl auditor audit verify "$LAB/audit.jsonl" --checkpoint "$LAB/audit.checkpoint.json"
+
   cat <<EOT
 
 The lab stays up. Explore it:
@@ -231,12 +253,14 @@ The lab stays up. Explore it:
   ip netns exec $CTL $BIN/govnetctl --config $LAB/govnetctl-operator.yaml cluster status
 State:
   controllers' data, certificates $LAB/ctl1, ctl2, ctl3   (root: $LAB/ctl1/pki/root.pem)
-  SoftHSM2 tokens                 SOFTHSM2_CONF=$LAB/hsm/softhsm2.conf  (PIN in $LAB/hsm/pin)
+  root key ceremony               $LAB/ceremony (transcript, root.pem; custodians' shares in shares/)
+  SoftHSM2 tokens                 SOFTHSM2_CONF=$LAB/hsm/softhsm2.conf  (node tokens' PIN in $LAB/hsm/pin;
+                                  the root token govnet-root opens only with 2 of the 3 shares)
   people's credentials            $LAB/people
   gateway state (keys, certs)     $LAB/<gateway>/state
   logs                            $LAB/logs
 govnetctl from the host: the controller listens only inside the lab, at $API, so run it in the
-controller's namespace as above, with the config $LAB/govnetctl-operator.yaml (or -officer.yaml).
+controller's namespace as above, with the config $LAB/govnetctl-operator.yaml (or -officer.yaml, -auditor.yaml).
 Tear down: make demo-down
 EOT
 }
