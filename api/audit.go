@@ -81,6 +81,22 @@ func VerifyAudit(entries []AuditEntry) error {
 	return nil
 }
 
+// RootCRLPublish carries a root CRL (DER) that M custodians signed with
+// `govnetd ceremony crl`, for the controllers to serve.
+type RootCRLPublish struct {
+	DER []byte `json:"der"`
+}
+
+// RootCRLPublished says where the controllers now serve the root CRL.
+type RootCRLPublished struct {
+	Issuer     string    `json:"issuer"` // the root's id
+	Number     uint64    `json:"number"`
+	Revoked    int       `json:"revoked"` // intermediates on it
+	NextUpdate time.Time `json:"next_update"`
+	RaftIndex  uint64    `json:"raft_index"`
+	Path       string    `json:"path"` // on every node's plain-HTTP listener
+}
+
 // AuditCheckpoint is a signed statement of the chain's head: a node
 // signs Seq and Hash with its key, certified by its intermediate, so that
 // an auditor can prove that nothing up to Seq was removed or rewritten.

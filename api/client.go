@@ -419,6 +419,12 @@ func (c *Client) AuditExport(ctx context.Context, since uint64, fn func(AuditEnt
 	return nil
 }
 
+// PublishRootCRL hands the controllers a root CRL the custodians signed.
+func (c *Client) PublishRootCRL(ctx context.Context, der []byte) (*RootCRLPublished, error) {
+	var out RootCRLPublished
+	return &out, c.do(ctx, http.MethodPost, "/v1/crl/root", RootCRLPublish{DER: der}, &out)
+}
+
 // AuditCheckpoints lists the checkpoints the leaders signed and recorded
 // in the replicated state, oldest first.
 func (c *Client) AuditCheckpoints(ctx context.Context) ([]AuditCheckpoint, error) {

@@ -2,7 +2,13 @@ package controller
 
 import (
 	"context"
+	"crypto/x509"
+	"errors"
+	"io"
+	"math/big"
+	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -108,6 +114,64 @@ func TestFoundWithCeremonyRoot(t *testing.T) {
 	for _, k := range keys {
 		if k.Label == RootKeyLabel {
 			t.Fatalf("the node's token holds a root key: %+v", k)
+		}
+	}
+
+	// Revoking an intermediate is a root operation too: one share is
+	// refused; two sign the root CRL, which an officer publishes and
+	// every node then serves, and openssl reads.
+	ctl2 := "5cfdc3e55583fedb1e12658813d367e4"
+	if _, err := ca.OpenRoot(ctx, ca.RootOptions{Dir: ceremony}, shares("an")); err == nil {
+		t.Fatal("one share opened the root for its CRL")
+	}
+	root, err = ca.OpenRoot(ctx, ca.RootOptions{Dir: ceremony, Actor: "officer1"}, shares("binh", "cuong"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := root.RevokeAndSignCRL(ctx, []ca.RootRevocation{{Serial: ctl2, Reason: "keyCompromise", At: time.Now().UTC(), Actor: "officer1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := root.RevokeAndSignCRL(ctx, []ca.RootRevocation{{Serial: ctl2, Reason: "keyCompromise"}}); !errors.Is(err, ca.ErrRevokedTwice) {
+		t.Fatalf("revoking twice: %v", err)
+	}
+	root.Close()
+	off := person(t, cfg, n, "officer1")
+	if _, err := op.PublishRootCRL(ctx, der); err == nil {
+		t.Fatal("an operator published the root CRL")
+	}
+	pub, err := off.PublishRootCRL(ctx, der)
+	if err != nil || pub.Number != 1 || pub.Revoked != 1 {
+		t.Fatalf("publish: %+v %v", pub, err)
+	}
+	_, err = off.PublishRootCRL(ctx, der)
+	wantStatus(t, err, 409, "already at 1")
+	_, err = off.PublishRootCRL(ctx, []byte("not a CRL"))
+	wantStatus(t, err, 400, "root CRL")
+	other, err := n.ca.CRL(nil, big.NewInt(7), time.Now()) // signed by the intermediate, not the root
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = off.PublishRootCRL(ctx, other)
+	wantStatus(t, err, 400, "not signed by this network's root")
+
+	resp, err := http.Get("http://" + n.httpLn.Addr().String() + pub.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	served, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	crl, err := x509.ParseRevocationList(served)
+	if err != nil || crl.CheckSignatureFrom(res.Root) != nil || len(crl.RevokedCertificateEntries) != 1 ||
+		crl.RevokedCertificateEntries[0].SerialNumber.Text(16) != ctl2 {
+		t.Fatalf("served root CRL: %v %+v", err, crl)
+	}
+	if openssl, err := exec.LookPath("openssl"); err == nil {
+		f := filepath.Join(dir, "root.crl")
+		os.WriteFile(f, served, 0o644)
+		out, err := exec.Command(openssl, "crl", "-inform", "DER", "-in", f, "-noout", "-text").CombinedOutput()
+		if err != nil || !strings.Contains(strings.ToUpper(string(out)), strings.ToUpper(ctl2)) || !strings.Contains(string(out), "Key Compromise") {
+			t.Fatalf("openssl crl: %v\n%s", err, out)
 		}
 	}
 }

@@ -85,6 +85,7 @@ func (n *Node) routes() http.Handler {
 	mux.HandleFunc("POST /v1/policy/plan", n.person(anyone, n.handlePolicyPlan))
 	mux.HandleFunc("GET /v1/certificates", n.person(anyone, n.handleCertificates))
 	mux.HandleFunc("GET /v1/certificates/{serial}", n.person(anyone, n.handleCertificate))
+	mux.HandleFunc("POST /v1/crl/root", n.person([]string{ca.RoleOfficer}, n.handleRootCRLPublish))
 	mux.HandleFunc("POST /v1/revoke", n.person([]string{ca.RoleOfficer}, n.handleRevoke))
 
 	mux.HandleFunc("POST /v1/cluster/members", n.handleJoin)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -103,7 +104,31 @@ func (a *app) certCmd() *cobra.Command {
 	}
 	revoke.Flags().StringVar(&gateway, "gateway", "", "revoke this gateway and every valid certificate it holds")
 	revoke.Flags().StringVar(&reason, "reason", "unspecified", "RFC 5280 revocation reason")
-	cmd.AddCommand(list, show, revoke)
+	publishRoot := &cobra.Command{
+		Use:   "publish-root-crl FILE",
+		Short: "Publish the root's CRL that the custodians signed (officer)",
+		Long: "The controllers check that the root signed it and that it is newer than the one in force,\n" +
+			"replicate it, and serve it to anyone at /crl/<root id>.crl on their plain-HTTP listener.",
+		Example: "  govnetd ceremony crl --ceremony-dir /srv/ceremony --shares an.share,cuong.share --revoke SERIAL --out root.crl\n" +
+			"  govnetctl cert publish-root-crl root.crl",
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			der, err := os.ReadFile(args[0])
+			if err != nil {
+				return err
+			}
+			return a.call(cmd, func(ctx context.Context, c *api.Client) error {
+				res, err := c.PublishRootCRL(ctx, der)
+				if err != nil {
+					return err
+				}
+				return a.print(res, "ROOT\tNUMBER\tREVOKED\tNEXT UPDATE\tSERVED AT", func(w io.Writer) {
+					fmt.Fprintf(w, "%s\t%d\t%d\t%s\t%s\n", res.Issuer, res.Number, res.Revoked, res.NextUpdate.Format(time.RFC3339), res.Path)
+				})
+			})
+		},
+	}
+	cmd.AddCommand(list, show, revoke, publishRoot)
 	return cmd
 }
 

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/user"
 	"strings"
+	"time"
 
 	"github.com/govnet/govnet/ca"
 	"github.com/govnet/govnet/hsm"
@@ -20,7 +21,7 @@ func ceremonyCmd() *cobra.Command {
 		Use:   "ceremony",
 		Short: "Root key ceremony and M-of-N root operations (Cipher Committee)",
 	}
-	cmd.AddCommand(ceremonyInitCmd(), ceremonySignIntermediateCmd())
+	cmd.AddCommand(ceremonyInitCmd(), ceremonySignIntermediateCmd(), ceremonyCRLCmd())
 	return cmd
 }
 
@@ -176,6 +177,73 @@ func ceremonySignIntermediateCmd() *cobra.Command {
 	fs.StringVar(&rootCRLURL, "root-crl-url", "", "CRL distribution point of the root's CRL, put into the intermediate")
 	fs.StringVar(&o.Actor, "actor", currentUser(), "who asks for the signature (audited)")
 	for _, f := range []string{"shares", "csr", "out"} {
+		cmd.MarkFlagRequired(f)
+	}
+	return cmd
+}
+
+func ceremonyCRLCmd() *cobra.Command {
+	var (
+		o               ca.RootOptions
+		shares, revokes []string
+		out             string
+	)
+	cmd := &cobra.Command{
+		Use:   "crl",
+		Short: "Revoke controller intermediates and sign the root's CRL, with M custodians' shares",
+		Long: `crl opens the root with M shares, adds the intermediates named by --revoke
+(serial in hex, optionally :reason, default keyCompromise) to the root's
+record in the ceremony directory (root-crl.json), and signs the next root
+CRL listing every intermediate revoked so far; without --revoke it re-signs
+the CRL, which must happen before its nextUpdate (at most 90 days). Give
+the CRL to an officer to publish: govnetctl cert publish-root-crl FILE.`,
+		Example: `  govnetd ceremony crl --ceremony-dir /srv/ceremony --shares an.share,cuong.share \
+    --revoke 5cfdc3e55583fedb1e12658813d367e4:keyCompromise --out root.crl
+  govnetctl cert publish-root-crl root.crl`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			var add []ca.RootRevocation
+			for _, r := range revokes {
+				serial, reason, ok := strings.Cut(r, ":")
+				if !ok {
+					reason = "keyCompromise"
+				}
+				add = append(add, ca.RootRevocation{Serial: serial, Reason: reason, At: time.Now().UTC(), Actor: o.Actor})
+			}
+			files, err := ca.ReadShareFiles(shares...)
+			if err != nil {
+				return err
+			}
+			o.Audit = auditToStderr
+			root, err := ca.OpenRoot(ctx, o, files)
+			if err != nil {
+				return err
+			}
+			defer root.Close()
+			der, err := root.RevokeAndSignCRL(ctx, add)
+			if err != nil {
+				return err
+			}
+			if err := os.WriteFile(out, der, 0o644); err != nil {
+				return err
+			}
+			st, err := ca.LoadRootCRLState(o.Dir)
+			if err != nil {
+				return err
+			}
+			fmt.Printf("root CRL number %d, %d intermediates revoked -> %s\npublish it: govnetctl cert publish-root-crl %s\n", st.Number, len(st.Revoked), out, out)
+			return nil
+		},
+	}
+	fs := cmd.Flags()
+	fs.StringVar(&o.Dir, "ceremony-dir", ".", "the ceremony's output directory")
+	fs.StringVar(&o.Module, "hsm-module", "", "PKCS#11 module path (default: the one the transcript names)")
+	fs.StringSliceVar(&shares, "shares", nil, "custodians' share files, comma-separated (at least M)")
+	fs.StringArrayVar(&revokes, "revoke", nil, "an intermediate to revoke, SERIAL[:REASON] (repeatable)")
+	fs.StringVar(&out, "out", "", "file to write the CRL to (DER)")
+	fs.StringVar(&o.Actor, "actor", currentUser(), "who asks for the operation (audited)")
+	for _, f := range []string{"shares", "out"} {
 		cmd.MarkFlagRequired(f)
 	}
 	return cmd

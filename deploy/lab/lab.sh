@@ -130,6 +130,8 @@ up() {
   "$BIN/govnetd" ceremony init --root-token govnet-root --so-pin-file "$LAB/hsm/pin" \
     --custodians an,binh,cuong --threshold 2 --out "$LAB/ceremony" --operator officer1
   share() { echo "$LAB/ceremony/shares/$1.share"; }
+  local root_id # the root's key id names its CRL, which every controller serves
+  root_id=$(openssl x509 -in "$LAB/ceremony/root.pem" -noout -ext subjectKeyIdentifier | tail -1 | tr -d ' :' | tr 'A-F' 'a-f')
 
   for c in "${CONTROLLERS[@]}"; do
     IFS='|' read -r node addr <<<"$c"
@@ -155,7 +157,8 @@ up() {
     fi
     say "custodians an and cuong open the root with their shares and sign $node's intermediate"
     "$BIN/govnetd" ceremony sign-intermediate --ceremony-dir "$LAB/ceremony" --shares "$(share an),$(share cuong)" \
-      --csr "$LAB/$node.csr" --node "$node" --out "$LAB/$node.bundle.pem" --actor officer1 2>>"$LAB/logs/ceremony.log" |
+      --csr "$LAB/$node.csr" --node "$node" --out "$LAB/$node.bundle.pem" --actor officer1 \
+      --root-crl-url "http://$CTL_IP:7444/crl/$root_id.crl" 2>>"$LAB/logs/ceremony.log" |
       sed 's/^/    /' || { cat "$LAB/logs/ceremony.log" >&2; exit 1; }
     nsx "$P$node" "$BIN/govnetd" finish-join --config "$LAB/govnetd-$node.yaml" --bundle "$LAB/$node.bundle.pem" >/dev/null
   done
@@ -178,6 +181,11 @@ YAML
   voters() { [ "$(ctl operator cluster status -o json | grep -c '"suffrage": "voter"')" -eq ${#CONTROLLERS[@]} ]; }
   wait_for 60 "${#CONTROLLERS[@]} voters" voters
   ctl operator cluster status
+
+  say "custodians binh and cuong sign the root's CRL (no intermediate revoked yet); an officer publishes it"
+  "$BIN/govnetd" ceremony crl --ceremony-dir "$LAB/ceremony" --shares "$(share binh),$(share cuong)" \
+    --out "$LAB/root.crl" --actor officer1 2>>"$LAB/logs/ceremony.log" | sed 's/^/    /'
+  ctl officer cert publish-root-crl "$LAB/root.crl"
 
   say "registry: agencies and gateways (operator); enrollment tokens requested (operator) and approved (officer)"
   for a in "${AGENCIES[@]}"; do

@@ -1,0 +1,107 @@
+package ca
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/big"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// RootCRLStateFile, in the ceremony directory, records what the root has
+// revoked and the number of its last CRL, so that each new root CRL lists
+// every earlier revocation and numbers increase.
+const RootCRLStateFile = "root-crl.json"
+
+// RootCRLState is the content of RootCRLStateFile.
+type RootCRLState struct {
+	Number  uint64           `json:"number"`
+	Revoked []RootRevocation `json:"revoked"`
+}
+
+// RootRevocation is one intermediate the root revoked.
+type RootRevocation struct {
+	Serial string    `json:"serial"` // hex
+	Reason string    `json:"reason"` // RFC 5280 name
+	At     time.Time `json:"at"`
+	Actor  string    `json:"actor"`
+}
+
+// ErrRevokedTwice: the serial is already on the root's CRL.
+var ErrRevokedTwice = errors.New("already revoked")
+
+// LoadRootCRLState reads the ceremony directory's record; a ceremony that
+// never signed a CRL has an empty one.
+func LoadRootCRLState(dir string) (RootCRLState, error) {
+	var st RootCRLState
+	b, err := os.ReadFile(filepath.Join(dir, RootCRLStateFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return st, nil
+	}
+	if err != nil {
+		return st, err
+	}
+	if err := json.Unmarshal(b, &st); err != nil {
+		return st, fmt.Errorf("%s: %w", RootCRLStateFile, err)
+	}
+	return st, nil
+}
+
+// RevokeAndSignCRL adds revocations of intermediates (serials in hex) to
+// the root's record and signs the next root CRL with every revocation so
+// far; with no revocations it re-signs the CRL (before its nextUpdate).
+// The record is written only once the CRL is signed, atomically, so a
+// failure leaves it as it was.
+func (r *RootCA) RevokeAndSignCRL(ctx context.Context, add []RootRevocation) ([]byte, error) {
+	st, err := LoadRootCRLState(r.o.Dir)
+	if err != nil {
+		return nil, err
+	}
+	seen := map[string]bool{}
+	for _, rv := range st.Revoked {
+		seen[rv.Serial] = true
+	}
+	for _, rv := range add {
+		n, ok := new(big.Int).SetString(rv.Serial, 16)
+		if !ok || n.Sign() <= 0 {
+			return nil, fmt.Errorf("serial %q: want the certificate serial in hex", rv.Serial)
+		}
+		if _, err := ParseReason(rv.Reason); err != nil {
+			return nil, err
+		}
+		rv.Serial = n.Text(16)
+		if seen[rv.Serial] {
+			return nil, fmt.Errorf("serial %s: %w", rv.Serial, ErrRevokedTwice)
+		}
+		seen[rv.Serial] = true
+		st.Revoked = append(st.Revoked, rv)
+	}
+	entries := make([]Revoked, 0, len(st.Revoked))
+	for _, rv := range st.Revoked {
+		n, _ := new(big.Int).SetString(rv.Serial, 16)
+		reason, _ := ParseReason(rv.Reason)
+		entries = append(entries, Revoked{Serial: n, At: rv.At, Reason: reason})
+	}
+	st.Number++
+	der, err := r.CRL(ctx, entries, new(big.Int).SetUint64(st.Number))
+	if err != nil {
+		return nil, err
+	}
+	b, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	path := filepath.Join(r.o.Dir, RootCRLStateFile)
+	tmp := path + ".tmp"
+	os.Remove(tmp) // a leftover of an interrupted run
+	if err := writeOnce(tmp, append(b, '\n'), 0o644); err != nil {
+		return nil, err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return nil, err
+	}
+	return der, nil
+}
