@@ -269,6 +269,16 @@ type CRLPublishRequest struct {
 	ThisUpdate time.Time `json:"this_update"`
 	NextUpdate time.Time `json:"next_update"`
 	DER        []byte    `json:"der"`
+	// Revoked lists the CRL's entries when the inventory does not know
+	// of them yet: a root CRL revoking intermediates.
+	Revoked []CRLEntry `json:"revoked,omitempty"`
+}
+
+// CRLEntry is one revoked certificate of a CRL.
+type CRLEntry struct {
+	Serial string    `json:"serial"`
+	Reason int       `json:"reason"`
+	At     time.Time `json:"at"`
 }
 
 // IssuerUpsertRequest records which node holds an intermediate and where

@@ -120,7 +120,12 @@ func TestFoundWithCeremonyRoot(t *testing.T) {
 	// Revoking an intermediate is a root operation too: one share is
 	// refused; two sign the root CRL, which an officer publishes and
 	// every node then serves, and openssl reads.
-	ctl2 := "5cfdc3e55583fedb1e12658813d367e4"
+	// The intermediates are in the inventory, issued by the root.
+	ctl2 := ca.Serial(inter) // revoke ctl1's own: the test needs one the inventory holds
+	waitUntil(t, 10*time.Second, "ctl1's intermediate in the inventory", func() bool {
+		c, err := op.Certificate(ctx, ctl2)
+		return err == nil && c.Kind == "intermediate" && c.Issuer == ca.IssuerID(res.Root) && c.Status == api.CertValid
+	})
 	if _, err := ca.OpenRoot(ctx, ca.RootOptions{Dir: ceremony}, shares("an")); err == nil {
 		t.Fatal("one share opened the root for its CRL")
 	}
@@ -155,6 +160,9 @@ func TestFoundWithCeremonyRoot(t *testing.T) {
 	_, err = off.PublishRootCRL(ctx, other)
 	wantStatus(t, err, 400, "not signed by this network's root")
 
+	if c, err := op.Certificate(ctx, ctl2); err != nil || c.Status != api.CertRevoked || c.ReasonName != "keyCompromise" || c.RevokedBy != "officer1" {
+		t.Fatalf("the revoked intermediate in the inventory: %+v %v", c, err)
+	}
 	resp, err := http.Get("http://" + n.httpLn.Addr().String() + pub.Path)
 	if err != nil {
 		t.Fatal(err)

@@ -165,7 +165,7 @@ func (s *State) checkCert(c *api.Certificate) error {
 	switch {
 	case serial == "" || serial != c.Serial:
 		return fmt.Errorf("%w: certificate serial %q: want lowercase hex without leading zeros", ErrBadRequest, c.Serial)
-	case c.Kind != ca.KindGateway && c.Kind != ca.KindPerson && c.Kind != ca.KindNode:
+	case c.Kind != ca.KindGateway && c.Kind != ca.KindPerson && c.Kind != ca.KindNode && c.Kind != kindIntermediate:
 		return fmt.Errorf("%w: certificate %s: kind %q", ErrBadRequest, c.Serial, c.Kind)
 	case c.Issuer == "" || strings.Trim(c.Issuer, "0123456789abcdef") != "":
 		return fmt.Errorf("%w: certificate %s: issuer %q: want the issuer id in hex", ErrBadRequest, c.Serial, c.Issuer)
@@ -323,6 +323,11 @@ func (s *State) applyCRLPublish(r *CRLPublishRequest) error {
 		s.issuers[r.Issuer] = ir
 	}
 	ir.CRL = &crlRecord{Number: r.Number, Covers: r.Covers, ThisUpdate: r.ThisUpdate, NextUpdate: r.NextUpdate, DER: slices.Clone(r.DER)}
+	for _, e := range r.Revoked {
+		if c := s.certs[e.Serial]; c != nil && c.Status == api.CertValid && c.Issuer == r.Issuer {
+			s.revoke([]*api.Certificate{c}, "", e.Reason, e.At, r.Actor, s.applying)
+		}
+	}
 	return nil
 }
 

@@ -175,6 +175,16 @@ func (n *Node) recordIssuer(ctx context.Context) error {
 			return err
 		}
 	}
+	// So does the intermediate the custodians signed for this node.
+	if inter := n.ca.Intermediate(); inter != nil {
+		if _, ok := n.State().Certificate(ca.Serial(inter)); !ok {
+			rec := certRecordOf(inter)
+			rec.Kind, rec.Requester = kindIntermediate, "node:"+n.cfg.Node
+			if _, err := n.submit(ctx, CmdCertRecord, &CertRecordRequest{Meta: n.meta("node:" + n.cfg.Node), Certs: []api.Certificate{rec}}); err != nil && !errors.Is(err, ErrConflict) {
+				return err
+			}
+		}
+	}
 	// This node's own TLS certificate joins the inventory too.
 	if rec := certRecordOf(n.tls.Leaf); rec.Kind == ca.KindNode {
 		if _, ok := n.State().Certificate(rec.Serial); !ok {

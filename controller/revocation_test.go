@@ -82,7 +82,7 @@ func TestRevokeCRLOCSPAndRenew(t *testing.T) {
 		}
 	}
 	waitUntil(t, 10*time.Second, "the node's and people's certificates in the inventory", func() bool {
-		return len(n.State().Certificates(CertFilter{})) == 2+3+1
+		return len(n.State().Certificates(CertFilter{})) == 2+3+1+1 // gateways, people, node, intermediate
 	})
 	if got, err := op.Certificates(ctx, url.Values{"agency": {"000.00.00.H49"}}); err != nil || len(got) != 1 || got[0].Gateway != "gw2" {
 		t.Fatalf("certificates of H49: %+v %v", got, err)

@@ -9,6 +9,10 @@ import (
 	"github.com/govnet/govnet/ca"
 )
 
+// kindIntermediate is the inventory kind of a controller node's
+// intermediate: the root (M custodians) issued it, the root's CRL revokes it.
+const kindIntermediate = "intermediate"
+
 // maxRootCRL bounds an uploaded root CRL: it lists revoked intermediates,
 // a handful per controller node ever made.
 const maxRootCRL = 1 << 20
@@ -38,9 +42,13 @@ func (n *Node) handleRootCRLPublish(w http.ResponseWriter, r *http.Request, id c
 		return
 	}
 	issuer := ca.IssuerID(root)
+	var revoked []CRLEntry
+	for _, e := range crl.RevokedCertificateEntries {
+		revoked = append(revoked, CRLEntry{Serial: e.SerialNumber.Text(16), Reason: e.ReasonCode, At: e.RevocationTime.UTC()})
+	}
 	index, err := n.submit(r.Context(), CmdCRLPublish, &CRLPublishRequest{Meta: n.meta(id.Name), Issuer: issuer,
 		Number: crl.Number.Uint64(), Covers: uint64(len(crl.RevokedCertificateEntries)),
-		ThisUpdate: crl.ThisUpdate.UTC(), NextUpdate: crl.NextUpdate.UTC(), DER: req.DER})
+		ThisUpdate: crl.ThisUpdate.UTC(), NextUpdate: crl.NextUpdate.UTC(), DER: req.DER, Revoked: revoked})
 	if err != nil {
 		n.fail(w, err)
 		return
