@@ -7,23 +7,5 @@
 # and govnetctl build for arm64 with CGO_ENABLED=0.
 set -euo pipefail
 
-pkgs=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
-
-missing=()
-for p in "${pkgs[@]}"; do
-  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
-    missing+=("$p")
-  fi
-done
-if [ ${#missing[@]} -eq 0 ]; then
-  echo "deps-cross: cross compiler present"
-  exit 0
-fi
-if [ "$(id -u)" -ne 0 ]; then
-  echo "deps-cross: missing ${missing[*]}; run as root (apt-get install)" >&2
-  exit 1
-fi
-echo "deps-cross: installing ${missing[*]}"
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends "${missing[@]}"
+. "$(dirname "$0")/apt.sh"
+apt_ensure deps-cross gcc-aarch64-linux-gnu:--no-install-recommends libc6-dev-arm64-cross:--no-install-recommends
