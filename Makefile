@@ -11,7 +11,7 @@ ifeq ($(CI),true)
 export GOVNET_REQUIRE_PRIVILEGED := 1
 endif
 
-.PHONY: all deps build test race unit fuzz bench lint demo demo-down e2e-long clean cross package
+.PHONY: all deps build test race unit fuzz bench bench-fanout lint demo demo-down e2e-long clean cross package
 
 all: build
 
@@ -40,11 +40,13 @@ fuzz:
 	$(GO) test ./agency -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME)
 	$(GO) test ./policy -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./policy -run '^$$' -fuzz '^FuzzParseRegistry$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./internal/agencycsv -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./ca -run '^$$' -fuzz FuzzParseCSR -fuzztime $(FUZZTIME)
 	$(GO) test ./controller -run '^$$' -fuzz FuzzAPIRequest -fuzztime $(FUZZTIME)
 
 # Benchmarks on the real kernel, SoftHSM2 and wireguard-go (root; they fail
-# rather than skip), ~2 minutes. Prints the go test output, then a table of
+# rather than skip), ~2 minutes, then bench-fanout (~6 minutes with its
+# clusters kept in .bench-cache/, ~17 the first time, which enrolls them). Prints the go test output, then a table of
 # the figures; merges them into bench-results.json (other harnesses' entries
 # kept); the raw output stays in $(BENCH_LOG). Exits non-zero if a benchmark
 # fails or a figure is missing. docs/performance.md explains every figure.
@@ -61,16 +63,44 @@ bench: deps
 	}; \
 	uptime | tee -a $(BENCH_LOG); \
 	run ./hsm -bench '^BenchmarkSign$$' -benchtime 2s -count 3; \
-	if grep -qs '^func BenchmarkIssue(' ca/*_test.go; then \
-		run ./ca -bench '^BenchmarkIssue(Parallel)?$$' -benchtime 2s -count 3; \
-	else echo "bench: ca has no BenchmarkIssue yet: ca.issue_inprocess_per_s not measured"; fi; \
+	run ./ca -bench '^BenchmarkIssue(Parallel)?$$' -benchtime 2s -count 3; \
+	run ./controller -bench '^BenchmarkIssueAPI$$' -benchtime 1000x -count 3; \
+	run ./controller -bench '^BenchmarkReissue20000$$' -benchtime 1x; \
+	if stepca=$$(deploy/scripts/stepca-build.sh); then \
+		export STEPCA_BIN=$(CURDIR)/$$stepca; \
+		run ./internal/stepcabench -bench '^BenchmarkStepCAIssueAPI$$' -benchtime 1000x -count 3; \
+	else echo "bench: step-ca build failed" >&2; fail=1; fi; \
 	run ./policy -bench '^BenchmarkCompile$$' -benchtime 5x; \
 	run ./netagent -bench '^BenchmarkFirewallApply$$' -benchtime 10x; \
 	run ./netagent -bench '^BenchmarkFirewallPacket$$' -benchtime 300x; \
 	run ./netagent -bench '^BenchmarkPeerChange$$' -benchtime 20x; \
+	run ./controller -bench '^BenchmarkViewChange$$' -benchtime 10x; \
+	run ./controller -bench '^BenchmarkRaftWrite$$' -benchtime 2000x -count 3; \
+	run ./controller -bench '^BenchmarkRaftBatchedWrites$$' -benchtime 20000x -count 3; \
 	uptime | tee -a $(BENCH_LOG); \
-	$(GO) run ./internal/benchjson -map $(BENCH_MAP) -out bench-results.json $(BENCH_LOG) || fail=1; \
+	$(MAKE) --no-print-directory bench-fanout || fail=1; \
+	$(GO) run ./internal/benchjson -map $(BENCH_MAP) -out bench-results.json $(BENCH_LOG) $(FANOUT_LOG) || fail=1; \
 	exit $$fail
+
+# The controller fan-out harness (issue 4, internal/loadtest): a 3-node
+# govnetd cluster on 127.0.0.11-13 and FANOUT_SIZES simulated gateways in
+# worker processes, with real certificates and the real client. Each size's
+# cluster and enrolled identities are kept in .bench-cache/ (git-ignored),
+# so a rerun skips enrollment (remove the directory to start afresh).
+# Prints the figures and merges them into bench-results.json;
+# docs/performance.md, "Controller fan-out under load", explains them.
+FANOUT_SIZES ?= 1000,5000,20000
+FANOUT_LOG   := $(BIN)/bench-fanout.log
+bench-fanout: SHELL := /bin/bash
+bench-fanout: build
+	@$(GO) build -o $(BIN)/ ./internal/loadtest/cmd/govnet-load; \
+	uptime | tee $(FANOUT_LOG); \
+	$(BIN)/govnet-load -govnetd $(BIN)/govnetd -gateways $(FANOUT_SIZES) -cache-dir .bench-cache 2>&1 | tee -a $(FANOUT_LOG); \
+	st=$${PIPESTATUS[0]}; \
+	uptime | tee -a $(FANOUT_LOG); \
+	grep -E '^(fanout\.|controller\.bytes_per_gateway |revoke\.enforced_p99_s )' $(BENCH_MAP) >$(BIN)/fanout.map; \
+	$(GO) run ./internal/benchjson -map $(BIN)/fanout.map -out bench-results.json $(FANOUT_LOG) || st=1; \
+	exit $$st
 
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }

@@ -468,3 +468,47 @@ func (c *Client) Renew(ctx context.Context, r RenewRequest) (*RenewResponse, err
 	var out RenewResponse
 	return &out, c.do(ctx, http.MethodPost, "/v1/renew", r, &out)
 }
+
+// Coverage returns the coverage report; window 0 means the controller's
+// default (DefaultCoverageWindow).
+func (c *Client) Coverage(ctx context.Context, window time.Duration) (*CoverageReport, error) {
+	path := "/v1/reports/coverage"
+	if window > 0 {
+		path += "?window=" + url.QueryEscape(window.String())
+	}
+	var out CoverageReport
+	return &out, c.do(ctx, http.MethodGet, path, nil, &out)
+}
+
+// ImportAgencies registers many agencies in one all-or-nothing step; with
+// req.DryRun it only says what would change.
+func (c *Client) ImportAgencies(ctx context.Context, req AgencyImport) (*AgencyImportResult, error) {
+	var out AgencyImportResult
+	return &out, c.do(ctx, http.MethodPost, "/v1/agencies/import", req, &out)
+}
+
+// MergeAgencies merges agencies into a survivor; with req.DryRun it only
+// previews the plan.
+func (c *Client) MergeAgencies(ctx context.Context, req AgencyMerge) (*AgencyPlan, error) {
+	var out AgencyPlan
+	return &out, c.do(ctx, http.MethodPost, "/v1/agencies/merge", req, &out)
+}
+
+// ReparentAgency moves an agency under another parent; with req.DryRun it
+// only previews the plan.
+func (c *Client) ReparentAgency(ctx context.Context, code string, req AgencyReparent) (*AgencyPlan, error) {
+	var out AgencyPlan
+	return &out, c.do(ctx, http.MethodPost, "/v1/agencies/"+url.PathEscape(code)+"/reparent", req, &out)
+}
+
+// CloseAgency closes an agency's code.
+func (c *Client) CloseAgency(ctx context.Context, code string) (*Agency, error) {
+	var out Agency
+	return &out, c.do(ctx, http.MethodPost, "/v1/agencies/"+url.PathEscape(code)+"/close", nil, &out)
+}
+
+// DecommissionGateway takes a gateway out of service for good.
+func (c *Client) DecommissionGateway(ctx context.Context, id string, req DecommissionRequest) (*RevokeResponse, error) {
+	var out RevokeResponse
+	return &out, c.do(ctx, http.MethodPost, "/v1/gateways/"+url.PathEscape(id)+"/decommission", req, &out)
+}

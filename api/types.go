@@ -23,13 +23,30 @@ const (
 	ProtoICMP = "icmp"
 )
 
+// Agency statuses. A closed code stays in the registry, for history, and
+// is never registered again.
+const (
+	AgencyActive = "active"
+	AgencyClosed = "closed"
+)
+
 // Agency is one agency of the state, identified by its QCVN 102:2016 code.
 type Agency struct {
-	Code   string `json:"code"`
-	Name   string `json:"name"`
-	Parent string `json:"parent,omitempty"` // derived from the code; empty for level 1
-	Level  string `json:"level"`            // central, province, district, commune
+	Code string `json:"code"`
+	Name string `json:"name"`
+	// Parent is stored: it starts as the code's parent (empty for level 1)
+	// and mergers and re-parenting change it.
+	Parent string `json:"parent,omitempty"`
+	Level  string `json:"level"` // central, province, district, commune, unit
+	// Status is active or closed (records written before statuses
+	// existed have none: they are active).
+	Status     string    `json:"status,omitempty"`
+	ClosedAt   time.Time `json:"closed_at,omitzero"`
+	MergedInto string    `json:"merged_into,omitempty"` // the survivor of the merger that closed it
 }
+
+// Closed reports whether the agency's code was closed.
+func (a *Agency) Closed() bool { return a.Status == AgencyClosed }
 
 // Gateway is one agency edge gateway.
 type Gateway struct {
@@ -323,6 +340,9 @@ type PolicyPlan struct {
 	PeersLost     int           `json:"peers_lost"`
 	Unchanged     int           `json:"unchanged"` // gateways whose view does not change
 	TotalGateways int           `json:"total_gateways"`
+	// ClosedRefs are the places where the draft names an agency code the
+	// registry has closed: it compiles, and they select nothing.
+	ClosedRefs []PolicyRef `json:"closed_refs,omitempty"`
 }
 
 // GatewayPlan is one gateway's part of a PolicyPlan.
@@ -343,4 +363,132 @@ type Flow struct {
 	Source   netip.Prefix `json:"source"`
 	Protocol string       `json:"protocol"`
 	Port     uint16       `json:"port,omitempty"`
+}
+
+// DefaultCoverageWindow is how recently a gateway must have reported to
+// count as healthy in a coverage report when the request names no window:
+// ten of the agent's default 30 s reconcile periods, so a gateway that
+// missed a report or two, or moved to another controller, still counts.
+const DefaultCoverageWindow = 5 * time.Minute
+
+// CoverageReport says, per province and per level, how many registered
+// agencies have a healthy enrolled gateway: one that reported within
+// Window, holds a valid certificate (not expired, not revoked) and whose
+// ruleset digest is the one its current view compiles to.
+type CoverageReport struct {
+	Generated time.Time `json:"generated"`
+	Window    string    `json:"window"` // Go duration
+	RaftIndex uint64    `json:"raft_index"`
+	Total     Coverage  `json:"total"`
+	// Levels: central, province, district, commune, unit, in that order
+	// (a level without agencies is left out).
+	Levels []Coverage `json:"levels"`
+	// Provinces, ranked: highest coverage first, ties by code. An agency
+	// belongs to the province its parent chain leads to; central bodies
+	// and their units belong to none.
+	Provinces []Coverage `json:"provinces"`
+}
+
+// Coverage is one row of a CoverageReport.
+type Coverage struct {
+	Rank     int    `json:"rank,omitempty"`  // provinces: 1 is best; equal coverage, equal rank
+	Code     string `json:"code,omitempty"`  // provinces: the province's code
+	Name     string `json:"name,omitempty"`  // provinces: its name
+	Level    string `json:"level,omitempty"` // levels: the level
+	Agencies int    `json:"agencies"`        // registered, not closed
+	Enrolled int    `json:"enrolled"`        // of them, with at least one enrolled gateway
+	Healthy  int    `json:"healthy"`         // of them, with at least one healthy gateway
+	// Coverage is Healthy / Agencies (0 when there are none).
+	Coverage float64 `json:"coverage"`
+	// Why the enrolled gateways of these agencies that are not healthy
+	// are not: counts of gateways (one gateway may have several causes).
+	Gateways     int `json:"gateways"` // enrolled gateways
+	HealthyGWs   int `json:"healthy_gateways"`
+	Stale        int `json:"stale"`          // no report within the window
+	CertInvalid  int `json:"cert_invalid"`   // certificate expired, revoked or unknown
+	RulesetNotOK int `json:"ruleset_not_ok"` // ruleset mismatch or not yet attested
+}
+
+// AgencyImport registers many agencies in one all-or-nothing step.
+type AgencyImport struct {
+	Agencies []AgencyRow `json:"agencies"`
+	DryRun   bool        `json:"dry_run,omitempty"` // check and say what would change; commit nothing
+}
+
+// AgencyRow is one agency of an import. Parent may be empty: the code's
+// own parent is taken. A parent may be registered already or come earlier
+// in the same import. Line, when set, is where the row came from (a CSV
+// line) and is named in errors.
+type AgencyRow struct {
+	Code   string `json:"code"`
+	Name   string `json:"name"`
+	Parent string `json:"parent,omitempty"`
+	Line   int    `json:"line,omitempty"`
+}
+
+// AgencyImportResult says what an import changed (or, dry, would change).
+type AgencyImportResult struct {
+	DryRun    bool     `json:"dry_run,omitempty"`
+	RaftIndex uint64   `json:"raft_index,omitempty"`
+	Added     []Agency `json:"added"`
+	Renamed   []Agency `json:"renamed"`
+	Unchanged int      `json:"unchanged"`
+}
+
+// AgencyMerge merges Sources into Into: see AgencyPlan.
+type AgencyMerge struct {
+	Sources []string `json:"sources"`
+	Into    string   `json:"into"`
+	DryRun  bool     `json:"dry_run,omitempty"`
+}
+
+// AgencyReparent moves one agency (and everything under it) under Parent.
+type AgencyReparent struct {
+	Parent string `json:"parent"`
+	DryRun bool   `json:"dry_run,omitempty"`
+}
+
+// AgencyPlan is what a merger or a re-parenting does: computed from the
+// registry before it is committed, returned as a preview (DryRun) and,
+// identical, by the change itself.
+type AgencyPlan struct {
+	Kind      string        `json:"kind"` // merge or reparent
+	Into      string        `json:"into"` // the survivor, or the new parent
+	DryRun    bool          `json:"dry_run,omitempty"`
+	RaftIndex uint64        `json:"raft_index,omitempty"` // of the committed change
+	Closed    []string      `json:"closed"`               // codes closed (merged into Into)
+	Agencies  []AgencyMove  `json:"agencies"`             // agencies whose parent changes
+	Gateways  []GatewayMove `json:"gateways"`             // gateways that change agency
+	// PolicyRefs are the places where the current policy names a code
+	// this change closes: they keep compiling, and select nothing.
+	PolicyRefs []PolicyRef `json:"policy_refs"`
+	// Views is how the current policy's per-gateway views change: its
+	// Gateways are the gateways whose view is recomputed to something new.
+	Views *PolicyPlan `json:"views"`
+}
+
+// AgencyMove is an agency whose parent changes.
+type AgencyMove struct {
+	Code string `json:"code"`
+	From string `json:"from,omitempty"`
+	To   string `json:"to"`
+}
+
+// GatewayMove is a gateway that moves to another agency.
+type GatewayMove struct {
+	Gateway string `json:"gateway"`
+	From    string `json:"from"`
+	To      string `json:"to"`
+}
+
+// PolicyRef is a place in a policy that names an agency code.
+type PolicyRef struct {
+	Code  string `json:"code"`
+	Where string `json:"where"` // file:line:column
+	What  string `json:"what"`  // "group h01: subtree", "test 2: from", ...
+}
+
+// DecommissionRequest takes a gateway out of service for good.
+type DecommissionRequest struct {
+	Reason string `json:"reason,omitempty"` // why, in words, for the audit trail
 }

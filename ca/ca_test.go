@@ -241,3 +241,20 @@ func FuzzParseCSR(f *testing.F) {
 		}
 	})
 }
+
+// Issue verifies the CSR's signature once, inside the authority; a CSR
+// whose signature does not verify still gets ErrBadCSR and no certificate.
+func TestIssueRejectsBadCSRSignature(t *testing.T) {
+	c, _ := newCA(t)
+	csr := csrFor(t, subjectKeys()["P-256"])
+	bad := *csr
+	bad.Signature = append([]byte(nil), csr.Signature...)
+	bad.Signature[len(bad.Signature)-3] ^= 0xff
+	chain, err := c.Issue(context.Background(), &bad, GatewayProfile("gw-1", "000.00.00.H29"))
+	if !errors.Is(err, ErrBadCSR) || !strings.Contains(err.Error(), "signature does not verify") || chain != nil {
+		t.Fatalf("got %v, %v; want ErrBadCSR about the signature", chain, err)
+	}
+	if _, err := c.Issue(context.Background(), nil, GatewayProfile("gw-1", "000.00.00.H29")); !errors.Is(err, ErrBadCSR) {
+		t.Fatalf("nil CSR: got %v", err)
+	}
+}

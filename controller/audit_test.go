@@ -35,7 +35,7 @@ func TestPeriodicCheckpoints(t *testing.T) {
 		waitUntil(t, 10*time.Second, fmt.Sprintf("a checkpoint after seq %d", after), func() bool {
 			cps, err := off.AuditCheckpoints(ctx)
 			if err != nil {
-				t.Fatal(err)
+				return false // the first leader may not have registered the bootstrap people yet
 			}
 			if len(cps) > 0 {
 				last = cps[len(cps)-1]

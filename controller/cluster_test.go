@@ -146,7 +146,7 @@ func (p *procNode) wait(d time.Duration) bool {
 }
 
 type testCluster struct {
-	t     *testing.T
+	t     testing.TB
 	nodes []*procNode
 	op    []*api.Client // operator1, one client per node
 	off   []*api.Client // officer1
@@ -155,7 +155,7 @@ type testCluster struct {
 // newTestCluster initialises n nodes, each with its own SoftHSM2 token
 // and its own intermediate signed by the root in the first node's token,
 // on 127.0.0.11, .12, ...; it starts nothing.
-func newTestCluster(t *testing.T, count int) *testCluster {
+func newTestCluster(t testing.TB, count int) *testCluster {
 	t.Helper()
 	hsmtest.Require(t)
 	dir := t.TempDir()
@@ -231,7 +231,7 @@ func newTestCluster(t *testing.T, count int) *testCluster {
 	return c
 }
 
-func freePortOn(t *testing.T, ip string) string {
+func freePortOn(t testing.TB, ip string) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", ip+":0")
 	if err != nil {
@@ -242,7 +242,7 @@ func freePortOn(t *testing.T, ip string) string {
 }
 
 // waitFor polls cond until it returns nil, failing the test after d.
-func waitFor(t *testing.T, d time.Duration, what string, cond func() error) {
+func waitFor(t testing.TB, d time.Duration, what string, cond func() error) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for {

@@ -39,6 +39,12 @@ const (
 	CmdCRLPublish      CommandType = 17
 	CmdIssuerUpsert    CommandType = 18
 	CmdAuditCheckpoint CommandType = 25
+	// Agency registry operations (controller/agency.go).
+	CmdAgencyImport        CommandType = 19
+	CmdAgencyMerge         CommandType = 20
+	CmdAgencyReparent      CommandType = 21
+	CmdAgencyClose         CommandType = 22
+	CmdGatewayDecommission CommandType = 23
 )
 
 func (t CommandType) String() string {
@@ -81,6 +87,16 @@ func (t CommandType) String() string {
 		return "issuer-upsert"
 	case CmdAuditCheckpoint:
 		return "audit-checkpoint"
+	case CmdAgencyImport:
+		return "agency-import"
+	case CmdAgencyMerge:
+		return "agency-merge"
+	case CmdAgencyReparent:
+		return "agency-reparent"
+	case CmdAgencyClose:
+		return "agency-close"
+	case CmdGatewayDecommission:
+		return "gateway-decommission"
 	}
 	return fmt.Sprintf("command(%d)", uint8(t))
 }
@@ -110,11 +126,14 @@ type InitNetworkRequest struct {
 	OverlayPrefix netip.Prefix `json:"overlay_prefix"`
 }
 
-// AgencyUpsertRequest registers or renames an agency.
+// AgencyUpsertRequest registers or renames an agency. Parent, when set,
+// places a new agency under a registered agency other than its code's
+// parent (whose code may have been closed by a merger).
 type AgencyUpsertRequest struct {
 	Meta
-	Code string `json:"code"`
-	Name string `json:"name"`
+	Code   string `json:"code"`
+	Name   string `json:"name"`
+	Parent string `json:"parent,omitempty"`
 }
 
 // GatewayAddRequest registers a gateway, pending enrollment.
@@ -289,6 +308,44 @@ type IssuerUpsertRequest struct {
 	Issuer   string `json:"issuer"`
 	Node     string `json:"node"`
 	HTTPAddr string `json:"http_addr"`
+}
+
+// AgencyImportRequest registers many agencies at once, all or nothing:
+// a parent may come earlier in the same request.
+type AgencyImportRequest struct {
+	Meta
+	Agencies []api.AgencyRow `json:"agencies"`
+}
+
+// AgencyMergeRequest merges Sources into Into: their child agencies and
+// gateways move to Into, and their codes are closed.
+type AgencyMergeRequest struct {
+	Meta
+	Sources []string `json:"sources"`
+	Code    string   `json:"code"` // the survivor (Code, so that the audit entry names it)
+}
+
+// AgencyReparentRequest moves one agency under another parent.
+type AgencyReparentRequest struct {
+	Meta
+	Code   string `json:"code"`
+	Parent string `json:"parent"`
+}
+
+// AgencyCloseRequest closes an agency that has no gateways or active
+// children left.
+type AgencyCloseRequest struct {
+	Meta
+	Code string `json:"code"`
+}
+
+// GatewayDecommissionRequest takes a gateway out of service: its valid
+// certificates are revoked (cessationOfOperation) and it stays listed as
+// decommissioned.
+type GatewayDecommissionRequest struct {
+	Meta
+	Gateway string `json:"gateway"`
+	Reason  string `json:"reason,omitempty"`
 }
 
 // encodeCommand frames a command as its type byte followed by JSON.

@@ -51,6 +51,7 @@ func (f *FSM) Apply(l *raft.Log) any {
 	err := f.dispatch(t, body)
 	if err == nil {
 		s.appendAudit(entry)
+		s.noteViewChange(t, body)
 	}
 	s.setIndex(l.Index)
 	s.mu.Unlock()
@@ -101,6 +102,16 @@ func (f *FSM) dispatch(t CommandType, body []byte) error {
 		return applyJSON(body, s.applyCRLPublish)
 	case CmdIssuerUpsert:
 		return applyJSON(body, s.applyIssuerUpsert)
+	case CmdAgencyImport:
+		return applyJSON(body, s.applyAgencyImport)
+	case CmdAgencyMerge:
+		return applyJSON(body, s.applyAgencyMerge)
+	case CmdAgencyReparent:
+		return applyJSON(body, s.applyAgencyReparent)
+	case CmdAgencyClose:
+		return applyJSON(body, s.applyAgencyClose)
+	case CmdGatewayDecommission:
+		return applyJSON(body, s.applyGatewayDecommission)
 	}
 	if t&IgnoreUnknownTypeFlag != 0 {
 		f.log.Warn("skipping unknown command type", "type", uint8(t))
@@ -237,6 +248,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 		ns.overlay, ns.agencies, ns.gateways, ns.tokens, ns.policies, ns.addrInUse, ns.members, ns.people, ns.requests, ns.audit
 	s.certs, s.issuers = ns.certs, ns.issuers
 	s.checkpoints = ns.checkpoints
+	s.touchAll()
 	s.setIndex(max(s.index, ns.index))
 	index := s.index
 	s.mu.Unlock()

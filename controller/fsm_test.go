@@ -64,6 +64,26 @@ func history() []struct {
 		{CmdRequestCreate, &RequestCreateRequest{Meta: meta("op"), ID: "r5", Role: "operator", Kind: api.RequestRevoke, Gateway: "gw2", ReasonCode: 1, Reason: "key lost"}},
 		{CmdRequestDecide, &RequestDecideRequest{Meta: meta("off2"), ID: "r5", Role: "officer", Approve: true}},
 		{CmdStateRestored, &StateRestoredRequest{Meta: meta("off"), BackupSHA256: "ab", BackupIndex: 7}},
+		// The registry's operations (controller/agency.go): a province
+		// with a district and a commune, the commune moved under the
+		// province (districts abolished), the province merged into H29
+		// (its gateway gw4 with it), its empty district closed, gw4
+		// decommissioned.
+		{CmdAgencyImport, &AgencyImportRequest{Meta: meta("op"), Agencies: []api.AgencyRow{
+			{Code: "000.00.00.H01", Name: "Ủy ban nhân dân tỉnh Hà Giang", Line: 2},
+			{Code: "000.00.04.H01", Name: "Huyện Vị Xuyên", Line: 3},
+			{Code: "000.12.04.H01", Name: "Xã Đạo Đức", Parent: "000.00.04.H01", Line: 4},
+			{Code: "000.00.00.H49", Name: "Ủy ban nhân dân thành phố Đà Nẵng", Line: 5},
+		}}},
+		{CmdGatewayAdd, &GatewayAddRequest{Meta: meta("op"), ID: "gw3", Agency: "000.12.04.H01"}},
+		{CmdGatewayAdd, &GatewayAddRequest{Meta: meta("op"), ID: "gw4", Agency: "000.00.00.H01"}},
+		{CmdAgencyReparent, &AgencyReparentRequest{Meta: meta("op"), Code: "000.12.04.H01", Parent: "000.00.00.H01"}},
+		{CmdAgencyMerge, &AgencyMergeRequest{Meta: meta("op"), Sources: []string{"000.00.00.H01"}, Code: "000.00.00.H29"}},
+		{CmdAgencyClose, &AgencyCloseRequest{Meta: meta("op"), Code: "000.00.04.H01"}},
+		{CmdCertRecord, &CertRecordRequest{Meta: meta("node:ctl1"), Certs: []api.Certificate{
+			{Serial: "e5", Kind: "gateway", Subject: "gw4", Gateway: "gw4", Agency: "000.00.00.H01", Issuer: "ef01", NotBefore: t0, NotAfter: t0.Add(24 * time.Hour)},
+		}}},
+		{CmdGatewayDecommission, &GatewayDecommissionRequest{Meta: meta("off"), Gateway: "gw4", Reason: "replaced"}},
 	}
 	// A checkpoint of the chain's third entry, as the commands above make it.
 	scratch := NewFSM(slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
@@ -153,8 +173,15 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	if c, _ := f.State().Certificate("02B"); c.Status != api.CertRevoked || c.Reason != 1 || c.RevokedBy != "off2" || c.Requester != "gateway:gw2" {
 		t.Fatalf("2b %+v", c)
 	}
-	if got := f.State().Certificates(CertFilter{Revoked: true}); len(got) != 2 {
+	// And gw4's e5, revoked when gw4 was decommissioned.
+	if got := f.State().Certificates(CertFilter{Revoked: true}); len(got) != 3 {
 		t.Fatalf("revoked: %+v", got)
+	}
+	if c, _ := f.State().Certificate("e5"); c.Status != api.CertRevoked || c.ReasonName != "cessationOfOperation" {
+		t.Fatalf("e5 %+v", c)
+	}
+	if gw4, _ := f.State().Gateway("gw4"); gw4.Status != api.StatusDecommissioned || gw4.Agency != "000.00.00.H29" {
+		t.Fatalf("gw4 %+v", gw4)
 	}
 	if got := f.State().Certificates(CertFilter{Agency: "000.00.00.H49"}); len(got) != 2 {
 		t.Fatalf("of H49: %+v", got)
@@ -234,6 +261,37 @@ func TestApplyRejects(t *testing.T) {
 		{"checkpoint wrong hash", CmdAuditCheckpoint, &AuditCheckpointRequest{Node: "ctl1", Checkpoint: api.AuditCheckpoint{Seq: 5, Hash: "x", Node: "ctl1", Signature: "s", Chain: "c"}}},
 		{"checkpoint backwards", CmdAuditCheckpoint, &AuditCheckpointRequest{Node: "ctl1", Checkpoint: api.AuditCheckpoint{Seq: 0, Node: "ctl1", Signature: "s", Chain: "c"}}},
 		{"issuer bad id", CmdIssuerUpsert, &IssuerUpsertRequest{Issuer: "XYZ", Node: "ctl1", HTTPAddr: "127.0.0.1:80"}},
+		{"add a closed code", CmdAgencyUpsert, &AgencyUpsertRequest{Meta: meta("op"), Code: "000.00.00.H01", Name: "again"}},
+		{"add under a closed parent", CmdAgencyUpsert, &AgencyUpsertRequest{Meta: meta("op"), Code: "000.00.07.H01", Name: "x"}},
+		{"import a closed code", CmdAgencyImport, &AgencyImportRequest{Meta: meta("op"), Agencies: []api.AgencyRow{
+			{Code: "000.00.00.H02", Name: "fine"}, {Code: "000.00.04.H01", Name: "again"}}}},
+		{"import twice in a batch", CmdAgencyImport, &AgencyImportRequest{Meta: meta("op"), Agencies: []api.AgencyRow{
+			{Code: "000.00.00.H02", Name: "a"}, {Code: "000.00.00.H02", Name: "b"}}}},
+		{"import a province with a parent", CmdAgencyImport, &AgencyImportRequest{Meta: meta("op"), Agencies: []api.AgencyRow{
+			{Code: "000.00.00.H02", Name: "a", Parent: "000.00.00.H29"}}}},
+		{"import under a lower level", CmdAgencyImport, &AgencyImportRequest{Meta: meta("op"), Agencies: []api.AgencyRow{
+			{Code: "000.00.09.H29", Name: "a", Parent: "000.12.04.H01"}}}},
+		{"import moves a parent", CmdAgencyImport, &AgencyImportRequest{Meta: meta("op"), Agencies: []api.AgencyRow{
+			{Code: "000.12.04.H01", Name: "Xã Đạo Đức", Parent: "000.00.00.H49"}}}},
+		{"import no name", CmdAgencyImport, &AgencyImportRequest{Meta: meta("op"), Agencies: []api.AgencyRow{{Code: "000.00.00.H02", Name: ""}}}},
+		{"import nothing", CmdAgencyImport, &AgencyImportRequest{Meta: meta("op")}},
+		{"merge into a closed code", CmdAgencyMerge, &AgencyMergeRequest{Meta: meta("op"), Sources: []string{"000.00.00.H49"}, Code: "000.00.00.H01"}},
+		{"merge a closed code", CmdAgencyMerge, &AgencyMergeRequest{Meta: meta("op"), Sources: []string{"000.00.00.H01"}, Code: "000.00.00.H49"}},
+		{"merge into itself", CmdAgencyMerge, &AgencyMergeRequest{Meta: meta("op"), Sources: []string{"000.00.00.H29"}, Code: "000.00.00.H29"}},
+		{"merge into unknown", CmdAgencyMerge, &AgencyMergeRequest{Meta: meta("op"), Sources: []string{"000.00.00.H29"}, Code: "000.00.00.H77"}},
+		{"merge into a descendant", CmdAgencyMerge, &AgencyMergeRequest{Meta: meta("op"), Sources: []string{"000.00.00.H29"}, Code: "000.12.04.H01"}},
+		{"merge across levels", CmdAgencyMerge, &AgencyMergeRequest{Meta: meta("op"), Sources: []string{"000.12.04.H01"}, Code: "000.00.00.H49"}},
+		{"merge nothing", CmdAgencyMerge, &AgencyMergeRequest{Meta: meta("op"), Code: "000.00.00.H49"}},
+		{"reparent a province", CmdAgencyReparent, &AgencyReparentRequest{Meta: meta("op"), Code: "000.00.00.H49", Parent: "000.00.00.H29"}},
+		{"reparent under itself", CmdAgencyReparent, &AgencyReparentRequest{Meta: meta("op"), Code: "000.12.04.H01", Parent: "000.12.04.H01"}},
+		{"reparent where it is", CmdAgencyReparent, &AgencyReparentRequest{Meta: meta("op"), Code: "000.12.04.H01", Parent: "000.00.00.H29"}},
+		{"reparent under a closed code", CmdAgencyReparent, &AgencyReparentRequest{Meta: meta("op"), Code: "000.12.04.H01", Parent: "000.00.04.H01"}},
+		{"close with gateways", CmdAgencyClose, &AgencyCloseRequest{Meta: meta("op"), Code: "000.12.04.H01"}},
+		{"close with children", CmdAgencyClose, &AgencyCloseRequest{Meta: meta("op"), Code: "000.00.00.H29"}},
+		{"close twice", CmdAgencyClose, &AgencyCloseRequest{Meta: meta("op"), Code: "000.00.04.H01"}},
+		{"close unknown", CmdAgencyClose, &AgencyCloseRequest{Meta: meta("op"), Code: "000.00.00.H77"}},
+		{"decommission twice", CmdGatewayDecommission, &GatewayDecommissionRequest{Meta: meta("off"), Gateway: "gw4"}},
+		{"decommission unknown", CmdGatewayDecommission, &GatewayDecommissionRequest{Meta: meta("off"), Gateway: "nope"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			f := NewFSM(slog.Default(), nil)

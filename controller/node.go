@@ -20,7 +20,6 @@ import (
 	"github.com/govnet/govnet/api"
 	"github.com/govnet/govnet/ca"
 	"github.com/govnet/govnet/hsm"
-	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 )
@@ -61,6 +60,7 @@ type Node struct {
 	issuerID string
 	ocsp     *ca.OCSPResponder
 	crlWake  chan struct{} // a command was applied: is the CRL behind?
+	metrics  *nodeMetrics  // served at /metrics on the plain-HTTP listener
 	wg       sync.WaitGroup
 }
 
@@ -72,6 +72,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Node, err erro
 		return nil, fmt.Errorf("config: %w", err)
 	}
 	n := &Node{cfg: cfg, log: log, now: time.Now, limits: newLimiter(cfg.RateLimit, time.Now), crlWake: make(chan struct{}, 1)}
+	n.metrics = newNodeMetrics(n)
 	defer func() {
 		if err != nil {
 			n.Close()
@@ -177,8 +178,18 @@ func (n *Node) openLogStore(dir string) (raft.LogStore, raft.StableStore, error)
 		return nil, nil, fmt.Errorf("raft log store: %w", err)
 	}
 	n.stores = append(n.stores, store)
-	return store, store, nil
+	// The leader sends followers the entries it has just written: a cache
+	// of the newest ones saves reading them back from bbolt.
+	logs, err := raft.NewLogCache(raftLogCache, store)
+	if err != nil {
+		return nil, nil, fmt.Errorf("raft log cache: %w", err)
+	}
+	return logs, store, nil
 }
+
+// raftLogCache is how many of the newest log entries are kept in memory
+// (as Nomad and Consul do); see MaxAppendEntries in startRaft.
+const raftLogCache = 1024
 
 // bootstrapFile marks a data directory whose node founds a new cluster on
 // its first start (written by Init, not by PrepareJoin).
@@ -195,13 +206,20 @@ func (n *Node) startRaft() error {
 	rc.HeartbeatTimeout = tune.HeartbeatTimeout
 	rc.ElectionTimeout = tune.ElectionTimeout
 	rc.LeaderLeaseTimeout = tune.LeaderLeaseTimeout
-	rc.Logger = hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: os.Stderr})
+	// Concurrent writes share one disk sync and one AppendEntries per
+	// follower: the leader takes up to MaxAppendEntries waiting applies at
+	// once (docs/performance.md, "Controller: views and raft writes"). With
+	// BatchApplyCh an apply is queued at once instead of failing after its
+	// timeout when the leader is busy; it still ends on leadership loss.
+	rc.BatchApplyCh = true
+	rc.MaxAppendEntries = 512
+	rc.Logger = newRaftLogger(n.log)
 
 	logs, stable, err := n.openLogStore(dir)
 	if err != nil {
 		return err
 	}
-	snaps, err := raft.NewFileSnapshotStore(dir, 3, os.Stderr)
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(dir, 3, rc.Logger)
 	if err != nil {
 		return fmt.Errorf("raft snapshots: %w", err)
 	}
@@ -212,7 +230,7 @@ func (n *Node) startRaft() error {
 	if addr.IP.IsUnspecified() {
 		return fmt.Errorf("raft_addr %s: give the address other nodes reach this one at", n.cfg.RaftAddr)
 	}
-	trans, err := raft.NewTCPTransport(n.cfg.RaftAddr, addr, 3, 10*time.Second, os.Stderr)
+	trans, err := raft.NewTCPTransportWithLogger(n.cfg.RaftAddr, addr, 3, 10*time.Second, rc.Logger)
 	if err != nil {
 		return fmt.Errorf("raft transport: %w", err)
 	}
@@ -343,6 +361,7 @@ func (n *Node) submit(ctx context.Context, t CommandType, req any) (uint64, erro
 	}
 	ctx, cancel := context.WithTimeout(ctx, applyTimeout)
 	defer cancel()
+	start := time.Now()
 	for {
 		idx, verdict, err := n.submitOnce(ctx, t, b)
 		if errors.Is(err, ErrNotLeader) || errors.Is(err, ErrNoLeader) {
@@ -357,6 +376,7 @@ func (n *Node) submit(ctx context.Context, t CommandType, req any) (uint64, erro
 		if werr := n.fsm.State().waitIndex(ctx, idx); werr != nil {
 			return idx, werr
 		}
+		n.metrics.observeApply(time.Since(start))
 		return idx, verdict
 	}
 }

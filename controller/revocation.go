@@ -65,11 +65,13 @@ func (n *Node) revocationURLs() ca.RevocationURLs {
 }
 
 // serveHTTP serves, without TLS or client certificates, what relying
-// parties and load balancers need: CRLs, OCSP and health. Nothing else.
+// parties, load balancers and Prometheus need: CRLs, OCSP, health and
+// metrics. Nothing else.
 func (n *Node) serveHTTP() {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
 	mux.HandleFunc("GET /readyz", n.handleReady)
+	mux.Handle("GET /metrics", n.metrics.handler())
 	mux.HandleFunc("GET /crl/{file}", n.handleCRL)
 	mux.HandleFunc("/ocsp/{issuer}", n.handleOCSP)
 	mux.HandleFunc("/ocsp/{issuer}/{req...}", n.handleOCSP)

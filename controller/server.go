@@ -74,6 +74,11 @@ func (n *Node) routes() http.Handler {
 	anyone := []string{ca.RoleOperator, ca.RoleOfficer, ca.RoleAuditor}
 	mux.HandleFunc("GET /v1/agencies", n.person(anyone, n.handleAgencies))
 	mux.HandleFunc("POST /v1/agencies", n.person([]string{ca.RoleOperator}, n.handleAgencyAdd))
+	mux.HandleFunc("POST /v1/agencies/import", n.person([]string{ca.RoleOperator}, n.handleAgencyImport))
+	mux.HandleFunc("POST /v1/agencies/merge", n.person([]string{ca.RoleOperator}, n.handleAgencyMerge))
+	mux.HandleFunc("POST /v1/agencies/{code}/reparent", n.person([]string{ca.RoleOperator}, n.handleAgencyReparent))
+	mux.HandleFunc("POST /v1/agencies/{code}/close", n.person([]string{ca.RoleOperator}, n.handleAgencyClose))
+	mux.HandleFunc("POST /v1/gateways/{id}/decommission", n.person([]string{ca.RoleOfficer}, n.handleDecommission))
 	mux.HandleFunc("GET /v1/gateways", n.person(anyone, n.handleGateways))
 	mux.HandleFunc("GET /v1/gateways/{id}", n.person(anyone, n.handleGateway))
 	mux.HandleFunc("POST /v1/gateways", n.person([]string{ca.RoleOperator}, n.handleGatewayAdd))
@@ -87,6 +92,7 @@ func (n *Node) routes() http.Handler {
 	mux.HandleFunc("GET /v1/certificates/{serial}", n.person(anyone, n.handleCertificate))
 	mux.HandleFunc("POST /v1/crl/root", n.person([]string{ca.RoleOfficer}, n.handleRootCRLPublish))
 	mux.HandleFunc("POST /v1/revoke", n.person([]string{ca.RoleOfficer}, n.handleRevoke))
+	mux.HandleFunc("GET /v1/reports/coverage", n.person(anyone, n.handleCoverage))
 
 	mux.HandleFunc("POST /v1/cluster/members", n.handleJoin)
 	mux.HandleFunc("DELETE /v1/cluster/members/{node}", n.person([]string{ca.RoleOperator}, n.handleRemove))
@@ -345,7 +351,7 @@ func (n *Node) handleAgencyAdd(w http.ResponseWriter, r *http.Request, id ca.Ide
 	if !decode(w, r, maxBody, &a) {
 		return
 	}
-	if _, err := n.submit(r.Context(), CmdAgencyUpsert, &AgencyUpsertRequest{Meta: n.meta(id.Name), Code: a.Code, Name: a.Name}); err != nil {
+	if _, err := n.submit(r.Context(), CmdAgencyUpsert, &AgencyUpsertRequest{Meta: n.meta(id.Name), Code: a.Code, Name: a.Name, Parent: a.Parent}); err != nil {
 		n.fail(w, err)
 		return
 	}
@@ -514,7 +520,7 @@ func (n *Node) handlePolicyPlan(w http.ResponseWriter, r *http.Request, _ ca.Ide
 // does, and diffs its views against the current policy's.
 func PlanPolicy(name string, src []byte, s *State) (*api.PolicyPlan, error) {
 	reg := &policy.Registry{Agencies: s.Agencies(), Gateways: s.Gateways()}
-	_, after, err := policy.Check(name, src, reg)
+	draft, after, err := policy.Check(name, src, reg)
 	if err != nil {
 		return nil, err
 	}
@@ -530,7 +536,11 @@ func PlanPolicy(name string, src []byte, s *State) (*api.PolicyPlan, error) {
 			return nil, fmt.Errorf("the current policy v%d no longer compiles against the registry: %w", cur.Version, err)
 		}
 	}
-	return policy.Diff(before, after, reg), nil
+	plan := policy.Diff(before, after, reg)
+	for _, r := range draft.ClosedRefs(reg) {
+		plan.ClosedRefs = append(plan.ClosedRefs, api.PolicyRef{Code: r.Code, Where: r.Where(), What: r.What})
+	}
+	return plan, nil
 }
 
 // CheckPolicy parses, validates, compiles and tests a policy against the

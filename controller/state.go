@@ -14,7 +14,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/govnet/govnet/agency"
 	"github.com/govnet/govnet/api"
 	"github.com/govnet/govnet/ca"
 )
@@ -60,6 +59,10 @@ type State struct {
 	checkpoints []api.AuditCheckpoint
 
 	applying uint64 // raft index of the command being applied
+
+	// views collects which gateways' part in the network map the applied
+	// commands changed, for the view hub (see touch, in views.go).
+	views viewChanges
 
 	applied chan struct{} // closed and replaced whenever index moves
 }
@@ -228,23 +231,9 @@ func (s *State) applyInitNetwork(r *InitNetworkRequest) error {
 	return nil
 }
 
+// applyAgencyUpsert is an import of one agency (controller/agency.go).
 func (s *State) applyAgencyUpsert(r *AgencyUpsertRequest) error {
-	code, err := agency.Parse(r.Code)
-	if err != nil {
-		return fmt.Errorf("%w: %v", ErrBadRequest, err)
-	}
-	if strings.TrimSpace(r.Name) == "" {
-		return fmt.Errorf("%w: agency %s needs a name", ErrBadRequest, r.Code)
-	}
-	a := &api.Agency{Code: code.String(), Name: r.Name, Level: code.Level().String()}
-	if p, ok := code.Parent(); ok {
-		if _, ok := s.agencies[p.String()]; !ok {
-			return fmt.Errorf("%w: parent agency %s of %s is not registered", ErrBadRequest, p, code)
-		}
-		a.Parent = p.String()
-	}
-	s.agencies[a.Code] = a
-	return nil
+	return s.applyAgencyImport(&AgencyImportRequest{Meta: r.Meta, Agencies: []api.AgencyRow{{Code: r.Code, Name: r.Name, Parent: r.Parent}}})
 }
 
 func (s *State) applyGatewayAdd(r *GatewayAddRequest) error {

@@ -2,10 +2,14 @@ package controller
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
-	"reflect"
+	"maps"
+	"net/netip"
+	"slices"
+	"strings"
 	"sync"
 
 	"github.com/govnet/govnet/api"
@@ -14,10 +18,21 @@ import (
 )
 
 // viewHub keeps each gateway's compiled view and wakes the streams that
-// watch it. A recompute is triggered after every command that can change
-// the network map; triggers coalesce, so a burst of commands costs one
-// compile. Subscribers hold a one-slot channel: a slow stream only ever
-// has "something changed" pending and never blocks the hub or the others.
+// watch it. After every command that can change the network map the hub
+// recomputes only the views the change can alter: the state machine
+// records which gateways each command touched (State.touch), and the hub
+// recompiles those gateways and the gateways that list them as peers
+// before or after the change, found through a reverse index of the
+// views. A gateway that leaves the overlay (revoked, decommissioned) is
+// patched out of its peers' views without compiling anything. A command
+// the state machine cannot attribute to gateways (a new policy, an agency
+// registry change) recomputes every view, as does the first pass and the
+// pass after a failed compile.
+//
+// Triggers coalesce, so a burst of commands costs one pass over the union
+// of what they touched. Subscribers hold a one-slot channel: a slow stream
+// only ever has "something changed" pending and never blocks the hub or
+// the others.
 type viewHub struct {
 	state   *State
 	log     *slog.Logger
@@ -32,13 +47,52 @@ type viewHub struct {
 	computed uint64
 	compiled chan struct{}
 
+	// peersOf is the reverse index of the views: gateway -> the gateways
+	// whose views list it as a peer.
+	peersOf map[string]map[string]struct{}
+	// sources holds each participating gateway's source prefixes (overlay
+	// address, then LANs) and srcCount how many gateways send from each
+	// prefix: a leaving gateway's rules can be cut out of its peers' views
+	// only when no other gateway shares one of its prefixes.
+	sources  map[string][]netip.Prefix
+	srcCount map[netip.Prefix]int
+	// complete says the views are those of a full compile at policy
+	// version viewsVersion and overlay viewsOverlay, kept current since.
+	complete     bool
+	viewsVersion uint64
+	viewsOverlay netip.Prefix
+	passes       hubPasses
+
 	polVersion uint64
 	pol        *policy.Policy
+	// reg is the registry as of the last pass: read whole on a full pass,
+	// then kept current with the touched gateways (only the hub's loop
+	// uses it).
+	reg *policy.Registry
 
 	// digests caches the expected ruleset digest of each gateway's view,
 	// computed on first use; an entry is valid for the view it was made from.
 	digests map[string]expectedDigest
 }
+
+// hubPasses counts the hub's passes by kind.
+type hubPasses struct {
+	Full        uint64 // every view compiled
+	Incremental uint64 // the touched gateways and their peers compiled
+	Patched     uint64 // leaving gateways cut out of their peers' views
+	Joined      uint64 // joining gateways added to their peers' views
+	Idle        uint64 // nothing a view names changed
+}
+
+type passKind int
+
+const (
+	passFull passKind = iota
+	passIncremental
+	passPatched
+	passJoined
+	passIdle
+)
 
 type expectedDigest struct {
 	view   *api.View
@@ -53,6 +107,9 @@ func newViewHub(state *State, log *slog.Logger) *viewHub {
 		views:    map[string]*api.View{},
 		subs:     map[string]map[chan struct{}]struct{}{},
 		compiled: make(chan struct{}),
+		peersOf:  map[string]map[string]struct{}{},
+		sources:  map[string][]netip.Prefix{},
+		srcCount: map[netip.Prefix]int{},
 	}
 }
 
@@ -77,22 +134,119 @@ func (h *viewHub) run(ctx context.Context) {
 	}
 }
 
-// recompute compiles every gateway's view from the current state.
-// TODO(issue 4): maintain views incrementally instead of compiling all.
+// recompute brings the views up to the current state: all of them when
+// the change cannot be attributed to gateways, otherwise only those the
+// touched gateways can alter.
 func (h *viewHub) recompute() error {
 	s := h.state
 	s.mu.RLock()
+	ids, all := s.views.take()
 	index, overlay := s.index, s.overlay
 	var cur api.Policy
 	if n := len(s.policies); n > 0 {
 		cur = s.policies[n-1]
 	}
+	touched := make([]api.Gateway, 0, len(ids))
+	for _, id := range ids {
+		if g, ok := s.gateways[id]; ok {
+			touched = append(touched, copyGateway(g))
+		}
+	}
 	s.mu.RUnlock()
+
+	if h.polVersion != cur.Version && cur.Version != 0 {
+		p, err := policy.Parse(fmt.Sprintf("policy-v%d.yaml", cur.Version), []byte(cur.Source))
+		if err != nil {
+			return h.fail(fmt.Errorf("policy version %d: %w", cur.Version, err))
+		}
+		h.pol, h.polVersion = p, cur.Version
+	}
+	h.mu.Lock()
+	full := all || !h.complete || h.viewsVersion != cur.Version || h.viewsOverlay != overlay
+	h.mu.Unlock()
+	if !full && cur.Version != 0 {
+		for _, g := range touched {
+			if names(h.pol, g.ID) {
+				full = true // a gateway named like a group or service: the policy no longer validates
+			}
+		}
+	}
+	if full {
+		return h.recomputeAll(index, overlay, cur.Version)
+	}
+	if len(ids) == 0 {
+		h.install(index, overlay, cur.Version, nil, nil, passIdle)
+		return nil
+	}
+	h.updateRegistry(touched)
+	h.wakeUnenrolled(touched)
+	if cur.Version == 0 {
+		// No policy yet: every enrolled gateway has a view that denies all.
+		updates := map[string]*api.View{}
+		for _, g := range touched {
+			updates[g.ID] = nil
+			if g.Status == api.StatusEnrolled {
+				updates[g.ID] = &api.View{Gateway: g.ID, OverlayIP: g.OverlayIP}
+			}
+		}
+		h.install(index, overlay, 0, updates, touched, passIncremental)
+		return nil
+	}
+	if updates, ok := h.patchLeaving(touched); ok {
+		h.install(index, overlay, cur.Version, updates, touched, passPatched)
+		return nil
+	}
+	if h.joinOnly(touched) {
+		own, added, err := h.pol.CompileJoin(h.reg, ids)
+		if err != nil {
+			return h.fail(fmt.Errorf("policy version %d: %w", cur.Version, err))
+		}
+		h.mu.Lock()
+		updates := own
+		for d, part := range added {
+			if base := h.views[d]; base != nil {
+				updates[d] = withPart(base, part)
+			} // else d joined after this pass read the changes: the next pass compiles its view whole
+		}
+		h.mu.Unlock()
+		h.install(index, overlay, cur.Version, updates, touched, passJoined)
+		return nil
+	}
+	// Someone changed: compile the touched gateways, their peers before
+	// (from the reverse index) and after (from the compile).
+	h.mu.Lock()
+	var also []string
+	for _, id := range ids {
+		for p := range h.peersOf[id] {
+			also = append(also, p)
+		}
+	}
+	h.mu.Unlock()
+	views, err := h.pol.CompileAround(h.reg, ids, also)
+	if err != nil {
+		return h.fail(fmt.Errorf("policy version %d: %w", cur.Version, err))
+	}
+	updates := make(map[string]*api.View, len(ids)+len(also)+len(views))
+	for _, id := range ids {
+		updates[id] = nil
+	}
+	for _, id := range also {
+		updates[id] = nil
+	}
+	maps.Copy(updates, views)
+	h.install(index, overlay, cur.Version, updates, touched, passIncremental)
+	return nil
+}
+
+// recomputeAll compiles every gateway's view from the current state.
+func (h *viewHub) recomputeAll(index uint64, overlay netip.Prefix, version uint64) error {
+	s := h.state
 	reg := &policy.Registry{Agencies: s.Agencies(), Gateways: s.Gateways()}
+	h.reg = reg
 	h.wakeUnenrolled(reg.Gateways)
 
 	views := map[string]*api.View{}
-	if cur.Version == 0 {
+	if version == 0 {
 		// No policy yet: every enrolled gateway gets a view that denies all.
 		for _, g := range reg.Gateways {
 			if g.Status == api.StatusEnrolled {
@@ -100,51 +254,272 @@ func (h *viewHub) recompute() error {
 			}
 		}
 	} else {
-		if h.polVersion != cur.Version {
-			p, err := policy.Parse(fmt.Sprintf("policy-v%d.yaml", cur.Version), []byte(cur.Source))
-			if err != nil {
-				return h.fail(fmt.Errorf("policy version %d: %w", cur.Version, err))
-			}
-			h.pol, h.polVersion = p, cur.Version
-		}
 		var err error
 		if views, err = h.pol.Compile(reg); err != nil {
-			return h.fail(fmt.Errorf("policy version %d: %w", cur.Version, err))
+			return h.fail(fmt.Errorf("policy version %d: %w", version, err))
 		}
 	}
-	for _, v := range views {
+	h.mu.Lock()
+	for id := range h.views {
+		if _, ok := views[id]; !ok {
+			views[id] = nil
+		}
+	}
+	h.mu.Unlock()
+	h.install(index, overlay, version, views, reg.Gateways, passFull)
+	return nil
+}
+
+// patchLeaving returns the views that change when the touched gateways
+// no longer participate: each is cut out of its peers' views (its peer
+// entry and the rules admitting its prefixes) and loses its own view. ok
+// is false when that is not enough: a touched gateway participates now,
+// or shares a source prefix with another gateway (its peers' rules for
+// that prefix may stay).
+func (h *viewHub) patchLeaving(touched []api.Gateway) (updates map[string]*api.View, ok bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for i := range touched {
+		g := &touched[i]
+		if policy.Participates(g) || h.sources[g.ID] == nil && len(h.peersOf[g.ID]) > 0 {
+			return nil, false
+		}
+		for _, p := range h.sources[g.ID] {
+			if h.srcCount[p] > 1 {
+				return nil, false
+			}
+		}
+	}
+	updates = map[string]*api.View{}
+	for _, g := range touched {
+		if _, had := h.views[g.ID]; had {
+			updates[g.ID] = nil
+		}
+		for d := range h.peersOf[g.ID] {
+			base, ok := updates[d]
+			if !ok {
+				base = h.views[d]
+			}
+			if base == nil {
+				continue // leaving too
+			}
+			updates[d] = withoutPeer(base, g.ID, h.sources[g.ID])
+		}
+	}
+	return updates, true
+}
+
+// updateRegistry brings the hub's copy of the registry up to date with
+// the touched gateways, read with the changes; the registry is sorted by
+// gateway id, as State.Gateways returns it.
+func (h *viewHub) updateRegistry(gws []api.Gateway) {
+	for _, g := range gws {
+		i, found := slices.BinarySearchFunc(h.reg.Gateways, g.ID, func(x api.Gateway, id string) int { return strings.Compare(x.ID, id) })
+		if found {
+			h.reg.Gateways[i] = g
+		} else {
+			h.reg.Gateways = slices.Insert(h.reg.Gateways, i, g)
+		}
+	}
+}
+
+// joinOnly says whether every touched gateway joins: it participates now,
+// did not before, and sends from prefixes no other gateway sends from. Then
+// the views it enters only gain its peer entry and rules (see
+// policy.CompileJoin).
+func (h *viewHub) joinOnly(touched []api.Gateway) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	seen := map[netip.Prefix]bool{}
+	for i := range touched {
+		g := &touched[i]
+		if _, had := h.views[g.ID]; had || !policy.Participates(g) || h.sources[g.ID] != nil || len(h.peersOf[g.ID]) > 0 {
+			return false
+		}
+		for _, p := range sourcesOf(g) {
+			if h.srcCount[p] > 0 || seen[p] {
+				return false
+			}
+			seen[p] = true
+		}
+	}
+	return true
+}
+
+// withPart returns a copy of v with the peers and rules of part added;
+// part names none that v has.
+func withPart(v, part *api.View) *api.View {
+	nv := *v
+	nv.Peers = insertSorted(v.Peers, part.Peers, func(a, b api.Peer) int { return strings.Compare(a.Gateway, b.Gateway) })
+	nv.Rules = insertSorted(v.Rules, part.Rules, api.CompareRules)
+	return &nv
+}
+
+// insertSorted returns a new slice of a and b, both sorted by cmp, in
+// order; b is expected to be short.
+func insertSorted[T any](a, b []T, cmp func(T, T) int) []T {
+	out := make([]T, 0, len(a)+len(b))
+	for _, x := range b {
+		i, _ := slices.BinarySearchFunc(a, x, cmp)
+		out = append(append(out, a[:i]...), x)
+		a = a[i:]
+	}
+	return append(out, a...)
+}
+
+// withoutPeer returns a copy of v without peer id and without the rules
+// that admit the prefixes src (rules are sorted by source, so each
+// prefix's rules are one run). v is left as it is: published views are
+// never modified.
+func withoutPeer(v *api.View, id string, src []netip.Prefix) *api.View {
+	nv := *v
+	if i, found := slices.BinarySearchFunc(v.Peers, id, func(p api.Peer, id string) int { return strings.Compare(p.Gateway, id) }); found {
+		nv.Peers = slices.Delete(slices.Clone(v.Peers), i, i+1)
+	}
+	for _, p := range src {
+		lo, _ := slices.BinarySearchFunc(nv.Rules, p, func(r api.Rule, p netip.Prefix) int { return r.Source.Compare(p) })
+		hi := lo
+		for hi < len(nv.Rules) && nv.Rules[hi].Source == p {
+			hi++
+		}
+		if hi > lo {
+			rules := make([]api.Rule, 0, len(nv.Rules)-(hi-lo))
+			nv.Rules = append(append(rules, nv.Rules[:lo]...), nv.Rules[hi:]...)
+		}
+	}
+	return &nv
+}
+
+// install publishes updates (a nil view removes the gateway's view),
+// keeps the reverse index and the source counts, and wakes the streams
+// of the views that changed. gws are the gateways the pass read: their
+// source prefixes are recorded (all of them on a full pass).
+func (h *viewHub) install(index uint64, overlay netip.Prefix, version uint64, updates map[string]*api.View, gws []api.Gateway, kind passKind) {
+	full := kind == passFull
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.compErr = nil
+	for id, v := range updates {
+		old, had := h.views[id]
+		if v == nil {
+			if had {
+				h.reindex(id, old, nil)
+				delete(h.views, id)
+				delete(h.digests, id)
+				h.notify(id)
+			}
+			continue
+		}
 		v.OverlayPrefix = overlay
-		v.PolicyVersion = cur.Version
+		v.PolicyVersion = version
 		if v.Peers == nil {
 			v.Peers = []api.Peer{}
 		}
 		if v.Rules == nil {
 			v.Rules = []api.Rule{}
 		}
-	}
-
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.compErr = nil
-	for id, v := range views {
-		if old, ok := h.views[id]; ok && sameView(old, v) {
+		if had && sameView(old, v) {
 			continue
 		}
 		v.RaftIndex = index
+		h.reindex(id, old, v)
 		h.views[id] = v
 		h.notify(id)
 	}
-	for id := range h.views {
-		if _, ok := views[id]; !ok {
-			delete(h.views, id)
-			delete(h.digests, id)
-			h.notify(id)
+	if full {
+		clear(h.sources)
+		clear(h.srcCount)
+	}
+	for i := range gws {
+		g := &gws[i]
+		for _, p := range h.sources[g.ID] {
+			if h.srcCount[p]--; h.srcCount[p] <= 0 {
+				delete(h.srcCount, p)
+			}
 		}
+		delete(h.sources, g.ID)
+		if policy.Participates(g) {
+			src := sourcesOf(g)
+			h.sources[g.ID] = src
+			for _, p := range src {
+				h.srcCount[p]++
+			}
+		}
+	}
+	switch kind {
+	case passFull:
+		h.passes.Full++
+		h.complete, h.viewsVersion, h.viewsOverlay = true, version, overlay
+	case passIncremental:
+		h.passes.Incremental++
+	case passPatched:
+		h.passes.Patched++
+	case passJoined:
+		h.passes.Joined++
+	case passIdle:
+		h.passes.Idle++
 	}
 	h.computed = index
 	close(h.compiled)
 	h.compiled = make(chan struct{})
-	return nil
+}
+
+// sourcesOf lists the prefixes a gateway sends from, as views name them.
+func sourcesOf(g *api.Gateway) []netip.Prefix {
+	ip := g.OverlayIP.Unmap()
+	src := []netip.Prefix{netip.PrefixFrom(ip, ip.BitLen())}
+	for _, lan := range g.LANs {
+		if lan.IsValid() {
+			src = append(src, lan.Masked())
+		}
+	}
+	return src
+}
+
+// reindex moves gateway id's entries in the reverse index from the peers
+// of its old view to those of its new one (either may be nil); both lists
+// are sorted by gateway id. h.mu must be held.
+func (h *viewHub) reindex(id string, old, cur *api.View) {
+	var a, b []api.Peer
+	if old != nil {
+		a = old.Peers
+	}
+	if cur != nil {
+		b = cur.Peers
+	}
+	i, j := 0, 0
+	for i < len(a) || j < len(b) {
+		c := 0
+		switch {
+		case i == len(a):
+			c = 1
+		case j == len(b):
+			c = -1
+		default:
+			c = strings.Compare(a[i].Gateway, b[j].Gateway)
+		}
+		switch {
+		case c < 0:
+			if m := h.peersOf[a[i].Gateway]; m != nil {
+				delete(m, id)
+				if len(m) == 0 {
+					delete(h.peersOf, a[i].Gateway)
+				}
+			}
+			i++
+		case c > 0:
+			m := h.peersOf[b[j].Gateway]
+			if m == nil {
+				m = map[string]struct{}{}
+				h.peersOf[b[j].Gateway] = m
+			}
+			m[id] = struct{}{}
+			j++
+		default:
+			i++
+			j++
+		}
+	}
 }
 
 // wakeUnenrolled wakes the streams of gateways that are no longer
@@ -184,30 +559,28 @@ func (h *viewHub) waitGone(ctx context.Context, id string, index uint64) error {
 // inAnyView says whether gateway id has a view or is any view's peer; h.mu
 // must be held.
 func (h *viewHub) inAnyView(id string) bool {
-	if _, ok := h.views[id]; ok {
-		return true
-	}
-	for _, v := range h.views {
-		for _, p := range v.Peers {
-			if p.Gateway == id {
-				return true
-			}
-		}
-	}
-	return false
+	_, ok := h.views[id]
+	return ok || len(h.peersOf[id]) > 0
 }
 
+// fail records why a pass failed; the next pass compiles every view.
 func (h *viewHub) fail(err error) error {
 	h.mu.Lock()
 	h.compErr = err
+	h.complete = false
 	h.mu.Unlock()
 	return err
 }
 
+// sameView says whether two views are equal but for their raft index.
 func sameView(a, b *api.View) bool {
-	x, y := *a, *b
-	x.RaftIndex, y.RaftIndex = 0, 0
-	return reflect.DeepEqual(x, y)
+	return a.Gateway == b.Gateway && a.PolicyVersion == b.PolicyVersion && a.OverlayIP == b.OverlayIP &&
+		a.OverlayPrefix == b.OverlayPrefix && slices.Equal(a.Rules, b.Rules) && slices.EqualFunc(a.Peers, b.Peers, samePeer)
+}
+
+func samePeer(a, b api.Peer) bool {
+	return a.Gateway == b.Gateway && a.Agency == b.Agency && a.PublicKey == b.PublicKey &&
+		a.Endpoint == b.Endpoint && slices.Equal(a.AllowedIPs, b.AllowedIPs)
 }
 
 // notify wakes gateway id's streams; h.mu must be held.
@@ -291,4 +664,121 @@ func (h *viewHub) watchers() int {
 		n += len(s)
 	}
 	return n
+}
+
+// names says whether the policy has a group or service called name.
+func names(p *policy.Policy, name string) bool {
+	return slices.ContainsFunc(p.Groups, func(g *policy.Group) bool { return g.Name == name }) ||
+		slices.ContainsFunc(p.Services, func(s *policy.Service) bool { return s.Name == name })
+}
+
+// viewChanges is what the commands applied since the view hub last looked
+// changed in the network map: some gateways, or everything.
+type viewChanges struct {
+	mu  sync.Mutex
+	ids map[string]struct{}
+	all bool
+}
+
+// take returns the changes and forgets them.
+func (c *viewChanges) take() (ids []string, all bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ids, all = slices.Sorted(maps.Keys(c.ids)), c.all
+	c.ids, c.all = nil, false
+	return ids, all
+}
+
+// touch records that the command being applied may have changed how the
+// gateways ids take part in the network map: their status, keys, endpoint,
+// LANs or agency. The view hub then recomputes their views and those of
+// the gateways that peer with them, before or after. Touching a gateway
+// that did not change costs a little work and is never wrong; failing to
+// touch one that did leaves stale views. Apply functions call it with s.mu
+// held for writing; commands that noteViewChange does not attribute
+// recompute everything instead.
+func (s *State) touch(ids ...string) {
+	c := &s.views
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ids == nil {
+		c.ids = map[string]struct{}{}
+	}
+	for _, id := range ids {
+		c.ids[id] = struct{}{}
+	}
+}
+
+// touchAll records a change that cannot be attributed to gateways: a new
+// policy, the overlay, an agency registry change that can move gateways in
+// or out of groups, a restore. The view hub recomputes every view.
+func (s *State) touchAll() {
+	s.views.mu.Lock()
+	s.views.all = true
+	s.views.mu.Unlock()
+}
+
+// noteViewChange records what the command just applied changed in the
+// network map (s.mu held for writing). The commands listed here change no
+// view, or are attributed to the gateways they change; any other command
+// recomputes every view, which is always correct: policy publication, the
+// agency registry, and command types added later until they are listed
+// here (or their apply functions call s.touch and they are listed as
+// attributed).
+func (s *State) noteViewChange(t CommandType, body []byte) {
+	switch t {
+	case CmdGatewayReport, CmdMemberUpsert, CmdMemberRemove, CmdPersonUpsert, CmdRequestCreate,
+		CmdTokenIssue, CmdCertRecord, CmdGatewayRenew, CmdCRLPublish, CmdIssuerUpsert, CmdAuditCheckpoint,
+		CmdStateRestored, // Restore itself touches everything
+		CmdAgencyClose:   // only an agency with no gateways and no active children closes
+		// Views name nothing these change.
+	case CmdGatewayAdd, CmdGatewayEnroll, CmdCertRevoke, CmdRequestDecide, CmdGatewayDecommission:
+		var r struct {
+			ID      string `json:"id"`
+			Gateway string `json:"gateway"`
+			Serial  string `json:"serial"`
+		}
+		if err := json.Unmarshal(body, &r); err != nil {
+			s.touchAll() // it applied, so it decodes; be safe all the same
+			return
+		}
+		switch t {
+		case CmdGatewayAdd:
+			s.touch(r.ID)
+		case CmdGatewayEnroll, CmdGatewayDecommission:
+			s.touch(r.Gateway)
+		case CmdCertRevoke:
+			s.touchRevoked(r.Gateway, r.Serial)
+		case CmdRequestDecide:
+			req := s.requests[r.ID]
+			switch {
+			case req == nil || req.Status != api.RequestApproved:
+			case req.Kind == api.RequestPolicy:
+				s.touchAll()
+			case req.Kind == api.RequestRevoke:
+				s.touchRevoked(req.Gateway, req.Serial)
+			}
+		}
+	default:
+		s.touchAll()
+	}
+}
+
+// touchRevoked touches the gateway a revocation names, or the gateway of
+// the certificate it names.
+func (s *State) touchRevoked(gateway, serial string) {
+	if gateway != "" {
+		s.touch(gateway)
+		return
+	}
+	if c, ok := s.certs[normSerial(serial)]; ok && c.Gateway != "" {
+		s.touch(c.Gateway)
+	}
+}
+
+// passCounts returns how many passes of each kind the hub has made.
+func (h *viewHub) passCounts() hubPasses {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.passes
 }

@@ -148,6 +148,10 @@ func TestExampleConfigsReject(t *testing.T) {
 			[]string{"interface", "govnet-interface0"}},
 		{"agent no controller", "govnet-agent", setKey(t, agent, "controller", `""`, ""), nil,
 			[]string{"controller"}},
+		{"agent metrics_addr without port", "govnet-agent", setKey(t, agent, "metrics_addr", "127.0.0.1", ""), nil,
+			[]string{"metrics_addr", "127.0.0.1"}},
+		{"agent metrics_addr port out of range", "govnet-agent", setKey(t, agent, "metrics_addr", "127.0.0.1:99999", ""), nil,
+			[]string{"metrics_addr", "99999"}},
 		{"govnetctl unknown key", "govnetctl", setKey(t, ctl, "key", "", "keyfile: x"), nil,
 			[]string{`unknown field "keyfile"`}},
 	} {

@@ -25,6 +25,8 @@ type Agent struct {
 	cur     atomic.Int32  // index of the node the agent currently talks to
 	dev     *Device
 	fw      *Firewall
+	metrics *agentMetrics
+	keys    keyStore // the TLS key: a file, or the gateway's token
 
 	mu      sync.Mutex
 	applied *api.View // last view applied in full; nil before the first
@@ -39,18 +41,31 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("config: %w", err)
 	}
-	if err := finishRenewal(cfg); err != nil {
-		log.Warn("complete an interrupted certificate renewal", "err", err)
-	}
-	id, wgKey, tlsCfg, err := loadIdentity(cfg)
+	keys, err := openKeyStore(cfg)
 	if err != nil {
 		return err
 	}
-	tlsCfg = reloadingClientCert(cfg, tlsCfg) // a renewed certificate is presented without a restart
+	defer keys.Close()
+	if err := settleKeys(cfg, keys, log); err != nil {
+		log.Warn("complete an interrupted certificate renewal", "err", err)
+	}
+	id, wgKey, tlsCfg, err := loadIdentity(cfg, keys)
+	if err != nil {
+		return err
+	}
+	tlsCfg = reloadingClientCert(cfg, keys, tlsCfg) // a renewed certificate is presented without a restart
 	log = log.With("gateway", id.Gateway, "agency", id.Agency)
-	a := &Agent{cfg: cfg, log: log, id: id}
+	a := &Agent{cfg: cfg, log: log, id: id, keys: keys}
 	for _, u := range cfg.endpoints() {
 		a.clients = append(a.clients, api.NewClient(u, tlsCfg))
+	}
+	a.metrics = newAgentMetrics(a)
+	if cfg.MetricsAddr != "" {
+		_, stop, err := a.serveMetrics(cfg.MetricsAddr)
+		if err != nil {
+			return err
+		}
+		defer stop()
 	}
 
 	if a.fw, err = NewFirewall(cfg.Interface, WithLogger(log)); err != nil {
@@ -69,6 +84,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if a.digest, err = a.applyRules(rules); err != nil {
 		return fmt.Errorf("initial firewall: %w", err)
 	}
+	a.metrics.ready.Store(true)
 	addr := netip.PrefixFrom(id.OverlayIP, id.OverlayPrefix.Bits())
 	if a.dev, err = OpenDevice(cfg.Interface, wgKey, cfg.ListenPort, addr, log); err != nil {
 		return err
@@ -79,6 +95,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			log.Error("restore saved peers", "err", err)
 		}
 		a.applied = saved
+		a.metrics.viewApplied(saved)
 		log.Info("enforcing saved view until a controller answers", "raft_index", saved.RaftIndex, "policy_version", saved.PolicyVersion)
 	}
 
@@ -105,11 +122,16 @@ func (a *Agent) watchLoop(ctx context.Context) {
 		err := a.client().Watch(ctx, a.appliedIndex(), func(v *api.View) error {
 			b.reset()
 			failures = 0
-			return a.apply(ctx, v)
+			if err := a.apply(ctx, v); err != nil {
+				a.metrics.fail(stepApply)
+				return err
+			}
+			return nil
 		})
 		if ctx.Err() != nil {
 			return
 		}
+		a.metrics.connected.Set(0)
 		a.log.Warn("controller stream lost; enforcing the last applied view", "controller", node, "err", err)
 		a.cur.Store((a.cur.Load() + 1) % int32(len(a.clients)))
 		if failures++; failures >= len(a.clients) {
@@ -158,6 +180,7 @@ func (a *Agent) apply(ctx context.Context, v *api.View) error {
 		}
 	}
 	a.applied = v
+	a.metrics.viewApplied(v)
 	if err := a.saveView(v); err != nil {
 		a.log.Error("save view", "err", err)
 	}
@@ -189,7 +212,11 @@ func (a *Agent) report(ctx context.Context) {
 	})
 	if err != nil {
 		a.log.Warn("report", "err", err)
+		a.metrics.fail(stepReport)
+		a.metrics.connected.Set(0)
+		return
 	}
+	a.metrics.connected.Set(1)
 }
 
 // reconcileLoop checks the kernel for drift every period: a table edited
@@ -207,11 +234,14 @@ func (a *Agent) reconcileLoop(ctx context.Context) {
 		a.mu.Lock()
 		if err := a.reconcile(); err != nil {
 			a.log.Error("reconcile", "err", err)
+			a.metrics.fail(stepFirewall)
 		}
 		if changed, err := a.dev.Repair(); err != nil {
 			a.log.Error("wireguard repair", "err", err)
+			a.metrics.fail(stepWireGuard)
 		} else if changed {
 			a.log.Warn("wireguard device drifted from the applied view; repaired")
+			a.metrics.drift.WithLabelValues("wireguard").Inc()
 		}
 		a.report(ctx)
 		a.mu.Unlock()
@@ -226,6 +256,7 @@ func (a *Agent) reconcile() error {
 		return nil
 	}
 	a.log.Warn("firewall drifted from the applied view; restoring", "want", a.digest, "got", got, "read_err", err)
+	a.metrics.drift.WithLabelValues("firewall").Inc()
 	rules := []api.Rule{}
 	if a.applied != nil {
 		rules = a.applied.Rules
@@ -237,7 +268,9 @@ func (a *Agent) reconcile() error {
 // applyRules installs the table. Rules the firewall cannot express are left
 // out (which only blocks more: fail closed) and logged; the rest applies.
 func (a *Agent) applyRules(rules []api.Rule) (string, error) {
+	start := time.Now()
 	digest, err := a.fw.Apply(rules)
+	a.metrics.firewallApplied(time.Since(start), rules, digest, err)
 	if errors.Is(err, ErrUnsupportedRule) {
 		a.log.Error("rules left out of the firewall", "err", err)
 		return digest, nil

@@ -8,9 +8,11 @@ package netagent
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -27,7 +29,27 @@ type Config struct {
 	ListenPort  int           `yaml:"listen_port"`
 	Endpoint    string        `yaml:"endpoint"`  // host:port peers reach this gateway at
 	Reconcile   time.Duration `yaml:"reconcile"` // how often the kernel state is checked for drift
+	// MetricsAddr is host:port for /metrics, /healthz and /readyz (plain
+	// HTTP); empty: not served.
+	MetricsAddr string `yaml:"metrics_addr"`
+	// HSM, when set, keeps the gateway's TLS key in this PKCS#11 token
+	// instead of a file in StateDir (see keystore.go).
+	HSM HSMConfig `yaml:"hsm,omitempty"`
 }
+
+// HSMConfig selects the gateway's own PKCS#11 token (as
+// controller.HSMConfig does for a controller's). The PIN comes from a file
+// or an environment variable, never from a flag. All empty: the TLS key is
+// a file.
+type HSMConfig struct {
+	Module     string `yaml:"module"`      // PKCS#11 module; must be on hsm.DefaultModules
+	TokenLabel string `yaml:"token_label"` // the token, selected by label
+	PINFile    string `yaml:"pin_file"`    // file holding the user PIN, not readable by others
+	PINEnv     string `yaml:"pin_env"`     // or: environment variable holding it
+}
+
+// Enabled reports whether any key of the section is set.
+func (h HSMConfig) Enabled() bool { return h != HSMConfig{} }
 
 // DefaultConfig returns the defaults `govnet-agent enroll` writes.
 func DefaultConfig() Config {
@@ -80,6 +102,16 @@ func (c Config) Validate() error {
 	}
 	if c.Reconcile < time.Second {
 		errs = append(errs, fmt.Errorf("reconcile %s: at least 1s", c.Reconcile))
+	}
+	if c.MetricsAddr != "" {
+		if _, port, err := net.SplitHostPort(c.MetricsAddr); err != nil {
+			errs = append(errs, fmt.Errorf("metrics_addr %q: want host:port, e.g. 127.0.0.1:9475 (empty: no metrics)", c.MetricsAddr))
+		} else if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
+			errs = append(errs, fmt.Errorf("metrics_addr %q: port %q: want 1-65535", c.MetricsAddr, port))
+		}
+	}
+	if c.HSM.Enabled() {
+		errs = append(errs, c.HSM.validate()...)
 	}
 	return errors.Join(errs...)
 }

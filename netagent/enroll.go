@@ -2,13 +2,11 @@ package netagent
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -28,18 +26,16 @@ type Identity struct {
 
 // Enroll generates the gateway's keys on this machine, sends a CSR and the
 // WireGuard public key with the one-time token, and stores the answer in
-// the state directory. The private keys never leave the machine. rootFile
-// is the govnet root certificate, obtained out of band, that the
-// controller must prove it chains to.
-func Enroll(ctx context.Context, cfg Config, token, rootFile string) (*Identity, error) {
+// the state directory. The private keys never leave the machine; with an
+// hsm: section in cfg the TLS key is generated in that token and never
+// leaves it (see keystore.go). rootFile is the govnet root certificate,
+// obtained out of band, that the controller must prove it chains to.
+func Enroll(ctx context.Context, cfg Config, token, rootFile string) (_ *Identity, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
 	if _, err := os.Stat(cfg.path(fileIdent)); err == nil {
 		return nil, fmt.Errorf("%s exists: this gateway is already enrolled", cfg.path(fileIdent))
-	}
-	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
-		return nil, err
 	}
 	rootPEM, err := os.ReadFile(rootFile)
 	if err != nil {
@@ -49,10 +45,23 @@ func Enroll(ctx context.Context, cfg Config, token, rootFile string) (*Identity,
 	if err != nil {
 		return nil, err
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	keys, err := openKeyStore(cfg)
 	if err != nil {
 		return nil, err
 	}
+	defer keys.Close()
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, err
+	}
+	key, keyData, err := keys.newKey()
+	if err != nil {
+		return nil, fmt.Errorf("TLS key: %w", err)
+	}
+	defer func() {
+		if err != nil { // a key in a token would otherwise stay there, unused
+			err = errors.Join(err, keys.discard(keyData))
+		}
+	}()
 	wgKey, err := wgtypes.GeneratePrivateKey()
 	if err != nil {
 		return nil, err
@@ -75,14 +84,10 @@ func Enroll(ctx context.Context, cfg Config, token, rootFile string) (*Identity,
 	if err != nil {
 		return nil, fmt.Errorf("enroll: certificate: %w", err)
 	}
-	if !key.PublicKey.Equal(chain[0].PublicKey) {
+	if !samePublicKey(key.Public(), chain[0].PublicKey) {
 		return nil, fmt.Errorf("enroll: the certificate is not for this gateway's key")
 	}
 	if err := verifyChain(chain, rootPEM); err != nil {
-		return nil, err
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
 		return nil, err
 	}
 	id := &Identity{Gateway: resp.Gateway, Agency: resp.Agency, OverlayIP: resp.OverlayIP, OverlayPrefix: resp.OverlayPrefix}
@@ -92,7 +97,7 @@ func Enroll(ctx context.Context, cfg Config, token, rootFile string) (*Identity,
 		data []byte
 		mode os.FileMode
 	}{
-		{fileTLSKey, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600},
+		{keys.keyFile(), keyData, 0o600},
 		{fileWGKey, []byte(wgKey.String() + "\n"), 0o600},
 		{fileCert, []byte(resp.Certificate), 0o644},
 		{fileRoot, rootPEM, 0o644},
@@ -102,6 +107,14 @@ func Enroll(ctx context.Context, cfg Config, token, rootFile string) (*Identity,
 			return nil, err
 		}
 	}
+	// What an earlier, unfinished enrollment may have left: the other
+	// kind of key, keys in the token that nothing names.
+	for _, f := range []string{fileTLSKey, fileTLSKeyLabel} {
+		if f != keys.keyFile() {
+			os.Remove(cfg.path(f))
+		}
+	}
+	_, _ = keys.cleanup() // best effort: Run cleans up again at every start
 	return id, nil
 }
 
@@ -119,8 +132,8 @@ func verifyChain(chain []*x509.Certificate, rootPEM []byte) error {
 	return nil
 }
 
-// loadIdentity reads what Enroll stored.
-func loadIdentity(cfg Config) (*Identity, wgtypes.Key, *tls.Config, error) {
+// loadIdentity reads what Enroll stored; the TLS key comes from keys.
+func loadIdentity(cfg Config, keys keyStore) (*Identity, wgtypes.Key, *tls.Config, error) {
 	data, err := os.ReadFile(cfg.path(fileIdent))
 	if err != nil {
 		return nil, wgtypes.Key{}, nil, fmt.Errorf("%w (run `govnet-agent enroll` first)", err)
@@ -137,10 +150,15 @@ func loadIdentity(cfg Config) (*Identity, wgtypes.Key, *tls.Config, error) {
 	if err != nil {
 		return nil, wgtypes.Key{}, nil, fmt.Errorf("%s: %w", cfg.path(fileWGKey), err)
 	}
-	tlsCfg, err := api.TLSConfig(cfg.path(fileRoot), cfg.path(fileCert), cfg.path(fileTLSKey))
+	tlsCfg, err := api.TLSConfig(cfg.path(fileRoot), "", "")
 	if err != nil {
 		return nil, wgtypes.Key{}, nil, err
 	}
+	cert, err := keys.loadPair(cfg.path(fileCert), cfg.path(keys.keyFile()))
+	if err != nil {
+		return nil, wgtypes.Key{}, nil, fmt.Errorf("client certificate: %w", keyKindError(cfg, keys, err))
+	}
+	tlsCfg.Certificates = []tls.Certificate{cert}
 	return id, wgKey, tlsCfg, nil
 }
 

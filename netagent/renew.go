@@ -2,9 +2,6 @@ package netagent
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
@@ -21,12 +18,14 @@ import (
 )
 
 // Certificate renewal. The gateway's certificate is short-lived (24 h by
-// default); at two thirds of its life the agent makes a new key here,
-// sends a CSR over mTLS with the current certificate, and replaces the
-// key and certificate files. The API client's TLS config reads the files
-// at every handshake (reloadingClientCert), and the client drops its
-// connections, so the new certificate is presented from the next call on
-// without a restart; a watch stream in flight finishes on its connection.
+// default); at two thirds of its life the agent makes a new key (in a
+// file, or in the gateway's token: keystore.go), sends a CSR over mTLS
+// with the current certificate, and replaces the key (or key label) and
+// certificate files; a key in a token that no file names any more is then
+// destroyed. The API client's TLS config reads the files at every
+// handshake (reloadingClientCert), and the client drops its connections,
+// so the new certificate is presented from the next call on without a
+// restart; a watch stream in flight finishes on its connection.
 
 // Errors a caller can decide on.
 var (
@@ -41,11 +40,12 @@ var (
 )
 
 // Files of a renewal in progress: written in full first, then renamed
-// over the live files, key first. finishRenewal completes a renewal that
-// a crash interrupted between the two renames.
+// over the live files, key first (the key file is the keyStore's: tls.key
+// or tls.key.label, staged as keyFile() + nextSuffix). finishRenewal
+// completes a renewal that a crash interrupted between the two renames.
 const (
-	fileTLSKeyNext = fileTLSKey + ".next"
-	fileCertNext   = fileCert + ".next"
+	nextSuffix   = ".next"
+	fileCertNext = fileCert + nextSuffix
 )
 
 // renewAt is when a certificate is due: two thirds into its life.
@@ -57,6 +57,7 @@ func renewAt(cert *x509.Certificate) time.Time {
 // renewer keeps the gateway's certificate fresh.
 type renewer struct {
 	cfg       Config
+	keys      keyStore
 	client    func() *api.Client // the client of the controller node in use
 	onRenewed func()             // drop connections that present the old certificate
 	log       *slog.Logger
@@ -64,9 +65,9 @@ type renewer struct {
 	retry     *backoff
 }
 
-func newRenewer(cfg Config, client func() *api.Client, log *slog.Logger) *renewer {
+func newRenewer(cfg Config, keys keyStore, client func() *api.Client, log *slog.Logger) *renewer {
 	return &renewer{
-		cfg: cfg, client: client, log: log, now: time.Now,
+		cfg: cfg, keys: keys, client: client, log: log, now: time.Now,
 		onRenewed: func() { client().ResetConnections() },
 		retry:     newBackoff(5*time.Second, 10*time.Minute),
 	}
@@ -75,7 +76,7 @@ func newRenewer(cfg Config, client func() *api.Client, log *slog.Logger) *renewe
 // renewLoop renews the gateway's certificate at two thirds of its life
 // until ctx ends, retrying failures with capped, jittered backoff.
 func (a *Agent) renewLoop(ctx context.Context) {
-	r := newRenewer(a.cfg, a.client, a.log)
+	r := newRenewer(a.cfg, a.keys, a.client, a.log)
 	r.onRenewed = func() {
 		for _, c := range a.clients {
 			c.ResetConnections()
@@ -132,8 +133,8 @@ func (r *renewer) current() (*x509.Certificate, error) {
 }
 
 // renew makes a new key, asks for a certificate for it, checks the answer
-// and installs both.
-func (r *renewer) renew(ctx context.Context) error {
+// and installs both. A new key that is not installed is discarded.
+func (r *renewer) renew(ctx context.Context) (err error) {
 	cur, err := r.current()
 	if err != nil {
 		return err
@@ -142,10 +143,16 @@ func (r *renewer) renew(ctx context.Context) error {
 		return fmt.Errorf("%w: certificate %s expired at %s; the controllers will refuse it in the TLS handshake: re-enroll the gateway with a new token",
 			ErrCertExpired, ca.Serial(cur), cur.NotAfter.UTC().Format(time.RFC3339))
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	key, keyData, err := r.keys.newKey()
 	if err != nil {
-		return err
+		return fmt.Errorf("new TLS key: %w", err)
 	}
+	staged := false
+	defer func() {
+		if err != nil && !staged {
+			err = errors.Join(err, r.keys.discard(keyData))
+		}
+	}()
 	csr, err := ca.NewCSR(key, "gateway")
 	if err != nil {
 		return err
@@ -164,7 +171,7 @@ func (r *renewer) renew(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("renewed certificate: %w", err)
 	}
-	if !key.PublicKey.Equal(chain[0].PublicKey) {
+	if !samePublicKey(key.Public(), chain[0].PublicKey) {
 		return errors.New("renewed certificate is not for the key this gateway generated")
 	}
 	rootPEM, err := os.ReadFile(r.cfg.path(fileRoot))
@@ -178,52 +185,56 @@ func (r *renewer) renew(ctx context.Context) error {
 	if id, err := ca.IdentityOf(chain[0]); err != nil || id != curID {
 		return fmt.Errorf("renewed certificate names %+v, want %+v", id, curID)
 	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return err
+	if err := stageRenewal(r.cfg, r.keys, keyData, []byte(resp.Certificate)); err != nil {
+		return fmt.Errorf("install renewed certificate: %w", err)
 	}
-	if err := installCert(r.cfg, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), []byte(resp.Certificate)); err != nil {
+	// From here on the staged files name the new key: finishRenewal, now
+	// or at the next start, installs it; it must not be discarded.
+	staged = true
+	if err := finishRenewal(r.cfg, r.keys); err != nil {
 		return fmt.Errorf("install renewed certificate: %w", err)
 	}
 	// New connections present the new certificate; the controllers
 	// already refuse the old one for new calls.
 	r.onRenewed()
+	dropStaleKeys(r.keys, r.log) // the old key, in a token
 	r.log.Info("certificate renewed", "serial", ca.Serial(chain[0]), "old_serial", ca.Serial(cur),
 		"not_after", chain[0].NotAfter.UTC().Format(time.RFC3339), "renew_at", renewAt(chain[0]).UTC().Format(time.RFC3339))
 	return nil
 }
 
-// installCert writes the new key and certificate in full beside the live
-// files, then renames them over the live ones, key first.
-func installCert(cfg Config, keyPEM, certPEM []byte) error {
-	if err := writeFileAtomic(cfg.path(fileTLSKeyNext), keyPEM, 0o600); err != nil {
+// stageRenewal writes the new key (or its label) and certificate in full
+// beside the live files; finishRenewal then renames them over the live
+// ones.
+func stageRenewal(cfg Config, keys keyStore, keyData, certPEM []byte) error {
+	if err := writeFileAtomic(cfg.path(keys.keyFile()+nextSuffix), keyData, 0o600); err != nil {
 		return err
 	}
-	if err := writeFileAtomic(cfg.path(fileCertNext), certPEM, 0o644); err != nil {
-		return err
-	}
-	return finishRenewal(cfg)
+	return writeFileAtomic(cfg.path(fileCertNext), certPEM, 0o644)
 }
 
-// finishRenewal completes an installation that installCert began: the
+// finishRenewal completes an installation that stageRenewal began: the
 // controllers made the new certificate current as they issued it, so the
 // old one is of no more use and the new files must win. It does nothing
-// when no renewal is pending.
-func finishRenewal(cfg Config) error {
-	keyNext, certNext := cfg.path(fileTLSKeyNext), cfg.path(fileCertNext)
+// when no renewal is pending; a key staged without its certificate is
+// dropped (a token key then has no name left and goes at the next
+// dropStaleKeys).
+func finishRenewal(cfg Config, keys keyStore) error {
+	keyFile := cfg.path(keys.keyFile())
+	keyNext, certNext := keyFile+nextSuffix, cfg.path(fileCertNext)
 	if _, err := os.Stat(certNext); errors.Is(err, os.ErrNotExist) {
 		os.Remove(keyNext) // a renewal that stopped before its certificate was written
 		return nil
 	}
 	if _, err := os.Stat(keyNext); err == nil {
-		if _, err := tls.LoadX509KeyPair(certNext, keyNext); err != nil {
+		if _, err := keys.loadPair(certNext, keyNext); err != nil {
 			return fmt.Errorf("pending renewal: %w", err)
 		}
-		if err := os.Rename(keyNext, cfg.path(fileTLSKey)); err != nil {
+		if err := os.Rename(keyNext, keyFile); err != nil {
 			return err
 		}
 	}
-	if _, err := tls.LoadX509KeyPair(certNext, cfg.path(fileTLSKey)); err != nil {
+	if _, err := keys.loadPair(certNext, keyFile); err != nil {
 		return fmt.Errorf("pending renewal: %w", err)
 	}
 	return os.Rename(certNext, cfg.path(fileCert))
@@ -234,8 +245,8 @@ func finishRenewal(cfg Config) error {
 // renewal takes effect without a restart. While the files are between
 // two renames (a key that does not match the certificate) the pair loaded
 // before is presented.
-func reloadingClientCert(cfg Config, tc *tls.Config) *tls.Config {
-	src := &certFiles{certFile: cfg.path(fileCert), keyFile: cfg.path(fileTLSKey)}
+func reloadingClientCert(cfg Config, keys keyStore, tc *tls.Config) *tls.Config {
+	src := &certFiles{certFile: cfg.path(fileCert), keyFile: cfg.path(keys.keyFile()), load: keys.loadPair}
 	if len(tc.Certificates) > 0 {
 		c := tc.Certificates[0]
 		src.cert = &c
@@ -249,6 +260,7 @@ func reloadingClientCert(cfg Config, tc *tls.Config) *tls.Config {
 // certFiles loads a key pair again whenever either file was replaced.
 type certFiles struct {
 	certFile, keyFile string
+	load              func(certFile, keyFile string) (tls.Certificate, error)
 
 	mu               sync.Mutex
 	cert             *tls.Certificate
@@ -262,7 +274,7 @@ func (s *certFiles) get() (*tls.Certificate, error) {
 	ki, kerr := os.Stat(s.keyFile)
 	if cerr == nil && kerr == nil && (s.certInfo == nil || s.keyInf == nil || !os.SameFile(ci, s.certInfo) || !os.SameFile(ki, s.keyInf) ||
 		!ci.ModTime().Equal(s.certInfo.ModTime()) || !ki.ModTime().Equal(s.keyInf.ModTime())) {
-		if c, err := tls.LoadX509KeyPair(s.certFile, s.keyFile); err == nil {
+		if c, err := s.load(s.certFile, s.keyFile); err == nil {
 			s.cert, s.certInfo, s.keyInf = &c, ci, ki
 		} else if s.cert == nil {
 			return nil, fmt.Errorf("client certificate: %w", err)

@@ -10,10 +10,10 @@ import (
 	"errors"
 	"io"
 	"log/slog"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -21,19 +21,20 @@ import (
 	"github.com/govnet/govnet/api"
 	"github.com/govnet/govnet/ca"
 	"github.com/govnet/govnet/controller"
+	"github.com/govnet/govnet/hsm"
 	"github.com/govnet/govnet/hsm/hsmtest"
 )
 
-// TestRenewLoop runs a real controller (SoftHSM2) that issues gateway
-// certificates of the shortest allowed life, enrolls a gateway, and
-// drives the renewal loop with a clock past two thirds of that life: the
-// certificate is renewed, the files replaced, and the same API client
-// presents the new certificate at once (the controller refuses the old
-// one). Then a revoked gateway's renewal is refused, and an expired
-// certificate is reported as such.
-func TestRenewLoop(t *testing.T) {
-	hsmtest.Require(t)
-	t.Cleanup(hsmtest.Cleanup) // runs last, once the node is closed
+// testCtl is a real single-node controller (SoftHSM2) that issues
+// gateway certificates of the shortest allowed life, with an operator's
+// and an officer's client.
+type testCtl struct {
+	base, rootFile string
+	op, off        *api.Client
+}
+
+func startController(t *testing.T) *testCtl {
+	t.Helper()
 	hc := hsmtest.NewToken(t)
 	dir := t.TempDir()
 	pin := filepath.Join(dir, "pin")
@@ -49,8 +50,7 @@ func TestRenewLoop(t *testing.T) {
 		People: []controller.Person{{Name: "op", Role: ca.RoleOperator}, {Name: "off", Role: ca.RoleOfficer}}}); err != nil {
 		t.Fatal(err)
 	}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	n, err := controller.Start(context.Background(), ccfg, log)
+	n, err := controller.Start(context.Background(), ccfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,42 +60,138 @@ func TestRenewLoop(t *testing.T) {
 			t.Fatalf("controller not ready: %v", n.Ready())
 		}
 	}
-	base := "https://" + n.Addr().String()
-	rootFile := filepath.Join(ccfg.DataDir, "pki", "root.pem")
+	c := &testCtl{base: "https://" + n.Addr().String(), rootFile: filepath.Join(ccfg.DataDir, "pki", "root.pem")}
 	personClient := func(name string) *api.Client {
-		tc, err := api.TLSConfig(rootFile, filepath.Join(people, name+".crt"), filepath.Join(people, name+".key"))
+		tc, err := api.TLSConfig(c.rootFile, filepath.Join(people, name+".crt"), filepath.Join(people, name+".key"))
 		if err != nil {
 			t.Fatal(err)
 		}
-		return api.NewClient(base, tc)
+		return api.NewClient(c.base, tc)
 	}
+	c.op, c.off = personClient("op"), personClient("off")
+	if _, err := c.op.AddAgency(context.Background(), api.Agency{Code: "000.00.00.H29", Name: "Quảng Ninh"}); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// tokenConfig points cfg's hsm: section at a fresh SoftHSM2 token, its
+// PIN in a file.
+func tokenConfig(t *testing.T, cfg *Config) hsm.Config {
+	t.Helper()
+	hc := hsmtest.NewToken(t)
+	pin := filepath.Join(t.TempDir(), "gw.pin")
+	if err := os.WriteFile(pin, []byte(hc.PIN+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg.HSM = HSMConfig{Module: hc.Module, TokenLabel: hc.TokenLabel, PINFile: pin}
+	return hc
+}
+
+// TestRenewLoop enrolls a gateway with a real controller and drives the
+// renewal loop with a clock past two thirds of its certificate's life:
+// the certificate is renewed, the files replaced, and the same API client
+// presents the new certificate at once (the controller refuses the old
+// one). Then a revoked gateway's renewal is refused, and an expired
+// certificate is reported as such. It runs with the TLS key in a file and
+// with the key in the gateway's own PKCS#11 token (SoftHSM2): there the
+// key is generated in the token, sensitive and not extractable, no
+// tls.key is ever written, and a renewal moves to a new key and destroys
+// the old one.
+func TestRenewLoop(t *testing.T) {
+	hsmtest.Require(t)
+	c := startController(t)
+	for _, tc := range []struct {
+		name, gateway string
+		token         bool
+	}{
+		{"file", "gw1", false},
+		{"token", "gw2", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testRenewLoop(t, c, tc.gateway, tc.token) })
+	}
+}
+
+func testRenewLoop(t *testing.T, c *testCtl, gw string, token bool) {
 	ctx := context.Background()
-	op, off := personClient("op"), personClient("off")
-	if _, err := op.AddAgency(ctx, api.Agency{Code: "000.00.00.H29", Name: "Quảng Ninh"}); err != nil {
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	op, off := c.op, c.off
+	if _, err := op.AddGateway(ctx, api.Gateway{ID: gw, Agency: "000.00.00.H29"}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := op.AddGateway(ctx, api.Gateway{ID: "gw1", Agency: "000.00.00.H29"}); err != nil {
-		t.Fatal(err)
-	}
-	tok, err := off.IssueToken(ctx, "gw1", time.Minute)
+	tok, err := off.IssueToken(ctx, gw, time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}
 	cfg := DefaultConfig()
-	cfg.Controller, cfg.StateDir = base, filepath.Join(dir, "agent")
-	if _, err := Enroll(ctx, cfg, tok.Token, rootFile); err != nil {
+	cfg.Controller, cfg.StateDir = c.base, filepath.Join(t.TempDir(), "agent")
+	if token {
+		tokenConfig(t, &cfg)
+		// A wrong PIN stops enrollment before anything is written or the
+		// one-time token is spent.
+		bad := cfg
+		bad.HSM.PINFile = filepath.Join(t.TempDir(), "wrong.pin")
+		os.WriteFile(bad.HSM.PINFile, []byte("00000000\n"), 0o600)
+		if _, err := Enroll(ctx, bad, tok.Token, c.rootFile); !errors.Is(err, hsm.ErrWrongPIN) {
+			t.Fatalf("enroll with a wrong PIN: %v, want ErrWrongPIN", err)
+		}
+		if _, err := os.Stat(cfg.StateDir); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("enroll with a wrong PIN created the state directory: %v", err)
+		}
+	}
+	if _, err := Enroll(ctx, cfg, tok.Token, c.rootFile); err != nil {
 		t.Fatal(err)
 	}
-	_, _, tlsCfg, err := loadIdentity(cfg)
+	keys, err := openKeyStore(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	client := api.NewClient(base, reloadingClientCert(cfg, tlsCfg))
+	t.Cleanup(func() { keys.Close() })
+	// tokenKey checks that the token holds exactly one key of this
+	// gateway, the one tls.key.label names, generated in the token as
+	// sensitive and never extractable, and that no key file exists.
+	tokenKey := func() string {
+		t.Helper()
+		label, err := keys.(*tokenKeys).label(cfg.path(fileTLSKeyLabel))
+		if err != nil {
+			t.Fatal(err)
+		}
+		infos, err := keys.(*tokenKeys).tok.Keys()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(infos) != 1 || infos[0].Label != label {
+			t.Fatalf("token keys %+v, want only %q", infos, label)
+		}
+		if k := infos[0]; !k.Token || !k.Private || !k.Sensitive || k.Extractable || !k.AlwaysSensitive || !k.NeverExtractable || k.Curve != "P-256" {
+			t.Fatalf("token key attributes %+v: want a P-256 token key, private, sensitive, never extractable", k)
+		}
+		for _, f := range []string{fileTLSKey, fileTLSKey + nextSuffix, fileTLSKeyLabel + nextSuffix} {
+			if _, err := os.Stat(cfg.path(f)); !errors.Is(err, os.ErrNotExist) {
+				t.Fatalf("%s: %v, want no such file", f, err)
+			}
+		}
+		return label
+	}
+	var firstKey string
+	if token {
+		firstKey = tokenKey()
+		// Without its hsm: section the config cannot find the key, and
+		// says why.
+		if _, _, _, err := loadIdentity(cfg, fileKeys{}); err == nil || !strings.Contains(err.Error(), "hsm: section") {
+			t.Fatalf("load a token identity as files: %v", err)
+		}
+	}
+	_, _, tlsCfg, err := loadIdentity(cfg, keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := api.NewClient(c.base, reloadingClientCert(cfg, keys, tlsCfg))
 	if err := client.Report(ctx, api.Report{}); err != nil {
 		t.Fatal(err)
 	}
 
-	r := newRenewer(cfg, func() *api.Client { return client }, log)
+	r := newRenewer(cfg, keys, func() *api.Client { return client }, log)
 	first, _ := r.current()
 	if life := first.NotAfter.Sub(first.NotBefore); life > ca.MinLifetime+2*ca.Backdate {
 		t.Fatalf("lifetime %v, want the configured %v", life, ca.MinLifetime)
@@ -113,7 +209,7 @@ func TestRenewLoop(t *testing.T) {
 	go func() { defer close(done); r.run(ctxLoop) }()
 	var renewed string
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		if g, _ := op.Gateway(ctx, "gw1"); g.CertSerial != ca.Serial(first) {
+		if g, _ := op.Gateway(ctx, gw); g.CertSerial != ca.Serial(first) {
 			renewed = g.CertSerial
 			break
 		}
@@ -135,21 +231,31 @@ func TestRenewLoop(t *testing.T) {
 	if _, err := os.Stat(cfg.path(fileCertNext)); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("a pending renewal was left behind: %v", err)
 	}
+	if token {
+		// A new key in the token; the old one is destroyed.
+		if k := tokenKey(); k == firstKey {
+			t.Fatalf("renewal kept key %q", k)
+		}
+	}
 	// The same client, without a restart, presents the new certificate:
 	// the controller refuses any other.
 	if err := client.Report(ctx, api.Report{}); err != nil {
 		t.Fatalf("report after renewal: %v", err)
 	}
-	if c, err := op.Certificate(ctx, renewed); err != nil || c.Requester != "gateway:gw1" || c.Status != api.CertValid {
+	if c, err := op.Certificate(ctx, renewed); err != nil || c.Requester != "gateway:"+gw || c.Status != api.CertValid {
 		t.Fatalf("inventory: %+v %v", c, err)
 	}
 
-	// A revoked gateway cannot renew.
-	if _, err := off.Revoke(ctx, api.RevokeRequest{Gateway: "gw1", Reason: "keyCompromise"}); err != nil {
+	// A revoked gateway cannot renew, and the key made for the refused
+	// renewal does not stay in the token.
+	if _, err := off.Revoke(ctx, api.RevokeRequest{Gateway: gw, Reason: "keyCompromise"}); err != nil {
 		t.Fatal(err)
 	}
 	if err := r.renew(ctx); !errors.Is(err, ErrRenewRefused) {
 		t.Fatalf("renewal of a revoked gateway: %v, want ErrRenewRefused", err)
+	}
+	if token {
+		tokenKey()
 	}
 	// An expired certificate is named as such, before any call.
 	cur, _ := r.current()
@@ -169,12 +275,12 @@ func TestRenewFinishInterrupted(t *testing.T) {
 	newKey, newCert := selfSigned(t)
 	os.WriteFile(cfg.path(fileTLSKey), oldKey, 0o600)
 	os.WriteFile(cfg.path(fileCert), oldCert, 0o644)
-	if err := finishRenewal(cfg); err != nil {
+	if err := finishRenewal(cfg, fileKeys{}); err != nil {
 		t.Fatalf("nothing pending: %v", err)
 	}
 	os.WriteFile(cfg.path(fileTLSKey), newKey, 0o600) // the first rename happened
 	os.WriteFile(cfg.path(fileCertNext), newCert, 0o644)
-	if err := finishRenewal(cfg); err != nil {
+	if err := finishRenewal(cfg, fileKeys{}); err != nil {
 		t.Fatal(err)
 	}
 	if got, _ := os.ReadFile(cfg.path(fileCert)); string(got) != string(newCert) {
@@ -182,7 +288,7 @@ func TestRenewFinishInterrupted(t *testing.T) {
 	}
 	// A pending certificate that matches no key is refused, not installed.
 	os.WriteFile(cfg.path(fileCertNext), oldCert, 0o644)
-	if err := finishRenewal(cfg); err == nil {
+	if err := finishRenewal(cfg, fileKeys{}); err == nil {
 		t.Fatal("installed a certificate that does not match the key")
 	}
 }
@@ -201,11 +307,6 @@ func freeAddr(t *testing.T) string {
 func selfSigned(t *testing.T) (keyPEM, certPEM []byte) {
 	t.Helper()
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
 	kd, _ := x509.MarshalPKCS8PrivateKey(key)
-	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kd}), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kd}), certFor(t, key)
 }

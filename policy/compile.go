@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"maps"
 	"net/netip"
 	"slices"
 
@@ -43,7 +44,76 @@ func (p *Policy) CompileFor(reg *Registry, ids []string) (map[string]*api.View, 
 			want.set(i)
 		}
 	}
-	return r.compileFor(want), nil
+	return r.compileFor(want, nil), nil
+}
+
+// CompileJoin is for gateways ids that join the overlay: before the change
+// they were in no view. It returns their own views, as CompileFor does,
+// and for every other gateway whose view they enter, the part they add to
+// it: their peer entries and the rules that admit their prefixes. That
+// part merged into the gateway's view from before the change is its view
+// after, provided no prefix of ids is also another gateway's source (rules
+// are kept without duplicates). The cost grows with what ids' rules name,
+// not with the other gateways' views.
+func (p *Policy) CompileJoin(reg *Registry, ids []string) (own, added map[string]*api.View, err error) {
+	r, err := p.resolve(reg)
+	if err != nil {
+		return nil, nil, err
+	}
+	n := len(r.ix.members)
+	joining, peers := newBitset(n), newBitset(n)
+	for _, id := range ids {
+		if i, ok := r.ix.memberIdx[id]; ok {
+			joining.set(i)
+		}
+	}
+	own = r.compileFor(joining, nil)
+	for _, v := range own {
+		for _, peer := range v.Peers {
+			if i, ok := r.ix.memberIdx[peer.Gateway]; ok && !joining.has(i) {
+				peers.set(i)
+			}
+		}
+	}
+	return own, r.compileFor(peers, joining), nil
+}
+
+// CompileAround returns the views a change to the gateways ids can alter:
+// theirs, those of also (the controller passes the gateways that had ids
+// as peers before the change) and those of every gateway that is a peer of
+// one of ids afterwards. It is CompileFor of that union, found with one
+// resolution of the registry: the first pass compiles ids and learns their
+// peers, the second compiles the rest. Gateways that do not participate
+// get no view.
+func (p *Policy) CompileAround(reg *Registry, ids, also []string) (map[string]*api.View, error) {
+	r, err := p.resolve(reg)
+	if err != nil {
+		return nil, err
+	}
+	n := len(r.ix.members)
+	first, rest := newBitset(n), newBitset(n)
+	for _, id := range ids {
+		if i, ok := r.ix.memberIdx[id]; ok {
+			first.set(i)
+		}
+	}
+	views := r.compileFor(first, nil)
+	for _, v := range views {
+		for _, peer := range v.Peers {
+			if i, ok := r.ix.memberIdx[peer.Gateway]; ok && !first.has(i) {
+				rest.set(i)
+			}
+		}
+	}
+	for _, id := range also {
+		if i, ok := r.ix.memberIdx[id]; ok && !first.has(i) {
+			rest.set(i)
+		}
+	}
+	if len(rest.members()) > 0 {
+		maps.Copy(views, r.compileFor(rest, nil))
+	}
+	return views, nil
 }
 
 type portProto struct {
@@ -66,11 +136,13 @@ func expand(specs []PortSpec) []portProto {
 	return out
 }
 
-func (r *resolver) compile() map[string]*api.View { return r.compileFor(nil) }
+func (r *resolver) compile() map[string]*api.View { return r.compileFor(nil, nil) }
 
 // compileFor builds the views of the members in want, or of every member
-// when want is nil.
-func (r *resolver) compileFor(want bitset) map[string]*api.View {
+// when want is nil. When only is not nil the views have only the peers in
+// only and the rules for their prefixes: the part of each view that names
+// them.
+func (r *resolver) compileFor(want, only bitset) map[string]*api.View {
 	members := r.ix.members
 	n := len(members)
 
@@ -113,7 +185,7 @@ func (r *resolver) compileFor(want bitset) map[string]*api.View {
 				}
 				a := &accs[d]
 				for _, s := range src {
-					if s == d {
+					if s == d || only != nil && !only.has(s) {
 						continue
 					}
 					for _, pfx := range sources[s] {
@@ -130,7 +202,7 @@ func (r *resolver) compileFor(want bitset) map[string]*api.View {
 					continue
 				}
 				for _, d := range dst {
-					if s != d {
+					if s != d && (only == nil || only.has(d)) {
 						accs[s].peers = append(accs[s].peers, d)
 					}
 				}

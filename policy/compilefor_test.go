@@ -1,9 +1,11 @@
 package policy
 
 import (
+	"cmp"
 	"encoding/json"
 	"math/rand/v2"
 	"os"
+	"slices"
 	"testing"
 
 	"github.com/govnet/govnet/api"
@@ -93,5 +95,96 @@ func BenchmarkCompileFor(b *testing.B) {
 		if _, err := p.CompileFor(reg, ids); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestCompileJoinAround: when a gateway joins, CompileJoin's own view and
+// its parts merged into the views from before, and CompileAround of the
+// gateway with its peers before, give what a full compile of the registry
+// after gives, on the example policy and at national size.
+func TestCompileJoinAround(t *testing.T) {
+	src, err := os.ReadFile("testdata/example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	national := bigRegistry()
+	cases := []struct {
+		name string
+		reg  *Registry
+		src  []byte
+		join string
+	}{
+		{"example", testRegistry(), src, ""},
+		{"national/commune", national, []byte(bigPolicy), national.Gateways[len(national.Gateways)/2].ID},
+		{"national/ndxp", national, []byte(bigPolicy), "gw1"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			p := mustParse(t, "p.yaml", string(c.src))
+			after, err := p.Compile(c.reg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			join := c.join
+			if join == "" { // the participating gateway with the most peers
+				for id, v := range after {
+					if join == "" || len(v.Peers) > len(after[join].Peers) || len(v.Peers) == len(after[join].Peers) && id < join {
+						join = id
+					}
+				}
+			}
+			// Before: the same registry with the gateway still pending.
+			before := &Registry{Agencies: c.reg.Agencies, Gateways: slices.Clone(c.reg.Gateways)}
+			for i := range before.Gateways {
+				if before.Gateways[i].ID == join {
+					before.Gateways[i].Status = api.StatusPending
+				}
+			}
+			old, err := p.Compile(before)
+			if err != nil {
+				t.Fatal(err)
+			}
+			same := func(what string, got, want *api.View) {
+				t.Helper()
+				gj, _ := json.Marshal(got)
+				wj, _ := json.Marshal(want)
+				if string(gj) != string(wj) {
+					t.Fatalf("%s differs from Compile:\n got %.300s\nwant %.300s", what, gj, wj)
+				}
+			}
+			own, added, err := p.CompileJoin(c.reg, []string{join})
+			if err != nil {
+				t.Fatal(err)
+			}
+			same("own view of "+join, own[join], after[join])
+			if len(added) != len(after[join].Peers) {
+				t.Fatalf("%d views gain a part, want %d (the joining gateway's peers)", len(added), len(after[join].Peers))
+			}
+			for d, part := range added {
+				merged := *old[d]
+				merged.Peers = slices.SortedFunc(slices.Values(slices.Concat(old[d].Peers, part.Peers)), func(a, b api.Peer) int { return cmp.Compare(a.Gateway, b.Gateway) })
+				merged.Rules = slices.SortedFunc(slices.Values(slices.Concat(old[d].Rules, part.Rules)), api.CompareRules)
+				if merged.Rules == nil {
+					merged.Rules = []api.Rule{}
+				}
+				same("view of "+d+" with the joining part", &merged, after[d])
+			}
+			var peersBefore []string
+			for id, v := range old {
+				if slices.ContainsFunc(v.Peers, func(p api.Peer) bool { return p.Gateway == join }) {
+					peersBefore = append(peersBefore, id)
+				}
+			}
+			around, err := p.CompileAround(c.reg, []string{join}, peersBefore)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(around) != 1+len(after[join].Peers) {
+				t.Fatalf("CompileAround gave %d views, want %d", len(around), 1+len(after[join].Peers))
+			}
+			for id, v := range around {
+				same("CompileAround view of "+id, v, after[id])
+			}
+		})
 	}
 }

@@ -27,14 +27,21 @@ func Participates(gw *api.Gateway) bool {
 
 // index is a registry arranged for lookups. Members are the participating
 // gateways, sorted by id; sets of gateways are bitsets over their indices.
+//
+// The hierarchy is the registry's, not the codes': an agency's parent and
+// level are the ones stored with it (a merger or a re-parenting moves an
+// agency without changing its code). Only an agency missing from the
+// registry falls back to what its code says.
 type index struct {
 	agencies    map[string]bool
 	agencyCodes []string // sorted, for hints
+	parent      map[string]string
+	level       map[string]agency.Level
 	gateways    map[string]*api.Gateway
 	gatewayIDs  []string // sorted, for hints
 	members     []*api.Gateway
 	memberIdx   map[string]int
-	memberCode  []agency.Code // zero when the gateway's agency code is malformed
+	memberLevel []agency.Level // 0 when the gateway's agency is unknown and its code malformed
 	byAgency    map[string][]int
 }
 
@@ -44,6 +51,8 @@ func newIndex(reg *Registry) (*index, ErrorList) {
 	}
 	ix := &index{
 		agencies:  make(map[string]bool, len(reg.Agencies)),
+		parent:    make(map[string]string, len(reg.Agencies)),
+		level:     make(map[string]agency.Level, len(reg.Agencies)),
 		gateways:  make(map[string]*api.Gateway, len(reg.Gateways)),
 		memberIdx: make(map[string]int),
 		byAgency:  make(map[string][]int),
@@ -53,6 +62,12 @@ func newIndex(reg *Registry) (*index, ErrorList) {
 		if !ix.agencies[a.Code] {
 			ix.agencies[a.Code] = true
 			ix.agencyCodes = append(ix.agencyCodes, a.Code)
+			ix.parent[a.Code] = a.Parent
+			if l, err := agency.ParseLevel(a.Level); err == nil {
+				ix.level[a.Code] = l
+			} else if c, err := agency.Parse(a.Code); err == nil {
+				ix.level[a.Code] = c.Level()
+			}
 		}
 	}
 	slices.Sort(ix.agencyCodes)
@@ -70,15 +85,62 @@ func newIndex(reg *Registry) (*index, ErrorList) {
 	}
 	slices.Sort(ix.gatewayIDs)
 	slices.SortFunc(ix.members, func(a, b *api.Gateway) int { return strings.Compare(a.ID, b.ID) })
-	ix.memberCode = make([]agency.Code, len(ix.members))
+	ix.memberLevel = make([]agency.Level, len(ix.members))
 	for i, gw := range ix.members {
 		ix.memberIdx[gw.ID] = i
 		ix.byAgency[gw.Agency] = append(ix.byAgency[gw.Agency], i)
-		if c, err := agency.Parse(gw.Agency); err == nil {
-			ix.memberCode[i] = c
-		}
+		ix.memberLevel[i] = ix.levelOf(gw.Agency)
 	}
 	return ix, problems
+}
+
+// levelOf is an agency's stored level, or its code's when the registry
+// does not have it; 0 for an unknown malformed code.
+func (ix *index) levelOf(code string) agency.Level {
+	if l, ok := ix.level[code]; ok {
+		return l
+	}
+	if c, err := agency.Parse(code); err == nil {
+		return c.Level()
+	}
+	return 0
+}
+
+// parentOf is an agency's stored parent, or its code's parent when the
+// registry does not have it.
+func (ix *index) parentOf(code string) (string, bool) {
+	if p, ok := ix.parent[code]; ok {
+		return p, p != ""
+	}
+	c, err := agency.Parse(code)
+	if err != nil {
+		return "", false
+	}
+	p, ok := c.Parent()
+	if !ok {
+		return "", false
+	}
+	return p.String(), true
+}
+
+// maxDepth bounds a walk up the parent chain: the hierarchy has five
+// levels, and a registry with a cycle in it must not hang a compile.
+const maxDepth = 16
+
+// within reports whether code is root or lies under it, following the
+// registry's parent chain.
+func (ix *index) within(code, root string) bool {
+	for range maxDepth {
+		if code == root {
+			return true
+		}
+		p, ok := ix.parentOf(code)
+		if !ok {
+			return false
+		}
+		code = p
+	}
+	return false
 }
 
 // Validate checks the policy against a registry: every agency code, gateway
@@ -238,16 +300,21 @@ func (r *resolver) group(name string) bitset {
 		return b
 	}
 	if g.Level != 0 || g.Subtree != nil {
-		var root agency.Code
-		if g.Subtree != nil {
-			var err error
-			if root, err = agency.Parse(g.Subtree.Name); err != nil {
-				return b
-			}
-		}
-		for i, c := range r.ix.memberCode {
-			if c.IsZero() || g.Level != 0 && c.Level() != g.Level || g.Subtree != nil && !c.Within(root) {
+		// Gateways of one agency share the answer: ask once per agency.
+		under := map[string]bool{}
+		for i, gw := range r.ix.members {
+			if r.ix.memberLevel[i] == 0 || g.Level != 0 && r.ix.memberLevel[i] != g.Level {
 				continue
+			}
+			if g.Subtree != nil {
+				in, ok := under[gw.Agency]
+				if !ok {
+					in = r.ix.within(gw.Agency, g.Subtree.Name)
+					under[gw.Agency] = in
+				}
+				if !in {
+					continue
+				}
 			}
 			b.set(i)
 		}
@@ -333,4 +400,61 @@ func (b bitset) members() []int {
 		}
 	}
 	return out
+}
+
+// CodeRef is a place where a policy names an agency code.
+type CodeRef struct {
+	Code string
+	File string
+	Pos  Pos
+	What string // "group h01: subtree", "test 2: from", ...
+}
+
+// Where is the reference's position as file:line:column.
+func (c CodeRef) Where() string {
+	return fmt.Sprintf("%s:%d:%d", c.File, c.Pos.Line, c.Pos.Column)
+}
+
+// CodeRefs lists, in document order, every place where the policy names
+// one of codes: a group's subtree or agencies, a test's from or to.
+func (p *Policy) CodeRefs(codes map[string]bool) []CodeRef {
+	var out []CodeRef
+	add := func(r Ref, what string) {
+		if codes[r.Name] {
+			out = append(out, CodeRef{Code: r.Name, File: p.File, Pos: r.Pos, What: what})
+		}
+	}
+	for _, g := range p.Groups {
+		if g.Subtree != nil {
+			add(*g.Subtree, "group "+g.Name+": subtree")
+		}
+		for _, r := range g.Agencies {
+			add(r, "group "+g.Name+": agencies")
+		}
+	}
+	for _, t := range p.Tests {
+		add(t.From, fmt.Sprintf("test %d: from", t.Index))
+		add(t.To, fmt.Sprintf("test %d: to", t.Index))
+	}
+	slices.SortStableFunc(out, func(a, b CodeRef) int { return a.Pos.compare(b.Pos) })
+	return out
+}
+
+// ClosedRefs lists the places where the policy names an agency code that
+// the registry has closed. Such a policy still compiles: a closed code
+// has no gateways and nothing under it, so it selects nothing. A policy
+// that names one says less than its author meant, and is reported.
+func (p *Policy) ClosedRefs(reg *Registry) []CodeRef {
+	closed := map[string]bool{}
+	if reg != nil {
+		for _, a := range reg.Agencies {
+			if a.Closed() {
+				closed[a.Code] = true
+			}
+		}
+	}
+	if len(closed) == 0 {
+		return nil
+	}
+	return p.CodeRefs(closed)
 }

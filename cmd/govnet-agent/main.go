@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"strings"
@@ -40,6 +41,12 @@ func bindConfig(fs *pflag.FlagSet, c *netagent.Config) {
 	fs.IntVar(&c.ListenPort, "listen-port", c.ListenPort, "WireGuard UDP port")
 	fs.StringVar(&c.Endpoint, "endpoint", c.Endpoint, "host:port peers reach this gateway at")
 	fs.DurationVar(&c.Reconcile, "reconcile", c.Reconcile, "how often to check the kernel for drift")
+	fs.StringVar(&c.MetricsAddr, "metrics-addr", c.MetricsAddr, "host:port for /metrics, /healthz and /readyz over plain HTTP (empty: off)")
+	// The hsm: section; the PIN itself is never a flag.
+	fs.StringVar(&c.HSM.Module, "hsm-module", c.HSM.Module, "PKCS#11 module of the token holding the TLS key (must be on the allowlist; empty: the key is a file)")
+	fs.StringVar(&c.HSM.TokenLabel, "hsm-token", c.HSM.TokenLabel, "label of the PKCS#11 token holding the TLS key")
+	fs.StringVar(&c.HSM.PINFile, "hsm-pin-file", c.HSM.PINFile, "file holding the token's user PIN")
+	fs.StringVar(&c.HSM.PINEnv, "hsm-pin-env", c.HSM.PINEnv, "environment variable holding the token's user PIN")
 }
 
 func enrollCmd() *cobra.Command {
@@ -50,9 +57,16 @@ func enrollCmd() *cobra.Command {
 		Short: "Generate this gateway's keys and enroll with a one-time token",
 		Long: "Generates the TLS and WireGuard keys on this machine (they never leave it), sends a CSR\n" +
 			"with the token, and writes the certificate, the identity and a config file.\n" +
-			"The token is read from --token-file or the GOVNET_TOKEN environment variable.",
+			"The token is read from --token-file or the GOVNET_TOKEN environment variable.\n" +
+			"With --hsm-module and --hsm-token the TLS key is generated in that PKCS#11 token and\n" +
+			"never leaves it; its PIN comes from --hsm-pin-file or --hsm-pin-env, never a flag.",
 		Example: `  GOVNET_TOKEN=... govnet-agent enroll --config /etc/govnet/agent.yaml \
-    --controller https://10.0.0.1:7443 --root /etc/govnet/root.crt --endpoint 192.0.2.10:51820`,
+    --controller https://10.0.0.1:7443 --root /etc/govnet/root.crt --endpoint 192.0.2.10:51820
+
+  # the TLS key in the gateway's own PKCS#11 token
+  GOVNET_TOKEN=... govnet-agent enroll --config /etc/govnet/agent.yaml \
+    --controller https://10.0.0.1:7443 --root /etc/govnet/root.crt --endpoint 192.0.2.10:51820 \
+    --hsm-module /usr/lib/softhsm/libsofthsm2.so --hsm-token gw-tls --hsm-pin-file /etc/govnet/agent-hsm.pin`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			token := os.Getenv("GOVNET_TOKEN")
@@ -111,7 +125,9 @@ func runCmd() *cobra.Command {
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			return netagent.Run(ctx, cfg, cli.Logger(os.Stderr, logLevel))
+			log := cli.Logger(os.Stderr, logLevel)
+			slog.SetDefault(log) // libraries that use package log write the same format
+			return netagent.Run(ctx, cfg, log)
 		},
 	}
 	fs := cmd.Flags()

@@ -17,60 +17,6 @@ import (
 	"github.com/spf13/cobra"
 )
 
-func (a *app) agencyCmd() *cobra.Command {
-	cmd := &cobra.Command{Use: "agency", Short: "Register and list agencies"}
-	var name string
-	add := &cobra.Command{
-		Use:     "add CODE --name NAME",
-		Short:   "Register an agency (its parent must be registered first)",
-		Example: `  govnetctl agency add 000.00.00.H29 --name "Ủy ban nhân dân tỉnh Quảng Ninh"`,
-		Args:    cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return a.call(cmd, func(ctx context.Context, c *api.Client) error {
-				ag, err := c.AddAgency(ctx, api.Agency{Code: args[0], Name: name})
-				if err != nil {
-					return err
-				}
-				return a.print(ag, "CODE\tLEVEL\tPARENT\tNAME", func(w io.Writer) { agencyRow(w, *ag) })
-			})
-		},
-	}
-	add.Flags().StringVar(&name, "name", "", "the agency's name (UTF-8)")
-	add.MarkFlagRequired("name")
-	list := &cobra.Command{
-		Use:     "list",
-		Short:   "List agencies",
-		Example: "  govnetctl agency list\n  govnetctl agency list -o json",
-		Args:    cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			return a.call(cmd, func(ctx context.Context, c *api.Client) error {
-				ags, err := c.Agencies(ctx)
-				if err != nil {
-					return err
-				}
-				return a.print(ags, "CODE\tLEVEL\tPARENT\tNAME", func(w io.Writer) {
-					for _, ag := range ags {
-						agencyRow(w, ag)
-					}
-				})
-			})
-		},
-	}
-	cmd.AddCommand(add, list)
-	return cmd
-}
-
-func agencyRow(w io.Writer, a api.Agency) {
-	fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", a.Code, a.Level, dash(a.Parent), a.Name)
-}
-
-func dash(s string) string {
-	if s == "" {
-		return "-"
-	}
-	return s
-}
-
 func (a *app) gatewayCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "gateway", Short: "Register gateways, issue enrollment tokens, see their state"}
 	var g api.Gateway
@@ -165,7 +111,7 @@ func (a *app) gatewayCmd() *cobra.Command {
 	}
 	token.Flags().DurationVar(&ttl, "ttl", time.Hour, "how long the token is valid")
 	token.Flags().StringVar(&tokenOut, "write", "", "also write the token to this file (mode 0600)")
-	cmd.AddCommand(add, list, show, token)
+	cmd.AddCommand(add, list, show, token, a.gatewayDecommissionCmd())
 	return cmd
 }
 
@@ -299,6 +245,9 @@ func (a *app) policyCmd() *cobra.Command {
 					return a.print(p, "", nil)
 				}
 				_, err = io.WriteString(a.out, policy.RenderPlan(p))
+				for _, r := range p.ClosedRefs {
+					fmt.Fprintf(a.out, "note: %s: %s names %s, a closed agency code: it selects nothing\n", r.Where, r.What, r.Code)
+				}
 				return err
 			})
 		},

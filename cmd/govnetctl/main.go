@@ -68,8 +68,8 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
-			if a.output != "table" && a.output != "json" {
-				return fmt.Errorf("-o %q: want table or json", a.output)
+			if a.output != "table" && a.output != "json" && (a.output != "csv" || cmd.Annotations[csvOutput] == "") {
+				return fmt.Errorf("-o %q: want table or json (csv only for reports)", a.output)
 			}
 			return cli.LoadConfig(cmd.Flags(), a.configPath, a.cfg.load)
 		},
@@ -80,10 +80,11 @@ func main() {
 	pf.StringVar(&a.cfg.Root, "root", "", "govnet root certificate (PEM)")
 	pf.StringVar(&a.cfg.Cert, "cert", "", "your certificate chain (PEM)")
 	pf.StringVar(&a.cfg.Key, "key", "", "your private key (PEM)")
-	pf.StringVarP(&a.output, "output", "o", "table", "output format: table or json")
+	pf.StringVarP(&a.output, "output", "o", "table", "output format: table or json (reports: also csv)")
 	root.AddCommand(a.agencyCmd(), a.gatewayCmd(), a.policyCmd(), a.clusterCmd())
 	root.AddCommand(a.personCmd(), a.requestCmd(), a.auditCmd(), a.certCmd())
 	root.AddCommand(a.registryCmd())
+	root.AddCommand(a.reportCmd())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "govnetctl:", err)
 		os.Exit(1)

@@ -25,10 +25,7 @@ func (a *app) registryCmd() *cobra.Command {
 			return a.call(cmd, func(ctx context.Context, c *api.Client) error {
 				var rf policy.RegistryFile
 				var err error
-				if rf.Agencies, err = c.Agencies(ctx); err != nil {
-					return err
-				}
-				if rf.Gateways, err = c.Gateways(ctx); err != nil {
+				if rf.Agencies, rf.Gateways, err = registry(ctx, c); err != nil {
 					return err
 				}
 				enc := json.NewEncoder(a.out)

@@ -6,6 +6,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"strings"
@@ -258,6 +259,7 @@ func runCmd() *cobra.Command {
 				return nil
 			}
 			log := cli.Logger(os.Stderr, logLevel)
+			slog.SetDefault(log) // libraries that use package log write the same format
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			node, err := controller.Start(ctx, cfg, log)

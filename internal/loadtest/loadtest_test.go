@@ -1,0 +1,63 @@
+package loadtest
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/govnet/govnet/hsm/hsmtest"
+)
+
+func TestMain(m *testing.M) {
+	RunWorkerIfChild()
+	os.Exit(m.Run())
+}
+
+// TestRunSmall runs the whole harness at 50 gateways: a real cluster, the
+// fleet enrolled through the API, two worker processes, two publications,
+// two joins and two revocations.
+func TestRunSmall(t *testing.T) {
+	hsmtest.Require(t)
+	if testing.Short() {
+		t.Skip("builds govnetd and runs a 3-node cluster")
+	}
+	bin := t.TempDir()
+	build := exec.Command("go", "build", "-o", bin+"/", "../../cmd/govnetd")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build govnetd: %v: %s", err, out)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	const n = 50
+	res, err := Run(ctx, Options{
+		Gateways: n, Govnetd: filepath.Join(bin, "govnetd"), Workers: 2, Rounds: 2, Changes: 2,
+		ReportEvery: 2 * time.Second, Log: testLog{t},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%+v", *res)
+	if res.FinalVersion != 3 {
+		t.Errorf("final policy version %d, want 3 (first, then two rounds)", res.FinalVersion)
+	}
+	if res.Acked != n || res.Reported != n {
+		t.Errorf("policy version %d: acknowledged by %d and reported to the controllers by %d of %d gateways", res.FinalVersion, res.Acked, res.Reported, n)
+	}
+	if res.EnrollSeconds <= 0 || res.FanoutMax <= 0 || res.FanoutP50 > res.FanoutP99 || res.FanoutP99 > res.FanoutMax {
+		t.Errorf("fan-out figures out of order: enroll %v, p50 %v, p99 %v, max %v", res.EnrollSeconds, res.FanoutP50, res.FanoutP99, res.FanoutMax)
+	}
+	if res.RevokeP99 <= 0 || res.RSSAfter <= 0 || res.RSSBefore <= 0 {
+		t.Errorf("revocation or memory not measured: %+v", *res)
+	}
+}
+
+type testLog struct{ t *testing.T }
+
+func (l testLog) Write(p []byte) (int, error) {
+	l.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}

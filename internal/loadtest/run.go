@@ -1,0 +1,621 @@
+// Package loadtest is the controller fan-out load harness (issue 4): a
+// real 3-node govnetd cluster on loopback and N simulated gateways, run by
+// worker processes with the real client (api.Client Watch and Report, as
+// govnet-agent calls them) and real certificates that the cluster's CA
+// issued through the enrollment API. It measures the time from a policy
+// commit to every gateway's acknowledged report, controller CPU per
+// one-gateway change, controller memory per connected gateway, and the
+// time from a revocation to the last peer's view without the gateway.
+package loadtest
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/govnet/govnet/api"
+)
+
+// Options configure one run.
+type Options struct {
+	Gateways int
+	// CacheDir keeps the cluster (data directories, HSM tokens) and the
+	// enrolled identities between runs; empty: a temporary directory,
+	// removed at the end.
+	CacheDir string
+	Govnetd  string // the govnetd binary
+	Workers  int    // processes running the simulated gateways (default: 1 per 2,500)
+	Rounds   int    // policy publications measured (default 3)
+	Changes  int    // one-gateway changes measured, then revoked (default 10)
+	// ConnectRate is how many gateways per second first connect (all
+	// workers together), as a fleet comes up; 0: all at once.
+	ConnectRate float64
+	// ReportEvery is how often each simulated gateway refreshes its
+	// report, as the agent's reconcile tick does (0: never).
+	ReportEvery time.Duration
+	// APIPort and RaftPort on every node's address (0: free ports; a
+	// cached cluster keeps the ports it was set up with).
+	APIPort, RaftPort int
+	Log               io.Writer // progress and the nodes' logs; nil: discarded
+}
+
+// Result holds the figures of one run. Times are in seconds.
+type Result struct {
+	Gateways       int
+	EnrollSeconds  float64 // registration and enrollment of the fleet (0: reused from the cache)
+	ConnectSeconds float64 // from starting the workers to every gateway's first acknowledged view
+
+	FanoutP50, FanoutP99, FanoutMax float64 // policy commit -> each gateway's acknowledged report
+
+	// CPUPerChange is the controllers' CPU seconds (all three nodes,
+	// user+system) per one-gateway change (a gateway joins: add, token,
+	// enroll), idle CPU subtracted; IdleCPU is that idle rate (CPU s/s).
+	CPUPerChange, IdleCPU float64
+
+	BytesPerGateway float64 // nodes' RSS with the fleet connected minus before, per gateway
+	RSSBefore       int64   // bytes, all three nodes
+	RSSAfter        int64
+
+	// FinalVersion is the last policy version published; Acked counts the
+	// gateways that acknowledged it (from their events) and Reported those
+	// whose last report the controllers hold names it.
+	FinalVersion    uint64
+	Acked, Reported int
+
+	RevokeP50, RevokeP99 float64 // revoke call -> last peer acknowledged a view without it
+	Load                 string  // /proc/loadavg at the end
+}
+
+func (o *Options) defaults() {
+	if o.Workers <= 0 {
+		o.Workers = max(1, (o.Gateways+2499)/2500)
+	}
+	if o.Rounds <= 0 {
+		o.Rounds = 3
+	}
+	if o.Changes <= 0 {
+		o.Changes = 10
+	}
+	if o.Log == nil {
+		o.Log = io.Discard
+	}
+}
+
+// Run sets up (or reuses) the cluster and fleet, connects the fleet and
+// measures.
+func Run(ctx context.Context, o Options) (*Result, error) {
+	o.defaults()
+	raiseFDLimit()
+	logf := func(format string, args ...any) {
+		fmt.Fprintf(o.Log, "%s loadtest[%d]: %s\n", time.Now().Format("15:04:05.000"), o.Gateways, fmt.Sprintf(format, args...))
+	}
+	fleet, err := NewFleet(o.Gateways)
+	if err != nil {
+		return nil, err
+	}
+	dir := o.CacheDir
+	if dir == "" {
+		if dir, err = os.MkdirTemp("", "govnet-load-"); err != nil {
+			return nil, err
+		}
+		defer os.RemoveAll(dir)
+	}
+	if dir, err = filepath.Abs(dir); err != nil {
+		return nil, err
+	}
+	res := &Result{Gateways: o.Gateways}
+	c, reused, err := prepare(ctx, dir, o, fleet, res, logf)
+	if err != nil {
+		return nil, err
+	}
+	defer c.stop()
+
+	// Memory before any gateway connects: every view is compiled already.
+	res.RSSBefore = settledRSS(c.pids())
+	logf("cluster up (reused: %v); nodes' RSS %d MiB", reused, res.RSSBefore>>20)
+
+	tr := newTracker()
+	stopWorkers, err := startWorkers(ctx, c, o, filepath.Join(dir, "identities.jsonl"), tr, logf)
+	if err != nil {
+		return nil, err
+	}
+	defer stopWorkers()
+	pol, err := c.Operator.Policy(ctx)
+	if err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	connected := func(a ack) bool { return a.ver >= pol.Version }
+	done := make(chan struct{})
+	go func() {
+		t := time.NewTicker(10 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				logf("connecting: %d of %d gateways acknowledged their first view", tr.count(connected), o.Gateways)
+			}
+		}
+	}()
+	// Twice the ramp, plus two minutes.
+	limit := 2 * time.Minute
+	if o.ConnectRate > 0 {
+		limit += time.Duration(2 * float64(o.Gateways) / o.ConnectRate * float64(time.Second))
+	}
+	err = tr.waitAll(ctx, ids(fleet), limit, "every gateway's first acknowledged view", connected)
+	close(done)
+	if err != nil {
+		return nil, err
+	}
+	res.ConnectSeconds = time.Since(start).Seconds()
+	res.RSSAfter = settledRSS(c.pids())
+	res.BytesPerGateway = float64(res.RSSAfter-res.RSSBefore) / float64(o.Gateways)
+	logf("%d gateways connected in %.1fs; nodes' RSS %d MiB", o.Gateways, res.ConnectSeconds, res.RSSAfter>>20)
+
+	// Fan-out: publish, then wait for every gateway's acknowledgement.
+	var lat []float64
+	for r := range o.Rounds {
+		p, err := c.Officer.PublishPolicy(ctx, "load.yaml", fleet.Policy(int(pol.Version)+1+r))
+		if err != nil {
+			return nil, fmt.Errorf("publish: %w", err)
+		}
+		committed := time.Now()
+		if err := tr.waitAll(ctx, ids(fleet), 2*time.Minute, fmt.Sprintf("policy version %d everywhere", p.Version), func(a ack) bool { return a.ver >= p.Version }); err != nil {
+			return nil, err
+		}
+		var last float64
+		for _, id := range ids(fleet) {
+			d := tr.ackedAt(id, func(a ack) bool { return a.ver >= p.Version }).Sub(committed).Seconds()
+			lat = append(lat, d)
+			last = max(last, d)
+		}
+		res.FinalVersion = p.Version
+		logf("round %d: policy version %d acknowledged by all %d gateways %.3fs after its commit", r+1, p.Version, o.Gateways, last)
+	}
+	res.FanoutP50, res.FanoutP99, res.FanoutMax = quantile(lat, 0.5), quantile(lat, 0.99), quantile(lat, 1)
+	for _, id := range ids(fleet) {
+		if !tr.ackedAt(id, func(a ack) bool { return a.ver == res.FinalVersion }).IsZero() {
+			res.Acked++
+		}
+	}
+	gws, err := c.Operator.Linearizable().Gateways(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, g := range gws {
+		if g.Report != nil && g.Report.PolicyVersion == res.FinalVersion {
+			res.Reported++
+		}
+	}
+
+	// CPU per one-gateway change: new gateways join one at a time, each
+	// waited for until its peers acknowledged a view with it.
+	pids := c.pids()
+	idleStart, idleCPU := time.Now(), cpuSeconds(pids)
+	time.Sleep(5 * time.Second) // an idle window: the background rate (heartbeats, periodic reports)
+	res.IdleCPU = (cpuSeconds(pids) - idleCPU) / time.Since(idleStart).Seconds()
+	stamp := strconv.FormatInt(time.Now().Unix()%1e6, 36)
+	var joined []FleetGateway
+	begin, cpu0 := time.Now(), cpuSeconds(pids)
+	for k := range o.Changes {
+		base := fleet.Gateways[len(fleet.Gateways)-1-k]
+		g := FleetGateway{ID: fmt.Sprintf("gw-x%s-%d", stamp, k), Agency: base.Agency, Province: base.Province}
+		if _, err := enrollOne(ctx, c, g, k); err != nil {
+			return nil, err
+		}
+		joined = append(joined, g)
+		if err := tr.waitAll(ctx, fleet.PeersOf(g), time.Minute, g.ID+" in its peers' views", func(a ack) bool { return !a.added[g.ID].IsZero() }); err != nil {
+			return nil, err
+		}
+	}
+	spent := cpuSeconds(pids) - cpu0 - res.IdleCPU*time.Since(begin).Seconds()
+	res.CPUPerChange = spent / float64(o.Changes)
+	logf("%d gateways joined: %.3f CPU s per change (idle %.3f CPU s/s subtracted)", o.Changes, res.CPUPerChange, res.IdleCPU)
+
+	// Revocation: from the call to the last peer's acknowledged view
+	// without the gateway.
+	var rev []float64
+	for _, g := range joined {
+		t0 := time.Now()
+		if _, err := c.Officer.Revoke(ctx, api.RevokeRequest{Gateway: g.ID, Reason: "keyCompromise"}); err != nil {
+			return nil, fmt.Errorf("revoke %s: %w", g.ID, err)
+		}
+		peers := fleet.PeersOf(g)
+		if err := tr.waitAll(ctx, peers, time.Minute, g.ID+" out of its peers' views", func(a ack) bool { return !a.removed[g.ID].IsZero() }); err != nil {
+			return nil, err
+		}
+		var last time.Time
+		for _, p := range peers {
+			if t := tr.removedAt(p, g.ID); t.After(last) {
+				last = t
+			}
+		}
+		rev = append(rev, last.Sub(t0).Seconds())
+	}
+	res.RevokeP50, res.RevokeP99 = quantile(rev, 0.5), quantile(rev, 0.99)
+	logf("%d revocations: p50 %.3fs p99 %.3fs", len(rev), res.RevokeP50, res.RevokeP99)
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+		res.Load = strings.TrimSpace(string(b))
+	}
+	return res, nil
+}
+
+func ids(f *Fleet) []string {
+	out := make([]string, len(f.Gateways))
+	for i, g := range f.Gateways {
+		out[i] = g.ID
+	}
+	return out
+}
+
+// prepare starts the cluster kept in dir, or sets one up, enrolls the
+// fleet and publishes its first policy. A cache is reused only when it is
+// complete (the ready file) and its certificates have a day left.
+func prepare(ctx context.Context, dir string, o Options, fleet *Fleet, res *Result, logf func(string, ...any)) (*Cluster, bool, error) {
+	ready := filepath.Join(dir, "ready")
+	if b, err := os.ReadFile(ready); err == nil {
+		var st struct {
+			Gateways          int
+			Expires           time.Time
+			APIPort, RaftPort int
+		}
+		if json.Unmarshal(b, &st) == nil && st.Gateways == o.Gateways && time.Until(st.Expires) > 24*time.Hour {
+			c, err := newCluster(dir, o.Govnetd, st.APIPort, st.RaftPort, o.Log)
+			if err != nil {
+				return nil, false, err
+			}
+			if err := c.start(ctx); err != nil {
+				return nil, false, err
+			}
+			return c, true, nil
+		}
+		logf("cache in %s is stale or for another size: setting up again", dir)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return nil, false, err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, false, err
+	}
+	c, err := newCluster(dir, o.Govnetd, o.APIPort, o.RaftPort, o.Log)
+	if err != nil {
+		return nil, false, err
+	}
+	const lifetime = 30 * 24 * time.Hour
+	logf("setting up a 3-node cluster in %s", dir)
+	if err := c.setup(lifetime); err != nil {
+		return nil, false, err
+	}
+	if err := c.start(ctx); err != nil {
+		return nil, false, err
+	}
+	took, err := register(ctx, c, fleet, fleet.Gateways, filepath.Join(dir, "identities.jsonl"), 16, func(s string) { logf("%s", s) })
+	if err != nil {
+		c.stop()
+		return nil, false, err
+	}
+	res.EnrollSeconds = took.Seconds()
+	if _, err := c.Officer.PublishPolicy(ctx, "load.yaml", fleet.Policy(1)); err != nil {
+		c.stop()
+		return nil, false, fmt.Errorf("first policy: %w", err)
+	}
+	logf("enrolled %d gateways in %.1fs (%.0f/s)", o.Gateways, took.Seconds(), float64(o.Gateways)/took.Seconds())
+	st, _ := json.Marshal(map[string]any{"Gateways": o.Gateways, "Expires": time.Now().Add(lifetime), "APIPort": c.nodes[0].api, "RaftPort": c.nodes[0].raft})
+	if o.APIPort != 0 { // free ports differ per node: such a cluster is not kept
+		if err := os.WriteFile(ready, st, 0o600); err != nil {
+			c.stop()
+			return nil, false, err
+		}
+	}
+	return c, false, nil
+}
+
+// startWorkers runs the fleet in o.Workers processes (this executable,
+// re-run as a worker) and feeds their events to tr.
+func startWorkers(ctx context.Context, c *Cluster, o Options, idFile string, tr *tracker, logf func(string, ...any)) (func(), error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	type proc struct {
+		cmd   *exec.Cmd
+		stdin io.WriteCloser
+		done  chan struct{}
+	}
+	var procs []*proc
+	stopAll := func() {
+		for _, p := range procs {
+			p.stdin.Close()
+		}
+		for _, p := range procs {
+			select {
+			case <-p.done:
+			case <-time.After(10 * time.Second):
+				p.cmd.Process.Kill()
+				<-p.done
+			}
+		}
+	}
+	n := o.Gateways
+	for w := range o.Workers {
+		spec := workerSpec{IDFile: idFile, From: w * n / o.Workers, To: (w + 1) * n / o.Workers, Root: c.root, URLs: c.URLs(), ReportEvery: o.ReportEvery}
+		if o.ConnectRate > 0 {
+			spec.Stagger = time.Duration(float64(o.Workers) / o.ConnectRate * float64(time.Second))
+		}
+		cmd := exec.CommandContext(ctx, exe, "-test.run=^$")
+		cmd.Env = append(os.Environ(), workerEnv+"=1")
+		cmd.Stderr = o.Log
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		stdin, err := cmd.StdinPipe()
+		if err != nil {
+			stopAll()
+			return nil, err
+		}
+		stdout, err := cmd.StdoutPipe()
+		if err != nil {
+			stopAll()
+			return nil, err
+		}
+		if err := cmd.Start(); err != nil {
+			stopAll()
+			return nil, err
+		}
+		p := &proc{cmd: cmd, stdin: stdin, done: make(chan struct{})}
+		procs = append(procs, p)
+		b, _ := json.Marshal(spec)
+		stdin.Write(append(b, '\n'))
+		go func() {
+			defer close(p.done)
+			sc := bufio.NewScanner(stdout)
+			sc.Buffer(make([]byte, 64<<10), 64<<20)
+			for sc.Scan() {
+				var ev event
+				if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
+					logf("worker %d: %v", w, err)
+					continue
+				}
+				if ev.Err != "" {
+					logf("gateway %s: %s", ev.G, ev.Err)
+				}
+				tr.add(ev)
+			}
+			err := cmd.Wait()
+			tr.fail(fmt.Errorf("worker %d exited: %v", w, err))
+		}()
+	}
+	return func() { tr.stopping(); stopAll() }, nil
+}
+
+// ack is what the tracker knows of one gateway.
+type ack struct {
+	ver, index uint64
+	at         time.Time            // of the last acknowledged view
+	verAt      map[uint64]time.Time // first acknowledgement of each policy version
+	added      map[string]time.Time // peer -> first view that added it
+	removed    map[string]time.Time // peer -> first view that removed it
+}
+
+// tracker collects the workers' events.
+type tracker struct {
+	mu      sync.Mutex
+	acks    map[string]*ack
+	changed chan struct{} // closed and replaced on every event
+	err     error         // a worker died
+	closing bool
+}
+
+func newTracker() *tracker {
+	return &tracker{acks: map[string]*ack{}, changed: make(chan struct{})}
+}
+
+func (t *tracker) add(ev event) {
+	at := time.Unix(0, ev.T)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	a := t.acks[ev.G]
+	if a == nil {
+		a = &ack{verAt: map[uint64]time.Time{}, added: map[string]time.Time{}, removed: map[string]time.Time{}}
+		t.acks[ev.G] = a
+	}
+	if ev.Err != "" {
+		return // applied but never acknowledged: not counted
+	}
+	if ev.Index > a.index {
+		a.ver, a.index, a.at = ev.Ver, ev.Index, at
+	}
+	if _, ok := a.verAt[ev.Ver]; !ok {
+		a.verAt[ev.Ver] = at
+	}
+	for _, p := range ev.Add {
+		if _, ok := a.added[p]; !ok {
+			a.added[p] = at
+		}
+	}
+	for _, p := range ev.Rm {
+		if _, ok := a.removed[p]; !ok {
+			a.removed[p] = at
+		}
+	}
+	close(t.changed)
+	t.changed = make(chan struct{})
+}
+
+func (t *tracker) fail(err error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !t.closing && t.err == nil {
+		t.err = err
+	}
+	close(t.changed)
+	t.changed = make(chan struct{})
+}
+
+func (t *tracker) stopping() {
+	t.mu.Lock()
+	t.closing = true
+	t.mu.Unlock()
+}
+
+// waitAll waits until ok holds for every gateway in gws.
+func (t *tracker) waitAll(ctx context.Context, gws []string, timeout time.Duration, what string, ok func(ack) bool) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	for {
+		t.mu.Lock()
+		missing, first := 0, ""
+		for _, g := range gws {
+			if a := t.acks[g]; a == nil || !ok(*a) {
+				if missing++; first == "" {
+					first = g
+				}
+			}
+		}
+		ch, err := t.changed, t.err
+		t.mu.Unlock()
+		if missing == 0 {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for %s: %w (%d of %d gateways missing, e.g. %s)", what, ctx.Err(), missing, len(gws), first)
+		case <-ch:
+		}
+	}
+}
+
+// ackedAt returns when gateway g first acknowledged a view with ok: for a
+// policy version, the first version at or past it.
+func (t *tracker) ackedAt(g string, ok func(ack) bool) time.Time {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	a := t.acks[g]
+	var best time.Time
+	for v, at := range a.verAt {
+		if ok(ack{ver: v}) && (best.IsZero() || at.Before(best)) {
+			best = at
+		}
+	}
+	return best
+}
+
+// count says for how many gateways ok holds.
+func (t *tracker) count(ok func(ack) bool) int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := 0
+	for _, a := range t.acks {
+		if ok(*a) {
+			n++
+		}
+	}
+	return n
+}
+
+func (t *tracker) removedAt(g, peer string) time.Time {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.acks[g].removed[peer]
+}
+
+// quantile is the nearest-rank q-quantile of xs (0 for none).
+func quantile(xs []float64, q float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	i := int(math.Ceil(q*float64(len(s)))) - 1
+	return s[min(max(i, 0), len(s)-1)]
+}
+
+// cpuSeconds sums the user and system CPU time of the processes.
+func cpuSeconds(pids []int) float64 {
+	var ticks int64
+	for _, p := range pids {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p))
+		if err != nil {
+			continue
+		}
+		// Fields after the command name (which may hold spaces): state is
+		// field 3, utime 14, stime 15.
+		s := string(b)
+		f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+		if len(f) < 13 {
+			continue
+		}
+		u, _ := strconv.ParseInt(f[11], 10, 64)
+		st, _ := strconv.ParseInt(f[12], 10, 64)
+		ticks += u + st
+	}
+	return float64(ticks) / clockTicks
+}
+
+const clockTicks = 100 // USER_HZ on Linux
+
+// rss sums the resident set sizes of the processes, in bytes.
+func rss(pids []int) int64 {
+	var total int64
+	for _, p := range pids {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p))
+		if err != nil {
+			continue
+		}
+		for line := range strings.Lines(string(b)) {
+			if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+				kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+				total += kb << 10
+			}
+		}
+	}
+	return total
+}
+
+// settledRSS samples the RSS every 500 ms until three samples in a row are
+// within 1% of each other (at most 30 s), and returns the last.
+func settledRSS(pids []int) int64 {
+	prev, stable := rss(pids), 0
+	for range 60 {
+		time.Sleep(500 * time.Millisecond)
+		cur := rss(pids)
+		if math.Abs(float64(cur-prev)) <= 0.01*float64(prev) {
+			if stable++; stable >= 2 {
+				return cur
+			}
+		} else {
+			stable = 0
+		}
+		prev = cur
+	}
+	return prev
+}
+
+// raiseFDLimit lifts the open-file limit (as root, above the hard limit
+// too) for this process and the nodes and workers it starts.
+func raiseFDLimit() {
+	var l syscall.Rlimit
+	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l) != nil {
+		return
+	}
+	want := max(l.Max, 1<<18)
+	if syscall.Setrlimit(syscall.RLIMIT_NOFILE, &syscall.Rlimit{Cur: want, Max: want}) != nil {
+		l.Cur = l.Max
+		syscall.Setrlimit(syscall.RLIMIT_NOFILE, &l)
+	}
+}

@@ -1,0 +1,317 @@
+package loadtest
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/govnet/govnet/api"
+	"github.com/govnet/govnet/policy/nft"
+)
+
+// workerEnv marks a process started as a worker: it runs simulated
+// gateways instead of the harness (see RunWorkerIfChild).
+const workerEnv = "GOVNET_LOAD_WORKER"
+
+// workerSpec is what the harness sends a worker on its standard input.
+type workerSpec struct {
+	IDFile      string        `json:"id_file"`
+	From        int           `json:"from"` // the identities [From, To) of the file
+	To          int           `json:"to"`
+	Root        string        `json:"root"`
+	URLs        []string      `json:"urls"` // controller nodes; gateway i starts at URLs[i%len]
+	ReportEvery time.Duration `json:"report_every"`
+	Stagger     time.Duration `json:"stagger"` // between two gateways' first connections
+}
+
+// event is what a worker prints, one JSON line each, after a simulated
+// gateway applied a view and the controller acknowledged its report.
+type event struct {
+	G     string   `json:"g"`
+	Index uint64   `json:"i"`
+	Ver   uint64   `json:"v"`
+	T     int64    `json:"t"` // unix ns, when the report was acknowledged
+	Add   []string `json:"add,omitempty"`
+	Rm    []string `json:"rm,omitempty"`
+	First bool     `json:"first,omitempty"` // the gateway's first view
+	Err   string   `json:"err,omitempty"`   // a worker-level failure
+}
+
+// RunWorkerIfChild runs the simulated gateways and exits when the process
+// was started as a harness worker; otherwise it returns at once. Call it
+// first in main (and in TestMain).
+func RunWorkerIfChild() {
+	if os.Getenv(workerEnv) != "1" {
+		return
+	}
+	code := 0
+	if err := runWorker(os.Stdin, os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "worker:", err)
+		code = 1
+	}
+	os.Exit(code)
+}
+
+// runWorker reads its spec, runs the gateways until stdin closes, and
+// writes events to out.
+func runWorker(in io.Reader, out io.Writer) error {
+	br := bufio.NewReader(in)
+	line, err := br.ReadBytes('\n')
+	if err != nil {
+		return fmt.Errorf("read spec: %w", err)
+	}
+	var spec workerSpec
+	if err := json.Unmarshal(line, &spec); err != nil {
+		return fmt.Errorf("spec: %w", err)
+	}
+	ids, err := loadIdentities(spec.IDFile)
+	if err != nil {
+		return err
+	}
+	if spec.From < 0 || spec.To > len(ids) || spec.From >= spec.To {
+		return fmt.Errorf("spec: identities [%d, %d) of %d", spec.From, spec.To, len(ids))
+	}
+	root, err := api.TLSConfig(spec.Root, "", "")
+	if err != nil {
+		return err
+	}
+	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer cancel()
+	go func() { io.Copy(io.Discard, br); cancel() }() // stdin closed: stop
+
+	em := &emitter{w: bufio.NewWriterSize(out, 1<<16)}
+	go em.flushLoop(ctx)
+	gws := make([]*simGateway, 0, spec.To-spec.From)
+	for i := spec.From; i < spec.To; i++ {
+		cert, err := tls.X509KeyPair([]byte(ids[i].Cert), []byte(ids[i].Key))
+		if err != nil {
+			return fmt.Errorf("identity %s: %w", ids[i].ID, err)
+		}
+		cfg := root.Clone()
+		cfg.Certificates = []tls.Certificate{cert}
+		g := &simGateway{id: ids[i].ID, em: em, cur: i % len(spec.URLs)}
+		for _, u := range spec.URLs {
+			// A config per client: see Cluster.start.
+			g.clients = append(g.clients, api.NewClient(u, cfg.Clone()))
+		}
+		gws = append(gws, g)
+	}
+	var wg sync.WaitGroup
+	for i, g := range gws {
+		wg.Go(func() {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(time.Duration(i) * spec.Stagger):
+			}
+			g.watchLoop(ctx)
+		})
+	}
+	if spec.ReportEvery > 0 {
+		wg.Go(func() { reportLoop(ctx, gws, spec.ReportEvery) })
+	}
+	wg.Wait()
+	em.flush()
+	return nil
+}
+
+// emitter writes events; a loop flushes them every 20 ms (the events carry
+// their own times, so batching does not change what is measured).
+type emitter struct {
+	mu sync.Mutex
+	w  *bufio.Writer
+}
+
+func (e *emitter) emit(ev event) {
+	b, _ := json.Marshal(ev)
+	e.mu.Lock()
+	e.w.Write(append(b, '\n'))
+	e.mu.Unlock()
+}
+
+func (e *emitter) flush() {
+	e.mu.Lock()
+	e.w.Flush()
+	e.mu.Unlock()
+}
+
+func (e *emitter) flushLoop(ctx context.Context) {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			e.flush()
+		}
+	}
+}
+
+// simGateway is one simulated gateway: govnet-agent's watch, apply and
+// report steps with the real client, without the kernel.
+type simGateway struct {
+	id      string
+	em      *emitter
+	clients []*api.Client
+	cur     int
+
+	mu      sync.Mutex
+	applied *api.View
+	digest  string
+}
+
+// watchLoop holds a stream like the agent's: on a broken stream it moves
+// to the next node, resuming from the last applied index, and waits with
+// capped, jittered backoff once every node failed in a row.
+func (g *simGateway) watchLoop(ctx context.Context) {
+	failures, wait := 0, 500*time.Millisecond
+	for ctx.Err() == nil {
+		err := g.clients[g.cur].Watch(ctx, g.appliedIndex(), func(v *api.View) error {
+			failures, wait = 0, 500*time.Millisecond
+			return g.apply(ctx, v)
+		})
+		if ctx.Err() != nil {
+			return
+		}
+		var se *api.StatusError
+		if errors.As(err, &se) && se.Code == 403 {
+			return // revoked: the controller refuses it for good
+		}
+		g.cur = (g.cur + 1) % len(g.clients)
+		if failures++; failures >= len(g.clients) {
+			failures = 0
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(wait/2 + rand.N(wait/2)):
+			}
+			wait = min(2*wait, 10*time.Second)
+		}
+	}
+}
+
+func (g *simGateway) appliedIndex() uint64 {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.applied == nil {
+		return 0
+	}
+	return g.applied.RaftIndex
+}
+
+// apply records the view as applied (what the kernel would hold), reports
+// it as the agent does and emits the acknowledged event.
+func (g *simGateway) apply(ctx context.Context, v *api.View) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if v.Gateway != g.id {
+		return fmt.Errorf("view for gateway %q sent to %q", v.Gateway, g.id)
+	}
+	if g.applied != nil && v.RaftIndex <= g.applied.RaftIndex {
+		return nil
+	}
+	ev := event{G: g.id, Index: v.RaftIndex, Ver: v.PolicyVersion, First: g.applied == nil}
+	if g.applied != nil {
+		ev.Add, ev.Rm = peerDiff(g.applied.Peers, v.Peers)
+	}
+	// The agent reports the digest of the table it read back from the
+	// kernel; the simulation reports the one the rules compile to.
+	d, err := nft.ExpectedDigest(v.Rules)
+	if err != nil && !errors.Is(err, nft.ErrUnsupportedRule) {
+		return err
+	}
+	g.applied, g.digest = v, d
+	// The agent retries a failed report on its next reconcile tick; the
+	// simulation retries after a second, so that the acknowledgement it
+	// times is never lost to a leader change.
+	for try := 0; ; try++ {
+		err := g.report(ctx)
+		if err == nil {
+			break
+		}
+		if try == 9 || ctx.Err() != nil {
+			ev.Err = "report: " + err.Error()
+			break
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+	ev.T = time.Now().UnixNano()
+	g.em.emit(ev)
+	return nil
+}
+
+// report sends what is applied; g.mu must be held.
+func (g *simGateway) report(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	return g.clients[g.cur].Report(ctx, api.Report{
+		PolicyVersion: g.applied.PolicyVersion,
+		RaftIndex:     g.applied.RaftIndex,
+		RulesetDigest: g.digest,
+		Peers:         len(g.applied.Peers),
+	})
+}
+
+// reportLoop refreshes every gateway's report once per period, spread
+// evenly, as the agents' reconcile ticks do.
+func reportLoop(ctx context.Context, gws []*simGateway, every time.Duration) {
+	step := every / time.Duration(len(gws))
+	t := time.NewTicker(max(step, time.Millisecond))
+	defer t.Stop()
+	sem := make(chan struct{}, 64)
+	for i := rand.N(len(gws)); ; i = (i + 1) % len(gws) {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		g := gws[i]
+		select {
+		case sem <- struct{}{}:
+		default:
+			continue // the controllers are behind: skip, as a late tick would
+		}
+		go func() {
+			defer func() { <-sem }()
+			g.mu.Lock()
+			defer g.mu.Unlock()
+			if g.applied != nil {
+				g.report(ctx)
+			}
+		}()
+	}
+}
+
+// peerDiff returns the gateway ids of the peers in cur and not in old, and
+// the other way round; both are sorted by gateway id.
+func peerDiff(old, cur []api.Peer) (add, rm []string) {
+	i, j := 0, 0
+	for i < len(old) || j < len(cur) {
+		switch {
+		case j == len(cur) || i < len(old) && old[i].Gateway < cur[j].Gateway:
+			rm = append(rm, old[i].Gateway)
+			i++
+		case i == len(old) || cur[j].Gateway < old[i].Gateway:
+			add = append(add, cur[j].Gateway)
+			j++
+		default:
+			i++
+			j++
+		}
+	}
+	return add, rm
+}

@@ -1,0 +1,152 @@
+package netagent
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"io"
+	"math/big"
+	"net/http"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/govnet/govnet/api"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+)
+
+// TestAgentMetrics runs the agent's metrics listener over a real
+// firewall in a throwaway namespace: an install, a view, a hand edit the
+// reconcile puts back, and the certificate in the state directory all
+// show in /metrics; /readyz follows the first install.
+func TestAgentMetrics(t *testing.T) {
+	fw, ns := newTestFirewall(t, "wg0")
+	cfg := DefaultConfig()
+	cfg.StateDir = t.TempDir()
+	a := &Agent{cfg: cfg, log: testLogger(t), fw: fw}
+	a.metrics = newAgentMetrics(a)
+	addr, stop, err := a.serveMetrics("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	get := func(path string) (int, string) {
+		t.Helper()
+		resp, err := http.Get("http://" + addr.String() + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, _ := get("/healthz"); code != http.StatusOK {
+		t.Fatalf("/healthz %d", code)
+	}
+	if code, _ := get("/readyz"); code != http.StatusServiceUnavailable {
+		t.Fatalf("/readyz before any firewall: %d", code)
+	}
+
+	// The gateway's certificate, as enrollment leaves it.
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	notAfter := time.Now().Add(time.Hour)
+	der, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: "gw1"},
+		NotBefore: time.Now().Add(-time.Minute), NotAfter: notAfter}, &x509.Certificate{SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: "gw1"}}, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(cfg.path(fileCert), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	v := &api.View{Gateway: "gw1", RaftIndex: 42, PolicyVersion: 3, Rules: smallRules}
+	if a.digest, err = a.applyRules(v.Rules); err != nil {
+		t.Fatal(err)
+	}
+	a.metrics.ready.Store(true)
+	a.applied = v
+	a.metrics.viewApplied(v)
+	// Someone opens a port by hand; the reconcile puts the table back.
+	ns.Exec(t, "nft", "add", "element", "inet", "govnet", "allow4", "{ 10.9.9.9 . tcp . 443 }")
+	if err := a.reconcile(); err != nil {
+		t.Fatal(err)
+	}
+	if code, _ := get("/readyz"); code != http.StatusOK {
+		t.Fatalf("/readyz after the first install: %d", code)
+	}
+
+	code, body := get("/metrics")
+	if code != http.StatusOK {
+		t.Fatalf("/metrics %d", code)
+	}
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	mfs, err := p.TextToMetricFamilies(strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	one := func(name string, labels ...string) *dto.Metric {
+		t.Helper()
+		mf := mfs[name]
+		if mf == nil {
+			t.Fatalf("no %s in:\n%s", name, body)
+		}
+	next:
+		for _, m := range mf.Metric {
+			for i := 0; i+1 < len(labels); i += 2 {
+				found := false
+				for _, lp := range m.Label {
+					found = found || lp.GetName() == labels[i] && lp.GetValue() == labels[i+1]
+				}
+				if !found {
+					continue next
+				}
+			}
+			return m
+		}
+		t.Fatalf("no %s%v", name, labels)
+		return nil
+	}
+	for _, c := range []struct {
+		name   string
+		labels []string
+		want   float64
+	}{
+		{"govnet_agent_ready", nil, 1},
+		{"govnet_agent_policy_version", nil, 3},
+		{"govnet_agent_view_raft_index", nil, 42},
+		{"govnet_agent_ruleset_ok", nil, 1},
+		{"govnet_agent_controller_connected", nil, 0},
+	} {
+		if got := one(c.name, c.labels...).GetGauge().GetValue(); got != c.want {
+			t.Errorf("%s = %v, want %v", c.name, got, c.want)
+		}
+	}
+	if got := one("govnet_agent_drift_repairs_total", "what", "firewall").GetCounter().GetValue(); got != 1 {
+		t.Errorf("firewall drift repairs %v, want 1", got)
+	}
+	if got := one("govnet_agent_reconcile_errors_total", "step", "firewall").GetCounter().GetValue(); got != 0 {
+		t.Errorf("firewall errors %v, want 0", got)
+	}
+	// Two installs: the view's table and the restore.
+	if h := one("govnet_agent_nftables_apply_seconds").GetHistogram(); h.GetSampleCount() != 2 || h.GetSampleSum() <= 0 {
+		t.Errorf("apply histogram: %d samples, sum %v", h.GetSampleCount(), h.GetSampleSum())
+	}
+	if left := one("govnet_agent_certificate_expiry_seconds").GetGauge().GetValue(); left <= 3500 || left > 3600 {
+		t.Errorf("certificate expires in %v s, want about 3600", left)
+	}
+	// A digest the kernel does not hold is a mismatch.
+	a.metrics.firewallApplied(time.Millisecond, v.Rules, "sha256:other", nil)
+	_, body = get("/metrics")
+	if mfs, err = p.TextToMetricFamilies(strings.NewReader(body)); err != nil {
+		t.Fatal(err)
+	}
+	if got := one("govnet_agent_ruleset_ok").GetGauge().GetValue(); got != 0 {
+		t.Errorf("ruleset_ok after a mismatch: %v", got)
+	}
+}
