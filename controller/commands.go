@@ -39,6 +39,7 @@ const (
 	CmdCRLPublish      CommandType = 17
 	CmdIssuerUpsert    CommandType = 18
 	CmdAuditCheckpoint CommandType = 25
+	CmdGatewayReports  CommandType = 24 | IgnoreUnknownTypeFlag
 	// Agency registry operations (controller/agency.go).
 	CmdAgencyImport        CommandType = 19
 	CmdAgencyMerge         CommandType = 20
@@ -87,6 +88,8 @@ func (t CommandType) String() string {
 		return "issuer-upsert"
 	case CmdAuditCheckpoint:
 		return "audit-checkpoint"
+	case CmdGatewayReports:
+		return "gateway-reports"
 	case CmdAgencyImport:
 		return "agency-import"
 	case CmdAgencyMerge:
@@ -181,6 +184,14 @@ type GatewayReportRequest struct {
 	Meta
 	Gateway string     `json:"gateway"`
 	Report  api.Report `json:"report"`
+}
+
+// GatewayReportsRequest is many gateways' reports in one entry: a node
+// groups the reports that arrive while one is being committed, so that a
+// policy change's reports from every gateway take a few raft entries.
+type GatewayReportsRequest struct {
+	Meta
+	Reports []GatewayReportRequest `json:"reports"`
 }
 
 // MemberUpsertRequest records a controller node's addresses. Raft's own

@@ -66,6 +66,8 @@ func (f *FSM) dispatch(t CommandType, body []byte) error {
 	switch t {
 	case CmdAuditCheckpoint:
 		return applyJSON(body, s.applyAuditCheckpoint)
+	case CmdGatewayReports:
+		return applyJSON(body, s.applyGatewayReports)
 	case CmdInitNetwork:
 		return applyJSON(body, s.applyInitNetwork)
 	case CmdAgencyUpsert:

@@ -63,6 +63,8 @@ func history() []struct {
 		{CmdCRLPublish, &CRLPublishRequest{Meta: meta("node:ctl1"), Issuer: "abcd", Number: 1, Covers: 30, ThisUpdate: t0, NextUpdate: t0.Add(24 * time.Hour), DER: []byte{0x30, 0x00}}},
 		{CmdRequestCreate, &RequestCreateRequest{Meta: meta("op"), ID: "r5", Role: "operator", Kind: api.RequestRevoke, Gateway: "gw2", ReasonCode: 1, Reason: "key lost"}},
 		{CmdRequestDecide, &RequestDecideRequest{Meta: meta("off2"), ID: "r5", Role: "officer", Approve: true}},
+		{CmdGatewayReports, &GatewayReportsRequest{Meta: meta("node:ctl1"), Reports: []GatewayReportRequest{
+			{Meta: meta("gateway:gw1"), Gateway: "gw1", Report: api.Report{PolicyVersion: 1, RaftIndex: 10, RulesetDigest: "sha256:y"}}}}},
 		{CmdStateRestored, &StateRestoredRequest{Meta: meta("off"), BackupSHA256: "ab", BackupIndex: 7}},
 		// The registry's operations (controller/agency.go): a province
 		// with a district and a commune, the commune moved under the
@@ -214,6 +216,8 @@ func TestApplyRejects(t *testing.T) {
 		{"token other gateway", CmdGatewayEnroll, &GatewayEnrollRequest{Meta: meta("x"), Gateway: "gw1", TokenHash: "h2", PublicKey: "k9"}},
 		{"duplicate wg key", CmdGatewayEnroll, &GatewayEnrollRequest{Meta: meta("x"), Gateway: "gw2", TokenHash: "h2", PublicKey: "k1"}},
 		{"report unknown", CmdGatewayReport, &GatewayReportRequest{Gateway: "nope"}},
+		{"reports empty", CmdGatewayReports, &GatewayReportsRequest{}},
+		{"reports one unknown", CmdGatewayReports, &GatewayReportsRequest{Reports: []GatewayReportRequest{{Gateway: "gw1"}, {Gateway: "nope"}}}},
 		{"member bad name", CmdMemberUpsert, &MemberUpsertRequest{Node: "CTL 9", RaftAddr: "127.0.0.19:7000", APIAddr: "127.0.0.19:7443"}},
 		{"member bad addr", CmdMemberUpsert, &MemberUpsertRequest{Node: "ctl9", RaftAddr: "ctl9:7000", APIAddr: "127.0.0.19:7443"}},
 		{"member addr taken", CmdMemberUpsert, &MemberUpsertRequest{Node: "ctl9", RaftAddr: "127.0.0.11:7000", APIAddr: "127.0.0.19:7443"}},

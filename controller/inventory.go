@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/govnet/govnet/api"
@@ -378,90 +377,17 @@ func (s *State) issuersSorted() []*issuerRecord {
 // 0.5 KiB each in the log).
 const maxRecordBatch = 512
 
-// certRecorder records issued certificates in the inventory in batches:
-// the records that arrive while one CmdCertRecord is being committed go
-// together in the next (group commit), so that the raft commit, not one
-// log entry and one fsync per certificate, bounds the issuance rate. A
-// lone record is committed at once, without waiting for company.
-type certRecorder struct {
-	// commit submits one batch; its error is the batch's verdict.
-	commit func(ctx context.Context, certs []api.Certificate) error
-
-	mu      sync.Mutex
-	pending []*pendingRecord
-	running bool // a goroutine is committing batches
-}
-
-type pendingRecord struct {
-	cert api.Certificate
-	done chan error // receives the record's outcome, once
-}
+// certRecorder records issued certificates in the inventory in batches
+// (see groupCommit), so that the raft commit, not one log entry and one
+// fsync per certificate, bounds the issuance rate.
+type certRecorder = groupCommit[api.Certificate]
 
 // newCertRecorder records through n's raft log, as actor.
 func newCertRecorder(n *Node, actor string) *certRecorder {
-	return &certRecorder{commit: func(ctx context.Context, certs []api.Certificate) error {
+	return &certRecorder{max: maxRecordBatch, commit: func(ctx context.Context, certs []api.Certificate) error {
 		_, err := n.submit(ctx, CmdCertRecord, &CertRecordRequest{Meta: n.meta(actor), Certs: certs})
 		return err
 	}}
-}
-
-// Record adds c to the next batch and waits until that batch has been
-// committed and applied on this node. If ctx ends first, Record returns
-// ctx's error and the record may still be committed.
-func (r *certRecorder) Record(ctx context.Context, c api.Certificate) error {
-	p := &pendingRecord{cert: c, done: make(chan error, 1)}
-	r.mu.Lock()
-	r.pending = append(r.pending, p)
-	if !r.running {
-		r.running = true
-		go r.run()
-	}
-	r.mu.Unlock()
-	select {
-	case err := <-p.done:
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-// run commits batches until none is waiting.
-func (r *certRecorder) run() {
-	for {
-		r.mu.Lock()
-		batch := r.pending
-		if len(batch) > maxRecordBatch {
-			batch = batch[:maxRecordBatch:maxRecordBatch]
-		}
-		r.pending = r.pending[len(batch):]
-		if len(batch) == 0 {
-			r.pending, r.running = nil, false
-			r.mu.Unlock()
-			return
-		}
-		r.mu.Unlock()
-		r.commitBatch(batch)
-	}
-}
-
-// commitBatch commits batch as one command. The state machine takes a
-// batch whole or not at all, so when it refuses one (a bad or duplicate
-// record), each record is committed alone and only the bad one fails.
-func (r *certRecorder) commitBatch(batch []*pendingRecord) {
-	certs := make([]api.Certificate, len(batch))
-	for i, p := range batch {
-		certs[i] = p.cert
-	}
-	err := r.commit(context.Background(), certs)
-	if err != nil && len(batch) > 1 && isVerdict(err) {
-		for _, p := range batch {
-			p.done <- r.commit(context.Background(), []api.Certificate{p.cert})
-		}
-		return
-	}
-	for _, p := range batch {
-		p.done <- err
-	}
 }
 
 // isVerdict says whether err is the state machine refusing a command (as

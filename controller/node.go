@@ -59,8 +59,9 @@ type Node struct {
 	httpSrv  *http.Server
 	issuerID string
 	ocsp     *ca.OCSPResponder
-	crlWake  chan struct{} // a command was applied: is the CRL behind?
-	metrics  *nodeMetrics  // served at /metrics on the plain-HTTP listener
+	crlWake  chan struct{}                      // a command was applied: is the CRL behind?
+	reports  *groupCommit[GatewayReportRequest] // gateways' reports, committed in batches
+	metrics  *nodeMetrics                       // served at /metrics on the plain-HTTP listener
 	wg       sync.WaitGroup
 }
 
@@ -72,6 +73,10 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Node, err erro
 		return nil, fmt.Errorf("config: %w", err)
 	}
 	n := &Node{cfg: cfg, log: log, now: time.Now, limits: newLimiter(cfg.RateLimit, time.Now), crlWake: make(chan struct{}, 1)}
+	n.reports = &groupCommit[GatewayReportRequest]{commit: func(ctx context.Context, reps []GatewayReportRequest) error {
+		_, err := n.submit(ctx, CmdGatewayReports, &GatewayReportsRequest{Meta: n.meta("node:" + n.cfg.Node), Reports: reps})
+		return err
+	}}
 	n.metrics = newNodeMetrics(n)
 	defer func() {
 		if err != nil {

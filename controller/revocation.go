@@ -203,11 +203,13 @@ func (n *Node) recordIssuer(ctx context.Context) error {
 // revocation is not in the last one, or the last one is due for refresh.
 func (n *Node) publishCRL(ctx context.Context) error {
 	now := n.now().UTC()
-	entries, last := n.State().revokedOf(n.issuerID, now)
+	// Decide from the issuer record alone first: this runs after every
+	// applied command, and the scan of the inventory is O(certificates).
 	rec, _ := n.State().issuer(n.issuerID)
-	if c := rec.CRL; c != nil && c.Covers >= last && now.Sub(c.ThisUpdate) < crlRefresh {
+	if c := rec.CRL; c != nil && c.Covers >= rec.LastRevocation && now.Sub(c.ThisUpdate) < crlRefresh {
 		return nil
 	}
+	entries, last := n.State().revokedOf(n.issuerID, now)
 	number := uint64(1)
 	if rec.CRL != nil {
 		number = rec.CRL.Number + 1

@@ -334,7 +334,9 @@ func (n *Node) handleReport(w http.ResponseWriter, r *http.Request, id ca.Identi
 	if !decode(w, r, maxBody, &rep) {
 		return
 	}
-	_, err := n.submit(r.Context(), CmdGatewayReport, &GatewayReportRequest{Meta: n.meta("gateway:" + id.Name), Gateway: id.Name, Report: rep})
+	// Reports arrive from every gateway at once after a change: they are
+	// committed in batches (CmdGatewayReports).
+	err := n.reports.Record(r.Context(), GatewayReportRequest{Meta: n.meta("gateway:" + id.Name), Gateway: id.Name, Report: rep})
 	if err != nil {
 		n.fail(w, err)
 		return

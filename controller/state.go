@@ -388,6 +388,22 @@ func (s *State) applyGatewayReport(r *GatewayReportRequest) error {
 	return nil
 }
 
+// applyGatewayReports applies a batch of reports, all or none.
+func (s *State) applyGatewayReports(r *GatewayReportsRequest) error {
+	if len(r.Reports) == 0 {
+		return fmt.Errorf("%w: an empty batch of reports", ErrBadRequest)
+	}
+	for i := range r.Reports {
+		if _, ok := s.gateways[r.Reports[i].Gateway]; !ok {
+			return fmt.Errorf("%w: gateway %s", ErrNotFound, r.Reports[i].Gateway)
+		}
+	}
+	for i := range r.Reports {
+		s.applyGatewayReport(&r.Reports[i])
+	}
+	return nil
+}
+
 func (s *State) applyMemberUpsert(r *MemberUpsertRequest) error {
 	if !validID(r.Node) {
 		return fmt.Errorf("%w: node name %q: use 1-63 lowercase letters, digits and '-'", ErrBadRequest, r.Node)

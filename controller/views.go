@@ -727,7 +727,7 @@ func (s *State) touchAll() {
 // attributed).
 func (s *State) noteViewChange(t CommandType, body []byte) {
 	switch t {
-	case CmdGatewayReport, CmdMemberUpsert, CmdMemberRemove, CmdPersonUpsert, CmdRequestCreate,
+	case CmdGatewayReport, CmdGatewayReports, CmdMemberUpsert, CmdMemberRemove, CmdPersonUpsert, CmdRequestCreate,
 		CmdTokenIssue, CmdCertRecord, CmdGatewayRenew, CmdCRLPublish, CmdIssuerUpsert, CmdAuditCheckpoint,
 		CmdStateRestored, // Restore itself touches everything
 		CmdAgencyClose:   // only an agency with no gateways and no active children closes

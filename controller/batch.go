@@ -1,0 +1,89 @@
+package controller
+
+import (
+	"context"
+	"sync"
+)
+
+// groupCommit commits items in batches: the items that arrive while one
+// batch is being committed go together in the next, so that a burst of
+// small writes (certificate records, gateway reports) costs a few raft
+// entries instead of one each. A lone item is committed at once, without
+// waiting for company.
+type groupCommit[T any] struct {
+	// commit submits one batch; its error is the batch's verdict.
+	commit func(ctx context.Context, items []T) error
+	max    int // items per batch; 0 means maxRecordBatch
+
+	mu      sync.Mutex
+	pending []*pendingItem[T]
+	running bool // a goroutine is committing batches
+}
+
+type pendingItem[T any] struct {
+	item T
+	done chan error // receives the item's outcome, once
+}
+
+// Record adds item to the next batch and waits until that batch has been
+// committed and applied on this node. If ctx ends first, Record returns
+// ctx's error and the item may still be committed.
+func (g *groupCommit[T]) Record(ctx context.Context, item T) error {
+	p := &pendingItem[T]{item: item, done: make(chan error, 1)}
+	g.mu.Lock()
+	g.pending = append(g.pending, p)
+	if !g.running {
+		g.running = true
+		go g.run()
+	}
+	g.mu.Unlock()
+	select {
+	case err := <-p.done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// run commits batches until none is waiting.
+func (g *groupCommit[T]) run() {
+	limit := g.max
+	if limit <= 0 {
+		limit = maxRecordBatch
+	}
+	for {
+		g.mu.Lock()
+		batch := g.pending
+		if len(batch) > limit {
+			batch = batch[:limit:limit]
+		}
+		g.pending = g.pending[len(batch):]
+		if len(batch) == 0 {
+			g.pending, g.running = nil, false
+			g.mu.Unlock()
+			return
+		}
+		g.mu.Unlock()
+		g.commitBatch(batch)
+	}
+}
+
+// commitBatch commits batch as one command. The state machine takes a
+// batch whole or not at all, so when it refuses one (a bad or duplicate
+// item), each item is committed alone and only the bad one fails.
+func (g *groupCommit[T]) commitBatch(batch []*pendingItem[T]) {
+	items := make([]T, len(batch))
+	for i, p := range batch {
+		items[i] = p.item
+	}
+	err := g.commit(context.Background(), items)
+	if err != nil && len(batch) > 1 && isVerdict(err) {
+		for _, p := range batch {
+			p.done <- g.commit(context.Background(), []T{p.item})
+		}
+		return
+	}
+	for _, p := range batch {
+		p.done <- err
+	}
+}
