@@ -44,7 +44,10 @@ type conns struct {
 }
 
 func (cs *conns) reset() {
-	tr := &http.Transport{TLSClientConfig: cs.tls, ForceAttemptHTTP2: true, TLSHandshakeTimeout: 10 * time.Second}
+	// Each transport gets its own copy of the TLS config: a transport
+	// writes NextProtos into it on first use, and clients (one per
+	// controller node, in the agent) share the config they were given.
+	tr := &http.Transport{TLSClientConfig: cs.tls.Clone(), ForceAttemptHTTP2: true, TLSHandshakeTimeout: 10 * time.Second}
 	cs.mu.Lock()
 	old := cs.tr
 	cs.tr = tr
