@@ -367,8 +367,9 @@ type Flow struct {
 
 // DefaultCoverageWindow is how recently a gateway must have reported to
 // count as healthy in a coverage report when the request names no window:
-// ten of the agent's default 30 s reconcile periods, so a gateway that
-// missed a report or two, or moved to another controller, still counts.
+// an agent whose state did not change reports every 2 minutes
+// (netagent.ReportRefresh), so a gateway that missed a report, or moved
+// to another controller, still counts.
 const DefaultCoverageWindow = 5 * time.Minute
 
 // CoverageReport says, per province and per level, how many registered
