@@ -32,7 +32,7 @@ func main() {
 	rounds := flag.Int("rounds", 3, "policy publications measured per size")
 	changes := flag.Int("changes", 10, "one-gateway changes (joins, then revocations) measured per size")
 	connectRate := flag.Float64("connect-rate", 500, "gateways per second that first connect, all workers together (0: all at once)")
-	reportEvery := flag.Duration("report-every", 30*time.Second, "each simulated gateway's periodic report, as the agent's reconcile tick (0: only after applying a view)")
+	reportEvery := flag.Duration("report-every", 2*time.Minute, "each simulated gateway's periodic report, as the agent's refresh (netagent.ReportRefresh) (0: only after applying a view)")
 	apiPort := flag.Int("api-port", 17443, "API port of every node (the next port serves plain HTTP)")
 	raftPort := flag.Int("raft-port", 17000, "raft port of every node")
 	verbose := flag.Bool("verbose", false, "log progress and the nodes' warnings to stderr")
