@@ -196,7 +196,7 @@ func (l *lab) addGateway(id, agency, addr string) *gateway {
 	out := g.ns.Exec(t, bin("govnet-agent"), "enroll", "--config", l.path(id+".yaml"),
 		"--controller", "https://"+ctlAddr+":7443", "--root", l.path("ctl/pki/root.pem"),
 		"--token-file", l.path(id+".token"), "--state-dir", l.path(id), "--interface", g.iface,
-		"--listen-port", "51820", "--endpoint", addr+":51820", "--reconcile", "1s",
+		"--listen-port", "51820", "--endpoint", addr+":51820", "--reconcile", "1s", "--report-refresh", "1s",
 		"--controllers", strings.Join(l.extra, ","))
 	if !strings.Contains(out, "overlay address") {
 		t.Fatalf("enroll: %s", out)

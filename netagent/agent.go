@@ -1,6 +1,7 @@
 package netagent
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -196,10 +197,8 @@ func (a *Agent) apply(ctx context.Context, v *api.View) error {
 }
 
 // ReportRefresh is how often an agent whose state has not changed
-// reports all the same, so the controllers know it is alive (the coverage
-// report's default window is 5 minutes). Every report is a replicated
-// write: at 20,000 gateways a report per 30 s reconcile tick would be
-// 670 writes/s for nothing.
+// reports all the same (config report_refresh), so the controllers know
+// it is alive; the coverage report's default window is 5 minutes.
 const ReportRefresh = 2 * time.Minute
 
 // report tells the controller what is applied; a failure is logged and
@@ -273,7 +272,7 @@ func (a *Agent) reportIfDue(ctx context.Context) {
 	}
 	last := a.lastReport
 	peers, _, _ := a.dev.Stats()
-	if a.lastReportAt.IsZero() || time.Since(a.lastReportAt) >= ReportRefresh ||
+	if a.lastReportAt.IsZero() || time.Since(a.lastReportAt) >= cmp.Or(a.cfg.ReportRefresh, ReportRefresh) ||
 		last.PolicyVersion != a.applied.PolicyVersion || last.RaftIndex != a.applied.RaftIndex ||
 		last.RulesetDigest != a.digest || last.Peers != peers {
 		a.report(ctx)

@@ -41,6 +41,7 @@ func bindConfig(fs *pflag.FlagSet, c *netagent.Config) {
 	fs.IntVar(&c.ListenPort, "listen-port", c.ListenPort, "WireGuard UDP port")
 	fs.StringVar(&c.Endpoint, "endpoint", c.Endpoint, "host:port peers reach this gateway at")
 	fs.DurationVar(&c.Reconcile, "reconcile", c.Reconcile, "how often to check the kernel for drift")
+	fs.DurationVar(&c.ReportRefresh, "report-refresh", c.ReportRefresh, "how often to report when nothing changed (0: 2m)")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", c.MetricsAddr, "host:port for /metrics, /healthz and /readyz over plain HTTP (empty: off)")
 	// The hsm: section; the PIN itself is never a flag.
 	fs.StringVar(&c.HSM.Module, "hsm-module", c.HSM.Module, "PKCS#11 module of the token holding the TLS key (must be on the allowlist; empty: the key is a file)")
