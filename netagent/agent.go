@@ -33,7 +33,7 @@ type Agent struct {
 	applied *api.View // last view applied in full; nil before the first
 	digest  string    // digest of the table the last apply left in the kernel
 	// lastReport is the last report the controllers took, and when;
-	// zero after a failure. reportIfDue compares with it.
+	// zero after a failure. report compares with it.
 	lastReport   api.Report
 	lastReportAt time.Time
 }
@@ -192,7 +192,7 @@ func (a *Agent) apply(ctx context.Context, v *api.View) error {
 	a.log.Info("applied view", "raft_index", v.RaftIndex, "policy_version", v.PolicyVersion,
 		"peers", len(v.Peers), "rules", len(v.Rules), "peers_changed", peersChanged,
 		"rules_changed", rulesChanged, "ruleset_digest", a.digest, "took", time.Since(start).String())
-	a.report(ctx)
+	a.report(ctx, true)
 	return nil
 }
 
@@ -202,8 +202,11 @@ func (a *Agent) apply(ctx context.Context, v *api.View) error {
 const ReportRefresh = 2 * time.Minute
 
 // report tells the controller what is applied; a failure is logged and
-// retried on the next reconcile tick. a.mu must be held.
-func (a *Agent) report(ctx context.Context) {
+// retried on the next reconcile tick. Unless always, it reports only when
+// what the controllers know is out of date: the applied view, the ruleset
+// or the number of peers changed, the last report failed, or
+// report_refresh has passed. a.mu must be held.
+func (a *Agent) report(ctx context.Context, always bool) {
 	if a.applied == nil {
 		return
 	}
@@ -211,8 +214,6 @@ func (a *Agent) report(ctx context.Context) {
 	if err != nil {
 		a.log.Warn("read wireguard stats", "err", err)
 	}
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
 	rep := api.Report{
 		PolicyVersion: a.applied.PolicyVersion,
 		RaftIndex:     a.applied.RaftIndex,
@@ -220,17 +221,22 @@ func (a *Agent) report(ctx context.Context) {
 		Peers:         peers,
 		LastHandshake: hs,
 	}
-	a.lastReport, a.lastReportAt = api.Report{}, time.Time{} // unknown until it succeeds
-	err = a.client().Report(ctx, rep)
-	if err == nil {
-		a.lastReport, a.lastReportAt = rep, time.Now()
+	last := a.lastReport
+	if !always && !a.lastReportAt.IsZero() && time.Since(a.lastReportAt) < cmp.Or(a.cfg.ReportRefresh, ReportRefresh) &&
+		last.PolicyVersion == rep.PolicyVersion && last.RaftIndex == rep.RaftIndex &&
+		last.RulesetDigest == rep.RulesetDigest && last.Peers == rep.Peers {
+		return
 	}
-	if err != nil {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	a.lastReport, a.lastReportAt = api.Report{}, time.Time{} // unknown until it succeeds
+	if err := a.client().Report(ctx, rep); err != nil {
 		a.log.Warn("report", "err", err)
 		a.metrics.fail(stepReport)
 		a.metrics.connected.Set(0)
 		return
 	}
+	a.lastReport, a.lastReportAt = rep, time.Now()
 	a.metrics.connected.Set(1)
 }
 
@@ -258,24 +264,8 @@ func (a *Agent) reconcileLoop(ctx context.Context) {
 			a.log.Warn("wireguard device drifted from the applied view; repaired")
 			a.metrics.drift.WithLabelValues("wireguard").Inc()
 		}
-		a.reportIfDue(ctx)
+		a.report(ctx, false)
 		a.mu.Unlock()
-	}
-}
-
-// reportIfDue reports when what the controllers know is out of date: the
-// applied view, the ruleset or the number of peers changed, the last
-// report failed, or ReportRefresh has passed. a.mu must be held.
-func (a *Agent) reportIfDue(ctx context.Context) {
-	if a.applied == nil {
-		return
-	}
-	last := a.lastReport
-	peers, _, _ := a.dev.Stats()
-	if a.lastReportAt.IsZero() || time.Since(a.lastReportAt) >= cmp.Or(a.cfg.ReportRefresh, ReportRefresh) ||
-		last.PolicyVersion != a.applied.PolicyVersion || last.RaftIndex != a.applied.RaftIndex ||
-		last.RulesetDigest != a.digest || last.Peers != peers {
-		a.report(ctx)
 	}
 }
 

@@ -84,13 +84,7 @@ func (a *app) requestCmd() *cobra.Command {
 		Use:   "request",
 		Short: "Four-eyes changes: one person asks, an officer who is someone else approves",
 	}
-	create := func(ctx context.Context, c *api.Client, rc api.RequestCreate) error {
-		r, err := c.CreateRequest(ctx, rc)
-		if err != nil {
-			return err
-		}
-		return a.print(r, requestHeader, func(w io.Writer) { requestRow(w, *r) })
-	}
+	create := a.createRequest
 	var ttl time.Duration
 	var reason string
 	token := &cobra.Command{
@@ -209,6 +203,15 @@ func (a *app) requestCmd() *cobra.Command {
 	}
 	cmd.AddCommand(token, policy, revoke, list, approve, reject)
 	return cmd
+}
+
+// createRequest files a four-eyes request and prints it.
+func (a *app) createRequest(ctx context.Context, c *api.Client, rc api.RequestCreate) error {
+	r, err := c.CreateRequest(ctx, rc)
+	if err != nil {
+		return err
+	}
+	return a.print(r, requestHeader, func(w io.Writer) { requestRow(w, *r) })
 }
 
 const requestHeader = "ID\tKIND\tSUBJECT\tSTATUS\tREQUESTER\tAPPROVER\tCREATED"

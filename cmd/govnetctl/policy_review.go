@@ -33,11 +33,7 @@ func (a *app) policyReviewCmds() []*cobra.Command {
 				return err
 			}
 			return a.call(cmd, func(ctx context.Context, c *api.Client) error {
-				r, err := c.CreateRequest(ctx, api.RequestCreate{Kind: api.RequestPolicy, PolicyName: filepath.Base(args[0]), PolicySource: string(src), Reason: reason})
-				if err != nil {
-					return err
-				}
-				return a.print(r, requestHeader, func(w io.Writer) { requestRow(w, *r) })
+				return a.createRequest(ctx, c, api.RequestCreate{Kind: api.RequestPolicy, PolicyName: filepath.Base(args[0]), PolicySource: string(src), Reason: reason})
 			})
 		},
 	}
