@@ -308,7 +308,7 @@ func (n *Node) handleWatch(w http.ResponseWriter, r *http.Request, id ca.Identit
 			case deltas && sent == nil:
 				msg = api.WatchEvent{View: v}
 			case deltas:
-				msg = api.WatchEvent{Delta: api.Diff(sent, v)}
+				msg = api.WatchEvent{Delta: n.hub.delta(sent, v)}
 			}
 			if err := enc.Encode(msg); err != nil {
 				return

@@ -65,10 +65,16 @@ type viewHub struct {
 
 	polVersion uint64
 	pol        *policy.Policy
-	// reg is the registry as of the last pass: read whole on a full pass,
-	// then kept current with the touched gateways (only the hub's loop
-	// uses it).
-	reg *policy.Registry
+	// comp is the policy resolved against the registry as of the last
+	// pass: made on a full pass, then kept current with the touched
+	// gateways, so that a pass costs what the change touches rather than a
+	// resolution of the whole network (only the hub's loop uses it).
+	comp *policy.Compiler
+
+	// deltas holds, for views that a join or a leave changed, the change
+	// from the gateway's view before: what its stream sends, without
+	// diffing two views of tens of thousands of peers.
+	deltas map[string]*api.ViewDelta
 
 	// digests caches the expected ruleset digest of each gateway's view,
 	// computed on first use; an entry is valid for the view it was made from.
@@ -162,7 +168,7 @@ func (h *viewHub) recompute() error {
 		h.pol, h.polVersion = p, cur.Version
 	}
 	h.mu.Lock()
-	full := all || !h.complete || h.viewsVersion != cur.Version || h.viewsOverlay != overlay
+	full := all || !h.complete || h.viewsVersion != cur.Version || h.viewsOverlay != overlay || h.comp == nil && cur.Version != 0
 	h.mu.Unlock()
 	if !full && cur.Version != 0 {
 		for _, g := range touched {
@@ -175,10 +181,12 @@ func (h *viewHub) recompute() error {
 		return h.recomputeAll(index, overlay, cur.Version)
 	}
 	if len(ids) == 0 {
-		h.install(index, overlay, cur.Version, nil, nil, passIdle)
+		h.install(index, overlay, cur.Version, nil, nil, nil, passIdle)
 		return nil
 	}
-	h.updateRegistry(touched)
+	if h.comp != nil {
+		h.comp.Update(touched)
+	}
 	h.wakeUnenrolled(touched)
 	if cur.Version == 0 {
 		// No policy yet: every enrolled gateway has a view that denies all.
@@ -189,27 +197,26 @@ func (h *viewHub) recompute() error {
 				updates[g.ID] = &api.View{Gateway: g.ID, OverlayIP: g.OverlayIP}
 			}
 		}
-		h.install(index, overlay, 0, updates, touched, passIncremental)
+		h.install(index, overlay, 0, updates, nil, touched, passIncremental)
 		return nil
 	}
-	if updates, ok := h.patchLeaving(touched); ok {
-		h.install(index, overlay, cur.Version, updates, touched, passPatched)
+	if updates, deltas, ok := h.patchLeaving(touched); ok {
+		h.install(index, overlay, cur.Version, updates, deltas, touched, passPatched)
 		return nil
 	}
 	if h.joinOnly(touched) {
-		own, added, err := h.pol.CompileJoin(h.reg, ids)
-		if err != nil {
-			return h.fail(fmt.Errorf("policy version %d: %w", cur.Version, err))
-		}
+		own, added := h.comp.CompileJoin(ids)
 		h.mu.Lock()
 		updates := own
+		deltas := make(map[string]*api.ViewDelta, len(added))
 		for d, part := range added {
 			if base := h.views[d]; base != nil {
 				updates[d] = withPart(base, part)
+				deltas[d] = &api.ViewDelta{PeersSet: part.Peers, RulesAdded: part.Rules}
 			} // else d joined after this pass read the changes: the next pass compiles its view whole
 		}
 		h.mu.Unlock()
-		h.install(index, overlay, cur.Version, updates, touched, passJoined)
+		h.install(index, overlay, cur.Version, updates, deltas, touched, passJoined)
 		return nil
 	}
 	// Someone changed: compile the touched gateways, their peers before
@@ -222,10 +229,7 @@ func (h *viewHub) recompute() error {
 		}
 	}
 	h.mu.Unlock()
-	views, err := h.pol.CompileAround(h.reg, ids, also)
-	if err != nil {
-		return h.fail(fmt.Errorf("policy version %d: %w", cur.Version, err))
-	}
+	views := h.comp.CompileAround(ids, also)
 	updates := make(map[string]*api.View, len(ids)+len(also)+len(views))
 	for _, id := range ids {
 		updates[id] = nil
@@ -234,7 +238,7 @@ func (h *viewHub) recompute() error {
 		updates[id] = nil
 	}
 	maps.Copy(updates, views)
-	h.install(index, overlay, cur.Version, updates, touched, passIncremental)
+	h.install(index, overlay, cur.Version, updates, nil, touched, passIncremental)
 	return nil
 }
 
@@ -242,7 +246,7 @@ func (h *viewHub) recompute() error {
 func (h *viewHub) recomputeAll(index uint64, overlay netip.Prefix, version uint64) error {
 	s := h.state
 	reg := &policy.Registry{Agencies: s.Agencies(), Gateways: s.Gateways()}
-	h.reg = reg
+	h.comp = nil
 	h.wakeUnenrolled(reg.Gateways)
 
 	views := map[string]*api.View{}
@@ -254,10 +258,11 @@ func (h *viewHub) recomputeAll(index uint64, overlay netip.Prefix, version uint6
 			}
 		}
 	} else {
-		var err error
-		if views, err = h.pol.Compile(reg); err != nil {
+		comp, err := h.pol.NewCompiler(reg)
+		if err != nil {
 			return h.fail(fmt.Errorf("policy version %d: %w", version, err))
 		}
+		h.comp, views = comp, comp.All()
 	}
 	h.mu.Lock()
 	for id := range h.views {
@@ -266,7 +271,7 @@ func (h *viewHub) recomputeAll(index uint64, overlay netip.Prefix, version uint6
 		}
 	}
 	h.mu.Unlock()
-	h.install(index, overlay, version, views, reg.Gateways, passFull)
+	h.install(index, overlay, version, views, nil, reg.Gateways, passFull)
 	return nil
 }
 
@@ -276,51 +281,43 @@ func (h *viewHub) recomputeAll(index uint64, overlay netip.Prefix, version uint6
 // is false when that is not enough: a touched gateway participates now,
 // or shares a source prefix with another gateway (its peers' rules for
 // that prefix may stay).
-func (h *viewHub) patchLeaving(touched []api.Gateway) (updates map[string]*api.View, ok bool) {
+func (h *viewHub) patchLeaving(touched []api.Gateway) (updates map[string]*api.View, deltas map[string]*api.ViewDelta, ok bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for i := range touched {
 		g := &touched[i]
 		if policy.Participates(g) || h.sources[g.ID] == nil && len(h.peersOf[g.ID]) > 0 {
-			return nil, false
+			return nil, nil, false
 		}
 		for _, p := range h.sources[g.ID] {
 			if h.srcCount[p] > 1 {
-				return nil, false
+				return nil, nil, false
 			}
 		}
 	}
-	updates = map[string]*api.View{}
+	updates, deltas = map[string]*api.View{}, map[string]*api.ViewDelta{}
 	for _, g := range touched {
 		if _, had := h.views[g.ID]; had {
 			updates[g.ID] = nil
 		}
 		for d := range h.peersOf[g.ID] {
-			base, ok := updates[d]
-			if !ok {
+			base, again := updates[d]
+			if !again {
 				base = h.views[d]
 			}
 			if base == nil {
 				continue // leaving too
 			}
-			updates[d] = withoutPeer(base, g.ID, h.sources[g.ID])
+			v, removed := withoutPeer(base, g.ID, h.sources[g.ID])
+			updates[d] = v
+			if again {
+				delete(deltas, d) // two leave d in one pass: its stream diffs
+			} else {
+				deltas[d] = &api.ViewDelta{PeersRemoved: []string{g.ID}, RulesRemoved: removed}
+			}
 		}
 	}
-	return updates, true
-}
-
-// updateRegistry brings the hub's copy of the registry up to date with
-// the touched gateways, read with the changes; the registry is sorted by
-// gateway id, as State.Gateways returns it.
-func (h *viewHub) updateRegistry(gws []api.Gateway) {
-	for _, g := range gws {
-		i, found := slices.BinarySearchFunc(h.reg.Gateways, g.ID, func(x api.Gateway, id string) int { return strings.Compare(x.ID, id) })
-		if found {
-			h.reg.Gateways[i] = g
-		} else {
-			h.reg.Gateways = slices.Insert(h.reg.Gateways, i, g)
-		}
-	}
+	return updates, deltas, true
 }
 
 // joinOnly says whether every touched gateway joins: it participates now,
@@ -369,13 +366,15 @@ func insertSorted[T any](a, b []T, cmp func(T, T) int) []T {
 
 // withoutPeer returns a copy of v without peer id and without the rules
 // that admit the prefixes src (rules are sorted by source, so each
-// prefix's rules are one run). v is left as it is: published views are
-// never modified.
-func withoutPeer(v *api.View, id string, src []netip.Prefix) *api.View {
+// prefix's rules are one run), and the rules it took out, sorted. v is
+// left as it is: published views are never modified.
+func withoutPeer(v *api.View, id string, src []netip.Prefix) (*api.View, []api.Rule) {
 	nv := *v
 	if i, found := slices.BinarySearchFunc(v.Peers, id, func(p api.Peer, id string) int { return strings.Compare(p.Gateway, id) }); found {
-		nv.Peers = slices.Delete(slices.Clone(v.Peers), i, i+1)
+		peers := make([]api.Peer, 0, len(v.Peers)-1)
+		nv.Peers = append(append(peers, v.Peers[:i]...), v.Peers[i+1:]...)
 	}
+	var removed []api.Rule
 	for _, p := range src {
 		lo, _ := slices.BinarySearchFunc(nv.Rules, p, func(r api.Rule, p netip.Prefix) int { return r.Source.Compare(p) })
 		hi := lo
@@ -383,18 +382,23 @@ func withoutPeer(v *api.View, id string, src []netip.Prefix) *api.View {
 			hi++
 		}
 		if hi > lo {
+			removed = append(removed, nv.Rules[lo:hi]...)
 			rules := make([]api.Rule, 0, len(nv.Rules)-(hi-lo))
 			nv.Rules = append(append(rules, nv.Rules[:lo]...), nv.Rules[hi:]...)
 		}
 	}
-	return &nv
+	slices.SortFunc(removed, api.CompareRules)
+	return &nv, removed
 }
 
 // install publishes updates (a nil view removes the gateway's view),
 // keeps the reverse index and the source counts, and wakes the streams
 // of the views that changed. gws are the gateways the pass read: their
-// source prefixes are recorded (all of them on a full pass).
-func (h *viewHub) install(index uint64, overlay netip.Prefix, version uint64, updates map[string]*api.View, gws []api.Gateway, kind passKind) {
+// source prefixes are recorded (all of them on a full pass). deltas, when
+// a pass knows them, are the changes from each gateway's current view to
+// its update (only peers and rules set): the update is then known to
+// differ, and its stream sends the delta as it is.
+func (h *viewHub) install(index uint64, overlay netip.Prefix, version uint64, updates map[string]*api.View, deltas map[string]*api.ViewDelta, gws []api.Gateway, kind passKind) {
 	full := kind == passFull
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -406,6 +410,7 @@ func (h *viewHub) install(index uint64, overlay netip.Prefix, version uint64, up
 				h.reindex(id, old, nil)
 				delete(h.views, id)
 				delete(h.digests, id)
+				delete(h.deltas, id)
 				h.notify(id)
 			}
 			continue
@@ -418,12 +423,22 @@ func (h *viewHub) install(index uint64, overlay netip.Prefix, version uint64, up
 		if v.Rules == nil {
 			v.Rules = []api.Rule{}
 		}
-		if had && sameView(old, v) {
+		d := deltas[id]
+		if had && d == nil && sameView(old, v) {
 			continue
 		}
 		v.RaftIndex = index
 		h.reindex(id, old, v)
 		h.views[id] = v
+		delete(h.deltas, id)
+		if had && d != nil && old.PolicyVersion == version && old.OverlayPrefix == overlay {
+			d.Gateway, d.BaseIndex, d.RaftIndex, d.PolicyVersion = id, old.RaftIndex, index, version
+			d.OverlayIP, d.OverlayPrefix = v.OverlayIP, overlay
+			if h.deltas == nil {
+				h.deltas = map[string]*api.ViewDelta{}
+			}
+			h.deltas[id] = d
+		}
 		h.notify(id)
 	}
 	if full {
@@ -644,6 +659,19 @@ func (h *viewHub) expected(id string) (digest string, v *api.View, ok bool) {
 	}
 	h.mu.Unlock()
 	return d, v, true
+}
+
+// delta returns the change from sent, a view of gateway id a stream sent
+// before, to cur, its current view: the one the pass that made cur
+// recorded, or else the two views' difference.
+func (h *viewHub) delta(sent, cur *api.View) *api.ViewDelta {
+	h.mu.Lock()
+	d := h.deltas[cur.Gateway]
+	h.mu.Unlock()
+	if d != nil && d.BaseIndex == sent.RaftIndex && d.RaftIndex == cur.RaftIndex {
+		return d
+	}
+	return api.Diff(sent, cur)
 }
 
 // view returns gateway id's current view; views are never mutated once

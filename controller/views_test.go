@@ -79,10 +79,14 @@ func (x *hubFixture) publish(src string) {
 func (x *hubFixture) pass() string {
 	x.t.Helper()
 	before := x.h.passCounts()
+	x.h.mu.Lock()
+	prev := maps.Clone(x.h.views)
+	x.h.mu.Unlock()
 	if err := x.h.recompute(); err != nil {
 		x.t.Fatal(err)
 	}
 	x.check()
+	x.checkDeltas(prev)
 	after := x.h.passCounts()
 	switch {
 	case after.Full > before.Full:
@@ -98,6 +102,32 @@ func (x *hubFixture) pass() string {
 	}
 	x.t.Fatal("no pass was counted")
 	return ""
+}
+
+// checkDeltas checks the deltas the pass recorded: each, applied to the
+// view from before the pass, gives the view after, as api.Diff does.
+func (x *hubFixture) checkDeltas(prev map[string]*api.View) {
+	x.t.Helper()
+	x.h.mu.Lock()
+	defer x.h.mu.Unlock()
+	for id, d := range x.h.deltas {
+		cur, old := x.h.views[id], prev[id]
+		if old == nil || cur == nil || old == cur {
+			continue // recorded by an earlier pass, for views since replaced
+		}
+		got, err := d.Apply(old)
+		if err != nil {
+			x.t.Fatalf("recorded delta of %s: %v", id, err)
+		}
+		if !sameView(got, cur) {
+			x.t.Fatalf("recorded delta of %s does not give its view:\n got %+v\nwant %+v", id, got, cur)
+		}
+		diff := api.Diff(old, cur)
+		if len(diff.PeersSet) != len(d.PeersSet) || len(diff.PeersRemoved) != len(d.PeersRemoved) ||
+			len(diff.RulesAdded) != len(d.RulesAdded) || len(diff.RulesRemoved) != len(d.RulesRemoved) {
+			x.t.Fatalf("recorded delta of %s is not minimal: %+v, api.Diff %+v", id, d, diff)
+		}
+	}
 }
 
 func (x *hubFixture) check() {

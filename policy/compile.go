@@ -2,8 +2,8 @@ package policy
 
 import (
 	"maps"
-	"net/netip"
 	"slices"
+	"strings"
 
 	"github.com/govnet/govnet/api"
 )
@@ -38,13 +38,7 @@ func (p *Policy) CompileFor(reg *Registry, ids []string) (map[string]*api.View, 
 	if err != nil {
 		return nil, err
 	}
-	want := newBitset(len(r.ix.members))
-	for _, id := range ids {
-		if i, ok := r.ix.memberIdx[id]; ok {
-			want.set(i)
-		}
-	}
-	return r.compileFor(want, nil), nil
+	return r.compileFor(r.setOf(ids), nil), nil
 }
 
 // CompileJoin is for gateways ids that join the overlay: before the change
@@ -60,22 +54,8 @@ func (p *Policy) CompileJoin(reg *Registry, ids []string) (own, added map[string
 	if err != nil {
 		return nil, nil, err
 	}
-	n := len(r.ix.members)
-	joining, peers := newBitset(n), newBitset(n)
-	for _, id := range ids {
-		if i, ok := r.ix.memberIdx[id]; ok {
-			joining.set(i)
-		}
-	}
-	own = r.compileFor(joining, nil)
-	for _, v := range own {
-		for _, peer := range v.Peers {
-			if i, ok := r.ix.memberIdx[peer.Gateway]; ok && !joining.has(i) {
-				peers.set(i)
-			}
-		}
-	}
-	return own, r.compileFor(peers, joining), nil
+	own, added = r.join(ids)
+	return own, added, nil
 }
 
 // CompileAround returns the views a change to the gateways ids can alter:
@@ -90,13 +70,37 @@ func (p *Policy) CompileAround(reg *Registry, ids, also []string) (map[string]*a
 	if err != nil {
 		return nil, err
 	}
-	n := len(r.ix.members)
-	first, rest := newBitset(n), newBitset(n)
+	return r.around(ids, also), nil
+}
+
+// setOf returns the set of the members among ids.
+func (r *resolver) setOf(ids []string) bitset {
+	b := newBitset(len(r.ix.members))
 	for _, id := range ids {
 		if i, ok := r.ix.memberIdx[id]; ok {
-			first.set(i)
+			b.set(i)
 		}
 	}
+	return b
+}
+
+func (r *resolver) join(ids []string) (own, added map[string]*api.View) {
+	joining := r.setOf(ids)
+	peers := newBitset(len(r.ix.members))
+	own = r.compileFor(joining, nil)
+	for _, v := range own {
+		for _, peer := range v.Peers {
+			if i, ok := r.ix.memberIdx[peer.Gateway]; ok && !joining.has(i) {
+				peers.set(i)
+			}
+		}
+	}
+	return own, r.compileFor(peers, joining)
+}
+
+func (r *resolver) around(ids, also []string) map[string]*api.View {
+	first := r.setOf(ids)
+	rest := newBitset(len(r.ix.members))
 	views := r.compileFor(first, nil)
 	for _, v := range views {
 		for _, peer := range v.Peers {
@@ -113,7 +117,7 @@ func (p *Policy) CompileAround(reg *Registry, ids, also []string) (map[string]*a
 	if len(rest.members()) > 0 {
 		maps.Copy(views, r.compileFor(rest, nil))
 	}
-	return views, nil
+	return views
 }
 
 type portProto struct {
@@ -143,49 +147,61 @@ func (r *resolver) compile() map[string]*api.View { return r.compileFor(nil, nil
 // only and the rules for their prefixes: the part of each view that names
 // them.
 func (r *resolver) compileFor(want, only bitset) map[string]*api.View {
-	members := r.ix.members
+	members, sources := r.ix.members, r.ix.memberSrc
 	n := len(members)
-
-	// What a gateway sends from: its overlay address, then its LANs.
-	sources := make([][]netip.Prefix, n)
-	for i, gw := range members {
-		src := []netip.Prefix{overlayPrefix(gw.OverlayIP)}
-		for _, lan := range gw.LANs {
-			if lan.IsValid() {
-				src = append(src, lan.Masked())
-			}
-		}
-		sources[i] = src
-	}
 
 	type acc struct {
 		rules []api.Rule
 		peers []int
 	}
-	accs := make([]acc, n)
+	// A whole compile fills one accumulator per member; a partial one only
+	// those it wants, so its cost does not grow with the network.
+	var dense []acc
+	var sparse map[int]*acc
+	if want == nil {
+		dense = make([]acc, n)
+	} else {
+		sparse = map[int]*acc{}
+	}
+	accOf := func(i int) *acc {
+		if dense != nil {
+			return &dense[i]
+		}
+		a := sparse[i]
+		if a == nil {
+			a = &acc{}
+			sparse[i] = a
+		}
+		return a
+	}
+	// within restricts a set to the members in limit, when there is one.
+	within := func(b, limit bitset) []int {
+		if limit != nil {
+			b = b.and(limit)
+		}
+		return b.members()
+	}
 	for _, rule := range r.p.Rules {
 		from := newBitset(n)
 		for _, ref := range rule.From {
 			from.or(r.ref(ref.Name))
 		}
-		src := from.members()
-		if len(src) == 0 {
-			continue
-		}
+		var src []int // sources that can enter the views compiled: those in only
+		srcDone := false
 		for _, to := range rule.To {
 			specs := rule.Ports
 			if s := r.nm.services[to.Name]; s != nil {
 				specs = s.Ports
 			}
 			ports := expand(specs)
-			dst := r.ref(to.Name).members()
-			for _, d := range dst {
-				if want != nil && !want.has(d) {
-					continue
+			dstSet := r.ref(to.Name)
+			for _, d := range within(dstSet, want) {
+				if !srcDone {
+					src, srcDone = within(from, only), true
 				}
-				a := &accs[d]
+				a := accOf(d)
 				for _, s := range src {
-					if s == d || only != nil && !only.has(s) {
+					if s == d {
 						continue
 					}
 					for _, pfx := range sources[s] {
@@ -197,25 +213,36 @@ func (r *resolver) compileFor(want, only bitset) map[string]*api.View {
 				}
 			}
 			// Sources peer with every destination.
-			for _, s := range src {
-				if want != nil && !want.has(s) {
-					continue
-				}
+			senders := within(from, want)
+			if len(senders) == 0 {
+				continue
+			}
+			dst := within(dstSet, only)
+			for _, s := range senders {
+				a := accOf(s)
 				for _, d := range dst {
-					if s != d && (only == nil || only.has(d)) {
-						accs[s].peers = append(accs[s].peers, d)
+					if s != d {
+						a.peers = append(a.peers, d)
 					}
 				}
 			}
 		}
 	}
 
-	views := make(map[string]*api.View, n)
-	for i, gw := range members {
-		if want != nil && !want.has(i) {
-			continue
+	var ids []int
+	if want == nil {
+		for i, gw := range members {
+			if gw != nil {
+				ids = append(ids, i)
+			}
 		}
-		a := &accs[i]
+	} else {
+		ids = want.members()
+	}
+	views := make(map[string]*api.View, len(ids))
+	for _, i := range ids {
+		gw := members[i]
+		a := accOf(i)
 		slices.Sort(a.peers)
 		a.peers = slices.Compact(a.peers)
 		peers := make([]api.Peer, 0, len(a.peers))
@@ -229,6 +256,10 @@ func (r *resolver) compileFor(want, only bitset) map[string]*api.View {
 				AllowedIPs: slices.Clone(sources[j]),
 			})
 		}
+		// Slots follow gateway ids only in a fresh index.
+		if !slices.IsSortedFunc(peers, comparePeerIDs) {
+			slices.SortFunc(peers, comparePeerIDs)
+		}
 		slices.SortFunc(a.rules, api.CompareRules)
 		rules := slices.Clip(slices.Compact(a.rules))
 		if rules == nil {
@@ -239,3 +270,5 @@ func (r *resolver) compileFor(want, only bitset) map[string]*api.View {
 	}
 	return views
 }
+
+func comparePeerIDs(a, b api.Peer) int { return strings.Compare(a.Gateway, b.Gateway) }

@@ -39,9 +39,14 @@ type index struct {
 	level       map[string]agency.Level
 	gateways    map[string]*api.Gateway
 	gatewayIDs  []string // sorted, for hints
+	// members are the participating gateways by slot. A fresh index has
+	// them sorted by id; a Compiler's updates reuse freed slots (nil until
+	// then) and append new ones, so slot order is not id order.
 	members     []*api.Gateway
 	memberIdx   map[string]int
-	memberLevel []agency.Level // 0 when the gateway's agency is unknown and its code malformed
+	memberLevel []agency.Level   // 0 when the gateway's agency is unknown and its code malformed
+	memberSrc   [][]netip.Prefix // what each member sends from: overlay address, then LANs
+	free        []int            // slots of members that left
 	byAgency    map[string][]int
 }
 
@@ -86,12 +91,26 @@ func newIndex(reg *Registry) (*index, ErrorList) {
 	slices.Sort(ix.gatewayIDs)
 	slices.SortFunc(ix.members, func(a, b *api.Gateway) int { return strings.Compare(a.ID, b.ID) })
 	ix.memberLevel = make([]agency.Level, len(ix.members))
+	ix.memberSrc = make([][]netip.Prefix, len(ix.members))
 	for i, gw := range ix.members {
 		ix.memberIdx[gw.ID] = i
 		ix.byAgency[gw.Agency] = append(ix.byAgency[gw.Agency], i)
 		ix.memberLevel[i] = ix.levelOf(gw.Agency)
+		ix.memberSrc[i] = sources(gw)
 	}
 	return ix, problems
+}
+
+// sources lists the prefixes a gateway sends from, as views name them:
+// its overlay address, then its LANs.
+func sources(gw *api.Gateway) []netip.Prefix {
+	src := []netip.Prefix{overlayPrefix(gw.OverlayIP)}
+	for _, lan := range gw.LANs {
+		if lan.IsValid() {
+			src = append(src, lan.Masked())
+		}
+	}
+	return src
 }
 
 // levelOf is an agency's stored level, or its code's when the registry
@@ -161,6 +180,7 @@ type resolver struct {
 	ix     *index
 	groups map[string]bitset
 	svcs   map[string]bitset
+	gws    map[string]bitset // rules' references to single gateways
 }
 
 // resolve validates the policy and returns a resolver for it.
@@ -174,7 +194,7 @@ func (p *Policy) resolve(reg *Registry) (*resolver, error) {
 	if err := e.errors.Err(); err != nil {
 		return nil, err
 	}
-	return &resolver{p: p, nm: nm, ix: ix, groups: make(map[string]bitset), svcs: make(map[string]bitset)}, nil
+	return &resolver{p: p, nm: nm, ix: ix, groups: make(map[string]bitset), svcs: make(map[string]bitset), gws: make(map[string]bitset)}, nil
 }
 
 type validator struct {
@@ -303,7 +323,7 @@ func (r *resolver) group(name string) bitset {
 		// Gateways of one agency share the answer: ask once per agency.
 		under := map[string]bool{}
 		for i, gw := range r.ix.members {
-			if r.ix.memberLevel[i] == 0 || g.Level != 0 && r.ix.memberLevel[i] != g.Level {
+			if gw == nil || r.ix.memberLevel[i] == 0 || g.Level != 0 && r.ix.memberLevel[i] != g.Level {
 				continue
 			}
 			if g.Subtree != nil {
@@ -362,10 +382,14 @@ func (r *resolver) ref(name string) bitset {
 	if r.nm.groups[name] != nil {
 		return r.group(name)
 	}
+	if b, ok := r.gws[name]; ok {
+		return b
+	}
 	b := newBitset(len(r.ix.members))
 	if i, ok := r.ix.memberIdx[name]; ok {
 		b.set(i)
 	}
+	r.gws[name] = b
 	return b
 }
 
@@ -388,6 +412,17 @@ func (b bitset) or(c bitset) {
 	for i := range b {
 		b[i] |= c[i]
 	}
+}
+
+func (b bitset) clear(i int) { b[i/64] &^= 1 << (i % 64) }
+
+// and returns a new set of the members in both b and c.
+func (b bitset) and(c bitset) bitset {
+	out := make(bitset, len(b))
+	for i := range b {
+		out[i] = b[i] & c[i]
+	}
+	return out
 }
 
 // members lists the indices in the set, ascending.
