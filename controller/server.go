@@ -284,7 +284,7 @@ func (n *Node) handleEnroll(w http.ResponseWriter, r *http.Request) {
 func (n *Node) handleWatch(w http.ResponseWriter, r *http.Request, id ca.Identity) {
 	since, _ := strconv.ParseUint(r.URL.Query().Get("since"), 10, 64)
 	deltas := r.URL.Query().Get("deltas") == "1"
-	var sent *api.View // the view the client has, when this stream sent it
+	var sent *hubView // the view the client has, when this stream sent it
 	flusher, ok := w.(http.Flusher)
 	if !ok {
 		writeError(w, http.StatusInternalServerError, "streaming unsupported")
@@ -302,19 +302,25 @@ func (n *Node) handleWatch(w http.ResponseWriter, r *http.Request, id ca.Identit
 		if g, ok := n.State().Gateway(id.Name); !ok || g.Status != api.StatusEnrolled {
 			return // revoked or removed: the stream ends
 		}
-		if v, ok := n.hub.view(id.Name); ok && v.RaftIndex > since {
-			var msg any = v // a client without deltas gets whole views
+		if v, ok := n.hub.view(id.Name); ok && v.head.RaftIndex > since {
+			var msgs []any
 			switch {
-			case deltas && sent == nil:
-				msg = api.WatchEvent{View: v}
-			case deltas:
-				msg = api.WatchEvent{Delta: n.hub.delta(sent, v)}
+			case !deltas:
+				msgs = []any{v.View()} // a client without deltas gets whole views
+			case sent == nil:
+				msgs = []any{api.WatchEvent{View: v.View()}}
+			default:
+				for _, d := range n.hub.since(sent, v) {
+					msgs = append(msgs, api.WatchEvent{Delta: d})
+				}
 			}
-			if err := enc.Encode(msg); err != nil {
-				return
+			for _, msg := range msgs {
+				if err := enc.Encode(msg); err != nil {
+					return
+				}
 			}
 			flusher.Flush()
-			since, sent = v.RaftIndex, v
+			since, sent = v.head.RaftIndex, v
 		}
 		select {
 		case <-r.Context().Done():
@@ -376,7 +382,7 @@ func (n *Node) handleGateways(w http.ResponseWriter, r *http.Request, _ ca.Ident
 // attest compares what a gateway reported with the ruleset its current
 // view compiles to.
 func (n *Node) attest(g *api.Gateway) {
-	want, v, ok := n.hub.expected(g.ID)
+	want, viewIndex, ok := n.hub.expected(g.ID)
 	if !ok || want == "" {
 		return
 	}
@@ -384,7 +390,7 @@ func (n *Node) attest(g *api.Gateway) {
 	switch {
 	case g.Report != nil && g.Report.RulesetDigest == want:
 		g.Ruleset = api.RulesetOK
-	case g.Report == nil || g.Report.RaftIndex < v.RaftIndex:
+	case g.Report == nil || g.Report.RaftIndex < viewIndex:
 		g.Ruleset = api.RulesetPending
 	default:
 		g.Ruleset = api.RulesetMismatch

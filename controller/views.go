@@ -39,7 +39,7 @@ type viewHub struct {
 	trigger chan struct{}
 
 	mu      sync.Mutex
-	views   map[string]*api.View
+	views   map[string]*hubView
 	subs    map[string]map[chan struct{}]struct{}
 	compErr error // why the last compile failed, if it did
 	// computed is the raft index the views were last compiled at;
@@ -71,10 +71,11 @@ type viewHub struct {
 	// resolution of the whole network (only the hub's loop uses it).
 	comp *policy.Compiler
 
-	// deltas holds, for views that a join or a leave changed, the change
-	// from the gateway's view before: what its stream sends, without
-	// diffing two views of tens of thousands of peers.
-	deltas map[string]*api.ViewDelta
+	// deltas holds, for views that joins and leaves changed, the changes
+	// that led to the current view, oldest first (at most maxDeltas): what
+	// a stream sends, without diffing two views of tens of thousands of
+	// peers. A view compiled whole starts its history afresh.
+	deltas map[string][]*api.ViewDelta
 
 	// digests caches the expected ruleset digest of each gateway's view,
 	// computed on first use; an entry is valid for the view it was made from.
@@ -101,7 +102,7 @@ const (
 )
 
 type expectedDigest struct {
-	view   *api.View
+	view   *hubView
 	digest string
 }
 
@@ -110,7 +111,7 @@ func newViewHub(state *State, log *slog.Logger) *viewHub {
 		state:    state,
 		log:      log,
 		trigger:  make(chan struct{}, 1),
-		views:    map[string]*api.View{},
+		views:    map[string]*hubView{},
 		subs:     map[string]map[chan struct{}]struct{}{},
 		compiled: make(chan struct{}),
 		peersOf:  map[string]map[string]struct{}{},
@@ -190,11 +191,11 @@ func (h *viewHub) recompute() error {
 	h.wakeUnenrolled(touched)
 	if cur.Version == 0 {
 		// No policy yet: every enrolled gateway has a view that denies all.
-		updates := map[string]*api.View{}
+		updates := map[string]*hubView{}
 		for _, g := range touched {
 			updates[g.ID] = nil
 			if g.Status == api.StatusEnrolled {
-				updates[g.ID] = &api.View{Gateway: g.ID, OverlayIP: g.OverlayIP}
+				updates[g.ID] = newHubView(&api.View{Gateway: g.ID, OverlayIP: g.OverlayIP})
 			}
 		}
 		h.install(index, overlay, 0, updates, nil, touched, passIncremental)
@@ -207,7 +208,7 @@ func (h *viewHub) recompute() error {
 	if h.joinOnly(touched) {
 		own, added := h.comp.CompileJoin(ids)
 		h.mu.Lock()
-		updates := own
+		updates := hubViews(own)
 		deltas := make(map[string]*api.ViewDelta, len(added))
 		for d, part := range added {
 			if base := h.views[d]; base != nil {
@@ -230,14 +231,14 @@ func (h *viewHub) recompute() error {
 	}
 	h.mu.Unlock()
 	views := h.comp.CompileAround(ids, also)
-	updates := make(map[string]*api.View, len(ids)+len(also)+len(views))
+	updates := make(map[string]*hubView, len(ids)+len(also)+len(views))
 	for _, id := range ids {
 		updates[id] = nil
 	}
 	for _, id := range also {
 		updates[id] = nil
 	}
-	maps.Copy(updates, views)
+	maps.Copy(updates, hubViews(views))
 	h.install(index, overlay, cur.Version, updates, nil, touched, passIncremental)
 	return nil
 }
@@ -271,7 +272,7 @@ func (h *viewHub) recomputeAll(index uint64, overlay netip.Prefix, version uint6
 		}
 	}
 	h.mu.Unlock()
-	h.install(index, overlay, version, views, nil, reg.Gateways, passFull)
+	h.install(index, overlay, version, hubViews(views), nil, reg.Gateways, passFull)
 	return nil
 }
 
@@ -281,7 +282,7 @@ func (h *viewHub) recomputeAll(index uint64, overlay netip.Prefix, version uint6
 // is false when that is not enough: a touched gateway participates now,
 // or shares a source prefix with another gateway (its peers' rules for
 // that prefix may stay).
-func (h *viewHub) patchLeaving(touched []api.Gateway) (updates map[string]*api.View, deltas map[string]*api.ViewDelta, ok bool) {
+func (h *viewHub) patchLeaving(touched []api.Gateway) (updates map[string]*hubView, deltas map[string]*api.ViewDelta, ok bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for i := range touched {
@@ -295,7 +296,7 @@ func (h *viewHub) patchLeaving(touched []api.Gateway) (updates map[string]*api.V
 			}
 		}
 	}
-	updates, deltas = map[string]*api.View{}, map[string]*api.ViewDelta{}
+	updates, deltas = map[string]*hubView{}, map[string]*api.ViewDelta{}
 	for _, g := range touched {
 		if _, had := h.views[g.ID]; had {
 			updates[g.ID] = nil
@@ -343,52 +344,81 @@ func (h *viewHub) joinOnly(touched []api.Gateway) bool {
 	return true
 }
 
-// withPart returns a copy of v with the peers and rules of part added;
-// part names none that v has.
-func withPart(v, part *api.View) *api.View {
-	nv := *v
-	nv.Peers = insertSorted(v.Peers, part.Peers, func(a, b api.Peer) int { return strings.Compare(a.Gateway, b.Gateway) })
-	nv.Rules = insertSorted(v.Rules, part.Rules, api.CompareRules)
-	return &nv
+// withPart returns v with the peers and rules of part added; part names
+// none that v has.
+func withPart(v *hubView, part *api.View) *hubView {
+	return &hubView{head: v.head, peers: v.peers.Insert(part.Peers, comparePeers), rules: v.rules.Insert(part.Rules, api.CompareRules)}
 }
 
-// insertSorted returns a new slice of a and b, both sorted by cmp, in
-// order; b is expected to be short.
-func insertSorted[T any](a, b []T, cmp func(T, T) int) []T {
-	out := make([]T, 0, len(a)+len(b))
-	for _, x := range b {
-		i, _ := slices.BinarySearchFunc(a, x, cmp)
-		out = append(append(out, a[:i]...), x)
-		a = a[i:]
-	}
-	return append(out, a...)
-}
+func comparePeers(a, b api.Peer) int { return strings.Compare(a.Gateway, b.Gateway) }
 
-// withoutPeer returns a copy of v without peer id and without the rules
-// that admit the prefixes src (rules are sorted by source, so each
-// prefix's rules are one run), and the rules it took out, sorted. v is
-// left as it is: published views are never modified.
-func withoutPeer(v *api.View, id string, src []netip.Prefix) (*api.View, []api.Rule) {
-	nv := *v
-	if i, found := slices.BinarySearchFunc(v.Peers, id, func(p api.Peer, id string) int { return strings.Compare(p.Gateway, id) }); found {
-		peers := make([]api.Peer, 0, len(v.Peers)-1)
-		nv.Peers = append(append(peers, v.Peers[:i]...), v.Peers[i+1:]...)
+// withoutPeer returns v without peer id and without the rules that admit
+// the prefixes src (rules are sorted by source, so each prefix's rules are
+// one run), and the rules it took out, sorted. v is left as it is:
+// published views are never modified.
+func withoutPeer(v *hubView, id string, src []netip.Prefix) (*hubView, []api.Rule) {
+	nv := &hubView{head: v.head, peers: v.peers, rules: v.rules}
+	if i := v.peers.Search(func(p api.Peer) bool { return p.Gateway < id }); i < v.peers.Len() && v.peers.At(i).Gateway == id {
+		nv.peers = v.peers.Delete(i, i+1)
 	}
 	var removed []api.Rule
 	for _, p := range src {
-		lo, _ := slices.BinarySearchFunc(nv.Rules, p, func(r api.Rule, p netip.Prefix) int { return r.Source.Compare(p) })
-		hi := lo
-		for hi < len(nv.Rules) && nv.Rules[hi].Source == p {
-			hi++
+		lo := nv.rules.Search(func(r api.Rule) bool { return r.Source.Compare(p) < 0 })
+		hi := nv.rules.Search(func(r api.Rule) bool { return r.Source.Compare(p) <= 0 })
+		for i := lo; i < hi; i++ {
+			removed = append(removed, nv.rules.At(i))
 		}
-		if hi > lo {
-			removed = append(removed, nv.Rules[lo:hi]...)
-			rules := make([]api.Rule, 0, len(nv.Rules)-(hi-lo))
-			nv.Rules = append(append(rules, nv.Rules[:lo]...), nv.Rules[hi:]...)
-		}
+		nv.rules = nv.rules.Delete(lo, hi)
 	}
 	slices.SortFunc(removed, api.CompareRules)
-	return &nv, removed
+	return nv, removed
+}
+
+// maxDeltas bounds the changes kept per view for its streams.
+const maxDeltas = 32
+
+// hubView is a gateway's view as the hub keeps it: its peers and rules in
+// chunked lists, so that a join or a leave on a view of tens of thousands
+// of peers copies a chunk of each, not the whole view. Never modified once
+// installed but for the API form, made on first use.
+type hubView struct {
+	head  api.View // all but Peers and Rules
+	peers chunks[api.Peer]
+	rules chunks[api.Rule]
+
+	once sync.Once
+	full *api.View
+}
+
+// newHubView keeps v's peers and rules; v must not change afterwards.
+func newHubView(v *api.View) *hubView {
+	hv := &hubView{head: *v, peers: chunked(v.Peers), rules: chunked(v.Rules)}
+	hv.head.Peers, hv.head.Rules = nil, nil
+	return hv
+}
+
+// hubViews wraps compiled views; nil stays nil.
+func hubViews(views map[string]*api.View) map[string]*hubView {
+	out := make(map[string]*hubView, len(views))
+	for id, v := range views {
+		if v != nil {
+			out[id] = newHubView(v)
+		} else {
+			out[id] = nil
+		}
+	}
+	return out
+}
+
+// View returns the view as the API sends it, made once; callers share it
+// and must not modify it.
+func (hv *hubView) View() *api.View {
+	hv.once.Do(func() {
+		v := hv.head
+		v.Peers, v.Rules = hv.peers.Slice(), hv.rules.Slice()
+		hv.full = &v
+	})
+	return hv.full
 }
 
 // install publishes updates (a nil view removes the gateway's view),
@@ -398,7 +428,7 @@ func withoutPeer(v *api.View, id string, src []netip.Prefix) (*api.View, []api.R
 // a pass knows them, are the changes from each gateway's current view to
 // its update (only peers and rules set): the update is then known to
 // differ, and its stream sends the delta as it is.
-func (h *viewHub) install(index uint64, overlay netip.Prefix, version uint64, updates map[string]*api.View, deltas map[string]*api.ViewDelta, gws []api.Gateway, kind passKind) {
+func (h *viewHub) install(index uint64, overlay netip.Prefix, version uint64, updates map[string]*hubView, deltas map[string]*api.ViewDelta, gws []api.Gateway, kind passKind) {
 	full := kind == passFull
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -407,7 +437,7 @@ func (h *viewHub) install(index uint64, overlay netip.Prefix, version uint64, up
 		old, had := h.views[id]
 		if v == nil {
 			if had {
-				h.reindex(id, old, nil)
+				h.reindex(id, old, nil, nil)
 				delete(h.views, id)
 				delete(h.digests, id)
 				delete(h.deltas, id)
@@ -415,29 +445,31 @@ func (h *viewHub) install(index uint64, overlay netip.Prefix, version uint64, up
 			}
 			continue
 		}
-		v.OverlayPrefix = overlay
-		v.PolicyVersion = version
-		if v.Peers == nil {
-			v.Peers = []api.Peer{}
-		}
-		if v.Rules == nil {
-			v.Rules = []api.Rule{}
-		}
+		v.head.OverlayPrefix = overlay
+		v.head.PolicyVersion = version
 		d := deltas[id]
+		if !had || (old.head.PolicyVersion != version || old.head.OverlayPrefix != overlay) {
+			d = nil
+		}
 		if had && d == nil && sameView(old, v) {
 			continue
 		}
-		v.RaftIndex = index
-		h.reindex(id, old, v)
+		v.head.RaftIndex = index
+		h.reindex(id, old, v, d)
 		h.views[id] = v
-		delete(h.deltas, id)
-		if had && d != nil && old.PolicyVersion == version && old.OverlayPrefix == overlay {
-			d.Gateway, d.BaseIndex, d.RaftIndex, d.PolicyVersion = id, old.RaftIndex, index, version
-			d.OverlayIP, d.OverlayPrefix = v.OverlayIP, overlay
+		if d == nil {
+			delete(h.deltas, id)
+		} else {
+			d.Gateway, d.BaseIndex, d.RaftIndex, d.PolicyVersion = id, old.head.RaftIndex, index, version
+			d.OverlayIP, d.OverlayPrefix = v.head.OverlayIP, overlay
 			if h.deltas == nil {
-				h.deltas = map[string]*api.ViewDelta{}
+				h.deltas = map[string][]*api.ViewDelta{}
 			}
-			h.deltas[id] = d
+			hist := h.deltas[id]
+			if len(hist) == maxDeltas {
+				hist = slices.Delete(slices.Clone(hist), 0, 1)
+			}
+			h.deltas[id] = append(hist, d)
 		}
 		h.notify(id)
 	}
@@ -493,14 +525,23 @@ func sourcesOf(g *api.Gateway) []netip.Prefix {
 
 // reindex moves gateway id's entries in the reverse index from the peers
 // of its old view to those of its new one (either may be nil); both lists
-// are sorted by gateway id. h.mu must be held.
-func (h *viewHub) reindex(id string, old, cur *api.View) {
+// are sorted by gateway id. With d, the change from old to cur, only the
+// peers it names are looked at. h.mu must be held.
+func (h *viewHub) reindex(id string, old, cur *hubView, d *api.ViewDelta) {
 	var a, b []api.Peer
-	if old != nil {
-		a = old.Peers
-	}
-	if cur != nil {
-		b = cur.Peers
+	switch {
+	case d != nil:
+		for _, p := range d.PeersRemoved {
+			a = append(a, api.Peer{Gateway: p})
+		}
+		b = d.PeersSet // peers added: a join's part names only new ones
+	default:
+		if old != nil {
+			a = old.peers.Slice()
+		}
+		if cur != nil {
+			b = cur.peers.Slice()
+		}
 	}
 	i, j := 0, 0
 	for i < len(a) || j < len(b) {
@@ -588,9 +629,11 @@ func (h *viewHub) fail(err error) error {
 }
 
 // sameView says whether two views are equal but for their raft index.
-func sameView(a, b *api.View) bool {
+func sameView(x, y *hubView) bool {
+	a, b := &x.head, &y.head
 	return a.Gateway == b.Gateway && a.PolicyVersion == b.PolicyVersion && a.OverlayIP == b.OverlayIP &&
-		a.OverlayPrefix == b.OverlayPrefix && slices.Equal(a.Rules, b.Rules) && slices.EqualFunc(a.Peers, b.Peers, samePeer)
+		a.OverlayPrefix == b.OverlayPrefix && x.peers.Len() == y.peers.Len() && x.rules.Len() == y.rules.Len() &&
+		slices.Equal(x.rules.Slice(), y.rules.Slice()) && slices.EqualFunc(x.peers.Slice(), y.peers.Slice(), samePeer)
 }
 
 func samePeer(a, b api.Peer) bool {
@@ -631,24 +674,24 @@ func (h *viewHub) subscribe(id string) (<-chan struct{}, func()) {
 // expected returns the digest of the ruleset gateway id's current view
 // compiles to, as the agent will read it back from its kernel; ok is false
 // when the gateway has no view.
-func (h *viewHub) expected(id string) (digest string, v *api.View, ok bool) {
+func (h *viewHub) expected(id string) (digest string, raftIndex uint64, ok bool) {
 	h.mu.Lock()
-	v, ok = h.views[id]
+	v, ok := h.views[id]
 	e, cached := h.digests[id]
 	h.mu.Unlock()
 	if !ok {
-		return "", nil, false
+		return "", 0, false
 	}
 	if cached && e.view == v {
-		return e.digest, v, true
+		return e.digest, v.head.RaftIndex, true
 	}
 	// Pure and cheap (about 1 ms per 1,000 rules): computed outside the lock.
 	// Rules the firewall cannot express are left out by the agent too, so
 	// the digest that comes with ErrUnsupportedRule is still the expectation.
-	d, err := nft.ExpectedDigest(v.Rules)
+	d, err := nft.ExpectedDigest(v.rules.Slice())
 	if err != nil && !errors.Is(err, nft.ErrUnsupportedRule) {
 		h.log.Error("expected ruleset digest", "gateway", id, "err", err)
-		return "", v, true
+		return "", v.head.RaftIndex, true
 	}
 	h.mu.Lock()
 	if h.digests == nil {
@@ -658,25 +701,33 @@ func (h *viewHub) expected(id string) (digest string, v *api.View, ok bool) {
 		h.digests[id] = expectedDigest{view: v, digest: d}
 	}
 	h.mu.Unlock()
-	return d, v, true
+	return d, v.head.RaftIndex, true
 }
 
-// delta returns the change from sent, a view of gateway id a stream sent
-// before, to cur, its current view: the one the pass that made cur
-// recorded, or else the two views' difference.
-func (h *viewHub) delta(sent, cur *api.View) *api.ViewDelta {
+// since returns what brings a client from sent, the view of a gateway a
+// stream sent it before, to cur, the gateway's current view: the changes
+// the passes since recorded, when they lead from one to the other, or
+// else the two views' difference.
+func (h *viewHub) since(sent, cur *hubView) []*api.ViewDelta {
 	h.mu.Lock()
-	d := h.deltas[cur.Gateway]
+	hist := h.deltas[cur.head.Gateway]
 	h.mu.Unlock()
-	if d != nil && d.BaseIndex == sent.RaftIndex && d.RaftIndex == cur.RaftIndex {
-		return d
+	for i, d := range hist {
+		if d.BaseIndex != sent.head.RaftIndex {
+			continue
+		}
+		chain := hist[i:]
+		if chain[len(chain)-1].RaftIndex == cur.head.RaftIndex {
+			return chain // consecutive: each pass's delta starts where the one before ended
+		}
+		break
 	}
-	return api.Diff(sent, cur)
+	return []*api.ViewDelta{api.Diff(sent.View(), cur.View())}
 }
 
 // view returns gateway id's current view; views are never mutated once
 // published, so the pointer may be shared.
-func (h *viewHub) view(id string) (*api.View, bool) {
+func (h *viewHub) view(id string) (*hubView, bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	v, ok := h.views[id]

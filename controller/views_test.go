@@ -104,25 +104,32 @@ func (x *hubFixture) pass() string {
 	return ""
 }
 
-// checkDeltas checks the deltas the pass recorded: each, applied to the
-// view from before the pass, gives the view after, as api.Diff does.
-func (x *hubFixture) checkDeltas(prev map[string]*api.View) {
+// checkDeltas checks the deltas the pass recorded: each view's history,
+// from the view it had before the pass, leads to the view after, and the
+// pass's own delta is api.Diff's.
+func (x *hubFixture) checkDeltas(prev map[string]*hubView) {
 	x.t.Helper()
 	x.h.mu.Lock()
 	defer x.h.mu.Unlock()
-	for id, d := range x.h.deltas {
+	for id, hist := range x.h.deltas {
 		cur, old := x.h.views[id], prev[id]
 		if old == nil || cur == nil || old == cur {
 			continue // recorded by an earlier pass, for views since replaced
 		}
-		got, err := d.Apply(old)
+		d := hist[len(hist)-1]
+		got, err := d.Apply(old.View())
 		if err != nil {
 			x.t.Fatalf("recorded delta of %s: %v", id, err)
 		}
-		if !sameView(got, cur) {
-			x.t.Fatalf("recorded delta of %s does not give its view:\n got %+v\nwant %+v", id, got, cur)
+		if !sameView(newHubView(got), cur) {
+			x.t.Fatalf("recorded delta of %s does not give its view:\n got %+v\nwant %+v", id, got, cur.View())
 		}
-		diff := api.Diff(old, cur)
+		for i := 1; i < len(hist); i++ {
+			if hist[i].BaseIndex != hist[i-1].RaftIndex {
+				x.t.Fatalf("history of %s is not a chain: %d after %d", id, hist[i].BaseIndex, hist[i-1].RaftIndex)
+			}
+		}
+		diff := api.Diff(old.View(), cur.View())
 		if len(diff.PeersSet) != len(d.PeersSet) || len(diff.PeersRemoved) != len(d.PeersRemoved) ||
 			len(diff.RulesAdded) != len(d.RulesAdded) || len(diff.RulesRemoved) != len(d.RulesRemoved) {
 			x.t.Fatalf("recorded delta of %s is not minimal: %+v, api.Diff %+v", id, d, diff)
@@ -168,10 +175,14 @@ func (x *hubFixture) check() {
 		if w.Rules == nil {
 			w.Rules = []api.Rule{}
 		}
-		v := h.views[id]
-		if !sameView(v, w) {
+		hv := h.views[id]
+		if !sameView(hv, newHubView(w)) {
+			v := hv.View()
 			t.Fatalf("view of %s differs from a full compile:\n got %d peers %+v\n     %d rules %v\nwant %d peers %+v\n     %d rules %v",
 				id, len(v.Peers), v.Peers, len(v.Rules), v.Rules, len(w.Peers), w.Peers, len(w.Rules), w.Rules)
+		}
+		if v := hv.View(); !slices.Equal(v.Rules, w.Rules) || !slices.EqualFunc(v.Peers, w.Peers, samePeer) {
+			t.Fatalf("view of %s: its API form differs from its chunks", id)
 		}
 		for _, p := range w.Peers {
 			if peersOf[p.Gateway] == nil {

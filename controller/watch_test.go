@@ -76,7 +76,7 @@ func TestWatchDeltas(t *testing.T) {
 	}
 	hubView := func() *api.View {
 		v, _ := n.hub.view("gw1")
-		return v
+		return v.View()
 	}
 	deltas, whole := stream("deltas=1&since=0"), stream("since=0")
 	var first api.WatchEvent
