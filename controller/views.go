@@ -390,11 +390,28 @@ type hubView struct {
 	full *api.View
 }
 
-// newHubView keeps v's peers and rules; v must not change afterwards.
+// newHubView keeps v, a view just compiled, as its API form, and cuts its
+// peers and rules into chunks that share v's arrays; install stamps both.
 func newHubView(v *api.View) *hubView {
-	hv := &hubView{head: *v, peers: chunked(v.Peers), rules: chunked(v.Rules)}
+	if v.Peers == nil {
+		v.Peers = []api.Peer{}
+	}
+	if v.Rules == nil {
+		v.Rules = []api.Rule{}
+	}
+	hv := &hubView{head: *v, peers: chunked(v.Peers), rules: chunked(v.Rules), full: v}
 	hv.head.Peers, hv.head.Rules = nil, nil
+	hv.once.Do(func() {}) // full is made
 	return hv
+}
+
+// stamp sets the fields install gives every view, in both forms; the view
+// is not yet shared.
+func (hv *hubView) stamp(overlay netip.Prefix, version, index uint64) {
+	hv.head.OverlayPrefix, hv.head.PolicyVersion, hv.head.RaftIndex = overlay, version, index
+	if hv.full != nil {
+		hv.full.OverlayPrefix, hv.full.PolicyVersion, hv.full.RaftIndex = overlay, version, index
+	}
 }
 
 // hubViews wraps compiled views; nil stays nil.
@@ -445,8 +462,7 @@ func (h *viewHub) install(index uint64, overlay netip.Prefix, version uint64, up
 			}
 			continue
 		}
-		v.head.OverlayPrefix = overlay
-		v.head.PolicyVersion = version
+		v.stamp(overlay, version, v.head.RaftIndex)
 		d := deltas[id]
 		if !had || (old.head.PolicyVersion != version || old.head.OverlayPrefix != overlay) {
 			d = nil
@@ -454,7 +470,7 @@ func (h *viewHub) install(index uint64, overlay netip.Prefix, version uint64, up
 		if had && d == nil && sameView(old, v) {
 			continue
 		}
-		v.head.RaftIndex = index
+		v.stamp(overlay, version, index)
 		h.reindex(id, old, v, d)
 		h.views[id] = v
 		if d == nil {

@@ -61,7 +61,8 @@ type Result struct {
 
 	// CPUPerChange is the controllers' CPU seconds (all three nodes,
 	// user+system) per one-gateway change (a gateway joins: add, token,
-	// enroll), idle CPU subtracted; IdleCPU is that idle rate (CPU s/s).
+	// enroll), idle CPU subtracted; IdleCPU is that idle rate (CPU s/s)
+	// with the periodic reports paused.
 	CPUPerChange, IdleCPU float64
 
 	BytesPerGateway float64 // nodes' RSS with the fleet connected minus before, per gateway
@@ -127,11 +128,11 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	logf("cluster up (reused: %v); nodes' RSS %d MiB", reused, res.RSSBefore>>20)
 
 	tr := newTracker()
-	stopWorkers, err := startWorkers(ctx, c, o, filepath.Join(dir, "identities.jsonl"), tr, logf)
+	ws, err := startWorkers(ctx, c, o, filepath.Join(dir, "identities.jsonl"), tr, logf)
 	if err != nil {
 		return nil, err
 	}
-	defer stopWorkers()
+	defer ws.stop()
 	pol, err := c.Operator.Policy(ctx)
 	if err != nil {
 		return nil, err
@@ -203,7 +204,11 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	}
 
 	// CPU per one-gateway change: new gateways join one at a time, each
-	// waited for until its peers acknowledged a view with it.
+	// waited for until its peers acknowledged a view with it. The periodic
+	// reports pause meanwhile (the reports the change causes still flow),
+	// and the idle rate left is measured first and subtracted.
+	ws.tell(cmdPauseReports)
+	time.Sleep(5 * time.Second) // reports in flight land
 	pids := c.pids()
 	idleStart, idleCPU := time.Now(), cpuSeconds(pids)
 	time.Sleep(5 * time.Second) // an idle window: the background rate (heartbeats, periodic reports)
@@ -224,6 +229,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	}
 	spent := cpuSeconds(pids) - cpu0 - res.IdleCPU*time.Since(begin).Seconds()
 	res.CPUPerChange = spent / float64(o.Changes)
+	ws.tell(cmdResumeReports)
 	logf("%d gateways joined: %.3f CPU s per change (idle %.3f CPU s/s subtracted)", o.Changes, res.CPUPerChange, res.IdleCPU)
 
 	// Revocation: from the call to the last peer's acknowledged view
@@ -326,10 +332,10 @@ func prepare(ctx context.Context, dir string, o Options, fleet *Fleet, res *Resu
 
 // startWorkers runs the fleet in o.Workers processes (this executable,
 // re-run as a worker) and feeds their events to tr.
-func startWorkers(ctx context.Context, c *Cluster, o Options, idFile string, tr *tracker, logf func(string, ...any)) (func(), error) {
+func startWorkers(ctx context.Context, c *Cluster, o Options, idFile string, tr *tracker, logf func(string, ...any)) (workers, error) {
 	exe, err := os.Executable()
 	if err != nil {
-		return nil, err
+		return workers{}, err
 	}
 	type proc struct {
 		cmd   *exec.Cmd
@@ -363,16 +369,16 @@ func startWorkers(ctx context.Context, c *Cluster, o Options, idFile string, tr 
 		stdin, err := cmd.StdinPipe()
 		if err != nil {
 			stopAll()
-			return nil, err
+			return workers{}, err
 		}
 		stdout, err := cmd.StdoutPipe()
 		if err != nil {
 			stopAll()
-			return nil, err
+			return workers{}, err
 		}
 		if err := cmd.Start(); err != nil {
 			stopAll()
-			return nil, err
+			return workers{}, err
 		}
 		p := &proc{cmd: cmd, stdin: stdin, done: make(chan struct{})}
 		procs = append(procs, p)
@@ -397,7 +403,18 @@ func startWorkers(ctx context.Context, c *Cluster, o Options, idFile string, tr 
 			tr.fail(fmt.Errorf("worker %d exited: %v", w, err))
 		}()
 	}
-	return func() { tr.stopping(); stopAll() }, nil
+	tell := func(cmd string) {
+		for _, p := range procs {
+			io.WriteString(p.stdin, cmd+"\n")
+		}
+	}
+	return workers{stop: func() { tr.stopping(); stopAll() }, tell: tell}, nil
+}
+
+// workers controls the worker processes.
+type workers struct {
+	stop func()
+	tell func(cmd string) // send every worker a command
 }
 
 // ack is what the tracker knows of one gateway.

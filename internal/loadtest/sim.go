@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -87,7 +88,20 @@ func runWorker(in io.Reader, out io.Writer) error {
 	}
 	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer cancel()
-	go func() { io.Copy(io.Discard, br); cancel() }() // stdin closed: stop
+	// Then commands, one per line, until stdin closes: stop.
+	var paused atomic.Bool
+	go func() {
+		defer cancel()
+		sc := bufio.NewScanner(br)
+		for sc.Scan() {
+			switch sc.Text() {
+			case cmdPauseReports:
+				paused.Store(true)
+			case cmdResumeReports:
+				paused.Store(false)
+			}
+		}
+	}()
 
 	em := &emitter{w: bufio.NewWriterSize(out, 1<<16)}
 	go em.flushLoop(ctx)
@@ -118,7 +132,7 @@ func runWorker(in io.Reader, out io.Writer) error {
 		})
 	}
 	if spec.ReportEvery > 0 {
-		wg.Go(func() { reportLoop(ctx, gws, spec.ReportEvery) })
+		wg.Go(func() { reportLoop(ctx, gws, spec.ReportEvery, &paused) })
 	}
 	wg.Wait()
 	em.flush()
@@ -266,9 +280,18 @@ func (g *simGateway) report(ctx context.Context) error {
 	})
 }
 
+// Commands the harness sends a worker on its stdin: the periodic reports
+// stop while it measures what one change costs the controllers, so that
+// the background they add (at 20,000 gateways, most of the controllers'
+// idle CPU) does not drown the change's own cost.
+const (
+	cmdPauseReports  = "pause-reports"
+	cmdResumeReports = "resume-reports"
+)
+
 // reportLoop refreshes every gateway's report once per period, spread
-// evenly, as the agents' reconcile ticks do.
-func reportLoop(ctx context.Context, gws []*simGateway, every time.Duration) {
+// evenly, as the agents' reconcile ticks do, unless paused.
+func reportLoop(ctx context.Context, gws []*simGateway, every time.Duration, paused *atomic.Bool) {
 	step := every / time.Duration(len(gws))
 	t := time.NewTicker(max(step, time.Millisecond))
 	defer t.Stop()
@@ -278,6 +301,9 @@ func reportLoop(ctx context.Context, gws []*simGateway, every time.Duration) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		}
+		if paused.Load() {
+			continue
 		}
 		g := gws[i]
 		select {
