@@ -40,6 +40,7 @@ const (
 	CmdIssuerUpsert    CommandType = 18
 	CmdAuditCheckpoint CommandType = 25
 	CmdGatewayReports  CommandType = 24 | IgnoreUnknownTypeFlag
+	CmdGatewayRenews   CommandType = 26
 	// Agency registry operations (controller/agency.go).
 	CmdAgencyImport        CommandType = 19
 	CmdAgencyMerge         CommandType = 20
@@ -90,6 +91,8 @@ func (t CommandType) String() string {
 		return "audit-checkpoint"
 	case CmdGatewayReports:
 		return "gateway-reports"
+	case CmdGatewayRenews:
+		return "gateway-renews"
 	case CmdAgencyImport:
 		return "agency-import"
 	case CmdAgencyMerge:
@@ -285,6 +288,15 @@ type GatewayRenewRequest struct {
 	Gateway   string          `json:"gateway"`
 	OldSerial string          `json:"old_serial"`
 	Cert      api.Certificate `json:"cert"`
+}
+
+// GatewayRenewsRequest is many gateways' renewals in one entry, all or
+// none: a node groups the renewals that arrive while one is being
+// committed, so that a wave of renewals (the whole network re-issued)
+// costs a few raft entries instead of one each.
+type GatewayRenewsRequest struct {
+	Meta
+	Renewals []GatewayRenewRequest `json:"renewals"`
 }
 
 // CRLPublishRequest stores a CRL signed by the node that holds the

@@ -100,6 +100,8 @@ func (f *FSM) dispatch(t CommandType, body []byte) error {
 		return applyJSON(body, s.applyCertRevoke)
 	case CmdGatewayRenew:
 		return applyJSON(body, s.applyGatewayRenew)
+	case CmdGatewayRenews:
+		return applyJSON(body, s.applyGatewayRenews)
 	case CmdCRLPublish:
 		return applyJSON(body, s.applyCRLPublish)
 	case CmdIssuerUpsert:
@@ -249,6 +251,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	s.overlay, s.agencies, s.gateways, s.tokens, s.policies, s.addrInUse, s.members, s.people, s.requests, s.audit =
 		ns.overlay, ns.agencies, ns.gateways, ns.tokens, ns.policies, ns.addrInUse, ns.members, ns.people, ns.requests, ns.audit
 	s.certs, s.issuers = ns.certs, ns.issuers
+	s.usedBelow = netip.Addr{}
 	s.checkpoints = ns.checkpoints
 	s.touchAll()
 	s.setIndex(max(s.index, ns.index))

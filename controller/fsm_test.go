@@ -58,6 +58,9 @@ func history() []struct {
 		}}},
 		{CmdGatewayRenew, &GatewayRenewRequest{Meta: meta("gateway:gw2"), Gateway: "gw2", OldSerial: "2a",
 			Cert: api.Certificate{Serial: "2b", Kind: "gateway", Subject: "gw2", Gateway: "gw2", Agency: "000.00.00.H49", Issuer: "abcd", NotBefore: t0.Add(16 * time.Hour), NotAfter: t0.Add(40 * time.Hour)}}},
+		{CmdGatewayRenews, &GatewayRenewsRequest{Meta: meta("node:ctl1"), Renewals: []GatewayRenewRequest{
+			{Meta: meta("gateway:gw2"), Gateway: "gw2", OldSerial: "2b",
+				Cert: api.Certificate{Serial: "2c", Kind: "gateway", Subject: "gw2", Gateway: "gw2", Agency: "000.00.00.H49", Issuer: "abcd", NotBefore: t0.Add(32 * time.Hour), NotAfter: t0.Add(56 * time.Hour)}}}}},
 		{CmdIssuerUpsert, &IssuerUpsertRequest{Meta: meta("node:ctl1"), Issuer: "abcd", Node: "ctl1", HTTPAddr: "127.0.0.11:7444"}},
 		{CmdCertRevoke, &CertRevokeRequest{Meta: meta("off"), Serial: "2a", Reason: 4}},
 		{CmdCRLPublish, &CRLPublishRequest{Meta: meta("node:ctl1"), Issuer: "abcd", Number: 1, Covers: 30, ThisUpdate: t0, NextUpdate: t0.Add(24 * time.Hour), DER: []byte{0x30, 0x00}}},
@@ -164,10 +167,14 @@ func TestSnapshotRoundTrip(t *testing.T) {
 		t.Fatalf("gw1 %+v", gw)
 	}
 	// The inventory: gw2 enrolled with 2a (token asked by op, approved by
-	// off), renewed to 2b, 2a revoked as superseded, then the gateway
-	// revoked through a four-eyes request, which revoked 2b.
-	if gw2, _ := f.State().Gateway("gw2"); gw2.Status != api.StatusRevoked || gw2.CertSerial != "2b" {
+	// off), renewed to 2b, then in a batch to 2c, 2a revoked as
+	// superseded, then the gateway revoked through a four-eyes request,
+	// which revoked its valid certificates.
+	if gw2, _ := f.State().Gateway("gw2"); gw2.Status != api.StatusRevoked || gw2.CertSerial != "2c" {
 		t.Fatalf("gw2 %+v", gw2)
+	}
+	if c, _ := f.State().Certificate("2c"); c.Status != api.CertRevoked || c.Requester != "gateway:gw2" {
+		t.Fatalf("2c %+v", c)
 	}
 	if c, _ := f.State().Certificate("2a"); c.Status != api.CertRevoked || c.ReasonName != "superseded" || c.Requester != "op" || c.Approver != "off" {
 		t.Fatalf("2a %+v", c)
@@ -176,7 +183,7 @@ func TestSnapshotRoundTrip(t *testing.T) {
 		t.Fatalf("2b %+v", c)
 	}
 	// And gw4's e5, revoked when gw4 was decommissioned.
-	if got := f.State().Certificates(CertFilter{Revoked: true}); len(got) != 3 {
+	if got := f.State().Certificates(CertFilter{Revoked: true}); len(got) != 4 {
 		t.Fatalf("revoked: %+v", got)
 	}
 	if c, _ := f.State().Certificate("e5"); c.Status != api.CertRevoked || c.ReasonName != "cessationOfOperation" {
@@ -185,13 +192,13 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	if gw4, _ := f.State().Gateway("gw4"); gw4.Status != api.StatusDecommissioned || gw4.Agency != "000.00.00.H29" {
 		t.Fatalf("gw4 %+v", gw4)
 	}
-	if got := f.State().Certificates(CertFilter{Agency: "000.00.00.H49"}); len(got) != 2 {
+	if got := f.State().Certificates(CertFilter{Agency: "000.00.00.H49"}); len(got) != 3 {
 		t.Fatalf("of H49: %+v", got)
 	}
 	if got := f.State().Certificates(CertFilter{Expiring: 100 * 24 * time.Hour, Now: t0}); len(got) != 1 || got[0].Serial != "c" {
 		t.Fatalf("expiring: %+v", got)
 	}
-	if ir, _ := f.State().issuer("abcd"); ir.CRL == nil || ir.CRL.Number != 1 || ir.LastRevocation != 33 || ir.HTTPAddr != "127.0.0.11:7444" {
+	if ir, _ := f.State().issuer("abcd"); ir.CRL == nil || ir.CRL.Number != 1 || ir.LastRevocation != 34 || ir.HTTPAddr != "127.0.0.11:7444" {
 		t.Fatalf("issuer %+v", ir)
 	}
 }
@@ -217,6 +224,13 @@ func TestApplyRejects(t *testing.T) {
 		{"duplicate wg key", CmdGatewayEnroll, &GatewayEnrollRequest{Meta: meta("x"), Gateway: "gw2", TokenHash: "h2", PublicKey: "k1"}},
 		{"report unknown", CmdGatewayReport, &GatewayReportRequest{Gateway: "nope"}},
 		{"reports empty", CmdGatewayReports, &GatewayReportsRequest{}},
+		{"renewals empty", CmdGatewayRenews, &GatewayRenewsRequest{}},
+		{"renewals one stale", CmdGatewayRenews, &GatewayRenewsRequest{Renewals: []GatewayRenewRequest{
+			{Meta: meta("gateway:gw1"), Gateway: "gw1", OldSerial: "01", Cert: api.Certificate{Serial: "1d", Kind: "gateway", Subject: "gw1", Gateway: "gw1", Agency: "000.00.00.H29", Issuer: "abcd", NotBefore: t0, NotAfter: t0.Add(24 * time.Hour)}},
+			{Meta: meta("gateway:gw2"), Gateway: "gw2", OldSerial: "2a", Cert: api.Certificate{Serial: "2d", Kind: "gateway", Subject: "gw2", Gateway: "gw2", Agency: "000.00.00.H49", Issuer: "abcd", NotBefore: t0, NotAfter: t0.Add(24 * time.Hour)}}}}},
+		{"renewals one gateway twice", CmdGatewayRenews, &GatewayRenewsRequest{Renewals: []GatewayRenewRequest{
+			{Meta: meta("gateway:gw1"), Gateway: "gw1", OldSerial: "01", Cert: api.Certificate{Serial: "1d", Kind: "gateway", Subject: "gw1", Gateway: "gw1", Agency: "000.00.00.H29", Issuer: "abcd", NotBefore: t0, NotAfter: t0.Add(24 * time.Hour)}},
+			{Meta: meta("gateway:gw1"), Gateway: "gw1", OldSerial: "01", Cert: api.Certificate{Serial: "1e", Kind: "gateway", Subject: "gw1", Gateway: "gw1", Agency: "000.00.00.H29", Issuer: "abcd", NotBefore: t0, NotAfter: t0.Add(24 * time.Hour)}}}}},
 		{"reports one unknown", CmdGatewayReports, &GatewayReportsRequest{Reports: []GatewayReportRequest{{Gateway: "gw1"}, {Gateway: "nope"}}}},
 		{"member bad name", CmdMemberUpsert, &MemberUpsertRequest{Node: "CTL 9", RaftAddr: "127.0.0.19:7000", APIAddr: "127.0.0.19:7443"}},
 		{"member bad addr", CmdMemberUpsert, &MemberUpsertRequest{Node: "ctl9", RaftAddr: "ctl9:7000", APIAddr: "127.0.0.19:7443"}},

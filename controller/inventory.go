@@ -290,6 +290,38 @@ func (s *State) applyCertRevoke(r *CertRevokeRequest) error {
 }
 
 func (s *State) applyGatewayRenew(r *GatewayRenewRequest) error {
+	if err := s.checkGatewayRenew(r); err != nil {
+		return err
+	}
+	s.renewGateway(r)
+	return nil
+}
+
+// applyGatewayRenews applies a batch of renewals, all or none: each must
+// be valid on its own, and no gateway or serial may appear twice.
+func (s *State) applyGatewayRenews(r *GatewayRenewsRequest) error {
+	if len(r.Renewals) == 0 {
+		return fmt.Errorf("%w: an empty batch of renewals", ErrBadRequest)
+	}
+	gateways, serials := map[string]bool{}, map[string]bool{}
+	for i := range r.Renewals {
+		rr := &r.Renewals[i]
+		if gateways[rr.Gateway] || serials[normSerial(rr.Cert.Serial)] {
+			return fmt.Errorf("%w: renewal %d: gateway %s or serial %s twice in one batch", ErrConflict, i, rr.Gateway, rr.Cert.Serial)
+		}
+		gateways[rr.Gateway], serials[normSerial(rr.Cert.Serial)] = true, true
+		if err := s.checkGatewayRenew(rr); err != nil {
+			return fmt.Errorf("renewal %d: %w", i, err)
+		}
+	}
+	for i := range r.Renewals {
+		s.renewGateway(&r.Renewals[i])
+	}
+	return nil
+}
+
+// checkGatewayRenew says whether a renewal may apply.
+func (s *State) checkGatewayRenew(r *GatewayRenewRequest) error {
 	g, ok := s.gateways[r.Gateway]
 	if !ok {
 		return fmt.Errorf("%w: gateway %s", ErrNotFound, r.Gateway)
@@ -303,12 +335,14 @@ func (s *State) applyGatewayRenew(r *GatewayRenewRequest) error {
 	if r.Cert.Kind != ca.KindGateway || r.Cert.Gateway != g.ID {
 		return fmt.Errorf("%w: renewed certificate is not a certificate of gateway %s", ErrBadRequest, g.ID)
 	}
-	if err := s.checkCert(&r.Cert); err != nil {
-		return err
-	}
+	return s.checkCert(&r.Cert)
+}
+
+// renewGateway records a checked renewal.
+func (s *State) renewGateway(r *GatewayRenewRequest) {
+	g := s.gateways[r.Gateway]
 	s.addCert(r.Cert, r.At, r.Actor)
 	g.CertSerial, g.CertExpires = r.Cert.Serial, r.Cert.NotAfter
-	return nil
 }
 
 func (s *State) applyCRLPublish(r *CRLPublishRequest) error {
@@ -386,6 +420,19 @@ type certRecorder = groupCommit[api.Certificate]
 func newCertRecorder(n *Node, actor string) *certRecorder {
 	return &certRecorder{max: maxRecordBatch, commit: func(ctx context.Context, certs []api.Certificate) error {
 		_, err := n.submit(ctx, CmdCertRecord, &CertRecordRequest{Meta: n.meta(actor), Certs: certs})
+		return err
+	}}
+}
+
+// newRenewRecorder commits renewals in batches (CmdGatewayRenews), a
+// lone one as CmdGatewayRenew.
+func newRenewRecorder(n *Node) *groupCommit[GatewayRenewRequest] {
+	return &groupCommit[GatewayRenewRequest]{max: maxRecordBatch, commit: func(ctx context.Context, rs []GatewayRenewRequest) error {
+		if len(rs) == 1 {
+			_, err := n.submit(ctx, CmdGatewayRenew, &rs[0])
+			return err
+		}
+		_, err := n.submit(ctx, CmdGatewayRenews, &GatewayRenewsRequest{Meta: n.meta("node:" + n.cfg.Node), Renewals: rs})
 		return err
 	}}
 }

@@ -61,6 +61,7 @@ type Node struct {
 	ocsp     *ca.OCSPResponder
 	crlWake  chan struct{}                      // a command was applied: is the CRL behind?
 	reports  *groupCommit[GatewayReportRequest] // gateways' reports, committed in batches
+	renewals *groupCommit[GatewayRenewRequest]  // gateways' renewals, committed in batches
 	metrics  *nodeMetrics                       // served at /metrics on the plain-HTTP listener
 	wg       sync.WaitGroup
 }
@@ -77,6 +78,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Node, err erro
 		_, err := n.submit(ctx, CmdGatewayReports, &GatewayReportsRequest{Meta: n.meta("node:" + n.cfg.Node), Reports: reps})
 		return err
 	}}
+	n.renewals = newRenewRecorder(n)
 	n.metrics = newNodeMetrics(n)
 	defer func() {
 		if err != nil {

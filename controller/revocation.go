@@ -405,7 +405,7 @@ func (n *Node) handleRenew(w http.ResponseWriter, r *http.Request, id ca.Identit
 		return
 	}
 	rec := n.certRecord(chain[0])
-	_, err = n.submit(r.Context(), CmdGatewayRenew, &GatewayRenewRequest{Meta: n.meta("gateway:" + g.ID), Gateway: g.ID, OldSerial: old, Cert: rec})
+	err = n.renewals.Record(r.Context(), GatewayRenewRequest{Meta: n.meta("gateway:" + g.ID), Gateway: g.ID, OldSerial: old, Cert: rec})
 	if err != nil {
 		n.fail(w, err)
 		return

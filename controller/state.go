@@ -46,9 +46,13 @@ type State struct {
 	overlay   netip.Prefix
 	agencies  map[string]*api.Agency
 	gateways  map[string]*api.Gateway
-	tokens    map[string]*tokenRecord     // by hash
-	policies  []api.Policy                // every published version, oldest first
-	addrInUse map[netip.Addr]string       // overlay address -> gateway
+	tokens    map[string]*tokenRecord // by hash
+	policies  []api.Policy            // every published version, oldest first
+	addrInUse map[netip.Addr]string   // overlay address -> gateway
+	// usedBelow speeds up allocate: every overlay address from the first
+	// up to it is in use (addresses are never released). Derived, never
+	// snapshotted: invalid after a restore, when the scan starts over.
+	usedBelow netip.Addr
 	members   map[string]*api.Member      // controller nodes by name
 	people    map[string]*api.Person      // by name
 	requests  map[string]*request         // four-eyes requests by id
@@ -227,7 +231,7 @@ func (s *State) applyInitNetwork(r *InitNetworkRequest) error {
 	if !r.OverlayPrefix.IsValid() || !r.OverlayPrefix.Addr().Is4() || r.OverlayPrefix.Bits() > 30 {
 		return fmt.Errorf("%w: overlay prefix %s must be an IPv4 prefix of /30 or wider", ErrBadRequest, r.OverlayPrefix)
 	}
-	s.overlay = r.OverlayPrefix.Masked()
+	s.overlay, s.usedBelow = r.OverlayPrefix.Masked(), netip.Addr{}
 	return nil
 }
 
@@ -352,11 +356,17 @@ func (s *State) allocate() (netip.Addr, error) {
 	if !s.overlay.IsValid() {
 		return netip.Addr{}, fmt.Errorf("%w: the overlay network is not initialised", ErrConflict)
 	}
-	for a := s.overlay.Addr().Next(); s.overlay.Contains(a); a = a.Next() {
+	// The lowest free address, as a scan from the first would find it.
+	start := s.overlay.Addr().Next()
+	if s.usedBelow.IsValid() && s.overlay.Contains(s.usedBelow) && start.Less(s.usedBelow) {
+		start = s.usedBelow
+	}
+	for a := start; s.overlay.Contains(a); a = a.Next() {
 		if !s.overlay.Contains(a.Next()) {
 			break // broadcast address
 		}
 		if _, used := s.addrInUse[a]; !used {
+			s.usedBelow = a
 			return a, nil
 		}
 	}
