@@ -250,7 +250,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	s.mu.Lock()
 	s.overlay, s.agencies, s.gateways, s.tokens, s.policies, s.addrInUse, s.members, s.people, s.requests, s.audit =
 		ns.overlay, ns.agencies, ns.gateways, ns.tokens, ns.policies, ns.addrInUse, ns.members, ns.people, ns.requests, ns.audit
-	s.certs, s.issuers = ns.certs, ns.issuers
+	s.certs, s.issuers, s.keyOwner = ns.certs, ns.issuers, ns.keyOwner
 	s.usedBelow = netip.Addr{}
 	s.checkpoints = ns.checkpoints
 	s.touchAll()
@@ -308,6 +308,9 @@ func (s *State) restoreRecord(rec snapshotRecord) error {
 			return err
 		}
 		s.gateways[g.ID] = g
+		if g.PublicKey != "" {
+			s.keyOwner[g.PublicKey] = g.ID
+		}
 		if g.OverlayIP.IsValid() {
 			s.addrInUse[g.OverlayIP] = g.ID
 		}

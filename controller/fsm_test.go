@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -363,4 +364,57 @@ func FuzzAPIRequest(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestEnrollIndexesSurviveRestore: the WireGuard key index refuses a key
+// another gateway (even a revoked one) holds, and overlay addresses are
+// the lowest free ones, before and after a restore from a snapshot.
+func TestEnrollIndexesSurviveRestore(t *testing.T) {
+	x := newHubFixture(t)
+	x.agency("000.00.00.H29")
+	for _, id := range []string{"a", "b", "c"} {
+		x.gateway(id, "000.00.00.H29", netip.MustParsePrefix("10.1.0.0/24"))
+	}
+	x.enroll("a") // key-1, 100.64.0.1
+	x.revoke("a")
+	reuse := func(f *FSM, index uint64, id, hash string) error {
+		if err := applyCmd(t, f, index, CmdTokenIssue, &TokenIssueRequest{Meta: meta("off"), Gateway: id, TokenHash: hash, Expires: t0.Add(time.Hour)}); err != nil {
+			t.Fatal(err)
+		}
+		return applyCmd(t, f, index+1, CmdGatewayEnroll, &GatewayEnrollRequest{Meta: meta("gateway:" + id), Gateway: id, TokenHash: hash,
+			PublicKey: "key-1", CertSerial: "99", CertExpires: t0.Add(24 * time.Hour)})
+	}
+	if err := reuse(x.f, 100, "b", "tb"); err == nil || !strings.Contains(err.Error(), "already used by gateway a") {
+		t.Fatalf("b enrolling with a's key: %v", err)
+	}
+	restored := NewFSM(slog.Default(), nil)
+	if err := restored.Restore(io.NopCloser(bytes.NewReader(snapshotBytes(t, x.f)))); err != nil {
+		t.Fatal(err)
+	}
+	if err := reuse(restored, 200, "c", "tc"); err == nil || !strings.Contains(err.Error(), "already used by gateway a") {
+		t.Fatalf("after restore, c enrolling with a's key: %v", err)
+	}
+	// Both FSMs give the next gateway the same, lowest free address.
+	x.index = 300
+	x.enroll("b")
+	restored2 := NewFSM(slog.Default(), nil)
+	if err := restored2.Restore(io.NopCloser(bytes.NewReader(snapshotBytes(t, x.f)))); err != nil {
+		t.Fatal(err)
+	}
+	x.enroll("c")
+	b, _ := x.f.State().Gateway("b")
+	c, _ := x.f.State().Gateway("c")
+	if b.OverlayIP != netip.MustParseAddr("100.64.0.2") || c.OverlayIP != netip.MustParseAddr("100.64.0.3") {
+		t.Fatalf("addresses b %s c %s", b.OverlayIP, c.OverlayIP)
+	}
+	if err := applyCmd(t, restored2, 400, CmdTokenIssue, &TokenIssueRequest{Meta: meta("off"), Gateway: "c", TokenHash: "tz", Expires: t0.Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := applyCmd(t, restored2, 401, CmdGatewayEnroll, &GatewayEnrollRequest{Meta: meta("gateway:c"), Gateway: "c", TokenHash: "tz",
+		PublicKey: "key-z", CertSerial: "98", CertExpires: t0.Add(24 * time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	if c2, _ := restored2.State().Gateway("c"); c2.OverlayIP != c.OverlayIP {
+		t.Fatalf("restored node gave c %s, the other %s", c2.OverlayIP, c.OverlayIP)
+	}
 }

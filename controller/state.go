@@ -49,6 +49,7 @@ type State struct {
 	tokens    map[string]*tokenRecord // by hash
 	policies  []api.Policy            // every published version, oldest first
 	addrInUse map[netip.Addr]string   // overlay address -> gateway
+	keyOwner  map[string]string       // WireGuard public key -> gateway (derived, rebuilt on restore)
 	// usedBelow speeds up allocate: every overlay address from the first
 	// up to it is in use (addresses are never released). Derived, never
 	// snapshotted: invalid after a restore, when the scan starts over.
@@ -77,6 +78,7 @@ func newState() *State {
 		gateways:  map[string]*api.Gateway{},
 		tokens:    map[string]*tokenRecord{},
 		addrInUse: map[netip.Addr]string{},
+		keyOwner:  map[string]string{},
 		members:   map[string]*api.Member{},
 		people:    map[string]*api.Person{},
 		requests:  map[string]*request{},
@@ -314,10 +316,8 @@ func (s *State) applyGatewayEnroll(r *GatewayEnrollRequest) error {
 	if !ok || g.Status != api.StatusPending {
 		return fmt.Errorf("%w: gateway %s is not pending enrollment", ErrConflict, r.Gateway)
 	}
-	for _, other := range s.gateways {
-		if other.PublicKey == r.PublicKey && other.ID != g.ID {
-			return fmt.Errorf("%w: WireGuard key is already used by gateway %s", ErrConflict, other.ID)
-		}
+	if other, used := s.keyOwner[r.PublicKey]; used && other != g.ID {
+		return fmt.Errorf("%w: WireGuard key is already used by gateway %s", ErrConflict, other)
 	}
 	if c := r.Cert; c != nil {
 		if c.Serial != r.CertSerial || c.Kind != ca.KindGateway || c.Gateway != g.ID {
@@ -342,6 +342,7 @@ func (s *State) applyGatewayEnroll(r *GatewayEnrollRequest) error {
 	s.addrInUse[addr] = g.ID
 	g.OverlayIP = addr
 	g.PublicKey = r.PublicKey
+	s.keyOwner[r.PublicKey] = g.ID
 	if r.Endpoint != "" {
 		g.Endpoint = r.Endpoint
 	}
