@@ -107,7 +107,7 @@ func (c chunks[T]) Delete(lo, hi int) chunks[T] {
 	if lo >= hi {
 		return c
 	}
-	out := chunks[T]{n: c.n - (hi - lo)}
+	out := chunks[T]{parts: make([][]T, 0, len(c.parts)), n: c.n - (hi - lo)}
 	base := 0
 	for _, p := range c.parts {
 		end := base + len(p)
@@ -130,20 +130,41 @@ func (c chunks[T]) Delete(lo, hi int) chunks[T] {
 // Search returns the index of the first element for which before is
 // false, elements being ordered so that before is true of a prefix.
 func (c chunks[T]) Search(before func(T) bool) int {
-	base := 0
-	for _, p := range c.parts {
-		if !before(p[len(p)-1]) {
-			i, _ := slices.BinarySearchFunc(p, true, func(x T, _ bool) int {
-				if before(x) {
-					return -1
-				}
-				return 1
-			})
-			return base + i
+	// The first chunk whose last element is not before, then the place in it.
+	part, _ := slices.BinarySearchFunc(c.parts, true, func(p []T, _ bool) int {
+		if before(p[len(p)-1]) {
+			return -1
 		}
+		return 1
+	})
+	if part == len(c.parts) {
+		return c.n
+	}
+	base := 0
+	for _, p := range c.parts[:part] {
 		base += len(p)
 	}
-	return c.n
+	i, _ := slices.BinarySearchFunc(c.parts[part], true, func(x T, _ bool) int {
+		if before(x) {
+			return -1
+		}
+		return 1
+	})
+	return base + i
+}
+
+// Range returns the elements from index lo up to hi as a new slice.
+func (c chunks[T]) Range(lo, hi int) []T {
+	var out []T
+	base := 0
+	for _, p := range c.parts {
+		end := base + len(p)
+		if end > lo && base < hi {
+			out = append(out, p[max(0, lo-base):min(len(p), hi-base)]...)
+		}
+		base = end
+	}
+	return out
 }
 
 // At returns the element at index i.

@@ -44,6 +44,9 @@ func TestChunks(t *testing.T) {
 			if got := c.Search(func(x int) bool { return x < want[lo] }); got != lo {
 				t.Fatalf("step %d: Search found %d, want %d", step, got, lo)
 			}
+			if got := c.Range(lo, hi); !slices.Equal(got, want[lo:hi]) {
+				t.Fatalf("step %d: Range(%d, %d) = %d elements, want %d", step, lo, hi, len(got), hi-lo)
+			}
 			c = c.Delete(lo, hi)
 			want = slices.Delete(want, lo, hi)
 		}

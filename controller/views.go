@@ -365,9 +365,7 @@ func withoutPeer(v *hubView, id string, src []netip.Prefix) (*hubView, []api.Rul
 	for _, p := range src {
 		lo := nv.rules.Search(func(r api.Rule) bool { return r.Source.Compare(p) < 0 })
 		hi := nv.rules.Search(func(r api.Rule) bool { return r.Source.Compare(p) <= 0 })
-		for i := lo; i < hi; i++ {
-			removed = append(removed, nv.rules.At(i))
-		}
+		removed = append(removed, nv.rules.Range(lo, hi)...)
 		nv.rules = nv.rules.Delete(lo, hi)
 	}
 	slices.SortFunc(removed, api.CompareRules)

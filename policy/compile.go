@@ -174,17 +174,52 @@ func (r *resolver) compileFor(want, only bitset) map[string]*api.View {
 		}
 		return a
 	}
-	// within restricts a set to the members in limit, when there is one.
-	within := func(b, limit bitset) []int {
-		if limit != nil {
-			b = b.and(limit)
+	// The members a partial compile is limited to, listed once: each
+	// rule then costs what those lists hold, not a pass over the network.
+	var wantList, onlyList []int
+	if want != nil {
+		wantList = want.members()
+	}
+	if only != nil {
+		onlyList = only.members()
+	}
+	// within lists the members of a set, or of those in limit that are in
+	// it when there is a limit.
+	within := func(in func(int) bool, all func() []int, limit []int, limited bool) []int {
+		if !limited {
+			return all()
 		}
-		return b.members()
+		var out []int
+		for _, i := range limit {
+			if in(i) {
+				out = append(out, i)
+			}
+		}
+		return out
 	}
 	for _, rule := range r.p.Rules {
-		from := newBitset(n)
-		for _, ref := range rule.From {
-			from.or(r.ref(ref.Name))
+		refs := make([]bitset, len(rule.From))
+		for k, ref := range rule.From {
+			refs[k] = r.ref(ref.Name)
+		}
+		inFrom := func(i int) bool {
+			for _, b := range refs {
+				if b.has(i) {
+					return true
+				}
+			}
+			return false
+		}
+		var fromAll []int // every source, made once if needed
+		allFrom := func() []int {
+			if fromAll == nil {
+				from := newBitset(n)
+				for _, b := range refs {
+					from.or(b)
+				}
+				fromAll = from.members()
+			}
+			return fromAll
 		}
 		var src []int // sources that can enter the views compiled: those in only
 		srcDone := false
@@ -195,9 +230,9 @@ func (r *resolver) compileFor(want, only bitset) map[string]*api.View {
 			}
 			ports := expand(specs)
 			dstSet := r.ref(to.Name)
-			for _, d := range within(dstSet, want) {
+			for _, d := range within(dstSet.has, dstSet.members, wantList, want != nil) {
 				if !srcDone {
-					src, srcDone = within(from, only), true
+					src, srcDone = within(inFrom, allFrom, onlyList, only != nil), true
 				}
 				a := accOf(d)
 				for _, s := range src {
@@ -213,11 +248,11 @@ func (r *resolver) compileFor(want, only bitset) map[string]*api.View {
 				}
 			}
 			// Sources peer with every destination.
-			senders := within(from, want)
+			senders := within(inFrom, allFrom, wantList, want != nil)
 			if len(senders) == 0 {
 				continue
 			}
-			dst := within(dstSet, only)
+			dst := within(dstSet.has, dstSet.members, onlyList, only != nil)
 			for _, s := range senders {
 				a := accOf(s)
 				for _, d := range dst {
@@ -229,15 +264,13 @@ func (r *resolver) compileFor(want, only bitset) map[string]*api.View {
 		}
 	}
 
-	var ids []int
+	ids := wantList
 	if want == nil {
 		for i, gw := range members {
 			if gw != nil {
 				ids = append(ids, i)
 			}
 		}
-	} else {
-		ids = want.members()
 	}
 	views := make(map[string]*api.View, len(ids))
 	for _, i := range ids {
