@@ -212,8 +212,8 @@ func tlsConfig(b *testing.B, n *Node) *tls.Config {
 // BenchmarkIssueAPI measures certificates per second through the API a
 // gateway uses to renew (POST /v1/renew over mTLS with its current
 // certificate; CSR check, profile from the registry, lint before sign,
-// SoftHSM2 signature, then CmdGatewayRenew committed in raft and applied
-// before the answer) from 16 concurrent gateways. Each renewal makes the
+// SoftHSM2 signature, then the renewal committed in raft, in a batch with
+// those waiting (CmdGatewayRenews), and applied before the answer) from 16 concurrent gateways. Each renewal makes the
 // new certificate the gateway's only valid one, so each gateway's next
 // request opens a TLS connection with it, as an agent does. It also
 // reports the CPU time per certificate (this process: the 16 clients and
