@@ -239,8 +239,8 @@ func finishJoinCmd() *cobra.Command {
 func runCmd() *cobra.Command {
 	cfg := controller.DefaultConfig()
 	var (
-		configPath, logLevel string
-		check                bool
+		configPath, logLevel, pprofAddr string
+		check                           bool
 	)
 	cmd := &cobra.Command{
 		Use:     "run",
@@ -260,6 +260,11 @@ func runCmd() *cobra.Command {
 			}
 			log := cli.Logger(os.Stderr, logLevel)
 			slog.SetDefault(log) // libraries that use package log write the same format
+			if pprofAddr != "" {
+				if err := cli.ServePprof(pprofAddr, log); err != nil {
+					return err
+				}
+			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			node, err := controller.Start(ctx, cfg, log)
@@ -276,5 +281,6 @@ func runCmd() *cobra.Command {
 	fs.StringVar(&configPath, "config", "", "config file (flags override its keys)")
 	fs.BoolVar(&check, "check", false, "validate the configuration and exit")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&pprofAddr, "pprof-addr", "", "serve Go runtime profiles (net/http/pprof) on this loopback ip:port, for performance work; off when empty")
 	return cmd
 }

@@ -193,7 +193,11 @@ func (c *Cluster) setup(gatewayLifetime time.Duration) error {
 // leader and three voters, and the people's clients work.
 func (c *Cluster) start(ctx context.Context) error {
 	for _, n := range c.nodes {
-		cmd := exec.Command(c.govnetd, "run", "--config", n.cfg, "--log-level", "warn")
+		args := []string{"run", "--config", n.cfg, "--log-level", "warn"}
+		if port := os.Getenv("GOVNET_LOAD_PPROF_PORT"); port != "" {
+			args = append(args, "--pprof-addr", net.JoinHostPort(n.ip, port)) // profiling the harness's nodes
+		}
+		cmd := exec.Command(c.govnetd, args...)
 		cmd.Env = c.env()
 		cmd.Stdout, cmd.Stderr = c.out, c.out
 		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

@@ -9,6 +9,9 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
+	"net/http"
+	_ "net/http/pprof"
 	"os"
 	"os/signal"
 	"sync"
@@ -54,6 +57,12 @@ type event struct {
 func RunWorkerIfChild() {
 	if os.Getenv(workerEnv) != "1" {
 		return
+	}
+	if os.Getenv("GOVNET_LOAD_PPROF_PORT") != "" { // profiling the harness itself
+		if ln, err := net.Listen("tcp", "127.0.0.1:0"); err == nil {
+			fmt.Fprintf(os.Stderr, "worker %d: runtime profiles on http://%s/debug/pprof/\n", os.Getpid(), ln.Addr())
+			go http.Serve(ln, nil) // net/http/pprof registers on the default mux
+		}
 	}
 	code := 0
 	if err := runWorker(os.Stdin, os.Stdout); err != nil {

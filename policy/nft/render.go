@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -388,7 +389,40 @@ type attr struct {
 	v   []byte
 }
 
+// exprMemo caches rendered expressions: a pure function of the interface
+// name and the expression's name and bytes. A table's rules are a fixed
+// skeleton plus lookups into sets (the elements live in the sets), so the
+// distinct expressions are few and every digest renders the same ones:
+// without the cache they were most of a small table's digest. Bounded, in
+// case something renders an unbounded variety.
+var exprMemo struct {
+	sync.Mutex
+	m map[string]string
+}
+
+const exprMemoMax = 4096
+
 func (r renderer) expr(e Expr) string {
+	key := string(r.iface) + "\x00" + e.Name + "\x00" + string(e.Data)
+	exprMemo.Lock()
+	s, ok := exprMemo.m[key]
+	exprMemo.Unlock()
+	if ok {
+		return s
+	}
+	s = r.renderExpr(e)
+	exprMemo.Lock()
+	if exprMemo.m == nil {
+		exprMemo.m = map[string]string{}
+	}
+	if len(exprMemo.m) < exprMemoMax {
+		exprMemo.m[key] = s
+	}
+	exprMemo.Unlock()
+	return s
+}
+
+func (r renderer) renderExpr(e Expr) string {
 	vol, isVolatile := volatileAttrs[e.Name]
 	if isVolatile && vol == nil {
 		return e.Name
