@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -176,6 +177,11 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	}
 	if c, _ := f.State().Certificate("2c"); c.Status != api.CertRevoked || c.Requester != "gateway:gw2" {
 		t.Fatalf("2c %+v", c)
+	}
+	if !slices.ContainsFunc(f.State().Audit(0), func(e api.AuditEntry) bool {
+		return e.Action == "gateway-renews" && e.Actor == "node:ctl1" && e.Object == "gw2"
+	}) {
+		t.Fatal("no audit entry names the gateway the batch renewed")
 	}
 	if c, _ := f.State().Certificate("2a"); c.Status != api.CertRevoked || c.ReasonName != "superseded" || c.Requester != "op" || c.Approver != "off" {
 		t.Fatalf("2a %+v", c)

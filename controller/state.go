@@ -709,6 +709,21 @@ func (s *State) auditEntry(index uint64, t CommandType, data []byte) api.AuditEn
 			object = o
 		}
 	}
+	if t == CmdGatewayRenews {
+		// A batch names every gateway it renews: the auditor sees whose
+		// certificates the node issued, as with one renewal per entry.
+		var b struct {
+			Renewals []struct {
+				Gateway string `json:"gateway"`
+			} `json:"renewals"`
+		}
+		_ = json.Unmarshal(data[1:], &b)
+		ids := make([]string, len(b.Renewals))
+		for i, r := range b.Renewals {
+			ids[i] = r.Gateway
+		}
+		object = strings.Join(ids, ",")
+	}
 	sum := sha256.Sum256(data)
 	return api.AuditEntry{RaftIndex: index, At: f.At.UTC(), Actor: f.Actor, Role: role, Action: t.String(), Object: object, RequestSHA256: hex.EncodeToString(sum[:])}
 }
