@@ -316,6 +316,9 @@ func (s *State) applyGatewayEnroll(r *GatewayEnrollRequest) error {
 	if !ok || g.Status != api.StatusPending {
 		return fmt.Errorf("%w: gateway %s is not pending enrollment", ErrConflict, r.Gateway)
 	}
+	if r.PublicKey == "" {
+		return fmt.Errorf("%w: enrollment of gateway %s without a WireGuard key", ErrBadRequest, r.Gateway)
+	}
 	if other, used := s.keyOwner[r.PublicKey]; used && other != g.ID {
 		return fmt.Errorf("%w: WireGuard key is already used by gateway %s", ErrConflict, other)
 	}
