@@ -43,9 +43,11 @@ func CompareRules(a, b Rule) int {
 	return cmp.Or(a.Source.Compare(b.Source), strings.Compare(a.Protocol, b.Protocol), cmp.Compare(a.Port, b.Port))
 }
 
-func comparePeers(a, b Peer) int { return strings.Compare(a.Gateway, b.Gateway) }
+// ComparePeers is the order of View.Peers: by gateway id.
+func ComparePeers(a, b Peer) int { return strings.Compare(a.Gateway, b.Gateway) }
 
-func samePeer(a, b *Peer) bool {
+// SamePeer says whether two peer entries are equal.
+func SamePeer(a, b Peer) bool {
 	return a.Gateway == b.Gateway && a.Agency == b.Agency && a.PublicKey == b.PublicKey &&
 		a.Endpoint == b.Endpoint && slices.Equal(a.AllowedIPs, b.AllowedIPs)
 }
@@ -66,7 +68,7 @@ func Diff(old, cur *View) *ViewDelta {
 		case j == len(cur.Peers):
 			c = -1
 		default:
-			c = comparePeers(old.Peers[i], cur.Peers[j])
+			c = ComparePeers(old.Peers[i], cur.Peers[j])
 		}
 		switch {
 		case c < 0:
@@ -76,7 +78,7 @@ func Diff(old, cur *View) *ViewDelta {
 			d.PeersSet = append(d.PeersSet, cur.Peers[j])
 			j++
 		default:
-			if !samePeer(&old.Peers[i], &cur.Peers[j]) {
+			if !SamePeer(old.Peers[i], cur.Peers[j]) {
 				d.PeersSet = append(d.PeersSet, cur.Peers[j])
 			}
 			i++
@@ -135,7 +137,7 @@ func (d *ViewDelta) Apply(base *View) (*View, error) {
 }
 
 func applyPeers(base, set []Peer, removed []string) ([]Peer, error) {
-	if !slices.IsSortedFunc(set, comparePeers) || !slices.IsSorted(removed) {
+	if !slices.IsSortedFunc(set, ComparePeers) || !slices.IsSorted(removed) {
 		return nil, fmt.Errorf("%w: peers out of order", ErrDeltaBase)
 	}
 	out := make([]Peer, 0, len(base)+len(set)-len(removed))
@@ -148,7 +150,7 @@ func applyPeers(base, set []Peer, removed []string) ([]Peer, error) {
 		case j == len(set):
 			c = -1
 		default:
-			c = comparePeers(base[i], set[j])
+			c = ComparePeers(base[i], set[j])
 		}
 		if c <= 0 && k < len(removed) && removed[k] == base[i].Gateway {
 			if c == 0 {

@@ -687,6 +687,10 @@ type auditFields struct {
 	Name    string    `json:"name"`
 	Serial  string    `json:"serial"`
 	Issuer  string    `json:"issuer"`
+	// A batch of renewals names every gateway it renews.
+	Renewals []struct {
+		Gateway string `json:"gateway"`
+	} `json:"renewals"`
 }
 
 // auditEntry prepares the entry for a command about to be applied (the
@@ -712,17 +716,9 @@ func (s *State) auditEntry(index uint64, t CommandType, data []byte) api.AuditEn
 			object = o
 		}
 	}
-	if t == CmdGatewayRenews {
-		// A batch names every gateway it renews: the auditor sees whose
-		// certificates the node issued, as with one renewal per entry.
-		var b struct {
-			Renewals []struct {
-				Gateway string `json:"gateway"`
-			} `json:"renewals"`
-		}
-		_ = json.Unmarshal(data[1:], &b)
-		ids := make([]string, len(b.Renewals))
-		for i, r := range b.Renewals {
+	if object == "" && len(f.Renewals) > 0 {
+		ids := make([]string, len(f.Renewals))
+		for i, r := range f.Renewals {
 			ids[i] = r.Gateway
 		}
 		object = strings.Join(ids, ",")

@@ -347,10 +347,8 @@ func (h *viewHub) joinOnly(touched []api.Gateway) bool {
 // withPart returns v with the peers and rules of part added; part names
 // none that v has.
 func withPart(v *hubView, part *api.View) *hubView {
-	return &hubView{head: v.head, peers: v.peers.Insert(part.Peers, comparePeers), rules: v.rules.Insert(part.Rules, api.CompareRules)}
+	return &hubView{head: v.head, peers: v.peers.Insert(part.Peers, api.ComparePeers), rules: v.rules.Insert(part.Rules, api.CompareRules)}
 }
-
-func comparePeers(a, b api.Peer) int { return strings.Compare(a.Gateway, b.Gateway) }
 
 // withoutPeer returns v without peer id and without the rules that admit
 // the prefixes src (rules are sorted by source, so each prefix's rules are
@@ -423,6 +421,15 @@ func hubViews(views map[string]*api.View) map[string]*hubView {
 		}
 	}
 	return out
+}
+
+// lists returns the view's peers and rules as slices, to read: the API
+// form's when it is made (a compiled view always has it), else new ones.
+func (hv *hubView) lists() ([]api.Peer, []api.Rule) {
+	if hv.full != nil {
+		return hv.full.Peers, hv.full.Rules
+	}
+	return hv.peers.Slice(), hv.rules.Slice()
 }
 
 // View returns the view as the API sends it, made once; callers share it
@@ -551,10 +558,10 @@ func (h *viewHub) reindex(id string, old, cur *hubView, d *api.ViewDelta) {
 		b = d.PeersSet // peers added: a join's part names only new ones
 	default:
 		if old != nil {
-			a = old.peers.Slice()
+			a, _ = old.lists()
 		}
 		if cur != nil {
-			b = cur.peers.Slice()
+			b, _ = cur.lists()
 		}
 	}
 	i, j := 0, 0
@@ -645,14 +652,13 @@ func (h *viewHub) fail(err error) error {
 // sameView says whether two views are equal but for their raft index.
 func sameView(x, y *hubView) bool {
 	a, b := &x.head, &y.head
-	return a.Gateway == b.Gateway && a.PolicyVersion == b.PolicyVersion && a.OverlayIP == b.OverlayIP &&
-		a.OverlayPrefix == b.OverlayPrefix && x.peers.Len() == y.peers.Len() && x.rules.Len() == y.rules.Len() &&
-		slices.Equal(x.rules.Slice(), y.rules.Slice()) && slices.EqualFunc(x.peers.Slice(), y.peers.Slice(), samePeer)
-}
-
-func samePeer(a, b api.Peer) bool {
-	return a.Gateway == b.Gateway && a.Agency == b.Agency && a.PublicKey == b.PublicKey &&
-		a.Endpoint == b.Endpoint && slices.Equal(a.AllowedIPs, b.AllowedIPs)
+	if a.Gateway != b.Gateway || a.PolicyVersion != b.PolicyVersion || a.OverlayIP != b.OverlayIP ||
+		a.OverlayPrefix != b.OverlayPrefix || x.peers.Len() != y.peers.Len() || x.rules.Len() != y.rules.Len() {
+		return false
+	}
+	xp, xr := x.lists()
+	yp, yr := y.lists()
+	return slices.Equal(xr, yr) && slices.EqualFunc(xp, yp, api.SamePeer)
 }
 
 // notify wakes gateway id's streams; h.mu must be held.
@@ -702,7 +708,8 @@ func (h *viewHub) expected(id string) (digest string, raftIndex uint64, ok bool)
 	// Pure and cheap (about 1 ms per 1,000 rules): computed outside the lock.
 	// Rules the firewall cannot express are left out by the agent too, so
 	// the digest that comes with ErrUnsupportedRule is still the expectation.
-	d, err := nft.ExpectedDigest(v.rules.Slice())
+	_, rules := v.lists()
+	d, err := nft.ExpectedDigest(rules)
 	if err != nil && !errors.Is(err, nft.ErrUnsupportedRule) {
 		h.log.Error("expected ruleset digest", "gateway", id, "err", err)
 		return "", v.head.RaftIndex, true

@@ -181,7 +181,7 @@ func (x *hubFixture) check() {
 			t.Fatalf("view of %s differs from a full compile:\n got %d peers %+v\n     %d rules %v\nwant %d peers %+v\n     %d rules %v",
 				id, len(v.Peers), v.Peers, len(v.Rules), v.Rules, len(w.Peers), w.Peers, len(w.Rules), w.Rules)
 		}
-		if v := hv.View(); !slices.Equal(v.Rules, w.Rules) || !slices.EqualFunc(v.Peers, w.Peers, samePeer) {
+		if v := hv.View(); !slices.Equal(v.Rules, w.Rules) || !slices.EqualFunc(v.Peers, w.Peers, api.SamePeer) {
 			t.Fatalf("view of %s: its API form differs from its chunks", id)
 		}
 		for _, p := range w.Peers {

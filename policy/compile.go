@@ -3,7 +3,6 @@ package policy
 import (
 	"maps"
 	"slices"
-	"strings"
 
 	"github.com/govnet/govnet/api"
 )
@@ -290,8 +289,8 @@ func (r *resolver) compileFor(want, only bitset) map[string]*api.View {
 			})
 		}
 		// Slots follow gateway ids only in a fresh index.
-		if !slices.IsSortedFunc(peers, comparePeerIDs) {
-			slices.SortFunc(peers, comparePeerIDs)
+		if !slices.IsSortedFunc(peers, api.ComparePeers) {
+			slices.SortFunc(peers, api.ComparePeers)
 		}
 		slices.SortFunc(a.rules, api.CompareRules)
 		rules := slices.Clip(slices.Compact(a.rules))
@@ -303,5 +302,3 @@ func (r *resolver) compileFor(want, only bitset) map[string]*api.View {
 	}
 	return views
 }
-
-func comparePeerIDs(a, b api.Peer) int { return strings.Compare(a.Gateway, b.Gateway) }

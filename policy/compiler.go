@@ -73,11 +73,6 @@ func (c *Compiler) Update(gws []api.Gateway) {
 	for _, g := range gws {
 		gw := new(api.Gateway)
 		*gw = g
-		if ix.gateways[g.ID] == nil {
-			i, _ := slices.BinarySearch(ix.gatewayIDs, g.ID)
-			ix.gatewayIDs = slices.Insert(ix.gatewayIDs, i, g.ID)
-		}
-		ix.gateways[g.ID] = gw
 		i, was := ix.memberIdx[g.ID]
 		if was {
 			ix.byAgency[ix.members[i].Agency] = slices.DeleteFunc(ix.byAgency[ix.members[i].Agency], func(j int) bool { return j == i })

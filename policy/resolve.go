@@ -37,8 +37,10 @@ type index struct {
 	agencyCodes []string // sorted, for hints
 	parent      map[string]string
 	level       map[string]agency.Level
-	gateways    map[string]*api.Gateway
-	gatewayIDs  []string // sorted, for hints
+	// gateways and gatewayIDs serve validation, which runs when the index
+	// is made: a Compiler's updates do not keep them.
+	gateways   map[string]*api.Gateway
+	gatewayIDs []string // sorted, for hints
 	// members are the participating gateways by slot. A fresh index has
 	// them sorted by id; a Compiler's updates reuse freed slots (nil until
 	// then) and append new ones, so slot order is not id order.
