@@ -19,6 +19,7 @@ import (
 
 	"github.com/govnet/govnet/api"
 	"github.com/govnet/govnet/ca"
+	"github.com/govnet/govnet/ca/chain"
 	"github.com/govnet/govnet/hsm"
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
@@ -32,13 +33,14 @@ const applyTimeout = 10 * time.Second
 
 // Node is one running controller: raft, the state machine, the CA and the API.
 type Node struct {
-	cfg   Config
-	log   *slog.Logger
-	now   func() time.Time
-	token *hsm.Token
-	ca    *ca.CA
-	tls   tls.Certificate
-	roots *x509.CertPool
+	cfg      Config
+	log      *slog.Logger
+	now      func() time.Time
+	token    *hsm.Token
+	ca       *ca.CA
+	tls      tls.Certificate
+	roots    *x509.CertPool
+	verifier *chain.Verifier // client certificates of the API
 
 	peers  *http.Client // node-to-node calls, authenticated by the node certificate
 	limits *limiter     // per-client request rate
@@ -145,8 +147,8 @@ func (n *Node) openCA() error {
 		return n.State().CertStatus(n.issuerID, serial), nil
 	})
 	n.tls = tls.Certificate{Certificate: [][]byte{node.Raw, inter.Raw}, PrivateKey: tlsKey, Leaf: node}
-	n.roots = x509.NewCertPool()
-	n.roots.AddCert(root)
+	n.verifier = chain.NewVerifier(root)
+	n.roots = n.verifier.Roots()
 	n.peers = newPeerClient(n.roots, n.tls)
 	return nil
 }

@@ -22,8 +22,8 @@ import (
 func (n *Node) checkPerson(id ca.Identity, r *http.Request) error {
 	p, ok := n.State().Person(id.Name)
 	serial := ""
-	if r.TLS != nil && len(r.TLS.VerifiedChains) > 0 {
-		serial = ca.Serial(r.TLS.VerifiedChains[0][0])
+	if leaf := clientLeaf(r); leaf != nil {
+		serial = ca.Serial(leaf)
 	}
 	switch {
 	case !ok:

@@ -398,7 +398,7 @@ func (n *Node) handleRenew(w http.ResponseWriter, r *http.Request, id ca.Identit
 		return
 	}
 	g, _ := n.State().Gateway(id.Name)
-	old := ca.Serial(r.TLS.VerifiedChains[0][0])
+	old := ca.Serial(clientLeaf(r))
 	chain, err := n.ca.Issue(r.Context(), csr, ca.GatewayProfile(g.ID, g.Agency))
 	if err != nil {
 		n.fail(w, err)

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -47,10 +48,12 @@ func (n *Node) serve() error {
 		TLSConfig: &tls.Config{
 			MinVersion:   tls.VersionTLS13,
 			Certificates: []tls.Certificate{cert},
-			ClientAuth:   tls.VerifyClientCertIfGiven,
-			ClientCAs:    n.roots,
 		},
 	}
+	// Client certificates are optional (handlers decide) and verified by
+	// n.verifier, which checks each node's intermediate against the P-384
+	// root once rather than on every handshake.
+	n.verifier.ServerConfig(n.srv.TLSConfig)
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
@@ -132,12 +135,23 @@ func (n *Node) whenCaughtUp(next http.Handler) http.Handler {
 	})
 }
 
+// clientLeaf returns the client certificate the TLS handshake verified
+// (see chain.Verifier.ServerConfig: a chain that does not verify fails
+// the handshake), or nil when the client presented none.
+func clientLeaf(r *http.Request) *x509.Certificate {
+	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
+		return nil
+	}
+	return r.TLS.PeerCertificates[0]
+}
+
 // identity returns the verified client certificate's identity.
 func identity(r *http.Request) (ca.Identity, bool) {
-	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 {
+	leaf := clientLeaf(r)
+	if leaf == nil {
 		return ca.Identity{}, false
 	}
-	id, err := ca.IdentityOf(r.TLS.VerifiedChains[0][0])
+	id, err := ca.IdentityOf(leaf)
 	return id, err == nil
 }
 
@@ -191,7 +205,7 @@ func (n *Node) gateway(h handler) http.HandlerFunc {
 			writeError(w, http.StatusForbidden, fmt.Sprintf("gateway %s is %s", id.Name, status))
 			return
 		}
-		if serial := ca.Serial(r.TLS.VerifiedChains[0][0]); serial != g.CertSerial {
+		if serial := ca.Serial(clientLeaf(r)); serial != g.CertSerial {
 			writeError(w, http.StatusForbidden, fmt.Sprintf("certificate %s is not gateway %s's current certificate (%s)", serial, id.Name, g.CertSerial))
 			return
 		}

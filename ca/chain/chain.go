@@ -1,0 +1,156 @@
+// Package chain verifies certificate chains up to one root, remembering
+// the intermediates it has verified.
+//
+// govnet's root key is ECDSA P-384, and Go verifies P-384 signatures
+// without assembly (~0.7 ms, eleven times a P-256 verification). A TLS
+// server verifies each client's chain, leaf and intermediate, so every
+// new connection paid for a P-384 verification of the same few
+// intermediates (one per controller node). A Verifier checks an
+// intermediate against the root once, and from then on only the leaf's
+// signature by it, with the same checks crypto/x509 makes on the whole
+// chain (validity times, key usages, basic constraints).
+package chain
+
+import (
+	"bytes"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+)
+
+// maxIssuers bounds the intermediates a Verifier remembers. Only
+// certificates the root signed are remembered, one per controller node
+// and rotation; past the bound the oldest entries are forgotten.
+const maxIssuers = 256
+
+// Verifier verifies chains up to one root. It is safe for concurrent use.
+type Verifier struct {
+	root  *x509.Certificate
+	roots *x509.CertPool
+	// cache is false when the root carries constraints that crypto/x509
+	// would apply to every chain (extended key usages, name constraints):
+	// a chain is then always verified whole.
+	cache bool
+
+	mu    sync.Mutex
+	known map[string]*issuer // by DER
+	order []string           // insertion order, to forget the oldest
+}
+
+// issuer is an intermediate the root signed, as a pool of its own for
+// verifying leaves.
+type issuer struct {
+	cert *x509.Certificate
+	pool *x509.CertPool
+}
+
+// NewVerifier returns a Verifier trusting root alone.
+func NewVerifier(root *x509.Certificate) *Verifier {
+	pool := x509.NewCertPool()
+	pool.AddCert(root)
+	constrained := len(root.ExtKeyUsage) > 0 || len(root.UnknownExtKeyUsage) > 0 ||
+		len(root.PermittedDNSDomains)+len(root.ExcludedDNSDomains)+len(root.PermittedIPRanges)+len(root.ExcludedIPRanges)+
+			len(root.PermittedEmailAddresses)+len(root.ExcludedEmailAddresses)+len(root.PermittedURIDomains)+len(root.ExcludedURIDomains) > 0
+	return &Verifier{root: root, roots: pool, cache: !constrained, known: map[string]*issuer{}}
+}
+
+// Roots returns a pool holding the root.
+func (v *Verifier) Roots() *x509.CertPool { return v.roots }
+
+// Verify checks that certs (a peer's certificates as presented: leaf
+// first, then intermediates in any order) chain to the root and that the
+// leaf may be used for usage at now. It returns the verified chain: leaf,
+// intermediate if any, root.
+func (v *Verifier) Verify(certs []*x509.Certificate, usage x509.ExtKeyUsage, now time.Time) ([]*x509.Certificate, error) {
+	if len(certs) == 0 {
+		return nil, errors.New("no certificate")
+	}
+	leaf := certs[0]
+	if v.cache && inValidity(v.root, now) {
+		for _, c := range certs[1:] {
+			if !bytes.Equal(leaf.RawIssuer, c.RawSubject) {
+				continue
+			}
+			is, err := v.issuer(c, now)
+			if err != nil {
+				return nil, err
+			}
+			if _, err := leaf.Verify(x509.VerifyOptions{Roots: is.pool, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{usage}}); err != nil {
+				return nil, err
+			}
+			return []*x509.Certificate{leaf, is.cert, v.root}, nil
+		}
+	}
+	inter := x509.NewCertPool()
+	for _, c := range certs[1:] {
+		inter.AddCert(c)
+	}
+	chains, err := leaf.Verify(x509.VerifyOptions{Roots: v.roots, Intermediates: inter, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{usage}})
+	if err != nil {
+		return nil, err
+	}
+	return chains[0], nil
+}
+
+// issuer returns c as a verified intermediate: from the cache, or after
+// verifying it against the root (and then remembered).
+func (v *Verifier) issuer(c *x509.Certificate, now time.Time) (*issuer, error) {
+	key := string(c.Raw)
+	v.mu.Lock()
+	is := v.known[key]
+	v.mu.Unlock()
+	if is != nil {
+		if !inValidity(c, now) {
+			return nil, x509.CertificateInvalidError{Cert: c, Reason: x509.Expired,
+				Detail: fmt.Sprintf("current time %s is outside %s to %s", now.UTC().Format(time.RFC3339), c.NotBefore.UTC().Format(time.RFC3339), c.NotAfter.UTC().Format(time.RFC3339))}
+		}
+		return is, nil
+	}
+	if !c.BasicConstraintsValid || !c.IsCA {
+		return nil, x509.CertificateInvalidError{Cert: c, Reason: x509.NotAuthorizedToSign}
+	}
+	if _, err := c.Verify(x509.VerifyOptions{Roots: v.roots, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(c)
+	is = &issuer{cert: c, pool: pool}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if _, ok := v.known[key]; !ok {
+		if len(v.order) >= maxIssuers {
+			delete(v.known, v.order[0])
+			v.order = v.order[1:]
+		}
+		v.known[key] = is
+		v.order = append(v.order, key)
+	}
+	return is, nil
+}
+
+func inValidity(c *x509.Certificate, now time.Time) bool {
+	return !now.Before(c.NotBefore) && !now.After(c.NotAfter)
+}
+
+// ServerConfig makes cfg, a server's TLS configuration, verify the
+// client certificates it is given with v instead of crypto/tls's own
+// verification: a client may present none (the handler decides), and one
+// that presents a chain v refuses fails the handshake. Handlers read the
+// verified leaf from ConnectionState.PeerCertificates[0] (VerifiedChains
+// stays empty).
+func (v *Verifier) ServerConfig(cfg *tls.Config) {
+	cfg.ClientAuth = tls.RequestClientCert
+	cfg.ClientCAs = v.roots // named in the certificate request
+	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+		if len(cs.PeerCertificates) == 0 {
+			return nil
+		}
+		if _, err := v.Verify(cs.PeerCertificates, x509.ExtKeyUsageClientAuth, time.Now()); err != nil {
+			return fmt.Errorf("client certificate: %w", err)
+		}
+		return nil
+	}
+}
