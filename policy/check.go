@@ -24,7 +24,22 @@ func (p *Policy) Test(reg *Registry) error {
 	if err != nil {
 		return err
 	}
-	return r.runTests(r.compile())
+	return r.runTests(r.compileFor(r.testMembers(), nil))
+}
+
+// testMembers returns the members the policy's tests name, on either
+// side: the only views the tests read (see allowed).
+func (r *resolver) testMembers() bitset {
+	b := newBitset(len(r.ix.members))
+	for _, t := range r.p.Tests {
+		for _, i := range r.testSide(t.From.Name) {
+			b.set(i)
+		}
+		for _, i := range r.testSide(t.To.Name) {
+			b.set(i)
+		}
+	}
+	return b
 }
 
 // Check parses, validates, compiles and tests a policy: what the controller

@@ -70,6 +70,7 @@ func (c *Compiler) CompileAround(ids, also []string) map[string]*api.View {
 // checks for them and makes a new Compiler, whose validation says so.
 func (c *Compiler) Update(gws []api.Gateway) {
 	ix := c.r.ix
+	c.r.under = nil
 	for _, g := range gws {
 		gw := new(api.Gateway)
 		*gw = g

@@ -183,6 +183,38 @@ type resolver struct {
 	groups map[string]bitset
 	svcs   map[string]bitset
 	gws    map[string]bitset // rules' references to single gateways
+	// under holds, for each agency a subtree group is rooted at, the
+	// member slots of the agencies in its subtree: made on first use for
+	// all of them at once, dropped by a Compiler's Update.
+	under map[string][]int
+}
+
+// subtree returns the member slots of the agencies in root's subtree
+// (root's own included), as ix.within decides it.
+func (r *resolver) subtree(root string) []int {
+	if r.under == nil {
+		r.under = map[string][]int{}
+		roots := map[string]bool{}
+		for _, g := range r.nm.groups {
+			if g.Subtree != nil {
+				roots[g.Subtree.Name] = true
+			}
+		}
+		for code, slots := range r.ix.byAgency {
+			a := code
+			for range maxDepth {
+				if roots[a] {
+					r.under[a] = append(r.under[a], slots...)
+				}
+				p, ok := r.ix.parentOf(a)
+				if !ok {
+					break
+				}
+				a = p
+			}
+		}
+	}
+	return r.under[root]
 }
 
 // resolve validates the policy and returns a resolver for it.
@@ -322,23 +354,19 @@ func (r *resolver) group(name string) bitset {
 		return b
 	}
 	if g.Level != 0 || g.Subtree != nil {
-		// Gateways of one agency share the answer: ask once per agency.
-		under := map[string]bool{}
-		for i, gw := range r.ix.members {
-			if gw == nil || r.ix.memberLevel[i] == 0 || g.Level != 0 && r.ix.memberLevel[i] != g.Level {
-				continue
+		admit := func(i int) {
+			if r.ix.members[i] != nil && r.ix.memberLevel[i] != 0 && (g.Level == 0 || r.ix.memberLevel[i] == g.Level) {
+				b.set(i)
 			}
-			if g.Subtree != nil {
-				in, ok := under[gw.Agency]
-				if !ok {
-					in = r.ix.within(gw.Agency, g.Subtree.Name)
-					under[gw.Agency] = in
-				}
-				if !in {
-					continue
-				}
+		}
+		if g.Subtree != nil {
+			for _, i := range r.subtree(g.Subtree.Name) {
+				admit(i)
 			}
-			b.set(i)
+		} else {
+			for i := range r.ix.members {
+				admit(i)
+			}
 		}
 	}
 	for _, a := range g.Agencies {
