@@ -147,7 +147,7 @@ func (n *Node) openCA() error {
 		return n.State().CertStatus(n.issuerID, serial), nil
 	})
 	n.tls = tls.Certificate{Certificate: [][]byte{node.Raw, inter.Raw}, PrivateKey: tlsKey, Leaf: node}
-	n.verifier = chain.NewVerifier(root)
+	n.verifier = chain.NewVerifierFor(root)
 	n.roots = n.verifier.Roots()
 	n.peers = newPeerClient(n.roots, n.tls)
 	return nil

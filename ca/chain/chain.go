@@ -5,10 +5,11 @@
 // without assembly (~0.7 ms, eleven times a P-256 verification). A TLS
 // server verifies each client's chain, leaf and intermediate, so every
 // new connection paid for a P-384 verification of the same few
-// intermediates (one per controller node). A Verifier checks an
-// intermediate against the root once, and from then on only the leaf's
-// signature by it, with the same checks crypto/x509 makes on the whole
-// chain (validity times, key usages, basic constraints).
+// intermediates (one per controller node), and each client the same for
+// the server's chain. A Verifier checks an intermediate against the root
+// once, and from then on only the leaf's signature by it, with the same
+// checks crypto/x509 makes on the whole chain (validity times, key
+// usages, basic constraints).
 package chain
 
 import (
@@ -22,46 +23,44 @@ import (
 )
 
 // maxIssuers bounds the intermediates a Verifier remembers. Only
-// certificates the root signed are remembered, one per controller node
+// certificates a root signed are remembered, one per controller node
 // and rotation; past the bound the oldest entries are forgotten.
 const maxIssuers = 256
 
-// Verifier verifies chains up to one root. It is safe for concurrent use.
+// Verifier verifies chains up to the roots of a pool (govnet has one).
+// It is safe for concurrent use.
 type Verifier struct {
-	root  *x509.Certificate
 	roots *x509.CertPool
-	// cache is false when the root carries constraints that crypto/x509
-	// would apply to every chain (extended key usages, name constraints):
-	// a chain is then always verified whole.
-	cache bool
 
 	mu    sync.Mutex
 	known map[string]*issuer // by DER
 	order []string           // insertion order, to forget the oldest
 }
 
-// issuer is an intermediate the root signed, as a pool of its own for
-// verifying leaves.
+// issuer is an intermediate a root signed, as a pool of its own for
+// verifying leaves, with that root.
 type issuer struct {
-	cert *x509.Certificate
-	pool *x509.CertPool
+	cert, root *x509.Certificate
+	pool       *x509.CertPool
 }
 
-// NewVerifier returns a Verifier trusting root alone.
-func NewVerifier(root *x509.Certificate) *Verifier {
+// NewVerifier returns a Verifier trusting the roots in roots.
+func NewVerifier(roots *x509.CertPool) *Verifier {
+	return &Verifier{roots: roots, known: map[string]*issuer{}}
+}
+
+// NewVerifierFor returns a Verifier trusting root alone.
+func NewVerifierFor(root *x509.Certificate) *Verifier {
 	pool := x509.NewCertPool()
 	pool.AddCert(root)
-	constrained := len(root.ExtKeyUsage) > 0 || len(root.UnknownExtKeyUsage) > 0 ||
-		len(root.PermittedDNSDomains)+len(root.ExcludedDNSDomains)+len(root.PermittedIPRanges)+len(root.ExcludedIPRanges)+
-			len(root.PermittedEmailAddresses)+len(root.ExcludedEmailAddresses)+len(root.PermittedURIDomains)+len(root.ExcludedURIDomains) > 0
-	return &Verifier{root: root, roots: pool, cache: !constrained, known: map[string]*issuer{}}
+	return NewVerifier(pool)
 }
 
-// Roots returns a pool holding the root.
+// Roots returns the pool of trusted roots.
 func (v *Verifier) Roots() *x509.CertPool { return v.roots }
 
 // Verify checks that certs (a peer's certificates as presented: leaf
-// first, then intermediates in any order) chain to the root and that the
+// first, then intermediates in any order) chain to a root and that the
 // leaf may be used for usage at now. It returns the verified chain: leaf,
 // intermediate if any, root.
 func (v *Verifier) Verify(certs []*x509.Certificate, usage x509.ExtKeyUsage, now time.Time) ([]*x509.Certificate, error) {
@@ -69,20 +68,21 @@ func (v *Verifier) Verify(certs []*x509.Certificate, usage x509.ExtKeyUsage, now
 		return nil, errors.New("no certificate")
 	}
 	leaf := certs[0]
-	if v.cache && inValidity(v.root, now) {
-		for _, c := range certs[1:] {
-			if !bytes.Equal(leaf.RawIssuer, c.RawSubject) {
-				continue
-			}
-			is, err := v.issuer(c, now)
-			if err != nil {
-				return nil, err
-			}
-			if _, err := leaf.Verify(x509.VerifyOptions{Roots: is.pool, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{usage}}); err != nil {
-				return nil, err
-			}
-			return []*x509.Certificate{leaf, is.cert, v.root}, nil
+	for _, c := range certs[1:] {
+		if !bytes.Equal(leaf.RawIssuer, c.RawSubject) {
+			continue
 		}
+		is, err := v.issuer(c, now)
+		if err != nil {
+			return nil, err
+		}
+		if is == nil {
+			break // its root constrains every chain: verify the whole chain
+		}
+		if _, err := leaf.Verify(x509.VerifyOptions{Roots: is.pool, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{usage}}); err != nil {
+			return nil, err
+		}
+		return []*x509.Certificate{leaf, is.cert, is.root}, nil
 	}
 	inter := x509.NewCertPool()
 	for _, c := range certs[1:] {
@@ -96,13 +96,20 @@ func (v *Verifier) Verify(certs []*x509.Certificate, usage x509.ExtKeyUsage, now
 }
 
 // issuer returns c as a verified intermediate: from the cache, or after
-// verifying it against the root (and then remembered).
+// verifying it against the roots (and then remembered). It returns nil,
+// and remembers nothing, when c's root carries constraints crypto/x509
+// applies to every chain under it (extended key usages, name
+// constraints), or is no longer valid: the caller then verifies whole
+// chains.
 func (v *Verifier) issuer(c *x509.Certificate, now time.Time) (*issuer, error) {
 	key := string(c.Raw)
 	v.mu.Lock()
 	is := v.known[key]
 	v.mu.Unlock()
 	if is != nil {
+		if !inValidity(is.root, now) {
+			return nil, nil
+		}
 		if !inValidity(c, now) {
 			return nil, x509.CertificateInvalidError{Cert: c, Reason: x509.Expired,
 				Detail: fmt.Sprintf("current time %s is outside %s to %s", now.UTC().Format(time.RFC3339), c.NotBefore.UTC().Format(time.RFC3339), c.NotAfter.UTC().Format(time.RFC3339))}
@@ -112,12 +119,16 @@ func (v *Verifier) issuer(c *x509.Certificate, now time.Time) (*issuer, error) {
 	if !c.BasicConstraintsValid || !c.IsCA {
 		return nil, x509.CertificateInvalidError{Cert: c, Reason: x509.NotAuthorizedToSign}
 	}
-	if _, err := c.Verify(x509.VerifyOptions{Roots: v.roots, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+	chains, err := c.Verify(x509.VerifyOptions{Roots: v.roots, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+	if err != nil {
 		return nil, err
+	}
+	if len(chains[0]) != 2 || constrains(chains[0][1]) {
+		return nil, nil // not signed by a root directly, or a constraining root
 	}
 	pool := x509.NewCertPool()
 	pool.AddCert(c)
-	is = &issuer{cert: c, pool: pool}
+	is = &issuer{cert: c, root: chains[0][1], pool: pool}
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if _, ok := v.known[key]; !ok {
@@ -129,6 +140,14 @@ func (v *Verifier) issuer(c *x509.Certificate, now time.Time) (*issuer, error) {
 		v.order = append(v.order, key)
 	}
 	return is, nil
+}
+
+// constrains says whether a root carries constraints that crypto/x509
+// applies to every chain under it.
+func constrains(root *x509.Certificate) bool {
+	return len(root.ExtKeyUsage) > 0 || len(root.UnknownExtKeyUsage) > 0 ||
+		len(root.PermittedDNSDomains)+len(root.ExcludedDNSDomains)+len(root.PermittedIPRanges)+len(root.ExcludedIPRanges)+
+			len(root.PermittedEmailAddresses)+len(root.ExcludedEmailAddresses)+len(root.PermittedURIDomains)+len(root.ExcludedURIDomains) > 0
 }
 
 func inValidity(c *x509.Certificate, now time.Time) bool {
@@ -150,6 +169,32 @@ func (v *Verifier) ServerConfig(cfg *tls.Config) {
 		}
 		if _, err := v.Verify(cs.PeerCertificates, x509.ExtKeyUsageClientAuth, time.Now()); err != nil {
 			return fmt.Errorf("client certificate: %w", err)
+		}
+		return nil
+	}
+}
+
+// ClientConfig makes cfg, a client's TLS configuration for servers named
+// host (a DNS name or an IP address, as in the URL), verify the server's
+// chain with v and the name against its leaf, instead of crypto/tls's
+// own verification, which it turns off for that. cfg.ServerName is set
+// to host when empty.
+func (v *Verifier) ClientConfig(cfg *tls.Config, host string) {
+	if cfg.ServerName == "" {
+		cfg.ServerName = host
+	}
+	name := cfg.ServerName
+	cfg.RootCAs = v.roots
+	cfg.InsecureSkipVerify = true // replaced by VerifyConnection below
+	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+		if len(cs.PeerCertificates) == 0 {
+			return errors.New("server certificate: none presented")
+		}
+		if _, err := v.Verify(cs.PeerCertificates, x509.ExtKeyUsageServerAuth, time.Now()); err != nil {
+			return fmt.Errorf("server certificate: %w", err)
+		}
+		if err := cs.PeerCertificates[0].VerifyHostname(name); err != nil {
+			return fmt.Errorf("server certificate: %w", err)
 		}
 		return nil
 	}

@@ -105,7 +105,7 @@ func TestVerify(t *testing.T) {
 		{"leaf alone", []*x509.Certificate{leaf.cert}, x509.ExtKeyUsageClientAuth, now, "unknown authority"},
 		{"nothing", nil, x509.ExtKeyUsageClientAuth, now, "no certificate"},
 	}
-	v := NewVerifier(root.cert)
+	v := NewVerifierFor(root.cert)
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			chain, err := v.Verify(c.certs, c.usage, c.at)
@@ -145,7 +145,7 @@ func TestVerify(t *testing.T) {
 	ekuRoot := issue(t, ekuRootTmpl, nil, elliptic.P256())
 	ekuInter := issue(t, caTmpl("i"), ekuRoot, elliptic.P256())
 	ekuLeaf := issue(t, leafTmpl("c", x509.ExtKeyUsageClientAuth), ekuInter, elliptic.P256())
-	ev := NewVerifier(ekuRoot.cert)
+	ev := NewVerifierFor(ekuRoot.cert)
 	if _, err := ev.Verify([]*x509.Certificate{ekuLeaf.cert, ekuInter.cert}, x509.ExtKeyUsageClientAuth, now); err == nil {
 		t.Fatal("a clientAuth leaf under a serverAuth-only root verified")
 	}
@@ -158,7 +158,7 @@ func TestVerify(t *testing.T) {
 // maxIssuers still verify, and the oldest are forgotten.
 func TestVerifierForgets(t *testing.T) {
 	root := issue(t, caTmpl("root"), nil, elliptic.P256())
-	v := NewVerifier(root.cert)
+	v := NewVerifierFor(root.cert)
 	for i := range maxIssuers + 3 {
 		inter := issue(t, caTmpl("ctl"), root, elliptic.P256())
 		leaf := issue(t, leafTmpl("gw", x509.ExtKeyUsageClientAuth), inter, elliptic.P256())
@@ -182,14 +182,11 @@ func TestServerConfig(t *testing.T) {
 	other := issue(t, caTmpl("other"), nil, elliptic.P256())
 	stranger := issue(t, leafTmpl("gw1", x509.ExtKeyUsageClientAuth), other, elliptic.P256())
 
-	v := NewVerifier(root.cert)
+	v := NewVerifierFor(root.cert)
 	scfg := &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{{Certificate: [][]byte{srv.cert.Raw, inter.cert.Raw}, PrivateKey: srv.key}}}
 	v.ServerConfig(scfg)
 
-	handshake := func(client *pki, chain ...*x509.Certificate) ([]*x509.Certificate, error) {
-		a, b := net.Pipe()
-		defer a.Close()
-		defer b.Close()
+	connect := func(client *pki, chain ...*x509.Certificate) ([]*x509.Certificate, error) {
 		ccfg := &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: v.Roots(), ServerName: "ctl1.govnet"}
 		if client != nil {
 			var der [][]byte
@@ -201,37 +198,19 @@ func TestServerConfig(t *testing.T) {
 				return &tls.Certificate{Certificate: der, PrivateKey: client.key}, nil
 			}
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		cerr := make(chan error, 1)
-		go func() {
-			c := tls.Client(a, ccfg)
-			err := c.HandshakeContext(ctx)
-			if err == nil {
-				// TLS 1.3: the server's verdict on the client arrives
-				// with the first read.
-				_, err = c.Read(make([]byte, 1))
-			}
-			cerr <- err
-		}()
-		s := tls.Server(b, scfg)
-		err := s.HandshakeContext(ctx)
-		if err == nil {
-			s.Write([]byte{1})
-		}
-		<-cerr
-		return s.ConnectionState().PeerCertificates, err
+		state, _, err := handshake(t, ccfg, scfg)
+		return state.PeerCertificates, err
 	}
-	if peers, err := handshake(nil); err != nil || len(peers) != 0 {
+	if peers, err := connect(nil); err != nil || len(peers) != 0 {
 		t.Fatalf("no client certificate: %v, %d peer certificates", err, len(peers))
 	}
-	if peers, err := handshake(gw, gw.cert, inter.cert); err != nil || len(peers) != 2 || !peers[0].Equal(gw.cert) {
+	if peers, err := connect(gw, gw.cert, inter.cert); err != nil || len(peers) != 2 || !peers[0].Equal(gw.cert) {
 		t.Fatalf("a good chain: %v", err)
 	}
-	if _, err := handshake(stranger, stranger.cert, other.cert); err == nil || !strings.Contains(err.Error(), "client certificate") {
+	if _, err := connect(stranger, stranger.cert, other.cert); err == nil || !strings.Contains(err.Error(), "client certificate") {
 		t.Fatalf("another root's chain: %v", err)
 	}
-	if _, err := handshake(gw, gw.cert); err == nil {
+	if _, err := connect(gw, gw.cert); err == nil {
 		t.Fatal("a leaf without its intermediate was accepted")
 	}
 }
@@ -242,4 +221,95 @@ func names(chain []*x509.Certificate) []string {
 		out = append(out, c.Subject.CommonName)
 	}
 	return out
+}
+
+// handshake runs a TLS handshake between a client and a server
+// configuration over loopback TCP, with one byte from the server so that
+// the client learns the server's verdict on its certificate too (TLS
+// 1.3). It returns the server's view of the connection.
+func handshake(t *testing.T, ccfg, scfg *tls.Config) (state tls.ConnectionState, clientErr, serverErr error) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cerr := make(chan error, 1)
+	go func() {
+		raw, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			cerr <- err
+			return
+		}
+		defer raw.Close()
+		c := tls.Client(raw, ccfg)
+		err = c.HandshakeContext(ctx)
+		if err == nil {
+			_, err = c.Read(make([]byte, 1))
+		}
+		cerr <- err
+	}()
+	raw, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	s := tls.Server(raw, scfg)
+	serverErr = s.HandshakeContext(ctx)
+	if serverErr == nil {
+		s.Write([]byte{1})
+	}
+	return s.ConnectionState(), <-cerr, serverErr
+}
+
+// TestClientConfig: a client configured by ClientConfig accepts a server
+// whose chain leads to the root and whose certificate names the host it
+// dialled (DNS name or IP address), and nothing else.
+func TestClientConfig(t *testing.T) {
+	root := issue(t, caTmpl("root"), nil, elliptic.P384())
+	inter := issue(t, caTmpl("ctl1"), root, elliptic.P256())
+	srvTmpl := leafTmpl("ctl1.govnet", x509.ExtKeyUsageServerAuth)
+	srvTmpl.IPAddresses = []net.IP{net.ParseIP("10.99.0.1")}
+	srv := issue(t, srvTmpl, inter, elliptic.P256())
+	clientOnly := issue(t, leafTmpl("ctl1.govnet", x509.ExtKeyUsageClientAuth), inter, elliptic.P256())
+	other := issue(t, caTmpl("other"), nil, elliptic.P256())
+	otherInter := issue(t, caTmpl("ctl1"), other, elliptic.P256())
+	impostor := issue(t, srvTmpl, otherInter, elliptic.P256())
+
+	server := func(leaf *pki, chain ...*x509.Certificate) *tls.Config {
+		der := [][]byte{leaf.cert.Raw}
+		for _, c := range chain {
+			der = append(der, c.Raw)
+		}
+		return &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{{Certificate: der, PrivateKey: leaf.key}}}
+	}
+	v := NewVerifierFor(root.cert)
+	for _, c := range []struct {
+		name, host string
+		server     *tls.Config
+		err        string
+	}{
+		{"by name", "ctl1.govnet", server(srv, inter.cert), ""},
+		{"by address, from the cache", "10.99.0.1", server(srv, inter.cert), ""},
+		{"another name", "ctl2.govnet", server(srv, inter.cert), "not ctl2.govnet"},
+		{"another address", "10.99.0.2", server(srv, inter.cert), "not 10.99.0.2"},
+		{"a certificate for clients only", "ctl1.govnet", server(clientOnly, inter.cert), "incompatible key usage"},
+		{"another root's chain", "ctl1.govnet", server(impostor, otherInter.cert), "unknown authority"},
+		{"the leaf alone", "ctl1.govnet", server(srv), "unknown authority"},
+	} {
+		ccfg := &tls.Config{MinVersion: tls.VersionTLS13}
+		v.ClientConfig(ccfg, c.host)
+		_, cerr, _ := handshake(t, ccfg, c.server)
+		switch {
+		case c.err == "" && cerr != nil:
+			t.Errorf("%s: %v", c.name, cerr)
+		case c.err != "" && (cerr == nil || !strings.Contains(cerr.Error(), c.err)):
+			t.Errorf("%s: error %v, want one saying %q", c.name, cerr, c.err)
+		}
+	}
+	if len(v.known) != 1 {
+		t.Fatalf("%d intermediates remembered, want 1", len(v.known))
+	}
 }
