@@ -52,22 +52,36 @@ func (cs *conns) reset() {
 	// writes NextProtos into it on first use, and clients (one per
 	// controller node, in the agent) share the config they were given.
 	tc := cs.tls.Clone()
-	if cs.verify != nil && tc.RootCAs != nil && !tc.InsecureSkipVerify && tc.VerifyConnection == nil {
-		// The same checks as crypto/tls's, with each controller node's
+	if cs.verify != nil && tc != nil && tc.RootCAs == cs.verify.Roots() && !tc.InsecureSkipVerify &&
+		tc.VerifyConnection == nil && tc.VerifyPeerCertificate == nil {
+		// The same verdicts as crypto/tls's, with each controller node's
 		// intermediate verified against the P-384 root once rather than
-		// on every connection (see package ca/chain).
+		// on every connection (see package ca/chain). The name checked is
+		// the base URL's host: redirects elsewhere are refused below.
 		cs.verify.ClientConfig(tc, cs.host)
 	}
 	tr := &http.Transport{TLSClientConfig: tc, ForceAttemptHTTP2: true, TLSHandshakeTimeout: 10 * time.Second}
 	cs.mu.Lock()
 	old := cs.tr
 	cs.tr = tr
-	cs.http = &http.Client{Transport: tr, Timeout: 30 * time.Second}
-	cs.stream = &http.Client{Transport: tr}
+	cs.http = &http.Client{Transport: tr, Timeout: 30 * time.Second, CheckRedirect: sameHost}
+	cs.stream = &http.Client{Transport: tr, CheckRedirect: sameHost}
 	cs.mu.Unlock()
 	if old != nil {
 		old.CloseIdleConnections()
 	}
+}
+
+// sameHost follows a redirect only to the host the client was made for:
+// the controller never redirects, and its TLS name check is that host's.
+func sameHost(req *http.Request, via []*http.Request) error {
+	if req.URL.Host != via[0].URL.Host {
+		return fmt.Errorf("redirect from %s to %s refused", via[0].URL.Host, req.URL.Host)
+	}
+	if len(via) >= 10 {
+		return errors.New("stopped after 10 redirects")
+	}
+	return nil
 }
 
 func (c *Client) httpClient() *http.Client {
@@ -99,7 +113,7 @@ func (c *Client) Linearizable() *Client {
 // NewClient returns a client for the controller at base (https://host:port).
 func NewClient(base string, tlsConfig *tls.Config) *Client {
 	cs := &conns{tls: tlsConfig}
-	if u, err := url.Parse(base); err == nil && u.Hostname() != "" && tlsConfig.RootCAs != nil {
+	if u, err := url.Parse(base); err == nil && u.Hostname() != "" && tlsConfig != nil && tlsConfig.RootCAs != nil {
 		cs.host, cs.verify = u.Hostname(), certchain.NewVerifier(tlsConfig.RootCAs)
 	}
 	cs.reset()

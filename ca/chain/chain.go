@@ -7,9 +7,13 @@
 // new connection paid for a P-384 verification of the same few
 // intermediates (one per controller node), and each client the same for
 // the server's chain. A Verifier checks an intermediate against the root
-// once, and from then on only the leaf's signature by it, with the same
-// checks crypto/x509 makes on the whole chain (validity times, key
-// usages, basic constraints).
+// once, and from then on only the leaf against it: validity times, key
+// usages, name constraints and the signature, as crypto/x509 would on
+// the whole chain. Whatever that shortcut cannot decide exactly (deeper
+// chains, intermediates with certificate policies, roots with key-usage,
+// name or path-length constraints, any failure) is verified whole by
+// crypto/x509, so a Verifier accepts exactly the chains crypto/x509
+// accepts.
 package chain
 
 import (
@@ -72,17 +76,16 @@ func (v *Verifier) Verify(certs []*x509.Certificate, usage x509.ExtKeyUsage, now
 		if !bytes.Equal(leaf.RawIssuer, c.RawSubject) {
 			continue
 		}
-		is, err := v.issuer(c, now)
-		if err != nil {
-			return nil, err
-		}
+		// Any doubt (an intermediate that does not verify on its own, a
+		// leaf it did not sign) is left to crypto/x509 below, which
+		// tries every path and gives its own error.
+		is := v.issuer(c, now)
 		if is == nil {
-			break // its root constrains every chain: verify the whole chain
+			continue
 		}
-		if _, err := leaf.Verify(x509.VerifyOptions{Roots: is.pool, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{usage}}); err != nil {
-			return nil, err
+		if _, err := leaf.Verify(x509.VerifyOptions{Roots: is.pool, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{usage}}); err == nil {
+			return []*x509.Certificate{leaf, is.cert, is.root}, nil
 		}
-		return []*x509.Certificate{leaf, is.cert, is.root}, nil
 	}
 	inter := x509.NewCertPool()
 	for _, c := range certs[1:] {
@@ -97,34 +100,28 @@ func (v *Verifier) Verify(certs []*x509.Certificate, usage x509.ExtKeyUsage, now
 
 // issuer returns c as a verified intermediate: from the cache, or after
 // verifying it against the roots (and then remembered). It returns nil,
-// and remembers nothing, when c's root carries constraints crypto/x509
-// applies to every chain under it (extended key usages, name
-// constraints), or is no longer valid: the caller then verifies whole
-// chains.
-func (v *Verifier) issuer(c *x509.Certificate, now time.Time) (*issuer, error) {
+// and remembers nothing, when c does not verify at now on its own, or
+// when a chain through it needs more than checking the leaf against it:
+// c is not signed by a root directly, carries certificate policies or
+// policy constraints (crypto/x509 does not apply those of a trust
+// anchor), or its root constrains the chains under it.
+func (v *Verifier) issuer(c *x509.Certificate, now time.Time) *issuer {
 	key := string(c.Raw)
 	v.mu.Lock()
 	is := v.known[key]
 	v.mu.Unlock()
 	if is != nil {
-		if !inValidity(is.root, now) {
-			return nil, nil
+		if !inValidity(is.root, now) || !inValidity(c, now) {
+			return nil
 		}
-		if !inValidity(c, now) {
-			return nil, x509.CertificateInvalidError{Cert: c, Reason: x509.Expired,
-				Detail: fmt.Sprintf("current time %s is outside %s to %s", now.UTC().Format(time.RFC3339), c.NotBefore.UTC().Format(time.RFC3339), c.NotAfter.UTC().Format(time.RFC3339))}
-		}
-		return is, nil
+		return is
 	}
-	if !c.BasicConstraintsValid || !c.IsCA {
-		return nil, x509.CertificateInvalidError{Cert: c, Reason: x509.NotAuthorizedToSign}
+	if !c.BasicConstraintsValid || !c.IsCA || hasPolicies(c) {
+		return nil
 	}
 	chains, err := c.Verify(x509.VerifyOptions{Roots: v.roots, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
-	if err != nil {
-		return nil, err
-	}
-	if len(chains[0]) != 2 || constrains(chains[0][1]) {
-		return nil, nil // not signed by a root directly, or a constraining root
+	if err != nil || len(chains[0]) != 2 || constrains(chains[0][1]) {
+		return nil
 	}
 	pool := x509.NewCertPool()
 	pool.AddCert(c)
@@ -139,13 +136,24 @@ func (v *Verifier) issuer(c *x509.Certificate, now time.Time) (*issuer, error) {
 		v.known[key] = is
 		v.order = append(v.order, key)
 	}
-	return is, nil
+	return is
+}
+
+// hasPolicies says whether an intermediate carries certificate policies,
+// policy mappings or policy constraints.
+func hasPolicies(c *x509.Certificate) bool {
+	return len(c.Policies)+len(c.PolicyIdentifiers)+len(c.PolicyMappings) > 0 ||
+		c.RequireExplicitPolicy > 0 || c.RequireExplicitPolicyZero ||
+		c.InhibitPolicyMapping > 0 || c.InhibitPolicyMappingZero ||
+		c.InhibitAnyPolicy > 0 || c.InhibitAnyPolicyZero
 }
 
 // constrains says whether a root carries constraints that crypto/x509
-// applies to every chain under it.
+// applies to every chain under it: extended key usages, name
+// constraints, or a path length that admits no intermediate.
 func constrains(root *x509.Certificate) bool {
 	return len(root.ExtKeyUsage) > 0 || len(root.UnknownExtKeyUsage) > 0 ||
+		root.BasicConstraintsValid && root.MaxPathLen == 0 && root.MaxPathLenZero ||
 		len(root.PermittedDNSDomains)+len(root.ExcludedDNSDomains)+len(root.PermittedIPRanges)+len(root.ExcludedIPRanges)+
 			len(root.PermittedEmailAddresses)+len(root.ExcludedEmailAddresses)+len(root.PermittedURIDomains)+len(root.ExcludedURIDomains) > 0
 }

@@ -9,6 +9,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/asn1"
 	"math/big"
 	"net"
 	"strings"
@@ -101,7 +102,7 @@ func TestVerify(t *testing.T) {
 		{"expired leaf", []*x509.Certificate{expired.cert, inter.cert}, x509.ExtKeyUsageClientAuth, now, "expired"},
 		{"known intermediate, after it expires", []*x509.Certificate{leaf.cert, inter.cert}, x509.ExtKeyUsageClientAuth, now.Add(48 * time.Hour), "expired"},
 		{"intermediate of another root", []*x509.Certificate{byOther.cert, otherInter.cert}, x509.ExtKeyUsageClientAuth, now, "unknown authority"},
-		{"issuer not a CA", []*x509.Certificate{underNotCA.cert, notCA.cert}, x509.ExtKeyUsageClientAuth, now, "not authorized to sign"},
+		{"issuer not a CA", []*x509.Certificate{underNotCA.cert, notCA.cert}, x509.ExtKeyUsageClientAuth, now, "cannot sign"},
 		{"leaf alone", []*x509.Certificate{leaf.cert}, x509.ExtKeyUsageClientAuth, now, "unknown authority"},
 		{"nothing", nil, x509.ExtKeyUsageClientAuth, now, "no certificate"},
 	}
@@ -151,6 +152,69 @@ func TestVerify(t *testing.T) {
 	}
 	if len(ev.known) != 0 {
 		t.Fatal("a constrained root's intermediates were cached")
+	}
+}
+
+// TestVerifyMatchesX509 gives Verifiers chains the shortcut cannot
+// decide alone; each time, first and with the intermediate remembered,
+// the verdict must be crypto/x509's on the whole chain.
+func TestVerifyMatchesX509(t *testing.T) {
+	root := issue(t, caTmpl("root"), nil, elliptic.P384())
+	pathTmpl := caTmpl("root, no intermediates")
+	pathTmpl.MaxPathLen, pathTmpl.MaxPathLenZero = 0, true
+	pathRoot := issue(t, pathTmpl, nil, elliptic.P256())
+	underPath := issue(t, caTmpl("ctl1"), pathRoot, elliptic.P256())
+
+	policyTmpl := caTmpl("ctl with a policy constraint")
+	// policyConstraints (RFC 5280 4.2.1.11), critical: requireExplicitPolicy 0.
+	policyTmpl.ExtraExtensions = []pkix.Extension{{Id: asn1.ObjectIdentifier{2, 5, 29, 36}, Critical: true, Value: []byte{0x30, 0x03, 0x80, 0x01, 0x00}}}
+	oid, err := x509.ParseOID("1.3.6.1.4.1.99999.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	policyTmpl.Policies = []x509.OID{oid}
+	withPolicy := issue(t, policyTmpl, root, elliptic.P256())
+
+	ncTmpl := caTmpl("ctl with name constraints")
+	ncTmpl.PermittedDNSDomains = []string{"a.govnet"}
+	nc := issue(t, ncTmpl, root, elliptic.P256())
+
+	i1 := issue(t, caTmpl("level 1"), root, elliptic.P256())
+	i2 := issue(t, caTmpl("level 2"), i1, elliptic.P256())
+	a := issue(t, caTmpl("ctl1"), root, elliptic.P256())
+	b := issue(t, caTmpl("ctl1"), root, elliptic.P256()) // re-keyed: same subject
+	junk := issue(t, caTmpl("ctl1"), nil, elliptic.P256())
+
+	leaf := func(cn string, parent *pki) *x509.Certificate {
+		return issue(t, leafTmpl(cn, x509.ExtKeyUsageClientAuth), parent, elliptic.P256()).cert
+	}
+	byB := leaf("gw5", b)
+	cases := []struct {
+		name  string
+		root  *pki
+		certs []*x509.Certificate
+	}{
+		{"root admits no intermediate", pathRoot, []*x509.Certificate{leaf("gw1", underPath), underPath.cert}},
+		{"intermediate requires an explicit policy", root, []*x509.Certificate{leaf("gw2", withPolicy), withPolicy.cert}},
+		{"name-constrained intermediate, permitted", root, []*x509.Certificate{leaf("x.a.govnet", nc), nc.cert}},
+		{"name-constrained intermediate, excluded", root, []*x509.Certificate{leaf("x.b.govnet", nc), nc.cert}},
+		{"two intermediates deep", root, []*x509.Certificate{leaf("gw3", i2), i2.cert, i1.cert}},
+		{"the right one of two re-keyed intermediates", root, []*x509.Certificate{byB, a.cert, b.cert}},
+		{"a same-named impostor first", root, []*x509.Certificate{byB, junk.cert, b.cert}},
+		{"only the wrong re-keyed intermediate", root, []*x509.Certificate{byB, a.cert}},
+	}
+	for _, c := range cases {
+		v := NewVerifierFor(c.root.cert)
+		pool := x509.NewCertPool()
+		for _, i := range c.certs[1:] {
+			pool.AddCert(i)
+		}
+		_, want := c.certs[0].Verify(x509.VerifyOptions{Roots: v.Roots(), Intermediates: pool, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+		for _, when := range []string{"first", "again"} {
+			if _, err := v.Verify(c.certs, x509.ExtKeyUsageClientAuth, now); (err == nil) != (want == nil) {
+				t.Errorf("%s (%s): %v; crypto/x509: %v", c.name, when, err, want)
+			}
+		}
 	}
 }
 
