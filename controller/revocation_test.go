@@ -97,7 +97,12 @@ func TestRevokeCRLOCSPAndRenew(t *testing.T) {
 	go func() {
 		streamEnded <- gws["gw1"].client.Watch(ctx, 0, func(*api.View) error { return nil })
 	}()
-	waitUntil(t, 5*time.Second, "gw1's stream", func() bool { return n.hub.watchers() > 0 })
+	// gw1's own: gw2's stream from firstView above may not be gone yet.
+	waitUntil(t, 5*time.Second, "gw1's stream", func() bool {
+		n.hub.mu.Lock()
+		defer n.hub.mu.Unlock()
+		return len(n.hub.subs["gw1"]) > 0
+	})
 
 	// Revoking needs an officer and a known reason.
 	_, err = op.Revoke(ctx, api.RevokeRequest{Gateway: "gw1", Reason: "keyCompromise"})
