@@ -488,9 +488,9 @@ func (n *Node) handlePolicy(w http.ResponseWriter, r *http.Request, _ ca.Identit
 	writeJSON(w, http.StatusOK, p)
 }
 
-// handlePolicyPublish validates, compiles and tests a policy against the
-// live registry before it is committed: a policy that fails any of these
-// is rejected with its errors and changes nothing.
+// handlePolicyPublish validates and tests a policy against the live
+// registry before it is committed (CheckPolicy): a policy that fails
+// either is rejected with its errors and changes nothing.
 func (n *Node) handlePolicyPublish(w http.ResponseWriter, r *http.Request, id ca.Identity) {
 	if n.oneStepRefused(w, "request the publication") {
 		return
@@ -565,8 +565,9 @@ func PlanPolicy(name string, src []byte, s *State) (*api.PolicyPlan, error) {
 	return plan, nil
 }
 
-// CheckPolicy parses, validates, compiles and tests a policy against the
-// registry in s.
+// CheckPolicy parses and validates a policy against the registry in s and
+// runs its embedded tests (policy.Test: only the views they read are
+// compiled).
 func CheckPolicy(name string, src []byte, s *State) error {
 	p, err := policy.Parse(name, src)
 	if err != nil {

@@ -10,8 +10,9 @@ import (
 // maxListed caps how many failing gateways a test failure names.
 const maxListed = 10
 
-// Test validates and compiles the policy, then runs its embedded tests on
-// the views. Each failure is an *Error at the test's position, such as
+// Test validates the policy, compiles the views of the gateways its
+// embedded tests name (the same views a whole compile gives them), and
+// runs the tests on them. Each failure is an *Error at the test's position, such as
 //
 //	test 2: 000.12.04.H29 -> ndxp tcp/443: expected allow, got deny (gateways h29c-gw1)
 //

@@ -106,4 +106,21 @@ func TestHierarchyCycle(t *testing.T) {
 	if p.Allowed(views, reg, "h49c-gw", "h48-gw", api.ProtoTCP, 443) {
 		t.Error("a commune on a cycle is in H48's subtree")
 	}
+	// Subtree members are listed once each, also under an agency on the
+	// cycle.
+	onCycle := mustParse(t, "c.yaml", "version: 1\ngroups:\n  c: {subtree: 000.13.04.H49}\n  d: {subtree: "+reg.Agencies[2].Code+"}\n"+
+		"rules:\n  - {from: [c], to: [d], ports: [tcp/22]}\n")
+	r, err := onCycle.resolve(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, g := range onCycle.Groups {
+		if g.Subtree == nil {
+			continue
+		}
+		slots := r.subtree(g.Subtree.Name)
+		if len(slots) != len(slices.Compact(slices.Sorted(slices.Values(slots)))) {
+			t.Errorf("subtree %s lists a member twice: %v", g.Subtree.Name, slots)
+		}
+	}
 }

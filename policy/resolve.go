@@ -200,9 +200,14 @@ func (r *resolver) subtree(root string) []int {
 				roots[g.Subtree.Name] = true
 			}
 		}
+		var seen [maxDepth]string // the walk so far: a cycle is walked once
 		for code, slots := range r.ix.byAgency {
 			a := code
-			for range maxDepth {
+			for d := range maxDepth {
+				if slices.Contains(seen[:d], a) {
+					break
+				}
+				seen[d] = a
 				if roots[a] {
 					r.under[a] = append(r.under[a], slots...)
 				}
