@@ -233,7 +233,12 @@ func (p *Policy) resolve(reg *Registry) (*resolver, error) {
 	if err := e.errors.Err(); err != nil {
 		return nil, err
 	}
-	return &resolver{p: p, nm: nm, ix: ix, groups: make(map[string]bitset), svcs: make(map[string]bitset), gws: make(map[string]bitset)}, nil
+	r := &resolver{p: p, nm: nm, ix: ix, groups: make(map[string]bitset), svcs: make(map[string]bitset), gws: make(map[string]bitset)}
+	r.checkSize(e)
+	if err := e.errors.Err(); err != nil {
+		return nil, err
+	}
+	return r, nil
 }
 
 type validator struct {
