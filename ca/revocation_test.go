@@ -205,14 +205,14 @@ func TestOCSPResponder(t *testing.T) {
 
 	_, ocspURL := c.URLs()
 	path := strings.TrimPrefix(ocspURL, DefaultOCSPURL[:len("http://ca.govnet")])
-	mux := http.NewServeMux()
-	mux.Handle(path+"/", c.OCSPResponder(inv.lookup))
-	mux.Handle(path, c.OCSPResponder(inv.lookup))
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &http.Server{Handler: mux}
+	// The responder serves the path as it comes: an http.ServeMux in front
+	// would redirect a raw base64 request holding "//" to a cleaned path
+	// (the controller routes OCSP before its mux for that reason).
+	srv := &http.Server{Handler: c.OCSPResponder(inv.lookup)}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
 	url := "http://" + ln.Addr().String() + path

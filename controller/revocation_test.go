@@ -7,9 +7,11 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
+	"encoding/base64"
 	"encoding/pem"
 	"errors"
 	"io"
+	"math/big"
 	"net/http"
 	"net/url"
 	"os"
@@ -21,6 +23,7 @@ import (
 
 	"github.com/govnet/govnet/api"
 	"github.com/govnet/govnet/ca"
+	"golang.org/x/crypto/ocsp"
 )
 
 // TestRevokeCRLOCSPAndRenew enrolls two gateways, revokes one, and checks
@@ -175,6 +178,33 @@ func TestRevokeCRLOCSPAndRenew(t *testing.T) {
 			t.Fatalf("openssl ocsp %s: want %s:\n%s", id, want, out)
 		}
 		t.Logf("openssl ocsp %s:\n%s", id, out)
+	}
+
+	// A GET with the base64 request unescaped, as many clients send it,
+	// even when it holds "//" (which http.ServeMux would redirect to a
+	// cleaned path): the serial is searched for such a request.
+	gw2PEM, _ := os.ReadFile(filepath.Join(dir, "gw2.pem"))
+	gw2Certs, _ := ca.ParsePEM(gw2PEM)
+	probe := *gw2Certs[0]
+	var raw string
+	for i := int64(1); raw == ""; i++ {
+		probe.SerialNumber = big.NewInt(i)
+		req, err := ocsp.CreateRequest(&probe, n.ca.Intermediate(), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b := base64.StdEncoding.EncodeToString(req); strings.Contains(b, "//") {
+			raw = b
+		}
+	}
+	get, err := http.Get(ocspURL + "/" + raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(get.Body)
+	get.Body.Close()
+	if r, err := ocsp.ParseResponseForCert(body, &probe, n.ca.Intermediate()); err != nil || r.Status != ocsp.Unknown {
+		t.Fatalf("OCSP GET of a request holding //: %v (HTTP %d)", err, get.StatusCode)
 	}
 
 	// A revoked gateway's certificate opens nothing, renewal included.
