@@ -10,7 +10,8 @@ import (
 // maxListed caps how many failing gateways a test failure names.
 const maxListed = 10
 
-// Test validates the policy, compiles the views of the gateways its
+// Test validates the policy, checks the size of its views against
+// MaxViewRules and MaxTotalRules, compiles the views of the gateways its
 // embedded tests name (the same views a whole compile gives them), and
 // runs the tests on them. Each failure is an *Error at the test's position, such as
 //
@@ -23,6 +24,9 @@ const maxListed = 10
 func (p *Policy) Test(reg *Registry) error {
 	r, err := p.resolve(reg)
 	if err != nil {
+		return err
+	}
+	if err := r.sizeErr(); err != nil {
 		return err
 	}
 	return r.runTests(r.compileFor(r.testMembers(), nil))
@@ -52,6 +56,9 @@ func Check(filename string, src []byte, reg *Registry) (*Policy, map[string]*api
 	}
 	r, err := p.resolve(reg)
 	if err != nil {
+		return p, nil, err
+	}
+	if err := r.sizeErr(); err != nil {
 		return p, nil, err
 	}
 	views := r.compile()

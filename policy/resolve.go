@@ -233,12 +233,7 @@ func (p *Policy) resolve(reg *Registry) (*resolver, error) {
 	if err := e.errors.Err(); err != nil {
 		return nil, err
 	}
-	r := &resolver{p: p, nm: nm, ix: ix, groups: make(map[string]bitset), svcs: make(map[string]bitset), gws: make(map[string]bitset)}
-	r.checkSize(e)
-	if err := e.errors.Err(); err != nil {
-		return nil, err
-	}
-	return r, nil
+	return &resolver{p: p, nm: nm, ix: ix, groups: make(map[string]bitset), svcs: make(map[string]bitset), gws: make(map[string]bitset)}, nil
 }
 
 type validator struct {

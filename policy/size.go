@@ -5,8 +5,10 @@ import "github.com/govnet/govnet/api"
 // Bounds on what a policy may compile to. Every controller node compiles
 // every view of a policy once it is committed, and keeps them: a rule
 // takes about 56 bytes there, and a gateway applies its view's rules to
-// its firewall. A policy over these bounds is refused at validation,
-// before it can be committed.
+// its firewall. Check and Test (what a controller runs before it
+// publishes a policy or plans one) refuse a policy over these bounds.
+// Compiling does not: a committed policy keeps compiling when the
+// registry grows past them, rather than leave every view stale.
 //
 // For scale: at national size (20,435 gateways) the national platform's
 // view, every commune reaching NDXP on two ports, holds 78,880 rules; a
@@ -18,10 +20,18 @@ const (
 	MaxTotalRules = 40_000_000 // in all views together: about 2.2 GB per node
 )
 
+// sizeErr is checkSize's verdict as an ErrorList, or nil.
+func (r *resolver) sizeErr() error {
+	e := &errs{file: r.p.File}
+	r.checkSize(e)
+	return e.errors.Err()
+}
+
 // checkSize counts, from the resolved sets and without compiling, the
-// firewall rules every view would hold, and refuses the policy when one
-// view or all of them would exceed the bounds. The error is at the rule
-// that adds the most to the largest view (or to the total).
+// firewall rules every view would hold (duplicates included, so at least
+// what the compile gives), and refuses the policy when one view or all of
+// them would exceed the bounds. The error is at the rule that adds the
+// most to the largest view (or to the total).
 func (r *resolver) checkSize(e *errs) {
 	n := len(r.ix.members)
 	perView := make([]int, n)
@@ -98,7 +108,7 @@ func (r *resolver) checkSize(e *errs) {
 			}
 		}
 		rule := r.p.Rules[k]
-		e.add(rule.Pos, "narrow its from, to or ports",
+		e.add(rule.Pos, "narrow its from or to, or the ports it opens",
 			"rule %d: gateway %s's view would hold up to %d firewall rules, %d of them from this rule (at most %d in one view)",
 			rule.Index, r.ix.members[largest].ID, perView[largest], adds(k, largest), MaxViewRules)
 		return
@@ -111,7 +121,7 @@ func (r *resolver) checkSize(e *errs) {
 			}
 		}
 		rule := r.p.Rules[k]
-		e.add(rule.Pos, "narrow its from, to or ports",
+		e.add(rule.Pos, "narrow the rules that open the most, this one first",
 			"rule %d: the views would hold up to %d firewall rules in all, %d of them from this rule (at most %d)",
 			rule.Index, total, ruleTotal[k], MaxTotalRules)
 	}
