@@ -39,8 +39,7 @@ type Node struct {
 	token    *hsm.Token
 	ca       *ca.CA
 	tls      tls.Certificate
-	roots    *x509.CertPool
-	verifier *chain.Verifier // client certificates of the API
+	verifier *chain.Verifier // client certificates of the API; its Roots are the trust anchor
 
 	peers  *http.Client // node-to-node calls, authenticated by the node certificate
 	limits *limiter     // per-client request rate
@@ -148,8 +147,7 @@ func (n *Node) openCA() error {
 	})
 	n.tls = tls.Certificate{Certificate: [][]byte{node.Raw, inter.Raw}, PrivateKey: tlsKey, Leaf: node}
 	n.verifier = chain.NewVerifierFor(root)
-	n.roots = n.verifier.Roots()
-	n.peers = newPeerClient(n.roots, n.tls)
+	n.peers = newPeerClient(n.verifier.Roots(), n.tls)
 	return nil
 }
 

@@ -124,6 +124,15 @@ type portProto struct {
 	port  uint16
 }
 
+// ports lists what a rule opens on target to: a service's own ports, or
+// the rule's.
+func (r *resolver) ports(rule *Rule, to Ref) []portProto {
+	if s := r.nm.services[to.Name]; s != nil {
+		return expand(s.Ports)
+	}
+	return expand(rule.Ports)
+}
+
 // expand lists every protocol and port of the specs.
 func expand(specs []PortSpec) []portProto {
 	var out []portProto
@@ -223,11 +232,7 @@ func (r *resolver) compileFor(want, only bitset) map[string]*api.View {
 		var src []int // sources that can enter the views compiled: those in only
 		srcDone := false
 		for _, to := range rule.To {
-			specs := rule.Ports
-			if s := r.nm.services[to.Name]; s != nil {
-				specs = s.Ports
-			}
-			ports := expand(specs)
+			ports := r.ports(rule, to)
 			dstSet := r.ref(to.Name)
 			for _, d := range within(dstSet.has, dstSet.members, wantList, want != nil) {
 				if !srcDone {

@@ -1,7 +1,5 @@
 package policy
 
-import "github.com/govnet/govnet/api"
-
 // Bounds on what a policy may compile to. Every controller node compiles
 // every view of a policy once it is committed, and keeps them: a rule
 // takes about 56 bytes there, and a gateway applies its view's rules to
@@ -75,15 +73,7 @@ func (r *resolver) checkSize(e *errs) {
 			rules[k].prefixes += len(r.ix.memberSrc[s])
 		}
 		for _, to := range rule.To {
-			specs := rule.Ports
-			if s := r.nm.services[to.Name]; s != nil {
-				specs = s.Ports
-			}
-			t := target{set: r.ref(to.Name)}
-			for _, s := range specs {
-				t.ports += portCount(s)
-			}
-			rules[k].to = append(rules[k].to, t)
+			rules[k].to = append(rules[k].to, target{set: r.ref(to.Name), ports: len(r.ports(rule, to))})
 		}
 		for _, t := range rules[k].to {
 			for _, d := range t.set.members() {
@@ -125,13 +115,4 @@ func (r *resolver) checkSize(e *errs) {
 			"rule %d: the views would hold up to %d firewall rules in all, %d of them from this rule (at most %d)",
 			rule.Index, total, ruleTotal[k], MaxTotalRules)
 	}
-}
-
-// portCount is how many rules one port spec gives a source prefix: one
-// per port of a range, one for ICMP.
-func portCount(s PortSpec) int {
-	if s.Proto == api.ProtoICMP {
-		return 1
-	}
-	return int(s.Last) - int(s.First) + 1
 }
