@@ -1,7 +1,6 @@
 package api
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -42,9 +41,11 @@ type conns struct {
 	host   string              // the server's, from the base URL
 	verify *certchain.Verifier // when tls trusts RootCAs: see reset
 	mu     sync.Mutex
+	tc     *tls.Config // what connections use, verifier included
 	tr     *http.Transport
 	http   *http.Client
-	stream *http.Client // no overall timeout: watch streams live long
+	long   *http.Client // no overall timeout: snapshots and audit exports are long
+	gw     *stream      // the gateway stream Watch holds open, if any
 }
 
 func (cs *conns) reset() {
@@ -63,9 +64,9 @@ func (cs *conns) reset() {
 	tr := &http.Transport{TLSClientConfig: tc, ForceAttemptHTTP2: true, TLSHandshakeTimeout: 10 * time.Second}
 	cs.mu.Lock()
 	old := cs.tr
-	cs.tr = tr
+	cs.tc, cs.tr = tc, tr
 	cs.http = &http.Client{Transport: tr, Timeout: 30 * time.Second, CheckRedirect: sameHost}
-	cs.stream = &http.Client{Transport: tr, CheckRedirect: sameHost}
+	cs.long = &http.Client{Transport: tr, CheckRedirect: sameHost}
 	cs.mu.Unlock()
 	if old != nil {
 		old.CloseIdleConnections()
@@ -84,16 +85,16 @@ func sameHost(req *http.Request, via []*http.Request) error {
 	return nil
 }
 
+func (c *Client) longClient() *http.Client {
+	c.conns.mu.Lock()
+	defer c.conns.mu.Unlock()
+	return c.conns.long
+}
+
 func (c *Client) httpClient() *http.Client {
 	c.conns.mu.Lock()
 	defer c.conns.mu.Unlock()
 	return c.conns.http
-}
-
-func (c *Client) streamClient() *http.Client {
-	c.conns.mu.Lock()
-	defer c.conns.mu.Unlock()
-	return c.conns.stream
 }
 
 // ResetConnections makes later calls open new connections (and so present
@@ -196,66 +197,22 @@ func (c *Client) Enroll(ctx context.Context, req EnrollRequest) (*EnrollResponse
 	return &out, c.do(ctx, http.MethodPost, "/v1/enroll", req, &out)
 }
 
-// Report tells the controller what the gateway applied.
+// Report tells the controller what the gateway applied: on the gateway
+// stream while Watch holds one open, else as a request of its own.
 func (c *Client) Report(ctx context.Context, r Report) error {
+	c.conns.mu.Lock()
+	s := c.conns.gw
+	c.conns.mu.Unlock()
+	if s != nil {
+		if err := s.report(ctx, r); !errors.Is(err, errStreamGone) {
+			return err
+		}
+	}
 	return c.do(ctx, http.MethodPost, "/v1/report", r, nil)
 }
 
 // ErrStreamEnded is returned by Watch when the controller closes the stream.
 var ErrStreamEnded = errors.New("watch stream ended")
-
-// Watch streams the gateway's view, calling fn for every view newer than
-// since, until ctx ends, fn fails or the stream breaks. The controller
-// sends one full view, then deltas against it, which Watch applies: fn
-// always sees whole views, and must not modify them. A delta that does
-// not apply (it should not happen) ends the call with ErrDeltaBase; a new
-// call starts with a full view again.
-func (c *Client) Watch(ctx context.Context, since uint64, fn func(*View) error) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/v1/watch?deltas=1&since="+strconv.FormatUint(since, 10), nil)
-	if err != nil {
-		return err
-	}
-	resp, err := c.streamClient().Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if err := checkStatus(resp); err != nil {
-		return err
-	}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 64<<20)
-	var cur *View
-	for sc.Scan() {
-		line := bytes.TrimSpace(sc.Bytes())
-		if len(line) == 0 {
-			continue // heartbeat
-		}
-		var ev WatchEvent
-		if err := json.Unmarshal(line, &ev); err != nil {
-			return fmt.Errorf("watch: decode: %w", err)
-		}
-		switch {
-		case ev.View != nil:
-			cur = ev.View
-		case ev.Delta != nil:
-			v, err := ev.Delta.Apply(cur)
-			if err != nil {
-				return fmt.Errorf("watch: index %d: %w", ev.Delta.RaftIndex, err)
-			}
-			cur = v
-		default:
-			return fmt.Errorf("watch: an event with neither a view nor a delta")
-		}
-		if err := fn(cur); err != nil {
-			return err
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return fmt.Errorf("watch: %w", err)
-	}
-	return ErrStreamEnded
-}
 
 // Agencies lists every agency.
 func (c *Client) Agencies(ctx context.Context) ([]Agency, error) {
@@ -346,7 +303,7 @@ func (c *Client) SaveSnapshot(ctx context.Context, w io.Writer) error {
 	if err != nil {
 		return err
 	}
-	resp, err := c.streamClient().Do(req)
+	resp, err := c.longClient().Do(req)
 	if err != nil {
 		return err
 	}
@@ -365,7 +322,7 @@ func (c *Client) RestoreSnapshot(ctx context.Context, r io.Reader) (*ClusterStat
 		return nil, err
 	}
 	req.Header.Set("Content-Type", "application/x-ndjson")
-	resp, err := c.streamClient().Do(req)
+	resp, err := c.longClient().Do(req)
 	if err != nil {
 		return nil, err
 	}
@@ -429,7 +386,7 @@ func (c *Client) AuditExport(ctx context.Context, since uint64, fn func(AuditEnt
 	if c.linearizable {
 		req.Header.Set(ConsistencyHeader, Linearizable)
 	}
-	resp, err := c.streamClient().Do(req)
+	resp, err := c.longClient().Do(req)
 	if err != nil {
 		return err
 	}

@@ -32,10 +32,16 @@ type ViewDelta struct {
 }
 
 // WatchEvent is one line of a watch stream opened with deltas: either a
-// full view or a delta against the view sent before it.
+// full view or a delta against the view sent before it. On a gateway
+// stream (StreamProto) a line can also answer a report (Ack, with Code
+// and Error if it was refused) or refuse the stream itself (Code and
+// Error without Ack, the last line before the controller closes it).
 type WatchEvent struct {
 	View  *View      `json:"view,omitempty"`
 	Delta *ViewDelta `json:"delta,omitempty"`
+	Ack   uint64     `json:"ack,omitempty"`   // the StreamReport.Seq answered
+	Code  int        `json:"code,omitempty"`  // an HTTP status: what was refused, and why
+	Error string     `json:"error,omitempty"` // what is wrong, when Code is set
 }
 
 // CompareRules is the order of View.Rules: by source, protocol, port.

@@ -54,6 +54,10 @@ func (n *Node) serve() error {
 	// n.verifier, which checks each node's intermediate against the P-384
 	// root once rather than on every handshake.
 	n.verifier.ServerConfig(n.srv.TLSConfig)
+	// Gateways' streams are chosen by ALPN (stream.go); net/http adds h2
+	// and http/1.1 to the list and serves them as before.
+	n.srv.TLSConfig.NextProtos = []string{api.StreamProto}
+	n.srv.TLSNextProto = map[string]func(*http.Server, *tls.Conn, http.Handler){api.StreamProto: n.serveStream}
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
@@ -191,26 +195,39 @@ func (n *Node) person(roles []string, h handler) http.HandlerFunc {
 // is refused. (An expired certificate fails the TLS handshake already.)
 func (n *Node) gateway(h handler) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		id, ok := identity(r)
-		if !ok || id.Kind != ca.KindGateway {
-			writeError(w, http.StatusUnauthorized, "a gateway's client certificate is required")
-			return
-		}
-		g, ok := n.State().Gateway(id.Name)
-		if !ok || g.Status != api.StatusEnrolled {
-			status := "not enrolled"
-			if ok {
-				status = "not enrolled (" + g.Status + ")"
-			}
-			writeError(w, http.StatusForbidden, fmt.Sprintf("gateway %s is %s", id.Name, status))
-			return
-		}
-		if serial := ca.Serial(clientLeaf(r)); serial != g.CertSerial {
-			writeError(w, http.StatusForbidden, fmt.Sprintf("certificate %s is not gateway %s's current certificate (%s)", serial, id.Name, g.CertSerial))
+		id, status, err := n.admitGateway(clientLeaf(r))
+		if err != nil {
+			writeError(w, status, err.Error())
 			return
 		}
 		h(w, r, id)
 	}
+}
+
+// admitGateway checks that leaf, a verified client certificate, is an
+// enrolled gateway's current certificate; if not, it returns the HTTP
+// status and the reason.
+func (n *Node) admitGateway(leaf *x509.Certificate) (ca.Identity, int, error) {
+	var id ca.Identity
+	var err error
+	if leaf != nil {
+		id, err = ca.IdentityOf(leaf)
+	}
+	if leaf == nil || err != nil || id.Kind != ca.KindGateway {
+		return id, http.StatusUnauthorized, errors.New("a gateway's client certificate is required")
+	}
+	g, ok := n.State().Gateway(id.Name)
+	if !ok || g.Status != api.StatusEnrolled {
+		status := "not enrolled"
+		if ok {
+			status = "not enrolled (" + g.Status + ")"
+		}
+		return id, http.StatusForbidden, fmt.Errorf("gateway %s is %s", id.Name, status)
+	}
+	if serial := ca.Serial(leaf); serial != g.CertSerial {
+		return id, http.StatusForbidden, fmt.Errorf("certificate %s is not gateway %s's current certificate (%s)", serial, id.Name, g.CertSerial)
+	}
+	return id, 0, nil
 }
 
 func (n *Node) handleReady(w http.ResponseWriter, r *http.Request) {
@@ -293,30 +310,69 @@ func (n *Node) handleEnroll(w http.ResponseWriter, r *http.Request) {
 // handleWatch streams the gateway's view as JSON lines: the current view
 // at once (unless the client already has it), then every change. A client
 // that asks for deltas gets api.WatchEvents: the first view whole, then
-// the difference from the view sent before; views the hub hands out are
-// never modified, so the one last sent is a safe base.
+// the difference from the view sent before. Agents use the gateway stream
+// (stream.go) instead, which carries the same lines.
 func (n *Node) handleWatch(w http.ResponseWriter, r *http.Request, id ca.Identity) {
 	since, _ := strconv.ParseUint(r.URL.Query().Get("since"), 10, 64)
 	deltas := r.URL.Query().Get("deltas") == "1"
-	var sent *hubView // the view the client has, when this stream sent it
 	flusher, ok := w.(http.Flusher)
 	if !ok {
 		writeError(w, http.StatusInternalServerError, "streaming unsupported")
 		return
 	}
-	changes, stop := n.hub.subscribe(id.Name)
-	defer stop()
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.WriteHeader(http.StatusOK)
 	flusher.Flush()
-	enc := json.NewEncoder(w)
+	n.watchViews(r.Context(), id.Name, since, deltas, &httpViews{w: w, f: flusher, enc: json.NewEncoder(w)})
+}
+
+// viewSink is where watchViews writes: a response or a gateway stream.
+type viewSink interface {
+	send(msgs []any) error // writes the lines and flushes them
+	heartbeat() error      // an empty line
+}
+
+type httpViews struct {
+	w   http.ResponseWriter
+	f   http.Flusher
+	enc *json.Encoder
+}
+
+func (h *httpViews) send(msgs []any) error {
+	for _, m := range msgs {
+		if err := h.enc.Encode(m); err != nil {
+			return err
+		}
+	}
+	h.f.Flush()
+	return nil
+}
+
+func (h *httpViews) heartbeat() error {
+	if _, err := h.w.Write([]byte("\n")); err != nil {
+		return err
+	}
+	h.f.Flush()
+	return nil
+}
+
+// watchViews sends gateway's view to out, newer than since, and then
+// every change, until ctx ends, out fails or the gateway is no longer
+// enrolled (revoked or removed: the stream ends). With deltas, the first
+// view goes whole and each later one as the difference from the view
+// sent before it; views the hub hands out are never modified, so the one
+// last sent is a safe base.
+func (n *Node) watchViews(ctx context.Context, gateway string, since uint64, deltas bool, out viewSink) {
+	var sent *hubView // the view the client has, when this stream sent it
+	changes, stop := n.hub.subscribe(gateway)
+	defer stop()
 	tick := time.NewTicker(heartbeat)
 	defer tick.Stop()
 	for {
-		if g, ok := n.State().Gateway(id.Name); !ok || g.Status != api.StatusEnrolled {
-			return // revoked or removed: the stream ends
+		if g, ok := n.State().Gateway(gateway); !ok || g.Status != api.StatusEnrolled {
+			return
 		}
-		if v, ok := n.hub.view(id.Name); ok && v.head.RaftIndex > since {
+		if v, ok := n.hub.view(gateway); ok && v.head.RaftIndex > since {
 			var msgs []any
 			switch {
 			case !deltas:
@@ -328,23 +384,19 @@ func (n *Node) handleWatch(w http.ResponseWriter, r *http.Request, id ca.Identit
 					msgs = append(msgs, api.WatchEvent{Delta: d})
 				}
 			}
-			for _, msg := range msgs {
-				if err := enc.Encode(msg); err != nil {
-					return
-				}
+			if err := out.send(msgs); err != nil {
+				return
 			}
-			flusher.Flush()
 			since, sent = v.head.RaftIndex, v
 		}
 		select {
-		case <-r.Context().Done():
+		case <-ctx.Done():
 			return
 		case <-changes:
 		case <-tick.C:
-			if _, err := w.Write([]byte("\n")); err != nil {
+			if err := out.heartbeat(); err != nil {
 				return
 			}
-			flusher.Flush()
 		}
 	}
 }
@@ -354,14 +406,18 @@ func (n *Node) handleReport(w http.ResponseWriter, r *http.Request, id ca.Identi
 	if !decode(w, r, maxBody, &rep) {
 		return
 	}
-	// Reports arrive from every gateway at once after a change: they are
-	// committed in batches (CmdGatewayReports).
-	err := n.reports.Record(r.Context(), GatewayReportRequest{Meta: n.meta("gateway:" + id.Name), Gateway: id.Name, Report: rep})
-	if err != nil {
+	if err := n.recordReport(r.Context(), id.Name, rep); err != nil {
 		n.fail(w, err)
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// recordReport commits a gateway's report. Reports arrive from every
+// gateway at once after a change: they are committed in batches
+// (CmdGatewayReports).
+func (n *Node) recordReport(ctx context.Context, gateway string, rep api.Report) error {
+	return n.reports.Record(ctx, GatewayReportRequest{Meta: n.meta("gateway:" + gateway), Gateway: gateway, Report: rep})
 }
 
 func (n *Node) handleAgencies(w http.ResponseWriter, r *http.Request, _ ca.Identity) {
@@ -580,29 +636,31 @@ func CheckPolicy(name string, src []byte, s *State) error {
 
 // fail maps an error to a status; internal causes are logged, not sent.
 func (n *Node) fail(w http.ResponseWriter, err error) {
-	var status int
+	status, msg := n.errorStatus(err)
+	if errors.Is(err, ErrNotLeader) {
+		w.Header().Set(notLeaderHeader, "1")
+	}
+	writeError(w, status, msg)
+}
+
+// errorStatus is the HTTP status and message that tell a client why its
+// call failed; errors of no known kind are logged and not shown.
+func (n *Node) errorStatus(err error) (int, string) {
 	switch {
 	case errors.Is(err, ErrBadRequest), errors.Is(err, ca.ErrBadCSR), errors.Is(err, ca.ErrKeyType):
-		status = http.StatusBadRequest
+		return http.StatusBadRequest, err.Error()
 	case errors.Is(err, ErrForbidden), errors.Is(err, ErrUnauthorized):
-		status = http.StatusForbidden
+		return http.StatusForbidden, err.Error()
 	case errors.Is(err, ErrNotFound):
-		status = http.StatusNotFound
+		return http.StatusNotFound, err.Error()
 	case errors.Is(err, ErrConflict):
-		status = http.StatusConflict
-	case errors.Is(err, ErrNotLeader):
-		w.Header().Set(notLeaderHeader, "1")
-		status = http.StatusServiceUnavailable
-	case errors.Is(err, ErrNoLeader), errors.Is(err, ErrUnknownOutcome):
-		status = http.StatusServiceUnavailable
-	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-		status = http.StatusServiceUnavailable
-	default:
-		n.log.Error("request failed", "err", err)
-		writeError(w, http.StatusInternalServerError, "internal error (see the controller's log)")
-		return
+		return http.StatusConflict, err.Error()
+	case errors.Is(err, ErrNotLeader), errors.Is(err, ErrNoLeader), errors.Is(err, ErrUnknownOutcome),
+		errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return http.StatusServiceUnavailable, err.Error()
 	}
-	writeError(w, status, err.Error())
+	n.log.Error("request failed", "err", err)
+	return http.StatusInternalServerError, "internal error (see the controller's log)"
 }
 
 // decode reads a JSON body of at most limit bytes; unknown fields are errors.
