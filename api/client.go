@@ -63,7 +63,7 @@ func (cs *conns) reset() {
 	}
 	tr := &http.Transport{TLSClientConfig: tc, ForceAttemptHTTP2: true, TLSHandshakeTimeout: 10 * time.Second}
 	cs.mu.Lock()
-	old := cs.tr
+	old, gw := cs.tr, cs.gw
 	cs.tc, cs.tr = tc, tr
 	cs.http = &http.Client{Transport: tr, Timeout: 30 * time.Second, CheckRedirect: sameHost}
 	cs.long = &http.Client{Transport: tr, CheckRedirect: sameHost}
@@ -71,7 +71,16 @@ func (cs *conns) reset() {
 	if old != nil {
 		old.CloseIdleConnections()
 	}
+	if gw != nil {
+		// It presents the certificate it was opened with, which the
+		// controller no longer admits once renewed: Watch returns, and
+		// its caller opens a new stream.
+		gw.close(errConnectionsReset)
+	}
 }
+
+// errConnectionsReset ends a gateway stream when ResetConnections is called.
+var errConnectionsReset = errors.New("gateway stream closed: connections reset (a new certificate)")
 
 // sameHost follows a redirect only to the host the client was made for:
 // the controller never redirects, and its TLS name check is that host's.
@@ -99,7 +108,8 @@ func (c *Client) httpClient() *http.Client {
 
 // ResetConnections makes later calls open new connections (and so present
 // the client certificate the TLS config yields now, after a renewal).
-// Calls in flight, a watch stream for one, finish on their old connection.
+// Calls in flight finish on their old connection; a gateway stream is
+// closed, and Watch returns.
 func (c *Client) ResetConnections() { c.conns.reset() }
 
 // Linearizable returns a client whose reads reflect every write the

@@ -174,13 +174,14 @@ func (s *stream) write(ctx context.Context, v any) error {
 		return err
 	}
 	line = append(line, '\n')
-	deadline := time.Now().Add(streamWriteTimeout)
-	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-		deadline = d
+	if err := ctx.Err(); err != nil {
+		return err
 	}
+	// Not ctx's deadline: a write cut short breaks the connection, and a
+	// report's caller giving up must not end the stream.
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	s.conn.SetWriteDeadline(deadline)
+	s.conn.SetWriteDeadline(time.Now().Add(streamWriteTimeout))
 	_, err = s.conn.Write(line)
 	return err
 }
@@ -189,10 +190,9 @@ func (s *stream) write(ctx context.Context, v any) error {
 // deltas are applied and left for Watch (the newest wins), answers go to
 // the reports waiting for them.
 func (s *stream) read() {
-	br := bufio.NewReaderSize(s.conn, 16<<10)
+	br := bufio.NewReaderSize(idleReader{s.conn}, 16<<10)
 	var cur *View
 	for {
-		s.conn.SetReadDeadline(time.Now().Add(streamIdle))
 		line, err := ReadLine(br, MaxStreamLine)
 		if err == io.EOF {
 			s.close(ErrStreamEnded)
@@ -244,13 +244,24 @@ func (s *stream) read() {
 	}
 }
 
+// idleReader gives each read of the connection streamIdle: a large view
+// arriving slowly is not cut off, a node that sends nothing (not even
+// its heartbeat) is given up.
+type idleReader struct{ conn *tls.Conn }
+
+func (r idleReader) Read(p []byte) (int, error) {
+	r.conn.SetReadDeadline(time.Now().Add(streamIdle))
+	return r.conn.Read(p)
+}
+
 // ErrLineTooLong is returned by ReadLine for a line over its limit.
 var ErrLineTooLong = errors.New("line too long")
 
 // ReadLine returns the next line of a gateway stream without its
 // newline, reading at most max bytes of it: a longer line is an error
 // wrapping ErrLineTooLong, without reading the rest. The slice is valid
-// until the next read from br.
+// until the next read from br. A last line without its newline is
+// io.ErrUnexpectedEOF.
 func ReadLine(br *bufio.Reader, max int) ([]byte, error) {
 	line, err := br.ReadSlice('\n')
 	if err == bufio.ErrBufferFull {
@@ -263,6 +274,9 @@ func ReadLine(br *bufio.Reader, max int) ([]byte, error) {
 	}
 	if len(line) > max+1 || len(line) == max+1 && line[max] != '\n' {
 		return nil, fmt.Errorf("%w: over %d bytes", ErrLineTooLong, max)
+	}
+	if err == io.EOF && len(line) > 0 {
+		return nil, io.ErrUnexpectedEOF // a line cut off
 	}
 	if err != nil {
 		return nil, err
@@ -293,8 +307,11 @@ func (s *stream) report(ctx context.Context, r Report) error {
 	s.mu.Unlock()
 	if err := s.write(ctx, StreamReport{Seq: seq, Report: r}); err != nil {
 		s.answer(seq, nil)
+		if ctx.Err() != nil {
+			return err
+		}
 		s.close(fmt.Errorf("report: %w", err))
-		return fmt.Errorf("report: %w", err)
+		return fmt.Errorf("report: %w: %w", errStreamGone, err)
 	}
 	select {
 	case err := <-ch:

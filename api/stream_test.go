@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"errors"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -103,5 +104,31 @@ func TestStream(t *testing.T) {
 	var se *StatusError
 	if err := c.Watch(ctx, 5, func(*View) error { return nil }); !errors.As(err, &se) || se.Code != http.StatusForbidden || !strings.Contains(se.Msg, "revoked") {
 		t.Fatalf("refused stream: %v", err)
+	}
+}
+
+// TestReadLine: a line of exactly the limit passes and the next line
+// still reads; one byte more is ErrLineTooLong; a last line without its
+// newline is io.ErrUnexpectedEOF, not a clean end.
+func TestReadLine(t *testing.T) {
+	const max = 40
+	in := strings.Repeat("a", max) + "\n" + "next\n" + strings.Repeat("b", max+1) + "\n"
+	br := bufio.NewReaderSize(strings.NewReader(in), 16)
+	if l, err := ReadLine(br, max); err != nil || string(l) != strings.Repeat("a", max) {
+		t.Fatalf("line of the limit: %q %v", l, err)
+	}
+	if l, err := ReadLine(br, max); err != nil || string(l) != "next" {
+		t.Fatalf("next line: %q %v", l, err)
+	}
+	if _, err := ReadLine(br, max); !errors.Is(err, ErrLineTooLong) {
+		t.Fatalf("line over the limit: %v", err)
+	}
+	br = bufio.NewReaderSize(strings.NewReader("{\"view\":"), 16)
+	if _, err := ReadLine(br, max); err != io.ErrUnexpectedEOF {
+		t.Fatalf("cut-off line: %v", err)
+	}
+	br = bufio.NewReaderSize(strings.NewReader(""), 16)
+	if _, err := ReadLine(br, max); err != io.EOF {
+		t.Fatalf("end: %v", err)
 	}
 }

@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -110,7 +111,19 @@ func TestMetricsAndCoverage(t *testing.T) {
 	}
 	// gw1 watches and reports the digest its view compiles to; gw2
 	// reports another one.
-	v := firstView(t, clients["gw1"], 0)
+	// The view the policy compiled to (the stream may open before it).
+	var v *api.View
+	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
+	defer wcancel()
+	errStop := errors.New("stop")
+	if err := clients["gw1"].Watch(wctx, 0, func(got *api.View) error {
+		if v = got; got.PolicyVersion < 1 {
+			return nil
+		}
+		return errStop
+	}); !errors.Is(err, errStop) {
+		t.Fatalf("watch: %v", err)
+	}
 	var want string
 	waitFor(t, 10*time.Second, "gw1's expected digest", func() error {
 		g, err := op.Gateway(ctx, "gw1")

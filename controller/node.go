@@ -61,6 +61,7 @@ type Node struct {
 	issuerID string
 	ocsp     *ca.OCSPResponder
 	crlWake  chan struct{}                      // a command was applied: is the CRL behind?
+	streams  *streamSender                      // writes to gateways' streams
 	reports  *groupCommit[GatewayReportRequest] // gateways' reports, committed in batches
 	renewals *groupCommit[GatewayRenewRequest]  // gateways' renewals, committed in batches
 	metrics  *nodeMetrics                       // served at /metrics on the plain-HTTP listener
@@ -99,6 +100,17 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Node, err erro
 	ctx, n.cancel = context.WithCancel(context.Background())
 	n.wg.Add(1)
 	go func() { defer n.wg.Done(); n.hub.run(ctx) }()
+	n.streams = newStreamSender(n)
+	beats := time.NewTicker(heartbeat)
+	for i := range streamSenders() {
+		var tick <-chan time.Time
+		if i == 0 {
+			tick = beats.C // one sender queues every stream's heartbeat
+		}
+		n.wg.Add(1)
+		go func() { defer n.wg.Done(); n.streams.run(ctx, tick) }()
+	}
+	context.AfterFunc(ctx, beats.Stop)
 	if err := n.serve(); err != nil {
 		return nil, err
 	}

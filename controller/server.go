@@ -54,10 +54,15 @@ func (n *Node) serve() error {
 	// n.verifier, which checks each node's intermediate against the P-384
 	// root once rather than on every handshake.
 	n.verifier.ServerConfig(n.srv.TLSConfig)
-	// Gateways' streams are chosen by ALPN (stream.go); net/http adds h2
-	// and http/1.1 to the list and serves them as before.
+	// Gateways' streams are chosen by ALPN (stream.go). A TLSNextProto
+	// map without h2 is net/http's old way to turn HTTP/2 off, so the
+	// protocols are set explicitly: h2 and http/1.1 join the ALPN list.
 	n.srv.TLSConfig.NextProtos = []string{api.StreamProto}
 	n.srv.TLSNextProto = map[string]func(*http.Server, *tls.Conn, http.Handler){api.StreamProto: n.serveStream}
+	n.srv.Protocols = new(http.Protocols)
+	n.srv.Protocols.SetHTTP1(true)
+	n.srv.Protocols.SetHTTP2(true)
+	n.srv.RegisterOnShutdown(n.streams.closeAll)
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
@@ -358,32 +363,25 @@ func (h *httpViews) heartbeat() error {
 
 // watchViews sends gateway's view to out, newer than since, and then
 // every change, until ctx ends, out fails or the gateway is no longer
-// enrolled (revoked or removed: the stream ends). With deltas, the first
-// view goes whole and each later one as the difference from the view
-// sent before it; views the hub hands out are never modified, so the one
-// last sent is a safe base.
+// enrolled (revoked or removed: the stream ends).
 func (n *Node) watchViews(ctx context.Context, gateway string, since uint64, deltas bool, out viewSink) {
 	var sent *hubView // the view the client has, when this stream sent it
-	changes, stop := n.hub.subscribe(gateway)
+	changes := make(chan struct{}, 1)
+	stop := n.hub.subscribe(gateway, func() {
+		select {
+		case changes <- struct{}{}:
+		default:
+		}
+	})
 	defer stop()
 	tick := time.NewTicker(heartbeat)
 	defer tick.Stop()
 	for {
-		if g, ok := n.State().Gateway(gateway); !ok || g.Status != api.StatusEnrolled {
+		msgs, v, enrolled := n.viewsToSend(gateway, since, sent, deltas)
+		if !enrolled {
 			return
 		}
-		if v, ok := n.hub.view(gateway); ok && v.head.RaftIndex > since {
-			var msgs []any
-			switch {
-			case !deltas:
-				msgs = []any{v.View()} // a client without deltas gets whole views
-			case sent == nil:
-				msgs = []any{api.WatchEvent{View: v.View()}}
-			default:
-				for _, d := range n.hub.since(sent, v) {
-					msgs = append(msgs, api.WatchEvent{Delta: d})
-				}
-			}
+		if v != nil {
 			if err := out.send(msgs); err != nil {
 				return
 			}
@@ -399,6 +397,34 @@ func (n *Node) watchViews(ctx context.Context, gateway string, since uint64, del
 			}
 		}
 	}
+}
+
+// viewsToSend returns what a stream that has sent the view sent (at raft
+// index since) sends next: nothing (v nil) when the gateway's view is not
+// newer; with deltas, the first view whole and each later one as the
+// difference from the view sent before it (views the hub hands out are
+// never modified, so the one last sent is a safe base); without, whole
+// views. enrolled is false once the gateway is revoked or removed: its
+// stream ends.
+func (n *Node) viewsToSend(gateway string, since uint64, sent *hubView, deltas bool) (msgs []any, v *hubView, enrolled bool) {
+	if g, ok := n.State().Gateway(gateway); !ok || g.Status != api.StatusEnrolled {
+		return nil, nil, false
+	}
+	v, ok := n.hub.view(gateway)
+	if !ok || v.head.RaftIndex <= since {
+		return nil, nil, true
+	}
+	switch {
+	case !deltas:
+		msgs = []any{v.View()} // a client without deltas gets whole views
+	case sent == nil:
+		msgs = []any{api.WatchEvent{View: v.View()}}
+	default:
+		for _, d := range n.hub.since(sent, v) {
+			msgs = append(msgs, api.WatchEvent{Delta: d})
+		}
+	}
+	return msgs, v, true
 }
 
 func (n *Node) handleReport(w http.ResponseWriter, r *http.Request, id ca.Identity) {

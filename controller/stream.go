@@ -9,28 +9,34 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
+	"runtime"
 	"sync"
 	"time"
 
 	"github.com/govnet/govnet/api"
+	"github.com/govnet/govnet/ca"
 )
 
 // The gateway stream (api.StreamProto): http.Server hands a connection
 // that negotiated it by ALPN to serveStream once the TLS handshake has
 // verified the client's chain. The stream is the agent's watch and its
-// reports on one connection, served by two goroutines (this one writes
-// views, one reads reports), with nothing of net/http's HTTP/2 server
-// per gateway: at 20,000 gateways that server's three goroutines and
-// buffers per watch were most of a node's memory (docs/performance.md).
+// reports on one connection. Its own goroutine (net/http's, which did
+// the handshake) only reads reports; views and heartbeats are written by
+// the node's few sender goroutines (streamSender), which each stream
+// wakes when its view changes. At 20,000 gateways, goroutine stacks were
+// most of what a gateway cost a node: net/http's HTTP/2 server kept
+// three per watch (docs/performance.md).
 
 const (
 	// streamHelloTimeout bounds the wait for the gateway's first line.
 	streamHelloTimeout = 10 * time.Second
 	// streamWriteTimeout bounds one write to a gateway: a gateway that
-	// reads nothing for that long loses its stream (and reconnects),
-	// and never holds up anyone else's.
-	streamWriteTimeout = 30 * time.Second
+	// takes nothing for that long (its socket buffer full) loses its
+	// stream, and reconnects to get its view whole. While it lasts, the
+	// write holds one of the node's senders, so it is short.
+	streamWriteTimeout = 5 * time.Second
 	// streamReadBuffer holds a report line; longer lines (up to maxBody)
 	// are assembled from it.
 	streamReadBuffer = 1 << 10
@@ -42,12 +48,15 @@ const (
 func (n *Node) serveStream(_ *http.Server, conn *tls.Conn, _ http.Handler) {
 	defer conn.Close()
 	out := &streamConn{conn: conn}
-	id, status, err := n.admitGateway(peerLeaf(conn.ConnectionState()))
-	switch {
-	case err != nil:
-	case !n.caughtUp():
+	leaf := peerLeaf(conn.ConnectionState())
+	// In the HTTP API's order: a node still replaying its log does not
+	// know recent enrollments and renewals yet.
+	var id ca.Identity
+	var status int
+	var err error
+	if !n.caughtUp() {
 		status, err = http.StatusServiceUnavailable, errors.New("starting: replaying the raft log, try again shortly")
-	default:
+	} else if id, status, err = n.admitStream(leaf); err == nil {
 		if ok, _ := n.limits.allow(id.Kind + "/" + id.Name); !ok {
 			status, err = http.StatusTooManyRequests, errors.New("rate limit exceeded: slow down")
 		}
@@ -65,42 +74,254 @@ func (n *Node) serveStream(_ *http.Server, conn *tls.Conn, _ http.Handler) {
 	}
 	conn.SetReadDeadline(time.Time{})
 
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	reading := make(chan struct{})
-	go func() {
-		defer close(reading)
-		defer cancel() // the gateway left, or broke the protocol
-		n.streamReports(ctx, br, out, id.Name)
-	}()
-	n.watchViews(ctx, id.Name, hello.Since, true, out)
-	conn.Close()
-	<-reading
+	st := &gwStream{gateway: id.Name, leaf: leaf, out: out, since: hello.Since}
+	stop, ok := n.streams.add(st)
+	if !ok {
+		out.event(api.WatchEvent{Code: http.StatusServiceUnavailable, Error: "the node is shutting down"})
+		return
+	}
+	defer stop()
+	n.streamReports(br, st)
+}
+
+// admitStream is admitGateway, plus the certificate's validity: a
+// stream outlives the handshake that checked it, and every report and
+// every view sent on it is admitted again.
+func (n *Node) admitStream(leaf *x509.Certificate) (ca.Identity, int, error) {
+	id, status, err := n.admitGateway(leaf)
+	if err == nil && time.Now().After(leaf.NotAfter) {
+		return id, http.StatusForbidden, fmt.Errorf("certificate %s of gateway %s expired at %s", ca.Serial(leaf), id.Name, leaf.NotAfter.UTC().Format(time.RFC3339))
+	}
+	return id, status, err
+}
+
+// gwStream is a gateway stream as the senders see it.
+type gwStream struct {
+	gateway string
+	leaf    *x509.Certificate // the client certificate it was opened with
+	out     *streamConn
+
+	// Under streamSender.mu.
+	queued bool // in the senders' queue
+	busy   bool // a sender is on it
+	dirty  bool // the view may have changed since a sender last looked
+	beat   bool // a heartbeat is due
+	gone   bool // ended: nothing more is sent
+
+	// Only the sender that is on it (busy) touches these.
+	since uint64   // raft index of the view the gateway has
+	sent  *hubView // the view it has, when this stream sent it
+}
+
+// streamSender writes views and heartbeats to the node's gateway
+// streams from a fixed number of goroutines. A stream woken while a
+// sender is on it is looked at again by that sender, so a stream's lines
+// are written in order by one goroutine at a time.
+type streamSender struct {
+	n      *Node
+	mu     sync.Mutex
+	all    map[*gwStream]struct{}
+	q      []*gwStream
+	wake   chan struct{} // a stream was queued (capacity 1)
+	closed bool          // the node is shutting down: no new streams
+}
+
+// streamSenders is how many goroutines write to gateway streams. A
+// stuck gateway holds one for at most streamWriteTimeout.
+func streamSenders() int { return max(8, 4*runtime.GOMAXPROCS(0)) }
+
+func newStreamSender(n *Node) *streamSender {
+	return &streamSender{n: n, all: map[*gwStream]struct{}{}, wake: make(chan struct{}, 1)}
+}
+
+// add starts sending to st: its view at once, then every change. stop
+// ends it (and must be called once the stream's reader is done). It
+// refuses a stream once the node is shutting down.
+func (s *streamSender) add(st *gwStream) (stop func(), ok bool) {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil, false
+	}
+	s.all[st] = struct{}{}
+	s.mu.Unlock()
+	unsubscribe := s.n.hub.subscribe(st.gateway, func() { s.queue(st, false) })
+	s.queue(st, false)
+	return func() {
+		unsubscribe()
+		s.mu.Lock()
+		st.gone = true
+		delete(s.all, st)
+		s.mu.Unlock()
+	}, true
+}
+
+// closeAll closes every stream, telling each gateway why (http.Server's
+// Shutdown calls it: it does not know these connections are busy), and
+// refuses new ones. The gateways move to another node.
+func (s *streamSender) closeAll() {
+	s.mu.Lock()
+	s.closed = true
+	all := make([]*gwStream, 0, len(s.all))
+	for st := range s.all {
+		all = append(all, st)
+	}
+	s.mu.Unlock()
+	for _, st := range all {
+		st.out.conn.SetWriteDeadline(time.Now().Add(time.Second))
+		st.out.event(api.WatchEvent{Code: http.StatusServiceUnavailable, Error: "the node is shutting down"})
+		st.out.conn.Close()
+	}
+}
+
+// queue marks st as having a changed view (or a heartbeat due) and
+// queues it unless a sender has it already.
+func (s *streamSender) queue(st *gwStream, beat bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if st.gone {
+		return
+	}
+	if beat {
+		st.beat = true
+	} else {
+		st.dirty = true
+	}
+	if st.busy || st.queued {
+		return
+	}
+	st.queued = true
+	s.q = append(s.q, st)
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// run is one sender; it also queues every stream's heartbeat, if it is
+// the first (ticker set).
+func (s *streamSender) run(ctx context.Context, tick <-chan time.Time) {
+	for {
+		s.mu.Lock()
+		var st *gwStream
+		if len(s.q) > 0 {
+			st = s.q[0]
+			s.q[0] = nil
+			s.q = s.q[1:]
+			st.queued, st.busy = false, true
+			if len(s.q) > 0 {
+				select { // another sender can take the next
+				case s.wake <- struct{}{}:
+				default:
+				}
+			}
+		}
+		s.mu.Unlock()
+		if st != nil {
+			s.serve(st)
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.wake:
+		case <-tick:
+			s.mu.Lock()
+			all := make([]*gwStream, 0, len(s.all))
+			for st := range s.all {
+				all = append(all, st)
+			}
+			s.mu.Unlock()
+			for _, st := range all {
+				s.queue(st, true)
+			}
+		}
+	}
+}
+
+// serve sends st what it is owed until nothing is; st.busy is set.
+func (s *streamSender) serve(st *gwStream) {
+	for {
+		s.mu.Lock()
+		dirty, beat, gone := st.dirty, st.beat, st.gone
+		st.dirty, st.beat = false, false
+		s.mu.Unlock()
+		ok := !gone
+		if ok && dirty {
+			ok = s.send(st)
+		}
+		if ok && beat {
+			if _, status, err := s.n.admitStream(st.leaf); err != nil {
+				st.out.event(api.WatchEvent{Code: status, Error: err.Error()})
+				ok = false
+			} else {
+				ok = st.out.heartbeat() == nil
+			}
+		}
+		s.mu.Lock()
+		if !ok {
+			st.gone = true
+		}
+		if st.gone || !st.dirty && !st.beat {
+			st.busy = false
+			s.mu.Unlock()
+			if !ok {
+				st.out.conn.Close() // the reader sees it and ends the stream
+			}
+			return
+		}
+		s.mu.Unlock()
+	}
+}
+
+// send writes st's newer view, if any; false ends the stream: a failed
+// write, or a certificate no longer admitted (the gateway revoked or
+// removed, the certificate renewed, revoked or expired), which the
+// gateway is told.
+func (s *streamSender) send(st *gwStream) bool {
+	if _, status, err := s.n.admitStream(st.leaf); err != nil {
+		st.out.event(api.WatchEvent{Code: status, Error: err.Error()})
+		return false
+	}
+	msgs, v, enrolled := s.n.viewsToSend(st.gateway, st.since, st.sent, true)
+	if !enrolled {
+		return false
+	}
+	if v == nil {
+		return true
+	}
+	if st.out.send(msgs) != nil {
+		return false
+	}
+	st.since, st.sent = v.head.RaftIndex, v
+	return true
 }
 
 // streamReports reads the gateway's reports until the stream ends, and
 // answers each once it is committed (or refused). A line that is not a
 // report ends the stream, after an event saying what is wrong.
-func (n *Node) streamReports(ctx context.Context, br *bufio.Reader, out *streamConn, gateway string) {
+func (n *Node) streamReports(br *bufio.Reader, st *gwStream) {
 	for {
 		var sr api.StreamReport
 		if err := readStreamLine(br, &sr); err != nil {
 			if !errors.Is(err, errStreamRead) {
-				out.event(api.WatchEvent{Code: http.StatusBadRequest, Error: "stream report: " + err.Error()})
+				st.out.event(api.WatchEvent{Code: http.StatusBadRequest, Error: "stream report: " + err.Error()})
 			}
 			return
 		}
 		if sr.Seq == 0 {
-			out.event(api.WatchEvent{Code: http.StatusBadRequest, Error: "stream report: seq must be set (from 1)"})
+			st.out.event(api.WatchEvent{Code: http.StatusBadRequest, Error: "stream report: seq must be set (from 1)"})
 			return
 		}
 		ack := api.WatchEvent{Ack: sr.Seq}
-		if ok, _ := n.limits.allow("gateway/" + gateway); !ok {
+		if _, status, err := n.admitStream(st.leaf); err != nil {
+			ack.Code, ack.Error = status, err.Error()
+		} else if ok, _ := n.limits.allow(ca.KindGateway + "/" + st.gateway); !ok {
 			ack.Code, ack.Error = http.StatusTooManyRequests, "rate limit exceeded: slow down"
-		} else if err := n.recordReport(ctx, gateway, sr.Report); err != nil {
+		} else if err := n.recordReport(context.Background(), st.gateway, sr.Report); err != nil {
 			ack.Code, ack.Error = n.errorStatus(err)
 		}
-		if out.event(ack) != nil {
+		if st.out.event(ack) != nil {
 			return
 		}
 	}
@@ -125,14 +346,14 @@ func readStreamLine(br *bufio.Reader, v any) error {
 	if err := dec.Decode(v); err != nil {
 		return err
 	}
-	if len(bytes.TrimSpace(line[dec.InputOffset():])) > 0 {
+	if _, err := dec.Token(); err != io.EOF {
 		return errors.New("more than one JSON value on a line")
 	}
 	return nil
 }
 
-// streamConn writes lines to a gateway stream, from the view writer and
-// the report reader alike.
+// streamConn writes lines to a gateway stream, from the senders and the
+// report reader alike.
 type streamConn struct {
 	mu   sync.Mutex
 	conn *tls.Conn
@@ -165,11 +386,19 @@ func (s *streamConn) heartbeat() error {
 	return s.write([]byte("\n"))
 }
 
-// write sends b; s.mu is held.
+// write sends b; s.mu is held. The deadline is per 64 KiB: a large view
+// to a slow but moving gateway goes through; one that takes nothing for
+// streamWriteTimeout fails.
 func (s *streamConn) write(b []byte) error {
-	s.conn.SetWriteDeadline(time.Now().Add(streamWriteTimeout))
-	_, err := s.conn.Write(b)
-	return err
+	for len(b) > 0 {
+		chunk := b[:min(len(b), 64<<10)]
+		s.conn.SetWriteDeadline(time.Now().Add(streamWriteTimeout))
+		if _, err := s.conn.Write(chunk); err != nil {
+			return err
+		}
+		b = b[len(chunk):]
+	}
+	return nil
 }
 
 // peerLeaf is the client certificate the handshake verified, if any.

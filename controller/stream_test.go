@@ -95,6 +95,8 @@ func TestGatewayStream(t *testing.T) {
 		}
 	}
 
+	people := filepath.Join(filepath.Dir(cfg.DataDir), "people")
+
 	// The view on connect, and a report answered once committed.
 	c := dial(gw.tls)
 	send(c, `{"since":0}`)
@@ -137,7 +139,6 @@ func TestGatewayStream(t *testing.T) {
 		refused(c, http.StatusBadRequest, "seq must be set")
 	})
 	t.Run("a person", func(t *testing.T) {
-		people := filepath.Join(filepath.Dir(cfg.DataDir), "people")
 		tc, err := api.TLSConfig(cfg.pkiPath(rootFile), filepath.Join(people, "operator1.crt"), filepath.Join(people, "operator1.key"))
 		if err != nil {
 			t.Fatal(err)
@@ -167,6 +168,40 @@ func TestGatewayStream(t *testing.T) {
 		t.Fatalf("report from Watch's callback not recorded: %+v", g.Report)
 	}
 
+	// The API port still speaks HTTP/2 to everyone else.
+	ptc, err := api.TLSConfig(cfg.pkiPath(rootFile), filepath.Join(people, "operator1.crt"), filepath.Join(people, "operator1.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := (&http.Client{Transport: &http.Transport{TLSClientConfig: ptc, ForceAttemptHTTP2: true}}).Get("https://" + n.Addr().String() + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.Proto != "HTTP/2.0" {
+		t.Fatalf("API over %s, want HTTP/2.0", resp.Proto)
+	}
+
+	// A stream opened with a certificate since renewed: its reports are
+	// refused, and at its next view or heartbeat it ends, saying why.
+	old := dial(gw.tls)
+	send(old, `{"since":0}`)
+	next(old)
+	if _, err := gw.client.Renew(ctx, api.RenewRequest{CSR: newCSR(t)}); err != nil {
+		t.Fatal(err)
+	}
+	send(old, `{"seq":1,"report":{"ruleset_digest":"sha256:00"}}`)
+	if ev := next(old); ev.Ack != 1 || ev.Code != http.StatusForbidden || !strings.Contains(ev.Error, "is not gateway gw1's current certificate") {
+		t.Fatalf("report on a renewed certificate's stream: %+v", ev)
+	}
+	if _, err := off.PublishPolicy(ctx, "p.yaml", "version: 1\ngroups:\n  all:\n    level: province\nrules: []\n"); err != nil {
+		t.Fatal(err)
+	}
+	refused(old, http.StatusForbidden, "is not gateway gw1's current certificate")
+	if g, _ := n.State().Gateway("gw1"); g.Report.RulesetDigest == "sha256:00" {
+		t.Fatal("a report on a renewed certificate's stream was recorded")
+	}
+
 	// A revoked gateway's stream ends, and a new one is refused.
 	c = dial(gw.tls)
 	send(c, `{"since":0}`)
@@ -193,6 +228,7 @@ func FuzzStreamLine(f *testing.F) {
 	f.Add([]byte(`{"seq":1,"report":{}} {"seq":2}` + "\n"))
 	f.Add([]byte(`{"seq":1,"x":2}` + "\n"))
 	f.Add([]byte("\n\n"))
+	f.Add([]byte(`{"seq":1,"report":{}}` + "\v\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		br := bufio.NewReaderSize(bytes.NewReader(data), 16)
 		var sr api.StreamReport

@@ -40,7 +40,7 @@ type viewHub struct {
 
 	mu      sync.Mutex
 	views   map[string]*hubView
-	subs    map[string]map[chan struct{}]struct{}
+	subs    map[string]map[*subscriber]struct{}
 	compErr error // why the last compile failed, if it did
 	// computed is the raft index the views were last compiled at;
 	// compiled is closed and replaced after every compile.
@@ -112,7 +112,7 @@ func newViewHub(state *State, log *slog.Logger) *viewHub {
 		log:      log,
 		trigger:  make(chan struct{}, 1),
 		views:    map[string]*hubView{},
-		subs:     map[string]map[chan struct{}]struct{}{},
+		subs:     map[string]map[*subscriber]struct{}{},
 		compiled: make(chan struct{}),
 		peersOf:  map[string]map[string]struct{}{},
 		sources:  map[string][]netip.Prefix{},
@@ -663,27 +663,28 @@ func sameView(x, y *hubView) bool {
 
 // notify wakes gateway id's streams; h.mu must be held.
 func (h *viewHub) notify(id string) {
-	for ch := range h.subs[id] {
-		select {
-		case ch <- struct{}{}:
-		default:
-		}
+	for sub := range h.subs[id] {
+		sub.wake()
 	}
 }
 
-// subscribe returns a channel that receives a value whenever gateway id's
-// view changes, and a function to stop.
-func (h *viewHub) subscribe(id string) (<-chan struct{}, func()) {
-	ch := make(chan struct{}, 1)
+// subscriber is one stream's wish to hear of changes to its view.
+type subscriber struct{ wake func() }
+
+// subscribe calls wake whenever gateway id's view changes (or the gateway
+// leaves), until stop is called. wake is called with the hub's lock held:
+// it must not block or call into the hub.
+func (h *viewHub) subscribe(id string, wake func()) (stop func()) {
+	sub := &subscriber{wake: wake}
 	h.mu.Lock()
 	if h.subs[id] == nil {
-		h.subs[id] = map[chan struct{}]struct{}{}
+		h.subs[id] = map[*subscriber]struct{}{}
 	}
-	h.subs[id][ch] = struct{}{}
+	h.subs[id][sub] = struct{}{}
 	h.mu.Unlock()
-	return ch, func() {
+	return func() {
 		h.mu.Lock()
-		delete(h.subs[id], ch)
+		delete(h.subs[id], sub)
 		if len(h.subs[id]) == 0 {
 			delete(h.subs, id)
 		}
