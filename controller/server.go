@@ -57,16 +57,19 @@ func (n *Node) serve() error {
 	// Gateways' streams are chosen by ALPN (stream.go). A TLSNextProto
 	// map without h2 is net/http's old way to turn HTTP/2 off, so the
 	// protocols are set explicitly: h2 and http/1.1 join the ALPN list.
-	n.srv.TLSConfig.NextProtos = []string{api.StreamProto}
+	n.srv.TLSConfig.NextProtos = []string{api.StreamProto, "h2", "http/1.1"}
 	n.srv.TLSNextProto = map[string]func(*http.Server, *tls.Conn, http.Handler){api.StreamProto: n.serveStream}
 	n.srv.Protocols = new(http.Protocols)
 	n.srv.Protocols.SetHTTP1(true)
 	n.srv.Protocols.SetHTTP2(true)
 	n.srv.RegisterOnShutdown(n.streams.closeAll)
+	// The handshake happens before http.Server takes the connection (see
+	// handshakeListener), with the same timeout it would give it.
+	hl := newHandshakeListener(ln, n.srv.TLSConfig, n.srv.ReadHeaderTimeout, n.log)
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
-		if err := n.srv.ServeTLS(ln, "", ""); ignoreClosed(err) != nil {
+		if err := n.srv.Serve(hl); ignoreClosed(err) != nil {
 			n.log.Error("api server", "err", err)
 		}
 	}()
