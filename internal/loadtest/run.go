@@ -179,17 +179,21 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 			return nil, err
 		}
 		var last float64
+		var recv []float64
 		for _, id := range ids(fleet) {
-			d := tr.ackedAt(id, func(a ack) bool { return a.ver >= p.Version }).Sub(committed).Seconds()
+			acked, arrived := tr.ackedAt(id, func(a ack) bool { return a.ver >= p.Version })
+			d := acked.Sub(committed).Seconds()
 			lat = append(lat, d)
+			recv = append(recv, arrived.Sub(committed).Seconds())
 			last = max(last, d)
 		}
 		res.FinalVersion = p.Version
-		logf("round %d: policy version %d acknowledged by all %d gateways %.3fs after its commit", r+1, p.Version, o.Gateways, last)
+		logf("round %d: policy version %d acknowledged by all %d gateways %.3fs after its commit (views arrived: p50 %.3fs, p99 %.3fs)",
+			r+1, p.Version, o.Gateways, last, quantile(recv, 0.5), quantile(recv, 0.99))
 	}
 	res.FanoutP50, res.FanoutP99, res.FanoutMax = quantile(lat, 0.5), quantile(lat, 0.99), quantile(lat, 1)
 	for _, id := range ids(fleet) {
-		if !tr.ackedAt(id, func(a ack) bool { return a.ver == res.FinalVersion }).IsZero() {
+		if acked, _ := tr.ackedAt(id, func(a ack) bool { return a.ver == res.FinalVersion }); !acked.IsZero() {
 			res.Acked++
 		}
 	}
@@ -422,6 +426,7 @@ type ack struct {
 	ver, index uint64
 	at         time.Time            // of the last acknowledged view
 	verAt      map[uint64]time.Time // first acknowledgement of each policy version
+	recvAt     map[uint64]time.Time // when the view acknowledged first for it arrived
 	added      map[string]time.Time // peer -> first view that added it
 	removed    map[string]time.Time // peer -> first view that removed it
 }
@@ -445,7 +450,7 @@ func (t *tracker) add(ev event) {
 	defer t.mu.Unlock()
 	a := t.acks[ev.G]
 	if a == nil {
-		a = &ack{verAt: map[uint64]time.Time{}, added: map[string]time.Time{}, removed: map[string]time.Time{}}
+		a = &ack{verAt: map[uint64]time.Time{}, recvAt: map[uint64]time.Time{}, added: map[string]time.Time{}, removed: map[string]time.Time{}}
 		t.acks[ev.G] = a
 	}
 	if ev.Err != "" {
@@ -455,7 +460,7 @@ func (t *tracker) add(ev event) {
 		a.ver, a.index, a.at = ev.Ver, ev.Index, at
 	}
 	if _, ok := a.verAt[ev.Ver]; !ok {
-		a.verAt[ev.Ver] = at
+		a.verAt[ev.Ver], a.recvAt[ev.Ver] = at, time.Unix(0, ev.R)
 	}
 	for _, p := range ev.Add {
 		if _, ok := a.added[p]; !ok {
@@ -487,23 +492,24 @@ func (t *tracker) stopping() {
 	t.mu.Unlock()
 }
 
-// waitAll waits until ok holds for every gateway in gws.
+// waitAll waits until ok holds for every gateway in gws; ok must stay
+// true once it holds (each check looks only at the gateways still
+// missing). It looks at most every 20 ms: with 20,000 gateways, a scan
+// on every event took a core of the machine the controllers run on. The
+// times it reports come from the events, not from when it looked.
 func (t *tracker) waitAll(ctx context.Context, gws []string, timeout time.Duration, what string, ok func(ack) bool) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	missing := slices.Clone(gws)
 	for {
 		t.mu.Lock()
-		missing, first := 0, ""
-		for _, g := range gws {
-			if a := t.acks[g]; a == nil || !ok(*a) {
-				if missing++; first == "" {
-					first = g
-				}
-			}
-		}
+		missing = slices.DeleteFunc(missing, func(g string) bool {
+			a := t.acks[g]
+			return a != nil && ok(*a)
+		})
 		ch, err := t.changed, t.err
 		t.mu.Unlock()
-		if missing == 0 {
+		if len(missing) == 0 {
 			return nil
 		}
 		if err != nil {
@@ -511,25 +517,28 @@ func (t *tracker) waitAll(ctx context.Context, gws []string, timeout time.Durati
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("wait for %s: %w (%d of %d gateways missing, e.g. %s)", what, ctx.Err(), missing, len(gws), first)
+			return fmt.Errorf("wait for %s: %w (%d of %d gateways missing, e.g. %s)", what, ctx.Err(), len(missing), len(gws), missing[0])
 		case <-ch:
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(20 * time.Millisecond):
 		}
 	}
 }
 
 // ackedAt returns when gateway g first acknowledged a view with ok: for a
 // policy version, the first version at or past it.
-func (t *tracker) ackedAt(g string, ok func(ack) bool) time.Time {
+func (t *tracker) ackedAt(g string, ok func(ack) bool) (acked, arrived time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	a := t.acks[g]
-	var best time.Time
 	for v, at := range a.verAt {
-		if ok(ack{ver: v}) && (best.IsZero() || at.Before(best)) {
-			best = at
+		if ok(ack{ver: v}) && (acked.IsZero() || at.Before(acked)) {
+			acked, arrived = at, a.recvAt[v]
 		}
 	}
-	return best
+	return acked, arrived
 }
 
 // count says for how many gateways ok holds.

@@ -45,6 +45,7 @@ type event struct {
 	Index uint64   `json:"i"`
 	Ver   uint64   `json:"v"`
 	T     int64    `json:"t"` // unix ns, when the report was acknowledged
+	R     int64    `json:"r"` // unix ns, when the view arrived
 	Add   []string `json:"add,omitempty"`
 	Rm    []string `json:"rm,omitempty"`
 	First bool     `json:"first,omitempty"` // the gateway's first view
@@ -244,7 +245,7 @@ func (g *simGateway) apply(ctx context.Context, v *api.View) error {
 	if g.applied != nil && v.RaftIndex <= g.applied.RaftIndex {
 		return nil
 	}
-	ev := event{G: g.id, Index: v.RaftIndex, Ver: v.PolicyVersion, First: g.applied == nil}
+	ev := event{G: g.id, Index: v.RaftIndex, Ver: v.PolicyVersion, First: g.applied == nil, R: time.Now().UnixNano()}
 	if g.applied != nil {
 		ev.Add, ev.Rm = peerDiff(g.applied.Peers, v.Peers)
 	}
