@@ -14,6 +14,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -101,11 +102,11 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Node, err erro
 	n.wg.Add(1)
 	go func() { defer n.wg.Done(); n.hub.run(ctx) }()
 	n.streams = newStreamSender(n)
-	beats := time.NewTicker(heartbeat)
+	beats := time.NewTicker(time.Second)
 	for i := range streamSenders() {
 		var tick <-chan time.Time
 		if i == 0 {
-			tick = beats.C // one sender queues every stream's heartbeat
+			tick = beats.C // one sender queues the heartbeats due
 		}
 		n.wg.Add(1)
 		go func() { defer n.wg.Done(); n.streams.run(ctx, tick) }()
@@ -115,11 +116,34 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Node, err erro
 		return nil, err
 	}
 	n.serveHTTP()
-	n.wg.Add(3)
+	n.wg.Add(4)
+	go func() { defer n.wg.Done(); n.releaseStartupMemory(ctx) }()
 	go func() { defer n.wg.Done(); n.issuerDuties(ctx) }()
 	go func() { defer n.wg.Done(); n.leaderDuties(ctx) }()
 	go func() { defer n.wg.Done(); n.autoJoin(ctx) }()
 	return n, nil
+}
+
+// releaseStartupMemory gives the operating system back, once, the memory
+// that replaying the log and compiling every view at start took: Go
+// returns freed memory slowly, and a node that replayed a long log would
+// otherwise hold that peak for minutes, which then looks like what its
+// gateways cost it.
+func (n *Node) releaseStartupMemory(ctx context.Context) {
+	t := time.NewTicker(200 * time.Millisecond)
+	defer t.Stop()
+	giveUp := time.Now().Add(5 * time.Minute) // the last commands replayed may touch no view
+	for {
+		if at, _ := n.hub.compiledAt(); n.caughtUp() && at >= n.bootIndex || time.Now().After(giveUp) {
+			debug.FreeOSMemory()
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
 
 func (n *Node) openCA() error {

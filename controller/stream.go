@@ -102,11 +102,12 @@ type gwStream struct {
 	out     *streamConn
 
 	// Under streamSender.mu.
-	queued bool // in the senders' queue
-	busy   bool // a sender is on it
-	dirty  bool // the view may have changed since a sender last looked
-	beat   bool // a heartbeat is due
-	gone   bool // ended: nothing more is sent
+	queued   bool      // in the senders' queue
+	busy     bool      // a sender is on it
+	dirty    bool      // the view may have changed since a sender last looked
+	beat     bool      // a heartbeat is due
+	nextBeat time.Time // when the next one falls due
+	gone     bool      // ended: nothing more is sent
 
 	// Only the sender that is on it (busy) touches these.
 	since uint64   // raft index of the view the gateway has
@@ -121,6 +122,7 @@ type streamSender struct {
 	n      *Node
 	mu     sync.Mutex
 	all    map[*gwStream]struct{}
+	byGW   map[string]*gwStream // the newest stream of each gateway
 	q      []*gwStream
 	wake   chan struct{} // a stream was queued (capacity 1)
 	closed bool          // the node is shutting down: no new streams
@@ -131,20 +133,32 @@ type streamSender struct {
 func streamSenders() int { return max(8, 4*runtime.GOMAXPROCS(0)) }
 
 func newStreamSender(n *Node) *streamSender {
-	return &streamSender{n: n, all: map[*gwStream]struct{}{}, wake: make(chan struct{}, 1)}
+	return &streamSender{n: n, all: map[*gwStream]struct{}{}, byGW: map[string]*gwStream{}, wake: make(chan struct{}, 1)}
 }
 
 // add starts sending to st: its view at once, then every change. stop
 // ends it (and must be called once the stream's reader is done). It
-// refuses a stream once the node is shutting down.
+// refuses a stream once the node is shutting down. A gateway has one
+// stream per node: an older one is closed, saying why (an agent that
+// reconnects after its connection died unseen has the newer).
 func (s *streamSender) add(st *gwStream) (stop func(), ok bool) {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
 		return nil, false
 	}
+	old := s.byGW[st.gateway]
+	if old != nil {
+		old.gone = true
+	}
+	st.nextBeat = time.Now().Add(heartbeat)
 	s.all[st] = struct{}{}
+	s.byGW[st.gateway] = st
 	s.mu.Unlock()
+	if old != nil {
+		old.out.event(api.WatchEvent{Code: http.StatusConflict, Error: "replaced by a newer stream of gateway " + st.gateway})
+		old.out.conn.Close()
+	}
 	unsubscribe := s.n.hub.subscribe(st.gateway, func() { s.queue(st, false) })
 	s.queue(st, false)
 	return func() {
@@ -152,6 +166,9 @@ func (s *streamSender) add(st *gwStream) (stop func(), ok bool) {
 		s.mu.Lock()
 		st.gone = true
 		delete(s.all, st)
+		if s.byGW[st.gateway] == st {
+			delete(s.byGW, st.gateway)
+		}
 		s.mu.Unlock()
 	}, true
 }
@@ -179,6 +196,10 @@ func (s *streamSender) closeAll() {
 func (s *streamSender) queue(st *gwStream, beat bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.queueLocked(st, beat)
+}
+
+func (s *streamSender) queueLocked(st *gwStream, beat bool) {
 	if st.gone {
 		return
 	}
@@ -198,8 +219,8 @@ func (s *streamSender) queue(st *gwStream, beat bool) {
 	}
 }
 
-// run is one sender; it also queues every stream's heartbeat, if it is
-// the first (ticker set).
+// run is one sender; the one given a ticker (every second) also queues
+// the heartbeats that fall due.
 func (s *streamSender) run(ctx context.Context, tick <-chan time.Time) {
 	for {
 		s.mu.Lock()
@@ -225,16 +246,18 @@ func (s *streamSender) run(ctx context.Context, tick <-chan time.Time) {
 		case <-ctx.Done():
 			return
 		case <-s.wake:
-		case <-tick:
+		case now := <-tick:
+			// Each stream's heartbeat falls due heartbeat after the last,
+			// counted from when it opened: spread over the period rather
+			// than every stream's at once.
 			s.mu.Lock()
-			all := make([]*gwStream, 0, len(s.all))
 			for st := range s.all {
-				all = append(all, st)
+				if now.After(st.nextBeat) {
+					st.nextBeat = now.Add(heartbeat)
+					s.queueLocked(st, true)
+				}
 			}
 			s.mu.Unlock()
-			for _, st := range all {
-				s.queue(st, true)
-			}
 		}
 	}
 }

@@ -168,6 +168,17 @@ func TestGatewayStream(t *testing.T) {
 		t.Fatalf("report from Watch's callback not recorded: %+v", g.Report)
 	}
 
+	// One stream per gateway on a node: a newer one closes the older,
+	// which is told why.
+	older := dial(gw.tls)
+	send(older, `{"since":0}`)
+	next(older)
+	newer := dial(gw.tls)
+	send(newer, `{"since":0}`)
+	next(newer)
+	refused(older, http.StatusConflict, "replaced by a newer stream of gateway gw1")
+	newer.Close()
+
 	// The API port still speaks HTTP/2 to everyone else.
 	ptc, err := api.TLSConfig(cfg.pkiPath(rootFile), filepath.Join(people, "operator1.crt"), filepath.Join(people, "operator1.key"))
 	if err != nil {
