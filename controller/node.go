@@ -130,18 +130,29 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Node, err erro
 // otherwise hold that peak for minutes, which then looks like what its
 // gateways cost it.
 func (n *Node) releaseStartupMemory(ctx context.Context) {
-	t := time.NewTicker(200 * time.Millisecond)
+	// Caught up, and the views the replay touched compiled: the index
+	// they were compiled at has not moved for a second.
+	t := time.NewTicker(500 * time.Millisecond)
 	defer t.Stop()
-	giveUp := time.Now().Add(5 * time.Minute) // the last commands replayed may touch no view
+	var last uint64
+	stable := 0
 	for {
-		if at, _ := n.hub.compiledAt(); n.caughtUp() && at >= n.bootIndex || time.Now().After(giveUp) {
-			debug.FreeOSMemory()
-			return
-		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		}
+		if !n.caughtUp() {
+			continue
+		}
+		at, _ := n.hub.compiledAt()
+		if at != last {
+			last, stable = at, 0
+			continue
+		}
+		if stable++; stable >= 2 {
+			debug.FreeOSMemory()
+			return
 		}
 	}
 }

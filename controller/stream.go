@@ -380,25 +380,31 @@ func readStreamLine(br *bufio.Reader, v any) error {
 type streamConn struct {
 	mu   sync.Mutex
 	conn *tls.Conn
-	buf  bytes.Buffer
 }
+
+// lineBuffers are shared by all streams: a stream holds none between
+// writes (tens of thousands of streams each keeping the buffer of its
+// largest view added up).
+var lineBuffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
 // send writes msgs as JSON lines, in one write.
 func (s *streamConn) send(msgs []any) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.buf.Reset()
-	enc := json.NewEncoder(&s.buf)
+	buf := lineBuffers.Get().(*bytes.Buffer)
+	defer func() {
+		if buf.Cap() <= 64<<10 { // a full view of a large gateway: not kept
+			buf.Reset()
+			lineBuffers.Put(buf)
+		}
+	}()
+	enc := json.NewEncoder(buf)
 	for _, m := range msgs {
 		if err := enc.Encode(m); err != nil {
 			return err
 		}
 	}
-	err := s.write(s.buf.Bytes())
-	if s.buf.Cap() > 64<<10 {
-		s.buf = bytes.Buffer{} // a full view of a large gateway: not kept
-	}
-	return err
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.write(buf.Bytes())
 }
 
 func (s *streamConn) event(ev api.WatchEvent) error { return s.send([]any{ev}) }

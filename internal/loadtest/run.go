@@ -65,7 +65,7 @@ type Result struct {
 	// with the periodic reports paused.
 	CPUPerChange, IdleCPU float64
 
-	BytesPerGateway float64 // nodes' RSS with the fleet connected minus before, per gateway
+	BytesPerGateway float64 // nodes' anonymous RSS with the fleet connected minus before, per gateway
 	RSSBefore       int64   // bytes, all three nodes
 	RSSAfter        int64
 
@@ -123,9 +123,12 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	}
 	defer c.stop()
 
-	// Memory before any gateway connects: every view is compiled already.
+	// Memory before any gateway connects: every view is compiled already,
+	// and a second after that each node has given back what its start
+	// took (controller.releaseStartupMemory); the wait leaves it time.
+	time.Sleep(5 * time.Second)
 	res.RSSBefore = settledRSS(c.pids())
-	logf("cluster up (reused: %v); nodes' RSS %d MiB", reused, res.RSSBefore>>20)
+	logf("cluster up (reused: %v); nodes' anonymous RSS %d MiB (VmRSS %d MiB)", reused, res.RSSBefore>>20, procStatus(c.pids(), "VmRSS:")>>20)
 
 	tr := newTracker()
 	ws, err := startWorkers(ctx, c, o, filepath.Join(dir, "identities.jsonl"), tr, logf)
@@ -165,7 +168,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	res.ConnectSeconds = time.Since(start).Seconds()
 	res.RSSAfter = settledRSS(c.pids())
 	res.BytesPerGateway = float64(res.RSSAfter-res.RSSBefore) / float64(o.Gateways)
-	logf("%d gateways connected in %.1fs; nodes' RSS %d MiB", o.Gateways, res.ConnectSeconds, res.RSSAfter>>20)
+	logf("%d gateways connected in %.1fs; nodes' anonymous RSS %d MiB (VmRSS %d MiB)", o.Gateways, res.ConnectSeconds, res.RSSAfter>>20, procStatus(c.pids(), "VmRSS:")>>20)
 
 	// Fan-out: publish, then wait for every gateway's acknowledgement.
 	var lat []float64
@@ -595,8 +598,15 @@ func cpuSeconds(pids []int) float64 {
 
 const clockTicks = 100 // USER_HZ on Linux
 
-// rss sums the resident set sizes of the processes, in bytes.
-func rss(pids []int) int64 {
+// rss sums the processes' anonymous resident memory (RssAnon: heap,
+// stacks), in bytes. Not VmRSS: that also counts the pages of the raft
+// log's memory-mapped file that replaying it at start read in, page cache
+// the kernel reclaims at will, which made the figure swing by hundreds
+// of MiB between runs (down to negative bytes per gateway).
+func rss(pids []int) int64 { return procStatus(pids, "RssAnon:") }
+
+// procStatus sums a kB field of /proc/<pid>/status over pids, in bytes.
+func procStatus(pids []int, field string) int64 {
 	var total int64
 	for _, p := range pids {
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p))
@@ -604,7 +614,7 @@ func rss(pids []int) int64 {
 			continue
 		}
 		for line := range strings.Lines(string(b)) {
-			if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			if v, ok := strings.CutPrefix(line, field); ok {
 				kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
 				total += kb << 10
 			}
