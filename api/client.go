@@ -75,12 +75,13 @@ func (cs *conns) reset() {
 		// It presents the certificate it was opened with, which the
 		// controller no longer admits once renewed: Watch returns, and
 		// its caller opens a new stream.
-		gw.close(errConnectionsReset)
+		gw.close(ErrConnectionsReset)
 	}
 }
 
-// errConnectionsReset ends a gateway stream when ResetConnections is called.
-var errConnectionsReset = errors.New("gateway stream closed: connections reset (a new certificate)")
+// ErrConnectionsReset ends Watch when ResetConnections closed its stream
+// (after a renewal): a new call opens a stream with the new certificate.
+var ErrConnectionsReset = errors.New("gateway stream closed: connections reset (a new certificate)")
 
 // sameHost follows a redirect only to the host the client was made for:
 // the controller never redirects, and its TLS name check is that host's.

@@ -136,6 +136,12 @@ func (a *Agent) watchLoop(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
+		if errors.Is(err, api.ErrConnectionsReset) {
+			// A renewal closed the stream: reopen it, on the same node,
+			// with the new certificate.
+			a.log.Info("reopening the controller stream with the renewed certificate", "controller", node)
+			continue
+		}
 		a.metrics.connected.Set(0)
 		a.log.Warn("controller stream lost; enforcing the last applied view", "controller", node, "err", err)
 		a.cur.Store((a.cur.Load() + 1) % int32(len(a.clients)))

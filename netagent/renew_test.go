@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -204,6 +205,21 @@ func testRenewLoop(t *testing.T, c *testCtl, gw string, token bool) {
 		client.ResetConnections()
 	}
 
+	// A stream open across the renewal ends with ErrConnectionsReset, so
+	// that the agent reopens it with the new certificate.
+	watchCtx, endWatch := context.WithTimeout(ctx, 30*time.Second)
+	defer endWatch()
+	watching, watchEnded := make(chan struct{}), make(chan error, 1)
+	go func() {
+		var once sync.Once
+		watchEnded <- client.Watch(watchCtx, 0, func(*api.View) error { once.Do(func() { close(watching) }); return nil })
+	}()
+	select {
+	case <-watching:
+	case err := <-watchEnded:
+		t.Fatalf("watch before renewal: %v", err)
+	}
+
 	ctxLoop, stop := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() { defer close(done); r.run(ctxLoop) }()
@@ -237,10 +253,17 @@ func testRenewLoop(t *testing.T, c *testCtl, gw string, token bool) {
 			t.Fatalf("renewal kept key %q", k)
 		}
 	}
+	if err := <-watchEnded; !errors.Is(err, api.ErrConnectionsReset) {
+		t.Fatalf("stream open across the renewal: %v, want ErrConnectionsReset", err)
+	}
 	// The same client, without a restart, presents the new certificate:
 	// the controller refuses any other.
 	if err := client.Report(ctx, api.Report{}); err != nil {
 		t.Fatalf("report after renewal: %v", err)
+	}
+	errStop := errors.New("stop")
+	if err := client.Watch(watchCtx, 0, func(*api.View) error { return errStop }); !errors.Is(err, errStop) {
+		t.Fatalf("stream after renewal: %v", err)
 	}
 	if c, err := op.Certificate(ctx, renewed); err != nil || c.Requester != "gateway:"+gw || c.Status != api.CertValid {
 		t.Fatalf("inventory: %+v %v", c, err)
