@@ -103,24 +103,23 @@ func (c *Client) Watch(ctx context.Context, since uint64, fn func(*View) error) 
 	}()
 	go s.read()
 	for {
+		ended := false
 		select {
 		case <-s.ready:
 		case <-s.done:
-			// A view that came before the end is still handed over.
-			if v := s.take(); v != nil {
-				if err := fn(v); err != nil {
-					return err
-				}
-			}
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			return s.err
+			ended = true
 		}
+		// A view that came before the end is still handed over.
 		if v := s.take(); v != nil {
 			if err := fn(v); err != nil {
 				return err
 			}
+		}
+		if ended {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return s.err
 		}
 	}
 }

@@ -75,7 +75,7 @@ func (l *limiter) middleware(next http.Handler) http.Handler {
 				next.ServeHTTP(w, r)
 				return
 			}
-			key = id.Kind + "/" + id.Name
+			key = limitKey(id)
 		} else {
 			host, _, _ := net.SplitHostPort(r.RemoteAddr)
 			key = "ip/" + host
@@ -88,3 +88,7 @@ func (l *limiter) middleware(next http.Handler) http.Handler {
 		next.ServeHTTP(w, r)
 	})
 }
+
+// limitKey is the bucket of a client with a certificate, the same for its
+// API calls and its gateway stream.
+func limitKey(id ca.Identity) string { return id.Kind + "/" + id.Name }

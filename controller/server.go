@@ -224,18 +224,26 @@ func (n *Node) admitGateway(leaf *x509.Certificate) (ca.Identity, int, error) {
 	if leaf == nil || err != nil || id.Kind != ca.KindGateway {
 		return id, http.StatusUnauthorized, errors.New("a gateway's client certificate is required")
 	}
-	g, ok := n.State().Gateway(id.Name)
+	status, err := n.currentGatewayCert(id.Name, ca.Serial(leaf))
+	return id, status, err
+}
+
+// currentGatewayCert checks that serial is the current certificate of
+// gateway, an enrolled gateway; if not, it returns the HTTP status and
+// the reason.
+func (n *Node) currentGatewayCert(gateway, serial string) (int, error) {
+	g, ok := n.State().Gateway(gateway)
 	if !ok || g.Status != api.StatusEnrolled {
 		status := "not enrolled"
 		if ok {
 			status = "not enrolled (" + g.Status + ")"
 		}
-		return id, http.StatusForbidden, fmt.Errorf("gateway %s is %s", id.Name, status)
+		return http.StatusForbidden, fmt.Errorf("gateway %s is %s", gateway, status)
 	}
-	if serial := ca.Serial(leaf); serial != g.CertSerial {
-		return id, http.StatusForbidden, fmt.Errorf("certificate %s is not gateway %s's current certificate (%s)", serial, id.Name, g.CertSerial)
+	if serial != g.CertSerial {
+		return http.StatusForbidden, fmt.Errorf("certificate %s is not gateway %s's current certificate (%s)", serial, gateway, g.CertSerial)
 	}
-	return id, 0, nil
+	return 0, nil
 }
 
 func (n *Node) handleReady(w http.ResponseWriter, r *http.Request) {
@@ -380,11 +388,10 @@ func (n *Node) watchViews(ctx context.Context, gateway string, since uint64, del
 	tick := time.NewTicker(heartbeat)
 	defer tick.Stop()
 	for {
-		msgs, v, enrolled := n.viewsToSend(gateway, since, sent, deltas)
-		if !enrolled {
-			return
+		if g, ok := n.State().Gateway(gateway); !ok || g.Status != api.StatusEnrolled {
+			return // revoked or removed: the stream ends
 		}
-		if v != nil {
+		if msgs, v := n.viewsToSend(gateway, since, sent, deltas); v != nil {
 			if err := out.send(msgs); err != nil {
 				return
 			}
@@ -407,15 +414,11 @@ func (n *Node) watchViews(ctx context.Context, gateway string, since uint64, del
 // newer; with deltas, the first view whole and each later one as the
 // difference from the view sent before it (views the hub hands out are
 // never modified, so the one last sent is a safe base); without, whole
-// views. enrolled is false once the gateway is revoked or removed: its
-// stream ends.
-func (n *Node) viewsToSend(gateway string, since uint64, sent *hubView, deltas bool) (msgs []any, v *hubView, enrolled bool) {
-	if g, ok := n.State().Gateway(gateway); !ok || g.Status != api.StatusEnrolled {
-		return nil, nil, false
-	}
+// views. Whether the stream may still have views is the caller's check.
+func (n *Node) viewsToSend(gateway string, since uint64, sent *hubView, deltas bool) (msgs []any, v *hubView) {
 	v, ok := n.hub.view(gateway)
 	if !ok || v.head.RaftIndex <= since {
-		return nil, nil, true
+		return nil, nil
 	}
 	switch {
 	case !deltas:
@@ -427,7 +430,7 @@ func (n *Node) viewsToSend(gateway string, since uint64, sent *hubView, deltas b
 			msgs = append(msgs, api.WatchEvent{Delta: d})
 		}
 	}
-	return msgs, v, true
+	return msgs, v
 }
 
 func (n *Node) handleReport(w http.ResponseWriter, r *http.Request, id ca.Identity) {

@@ -56,8 +56,8 @@ func (n *Node) serveStream(_ *http.Server, conn *tls.Conn, _ http.Handler) {
 	var err error
 	if !n.caughtUp() {
 		status, err = http.StatusServiceUnavailable, errors.New("starting: replaying the raft log, try again shortly")
-	} else if id, status, err = n.admitStream(leaf); err == nil {
-		if ok, _ := n.limits.allow(id.Kind + "/" + id.Name); !ok {
+	} else if id, status, err = n.admitGateway(leaf); err == nil {
+		if ok, _ := n.limits.allow(limitKey(id)); !ok {
 			status, err = http.StatusTooManyRequests, errors.New("rate limit exceeded: slow down")
 		}
 	}
@@ -74,7 +74,7 @@ func (n *Node) serveStream(_ *http.Server, conn *tls.Conn, _ http.Handler) {
 	}
 	conn.SetReadDeadline(time.Time{})
 
-	st := &gwStream{gateway: id.Name, leaf: leaf, out: out, since: hello.Since}
+	st := &gwStream{gateway: id.Name, serial: ca.Serial(leaf), notAfter: leaf.NotAfter, out: out, since: hello.Since}
 	stop, ok := n.streams.add(st)
 	if !ok {
 		out.event(api.WatchEvent{Code: http.StatusServiceUnavailable, Error: "the node is shutting down"})
@@ -84,22 +84,26 @@ func (n *Node) serveStream(_ *http.Server, conn *tls.Conn, _ http.Handler) {
 	n.streamReports(br, st)
 }
 
-// admitStream is admitGateway, plus the certificate's validity: a
-// stream outlives the handshake that checked it, and every report and
-// every view sent on it is admitted again.
-func (n *Node) admitStream(leaf *x509.Certificate) (ca.Identity, int, error) {
-	id, status, err := n.admitGateway(leaf)
-	if err == nil && time.Now().After(leaf.NotAfter) {
-		return id, http.StatusForbidden, fmt.Errorf("certificate %s of gateway %s expired at %s", ca.Serial(leaf), id.Name, leaf.NotAfter.UTC().Format(time.RFC3339))
+// readmit checks again what admitted st, and the certificate's expiry:
+// a stream outlives the handshake that checked its certificate, so every
+// report, view and heartbeat is admitted anew (the certificate may have
+// been renewed, revoked or have expired since).
+func (n *Node) readmit(st *gwStream) (int, error) {
+	if status, err := n.currentGatewayCert(st.gateway, st.serial); err != nil {
+		return status, err
 	}
-	return id, status, err
+	if time.Now().After(st.notAfter) {
+		return http.StatusForbidden, fmt.Errorf("certificate %s of gateway %s expired at %s", st.serial, st.gateway, st.notAfter.UTC().Format(time.RFC3339))
+	}
+	return 0, nil
 }
 
 // gwStream is a gateway stream as the senders see it.
 type gwStream struct {
-	gateway string
-	leaf    *x509.Certificate // the client certificate it was opened with
-	out     *streamConn
+	gateway  string
+	serial   string    // of the client certificate it was opened with
+	notAfter time.Time // and its expiry
+	out      *streamConn
 
 	// Under streamSender.mu.
 	queued   bool      // in the senders' queue
@@ -274,12 +278,7 @@ func (s *streamSender) serve(st *gwStream) {
 			ok = s.send(st)
 		}
 		if ok && beat {
-			if _, status, err := s.n.admitStream(st.leaf); err != nil {
-				st.out.event(api.WatchEvent{Code: status, Error: err.Error()})
-				ok = false
-			} else {
-				ok = st.out.heartbeat() == nil
-			}
+			ok = s.admitted(st) && st.out.heartbeat() == nil
 		}
 		s.mu.Lock()
 		if !ok {
@@ -302,14 +301,10 @@ func (s *streamSender) serve(st *gwStream) {
 // removed, the certificate renewed, revoked or expired), which the
 // gateway is told.
 func (s *streamSender) send(st *gwStream) bool {
-	if _, status, err := s.n.admitStream(st.leaf); err != nil {
-		st.out.event(api.WatchEvent{Code: status, Error: err.Error()})
+	if !s.admitted(st) {
 		return false
 	}
-	msgs, v, enrolled := s.n.viewsToSend(st.gateway, st.since, st.sent, true)
-	if !enrolled {
-		return false
-	}
+	msgs, v := s.n.viewsToSend(st.gateway, st.since, st.sent, true)
 	if v == nil {
 		return true
 	}
@@ -317,6 +312,16 @@ func (s *streamSender) send(st *gwStream) bool {
 		return false
 	}
 	st.since, st.sent = v.head.RaftIndex, v
+	return true
+}
+
+// admitted says whether st may still be written to; if not, the gateway
+// is told why.
+func (s *streamSender) admitted(st *gwStream) bool {
+	if status, err := s.n.readmit(st); err != nil {
+		st.out.event(api.WatchEvent{Code: status, Error: err.Error()})
+		return false
+	}
 	return true
 }
 
@@ -337,9 +342,9 @@ func (n *Node) streamReports(br *bufio.Reader, st *gwStream) {
 			return
 		}
 		ack := api.WatchEvent{Ack: sr.Seq}
-		if _, status, err := n.admitStream(st.leaf); err != nil {
+		if status, err := n.readmit(st); err != nil {
 			ack.Code, ack.Error = status, err.Error()
-		} else if ok, _ := n.limits.allow(ca.KindGateway + "/" + st.gateway); !ok {
+		} else if ok, _ := n.limits.allow(limitKey(ca.Identity{Kind: ca.KindGateway, Name: st.gateway})); !ok {
 			ack.Code, ack.Error = http.StatusTooManyRequests, "rate limit exceeded: slow down"
 		} else if err := n.recordReport(context.Background(), st.gateway, sr.Report); err != nil {
 			ack.Code, ack.Error = n.errorStatus(err)
