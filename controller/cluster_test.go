@@ -15,6 +15,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -231,15 +232,36 @@ func newTestCluster(t testing.TB, count int) *testCluster {
 	return c
 }
 
+// freePortOn returns ip:port for a port free now, which the test binds
+// later (after an Init, or in another process). The port is chosen below
+// the kernel's ephemeral range (32768 and up by default), so that an
+// outgoing connection of this or a parallel test package does not take it
+// meanwhile (it did: "bind: address already in use"), and never twice in
+// this process.
 func freePortOn(t testing.TB, ip string) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", ip+":0")
-	if err != nil {
-		t.Fatal(err)
+	handedOut.Lock()
+	defer handedOut.Unlock()
+	for range 1000 {
+		port := 20000 + rand.IntN(12000)
+		if handedOut.ports[port] {
+			continue
+		}
+		addr := net.JoinHostPort(ip, strconv.Itoa(port))
+		if ln, err := net.Listen("tcp", addr); err == nil {
+			ln.Close()
+			handedOut.ports[port] = true
+			return addr
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	t.Fatalf("no free port on %s", ip)
+	return ""
 }
+
+var handedOut = struct {
+	sync.Mutex
+	ports map[int]bool
+}{ports: map[int]bool{}}
 
 // waitFor polls cond until it returns nil, failing the test after d.
 func waitFor(t testing.TB, d time.Duration, what string, cond func() error) {
