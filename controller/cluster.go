@@ -490,10 +490,12 @@ func (n *Node) handleSnapshotRestore(w http.ResponseWriter, r *http.Request, id 
 		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("snapshot: %v", err))
 		return
 	}
-	if _, err := readSnapshot(bytes.NewReader(b)); err != nil {
+	ns, err := readSnapshot(bytes.NewReader(b), n.fsm.auditDir)
+	if err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
+	ns.audit.close()
 	actor := actorOf(r, id)
 	if id.Kind == ca.KindPerson {
 		actor = id.Name
@@ -510,7 +512,6 @@ func (n *Node) handleSnapshotRestore(w http.ResponseWriter, r *http.Request, id 
 		// restored state, so reads that wait for its index see the restore
 		// (the backup's own index lies in the past), and the audit chain
 		// says who restored what.
-		ns, _ := readSnapshot(bytes.NewReader(b))
 		sum := sha256.Sum256(b)
 		_, err := n.submit(ctx, CmdStateRestored, &StateRestoredRequest{Meta: n.meta(actor), BackupSHA256: hex.EncodeToString(sum[:]), BackupIndex: ns.index})
 		n.log.Warn("state restored from a backup", "actor", actor, "raft_index", n.State().Index(), "backup_index", ns.index)

@@ -22,17 +22,24 @@ type ApplyResult struct {
 
 // FSM applies committed commands to a State.
 type FSM struct {
-	state   *State
-	log     *slog.Logger
-	onApply func(index uint64, t CommandType) // called after a command took effect, outside the lock
+	state    *State
+	auditDir string // where the state's audit chain spills (see auditLog)
+	log      *slog.Logger
+	onApply  func(index uint64, t CommandType) // called after a command took effect, outside the lock
 }
 
-// NewFSM returns an FSM over a fresh state.
+// NewFSM returns an FSM over a fresh state, whose audit chain spills to
+// os.TempDir().
 func NewFSM(log *slog.Logger, onApply func(uint64, CommandType)) *FSM {
+	return newFSMIn("", log, onApply)
+}
+
+// newFSMIn is NewFSM with the audit chain's file in auditDir.
+func newFSMIn(auditDir string, log *slog.Logger, onApply func(uint64, CommandType)) *FSM {
 	if onApply == nil {
 		onApply = func(uint64, CommandType) {}
 	}
-	return &FSM{state: newState(), log: log, onApply: onApply}
+	return &FSM{state: newState(auditDir), auditDir: auditDir, log: log, onApply: onApply}
 }
 
 // State returns the state the FSM maintains.
@@ -50,7 +57,13 @@ func (f *FSM) Apply(l *raft.Log) any {
 	s.applying = l.Index
 	err := f.dispatch(t, body)
 	if err == nil {
-		s.appendAudit(entry)
+		if aerr := s.appendAudit(entry); aerr != nil {
+			// The command took effect and its entry cannot be kept: this
+			// node's state can no longer be trusted. Raft replays the log
+			// into a fresh state at the next start.
+			s.mu.Unlock()
+			panic(fmt.Sprintf("raft index %d: %v", l.Index, aerr))
+		}
 		s.noteViewChange(t, body)
 	}
 	s.setIndex(l.Index)
@@ -201,9 +214,9 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	for _, r := range s.issuersSorted() {
 		err = errors.Join(err, add("issuer", r))
 	}
-	for _, e := range s.audit {
-		err = errors.Join(err, add("audit", e))
-	}
+	// The audit chain, the bulk of a snapshot, is copied line by line in
+	// Persist, off the lock; the records after it are kept apart.
+	snap.audit, snap.tail = s.audit.lines(0), len(snap.records)
 	for _, c := range s.checkpoints {
 		err = errors.Join(err, add("checkpoint", c))
 	}
@@ -213,13 +226,28 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 type fsmSnapshot struct {
 	header  snapshotHeader
 	records []snapshotRecord
+	audit   *io.SectionReader // the audit chain's lines, written before records[tail:]
+	tail    int
 }
 
 func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
-	w := bufio.NewWriter(sink)
+	w := bufio.NewWriterSize(sink, 64<<10)
 	enc := json.NewEncoder(w)
 	err := enc.Encode(s.header)
-	for i := 0; err == nil && i < len(s.records); i++ {
+	for i := 0; err == nil && i < s.tail; i++ {
+		err = enc.Encode(s.records[i])
+	}
+	if err == nil {
+		// Each line as enc.Encode(snapshotRecord{Type: "audit", Data: line})
+		// writes it.
+		err = eachAuditLine(s.audit, func(line []byte) error {
+			w.WriteString(`{"type":"audit","data":`)
+			w.Write(line)
+			_, err := w.WriteString("}\n")
+			return err
+		})
+	}
+	for i := s.tail; err == nil && i < len(s.records); i++ {
 		err = enc.Encode(s.records[i])
 	}
 	if err == nil {
@@ -242,7 +270,7 @@ func (s *fsmSnapshot) Release() {}
 // command sets the index to its raft index again.
 func (f *FSM) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
-	ns, err := readSnapshot(rc)
+	ns, err := readSnapshot(rc, f.auditDir)
 	if err != nil {
 		return err
 	}
@@ -261,9 +289,10 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	return nil
 }
 
-// readSnapshot decodes a snapshot into a fresh state; it is also how an
-// uploaded backup is checked before it is handed to raft.
-func readSnapshot(r io.Reader) (*State, error) {
+// readSnapshot decodes a snapshot into a fresh state, whose audit chain
+// spills to auditDir; it is also how an uploaded backup is checked before
+// it is handed to raft.
+func readSnapshot(r io.Reader, auditDir string) (_ *State, err error) {
 	dec := json.NewDecoder(bufio.NewReader(r))
 	var hdr snapshotHeader
 	if err := dec.Decode(&hdr); err != nil {
@@ -272,7 +301,12 @@ func readSnapshot(r io.Reader) (*State, error) {
 	if hdr.Format != snapshotFormat {
 		return nil, fmt.Errorf("restore: snapshot format %q, want %q", hdr.Format, snapshotFormat)
 	}
-	ns := newState()
+	ns := newState(auditDir)
+	defer func() {
+		if err != nil {
+			ns.audit.close()
+		}
+	}()
 	ns.index = hdr.Index
 	for n := 1; ; n++ {
 		var rec snapshotRecord
@@ -367,10 +401,10 @@ func (s *State) restoreRecord(rec snapshotRecord) error {
 		if err := json.Unmarshal(rec.Data, &e); err != nil {
 			return err
 		}
-		if n := len(s.audit); n > 0 && (e.Seq != s.audit[n-1].Seq+1 || e.Prev != s.audit[n-1].Hash) || e.ComputeHash() != e.Hash {
+		if e.Seq != s.audit.len()+1 || e.Prev != s.audit.head.Hash || e.ComputeHash() != e.Hash {
 			return fmt.Errorf("audit entry %d does not extend the chain", e.Seq)
 		}
-		s.audit = append(s.audit, e)
+		return s.audit.append(e)
 	default:
 		return fmt.Errorf("unknown record type %q", rec.Type)
 	}

@@ -2,6 +2,7 @@ package controller
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -98,7 +99,11 @@ func history() []struct {
 		b, _ := encodeCommand(c.t, c.req)
 		scratch.Apply(&raft.Log{Index: uint64(i + 1), Type: raft.LogCommand, Data: b})
 	}
-	third := scratch.State().Audit(2)[0]
+	after, err := scratch.State().Audit(2)
+	if err != nil || len(after) == 0 {
+		panic(fmt.Sprintf("audit chain after 2: %v, %v", after, err))
+	}
+	third := after[0]
 	cp := api.AuditCheckpoint{Seq: third.Seq, Hash: third.Hash, At: t0, Node: "ctl1", Signature: "c2ln", Chain: "-----BEGIN CERTIFICATE-----"}
 	h = append(h, struct {
 		t   CommandType
@@ -178,7 +183,11 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	if c, _ := f.State().Certificate("2c"); c.Status != api.CertRevoked || c.Requester != "gateway:gw2" {
 		t.Fatalf("2c %+v", c)
 	}
-	if !slices.ContainsFunc(f.State().Audit(0), func(e api.AuditEntry) bool {
+	chain, err := f.State().Audit(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(chain, func(e api.AuditEntry) bool {
 		return e.Action == "gateway-renews" && e.Actor == "node:ctl1" && e.Object == "gw2"
 	}) {
 		t.Fatal("no audit entry names the gateway the batch renewed")

@@ -291,7 +291,7 @@ func (n *Node) startRaft() error {
 	n.stores = append(n.stores, closerFunc(trans.Close))
 
 	var hub *viewHub
-	n.fsm = NewFSM(n.log, func(uint64, CommandType) {
+	n.fsm = newFSMIn(dir, n.log, func(uint64, CommandType) {
 		hub.changed()
 		select {
 		case n.crlWake <- struct{}{}:

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"slices"
 	"strings"
@@ -57,7 +58,7 @@ type State struct {
 	members   map[string]*api.Member      // controller nodes by name
 	people    map[string]*api.Person      // by name
 	requests  map[string]*request         // four-eyes requests by id
-	audit     []api.AuditEntry            // the hash chain, one entry per committed command
+	audit     *auditLog                   // the hash chain, one entry per committed command
 	certs     map[string]*api.Certificate // the certificate inventory by serial
 	issuers   map[string]*issuerRecord    // intermediates: where they live, their CRLs
 	// checkpoints are the signed heads of the audit chain, oldest first.
@@ -72,8 +73,11 @@ type State struct {
 	applied chan struct{} // closed and replaced whenever index moves
 }
 
-func newState() *State {
+// newState returns an empty state whose audit chain spills to a file in
+// auditDir ("" for os.TempDir()).
+func newState(auditDir string) *State {
 	return &State{
+		audit:     newAuditLog(auditDir),
 		agencies:  map[string]*api.Agency{},
 		gateways:  map[string]*api.Gateway{},
 		tokens:    map[string]*tokenRecord{},
@@ -727,29 +731,39 @@ func (s *State) auditEntry(index uint64, t CommandType, data []byte) api.AuditEn
 	return api.AuditEntry{RaftIndex: index, At: f.At.UTC(), Actor: f.Actor, Role: role, Action: t.String(), Object: object, RequestSHA256: hex.EncodeToString(sum[:])}
 }
 
-func (s *State) appendAudit(e api.AuditEntry) {
-	e.Seq = 1
-	if n := len(s.audit); n > 0 {
-		e.Seq, e.Prev = s.audit[n-1].Seq+1, s.audit[n-1].Hash
-	}
+// appendAudit adds e to the chain. An error means this node can no longer
+// keep its replicated state (its disk failed or is full).
+func (s *State) appendAudit(e api.AuditEntry) error {
+	e.Seq, e.Prev = s.audit.len()+1, s.audit.head.Hash
 	e.Hash = e.ComputeHash()
-	s.audit = append(s.audit, e)
+	return s.audit.append(e)
 }
 
 // Audit returns the chain's entries with seq > since.
-func (s *State) Audit(since uint64) []api.AuditEntry {
+func (s *State) Audit(since uint64) ([]api.AuditEntry, error) {
+	var out []api.AuditEntry
+	err := eachAuditLine(s.AuditLines(since), func(line []byte) error {
+		var e api.AuditEntry
+		if err := json.Unmarshal(line, &e); err != nil {
+			return fmt.Errorf("audit chain: entry %d: %w", since+uint64(len(out))+1, err)
+		}
+		out = append(out, e)
+		return nil
+	})
+	return out, err
+}
+
+// AuditLines returns the chain's entries with seq > since as JSON lines,
+// one api.AuditEntry each.
+func (s *State) AuditLines(since uint64) io.Reader {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	i, _ := slices.BinarySearchFunc(s.audit, since+1, func(e api.AuditEntry, seq uint64) int { return cmp.Compare(e.Seq, seq) })
-	return slices.Clone(s.audit[i:])
+	return s.audit.lines(since)
 }
 
 // AuditHead returns the last entry; ok is false while the chain is empty.
 func (s *State) AuditHead() (api.AuditEntry, bool) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	if len(s.audit) == 0 {
-		return api.AuditEntry{}, false
-	}
-	return s.audit[len(s.audit)-1], true
+	return s.audit.head, s.audit.len() > 0
 }
