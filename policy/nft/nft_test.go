@@ -251,6 +251,50 @@ func TestBuildShape(t *testing.T) {
 	}
 }
 
+// TestExpectedDigestMatchesRender: ExpectedDigest, which keeps the
+// rendering of the chains per set layout, gives the digest of the whole
+// expected table rendered afresh, for rule lists of every shape, the first
+// time a layout is seen and after.
+func TestExpectedDigestMatchesRender(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	protos := []string{api.ProtoTCP, api.ProtoUDP, api.ProtoICMP, "sctp"}
+	for i := range 300 {
+		var rules []api.Rule
+		for range rng.IntN(40) {
+			a := netip.AddrFrom4([4]byte{10, byte(rng.IntN(4)), byte(rng.IntN(256)), byte(rng.IntN(256))})
+			bits := []int{32, 32, 32, 24, 16, 28, 8}[rng.IntN(7)]
+			r := api.Rule{Source: netip.PrefixFrom(a, bits), Protocol: protos[rng.IntN(len(protos))]}
+			if r.Protocol != api.ProtoICMP && rng.IntN(20) > 0 {
+				r.Port = uint16(1 + rng.IntN(3))
+			}
+			rules = append(rules, r)
+		}
+		text, rerr := ExpectedRender(rules)
+		d, err := Build(rules, "wg-x")
+		built, xerr := d.Digest()
+		for range 2 {
+			got, gerr := ExpectedDigest(rules)
+			if got != digestOf(text) || got != built || (gerr == nil) != (rerr == nil) || (gerr == nil) != (err == nil) || xerr != nil {
+				t.Fatalf("case %d %v: ExpectedDigest %s (%v), rendered %s (%v), built %s (%v)", i, rules, got, gerr, digestOf(text), rerr, built, xerr)
+			}
+		}
+	}
+}
+
+func BenchmarkExpectedDigestSmall(b *testing.B) {
+	// A commune's view: the two NDXP gateways monitor it on one port.
+	rules := []api.Rule{
+		{Source: netip.MustParsePrefix("100.64.0.1/32"), Protocol: api.ProtoTCP, Port: 9100},
+		{Source: netip.MustParsePrefix("100.64.0.2/32"), Protocol: api.ProtoTCP, Port: 9100},
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := ExpectedDigest(rules); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
 func BenchmarkExpectedDigest(b *testing.B) {
 	rules := make([]api.Rule, 0, 11_000)
 	for i := range 10_000 {

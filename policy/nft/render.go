@@ -59,8 +59,10 @@ func (t *Table) Elements(set string) []nftables.SetElement {
 const IfacePlaceholder = "$IFACE"
 
 // Digest returns "sha256:" and the hex SHA-256 of [Table.Render].
-func (t *Table) Digest(iface string) string {
-	sum := sha256.Sum256([]byte(t.Render(iface)))
+func (t *Table) Digest(iface string) string { return digestOf(t.Render(iface)) }
+
+func digestOf(rendered string) string {
+	sum := sha256.Sum256([]byte(rendered))
 	return "sha256:" + hex.EncodeToString(sum[:])
 }
 
@@ -85,18 +87,22 @@ func (t *Table) Digest(iface string) string {
 // attribute or expression not named here, is rendered as hex, so every
 // other edit still changes the text.
 func (t *Table) Render(iface string) string {
-	r := renderer{}
-	if iface != "" {
-		r.iface = ifname(iface)
-	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "table inet %s", TableName)
-	if t.Flags != 0 {
-		fmt.Fprintf(&b, " flags 0x%x", t.Flags)
+	renderHead(&b, t.Flags, t.Sets)
+	t.renderChains(&b, iface)
+	return b.String()
+}
+
+// renderHead writes the table's line and its sets: the part of Render
+// before the chains.
+func renderHead(b *strings.Builder, flags uint32, sets []Set) {
+	fmt.Fprintf(b, "table inet %s", TableName)
+	if flags != 0 {
+		fmt.Fprintf(b, " flags 0x%x", flags)
 	}
 	b.WriteString("\n")
 
-	sets := slices.Clone(t.Sets)
+	sets = slices.Clone(sets)
 	slices.SortFunc(sets, func(a, b Set) int { return strings.Compare(a.Set.Name, b.Set.Name) })
 	for _, s := range sets {
 		b.WriteString(renderSetHeader(s.Set))
@@ -114,7 +120,15 @@ func (t *Table) Render(iface string) string {
 			b.WriteString(l)
 		}
 	}
+}
 
+// renderChains writes the chains and their rules: the part of Render
+// after the sets.
+func (t *Table) renderChains(b *strings.Builder, iface string) {
+	r := renderer{}
+	if iface != "" {
+		r.iface = ifname(iface)
+	}
 	chains := slices.Clone(t.Chains)
 	slices.SortFunc(chains, func(a, b *nftables.Chain) int { return strings.Compare(a.Name, b.Name) })
 	for _, ch := range chains {
@@ -139,10 +153,9 @@ func (t *Table) Render(iface string) string {
 	// count.
 	for _, rl := range t.Rules {
 		if !slices.ContainsFunc(chains, func(c *nftables.Chain) bool { return c.Name == rl.Chain }) {
-			fmt.Fprintf(&b, "orphan rule in %q: %d expressions\n", rl.Chain, len(rl.Exprs))
+			fmt.Fprintf(b, "orphan rule in %q: %d expressions\n", rl.Chain, len(rl.Exprs))
 		}
 	}
-	return b.String()
 }
 
 func renderSetHeader(s *nftables.Set) string {
