@@ -371,6 +371,14 @@ func startWorkers(ctx context.Context, c *Cluster, o Options, idFile string, tr 
 		}
 		cmd := exec.CommandContext(ctx, exe, "-test.run=^$")
 		cmd.Env = append(os.Environ(), workerEnv+"=1")
+		if os.Getenv("GOGC") == "" && os.Getenv("GOMEMLIMIT") == "" {
+			// The simulated gateways share the machine's cores with the
+			// controllers, and their garbage collection (a fifth of a
+			// worker's CPU at the default) is the harness's cost, not the
+			// controllers': real gateways collect on their own hardware.
+			// A worker's live heap is ~100 MB; let it grow to 1 GiB.
+			cmd.Env = append(cmd.Env, "GOGC=off", "GOMEMLIMIT=1GiB")
+		}
 		cmd.Stderr = o.Log
 		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 		stdin, err := cmd.StdinPipe()
