@@ -1,6 +1,7 @@
 package nft
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"strings"
@@ -41,11 +42,21 @@ func ExpectedDigest(rules []api.Rule) (string, error) {
 	for i, s := range specs {
 		sets[i] = s.Set
 	}
-	var b strings.Builder
-	renderHead(&b, 0, sets)
+	b := renderBuffers.Get().(*bytes.Buffer)
+	defer func() {
+		if b.Cap() <= 64<<10 { // the large table of a hub gateway: not kept
+			b.Reset()
+			renderBuffers.Put(b)
+		}
+	}()
+	renderHead(b, 0, sets)
 	b.WriteString(chains)
-	return digestOf(b.String()), ruleErr
+	return digestOf(b.Bytes()), ruleErr
 }
+
+// renderBuffers hold the text ExpectedDigest hashes: a controller or a
+// load harness digests tens of thousands of small tables in a burst.
+var renderBuffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
 // chainRenders holds, per set layout, the rendering of the expected
 // table's chains; at most maxChainRenders layouts are kept (a layout is
@@ -75,7 +86,7 @@ func expectedChains(specs []setSpec) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	var b strings.Builder
+	var b bytes.Buffer
 	et.renderChains(&b, expectIface)
 	if chainRenderN.Add(1) <= maxChainRenders {
 		chainRenders.Store(key.String(), b.String())

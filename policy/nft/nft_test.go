@@ -274,8 +274,8 @@ func TestExpectedDigestMatchesRender(t *testing.T) {
 		built, xerr := d.Digest()
 		for range 2 {
 			got, gerr := ExpectedDigest(rules)
-			if got != digestOf(text) || got != built || (gerr == nil) != (rerr == nil) || (gerr == nil) != (err == nil) || xerr != nil {
-				t.Fatalf("case %d %v: ExpectedDigest %s (%v), rendered %s (%v), built %s (%v)", i, rules, got, gerr, digestOf(text), rerr, built, xerr)
+			if got != digestOf([]byte(text)) || got != built || (gerr == nil) != (rerr == nil) || (gerr == nil) != (err == nil) || xerr != nil {
+				t.Fatalf("case %d %v: ExpectedDigest %s (%v), rendered %s (%v), built %s (%v)", i, rules, got, gerr, digestOf([]byte(text)), rerr, built, xerr)
 			}
 		}
 	}

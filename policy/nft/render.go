@@ -59,10 +59,10 @@ func (t *Table) Elements(set string) []nftables.SetElement {
 const IfacePlaceholder = "$IFACE"
 
 // Digest returns "sha256:" and the hex SHA-256 of [Table.Render].
-func (t *Table) Digest(iface string) string { return digestOf(t.Render(iface)) }
+func (t *Table) Digest(iface string) string { return digestOf([]byte(t.Render(iface))) }
 
-func digestOf(rendered string) string {
-	sum := sha256.Sum256([]byte(rendered))
+func digestOf(rendered []byte) string {
+	sum := sha256.Sum256(rendered)
 	return "sha256:" + hex.EncodeToString(sum[:])
 }
 
@@ -87,7 +87,7 @@ func digestOf(rendered string) string {
 // attribute or expression not named here, is rendered as hex, so every
 // other edit still changes the text.
 func (t *Table) Render(iface string) string {
-	var b strings.Builder
+	var b bytes.Buffer
 	renderHead(&b, t.Flags, t.Sets)
 	t.renderChains(&b, iface)
 	return b.String()
@@ -95,7 +95,7 @@ func (t *Table) Render(iface string) string {
 
 // renderHead writes the table's line and its sets: the part of Render
 // before the chains.
-func renderHead(b *strings.Builder, flags uint32, sets []Set) {
+func renderHead(b *bytes.Buffer, flags uint32, sets []Set) {
 	fmt.Fprintf(b, "table inet %s", TableName)
 	if flags != 0 {
 		fmt.Fprintf(b, " flags 0x%x", flags)
@@ -124,7 +124,7 @@ func renderHead(b *strings.Builder, flags uint32, sets []Set) {
 
 // renderChains writes the chains and their rules: the part of Render
 // after the sets.
-func (t *Table) renderChains(b *strings.Builder, iface string) {
+func (t *Table) renderChains(b *bytes.Buffer, iface string) {
 	r := renderer{}
 	if iface != "" {
 		r.iface = ifname(iface)
