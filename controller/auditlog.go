@@ -26,18 +26,32 @@ import (
 // The file is unlinked as soon as it is created. The chain is part of the
 // replicated state and is rebuilt with the rest of it at every start, from
 // the latest snapshot and the raft log after it; nothing in the file is
-// needed across a restart, and a crash leaves nothing behind to clean up.
+// needed across a restart, and a crash leaves nothing behind to clean up
+// (unless it falls between the file's creation and its removal).
 //
 // An auditLog is guarded by its State's lock. Written lines never change,
 // and a restore starts a new file, so a reader may read the lines it was
-// handed (lines) after letting go of the lock.
+// handed (lines) after letting go of the lock. The file of a log that a
+// restore replaced is closed by the garbage collector once no reader
+// holds it (Go collects at least every two minutes): until then its disk
+// space stays in use.
+//
+// Errors of the file itself wrap errAuditIO: they say this node's disk
+// failed or is full, not that the chain is wrong.
 type auditLog struct {
 	dir  string   // where the file is created; "" means os.TempDir()
 	f    *os.File // nil until the first entry
 	offs []int64  // offs[i] is where the line of seq i+1 starts
-	size int64    // bytes written
+	size int64    // bytes written (pending included)
 	head api.AuditEntry
+	// While a snapshot is read into a log nobody else sees yet, lines
+	// gather here and are written 64 KiB at a time (flush).
+	buffered bool
+	pending  []byte
 }
+
+// errAuditIO marks a failure of the audit chain's file.
+var errAuditIO = errors.New("audit chain file")
 
 func newAuditLog(dir string) *auditLog { return &auditLog{dir: dir} }
 
@@ -53,11 +67,11 @@ func (l *auditLog) append(e api.AuditEntry) error {
 	if l.f == nil {
 		f, err := os.CreateTemp(l.dir, "audit-*.jsonl")
 		if err != nil {
-			return fmt.Errorf("audit chain: %w", err)
+			return fmt.Errorf("%w: %w", errAuditIO, err)
 		}
 		if err := os.Remove(f.Name()); err != nil {
 			f.Close()
-			return fmt.Errorf("audit chain: %w", err)
+			return fmt.Errorf("%w: %w", errAuditIO, err)
 		}
 		l.f = f
 	}
@@ -66,14 +80,32 @@ func (l *auditLog) append(e api.AuditEntry) error {
 		return fmt.Errorf("audit chain: entry %d: %w", e.Seq, err)
 	}
 	b = append(b, '\n')
-	// At the end as counted, not as the file offset says: after a failed
-	// write, the next one overwrites whatever part of it landed.
-	if _, err := l.f.WriteAt(b, l.size); err != nil {
-		return fmt.Errorf("audit chain: write entry %d: %w", e.Seq, err)
+	if !l.buffered {
+		if _, err := l.f.WriteAt(b, l.size); err != nil {
+			return fmt.Errorf("%w: write entry %d: %w", errAuditIO, e.Seq, err)
+		}
 	}
 	l.offs = append(l.offs, l.size)
 	l.size += int64(len(b))
 	l.head = e
+	if l.buffered {
+		l.pending = append(l.pending, b...)
+		if len(l.pending) >= 64<<10 {
+			return l.flush()
+		}
+	}
+	return nil
+}
+
+// flush writes the pending lines.
+func (l *auditLog) flush() error {
+	if len(l.pending) == 0 {
+		return nil
+	}
+	if _, err := l.f.WriteAt(l.pending, l.size-int64(len(l.pending))); err != nil {
+		return fmt.Errorf("%w: write: %w", errAuditIO, err)
+	}
+	l.pending = l.pending[:0]
 	return nil
 }
 
@@ -87,7 +119,7 @@ func (l *auditLog) entry(seq uint64) (api.AuditEntry, error) {
 	}
 	b := make([]byte, l.offs[seq]-l.offs[seq-1])
 	if _, err := l.f.ReadAt(b, l.offs[seq-1]); err != nil {
-		return api.AuditEntry{}, fmt.Errorf("audit chain: read entry %d: %w", seq, err)
+		return api.AuditEntry{}, fmt.Errorf("%w: read entry %d: %w", errAuditIO, seq, err)
 	}
 	var e api.AuditEntry
 	if err := json.Unmarshal(b, &e); err != nil {

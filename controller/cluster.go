@@ -491,6 +491,10 @@ func (n *Node) handleSnapshotRestore(w http.ResponseWriter, r *http.Request, id 
 		return
 	}
 	ns, err := readSnapshot(bytes.NewReader(b), n.fsm.auditDir)
+	if errors.Is(err, errAuditIO) { // this node's disk, not the backup
+		writeError(w, http.StatusInternalServerError, "check the backup: "+err.Error())
+		return
+	}
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return

@@ -302,7 +302,12 @@ func readSnapshot(r io.Reader, auditDir string) (_ *State, err error) {
 		return nil, fmt.Errorf("restore: snapshot format %q, want %q", hdr.Format, snapshotFormat)
 	}
 	ns := newState(auditDir)
+	ns.audit.buffered = true
 	defer func() {
+		ns.audit.buffered = false
+		if err == nil {
+			err = ns.audit.flush()
+		}
 		if err != nil {
 			ns.audit.close()
 		}
