@@ -71,6 +71,8 @@ var (
 		"Last raft index in this node's log.", nil, nil)
 	descReady = prometheus.NewDesc("govnet_ready",
 		"1 when this node is ready to serve (as /readyz), else 0.", nil, nil)
+	descStarted = prometheus.NewDesc("govnet_start_settled",
+		"1 once this node has caught up, compiled every view and given back the memory its start took, else 0.", nil, nil)
 	descStreams = prometheus.NewDesc("govnet_gateway_streams",
 		"Gateway watch streams this node serves.", nil, nil)
 	descViewIndex = prometheus.NewDesc("govnet_view_raft_index",
@@ -100,7 +102,7 @@ type nodeCollector struct{ n *Node }
 
 func (c *nodeCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descRaftState, descRaftApplied, descRaftCommit, descRaftLast, descReady,
-		descStreams, descViewIndex, descViewLag, descViewFailing, descIssued, descRevoked, descCerts, descExpiry,
+		descStarted, descStreams, descViewIndex, descViewLag, descViewFailing, descIssued, descRevoked, descCerts, descExpiry,
 		descPolicy, descGateways, descRulesets} {
 		ch <- d
 	}
@@ -120,6 +122,7 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 		gauge(descRaftCommit, float64(n.raft.CommitIndex()))
 		gauge(descRaftLast, float64(n.raft.LastIndex()))
 		gauge(descReady, b2f(n.Ready() == nil))
+		gauge(descStarted, b2f(n.startSettled.Load()))
 	}
 	if n.fsm == nil || n.hub == nil {
 		return

@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/govnet/govnet/api"
@@ -66,7 +67,10 @@ type Node struct {
 	reports  *groupCommit[GatewayReportRequest] // gateways' reports, committed in batches
 	renewals *groupCommit[GatewayRenewRequest]  // gateways' renewals, committed in batches
 	metrics  *nodeMetrics                       // served at /metrics on the plain-HTTP listener
-	wg       sync.WaitGroup
+	// startSettled is set once the node has caught up, compiled its views
+	// and given back its start's memory (releaseStartupMemory).
+	startSettled atomic.Bool
+	wg           sync.WaitGroup
 }
 
 // Start opens the HSM, loads the CA, starts raft (bootstrapping a
@@ -152,6 +156,7 @@ func (n *Node) releaseStartupMemory(ctx context.Context) {
 		}
 		if stable++; stable >= 2 {
 			debug.FreeOSMemory()
+			n.startSettled.Store(true)
 			return
 		}
 	}

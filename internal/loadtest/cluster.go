@@ -1,6 +1,7 @@
 package loadtest
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -9,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -293,6 +295,38 @@ func (c *Cluster) stop() {
 }
 
 // pids are the node processes' ids.
+// waitSettled waits until every node reports govnet_start_settled 1 on
+// its plain-HTTP /metrics.
+func (c *Cluster) waitSettled(ctx context.Context, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	for _, n := range c.nodes {
+		url := "http://" + net.JoinHostPort(n.ip, strconv.Itoa(n.http)) + "/metrics"
+		for !nodeSettled(ctx, url) {
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("node %s: start not settled (govnet_start_settled at %s) within %s", n.name, url, timeout)
+			case <-time.After(250 * time.Millisecond):
+			}
+		}
+	}
+	return nil
+}
+
+func nodeSettled(ctx context.Context, url string) bool {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return false
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return false
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	return err == nil && resp.StatusCode == http.StatusOK && bytes.Contains(b, []byte("\ngovnet_start_settled 1\n"))
+}
+
 func (c *Cluster) pids() []int {
 	var p []int
 	for _, n := range c.nodes {
