@@ -708,6 +708,31 @@ func TestClusterFaults(t *testing.T) {
 		if _, err := c.op[f].AddGateway(ctx, api.Gateway{ID: "after-restore", Agency: registerKeys[0]}); err != nil {
 			t.Fatal(err)
 		}
+		// Every node rebuilt the audit chain from the backup (its own file,
+		// controller/auditlog.go) and extended it alike: the same entries
+		// everywhere, an intact chain, ending with the restore's record
+		// and the write after it.
+		var first []api.AuditEntry
+		for i := range c.nodes {
+			waitFor(t, 15*time.Second, c.nodes[i].name+"'s audit chain to hold the write after the restore", func() error {
+				var chain []api.AuditEntry
+				if err := c.off[i].AuditExport(ctx, 0, func(e api.AuditEntry) error { chain = append(chain, e); return nil }); err != nil {
+					return err
+				}
+				if err := api.VerifyAudit(chain); err != nil {
+					return err
+				}
+				if n := len(chain); n < 2 || chain[n-2].Action != CmdStateRestored.String() || chain[n-1].Object != "after-restore" {
+					return fmt.Errorf("chain of %d entries does not end with the restore and the gateway after it", n)
+				}
+				if first == nil {
+					first = chain
+				} else if !slices.Equal(chain, first) {
+					return fmt.Errorf("chain of %d entries differs from %s's (%d)", len(chain), c.nodes[0].name, len(first))
+				}
+				return nil
+			})
+		}
 	})
 
 	t.Run("remove a node", func(t *testing.T) {
