@@ -267,6 +267,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 			}
 		}
 		rev = append(rev, last.Sub(t0).Seconds())
+		logf("revoked %s: its last peer acknowledged %.3fs after the call", g.ID, last.Sub(t0).Seconds())
 	}
 	res.RevokeP50, res.RevokeP99 = quantile(rev, 0.5), quantile(rev, 0.99)
 	logf("%d revocations: p50 %.3fs p99 %.3fs", len(rev), res.RevokeP50, res.RevokeP99)
@@ -380,17 +381,6 @@ func startWorkers(ctx context.Context, c *Cluster, o Options, idFile string, tr 
 		}
 		cmd := exec.CommandContext(ctx, exe, "-test.run=^$")
 		cmd.Env = append(os.Environ(), workerEnv+"=1")
-		if os.Getenv("GOGC") == "" {
-			// The simulated gateways share the machine's cores with the
-			// controllers, and their garbage collection (a fifth of a
-			// worker's CPU at the default GOGC) is the harness's cost, not
-			// the controllers': real gateways collect on their own
-			// hardware. A worker of 2,500 gateways then holds ~440 MB.
-			// (GOGC=off with a 1 GiB limit did worse: allocations kept
-			// taking fresh pages, and clearing them cost about what the
-			// collection saved.)
-			cmd.Env = append(cmd.Env, "GOGC=400")
-		}
 		cmd.Stderr = o.Log
 		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 		stdin, err := cmd.StdinPipe()
