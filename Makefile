@@ -44,6 +44,7 @@ fuzz:
 	$(GO) test ./ca -run '^$$' -fuzz FuzzParseCSR -fuzztime $(FUZZTIME)
 	$(GO) test ./controller -run '^$$' -fuzz FuzzAPIRequest -fuzztime $(FUZZTIME)
 	$(GO) test ./controller -run '^$$' -fuzz FuzzStreamLine -fuzztime $(FUZZTIME)
+	$(GO) test ./controller -run '^$$' -fuzz '^FuzzSnapshot$$' -fuzztime $(FUZZTIME)
 
 # Benchmarks on the real kernel, SoftHSM2 and wireguard-go (root; they fail
 # rather than skip), ~2 minutes, then bench-fanout (~6 minutes with its
