@@ -146,34 +146,24 @@ func (l *auditLog) close() {
 	}
 }
 
+// maxAuditLine bounds a line of the chain: an entry is a few hundred
+// bytes, but its object may name every gateway of a batch.
+const maxAuditLine = 16 << 20
+
 // eachAuditLine calls fn with every line r holds, without its newline;
 // the slice is only valid during the call.
 func eachAuditLine(r io.Reader, fn func(line []byte) error) error {
 	br := bufio.NewReaderSize(r, 64<<10)
 	for {
-		line, err := br.ReadSlice('\n')
-		if errors.Is(err, bufio.ErrBufferFull) {
-			// A line longer than the buffer: entries are a few hundred
-			// bytes, but an object may name many gateways.
-			long := append([]byte(nil), line...)
-			for errors.Is(err, bufio.ErrBufferFull) {
-				line, err = br.ReadSlice('\n')
-				long = append(long, line...)
-			}
-			line = long
-		}
-		if len(line) > 0 && err == nil {
-			if ferr := fn(line[:len(line)-1]); ferr != nil {
-				return ferr
-			}
-			continue
-		}
-		if err == io.EOF && len(line) == 0 {
+		line, err := api.ReadLine(br, maxAuditLine)
+		if err == io.EOF {
 			return nil
 		}
-		if err == io.EOF {
-			return fmt.Errorf("audit chain: a line without its end (%d bytes)", len(line))
+		if err != nil {
+			return fmt.Errorf("audit chain: read: %w", err)
 		}
-		return fmt.Errorf("audit chain: read: %w", err)
+		if err := fn(line); err != nil {
+			return err
+		}
 	}
 }

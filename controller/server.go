@@ -339,46 +339,10 @@ func (n *Node) handleWatch(w http.ResponseWriter, r *http.Request, id ca.Identit
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.WriteHeader(http.StatusOK)
 	flusher.Flush()
-	n.watchViews(r.Context(), id.Name, since, deltas, &httpViews{w: w, f: flusher, enc: json.NewEncoder(w)})
-}
-
-// viewSink is where watchViews writes: a response or a gateway stream.
-type viewSink interface {
-	send(msgs []any) error // writes the lines and flushes them
-	heartbeat() error      // an empty line
-}
-
-type httpViews struct {
-	w   http.ResponseWriter
-	f   http.Flusher
-	enc *json.Encoder
-}
-
-func (h *httpViews) send(msgs []any) error {
-	for _, m := range msgs {
-		if err := h.enc.Encode(m); err != nil {
-			return err
-		}
-	}
-	h.f.Flush()
-	return nil
-}
-
-func (h *httpViews) heartbeat() error {
-	if _, err := h.w.Write([]byte("\n")); err != nil {
-		return err
-	}
-	h.f.Flush()
-	return nil
-}
-
-// watchViews sends gateway's view to out, newer than since, and then
-// every change, until ctx ends, out fails or the gateway is no longer
-// enrolled (revoked or removed: the stream ends).
-func (n *Node) watchViews(ctx context.Context, gateway string, since uint64, deltas bool, out viewSink) {
+	enc := json.NewEncoder(w)
 	var sent *hubView // the view the client has, when this stream sent it
 	changes := make(chan struct{}, 1)
-	stop := n.hub.subscribe(gateway, func() {
+	stop := n.hub.subscribe(id.Name, func() {
 		select {
 		case changes <- struct{}{}:
 		default:
@@ -388,23 +352,27 @@ func (n *Node) watchViews(ctx context.Context, gateway string, since uint64, del
 	tick := time.NewTicker(heartbeat)
 	defer tick.Stop()
 	for {
-		if g, ok := n.State().Gateway(gateway); !ok || g.Status != api.StatusEnrolled {
+		if g, ok := n.State().Gateway(id.Name); !ok || g.Status != api.StatusEnrolled {
 			return // revoked or removed: the stream ends
 		}
-		if msgs, v := n.viewsToSend(gateway, since, sent, deltas); v != nil {
-			if err := out.send(msgs); err != nil {
-				return
+		if msgs, v := n.viewsToSend(id.Name, since, sent, deltas); v != nil {
+			for _, msg := range msgs {
+				if err := enc.Encode(msg); err != nil {
+					return
+				}
 			}
+			flusher.Flush()
 			since, sent = v.head.RaftIndex, v
 		}
 		select {
-		case <-ctx.Done():
+		case <-r.Context().Done():
 			return
 		case <-changes:
 		case <-tick.C:
-			if err := out.heartbeat(); err != nil {
+			if _, err := w.Write([]byte("\n")); err != nil {
 				return
 			}
+			flusher.Flush()
 		}
 	}
 }

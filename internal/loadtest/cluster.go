@@ -294,7 +294,6 @@ func (c *Cluster) stop() {
 	}
 }
 
-// pids are the node processes' ids.
 // waitSettled waits until every node reports govnet_start_settled 1 on
 // its plain-HTTP /metrics.
 func (c *Cluster) waitSettled(ctx context.Context, timeout time.Duration) error {
@@ -327,6 +326,7 @@ func nodeSettled(ctx context.Context, url string) bool {
 	return err == nil && resp.StatusCode == http.StatusOK && bytes.Contains(b, []byte("\ngovnet_start_settled 1\n"))
 }
 
+// pids are the node processes' ids.
 func (c *Cluster) pids() []int {
 	var p []int
 	for _, n := range c.nodes {

@@ -228,7 +228,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	pids := c.pids()
 	stamp := strconv.FormatInt(time.Now().Unix()%1e6, 36)
 	var joined []FleetGateway
-	var each, idle []float64
+	var each []float64
 	for k := range o.Changes {
 		idleAt, idleCPU := time.Now(), cpuSeconds(pids)
 		time.Sleep(2 * time.Second)
@@ -244,12 +244,11 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 			return nil, err
 		}
 		each = append(each, cpuSeconds(pids)-cpuAt-rate*time.Since(at).Seconds())
-		idle = append(idle, rate)
+		res.IdleCPU += rate / float64(o.Changes)
 	}
 	var mean float64
-	for i := range each {
-		mean += each[i] / float64(len(each))
-		res.IdleCPU += idle[i] / float64(len(idle))
+	for _, c := range each {
+		mean += c / float64(len(each))
 	}
 	res.CPUPerChange = quantile(each, 0.5)
 	ws.tell(cmdResumeReports)
