@@ -27,7 +27,8 @@ import (
 // The protocol is JSON lines both ways. The gateway sends a StreamHello,
 // then StreamReports whenever it likes; the controller sends WatchEvents:
 // views and deltas, an Ack for each report (with Code and Error if it was
-// refused), and an empty line as a heartbeat every 15 seconds. A stream
+// refused), and an empty line as a heartbeat when nothing else was
+// written for 15 seconds. A stream
 // the controller refuses (not an enrolled gateway's current certificate,
 // a node still starting, a rate limit) gets one event with Code and Error
 // and is closed.

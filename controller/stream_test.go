@@ -257,3 +257,29 @@ func FuzzStreamLine(f *testing.F) {
 		}
 	})
 }
+
+// TestHeartbeatOnlyWhenIdle: a stream gets a heartbeat heartbeat after
+// the last line written to it, not while views or acks keep it busy.
+func TestHeartbeatOnlyWhenIdle(t *testing.T) {
+	t0 := time.Unix(1_800_000_000, 0)
+	st := &gwStream{out: &streamConn{}, nextBeat: t0.Add(heartbeat)}
+	if st.beatDue(t0.Add(heartbeat / 2)) {
+		t.Fatal("heartbeat due before its time")
+	}
+	// A line written 5 s before the heartbeat fell due puts it off.
+	st.out.written.Store(t0.Add(heartbeat - 5*time.Second).UnixNano())
+	if st.beatDue(t0.Add(heartbeat + time.Second)) {
+		t.Fatal("heartbeat on a stream written to 6 s ago")
+	}
+	if want := t0.Add(2*heartbeat - 5*time.Second); !st.nextBeat.Equal(want) {
+		t.Fatalf("next heartbeat at %s, want %s (heartbeat after the last write)", st.nextBeat, want)
+	}
+	// Nothing written since: due heartbeat after the last write.
+	at := t0.Add(2*heartbeat - 4*time.Second)
+	if !st.beatDue(at) {
+		t.Fatal("no heartbeat on a stream idle for a whole period")
+	}
+	if !st.nextBeat.Equal(at.Add(heartbeat)) || st.beatDue(at.Add(time.Second)) {
+		t.Fatalf("after a heartbeat the next falls due at %s, want %s", st.nextBeat, at.Add(heartbeat))
+	}
+}
