@@ -41,6 +41,8 @@ const (
 	CmdAuditCheckpoint CommandType = 25
 	CmdGatewayReports  CommandType = 24 | IgnoreUnknownTypeFlag
 	CmdGatewayRenews   CommandType = 26
+	// Reports that change nothing but their time (controller/refresh.go).
+	CmdGatewayRefreshes CommandType = 27 | IgnoreUnknownTypeFlag
 	// Agency registry operations (controller/agency.go).
 	CmdAgencyImport        CommandType = 19
 	CmdAgencyMerge         CommandType = 20
@@ -93,6 +95,8 @@ func (t CommandType) String() string {
 		return "gateway-reports"
 	case CmdGatewayRenews:
 		return "gateway-renews"
+	case CmdGatewayRefreshes:
+		return "gateway-refreshes"
 	case CmdAgencyImport:
 		return "agency-import"
 	case CmdAgencyMerge:

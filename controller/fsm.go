@@ -81,6 +81,8 @@ func (f *FSM) dispatch(t CommandType, body []byte) error {
 		return applyJSON(body, s.applyAuditCheckpoint)
 	case CmdGatewayReports:
 		return applyJSON(body, s.applyGatewayReports)
+	case CmdGatewayRefreshes:
+		return applyJSON(body, s.applyGatewayRefreshes)
 	case CmdInitNetwork:
 		return applyJSON(body, s.applyInitNetwork)
 	case CmdAgencyUpsert:

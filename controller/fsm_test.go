@@ -71,6 +71,8 @@ func history() []struct {
 		{CmdRequestDecide, &RequestDecideRequest{Meta: meta("off2"), ID: "r5", Role: "officer", Approve: true}},
 		{CmdGatewayReports, &GatewayReportsRequest{Meta: meta("node:ctl1"), Reports: []GatewayReportRequest{
 			{Meta: meta("gateway:gw1"), Gateway: "gw1", Report: api.Report{PolicyVersion: 1, RaftIndex: 10, RulesetDigest: "sha256:y"}}}}},
+		{CmdGatewayRefreshes, &GatewayReportsRequest{Meta: meta("node:ctl2"), Reports: []GatewayReportRequest{
+			{Meta: Meta{Actor: "gateway:gw1", At: t0.Add(time.Minute)}, Gateway: "gw1", Report: api.Report{PolicyVersion: 1, RaftIndex: 10, RulesetDigest: "sha256:y", Peers: 1}}}}},
 		{CmdStateRestored, &StateRestoredRequest{Meta: meta("off"), BackupSHA256: "ab", BackupIndex: 7}},
 		// The registry's operations (controller/agency.go): a province
 		// with a district and a commune, the commune moved under the
@@ -170,7 +172,7 @@ func TestSnapshotRoundTrip(t *testing.T) {
 		t.Fatalf("token from the approved request: %+v", tok)
 	}
 	gw, _ := f.State().Gateway("gw1")
-	if gw.Status != api.StatusEnrolled || gw.OverlayIP != netip.MustParseAddr("100.64.0.1") || gw.Report.At != t0 {
+	if gw.Status != api.StatusEnrolled || gw.OverlayIP != netip.MustParseAddr("100.64.0.1") || !gw.Report.At.Equal(t0.Add(time.Minute)) || gw.Report.Peers != 1 {
 		t.Fatalf("gw1 %+v", gw)
 	}
 	// The inventory: gw2 enrolled with 2a (token asked by op, approved by
@@ -240,6 +242,8 @@ func TestApplyRejects(t *testing.T) {
 		{"duplicate wg key", CmdGatewayEnroll, &GatewayEnrollRequest{Meta: meta("x"), Gateway: "gw2", TokenHash: "h2", PublicKey: "k1"}},
 		{"report unknown", CmdGatewayReport, &GatewayReportRequest{Gateway: "nope"}},
 		{"reports empty", CmdGatewayReports, &GatewayReportsRequest{}},
+		{"refreshes empty", CmdGatewayRefreshes, &GatewayReportsRequest{}},
+		{"refreshes one unknown", CmdGatewayRefreshes, &GatewayReportsRequest{Reports: []GatewayReportRequest{{Gateway: "gw1"}, {Gateway: "nope"}}}},
 		{"renewals empty", CmdGatewayRenews, &GatewayRenewsRequest{}},
 		{"renewals one stale", CmdGatewayRenews, &GatewayRenewsRequest{Renewals: []GatewayRenewRequest{
 			{Meta: meta("gateway:gw1"), Gateway: "gw1", OldSerial: "01", Cert: api.Certificate{Serial: "1d", Kind: "gateway", Subject: "gw1", Gateway: "gw1", Agency: "000.00.00.H29", Issuer: "abcd", NotBefore: t0, NotAfter: t0.Add(24 * time.Hour)}},
@@ -431,5 +435,35 @@ func TestEnrollIndexesSurviveRestore(t *testing.T) {
 	}
 	if c2, _ := restored2.State().Gateway("c"); c2.OverlayIP != c.OverlayIP {
 		t.Fatalf("restored node gave c %s, the other %s", c2.OverlayIP, c.OverlayIP)
+	}
+}
+
+// TestRefreshNeverOvertakes: a held refresh committed after a newer
+// report (one that changed something, committed at once) leaves the
+// newer one in place; a newer refresh moves the report's time on.
+func TestRefreshNeverOvertakes(t *testing.T) {
+	f := NewFSM(slog.Default(), nil)
+	var i uint64
+	apply := func(ct CommandType, req any) {
+		t.Helper()
+		i++
+		if err := applyCmd(t, f, i, ct, req); err != nil {
+			t.Fatal(err)
+		}
+	}
+	apply(CmdInitNetwork, &InitNetworkRequest{Meta: meta("node:ctl1"), OverlayPrefix: netip.MustParsePrefix("100.64.0.0/24")})
+	apply(CmdAgencyUpsert, &AgencyUpsertRequest{Meta: meta("op"), Code: "000.00.00.H29", Name: "Quảng Ninh"})
+	apply(CmdGatewayAdd, &GatewayAddRequest{Meta: meta("op"), ID: "gw1", Agency: "000.00.00.H29"})
+	report := func(at time.Duration, digest string) GatewayReportRequest {
+		return GatewayReportRequest{Meta: Meta{Actor: "gateway:gw1", At: t0.Add(at)}, Gateway: "gw1", Report: api.Report{PolicyVersion: 1, RaftIndex: 5, RulesetDigest: digest}}
+	}
+	apply(CmdGatewayReports, &GatewayReportsRequest{Meta: meta("node:ctl1"), Reports: []GatewayReportRequest{report(2*time.Minute, "sha256:new")}})
+	apply(CmdGatewayRefreshes, &GatewayReportsRequest{Meta: meta("node:ctl2"), Reports: []GatewayReportRequest{report(time.Minute, "sha256:old")}})
+	if rep := f.State().gatewayReport("gw1"); rep.RulesetDigest != "sha256:new" || !rep.At.Equal(t0.Add(2*time.Minute)) {
+		t.Fatalf("an older refresh overtook the report: %+v", rep)
+	}
+	apply(CmdGatewayRefreshes, &GatewayReportsRequest{Meta: meta("node:ctl2"), Reports: []GatewayReportRequest{report(3*time.Minute, "sha256:new")}})
+	if rep := f.State().gatewayReport("gw1"); !rep.At.Equal(t0.Add(3 * time.Minute)) {
+		t.Fatalf("a newer refresh was not applied: %+v", rep)
 	}
 }

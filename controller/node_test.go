@@ -260,6 +260,42 @@ func TestControllerEnrollWatchRestart(t *testing.T) {
 	}
 	_ = gw2
 
+	// The same report again is a refresh: answered at once, held, and
+	// committed at the next flush. A report that changes something is
+	// committed at once and drops the held refresh.
+	rep := api.Report{PolicyVersion: 1, RaftIndex: v.RaftIndex, RulesetDigest: "sha256:x"}
+	first := n.State().gatewayReport("gw1").At
+	if err := gw1.client.Report(ctx, rep); err != nil {
+		t.Fatal(err)
+	}
+	if got := n.State().gatewayReport("gw1").At; !got.Equal(first) {
+		t.Fatalf("a refresh was committed at once (%s, first report %s)", got, first)
+	}
+	n.refresh.flush(ctx)
+	refreshed := n.State().gatewayReport("gw1").At
+	if !refreshed.After(first) {
+		t.Fatalf("flushed refresh: report time %s, first report %s", refreshed, first)
+	}
+	if err := gw1.client.Report(ctx, rep); err != nil {
+		t.Fatal(err)
+	}
+	rep.Peers = 1
+	if err := gw1.client.Report(ctx, rep); err != nil {
+		t.Fatal(err)
+	}
+	changed := n.State().gatewayReport("gw1")
+	if changed.Peers != 1 || !changed.At.After(refreshed) {
+		t.Fatalf("a changed report was not committed at once: %+v", changed)
+	}
+	n.refresh.flush(ctx)
+	if got := n.State().gatewayReport("gw1"); !got.At.Equal(changed.At) {
+		t.Fatalf("the refresh held before a changed report was committed after it: %+v", got)
+	}
+	// A refresh held when the node stops is committed as it stops.
+	if err := gw1.client.Report(ctx, rep); err != nil {
+		t.Fatal(err)
+	}
+
 	// Restart: everything is still there.
 	if err := n.Close(); err != nil {
 		t.Fatal(err)
@@ -272,6 +308,9 @@ func TestControllerEnrollWatchRestart(t *testing.T) {
 	}
 	if g.Status != api.StatusEnrolled || g.Report == nil || g.Report.PolicyVersion != 1 || g.OverlayIP != netip.MustParseAddr("100.64.0.1") {
 		t.Fatalf("after restart: %+v", g)
+	}
+	if !g.Report.At.After(changed.At) {
+		t.Fatalf("the refresh held at shutdown was lost: report at %s, changed report at %s", g.Report.At, changed.At)
 	}
 	gw1.client = rebase(t, gw1, n)
 	if v2 := firstView(t, gw1.client, 0); v2.PolicyVersion != 1 || len(v2.Peers) != 1 {

@@ -415,9 +415,14 @@ func (n *Node) handleReport(w http.ResponseWriter, r *http.Request, id ca.Identi
 
 // recordReport commits a gateway's report. Reports arrive from every
 // gateway at once after a change: they are committed in batches
-// (CmdGatewayReports).
+// (CmdGatewayReports). A report that changes nothing but its time is held
+// and committed later with the others like it (controller/refresh.go).
 func (n *Node) recordReport(ctx context.Context, gateway string, rep api.Report) error {
-	return n.reports.Record(ctx, GatewayReportRequest{Meta: n.meta("gateway:" + gateway), Gateway: gateway, Report: rep})
+	req := GatewayReportRequest{Meta: n.meta("gateway:" + gateway), Gateway: gateway, Report: rep}
+	if n.refresh.record(req) {
+		return nil
+	}
+	return n.reports.Record(ctx, req)
 }
 
 func (n *Node) handleAgencies(w http.ResponseWriter, r *http.Request, _ ca.Identity) {

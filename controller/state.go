@@ -406,6 +406,41 @@ func (s *State) applyGatewayReport(r *GatewayReportRequest) error {
 	return nil
 }
 
+// applyGatewayRefreshes applies a node's held refreshes (reports that
+// changed nothing but their time when the node took them), all or none:
+// each only if it is newer than the report the gateway has, which a
+// report committed at once may have overtaken.
+func (s *State) applyGatewayRefreshes(r *GatewayReportsRequest) error {
+	if len(r.Reports) == 0 {
+		return fmt.Errorf("%w: an empty batch of report refreshes", ErrBadRequest)
+	}
+	for i := range r.Reports {
+		if _, ok := s.gateways[r.Reports[i].Gateway]; !ok {
+			return fmt.Errorf("%w: gateway %s", ErrNotFound, r.Reports[i].Gateway)
+		}
+	}
+	for i := range r.Reports {
+		rep := &r.Reports[i]
+		if cur := s.gateways[rep.Gateway].Report; cur == nil || cur.At.Before(rep.At) {
+			s.applyGatewayReport(rep)
+		}
+	}
+	return nil
+}
+
+// gatewayReport returns a copy of gateway id's last report; nil if it
+// has none or is not registered.
+func (s *State) gatewayReport(id string) *api.Report {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	g, ok := s.gateways[id]
+	if !ok || g.Report == nil {
+		return nil
+	}
+	rep := *g.Report
+	return &rep
+}
+
 // applyGatewayReports applies a batch of reports, all or none.
 func (s *State) applyGatewayReports(r *GatewayReportsRequest) error {
 	if len(r.Reports) == 0 {
