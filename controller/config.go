@@ -62,12 +62,15 @@ type Config struct {
 // ElectionTimeout..2×ElectionTimeout without hearing from the leader; a
 // leader steps down after LeaderLeaseTimeout without a quorum of contact.
 //
-// The defaults (500 ms / 500 ms / 250 ms) suit controllers on one LAN or
+// The defaults (500 ms / 500 ms / 500 ms) suit controllers on one LAN or
 // metro network with round trips of a few milliseconds: a dead leader is
 // replaced in about 0.6–1.2 s, where raft's own defaults (1 s / 1 s /
-// 500 ms) take 1.2–2.6 s. Going lower makes a busy or paused node (GC,
-// fsync stalls, a loaded VM) trigger needless elections; across a WAN
-// raise them to at least 10× the round trip. Tests use 150–250 ms.
+// 500 ms) take 1.2–2.6 s. The lease only decides how soon a leader cut
+// off from the others steps down (it can commit nothing meanwhile); at
+// 250 ms a leader whose node was busy for a quarter of a second stepped
+// down needlessly. Going lower makes a busy or paused node (GC, fsync
+// stalls, a loaded VM) trigger needless elections; across a WAN raise
+// them to at least 10× the round trip. Tests use 150–250 ms.
 type RaftConfig struct {
 	HeartbeatTimeout   time.Duration `yaml:"heartbeat_timeout"`
 	ElectionTimeout    time.Duration `yaml:"election_timeout"`
@@ -76,7 +79,7 @@ type RaftConfig struct {
 
 // DefaultRaftConfig returns the tuned timeouts described on RaftConfig.
 func DefaultRaftConfig() RaftConfig {
-	return RaftConfig{HeartbeatTimeout: 500 * time.Millisecond, ElectionTimeout: 500 * time.Millisecond, LeaderLeaseTimeout: 250 * time.Millisecond}
+	return RaftConfig{HeartbeatTimeout: 500 * time.Millisecond, ElectionTimeout: 500 * time.Millisecond, LeaderLeaseTimeout: 500 * time.Millisecond}
 }
 
 // withDefaults fills unset timeouts.
