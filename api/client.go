@@ -46,6 +46,8 @@ type conns struct {
 	http   *http.Client
 	long   *http.Client // no overall timeout: snapshots and audit exports are long
 	gw     *stream      // the gateway stream Watch holds open, if any
+	// renewCall receives the controllers' renewal calls (OnRenewCall).
+	renewCall func(reason string)
 }
 
 func (cs *conns) reset() {
@@ -61,7 +63,9 @@ func (cs *conns) reset() {
 		// the base URL's host: redirects elsewhere are refused below.
 		cs.verify.ClientConfig(tc, cs.host)
 	}
-	tr := &http.Transport{TLSClientConfig: tc, ForceAttemptHTTP2: true, TLSHandshakeTimeout: 10 * time.Second}
+	// The transport gets a copy of its own (it writes NextProtos into it
+	// on first use, while gateway streams clone tc).
+	tr := &http.Transport{TLSClientConfig: tc.Clone(), ForceAttemptHTTP2: true, TLSHandshakeTimeout: 10 * time.Second}
 	cs.mu.Lock()
 	old, gw := cs.tr, cs.gw
 	cs.tc, cs.tr = tc, tr
@@ -459,6 +463,35 @@ func (c *Client) Certificate(ctx context.Context, serial string) (*Certificate, 
 func (c *Client) Revoke(ctx context.Context, r RevokeRequest) (*RevokeResponse, error) {
 	var out RevokeResponse
 	return &out, c.do(ctx, http.MethodPost, "/v1/revoke", r, &out)
+}
+
+// OnRenewCall makes the gateway streams Watch opens from now on carry
+// renewal calls: fn is called, from the stream's reader, when the
+// controllers ask the gateway to renew its certificate now. fn must not
+// block.
+func (c *Client) OnRenewCall(fn func(reason string)) {
+	c.conns.mu.Lock()
+	defer c.conns.mu.Unlock()
+	c.conns.renewCall = fn
+}
+
+func (c *Client) renewCallHandler() func(string) {
+	c.conns.mu.Lock()
+	defer c.conns.mu.Unlock()
+	return c.conns.renewCall
+}
+
+// RenewAll asks every gateway whose certificate was recorded before now
+// to renew it at once (officer).
+func (c *Client) RenewAll(ctx context.Context, reason string) (*RenewCallStatus, error) {
+	var out RenewCallStatus
+	return &out, c.do(ctx, http.MethodPost, "/v1/certificates/renew-all", RenewCall{Reason: reason}, &out)
+}
+
+// RenewAllStatus returns the last renewal call and how far it got.
+func (c *Client) RenewAllStatus(ctx context.Context) (*RenewCallStatus, error) {
+	var out RenewCallStatus
+	return &out, c.do(ctx, http.MethodGet, "/v1/certificates/renew-all", nil, &out)
 }
 
 // Renew exchanges a CSR for a new certificate, authenticated by the

@@ -42,6 +42,9 @@ type WatchEvent struct {
 	Ack   uint64     `json:"ack,omitempty"`   // the StreamReport.Seq answered
 	Code  int        `json:"code,omitempty"`  // an HTTP status: what was refused, and why
 	Error string     `json:"error,omitempty"` // what is wrong, when Code is set
+	// Renew asks the gateway to renew its certificate now, saying why
+	// (StreamProtoRenew only).
+	Renew string `json:"renew,omitempty"`
 }
 
 // CompareRules is the order of View.Rules: by source, protocol, port.

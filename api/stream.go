@@ -34,6 +34,13 @@ import (
 // and is closed.
 const StreamProto = "govnet-stream/1"
 
+// StreamProtoRenew is StreamProto with renewal calls: the controller may
+// also send a WatchEvent with Renew set, asking the gateway to renew its
+// certificate now (an officer's govnetctl cert renew-all). A client that
+// handles them (Client.OnRenewCall) offers it before StreamProto; a node
+// that does not know it picks StreamProto and sends none.
+const StreamProtoRenew = "govnet-stream/2"
+
 // StreamHello is the first line of a gateway stream.
 type StreamHello struct {
 	Since uint64 `json:"since"` // the raft index of the view the gateway has; 0 for none
@@ -73,6 +80,7 @@ type stream struct {
 	err     error                 // why the stream ended, once done is closed
 	ready   chan struct{}         // a view is waiting (capacity 1)
 	done    chan struct{}         // closed when the stream ends
+	onRenew func(reason string)   // renewal calls go here (StreamProtoRenew)
 }
 
 // Watch streams the gateway's view, calling fn for every view newer than
@@ -144,6 +152,10 @@ func (c *Client) openStream(ctx context.Context, since uint64) (*stream, error) 
 	}
 	tc = tc.Clone()
 	tc.NextProtos = []string{StreamProto}
+	onRenew := c.renewCallHandler()
+	if onRenew != nil {
+		tc.NextProtos = []string{StreamProtoRenew, StreamProto}
+	}
 	if tc.ServerName == "" {
 		tc.ServerName = u.Hostname()
 	}
@@ -155,11 +167,11 @@ func (c *Client) openStream(ctx context.Context, since uint64) (*stream, error) 
 		return nil, fmt.Errorf("gateway stream to %s: %w", addr, err)
 	}
 	conn := nc.(*tls.Conn)
-	if p := conn.ConnectionState().NegotiatedProtocol; p != StreamProto {
+	if p := conn.ConnectionState().NegotiatedProtocol; p != StreamProto && (p != StreamProtoRenew || onRenew == nil) {
 		conn.Close()
 		return nil, fmt.Errorf("gateway stream to %s: the node does not serve %s (ALPN %q)", addr, StreamProto, p)
 	}
-	s := &stream{conn: conn, waiting: map[uint64]chan error{}, ready: make(chan struct{}, 1), done: make(chan struct{})}
+	s := &stream{conn: conn, waiting: map[uint64]chan error{}, ready: make(chan struct{}, 1), done: make(chan struct{}), onRenew: onRenew}
 	if err := s.write(ctx, StreamHello{Since: since}); err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("gateway stream to %s: %w", addr, err)
@@ -217,6 +229,9 @@ func (s *stream) read() {
 				err = &StatusError{Code: ev.Code, Msg: ev.Error}
 			}
 			s.answer(ev.Ack, err)
+			continue
+		case ev.Renew != "" && s.onRenew != nil:
+			s.onRenew(ev.Renew)
 			continue
 		case ev.Code != 0:
 			s.close(&StatusError{Code: ev.Code, Msg: ev.Error})

@@ -298,6 +298,26 @@ type Certificate struct {
 	RevokedBy  string `json:"revoked_by,omitempty"`
 }
 
+// RenewCall asks every enrolled gateway whose current certificate was
+// recorded before At to renew it now (govnetctl cert renew-all): after a
+// change of the CA, for example. The controllers tell each gateway over
+// its stream (StreamProtoRenew), at once or when it next connects.
+type RenewCall struct {
+	At     time.Time `json:"at"`     // stamped by the controller
+	Actor  string    `json:"actor"`  // the officer who made it
+	Reason string    `json:"reason"` // why; sent to the gateways
+}
+
+// RenewCallStatus is the last renewal call, if any, and how far it got:
+// the enrolled gateways, and those whose current certificate still
+// predates it (Waiting lists at most 100 of them).
+type RenewCallStatus struct {
+	Call     *RenewCall `json:"call,omitempty"`
+	Gateways int        `json:"gateways"`
+	Pending  int        `json:"pending"`
+	Waiting  []string   `json:"waiting,omitempty"`
+}
+
 // RevokeRequest revokes one certificate by serial, or a gateway and every
 // valid certificate it holds.
 type RevokeRequest struct {

@@ -43,6 +43,8 @@ const (
 	CmdGatewayRenews   CommandType = 26
 	// Reports that change nothing but their time (controller/refresh.go).
 	CmdGatewayRefreshes CommandType = 27 | IgnoreUnknownTypeFlag
+	// A call on every gateway to renew now (controller/renewcall.go).
+	CmdRenewCall CommandType = 28
 	// Agency registry operations (controller/agency.go).
 	CmdAgencyImport        CommandType = 19
 	CmdAgencyMerge         CommandType = 20
@@ -97,6 +99,8 @@ func (t CommandType) String() string {
 		return "gateway-renews"
 	case CmdGatewayRefreshes:
 		return "gateway-refreshes"
+	case CmdRenewCall:
+		return "renew-call"
 	case CmdAgencyImport:
 		return "agency-import"
 	case CmdAgencyMerge:

@@ -83,6 +83,8 @@ func (f *FSM) dispatch(t CommandType, body []byte) error {
 		return applyJSON(body, s.applyGatewayReports)
 	case CmdGatewayRefreshes:
 		return applyJSON(body, s.applyGatewayRefreshes)
+	case CmdRenewCall:
+		return applyJSON(body, s.applyRenewCall)
 	case CmdInitNetwork:
 		return applyJSON(body, s.applyInitNetwork)
 	case CmdAgencyUpsert:
@@ -216,6 +218,9 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	for _, r := range s.issuersSorted() {
 		err = errors.Join(err, add("issuer", r))
 	}
+	if s.renewCall != nil {
+		err = errors.Join(err, add("renew-call", s.renewCall))
+	}
 	// The audit chain, the bulk of a snapshot, is copied line by line in
 	// Persist, off the lock; the records after it are kept apart.
 	snap.audit, snap.tail = s.audit.lines(0), len(snap.records)
@@ -283,6 +288,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	s.certs, s.issuers, s.keyOwner = ns.certs, ns.issuers, ns.keyOwner
 	s.usedBelow = netip.Addr{}
 	s.checkpoints = ns.checkpoints
+	s.renewCall = ns.renewCall
 	s.touchAll()
 	s.setIndex(max(s.index, ns.index))
 	index := s.index
@@ -397,6 +403,12 @@ func (s *State) restoreRecord(rec snapshotRecord) error {
 			return err
 		}
 		s.issuers[r.Issuer] = r
+	case "renew-call":
+		c := new(api.RenewCall)
+		if err := json.Unmarshal(rec.Data, c); err != nil {
+			return err
+		}
+		s.renewCall = c
 	case "checkpoint":
 		var c api.AuditCheckpoint
 		if err := json.Unmarshal(rec.Data, &c); err != nil {

@@ -74,6 +74,7 @@ func history() []struct {
 		{CmdGatewayRefreshes, &GatewayReportsRequest{Meta: meta("node:ctl2"), Reports: []GatewayReportRequest{
 			{Meta: Meta{Actor: "gateway:gw1", At: t0.Add(time.Minute)}, Gateway: "gw1", Report: api.Report{PolicyVersion: 1, RaftIndex: 10, RulesetDigest: "sha256:y", Peers: 1}}}}},
 		{CmdStateRestored, &StateRestoredRequest{Meta: meta("off"), BackupSHA256: "ab", BackupIndex: 7}},
+		{CmdRenewCall, &RenewCallRequest{Meta: meta("off"), Reason: "intermediate re-keyed"}},
 		// The registry's operations (controller/agency.go): a province
 		// with a district and a commune, the commune moved under the
 		// province (districts abolished), the province merged into H29
@@ -243,6 +244,8 @@ func TestApplyRejects(t *testing.T) {
 		{"report unknown", CmdGatewayReport, &GatewayReportRequest{Gateway: "nope"}},
 		{"reports empty", CmdGatewayReports, &GatewayReportsRequest{}},
 		{"refreshes empty", CmdGatewayRefreshes, &GatewayReportsRequest{}},
+		{"renew call without reason", CmdRenewCall, &RenewCallRequest{Meta: meta("off"), Reason: " "}},
+		{"renew call on two lines", CmdRenewCall, &RenewCallRequest{Meta: meta("off"), Reason: "a\nb"}},
 		{"refreshes one unknown", CmdGatewayRefreshes, &GatewayReportsRequest{Reports: []GatewayReportRequest{{Gateway: "gw1"}, {Gateway: "nope"}}}},
 		{"renewals empty", CmdGatewayRenews, &GatewayRenewsRequest{}},
 		{"renewals one stale", CmdGatewayRenews, &GatewayRenewsRequest{Renewals: []GatewayRenewRequest{

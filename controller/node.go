@@ -88,6 +88,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Node, err erro
 		return err
 	}}
 	n.refresh = &refresher{n: n}
+	n.streams = newStreamSender(n) // before raft: applying a renewal call wakes the streams
 	n.renewals = newRenewRecorder(n)
 	n.metrics = newNodeMetrics(n)
 	defer func() {
@@ -108,7 +109,6 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Node, err erro
 	ctx, n.cancel = context.WithCancel(context.Background())
 	n.wg.Add(1)
 	go func() { defer n.wg.Done(); n.hub.run(ctx) }()
-	n.streams = newStreamSender(n)
 	beats := time.NewTicker(time.Second)
 	for i := range streamSenders() {
 		var tick <-chan time.Time
@@ -309,8 +309,11 @@ func (n *Node) startRaft() error {
 	n.stores = append(n.stores, closerFunc(trans.Close))
 
 	var hub *viewHub
-	n.fsm = newFSMIn(dir, n.log, func(uint64, CommandType) {
+	n.fsm = newFSMIn(dir, n.log, func(_ uint64, t CommandType) {
 		hub.changed()
+		if t == CmdRenewCall || t == 0 { // 0: a snapshot was restored
+			n.streams.wakeAll()
+		}
 		select {
 		case n.crlWake <- struct{}{}:
 		default:

@@ -57,8 +57,8 @@ func (n *Node) serve() error {
 	// Gateways' streams are chosen by ALPN (stream.go). A TLSNextProto
 	// map without h2 is net/http's old way to turn HTTP/2 off, so the
 	// protocols are set explicitly: h2 and http/1.1 join the ALPN list.
-	n.srv.TLSConfig.NextProtos = []string{api.StreamProto, "h2", "http/1.1"}
-	n.srv.TLSNextProto = map[string]func(*http.Server, *tls.Conn, http.Handler){api.StreamProto: n.serveStream}
+	n.srv.TLSConfig.NextProtos = []string{api.StreamProtoRenew, api.StreamProto, "h2", "http/1.1"}
+	n.srv.TLSNextProto = map[string]func(*http.Server, *tls.Conn, http.Handler){api.StreamProtoRenew: n.serveStream, api.StreamProto: n.serveStream}
 	n.srv.Protocols = new(http.Protocols)
 	n.srv.Protocols.SetHTTP1(true)
 	n.srv.Protocols.SetHTTP2(true)
@@ -105,6 +105,8 @@ func (n *Node) routes() http.Handler {
 	mux.HandleFunc("POST /v1/policy/plan", n.person(anyone, n.handlePolicyPlan))
 	mux.HandleFunc("GET /v1/certificates", n.person(anyone, n.handleCertificates))
 	mux.HandleFunc("GET /v1/certificates/{serial}", n.person(anyone, n.handleCertificate))
+	mux.HandleFunc("POST /v1/certificates/renew-all", n.person([]string{ca.RoleOfficer}, n.handleRenewAll))
+	mux.HandleFunc("GET /v1/certificates/renew-all", n.person(anyone, n.handleRenewAllStatus))
 	mux.HandleFunc("POST /v1/crl/root", n.person([]string{ca.RoleOfficer}, n.handleRootCRLPublish))
 	mux.HandleFunc("POST /v1/revoke", n.person([]string{ca.RoleOfficer}, n.handleRevoke))
 	mux.HandleFunc("GET /v1/reports/coverage", n.person(anyone, n.handleCoverage))

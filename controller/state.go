@@ -63,6 +63,7 @@ type State struct {
 	issuers   map[string]*issuerRecord    // intermediates: where they live, their CRLs
 	// checkpoints are the signed heads of the audit chain, oldest first.
 	checkpoints []api.AuditCheckpoint
+	renewCall   *api.RenewCall // the last call on gateways to renew, if any
 
 	applying uint64 // raft index of the command being applied
 

@@ -75,7 +75,8 @@ func (n *Node) serveStream(_ *http.Server, conn *tls.Conn, _ http.Handler) {
 	}
 	conn.SetReadDeadline(time.Time{})
 
-	st := &gwStream{gateway: id.Name, serial: ca.Serial(leaf), notAfter: leaf.NotAfter, out: out, since: hello.Since}
+	st := &gwStream{gateway: id.Name, serial: ca.Serial(leaf), notAfter: leaf.NotAfter, out: out, since: hello.Since,
+		renewCalls: conn.ConnectionState().NegotiatedProtocol == api.StreamProtoRenew}
 	stop, ok := n.streams.add(st)
 	if !ok {
 		out.event(api.WatchEvent{Code: http.StatusServiceUnavailable, Error: "the node is shutting down"})
@@ -105,6 +106,8 @@ type gwStream struct {
 	serial   string    // of the client certificate it was opened with
 	notAfter time.Time // and its expiry
 	out      *streamConn
+	// renewCalls: the gateway takes renewal calls (api.StreamProtoRenew).
+	renewCalls bool
 
 	// Under streamSender.mu.
 	queued   bool      // in the senders' queue
@@ -115,8 +118,9 @@ type gwStream struct {
 	gone     bool      // ended: nothing more is sent
 
 	// Only the sender that is on it (busy) touches these.
-	since uint64   // raft index of the view the gateway has
-	sent  *hubView // the view it has, when this stream sent it
+	since     uint64   // raft index of the view the gateway has
+	sent      *hubView // the view it has, when this stream sent it
+	renewTold bool     // the gateway was asked to renew on this stream
 }
 
 // streamSender writes views and heartbeats to the node's gateway
@@ -311,7 +315,8 @@ func (s *streamSender) serve(st *gwStream) {
 	}
 }
 
-// send writes st's newer view, if any; false ends the stream: a failed
+// send writes st's newer view, if any, and a renewal call it is owed;
+// false ends the stream: a failed
 // write, or a certificate no longer admitted (the gateway revoked or
 // removed, the certificate renewed, revoked or expired), which the
 // gateway is told.
@@ -319,15 +324,22 @@ func (s *streamSender) send(st *gwStream) bool {
 	if !s.admitted(st) {
 		return false
 	}
-	msgs, v := s.n.viewsToSend(st.gateway, st.since, st.sent, true)
-	if v == nil {
-		return true
+	if msgs, v := s.n.viewsToSend(st.gateway, st.since, st.sent, true); v != nil {
+		if st.out.send(msgs) != nil {
+			return false
+		}
+		st.since, st.sent = v.head.RaftIndex, v
 	}
-	if st.out.send(msgs) != nil {
-		return false
+	return s.callRenewal(st)
+}
+
+// wakeAll has every stream looked at again (a renewal call was made).
+func (s *streamSender) wakeAll() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for st := range s.all {
+		s.queueLocked(st, false)
 	}
-	st.since, st.sent = v.head.RaftIndex, v
-	return true
 }
 
 // admitted says whether st may still be written to; if not, the gateway

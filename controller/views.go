@@ -828,7 +828,7 @@ func (s *State) touchAll() {
 // attributed).
 func (s *State) noteViewChange(t CommandType, body []byte) {
 	switch t {
-	case CmdGatewayReport, CmdGatewayReports, CmdGatewayRefreshes, CmdMemberUpsert, CmdMemberRemove, CmdPersonUpsert, CmdRequestCreate,
+	case CmdGatewayReport, CmdGatewayReports, CmdGatewayRefreshes, CmdRenewCall, CmdMemberUpsert, CmdMemberRemove, CmdPersonUpsert, CmdRequestCreate,
 		CmdTokenIssue, CmdCertRecord, CmdGatewayRenew, CmdGatewayRenews, CmdCRLPublish, CmdIssuerUpsert, CmdAuditCheckpoint,
 		CmdStateRestored, // Restore itself touches everything
 		CmdAgencyClose:   // only an agency with no gateways and no active children closes

@@ -28,6 +28,9 @@ type Agent struct {
 	fw      *Firewall
 	metrics *agentMetrics
 	keys    keyStore // the TLS key: a file, or the gateway's token
+	// renewNow carries the controllers' calls to renew the certificate
+	// now, from the streams' readers to the renewer.
+	renewNow chan string
 
 	mu      sync.Mutex
 	applied *api.View // last view applied in full; nil before the first
@@ -60,9 +63,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	tlsCfg = reloadingClientCert(cfg, keys, tlsCfg) // a renewed certificate is presented without a restart
 	log = log.With("gateway", id.Gateway, "agency", id.Agency)
-	a := &Agent{cfg: cfg, log: log, id: id, keys: keys}
+	a := &Agent{cfg: cfg, log: log, id: id, keys: keys, renewNow: make(chan string, 1)}
 	for _, u := range cfg.endpoints() {
-		a.clients = append(a.clients, api.NewClient(u, tlsCfg))
+		c := api.NewClient(u, tlsCfg)
+		c.OnRenewCall(a.callRenewal)
+		a.clients = append(a.clients, c)
 	}
 	a.metrics = newAgentMetrics(a)
 	if cfg.MetricsAddr != "" {

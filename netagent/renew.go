@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net/http"
 	"os"
 	"sync"
@@ -63,6 +64,8 @@ type renewer struct {
 	log       *slog.Logger
 	now       func() time.Time
 	retry     *backoff
+	called    <-chan string // the controllers' calls to renew now; nil for none
+	spread    time.Duration // a called renewal waits a random part of it
 }
 
 func newRenewer(cfg Config, keys keyStore, client func() *api.Client, log *slog.Logger) *renewer {
@@ -70,13 +73,29 @@ func newRenewer(cfg Config, keys keyStore, client func() *api.Client, log *slog.
 		cfg: cfg, keys: keys, client: client, log: log, now: time.Now,
 		onRenewed: func() { client().ResetConnections() },
 		retry:     newBackoff(5*time.Second, 10*time.Minute),
+		spread:    renewCallSpread,
 	}
 }
 
-// renewLoop renews the gateway's certificate at two thirds of its life
-// until ctx ends, retrying failures with capped, jittered backoff.
+// callRenewal takes a controller's call to renew now (an officer's
+// govnetctl cert renew-all); it never blocks the stream's reader.
+func (a *Agent) callRenewal(reason string) {
+	select {
+	case a.renewNow <- reason:
+	default: // one is pending already
+	}
+}
+
+// renewCallSpread: a called renewal waits a random part of it, so that
+// the whole network does not renew in the same second.
+const renewCallSpread = 10 * time.Second
+
+// renewLoop renews the gateway's certificate at two thirds of its life,
+// or soon after the controllers call for it, until ctx ends, retrying
+// failures with capped, jittered backoff.
 func (a *Agent) renewLoop(ctx context.Context) {
 	r := newRenewer(a.cfg, a.keys, a.client, a.log)
+	r.called = a.renewNow
 	r.onRenewed = func() {
 		for _, c := range a.clients {
 			c.ResetConnections()
@@ -97,14 +116,31 @@ func (r *renewer) run(ctx context.Context) {
 		}
 		if wait := renewAt(cert).Sub(r.now()); wait > 0 {
 			r.log.Debug("certificate renewal scheduled", "serial", ca.Serial(cert), "in", wait.Round(time.Second).String())
-			if pause(ctx, wait) != nil {
+			t := time.NewTimer(wait)
+			select {
+			case <-ctx.Done():
+				t.Stop()
 				return
+			case <-t.C:
+			case reason := <-r.called:
+				t.Stop()
+				r.log.Info("the controllers call for a certificate renewal now", "serial", ca.Serial(cert), "reason", reason)
+				if r.spread > 0 && pause(ctx, rand.N(r.spread)) != nil {
+					return
+				}
 			}
 		}
 		err = r.renew(ctx)
 		switch {
 		case err == nil:
 			r.retry.reset()
+			// A call that came meanwhile was for the old certificate: a
+			// node calls again on the next stream if the new one predates
+			// a call too.
+			select {
+			case <-r.called:
+			default:
+			}
 			continue
 		case ctx.Err() != nil:
 			return

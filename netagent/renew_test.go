@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -267,6 +268,47 @@ func testRenewLoop(t *testing.T, c *testCtl, gw string, token bool) {
 	}
 	if c, err := op.Certificate(ctx, renewed); err != nil || c.Requester != "gateway:"+gw || c.Status != api.CertValid {
 		t.Fatalf("inventory: %+v %v", c, err)
+	}
+
+	// An officer's renewal call, carried by the stream: the loop renews
+	// at once, long before the certificate is due.
+	calls := make(chan string, 1)
+	client.OnRenewCall(func(reason string) {
+		select {
+		case calls <- reason:
+		default:
+		}
+	})
+	r.called, r.spread = calls, 0
+	go client.Watch(watchCtx, 0, func(*api.View) error { return nil })
+	ctxLoop, stop = context.WithCancel(ctx)
+	done = make(chan struct{})
+	go func() { defer close(done); r.run(ctxLoop) }()
+	if _, err := off.RenewAll(ctx, "test: intermediate re-keyed"); err != nil {
+		t.Fatal(err)
+	}
+	var called string
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if g, _ := op.Gateway(ctx, gw); g.CertSerial != renewed {
+			called = g.CertSerial
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the certificate was not renewed on the controllers' call")
+		}
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if cur, err := r.current(); err == nil && ca.Serial(cur) == called {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the certificate renewed on call was not installed")
+		}
+	}
+	stop()
+	<-done
+	if st, err := op.RenewAllStatus(ctx); err != nil || slices.Contains(st.Waiting, gw) {
+		t.Fatalf("after the called renewal: %+v %v", st, err)
 	}
 
 	// A revoked gateway cannot renew, and the key made for the refused

@@ -15,7 +15,7 @@ import (
 )
 
 func (a *app) certCmd() *cobra.Command {
-	cmd := &cobra.Command{Use: "cert", Short: "The certificate inventory: list, show, revoke"}
+	cmd := &cobra.Command{Use: "cert", Short: "The certificate inventory: list, show, revoke, renew-all"}
 	var agency, expiring string
 	var revoked bool
 	list := &cobra.Command{
@@ -128,7 +128,48 @@ func (a *app) certCmd() *cobra.Command {
 			})
 		},
 	}
-	cmd.AddCommand(list, show, revoke, publishRoot)
+	var renewReason string
+	var renewStatus bool
+	renewAll := &cobra.Command{
+		Use:   "renew-all --reason REASON | --status",
+		Short: "Ask every gateway to renew its certificate now (officer), or show how far the last call got",
+		Long: "Every node tells each enrolled gateway whose current certificate was recorded before the call,\n" +
+			"over its stream, at once or when it next connects; the agent renews within 10 s as it does at two\n" +
+			"thirds of a certificate's life (a new key, POST /v1/renew). Agents older than the call's protocol\n" +
+			"(govnet-stream/2) are not told and renew on their own schedule. --status counts the gateways\n" +
+			"whose certificate still predates the call and lists up to 100 of them.",
+		Example: "  govnetctl cert renew-all --reason \"intermediate of ctl2 re-keyed\"\n" +
+			"  govnetctl cert renew-all --status",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if renewStatus == (renewReason != "") {
+				return fmt.Errorf("give either --reason (make a call) or --status")
+			}
+			return a.call(cmd, func(ctx context.Context, c *api.Client) error {
+				var st *api.RenewCallStatus
+				var err error
+				if renewStatus {
+					st, err = c.RenewAllStatus(ctx)
+				} else {
+					st, err = c.RenewAll(ctx, renewReason)
+				}
+				if err != nil {
+					return err
+				}
+				return a.print(st, "CALLED AT\tBY\tREASON\tGATEWAYS\tPENDING\tWAITING", func(w io.Writer) {
+					if st.Call == nil {
+						fmt.Fprintf(w, "-\t-\tno call made\t%d\t0\t\n", st.Gateways)
+						return
+					}
+					fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%d\t%s\n", st.Call.At.Format(time.RFC3339), st.Call.Actor, st.Call.Reason,
+						st.Gateways, st.Pending, strings.Join(st.Waiting, ","))
+				})
+			})
+		},
+	}
+	renewAll.Flags().StringVar(&renewReason, "reason", "", "why (the gateways log it)")
+	renewAll.Flags().BoolVar(&renewStatus, "status", false, "show the last call and the gateways whose certificate still predates it")
+	cmd.AddCommand(list, show, revoke, publishRoot, renewAll)
 	return cmd
 }
 
