@@ -75,10 +75,11 @@ func (cs *conns) reset() {
 	if old != nil {
 		old.CloseIdleConnections()
 	}
-	if gw != nil {
+	if gw != nil && !gw.renewOn.Load() {
 		// It presents the certificate it was opened with, which the
 		// controller no longer admits once renewed: Watch returns, and
-		// its caller opens a new stream.
+		// its caller opens a new stream. A stream the renewal was made
+		// on carries on under the new certificate.
 		gw.close(ErrConnectionsReset)
 	}
 }
@@ -495,8 +496,19 @@ func (c *Client) RenewAllStatus(ctx context.Context) (*RenewCallStatus, error) {
 }
 
 // Renew exchanges a CSR for a new certificate, authenticated by the
-// gateway's current one.
+// gateway's current one: on the gateway stream while Watch holds one
+// open with a node that takes renewals there (StreamProtoRenew; no new
+// TLS handshake, and the stream carries on under the new certificate),
+// else as a request of its own.
 func (c *Client) Renew(ctx context.Context, r RenewRequest) (*RenewResponse, error) {
+	c.conns.mu.Lock()
+	s := c.conns.gw
+	c.conns.mu.Unlock()
+	if s != nil && s.renewable {
+		if resp, err := s.renew(ctx, r); !errors.Is(err, errStreamGone) {
+			return resp, err
+		}
+	}
 	var out RenewResponse
 	return &out, c.do(ctx, http.MethodPost, "/v1/renew", r, &out)
 }

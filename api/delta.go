@@ -45,6 +45,8 @@ type WatchEvent struct {
 	// Renew asks the gateway to renew its certificate now, saying why
 	// (StreamProtoRenew only).
 	Renew string `json:"renew,omitempty"`
+	// Renewed answers a renewal on the stream (with Ack).
+	Renewed *RenewResponse `json:"renewed,omitempty"`
 }
 
 // CompareRules is the order of View.Rules: by source, protocol, port.

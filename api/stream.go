@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/url"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -46,11 +47,15 @@ type StreamHello struct {
 	Since uint64 `json:"since"` // the raft index of the view the gateway has; 0 for none
 }
 
-// StreamReport is a report sent on a gateway stream. Seq, which the
-// gateway picks (non-zero, increasing), is echoed in the answer's Ack.
+// StreamReport is a report sent on a gateway stream, or on
+// StreamProtoRenew a renewal of the gateway's certificate (Renew set,
+// Report empty; the answer carries the certificate in Renewed). Seq,
+// which the gateway picks (non-zero, increasing), is echoed in the
+// answer's Ack.
 type StreamReport struct {
-	Seq    uint64 `json:"seq"`
-	Report Report `json:"report"`
+	Seq    uint64        `json:"seq"`
+	Report Report        `json:"report"`
+	Renew  *RenewRequest `json:"renew,omitempty"`
 }
 
 // Limits of the stream, both ways.
@@ -75,12 +80,25 @@ type stream struct {
 
 	mu      sync.Mutex
 	seq     uint64
-	waiting map[uint64]chan error // reports sent, by Seq, until answered
-	view    *View                 // the newest view not yet handed to fn
-	err     error                 // why the stream ended, once done is closed
-	ready   chan struct{}         // a view is waiting (capacity 1)
-	done    chan struct{}         // closed when the stream ends
-	onRenew func(reason string)   // renewal calls go here (StreamProtoRenew)
+	waiting map[uint64]chan answer // requests sent, by Seq, until answered
+	view    *View                  // the newest view not yet handed to fn
+	err     error                  // why the stream ended, once done is closed
+	ready   chan struct{}          // a view is waiting (capacity 1)
+	done    chan struct{}          // closed when the stream ends
+	onRenew func(reason string)    // renewal calls go here (StreamProtoRenew)
+	// renewable: the node speaks StreamProtoRenew, which carries
+	// renewals (Client.Renew) as well as reports.
+	renewable bool
+	// renewOn says the node renewed the gateway's certificate on this
+	// stream (StreamProtoRenew), which carries on under the new one.
+	renewOn atomic.Bool
+}
+
+// answer is the node's answer to a request on the stream, or why there
+// is none.
+type answer struct {
+	ev  WatchEvent
+	err error
 }
 
 // Watch streams the gateway's view, calling fn for every view newer than
@@ -167,11 +185,13 @@ func (c *Client) openStream(ctx context.Context, since uint64) (*stream, error) 
 		return nil, fmt.Errorf("gateway stream to %s: %w", addr, err)
 	}
 	conn := nc.(*tls.Conn)
-	if p := conn.ConnectionState().NegotiatedProtocol; p != StreamProto && (p != StreamProtoRenew || onRenew == nil) {
+	p := conn.ConnectionState().NegotiatedProtocol
+	if p != StreamProto && (p != StreamProtoRenew || onRenew == nil) {
 		conn.Close()
 		return nil, fmt.Errorf("gateway stream to %s: the node does not serve %s (ALPN %q)", addr, StreamProto, p)
 	}
-	s := &stream{conn: conn, waiting: map[uint64]chan error{}, ready: make(chan struct{}, 1), done: make(chan struct{}), onRenew: onRenew}
+	s := &stream{conn: conn, waiting: map[uint64]chan answer{}, ready: make(chan struct{}, 1), done: make(chan struct{}), onRenew: onRenew,
+		renewable: p == StreamProtoRenew}
 	if err := s.write(ctx, StreamHello{Since: since}); err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("gateway stream to %s: %w", addr, err)
@@ -228,7 +248,7 @@ func (s *stream) read() {
 			if ev.Code != 0 {
 				err = &StatusError{Code: ev.Code, Msg: ev.Error}
 			}
-			s.answer(ev.Ack, err)
+			s.answer(ev.Ack, answer{ev: ev, err: err})
 			continue
 		case ev.Renew != "" && s.onRenew != nil:
 			s.onRenew(ev.Renew)
@@ -310,41 +330,60 @@ func (s *stream) take() *View {
 
 // report sends r on the stream and waits for its answer.
 func (s *stream) report(ctx context.Context, r Report) error {
-	ch := make(chan error, 1)
+	_, err := s.request(ctx, "report", func(seq uint64) StreamReport { return StreamReport{Seq: seq, Report: r} })
+	return err
+}
+
+// renew asks for a new certificate on the stream (StreamProtoRenew).
+func (s *stream) renew(ctx context.Context, r RenewRequest) (*RenewResponse, error) {
+	ev, err := s.request(ctx, "renew", func(seq uint64) StreamReport { return StreamReport{Seq: seq, Renew: &r} })
+	if err != nil {
+		return nil, err
+	}
+	if ev.Renewed == nil {
+		return nil, errors.New("renew: the node answered without a certificate")
+	}
+	s.renewOn.Store(true)
+	return ev.Renewed, nil
+}
+
+// request sends the line line(seq) makes and waits for its answer.
+func (s *stream) request(ctx context.Context, what string, line func(seq uint64) StreamReport) (WatchEvent, error) {
+	ch := make(chan answer, 1)
 	s.mu.Lock()
 	if s.waiting == nil {
 		s.mu.Unlock()
-		return errStreamGone
+		return WatchEvent{}, errStreamGone
 	}
 	s.seq++
 	seq := s.seq
 	s.waiting[seq] = ch
 	s.mu.Unlock()
-	if err := s.write(ctx, StreamReport{Seq: seq, Report: r}); err != nil {
-		s.answer(seq, nil)
+	if err := s.write(ctx, line(seq)); err != nil {
+		s.answer(seq, answer{})
 		if ctx.Err() != nil {
-			return err
+			return WatchEvent{}, err
 		}
-		s.close(fmt.Errorf("report: %w", err))
-		return fmt.Errorf("report: %w: %w", errStreamGone, err)
+		s.close(fmt.Errorf("%s: %w", what, err))
+		return WatchEvent{}, fmt.Errorf("%s: %w: %w", what, errStreamGone, err)
 	}
 	select {
-	case err := <-ch:
-		return err
+	case a := <-ch:
+		return a.ev, a.err
 	case <-ctx.Done():
-		s.answer(seq, nil)
-		return ctx.Err()
+		s.answer(seq, answer{})
+		return WatchEvent{}, ctx.Err()
 	}
 }
 
-// answer hands err to the report with Seq seq, if it still waits.
-func (s *stream) answer(seq uint64, err error) {
+// answer hands a to the request with Seq seq, if it still waits.
+func (s *stream) answer(seq uint64, a answer) {
 	s.mu.Lock()
 	ch := s.waiting[seq]
 	delete(s.waiting, seq)
 	s.mu.Unlock()
 	if ch != nil {
-		ch <- err
+		ch <- a
 	}
 }
 
@@ -366,6 +405,6 @@ func (s *stream) close(err error) {
 	s.mu.Unlock()
 	s.conn.Close()
 	for _, ch := range waiting {
-		ch <- fmt.Errorf("report: %w: %w", errStreamGone, err)
+		ch <- answer{err: fmt.Errorf("%w: %w", errStreamGone, err)}
 	}
 }

@@ -121,7 +121,8 @@ func (s *streamSender) callRenewal(st *gwStream) bool {
 	if !st.renewCalls || st.renewTold {
 		return true
 	}
-	reason, due := s.n.State().renewDue(st.serial)
+	serial, _ := st.cert()
+	reason, due := s.n.State().renewDue(serial)
 	if !due {
 		return true
 	}

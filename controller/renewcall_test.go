@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"encoding/pem"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -17,9 +18,11 @@ import (
 
 // TestRenewAll: an officer's renewal call reaches a gateway whose
 // certificate predates it, on the stream it holds and again on a new
-// stream until it renews; a renewed gateway is not called; a gateway on
-// the first stream protocol gets no call and keeps its stream; the status
-// counts who is left. Only officers call, and a call needs a reason.
+// stream until it renews; it renews on that stream, which carries on
+// under the new certificate, and is not called again. A gateway on the
+// first stream protocol gets no call, keeps its stream, and renews over
+// HTTPS. The status counts who is left. Only officers call, and a call
+// needs a reason.
 func TestRenewAll(t *testing.T) {
 	cfg := testConfig(t)
 	n := startNode(t, cfg)
@@ -61,7 +64,8 @@ func TestRenewAll(t *testing.T) {
 		n.streams.mu.Lock()
 		defer n.streams.mu.Unlock()
 		if st := n.streams.byGW[gw]; st != nil && !st.gone {
-			return st.serial
+			serial, _ := st.cert()
+			return serial
 		}
 		return ""
 	}
@@ -102,24 +106,29 @@ func TestRenewAll(t *testing.T) {
 		t.Fatal("gw1's new stream was not called")
 	}
 
-	// gw1 renews; its new stream gets no call, the count goes down.
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	csr, _ := ca.NewCSR(key, "x")
-	rr, err := gws["gw1"].client.Renew(ctx, api.RenewRequest{CSR: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr.Raw}))})
+	// gw1 renews on its stream (govnet-stream/2): the stream carries on
+	// under the new certificate, through the agent's connection reset,
+	// and is not called again; the count goes down.
+	csrFor := func() (*ecdsa.PrivateKey, api.RenewRequest) {
+		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		csr, _ := ca.NewCSR(key, "x")
+		return key, api.RenewRequest{CSR: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr.Raw}))}
+	}
+	_, req := csrFor()
+	rr, err := gws["gw1"].client.Renew(ctx, req)
 	if err != nil {
 		t.Fatal(err)
 	}
-	gws["gw1"].client.ResetConnections() // as the agent does: its stream presents the old certificate
-	chain, _ := ca.ParsePEM([]byte(rr.Certificate))
-	tc := gws["gw1"].tls.Clone()
-	tc.Certificates = []tls.Certificate{{Certificate: [][]byte{chain[0].Raw, chain[1].Raw}, PrivateKey: key}}
-	renewed := api.NewClient("https://"+n.Addr().String(), tc)
-	if err := <-ended1; !errors.Is(err, api.ErrConnectionsReset) {
-		t.Fatalf("the stream of the old certificate: %v", err)
+	if streamSerial("gw1") != rr.Serial {
+		t.Fatalf("gw1's stream stands for %q after renewing on it, want %s", streamSerial("gw1"), rr.Serial)
 	}
-	ended1 = watch(wctx, renewed, calls)
-	waitUntil(t, 10*time.Second, "gw1's stream with its new certificate", func() bool { return streamSerial("gw1") == rr.Serial })
+	gws["gw1"].client.ResetConnections()
+	if err := gws["gw1"].client.Report(ctx, api.Report{RulesetDigest: "sha256:after-renewal"}); err != nil {
+		t.Fatalf("a report on the renewed stream: %v", err)
+	}
 	select {
+	case err := <-ended1:
+		t.Fatalf("the stream renewed on ended: %v", err)
 	case r := <-calls:
 		t.Fatalf("a renewed gateway was called: %q", r)
 	case <-time.After(500 * time.Millisecond):
@@ -128,16 +137,42 @@ func TestRenewAll(t *testing.T) {
 		t.Fatalf("status after gw1 renewed: %+v %v", st, err)
 	}
 
-	// gw2, on govnet-stream/1, is not told, and its stream is fine.
+	// gw2, on govnet-stream/1, is not told, and its stream is fine; a
+	// renewal line there is refused. It renews over HTTPS, and the
+	// stream of its old certificate ends at the connection reset.
 	ended2 = watch(wctx, gws["gw2"].client, nil)
 	if err := gws["gw2"].client.Report(ctx, api.Report{RulesetDigest: "sha256:y"}); err != nil {
 		t.Fatal(err)
 	}
+	waitUntil(t, 10*time.Second, "gw2's stream", func() bool { return streamSerial("gw2") != "" })
 	select {
 	case err := <-ended2:
 		t.Fatalf("gw2's stream ended: %v", err)
 	default:
 	}
+	if ack := n.streamRenew(&gwStream{gateway: "gw2"}, api.StreamReport{Seq: 1, Renew: &req}); ack.Code != 400 || !strings.Contains(ack.Error, "govnet-stream/1") {
+		t.Fatalf("a renewal on a govnet-stream/1 stream: %+v", ack)
+	}
+	key, req := csrFor()
+	rr, err = gws["gw2"].client.Renew(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gws["gw2"].client.ResetConnections()
+	if err := <-ended2; !errors.Is(err, api.ErrConnectionsReset) {
+		t.Fatalf("gw2's stream of its old certificate: %v", err)
+	}
+	chain, _ := ca.ParsePEM([]byte(rr.Certificate))
+	tc := gws["gw2"].tls.Clone()
+	tc.Certificates = []tls.Certificate{{Certificate: [][]byte{chain[0].Raw, chain[1].Raw}, PrivateKey: key}}
+	if err := api.NewClient("https://"+n.Addr().String(), tc).Report(ctx, api.Report{}); err != nil {
+		t.Fatalf("gw2 with its new certificate: %v", err)
+	}
+	if st, err := op.RenewAllStatus(ctx); err != nil || st.Pending != 0 {
+		t.Fatalf("status after both renewed: %+v %v", st, err)
+	}
+	ended2 = make(chan error, 1)
+	ended2 <- nil
 
 	// The call survives a restart (it is in the snapshot and the log).
 	stop()

@@ -407,24 +407,32 @@ func (n *Node) handleRenew(w http.ResponseWriter, r *http.Request, id ca.Identit
 	if !decode(w, r, maxBody, &req) {
 		return
 	}
+	resp, _, err := n.renewGateway(r.Context(), id.Name, ca.Serial(clientLeaf(r)), req)
+	if err != nil {
+		n.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
+// renewGateway issues gateway a certificate for req's CSR in place of
+// its current one, oldSerial, which the caller has checked, and records
+// the renewal; it returns the answer and the new certificate.
+func (n *Node) renewGateway(ctx context.Context, gateway, oldSerial string, req api.RenewRequest) (*api.RenewResponse, *x509.Certificate, error) {
 	csr, err := ca.ParseCSR([]byte(req.CSR))
 	if err != nil {
-		writeError(w, http.StatusBadRequest, "csr: "+err.Error())
-		return
+		return nil, nil, fmt.Errorf("%w: csr: %w", ErrBadRequest, err)
 	}
-	g, _ := n.State().Gateway(id.Name)
-	old := ca.Serial(clientLeaf(r))
-	chain, err := n.ca.Issue(r.Context(), csr, ca.GatewayProfile(g.ID, g.Agency))
+	g, _ := n.State().Gateway(gateway)
+	chain, err := n.ca.Issue(ctx, csr, ca.GatewayProfile(g.ID, g.Agency))
 	if err != nil {
-		n.fail(w, err)
-		return
+		return nil, nil, err
 	}
 	rec := n.certRecord(chain[0])
-	err = n.renewals.Record(r.Context(), GatewayRenewRequest{Meta: n.meta("gateway:" + g.ID), Gateway: g.ID, OldSerial: old, Cert: rec})
+	err = n.renewals.Record(ctx, GatewayRenewRequest{Meta: n.meta("gateway:" + g.ID), Gateway: g.ID, OldSerial: oldSerial, Cert: rec})
 	if err != nil {
-		n.fail(w, err)
-		return
+		return nil, nil, err
 	}
-	n.log.Info("gateway certificate renewed", "gateway", g.ID, "agency", g.Agency, "serial", rec.Serial, "old_serial", old)
-	writeJSON(w, http.StatusOK, api.RenewResponse{Certificate: string(ca.EncodePEM(chain...)), Serial: rec.Serial})
+	n.log.Info("gateway certificate renewed", "gateway", g.ID, "agency", g.Agency, "serial", rec.Serial, "old_serial", oldSerial)
+	return &api.RenewResponse{Certificate: string(ca.EncodePEM(chain...)), Serial: rec.Serial}, chain[0], nil
 }

@@ -91,21 +91,25 @@ func (n *Node) serveStream(_ *http.Server, conn *tls.Conn, _ http.Handler) {
 // report, view and heartbeat is admitted anew (the certificate may have
 // been renewed, revoked or have expired since).
 func (n *Node) readmit(st *gwStream) (int, error) {
-	if status, err := n.currentGatewayCert(st.gateway, st.serial); err != nil {
+	serial, notAfter := st.cert()
+	if status, err := n.currentGatewayCert(st.gateway, serial); err != nil {
 		return status, err
 	}
-	if time.Now().After(st.notAfter) {
-		return http.StatusForbidden, fmt.Errorf("certificate %s of gateway %s expired at %s", st.serial, st.gateway, st.notAfter.UTC().Format(time.RFC3339))
+	if time.Now().After(notAfter) {
+		return http.StatusForbidden, fmt.Errorf("certificate %s of gateway %s expired at %s", serial, st.gateway, notAfter.UTC().Format(time.RFC3339))
 	}
 	return 0, nil
 }
 
 // gwStream is a gateway stream as the senders see it.
 type gwStream struct {
-	gateway  string
-	serial   string    // of the client certificate it was opened with
-	notAfter time.Time // and its expiry
-	out      *streamConn
+	gateway string
+	out     *streamConn
+	// The gateway's certificate: the one it was opened with, or the one
+	// renewed on it (certMu).
+	certMu   sync.Mutex
+	serial   string
+	notAfter time.Time
 	// renewCalls: the gateway takes renewal calls (api.StreamProtoRenew).
 	renewCalls bool
 
@@ -267,6 +271,13 @@ func (s *streamSender) run(ctx context.Context, tick <-chan time.Time) {
 	}
 }
 
+// cert returns the serial and expiry of the certificate st stands for.
+func (st *gwStream) cert() (serial string, notAfter time.Time) {
+	st.certMu.Lock()
+	defer st.certMu.Unlock()
+	return st.serial, st.notAfter
+}
+
 // beatDue says whether st's heartbeat is due at now, and moves the next
 // one on. A heartbeat falls due heartbeat after the last line written to
 // the stream, counted from when it opened: spread over the period rather
@@ -373,6 +384,8 @@ func (n *Node) streamReports(br *bufio.Reader, st *gwStream) {
 			ack.Code, ack.Error = status, err.Error()
 		} else if ok, _ := n.limits.allow(limitKey(ca.Identity{Kind: ca.KindGateway, Name: st.gateway})); !ok {
 			ack.Code, ack.Error = http.StatusTooManyRequests, "rate limit exceeded: slow down"
+		} else if sr.Renew != nil {
+			ack = n.streamRenew(st, sr)
 		} else if err := n.recordReport(context.Background(), st.gateway, sr.Report); err != nil {
 			ack.Code, ack.Error = n.errorStatus(err)
 		}
@@ -380,6 +393,29 @@ func (n *Node) streamReports(br *bufio.Reader, st *gwStream) {
 			return
 		}
 	}
+}
+
+// streamRenew renews the gateway's certificate on its stream
+// (api.StreamProtoRenew): the stream then stands for the new certificate,
+// as a new connection with it would (the renewal proved possession of
+// both keys, the old one through this stream's handshake).
+func (n *Node) streamRenew(st *gwStream, sr api.StreamReport) api.WatchEvent {
+	ack := api.WatchEvent{Ack: sr.Seq}
+	if !st.renewCalls {
+		ack.Code, ack.Error = http.StatusBadRequest, "renewal on "+api.StreamProto+": renew over HTTPS, or open "+api.StreamProtoRenew
+		return ack
+	}
+	serial, _ := st.cert()
+	resp, cert, err := n.renewGateway(context.Background(), st.gateway, serial, *sr.Renew)
+	if err != nil {
+		ack.Code, ack.Error = n.errorStatus(err)
+		return ack
+	}
+	st.certMu.Lock()
+	st.serial, st.notAfter = resp.Serial, cert.NotAfter
+	st.certMu.Unlock()
+	ack.Renewed = resp
+	return ack
 }
 
 // errStreamRead wraps a failed read (the gateway left, or the node closed
