@@ -42,6 +42,10 @@ const StreamProto = "govnet-stream/1"
 // that does not know it picks StreamProto and sends none.
 const StreamProtoRenew = "govnet-stream/2"
 
+// RenewCallSpread: a gateway called to renew waits a random part of it
+// first, so that a whole network does not renew in the same second.
+const RenewCallSpread = 10 * time.Second
+
 // StreamHello is the first line of a gateway stream.
 type StreamHello struct {
 	Since uint64 `json:"since"` // the raft index of the view the gateway has; 0 for none

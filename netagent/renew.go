@@ -73,7 +73,7 @@ func newRenewer(cfg Config, keys keyStore, client func() *api.Client, log *slog.
 		cfg: cfg, keys: keys, client: client, log: log, now: time.Now,
 		onRenewed: func() { client().ResetConnections() },
 		retry:     newBackoff(5*time.Second, 10*time.Minute),
-		spread:    renewCallSpread,
+		spread:    api.RenewCallSpread,
 	}
 }
 
@@ -85,10 +85,6 @@ func (a *Agent) callRenewal(reason string) {
 	default: // one is pending already
 	}
 }
-
-// renewCallSpread: a called renewal waits a random part of it, so that
-// the whole network does not renew in the same second.
-const renewCallSpread = 10 * time.Second
 
 // renewLoop renews the gateway's certificate at two thirds of its life,
 // or soon after the controllers call for it, until ctx ends, retrying

@@ -2,6 +2,7 @@ package loadtest
 
 import (
 	"context"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,7 +20,9 @@ func TestMain(m *testing.M) {
 
 // TestRunSmall runs the whole harness at 50 gateways: a real cluster, the
 // fleet enrolled through the API, two worker processes, two publications,
-// two joins and two revocations.
+// two joins, two revocations and a re-issue of every certificate. Then
+// again on the kept cluster, whose identities file must hold the renewed
+// certificates (the controllers refuse the old ones).
 func TestRunSmall(t *testing.T) {
 	hsmtest.Require(t)
 	if testing.Short() {
@@ -33,10 +36,12 @@ func TestRunSmall(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	const n = 50
-	res, err := Run(ctx, Options{
+	apiPort, raftPort := freePort(t), freePort(t)
+	o := Options{
 		Gateways: n, Govnetd: filepath.Join(bin, "govnetd"), Workers: 2, Rounds: 2, Changes: 2,
-		ReportEvery: 2 * time.Second, Log: testLog{t},
-	})
+		ReportEvery: 2 * time.Second, Log: testLog{t}, CacheDir: t.TempDir(), APIPort: apiPort, RaftPort: raftPort,
+	}
+	res, err := Run(ctx, o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -53,6 +58,31 @@ func TestRunSmall(t *testing.T) {
 	if res.RevokeP99 <= 0 || res.RSSAfter <= 0 || res.RSSBefore <= 0 {
 		t.Errorf("revocation or memory not measured: %+v", *res)
 	}
+	if res.ReissueP50 <= 0 || res.ReissueP50 > res.ReissueSeconds {
+		t.Errorf("re-issue figures out of order: median %v, last %v", res.ReissueP50, res.ReissueSeconds)
+	}
+	if t.Failed() {
+		return
+	}
+	o.Rounds, o.Changes = 1, 1
+	again, err := Run(ctx, o)
+	if err != nil {
+		t.Fatalf("the kept cluster with the renewed identities: %v", err)
+	}
+	if again.EnrollSeconds != 0 || again.Acked != n {
+		t.Errorf("second run: enrolled again (%vs) or %d of %d acknowledged", again.EnrollSeconds, again.Acked, n)
+	}
+}
+
+// freePort returns a port free on the harness's first node address.
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.11:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
 }
 
 type testLog struct{ t *testing.T }

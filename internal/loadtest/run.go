@@ -12,6 +12,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -76,7 +77,13 @@ type Result struct {
 	Acked, Reported int
 
 	RevokeP50, RevokeP99 float64 // revoke call -> last peer acknowledged a view without it
-	Load                 string  // /proc/loadavg at the end
+
+	// ReissueSeconds: from an officer's renewal call (govnetctl cert
+	// renew-all) to the last gateway's renewed certificate; ReissueP50
+	// the median gateway's.
+	ReissueSeconds, ReissueP50 float64
+
+	Load string // /proc/loadavg at the end
 }
 
 func (o *Options) defaults() {
@@ -277,10 +284,93 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	}
 	res.RevokeP50, res.RevokeP99 = quantile(rev, 0.5), quantile(rev, 0.99)
 	logf("%d revocations: p50 %.3fs p99 %.3fs", len(rev), res.RevokeP50, res.RevokeP99)
+
+	if err := reissue(ctx, c, dir, fleet, tr, res, logf); err != nil {
+		return nil, err
+	}
 	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
 		res.Load = strings.TrimSpace(string(b))
 	}
 	return res, nil
+}
+
+// reissue measures a network-wide re-issue: an officer's renewal call,
+// then every gateway renewing on its stream (a random part of
+// api.RenewCallSpread after the call, as agents do), until the last
+// answer. The new identities are written back to the identities file, so
+// that a kept cluster stays usable; the cache is marked not ready while
+// they are in flight.
+func reissue(ctx context.Context, c *Cluster, dir string, fleet *Fleet, tr *tracker, res *Result, logf func(string, ...any)) (err error) {
+	ready := filepath.Join(dir, "ready")
+	mark, _ := os.ReadFile(ready)
+	if mark != nil {
+		if err := os.Remove(ready); err != nil {
+			return err
+		}
+	}
+	defer func() {
+		if werr := writeBack(filepath.Join(dir, "identities.jsonl"), tr); werr != nil {
+			err = errors.Join(err, werr)
+		} else if err == nil && mark != nil {
+			err = os.WriteFile(ready, mark, 0o600)
+		}
+	}()
+	t0 := time.Now()
+	if _, err := c.Officer.RenewAll(ctx, "load test: re-issue every gateway certificate"); err != nil {
+		return fmt.Errorf("renewal call: %w", err)
+	}
+	if err := tr.waitAll(ctx, ids(fleet), 5*time.Minute, "every gateway's renewed certificate", func(a ack) bool { return !a.renewedAt.IsZero() }); err != nil {
+		return err
+	}
+	var took []float64
+	for _, id := range ids(fleet) {
+		took = append(took, tr.renewedAt(id).Sub(t0).Seconds())
+	}
+	res.ReissueP50, res.ReissueSeconds = quantile(took, 0.5), quantile(took, 1)
+	st, err := c.Operator.Linearizable().RenewAllStatus(ctx)
+	if err != nil {
+		return err
+	}
+	if st.Pending != 0 {
+		return fmt.Errorf("after the re-issue %d of %d enrolled gateways still hold a certificate from before the call (%v)", st.Pending, st.Gateways, st.Waiting)
+	}
+	logf("re-issue: %d gateway certificates renewed on the controllers' call, the last %.2fs after it (median %.2fs)", len(took), res.ReissueSeconds, res.ReissueP50)
+	return nil
+}
+
+// writeBack replaces the identities the fleet renewed in the identities
+// file (a new file renamed over the old one).
+func writeBack(path string, tr *tracker) error {
+	old, err := loadIdentities(path)
+	if err != nil {
+		return err
+	}
+	tr.mu.Lock()
+	n := 0
+	for i, id := range old {
+		if a := tr.acks[id.ID]; a != nil && a.renewed != nil {
+			old[i] = *a.renewed
+			n++
+		}
+	}
+	tr.mu.Unlock()
+	if n == 0 {
+		return nil
+	}
+	tmp := path + ".new"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	w := bufio.NewWriter(f)
+	for _, id := range old {
+		line, _ := json.Marshal(id)
+		w.Write(append(line, '\n'))
+	}
+	if err := errors.Join(w.Flush(), f.Sync(), f.Close()); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
 }
 
 func ids(f *Fleet) []string {
@@ -448,6 +538,8 @@ type ack struct {
 	recvAt     map[uint64]time.Time // when the view acknowledged first for it arrived
 	added      map[string]time.Time // peer -> first view that added it
 	removed    map[string]time.Time // peer -> first view that removed it
+	renewedAt  time.Time            // a renewal on the controllers' call answered
+	renewed    *identity            // the identity it made
 }
 
 // tracker collects the workers' events.
@@ -473,7 +565,13 @@ func (t *tracker) add(ev event) {
 		t.acks[ev.G] = a
 	}
 	if ev.Err != "" {
-		return // applied but never acknowledged: not counted
+		return // applied but never acknowledged (or not renewed): not counted
+	}
+	if ev.Renewed != "" {
+		a.renewedAt, a.renewed = at, &identity{ID: ev.G, Key: ev.Key, Cert: ev.Cert}
+		close(t.changed)
+		t.changed = make(chan struct{})
+		return
 	}
 	if ev.Index > a.index {
 		a.ver, a.index, a.at = ev.Ver, ev.Index, at
@@ -571,6 +669,15 @@ func (t *tracker) count(ok func(ack) bool) int {
 		}
 	}
 	return n
+}
+
+func (t *tracker) renewedAt(g string) time.Time {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if a := t.acks[g]; a != nil {
+		return a.renewedAt
+	}
+	return time.Time{}
 }
 
 func (t *tracker) removedAt(g, peer string) time.Time {

@@ -3,8 +3,13 @@ package loadtest
 import (
 	"bufio"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	crand "crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -20,6 +25,7 @@ import (
 	"time"
 
 	"github.com/govnet/govnet/api"
+	"github.com/govnet/govnet/ca"
 	"github.com/govnet/govnet/policy/nft"
 )
 
@@ -50,6 +56,12 @@ type event struct {
 	Rm    []string `json:"rm,omitempty"`
 	First bool     `json:"first,omitempty"` // the gateway's first view
 	Err   string   `json:"err,omitempty"`   // a worker-level failure
+	// A renewal on the controllers' call: the new certificate's serial,
+	// and the new identity (PEM), which the harness writes back to the
+	// identities file; T is when the answer came.
+	Renewed string `json:"renewed,omitempty"`
+	Key     string `json:"key,omitempty"`
+	Cert    string `json:"cert,omitempty"`
 }
 
 // RunWorkerIfChild runs the simulated gateways and exits when the process
@@ -121,12 +133,18 @@ func runWorker(in io.Reader, out io.Writer) error {
 		if err != nil {
 			return fmt.Errorf("identity %s: %w", ids[i].ID, err)
 		}
+		g := &simGateway{id: ids[i].ID, em: em, ctx: ctx}
+		g.cur.Store(int32(i % len(spec.URLs)))
+		g.cert.Store(&cert)
 		cfg := root.Clone()
-		cfg.Certificates = []tls.Certificate{cert}
-		g := &simGateway{id: ids[i].ID, em: em, cur: i % len(spec.URLs)}
+		// The certificate of the moment, as the agent's files are read
+		// at every handshake (a renewal replaces it).
+		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return g.cert.Load(), nil }
 		for _, u := range spec.URLs {
 			// A config per client: see Cluster.start.
-			g.clients = append(g.clients, api.NewClient(u, cfg.Clone()))
+			c := api.NewClient(u, cfg.Clone())
+			c.OnRenewCall(g.renewCalled)
+			g.clients = append(g.clients, c)
 		}
 		gws = append(gws, g)
 	}
@@ -187,8 +205,12 @@ func (e *emitter) flushLoop(ctx context.Context) {
 type simGateway struct {
 	id      string
 	em      *emitter
+	ctx     context.Context
 	clients []*api.Client
-	cur     int
+	cur     atomic.Int32 // the node whose stream the gateway holds or tries
+
+	cert     atomic.Pointer[tls.Certificate]
+	renewing atomic.Bool
 
 	mu      sync.Mutex
 	applied *api.View
@@ -201,7 +223,7 @@ type simGateway struct {
 func (g *simGateway) watchLoop(ctx context.Context) {
 	failures, wait := 0, 500*time.Millisecond
 	for ctx.Err() == nil {
-		err := g.clients[g.cur].Watch(ctx, g.appliedIndex(), func(v *api.View) error {
+		err := g.clients[g.cur.Load()].Watch(ctx, g.appliedIndex(), func(v *api.View) error {
 			failures, wait = 0, 500*time.Millisecond
 			return g.apply(ctx, v)
 		})
@@ -212,7 +234,7 @@ func (g *simGateway) watchLoop(ctx context.Context) {
 		if errors.As(err, &se) && se.Code == 403 {
 			return // revoked: the controller refuses it for good
 		}
-		g.cur = (g.cur + 1) % len(g.clients)
+		g.cur.Store((g.cur.Load() + 1) % int32(len(g.clients)))
 		if failures++; failures >= len(g.clients) {
 			failures = 0
 			select {
@@ -282,12 +304,86 @@ func (g *simGateway) apply(ctx context.Context, v *api.View) error {
 func (g *simGateway) report(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	return g.clients[g.cur].Report(ctx, api.Report{
+	return g.clients[g.cur.Load()].Report(ctx, api.Report{
 		PolicyVersion: g.applied.PolicyVersion,
 		RaftIndex:     g.applied.RaftIndex,
 		RulesetDigest: g.digest,
 		Peers:         len(g.applied.Peers),
 	})
+}
+
+// renewCalled takes the controllers' call to renew, as the agent does:
+// after a random part of api.RenewCallSpread, a new key and a renewal on
+// the stream, the new certificate presented from then on, the HTTP
+// connections reset. It never blocks the stream's reader.
+func (g *simGateway) renewCalled(string) {
+	if !g.renewing.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		defer g.renewing.Store(false)
+		select {
+		case <-g.ctx.Done():
+			return
+		case <-time.After(rand.N(api.RenewCallSpread)):
+		}
+		ev := event{G: g.id}
+		if err := g.renew(g.ctx, &ev); err != nil {
+			ev.Err = "renew: " + err.Error()
+		}
+		ev.T = time.Now().UnixNano()
+		g.em.emit(ev)
+	}()
+}
+
+// renew makes a new key, renews (retrying, as the agent's backoff does)
+// and installs the certificate; ev gets the new identity.
+func (g *simGateway) renew(ctx context.Context, ev *event) error {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), crand.Reader)
+	if err != nil {
+		return err
+	}
+	csr, err := ca.NewCSR(key, "gateway")
+	if err != nil {
+		return err
+	}
+	req := api.RenewRequest{CSR: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr.Raw}))}
+	var resp *api.RenewResponse
+	for try := 0; ; try++ {
+		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		resp, err = g.clients[g.cur.Load()].Renew(rctx, req)
+		cancel()
+		if err == nil {
+			break
+		}
+		if try == 9 || ctx.Err() != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+	chain, err := ca.ParsePEM([]byte(resp.Certificate))
+	if err != nil {
+		return err
+	}
+	cert := &tls.Certificate{PrivateKey: key, Leaf: chain[0]}
+	for _, c := range chain {
+		cert.Certificate = append(cert.Certificate, c.Raw)
+	}
+	g.cert.Store(cert)
+	for _, c := range g.clients {
+		c.ResetConnections()
+	}
+	der, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return err
+	}
+	ev.Renewed, ev.Cert = resp.Serial, resp.Certificate
+	ev.Key = string(pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}))
+	return nil
 }
 
 // Commands the harness sends a worker on its stdin: the periodic reports
