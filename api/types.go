@@ -60,7 +60,11 @@ type Gateway struct {
 	OverlayIP   netip.Addr     `json:"overlay_ip,omitzero"`
 	CertSerial  string         `json:"cert_serial,omitempty"`
 	CertExpires time.Time      `json:"cert_expires,omitzero"`
-	Report      *Report        `json:"report,omitempty"`
+	// RenewedFrom is the certificate the gateway renewed its current one
+	// from: a renewal whose answer was lost can be made again with it,
+	// for the same key (see POST /v1/renew).
+	RenewedFrom string  `json:"renewed_from,omitempty"`
+	Report      *Report `json:"report,omitempty"`
 	// ExpectedDigest is the digest of the ruleset the gateway's current
 	// view compiles to; Ruleset compares the report with it: "ok",
 	// "mismatch" (the gateway's table is not what it was sent), or
@@ -276,14 +280,17 @@ const (
 // Certificate is one certificate the CA issued, as the replicated
 // inventory records it.
 type Certificate struct {
-	Serial    string    `json:"serial"` // hex, lowercase
-	Kind      string    `json:"kind"`   // gateway, person or node (the profile)
-	Subject   string    `json:"subject"`
-	Agency    string    `json:"agency,omitempty"`  // gateways
-	Gateway   string    `json:"gateway,omitempty"` // gateways: the gateway it identifies
-	Role      string    `json:"role,omitempty"`    // people
-	SANs      []string  `json:"sans,omitempty"`
-	Issuer    string    `json:"issuer"` // issuer id (ca.IssuerID of the intermediate)
+	Serial  string   `json:"serial"` // hex, lowercase
+	Kind    string   `json:"kind"`   // gateway, person or node (the profile)
+	Subject string   `json:"subject"`
+	Agency  string   `json:"agency,omitempty"`  // gateways
+	Gateway string   `json:"gateway,omitempty"` // gateways: the gateway it identifies
+	Role    string   `json:"role,omitempty"`    // people
+	SANs    []string `json:"sans,omitempty"`
+	Issuer  string   `json:"issuer"` // issuer id (ca.IssuerID of the intermediate)
+	// KeySHA256 is the SHA-256 of the certified public key
+	// (SubjectPublicKeyInfo, DER), hex; absent in records made before it.
+	KeySHA256 string    `json:"key_sha256,omitempty"`
 	NotBefore time.Time `json:"not_before"`
 	NotAfter  time.Time `json:"not_after"`
 	Requester string    `json:"requester,omitempty"`

@@ -296,6 +296,10 @@ type GatewayRenewRequest struct {
 	Gateway   string          `json:"gateway"`
 	OldSerial string          `json:"old_serial"`
 	Cert      api.Certificate `json:"cert"`
+	// From is the certificate the gateway presented when it was not
+	// OldSerial but the one before (a renewal retried after its answer
+	// was lost); Gateway.RenewedFrom stays From.
+	From string `json:"from,omitempty"`
 }
 
 // GatewayRenewsRequest is many gateways' renewals in one entry, all or

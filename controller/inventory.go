@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -343,6 +344,7 @@ func (s *State) renewGateway(r *GatewayRenewRequest) {
 	g := s.gateways[r.Gateway]
 	s.addCert(r.Cert, r.At, r.Actor)
 	g.CertSerial, g.CertExpires = r.Cert.Serial, r.Cert.NotAfter
+	g.RenewedFrom = cmp.Or(r.From, r.OldSerial)
 }
 
 func (s *State) applyCRLPublish(r *CRLPublishRequest) error {

@@ -14,6 +14,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -67,8 +68,10 @@ type Node struct {
 	streams  *streamSender                      // writes to gateways' streams
 	reports  *groupCommit[GatewayReportRequest] // gateways' reports, committed in batches
 	refresh  *refresher                         // reports that change nothing, committed every reportFlush
-	renewals *groupCommit[GatewayRenewRequest]  // gateways' renewals, committed in batches
-	metrics  *nodeMetrics                       // served at /metrics on the plain-HTTP listener
+	// issueSlots bounds the renewals being signed at once (renewGateway).
+	issueSlots chan struct{}
+	renewals   *groupCommit[GatewayRenewRequest] // gateways' renewals, committed in batches
+	metrics    *nodeMetrics                      // served at /metrics on the plain-HTTP listener
 	// startSettled is set once the node has caught up, compiled its views
 	// and given back its start's memory (releaseStartupMemory).
 	startSettled atomic.Bool
@@ -88,6 +91,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Node, err erro
 		return err
 	}}
 	n.refresh = &refresher{n: n}
+	n.issueSlots = make(chan struct{}, 2*runtime.GOMAXPROCS(0))
 	n.streams = newStreamSender(n) // before raft: applying a renewal call wakes the streams
 	n.renewals = newRenewRecorder(n)
 	n.metrics = newNodeMetrics(n)

@@ -5,7 +5,9 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
+	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"strings"
@@ -185,4 +187,79 @@ func TestRenewAll(t *testing.T) {
 	if c := n.State().RenewCall(); c == nil || c.Reason != "intermediate re-keyed" {
 		t.Fatalf("call after restart: %+v", c)
 	}
+}
+
+// TestRenewRetryAfterLostAnswer: a gateway whose renewal committed but
+// whose answer it never got still holds only its old certificate. It can
+// renew again with that one, for the key of the lost certificate only,
+// as many times as answers are lost; not with an older certificate, not
+// for another key, and not once revoked.
+func TestRenewRetryAfterLostAnswer(t *testing.T) {
+	cfg := testConfig(t)
+	n := startNode(t, cfg)
+	defer n.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	op, off := person(t, cfg, n, "operator1"), person(t, cfg, n, "officer1")
+	if _, err := op.AddAgency(ctx, api.Agency{Code: "000.00.00.H29", Name: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := op.AddGateway(ctx, api.Gateway{ID: "gw1", Agency: "000.00.00.H29"}); err != nil {
+		t.Fatal(err)
+	}
+	tr, err := off.IssueToken(ctx, "gw1", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw, err := enroll(t, cfg, n, tr.Token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := gw.client // holds the enrollment certificate, S
+	enrolledChain, _ := ca.ParsePEM([]byte(gw.resp.Certificate))
+	s := ca.Serial(enrolledChain[0])
+	csrOf := func(key *ecdsa.PrivateKey) api.RenewRequest {
+		csr, _ := ca.NewCSR(key, "x")
+		return api.RenewRequest{CSR: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr.Raw}))}
+	}
+	k2, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	lost, err := first.Renew(ctx, csrOf(k2)) // the answer the gateway never got
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Again with S, for another key: refused, nothing recorded.
+	k3, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	_, err = first.Renew(ctx, csrOf(k3))
+	wantStatus(t, err, 403, "takes a CSR for the key of "+lost.Serial)
+	// With S for the lost certificate's key: a new certificate for it.
+	again, err := first.Renew(ctx, csrOf(k2))
+	if err != nil {
+		t.Fatalf("renewal retried with the certificate before the current one: %v", err)
+	}
+	g, _ := op.Gateway(ctx, "gw1")
+	if g.CertSerial != again.Serial || g.RenewedFrom != s || again.Serial == lost.Serial {
+		t.Fatalf("after the retry: gateway %+v, lost %s, again %s", g, lost.Serial, again.Serial)
+	}
+	c, _ := op.Certificate(ctx, again.Serial)
+	chain, _ := ca.ParsePEM([]byte(again.Certificate))
+	if key := sha256.Sum256(chain[0].RawSubjectPublicKeyInfo); c.KeySHA256 != hex.EncodeToString(key[:]) || !k2.PublicKey.Equal(chain[0].PublicKey) {
+		t.Fatalf("inventory record %+v for a certificate of another key", c)
+	}
+	// A second lost answer: S still works, for the same key.
+	if _, err := first.Renew(ctx, csrOf(k2)); err != nil {
+		t.Fatalf("a second retry: %v", err)
+	}
+	// The certificate of the lost answer is neither current nor the one
+	// renewed from: refused.
+	tc := gw.tls.Clone()
+	lostChain, _ := ca.ParsePEM([]byte(lost.Certificate))
+	tc.Certificates = []tls.Certificate{{Certificate: [][]byte{lostChain[0].Raw, lostChain[1].Raw}, PrivateKey: k2}}
+	_, err = api.NewClient("https://"+n.Addr().String(), tc).Renew(ctx, csrOf(k2))
+	wantStatus(t, err, 403, "is not gateway gw1's current certificate")
+	// Revoked: refused whatever is presented.
+	if _, err := off.Revoke(ctx, api.RevokeRequest{Gateway: "gw1", Reason: "keyCompromise"}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = first.Renew(ctx, csrOf(k2))
+	wantStatus(t, err, 403, "revoked")
 }

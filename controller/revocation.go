@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
 	"errors"
@@ -265,8 +266,10 @@ func (n *Node) certRecord(cert *x509.Certificate) api.Certificate {
 // certRecordOf is the inventory record of a govnet certificate; its
 // issuer id is the issuing certificate's key id (ca.IssuerID).
 func certRecordOf(cert *x509.Certificate) api.Certificate {
+	key := sha256.Sum256(cert.RawSubjectPublicKeyInfo)
 	rec := api.Certificate{
 		Serial:    ca.Serial(cert),
+		KeySHA256: hex.EncodeToString(key[:]),
 		Subject:   cert.Subject.CommonName,
 		Issuer:    hex.EncodeToString(cert.AuthorityKeyId),
 		NotBefore: cert.NotBefore.UTC(),
@@ -402,12 +405,30 @@ func (n *Node) revokeResponse(ctx context.Context, index uint64, gateway, serial
 // current one (the gateway middleware checked that it is enrolled and
 // that this is its current certificate). The profile comes from the
 // registry, never from the CSR.
-func (n *Node) handleRenew(w http.ResponseWriter, r *http.Request, id ca.Identity) {
+// handleRenew renews a gateway's certificate: with its current one, or
+// with the one before if the gateway renewed it and never got the answer
+// (a connection or a leader lost after the commit). That second way needs
+// a CSR for the key the current certificate certifies: the gateway
+// proves both keys, as in the renewal it repeats, and gets a new
+// certificate for that key.
+func (n *Node) handleRenew(w http.ResponseWriter, r *http.Request) {
+	leaf := clientLeaf(r)
+	id, status, err := n.admitGateway(leaf)
+	from := ""
+	if status == http.StatusForbidden {
+		if g, ok := n.State().Gateway(id.Name); ok && g.Status == api.StatusEnrolled && g.RenewedFrom != "" && g.RenewedFrom == ca.Serial(leaf) {
+			from, err = g.RenewedFrom, nil
+		}
+	}
+	if err != nil {
+		writeError(w, status, err.Error())
+		return
+	}
 	var req api.RenewRequest
 	if !decode(w, r, maxBody, &req) {
 		return
 	}
-	resp, _, err := n.renewGateway(r.Context(), id.Name, ca.Serial(clientLeaf(r)), req)
+	resp, _, err := n.renewGateway(r.Context(), id.Name, ca.Serial(leaf), from, req, nil)
 	if err != nil {
 		n.fail(w, err)
 		return
@@ -416,23 +437,48 @@ func (n *Node) handleRenew(w http.ResponseWriter, r *http.Request, id ca.Identit
 }
 
 // renewGateway issues gateway a certificate for req's CSR in place of
-// its current one, oldSerial, which the caller has checked, and records
-// the renewal; it returns the answer and the new certificate.
-func (n *Node) renewGateway(ctx context.Context, gateway, oldSerial string, req api.RenewRequest) (*api.RenewResponse, *x509.Certificate, error) {
+// its current one and records the renewal; it returns the answer and the
+// new certificate. presented is the certificate the caller checked: the
+// current one, or with from set (equal to presented) the one the current
+// one was renewed from, which renews only the current certificate's key.
+// issued, if set, learns the new serial before it is committed.
+func (n *Node) renewGateway(ctx context.Context, gateway, presented, from string, req api.RenewRequest, issued func(serial string)) (*api.RenewResponse, *x509.Certificate, error) {
 	csr, err := ca.ParseCSR([]byte(req.CSR))
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: csr: %w", ErrBadRequest, err)
 	}
 	g, _ := n.State().Gateway(gateway)
+	old := presented
+	if from != "" {
+		key := sha256.Sum256(csr.RawSubjectPublicKeyInfo)
+		cur, ok := n.State().Certificate(g.CertSerial)
+		if !ok || cur.KeySHA256 == "" || cur.KeySHA256 != hex.EncodeToString(key[:]) {
+			return nil, nil, fmt.Errorf("%w: certificate %s is not gateway %s's current certificate (%s); renewing from it takes a CSR for the key of %s, the renewal whose answer was lost",
+				ErrForbidden, presented, g.ID, g.CertSerial, g.CertSerial)
+		}
+		old = g.CertSerial
+	}
+	// At most issueSlots renewals sign at once: a network renewing on
+	// an officer's call queues here instead of thousands of issuances
+	// sharing the cores with raft.
+	select {
+	case n.issueSlots <- struct{}{}:
+	case <-ctx.Done():
+		return nil, nil, ctx.Err()
+	}
 	chain, err := n.ca.Issue(ctx, csr, ca.GatewayProfile(g.ID, g.Agency))
+	<-n.issueSlots
 	if err != nil {
 		return nil, nil, err
 	}
 	rec := n.certRecord(chain[0])
-	err = n.renewals.Record(ctx, GatewayRenewRequest{Meta: n.meta("gateway:" + g.ID), Gateway: g.ID, OldSerial: oldSerial, Cert: rec})
+	if issued != nil {
+		issued(rec.Serial)
+	}
+	err = n.renewals.Record(ctx, GatewayRenewRequest{Meta: n.meta("gateway:" + g.ID), Gateway: g.ID, OldSerial: old, Cert: rec, From: from})
 	if err != nil {
 		return nil, nil, err
 	}
-	n.log.Info("gateway certificate renewed", "gateway", g.ID, "agency", g.Agency, "serial", rec.Serial, "old_serial", oldSerial)
+	n.log.Info("gateway certificate renewed", "gateway", g.ID, "agency", g.Agency, "serial", rec.Serial, "old_serial", old, "presented", presented)
 	return &api.RenewResponse{Certificate: string(ca.EncodePEM(chain...)), Serial: rec.Serial}, chain[0], nil
 }

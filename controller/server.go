@@ -85,7 +85,7 @@ func (n *Node) routes() http.Handler {
 	mux.HandleFunc("POST /v1/enroll", n.handleEnroll)
 	mux.HandleFunc("GET /v1/watch", n.gateway(n.handleWatch))
 	mux.HandleFunc("POST /v1/report", n.gateway(n.handleReport))
-	mux.HandleFunc("POST /v1/renew", n.gateway(n.handleRenew))
+	mux.HandleFunc("POST /v1/renew", n.handleRenew) // admits the certificate before the current one too
 	anyone := []string{ca.RoleOperator, ca.RoleOfficer, ca.RoleAuditor}
 	mux.HandleFunc("GET /v1/agencies", n.person(anyone, n.handleAgencies))
 	mux.HandleFunc("POST /v1/agencies", n.person([]string{ca.RoleOperator}, n.handleAgencyAdd))
@@ -234,18 +234,29 @@ func (n *Node) admitGateway(leaf *x509.Certificate) (ca.Identity, int, error) {
 // gateway, an enrolled gateway; if not, it returns the HTTP status and
 // the reason.
 func (n *Node) currentGatewayCert(gateway, serial string) (int, error) {
-	g, ok := n.State().Gateway(gateway)
+	if err := n.State().gatewayCertIs(gateway, serial); err != nil {
+		return http.StatusForbidden, err
+	}
+	return 0, nil
+}
+
+// gatewayCertIs says why serial is not the current certificate of
+// gateway, an enrolled gateway; nil if it is.
+func (s *State) gatewayCertIs(gateway, serial string) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	g, ok := s.gateways[gateway]
 	if !ok || g.Status != api.StatusEnrolled {
 		status := "not enrolled"
 		if ok {
 			status = "not enrolled (" + g.Status + ")"
 		}
-		return http.StatusForbidden, fmt.Errorf("gateway %s is %s", gateway, status)
+		return fmt.Errorf("gateway %s is %s", gateway, status)
 	}
 	if serial != g.CertSerial {
-		return http.StatusForbidden, fmt.Errorf("certificate %s is not gateway %s's current certificate (%s)", serial, gateway, g.CertSerial)
+		return fmt.Errorf("certificate %s is not gateway %s's current certificate (%s)", serial, gateway, g.CertSerial)
 	}
-	return 0, nil
+	return nil
 }
 
 func (n *Node) handleReady(w http.ResponseWriter, r *http.Request) {

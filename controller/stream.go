@@ -93,7 +93,14 @@ func (n *Node) serveStream(_ *http.Server, conn *tls.Conn, _ http.Handler) {
 func (n *Node) readmit(st *gwStream) (int, error) {
 	serial, notAfter := st.cert()
 	if status, err := n.currentGatewayCert(st.gateway, serial); err != nil {
-		return status, err
+		// A renewal on the stream may have committed a moment before
+		// the stream learns its serial.
+		st.certMu.Lock()
+		pending := st.pending
+		st.certMu.Unlock()
+		if pending == "" || n.State().gatewayCertIs(st.gateway, pending) != nil {
+			return status, err
+		}
 	}
 	if time.Now().After(notAfter) {
 		return http.StatusForbidden, fmt.Errorf("certificate %s of gateway %s expired at %s", serial, st.gateway, notAfter.UTC().Format(time.RFC3339))
@@ -110,6 +117,7 @@ type gwStream struct {
 	certMu   sync.Mutex
 	serial   string
 	notAfter time.Time
+	pending  string // the serial of a renewal in flight on the stream
 	// renewCalls: the gateway takes renewal calls (api.StreamProtoRenew).
 	renewCalls bool
 
@@ -406,14 +414,21 @@ func (n *Node) streamRenew(st *gwStream, sr api.StreamReport) api.WatchEvent {
 		return ack
 	}
 	serial, _ := st.cert()
-	resp, cert, err := n.renewGateway(context.Background(), st.gateway, serial, *sr.Renew)
+	resp, cert, err := n.renewGateway(context.Background(), st.gateway, serial, "", *sr.Renew, func(serial string) {
+		st.certMu.Lock()
+		st.pending = serial
+		st.certMu.Unlock()
+	})
+	st.certMu.Lock()
+	if err == nil {
+		st.serial, st.notAfter = resp.Serial, cert.NotAfter
+	}
+	st.pending = ""
+	st.certMu.Unlock()
 	if err != nil {
 		ack.Code, ack.Error = n.errorStatus(err)
 		return ack
 	}
-	st.certMu.Lock()
-	st.serial, st.notAfter = resp.Serial, cert.NotAfter
-	st.certMu.Unlock()
 	ack.Renewed = resp
 	return ack
 }

@@ -2,6 +2,7 @@ package netagent
 
 import (
 	"context"
+	"crypto"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
@@ -66,6 +67,20 @@ type renewer struct {
 	retry     *backoff
 	called    <-chan string // the controllers' calls to renew now; nil for none
 	spread    time.Duration // a called renewal waits a random part of it
+
+	// pending is the key of a renewal whose answer never came (a
+	// connection or the controllers' leader lost): it may have been
+	// committed, so the next attempt asks again for the same key, which
+	// the controllers accept with the certificate the gateway still holds.
+	pending *pendingRenewal
+}
+
+// pendingRenewal is a renewal attempt whose outcome is unknown.
+type pendingRenewal struct {
+	from    string // the serial of the certificate it renews
+	key     crypto.Signer
+	keyData []byte
+	csr     string // PEM
 }
 
 func newRenewer(cfg Config, keys keyStore, client func() *api.Client, log *slog.Logger) *renewer {
@@ -164,8 +179,10 @@ func (r *renewer) current() (*x509.Certificate, error) {
 	return chain[0], nil
 }
 
-// renew makes a new key, asks for a certificate for it, checks the answer
-// and installs both. A new key that is not installed is discarded.
+// renew makes a new key (or takes the pending one), asks for a
+// certificate for it, checks the answer and installs both. A new key that
+// is not installed is discarded, unless the controllers may have
+// certified it (no answer): then it is kept for the next attempt.
 func (r *renewer) renew(ctx context.Context) (err error) {
 	cur, err := r.current()
 	if err != nil {
@@ -175,28 +192,47 @@ func (r *renewer) renew(ctx context.Context) (err error) {
 		return fmt.Errorf("%w: certificate %s expired at %s; the controllers will refuse it in the TLS handshake: re-enroll the gateway with a new token",
 			ErrCertExpired, ca.Serial(cur), cur.NotAfter.UTC().Format(time.RFC3339))
 	}
-	key, keyData, err := r.keys.newKey()
-	if err != nil {
-		return fmt.Errorf("new TLS key: %w", err)
+	p := r.pending
+	r.pending = nil
+	if p != nil && p.from != ca.Serial(cur) {
+		if err := r.keys.discard(p.keyData); err != nil {
+			r.log.Warn("discard the key of an abandoned renewal", "err", err)
+		}
+		p = nil
 	}
-	staged := false
+	if p == nil {
+		key, keyData, err := r.keys.newKey()
+		if err != nil {
+			return fmt.Errorf("new TLS key: %w", err)
+		}
+		p = &pendingRenewal{from: ca.Serial(cur), key: key, keyData: keyData}
+		csr, err := ca.NewCSR(key, "gateway")
+		if err != nil {
+			return errors.Join(err, r.keys.discard(keyData))
+		}
+		p.csr = string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr.Raw}))
+	}
+	key, keyData := p.key, p.keyData
+	staged, unknown := false, false
 	defer func() {
-		if err != nil && !staged {
+		switch {
+		case err == nil || staged:
+		case unknown:
+			r.pending = p
+		default:
 			err = errors.Join(err, r.keys.discard(keyData))
 		}
 	}()
-	csr, err := ca.NewCSR(key, "gateway")
-	if err != nil {
-		return err
-	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	resp, err := r.client().Renew(ctx, api.RenewRequest{CSR: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr.Raw}))})
+	resp, err := r.client().Renew(ctx, api.RenewRequest{CSR: p.csr})
 	var se *api.StatusError
 	if errors.As(err, &se) && (se.Code == http.StatusForbidden || se.Code == http.StatusUnauthorized) {
 		return fmt.Errorf("%w: %s", ErrRenewRefused, se.Msg)
 	}
 	if err != nil {
+		// Only a refusal says the key was not certified.
+		unknown = !errors.As(err, &se) || se.Code >= 500
 		return fmt.Errorf("renew certificate %s: %w", ca.Serial(cur), err)
 	}
 	chain, err := ca.ParsePEM([]byte(resp.Certificate))

@@ -311,6 +311,29 @@ func testRenewLoop(t *testing.T, c *testCtl, gw string, token bool) {
 		t.Fatalf("after the called renewal: %+v %v", st, err)
 	}
 
+	// No answer (no controller reachable; as well a leader or a
+	// connection lost after the commit): the key is kept and asked for
+	// again, which the controllers accept even if the first attempt was
+	// committed.
+	r.client = func() *api.Client { return api.NewClient("https://127.0.0.1:1", tlsCfg) }
+	if err := r.renew(ctx); err == nil || errors.Is(err, ErrRenewRefused) {
+		t.Fatalf("renewal with no controller: %v", err)
+	}
+	if r.pending == nil {
+		t.Fatal("no key kept after a renewal that got no answer")
+	}
+	kept := r.pending.key.Public()
+	r.client = func() *api.Client { return client }
+	if err := r.renew(ctx); err != nil {
+		t.Fatalf("renewal retried: %v", err)
+	}
+	if now, _ := r.current(); !samePublicKey(now.PublicKey, kept) || r.pending != nil {
+		t.Fatalf("the retried renewal certified another key (pending left: %v)", r.pending != nil)
+	}
+	if token {
+		tokenKey()
+	}
+
 	// A revoked gateway cannot renew, and the key made for the refused
 	// renewal does not stay in the token.
 	if _, err := off.Revoke(ctx, api.RevokeRequest{Gateway: gw, Reason: "keyCompromise"}); err != nil {
