@@ -296,9 +296,10 @@ type GatewayRenewRequest struct {
 	Gateway   string          `json:"gateway"`
 	OldSerial string          `json:"old_serial"`
 	Cert      api.Certificate `json:"cert"`
-	// From is the certificate the gateway presented when it was not
-	// OldSerial but the one before (a renewal retried after its answer
-	// was lost); Gateway.RenewedFrom stays From.
+	// From is the certificate the gateway is known to hold when it is
+	// not OldSerial: the one before, presented to retry a renewal whose
+	// answer was lost, or the one its stream was opened with, renewed on
+	// since. Gateway.RenewedFrom becomes From (else OldSerial).
 	From string `json:"from,omitempty"`
 }
 

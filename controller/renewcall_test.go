@@ -11,6 +11,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -215,6 +216,17 @@ func TestRenewRetryAfterLostAnswer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if _, err := op.AddGateway(ctx, api.Gateway{ID: "gw2", Agency: "000.00.00.H29"}); err != nil {
+		t.Fatal(err)
+	}
+	tr2, err := off.IssueToken(ctx, "gw2", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw2, err := enroll(t, cfg, n, tr2.Token)
+	if err != nil {
+		t.Fatal(err)
+	}
 	first := gw.client // holds the enrollment certificate, S
 	enrolledChain, _ := ca.ParsePEM([]byte(gw.resp.Certificate))
 	s := ca.Serial(enrolledChain[0])
@@ -256,6 +268,44 @@ func TestRenewRetryAfterLostAnswer(t *testing.T) {
 	tc.Certificates = []tls.Certificate{{Certificate: [][]byte{lostChain[0].Raw, lostChain[1].Raw}, PrivateKey: k2}}
 	_, err = api.NewClient("https://"+n.Addr().String(), tc).Renew(ctx, csrOf(k2))
 	wantStatus(t, err, 403, "is not gateway gw1's current certificate")
+	// gw2 renews twice on a stream opened with its first certificate S2
+	// (the stream stands for each new certificate in turn), and both
+	// answers are lost: S2 still renews, for the key the last one
+	// certified.
+	s2Chain, _ := ca.ParsePEM([]byte(gw2.resp.Certificate))
+	s2 := ca.Serial(s2Chain[0])
+	onStream := api.NewClient("https://"+n.Addr().String(), gw2.tls)
+	onStream.OnRenewCall(func(string) {})
+	wctx, stop := context.WithCancel(ctx)
+	defer stop()
+	viewed := make(chan struct{})
+	var once sync.Once
+	go onStream.Watch(wctx, 0, func(*api.View) error { once.Do(func() { close(viewed) }); return nil })
+	select { // the client holds the stream once a view came on it
+	case <-viewed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no view on gw2's stream")
+	}
+	k4, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	for range 2 {
+		if _, err := onStream.Renew(ctx, csrOf(k4)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	g2, _ := op.Gateway(ctx, "gw2")
+	if g2.RenewedFrom != s2 {
+		t.Fatalf("gw2 renewed twice on its stream: renewed from %s, want its stream's %s", g2.RenewedFrom, s2)
+	}
+	n.streams.mu.Lock()
+	stood, _ := n.streams.byGW["gw2"].cert()
+	n.streams.mu.Unlock()
+	if stood != g2.CertSerial {
+		t.Fatalf("gw2's stream stands for %s, want the current %s (the renewals went over HTTP?)", stood, g2.CertSerial)
+	}
+	if _, err := api.NewClient("https://"+n.Addr().String(), gw2.tls).Renew(ctx, csrOf(k4)); err != nil {
+		t.Fatalf("gw2 retrying with its stream's certificate: %v", err)
+	}
+
 	// Revoked: refused whatever is presented.
 	if _, err := off.Revoke(ctx, api.RevokeRequest{Gateway: "gw1", Reason: "keyCompromise"}); err != nil {
 		t.Fatal(err)

@@ -428,7 +428,7 @@ func (n *Node) handleRenew(w http.ResponseWriter, r *http.Request) {
 	if !decode(w, r, maxBody, &req) {
 		return
 	}
-	resp, _, err := n.renewGateway(r.Context(), id.Name, ca.Serial(leaf), from, req, nil)
+	resp, _, err := n.renewGateway(r.Context(), id.Name, ca.Serial(leaf), from, from, req, nil)
 	if err != nil {
 		n.fail(w, err)
 		return
@@ -441,8 +441,11 @@ func (n *Node) handleRenew(w http.ResponseWriter, r *http.Request) {
 // new certificate. presented is the certificate the caller checked: the
 // current one, or with from set (equal to presented) the one the current
 // one was renewed from, which renews only the current certificate's key.
-// issued, if set, learns the new serial before it is committed.
-func (n *Node) renewGateway(ctx context.Context, gateway, presented, from string, req api.RenewRequest, issued func(serial string)) (*api.RenewResponse, *x509.Certificate, error) {
+// held, if set, is the certificate the gateway is known to hold, older
+// than presented (its stream's, renewed on since): it stays the one a
+// lost answer can be retried with. issued, if set, learns the new serial
+// before it is committed.
+func (n *Node) renewGateway(ctx context.Context, gateway, presented, from, held string, req api.RenewRequest, issued func(serial string)) (*api.RenewResponse, *x509.Certificate, error) {
 	csr, err := ca.ParseCSR([]byte(req.CSR))
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: csr: %w", ErrBadRequest, err)
@@ -475,7 +478,7 @@ func (n *Node) renewGateway(ctx context.Context, gateway, presented, from string
 	if issued != nil {
 		issued(rec.Serial)
 	}
-	err = n.renewals.Record(ctx, GatewayRenewRequest{Meta: n.meta("gateway:" + g.ID), Gateway: g.ID, OldSerial: old, Cert: rec, From: from})
+	err = n.renewals.Record(ctx, GatewayRenewRequest{Meta: n.meta("gateway:" + g.ID), Gateway: g.ID, OldSerial: old, Cert: rec, From: held})
 	if err != nil {
 		return nil, nil, err
 	}

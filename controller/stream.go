@@ -75,7 +75,7 @@ func (n *Node) serveStream(_ *http.Server, conn *tls.Conn, _ http.Handler) {
 	}
 	conn.SetReadDeadline(time.Time{})
 
-	st := &gwStream{gateway: id.Name, serial: ca.Serial(leaf), notAfter: leaf.NotAfter, out: out, since: hello.Since,
+	st := &gwStream{gateway: id.Name, opened: ca.Serial(leaf), serial: ca.Serial(leaf), notAfter: leaf.NotAfter, out: out, since: hello.Since,
 		renewCalls: conn.ConnectionState().NegotiatedProtocol == api.StreamProtoRenew}
 	stop, ok := n.streams.add(st)
 	if !ok {
@@ -111,6 +111,7 @@ func (n *Node) readmit(st *gwStream) (int, error) {
 // gwStream is a gateway stream as the senders see it.
 type gwStream struct {
 	gateway string
+	opened  string // the serial of the certificate the stream was opened with
 	out     *streamConn
 	// The gateway's certificate: the one it was opened with, or the one
 	// renewed on it (certMu).
@@ -414,7 +415,11 @@ func (n *Node) streamRenew(st *gwStream, sr api.StreamReport) api.WatchEvent {
 		return ack
 	}
 	serial, _ := st.cert()
-	resp, cert, err := n.renewGateway(context.Background(), st.gateway, serial, "", *sr.Renew, func(serial string) {
+	held := "" // the stream's own certificate, if renewed on since: the gateway may not have had the answers
+	if serial != st.opened {
+		held = st.opened
+	}
+	resp, cert, err := n.renewGateway(context.Background(), st.gateway, serial, "", held, *sr.Renew, func(serial string) {
 		st.certMu.Lock()
 		st.pending = serial
 		st.certMu.Unlock()

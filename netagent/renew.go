@@ -50,6 +50,9 @@ const (
 	fileCertNext = fileCert + nextSuffix
 )
 
+// renewTimeout bounds one renewal attempt.
+const renewTimeout = 2 * time.Minute
+
 // renewAt is when a certificate is due: two thirds into its life.
 func renewAt(cert *x509.Certificate) time.Time {
 	life := cert.NotAfter.Sub(cert.NotBefore)
@@ -223,7 +226,10 @@ func (r *renewer) renew(ctx context.Context) (err error) {
 			err = errors.Join(err, r.keys.discard(keyData))
 		}
 	}()
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	// Generous: when a whole network renews on an officer's call, the
+	// renewals queue at the controllers, and an answer given up on is a
+	// renewal done twice.
+	ctx, cancel := context.WithTimeout(ctx, renewTimeout)
 	defer cancel()
 	resp, err := r.client().Renew(ctx, api.RenewRequest{CSR: p.csr})
 	var se *api.StatusError

@@ -350,7 +350,7 @@ func (g *simGateway) renew(ctx context.Context, ev *event) error {
 	req := api.RenewRequest{CSR: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr.Raw}))}
 	var resp *api.RenewResponse
 	for try := 0; ; try++ {
-		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		rctx, cancel := context.WithTimeout(ctx, 2*time.Minute) // as the agent's renewTimeout
 		resp, err = g.clients[g.cur.Load()].Renew(rctx, req)
 		cancel()
 		if err == nil {
