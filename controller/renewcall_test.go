@@ -185,9 +185,10 @@ func TestRenewAll(t *testing.T) {
 		t.Fatal(err)
 	}
 	n = startNode(t, cfg)
-	if c := n.State().RenewCall(); c == nil || c.Reason != "intermediate re-keyed" {
-		t.Fatalf("call after restart: %+v", c)
-	}
+	waitUntil(t, 10*time.Second, "the call replayed after a restart", func() bool {
+		c := n.State().RenewCall()
+		return c != nil && c.Reason == "intermediate re-keyed"
+	})
 }
 
 // TestRenewRetryAfterLostAnswer: a gateway whose renewal committed but
