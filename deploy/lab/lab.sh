@@ -241,6 +241,15 @@ YAML
   ctl operator agency list -o json >"$LAB/agencies.json"
   ctl operator gateway list
 
+  say "officer: every gateway renews its certificate now, on its controller stream (govnetctl cert renew-all)"
+  ctl officer cert renew-all --reason "lab: re-issue the network's certificates"
+  renewed() {
+    ctl operator cert renew-all --status -o json >"$LAB/renew.json" || return 1
+    grep -Eq '"pending": 0($|,)' "$LAB/renew.json"
+  }
+  wait_for 60 "every gateway to renew its certificate" renewed
+  ctl operator cert renew-all --status
+
   say "flows over the overlay: expected by policy vs observed with real TCP connections"
   "$BIN/labtool" matrix --policy "$ROOT/deploy/lab/policy.yaml" --agencies "$LAB/agencies.json" \
     --gateways "$LAB/gateways.json" --ports 22,443,8080 --ns-prefix "$P" --timeout 2s

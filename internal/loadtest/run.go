@@ -540,6 +540,7 @@ type ack struct {
 	removed    map[string]time.Time // peer -> first view that removed it
 	renewedAt  time.Time            // a renewal on the controllers' call answered
 	renewed    *identity            // the identity it made
+	lastErr    string               // the last failure the worker reported
 }
 
 // tracker collects the workers' events.
@@ -565,6 +566,7 @@ func (t *tracker) add(ev event) {
 		t.acks[ev.G] = a
 	}
 	if ev.Err != "" {
+		a.lastErr = ev.Err
 		return // applied but never acknowledged (or not renewed): not counted
 	}
 	if ev.Renewed != "" {
@@ -634,7 +636,13 @@ func (t *tracker) waitAll(ctx context.Context, gws []string, timeout time.Durati
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("wait for %s: %w (%d of %d gateways missing, e.g. %s)", what, ctx.Err(), len(missing), len(gws), missing[0])
+			t.mu.Lock()
+			why := ""
+			if a := t.acks[missing[0]]; a != nil && a.lastErr != "" {
+				why = ": " + a.lastErr
+			}
+			t.mu.Unlock()
+			return fmt.Errorf("wait for %s: %w (%d of %d gateways missing, e.g. %s%s)", what, ctx.Err(), len(missing), len(gws), missing[0], why)
 		case <-ch:
 		}
 		select {

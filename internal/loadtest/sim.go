@@ -230,10 +230,12 @@ func (g *simGateway) watchLoop(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		var se *api.StatusError
-		if errors.As(err, &se) && se.Code == 403 {
-			return // revoked: the controller refuses it for good
+		if errors.Is(err, api.ErrConnectionsReset) {
+			continue // a renewal: the same node, the new certificate
 		}
+		// A refusal (403) is retried too, as the agent does: a stream
+		// of a certificate just renewed over HTTPS is refused until the
+		// new one is presented.
 		g.cur.Store((g.cur.Load() + 1) % int32(len(g.clients)))
 		if failures++; failures >= len(g.clients) {
 			failures = 0
