@@ -195,7 +195,8 @@ func TestRenewAll(t *testing.T) {
 // whose answer it never got still holds only its old certificate. It can
 // renew again with that one, for the key of the lost certificate only,
 // as many times as answers are lost; not with an older certificate, not
-// for another key, and not once revoked.
+// for another key, not once that certificate is revoked, and not once
+// the gateway is.
 func TestRenewRetryAfterLostAnswer(t *testing.T) {
 	cfg := testConfig(t)
 	n := startNode(t, cfg)
@@ -306,6 +307,14 @@ func TestRenewRetryAfterLostAnswer(t *testing.T) {
 	if _, err := api.NewClient("https://"+n.Addr().String(), gw2.tls).Renew(ctx, csrOf(k4)); err != nil {
 		t.Fatalf("gw2 retrying with its stream's certificate: %v", err)
 	}
+
+	// The certificate renewed from, revoked by its serial: no longer a
+	// way in, even for the current key.
+	if _, err := off.Revoke(ctx, api.RevokeRequest{Serial: s, Reason: "keyCompromise"}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = first.Renew(ctx, csrOf(k2))
+	wantStatus(t, err, 403, "is not gateway gw1's current certificate")
 
 	// Revoked: refused whatever is presented.
 	if _, err := off.Revoke(ctx, api.RevokeRequest{Gateway: "gw1", Reason: "keyCompromise"}); err != nil {

@@ -407,16 +407,19 @@ func (n *Node) revokeResponse(ctx context.Context, index uint64, gateway, serial
 // registry, never from the CSR.
 // handleRenew renews a gateway's certificate: with its current one, or
 // with the one before if the gateway renewed it and never got the answer
-// (a connection or a leader lost after the commit). That second way needs
-// a CSR for the key the current certificate certifies: the gateway
-// proves both keys, as in the renewal it repeats, and gets a new
-// certificate for that key.
+// (a connection or a leader lost after the commit), unless that one was
+// revoked. That second way needs a CSR for the key the current
+// certificate certifies: the gateway proves both keys, as in the renewal
+// it repeats, and gets a new certificate for that key.
 func (n *Node) handleRenew(w http.ResponseWriter, r *http.Request) {
 	leaf := clientLeaf(r)
 	id, status, err := n.admitGateway(leaf)
 	from := ""
 	if status == http.StatusForbidden {
-		if g, ok := n.State().Gateway(id.Name); ok && g.Status == api.StatusEnrolled && g.RenewedFrom != "" && g.RenewedFrom == ca.Serial(leaf) {
+		g, ok := n.State().Gateway(id.Name)
+		prev, known := n.State().Certificate(ca.Serial(leaf))
+		if ok && g.Status == api.StatusEnrolled && g.RenewedFrom != "" && g.RenewedFrom == ca.Serial(leaf) &&
+			(!known || prev.Status != api.CertRevoked) {
 			from, err = g.RenewedFrom, nil
 		}
 	}
