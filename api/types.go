@@ -60,11 +60,12 @@ type Gateway struct {
 	OverlayIP   netip.Addr     `json:"overlay_ip,omitzero"`
 	CertSerial  string         `json:"cert_serial,omitempty"`
 	CertExpires time.Time      `json:"cert_expires,omitzero"`
-	// RenewedFrom is the certificate the gateway renewed its current one
-	// from: a renewal whose answer was lost can be made again with it,
-	// for the same key (see POST /v1/renew).
-	RenewedFrom string  `json:"renewed_from,omitempty"`
-	Report      *Report `json:"report,omitempty"`
+	// RenewedFrom are the certificates (at most two) the gateway may
+	// still hold when it renewed its current one: a renewal whose answer
+	// was lost can be made again with one of them, for the same key (see
+	// POST /v1/renew).
+	RenewedFrom []string `json:"renewed_from,omitempty"`
+	Report      *Report  `json:"report,omitempty"`
 	// ExpectedDigest is the digest of the ruleset the gateway's current
 	// view compiles to; Ruleset compares the report with it: "ok",
 	// "mismatch" (the gateway's table is not what it was sent), or

@@ -296,10 +296,10 @@ type GatewayRenewRequest struct {
 	Gateway   string          `json:"gateway"`
 	OldSerial string          `json:"old_serial"`
 	Cert      api.Certificate `json:"cert"`
-	// From is the certificate the gateway is known to hold when it is
-	// not OldSerial: the one before, presented to retry a renewal whose
-	// answer was lost, or the one its stream was opened with, renewed on
-	// since. Gateway.RenewedFrom becomes From (else OldSerial).
+	// From is a certificate the gateway may hold other than OldSerial:
+	// the one before, presented to retry a renewal whose answer was
+	// lost, or the one its stream was opened with, renewed on since.
+	// Gateway.RenewedFrom becomes OldSerial and From.
 	From string `json:"from,omitempty"`
 }
 

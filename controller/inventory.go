@@ -1,7 +1,6 @@
 package controller
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -344,7 +343,10 @@ func (s *State) renewGateway(r *GatewayRenewRequest) {
 	g := s.gateways[r.Gateway]
 	s.addCert(r.Cert, r.At, r.Actor)
 	g.CertSerial, g.CertExpires = r.Cert.Serial, r.Cert.NotAfter
-	g.RenewedFrom = cmp.Or(r.From, r.OldSerial)
+	g.RenewedFrom = []string{r.OldSerial}
+	if r.From != "" && r.From != r.OldSerial {
+		g.RenewedFrom = append(g.RenewedFrom, r.From)
+	}
 }
 
 func (s *State) applyCRLPublish(r *CRLPublishRequest) error {

@@ -10,6 +10,7 @@ import (
 	"encoding/hex"
 	"encoding/pem"
 	"errors"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -251,7 +252,7 @@ func TestRenewRetryAfterLostAnswer(t *testing.T) {
 		t.Fatalf("renewal retried with the certificate before the current one: %v", err)
 	}
 	g, _ := op.Gateway(ctx, "gw1")
-	if g.CertSerial != again.Serial || g.RenewedFrom != s || again.Serial == lost.Serial {
+	if g.CertSerial != again.Serial || !slices.Contains(g.RenewedFrom, s) || again.Serial == lost.Serial {
 		t.Fatalf("after the retry: gateway %+v, lost %s, again %s", g, lost.Serial, again.Serial)
 	}
 	c, _ := op.Certificate(ctx, again.Serial)
@@ -271,9 +272,10 @@ func TestRenewRetryAfterLostAnswer(t *testing.T) {
 	_, err = api.NewClient("https://"+n.Addr().String(), tc).Renew(ctx, csrOf(k2))
 	wantStatus(t, err, 403, "is not gateway gw1's current certificate")
 	// gw2 renews twice on a stream opened with its first certificate S2
-	// (the stream stands for each new certificate in turn), and both
-	// answers are lost: S2 still renews, for the key the last one
-	// certified.
+	// (the stream stands for each new certificate in turn). Whether both
+	// answers were lost (gw2 holds S2) or only the second (it holds the
+	// first renewed certificate), what it holds renews, for the key the
+	// last one certified.
 	s2Chain, _ := ca.ParsePEM([]byte(gw2.resp.Certificate))
 	s2 := ca.Serial(s2Chain[0])
 	onStream := api.NewClient("https://"+n.Addr().String(), gw2.tls)
@@ -289,13 +291,16 @@ func TestRenewRetryAfterLostAnswer(t *testing.T) {
 		t.Fatal("no view on gw2's stream")
 	}
 	k4, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	var onStreamAnswers []*api.RenewResponse
 	for range 2 {
-		if _, err := onStream.Renew(ctx, csrOf(k4)); err != nil {
+		rr, err := onStream.Renew(ctx, csrOf(k4))
+		if err != nil {
 			t.Fatal(err)
 		}
+		onStreamAnswers = append(onStreamAnswers, rr)
 	}
 	g2, _ := op.Gateway(ctx, "gw2")
-	if g2.RenewedFrom != s2 {
+	if !slices.Contains(g2.RenewedFrom, s2) {
 		t.Fatalf("gw2 renewed twice on its stream: renewed from %s, want its stream's %s", g2.RenewedFrom, s2)
 	}
 	n.streams.mu.Lock()
@@ -304,8 +309,46 @@ func TestRenewRetryAfterLostAnswer(t *testing.T) {
 	if stood != g2.CertSerial {
 		t.Fatalf("gw2's stream stands for %s, want the current %s (the renewals went over HTTP?)", stood, g2.CertSerial)
 	}
-	if _, err := api.NewClient("https://"+n.Addr().String(), gw2.tls).Renew(ctx, csrOf(k4)); err != nil {
-		t.Fatalf("gw2 retrying with its stream's certificate: %v", err)
+	// Had only the second answer been lost, gw2 would hold the first
+	// renewed certificate: that one works too.
+	bChain, _ := ca.ParsePEM([]byte(onStreamAnswers[0].Certificate))
+	bTLS := gw2.tls.Clone()
+	bTLS.Certificates = []tls.Certificate{{Certificate: [][]byte{bChain[0].Raw, bChain[1].Raw}, PrivateKey: k4}}
+	if !slices.Contains(g2.RenewedFrom, onStreamAnswers[0].Serial) {
+		t.Fatalf("renewed from %v, want the stream's %s and %s", g2.RenewedFrom, s2, onStreamAnswers[0].Serial)
+	}
+	if _, err := api.NewClient("https://"+n.Addr().String(), bTLS).Renew(ctx, csrOf(k4)); err != nil {
+		t.Fatalf("gw2 retrying with the certificate of its first renewal: %v", err)
+	}
+
+	// An attempt and its retry in flight at once (a retry over HTTPS
+	// while the stream that carried the first still signs): both were
+	// admitted with the current certificate; the one that commits second
+	// renews from it, and neither is refused.
+	if _, err := op.AddGateway(ctx, api.Gateway{ID: "gw3", Agency: "000.00.00.H29"}); err != nil {
+		t.Fatal(err)
+	}
+	tr3, err := off.IssueToken(ctx, "gw3", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw3, err := enroll(t, cfg, n, tr3.Token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k5, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	req5 := csrOf(k5)
+	errs := make(chan error, 2)
+	for range 2 {
+		go func() {
+			_, err := api.NewClient("https://"+n.Addr().String(), gw3.tls).Renew(ctx, req5)
+			errs <- err
+		}()
+	}
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatalf("a renewal and its retry at once: %v", err)
+		}
 	}
 
 	// The certificate renewed from, revoked by its serial: no longer a

@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"crypto/x509"
@@ -12,6 +13,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -418,9 +420,9 @@ func (n *Node) handleRenew(w http.ResponseWriter, r *http.Request) {
 	if status == http.StatusForbidden {
 		g, ok := n.State().Gateway(id.Name)
 		prev, known := n.State().Certificate(ca.Serial(leaf))
-		if ok && g.Status == api.StatusEnrolled && g.RenewedFrom != "" && g.RenewedFrom == ca.Serial(leaf) &&
+		if ok && g.Status == api.StatusEnrolled && slices.Contains(g.RenewedFrom, ca.Serial(leaf)) &&
 			(!known || prev.Status != api.CertRevoked) {
-			from, err = g.RenewedFrom, nil
+			from, err = ca.Serial(leaf), nil
 		}
 	}
 	if err != nil {
@@ -482,6 +484,15 @@ func (n *Node) renewGateway(ctx context.Context, gateway, presented, from, held 
 		issued(rec.Serial)
 	}
 	err = n.renewals.Record(ctx, GatewayRenewRequest{Meta: n.meta("gateway:" + g.ID), Gateway: g.ID, OldSerial: old, Cert: rec, From: held})
+	if errors.Is(err, ErrForbidden) && from == "" {
+		// Another renewal made with the same certificate committed
+		// first: the attempt this one repeats, whose answer is lost (a
+		// stream that died, a retry over HTTPS). Renew from it, for the
+		// key that renewal certified.
+		if g2, ok := n.State().Gateway(gateway); ok && g2.Status == api.StatusEnrolled && slices.Contains(g2.RenewedFrom, presented) {
+			return n.renewGateway(ctx, gateway, presented, presented, cmp.Or(held, presented), req, issued)
+		}
+	}
 	if err != nil {
 		return nil, nil, err
 	}

@@ -354,7 +354,7 @@ func (s *State) applyGatewayEnroll(r *GatewayEnrollRequest) error {
 	if r.Endpoint != "" {
 		g.Endpoint = r.Endpoint
 	}
-	g.CertSerial, g.RenewedFrom = r.CertSerial, ""
+	g.CertSerial, g.RenewedFrom = r.CertSerial, nil
 	g.CertExpires = r.CertExpires
 	g.Status = api.StatusEnrolled
 	return nil
