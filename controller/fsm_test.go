@@ -72,7 +72,7 @@ func history() []struct {
 		{CmdGatewayReports, &GatewayReportsRequest{Meta: meta("node:ctl1"), Reports: []GatewayReportRequest{
 			{Meta: meta("gateway:gw1"), Gateway: "gw1", Report: api.Report{PolicyVersion: 1, RaftIndex: 10, RulesetDigest: "sha256:y"}}}}},
 		{CmdGatewayRefreshes, &GatewayReportsRequest{Meta: meta("node:ctl2"), Reports: []GatewayReportRequest{
-			{Meta: Meta{Actor: "gateway:gw1", At: t0.Add(time.Minute)}, Gateway: "gw1", Report: api.Report{PolicyVersion: 1, RaftIndex: 10, RulesetDigest: "sha256:y", Peers: 1}}}}},
+			{Meta: Meta{Actor: "gateway:gw1", At: t0.Add(time.Minute)}, Gateway: "gw1", Report: api.Report{PolicyVersion: 1, RaftIndex: 10, RulesetDigest: "sha256:y", LastHandshake: t0}}}}},
 		{CmdStateRestored, &StateRestoredRequest{Meta: meta("off"), BackupSHA256: "ab", BackupIndex: 7}},
 		{CmdRenewCall, &RenewCallRequest{Meta: meta("off"), Reason: "intermediate re-keyed"}},
 		// The registry's operations (controller/agency.go): a province
@@ -173,7 +173,7 @@ func TestSnapshotRoundTrip(t *testing.T) {
 		t.Fatalf("token from the approved request: %+v", tok)
 	}
 	gw, _ := f.State().Gateway("gw1")
-	if gw.Status != api.StatusEnrolled || gw.OverlayIP != netip.MustParseAddr("100.64.0.1") || !gw.Report.At.Equal(t0.Add(time.Minute)) || gw.Report.Peers != 1 {
+	if gw.Status != api.StatusEnrolled || gw.OverlayIP != netip.MustParseAddr("100.64.0.1") || !gw.Report.At.Equal(t0.Add(time.Minute)) || !gw.Report.LastHandshake.Equal(t0) {
 		t.Fatalf("gw1 %+v", gw)
 	}
 	// The inventory: gw2 enrolled with 2a (token asked by op, approved by
@@ -443,7 +443,8 @@ func TestEnrollIndexesSurviveRestore(t *testing.T) {
 
 // TestRefreshNeverOvertakes: a held refresh committed after a newer
 // report (one that changed something, committed at once) leaves the
-// newer one in place; a newer refresh moves the report's time on.
+// newer one in place; a newer refresh that says the same moves the
+// report's time on, and one that says something else changes nothing.
 func TestRefreshNeverOvertakes(t *testing.T) {
 	f := NewFSM(slog.Default(), nil)
 	var i uint64
@@ -468,5 +469,11 @@ func TestRefreshNeverOvertakes(t *testing.T) {
 	apply(CmdGatewayRefreshes, &GatewayReportsRequest{Meta: meta("node:ctl2"), Reports: []GatewayReportRequest{report(3*time.Minute, "sha256:new")}})
 	if rep := f.State().gatewayReport("gw1"); !rep.At.Equal(t0.Add(3 * time.Minute)) {
 		t.Fatalf("a newer refresh was not applied: %+v", rep)
+	}
+	// A newer refresh that says something else (taken on a node whose
+	// clock runs ahead, before a changed report): the report stays.
+	apply(CmdGatewayRefreshes, &GatewayReportsRequest{Meta: meta("node:ctl3"), Reports: []GatewayReportRequest{report(4*time.Minute, "sha256:other")}})
+	if rep := f.State().gatewayReport("gw1"); rep.RulesetDigest != "sha256:new" || !rep.At.Equal(t0.Add(3*time.Minute)) {
+		t.Fatalf("a refresh saying something else changed the report: %+v", rep)
 	}
 }

@@ -17,7 +17,8 @@ import (
 // few tens of milliseconds, and every raft snapshot copied the audit
 // chain they grew. A node now answers a refresh at once and commits the
 // refreshes it received together, every reportFlush, as one
-// CmdGatewayRefreshes entry per maxRefreshBatch gateways. A report that
+// CmdGatewayRefreshes entry per maxRefreshBatch gateways, which moves on
+// only the times of a report that still says the same. A report that
 // changes what the state records (the applied view, the ruleset digest,
 // the number of peers) is committed at once, as before.
 

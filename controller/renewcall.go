@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/govnet/govnet/api"
@@ -56,11 +57,16 @@ func (s *State) RenewCall() *api.RenewCall {
 }
 
 // renewDue says whether the certificate serial predates the last renewal
-// call (or is not in the inventory), and if so the call's reason.
-func (s *State) renewDue(serial string) (reason string, due bool) {
+// call (or is not in the inventory), and if so the call's reason and
+// time.
+func (s *State) renewDue(serial string) (reason string, call time.Time, due bool) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	return s.renewDueLocked(serial)
+	reason, due = s.renewDueLocked(serial)
+	if due {
+		call = s.renewCall.At
+	}
+	return reason, call, due
 }
 
 func (s *State) renewDueLocked(serial string) (string, bool) {
@@ -115,20 +121,21 @@ func (n *Node) handleRenewAllStatus(w http.ResponseWriter, r *http.Request, _ ca
 }
 
 // callRenewal tells st's gateway to renew its certificate if it predates
-// the last renewal call and the gateway was not told on this stream yet;
+// the last renewal call and the gateway was not told of that call on this
+// stream yet;
 // false ends the stream (a failed write). Only the sender on st calls it.
 func (s *streamSender) callRenewal(st *gwStream) bool {
-	if !st.renewCalls || st.renewTold {
+	if !st.renewCalls {
 		return true
 	}
 	serial, _ := st.cert()
-	reason, due := s.n.State().renewDue(serial)
-	if !due {
+	reason, call, due := s.n.State().renewDue(serial)
+	if !due || st.told.Equal(call) {
 		return true
 	}
 	if st.out.event(api.WatchEvent{Renew: reason}) != nil {
 		return false
 	}
-	st.renewTold = true
+	st.told = call
 	return true
 }

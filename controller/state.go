@@ -409,8 +409,9 @@ func (s *State) applyGatewayReport(r *GatewayReportRequest) error {
 
 // applyGatewayRefreshes applies a node's held refreshes (reports that
 // changed nothing but their time when the node took them), all or none:
-// each only if it is newer than the report the gateway has, which a
-// report committed at once may have overtaken.
+// each moves the report's times on, only if it is newer than the report
+// the gateway has and says the same (a report committed at once may have
+// overtaken it).
 func (s *State) applyGatewayRefreshes(r *GatewayReportsRequest) error {
 	if len(r.Reports) == 0 {
 		return fmt.Errorf("%w: an empty batch of report refreshes", ErrBadRequest)
@@ -422,8 +423,17 @@ func (s *State) applyGatewayRefreshes(r *GatewayReportsRequest) error {
 	}
 	for i := range r.Reports {
 		rep := &r.Reports[i]
-		if cur := s.gateways[rep.Gateway].Report; cur == nil || cur.At.Before(rep.At) {
+		g := s.gateways[rep.Gateway]
+		switch cur := g.Report; {
+		case cur == nil:
 			s.applyGatewayReport(rep)
+		case cur.At.Before(rep.At) && sameReport(cur, rep.Report):
+			// Only the times move: what the report says stays that of
+			// the last report committed (a refresh taken on another node
+			// whose clock runs ahead carries nothing newer).
+			next := *cur
+			next.At, next.LastHandshake = rep.At, rep.Report.LastHandshake
+			g.Report = &next
 		}
 	}
 	return nil

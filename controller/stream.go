@@ -131,9 +131,9 @@ type gwStream struct {
 	gone     bool      // ended: nothing more is sent
 
 	// Only the sender that is on it (busy) touches these.
-	since     uint64   // raft index of the view the gateway has
-	sent      *hubView // the view it has, when this stream sent it
-	renewTold bool     // the gateway was asked to renew on this stream
+	since uint64    // raft index of the view the gateway has
+	sent  *hubView  // the view it has, when this stream sent it
+	told  time.Time // the renewal call the gateway was told of on this stream
 }
 
 // streamSender writes views and heartbeats to the node's gateway
