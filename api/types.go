@@ -297,8 +297,11 @@ type Certificate struct {
 	Requester string    `json:"requester,omitempty"`
 	Approver  string    `json:"approver,omitempty"` // four-eyes: who approved the request behind it
 	Issued    time.Time `json:"issued,omitzero"`    // when the inventory recorded it (leader's clock)
-	Status    string    `json:"status"`
-	RevokedAt time.Time `json:"revoked_at,omitzero"`
+	// IssuedIndex is the raft index of the command that recorded it; 0
+	// in records made before it was kept.
+	IssuedIndex uint64    `json:"issued_index,omitempty"`
+	Status      string    `json:"status"`
+	RevokedAt   time.Time `json:"revoked_at,omitzero"`
 	// Reason is the RFC 5280 CRLReason code of a revoked certificate;
 	// ReasonName its name.
 	Reason     int    `json:"reason,omitempty"`
@@ -311,9 +314,10 @@ type Certificate struct {
 // change of the CA, for example. The controllers tell each gateway over
 // its stream (StreamProtoRenew), at once or when it next connects.
 type RenewCall struct {
-	At     time.Time `json:"at"`     // stamped by the controller
-	Actor  string    `json:"actor"`  // the officer who made it
-	Reason string    `json:"reason"` // why; sent to the gateways
+	At     time.Time `json:"at"`              // stamped by the controller
+	Index  uint64    `json:"index,omitempty"` // the raft index that recorded it
+	Actor  string    `json:"actor"`           // the officer who made it
+	Reason string    `json:"reason"`          // why; sent to the gateways
 }
 
 // RenewCallStatus is the last renewal call, if any, and how far it got:

@@ -190,7 +190,7 @@ func (s *State) addCert(c api.Certificate, at time.Time, actor string) {
 	c.SANs = slices.Clone(c.SANs)
 	c.Status = api.CertValid
 	c.RevokedAt, c.Reason, c.ReasonName, c.RevokedBy = time.Time{}, 0, "", ""
-	c.Issued = at
+	c.Issued, c.IssuedIndex = at, s.applying
 	if c.Requester == "" {
 		c.Requester = actor
 	}

@@ -41,7 +41,7 @@ func (s *State) applyRenewCall(r *RenewCallRequest) error {
 	case len(reason) > maxRenewReason || !utf8.ValidString(reason) || strings.ContainsAny(reason, "\n\r"):
 		return fmt.Errorf("%w: reason: one line of UTF-8, at most %d bytes", ErrBadRequest, maxRenewReason)
 	}
-	s.renewCall = &api.RenewCall{At: r.At, Actor: r.Actor, Reason: reason}
+	s.renewCall = &api.RenewCall{At: r.At, Index: s.applying, Actor: r.Actor, Reason: reason}
 	return nil
 }
 
@@ -73,8 +73,18 @@ func (s *State) renewDueLocked(serial string) (string, bool) {
 	if s.renewCall == nil {
 		return "", false
 	}
-	if c := s.certs[serial]; c != nil && !c.Issued.Before(s.renewCall.At) {
-		return "", false
+	// Raft order decides, not the clocks of the nodes that stamped the
+	// call and the certificate; the times only for records made before
+	// the indexes were kept.
+	if c := s.certs[serial]; c != nil {
+		switch {
+		case c.IssuedIndex != 0 && s.renewCall.Index != 0:
+			if c.IssuedIndex > s.renewCall.Index {
+				return "", false
+			}
+		case !c.Issued.Before(s.renewCall.At):
+			return "", false
+		}
 	}
 	return s.renewCall.Reason, true
 }

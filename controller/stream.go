@@ -419,7 +419,11 @@ func (n *Node) streamRenew(st *gwStream, sr api.StreamReport) api.WatchEvent {
 	if serial != st.opened {
 		held = st.opened
 	}
-	resp, cert, err := n.renewGateway(context.Background(), st.gateway, serial, "", held, *sr.Renew, func(serial string) {
+	// Bounded as the agent's wait for the answer is: past it, the
+	// gateway has given up on this attempt.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	resp, cert, err := n.renewGateway(ctx, st.gateway, serial, "", held, *sr.Renew, func(serial string) {
 		st.certMu.Lock()
 		st.pending = serial
 		st.certMu.Unlock()
