@@ -56,6 +56,11 @@ type Config struct {
 	// chain's head and records the checkpoint in the replicated state
 	// (when the chain has grown since the last one); 0 means one hour.
 	AuditCheckpointEvery time.Duration `yaml:"audit_checkpoint_every,omitempty"`
+	// ReportFlush is how often the node commits the report refreshes it
+	// answered (controller/refresh.go): how late "last reported" can
+	// show on the other nodes, so keep it well under the coverage
+	// window. 0 means 30 s.
+	ReportFlush time.Duration `yaml:"report_flush,omitempty"`
 }
 
 // RaftConfig tunes failure detection. Followers start an election after
@@ -153,6 +158,9 @@ func WriteConfig(path string, cfg Config) error {
 // Validate checks every key and says which one is wrong.
 func (c Config) Validate() error {
 	var errs []error
+	if c.ReportFlush < 0 {
+		errs = append(errs, fmt.Errorf("report_flush %s: want a positive duration, or 0 for %s", c.ReportFlush, reportFlush))
+	}
 	if !validID(c.Node) {
 		errs = append(errs, fmt.Errorf("node %q: use 1-63 lowercase letters, digits and '-'", c.Node))
 	}

@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"cmp"
 	"context"
 	"maps"
 	"slices"
@@ -22,7 +23,8 @@ import (
 // changes what the state records (the applied view, the ruleset digest,
 // the number of peers) is committed at once, as before.
 
-// reportFlush is how long a refresh waits on its node before it is
+// reportFlush (config report_flush) is how long a refresh waits on its
+// node before it is
 // committed: how much later than the gateway's report a "last reported"
 // time can show on the other nodes (the coverage report's window is
 // minutes). A node commits what it holds as it stops; one that is
@@ -69,7 +71,7 @@ func (r *refresher) record(req GatewayReportRequest) bool {
 // run commits the held refreshes every reportFlush, and once more when
 // ctx ends (the node is stopping), for at most a second.
 func (r *refresher) run(ctx context.Context) {
-	t := time.NewTicker(reportFlush)
+	t := time.NewTicker(cmp.Or(r.n.cfg.ReportFlush, reportFlush))
 	defer t.Stop()
 	for {
 		select {
