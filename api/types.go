@@ -4,6 +4,7 @@
 package api
 
 import (
+	"encoding/json"
 	"net/netip"
 	"time"
 )
@@ -64,14 +65,32 @@ type Gateway struct {
 	// still hold when it renewed its current one: a renewal whose answer
 	// was lost can be made again with one of them, for the same key (see
 	// POST /v1/renew).
-	RenewedFrom []string `json:"renewed_from,omitempty"`
-	Report      *Report  `json:"report,omitempty"`
+	RenewedFrom Serials `json:"renewed_from,omitempty"`
+	Report      *Report `json:"report,omitempty"`
 	// ExpectedDigest is the digest of the ruleset the gateway's current
 	// view compiles to; Ruleset compares the report with it: "ok",
 	// "mismatch" (the gateway's table is not what it was sent), or
 	// "pending" (no report yet for the current view).
 	ExpectedDigest string `json:"expected_digest,omitempty"`
 	Ruleset        string `json:"ruleset,omitempty"`
+}
+
+// Serials is a list of certificate serials. It also reads a single
+// serial as a string, the form Gateway.renewed_from had in the builds of
+// 23 November that introduced it (their snapshots must restore).
+type Serials []string
+
+// UnmarshalJSON reads a list of serials, or one serial.
+func (s *Serials) UnmarshalJSON(b []byte) error {
+	var one string
+	if err := json.Unmarshal(b, &one); err == nil {
+		*s = nil
+		if one != "" {
+			*s = Serials{one}
+		}
+		return nil
+	}
+	return json.Unmarshal(b, (*[]string)(s))
 }
 
 // Ruleset attestation states of a gateway (Gateway.Ruleset).
