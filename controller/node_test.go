@@ -320,6 +320,24 @@ func TestControllerEnrollWatchRestart(t *testing.T) {
 	wantStatus(t, err, 403, "already used")
 }
 
+// enrollNew registers gateway id under agency (operator op), has officer
+// off issue its token and enrolls it.
+func enrollNew(t *testing.T, ctx context.Context, cfg Config, n *Node, op, off *api.Client, id, agency string) *enrolled {
+	t.Helper()
+	if _, err := op.AddGateway(ctx, api.Gateway{ID: id, Agency: agency}); err != nil {
+		t.Fatal(err)
+	}
+	tr, err := off.IssueToken(ctx, id, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := enroll(t, cfg, n, tr.Token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
 // rebase points an enrolled gateway's client at a restarted node.
 func rebase(t *testing.T, e *enrolled, n *Node) *api.Client {
 	t.Helper()

@@ -39,16 +39,7 @@ func TestRenewAll(t *testing.T) {
 	}
 	gws := map[string]*enrolled{}
 	for _, id := range []string{"gw1", "gw2"} {
-		if _, err := op.AddGateway(ctx, api.Gateway{ID: id, Agency: "000.00.00.H29"}); err != nil {
-			t.Fatal(err)
-		}
-		tr, err := off.IssueToken(ctx, id, time.Minute)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if gws[id], err = enroll(t, cfg, n, tr.Token); err != nil {
-			t.Fatal(err)
-		}
+		gws[id] = enrollNew(t, ctx, cfg, n, op, off, id, "000.00.00.H29")
 	}
 
 	// watch holds c's stream until ctx ends, and passes on renewal calls.
@@ -208,28 +199,8 @@ func TestRenewRetryAfterLostAnswer(t *testing.T) {
 	if _, err := op.AddAgency(ctx, api.Agency{Code: "000.00.00.H29", Name: "a"}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := op.AddGateway(ctx, api.Gateway{ID: "gw1", Agency: "000.00.00.H29"}); err != nil {
-		t.Fatal(err)
-	}
-	tr, err := off.IssueToken(ctx, "gw1", time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
-	gw, err := enroll(t, cfg, n, tr.Token)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := op.AddGateway(ctx, api.Gateway{ID: "gw2", Agency: "000.00.00.H29"}); err != nil {
-		t.Fatal(err)
-	}
-	tr2, err := off.IssueToken(ctx, "gw2", time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
-	gw2, err := enroll(t, cfg, n, tr2.Token)
-	if err != nil {
-		t.Fatal(err)
-	}
+	gw := enrollNew(t, ctx, cfg, n, op, off, "gw1", "000.00.00.H29")
+	gw2 := enrollNew(t, ctx, cfg, n, op, off, "gw2", "000.00.00.H29")
 	first := gw.client // holds the enrollment certificate, S
 	enrolledChain, _ := ca.ParsePEM([]byte(gw.resp.Certificate))
 	s := ca.Serial(enrolledChain[0])
@@ -325,17 +296,7 @@ func TestRenewRetryAfterLostAnswer(t *testing.T) {
 	// while the stream that carried the first still signs): both were
 	// admitted with the current certificate; the one that commits second
 	// renews from it, and neither is refused.
-	if _, err := op.AddGateway(ctx, api.Gateway{ID: "gw3", Agency: "000.00.00.H29"}); err != nil {
-		t.Fatal(err)
-	}
-	tr3, err := off.IssueToken(ctx, "gw3", time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
-	gw3, err := enroll(t, cfg, n, tr3.Token)
-	if err != nil {
-		t.Fatal(err)
-	}
+	gw3 := enrollNew(t, ctx, cfg, n, op, off, "gw3", "000.00.00.H29")
 	k5, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	req5 := csrOf(k5)
 	errs := make(chan error, 2)

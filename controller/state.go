@@ -413,13 +413,8 @@ func (s *State) applyGatewayReport(r *GatewayReportRequest) error {
 // the gateway has and says the same (a report committed at once may have
 // overtaken it).
 func (s *State) applyGatewayRefreshes(r *GatewayReportsRequest) error {
-	if len(r.Reports) == 0 {
-		return fmt.Errorf("%w: an empty batch of report refreshes", ErrBadRequest)
-	}
-	for i := range r.Reports {
-		if _, ok := s.gateways[r.Reports[i].Gateway]; !ok {
-			return fmt.Errorf("%w: gateway %s", ErrNotFound, r.Reports[i].Gateway)
-		}
+	if err := s.checkReports(r, "report refreshes"); err != nil {
+		return err
 	}
 	for i := range r.Reports {
 		rep := &r.Reports[i]
@@ -454,16 +449,25 @@ func (s *State) gatewayReport(id string) *api.Report {
 
 // applyGatewayReports applies a batch of reports, all or none.
 func (s *State) applyGatewayReports(r *GatewayReportsRequest) error {
+	if err := s.checkReports(r, "reports"); err != nil {
+		return err
+	}
+	for i := range r.Reports {
+		s.applyGatewayReport(&r.Reports[i])
+	}
+	return nil
+}
+
+// checkReports says whether a batch of reports (what, in errors) may
+// apply: it is not empty and names only registered gateways.
+func (s *State) checkReports(r *GatewayReportsRequest, what string) error {
 	if len(r.Reports) == 0 {
-		return fmt.Errorf("%w: an empty batch of reports", ErrBadRequest)
+		return fmt.Errorf("%w: an empty batch of %s", ErrBadRequest, what)
 	}
 	for i := range r.Reports {
 		if _, ok := s.gateways[r.Reports[i].Gateway]; !ok {
 			return fmt.Errorf("%w: gateway %s", ErrNotFound, r.Reports[i].Gateway)
 		}
-	}
-	for i := range r.Reports {
-		s.applyGatewayReport(&r.Reports[i])
 	}
 	return nil
 }

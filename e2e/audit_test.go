@@ -16,12 +16,7 @@ import (
 func TestAuditCLI(t *testing.T) {
 	l := newLab(t)
 	l.initController()
-	f, err := os.OpenFile(l.path("govnetd.yaml"), os.O_APPEND|os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.WriteString("audit_checkpoint_every: 200ms\n")
-	f.Close()
+	l.configure("audit_checkpoint_every: 200ms")
 	l.startController()
 	l.mustCtl("op", "agency", "add", "000.00.00.H29", "--name", "Quảng Ninh")
 

@@ -94,6 +94,21 @@ func (l *lab) attach(ns *netnstest.NS, addr string) {
 
 func (l *lab) path(name string) string { return filepath.Join(l.dir, name) }
 
+// configure appends lines to the controller's config, between
+// initController and startController.
+func (l *lab) configure(lines ...string) {
+	f, err := os.OpenFile(l.path("govnetd.yaml"), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	defer f.Close()
+	for _, line := range lines {
+		if _, err := f.WriteString(line + "\n"); err != nil {
+			l.t.Fatal(err)
+		}
+	}
+}
+
 // startController initialises (once) and starts govnetd.
 func (l *lab) startController() {
 	l.initController()

@@ -36,12 +36,7 @@ func TestCoverageReport(t *testing.T) {
 	l.initController()
 	// The test's window is seconds: the node commits the agents'
 	// unchanged reports (every second here) at least as often.
-	f, err := os.OpenFile(l.path("govnetd.yaml"), os.O_APPEND|os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.WriteString("report_flush: 500ms\n")
-	f.Close()
+	l.configure("report_flush: 500ms")
 	l.startController()
 	for _, a := range [][2]string{
 		{"000.00.00.H29", "Ủy ban nhân dân tỉnh Quảng Ninh"},
