@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -219,6 +220,17 @@ func TestControllerEnrollWatchRestart(t *testing.T) {
 	}
 	_, err = enroll(t, cfg, n, short.Token)
 	wantStatus(t, err, 403, "expired")
+
+	// A CSR whose signature does not verify is refused and burns no
+	// token: gw2 enrolls with the same token next.
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	csr, _ := ca.NewCSR(key, "x")
+	forged := bytes.Clone(csr.Raw)
+	forged[len(forged)-1] ^= 0x01 // the last byte of the signature's s
+	wg, _ := wgtypes.GeneratePrivateKey()
+	_, err = client(t, cfg, n, "", "").Enroll(ctx, api.EnrollRequest{Token: tokens["gw2"], PublicKey: wg.PublicKey().String(),
+		CSR: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: forged}))})
+	wantStatus(t, err, 400, "signature does not verify")
 
 	gw2, err := enroll(t, cfg, n, tokens["gw2"])
 	if err != nil {

@@ -451,7 +451,7 @@ func (n *Node) handleRenew(w http.ResponseWriter, r *http.Request) {
 // lost answer can be retried with. issued, if set, learns the new serial
 // before it is committed.
 func (n *Node) renewGateway(ctx context.Context, gateway, presented, from, held string, req api.RenewRequest, issued func(serial string)) (*api.RenewResponse, *x509.Certificate, error) {
-	csr, err := ca.ParseCSR([]byte(req.CSR))
+	csr, err := ca.ReadCSR([]byte(req.CSR))
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: csr: %w", ErrBadRequest, err)
 	}

@@ -218,10 +218,20 @@ func TestRevokeCRLOCSPAndRenew(t *testing.T) {
 	_, err = off.Revoke(ctx, api.RevokeRequest{Serial: leaf["gw1"]})
 	wantStatus(t, err, 409, "already revoked")
 
-	// Renewal: gw2 gets a new certificate; the old one is refused from
-	// then on, the new one works.
+	// A CSR whose signature does not verify is refused and changes
+	// nothing (the renewal path leaves the check to CA.Issue).
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	csr, _ := ca.NewCSR(key, "anything")
+	forged := bytes.Clone(csr.Raw)
+	forged[len(forged)-1] ^= 0x01 // the last byte of the signature's s
+	_, err = gws["gw2"].client.Renew(ctx, api.RenewRequest{CSR: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: forged}))})
+	wantStatus(t, err, 400, "signature does not verify")
+	if g, _ := op.Gateway(ctx, "gw2"); g.CertSerial != leaf["gw2"] {
+		t.Fatalf("gw2 after a forged CSR: serial %s, want %s", g.CertSerial, leaf["gw2"])
+	}
+
+	// Renewal: gw2 gets a new certificate; the old one is refused from
+	// then on, the new one works.
 	rr, err := gws["gw2"].client.Renew(ctx, api.RenewRequest{CSR: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr.Raw}))})
 	if err != nil {
 		t.Fatal(err)

@@ -292,7 +292,7 @@ func (n *Node) handleEnroll(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "public_key: not a base64 WireGuard key")
 		return
 	}
-	csr, err := ca.ParseCSR([]byte(req.CSR))
+	csr, err := ca.ReadCSR([]byte(req.CSR))
 	if err != nil {
 		writeError(w, http.StatusBadRequest, "csr: "+err.Error())
 		return

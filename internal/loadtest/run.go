@@ -315,6 +315,7 @@ func reissue(ctx context.Context, c *Cluster, dir string, fleet *Fleet, tr *trac
 			err = os.WriteFile(ready, mark, 0o600)
 		}
 	}()
+	logf("re-issue: calling on every gateway to renew")
 	t0 := time.Now()
 	if _, err := c.Officer.RenewAll(ctx, "load test: re-issue every gateway certificate"); err != nil {
 		return fmt.Errorf("renewal call: %w", err)
