@@ -477,3 +477,27 @@ func TestRefreshNeverOvertakes(t *testing.T) {
 		t.Fatalf("a refresh saying something else changed the report: %+v", rep)
 	}
 }
+
+// TestInContact: a node takes refreshes (answers them before they are
+// committed) only while it leads or has heard from a leader lately.
+func TestInContact(t *testing.T) {
+	now := time.Now()
+	hb := time.Second
+	for _, tc := range []struct {
+		name string
+		st   raft.RaftState
+		last time.Time
+		want bool
+	}{
+		{"leader", raft.Leader, time.Time{}, true},
+		{"follower, heard lately", raft.Follower, now.Add(-300 * time.Millisecond), true},
+		{"follower, cut off", raft.Follower, now.Add(-3 * time.Second), false},
+		{"follower, never heard", raft.Follower, time.Time{}, false},
+		{"candidate", raft.Candidate, now, false},
+		{"shut down", raft.Shutdown, now, false},
+	} {
+		if got := inContact(tc.st, tc.last, now, hb); got != tc.want {
+			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/govnet/govnet/api"
+	"github.com/hashicorp/raft"
 )
 
 // Reports that change nothing. An agent reports after every change and,
@@ -51,10 +52,16 @@ func sameReport(cur *api.Report, rep api.Report) bool {
 }
 
 // record takes req as a refresh if the state already records what it
-// says, and reports whether it did. Otherwise any refresh the node holds
+// says and the node is in touch with the leader, and reports whether it
+// did. Otherwise any refresh the node holds
 // for the gateway is dropped: the report about to be committed is newer.
 func (r *refresher) record(req GatewayReportRequest) bool {
-	same := sameReport(r.n.State().gatewayReport(req.Gateway), req.Report)
+	// A node cut off from the leader takes no refresh: answering one
+	// says that the cluster will know the gateway is there, which such
+	// a node cannot promise. The report is then committed at once, which
+	// fails there, and the gateway moves to another node.
+	same := inContact(r.n.raft.State(), r.n.raft.LastContact(), time.Now(), r.n.cfg.Raft.withDefaults().HeartbeatTimeout) &&
+		sameReport(r.n.State().gatewayReport(req.Gateway), req.Report)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if !same {
@@ -130,4 +137,18 @@ func (r *refresher) commit(ctx context.Context, batch []GatewayReportRequest) er
 		return nil
 	}
 	return err
+}
+
+// inContact says whether a node in raft state st, which last heard from
+// a leader at last, is in touch with the cluster at now: it leads (a
+// leader cut off from the others steps down within its lease), or it
+// follows and heard from the leader within two heartbeat timeouts.
+func inContact(st raft.RaftState, last, now time.Time, heartbeat time.Duration) bool {
+	switch st {
+	case raft.Leader:
+		return true
+	case raft.Follower:
+		return !last.IsZero() && now.Sub(last) < 2*heartbeat
+	}
+	return false
 }

@@ -132,7 +132,8 @@ func (n *Node) handleRenewAllStatus(w http.ResponseWriter, r *http.Request, _ ca
 
 // callRenewal tells st's gateway to renew its certificate if it predates
 // the last renewal call and the gateway was not told of that call on this
-// stream yet;
+// stream with that certificate yet (it may have renewed for an earlier
+// call while this one was made);
 // false ends the stream (a failed write). Only the sender on st calls it.
 func (s *streamSender) callRenewal(st *gwStream) bool {
 	if !st.renewCalls {
@@ -140,12 +141,13 @@ func (s *streamSender) callRenewal(st *gwStream) bool {
 	}
 	serial, _ := st.cert()
 	reason, call, due := s.n.State().renewDue(serial)
-	if !due || st.told.Equal(call) {
+	told := renewTold{call: call, serial: serial}
+	if !due || (st.told.call.Equal(told.call) && st.told.serial == told.serial) {
 		return true
 	}
 	if st.out.event(api.WatchEvent{Renew: reason}) != nil {
 		return false
 	}
-	st.told = call
+	st.told = told
 	return true
 }

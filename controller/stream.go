@@ -133,7 +133,15 @@ type gwStream struct {
 	// Only the sender that is on it (busy) touches these.
 	since uint64    // raft index of the view the gateway has
 	sent  *hubView  // the view it has, when this stream sent it
-	told  time.Time // the renewal call the gateway was told of on this stream
+	told  renewTold // the renewal call the gateway was told of on this stream
+}
+
+// renewTold is a renewal call a stream's gateway was told of, and the
+// certificate it held then: a gateway whose renewal still predates the
+// call (a second call made while it renewed for the first) is told again.
+type renewTold struct {
+	call   time.Time
+	serial string
 }
 
 // streamSender writes views and heartbeats to the node's gateway
@@ -438,6 +446,9 @@ func (n *Node) streamRenew(st *gwStream, sr api.StreamReport) api.WatchEvent {
 		ack.Code, ack.Error = n.errorStatus(err)
 		return ack
 	}
+	// The sender looks at the stream again: a call made while this
+	// renewal was signed is still owed (callRenewal).
+	n.streams.queue(st, false)
 	ack.Renewed = resp
 	return ack
 }

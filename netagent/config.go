@@ -145,6 +145,9 @@ const (
 	fileWGKey  = "wg.key"   // the WireGuard private key, 0600
 	fileIdent  = "identity.json"
 	fileView   = "view.json" // the last applied view, for fail-static restarts
+	// A renewal whose answer never came, kept across restarts (0600):
+	// renew.go's pendingFile.
+	filePendingRenewal = "renewal.pending"
 )
 
 // writeFileAtomic writes data so that a crash leaves either the old or the

@@ -114,6 +114,8 @@ func Enroll(ctx context.Context, cfg Config, token, rootFile string) (_ *Identit
 			os.Remove(cfg.path(f))
 		}
 	}
+	// ... and a renewal of the identity this one replaces.
+	os.Remove(cfg.path(filePendingRenewal))
 	_, _ = keys.cleanup() // best effort: Run cleans up again at every start
 	return id, nil
 }

@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -54,6 +55,8 @@ type keyStore interface {
 	newKey() (crypto.Signer, []byte, error)
 	// discard throws away a key from newKey that will not be used.
 	discard(keyData []byte) error
+	// loadKey returns the key that keyData (from newKey) holds or names.
+	loadKey(keyData []byte) (crypto.Signer, error)
 	// loadPair loads the certificate chain in certFile with the key that
 	// keyFile holds or names, and checks that they belong together.
 	loadPair(certFile, keyFile string) (tls.Certificate, error)
@@ -130,6 +133,22 @@ func (fileKeys) newKey() (crypto.Signer, []byte, error) {
 
 func (fileKeys) discard([]byte) error { return nil }
 
+func (fileKeys) loadKey(keyData []byte) (crypto.Signer, error) {
+	block, _ := pem.Decode(keyData)
+	if block == nil || block.Type != "PRIVATE KEY" {
+		return nil, errors.New("not a PEM PRIVATE KEY")
+	}
+	key, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+	if err != nil {
+		return nil, err
+	}
+	s, ok := key.(crypto.Signer)
+	if !ok {
+		return nil, fmt.Errorf("a %T cannot sign", key)
+	}
+	return s, nil
+}
+
 func (fileKeys) loadPair(certFile, keyFile string) (tls.Certificate, error) {
 	return tls.LoadX509KeyPair(certFile, keyFile)
 }
@@ -165,6 +184,14 @@ func (k *tokenKeys) discard(keyData []byte) error {
 		return nil
 	}
 	return err
+}
+
+func (k *tokenKeys) loadKey(keyData []byte) (crypto.Signer, error) {
+	label := strings.TrimSpace(string(keyData))
+	if label == "" {
+		return nil, errors.New("no key label")
+	}
+	return k.tok.Signer(label)
 }
 
 // label reads the key label that file holds.
@@ -212,8 +239,14 @@ func (k *tokenKeys) cleanup() ([]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("keeping every key: the key in use is unknown: %w", err)
 	}
-	// A staged renewal's key stays until finishRenewal settles it.
-	pending, _ := k.label(k.cfg.path(fileTLSKeyLabel + ".next"))
+	// A staged renewal's key stays until finishRenewal settles it, and
+	// an unanswered renewal's until its outcome is known.
+	staged, _ := k.label(k.cfg.path(fileTLSKeyLabel + ".next"))
+	var pending pendingFile
+	if data, err := os.ReadFile(k.cfg.path(filePendingRenewal)); err == nil {
+		json.Unmarshal(data, &pending) // unreadable: nothing to spare
+	}
+	pendingKey := strings.TrimSpace(pending.Key)
 	keys, err := k.tok.Keys()
 	if err != nil {
 		return nil, err
@@ -223,7 +256,7 @@ func (k *tokenKeys) cleanup() ([]string, error) {
 		errs []error
 	)
 	for _, ki := range keys {
-		if !strings.HasPrefix(ki.Label, k.prefix) || ki.Label == live || ki.Label == pending || slices.Contains(gone, ki.Label) {
+		if !strings.HasPrefix(ki.Label, k.prefix) || ki.Label == live || ki.Label == staged || ki.Label == pendingKey || slices.Contains(gone, ki.Label) {
 			continue
 		}
 		if err := k.tok.DestroyKey(ki.Label); err != nil && !errors.Is(err, hsm.ErrKeyNotFound) {

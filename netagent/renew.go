@@ -5,6 +5,7 @@ import (
 	"crypto"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -86,13 +87,75 @@ type pendingRenewal struct {
 	csr     string // PEM
 }
 
+// pendingFile is a pendingRenewal as filePendingRenewal keeps it, written
+// before the renewal is sent and removed once its outcome is known: an
+// agent that restarts after a lost answer asks again for the same key
+// instead of being locked out.
+type pendingFile struct {
+	From string `json:"from"`
+	Key  string `json:"key"` // the key file's contents: PEM, or a token key's label
+	CSR  string `json:"csr"`
+}
+
 func newRenewer(cfg Config, keys keyStore, client func() *api.Client, log *slog.Logger) *renewer {
-	return &renewer{
+	r := &renewer{
 		cfg: cfg, keys: keys, client: client, log: log, now: time.Now,
 		onRenewed: func() { client().ResetConnections() },
 		retry:     newBackoff(5*time.Second, 10*time.Minute),
 		spread:    api.RenewCallSpread,
 	}
+	r.pending = r.loadPending()
+	return r
+}
+
+// loadPending reads the renewal that an earlier run left unanswered, if
+// any. One that cannot be used is dropped: the next renewal makes a new
+// key, which is all that was possible before it was kept.
+func (r *renewer) loadPending() *pendingRenewal {
+	data, err := os.ReadFile(r.cfg.path(filePendingRenewal))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	var pf pendingFile
+	if err == nil {
+		err = json.Unmarshal(data, &pf)
+	}
+	var key crypto.Signer
+	if err == nil {
+		key, err = r.keys.loadKey([]byte(pf.Key))
+	}
+	if err == nil && (pf.From == "" || pf.CSR == "") {
+		err = errors.New("no serial or no CSR")
+	}
+	if err != nil {
+		r.log.Warn("dropped an unanswered renewal kept by an earlier run", "file", r.cfg.path(filePendingRenewal), "err", err)
+		r.clearPending(nil)
+		return nil
+	}
+	r.log.Info("an earlier run's renewal got no answer; the next renewal asks again for its key", "serial", pf.From)
+	return &pendingRenewal{from: pf.From, key: key, keyData: []byte(pf.Key), csr: pf.CSR}
+}
+
+// keepPending writes p to filePendingRenewal.
+func (r *renewer) keepPending(p *pendingRenewal) error {
+	data, err := json.Marshal(pendingFile{From: p.from, Key: string(p.keyData), CSR: p.csr})
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(r.cfg.path(filePendingRenewal), data, 0o600)
+}
+
+// clearPending removes filePendingRenewal and, when p is given, discards
+// its key.
+func (r *renewer) clearPending(p *pendingRenewal) error {
+	var errs []error
+	if p != nil {
+		errs = append(errs, r.keys.discard(p.keyData))
+	}
+	if err := os.Remove(r.cfg.path(filePendingRenewal)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
 }
 
 // callRenewal takes a controller's call to renew now (an officer's
@@ -148,13 +211,12 @@ func (r *renewer) run(ctx context.Context) {
 		switch {
 		case err == nil:
 			r.retry.reset()
-			// A call that came meanwhile was for the old certificate: a
-			// node calls again on the next stream if the new one predates
-			// a call too.
-			select {
-			case <-r.called:
-			default:
-			}
+			// A call that came meanwhile is answered too: it may be a
+			// second call, made after the new certificate was issued.
+			// (It is more often the call just answered, told again on a
+			// stream that reconnected meanwhile: a renewal too many, where
+			// dropping it could leave the gateway on a certificate older
+			// than an officer's call for hours.)
 			continue
 		case ctx.Err() != nil:
 			return
@@ -198,7 +260,9 @@ func (r *renewer) renew(ctx context.Context) (err error) {
 	p := r.pending
 	r.pending = nil
 	if p != nil && p.from != ca.Serial(cur) {
-		if err := r.keys.discard(p.keyData); err != nil {
+		// Another renewal got through since (or the gateway was
+		// enrolled again): the key was never certified for this one.
+		if err := r.clearPending(p); err != nil {
 			r.log.Warn("discard the key of an abandoned renewal", "err", err)
 		}
 		p = nil
@@ -214,16 +278,24 @@ func (r *renewer) renew(ctx context.Context) (err error) {
 			return errors.Join(err, r.keys.discard(keyData))
 		}
 		p.csr = string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr.Raw}))
+		// Kept before it is sent: a restart while it is in flight
+		// must not lose the key the controllers may certify.
+		if err := r.keepPending(p); err != nil {
+			return errors.Join(fmt.Errorf("keep the renewal's key: %w", err), r.keys.discard(keyData))
+		}
 	}
 	key, keyData := p.key, p.keyData
 	staged, unknown := false, false
 	defer func() {
 		switch {
 		case err == nil || staged:
+			if cerr := r.clearPending(nil); cerr != nil {
+				r.log.Warn("remove the answered renewal's file", "err", cerr)
+			}
 		case unknown:
 			r.pending = p
 		default:
-			err = errors.Join(err, r.keys.discard(keyData))
+			err = errors.Join(err, r.clearPending(p))
 		}
 	}()
 	// Generous: when a whole network renews on an officer's call, the

@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -311,6 +312,35 @@ func testRenewLoop(t *testing.T, c *testCtl, gw string, token bool) {
 		t.Fatalf("after the called renewal: %+v %v", st, err)
 	}
 
+	// A call that arrives while the gateway renews is answered too, with
+	// another renewal: it may have been made after the certificate being
+	// issued (the agent cannot tell).
+	second := false
+	r.client = func() *api.Client {
+		if !second {
+			second = true
+			calls <- "test: a second call, made during the renewal"
+		}
+		return client
+	}
+	before, _ := r.current()
+	calls <- "test: a first call"
+	ctxLoop, stop = context.WithCancel(ctx)
+	done = make(chan struct{})
+	go func() { defer close(done); r.run(ctxLoop) }()
+	seen := map[string]bool{}
+	for deadline := time.Now().Add(10 * time.Second); len(seen) < 2; time.Sleep(10 * time.Millisecond) {
+		if cur, err := r.current(); err == nil && ca.Serial(cur) != ca.Serial(before) {
+			seen[ca.Serial(cur)] = true
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("renewals after two calls, one made during the first renewal: %d, want 2", len(seen))
+		}
+	}
+	stop()
+	<-done
+	r.client = func() *api.Client { return client }
+
 	// No answer (no controller reachable; as well a leader or a
 	// connection lost after the commit): the key is kept and asked for
 	// again, which the controllers accept even if the first attempt was
@@ -323,12 +353,26 @@ func testRenewLoop(t *testing.T, c *testCtl, gw string, token bool) {
 		t.Fatal("no key kept after a renewal that got no answer")
 	}
 	kept := r.pending.key.Public()
-	r.client = func() *api.Client { return client }
+	// The agent restarts before it asks again: the start settles the
+	// state directory (a token's keys that no file names are destroyed)
+	// and the new renewer takes the kept key from filePendingRenewal.
+	if err := settleKeys(cfg, keys, log); err != nil {
+		t.Fatal(err)
+	}
+	clock := r.now
+	r = newRenewer(cfg, keys, func() *api.Client { return client }, log)
+	r.now = clock
+	if r.pending == nil || !samePublicKey(r.pending.key.Public(), kept) {
+		t.Fatal("a restarted agent lost the key of the renewal that got no answer")
+	}
 	if err := r.renew(ctx); err != nil {
 		t.Fatalf("renewal retried: %v", err)
 	}
 	if now, _ := r.current(); !samePublicKey(now.PublicKey, kept) || r.pending != nil {
 		t.Fatalf("the retried renewal certified another key (pending left: %v)", r.pending != nil)
+	}
+	if _, err := os.Stat(cfg.path(filePendingRenewal)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the answered renewal's file stays: %v", err)
 	}
 	if token {
 		tokenKey()
@@ -397,4 +441,43 @@ func selfSigned(t *testing.T) (keyPEM, certPEM []byte) {
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	kd, _ := x509.MarshalPKCS8PrivateKey(key)
 	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kd}), certFor(t, key)
+}
+
+// TestPendingRenewalFile: an unusable kept renewal (torn, not a key, no
+// CSR) is dropped at start with the file, never used or fatal.
+func TestPendingRenewalFile(t *testing.T) {
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	cfg := DefaultConfig()
+	cfg.StateDir = t.TempDir()
+	good, keyData, err := fileKeys{}.newKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, content := range map[string]string{
+		"torn":      `{"from":"01ab","key":`,
+		"not a key": `{"from":"01ab","key":"hello","csr":"x"}`,
+		"no csr":    fmt.Sprintf(`{"from":"01ab","key":%q}`, keyData),
+	} {
+		if err := os.WriteFile(cfg.path(filePendingRenewal), []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if r := newRenewer(cfg, fileKeys{}, nil, log); r.pending != nil {
+			t.Fatalf("%s: used %+v", name, r.pending)
+		}
+		if _, err := os.Stat(cfg.path(filePendingRenewal)); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("%s: the file stays: %v", name, err)
+		}
+	}
+	p := &pendingRenewal{from: "01ab", key: good, keyData: keyData, csr: "csr"}
+	r := newRenewer(cfg, fileKeys{}, nil, log)
+	if err := r.keepPending(p); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(cfg.path(filePendingRenewal)); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("kept file: %v %v", fi, err)
+	}
+	got := newRenewer(cfg, fileKeys{}, nil, log).pending
+	if got == nil || got.from != "01ab" || got.csr != "csr" || !samePublicKey(got.key.Public(), good.Public()) {
+		t.Fatalf("read back %+v", got)
+	}
 }
