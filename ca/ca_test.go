@@ -1,6 +1,7 @@
 package ca
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -257,4 +258,48 @@ func TestIssueRejectsBadCSRSignature(t *testing.T) {
 	if _, err := c.Issue(context.Background(), nil, GatewayProfile("gw-1", "000.00.00.H29")); !errors.Is(err, ErrBadCSR) {
 		t.Fatalf("nil CSR: got %v", err)
 	}
+}
+
+// TestSignLintedTBS: roots and intermediates of each CA key type are
+// signed over the very TBSCertificate that was linted and verify as
+// crypto/x509 would have made them; a signing key that is not the
+// issuer's is refused before anything is signed.
+func TestSignLintedTBS(t *testing.T) {
+	now := time.Now()
+	for _, curve := range []elliptic.Curve{elliptic.P256(), elliptic.P384()} {
+		rootKey, _ := ecdsa.GenerateKey(curve, rand.Reader)
+		root, err := NewRoot(rootKey, "root "+curve.Params().Name, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := root.CheckSignatureFrom(root); err != nil {
+			t.Fatalf("%s root: %v", curve.Params().Name, err)
+		}
+		for _, ic := range []elliptic.Curve{elliptic.P256(), elliptic.P384()} {
+			interKey, _ := ecdsa.GenerateKey(ic, rand.Reader)
+			inter, err := NewIntermediate(root, rootKey, interKey.Public(), "intermediate", now)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := inter.CheckSignatureFrom(root); err != nil || !bytes.Equal(inter.AuthorityKeyId, root.SubjectKeyId) {
+				t.Fatalf("%s intermediate under a %s root: %v", ic.Params().Name, curve.Params().Name, err)
+			}
+			if fs := mustLinter(t).Certificate(inter.Raw); len(fs) > 0 {
+				t.Fatalf("issued intermediate lints: %v", fs)
+			}
+		}
+		other, _ := ecdsa.GenerateKey(curve, rand.Reader)
+		if _, err := NewIntermediate(root, other, other.Public(), "intermediate", now); err == nil || !strings.Contains(err.Error(), "not the issuer's") {
+			t.Fatalf("intermediate signed with a key that is not the root's: %v", err)
+		}
+	}
+}
+
+func mustLinter(t *testing.T) *Linter {
+	t.Helper()
+	l, err := defaultLinter()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
 }

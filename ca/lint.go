@@ -211,12 +211,16 @@ func (l *Linter) certificate(der []byte, selfSigned bool) []Finding {
 // lint is certificate, also returning der parsed by crypto/x509 (nil if it
 // does not parse).
 func (l *Linter) lint(der []byte, selfSigned bool) (*x509.Certificate, []Finding) {
-	reg, _ := lintRegistry()
 	var out []Finding
+	reg, err := lintRegistry()
+	if err != nil { // NewLinter checked it; never signs unlinted
+		out = append(out, Finding{Lint: "e_govnet_zlint_registry", Source: GovnetLintSource, Severity: SeverityFatal, Details: err.Error()})
+	}
 	zc, err := zx509.ParseCertificate(der)
-	if err != nil {
+	switch {
+	case err != nil:
 		out = append(out, Finding{Lint: "e_govnet_parse", Source: GovnetLintSource, Severity: SeverityFatal, Details: "zcrypto: " + err.Error()})
-	} else {
+	case reg != nil:
 		if selfSigned {
 			zc.SelfSigned = true
 		}
@@ -545,6 +549,16 @@ func (l *Linter) lintCertificate(what string, tmpl, parent *x509.Certificate, pu
 // linted, so that what is issued is what was linted, byte for byte but for
 // the signature.
 func (l *Linter) signCertificate(what string, tmpl, parent *x509.Certificate, pub crypto.PublicKey, signer crypto.Signer) (*x509.Certificate, error) {
+	// The key must be the issuer's (crypto/x509 refuses to sign otherwise):
+	// a root certificate and token that do not belong together make a
+	// certificate that verifies under nothing.
+	issuerPub := pub
+	if parent != nil {
+		issuerPub = parent.PublicKey
+	}
+	if !publicKeysEqual(issuerPub, signer.Public()) {
+		return nil, fmt.Errorf("sign %s: the signing key is not the issuer's", what)
+	}
 	if err := completeTemplate(tmpl, pub); err != nil {
 		return nil, err
 	}

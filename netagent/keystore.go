@@ -179,7 +179,11 @@ func (k *tokenKeys) newKey() (crypto.Signer, []byte, error) {
 }
 
 func (k *tokenKeys) discard(keyData []byte) error {
-	err := k.tok.DestroyKey(strings.TrimSpace(string(keyData)))
+	label := strings.TrimSpace(string(keyData))
+	if !strings.HasPrefix(label, k.prefix) {
+		return fmt.Errorf("key %q is not this agent's (labels begin %q): not destroyed", label, k.prefix)
+	}
+	err := k.tok.DestroyKey(label)
 	if errors.Is(err, hsm.ErrKeyNotFound) {
 		return nil
 	}
@@ -188,8 +192,8 @@ func (k *tokenKeys) discard(keyData []byte) error {
 
 func (k *tokenKeys) loadKey(keyData []byte) (crypto.Signer, error) {
 	label := strings.TrimSpace(string(keyData))
-	if label == "" {
-		return nil, errors.New("no key label")
+	if !strings.HasPrefix(label, k.prefix) {
+		return nil, fmt.Errorf("key %q is not this agent's (labels begin %q)", label, k.prefix)
 	}
 	return k.tok.Signer(label)
 }

@@ -124,8 +124,11 @@ func (r *renewer) loadPending() *pendingRenewal {
 	if err == nil {
 		key, err = r.keys.loadKey([]byte(pf.Key))
 	}
-	if err == nil && (pf.From == "" || pf.CSR == "") {
-		err = errors.New("no serial or no CSR")
+	if err == nil && pf.From == "" {
+		err = errors.New("no serial")
+	}
+	if err == nil {
+		err = csrFor(pf.CSR, key)
 	}
 	if err != nil {
 		r.log.Warn("dropped an unanswered renewal kept by an earlier run", "file", r.cfg.path(filePendingRenewal), "err", err)
@@ -134,6 +137,23 @@ func (r *renewer) loadPending() *pendingRenewal {
 	}
 	r.log.Info("an earlier run's renewal got no answer; the next renewal asks again for its key", "serial", pf.From)
 	return &pendingRenewal{from: pf.From, key: key, keyData: []byte(pf.Key), csr: pf.CSR}
+}
+
+// csrFor checks that csrPEM is a certificate request for key's public
+// key.
+func csrFor(csrPEM string, key crypto.Signer) error {
+	block, _ := pem.Decode([]byte(csrPEM))
+	if block == nil {
+		return errors.New("no PEM CSR")
+	}
+	csr, err := x509.ParseCertificateRequest(block.Bytes)
+	if err != nil {
+		return err
+	}
+	if !samePublicKey(csr.PublicKey, key.Public()) {
+		return errors.New("the CSR is not for the kept key")
+	}
+	return nil
 }
 
 // keepPending writes p to filePendingRenewal.
@@ -146,11 +166,16 @@ func (r *renewer) keepPending(p *pendingRenewal) error {
 }
 
 // clearPending removes filePendingRenewal and, when p is given, discards
-// its key.
+// its key, unless that key is the one in use: a renewal installed by a
+// start after a crash (finishRenewal) whose file was left behind.
 func (r *renewer) clearPending(p *pendingRenewal) error {
 	var errs []error
 	if p != nil {
-		errs = append(errs, r.keys.discard(p.keyData))
+		if cur, err := r.current(); err == nil && samePublicKey(cur.PublicKey, p.key.Public()) {
+			r.log.Info("an earlier run's renewal was installed at the start", "serial", ca.Serial(cur))
+		} else {
+			errs = append(errs, r.keys.discard(p.keyData))
+		}
 	}
 	if err := os.Remove(r.cfg.path(filePendingRenewal)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		errs = append(errs, err)
@@ -289,9 +314,6 @@ func (r *renewer) renew(ctx context.Context) (err error) {
 	defer func() {
 		switch {
 		case err == nil || staged:
-			if cerr := r.clearPending(nil); cerr != nil {
-				r.log.Warn("remove the answered renewal's file", "err", cerr)
-			}
 		case unknown:
 			r.pending = p
 		default:
@@ -313,6 +335,11 @@ func (r *renewer) renew(ctx context.Context) (err error) {
 		unknown = !errors.As(err, &se) || se.Code >= 500
 		return fmt.Errorf("renew certificate %s: %w", ca.Serial(cur), err)
 	}
+	// Answered: the controllers have made a certificate for the key
+	// current. Whatever fails from here on (a full disk, an answer that
+	// does not check out), the key is kept, and asking again for it is
+	// what they accept.
+	unknown = true
 	chain, err := ca.ParsePEM([]byte(resp.Certificate))
 	if err != nil {
 		return fmt.Errorf("renewed certificate: %w", err)
@@ -337,6 +364,9 @@ func (r *renewer) renew(ctx context.Context) (err error) {
 	// From here on the staged files name the new key: finishRenewal, now
 	// or at the next start, installs it; it must not be discarded.
 	staged = true
+	if err := r.clearPending(nil); err != nil {
+		r.log.Warn("remove the answered renewal's file", "err", err)
+	}
 	if err := finishRenewal(r.cfg, r.keys); err != nil {
 		return fmt.Errorf("install renewed certificate: %w", err)
 	}

@@ -378,6 +378,58 @@ func testRenewLoop(t *testing.T, c *testCtl, gw string, token bool) {
 		tokenKey()
 	}
 
+	// A crash after the renewal was staged, before its file was removed:
+	// the start installs the renewal, and the file left behind names the
+	// key now in use. Dropping it must not destroy that key.
+	liveData, err := os.ReadFile(cfg.path(keys.keyFile()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	liveKey, err := keys.loadKey(liveData)
+	if err != nil {
+		t.Fatal(err)
+	}
+	liveCSR, _ := ca.NewCSR(liveKey, "gateway")
+	left := &pendingRenewal{from: "00ff", key: liveKey, keyData: liveData,
+		csr: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: liveCSR.Raw}))}
+	if err := r.keepPending(left); err != nil {
+		t.Fatal(err)
+	}
+	r = newRenewer(cfg, keys, func() *api.Client { return client }, log)
+	r.now = clock
+	if r.pending == nil {
+		t.Fatal("the file left behind was not read")
+	}
+	if err := r.clearPending(r.pending); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := keys.loadPair(cfg.path(fileCert), cfg.path(keys.keyFile())); err != nil {
+		t.Fatalf("the key in use after dropping a renewal that named it: %v", err)
+	}
+
+	// An answer that cannot be installed (here: the root to check it
+	// against is unreadable) keeps the key: the controllers made its
+	// certificate current, and asking again for it is what they accept.
+	r.pending = nil
+	os.Rename(cfg.path(fileRoot), cfg.path(fileRoot)+".away")
+	if err := r.renew(ctx); err == nil {
+		t.Fatal("renewal installed without its root")
+	}
+	os.Rename(cfg.path(fileRoot)+".away", cfg.path(fileRoot))
+	if r.pending == nil {
+		t.Fatal("the key of an answered renewal was discarded")
+	}
+	kept = r.pending.key.Public()
+	if err := r.renew(ctx); err != nil {
+		t.Fatalf("renewal asked again after a failed installation: %v", err)
+	}
+	if now, _ := r.current(); !samePublicKey(now.PublicKey, kept) {
+		t.Fatal("the renewal asked again certified another key")
+	}
+	if token {
+		tokenKey()
+	}
+
 	// A revoked gateway cannot renew, and the key made for the refused
 	// renewal does not stay in the token.
 	if _, err := off.Revoke(ctx, api.RevokeRequest{Gateway: gw, Reason: "keyCompromise"}); err != nil {
@@ -468,7 +520,18 @@ func TestPendingRenewalFile(t *testing.T) {
 			t.Fatalf("%s: the file stays: %v", name, err)
 		}
 	}
-	p := &pendingRenewal{from: "01ab", key: good, keyData: keyData, csr: "csr"}
+	csr, _ := ca.NewCSR(good, "gateway")
+	csrPEM := string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr.Raw}))
+	other, _, _ := fileKeys{}.newKey()
+	otherCSR, _ := ca.NewCSR(other, "gateway")
+	if err := os.WriteFile(cfg.path(filePendingRenewal), fmt.Appendf(nil, `{"from":"01ab","key":%q,"csr":%q}`, keyData,
+		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: otherCSR.Raw})), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if r := newRenewer(cfg, fileKeys{}, nil, log); r.pending != nil {
+		t.Fatal("used a kept renewal whose CSR is for another key")
+	}
+	p := &pendingRenewal{from: "01ab", key: good, keyData: keyData, csr: csrPEM}
 	r := newRenewer(cfg, fileKeys{}, nil, log)
 	if err := r.keepPending(p); err != nil {
 		t.Fatal(err)
@@ -477,7 +540,7 @@ func TestPendingRenewalFile(t *testing.T) {
 		t.Fatalf("kept file: %v %v", fi, err)
 	}
 	got := newRenewer(cfg, fileKeys{}, nil, log).pending
-	if got == nil || got.from != "01ab" || got.csr != "csr" || !samePublicKey(got.key.Public(), good.Public()) {
+	if got == nil || got.from != "01ab" || got.csr != csrPEM || !samePublicKey(got.key.Public(), good.Public()) {
 		t.Fatalf("read back %+v", got)
 	}
 }
