@@ -100,7 +100,7 @@ bench-fanout: build
 	$(BIN)/govnet-load -govnetd $(BIN)/govnetd -gateways $(FANOUT_SIZES) -cache-dir .bench-cache 2>&1 | tee -a $(FANOUT_LOG); \
 	st=$${PIPESTATUS[0]}; \
 	uptime | tee -a $(FANOUT_LOG); \
-	grep -E '^(fanout\.|controller\.bytes_per_gateway |revoke\.enforced_p99_s |ca\.reissue_(p50_)?20000_s )' $(BENCH_MAP) >$(BIN)/fanout.map; \
+	grep -E '^(fanout\.|controller\.bytes_per_gateway |revoke\.enforced_p99_s |ca\.reissue_((p50_)?20000_s|(node|gateway)_cpu_us_20000) )' $(BENCH_MAP) >$(BIN)/fanout.map; \
 	$(GO) run ./internal/benchjson -map $(BIN)/fanout.map -out bench-results.json $(FANOUT_LOG) || st=1; \
 	exit $$st
 

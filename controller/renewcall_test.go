@@ -109,7 +109,20 @@ func TestRenewAll(t *testing.T) {
 		csr, _ := ca.NewCSR(key, "x")
 		return key, api.RenewRequest{CSR: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr.Raw}))}
 	}
+	// A CSR whose signature does not verify is refused on the stream
+	// too, which stays bound to the certificate it had.
+	before := streamSerial("gw1")
 	_, req := csrFor()
+	forged := req
+	if block, _ := pem.Decode([]byte(req.CSR)); block != nil {
+		block.Bytes[len(block.Bytes)-1] ^= 0x01 // the last byte of the signature's s
+		forged.CSR = string(pem.EncodeToMemory(block))
+	}
+	_, err = gws["gw1"].client.Renew(ctx, forged)
+	wantStatus(t, err, 400, "signature does not verify")
+	if streamSerial("gw1") != before {
+		t.Fatalf("gw1's stream stands for %q after a refused renewal, want %s", streamSerial("gw1"), before)
+	}
 	rr, err := gws["gw1"].client.Renew(ctx, req)
 	if err != nil {
 		t.Fatal(err)
@@ -145,7 +158,7 @@ func TestRenewAll(t *testing.T) {
 		t.Fatalf("gw2's stream ended: %v", err)
 	default:
 	}
-	if ack := n.streamRenew(&gwStream{gateway: "gw2"}, api.StreamReport{Seq: 1, Renew: &req}); ack.Code != 400 || !strings.Contains(ack.Error, "govnet-stream/1") {
+	if ack := n.streamRenew(&gwStream{gateway: "gw2"}, api.StreamReport{Seq: 1, Renew: &req}, ""); ack.Code != 400 || !strings.Contains(ack.Error, "govnet-stream/1") {
 		t.Fatalf("a renewal on a govnet-stream/1 stream: %+v", ack)
 	}
 	key, req := csrFor()
@@ -310,6 +323,39 @@ func TestRenewRetryAfterLostAnswer(t *testing.T) {
 		if err := <-errs; err != nil {
 			t.Fatalf("a renewal and its retry at once: %v", err)
 		}
+	}
+
+	// A renewal committed elsewhere (here over HTTPS; as well on another
+	// node's stream) whose answer was lost, while the gateway's stream
+	// still stands for the certificate renewed from: the renewal asked
+	// again on that stream renews from it, as over HTTPS, and the stream
+	// then stands for the new certificate.
+	gw4 := enrollNew(t, ctx, cfg, n, op, off, "gw4", "000.00.00.H29")
+	stream4 := api.NewClient("https://"+n.Addr().String(), gw4.tls)
+	stream4.OnRenewCall(func(string) {})
+	viewed4 := make(chan struct{})
+	var once4 sync.Once
+	go stream4.Watch(wctx, 0, func(*api.View) error { once4.Do(func() { close(viewed4) }); return nil })
+	select {
+	case <-viewed4:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no view on gw4's stream")
+	}
+	k6, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if _, err := api.NewClient("https://"+n.Addr().String(), gw4.tls).Renew(ctx, csrOf(k6)); err != nil {
+		t.Fatal(err)
+	}
+	_, err = stream4.Renew(ctx, csrOf(k3))
+	wantStatus(t, err, 403, "takes a CSR for the key of")
+	again4, err := stream4.Renew(ctx, csrOf(k6))
+	if err != nil {
+		t.Fatalf("the lost renewal asked again on the stream of the certificate it renewed: %v", err)
+	}
+	n.streams.mu.Lock()
+	stood4, _ := n.streams.byGW["gw4"].cert()
+	n.streams.mu.Unlock()
+	if stood4 != again4.Serial {
+		t.Fatalf("gw4's stream stands for %s, want %s (the renewal went over HTTPS?)", stood4, again4.Serial)
 	}
 
 	// The certificate renewed from, revoked by its serial: no longer a

@@ -417,13 +417,8 @@ func (n *Node) handleRenew(w http.ResponseWriter, r *http.Request) {
 	leaf := clientLeaf(r)
 	id, status, err := n.admitGateway(leaf)
 	from := ""
-	if status == http.StatusForbidden {
-		g, ok := n.State().Gateway(id.Name)
-		prev, known := n.State().Certificate(ca.Serial(leaf))
-		if ok && g.Status == api.StatusEnrolled && slices.Contains(g.RenewedFrom, ca.Serial(leaf)) &&
-			(!known || prev.Status != api.CertRevoked) {
-			from, err = ca.Serial(leaf), nil
-		}
+	if status == http.StatusForbidden && n.renewableFrom(id.Name, ca.Serial(leaf)) {
+		from, err = ca.Serial(leaf), nil
 	}
 	if err != nil {
 		writeError(w, status, err.Error())
@@ -439,6 +434,16 @@ func (n *Node) handleRenew(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, resp)
+}
+
+// renewableFrom says whether serial, no longer gateway's current
+// certificate, may still renew it: the certificate the current one was
+// renewed from (a renewal whose answer was lost), not revoked. Such a
+// renewal renews only the current certificate's key (renewGateway).
+func (n *Node) renewableFrom(gateway, serial string) bool {
+	g, ok := n.State().Gateway(gateway)
+	prev, known := n.State().Certificate(serial)
+	return ok && g.Status == api.StatusEnrolled && slices.Contains(g.RenewedFrom, serial) && (!known || prev.Status != api.CertRevoked)
 }
 
 // renewGateway issues gateway a certificate for req's CSR in place of

@@ -397,12 +397,20 @@ func (n *Node) streamReports(br *bufio.Reader, st *gwStream) {
 			return
 		}
 		ack := api.WatchEvent{Ack: sr.Seq}
-		if status, err := n.readmit(st); err != nil {
+		status, err := n.readmit(st)
+		from := ""
+		if serial, _ := st.cert(); err != nil && status == http.StatusForbidden && sr.Renew != nil && n.renewableFrom(st.gateway, serial) {
+			// The stream's certificate was renewed by a renewal whose
+			// answer was lost (on another node, or over HTTPS): it
+			// may renew from it, as over HTTPS (handleRenew).
+			from, err = serial, nil
+		}
+		if err != nil {
 			ack.Code, ack.Error = status, err.Error()
 		} else if ok, _ := n.limits.allow(limitKey(ca.Identity{Kind: ca.KindGateway, Name: st.gateway})); !ok {
 			ack.Code, ack.Error = http.StatusTooManyRequests, "rate limit exceeded: slow down"
 		} else if sr.Renew != nil {
-			ack = n.streamRenew(st, sr)
+			ack = n.streamRenew(st, sr, from)
 		} else if err := n.recordReport(context.Background(), st.gateway, sr.Report); err != nil {
 			ack.Code, ack.Error = n.errorStatus(err)
 		}
@@ -416,7 +424,7 @@ func (n *Node) streamReports(br *bufio.Reader, st *gwStream) {
 // (api.StreamProtoRenew): the stream then stands for the new certificate,
 // as a new connection with it would (the renewal proved possession of
 // both keys, the old one through this stream's handshake).
-func (n *Node) streamRenew(st *gwStream, sr api.StreamReport) api.WatchEvent {
+func (n *Node) streamRenew(st *gwStream, sr api.StreamReport, from string) api.WatchEvent {
 	ack := api.WatchEvent{Ack: sr.Seq}
 	if !st.renewCalls {
 		ack.Code, ack.Error = http.StatusBadRequest, "renewal on "+api.StreamProto+": renew over HTTPS, or open "+api.StreamProtoRenew
@@ -424,14 +432,14 @@ func (n *Node) streamRenew(st *gwStream, sr api.StreamReport) api.WatchEvent {
 	}
 	serial, _ := st.cert()
 	held := "" // the stream's own certificate, if renewed on since: the gateway may not have had the answers
-	if serial != st.opened {
+	if serial != st.opened || from != "" {
 		held = st.opened
 	}
 	// Bounded as the agent's wait for the answer is: past it, the
 	// gateway has given up on this attempt.
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	resp, cert, err := n.renewGateway(ctx, st.gateway, serial, "", held, *sr.Renew, func(serial string) {
+	resp, cert, err := n.renewGateway(ctx, st.gateway, serial, from, held, *sr.Renew, func(serial string) {
 		st.certMu.Lock()
 		st.pending = serial
 		st.certMu.Unlock()

@@ -292,6 +292,10 @@ func (r *renewer) renew(ctx context.Context) (err error) {
 		}
 		p = nil
 	}
+	// A key asked for before may have been certified then, whatever
+	// this attempt's answer: a refusal now (a node that does not know
+	// the renewal's answer was lost) does not discard it.
+	retry := p != nil
 	if p == nil {
 		key, keyData, err := r.keys.newKey()
 		if err != nil {
@@ -328,6 +332,7 @@ func (r *renewer) renew(ctx context.Context) (err error) {
 	resp, err := r.client().Renew(ctx, api.RenewRequest{CSR: p.csr})
 	var se *api.StatusError
 	if errors.As(err, &se) && (se.Code == http.StatusForbidden || se.Code == http.StatusUnauthorized) {
+		unknown = retry
 		return fmt.Errorf("%w: %s", ErrRenewRefused, se.Msg)
 	}
 	if err != nil {

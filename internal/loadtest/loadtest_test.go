@@ -61,6 +61,12 @@ func TestRunSmall(t *testing.T) {
 	if res.ReissueP50 <= 0 || res.ReissueP50 > res.ReissueSeconds {
 		t.Errorf("re-issue figures out of order: median %v, last %v", res.ReissueP50, res.ReissueSeconds)
 	}
+	// Each renewal costs the nodes at least a signature and a lint, and
+	// the gateway a key and a CSR: a zero says the processes were not
+	// measured.
+	if res.ReissueNodeCPU <= 0 || res.ReissueGatewayCPU <= 0 {
+		t.Errorf("re-issue CPU per renewal: nodes %v s, gateways %v s", res.ReissueNodeCPU, res.ReissueGatewayCPU)
+	}
 	if t.Failed() {
 		return
 	}
