@@ -67,6 +67,7 @@ bench: deps
 	run ./hsm -bench '^BenchmarkSign$$' -benchtime 2s -count 3; \
 	run ./ca -bench '^BenchmarkIssue(Parallel)?$$' -benchtime 2s -count 3; \
 	run ./controller -bench '^BenchmarkIssueAPI$$' -benchtime 1000x -count 3; \
+	run ./controller -bench '^BenchmarkIssueStream$$' -benchtime 1000x -count 3; \
 	run ./controller -bench '^BenchmarkReissue20000$$' -benchtime 1x; \
 	if stepca=$$(deploy/scripts/stepca-build.sh); then \
 		export STEPCA_BIN=$(CURDIR)/$$stepca; \

@@ -119,7 +119,7 @@ func TestCertRecorderBatches(t *testing.T) {
 // caNode starts a single controller node in this process (real raft with
 // its bbolt log store, one SoftHSM2 token) with the per-client rate limit
 // lifted, and returns it with operator and officer clients.
-func caNode(b *testing.B) (*Node, *testCluster) {
+func caNode(b testing.TB) (*Node, *testCluster) {
 	c := newTestCluster(b, 1)
 	cfg := c.nodes[0].cfg
 	cfg.RateLimit = 1e9
@@ -143,7 +143,7 @@ type renewer struct {
 
 // enrollRenewers registers count gateways and enrolls them as an agent
 // would: token from an officer, key and CSR made here.
-func enrollRenewers(b *testing.B, n *Node, c *testCluster, count int) []*renewer {
+func enrollRenewers(b testing.TB, n *Node, c *testCluster, count int) []*renewer {
 	ctx := context.Background()
 	op, off := c.op[0], c.off[0]
 	if _, err := op.AddAgency(ctx, api.Agency{Code: "000.00.00.H29", Name: "Quảng Ninh"}); err != nil {
@@ -201,7 +201,7 @@ func (r *renewer) use(pemChain string) error {
 	return nil
 }
 
-func tlsConfig(b *testing.B, n *Node) *tls.Config {
+func tlsConfig(b testing.TB, n *Node) *tls.Config {
 	tc, err := api.TLSConfig(n.cfg.pkiPath(rootFile), "", "")
 	if err != nil {
 		b.Fatal(err)
@@ -222,32 +222,115 @@ func BenchmarkIssueAPI(b *testing.B) {
 	const clients = 16
 	n, c := caNode(b)
 	gws := enrollRenewers(b, n, c, clients)
-	ctx := context.Background()
-	var next atomic.Int64
 	idx0 := n.raft.LastIndex()
 	b.ResetTimer()
 	start, cpu0 := time.Now(), cpuTime(b)
+	renewTimes(b, context.Background(), gws, b.N)
+	elapsed := time.Since(start)
+	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "certs/s")
+	b.ReportMetric(float64((cpuTime(b)-cpu0).Microseconds())/float64(b.N), "cpu-us/cert")
+	b.ReportMetric(float64(n.raft.LastIndex()-idx0)/float64(b.N), "entries/cert")
+}
+
+// renewTimes has the gateways renew total times between them, each
+// renewing again as soon as it has installed its last certificate.
+func renewTimes(tb testing.TB, ctx context.Context, gws []*renewer, total int) {
+	var next atomic.Int64
 	var wg sync.WaitGroup
 	for _, g := range gws {
 		wg.Go(func() {
-			for next.Add(1) <= int64(b.N) {
+			for next.Add(1) <= int64(total) {
 				resp, err := g.client.Renew(ctx, api.RenewRequest{CSR: g.csr})
 				if err != nil {
-					b.Error(err)
+					tb.Error(err)
 					return
 				}
 				if err := g.use(resp.Certificate); err != nil {
-					b.Error(err)
+					tb.Error(err)
 					return
 				}
 			}
 		})
 	}
 	wg.Wait()
+}
+
+// BenchmarkIssueStream is BenchmarkIssueAPI on the path the agent takes
+// since govnet-stream/2: each of the 16 gateways holds its gateway
+// stream open and renews on it; the stream then stands for the new
+// certificate, so no renewal opens a TLS connection. The same node, the
+// same issuance and the same recording in raft; the CPU time is again
+// the whole process's (clients and node).
+func BenchmarkIssueStream(b *testing.B) {
+	n, c := caNode(b)
+	gws := enrollRenewers(b, n, c, 16)
+	var (
+		idx0  uint64
+		start time.Time
+		cpu0  time.Duration
+	)
+	renewOnStreams(b, n, gws, b.N, func() {
+		idx0 = n.raft.LastIndex()
+		b.ResetTimer()
+		start, cpu0 = time.Now(), cpuTime(b)
+	})
 	elapsed := time.Since(start)
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "certs/s")
 	b.ReportMetric(float64((cpuTime(b)-cpu0).Microseconds())/float64(b.N), "cpu-us/cert")
 	b.ReportMetric(float64(n.raft.LastIndex()-idx0)/float64(b.N), "entries/cert")
+}
+
+// TestRenewOnStreamsBackToBack: gateways renewing on their streams as
+// fast as the node answers never see their stream closed as stale. The
+// sender read a stream's serials and the state apart, and a renewal
+// that committed in between closed the stream under its gateway (which
+// then renewed over HTTPS).
+func TestRenewOnStreamsBackToBack(t *testing.T) {
+	n, c := caNode(t)
+	renewOnStreams(t, n, enrollRenewers(t, n, c, 8), 400, func() {})
+}
+
+// renewOnStreams opens each gateway's stream (govnet-stream/2), calls
+// begin, has the gateways renew total times between them on their
+// streams, and checks that every stream stayed open and stands for its
+// gateway's current certificate.
+func renewOnStreams(tb testing.TB, n *Node, gws []*renewer, total int, begin func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ended := make(chan error, len(gws))
+	for i, g := range gws {
+		g.client.OnRenewCall(func(string) {}) // offers govnet-stream/2
+		viewed := make(chan struct{})
+		var once sync.Once
+		go func() {
+			ended <- fmt.Errorf("gw%d: %w", i+1, g.client.Watch(ctx, 0, func(*api.View) error { once.Do(func() { close(viewed) }); return nil }))
+		}()
+		select {
+		case <-viewed:
+		case <-time.After(30 * time.Second):
+			tb.Fatalf("no view on gw%d's stream", i+1)
+		}
+	}
+	begin()
+	renewTimes(tb, ctx, gws, total)
+	select {
+	case err := <-ended:
+		tb.Fatalf("a stream ended while its gateway renewed on it: %v", err)
+	default:
+	}
+	for i := range gws {
+		id := fmt.Sprintf("gw%d", i+1)
+		g, _ := n.State().Gateway(id)
+		n.streams.mu.Lock()
+		st := n.streams.byGW[id]
+		n.streams.mu.Unlock()
+		if st == nil {
+			tb.Fatalf("%s has no stream: its renewals went over HTTPS", id)
+		}
+		if serial, _ := st.cert(); serial != g.CertSerial {
+			tb.Fatalf("%s's stream stands for %s, its current certificate is %s", id, serial, g.CertSerial)
+		}
+	}
 }
 
 // BenchmarkReissue20000 measures the wall time to re-issue 20,000 gateway

@@ -91,16 +91,23 @@ func (n *Node) serveStream(_ *http.Server, conn *tls.Conn, _ http.Handler) {
 // report, view and heartbeat is admitted anew (the certificate may have
 // been renewed, revoked or have expired since).
 func (n *Node) readmit(st *gwStream) (int, error) {
-	serial, notAfter := st.cert()
-	if status, err := n.currentGatewayCert(st.gateway, serial); err != nil {
-		// A renewal on the stream may have committed a moment before
-		// the stream learns its serial.
-		st.certMu.Lock()
-		pending := st.pending
-		st.certMu.Unlock()
-		if pending == "" || n.State().gatewayCertIs(st.gateway, pending) != nil {
-			return status, err
-		}
+	// The stream's serials are held while the state is read: a renewal
+	// on the stream sets its pending serial (under certMu) before it
+	// commits, and moves the serial on after. Read apart, a renewal
+	// that committed in between made a stream standing for the current
+	// certificate look stale, and closed it under the gateway renewing
+	// on it.
+	st.certMu.Lock()
+	serial, notAfter, pending := st.serial, st.notAfter, st.pending
+	status, err := n.currentGatewayCert(st.gateway, serial)
+	if err != nil && pending != "" && n.State().gatewayCertIs(st.gateway, pending) == nil {
+		// A renewal on the stream committed a moment before the stream
+		// learns its serial.
+		status, err = 0, nil
+	}
+	st.certMu.Unlock()
+	if err != nil {
+		return status, err
 	}
 	if time.Now().After(notAfter) {
 		return http.StatusForbidden, fmt.Errorf("certificate %s of gateway %s expired at %s", serial, st.gateway, notAfter.UTC().Format(time.RFC3339))
