@@ -341,12 +341,20 @@ func TestRenewRetryAfterLostAnswer(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("no view on gw4's stream")
 	}
-	k6, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if _, err := api.NewClient("https://"+n.Addr().String(), gw4.tls).Renew(ctx, csrOf(k6)); err != nil {
+	// First a renewal on the stream, answered: the stream and the
+	// gateway move to B.
+	kB, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	b4, err := stream4.Renew(ctx, csrOf(kB))
+	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = stream4.Renew(ctx, csrOf(k3))
-	wantStatus(t, err, 403, "takes a CSR for the key of")
+	bChain4, _ := ca.ParsePEM([]byte(b4.Certificate))
+	holdsB := gw4.tls.Clone()
+	holdsB.Certificates = []tls.Certificate{{Certificate: [][]byte{bChain4[0].Raw, bChain4[1].Raw}, PrivateKey: kB}}
+	k6, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if _, err := api.NewClient("https://"+n.Addr().String(), holdsB).Renew(ctx, csrOf(k6)); err != nil {
+		t.Fatal(err)
+	}
 	again4, err := stream4.Renew(ctx, csrOf(k6))
 	if err != nil {
 		t.Fatalf("the lost renewal asked again on the stream of the certificate it renewed: %v", err)
@@ -356,6 +364,20 @@ func TestRenewRetryAfterLostAnswer(t *testing.T) {
 	n.streams.mu.Unlock()
 	if stood4 != again4.Serial {
 		t.Fatalf("gw4's stream stands for %s, want %s (the renewal went over HTTPS?)", stood4, again4.Serial)
+	}
+	// While a renewal from a stale certificate is in flight on a stream,
+	// the senders leave the stream open; once it ended, it is stale.
+	stale := &gwStream{gateway: "gw4", serial: b4.Serial, notAfter: bChain4[0].NotAfter, renewingFrom: true}
+	if _, err := n.readmit(stale); err != nil {
+		t.Fatalf("a stream renewing from its stale certificate: %v", err)
+	}
+	stale.renewingFrom = false
+	if status, err := n.readmit(stale); status != 403 || err == nil {
+		t.Fatalf("a stale stream: %d %v", status, err)
+	}
+	// That answer lost as well: the gateway still holds B, which renews.
+	if _, err := api.NewClient("https://"+n.Addr().String(), holdsB).Renew(ctx, csrOf(k6)); err != nil {
+		t.Fatalf("gw4 holding B after two lost answers: %v", err)
 	}
 
 	// The certificate renewed from, revoked by its serial: no longer a

@@ -100,9 +100,10 @@ func (n *Node) readmit(st *gwStream) (int, error) {
 	st.certMu.Lock()
 	serial, notAfter, pending := st.serial, st.notAfter, st.pending
 	status, err := n.currentGatewayCert(st.gateway, serial)
-	if err != nil && pending != "" && n.State().gatewayCertIs(st.gateway, pending) == nil {
+	if err != nil && (st.renewingFrom || pending != "" && n.State().gatewayCertIs(st.gateway, pending) == nil) {
 		// A renewal on the stream committed a moment before the stream
-		// learns its serial.
+		// learns its serial, or one from its stale certificate is on
+		// its way (streamRenew looks again when it ends).
 		status, err = 0, nil
 	}
 	st.certMu.Unlock()
@@ -126,6 +127,10 @@ type gwStream struct {
 	serial   string
 	notAfter time.Time
 	pending  string // the serial of a renewal in flight on the stream
+	// renewingFrom: a renewal from the stream's certificate, no longer
+	// the current one (its renewal's answer lost), is in flight; the
+	// senders leave the stream open until it ends.
+	renewingFrom bool
 	// renewCalls: the gateway takes renewal calls (api.StreamProtoRenew).
 	renewCalls bool
 
@@ -406,7 +411,7 @@ func (n *Node) streamReports(br *bufio.Reader, st *gwStream) {
 		ack := api.WatchEvent{Ack: sr.Seq}
 		status, err := n.readmit(st)
 		from := ""
-		if serial, _ := st.cert(); err != nil && status == http.StatusForbidden && sr.Renew != nil && n.renewableFrom(st.gateway, serial) {
+		if serial, notAfter := st.cert(); err != nil && status == http.StatusForbidden && sr.Renew != nil && time.Now().Before(notAfter) && n.renewableFrom(st.gateway, serial) {
 			// The stream's certificate was renewed by a renewal whose
 			// answer was lost (on another node, or over HTTPS): it
 			// may renew from it, as over HTTPS (handleRenew).
@@ -439,7 +444,18 @@ func (n *Node) streamRenew(st *gwStream, sr api.StreamReport, from string) api.W
 	}
 	serial, _ := st.cert()
 	held := "" // the stream's own certificate, if renewed on since: the gateway may not have had the answers
-	if serial != st.opened || from != "" {
+	switch {
+	case from != "":
+		// As over HTTPS: the certificate kept for a lost answer is the
+		// one presented, which the stream stands for. (RenewedFrom
+		// keeps one such certificate: a gateway that also lost this
+		// stream's earlier answers, and holds the one the stream was
+		// opened with, can no longer renew with that one.)
+		held = from
+		st.certMu.Lock()
+		st.renewingFrom = true
+		st.certMu.Unlock()
+	case serial != st.opened:
 		held = st.opened
 	}
 	// Bounded as the agent's wait for the answer is: past it, the
@@ -455,15 +471,19 @@ func (n *Node) streamRenew(st *gwStream, sr api.StreamReport, from string) api.W
 	if err == nil {
 		st.serial, st.notAfter = resp.Serial, cert.NotAfter
 	}
-	st.pending = ""
+	// An outcome left unknown (the commit timed out) may still commit:
+	// the stream then looks stale and is closed, and the gateway renews
+	// again from the certificate it holds, over HTTPS.
+	st.pending, st.renewingFrom = "", false
 	st.certMu.Unlock()
+	// The sender looks at the stream again: a call made while this
+	// renewal was signed is still owed (callRenewal), and a stream
+	// whose renewal from a stale certificate failed is closed.
+	n.streams.queue(st, false)
 	if err != nil {
 		ack.Code, ack.Error = n.errorStatus(err)
 		return ack
 	}
-	// The sender looks at the stream again: a call made while this
-	// renewal was signed is still owed (callRenewal).
-	n.streams.queue(st, false)
 	ack.Renewed = resp
 	return ack
 }

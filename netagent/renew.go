@@ -336,8 +336,10 @@ func (r *renewer) renew(ctx context.Context) (err error) {
 		return fmt.Errorf("%w: %s", ErrRenewRefused, se.Msg)
 	}
 	if err != nil {
-		// Only a refusal says the key was not certified.
-		unknown = !errors.As(err, &se) || se.Code >= 500
+		// Only a refusal of a key never asked for before says it was
+		// not certified (a retry can meet a rate limit, say, after the
+		// first attempt was committed).
+		unknown = retry || !errors.As(err, &se) || se.Code >= 500
 		return fmt.Errorf("renew certificate %s: %w", ca.Serial(cur), err)
 	}
 	// Answered: the controllers have made a certificate for the key

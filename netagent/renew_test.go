@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
@@ -12,6 +13,8 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -353,6 +356,22 @@ func testRenewLoop(t *testing.T, c *testCtl, gw string, token bool) {
 		t.Fatal("no key kept after a renewal that got no answer")
 	}
 	kept := r.pending.key.Public()
+	// A retry refused (by a node that does not know the first attempt's
+	// answer was lost, by a rate limit) keeps the key: the first attempt
+	// may have been certified.
+	for _, code := range []int{http.StatusForbidden, http.StatusTooManyRequests, http.StatusBadRequest} {
+		srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(code)
+			io.WriteString(w, `{"error":"refused by the test"}`)
+		}))
+		r.client = func() *api.Client { return api.NewClient(srv.URL, &tls.Config{InsecureSkipVerify: true}) }
+		err := r.renew(ctx)
+		srv.Close()
+		if err == nil || r.pending == nil || !samePublicKey(r.pending.key.Public(), kept) {
+			t.Fatalf("a retry refused with HTTP %d: %v; the key kept: %v", code, err, r.pending != nil)
+		}
+	}
 	// The agent restarts before it asks again: the start settles the
 	// state directory (a token's keys that no file names are destroyed)
 	// and the new renewer takes the kept key from filePendingRenewal.
