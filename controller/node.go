@@ -90,7 +90,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Node, err erro
 		_, err := n.submit(ctx, CmdGatewayReports, &GatewayReportsRequest{Meta: n.meta("node:" + n.cfg.Node), Reports: reps})
 		return err
 	}}
-	n.refresh = &refresher{n: n}
+	n.refresh = &refresher{n: n, heartbeat: n.cfg.Raft.withDefaults().HeartbeatTimeout}
 	n.issueSlots = make(chan struct{}, 2*runtime.GOMAXPROCS(0))
 	n.streams = newStreamSender(n) // before raft: applying a renewal call wakes the streams
 	n.renewals = newRenewRecorder(n)

@@ -39,9 +39,10 @@ const maxRefreshBatch = 2048
 // refresher holds the refreshes a node has answered and not yet
 // committed, the newest of each gateway.
 type refresher struct {
-	n       *Node
-	mu      sync.Mutex
-	pending map[string]GatewayReportRequest
+	n         *Node
+	heartbeat time.Duration // raft's heartbeat timeout (inContact)
+	mu        sync.Mutex
+	pending   map[string]GatewayReportRequest
 }
 
 // sameReport says whether rep changes nothing that cur records but its
@@ -60,8 +61,8 @@ func (r *refresher) record(req GatewayReportRequest) bool {
 	// says that the cluster will know the gateway is there, which such
 	// a node cannot promise. The report is then committed at once, which
 	// fails there, and the gateway moves to another node.
-	same := inContact(r.n.raft.State(), r.n.raft.LastContact(), time.Now(), r.n.cfg.Raft.withDefaults().HeartbeatTimeout) &&
-		sameReport(r.n.State().gatewayReport(req.Gateway), req.Report)
+	same := sameReport(r.n.State().gatewayReport(req.Gateway), req.Report) &&
+		inContact(r.n.raft.State(), r.n.raft.LastContact(), time.Now(), r.heartbeat)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if !same {

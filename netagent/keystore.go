@@ -8,7 +8,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
-	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -178,12 +177,21 @@ func (k *tokenKeys) newKey() (crypto.Signer, []byte, error) {
 	return s, []byte(label + "\n"), nil
 }
 
-func (k *tokenKeys) discard(keyData []byte) error {
+// ownLabel is the label keyData names, if it is one of this agent's.
+func (k *tokenKeys) ownLabel(keyData []byte) (string, error) {
 	label := strings.TrimSpace(string(keyData))
 	if !strings.HasPrefix(label, k.prefix) {
-		return fmt.Errorf("key %q is not this agent's (labels begin %q): not destroyed", label, k.prefix)
+		return "", fmt.Errorf("key %q is not this agent's (labels begin %q)", label, k.prefix)
 	}
-	err := k.tok.DestroyKey(label)
+	return label, nil
+}
+
+func (k *tokenKeys) discard(keyData []byte) error {
+	label, err := k.ownLabel(keyData)
+	if err != nil {
+		return fmt.Errorf("%w: not destroyed", err)
+	}
+	err = k.tok.DestroyKey(label)
 	if errors.Is(err, hsm.ErrKeyNotFound) {
 		return nil
 	}
@@ -191,9 +199,9 @@ func (k *tokenKeys) discard(keyData []byte) error {
 }
 
 func (k *tokenKeys) loadKey(keyData []byte) (crypto.Signer, error) {
-	label := strings.TrimSpace(string(keyData))
-	if !strings.HasPrefix(label, k.prefix) {
-		return nil, fmt.Errorf("key %q is not this agent's (labels begin %q)", label, k.prefix)
+	label, err := k.ownLabel(keyData)
+	if err != nil {
+		return nil, err
 	}
 	return k.tok.Signer(label)
 }
@@ -246,10 +254,7 @@ func (k *tokenKeys) cleanup() ([]string, error) {
 	// A staged renewal's key stays until finishRenewal settles it, and
 	// an unanswered renewal's until its outcome is known.
 	staged, _ := k.label(k.cfg.path(fileTLSKeyLabel + ".next"))
-	var pending pendingFile
-	if data, err := os.ReadFile(k.cfg.path(filePendingRenewal)); err == nil {
-		json.Unmarshal(data, &pending) // unreadable: nothing to spare
-	}
+	pending, _ := readPendingFile(k.cfg) // unreadable: nothing to spare
 	pendingKey := strings.TrimSpace(pending.Key)
 	keys, err := k.tok.Keys()
 	if err != nil {

@@ -112,13 +112,9 @@ func newRenewer(cfg Config, keys keyStore, client func() *api.Client, log *slog.
 // any. One that cannot be used is dropped: the next renewal makes a new
 // key, which is all that was possible before it was kept.
 func (r *renewer) loadPending() *pendingRenewal {
-	data, err := os.ReadFile(r.cfg.path(filePendingRenewal))
+	pf, err := readPendingFile(r.cfg)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
-	}
-	var pf pendingFile
-	if err == nil {
-		err = json.Unmarshal(data, &pf)
 	}
 	var key crypto.Signer
 	if err == nil {
@@ -137,6 +133,16 @@ func (r *renewer) loadPending() *pendingRenewal {
 	}
 	r.log.Info("an earlier run's renewal got no answer; the next renewal asks again for its key", "serial", pf.From)
 	return &pendingRenewal{from: pf.From, key: key, keyData: []byte(pf.Key), csr: pf.CSR}
+}
+
+// readPendingFile reads cfg's filePendingRenewal.
+func readPendingFile(cfg Config) (pendingFile, error) {
+	var pf pendingFile
+	data, err := os.ReadFile(cfg.path(filePendingRenewal))
+	if err == nil {
+		err = json.Unmarshal(data, &pf)
+	}
+	return pf, err
 }
 
 // csrFor checks that csrPEM is a certificate request for key's public
@@ -330,16 +336,16 @@ func (r *renewer) renew(ctx context.Context) (err error) {
 	ctx, cancel := context.WithTimeout(ctx, renewTimeout)
 	defer cancel()
 	resp, err := r.client().Renew(ctx, api.RenewRequest{CSR: p.csr})
-	var se *api.StatusError
-	if errors.As(err, &se) && (se.Code == http.StatusForbidden || se.Code == http.StatusUnauthorized) {
-		unknown = retry
-		return fmt.Errorf("%w: %s", ErrRenewRefused, se.Msg)
-	}
 	if err != nil {
 		// Only a refusal of a key never asked for before says it was
 		// not certified (a retry can meet a rate limit, say, after the
 		// first attempt was committed).
-		unknown = retry || !errors.As(err, &se) || se.Code >= 500
+		var se *api.StatusError
+		refused := errors.As(err, &se) && se.Code < 500
+		unknown = retry || !refused
+		if refused && (se.Code == http.StatusForbidden || se.Code == http.StatusUnauthorized) {
+			return fmt.Errorf("%w: %s", ErrRenewRefused, se.Msg)
+		}
 		return fmt.Errorf("renew certificate %s: %w", ca.Serial(cur), err)
 	}
 	// Answered: the controllers have made a certificate for the key
