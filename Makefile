@@ -80,6 +80,7 @@ bench: deps
 	run ./controller -bench '^BenchmarkViewChange$$' -benchtime 1000x; \
 	run ./controller -bench '^BenchmarkRaftWrite$$' -benchtime 2000x -count 3; \
 	run ./controller -bench '^BenchmarkRaftBatchedWrites$$' -benchtime 20000x -count 3; \
+	run ./controller -bench '^BenchmarkCertArchive$$' -benchtime 50x; \
 	uptime | tee -a $(BENCH_LOG); \
 	$(MAKE) --no-print-directory bench-fanout || fail=1; \
 	$(GO) run ./internal/benchjson -map $(BENCH_MAP) -out bench-results.json $(BENCH_LOG) $(FANOUT_LOG) || fail=1; \

@@ -326,6 +326,9 @@ type Certificate struct {
 	Reason     int    `json:"reason,omitempty"`
 	ReasonName string `json:"reason_name,omitempty"`
 	RevokedBy  string `json:"revoked_by,omitempty"`
+	// Archived is set on a certificate that left the in-memory inventory
+	// for the archive, some time after it expired (cert_archive_after).
+	Archived bool `json:"archived,omitempty"`
 }
 
 // RenewCall asks every enrolled gateway whose current certificate was

@@ -3,18 +3,15 @@ package controller
 import (
 	"bufio"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
-	"os"
-	"strings"
 
 	"github.com/govnet/govnet/api"
 )
 
-// auditLog holds a State's audit chain: the entries in a file, one JSON
-// line each (the lines `govnetctl audit export` prints), and in memory
-// only where each line starts and the head.
+// auditLog holds a State's audit chain: the entries in a spillFile, one
+// JSON line each (the lines `govnetctl audit export` prints), and in
+// memory only where each line starts and the head.
 //
 // Every committed command adds an entry, so the chain grows with the
 // network's activity rather than its size: at 20,000 gateways their
@@ -22,38 +19,15 @@ import (
 // (~330 bytes an entry) it grew each node by gigabytes a week, and every
 // snapshot re-encoded all of it under the state's lock; in the file it
 // costs 8 bytes an entry, and a snapshot copies the lines.
-//
-// The file is unlinked as soon as it is created. The chain is part of the
-// replicated state and is rebuilt with the rest of it at every start, from
-// the latest snapshot and the raft log after it; nothing in the file is
-// needed across a restart, and a crash leaves nothing behind to clean up
-// (unless it falls between the file's creation and its removal).
-//
-// An auditLog is guarded by its State's lock. Written lines never change,
-// and a restore starts a new file, so a reader may read the lines it was
-// handed (lines) after letting go of the lock. The file of a log that a
-// restore replaced is closed by the garbage collector once no reader
-// holds it (Go collects at least every two minutes): until then its disk
-// space stays in use.
-//
-// Errors of the file itself wrap errAuditIO: they say this node's disk
-// failed or is full, not that the chain is wrong.
 type auditLog struct {
-	dir  string   // where the file is created; "" means os.TempDir()
-	f    *os.File // nil until the first entry
-	offs []int64  // offs[i] is where the line of seq i+1 starts
-	size int64    // bytes written (pending included)
+	spillFile
+	offs []int64 // offs[i] is where the line of seq i+1 starts
 	head api.AuditEntry
-	// While a snapshot is read into a log nobody else sees yet, lines
-	// gather here and are written 64 KiB at a time (flush).
-	buffered bool
-	pending  []byte
 }
 
-// errAuditIO marks a failure of the audit chain's file.
-var errAuditIO = errors.New("audit chain file")
-
-func newAuditLog(dir string) *auditLog { return &auditLog{dir: dir} }
+func newAuditLog(dir string) *auditLog {
+	return &auditLog{spillFile: spillFile{dir: dir, pattern: "audit-*.jsonl"}}
+}
 
 // len is the number of entries, which is also the head's seq.
 func (l *auditLog) len() uint64 { return uint64(len(l.offs)) }
@@ -64,48 +38,16 @@ func (l *auditLog) append(e api.AuditEntry) error {
 	if e.Seq != l.len()+1 {
 		return fmt.Errorf("audit chain: entry %d after %d", e.Seq, l.len())
 	}
-	if l.f == nil {
-		f, err := os.CreateTemp(l.dir, "audit-*.jsonl")
-		if err != nil {
-			return fmt.Errorf("%w: %w", errAuditIO, err)
-		}
-		if err := os.Remove(f.Name()); err != nil {
-			f.Close()
-			return fmt.Errorf("%w: %w", errAuditIO, err)
-		}
-		l.f = f
-	}
 	b, err := json.Marshal(e)
 	if err != nil {
 		return fmt.Errorf("audit chain: entry %d: %w", e.Seq, err)
 	}
-	b = append(b, '\n')
-	if !l.buffered {
-		if _, err := l.f.WriteAt(b, l.size); err != nil {
-			return fmt.Errorf("%w: write entry %d: %w", errAuditIO, e.Seq, err)
-		}
+	off, err := l.write(append(b, '\n'))
+	if err != nil {
+		return fmt.Errorf("audit chain: entry %d: %w", e.Seq, err)
 	}
-	l.offs = append(l.offs, l.size)
-	l.size += int64(len(b))
+	l.offs = append(l.offs, off)
 	l.head = e
-	if l.buffered {
-		l.pending = append(l.pending, b...)
-		if len(l.pending) >= 64<<10 {
-			return l.flush()
-		}
-	}
-	return nil
-}
-
-// flush writes the pending lines.
-func (l *auditLog) flush() error {
-	if len(l.pending) == 0 {
-		return nil
-	}
-	if _, err := l.f.WriteAt(l.pending, l.size-int64(len(l.pending))); err != nil {
-		return fmt.Errorf("%w: write: %w", errAuditIO, err)
-	}
-	l.pending = l.pending[:0]
 	return nil
 }
 
@@ -117,9 +59,9 @@ func (l *auditLog) entry(seq uint64) (api.AuditEntry, error) {
 	case seq == l.len():
 		return l.head, nil
 	}
-	b := make([]byte, l.offs[seq]-l.offs[seq-1])
-	if _, err := l.f.ReadAt(b, l.offs[seq-1]); err != nil {
-		return api.AuditEntry{}, fmt.Errorf("%w: read entry %d: %w", errAuditIO, seq, err)
+	b, err := l.read(l.offs[seq-1], int(l.offs[seq]-l.offs[seq-1]))
+	if err != nil {
+		return api.AuditEntry{}, fmt.Errorf("audit chain: entry %d: %w", seq, err)
 	}
 	var e api.AuditEntry
 	if err := json.Unmarshal(b, &e); err != nil {
@@ -132,18 +74,9 @@ func (l *auditLog) entry(seq uint64) (api.AuditEntry, error) {
 // now; the reader stays valid after the lock is released.
 func (l *auditLog) lines(since uint64) *io.SectionReader {
 	if since >= l.len() {
-		return io.NewSectionReader(strings.NewReader(""), 0, 0)
+		return l.from(l.size)
 	}
-	return io.NewSectionReader(l.f, l.offs[since], l.size-l.offs[since])
-}
-
-// close releases the file; only for a log nobody reads any more (a backup
-// that was only checked). A log replaced by a restore is left to the
-// garbage collector, which closes its file once no reader holds it.
-func (l *auditLog) close() {
-	if l.f != nil {
-		l.f.Close()
-	}
+	return l.from(l.offs[since])
 }
 
 // maxAuditLine bounds a line of the chain: an entry is a few hundred

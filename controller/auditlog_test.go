@@ -139,14 +139,14 @@ func FuzzSnapshot(f *testing.F) {
 		if err != nil {
 			return
 		}
-		defer ns.audit.close()
-		g := &FSM{state: ns, auditDir: dir, log: slog.New(slog.NewTextHandler(io.Discard, nil)), onApply: func(uint64, CommandType) {}}
+		defer ns.close()
+		g := &FSM{state: ns, spillDir: dir, log: slog.New(slog.NewTextHandler(io.Discard, nil)), onApply: func(uint64, CommandType) {}}
 		once := snapshotBytes(t, g)
 		h := newFSMIn(dir, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
 		if err := h.Restore(io.NopCloser(bytes.NewReader(once))); err != nil {
 			t.Fatalf("an accepted backup's own snapshot is refused: %v", err)
 		}
-		defer h.state.audit.close()
+		defer h.state.close()
 		if twice := snapshotBytes(t, h); !bytes.Equal(once, twice) {
 			t.Fatalf("snapshot changed on a second round:\n%s\n---\n%s", once, twice)
 		}

@@ -490,8 +490,8 @@ func (n *Node) handleSnapshotRestore(w http.ResponseWriter, r *http.Request, id 
 		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("snapshot: %v", err))
 		return
 	}
-	ns, err := readSnapshot(bytes.NewReader(b), n.fsm.auditDir)
-	if errors.Is(err, errAuditIO) { // this node's disk, not the backup
+	ns, err := readSnapshot(bytes.NewReader(b), n.fsm.spillDir)
+	if errors.Is(err, errSpillIO) { // this node's disk, not the backup
 		writeError(w, http.StatusInternalServerError, "check the backup: "+err.Error())
 		return
 	}
@@ -499,7 +499,7 @@ func (n *Node) handleSnapshotRestore(w http.ResponseWriter, r *http.Request, id 
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	ns.audit.close()
+	ns.close()
 	actor := actorOf(r, id)
 	if id.Kind == ca.KindPerson {
 		actor = id.Name

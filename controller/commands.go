@@ -45,6 +45,8 @@ const (
 	CmdGatewayRefreshes CommandType = 27 | IgnoreUnknownTypeFlag
 	// A call on every gateway to renew now (controller/renewcall.go).
 	CmdRenewCall CommandType = 28
+	// Expired certificates moved to the archive (controller/certarchive.go).
+	CmdCertArchive CommandType = 29
 	// Agency registry operations (controller/agency.go).
 	CmdAgencyImport        CommandType = 19
 	CmdAgencyMerge         CommandType = 20
@@ -101,6 +103,8 @@ func (t CommandType) String() string {
 		return "gateway-refreshes"
 	case CmdRenewCall:
 		return "renew-call"
+	case CmdCertArchive:
+		return "cert-archive"
 	case CmdAgencyImport:
 		return "agency-import"
 	case CmdAgencyMerge:
@@ -276,6 +280,14 @@ type StateRestoredRequest struct {
 type CertRecordRequest struct {
 	Meta
 	Certs []api.Certificate `json:"certs"`
+}
+
+// CertArchiveRequest moves certificates that expired before Before from
+// the inventory to the archive (see applyCertArchive for which qualify).
+type CertArchiveRequest struct {
+	Meta
+	Before  time.Time `json:"before"`
+	Serials []string  `json:"serials"`
 }
 
 // CertRevokeRequest revokes a certificate by serial, or a gateway and

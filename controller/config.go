@@ -61,6 +61,11 @@ type Config struct {
 	// show on the other nodes, so keep it well under the coverage
 	// window. 0 means 30 s.
 	ReportFlush time.Duration `yaml:"report_flush,omitempty"`
+	// CertArchiveAfter is how long after its expiry a certificate leaves
+	// the in-memory inventory for the archive (controller/certarchive.go),
+	// where `cert show`, OCSP and `cert list --archived` still find it.
+	// 0 means 24 h.
+	CertArchiveAfter time.Duration `yaml:"cert_archive_after,omitempty"`
 }
 
 // RaftConfig tunes failure detection. Followers start an election after
@@ -160,6 +165,9 @@ func (c Config) Validate() error {
 	var errs []error
 	if c.ReportFlush < 0 {
 		errs = append(errs, fmt.Errorf("report_flush %s: want a positive duration, or 0 for %s", c.ReportFlush, reportFlush))
+	}
+	if c.CertArchiveAfter < 0 {
+		errs = append(errs, fmt.Errorf("cert_archive_after %s: want a positive duration, or 0 for %s", c.CertArchiveAfter, defaultCertArchiveAfter))
 	}
 	if !validID(c.Node) {
 		errs = append(errs, fmt.Errorf("node %q: use 1-63 lowercase letters, digits and '-'", c.Node))

@@ -2,6 +2,7 @@ package controller
 
 import (
 	"bufio"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -23,7 +24,7 @@ type ApplyResult struct {
 // FSM applies committed commands to a State.
 type FSM struct {
 	state    *State
-	auditDir string // where the state's audit chain spills (see auditLog)
+	spillDir string // where the state's audit chain and certificate archive spill (see spillFile)
 	log      *slog.Logger
 	onApply  func(index uint64, t CommandType) // called after a command took effect, outside the lock
 }
@@ -34,12 +35,12 @@ func NewFSM(log *slog.Logger, onApply func(uint64, CommandType)) *FSM {
 	return newFSMIn("", log, onApply)
 }
 
-// newFSMIn is NewFSM with the audit chain's file in auditDir.
-func newFSMIn(auditDir string, log *slog.Logger, onApply func(uint64, CommandType)) *FSM {
+// newFSMIn is NewFSM with the audit chain's and the archive's files in spillDir.
+func newFSMIn(spillDir string, log *slog.Logger, onApply func(uint64, CommandType)) *FSM {
 	if onApply == nil {
 		onApply = func(uint64, CommandType) {}
 	}
-	return &FSM{state: newState(auditDir), auditDir: auditDir, log: log, onApply: onApply}
+	return &FSM{state: newState(spillDir), spillDir: spillDir, log: log, onApply: onApply}
 }
 
 // State returns the state the FSM maintains.
@@ -56,6 +57,12 @@ func (f *FSM) Apply(l *raft.Log) any {
 	entry := s.auditEntry(l.Index, t, l.Data)
 	s.applying = l.Index
 	err := f.dispatch(t, body)
+	if errors.Is(err, errSpillIO) {
+		// The command could not take effect here, and did on the nodes
+		// whose disks work: this node's state would part from theirs.
+		s.mu.Unlock()
+		panic(fmt.Sprintf("raft index %d: %v", l.Index, err))
+	}
 	if err == nil {
 		if aerr := s.appendAudit(entry); aerr != nil {
 			// The command took effect and its entry cannot be kept: this
@@ -85,6 +92,8 @@ func (f *FSM) dispatch(t CommandType, body []byte) error {
 		return applyJSON(body, s.applyGatewayRefreshes)
 	case CmdRenewCall:
 		return applyJSON(body, s.applyRenewCall)
+	case CmdCertArchive:
+		return applyJSON(body, s.applyCertArchive)
 	case CmdInitNetwork:
 		return applyJSON(body, s.applyInitNetwork)
 	case CmdAgencyUpsert:
@@ -221,9 +230,10 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	if s.renewCall != nil {
 		err = errors.Join(err, add("renew-call", s.renewCall))
 	}
-	// The audit chain, the bulk of a snapshot, is copied line by line in
-	// Persist, off the lock; the records after it are kept apart.
-	snap.audit, snap.tail = s.audit.lines(0), len(snap.records)
+	// The archive and the audit chain, the bulk of a snapshot, are copied
+	// line by line in Persist, off the lock; the records after them are
+	// kept apart.
+	snap.archived, snap.audit, snap.tail = s.archive.from(0), s.audit.lines(0), len(snap.records)
 	for _, c := range s.checkpoints {
 		err = errors.Join(err, add("checkpoint", c))
 	}
@@ -233,8 +243,10 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 type fsmSnapshot struct {
 	header  snapshotHeader
 	records []snapshotRecord
-	audit   *io.SectionReader // the audit chain's lines, written before records[tail:]
-	tail    int
+	// The archived certificates' and the audit chain's lines, written in
+	// that order before records[tail:].
+	archived, audit *io.SectionReader
+	tail            int
 }
 
 func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
@@ -244,15 +256,21 @@ func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
 	for i := 0; err == nil && i < s.tail; i++ {
 		err = enc.Encode(s.records[i])
 	}
-	if err == nil {
-		// Each line as enc.Encode(snapshotRecord{Type: "audit", Data: line})
-		// writes it.
-		err = eachAuditLine(s.audit, func(line []byte) error {
-			w.WriteString(`{"type":"audit","data":`)
+	// Each line as enc.Encode(snapshotRecord{Type: typ, Data: line})
+	// writes it.
+	copyLines := func(typ string, r io.Reader) error {
+		return eachAuditLine(r, func(line []byte) error {
+			w.WriteString(`{"type":"` + typ + `","data":`)
 			w.Write(line)
 			_, err := w.WriteString("}\n")
 			return err
 		})
+	}
+	if err == nil {
+		err = copyLines("archived", s.archived)
+	}
+	if err == nil {
+		err = copyLines("audit", s.audit)
 	}
 	for i := s.tail; err == nil && i < len(s.records); i++ {
 		err = enc.Encode(s.records[i])
@@ -277,7 +295,7 @@ func (s *fsmSnapshot) Release() {}
 // command sets the index to its raft index again.
 func (f *FSM) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
-	ns, err := readSnapshot(rc, f.auditDir)
+	ns, err := readSnapshot(rc, f.spillDir)
 	if err != nil {
 		return err
 	}
@@ -285,7 +303,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	s.mu.Lock()
 	s.overlay, s.agencies, s.gateways, s.tokens, s.policies, s.addrInUse, s.members, s.people, s.requests, s.audit =
 		ns.overlay, ns.agencies, ns.gateways, ns.tokens, ns.policies, ns.addrInUse, ns.members, ns.people, ns.requests, ns.audit
-	s.certs, s.issuers, s.keyOwner = ns.certs, ns.issuers, ns.keyOwner
+	s.certs, s.archive, s.issuers, s.keyOwner = ns.certs, ns.archive, ns.issuers, ns.keyOwner
 	s.usedBelow = netip.Addr{}
 	s.checkpoints = ns.checkpoints
 	s.renewCall = ns.renewCall
@@ -298,9 +316,9 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 }
 
 // readSnapshot decodes a snapshot into a fresh state, whose audit chain
-// spills to auditDir; it is also how an uploaded backup is checked before
+// spills to spillDir; it is also how an uploaded backup is checked before
 // it is handed to raft.
-func readSnapshot(r io.Reader, auditDir string) (_ *State, err error) {
+func readSnapshot(r io.Reader, spillDir string) (_ *State, err error) {
 	dec := json.NewDecoder(bufio.NewReader(r))
 	var hdr snapshotHeader
 	if err := dec.Decode(&hdr); err != nil {
@@ -309,15 +327,15 @@ func readSnapshot(r io.Reader, auditDir string) (_ *State, err error) {
 	if hdr.Format != snapshotFormat {
 		return nil, fmt.Errorf("restore: snapshot format %q, want %q", hdr.Format, snapshotFormat)
 	}
-	ns := newState(auditDir)
-	ns.audit.buffered = true
+	ns := newState(spillDir)
+	ns.audit.buffered, ns.archive.buffered = true, true
 	defer func() {
-		ns.audit.buffered = false
+		ns.audit.buffered, ns.archive.buffered = false, false
 		if err == nil {
-			err = ns.audit.flush()
+			err = errors.Join(ns.audit.flush(), ns.archive.flush())
 		}
 		if err != nil {
-			ns.audit.close()
+			ns.close()
 		}
 	}()
 	ns.index = hdr.Index
@@ -396,7 +414,22 @@ func (s *State) restoreRecord(rec snapshotRecord) error {
 		if err := json.Unmarshal(rec.Data, c); err != nil {
 			return err
 		}
+		if archived, err := s.archive.has(c.Serial); err != nil || archived {
+			return cmp.Or(err, fmt.Errorf("certificate %s is also archived", c.Serial))
+		}
 		s.certs[c.Serial] = c
+	case "archived":
+		c := new(api.Certificate)
+		if err := json.Unmarshal(rec.Data, c); err != nil {
+			return err
+		}
+		if normSerial(c.Serial) != c.Serial {
+			return fmt.Errorf("archived certificate serial %q: want lowercase hex without leading zeros", c.Serial)
+		}
+		if archived, err := s.archive.has(c.Serial); err != nil || archived || s.certs[c.Serial] != nil {
+			return cmp.Or(err, fmt.Errorf("certificate %s is archived twice, or also in the inventory", c.Serial))
+		}
+		return s.archive.addLine(c, rec.Data)
 	case "issuer":
 		r := new(issuerRecord)
 		if err := json.Unmarshal(rec.Data, r); err != nil {

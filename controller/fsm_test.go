@@ -95,6 +95,10 @@ func history() []struct {
 			{Serial: "e5", Kind: "gateway", Subject: "gw4", Gateway: "gw4", Agency: "000.00.00.H01", Issuer: "ef01", NotBefore: t0, NotAfter: t0.Add(24 * time.Hour)},
 		}}},
 		{CmdGatewayDecommission, &GatewayDecommissionRequest{Meta: meta("off"), Gateway: "gw4", Reason: "replaced"}},
+		// Four days on: gw2's first two certificates (2a revoked) go to
+		// the archive; 2c, its current one, stays, as do 99 (unknown)
+		// and c (not expired).
+		{CmdCertArchive, &CertArchiveRequest{Meta: Meta{Actor: "node:ctl1", At: t0.Add(96 * time.Hour)}, Before: t0.Add(72 * time.Hour), Serials: []string{"2a", "2b", "2c", "99", "c"}}},
 	}
 	// A checkpoint of the chain's third entry, as the commands above make it.
 	scratch := NewFSM(slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
@@ -113,6 +117,14 @@ func history() []struct {
 		req any
 	}{CmdAuditCheckpoint, &AuditCheckpointRequest{Meta: meta("node:ctl1"), Node: "ctl1", Checkpoint: cp}})
 	return h
+}
+
+func manySerials(n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = fmt.Sprintf("%x", i+1)
+	}
+	return out
 }
 
 func applyCmd(t testing.TB, f *FSM, index uint64, typ CommandType, req any) error {
@@ -195,15 +207,26 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	}) {
 		t.Fatal("no audit entry names the gateway the batch renewed")
 	}
-	if c, _ := f.State().Certificate("2a"); c.Status != api.CertRevoked || c.ReasonName != "superseded" || c.Requester != "op" || c.Approver != "off" {
+	// 2a and 2b were archived, and are still found as they were.
+	if c, _ := f.State().Certificate("2a"); c.Status != api.CertRevoked || c.ReasonName != "superseded" || c.Requester != "op" || c.Approver != "off" || !c.Archived {
 		t.Fatalf("2a %+v", c)
 	}
-	if c, _ := f.State().Certificate("02B"); c.Status != api.CertRevoked || c.Reason != 1 || c.RevokedBy != "off2" || c.Requester != "gateway:gw2" {
+	if c, _ := f.State().Certificate("02B"); c.Status != api.CertRevoked || c.Reason != 1 || c.RevokedBy != "off2" || c.Requester != "gateway:gw2" || !c.Archived {
 		t.Fatalf("2b %+v", c)
 	}
-	// And gw4's e5, revoked when gw4 was decommissioned.
-	if got := f.State().Certificates(CertFilter{Revoked: true}); len(got) != 4 {
+	if n := f.State().ArchivedCount(); n != 2 {
+		t.Fatalf("%d archived, want 2a and 2b", n)
+	}
+	if c, _ := f.State().Certificate("2c"); c.Archived {
+		t.Fatalf("gw2's current certificate was archived: %+v", c)
+	}
+	// In the inventory, 2c and gw4's e5 (revoked when gw4 was
+	// decommissioned) are revoked; the metrics count the archived too.
+	if got := f.State().Certificates(CertFilter{Revoked: true}); len(got) != 2 {
 		t.Fatalf("revoked: %+v", got)
+	}
+	if cs := f.State().certStats(t0); cs.issued["gateway"] != 4 || cs.revokedN != 2 || cs.archived != 2 || cs.revoked["superseded"] != 1 {
+		t.Fatalf("metrics: %+v", cs)
 	}
 	if c, _ := f.State().Certificate("e5"); c.Status != api.CertRevoked || c.ReasonName != "cessationOfOperation" {
 		t.Fatalf("e5 %+v", c)
@@ -211,7 +234,7 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	if gw4, _ := f.State().Gateway("gw4"); gw4.Status != api.StatusDecommissioned || gw4.Agency != "000.00.00.H29" {
 		t.Fatalf("gw4 %+v", gw4)
 	}
-	if got := f.State().Certificates(CertFilter{Agency: "000.00.00.H49"}); len(got) != 3 {
+	if got := f.State().Certificates(CertFilter{Agency: "000.00.00.H49"}); len(got) != 1 {
 		t.Fatalf("of H49: %+v", got)
 	}
 	if got := f.State().Certificates(CertFilter{Expiring: 100 * 24 * time.Hour, Now: t0}); len(got) != 1 || got[0].Serial != "c" {
@@ -333,6 +356,15 @@ func TestApplyRejects(t *testing.T) {
 		{"close unknown", CmdAgencyClose, &AgencyCloseRequest{Meta: meta("op"), Code: "000.00.00.H77"}},
 		{"decommission twice", CmdGatewayDecommission, &GatewayDecommissionRequest{Meta: meta("off"), Gateway: "gw4"}},
 		{"decommission unknown", CmdGatewayDecommission, &GatewayDecommissionRequest{Meta: meta("off"), Gateway: "nope"}},
+		{"archive nothing", CmdCertArchive, &CertArchiveRequest{Meta: meta("node:ctl1"), Before: t0}},
+		{"archive a bad serial", CmdCertArchive, &CertArchiveRequest{Meta: meta("node:ctl1"), Before: t0, Serials: []string{"e5", "0E5"}}},
+		{"archive a serial twice", CmdCertArchive, &CertArchiveRequest{Meta: meta("node:ctl1"), Before: t0, Serials: []string{"e5", "e5"}}},
+		{"archive from the future", CmdCertArchive, &CertArchiveRequest{Meta: meta("node:ctl1"), Before: t0.Add(time.Second), Serials: []string{"e5"}}},
+		{"archive with no time", CmdCertArchive, &CertArchiveRequest{Meta: meta("node:ctl1"), Serials: []string{"e5"}}},
+		{"archive too many", CmdCertArchive, &CertArchiveRequest{Meta: meta("node:ctl1"), Before: t0, Serials: manySerials(maxArchiveBatch + 1)}},
+		{"record an archived serial", CmdCertRecord, &CertRecordRequest{Meta: meta("node:ctl1"), Certs: []api.Certificate{
+			{Serial: "2b", Kind: "node", Subject: "ctl1", Issuer: "abcd", NotBefore: t0, NotAfter: t0.Add(time.Hour)}}}},
+		{"revoke an archived serial", CmdCertRevoke, &CertRevokeRequest{Meta: meta("off"), Serial: "2b", Reason: 1}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			f := NewFSM(slog.Default(), nil)

@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -58,21 +59,27 @@ type CertFilter struct {
 	Now      time.Time
 }
 
+func (f CertFilter) match(c *api.Certificate) bool {
+	switch {
+	case f.Agency != "" && c.Agency != f.Agency:
+		return false
+	case f.Revoked && c.Status != api.CertRevoked:
+		return false
+	case f.Expiring > 0 && (c.Status != api.CertValid || !c.NotAfter.After(f.Now) || c.NotAfter.After(f.Now.Add(f.Expiring))):
+		return false
+	}
+	return true
+}
+
 // Certificates returns the inventory sorted by issue time, then serial.
 func (s *State) Certificates(f CertFilter) []api.Certificate {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	out := []api.Certificate{}
 	for _, c := range s.certs {
-		switch {
-		case f.Agency != "" && c.Agency != f.Agency:
-			continue
-		case f.Revoked && c.Status != api.CertRevoked:
-			continue
-		case f.Expiring > 0 && (c.Status != api.CertValid || !c.NotAfter.After(f.Now) || c.NotAfter.After(f.Now.Add(f.Expiring))):
-			continue
+		if f.match(c) {
+			out = append(out, copyCert(c))
 		}
-		out = append(out, copyCert(c))
 	}
 	slices.SortFunc(out, func(a, b api.Certificate) int {
 		if c := a.Issued.Compare(b.Issued); c != 0 {
@@ -84,15 +91,27 @@ func (s *State) Certificates(f CertFilter) []api.Certificate {
 }
 
 // Certificate returns one certificate by serial (hex, any case, leading
-// zeros ignored).
+// zeros ignored), from the inventory or the archive. An archived one that
+// this node's disk fails to read counts as not found: LookupCertificate
+// tells the two apart.
 func (s *State) Certificate(serial string) (api.Certificate, bool) {
+	c, ok, _ := s.LookupCertificate(serial)
+	return c, ok
+}
+
+// LookupCertificate is Certificate with the archive's read error.
+func (s *State) LookupCertificate(serial string) (api.Certificate, bool, error) {
+	serial = normSerial(serial)
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	c, ok := s.certs[normSerial(serial)]
-	if !ok {
-		return api.Certificate{}, false
+	if c, ok := s.certs[serial]; ok {
+		return copyCert(c), true, nil
 	}
-	return copyCert(c), true
+	c, ok, err := s.archive.lookup(serial)
+	if !ok {
+		return api.Certificate{}, false, err
+	}
+	return *c, true, nil
 }
 
 func copyCert(c *api.Certificate) api.Certificate {
@@ -110,18 +129,25 @@ func normSerial(s string) string {
 	return n.Text(16)
 }
 
-// CertStatus answers OCSP for a serial of issuer.
-func (s *State) CertStatus(issuer string, serial *big.Int) ca.CertStatus {
+// CertStatus answers OCSP for a serial of issuer, archived or not: an
+// expired certificate is still answered for, with the status it had.
+func (s *State) CertStatus(issuer string, serial *big.Int) (ca.CertStatus, error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	c, ok := s.certs[serial.Text(16)]
+	if !ok {
+		var err error
+		if c, ok, err = s.archive.lookup(serial.Text(16)); err != nil {
+			return ca.CertStatus{}, err
+		}
+	}
 	if !ok || c.Issuer != issuer {
-		return ca.CertStatus{State: ca.StateUnknown}
+		return ca.CertStatus{State: ca.StateUnknown}, nil
 	}
 	if c.Status == api.CertRevoked {
-		return ca.CertStatus{State: ca.StateRevoked, RevokedAt: c.RevokedAt, Reason: ca.Reason(c.Reason)}
+		return ca.CertStatus{State: ca.StateRevoked, RevokedAt: c.RevokedAt, Reason: ca.Reason(c.Reason)}, nil
 	}
-	return ca.CertStatus{State: ca.StateGood}
+	return ca.CertStatus{State: ca.StateGood}, nil
 }
 
 // issuer returns a copy of an issuer's record.
@@ -182,6 +208,9 @@ func (s *State) checkCert(c *api.Certificate) error {
 	if _, ok := s.certs[c.Serial]; ok {
 		return fmt.Errorf("%w: certificate %s is already recorded", ErrConflict, c.Serial)
 	}
+	if archived, err := s.archive.has(c.Serial); err != nil || archived {
+		return cmp.Or(err, fmt.Errorf("%w: certificate %s is already recorded (archived)", ErrConflict, c.Serial))
+	}
 	return nil
 }
 
@@ -239,6 +268,11 @@ func (s *State) checkRevoke(serial, gateway string, reason int) ([]*api.Certific
 	case serial != "":
 		c, ok := s.certs[normSerial(serial)]
 		if !ok {
+			if a, archived, err := s.archive.lookup(normSerial(serial)); err != nil {
+				return nil, err
+			} else if archived {
+				return nil, fmt.Errorf("%w: certificate %s expired on %s and was archived: an expired certificate needs no revocation", ErrConflict, a.Serial, a.NotAfter.Format(time.RFC3339))
+			}
 			return nil, fmt.Errorf("%w: certificate %s is not in the inventory", ErrNotFound, serial)
 		}
 		if c.Status == api.CertRevoked {

@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"cmp"
 	"net/http"
 	"strings"
 	"time"
@@ -86,7 +87,7 @@ var (
 	descRevoked = prometheus.NewDesc("govnet_certificates_revoked_total",
 		"Certificates revoked, from the replicated inventory, by RFC 5280 reason.", []string{"reason"}, nil)
 	descCerts = prometheus.NewDesc("govnet_certificates",
-		"Certificates in the inventory by status: valid, expired, revoked.", []string{"status"}, nil)
+		"Certificates in the inventory by status: valid, expired, revoked, archived (expired a while ago, on disk).", []string{"status"}, nil)
 	descExpiry = prometheus.NewDesc("govnet_certificate_days_to_expiry",
 		"Days until valid, unexpired certificates expire, by profile; computed at scrape time.", []string{"profile"}, nil)
 	descPolicy = prometheus.NewDesc("govnet_policy_version",
@@ -144,6 +145,7 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descCerts, float64(cs.valid), api.CertValid)
 	gauge(descCerts, float64(cs.expired), "expired")
 	gauge(descCerts, float64(cs.revokedN), api.CertRevoked)
+	gauge(descCerts, float64(cs.archived), "archived")
 	for profile, h := range cs.expiry {
 		ch <- prometheus.MustNewConstHistogram(descExpiry, h.count, h.sum, h.buckets, profile)
 	}
@@ -191,9 +193,9 @@ func (h *viewHub) compiledAt() (index uint64, failing bool) {
 }
 
 type certStats struct {
-	issued, revoked          map[string]uint64 // by profile, by reason
-	valid, expired, revokedN int
-	expiry                   map[string]*constHistogram // by profile
+	issued, revoked                    map[string]uint64 // by profile, by reason
+	valid, expired, revokedN, archived int
+	expiry                             map[string]*constHistogram // by profile
 }
 
 type constHistogram struct {
@@ -212,11 +214,7 @@ func (s *State) certStats(now time.Time) certStats {
 		switch {
 		case c.Status == api.CertRevoked:
 			out.revokedN++
-			reason := c.ReasonName
-			if reason == "" {
-				reason = "unspecified"
-			}
-			out.revoked[reason]++
+			out.revoked[reasonLabel(c)]++
 		case !now.Before(c.NotAfter):
 			out.expired++
 		default:
@@ -239,8 +237,19 @@ func (s *State) certStats(now time.Time) certStats {
 			}
 		}
 	}
+	// The archived still count as issued and revoked.
+	out.archived = s.archive.len()
+	for k, v := range s.archive.issued {
+		out.issued[k] += v
+	}
+	for k, v := range s.archive.revoked {
+		out.revoked[k] += v
+	}
 	return out
 }
+
+// reasonLabel is a revoked certificate's reason as the metrics name it.
+func reasonLabel(c *api.Certificate) string { return cmp.Or(c.ReasonName, "unspecified") }
 
 // gatewayHealth returns, per gateway, the fields attestation needs: id,
 // status and report.

@@ -71,6 +71,7 @@ type Node struct {
 	// issueSlots bounds the renewals being signed at once (renewGateway).
 	issueSlots chan struct{}
 	renewals   *groupCommit[GatewayRenewRequest] // gateways' renewals, committed in batches
+	archivedAt time.Time                         // when leaderDuties last looked for certificates to archive
 	metrics    *nodeMetrics                      // served at /metrics on the plain-HTTP listener
 	// startSettled is set once the node has caught up, compiled its views
 	// and given back its start's memory (releaseStartupMemory).
@@ -203,7 +204,7 @@ func (n *Node) openCA() error {
 	}
 	n.issuerID = ca.IssuerID(inter)
 	n.ocsp = n.ca.OCSPResponder(func(_ context.Context, serial *big.Int) (ca.CertStatus, error) {
-		return n.State().CertStatus(n.issuerID, serial), nil
+		return n.State().CertStatus(n.issuerID, serial)
 	})
 	n.tls = tls.Certificate{Certificate: [][]byte{node.Raw, inter.Raw}, PrivateKey: tlsKey, Leaf: node}
 	n.verifier = chain.NewVerifierFor(root)
@@ -384,6 +385,9 @@ func (n *Node) leaderDuties(ctx context.Context) {
 			n.registerBootstrap(ctx)
 			if err := n.checkpointIfDue(ctx); err != nil && ctx.Err() == nil {
 				n.log.Error("audit checkpoint", "err", err)
+			}
+			if err := n.archiveIfDue(ctx); err != nil && ctx.Err() == nil {
+				n.log.Error("certificate archive", "err", err)
 			}
 		}
 		select {

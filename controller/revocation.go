@@ -1,11 +1,13 @@
 package controller
 
 import (
+	"bufio"
 	"cmp"
 	"context"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/big"
@@ -312,7 +314,54 @@ func (n *Node) handleCertificates(w http.ResponseWriter, r *http.Request, _ ca.I
 		}
 		f.Expiring = d
 	}
-	writeJSON(w, http.StatusOK, n.State().Certificates(f))
+	switch q.Get("archived") {
+	case "", "false":
+		writeJSON(w, http.StatusOK, n.State().Certificates(f))
+	case "true":
+		if f.Expiring > 0 {
+			writeError(w, http.StatusBadRequest, "archived and expiring: archived certificates have all expired; ask for one or the other")
+			return
+		}
+		n.writeCertificatesArchived(w, f)
+	default:
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("archived %q: want true or false", q.Get("archived")))
+	}
+}
+
+// writeCertificatesArchived writes the inventory's certificates that f
+// selects, then the archive's, as one JSON array, reading the archive as
+// it goes: it may hold millions. A failure to read it half way through
+// aborts the response, which the client then cannot decode.
+func (n *Node) writeCertificatesArchived(w http.ResponseWriter, f CertFilter) {
+	st := n.State()
+	live, archived := st.Certificates(f), st.ArchivedLines()
+	w.Header().Set("Content-Type", "application/json")
+	bw := bufio.NewWriterSize(w, 64<<10)
+	enc := json.NewEncoder(bw)
+	sep := byte('[')
+	put := func(c *api.Certificate) error {
+		bw.WriteByte(sep)
+		sep = ','
+		return enc.Encode(c)
+	}
+	for i := range live {
+		put(&live[i])
+	}
+	err := eachArchived(archived, func(c *api.Certificate) error {
+		if f.match(c) {
+			return put(c)
+		}
+		return nil
+	})
+	if err != nil {
+		n.log.Error("list archived certificates", "err", err)
+		panic(http.ErrAbortHandler)
+	}
+	if sep == '[' {
+		bw.WriteByte('[')
+	}
+	bw.WriteString("]\n")
+	bw.Flush()
 }
 
 // ParseDays reads a Go duration that may also count days ("7d").
@@ -328,7 +377,11 @@ func ParseDays(s string) (time.Duration, error) {
 }
 
 func (n *Node) handleCertificate(w http.ResponseWriter, r *http.Request, _ ca.Identity) {
-	c, ok := n.State().Certificate(r.PathValue("serial"))
+	c, ok, err := n.State().LookupCertificate(r.PathValue("serial"))
+	if err != nil {
+		n.fail(w, err)
+		return
+	}
 	if !ok {
 		n.fail(w, fmt.Errorf("%w: certificate %s", ErrNotFound, r.PathValue("serial")))
 		return

@@ -60,6 +60,7 @@ type State struct {
 	requests  map[string]*request         // four-eyes requests by id
 	audit     *auditLog                   // the hash chain, one entry per committed command
 	certs     map[string]*api.Certificate // the certificate inventory by serial
+	archive   *certArchive                // certificates that expired a while ago
 	issuers   map[string]*issuerRecord    // intermediates: where they live, their CRLs
 	// checkpoints are the signed heads of the audit chain, oldest first.
 	checkpoints []api.AuditCheckpoint
@@ -75,10 +76,10 @@ type State struct {
 }
 
 // newState returns an empty state whose audit chain spills to a file in
-// auditDir ("" for os.TempDir()).
-func newState(auditDir string) *State {
+// spillDir ("" for os.TempDir()).
+func newState(spillDir string) *State {
 	return &State{
-		audit:     newAuditLog(auditDir),
+		audit:     newAuditLog(spillDir),
 		agencies:  map[string]*api.Agency{},
 		gateways:  map[string]*api.Gateway{},
 		tokens:    map[string]*tokenRecord{},
@@ -88,9 +89,17 @@ func newState(auditDir string) *State {
 		people:    map[string]*api.Person{},
 		requests:  map[string]*request{},
 		certs:     map[string]*api.Certificate{},
+		archive:   newCertArchive(spillDir),
 		issuers:   map[string]*issuerRecord{},
 		applied:   make(chan struct{}),
 	}
+}
+
+// close releases the state's files; only for a state nobody reads any
+// more (a backup that was only checked).
+func (s *State) close() {
+	s.audit.close()
+	s.archive.close()
 }
 
 // setIndex records the last applied index and wakes waitIndex; s.mu must

@@ -17,13 +17,17 @@ import (
 func (a *app) certCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "cert", Short: "The certificate inventory: list, show, revoke, renew-all"}
 	var agency, expiring string
-	var revoked bool
+	var revoked, archived bool
 	list := &cobra.Command{
 		Use:   "list",
-		Short: "List every certificate the CA issued (any node answers, from its replicated state)",
+		Short: "List the certificates the CA issued (any node answers, from its replicated state)",
+		Long: "Lists the inventory: every certificate but those archived, which expired more than\n" +
+			"cert_archive_after (24 h by default) ago. --archived lists those too, after the others:\n" +
+			"every certificate the CA ever issued. `cert show` finds an archived one as well.",
 		Example: "  govnetctl cert list --agency 000.00.00.H29\n" +
 			"  govnetctl cert list --revoked -o json\n" +
-			"  govnetctl cert list --expiring 7d",
+			"  govnetctl cert list --expiring 7d\n" +
+			"  govnetctl cert list --archived -o json",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			q := url.Values{}
@@ -35,6 +39,9 @@ func (a *app) certCmd() *cobra.Command {
 			}
 			if expiring != "" {
 				q.Set("expiring", expiring)
+			}
+			if archived {
+				q.Set("archived", "true")
 			}
 			return a.call(cmd, func(ctx context.Context, c *api.Client) error {
 				certs, err := c.Certificates(ctx, q)
@@ -52,6 +59,7 @@ func (a *app) certCmd() *cobra.Command {
 	list.Flags().StringVar(&agency, "agency", "", "only certificates of this agency's gateways")
 	list.Flags().BoolVar(&revoked, "revoked", false, "only revoked certificates")
 	list.Flags().StringVar(&expiring, "expiring", "", "only valid certificates that expire within this long (7d, 36h)")
+	list.Flags().BoolVar(&archived, "archived", false, "also the archived certificates (expired a while ago), after the others")
 	show := &cobra.Command{
 		Use:     "show SERIAL",
 		Short:   "Show one certificate of the inventory",
@@ -206,5 +214,8 @@ func certDetail(w io.Writer, c api.Certificate) {
 		row("revoked at", ts(c.RevokedAt))
 		row("reason", c.ReasonName+" ("+strconv.Itoa(c.Reason)+")")
 		row("revoked by", c.RevokedBy)
+	}
+	if c.Archived {
+		row("archived", "yes (expired, kept on disk)")
 	}
 }
