@@ -3,12 +3,14 @@ package controller
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
 	"hash/maphash"
 	"io"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/govnet/govnet/api"
@@ -229,11 +231,11 @@ func (s *State) heldSerials() map[string]bool {
 	return held
 }
 
-// archivable returns, sorted, the serials of up to max certificates that
-// applyCertArchive would move for before.
-func (s *State) archivable(before time.Time, max int) []string {
+// archivable returns, sorted, the serials of the certificates that
+// applyCertArchive would move for before. One pass under the read lock;
+// the sort is done after it.
+func (s *State) archivable(before time.Time) []string {
 	s.mu.RLock()
-	defer s.mu.RUnlock()
 	held := s.heldSerials()
 	var out []string
 	for serial, c := range s.certs {
@@ -241,8 +243,9 @@ func (s *State) archivable(before time.Time, max int) []string {
 			out = append(out, serial)
 		}
 	}
+	s.mu.RUnlock()
 	slices.Sort(out)
-	return out[:min(len(out), max)]
+	return out
 }
 
 // ArchivedCount returns how many certificates are archived.
@@ -250,15 +253,6 @@ func (s *State) ArchivedCount() int {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	return s.archive.len()
-}
-
-// ArchivedLines returns the archived certificates as JSON lines, one
-// api.Certificate each, oldest archived first; the reader stays valid
-// after the state moves on.
-func (s *State) ArchivedLines() io.Reader {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	return s.archive.from(0)
 }
 
 // eachArchived calls fn with every archived certificate r holds.
@@ -286,42 +280,51 @@ func eachArchived(r io.Reader, fn func(c *api.Certificate) error) error {
 // defaultCertArchiveAfter is cert_archive_after's default.
 const defaultCertArchiveAfter = 24 * time.Hour
 
-// archiveIfDue runs on the leader: at most every archiveEvery it looks
-// for certificates that expired more than cert_archive_after ago and
-// archives them, a batch per command.
+// archiveEvery is how often the leader looks for certificates to archive:
+// an eighth of cert_archive_after, between a second and 10 minutes.
+func archiveEvery(after time.Duration) time.Duration {
+	return min(max(after/8, time.Second), 10*time.Minute)
+}
+
+// archiver is the leader's work list of certificates to archive.
+type archiver struct {
+	mu       sync.Mutex // leaderDuties calls archiveIfDue; so do tests
+	lookedAt time.Time  // when the inventory was last scanned
+	before   time.Time  // what that scan archives: expired before this
+	backlog  []string   // serials found then, not yet submitted
+}
+
+// archiveIfDue runs on the leader: every archiveEvery it scans the
+// inventory for certificates that expired more than cert_archive_after
+// ago, and archives them a command of maxArchiveBatch at a time, at most
+// 64 commands a call: a backlog (a cluster upgraded after months of
+// renewals) goes on at the next tick, after the leader's other duties,
+// without scanning again.
 func (n *Node) archiveIfDue(ctx context.Context) error {
-	after := n.cfg.CertArchiveAfter
-	if after <= 0 {
-		after = defaultCertArchiveAfter
+	a := &n.archiver
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	after := cmp.Or(n.cfg.CertArchiveAfter, defaultCertArchiveAfter)
+	if now := n.now(); len(a.backlog) == 0 && now.Sub(a.lookedAt) >= archiveEvery(after) {
+		a.lookedAt, a.before = now, now.Add(-after)
+		a.backlog = n.State().archivable(a.before)
 	}
-	now := n.now()
-	if now.Sub(n.archivedAt) < min(max(after/8, time.Second), 10*time.Minute) {
-		return nil
-	}
-	n.archivedAt = now
-	before := now.Add(-after)
 	total := 0
-	for batch := 0; ctx.Err() == nil; batch++ {
-		if batch == 64 {
-			// A backlog (a cluster upgraded after years of renewals):
-			// go on at the next tick, after the leader's other duties.
-			n.archivedAt = time.Time{}
+	for range 64 {
+		if len(a.backlog) == 0 || ctx.Err() != nil {
 			break
 		}
-		serials := n.State().archivable(before, maxArchiveBatch)
-		if len(serials) == 0 {
-			break
-		}
-		if _, err := n.submit(ctx, CmdCertArchive, &CertArchiveRequest{Meta: n.meta("node:" + n.cfg.Node), Before: before, Serials: serials}); err != nil {
+		serials := a.backlog[:min(len(a.backlog), maxArchiveBatch)]
+		if _, err := n.submit(ctx, CmdCertArchive, &CertArchiveRequest{Meta: n.meta("node:" + n.cfg.Node), Before: a.before, Serials: serials}); err != nil {
+			// Scanned again next time: this node may no longer lead.
+			a.backlog = nil
 			return fmt.Errorf("archive %d certificates: %w", len(serials), err)
 		}
+		a.backlog = a.backlog[len(serials):]
 		total += len(serials)
-		if len(serials) < maxArchiveBatch {
-			break
-		}
 	}
 	if total > 0 {
-		n.log.Info("certificates archived", "count", total, "expired_before", before)
+		n.log.Info("certificates archived", "count", total, "expired_before", a.before, "left", len(a.backlog))
 	}
 	return nil
 }

@@ -20,6 +20,7 @@ import (
 
 	"github.com/govnet/govnet/api"
 	"github.com/govnet/govnet/ca"
+	"github.com/hashicorp/raft"
 	"golang.org/x/crypto/ocsp"
 )
 
@@ -195,6 +196,78 @@ func TestCertArchiveOnNode(t *testing.T) {
 		if err != nil || r.Status != want {
 			t.Fatalf("OCSP %x: %+v %v, want status %d", serial, r, err, want)
 		}
+	}
+
+	// This node's disk failing to read the archive is a 500 (the log
+	// says what failed), not a certificate missing or a list cut short.
+	st := n.State()
+	st.mu.Lock()
+	st.archive.f.Close()
+	st.mu.Unlock()
+	_, err = off.Certificate(ctx, "abc1")
+	wantStatus(t, err, 500, "internal error (see the controller's log)")
+	_, err = off.Certificates(ctx, url.Values{"archived": {"true"}})
+	wantStatus(t, err, 500, "internal error (see the controller's log)")
+}
+
+// TestCertArchiveTouchesNoView: archiving changes no gateway's view, so
+// it must not make the hub recompute them all (0.3 CPU s a node at
+// 20,000 gateways).
+func TestCertArchiveTouchesNoView(t *testing.T) {
+	f := NewFSM(slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	h := history()
+	for i, c := range h[:len(h)-2] {
+		if err := applyCmd(t, f, uint64(i+1), c.t, c.req); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.State().views.take()
+	arch := h[len(h)-2]
+	if err := applyCmd(t, f, uint64(len(h)), arch.t, arch.req); err != nil {
+		t.Fatal(err)
+	}
+	if ids, all := f.State().views.take(); all || len(ids) != 0 {
+		t.Fatalf("cert-archive touched views: all %v, %v", all, ids)
+	}
+}
+
+// TestArchiveBacklog: a backlog larger than one call's 64 commands is
+// archived over several calls from one scan, then nothing is left, and
+// the gateways' current certificates stay.
+func TestArchiveBacklog(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.CertArchiveAfter = time.Hour // the test calls archiveIfDue itself
+	n := startNode(t, cfg)
+	defer n.Close()
+	ctx := context.Background()
+	waitUntil(t, 10*time.Second, "leadership", func() bool { return n.raft.State() == raft.Leader })
+	const backlog = 64*maxArchiveBatch + 100
+	now := time.Now()
+	for i := 0; i < backlog; i += maxRecordBatch {
+		var batch []api.Certificate
+		for j := i; j < min(i+maxRecordBatch, backlog); j++ {
+			batch = append(batch, api.Certificate{Serial: fmt.Sprintf("%x", 1<<40+j), Kind: ca.KindNode, Subject: "old", Issuer: n.issuerID,
+				NotBefore: now.Add(-48 * time.Hour), NotAfter: now.Add(-2 * time.Hour)})
+		}
+		if _, err := n.submit(ctx, CmdCertRecord, &CertRecordRequest{Meta: n.meta("node:ctl1"), Certs: batch}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	live := len(n.State().Certificates(CertFilter{})) - backlog
+	// Whatever leaderDuties did meanwhile, calls finish the backlog.
+	n.archiver.mu.Lock()
+	n.archiver.lookedAt = time.Time{}
+	n.archiver.mu.Unlock()
+	for range 3 {
+		if err := n.archiveIfDue(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := n.State().ArchivedCount(); got != backlog {
+		t.Fatalf("%d archived, want %d", got, backlog)
+	}
+	if got := len(n.State().Certificates(CertFilter{})); got != live {
+		t.Fatalf("%d left in the inventory, want %d", got, live)
 	}
 }
 

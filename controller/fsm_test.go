@@ -207,6 +207,11 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	}) {
 		t.Fatal("no audit entry names the gateway the batch renewed")
 	}
+	if !slices.ContainsFunc(chain, func(e api.AuditEntry) bool {
+		return e.Action == "cert-archive" && e.Object == "2a,2b,2c,99,c"
+	}) {
+		t.Fatal("no audit entry names the certificates an archive command named")
+	}
 	// 2a and 2b were archived, and are still found as they were.
 	if c, _ := f.State().Certificate("2a"); c.Status != api.CertRevoked || c.ReasonName != "superseded" || c.Requester != "op" || c.Approver != "off" || !c.Archived {
 		t.Fatalf("2a %+v", c)

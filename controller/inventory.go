@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math/big"
 	"net/netip"
 	"slices"
@@ -74,20 +75,42 @@ func (f CertFilter) match(c *api.Certificate) bool {
 // Certificates returns the inventory sorted by issue time, then serial.
 func (s *State) Certificates(f CertFilter) []api.Certificate {
 	s.mu.RLock()
-	defer s.mu.RUnlock()
+	out := s.certificatesLocked(f)
+	s.mu.RUnlock()
+	sortCerts(out)
+	return out
+}
+
+// CertificatesAndArchive returns what Certificates does and the archived
+// certificates as JSON lines (one api.Certificate each, oldest archived
+// first; read them with eachArchived), as of the same moment: no
+// certificate is in both, none in neither. The reader stays valid after
+// the state moves on.
+func (s *State) CertificatesAndArchive(f CertFilter) ([]api.Certificate, io.Reader) {
+	s.mu.RLock()
+	out, archived := s.certificatesLocked(f), s.archive.from(0)
+	s.mu.RUnlock()
+	sortCerts(out)
+	return out, archived
+}
+
+func (s *State) certificatesLocked(f CertFilter) []api.Certificate {
 	out := []api.Certificate{}
 	for _, c := range s.certs {
 		if f.match(c) {
 			out = append(out, copyCert(c))
 		}
 	}
+	return out
+}
+
+func sortCerts(out []api.Certificate) {
 	slices.SortFunc(out, func(a, b api.Certificate) int {
 		if c := a.Issued.Compare(b.Issued); c != 0 {
 			return c
 		}
 		return strings.Compare(a.Serial, b.Serial)
 	})
-	return out
 }
 
 // Certificate returns one certificate by serial (hex, any case, leading

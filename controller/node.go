@@ -71,7 +71,7 @@ type Node struct {
 	// issueSlots bounds the renewals being signed at once (renewGateway).
 	issueSlots chan struct{}
 	renewals   *groupCommit[GatewayRenewRequest] // gateways' renewals, committed in batches
-	archivedAt time.Time                         // when leaderDuties last looked for certificates to archive
+	archiver   archiver                          // leaderDuties' certificates to archive
 	metrics    *nodeMetrics                      // served at /metrics on the plain-HTTP listener
 	// startSettled is set once the node has caught up, compiled its views
 	// and given back its start's memory (releaseStartupMemory).

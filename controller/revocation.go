@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math/big"
 	"net"
 	"net/http"
@@ -330,20 +331,23 @@ func (n *Node) handleCertificates(w http.ResponseWriter, r *http.Request, _ ca.I
 
 // writeCertificatesArchived writes the inventory's certificates that f
 // selects, then the archive's, as one JSON array, reading the archive as
-// it goes: it may hold millions. A failure to read it half way through
-// aborts the response, which the client then cannot decode.
+// it goes: it may hold millions. This node's disk failing to read it is
+// a 500 if nothing was sent yet, and otherwise aborts the response, which
+// the client then cannot decode.
 func (n *Node) writeCertificatesArchived(w http.ResponseWriter, f CertFilter) {
-	st := n.State()
-	live, archived := st.Certificates(f), st.ArchivedLines()
-	w.Header().Set("Content-Type", "application/json")
-	bw := bufio.NewWriterSize(w, 64<<10)
+	live, archived := n.State().CertificatesAndArchive(f)
+	sent := &sentWriter{w: w}
+	bw := bufio.NewWriterSize(sent, 64<<10)
 	enc := json.NewEncoder(bw)
 	sep := byte('[')
+	var werr error // the client's side: gone, or too slow
 	put := func(c *api.Certificate) error {
 		bw.WriteByte(sep)
 		sep = ','
-		return enc.Encode(c)
+		werr = enc.Encode(c)
+		return werr
 	}
+	w.Header().Set("Content-Type", "application/json")
 	for i := range live {
 		put(&live[i])
 	}
@@ -353,8 +357,14 @@ func (n *Node) writeCertificatesArchived(w http.ResponseWriter, f CertFilter) {
 		}
 		return nil
 	})
-	if err != nil {
+	switch {
+	case err != nil && werr == nil && !sent.any:
+		n.fail(w, err)
+		return
+	case err != nil && werr == nil:
 		n.log.Error("list archived certificates", "err", err)
+		panic(http.ErrAbortHandler)
+	case err != nil:
 		panic(http.ErrAbortHandler)
 	}
 	if sep == '[' {
@@ -362,6 +372,17 @@ func (n *Node) writeCertificatesArchived(w http.ResponseWriter, f CertFilter) {
 	}
 	bw.WriteString("]\n")
 	bw.Flush()
+}
+
+// sentWriter notes whether anything was written to w.
+type sentWriter struct {
+	w   io.Writer
+	any bool
+}
+
+func (s *sentWriter) Write(b []byte) (int, error) {
+	s.any = s.any || len(b) > 0
+	return s.w.Write(b)
 }
 
 // ParseDays reads a Go duration that may also count days ("7d").

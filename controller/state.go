@@ -754,6 +754,8 @@ type auditFields struct {
 	Renewals []struct {
 		Gateway string `json:"gateway"`
 	} `json:"renewals"`
+	// An archive command names every certificate it names.
+	Serials []string `json:"serials"`
 }
 
 // auditEntry prepares the entry for a command about to be applied (the
@@ -785,6 +787,9 @@ func (s *State) auditEntry(index uint64, t CommandType, data []byte) api.AuditEn
 			ids[i] = r.Gateway
 		}
 		object = strings.Join(ids, ",")
+	}
+	if object == "" && len(f.Serials) > 0 {
+		object = strings.Join(f.Serials, ",")
 	}
 	sum := sha256.Sum256(data)
 	return api.AuditEntry{RaftIndex: index, At: f.At.UTC(), Actor: f.Actor, Role: role, Action: t.String(), Object: object, RequestSHA256: hex.EncodeToString(sum[:])}
