@@ -47,8 +47,9 @@ fuzz:
 	$(GO) test ./controller -run '^$$' -fuzz '^FuzzSnapshot$$' -fuzztime $(FUZZTIME)
 
 # Benchmarks on the real kernel, SoftHSM2 and wireguard-go (root; they fail
-# rather than skip), ~2 minutes, then bench-fanout (~6 minutes with its
-# clusters kept in .bench-cache/, ~17 the first time, which enrolls them). Prints the go test output, then a table of
+# rather than skip), ~4 minutes, then bench-fanout (~9 minutes with its
+# clusters kept in .bench-cache/, ~17 the first time, which enrolls them).
+# Prints the go test output, then a table of
 # the figures; merges them into bench-results.json (other harnesses' entries
 # kept); the raw output stays in $(BENCH_LOG). Exits non-zero if a benchmark
 # fails or a figure is missing. docs/performance.md explains every figure.
@@ -113,6 +114,17 @@ lint:
 # A 3-node controller cluster and four gateways in network namespaces; the lab stays up.
 demo: deps build
 	deploy/lab/lab.sh up
+
+# Long runs, not part of make test: the cluster fault test (kill -9 of the
+# leader under acknowledged writes, a full restart, a partitioned leader,
+# backup and restore, with porcupine's linearizability check) and the
+# end-to-end failover, five times each under the race detector; then the
+# fan-out harness at 5,000 gateways for 20 policy rounds, its revocations
+# and its network-wide re-issue (cluster kept in .bench-cache/).
+e2e-long: build
+	$(GO) test -race -count=5 -timeout 80m -run '^(TestClusterFaults|TestFailover)$$' ./controller ./e2e
+	@$(GO) build -o $(BIN)/ ./internal/loadtest/cmd/govnet-load
+	$(BIN)/govnet-load -govnetd $(BIN)/govnetd -gateways 5000 -rounds 20 -cache-dir .bench-cache
 
 demo-down:
 	deploy/lab/lab.sh down

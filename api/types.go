@@ -301,7 +301,7 @@ const (
 // inventory records it.
 type Certificate struct {
 	Serial  string   `json:"serial"` // hex, lowercase
-	Kind    string   `json:"kind"`   // gateway, person or node (the profile)
+	Kind    string   `json:"kind"`   // gateway, person, node or intermediate (the profile)
 	Subject string   `json:"subject"`
 	Agency  string   `json:"agency,omitempty"`  // gateways
 	Gateway string   `json:"gateway,omitempty"` // gateways: the gateway it identifies

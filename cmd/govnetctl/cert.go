@@ -143,7 +143,7 @@ func (a *app) certCmd() *cobra.Command {
 		Short: "Ask every gateway to renew its certificate now (officer), or show how far the last call got",
 		Long: "Every node tells each enrolled gateway whose current certificate was recorded before the call,\n" +
 			"over its stream, at once or when it next connects; the agent renews within 10 s as it does at two\n" +
-			"thirds of a certificate's life (a new key, POST /v1/renew). Agents older than the call's protocol\n" +
+			"thirds of a certificate's life (a new key, renewed on its stream). Agents older than the call's protocol\n" +
 			"(govnet-stream/2) are not told and renew on their own schedule. --status counts the gateways\n" +
 			"whose certificate still predates the call and lists up to 100 of them.",
 		Example: "  govnetctl cert renew-all --reason \"intermediate of ctl2 re-keyed\"\n" +

@@ -3,8 +3,9 @@
 # idempotently: nothing is fetched when it is already installed. Kept apart
 # from deps.sh so that `make test` never installs a cross toolchain.
 #
-# Only govnetd needs it: it links the PKCS#11 library loader (cgo). The agent
-# and govnetctl build for arm64 with CGO_ENABLED=0.
+# govnetd and govnet-agent need it: they link the PKCS#11 library loader
+# (cgo; the agent for a TLS key in the gateway's token). govnetctl builds for
+# arm64 with CGO_ENABLED=0.
 set -euo pipefail
 
 . "$(dirname "$0")/apt.sh"
