@@ -78,7 +78,7 @@ bench: deps
 	run ./netagent -bench '^BenchmarkFirewallApply$$' -benchtime 10x; \
 	run ./netagent -bench '^BenchmarkFirewallPacket$$' -benchtime 300x; \
 	run ./netagent -bench '^BenchmarkPeerChange$$' -benchtime 20x; \
-	run ./controller -bench '^BenchmarkViewChange$$' -benchtime 1000x; \
+	run ./controller -bench '^BenchmarkViewChange$$' -benchtime 10000x -count 3; \
 	run ./controller -bench '^BenchmarkRaftWrite$$' -benchtime 2000x -count 3; \
 	run ./controller -bench '^BenchmarkRaftBatchedWrites$$' -benchtime 20000x -count 3; \
 	run ./controller -bench '^BenchmarkCertArchive$$' -benchtime 50x; \
