@@ -195,10 +195,10 @@ func (s *State) applyCertArchive(r *CertArchiveRequest) error {
 		}
 		seen[serial] = true
 	}
-	held := s.heldSerials()
+	people := s.peopleSerials()
 	var move []*api.Certificate
 	for _, serial := range r.Serials {
-		if c := s.certs[serial]; c != nil && c.NotAfter.Before(r.Before) && !held[serial] {
+		if c := s.certs[serial]; c != nil && c.NotAfter.Before(r.Before) && !s.held(c, people) {
 			move = append(move, c)
 		}
 	}
@@ -214,21 +214,26 @@ func (s *State) applyCertArchive(r *CertArchiveRequest) error {
 	return nil
 }
 
-// heldSerials returns the serials that the registry names as a gateway's
-// or a person's current certificate.
-func (s *State) heldSerials() map[string]bool {
-	held := make(map[string]bool, len(s.gateways)+len(s.people))
-	for _, g := range s.gateways {
-		if g.CertSerial != "" {
-			held[g.CertSerial] = true
-		}
+// held says whether the registry names c as a gateway's or a person's
+// current certificate. people is the set of people's serials
+// (peopleSerials), which a caller makes once for many certificates;
+// gateways are looked up by name, so that an archive command does not
+// walk 20,000 of them under the state's lock.
+func (s *State) held(c *api.Certificate, people map[string]bool) bool {
+	if g := s.gateways[c.Gateway]; g != nil && g.CertSerial == c.Serial {
+		return true
 	}
+	return people[c.Serial]
+}
+
+func (s *State) peopleSerials() map[string]bool {
+	out := make(map[string]bool, len(s.people))
 	for _, p := range s.people {
 		if p.Serial != "" {
-			held[normSerial(p.Serial)] = true
+			out[normSerial(p.Serial)] = true
 		}
 	}
-	return held
+	return out
 }
 
 // archivable returns, sorted, the serials of the certificates that
@@ -236,10 +241,10 @@ func (s *State) heldSerials() map[string]bool {
 // the sort is done after it.
 func (s *State) archivable(before time.Time) []string {
 	s.mu.RLock()
-	held := s.heldSerials()
+	people := s.peopleSerials()
 	var out []string
 	for serial, c := range s.certs {
-		if c.NotAfter.Before(before) && !held[serial] {
+		if c.NotAfter.Before(before) && !s.held(c, people) {
 			out = append(out, serial)
 		}
 	}
