@@ -236,6 +236,9 @@ type Person struct {
 	Role   string `json:"role"`
 	Serial string `json:"serial"` // certificate serial, hex
 	Status string `json:"status"`
+	// RevokedSerials are the serials of every certificate of this person
+	// that was revoked: none of them is registered again.
+	RevokedSerials []string `json:"revoked_serials,omitempty"`
 }
 
 // Kinds of four-eyes request.

@@ -391,6 +391,12 @@ func (n *Node) handleJoin(w http.ResponseWriter, r *http.Request) {
 	actor := id.Name
 	switch {
 	case id.Kind == ca.KindNode && id.Name == req.Node:
+		// Its own intermediate issued its certificate, and neither is
+		// revoked (as for raft's connections).
+		if err := n.checkNodeChain(r.TLS.PeerCertificates); err != nil {
+			n.fail(w, err)
+			return
+		}
 		actor = "node:" + id.Name
 	case id.Kind == ca.KindPerson && id.Role == ca.RoleOperator:
 		if err := n.checkPerson(id, r); err != nil {

@@ -2,6 +2,7 @@ package controller
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -536,5 +537,41 @@ func TestInContact(t *testing.T) {
 		if got := inContact(tc.st, tc.last, now, hb); got != tc.want {
 			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
 		}
+	}
+}
+
+// TestPersonRevocationSticks: revoking a person revokes their certificate
+// in the inventory (CRLs and OCSP say so), and no later registration, even
+// after another serial in between, makes that certificate active again.
+func TestPersonRevocationSticks(t *testing.T) {
+	f := NewFSM(slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	h := history()
+	for i, c := range h {
+		if err := applyCmd(t, f, uint64(i+1), c.t, c.req); err != nil {
+			t.Fatal(err)
+		}
+	}
+	i := uint64(len(h))
+	apply := func(serial, status string) error {
+		i++
+		return applyCmd(t, f, i, CmdPersonUpsert, &PersonUpsertRequest{Meta: meta("off2"), Name: "off", Role: "officer", Serial: serial, Status: status})
+	}
+	if err := apply("0c", api.PersonRevoked); err != nil {
+		t.Fatal(err)
+	}
+	if c, _ := f.State().Certificate("c"); c.Status != api.CertRevoked || c.ReasonName != "privilegeWithdrawn" || c.RevokedBy != "off2" {
+		t.Fatalf("off's certificate after off was revoked: %+v", c)
+	}
+	if err := apply("0c", api.PersonActive); !errors.Is(err, ErrConflict) {
+		t.Fatalf("revoked certificate registered again: %v", err)
+	}
+	if err := apply("77", api.PersonActive); err != nil {
+		t.Fatal(err)
+	}
+	if err := apply("C", api.PersonActive); !errors.Is(err, ErrConflict) {
+		t.Fatalf("revoked certificate registered again after another: %v", err)
+	}
+	if p, _ := f.State().Person("off"); p.Serial != "77" || p.Status != api.PersonActive || !slices.Equal(p.RevokedSerials, []string{"c"}) {
+		t.Fatalf("off %+v", p)
 	}
 }

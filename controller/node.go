@@ -87,6 +87,13 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Node, err erro
 		return nil, fmt.Errorf("config: %w", err)
 	}
 	n := &Node{cfg: cfg, log: log, now: time.Now, limits: newLimiter(cfg.RateLimit, time.Now), crlWake: make(chan struct{}, 1)}
+	n.limits.member = func(node string) bool {
+		if n.fsm == nil {
+			return false
+		}
+		_, ok := n.State().Member(node)
+		return ok
+	}
 	n.reports = &groupCommit[GatewayReportRequest]{commit: func(ctx context.Context, reps []GatewayReportRequest) error {
 		_, err := n.submit(ctx, CmdGatewayReports, &GatewayReportsRequest{Meta: n.meta("node:" + n.cfg.Node), Reports: reps})
 		return err
@@ -307,12 +314,6 @@ func (n *Node) startRaft() error {
 	if addr.IP.IsUnspecified() {
 		return fmt.Errorf("raft_addr %s: give the address other nodes reach this one at", n.cfg.RaftAddr)
 	}
-	trans, err := raft.NewTCPTransportWithLogger(n.cfg.RaftAddr, addr, 3, 10*time.Second, rc.Logger)
-	if err != nil {
-		return fmt.Errorf("raft transport: %w", err)
-	}
-	n.stores = append(n.stores, closerFunc(trans.Close))
-
 	var hub *viewHub
 	n.fsm = newFSMIn(dir, n.log, func(_ uint64, t CommandType) {
 		hub.changed()
@@ -326,6 +327,14 @@ func (n *Node) startRaft() error {
 	})
 	hub = newViewHub(n.fsm.State(), n.log)
 	n.hub = hub
+
+	// After the FSM: accepting a connection reads the inventory.
+	stream, err := n.newRaftTLS(n.cfg.RaftAddr, addr)
+	if err != nil {
+		return fmt.Errorf("raft transport: %w", err)
+	}
+	trans := raft.NewNetworkTransportWithLogger(stream, 3, 10*time.Second, rc.Logger)
+	n.stores = append(n.stores, closerFunc(trans.Close))
 
 	existing, err := raft.HasExistingState(logs, stable, snaps)
 	if err != nil {

@@ -476,6 +476,14 @@ func TestFourEyesAndPeople(t *testing.T) {
 	wantStatus(t, err, 403, "revoked")
 	_, err = off1.AddPerson(ctx, api.Person{Name: "mallory", Role: ca.RoleOfficer, Serial: ca.Serial(chain[0])})
 	wantStatus(t, err, 409, "was revoked")
+	// Nor after another serial was registered in between.
+	if _, err := off1.AddPerson(ctx, api.Person{Name: "mallory", Role: ca.RoleOfficer, Serial: "1"}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = off1.AddPerson(ctx, api.Person{Name: "mallory", Role: ca.RoleOfficer, Serial: ca.Serial(chain[0])})
+	wantStatus(t, err, 409, "was revoked")
+	_, err = mallory.Agencies(ctx)
+	wantStatus(t, err, 403, "not the one registered")
 
 	// The audit chain names who did what, verifies, and its signed head
 	// catches a truncated export.

@@ -11,14 +11,18 @@ import (
 )
 
 // limiter is a token bucket per client: a verified certificate's identity,
-// or the remote IP for callers without one. Controller nodes forwarding
-// writes are not limited (their clients already were). Buckets idle for a
+// or the remote IP for callers without one. Controller nodes of the
+// cluster forwarding writes are not limited (their clients already were);
+// a node certificate of a node that is not a member is. Buckets idle for a
 // minute are dropped, so the map stays as small as the set of active
 // clients.
 type limiter struct {
 	rate  float64 // tokens per second
 	burst float64
 	now   func() time.Time
+
+	// member says whether a node is in the cluster (nil: none is).
+	member func(node string) bool
 
 	mu      sync.Mutex
 	buckets map[string]*bucket
@@ -71,7 +75,7 @@ func (l *limiter) middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		key := ""
 		if id, ok := identity(r); ok {
-			if id.Kind == ca.KindNode {
+			if id.Kind == ca.KindNode && l.member != nil && l.member(id.Name) {
 				next.ServeHTTP(w, r)
 				return
 			}

@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"slices"
@@ -45,6 +46,9 @@ func (n *Node) serve() error {
 	n.srv = &http.Server{
 		Handler:           n.routes(),
 		ReadHeaderTimeout: 10 * time.Second,
+		// A connection with no request in flight is closed after this
+		// (gateway streams, chosen by ALPN, are not served by it).
+		IdleTimeout: 2 * time.Minute,
 		TLSConfig: &tls.Config{
 			MinVersion:   tls.VersionTLS13,
 			Certificates: []tls.Certificate{cert},
@@ -681,11 +685,24 @@ func (n *Node) errorStatus(err error) (int, string) {
 	return http.StatusInternalServerError, "internal error (see the controller's log)"
 }
 
-// decode reads a JSON body of at most limit bytes; unknown fields are errors.
+// bodyTimeout bounds the reading of a request body that decode reads.
+const bodyTimeout = 30 * time.Second
+
+// decode reads a JSON body of at most limit bytes: one value, whose
+// unknown fields are errors, and nothing after it but white space.
 func decode(w http.ResponseWriter, r *http.Request, limit int64, v any) bool {
+	// A client that sends its body a byte at a time holds a goroutine
+	// for bodyTimeout at most. (Not every ResponseWriter supports it.)
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(bodyTimeout))
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, limit))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	err := dec.Decode(v)
+	if err == nil {
+		if _, terr := dec.Token(); terr != io.EOF {
+			err = fmt.Errorf("data after the JSON value at offset %d", dec.InputOffset())
+		}
+	}
+	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
 			writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body is larger than %d bytes", limit))

@@ -573,10 +573,28 @@ func (s *State) applyPersonUpsert(r *PersonUpsertRequest) error {
 	if r.Status != api.PersonActive && r.Status != api.PersonRevoked {
 		return fmt.Errorf("%w: status %q: want active or revoked", ErrBadRequest, r.Status)
 	}
-	if old, ok := s.people[r.Name]; ok && old.Status == api.PersonRevoked && r.Status == api.PersonActive && old.Serial == strings.ToLower(r.Serial) {
+	// A revoked certificate stays revoked: registering another serial in
+	// between does not bring it back (the person's record keeps every
+	// serial revoked, its current one's status included).
+	serial := strings.ToLower(r.Serial)
+	var revoked []string
+	if old, ok := s.people[r.Name]; ok {
+		revoked = slices.Clone(old.RevokedSerials)
+		if old.Status == api.PersonRevoked && !slices.Contains(revoked, normSerial(old.Serial)) {
+			revoked = append(revoked, normSerial(old.Serial))
+		}
+	}
+	if r.Status == api.PersonActive && slices.Contains(revoked, normSerial(serial)) {
 		return fmt.Errorf("%w: certificate %s of %s was revoked; register a new certificate", ErrConflict, r.Serial, r.Name)
 	}
-	s.people[r.Name] = &api.Person{Name: r.Name, Role: r.Role, Serial: strings.ToLower(r.Serial), Status: r.Status}
+	if r.Status == api.PersonRevoked && !slices.Contains(revoked, normSerial(serial)) {
+		revoked = append(revoked, normSerial(serial))
+		// Its record in the inventory too, so that CRLs and OCSP say so.
+		if c := s.certs[normSerial(serial)]; c != nil && c.Kind == ca.KindPerson && c.Status == api.CertValid {
+			s.revoke([]*api.Certificate{c}, "", int(ca.ReasonPrivilegeWithdrawn), r.At, r.Actor, s.applying)
+		}
+	}
+	s.people[r.Name] = &api.Person{Name: r.Name, Role: r.Role, Serial: serial, Status: r.Status, RevokedSerials: revoked}
 	return nil
 }
 

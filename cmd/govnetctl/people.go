@@ -55,8 +55,11 @@ func (a *app) personCmd() *cobra.Command {
 	add.MarkFlagRequired("role")
 	add.MarkFlagRequired("serial")
 	revoke := &cobra.Command{
-		Use:     "revoke NAME",
-		Short:   "Revoke a person's certificate: every later call with it is refused (officer)",
+		Use:   "revoke NAME",
+		Short: "Revoke a person's certificate: every later call with it is refused (officer)",
+		Long: "Every later call with the certificate is refused, on every node; the inventory marks it revoked\n" +
+			"(privilegeWithdrawn), so the CRL and OCSP say so, and the person's record keeps its serial:\n" +
+			"it is never registered again, whatever is registered in between.",
 		Example: "  govnetctl person revoke alice",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {

@@ -1,0 +1,103 @@
+package controller
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/govnet/govnet/api"
+	"github.com/govnet/govnet/ca"
+	"github.com/hashicorp/raft"
+)
+
+// TestRogueNodeJoin: a node certificate that a member's intermediate
+// signed for a name that is not that member's (any intermediate can sign
+// any name) does not make its holder a voter, and, not being a member,
+// its holder is rate-limited like any client.
+func TestRogueNodeJoin(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.RateLimit = 5
+	n := startNode(t, cfg)
+	defer n.Close()
+	ctx := context.Background()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	csr, _ := ca.NewCSR(key, "ctl9")
+	chain, err := n.ca.Issue(ctx, csr, ca.NodeProfile("ctl9", nil, []net.IP{net.IPv4(127, 0, 0, 1)}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc, _ := api.TLSConfig(cfg.pkiPath(rootFile), "", "")
+	tc.Certificates = []tls.Certificate{{Certificate: [][]byte{chain[0].Raw, chain[1].Raw}, PrivateKey: key}}
+	rogue := api.NewClient("https://"+n.Addr().String(), tc)
+	_, err = rogue.JoinNode(ctx, api.JoinRequest{Node: "ctl9", RaftAddr: freePort(t), APIAddr: freePort(t)})
+	wantStatus(t, err, 403, "not by its own intermediate")
+	if _, ok := n.State().Member("ctl9"); ok {
+		t.Fatal("ctl9 became a member")
+	}
+	limited := 0
+	for range 40 {
+		_, err := rogue.JoinNode(ctx, api.JoinRequest{Node: "ctl9", RaftAddr: "127.0.0.1:1", APIAddr: "127.0.0.1:2"})
+		var se *api.StatusError
+		if errors.As(err, &se) && se.Code == 429 {
+			limited++
+		}
+	}
+	if limited == 0 {
+		t.Fatal("a node certificate of a non-member was never rate-limited")
+	}
+}
+
+// TestRaftNeedsNodeTLS: raft's port answers nothing but mutual TLS with a
+// controller node's own certificate: raft's plain TCP transport, a person's
+// certificate and a node certificate for another name (which any node's
+// intermediate can sign) all fail before a raft message is read.
+func TestRaftNeedsNodeTLS(t *testing.T) {
+	cfg := testConfig(t)
+	n := startNode(t, cfg)
+	defer n.Close()
+	waitUntil(t, 10*time.Second, "leadership", func() bool { return n.raft.State() == raft.Leader })
+	addr := raft.ServerAddress(cfg.RaftAddr)
+	vote := func(trans raft.Transport) error {
+		var resp raft.RequestVoteResponse
+		return trans.RequestVote("ctl1", addr, &raft.RequestVoteRequest{RPCHeader: raft.RPCHeader{ID: []byte("ctl9"), Addr: []byte("127.0.0.1:1")}, Term: 1 << 40}, &resp)
+	}
+	plain, err := raft.NewTCPTransport("127.0.0.1:0", nil, 1, 2*time.Second, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close()
+	if err := vote(plain); err == nil {
+		t.Fatal("raft answered a plain TCP vote request")
+	}
+
+	ctx := context.Background()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	for _, p := range []ca.Profile{ca.PersonProfile("officer1", ca.RoleOfficer), ca.NodeProfile("ctl9", nil, []net.IP{net.IPv4(127, 0, 0, 1)})} {
+		csr, _ := ca.NewCSR(key, p.Identity.Name)
+		chain, err := n.ca.Issue(ctx, csr, p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stream := &raftTLS{client: &tls.Config{MinVersion: tls.VersionTLS13, InsecureSkipVerify: true,
+			Certificates: []tls.Certificate{{Certificate: [][]byte{chain[0].Raw, chain[1].Raw}, PrivateKey: key}}}}
+		ln, _ := net.Listen("tcp", "127.0.0.1:0")
+		stream.Listener, stream.advertise = ln, ln.Addr()
+		trans := raft.NewNetworkTransport(stream, 1, 2*time.Second, io.Discard)
+		err = vote(trans)
+		trans.Close()
+		if err == nil {
+			t.Fatalf("raft answered a vote request over TLS with a %s certificate of %s", p.Identity.Kind, p.Identity.Name)
+		}
+	}
+	// The node still leads: no vote request got through with its term.
+	if n.raft.State() != raft.Leader {
+		t.Fatalf("the node is %s", n.raft.State())
+	}
+}
