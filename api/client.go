@@ -313,6 +313,25 @@ func (c *Client) RemoveNode(ctx context.Context, node string) (*ClusterStatus, e
 	return &out, c.do(ctx, http.MethodDelete, "/v1/cluster/members/"+url.PathEscape(node), nil, &out)
 }
 
+// Metrics returns the node's metrics in Prometheus text format (operator,
+// auditor).
+func (c *Client) Metrics(ctx context.Context) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/metrics", nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := c.httpClient().Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	if err := checkStatus(resp); err != nil {
+		return "", err
+	}
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	return string(b), err
+}
+
 // SaveSnapshot writes a backup of the replicated state to w.
 func (c *Client) SaveSnapshot(ctx context.Context, w io.Writer) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/v1/cluster/snapshot", nil)

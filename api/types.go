@@ -246,7 +246,15 @@ const (
 	RequestToken  = "token"  // issue an enrollment token for a pending gateway
 	RequestPolicy = "policy" // publish a policy
 	RequestRevoke = "revoke" // revoke an enrolled gateway
+	// RequestRestore approves restoring one backup, named by its SHA-256:
+	// in four-eyes mode `cluster snapshot restore` needs one, approved by
+	// another officer within RestoreApprovalTTL.
+	RequestRestore = "restore"
 )
+
+// RestoreApprovalTTL is how long an approved restore request lets its
+// backup be restored.
+const RestoreApprovalTTL = time.Hour
 
 // Request statuses.
 const (
@@ -278,6 +286,8 @@ type Request struct {
 	Token *TokenResponse `json:"token,omitempty"`
 	// Policy is the version an approved policy request published.
 	PolicyVersion uint64 `json:"policy_version,omitempty"`
+	// BackupSHA256 names the backup a restore request is for (hex).
+	BackupSHA256 string `json:"backup_sha256,omitempty"`
 }
 
 // RequestCreate asks for a four-eyes change.
@@ -292,6 +302,8 @@ type RequestCreate struct {
 	// 5280 reason (default unspecified).
 	Serial           string `json:"serial,omitempty"`
 	RevocationReason string `json:"revocation_reason,omitempty"`
+	// Restore requests: the SHA-256 of the backup file, hex.
+	BackupSHA256 string `json:"backup_sha256,omitempty"`
 }
 
 // Certificate statuses in the inventory.

@@ -507,8 +507,21 @@ func (n *Node) handleSnapshotRestore(w http.ResponseWriter, r *http.Request, id 
 	}
 	ns.close()
 	actor := actorOf(r, id)
+	sum := sha256.Sum256(b)
+	var requestID string
 	if id.Kind == ca.KindPerson {
 		actor = id.Name
+		// Four-eyes: a restore replaces every revocation, token, policy
+		// and person the cluster holds; one officer alone may not. (A
+		// node forwarding a restore checked this where it came in.)
+		if n.cfg.FourEyes {
+			var ok bool
+			if requestID, ok = n.State().approvedRestore(hex.EncodeToString(sum[:]), n.now()); !ok {
+				writeError(w, http.StatusForbidden, fmt.Sprintf("four-eyes: restoring backup %x needs a restore request for it (govnetctl request restore FILE) that another officer approved within the last %s",
+					sum[:], api.RestoreApprovalTTL))
+				return
+			}
+		}
 	}
 	err = n.onLeaderRaw(r.Context(), actor, "/v1/internal/restore", b, func(ctx context.Context) error {
 		meta := &raft.SnapshotMeta{Version: raft.SnapshotVersionMax, Size: int64(len(b))}
@@ -522,8 +535,7 @@ func (n *Node) handleSnapshotRestore(w http.ResponseWriter, r *http.Request, id 
 		// restored state, so reads that wait for its index see the restore
 		// (the backup's own index lies in the past), and the audit chain
 		// says who restored what.
-		sum := sha256.Sum256(b)
-		_, err := n.submit(ctx, CmdStateRestored, &StateRestoredRequest{Meta: n.meta(actor), BackupSHA256: hex.EncodeToString(sum[:]), BackupIndex: ns.index})
+		_, err := n.submit(ctx, CmdStateRestored, &StateRestoredRequest{Meta: n.meta(actor), BackupSHA256: hex.EncodeToString(sum[:]), BackupIndex: ns.index, RequestID: requestID})
 		n.log.Warn("state restored from a backup", "actor", actor, "raft_index", n.State().Index(), "backup_index", ns.index)
 		return err
 	})

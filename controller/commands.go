@@ -252,6 +252,8 @@ type RequestCreateRequest struct {
 	// 5280 reason code.
 	Serial     string `json:"serial,omitempty"`
 	ReasonCode int    `json:"reason_code,omitempty"`
+	// Restore requests: the backup's SHA-256, lowercase hex.
+	BackupSHA256 string `json:"backup_sha256,omitempty"`
 }
 
 // RequestDecideRequest approves or rejects a pending request. Approving a
@@ -272,6 +274,9 @@ type StateRestoredRequest struct {
 	Meta
 	BackupSHA256 string `json:"backup_sha256"`
 	BackupIndex  uint64 `json:"backup_index"`
+	// RequestID is the approved restore request it was done under, in
+	// four-eyes mode.
+	RequestID string `json:"request_id,omitempty"`
 }
 
 // CertRecordRequest adds issued certificates to the inventory. The

@@ -76,6 +76,8 @@ func history() []struct {
 			{Meta: Meta{Actor: "gateway:gw1", At: t0.Add(time.Minute)}, Gateway: "gw1", Report: api.Report{PolicyVersion: 1, RaftIndex: 10, RulesetDigest: "sha256:y", LastHandshake: t0}}}}},
 		{CmdStateRestored, &StateRestoredRequest{Meta: meta("off"), BackupSHA256: "ab", BackupIndex: 7}},
 		{CmdRenewCall, &RenewCallRequest{Meta: meta("off"), Reason: "intermediate re-keyed"}},
+		{CmdRequestCreate, &RequestCreateRequest{Meta: meta("off"), ID: "r6", Role: "officer", Kind: api.RequestRestore, BackupSHA256: strings.Repeat("ab", 32)}},
+		{CmdRequestDecide, &RequestDecideRequest{Meta: meta("off2"), ID: "r6", Role: "officer", Approve: true}},
 		// The registry's operations (controller/agency.go): a province
 		// with a district and a commune, the commune moved under the
 		// province (districts abolished), the province merged into H29
@@ -362,6 +364,8 @@ func TestApplyRejects(t *testing.T) {
 		{"close unknown", CmdAgencyClose, &AgencyCloseRequest{Meta: meta("op"), Code: "000.00.00.H77"}},
 		{"decommission twice", CmdGatewayDecommission, &GatewayDecommissionRequest{Meta: meta("off"), Gateway: "gw4"}},
 		{"decommission unknown", CmdGatewayDecommission, &GatewayDecommissionRequest{Meta: meta("off"), Gateway: "nope"}},
+		{"restore asked by an operator", CmdRequestCreate, &RequestCreateRequest{Meta: meta("op"), ID: "r9", Role: "operator", Kind: api.RequestRestore, BackupSHA256: strings.Repeat("ab", 32)}},
+		{"restore of no digest", CmdRequestCreate, &RequestCreateRequest{Meta: meta("off"), ID: "r9", Role: "officer", Kind: api.RequestRestore, BackupSHA256: "abc"}},
 		{"archive nothing", CmdCertArchive, &CertArchiveRequest{Meta: meta("node:ctl1"), Before: t0}},
 		{"archive a bad serial", CmdCertArchive, &CertArchiveRequest{Meta: meta("node:ctl1"), Before: t0, Serials: []string{"e5", "0E5"}}},
 		{"archive a serial twice", CmdCertArchive, &CertArchiveRequest{Meta: meta("node:ctl1"), Before: t0, Serials: []string{"e5", "e5"}}},

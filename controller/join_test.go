@@ -1,14 +1,22 @@
 package controller
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"io"
+	"log/slog"
+	"math/big"
 	"net"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -99,5 +107,83 @@ func TestRaftNeedsNodeTLS(t *testing.T) {
 	// The node still leads: no vote request got through with its term.
 	if n.raft.State() != raft.Leader {
 		t.Fatalf("the node is %s", n.raft.State())
+	}
+}
+
+// TestRestoreFourEyes: in four-eyes mode one officer alone cannot replace
+// the cluster's state with a backup: the restore needs a restore request
+// for that very file, approved by another officer.
+func TestRestoreFourEyes(t *testing.T) {
+	_, n, op, off1, off2 := fourEyesNode(t)
+	ctx := context.Background()
+	var backup bytes.Buffer
+	if err := op.SaveSnapshot(ctx, &backup); err != nil {
+		t.Fatal(err)
+	}
+	_, err := off1.RestoreSnapshot(ctx, bytes.NewReader(backup.Bytes()))
+	wantStatus(t, err, 403, "needs a restore request for it")
+
+	sum := sha256.Sum256(backup.Bytes())
+	_, err = op.CreateRequest(ctx, api.RequestCreate{Kind: api.RequestRestore, BackupSHA256: hex.EncodeToString(sum[:])})
+	wantStatus(t, err, 403, "may not request restore")
+	req, err := off1.CreateRequest(ctx, api.RequestCreate{Kind: api.RequestRestore, BackupSHA256: hex.EncodeToString(sum[:]), Reason: "drill"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = off1.ApproveRequest(ctx, req.ID)
+	wantStatus(t, err, 403, "own request")
+	_, err = off1.RestoreSnapshot(ctx, bytes.NewReader(backup.Bytes()))
+	wantStatus(t, err, 403, "needs a restore request for it")
+	if _, err := off2.ApproveRequest(ctx, req.ID); err != nil {
+		t.Fatal(err)
+	}
+	// Another file is not the one approved.
+	other := append(bytes.Clone(backup.Bytes()), '\n')
+	_, err = off1.RestoreSnapshot(ctx, bytes.NewReader(other))
+	wantStatus(t, err, 403, "needs a restore request for it")
+	if _, err := off1.RestoreSnapshot(ctx, bytes.NewReader(backup.Bytes())); err != nil {
+		t.Fatal(err)
+	}
+	chain, err := n.State().Audit(0)
+	if err != nil || !slices.ContainsFunc(chain, func(e api.AuditEntry) bool { return e.Action == "state-restored" && e.Actor == "officer1" }) {
+		t.Fatalf("no audit entry of the restore: %v", err)
+	}
+}
+
+// TestKeyIsRecorded: a certificate that copies a recorded one's serial
+// but not its key is refused; the recorded key, an unknown serial and a
+// record without a key hash pass.
+func TestKeyIsRecorded(t *testing.T) {
+	f := NewFSM(slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	mk := func(serial int64) (*x509.Certificate, string) {
+		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), NotBefore: t0, NotAfter: t0.Add(time.Hour)}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, _ := x509.ParseCertificate(der)
+		sum := sha256.Sum256(c.RawSubjectPublicKeyInfo)
+		return c, hex.EncodeToString(sum[:])
+	}
+	real, keyHash := mk(0x5a)
+	forged, _ := mk(0x5a)
+	if err := applyCmd(t, f, 1, CmdCertRecord, &CertRecordRequest{Meta: meta("node:ctl1"), Certs: []api.Certificate{
+		{Serial: "5a", Kind: "person", Subject: "alice", Role: "officer", Issuer: "abcd", KeySHA256: keyHash, NotBefore: t0, NotAfter: t0.Add(time.Hour)},
+		{Serial: "5b", Kind: "person", Subject: "bob", Role: "officer", Issuer: "abcd", NotBefore: t0, NotAfter: t0.Add(time.Hour)},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	s := f.State()
+	if err := s.keyIsRecorded(real); err != nil {
+		t.Fatalf("the recorded key refused: %v", err)
+	}
+	if err := s.keyIsRecorded(forged); err == nil || !strings.Contains(err.Error(), "does not carry the key recorded") {
+		t.Fatalf("a copied serial with another key: %v", err)
+	}
+	for _, serial := range []int64{0x5b, 0x77} {
+		if c, _ := mk(serial); s.keyIsRecorded(c) != nil {
+			t.Fatalf("serial %x refused", serial)
+		}
 	}
 }

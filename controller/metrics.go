@@ -13,9 +13,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// Metrics. Each node has its own registry (no global state), served
-// unauthenticated at /metrics on the plain-HTTP listener beside the CRLs,
-// OCSP and health. Everything but the apply latency is read at scrape
+// Metrics. Each node has its own registry (no global state), served at
+// /metrics on the API to operators and auditors (an unauthenticated
+// caller reaches only CRLs, OCSP and health). Everything but the apply latency is read at scrape
 // time: from raft, from the view hub, and from the replicated state, so
 // the certificate and gateway series are the same on every node of a
 // healthy cluster (aggregate them with max, not sum).

@@ -17,19 +17,16 @@ import (
 	"github.com/prometheus/common/model"
 )
 
-// scrape fetches and parses a node's /metrics from its plain-HTTP listener.
-func scrape(t *testing.T, n *Node) map[string]*dto.MetricFamily {
+// scrape fetches and parses a node's /metrics over the API as c (an
+// operator or an auditor).
+func scrape(t *testing.T, c *api.Client) map[string]*dto.MetricFamily {
 	t.Helper()
-	resp, err := http.Get("http://" + n.httpLn.Addr().String() + "/metrics")
+	body, err := c.Metrics(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("/metrics: %s", resp.Status)
-	}
 	p := expfmt.NewTextParser(model.UTF8Validation)
-	mfs, err := p.TextToMetricFamilies(resp.Body)
+	mfs, err := p.TextToMetricFamilies(strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -154,7 +151,16 @@ func TestMetricsAndCoverage(t *testing.T) {
 		return nil
 	})
 
-	mfs := scrape(t, n)
+	// Only operators and auditors read the metrics, and only over the
+	// API: the plain-HTTP listener serves CRLs, OCSP and health alone.
+	if resp, err := http.Get("http://" + n.httpLn.Addr().String() + "/metrics"); err != nil || resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("plain-HTTP /metrics: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
+	}
+	_, err := off.Metrics(ctx)
+	wantStatus(t, err, 403, "")
+	mfs := scrape(t, op)
 	for _, c := range []struct {
 		name   string
 		labels []string

@@ -338,6 +338,21 @@ func TestControllerEnrollWatchRestart(t *testing.T) {
 
 // enrollNew registers gateway id under agency (operator op), has officer
 // off issue its token and enrolls it.
+// fourEyesNode starts a node in four-eyes mode with agency 000.00.00.H29
+// and returns its config and the clients of operator1, officer1 and
+// officer2; the node is closed when the test ends.
+func fourEyesNode(t *testing.T) (Config, *Node, *api.Client, *api.Client, *api.Client) {
+	cfg := testConfig(t)
+	cfg.FourEyes = true
+	n := startNode(t, cfg)
+	t.Cleanup(func() { n.Close() })
+	op, off1, off2 := person(t, cfg, n, "operator1"), person(t, cfg, n, "officer1"), person(t, cfg, n, "officer2")
+	if _, err := op.AddAgency(context.Background(), api.Agency{Code: "000.00.00.H29", Name: "Quảng Ninh"}); err != nil {
+		t.Fatal(err)
+	}
+	return cfg, n, op, off1, off2
+}
+
 func enrollNew(t *testing.T, ctx context.Context, cfg Config, n *Node, op, off *api.Client, id, agency string) *enrolled {
 	t.Helper()
 	if _, err := op.AddGateway(ctx, api.Gateway{ID: id, Agency: agency}); err != nil {
@@ -377,16 +392,8 @@ func firstView(t *testing.T, c *api.Client, since uint64) *api.View {
 // tokens, publications and revocations need an officer other than the
 // requester.
 func TestFourEyesAndPeople(t *testing.T) {
-	cfg := testConfig(t)
-	cfg.FourEyes = true
-	n := startNode(t, cfg)
-	defer n.Close()
+	cfg, n, op, off1, off2 := fourEyesNode(t)
 	ctx := context.Background()
-	op, off1, off2 := person(t, cfg, n, "operator1"), person(t, cfg, n, "officer1"), person(t, cfg, n, "officer2")
-
-	if _, err := op.AddAgency(ctx, api.Agency{Code: "000.00.00.H29", Name: "Quảng Ninh"}); err != nil {
-		t.Fatal(err)
-	}
 	for _, id := range []string{"gw1", "gw2"} {
 		if _, err := op.AddGateway(ctx, api.Gateway{ID: id, Agency: "000.00.00.H29"}); err != nil {
 			t.Fatal(err)

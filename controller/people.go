@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/govnet/govnet/api"
@@ -34,6 +35,11 @@ func (n *Node) checkPerson(id ca.Identity, r *http.Request) error {
 		return fmt.Errorf("%w: %s's certificate is %s", ErrUnauthorized, id.Name, p.Status)
 	case p.Role != id.Role:
 		return fmt.Errorf("%w: %s is registered as %s, the certificate says %s", ErrUnauthorized, id.Name, p.Role, id.Role)
+	}
+	if leaf := clientLeaf(r); leaf != nil {
+		if err := n.State().keyIsRecorded(leaf); err != nil {
+			return fmt.Errorf("%w: %w", ErrUnauthorized, err)
+		}
 	}
 	return nil
 }
@@ -160,6 +166,8 @@ func (n *Node) handleRequestCreate(w http.ResponseWriter, r *http.Request, id ca
 			}
 			req.TTL = d
 		}
+	case api.RequestRestore:
+		req.BackupSHA256 = strings.ToLower(rc.BackupSHA256)
 	case api.RequestPolicy:
 		if req.PolicyName == "" {
 			req.PolicyName = "policy.yaml"

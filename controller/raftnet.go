@@ -93,5 +93,8 @@ func (n *Node) checkNodeChain(peers []*x509.Certificate) error {
 			return fmt.Errorf("%w: node %s: certificate %s (%s) is revoked", ErrForbidden, id.Name, rec.Serial, c.Subject.CommonName)
 		}
 	}
+	if err := n.State().keyIsRecorded(peers[0]); err != nil {
+		return fmt.Errorf("%w: node %s: %w", ErrForbidden, id.Name, err)
+	}
 	return nil
 }

@@ -71,13 +71,12 @@ func (n *Node) revocationURLs() ca.RevocationURLs {
 }
 
 // serveHTTP serves, without TLS or client certificates, what relying
-// parties, load balancers and Prometheus need: CRLs, OCSP, health and
-// metrics. Nothing else.
+// parties and load balancers need: CRLs, OCSP and health. Nothing else
+// (the metrics are on the API, for operators and auditors).
 func (n *Node) serveHTTP() {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
 	mux.HandleFunc("GET /readyz", n.handleReady)
-	mux.Handle("GET /metrics", n.metrics.handler())
 	mux.HandleFunc("GET /crl/{file}", n.handleCRL)
 	n.httpSrv = &http.Server{Handler: n.limits.middleware(n.ocspBeforeMux(mux)), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second}
 	n.wg.Add(1)

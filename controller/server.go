@@ -124,6 +124,13 @@ func (n *Node) routes() http.Handler {
 	mux.HandleFunc("POST /v1/people", n.person([]string{ca.RoleOfficer}, n.handlePersonAdd))
 	mux.HandleFunc("POST /v1/people/{name}/revoke", n.person([]string{ca.RoleOfficer}, n.handlePersonRevoke))
 	mux.HandleFunc("GET /v1/audit", n.person([]string{ca.RoleAuditor, ca.RoleOfficer}, n.handleAudit))
+	// Prometheus scrapes with an operator's or an auditor's certificate:
+	// the series say how many gateways, certificates and revocations
+	// there are, which an unauthenticated caller has no business knowing.
+	metrics := n.metrics.handler()
+	mux.HandleFunc("GET /metrics", n.person([]string{ca.RoleOperator, ca.RoleAuditor}, func(w http.ResponseWriter, r *http.Request, _ ca.Identity) {
+		metrics.ServeHTTP(w, r)
+	}))
 	mux.HandleFunc("POST /v1/audit/checkpoint", n.person([]string{ca.RoleAuditor, ca.RoleOfficer}, n.handleCheckpoint))
 	mux.HandleFunc("GET /v1/audit/checkpoints", n.person([]string{ca.RoleAuditor, ca.RoleOfficer}, n.handleCheckpoints))
 	mux.HandleFunc("GET /v1/requests", n.person(anyone, n.handleRequests))
@@ -230,8 +237,31 @@ func (n *Node) admitGateway(leaf *x509.Certificate) (ca.Identity, int, error) {
 	if leaf == nil || err != nil || id.Kind != ca.KindGateway {
 		return id, http.StatusUnauthorized, errors.New("a gateway's client certificate is required")
 	}
+	// Before anything else: a certificate that only copies a recorded
+	// one's name and serial is nobody's (not 403, which would let a
+	// renewal from an older certificate try).
+	if err := n.State().keyIsRecorded(leaf); err != nil {
+		return id, http.StatusUnauthorized, err
+	}
 	status, err := n.currentGatewayCert(id.Name, ca.Serial(leaf))
 	return id, status, err
+}
+
+// keyIsRecorded checks a verified certificate against the inventory's
+// record of its serial: it must carry the public key recorded for it.
+// Any intermediate of the network can sign a certificate with any name
+// and serial (one of a node that was removed, say); it cannot make one
+// for another's key that its holder can use. A serial the inventory does
+// not know, or a record made before key hashes were kept, passes.
+func (s *State) keyIsRecorded(leaf *x509.Certificate) error {
+	rec, ok := s.Certificate(ca.Serial(leaf))
+	if !ok || rec.KeySHA256 == "" {
+		return nil
+	}
+	if sum := sha256.Sum256(leaf.RawSubjectPublicKeyInfo); hex.EncodeToString(sum[:]) != rec.KeySHA256 {
+		return fmt.Errorf("certificate %s does not carry the key recorded for it", rec.Serial)
+	}
+	return nil
 }
 
 // currentGatewayCert checks that serial is the current certificate of

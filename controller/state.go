@@ -615,12 +615,14 @@ var requesters = map[string][]string{
 	api.RequestToken:  {"operator", "officer"},
 	api.RequestPolicy: {"operator", "officer"},
 	api.RequestRevoke: {"operator", "officer"},
+	// Restoring a backup replaces everything: only officers ask.
+	api.RequestRestore: {"officer"},
 }
 
 func (s *State) applyRequestCreate(r *RequestCreateRequest) error {
 	who, ok := requesters[r.Kind]
 	if !ok {
-		return fmt.Errorf("%w: request kind %q: want token, policy or revoke", ErrBadRequest, r.Kind)
+		return fmt.Errorf("%w: request kind %q: want token, policy, revoke or restore", ErrBadRequest, r.Kind)
 	}
 	if !slices.Contains(who, r.Role) {
 		return fmt.Errorf("%w: role %q may not request %s", ErrForbidden, r.Role, r.Kind)
@@ -647,10 +649,14 @@ func (s *State) applyRequestCreate(r *RequestCreateRequest) error {
 		if strings.TrimSpace(r.PolicySource) == "" {
 			return fmt.Errorf("%w: empty policy", ErrBadRequest)
 		}
+	case api.RequestRestore:
+		if !isSHA256Hex(r.BackupSHA256) {
+			return fmt.Errorf("%w: backup_sha256 %q: want the backup's SHA-256 in lowercase hex", ErrBadRequest, r.BackupSHA256)
+		}
 	}
 	req := &request{Request: api.Request{
 		ID: r.ID, Kind: r.Kind, Gateway: r.Gateway, PolicyName: r.PolicyName, PolicySource: r.PolicySource,
-		Reason: r.Reason, Requester: r.Actor, Created: r.At, Status: api.RequestPending, Serial: r.Serial,
+		Reason: r.Reason, Requester: r.Actor, Created: r.At, Status: api.RequestPending, Serial: r.Serial, BackupSHA256: r.BackupSHA256,
 	}, TTLDur: r.TTL, ReasonCode: r.ReasonCode}
 	if r.Kind == api.RequestRevoke {
 		req.RevocationReason = ca.Reason(r.ReasonCode).String()
@@ -660,6 +666,25 @@ func (s *State) applyRequestCreate(r *RequestCreateRequest) error {
 	}
 	s.requests[r.ID] = req
 	return nil
+}
+
+func isSHA256Hex(s string) bool {
+	return len(s) == 64 && strings.Trim(s, "0123456789abcdef") == ""
+}
+
+// approvedRestore returns the id of a restore request for the backup whose
+// SHA-256 is sum that an officer approved at most api.RestoreApprovalTTL
+// before now.
+func (s *State) approvedRestore(sum string, now time.Time) (string, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	for _, r := range s.requests {
+		if r.Kind == api.RequestRestore && r.Status == api.RequestApproved && r.BackupSHA256 == sum &&
+			!r.Decided.After(now) && now.Sub(r.Decided) <= api.RestoreApprovalTTL {
+			return r.ID, true
+		}
+	}
+	return "", false
 }
 
 func (s *State) canIssueToken(gateway string) error {

@@ -164,7 +164,12 @@ func TestCoverageReport(t *testing.T) {
 	}
 
 	t.Run("metrics", func(t *testing.T) {
-		ctl := scrapeIn(t, l.ctl, ctlAddr+":7444")
+		// The controller's, over the API as an operator (govnetctl); its
+		// plain-HTTP listener serves CRLs, OCSP and health only.
+		ctl := parseMetrics(t, l.mustCtl("op", "report", "metrics"))
+		if code, _ := getIn(t, l.ctl, ctlAddr+":7444", "/metrics"); code != http.StatusNotFound {
+			t.Errorf("plain-HTTP /metrics answered %d, want 404", code)
+		}
 		for _, c := range []struct {
 			name, label, value string
 			want               float64
@@ -255,6 +260,12 @@ func scrapeIn(t *testing.T, ns *netnstest.NS, addr string) map[string]*dto.Metri
 	if code != http.StatusOK {
 		t.Fatalf("%s/metrics: %d %s", addr, code, body)
 	}
+	return parseMetrics(t, body)
+}
+
+// parseMetrics parses Prometheus text.
+func parseMetrics(t *testing.T, body string) map[string]*dto.MetricFamily {
+	t.Helper()
 	p := expfmt.NewTextParser(model.UTF8Validation)
 	mfs, err := p.TextToMetricFamilies(strings.NewReader(body))
 	if err != nil {

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"os"
@@ -139,7 +141,30 @@ func (a *app) requestCmd() *cobra.Command {
 	}
 	revoke.Flags().StringVar(&revSerial, "serial", "", "the certificate serial (hex) to revoke instead of a gateway")
 	revoke.Flags().StringVar(&revReason, "revocation-reason", "", "RFC 5280 reason: keyCompromise, affiliationChanged, superseded, cessationOfOperation, privilegeWithdrawn, ... (default unspecified)")
-	for _, c := range []*cobra.Command{token, policy, revoke} {
+	restore := &cobra.Command{
+		Use:   "restore FILE",
+		Short: "Ask for a backup to be restored (officer; in four-eyes mode `cluster snapshot restore` needs it approved)",
+		Long: "Sends the backup's SHA-256, not the backup. Once another officer approved the request, an officer\n" +
+			"has an hour to run `govnetctl cluster snapshot restore FILE` with that very file.",
+		Example: "  govnetctl request restore /var/backups/govnet-2026-11-23.snap --reason 'undo the 14:02 import'",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			f, err := os.Open(args[0])
+			if err != nil {
+				return err
+			}
+			h := sha256.New()
+			_, err = io.Copy(h, f)
+			f.Close()
+			if err != nil {
+				return fmt.Errorf("read %s: %w", args[0], err)
+			}
+			return a.call(cmd, func(ctx context.Context, c *api.Client) error {
+				return create(ctx, c, api.RequestCreate{Kind: api.RequestRestore, BackupSHA256: hex.EncodeToString(h.Sum(nil)), Reason: reason})
+			})
+		},
+	}
+	for _, c := range []*cobra.Command{token, policy, revoke, restore} {
 		c.Flags().StringVar(&reason, "reason", "", "why, for the approver and the audit log")
 	}
 	list := &cobra.Command{
@@ -204,7 +229,7 @@ func (a *app) requestCmd() *cobra.Command {
 			})
 		},
 	}
-	cmd.AddCommand(token, policy, revoke, list, approve, reject)
+	cmd.AddCommand(token, policy, revoke, restore, list, approve, reject)
 	return cmd
 }
 
@@ -226,6 +251,12 @@ func requestRow(w io.Writer, r api.Request) {
 		if r.PolicyVersion > 0 {
 			subject += fmt.Sprintf(" (v%d)", r.PolicyVersion)
 		}
+	}
+	if r.Kind == api.RequestRevoke && r.Serial != "" {
+		subject = r.Serial
+	}
+	if r.Kind == api.RequestRestore {
+		subject = "backup sha256:" + r.BackupSHA256[:min(16, len(r.BackupSHA256))]
 	}
 	fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, r.Kind, dash(subject), r.Status, r.Requester, dash(r.Approver), r.Created.Format(time.RFC3339))
 }

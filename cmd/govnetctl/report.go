@@ -52,7 +52,26 @@ func (a *app) reportCmd() *cobra.Command {
 		},
 	}
 	coverage.Flags().DurationVar(&window, "window", 0, "a gateway is healthy only if it reported within this long (default 5m, at most 744h)")
-	cmd.AddCommand(coverage)
+	metrics := &cobra.Command{
+		Use:   "metrics",
+		Short: "The answering node's metrics, in Prometheus text format (operator, auditor)",
+		Long: "What Prometheus scrapes at https://<api_addr>/metrics with an operator's or an auditor's\n" +
+			"certificate (docs/installer.md, \"Monitoring\"). The certificate and gateway series come from\n" +
+			"the replicated state; raft, views and the Go runtime are the answering node's.",
+		Example: "  govnetctl report metrics | grep '^govnet_gateways'",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return a.call(cmd, func(ctx context.Context, c *api.Client) error {
+				text, err := c.Metrics(ctx)
+				if err != nil {
+					return err
+				}
+				_, err = fmt.Fprint(cmd.OutOrStdout(), text)
+				return err
+			})
+		},
+	}
+	cmd.AddCommand(coverage, metrics)
 	return cmd
 }
 

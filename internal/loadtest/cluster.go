@@ -1,7 +1,6 @@
 package loadtest
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -10,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -306,35 +304,24 @@ func (c *Cluster) stop() {
 }
 
 // waitSettled waits until every node reports govnet_start_settled 1 on
-// its plain-HTTP /metrics.
+// its /metrics (read as the operator).
 func (c *Cluster) waitSettled(ctx context.Context, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	for _, n := range c.nodes {
-		url := "http://" + net.JoinHostPort(n.ip, strconv.Itoa(n.http)) + "/metrics"
-		for !nodeSettled(ctx, url) {
+	for i, n := range c.nodes {
+		for {
+			text, err := c.operatorAt(i).Metrics(ctx)
+			if err == nil && strings.Contains(text, "\ngovnet_start_settled 1\n") {
+				break
+			}
 			select {
 			case <-ctx.Done():
-				return fmt.Errorf("node %s: start not settled (govnet_start_settled at %s) within %s", n.name, url, timeout)
+				return fmt.Errorf("node %s: start not settled (govnet_start_settled on its /metrics) within %s (last error: %v)", n.name, timeout, err)
 			case <-time.After(250 * time.Millisecond):
 			}
 		}
 	}
 	return nil
-}
-
-func nodeSettled(ctx context.Context, url string) bool {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return false
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return false
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	return err == nil && resp.StatusCode == http.StatusOK && bytes.Contains(b, []byte("\ngovnet_start_settled 1\n"))
 }
 
 // pids are the node processes' ids.
