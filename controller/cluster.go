@@ -491,6 +491,13 @@ func (s *httpSink) Close() error                { return nil }
 // The backup is checked before raft sees it; raft keeps the current
 // membership and replicates the restored state to every node.
 func (n *Node) handleSnapshotRestore(w http.ResponseWriter, r *http.Request, id ca.Identity) {
+	// One at a time: each holds its backup in memory, up to
+	// maxSnapshotBody, twice while it is checked.
+	if !n.restoring.CompareAndSwap(false, true) {
+		writeError(w, http.StatusConflict, "a restore is already in progress on this node")
+		return
+	}
+	defer n.restoring.Store(false)
 	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxSnapshotBody))
 	if err != nil {
 		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("snapshot: %v", err))

@@ -72,6 +72,7 @@ type Node struct {
 	issueSlots chan struct{}
 	renewals   *groupCommit[GatewayRenewRequest] // gateways' renewals, committed in batches
 	archiver   archiver                          // leaderDuties' certificates to archive
+	restoring  atomic.Bool                       // a backup restore is being read or installed here
 	metrics    *nodeMetrics                      // served at /metrics on the API, to operators and auditors
 	// startSettled is set once the node has caught up, compiled its views
 	// and given back its start's memory (releaseStartupMemory).
