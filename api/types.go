@@ -250,6 +250,9 @@ const (
 	// in four-eyes mode `cluster snapshot restore` needs one, approved by
 	// another officer within RestoreApprovalTTL.
 	RequestRestore = "restore"
+	// RequestPerson registers a person's certificate (name, role,
+	// serial): in four-eyes mode one officer may not add an officer.
+	RequestPerson = "person"
 )
 
 // RestoreApprovalTTL is how long an approved restore request lets its
@@ -288,6 +291,9 @@ type Request struct {
 	PolicyVersion uint64 `json:"policy_version,omitempty"`
 	// BackupSHA256 names the backup a restore request is for (hex).
 	BackupSHA256 string `json:"backup_sha256,omitempty"`
+	// Person requests: who, with which role (Serial is the certificate's).
+	PersonName string `json:"person_name,omitempty"`
+	PersonRole string `json:"person_role,omitempty"`
 }
 
 // RequestCreate asks for a four-eyes change.
@@ -304,6 +310,10 @@ type RequestCreate struct {
 	RevocationReason string `json:"revocation_reason,omitempty"`
 	// Restore requests: the SHA-256 of the backup file, hex.
 	BackupSHA256 string `json:"backup_sha256,omitempty"`
+	// Person requests: the person's name and role (Serial: the serial of
+	// the certificate to register).
+	PersonName string `json:"person_name,omitempty"`
+	PersonRole string `json:"person_role,omitempty"`
 }
 
 // Certificate statuses in the inventory.

@@ -254,6 +254,9 @@ type RequestCreateRequest struct {
 	ReasonCode int    `json:"reason_code,omitempty"`
 	// Restore requests: the backup's SHA-256, lowercase hex.
 	BackupSHA256 string `json:"backup_sha256,omitempty"`
+	// Person requests: who and which role (Serial: the certificate).
+	PersonName string `json:"person_name,omitempty"`
+	PersonRole string `json:"person_role,omitempty"`
 }
 
 // RequestDecideRequest approves or rejects a pending request. Approving a

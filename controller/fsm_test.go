@@ -78,6 +78,8 @@ func history() []struct {
 		{CmdRenewCall, &RenewCallRequest{Meta: meta("off"), Reason: "intermediate re-keyed"}},
 		{CmdRequestCreate, &RequestCreateRequest{Meta: meta("off"), ID: "r6", Role: "officer", Kind: api.RequestRestore, BackupSHA256: strings.Repeat("ab", 32)}},
 		{CmdRequestDecide, &RequestDecideRequest{Meta: meta("off2"), ID: "r6", Role: "officer", Approve: true}},
+		{CmdRequestCreate, &RequestCreateRequest{Meta: meta("off"), ID: "r7", Role: "officer", Kind: api.RequestPerson, PersonName: "carol", PersonRole: "auditor", Serial: "0f"}},
+		{CmdRequestDecide, &RequestDecideRequest{Meta: meta("off2"), ID: "r7", Role: "officer", Approve: true}},
 		// The registry's operations (controller/agency.go): a province
 		// with a district and a commune, the commune moved under the
 		// province (districts abolished), the province merged into H29
@@ -180,6 +182,9 @@ func TestSnapshotRoundTrip(t *testing.T) {
 				t.Fatalf("index %d", g.State().Index())
 			}
 		})
+	}
+	if p, ok := f.State().Person("carol"); !ok || p.Role != "auditor" || p.Serial != "0f" || p.Status != api.PersonActive {
+		t.Fatalf("carol, registered through an approved request: %+v", p)
 	}
 	if p, _ := f.State().Policy(); p.Version != 2 || p.Actor != "off2" {
 		t.Fatalf("policy approved by off2: %+v", p)
@@ -365,6 +370,9 @@ func TestApplyRejects(t *testing.T) {
 		{"decommission twice", CmdGatewayDecommission, &GatewayDecommissionRequest{Meta: meta("off"), Gateway: "gw4"}},
 		{"decommission unknown", CmdGatewayDecommission, &GatewayDecommissionRequest{Meta: meta("off"), Gateway: "nope"}},
 		{"restore asked by an operator", CmdRequestCreate, &RequestCreateRequest{Meta: meta("op"), ID: "r9", Role: "operator", Kind: api.RequestRestore, BackupSHA256: strings.Repeat("ab", 32)}},
+		{"person asked by an operator", CmdRequestCreate, &RequestCreateRequest{Meta: meta("op"), ID: "r9", Role: "operator", Kind: api.RequestPerson, PersonName: "eve", PersonRole: "officer", Serial: "1f"}},
+		{"person with a revoked certificate", CmdRequestCreate, &RequestCreateRequest{Meta: meta("off"), ID: "r9", Role: "officer", Kind: api.RequestPerson, PersonName: "aud", PersonRole: "auditor", Serial: "0e"}},
+		{"person with a bad role", CmdRequestCreate, &RequestCreateRequest{Meta: meta("off"), ID: "r9", Role: "officer", Kind: api.RequestPerson, PersonName: "eve", PersonRole: "root", Serial: "1f"}},
 		{"restore of no digest", CmdRequestCreate, &RequestCreateRequest{Meta: meta("off"), ID: "r9", Role: "officer", Kind: api.RequestRestore, BackupSHA256: "abc"}},
 		{"archive nothing", CmdCertArchive, &CertArchiveRequest{Meta: meta("node:ctl1"), Before: t0}},
 		{"archive a bad serial", CmdCertArchive, &CertArchiveRequest{Meta: meta("node:ctl1"), Before: t0, Serials: []string{"e5", "0E5"}}},

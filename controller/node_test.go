@@ -470,25 +470,48 @@ func TestFourEyesAndPeople(t *testing.T) {
 	mallory := api.NewClient("https://"+n.Addr().String(), tc)
 	_, err = mallory.Agencies(ctx)
 	wantStatus(t, err, 403, "not in the registry")
-	if _, err := off1.AddPerson(ctx, api.Person{Name: "mallory", Role: ca.RoleOfficer, Serial: ca.Serial(chain[0])}); err != nil {
+	// The CA records what it issues.
+	if _, err := n.submit(ctx, CmdCertRecord, &CertRecordRequest{Meta: n.meta("node:ctl1"), Certs: []api.Certificate{n.certRecord(chain[0])}}); err != nil {
+		t.Fatal(err)
+	}
+	// In four-eyes mode one officer neither registers nor revokes a
+	// person alone (they would approve their own requests through a
+	// second officer of their making, or revoke every other officer).
+	register := func(serial string) error {
+		req, err := off1.CreateRequest(ctx, api.RequestCreate{Kind: api.RequestPerson, PersonName: "mallory", PersonRole: ca.RoleOfficer, Serial: serial})
+		if err != nil {
+			return err
+		}
+		_, err = off2.ApproveRequest(ctx, req.ID)
+		return err
+	}
+	_, err = off1.AddPerson(ctx, api.Person{Name: "mallory", Role: ca.RoleOfficer, Serial: ca.Serial(chain[0])})
+	wantStatus(t, err, 403, "request person")
+	if err := register(ca.Serial(chain[0])); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := mallory.Agencies(ctx); err != nil {
 		t.Fatalf("registered person refused: %v", err)
 	}
-	if _, err := off1.RevokePerson(ctx, "mallory"); err != nil {
+	_, err = off1.RevokePerson(ctx, "mallory")
+	wantStatus(t, err, 403, "request revoke --serial "+ca.Serial(chain[0]))
+	rv, err := op.CreateRequest(ctx, api.RequestCreate{Kind: api.RequestRevoke, Serial: ca.Serial(chain[0]), RevocationReason: "privilegeWithdrawn"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := off2.ApproveRequest(ctx, rv.ID); err != nil {
 		t.Fatal(err)
 	}
 	_, err = mallory.Agencies(ctx)
 	wantStatus(t, err, 403, "revoked")
-	_, err = off1.AddPerson(ctx, api.Person{Name: "mallory", Role: ca.RoleOfficer, Serial: ca.Serial(chain[0])})
+	err = register(ca.Serial(chain[0]))
 	wantStatus(t, err, 409, "was revoked")
 	// Nor after another serial was registered in between.
-	if _, err := off1.AddPerson(ctx, api.Person{Name: "mallory", Role: ca.RoleOfficer, Serial: "1"}); err != nil {
+	if err := register("1"); err != nil {
 		t.Fatal(err)
 	}
-	_, err = off1.AddPerson(ctx, api.Person{Name: "mallory", Role: ca.RoleOfficer, Serial: ca.Serial(chain[0])})
-	wantStatus(t, err, 409, "was revoked")
+	err = register(ca.Serial(chain[0]))
+	wantStatus(t, err, 409, "revoked")
 	_, err = mallory.Agencies(ctx)
 	wantStatus(t, err, 403, "not the one registered")
 

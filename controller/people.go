@@ -90,6 +90,10 @@ func (n *Node) handlePeople(w http.ResponseWriter, r *http.Request, _ ca.Identit
 
 // handlePersonAdd registers a person's certificate (officer).
 func (n *Node) handlePersonAdd(w http.ResponseWriter, r *http.Request, id ca.Identity) {
+	// One officer registering another would approve their own requests.
+	if n.oneStepRefused(w, "request the registration (govnetctl request person NAME --role ROLE --serial HEX)") {
+		return
+	}
 	var p api.Person
 	if !decode(w, r, maxBody, &p) {
 		return
@@ -109,6 +113,10 @@ func (n *Node) handlePersonRevoke(w http.ResponseWriter, r *http.Request, id ca.
 	p, ok := n.State().Person(r.PathValue("name"))
 	if !ok {
 		n.fail(w, fmt.Errorf("%w: person %s", ErrNotFound, r.PathValue("name")))
+		return
+	}
+	// One officer could revoke every other and be the only approver left.
+	if n.oneStepRefused(w, fmt.Sprintf("request the revocation of %s's certificate (govnetctl request revoke --serial %s --revocation-reason privilegeWithdrawn)", p.Name, p.Serial)) {
 		return
 	}
 	req := &PersonUpsertRequest{Meta: n.meta(id.Name), Name: p.Name, Role: p.Role, Serial: p.Serial, Status: api.PersonRevoked}
@@ -168,6 +176,8 @@ func (n *Node) handleRequestCreate(w http.ResponseWriter, r *http.Request, id ca
 		}
 	case api.RequestRestore:
 		req.BackupSHA256 = strings.ToLower(rc.BackupSHA256)
+	case api.RequestPerson:
+		req.PersonName, req.PersonRole, req.Serial = rc.PersonName, rc.PersonRole, strings.ToLower(rc.Serial)
 	case api.RequestPolicy:
 		if req.PolicyName == "" {
 			req.PolicyName = "policy.yaml"

@@ -561,6 +561,26 @@ func (s *State) Request(id string) (api.Request, bool) {
 var roles = []string{"operator", "officer", "auditor", "custodian"}
 
 func (s *State) applyPersonUpsert(r *PersonUpsertRequest) error {
+	if err := s.checkPersonUpsert(r); err != nil {
+		return err
+	}
+	s.upsertPerson(r)
+	return nil
+}
+
+// personUpsert is the registration a person request asks for.
+func (r *RequestCreateRequest) personUpsert() *PersonUpsertRequest {
+	return &PersonUpsertRequest{Meta: r.Meta, Name: r.PersonName, Role: r.PersonRole, Serial: r.Serial, Status: api.PersonActive}
+}
+
+// personUpsert is the registration an approved person request makes, as
+// its approver.
+func (r *request) personUpsert(m Meta) *PersonUpsertRequest {
+	return &PersonUpsertRequest{Meta: m, Name: r.PersonName, Role: r.PersonRole, Serial: r.Serial, Status: api.PersonActive}
+}
+
+// checkPersonUpsert says whether a registration may apply.
+func (s *State) checkPersonUpsert(r *PersonUpsertRequest) error {
 	if !validPersonName(r.Name) {
 		return fmt.Errorf("%w: person name %q: use 1-63 letters, digits, '.', '_' and '-'", ErrBadRequest, r.Name)
 	}
@@ -573,20 +593,35 @@ func (s *State) applyPersonUpsert(r *PersonUpsertRequest) error {
 	if r.Status != api.PersonActive && r.Status != api.PersonRevoked {
 		return fmt.Errorf("%w: status %q: want active or revoked", ErrBadRequest, r.Status)
 	}
-	// A revoked certificate stays revoked: registering another serial in
-	// between does not bring it back (the person's record keeps every
-	// serial revoked, its current one's status included).
-	serial := strings.ToLower(r.Serial)
-	var revoked []string
-	if old, ok := s.people[r.Name]; ok {
-		revoked = slices.Clone(old.RevokedSerials)
-		if old.Status == api.PersonRevoked && !slices.Contains(revoked, normSerial(old.Serial)) {
-			revoked = append(revoked, normSerial(old.Serial))
-		}
-	}
-	if r.Status == api.PersonActive && slices.Contains(revoked, normSerial(serial)) {
+	if r.Status == api.PersonActive && slices.Contains(s.revokedSerialsOf(r.Name), normSerial(r.Serial)) {
 		return fmt.Errorf("%w: certificate %s of %s was revoked; register a new certificate", ErrConflict, r.Serial, r.Name)
 	}
+	if c := s.certs[normSerial(r.Serial)]; r.Status == api.PersonActive && c != nil && c.Status == api.CertRevoked {
+		return fmt.Errorf("%w: certificate %s is revoked in the inventory; register a new certificate", ErrConflict, r.Serial)
+	}
+	return nil
+}
+
+// revokedSerialsOf returns the serials of name's revoked certificates:
+// those its record keeps and its current one, if revoked. A revoked
+// certificate stays revoked: registering another serial in between does
+// not bring it back.
+func (s *State) revokedSerialsOf(name string) []string {
+	old, ok := s.people[name]
+	if !ok {
+		return nil
+	}
+	revoked := slices.Clone(old.RevokedSerials)
+	if old.Status == api.PersonRevoked && !slices.Contains(revoked, normSerial(old.Serial)) {
+		revoked = append(revoked, normSerial(old.Serial))
+	}
+	return revoked
+}
+
+// upsertPerson applies a checked registration or revocation.
+func (s *State) upsertPerson(r *PersonUpsertRequest) {
+	serial := strings.ToLower(r.Serial)
+	revoked := s.revokedSerialsOf(r.Name)
 	if r.Status == api.PersonRevoked && !slices.Contains(revoked, normSerial(serial)) {
 		revoked = append(revoked, normSerial(serial))
 		// Its record in the inventory too, so that CRLs and OCSP say so.
@@ -595,7 +630,6 @@ func (s *State) applyPersonUpsert(r *PersonUpsertRequest) error {
 		}
 	}
 	s.people[r.Name] = &api.Person{Name: r.Name, Role: r.Role, Serial: serial, Status: r.Status, RevokedSerials: revoked}
-	return nil
 }
 
 func validPersonName(n string) bool {
@@ -617,12 +651,13 @@ var requesters = map[string][]string{
 	api.RequestRevoke: {"operator", "officer"},
 	// Restoring a backup replaces everything: only officers ask.
 	api.RequestRestore: {"officer"},
+	api.RequestPerson:  {"officer"},
 }
 
 func (s *State) applyRequestCreate(r *RequestCreateRequest) error {
 	who, ok := requesters[r.Kind]
 	if !ok {
-		return fmt.Errorf("%w: request kind %q: want token, policy, revoke or restore", ErrBadRequest, r.Kind)
+		return fmt.Errorf("%w: request kind %q: want token, policy, revoke, restore or person", ErrBadRequest, r.Kind)
 	}
 	if !slices.Contains(who, r.Role) {
 		return fmt.Errorf("%w: role %q may not request %s", ErrForbidden, r.Role, r.Kind)
@@ -653,10 +688,15 @@ func (s *State) applyRequestCreate(r *RequestCreateRequest) error {
 		if !isSHA256Hex(r.BackupSHA256) {
 			return fmt.Errorf("%w: backup_sha256 %q: want the backup's SHA-256 in lowercase hex", ErrBadRequest, r.BackupSHA256)
 		}
+	case api.RequestPerson:
+		if err := s.checkPersonUpsert(r.personUpsert()); err != nil {
+			return err
+		}
 	}
 	req := &request{Request: api.Request{
 		ID: r.ID, Kind: r.Kind, Gateway: r.Gateway, PolicyName: r.PolicyName, PolicySource: r.PolicySource,
 		Reason: r.Reason, Requester: r.Actor, Created: r.At, Status: api.RequestPending, Serial: r.Serial, BackupSHA256: r.BackupSHA256,
+		PersonName: r.PersonName, PersonRole: r.PersonRole,
 	}, TTLDur: r.TTL, ReasonCode: r.ReasonCode}
 	if r.Kind == api.RequestRevoke {
 		req.RevocationReason = ca.Reason(r.ReasonCode).String()
@@ -742,6 +782,10 @@ func (s *State) applyRequestDecide(r *RequestDecideRequest) error {
 			if revoke, err = s.checkRevoke(req.Serial, req.Gateway, req.ReasonCode); err != nil {
 				return err
 			}
+		case api.RequestPerson:
+			if err := s.checkPersonUpsert(req.personUpsert(r.Meta)); err != nil {
+				return err
+			}
 		}
 		switch req.Kind {
 		case api.RequestToken:
@@ -750,6 +794,8 @@ func (s *State) applyRequestDecide(r *RequestDecideRequest) error {
 			req.PolicyVersion = s.publish(req.PolicySource, r.Actor, r.At)
 		case api.RequestRevoke:
 			s.revoke(revoke, req.Gateway, req.ReasonCode, r.At, r.Actor, s.applying)
+		case api.RequestPerson:
+			s.upsertPerson(req.personUpsert(r.Meta))
 		}
 		req.Status = api.RequestApproved
 	} else {

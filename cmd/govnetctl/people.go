@@ -164,7 +164,23 @@ func (a *app) requestCmd() *cobra.Command {
 			})
 		},
 	}
-	for _, c := range []*cobra.Command{token, policy, revoke, restore} {
+	var personRole, personSerial string
+	personReq := &cobra.Command{
+		Use:     "person NAME --role ROLE --serial HEX",
+		Short:   "Ask for a person's certificate to be registered (officer; four-eyes mode refuses `person add`)",
+		Example: "  govnetctl request person alice --role operator --serial 3f2a9c... --reason 'new network operator'",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.call(cmd, func(ctx context.Context, c *api.Client) error {
+				return create(ctx, c, api.RequestCreate{Kind: api.RequestPerson, PersonName: args[0], PersonRole: personRole, Serial: personSerial, Reason: reason})
+			})
+		},
+	}
+	personReq.Flags().StringVar(&personRole, "role", "", "operator, officer, auditor or custodian")
+	personReq.Flags().StringVar(&personSerial, "serial", "", "the serial (hex) of the person's certificate")
+	personReq.MarkFlagRequired("role")
+	personReq.MarkFlagRequired("serial")
+	for _, c := range []*cobra.Command{token, policy, revoke, restore, personReq} {
 		c.Flags().StringVar(&reason, "reason", "", "why, for the approver and the audit log")
 	}
 	list := &cobra.Command{
@@ -229,7 +245,7 @@ func (a *app) requestCmd() *cobra.Command {
 			})
 		},
 	}
-	cmd.AddCommand(token, policy, revoke, restore, list, approve, reject)
+	cmd.AddCommand(token, policy, revoke, restore, personReq, list, approve, reject)
 	return cmd
 }
 
@@ -257,6 +273,9 @@ func requestRow(w io.Writer, r api.Request) {
 	}
 	if r.Kind == api.RequestRestore {
 		subject = "backup sha256:" + r.BackupSHA256[:min(16, len(r.BackupSHA256))]
+	}
+	if r.Kind == api.RequestPerson {
+		subject = r.PersonName + " (" + r.PersonRole + ")"
 	}
 	fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, r.Kind, dash(subject), r.Status, r.Requester, dash(r.Approver), r.Created.Format(time.RFC3339))
 }

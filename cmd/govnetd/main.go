@@ -59,7 +59,7 @@ func bindConfig(fs *pflag.FlagSet, c *controller.Config) {
 	fs.DurationVar(&c.Profiles.Gateway, "gateway-cert-lifetime", c.Profiles.Gateway, "lifetime of gateway certificates (config key profiles.gateway; 0: 24h)")
 	fs.DurationVar(&c.Profiles.Person, "person-cert-lifetime", c.Profiles.Person, "lifetime of people's certificates (config key profiles.person; 0: 90 days)")
 	fs.DurationVar(&c.Profiles.Node, "node-cert-lifetime", c.Profiles.Node, "lifetime of controller nodes' certificates (config key profiles.node; 0: one year)")
-	fs.BoolVar(&c.FourEyes, "four-eyes", c.FourEyes, "refuse one-step tokens, policy publication, revocation and backup restores: require a request approved by another officer")
+	fs.BoolVar(&c.FourEyes, "four-eyes", c.FourEyes, "refuse one-step tokens, policy publication, revocation, people's registration and revocation, and backup restores: require a request approved by another officer")
 	fs.Float64Var(&c.RateLimit, "rate-limit", c.RateLimit, "requests per second per client (0: 100)")
 	fs.DurationVar(&c.AuditCheckpointEvery, "audit-checkpoint-every", c.AuditCheckpointEvery, "how often the leader signs and records the audit chain's head (0: 1h)")
 	fs.DurationVar(&c.ReportFlush, "report-flush", c.ReportFlush, "how often agents' unchanged reports are committed together (0: 30s)")
