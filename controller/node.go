@@ -95,6 +95,17 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Node, err erro
 		_, ok := n.State().Member(node)
 		return ok
 	}
+	n.limits.memberHost = func(host string) bool {
+		if n.fsm == nil {
+			return false
+		}
+		for _, m := range n.State().Members() {
+			if h, _, err := net.SplitHostPort(m.APIAddr); err == nil && h == host {
+				return true
+			}
+		}
+		return false
+	}
 	n.reports = &groupCommit[GatewayReportRequest]{commit: func(ctx context.Context, reps []GatewayReportRequest) error {
 		_, err := n.submit(ctx, CmdGatewayReports, &GatewayReportsRequest{Meta: n.meta("node:" + n.cfg.Node), Reports: reps})
 		return err

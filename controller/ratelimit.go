@@ -3,11 +3,14 @@ package controller
 import (
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/govnet/govnet/ca"
+	"golang.org/x/crypto/ocsp"
 )
 
 // limiter is a token bucket per client: a verified certificate's identity,
@@ -23,6 +26,10 @@ type limiter struct {
 
 	// member says whether a node is in the cluster (nil: none is).
 	member func(node string) bool
+	// memberHost says whether an address is a member node's: an OCSP
+	// request it forwards is counted against the client it names
+	// (X-Forwarded-For), not against the node (nil: none is).
+	memberHost func(host string) bool
 
 	mu      sync.Mutex
 	buckets map[string]*bucket
@@ -71,6 +78,21 @@ func (l *limiter) allow(key string) (bool, time.Duration) {
 	return true, 0
 }
 
+// forwardedFor returns the last address X-Forwarded-For names: the one
+// the forwarding node added (earlier ones are the client's to claim).
+func forwardedFor(r *http.Request) string {
+	xff := r.Header.Values("X-Forwarded-For")
+	if len(xff) == 0 {
+		return ""
+	}
+	parts := strings.Split(xff[len(xff)-1], ",")
+	ip, err := netip.ParseAddr(strings.TrimSpace(parts[len(parts)-1]))
+	if err != nil {
+		return ""
+	}
+	return ip.String()
+}
+
 func (l *limiter) middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		key := ""
@@ -83,9 +105,21 @@ func (l *limiter) middleware(next http.Handler) http.Handler {
 		} else {
 			host, _, _ := net.SplitHostPort(r.RemoteAddr)
 			key = "ip/" + host
+			if r.Header.Get(proxiedHeader) != "" && l.memberHost != nil && l.memberHost(host) {
+				if client := forwardedFor(r); client != "" {
+					key = "ip/" + client
+				}
+			}
 		}
 		if ok, wait := l.allow(key); !ok {
 			w.Header().Set("Retry-After", strconv.Itoa(int(wait/time.Second)+1))
+			if strings.HasPrefix(r.URL.Path, "/ocsp/") {
+				// Relying parties understand OCSP's own "try later"
+				// (RFC 6960 2.3), not an HTTP error.
+				w.Header().Set("Content-Type", "application/ocsp-response")
+				w.Write(ocsp.TryLaterErrorResponse)
+				return
+			}
 			writeError(w, http.StatusTooManyRequests, "rate limit exceeded: slow down")
 			return
 		}

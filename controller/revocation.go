@@ -145,6 +145,7 @@ func (n *Node) handleOCSP(w http.ResponseWriter, r *http.Request) {
 	proxy := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(target)
+			pr.SetXForwarded() // the issuer's node limits the client, not this node
 			pr.Out.Header.Set(proxiedHeader, n.cfg.Node)
 		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
