@@ -278,7 +278,8 @@ func (n *Node) autoJoin(ctx context.Context) {
 	}
 }
 
-// internalNode admits another member of the cluster, by its node certificate.
+// internalNode admits another member of the cluster, by its node
+// certificate, checked as raft's connections are (checkNodeChain).
 func (n *Node) internalNode(h handler) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		id, ok := identity(r)
@@ -286,12 +287,26 @@ func (n *Node) internalNode(h handler) http.HandlerFunc {
 			writeError(w, http.StatusUnauthorized, "a controller node's certificate is required")
 			return
 		}
-		if _, ok := n.fsm.State().Member(id.Name); !ok {
-			writeError(w, http.StatusForbidden, fmt.Sprintf("node %s is not a member of this cluster", id.Name))
+		if !n.isMemberNode(r) {
+			writeError(w, http.StatusForbidden, fmt.Sprintf("node %s is not a member of this cluster, or its certificate is not its own", id.Name))
 			return
 		}
 		h(w, r, id)
 	}
+}
+
+// isMemberNode says whether r comes from a member of the cluster with a
+// certificate checkNodeChain accepts.
+func (n *Node) isMemberNode(r *http.Request) bool {
+	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 || n.fsm == nil {
+		return false
+	}
+	id, err := n.checkNodeChain(r.TLS.PeerCertificates, x509.ExtKeyUsageClientAuth)
+	if err != nil {
+		return false
+	}
+	_, ok := n.State().Member(id.Name)
+	return ok
 }
 
 // actorOf names who a forwarded request acts for.
@@ -393,7 +408,7 @@ func (n *Node) handleJoin(w http.ResponseWriter, r *http.Request) {
 	case id.Kind == ca.KindNode && id.Name == req.Node:
 		// Its own intermediate issued its certificate, and neither is
 		// revoked (as for raft's connections).
-		if err := n.checkNodeChain(r.TLS.PeerCertificates); err != nil {
+		if _, err := n.checkNodeChain(r.TLS.PeerCertificates, x509.ExtKeyUsageClientAuth); err != nil {
 			n.fail(w, err)
 			return
 		}
@@ -542,6 +557,9 @@ func (n *Node) handleSnapshotRestore(w http.ResponseWriter, r *http.Request, id 
 		// restored state, so reads that wait for its index see the restore
 		// (the backup's own index lies in the past), and the audit chain
 		// says who restored what.
+		if requestID == "" && n.cfg.FourEyes { // forwarded: the approval the first node found
+			requestID, _ = n.State().approvedRestore(hex.EncodeToString(sum[:]), n.now())
+		}
 		_, err := n.submit(ctx, CmdStateRestored, &StateRestoredRequest{Meta: n.meta(actor), BackupSHA256: hex.EncodeToString(sum[:]), BackupIndex: ns.index, RequestID: requestID})
 		n.log.Warn("state restored from a backup", "actor", actor, "raft_index", n.State().Index(), "backup_index", ns.index)
 		return err

@@ -586,4 +586,17 @@ func TestPersonRevocationSticks(t *testing.T) {
 	if p, _ := f.State().Person("off"); p.Serial != "77" || p.Status != api.PersonActive || !slices.Equal(p.RevokedSerials, []string{"c"}) {
 		t.Fatalf("off %+v", p)
 	}
+	// 77 is registered but was never recorded (issued elsewhere): a
+	// revocation of that serial, as a four-eyes request makes it, still
+	// revokes the person.
+	i++
+	if err := applyCmd(t, f, i, CmdCertRevoke, &CertRevokeRequest{Meta: meta("off2"), Serial: "77", Reason: 9}); err != nil {
+		t.Fatal(err)
+	}
+	if p, _ := f.State().Person("off"); p.Status != api.PersonRevoked {
+		t.Fatalf("off after the revocation of 77: %+v", p)
+	}
+	if err := apply("77", api.PersonActive); !errors.Is(err, ErrConflict) {
+		t.Fatalf("77 registered again: %v", err)
+	}
 }

@@ -296,6 +296,9 @@ func (s *State) checkRevoke(serial, gateway string, reason int) ([]*api.Certific
 			} else if archived {
 				return nil, fmt.Errorf("%w: certificate %s expired on %s and was archived: an expired certificate needs no revocation", ErrConflict, a.Serial, a.NotAfter.Format(time.RFC3339))
 			}
+			if s.activePersonWithSerial(serial) {
+				return nil, nil // registered, not recorded: revokePersonSerial marks the person
+			}
 			return nil, fmt.Errorf("%w: certificate %s is not in the inventory", ErrNotFound, serial)
 		}
 		if c.Status == api.CertRevoked {
@@ -343,7 +346,36 @@ func (s *State) applyCertRevoke(r *CertRevokeRequest) error {
 		return err
 	}
 	s.revoke(certs, r.Gateway, r.Reason, r.At, r.Actor, s.applying)
+	s.revokePersonSerial(r.Serial)
 	return nil
+}
+
+// activePersonWithSerial says whether an active person is registered
+// with serial.
+func (s *State) activePersonWithSerial(serial string) bool {
+	serial = normSerial(serial)
+	for _, p := range s.people {
+		if serial != "" && p.Status == api.PersonActive && normSerial(p.Serial) == serial {
+			return true
+		}
+	}
+	return false
+}
+
+// revokePersonSerial revokes every person registered with serial when
+// the inventory has no record of it (revoke, given the record, does it):
+// a person registered with a certificate issued elsewhere can be revoked
+// through a four-eyes request too.
+func (s *State) revokePersonSerial(serial string) {
+	serial = normSerial(serial)
+	if serial == "" || s.certs[serial] != nil {
+		return
+	}
+	for _, p := range s.people {
+		if normSerial(p.Serial) == serial {
+			p.Status = api.PersonRevoked
+		}
+	}
 }
 
 func (s *State) applyGatewayRenew(r *GatewayRenewRequest) error {

@@ -9,12 +9,14 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/hex"
 	"errors"
 	"io"
 	"log/slog"
 	"math/big"
 	"net"
+	"net/http"
 	"slices"
 	"strings"
 	"testing"
@@ -46,6 +48,19 @@ func TestRogueNodeJoin(t *testing.T) {
 	rogue := api.NewClient("https://"+n.Addr().String(), tc)
 	_, err = rogue.JoinNode(ctx, api.JoinRequest{Node: "ctl9", RaftAddr: freePort(t), APIAddr: freePort(t)})
 	wantStatus(t, err, 403, "not by its own intermediate")
+	// Nor with a decoy named as ctl9's intermediate sent before the real
+	// issuer: the check is on the chain that verifies.
+	tc2, _ := api.TLSConfig(cfg.pkiPath(rootFile), "", "")
+	tc2.Certificates = []tls.Certificate{{Certificate: [][]byte{chain[0].Raw, decoyIntermediate(t, "ctl9").Raw, chain[1].Raw}, PrivateKey: key}}
+	_, err = api.NewClient("https://"+n.Addr().String(), tc2).JoinNode(ctx, api.JoinRequest{Node: "ctl9", RaftAddr: freePort(t), APIAddr: freePort(t)})
+	wantStatus(t, err, 403, "not by its own intermediate")
+	// The internal routes and the rate limit's exemption check the
+	// same: the member's own certificate passes, the rogue's does not.
+	own := &http.Request{TLS: &tls.ConnectionState{PeerCertificates: []*x509.Certificate{n.tls.Leaf, n.ca.Intermediate()}}}
+	rogueReq := &http.Request{TLS: &tls.ConnectionState{PeerCertificates: []*x509.Certificate{chain[0], decoyIntermediate(t, "ctl9"), chain[1]}}}
+	if !n.isMemberNode(own) || n.isMemberNode(rogueReq) {
+		t.Fatalf("member check: own %v, rogue %v", n.isMemberNode(own), n.isMemberNode(rogueReq))
+	}
 	if _, ok := n.State().Member("ctl9"); ok {
 		t.Fatal("ctl9 became a member")
 	}
@@ -60,6 +75,20 @@ func TestRogueNodeJoin(t *testing.T) {
 	if limited == 0 {
 		t.Fatal("a node certificate of a non-member was never rate-limited")
 	}
+}
+
+// decoyIntermediate is a self-signed certificate named as node's
+// intermediate: it verifies to nothing.
+func decoyIntermediate(t *testing.T, node string) *x509.Certificate {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: ca.IntermediateCommonName(node)},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := x509.ParseCertificate(der)
+	return c
 }
 
 // TestRaftNeedsNodeTLS: raft's port answers nothing but mutual TLS with a

@@ -88,13 +88,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Node, err erro
 		return nil, fmt.Errorf("config: %w", err)
 	}
 	n := &Node{cfg: cfg, log: log, now: time.Now, limits: newLimiter(cfg.RateLimit, time.Now), crlWake: make(chan struct{}, 1)}
-	n.limits.member = func(node string) bool {
-		if n.fsm == nil {
-			return false
-		}
-		_, ok := n.State().Member(node)
-		return ok
-	}
+	n.limits.member = n.isMemberNode
 	n.limits.memberHost = func(host string) bool {
 		if n.fsm == nil {
 			return false

@@ -39,10 +39,8 @@ func (n *Node) newRaftTLS(bind string, advertise net.Addr) (*raftTLS, error) {
 			if len(cs.PeerCertificates) == 0 {
 				return errors.New("raft: no node certificate presented")
 			}
-			if _, err := n.verifier.Verify(cs.PeerCertificates, usage, time.Now()); err != nil {
-				return fmt.Errorf("raft: peer certificate: %w", err)
-			}
-			return n.checkNodeChain(cs.PeerCertificates)
+			_, err := n.checkNodeChain(cs.PeerCertificates, usage)
+			return err
 		}
 	}
 	server := &tls.Config{
@@ -70,31 +68,43 @@ func (l *raftTLS) Dial(address raft.ServerAddress, timeout time.Duration) (net.C
 	return d.Dial("tcp", string(address))
 }
 
-// checkNodeChain says whether a verified chain (leaf, intermediate) is a
-// controller node's: the leaf names a node, its own intermediate issued
-// it (any node's intermediate can sign a node certificate for any name;
-// only the custodians' root signs a node's intermediate), and the
-// inventory has revoked neither (a removed node whose intermediate the
-// root's CRL revoked stays out).
-func (n *Node) checkNodeChain(peers []*x509.Certificate) error {
-	id, err := ca.IdentityOf(peers[0])
+// checkNodeChain verifies peers (a peer's certificates as presented) to
+// this network's root for usage and says whether the chain is a
+// controller node's: the leaf names a node; the intermediate that
+// verifiably issued it (not whatever the peer sent next) is that node's
+// own, by its name, and is not recorded as another node's issuer (any
+// node's intermediate can sign a node certificate for any name; only the
+// custodians' root signs a node's intermediate); the inventory has revoked
+// neither (a removed node whose intermediate the root's CRL revoked stays
+// out); and the leaf carries the key recorded for its serial.
+func (n *Node) checkNodeChain(peers []*x509.Certificate, usage x509.ExtKeyUsage) (ca.Identity, error) {
+	chain, err := n.verifier.Verify(peers, usage, time.Now())
+	if err != nil {
+		return ca.Identity{}, fmt.Errorf("%w: node certificate: %w", ErrForbidden, err)
+	}
+	id, err := ca.IdentityOf(chain[0])
 	if err != nil || id.Kind != ca.KindNode {
-		return fmt.Errorf("%w: not a controller node's certificate", ErrForbidden)
+		return id, fmt.Errorf("%w: not a controller node's certificate", ErrForbidden)
 	}
-	if len(peers) < 2 {
-		return fmt.Errorf("%w: node %s: present the certificate chain, its intermediate included", ErrForbidden, id.Name)
+	if len(chain) < 3 {
+		return id, fmt.Errorf("%w: node %s: its certificate must be issued by its own intermediate, not by the root", ErrForbidden, id.Name)
 	}
-	if want := ca.IntermediateCommonName(id.Name); peers[1].Subject.CommonName != want {
-		return fmt.Errorf("%w: node %s's certificate was issued by %q, not by its own intermediate (%q): a node joins with the certificate its own intermediate issued",
-			ErrForbidden, id.Name, peers[1].Subject.CommonName, want)
+	inter := chain[1]
+	if want := ca.IntermediateCommonName(id.Name); inter.Subject.CommonName != want {
+		return id, fmt.Errorf("%w: node %s's certificate was issued by %q, not by its own intermediate (%q): a node joins with the certificate its own intermediate issued",
+			ErrForbidden, id.Name, inter.Subject.CommonName, want)
 	}
-	for _, c := range peers[:2] {
-		if rec, ok := n.State().Certificate(ca.Serial(c)); ok && rec.Status == api.CertRevoked {
-			return fmt.Errorf("%w: node %s: certificate %s (%s) is revoked", ErrForbidden, id.Name, rec.Serial, c.Subject.CommonName)
+	st := n.State()
+	if rec, ok := st.issuer(ca.IssuerID(inter)); ok && rec.Node != "" && rec.Node != id.Name {
+		return id, fmt.Errorf("%w: node %s's certificate was issued by the intermediate of node %s", ErrForbidden, id.Name, rec.Node)
+	}
+	for _, c := range chain[:2] {
+		if rec, ok := st.Certificate(ca.Serial(c)); ok && rec.Status == api.CertRevoked {
+			return id, fmt.Errorf("%w: node %s: certificate %s (%s) is revoked", ErrForbidden, id.Name, rec.Serial, c.Subject.CommonName)
 		}
 	}
-	if err := n.State().keyIsRecorded(peers[0]); err != nil {
-		return fmt.Errorf("%w: node %s: %w", ErrForbidden, id.Name, err)
+	if err := st.keyIsRecorded(chain[0]); err != nil {
+		return id, fmt.Errorf("%w: node %s: %w", ErrForbidden, id.Name, err)
 	}
-	return nil
+	return id, nil
 }

@@ -24,8 +24,9 @@ type limiter struct {
 	burst float64
 	now   func() time.Time
 
-	// member says whether a node is in the cluster (nil: none is).
-	member func(node string) bool
+	// member says whether a request comes from a node of the cluster
+	// (nil: none does).
+	member func(r *http.Request) bool
 	// memberHost says whether an address is a member node's: an OCSP
 	// request it forwards is counted against the client it names
 	// (X-Forwarded-For), not against the node (nil: none is).
@@ -97,7 +98,7 @@ func (l *limiter) middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		key := ""
 		if id, ok := identity(r); ok {
-			if id.Kind == ca.KindNode && l.member != nil && l.member(id.Name) {
+			if id.Kind == ca.KindNode && l.member != nil && l.member(r) {
 				next.ServeHTTP(w, r)
 				return
 			}

@@ -794,6 +794,7 @@ func (s *State) applyRequestDecide(r *RequestDecideRequest) error {
 			req.PolicyVersion = s.publish(req.PolicySource, r.Actor, r.At)
 		case api.RequestRevoke:
 			s.revoke(revoke, req.Gateway, req.ReasonCode, r.At, r.Actor, s.applying)
+			s.revokePersonSerial(req.Serial)
 		case api.RequestPerson:
 			s.upsertPerson(req.personUpsert(r.Meta))
 		}
