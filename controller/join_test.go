@@ -133,6 +133,22 @@ func TestRaftNeedsNodeTLS(t *testing.T) {
 			t.Fatalf("raft answered a vote request over TLS with a %s certificate of %s", p.Identity.Kind, p.Identity.Name)
 		}
 	}
+	// A dial checks that the node at an address is the one recorded there.
+	dialer, err := n.newRaftTLS("127.0.0.1:0", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dialer.Close()
+	dialer.nodeAt = func(string) (string, bool) { return "ctl9", true }
+	if _, err := dialer.Dial(addr, 2*time.Second); err == nil || !strings.Contains(err.Error(), "answers as node ctl1, not ctl9") {
+		t.Fatalf("dial of ctl1's address as ctl9's: %v", err)
+	}
+	dialer.nodeAt = func(string) (string, bool) { return "ctl1", true }
+	conn, err := dialer.Dial(addr, 2*time.Second)
+	if err != nil {
+		t.Fatalf("dial of ctl1's address as ctl1's: %v", err)
+	}
+	conn.Close()
 	// The node still leads: no vote request got through with its term.
 	if n.raft.State() != raft.Leader {
 		t.Fatalf("the node is %s", n.raft.State())

@@ -24,6 +24,9 @@ type raftTLS struct {
 	net.Listener // completes each handshake (handshakeListener)
 	advertise    net.Addr
 	client       *tls.Config
+	// nodeAt names the member whose raft address is address, if one is
+	// recorded: the node a dial must reach (nil: no check).
+	nodeAt func(address string) (string, bool)
 }
 
 // raftHandshakeTimeout bounds a raft connection's TLS handshake.
@@ -58,13 +61,38 @@ func (n *Node) newRaftTLS(bind string, advertise net.Addr) (*raftTLS, error) {
 		InsecureSkipVerify: true,
 		VerifyConnection:   verify(x509.ExtKeyUsageServerAuth),
 	}
-	return &raftTLS{Listener: newHandshakeListener(ln, server, raftHandshakeTimeout, n.log), advertise: advertise, client: client}, nil
+	nodeAt := func(address string) (string, bool) {
+		for _, m := range n.State().Members() {
+			if m.RaftAddr == address {
+				return m.Node, true
+			}
+		}
+		return "", false
+	}
+	return &raftTLS{Listener: newHandshakeListener(ln, server, raftHandshakeTimeout, n.log), advertise: advertise, client: client, nodeAt: nodeAt}, nil
 }
 
 func (l *raftTLS) Addr() net.Addr { return l.advertise }
 
 func (l *raftTLS) Dial(address raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
-	d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: timeout}, Config: l.client}
+	cfg := l.client
+	if l.nodeAt != nil {
+		if want, ok := l.nodeAt(string(address)); ok {
+			// The node recorded at that address, not another one there.
+			cfg = l.client.Clone()
+			verify := l.client.VerifyConnection
+			cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+				if err := verify(cs); err != nil {
+					return err
+				}
+				if id, _ := ca.IdentityOf(cs.PeerCertificates[0]); id.Name != want {
+					return fmt.Errorf("raft: %s answers as node %s, not %s", address, id.Name, want)
+				}
+				return nil
+			}
+		}
+	}
+	d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: timeout}, Config: cfg}
 	return d.Dial("tcp", string(address))
 }
 

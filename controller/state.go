@@ -718,9 +718,12 @@ func isSHA256Hex(s string) bool {
 func (s *State) approvedRestore(sum string, now time.Time) (string, bool) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
+	// Decided is the leader's clock, now this node's: a minute of skew
+	// either way does not refuse a fresh approval.
+	const skew = time.Minute
 	for _, r := range s.requests {
 		if r.Kind == api.RequestRestore && r.Status == api.RequestApproved && r.BackupSHA256 == sum &&
-			!r.Decided.After(now) && now.Sub(r.Decided) <= api.RestoreApprovalTTL {
+			!r.Decided.After(now.Add(skew)) && now.Sub(r.Decided) <= api.RestoreApprovalTTL {
 			return r.ID, true
 		}
 	}
