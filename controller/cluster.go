@@ -296,8 +296,12 @@ func (n *Node) internalNode(h handler) http.HandlerFunc {
 }
 
 // isMemberNode says whether r comes from a member of the cluster with a
-// certificate checkNodeChain accepts.
+// certificate checkNodeChain accepts. The rate limiter, which every API
+// request passes first, has the answer already (memberVerdict).
 func (n *Node) isMemberNode(r *http.Request) bool {
+	if v, ok := r.Context().Value(memberVerdict{}).(bool); ok {
+		return v
+	}
 	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 || n.fsm == nil {
 		return false
 	}
@@ -530,15 +534,13 @@ func (n *Node) handleSnapshotRestore(w http.ResponseWriter, r *http.Request, id 
 	ns.close()
 	actor := actorOf(r, id)
 	sum := sha256.Sum256(b)
-	var requestID string
 	if id.Kind == ca.KindPerson {
 		actor = id.Name
 		// Four-eyes: a restore replaces every revocation, token, policy
 		// and person the cluster holds; one officer alone may not. (A
 		// node forwarding a restore checked this where it came in.)
 		if n.cfg.FourEyes {
-			var ok bool
-			if requestID, ok = n.State().approvedRestore(hex.EncodeToString(sum[:]), n.now()); !ok {
+			if _, ok := n.State().approvedRestore(hex.EncodeToString(sum[:]), n.now()); !ok {
 				writeError(w, http.StatusForbidden, fmt.Sprintf("four-eyes: restoring backup %x needs a restore request for it (govnetctl request restore FILE) that another officer approved within the last %s",
 					sum[:], api.RestoreApprovalTTL))
 				return
@@ -557,7 +559,8 @@ func (n *Node) handleSnapshotRestore(w http.ResponseWriter, r *http.Request, id 
 		// restored state, so reads that wait for its index see the restore
 		// (the backup's own index lies in the past), and the audit chain
 		// says who restored what.
-		if requestID == "" && n.cfg.FourEyes { // forwarded: the approval the first node found
+		var requestID string // the approval checked where the restore came in
+		if n.cfg.FourEyes {
 			requestID, _ = n.State().approvedRestore(hex.EncodeToString(sum[:]), n.now())
 		}
 		_, err := n.submit(ctx, CmdStateRestored, &StateRestoredRequest{Meta: n.meta(actor), BackupSHA256: hex.EncodeToString(sum[:]), BackupIndex: ns.index, RequestID: requestID})

@@ -124,17 +124,22 @@ func (s *State) Certificate(serial string) (api.Certificate, bool) {
 
 // LookupCertificate is Certificate with the archive's read error.
 func (s *State) LookupCertificate(serial string) (api.Certificate, bool, error) {
-	serial = normSerial(serial)
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	if c, ok := s.certs[serial]; ok {
-		return copyCert(c), true, nil
-	}
-	c, ok, err := s.archive.lookup(serial)
+	c, ok, err := s.findCert(normSerial(serial))
 	if !ok {
 		return api.Certificate{}, false, err
 	}
-	return *c, true, nil
+	return copyCert(c), true, nil
+}
+
+// findCert returns the certificate with serial (normalised) from the
+// inventory or the archive; s.mu must be held.
+func (s *State) findCert(serial string) (*api.Certificate, bool, error) {
+	if c, ok := s.certs[serial]; ok {
+		return c, true, nil
+	}
+	return s.archive.lookup(serial)
 }
 
 func copyCert(c *api.Certificate) api.Certificate {
@@ -157,12 +162,9 @@ func normSerial(s string) string {
 func (s *State) CertStatus(issuer string, serial *big.Int) (ca.CertStatus, error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	c, ok := s.certs[serial.Text(16)]
-	if !ok {
-		var err error
-		if c, ok, err = s.archive.lookup(serial.Text(16)); err != nil {
-			return ca.CertStatus{}, err
-		}
+	c, ok, err := s.findCert(serial.Text(16))
+	if err != nil {
+		return ca.CertStatus{}, err
 	}
 	if !ok || c.Issuer != issuer {
 		return ca.CertStatus{State: ca.StateUnknown}, nil
@@ -345,9 +347,16 @@ func (s *State) applyCertRevoke(r *CertRevokeRequest) error {
 	if err != nil {
 		return err
 	}
-	s.revoke(certs, r.Gateway, r.Reason, r.At, r.Actor, s.applying)
-	s.revokePersonSerial(r.Serial)
+	s.revokeChecked(certs, r.Serial, r.Gateway, r.Reason, r.At, r.Actor)
 	return nil
+}
+
+// revokeChecked applies a revocation by serial or gateway that checkRevoke
+// found certs for: those, and a person registered with serial when the
+// inventory has no record of it.
+func (s *State) revokeChecked(certs []*api.Certificate, serial, gateway string, reason int, at time.Time, actor string) {
+	s.revoke(certs, gateway, reason, at, actor, s.applying)
+	s.revokePersonSerial(serial)
 }
 
 // activePersonWithSerial says whether an active person is registered

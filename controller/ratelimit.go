@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"context"
 	"net"
 	"net/http"
 	"net/netip"
@@ -79,6 +80,10 @@ func (l *limiter) allow(key string) (bool, time.Duration) {
 	return true, 0
 }
 
+// memberVerdict keys a request's context to what the limiter found of a
+// node certificate: whether it is a member's (isMemberNode).
+type memberVerdict struct{}
+
 // forwardedFor returns the last address X-Forwarded-For names: the one
 // the forwarding node added (earlier ones are the client's to claim).
 func forwardedFor(r *http.Request) string {
@@ -98,9 +103,15 @@ func (l *limiter) middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		key := ""
 		if id, ok := identity(r); ok {
-			if id.Kind == ca.KindNode && l.member != nil && l.member(r) {
-				next.ServeHTTP(w, r)
-				return
+			if id.Kind == ca.KindNode && l.member != nil {
+				member := l.member(r)
+				// The handler asks again (internalNode): one chain check
+				// per request.
+				r = r.WithContext(context.WithValue(r.Context(), memberVerdict{}, member))
+				if member {
+					next.ServeHTTP(w, r)
+					return
+				}
 			}
 			key = limitKey(id)
 		} else {

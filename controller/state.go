@@ -568,15 +568,10 @@ func (s *State) applyPersonUpsert(r *PersonUpsertRequest) error {
 	return nil
 }
 
-// personUpsert is the registration a person request asks for.
-func (r *RequestCreateRequest) personUpsert() *PersonUpsertRequest {
-	return &PersonUpsertRequest{Meta: r.Meta, Name: r.PersonName, Role: r.PersonRole, Serial: r.Serial, Status: api.PersonActive}
-}
-
-// personUpsert is the registration an approved person request makes, as
-// its approver.
-func (r *request) personUpsert(m Meta) *PersonUpsertRequest {
-	return &PersonUpsertRequest{Meta: m, Name: r.PersonName, Role: r.PersonRole, Serial: r.Serial, Status: api.PersonActive}
+// registration is the registration a person request asks for, made as m
+// (the requester's to check it, the approver's to apply it).
+func registration(m Meta, name, role, serial string) *PersonUpsertRequest {
+	return &PersonUpsertRequest{Meta: m, Name: name, Role: role, Serial: serial, Status: api.PersonActive}
 }
 
 // checkPersonUpsert says whether a registration may apply.
@@ -689,7 +684,7 @@ func (s *State) applyRequestCreate(r *RequestCreateRequest) error {
 			return fmt.Errorf("%w: backup_sha256 %q: want the backup's SHA-256 in lowercase hex", ErrBadRequest, r.BackupSHA256)
 		}
 	case api.RequestPerson:
-		if err := s.checkPersonUpsert(r.personUpsert()); err != nil {
+		if err := s.checkPersonUpsert(registration(r.Meta, r.PersonName, r.PersonRole, r.Serial)); err != nil {
 			return err
 		}
 	}
@@ -786,7 +781,7 @@ func (s *State) applyRequestDecide(r *RequestDecideRequest) error {
 				return err
 			}
 		case api.RequestPerson:
-			if err := s.checkPersonUpsert(req.personUpsert(r.Meta)); err != nil {
+			if err := s.checkPersonUpsert(registration(r.Meta, req.PersonName, req.PersonRole, req.Serial)); err != nil {
 				return err
 			}
 		}
@@ -796,10 +791,9 @@ func (s *State) applyRequestDecide(r *RequestDecideRequest) error {
 		case api.RequestPolicy:
 			req.PolicyVersion = s.publish(req.PolicySource, r.Actor, r.At)
 		case api.RequestRevoke:
-			s.revoke(revoke, req.Gateway, req.ReasonCode, r.At, r.Actor, s.applying)
-			s.revokePersonSerial(req.Serial)
+			s.revokeChecked(revoke, req.Serial, req.Gateway, req.ReasonCode, r.At, r.Actor)
 		case api.RequestPerson:
-			s.upsertPerson(req.personUpsert(r.Meta))
+			s.upsertPerson(registration(r.Meta, req.PersonName, req.PersonRole, req.Serial))
 		}
 		req.Status = api.RequestApproved
 	} else {
