@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/govnet/govnet/api"
+	"github.com/govnet/govnet/internal/atomicfile"
 )
 
 // Agent reconciles one gateway to the controllers' view of it.
@@ -315,7 +316,7 @@ func (a *Agent) saveView(v *api.View) error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(a.cfg.path(fileView), data, 0o600)
+	return atomicfile.Write(a.cfg.path(fileView), data, 0o600)
 }
 
 func (a *Agent) loadView() (*api.View, error) {

@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -17,6 +16,7 @@ import (
 	"time"
 
 	"github.com/goccy/go-yaml"
+	"github.com/govnet/govnet/internal/atomicfile"
 	"github.com/govnet/govnet/internal/yamlfile"
 )
 
@@ -82,7 +82,7 @@ func (c Config) Save(path string) error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(path, data, 0o640)
+	return atomicfile.Write(path, data, 0o640)
 }
 
 // Validate says which key is wrong.
@@ -149,29 +149,3 @@ const (
 	// renew.go's pendingFile.
 	filePendingRenewal = "renewal.pending"
 )
-
-// writeFileAtomic writes data so that a crash leaves either the old or the
-// new file, never a torn one.
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
-}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/govnet/govnet/api"
 	"github.com/govnet/govnet/ca"
+	"github.com/govnet/govnet/internal/atomicfile"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
@@ -103,7 +104,7 @@ func Enroll(ctx context.Context, cfg Config, token, rootFile string) (_ *Identit
 		{fileRoot, rootPEM, 0o644},
 		{fileIdent, idJSON, 0o644}, // last: its presence means "enrolled"
 	} {
-		if err := writeFileAtomic(cfg.path(f.name), f.data, f.mode); err != nil {
+		if err := atomicfile.Write(cfg.path(f.name), f.data, f.mode); err != nil {
 			return nil, err
 		}
 	}

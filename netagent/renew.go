@@ -18,6 +18,7 @@ import (
 
 	"github.com/govnet/govnet/api"
 	"github.com/govnet/govnet/ca"
+	"github.com/govnet/govnet/internal/atomicfile"
 )
 
 // Certificate renewal. The gateway's certificate is short-lived (24 h by
@@ -168,7 +169,7 @@ func (r *renewer) keepPending(p *pendingRenewal) error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(r.cfg.path(filePendingRenewal), data, 0o600)
+	return atomicfile.Write(r.cfg.path(filePendingRenewal), data, 0o600)
 }
 
 // clearPending removes filePendingRenewal and, when p is given, discards
@@ -396,10 +397,10 @@ func (r *renewer) renew(ctx context.Context) (err error) {
 // beside the live files; finishRenewal then renames them over the live
 // ones.
 func stageRenewal(cfg Config, keys keyStore, keyData, certPEM []byte) error {
-	if err := writeFileAtomic(cfg.path(keys.keyFile()+nextSuffix), keyData, 0o600); err != nil {
+	if err := atomicfile.Write(cfg.path(keys.keyFile()+nextSuffix), keyData, 0o600); err != nil {
 		return err
 	}
-	return writeFileAtomic(cfg.path(fileCertNext), certPEM, 0o644)
+	return atomicfile.Write(cfg.path(fileCertNext), certPEM, 0o644)
 }
 
 // finishRenewal completes an installation that stageRenewal began: the
