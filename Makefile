@@ -120,10 +120,13 @@ demo: deps build
 # backup and restore, with porcupine's linearizability check) and the
 # end-to-end failover, five times each under the race detector; then the
 # fan-out harness at 5,000 gateways for 20 policy rounds, its revocations
-# and its network-wide re-issue (cluster kept in .bench-cache/). About 4
-# minutes (24 November: fault tests 91 s, failover 81 s, harness 80 s).
+# and its network-wide re-issue (cluster kept in .bench-cache/), and a
+# cluster outliving its nodes' first certificates (five-minute lifetime,
+# about six minutes). About 10 minutes (24 November: fault tests 91 s,
+# failover 81 s, harness 80 s).
 e2e-long: build
 	$(GO) test -race -count=5 -timeout 80m -run '^(TestClusterFaults|TestFailover)$$' ./controller ./e2e
+	GOVNET_LONG=1 $(GO) test -count=1 -timeout 20m -run '^TestNodeCertsRenewInCluster$$' ./controller
 	@$(GO) build -o $(BIN)/ ./internal/loadtest/cmd/govnet-load
 	$(BIN)/govnet-load -govnetd $(BIN)/govnetd -gateways 5000 -rounds 20 -cache-dir .bench-cache
 

@@ -55,9 +55,10 @@ func (n *Node) handleCheckpoints(w http.ResponseWriter, r *http.Request, _ ca.Id
 // TLS key; the checkpoint carries the certificate chain that proves it.
 func (n *Node) signCheckpoint(head api.AuditEntry) (api.AuditCheckpoint, error) {
 	cp := api.AuditCheckpoint{Seq: head.Seq, Hash: head.Hash, At: n.now().UTC(), Node: n.cfg.Node}
-	signer, ok := n.tls.PrivateKey.(crypto.Signer)
+	cert := n.cert.Load()
+	signer, ok := cert.PrivateKey.(crypto.Signer)
 	if !ok {
-		return cp, fmt.Errorf("node key %T cannot sign", n.tls.PrivateKey)
+		return cp, fmt.Errorf("node key %T cannot sign", cert.PrivateKey)
 	}
 	digest := sha256.Sum256(cp.CheckpointMessage())
 	sig, err := signer.Sign(rand.Reader, digest[:], crypto.SHA256)
@@ -65,7 +66,7 @@ func (n *Node) signCheckpoint(head api.AuditEntry) (api.AuditCheckpoint, error) 
 		return cp, fmt.Errorf("sign checkpoint: %w", err)
 	}
 	cp.Signature = base64.StdEncoding.EncodeToString(sig)
-	for _, der := range n.tls.Certificate {
+	for _, der := range cert.Certificate {
 		cp.Chain += string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
 	}
 	return cp, nil

@@ -41,14 +41,15 @@ const (
 // maxSnapshotBody bounds an uploaded backup.
 const maxSnapshotBody = 1 << 30
 
-func newPeerClient(roots *x509.CertPool, cert tls.Certificate) *http.Client {
+func newPeerClient(roots *x509.CertPool, cert func(*tls.CertificateRequestInfo) (*tls.Certificate, error)) *http.Client {
 	return &http.Client{
 		Timeout: applyTimeout,
 		Transport: &http.Transport{
-			TLSClientConfig:     &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: roots, Certificates: []tls.Certificate{cert}},
+			TLSClientConfig:     &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: roots, GetClientCertificate: cert},
 			ForceAttemptHTTP2:   true,
 			TLSHandshakeTimeout: 5 * time.Second,
 			MaxIdleConnsPerHost: 16,
+			IdleConnTimeout:     90 * time.Second,
 		},
 	}
 }
@@ -127,7 +128,7 @@ func (n *Node) peerCall(ctx context.Context, apiAddr, path, ctype string, body i
 	if actor != "" {
 		req.Header.Set(actorHeader, actor)
 	}
-	resp, err := n.peers.Do(req)
+	resp, err := n.peers.Load().Do(req)
 	if err != nil {
 		if errors.Is(err, syscall.ECONNREFUSED) {
 			return fmt.Errorf("%w: leader at %s: %v", ErrNotLeader, apiAddr, err)
@@ -202,6 +203,11 @@ func (n *Node) barrier(ctx context.Context) (uint64, error) {
 // addMember records a node's addresses and makes it a voter.
 func (n *Node) addMember(ctx context.Context, actor string, req api.JoinRequest) error {
 	return n.onLeader(ctx, actor, "/v1/internal/members", req, nil, func(ctx context.Context) error {
+		// Decided on the leader, whose state is current.
+		if at, ok := n.State().wasRemoved(req.Node); ok && actor == "node:"+req.Node {
+			return fmt.Errorf("%w: node %s was removed from the cluster at %s: only an operator adds it back (govnetctl cluster join)",
+				ErrForbidden, req.Node, at.UTC().Format(time.RFC3339))
+		}
 		_, err := n.submit(ctx, CmdMemberUpsert, &MemberUpsertRequest{Meta: n.meta(actor), Node: req.Node, RaftAddr: req.RaftAddr, APIAddr: req.APIAddr})
 		if err != nil {
 			return err

@@ -3,6 +3,7 @@ package controller
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -26,6 +27,7 @@ import (
 	"github.com/anishathalye/porcupine"
 	"github.com/govnet/govnet/api"
 	"github.com/govnet/govnet/ca"
+	"github.com/govnet/govnet/hsm"
 	"github.com/govnet/govnet/hsm/hsmtest"
 )
 
@@ -156,7 +158,7 @@ type testCluster struct {
 // newTestCluster initialises n nodes, each with its own SoftHSM2 token
 // and its own intermediate signed by the root in the first node's token,
 // on 127.0.0.11, .12, ...; it starts nothing.
-func newTestCluster(t testing.TB, count int) *testCluster {
+func newTestCluster(t testing.TB, count int, opts ...func(*Config)) *testCluster {
 	t.Helper()
 	hsmtest.Require(t)
 	dir := t.TempDir()
@@ -176,6 +178,9 @@ func newTestCluster(t testing.TB, count int) *testCluster {
 			OverlayPrefix: "100.64.0.0/16",
 			HSM:           HSMConfig{Module: hc.Module, TokenLabel: hc.TokenLabel, PINFile: pinFile},
 			Raft:          testRaft,
+		}
+		for _, o := range opts {
+			o(&cfg)
 		}
 		now := time.Now()
 		if i == 0 {
@@ -296,6 +301,66 @@ func (c *testCluster) leader(except ...int) (int, error) {
 		}
 	}
 	return -1, errors.New("no leader")
+}
+
+// startThree starts a cluster of three nodes as an installer would: the
+// first, then ctl2 added by an operator and ctl3 asking to join.
+func (c *testCluster) startThree(t *testing.T) {
+	t.Helper()
+	began := time.Now()
+	c.nodes[0].start(t)
+	waitFor(t, 30*time.Second, "the first node to be ready", func() error {
+		st, err := c.status(0)
+		if err == nil && !st.Ready {
+			err = errors.New(st.NotReady)
+		}
+		return err
+	})
+	c.nodes[1].start(t)
+	c.nodes[2].start(t) // asks ctl1 to add it (join key)
+	waitFor(t, 30*time.Second, "an operator to add ctl2", func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		n := c.nodes[1].cfg
+		_, err := c.op[0].JoinNode(ctx, api.JoinRequest{Node: n.Node, RaftAddr: n.RaftAddr, APIAddr: n.APIAddr})
+		return err
+	})
+	c.waitHealthy(30 * time.Second)
+	t.Logf("3-node cluster up in %s", time.Since(began).Round(time.Millisecond))
+}
+
+// nodeClient is a client of node to that presents node from's certificate
+// (its key from its token: from must not be running).
+func (c *testCluster) nodeClient(t *testing.T, from, to int) *api.Client {
+	t.Helper()
+	cfg := c.nodes[from].cfg
+	hc, err := cfg.hsmConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := hsm.Open(hc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tok.Close() })
+	key, err := tok.Signer(TLSKeyLabel(cfg.Node))
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := readCert(cfg.pkiPath(nodeFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	inter, err := readCert(cfg.pkiPath(intermediateFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc, err := api.TLSConfig(cfg.pkiPath(rootFile), "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc.Certificates = []tls.Certificate{{Certificate: [][]byte{leaf.Raw, inter.Raw}, PrivateKey: key}}
+	return api.NewClient("https://"+c.nodes[to].cfg.APIAddr, tc)
 }
 
 // waitHealthy waits until every node is ready and sees all nodes as voters.
@@ -561,25 +626,7 @@ func TestClusterFaults(t *testing.T) {
 	}
 	began := time.Now()
 	c := newTestCluster(t, 3)
-	c.nodes[0].start(t)
-	waitFor(t, 30*time.Second, "the first node to be ready", func() error {
-		st, err := c.status(0)
-		if err == nil && !st.Ready {
-			err = errors.New(st.NotReady)
-		}
-		return err
-	})
-	c.nodes[1].start(t)
-	c.nodes[2].start(t) // asks ctl1 to add it (join key)
-	waitFor(t, 30*time.Second, "an operator to add ctl2", func() error {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		n := c.nodes[1].cfg
-		_, err := c.op[0].JoinNode(ctx, api.JoinRequest{Node: n.Node, RaftAddr: n.RaftAddr, APIAddr: n.APIAddr})
-		return err
-	})
-	c.waitHealthy(30 * time.Second)
-	t.Logf("3-node cluster up in %s", time.Since(began).Round(time.Millisecond))
+	c.startThree(t)
 
 	// Seed the registers' agencies through a follower: the write is forwarded.
 	ldr, err := c.leader()
@@ -756,6 +803,11 @@ func TestClusterFaults(t *testing.T) {
 		if _, err := c.op[ldr].AddGateway(ctx, api.Gateway{ID: "after-remove", Agency: registerKeys[0]}); err != nil {
 			t.Fatal(err)
 		}
+		// Its certificate is still valid, but a removed node does not
+		// add itself back: an operator does.
+		removed := c.nodes[gone].cfg
+		_, err = c.nodeClient(t, gone, ldr).JoinNode(ctx, api.JoinRequest{Node: removed.Node, RaftAddr: removed.RaftAddr, APIAddr: removed.APIAddr})
+		wantStatus(t, err, 403, "only an operator adds it back")
 	})
 	t.Logf("fault run took %s", time.Since(began).Round(time.Millisecond))
 }

@@ -8,7 +8,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/netip"
+	"slices"
+	"time"
 
 	"github.com/govnet/govnet/api"
 	"github.com/hashicorp/raft"
@@ -215,6 +218,9 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	for _, m := range s.membersSorted() {
 		err = errors.Join(err, add("member", m))
 	}
+	for _, node := range slices.Sorted(maps.Keys(s.removed)) {
+		err = errors.Join(err, add("removed-node", removedNode{Node: node, At: s.removed[node]}))
+	}
 	for _, p := range s.peopleSorted() {
 		err = errors.Join(err, add("person", p))
 	}
@@ -287,6 +293,12 @@ func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
 
 func (s *fsmSnapshot) Release() {}
 
+// removedNode is the snapshot record of a node taken out of the cluster.
+type removedNode struct {
+	Node string    `json:"node"`
+	At   time.Time `json:"at"`
+}
+
 // Restore implements raft.FSM: it replaces the state with a snapshot's.
 //
 // The state's index never moves backwards: when an operator restores an
@@ -303,6 +315,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	s.mu.Lock()
 	s.overlay, s.agencies, s.gateways, s.tokens, s.policies, s.addrInUse, s.members, s.people, s.requests, s.audit =
 		ns.overlay, ns.agencies, ns.gateways, ns.tokens, ns.policies, ns.addrInUse, ns.members, ns.people, ns.requests, ns.audit
+	s.removed = ns.removed
 	s.certs, s.archive, s.issuers, s.keyOwner = ns.certs, ns.archive, ns.issuers, ns.keyOwner
 	s.usedBelow = netip.Addr{}
 	s.checkpoints = ns.checkpoints
@@ -397,6 +410,12 @@ func (s *State) restoreRecord(rec snapshotRecord) error {
 			return err
 		}
 		s.members[m.Node] = m
+	case "removed-node":
+		var r removedNode
+		if err := json.Unmarshal(rec.Data, &r); err != nil {
+			return err
+		}
+		s.removed[r.Node] = r.At
 	case "person":
 		p := new(api.Person)
 		if err := json.Unmarshal(rec.Data, p); err != nil {

@@ -600,3 +600,30 @@ func TestPersonRevocationSticks(t *testing.T) {
 		t.Fatalf("77 registered again: %v", err)
 	}
 }
+
+// TestRemovedNodes: the state remembers a removed node until it is added
+// again, through snapshots too.
+func TestRemovedNodes(t *testing.T) {
+	f := NewFSM(slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	for i, c := range history() {
+		if err := applyCmd(t, f, uint64(i+1), c.t, c.req); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if at, ok := f.State().wasRemoved("ctl3"); !ok || !at.Equal(t0) {
+		t.Fatalf("ctl3 removed: %v at %v", ok, at)
+	}
+	g := NewFSM(slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	if err := g.Restore(io.NopCloser(bytes.NewReader(snapshotBytes(t, f)))); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := g.State().wasRemoved("ctl3"); !ok {
+		t.Fatal("a snapshot forgot that ctl3 was removed")
+	}
+	if err := applyCmd(t, g, 200, CmdMemberUpsert, &MemberUpsertRequest{Meta: meta("op"), Node: "ctl3", RaftAddr: "127.0.0.13:7000", APIAddr: "127.0.0.13:7443"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := g.State().wasRemoved("ctl3"); ok {
+		t.Fatal("ctl3 still counts as removed after an operator added it")
+	}
+}

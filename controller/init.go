@@ -101,7 +101,7 @@ func Init(ctx context.Context, o InitOptions) error {
 	if err != nil {
 		return err
 	}
-	authority, err := ca.New(root, inter, interKey, ca.WithClock(func() time.Time { return o.Now }))
+	authority, err := initCA(cfg, root, inter, interKey, o.Now)
 	if err != nil {
 		return err
 	}
@@ -171,6 +171,20 @@ func writeJSONFile(path string, v any) error {
 		return err
 	}
 	return os.WriteFile(path, append(b, '\n'), 0o644)
+}
+
+// initCA is the authority `govnetd init` and `finish-join` issue the
+// node's and the first people's certificates with: the configured
+// lifetimes and, when the address is known, revocation URLs, as the
+// running node's.
+func initCA(cfg Config, root, inter *x509.Certificate, key crypto.Signer, now time.Time) (*ca.CA, error) {
+	opts := []ca.Option{ca.WithClock(func() time.Time { return now }), ca.WithProfiles(cfg.profiles())}
+	if listen, err := cfg.httpAddr(); err == nil {
+		if urls, ok := cfg.revocationURLs(listen); ok {
+			opts = append(opts, ca.WithRevocationURLs(urls))
+		}
+	}
+	return ca.New(root, inter, key, opts...)
 }
 
 func issueNodeCert(ctx context.Context, authority *ca.CA, cfg Config, hosts []string, tlsKey crypto.Signer) (*x509.Certificate, error) {
@@ -396,7 +410,7 @@ func FinishJoin(ctx context.Context, cfg Config, bundle []byte, now time.Time) e
 	}
 	// ca.New checks that the root signed the intermediate and that the
 	// intermediate is for this token's key.
-	authority, err := ca.New(root, inter, interKey, ca.WithClock(func() time.Time { return now }))
+	authority, err := initCA(cfg, root, inter, interKey, now)
 	if err != nil {
 		return err
 	}

@@ -56,7 +56,7 @@ func TestRogueNodeJoin(t *testing.T) {
 	wantStatus(t, err, 403, "not by its own intermediate")
 	// The internal routes and the rate limit's exemption check the
 	// same: the member's own certificate passes, the rogue's does not.
-	own := &http.Request{TLS: &tls.ConnectionState{PeerCertificates: []*x509.Certificate{n.tls.Leaf, n.ca.Intermediate()}}}
+	own := &http.Request{TLS: &tls.ConnectionState{PeerCertificates: []*x509.Certificate{n.cert.Load().Leaf, n.ca.Intermediate()}}}
 	rogueReq := &http.Request{TLS: &tls.ConnectionState{PeerCertificates: []*x509.Certificate{chain[0], decoyIntermediate(t, "ctl9"), chain[1]}}}
 	if !n.isMemberNode(own) || n.isMemberNode(rogueReq) {
 		t.Fatalf("member check: own %v, rogue %v", n.isMemberNode(own), n.isMemberNode(rogueReq))

@@ -37,16 +37,21 @@ const applyTimeout = 10 * time.Second
 
 // Node is one running controller: raft, the state machine, the CA and the API.
 type Node struct {
-	cfg      Config
-	log      *slog.Logger
-	now      func() time.Time
-	token    *hsm.Token
-	ca       *ca.CA
-	tls      tls.Certificate
-	verifier *chain.Verifier // client certificates of the API; its Roots are the trust anchor
+	cfg   Config
+	log   *slog.Logger
+	now   func() time.Time
+	token *hsm.Token
+	ca    *ca.CA
+	cert  atomic.Pointer[tls.Certificate] // this node's certificate chain and TLS key; nodecert.go renews it
+	// nextNodeCert is a renewed node certificate not yet recorded
+	// (issuerDuties' own).
+	nextNodeCert *x509.Certificate
+	verifier     *chain.Verifier // client certificates of the API; its Roots are the trust anchor
 
-	peers  *http.Client // node-to-node calls, authenticated by the node certificate
-	limits *limiter     // per-client request rate
+	// peers makes node-to-node calls, authenticated by the node
+	// certificate; a renewal of it replaces the client (nodecert.go).
+	peers  atomic.Pointer[http.Client]
+	limits *limiter // per-client request rate
 
 	raft *raft.Raft
 	// bootIndex is the last log index at start; see caughtUp.
@@ -83,11 +88,17 @@ type Node struct {
 // Start opens the HSM, loads the CA, starts raft (bootstrapping a
 // single-node cluster on first start) and serves the API. It returns once
 // the API is listening.
-func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Node, err error) {
+func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
+	return start(ctx, cfg, log, time.Now)
+}
+
+// start is Start with the clock the node stamps commands and schedules
+// its duties by (tests move it).
+func start(ctx context.Context, cfg Config, log *slog.Logger, now func() time.Time) (_ *Node, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
-	n := &Node{cfg: cfg, log: log, now: time.Now, limits: newLimiter(cfg.RateLimit, time.Now), crlWake: make(chan struct{}, 1)}
+	n := &Node{cfg: cfg, log: log, now: now, limits: newLimiter(cfg.RateLimit, time.Now), crlWake: make(chan struct{}, 1)}
 	n.limits.member = n.isMemberNode
 	n.limits.memberHost = func(host string) bool {
 		if n.fsm == nil {
@@ -219,9 +230,9 @@ func (n *Node) openCA() error {
 	n.ocsp = n.ca.OCSPResponder(func(_ context.Context, serial *big.Int) (ca.CertStatus, error) {
 		return n.State().CertStatus(n.issuerID, serial)
 	})
-	n.tls = tls.Certificate{Certificate: [][]byte{node.Raw, inter.Raw}, PrivateKey: tlsKey, Leaf: node}
+	n.cert.Store(&tls.Certificate{Certificate: [][]byte{node.Raw, inter.Raw}, PrivateKey: tlsKey, Leaf: node})
 	n.verifier = chain.NewVerifierFor(root)
-	n.peers = newPeerClient(n.verifier.Roots(), n.tls)
+	n.peers.Store(newPeerClient(n.verifier.Roots(), n.getClientCert))
 	return nil
 }
 
@@ -587,8 +598,8 @@ func (n *Node) Close() error {
 	if n.token != nil {
 		errs = append(errs, n.token.Close())
 	}
-	if n.peers != nil {
-		n.peers.CloseIdleConnections()
+	if p := n.peers.Load(); p != nil {
+		p.CloseIdleConnections()
 	}
 	return errors.Join(errs...)
 }

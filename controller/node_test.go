@@ -44,7 +44,7 @@ func freePort(t *testing.T) string {
 
 // testNode initialises a controller with a fresh SoftHSM2 token and returns
 // its config; people operator1 and officer1 get credentials in dir/people.
-func testConfig(t *testing.T) Config {
+func testConfig(t *testing.T, opts ...func(*InitOptions)) Config {
 	t.Helper()
 	hsmtest.Require(t)
 	hc := hsmtest.NewToken(t)
@@ -58,20 +58,29 @@ func testConfig(t *testing.T) Config {
 		OverlayPrefix: "100.64.0.0/24",
 		HSM:           HSMConfig{Module: hc.Module, TokenLabel: hc.TokenLabel, PINFile: pinFile},
 	}
-	err := Init(context.Background(), InitOptions{
+	o := InitOptions{
 		Config:    cfg,
 		People:    []Person{{"operator1", ca.RoleOperator}, {"officer1", ca.RoleOfficer}, {"officer2", ca.RoleOfficer}},
 		PeopleDir: filepath.Join(dir, "people"),
-	})
-	if err != nil {
+	}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if err := Init(context.Background(), o); err != nil {
 		t.Fatal(err)
 	}
-	return cfg
+	return o.Config
 }
 
 func startNode(t *testing.T, cfg Config) *Node {
 	t.Helper()
-	n, err := Start(context.Background(), cfg, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	return startNodeAt(t, cfg, time.Now)
+}
+
+// startNodeAt starts a node whose clock is now.
+func startNodeAt(t *testing.T, cfg Config, now func() time.Time) *Node {
+	t.Helper()
+	n, err := start(context.Background(), cfg, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})), now)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -48,13 +48,13 @@ func (n *Node) newRaftTLS(bind string, advertise net.Addr) (*raftTLS, error) {
 	}
 	server := &tls.Config{
 		MinVersion:       tls.VersionTLS13,
-		Certificates:     []tls.Certificate{n.tls},
+		GetCertificate:   n.getCert,
 		ClientAuth:       tls.RequireAnyClientCert,
 		VerifyConnection: verify(x509.ExtKeyUsageClientAuth),
 	}
 	client := &tls.Config{
-		MinVersion:   tls.VersionTLS13,
-		Certificates: []tls.Certificate{n.tls},
+		MinVersion:           tls.VersionTLS13,
+		GetClientCertificate: n.getClientCert,
 		// The chain and the peer's identity are checked below instead:
 		// raft addresses are IP addresses a node certificate need not
 		// name.

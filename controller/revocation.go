@@ -47,27 +47,43 @@ func (n *Node) listenHTTP() error {
 }
 
 // advertisedHTTP is the revocation listener's address as others reach it.
-func (n *Node) advertisedHTTP() string {
-	host, _, _ := net.SplitHostPort(n.httpLn.Addr().String())
-	if cfgHost, _, err := net.SplitHostPort(n.cfg.HTTPAddr); err == nil && cfgHost != "" {
+func (n *Node) advertisedHTTP() string { return n.cfg.advertisedHTTP(n.httpLn.Addr().String()) }
+
+// advertisedHTTP is the address of the plain-HTTP listener, listening at
+// listen, that others reach: the configured host if it is one, else the
+// API's.
+func (c Config) advertisedHTTP(listen string) string {
+	host, port, _ := net.SplitHostPort(listen)
+	if cfgHost, _, err := net.SplitHostPort(c.HTTPAddr); err == nil && cfgHost != "" {
 		host = cfgHost
 	}
 	if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
-		if apiHost, _, err := net.SplitHostPort(n.cfg.APIAddr); err == nil {
+		if apiHost, _, err := net.SplitHostPort(c.APIAddr); err == nil {
 			host = apiHost
 		}
 	}
-	_, port, _ := net.SplitHostPort(n.httpLn.Addr().String())
 	return net.JoinHostPort(host, port)
 }
 
 // revocationURLs are the URLs certificates of this node's issuer carry.
 func (n *Node) revocationURLs() ca.RevocationURLs {
-	base := strings.TrimRight(n.cfg.RevocationURL, "/")
+	urls, _ := n.cfg.revocationURLs(n.httpLn.Addr().String())
+	return urls
+}
+
+// revocationURLs are the URLs certificates of the node's issuer carry,
+// its plain-HTTP listener listening at listen; false if they are not
+// known yet (no revocation_url, and the listener's port is chosen when it
+// opens).
+func (c Config) revocationURLs(listen string) (ca.RevocationURLs, bool) {
+	base := strings.TrimRight(c.RevocationURL, "/")
 	if base == "" {
-		base = "http://" + n.advertisedHTTP()
+		if _, port, err := net.SplitHostPort(listen); err != nil || port == "0" {
+			return ca.RevocationURLs{}, false
+		}
+		base = "http://" + c.advertisedHTTP(listen)
 	}
-	return ca.RevocationURLs{CRLBase: base + "/crl", OCSPBase: base + "/ocsp"}
+	return ca.RevocationURLs{CRLBase: base + "/crl", OCSPBase: base + "/ocsp"}, true
 }
 
 // serveHTTP serves, without TLS or client certificates, what relying
@@ -162,12 +178,24 @@ func (n *Node) handleOCSP(w http.ResponseWriter, r *http.Request) {
 func (n *Node) issuerDuties(ctx context.Context) {
 	tick := time.NewTicker(time.Minute)
 	defer tick.Stop()
+	renew := time.NewTimer(time.Hour)
+	defer renew.Stop()
 	var retry <-chan time.Time
+	var warned time.Time // the last warning of a failed renewal of the node's certificate
 	for {
 		if n.caughtUp() {
 			err := n.recordIssuer(ctx)
 			if err == nil {
 				err = n.publishCRL(ctx)
+			}
+			if err == nil {
+				if err = n.renewNodeCertIfDue(ctx); err != nil && ctx.Err() == nil && time.Since(warned) > time.Minute {
+					n.log.Warn("renewing the node certificate", "err", err, "not_after", n.cert.Load().Leaf.NotAfter.UTC().Format(time.RFC3339))
+					warned = time.Now()
+				}
+			}
+			if d := nodeCertDue(n.cert.Load().Leaf).Sub(n.now()); d > 0 {
+				renew.Reset(d) // else it is due now: retry below
 			}
 			retry = nil
 			if err != nil && ctx.Err() == nil {
@@ -182,6 +210,7 @@ func (n *Node) issuerDuties(ctx context.Context) {
 			return
 		case <-n.crlWake:
 		case <-tick.C:
+		case <-renew.C:
 		case <-retry:
 		}
 	}
@@ -209,7 +238,7 @@ func (n *Node) recordIssuer(ctx context.Context) error {
 		}
 	}
 	// This node's own TLS certificate joins the inventory too.
-	if rec := certRecordOf(n.tls.Leaf); rec.Kind == ca.KindNode {
+	if rec := certRecordOf(n.cert.Load().Leaf); rec.Kind == ca.KindNode {
 		if _, ok := n.State().Certificate(rec.Serial); !ok {
 			rec.Requester = "node:" + n.cfg.Node
 			if _, err := n.submit(ctx, CmdCertRecord, &CertRecordRequest{Meta: n.meta("node:" + n.cfg.Node), Certs: []api.Certificate{rec}}); err != nil && !errors.Is(err, ErrConflict) {

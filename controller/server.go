@@ -42,7 +42,6 @@ func (n *Node) serve() error {
 		return fmt.Errorf("api listen: %w", err)
 	}
 	n.ln = ln
-	cert := n.tls
 	n.srv = &http.Server{
 		Handler:           n.routes(),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -50,8 +49,8 @@ func (n *Node) serve() error {
 		// (gateway streams, chosen by ALPN, are not served by it).
 		IdleTimeout: 2 * time.Minute,
 		TLSConfig: &tls.Config{
-			MinVersion:   tls.VersionTLS13,
-			Certificates: []tls.Certificate{cert},
+			MinVersion:     tls.VersionTLS13,
+			GetCertificate: n.getCert,
 		},
 	}
 	// Client certificates are optional (handlers decide) and verified by

@@ -55,13 +55,16 @@ type State struct {
 	// up to it is in use (addresses are never released). Derived, never
 	// snapshotted: invalid after a restore, when the scan starts over.
 	usedBelow netip.Addr
-	members   map[string]*api.Member      // controller nodes by name
-	people    map[string]*api.Person      // by name
-	requests  map[string]*request         // four-eyes requests by id
-	audit     *auditLog                   // the hash chain, one entry per committed command
-	certs     map[string]*api.Certificate // the certificate inventory by serial
-	archive   *certArchive                // certificates that expired a while ago
-	issuers   map[string]*issuerRecord    // intermediates: where they live, their CRLs
+	members   map[string]*api.Member // controller nodes by name
+	// removed are the nodes taken out of the cluster, and when; only an
+	// operator adds one back (a removed node does not join by itself).
+	removed  map[string]time.Time
+	people   map[string]*api.Person      // by name
+	requests map[string]*request         // four-eyes requests by id
+	audit    *auditLog                   // the hash chain, one entry per committed command
+	certs    map[string]*api.Certificate // the certificate inventory by serial
+	archive  *certArchive                // certificates that expired a while ago
+	issuers  map[string]*issuerRecord    // intermediates: where they live, their CRLs
 	// checkpoints are the signed heads of the audit chain, oldest first.
 	checkpoints []api.AuditCheckpoint
 	renewCall   *api.RenewCall // the last call on gateways to renew, if any
@@ -86,6 +89,7 @@ func newState(spillDir string) *State {
 		addrInUse: map[netip.Addr]string{},
 		keyOwner:  map[string]string{},
 		members:   map[string]*api.Member{},
+		removed:   map[string]time.Time{},
 		people:    map[string]*api.Person{},
 		requests:  map[string]*request{},
 		certs:     map[string]*api.Certificate{},
@@ -496,6 +500,7 @@ func (s *State) applyMemberUpsert(r *MemberUpsertRequest) error {
 		}
 	}
 	s.members[r.Node] = &api.Member{Node: r.Node, RaftAddr: r.RaftAddr, APIAddr: r.APIAddr}
+	delete(s.removed, r.Node)
 	return nil
 }
 
@@ -504,7 +509,17 @@ func (s *State) applyMemberRemove(r *MemberRemoveRequest) error {
 		return fmt.Errorf("%w: node %s", ErrNotFound, r.Node)
 	}
 	delete(s.members, r.Node)
+	s.removed[r.Node] = r.At
 	return nil
+}
+
+// wasRemoved says whether node was taken out of the cluster and not
+// added back since, and when.
+func (s *State) wasRemoved(node string) (time.Time, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	at, ok := s.removed[node]
+	return at, ok
 }
 
 // request is a four-eyes request as the state keeps it.
