@@ -387,6 +387,26 @@ func (c *Client) RevokePerson(ctx context.Context, name string) (*Person, error)
 	return &out, c.do(ctx, http.MethodPost, "/v1/people/"+url.PathEscape(name)+"/revoke", nil, &out)
 }
 
+// Invite issues a one-time token with which the person name enrolls for
+// a certificate (officer; refused in four-eyes mode: RequestInvite).
+func (c *Client) Invite(ctx context.Context, name string, req InviteRequest) (*TokenResponse, error) {
+	var out TokenResponse
+	return &out, c.do(ctx, http.MethodPost, "/v1/people/"+url.PathEscape(name)+"/invite", req, &out)
+}
+
+// EnrollPerson asks for a person's first certificate with an
+// invitation's token; the client needs no certificate of its own.
+func (c *Client) EnrollPerson(ctx context.Context, req PersonEnrollRequest) (*PersonCertResponse, error) {
+	var out PersonCertResponse
+	return &out, c.do(ctx, http.MethodPost, "/v1/people/enroll", req, &out)
+}
+
+// RenewPerson renews the caller's own certificate, for the key of the CSR.
+func (c *Client) RenewPerson(ctx context.Context, req PersonRenewRequest) (*PersonCertResponse, error) {
+	var out PersonCertResponse
+	return &out, c.do(ctx, http.MethodPost, "/v1/people/renew", req, &out)
+}
+
 // Requests lists the four-eyes requests.
 func (c *Client) Requests(ctx context.Context) ([]Request, error) {
 	var out []Request

@@ -158,9 +158,43 @@ type EnrollResponse struct {
 
 // TokenResponse returns a one-time enrollment token.
 type TokenResponse struct {
-	Gateway string    `json:"gateway"`
+	Gateway string `json:"gateway,omitempty"`
+	// Person and Role: a token with which a person enrolls (an invitation).
+	Person  string    `json:"person,omitempty"`
+	Role    string    `json:"role,omitempty"`
 	Token   string    `json:"token"`
 	Expires time.Time `json:"expires"`
+}
+
+// InviteRequest asks for a one-time token with which a person enrolls
+// for a certificate of Role (an invitation).
+type InviteRequest struct {
+	Role string `json:"role"`
+	TTL  string `json:"ttl,omitempty"` // Go duration; default 1h
+}
+
+// PersonEnrollRequest is a person's first certificate request, with the
+// token an officer gave them. The name and role in the certificate come
+// from the invitation, never from the CSR.
+type PersonEnrollRequest struct {
+	Name  string `json:"name"`
+	Token string `json:"token"`
+	CSR   string `json:"csr"` // PEM
+}
+
+// PersonRenewRequest renews the caller's own certificate.
+type PersonRenewRequest struct {
+	CSR string `json:"csr"` // PEM, for a new key
+}
+
+// PersonCertResponse is a person's new certificate.
+type PersonCertResponse struct {
+	Name        string    `json:"name"`
+	Role        string    `json:"role"`
+	Serial      string    `json:"serial"`
+	Expires     time.Time `json:"expires"`
+	Certificate string    `json:"certificate"` // PEM chain: leaf, intermediate
+	Root        string    `json:"root"`        // PEM
 }
 
 // TokenRequest asks for an enrollment token for a gateway.
@@ -239,6 +273,9 @@ type Person struct {
 	// RevokedSerials are the serials of every certificate of this person
 	// that was revoked: none of them is registered again.
 	RevokedSerials []string `json:"revoked_serials,omitempty"`
+	// Previous is the certificate Serial was renewed from: it may still
+	// renew (a renewal whose answer was lost), and do nothing else.
+	Previous string `json:"previous,omitempty"`
 }
 
 // Kinds of four-eyes request.
@@ -253,6 +290,10 @@ const (
 	// RequestPerson registers a person's certificate (name, role,
 	// serial): in four-eyes mode one officer may not add an officer.
 	RequestPerson = "person"
+	// RequestInvite issues a one-time token with which a person enrolls
+	// for a certificate (name, role): in four-eyes mode one officer may
+	// not invite an officer.
+	RequestInvite = "invite"
 )
 
 // RestoreApprovalTTL is how long an approved restore request lets its

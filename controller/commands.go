@@ -47,6 +47,11 @@ const (
 	CmdRenewCall CommandType = 28
 	// Expired certificates moved to the archive (controller/certarchive.go).
 	CmdCertArchive CommandType = 29
+	// People's credentials after init: an invitation's token, the
+	// certificate enrolled with it, a renewal (controller/personcert.go).
+	CmdPersonInvite CommandType = 30
+	CmdPersonEnroll CommandType = 31
+	CmdPersonRenew  CommandType = 32
 	// Agency registry operations (controller/agency.go).
 	CmdAgencyImport        CommandType = 19
 	CmdAgencyMerge         CommandType = 20
@@ -105,6 +110,12 @@ func (t CommandType) String() string {
 		return "renew-call"
 	case CmdCertArchive:
 		return "cert-archive"
+	case CmdPersonInvite:
+		return "person-invite"
+	case CmdPersonEnroll:
+		return "person-enroll"
+	case CmdPersonRenew:
+		return "person-renew"
 	case CmdAgencyImport:
 		return "agency-import"
 	case CmdAgencyMerge:
@@ -411,4 +422,32 @@ func encodeCommand(t CommandType, req any) ([]byte, error) {
 		return nil, fmt.Errorf("encode %s: %w", t, err)
 	}
 	return append([]byte{byte(t)}, body...), nil
+}
+
+// PersonInviteRequest records a one-time token (its hash) with which the
+// person Name enrolls for a certificate of Role.
+type PersonInviteRequest struct {
+	Meta
+	Name      string    `json:"name"`
+	Role      string    `json:"role"`
+	TokenHash string    `json:"token_hash"`
+	Expires   time.Time `json:"expires"`
+}
+
+// PersonEnrollRequest registers the certificate a person enrolled for
+// with an invitation's token.
+type PersonEnrollRequest struct {
+	Meta
+	Name      string          `json:"name"`
+	TokenHash string          `json:"token_hash"`
+	Cert      api.Certificate `json:"cert"`
+}
+
+// PersonRenewRequest registers the certificate a person renewed with the
+// certificate From.
+type PersonRenewRequest struct {
+	Meta
+	Name string          `json:"name"`
+	From string          `json:"from"`
+	Cert api.Certificate `json:"cert"`
 }

@@ -97,6 +97,12 @@ func (f *FSM) dispatch(t CommandType, body []byte) error {
 		return applyJSON(body, s.applyRenewCall)
 	case CmdCertArchive:
 		return applyJSON(body, s.applyCertArchive)
+	case CmdPersonInvite:
+		return applyJSON(body, s.applyPersonInvite)
+	case CmdPersonEnroll:
+		return applyJSON(body, s.applyPersonEnroll)
+	case CmdPersonRenew:
+		return applyJSON(body, s.applyPersonRenew)
 	case CmdInitNetwork:
 		return applyJSON(body, s.applyInitNetwork)
 	case CmdAgencyUpsert:

@@ -80,6 +80,15 @@ func history() []struct {
 		{CmdRequestDecide, &RequestDecideRequest{Meta: meta("off2"), ID: "r6", Role: "officer", Approve: true}},
 		{CmdRequestCreate, &RequestCreateRequest{Meta: meta("off"), ID: "r7", Role: "officer", Kind: api.RequestPerson, PersonName: "carol", PersonRole: "auditor", Serial: "0f"}},
 		{CmdRequestDecide, &RequestDecideRequest{Meta: meta("off2"), ID: "r7", Role: "officer", Approve: true}},
+		// People's credentials after init (controller/personcert.go):
+		// dave invited, enrolled and renewed; frank invited in four eyes.
+		{CmdPersonInvite, &PersonInviteRequest{Meta: meta("off"), Name: "dave", Role: "operator", TokenHash: "h4", Expires: t0.Add(time.Hour)}},
+		{CmdPersonEnroll, &PersonEnrollRequest{Meta: meta("dave"), Name: "dave", TokenHash: "h4",
+			Cert: api.Certificate{Serial: "d1", Kind: "person", Subject: "dave", Role: "operator", Issuer: "abcd", KeySHA256: "aa", NotBefore: t0, NotAfter: t0.Add(90 * 24 * time.Hour)}}},
+		{CmdPersonRenew, &PersonRenewRequest{Meta: meta("dave"), Name: "dave", From: "d1",
+			Cert: api.Certificate{Serial: "d2", Kind: "person", Subject: "dave", Role: "operator", Issuer: "abcd", KeySHA256: "bb", NotBefore: t0, NotAfter: t0.Add(90 * 24 * time.Hour)}}},
+		{CmdRequestCreate, &RequestCreateRequest{Meta: meta("off"), ID: "r8", Role: "officer", Kind: api.RequestInvite, PersonName: "frank", PersonRole: "auditor", TTL: time.Hour}},
+		{CmdRequestDecide, &RequestDecideRequest{Meta: meta("off2"), ID: "r8", Role: "officer", Approve: true, TokenHash: "h5"}},
 		// The registry's operations (controller/agency.go): a province
 		// with a district and a commune, the commune moved under the
 		// province (districts abolished), the province merged into H29
@@ -250,7 +259,16 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	if got := f.State().Certificates(CertFilter{Agency: "000.00.00.H49"}); len(got) != 1 {
 		t.Fatalf("of H49: %+v", got)
 	}
-	if got := f.State().Certificates(CertFilter{Expiring: 100 * 24 * time.Hour, Now: t0}); len(got) != 1 || got[0].Serial != "c" {
+	if dave, _ := f.State().Person("dave"); dave.Serial != "d2" || dave.Previous != "d1" || dave.Role != "operator" || dave.Status != api.PersonActive {
+		t.Fatalf("dave %+v", dave)
+	}
+	if c, _ := f.State().Certificate("d1"); c.Requester != "off" || c.Approver != "off" || c.Status != api.CertValid {
+		t.Fatalf("d1 %+v", c)
+	}
+	if tok, ok := f.State().token("h5"); !ok || tok.Person != "frank" || tok.Role != "auditor" || tok.Requester != "off" || tok.Issuer != "off2" {
+		t.Fatalf("frank's invitation %+v", tok)
+	}
+	if got := f.State().Certificates(CertFilter{Expiring: 100 * 24 * time.Hour, Now: t0}); len(got) != 3 || got[0].Serial != "c" {
 		t.Fatalf("expiring: %+v", got)
 	}
 	if ir, _ := f.State().issuer("abcd"); ir.CRL == nil || ir.CRL.Number != 1 || ir.LastRevocation != 34 || ir.HTTPAddr != "127.0.0.11:7444" {
@@ -383,6 +401,26 @@ func TestApplyRejects(t *testing.T) {
 		{"record an archived serial", CmdCertRecord, &CertRecordRequest{Meta: meta("node:ctl1"), Certs: []api.Certificate{
 			{Serial: "2b", Kind: "node", Subject: "ctl1", Issuer: "abcd", NotBefore: t0, NotAfter: t0.Add(time.Hour)}}}},
 		{"revoke an archived serial", CmdCertRevoke, &CertRevokeRequest{Meta: meta("off"), Serial: "2b", Reason: 1}},
+		{"invite a bad role", CmdPersonInvite, &PersonInviteRequest{Meta: meta("off"), Name: "gina", Role: "root", TokenHash: "h9", Expires: t0.Add(time.Hour)}},
+		{"invite with a token that exists", CmdPersonInvite, &PersonInviteRequest{Meta: meta("off"), Name: "gina", Role: "auditor", TokenHash: "h5", Expires: t0.Add(time.Hour)}},
+		{"enroll a person with a gateway's token", CmdPersonEnroll, &PersonEnrollRequest{Meta: meta("gina"), Name: "gina", TokenHash: "h2",
+			Cert: api.Certificate{Serial: "d9", Kind: "person", Subject: "gina", Role: "auditor", Issuer: "abcd", NotBefore: t0, NotAfter: t0.Add(time.Hour)}}},
+		{"enroll another person", CmdPersonEnroll, &PersonEnrollRequest{Meta: meta("gina"), Name: "gina", TokenHash: "h5",
+			Cert: api.Certificate{Serial: "d9", Kind: "person", Subject: "gina", Role: "auditor", Issuer: "abcd", NotBefore: t0, NotAfter: t0.Add(time.Hour)}}},
+		{"enroll for another role", CmdPersonEnroll, &PersonEnrollRequest{Meta: meta("frank"), Name: "frank", TokenHash: "h5",
+			Cert: api.Certificate{Serial: "d9", Kind: "person", Subject: "frank", Role: "officer", Issuer: "abcd", NotBefore: t0, NotAfter: t0.Add(time.Hour)}}},
+		{"enroll with a used token", CmdPersonEnroll, &PersonEnrollRequest{Meta: meta("dave"), Name: "dave", TokenHash: "h4",
+			Cert: api.Certificate{Serial: "d9", Kind: "person", Subject: "dave", Role: "operator", Issuer: "abcd", NotBefore: t0, NotAfter: t0.Add(time.Hour)}}},
+		{"renew from a serial not current", CmdPersonRenew, &PersonRenewRequest{Meta: meta("dave"), Name: "dave", From: "c",
+			Cert: api.Certificate{Serial: "d9", Kind: "person", Subject: "dave", Role: "operator", Issuer: "abcd", NotBefore: t0, NotAfter: t0.Add(time.Hour)}}},
+		{"renew from the previous for another key", CmdPersonRenew, &PersonRenewRequest{Meta: meta("dave"), Name: "dave", From: "d1",
+			Cert: api.Certificate{Serial: "d9", Kind: "person", Subject: "dave", Role: "operator", Issuer: "abcd", KeySHA256: "cc", NotBefore: t0, NotAfter: t0.Add(time.Hour)}}},
+		{"renew a revoked person", CmdPersonRenew, &PersonRenewRequest{Meta: meta("aud"), Name: "aud", From: "0e",
+			Cert: api.Certificate{Serial: "d9", Kind: "person", Subject: "aud", Role: "auditor", Issuer: "abcd", NotBefore: t0, NotAfter: t0.Add(time.Hour)}}},
+		{"renew to a recorded serial", CmdPersonRenew, &PersonRenewRequest{Meta: meta("dave"), Name: "dave", From: "d2",
+			Cert: api.Certificate{Serial: "c", Kind: "person", Subject: "dave", Role: "operator", Issuer: "abcd", NotBefore: t0, NotAfter: t0.Add(time.Hour)}}},
+		{"renew to another role", CmdPersonRenew, &PersonRenewRequest{Meta: meta("dave"), Name: "dave", From: "d2",
+			Cert: api.Certificate{Serial: "d9", Kind: "person", Subject: "dave", Role: "officer", Issuer: "abcd", NotBefore: t0, NotAfter: t0.Add(time.Hour)}}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			f := NewFSM(slog.Default(), nil)

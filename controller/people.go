@@ -3,7 +3,6 @@ package controller
 import (
 	"context"
 	"crypto/rand"
-	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -11,7 +10,6 @@ import (
 	"net/http"
 	"os"
 	"strings"
-	"time"
 
 	"github.com/govnet/govnet/api"
 	"github.com/govnet/govnet/ca"
@@ -29,6 +27,8 @@ func (n *Node) checkPerson(id ca.Identity, r *http.Request) error {
 	switch {
 	case !ok:
 		return fmt.Errorf("%w: %s is not in the registry of people", ErrUnauthorized, id.Name)
+	case p.Serial != serial && p.Previous == serial && serial != "":
+		return fmt.Errorf("%w: certificate %s of %s was renewed to %s: use that one, or finish the renewal (govnetctl person renew)", ErrUnauthorized, serial, id.Name, p.Serial)
 	case p.Serial != serial:
 		return fmt.Errorf("%w: certificate %s is not the one registered for %s", ErrUnauthorized, serial, id.Name)
 	case p.Status != api.PersonActive:
@@ -164,15 +164,14 @@ func (n *Node) handleRequestCreate(w http.ResponseWriter, r *http.Request, id ca
 			}
 			req.ReasonCode = int(reason)
 		}
-	case api.RequestToken:
-		req.TTL = time.Hour
-		if rc.TTL != "" {
-			d, err := time.ParseDuration(rc.TTL)
-			if err != nil || d <= 0 || d > maxTokenTTL {
-				writeError(w, http.StatusBadRequest, fmt.Sprintf("ttl %q: want a duration up to %s", rc.TTL, maxTokenTTL))
-				return
-			}
-			req.TTL = d
+	case api.RequestToken, api.RequestInvite:
+		var err error
+		if req.TTL, err = parseTTL(rc.TTL); err != nil {
+			writeError(w, http.StatusBadRequest, err.Error())
+			return
+		}
+		if rc.Kind == api.RequestInvite {
+			req.PersonName, req.PersonRole = rc.PersonName, rc.PersonRole
 		}
 	case api.RequestRestore:
 		req.BackupSHA256 = strings.ToLower(rc.BackupSHA256)
@@ -217,14 +216,12 @@ func (n *Node) handleRequestDecide(approve bool) handler {
 		var token string
 		if approve {
 			switch req.Kind {
-			case api.RequestToken:
-				secret := make([]byte, 32)
-				if _, err := rand.Read(secret); err != nil {
+			case api.RequestToken, api.RequestInvite:
+				var err error
+				if token, dec.TokenHash, err = newToken(); err != nil {
 					n.fail(w, err)
 					return
 				}
-				token = base64.RawURLEncoding.EncodeToString(secret)
-				dec.TokenHash = hashToken(token)
 			case api.RequestPolicy:
 				// The registry may have changed since the request.
 				if err := CheckPolicy(req.PolicyName, []byte(req.PolicySource), n.State()); err != nil {
@@ -240,7 +237,7 @@ func (n *Node) handleRequestDecide(approve bool) handler {
 		got, _ := n.State().Request(rid)
 		if token != "" {
 			tok, _ := n.State().token(dec.TokenHash)
-			got.Token = &api.TokenResponse{Gateway: got.Gateway, Token: token, Expires: tok.Expires}
+			got.Token = &api.TokenResponse{Gateway: got.Gateway, Person: tok.Person, Role: tok.Role, Token: token, Expires: tok.Expires}
 		}
 		n.log.Info("four-eyes request decided", "request", got.ID, "kind", got.Kind, "status", got.Status, "gateway", got.Gateway, "actor", id.Name)
 		writeJSON(w, http.StatusOK, got)

@@ -2,11 +2,9 @@ package controller
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -122,6 +120,9 @@ func (n *Node) routes() http.Handler {
 	mux.HandleFunc("GET /v1/people", n.person(anyone, n.handlePeople))
 	mux.HandleFunc("POST /v1/people", n.person([]string{ca.RoleOfficer}, n.handlePersonAdd))
 	mux.HandleFunc("POST /v1/people/{name}/revoke", n.person([]string{ca.RoleOfficer}, n.handlePersonRevoke))
+	mux.HandleFunc("POST /v1/people/{name}/invite", n.person([]string{ca.RoleOfficer}, n.handleInvite))
+	mux.HandleFunc("POST /v1/people/enroll", n.handlePersonEnroll) // the invitation's token is the credential
+	mux.HandleFunc("POST /v1/people/renew", n.handlePersonRenew)   // any registered person, with their own certificate
 	mux.HandleFunc("GET /v1/audit", n.person([]string{ca.RoleAuditor, ca.RoleOfficer}, n.handleAudit))
 	// Prometheus scrapes with an operator's or an auditor's certificate:
 	// the series say how many gateways, certificates and revocations
@@ -310,15 +311,25 @@ func hashToken(token string) string {
 	return hex.EncodeToString(sum[:])
 }
 
+// usableToken returns the record and hash of token if it may enroll now;
+// if not, it writes why and returns false.
+func (n *Node) usableToken(w http.ResponseWriter, token string) (tokenRecord, string, bool) {
+	hash := hashToken(token)
+	tok, ok := n.State().token(hash)
+	if err := checkToken(&tok, ok, n.now()); err != nil {
+		n.fail(w, err)
+		return tok, hash, false
+	}
+	return tok, hash, true
+}
+
 func (n *Node) handleEnroll(w http.ResponseWriter, r *http.Request) {
 	var req api.EnrollRequest
 	if !decode(w, r, maxBody, &req) {
 		return
 	}
-	hash := hashToken(req.Token)
-	tok, ok := n.State().token(hash)
-	if err := checkToken(&tok, ok, n.now()); err != nil {
-		n.fail(w, err)
+	tok, hash, ok := n.usableToken(w, req.Token)
+	if !ok {
 		return
 	}
 	if _, err := wgtypes.ParseKey(req.PublicKey); err != nil {
@@ -328,6 +339,10 @@ func (n *Node) handleEnroll(w http.ResponseWriter, r *http.Request) {
 	csr, err := ca.ReadCSR([]byte(req.CSR))
 	if err != nil {
 		writeError(w, http.StatusBadRequest, "csr: "+err.Error())
+		return
+	}
+	if tok.Person != "" {
+		n.fail(w, fmt.Errorf("%w: this token invites a person: enroll with govnetctl person enroll", ErrForbidden))
 		return
 	}
 	gw, ok := n.State().Gateway(tok.Gateway)
@@ -561,29 +576,37 @@ func (n *Node) handleToken(w http.ResponseWriter, r *http.Request, id ca.Identit
 	if r.ContentLength != 0 && !decode(w, r, maxBody, &req) {
 		return
 	}
-	ttl := time.Hour
-	if req.TTL != "" {
-		d, err := time.ParseDuration(req.TTL)
-		if err != nil || d <= 0 || d > maxTokenTTL {
-			writeError(w, http.StatusBadRequest, fmt.Sprintf("ttl %q: want a duration up to %s", req.TTL, maxTokenTTL))
-			return
-		}
-		ttl = d
-	}
-	secret := make([]byte, 32)
-	if _, err := rand.Read(secret); err != nil {
-		n.fail(w, err)
-		return
-	}
-	token := base64.RawURLEncoding.EncodeToString(secret)
-	m := n.meta(id.Name)
-	expires := m.At.Add(ttl)
 	gw := r.PathValue("id")
-	if _, err := n.submit(r.Context(), CmdTokenIssue, &TokenIssueRequest{Meta: m, Gateway: gw, TokenHash: hashToken(token), Expires: expires}); err != nil {
-		n.fail(w, err)
-		return
+	token, expires, ok := n.issueToken(w, r, id, req.TTL, func(m Meta, hash string, expires time.Time) (CommandType, any) {
+		return CmdTokenIssue, &TokenIssueRequest{Meta: m, Gateway: gw, TokenHash: hash, Expires: expires}
+	})
+	if ok {
+		writeJSON(w, http.StatusOK, api.TokenResponse{Gateway: gw, Token: token, Expires: expires})
 	}
-	writeJSON(w, http.StatusOK, api.TokenResponse{Gateway: gw, Token: token, Expires: expires})
+}
+
+// issueToken makes a one-time token valid for ttl (parseTTL) and commits
+// the command that cmd makes of its hash; on failure it writes the error
+// and returns false.
+func (n *Node) issueToken(w http.ResponseWriter, r *http.Request, id ca.Identity, ttl string, cmd func(m Meta, hash string, expires time.Time) (CommandType, any)) (token string, expires time.Time, ok bool) {
+	d, err := parseTTL(ttl)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return "", time.Time{}, false
+	}
+	token, hash, err := newToken()
+	if err != nil {
+		n.fail(w, err)
+		return "", time.Time{}, false
+	}
+	m := n.meta(id.Name)
+	expires = m.At.Add(d)
+	t, req := cmd(m, hash, expires)
+	if _, err := n.submit(r.Context(), t, req); err != nil {
+		n.fail(w, err)
+		return "", time.Time{}, false
+	}
+	return token, expires, true
 }
 
 func (n *Node) handlePolicy(w http.ResponseWriter, r *http.Request, _ ca.Identity) {

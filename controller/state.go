@@ -29,7 +29,10 @@ var (
 
 // tokenRecord is a one-time enrollment token, kept only as a hash.
 type tokenRecord struct {
-	Gateway string    `json:"gateway"`
+	Gateway string `json:"gateway"`
+	// Person and Role: an invitation, with which a person enrolls.
+	Person  string    `json:"person,omitempty"`
+	Role    string    `json:"role,omitempty"`
 	Hash    string    `json:"hash"`
 	Expires time.Time `json:"expires"`
 	Used    bool      `json:"used"`
@@ -662,12 +665,13 @@ var requesters = map[string][]string{
 	// Restoring a backup replaces everything: only officers ask.
 	api.RequestRestore: {"officer"},
 	api.RequestPerson:  {"officer"},
+	api.RequestInvite:  {"officer"},
 }
 
 func (s *State) applyRequestCreate(r *RequestCreateRequest) error {
 	who, ok := requesters[r.Kind]
 	if !ok {
-		return fmt.Errorf("%w: request kind %q: want token, policy, revoke, restore or person", ErrBadRequest, r.Kind)
+		return fmt.Errorf("%w: request kind %q: want token, policy, revoke, restore, person or invite", ErrBadRequest, r.Kind)
 	}
 	if !slices.Contains(who, r.Role) {
 		return fmt.Errorf("%w: role %q may not request %s", ErrForbidden, r.Role, r.Kind)
@@ -701,6 +705,13 @@ func (s *State) applyRequestCreate(r *RequestCreateRequest) error {
 	case api.RequestPerson:
 		if err := s.checkPersonUpsert(registration(r.Meta, r.PersonName, r.PersonRole, r.Serial)); err != nil {
 			return err
+		}
+	case api.RequestInvite:
+		if err := s.checkInvite(r.PersonName, r.PersonRole); err != nil {
+			return err
+		}
+		if r.TTL <= 0 || r.TTL > maxTokenTTL {
+			return fmt.Errorf("%w: ttl %s: want up to %s", ErrBadRequest, r.TTL, maxTokenTTL)
 		}
 	}
 	req := &request{Request: api.Request{
@@ -780,9 +791,11 @@ func (s *State) applyRequestDecide(r *RequestDecideRequest) error {
 		// Check everything before changing anything.
 		var revoke []*api.Certificate
 		switch req.Kind {
-		case api.RequestToken:
-			if err := s.canIssueToken(req.Gateway); err != nil {
-				return err
+		case api.RequestToken, api.RequestInvite:
+			if req.Kind == api.RequestToken {
+				if err := s.canIssueToken(req.Gateway); err != nil {
+					return err
+				}
 			}
 			if r.TokenHash == "" {
 				return fmt.Errorf("%w: approving a token request needs the token's hash", ErrBadRequest)
@@ -803,6 +816,8 @@ func (s *State) applyRequestDecide(r *RequestDecideRequest) error {
 		switch req.Kind {
 		case api.RequestToken:
 			s.tokens[r.TokenHash] = &tokenRecord{Gateway: req.Gateway, Hash: r.TokenHash, Expires: r.At.Add(req.TTLDur), Issuer: r.Actor, Requester: req.Requester}
+		case api.RequestInvite:
+			s.tokens[r.TokenHash] = &tokenRecord{Person: req.PersonName, Role: req.PersonRole, Hash: r.TokenHash, Expires: r.At.Add(req.TTLDur), Issuer: r.Actor, Requester: req.Requester}
 		case api.RequestPolicy:
 			req.PolicyVersion = s.publish(req.PolicySource, r.Actor, r.At)
 		case api.RequestRevoke:

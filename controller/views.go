@@ -830,6 +830,7 @@ func (s *State) noteViewChange(t CommandType, body []byte) {
 	switch t {
 	case CmdGatewayReport, CmdGatewayReports, CmdGatewayRefreshes, CmdRenewCall, CmdMemberUpsert, CmdMemberRemove, CmdPersonUpsert, CmdRequestCreate,
 		CmdTokenIssue, CmdCertRecord, CmdGatewayRenew, CmdGatewayRenews, CmdCRLPublish, CmdIssuerUpsert, CmdAuditCheckpoint, CmdCertArchive,
+		CmdPersonInvite, CmdPersonEnroll, CmdPersonRenew,
 		CmdStateRestored, // Restore itself touches everything
 		CmdAgencyClose:   // only an agency with no gateways and no active children closes
 		// Views name nothing these change.

@@ -14,6 +14,7 @@ import (
 
 	"github.com/govnet/govnet/api"
 	"github.com/govnet/govnet/internal/cli"
+	"github.com/govnet/govnet/internal/credfile"
 	"github.com/govnet/govnet/internal/yamlfile"
 	"github.com/spf13/cobra"
 )
@@ -42,6 +43,7 @@ func (c *ctlConfig) load(path string) error {
 
 type app struct {
 	cfg        ctlConfig
+	renewing   bool // person renew: no warning that the certificate is due
 	configPath string
 	output     string
 	out        io.Writer
@@ -61,7 +63,14 @@ func defaultConfigPath() string {
 }
 
 func main() {
-	a := &app{out: os.Stdout}
+	if err := newRoot(&app{out: os.Stdout}).Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "govnetctl:", err)
+		os.Exit(1)
+	}
+}
+
+// newRoot is govnetctl's command tree, writing to a.out.
+func newRoot(a *app) *cobra.Command {
 	root := &cobra.Command{
 		Use:           "govnetctl",
 		Short:         "Run the govnet network: agencies, gateways, tokens, policy",
@@ -85,17 +94,38 @@ func main() {
 	root.AddCommand(a.personCmd(), a.requestCmd(), a.auditCmd(), a.certCmd())
 	root.AddCommand(a.registryCmd())
 	root.AddCommand(a.reportCmd())
-	if err := root.Execute(); err != nil {
-		fmt.Fprintln(os.Stderr, "govnetctl:", err)
-		os.Exit(1)
-	}
+	return root
 }
 
 func (a *app) client() (*api.Client, error) {
 	if a.cfg.Controller == "" || a.cfg.Root == "" || a.cfg.Cert == "" || a.cfg.Key == "" {
 		return nil, fmt.Errorf("controller, root, cert and key must be set: write them to a config file (--config) or pass the flags")
 	}
+	if done, err := credfile.Finish(a.cfg.Cert, a.cfg.Key); err != nil {
+		return nil, fmt.Errorf("an interrupted renewal: %w", err)
+	} else if done {
+		fmt.Fprintf(os.Stderr, "govnetctl: finished an interrupted renewal: %s and %s hold the renewed credentials\n", a.cfg.Cert, a.cfg.Key)
+	}
 	tlsCfg, err := api.TLSConfig(a.cfg.Root, a.cfg.Cert, a.cfg.Key)
+	if err != nil {
+		return nil, err
+	}
+	if leaf := tlsCfg.Certificates[0].Leaf; leaf != nil && !a.renewing {
+		life := leaf.NotAfter.Sub(leaf.NotBefore)
+		if time.Now().After(leaf.NotBefore.Add(life * 2 / 3)) {
+			fmt.Fprintf(os.Stderr, "govnetctl: your certificate %s expires at %s: renew it now with `govnetctl person renew`\n",
+				a.cfg.Cert, leaf.NotAfter.UTC().Format(time.RFC3339))
+		}
+	}
+	return api.NewClient(a.cfg.Controller, tlsCfg), nil
+}
+
+// anonClient is a client without credentials of its own (enrollment).
+func (a *app) anonClient() (*api.Client, error) {
+	if a.cfg.Controller == "" || a.cfg.Root == "" {
+		return nil, fmt.Errorf("controller and root must be set: write them to a config file (--config) or pass the flags")
+	}
+	tlsCfg, err := api.TLSConfig(a.cfg.Root, "", "")
 	if err != nil {
 		return nil, err
 	}

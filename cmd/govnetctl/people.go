@@ -3,14 +3,20 @@ package main
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/govnet/govnet/api"
+	"github.com/govnet/govnet/ca"
+	"github.com/govnet/govnet/internal/credfile"
 	"github.com/spf13/cobra"
 )
 
@@ -74,8 +80,183 @@ func (a *app) personCmd() *cobra.Command {
 			})
 		},
 	}
-	cmd.AddCommand(list, add, revoke)
+	cmd.AddCommand(list, add, revoke, a.inviteCmd(), a.enrollPersonCmd(), a.renewPersonCmd())
 	return cmd
+}
+
+func (a *app) inviteCmd() *cobra.Command {
+	var req api.InviteRequest
+	var ttl time.Duration
+	var out string
+	invite := &cobra.Command{
+		Use:   "invite NAME --role ROLE",
+		Short: "Give a new person (or one who lost their key) a one-time token to enroll with (officer)",
+		Long: "The token lets NAME enroll once, before it expires, for a certificate of ROLE (govnetctl person enroll):\n" +
+			"the person makes their key on their own machine, and the name and role come from the invitation.\n" +
+			"Inviting a registered person replaces their certificate; the one before is revoked (superseded).\n" +
+			"In four-eyes mode this is a request: govnetctl request invite NAME --role ROLE.",
+		Example: "  govnetctl person invite dora --role auditor --write /tmp/dora.token",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			req.TTL = ttl.String()
+			return a.call(cmd, func(ctx context.Context, c *api.Client) error {
+				tok, err := c.Invite(ctx, args[0], req)
+				if err != nil {
+					return err
+				}
+				return a.printToken(tok, out)
+			})
+		},
+	}
+	invite.Flags().StringVar(&req.Role, "role", "", "operator, officer, auditor or custodian")
+	invite.Flags().DurationVar(&ttl, "ttl", time.Hour, "how long the token is valid (at most 168h)")
+	invite.Flags().StringVar(&out, "write", "", "write the token to this file (mode 0600) instead of printing it")
+	invite.MarkFlagRequired("role")
+	return invite
+}
+
+// printToken writes a token to the file out (mode 0600), or prints it.
+func (a *app) printToken(tok *api.TokenResponse, out string) error {
+	if out != "" {
+		if err := os.WriteFile(out, []byte(tok.Token+"\n"), 0o600); err != nil {
+			return err
+		}
+		tok = &api.TokenResponse{Gateway: tok.Gateway, Person: tok.Person, Role: tok.Role, Token: "(in " + out + ")", Expires: tok.Expires}
+	}
+	return a.print(tok, "FOR\tEXPIRES\tTOKEN", func(w io.Writer) {
+		fmt.Fprintf(w, "%s\t%s\t%s\n", tokenSubject(tok), tok.Expires.Format(time.RFC3339), tok.Token)
+	})
+}
+
+func tokenSubject(t *api.TokenResponse) string {
+	if t.Person != "" {
+		return t.Person + " (" + t.Role + ")"
+	}
+	return t.Gateway
+}
+
+func (a *app) enrollPersonCmd() *cobra.Command {
+	var tokenFile, keyType string
+	enroll := &cobra.Command{
+		Use:   "enroll NAME --token-file FILE",
+		Short: "Get your first certificate with the token an officer gave you (no certificate needed)",
+		Long: "Makes your private key here, sends a certificate request with the token, and writes the key to --key\n" +
+			"(mode 0600) and the certificate chain to --cert; neither may exist yet. Needs --controller and --root.",
+		Example: "  govnetctl --controller https://ctl1.govnet:7443 --root root.pem --cert ~/.config/govnet/dora.crt \\\n" +
+			"    --key ~/.config/govnet/dora.key person enroll dora --token-file /tmp/dora.token",
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if a.cfg.Cert == "" || a.cfg.Key == "" {
+				return fmt.Errorf("--cert and --key (or cert and key in the config file) must name where to write your certificate and key")
+			}
+			for _, p := range []string{a.cfg.Cert, a.cfg.Key} {
+				if _, err := os.Stat(p); err == nil {
+					return fmt.Errorf("%s exists: to renew a certificate use govnetctl person renew", p)
+				}
+			}
+			token, err := readToken(tokenFile)
+			if err != nil {
+				return err
+			}
+			c, err := a.anonClient()
+			if err != nil {
+				return err
+			}
+			key, _, err := credfile.PendingKey(a.cfg.Key, keyType)
+			if err != nil {
+				return err
+			}
+			csr, err := ca.NewCSR(key, args[0])
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
+			defer cancel()
+			got, err := c.EnrollPerson(ctx, api.PersonEnrollRequest{Name: args[0], Token: token, CSR: csrPEM(csr)})
+			if err != nil {
+				return err
+			}
+			return a.installCert(got)
+		},
+	}
+	enroll.Flags().StringVar(&tokenFile, "token-file", "", "file holding the token (- for standard input)")
+	enroll.Flags().StringVar(&keyType, "key-type", credfile.P256, "p256, p384 or rsa3072")
+	enroll.MarkFlagRequired("token-file")
+	return enroll
+}
+
+func (a *app) renewPersonCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "renew",
+		Short: "Renew your own certificate, with a new key, before it expires",
+		Long: "Makes a new key of the same type beside your current one (--key with .new appended), renews with your\n" +
+			"current certificate and puts the new key and certificate in place of the old. govnetctl warns once your\n" +
+			"certificate is two thirds into its life. If the answer is lost, run it again: it renews for the same new key.",
+		Example: "  govnetctl person renew",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			a.renewing = true
+			return a.call(cmd, func(ctx context.Context, c *api.Client) error {
+				pair, err := tls.LoadX509KeyPair(a.cfg.Cert, a.cfg.Key)
+				if err != nil {
+					return err
+				}
+				kind, err := credfile.KindOf(pair.Leaf.PublicKey)
+				if err != nil {
+					return err
+				}
+				key, reused, err := credfile.PendingKey(a.cfg.Key, kind)
+				if err != nil {
+					return err
+				}
+				if reused {
+					fmt.Fprintf(os.Stderr, "govnetctl: renewing for the key in %s%s, left by a renewal that did not finish\n", a.cfg.Key, credfile.Next)
+				}
+				csr, err := ca.NewCSR(key, pair.Leaf.Subject.CommonName)
+				if err != nil {
+					return err
+				}
+				got, err := c.RenewPerson(ctx, api.PersonRenewRequest{CSR: csrPEM(csr)})
+				if err != nil {
+					return err
+				}
+				return a.installCert(got)
+			})
+		},
+	}
+}
+
+// installCert puts a new certificate in place with the key waiting for it.
+func (a *app) installCert(got *api.PersonCertResponse) error {
+	if err := credfile.Install(a.cfg.Cert, a.cfg.Key, []byte(got.Certificate)); err != nil {
+		return err
+	}
+	return a.print(got, "NAME\tROLE\tSERIAL\tEXPIRES", func(w io.Writer) {
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", got.Name, got.Role, got.Serial, got.Expires.Format(time.RFC3339))
+	})
+}
+
+func csrPEM(csr *x509.CertificateRequest) string {
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr.Raw}))
+}
+
+// readToken reads a one-time token from path, or standard input for "-".
+func readToken(path string) (string, error) {
+	var b []byte
+	var err error
+	if path == "-" {
+		b, err = io.ReadAll(io.LimitReader(os.Stdin, 4096))
+	} else {
+		b, err = os.ReadFile(path)
+	}
+	if err != nil {
+		return "", err
+	}
+	token := strings.TrimSpace(string(b))
+	if token == "" {
+		return "", fmt.Errorf("%s: no token in it", path)
+	}
+	return token, nil
 }
 
 const personHeader = "NAME\tROLE\tSTATUS\tSERIAL"
@@ -164,6 +345,22 @@ func (a *app) requestCmd() *cobra.Command {
 			})
 		},
 	}
+	var inviteRole string
+	invite := &cobra.Command{
+		Use:     "invite NAME --role ROLE",
+		Short:   "Ask for a one-time token with which a person enrolls for a certificate of ROLE (officer)",
+		Long:    "The officer who approves it gets the token in the answer (govnetctl request approve ID --write FILE).",
+		Example: "  govnetctl request invite dora --role auditor --ttl 24h --reason 'new security officer'",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.call(cmd, func(ctx context.Context, c *api.Client) error {
+				return create(ctx, c, api.RequestCreate{Kind: api.RequestInvite, PersonName: args[0], PersonRole: inviteRole, TTL: ttl.String(), Reason: reason})
+			})
+		},
+	}
+	invite.Flags().StringVar(&inviteRole, "role", "", "operator, officer, auditor or custodian")
+	invite.Flags().DurationVar(&ttl, "ttl", time.Hour, "how long the token is valid once approved")
+	invite.MarkFlagRequired("role")
 	var personRole, personSerial string
 	personReq := &cobra.Command{
 		Use:     "person NAME --role ROLE --serial HEX",
@@ -180,7 +377,7 @@ func (a *app) requestCmd() *cobra.Command {
 	personReq.Flags().StringVar(&personSerial, "serial", "", "the serial (hex) of the person's certificate")
 	personReq.MarkFlagRequired("role")
 	personReq.MarkFlagRequired("serial")
-	for _, c := range []*cobra.Command{token, policy, revoke, restore, personReq} {
+	for _, c := range []*cobra.Command{token, policy, revoke, restore, personReq, invite} {
 		c.Flags().StringVar(&reason, "reason", "", "why, for the approver and the audit log")
 	}
 	list := &cobra.Command{
@@ -223,7 +420,7 @@ func (a *app) requestCmd() *cobra.Command {
 				return a.print(r, requestHeader, func(w io.Writer) {
 					requestRow(w, *r)
 					if r.Token != nil {
-						fmt.Fprintf(w, "\ntoken for %s (expires %s): %s\n", r.Token.Gateway, r.Token.Expires.Format(time.RFC3339), r.Token.Token)
+						fmt.Fprintf(w, "\ntoken for %s (expires %s): %s\n", tokenSubject(r.Token), r.Token.Expires.Format(time.RFC3339), r.Token.Token)
 					}
 				})
 			})
@@ -245,7 +442,7 @@ func (a *app) requestCmd() *cobra.Command {
 			})
 		},
 	}
-	cmd.AddCommand(token, policy, revoke, restore, personReq, list, approve, reject)
+	cmd.AddCommand(token, policy, revoke, restore, personReq, invite, list, approve, reject)
 	return cmd
 }
 
@@ -274,7 +471,7 @@ func requestRow(w io.Writer, r api.Request) {
 	if r.Kind == api.RequestRestore {
 		subject = "backup sha256:" + r.BackupSHA256[:min(16, len(r.BackupSHA256))]
 	}
-	if r.Kind == api.RequestPerson {
+	if r.Kind == api.RequestPerson || r.Kind == api.RequestInvite {
 		subject = r.PersonName + " (" + r.PersonRole + ")"
 	}
 	fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, r.Kind, dash(subject), r.Status, r.Requester, dash(r.Approver), r.Created.Format(time.RFC3339))

@@ -1,0 +1,157 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/govnet/govnet/ca"
+	"github.com/govnet/govnet/controller"
+	"github.com/govnet/govnet/hsm/hsmtest"
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	hsmtest.Cleanup()
+	os.Exit(code)
+}
+
+// TestPersonCredentialsCLI runs govnetctl's commands against a controller:
+// an officer invites a person, who enrolls with the token and a key made
+// here, works with the new credentials and renews them.
+func TestPersonCredentialsCLI(t *testing.T) {
+	hsmtest.Require(t)
+	hc := hsmtest.NewToken(t)
+	dir := t.TempDir()
+	pinFile := filepath.Join(dir, "pin")
+	if err := os.WriteFile(pinFile, []byte(hc.PIN+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := controller.Config{
+		Node: "ctl1", DataDir: filepath.Join(dir, "data"), RaftAddr: freeAddr(t), APIAddr: "127.0.0.1:0",
+		OverlayPrefix: "100.64.0.0/24",
+		HSM:           controller.HSMConfig{Module: hc.Module, TokenLabel: hc.TokenLabel, PINFile: pinFile},
+	}
+	people := filepath.Join(dir, "people")
+	err := controller.Init(context.Background(), controller.InitOptions{Config: cfg, PeopleDir: people,
+		People: []controller.Person{{Name: "officer1", Role: ca.RoleOfficer}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := controller.Start(context.Background(), cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	for deadline := time.Now().Add(15 * time.Second); n.Ready() != nil; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("node not ready: %v", n.Ready())
+		}
+	}
+	base := []string{"--controller", "https://" + n.Addr().String(), "--root", filepath.Join(cfg.DataDir, "pki", "root.pem")}
+	as := func(cert, key string) []string {
+		return append(append([]string(nil), base...), "--cert", cert, "--key", key)
+	}
+	officer := as(filepath.Join(people, "officer1.crt"), filepath.Join(people, "officer1.key"))
+	doraCrt, doraKey := filepath.Join(dir, "dora", "dora.crt"), filepath.Join(dir, "dora", "dora.key")
+	os.Mkdir(filepath.Dir(doraCrt), 0o700)
+	dora := as(doraCrt, doraKey)
+	tokFile := filepath.Join(dir, "dora.token")
+
+	out := run(t, officer, "person", "invite", "dora", "--role", "auditor", "--ttl", "10m", "--write", tokFile)
+	if !strings.Contains(out, "dora (auditor)") || !strings.Contains(out, "(in "+tokFile+")") {
+		t.Fatalf("invite printed:\n%s", out)
+	}
+	out = run(t, dora, "person", "enroll", "dora", "--token-file", tokFile, "--key-type", "p384")
+	if !strings.Contains(out, "dora") || !strings.Contains(out, "auditor") {
+		t.Fatalf("enroll printed:\n%s", out)
+	}
+	first := leafOf(t, doraCrt, doraKey)
+	if id, _ := ca.IdentityOf(first); id.Name != "dora" || id.Role != ca.RoleAuditor || first.PublicKeyAlgorithm.String() != "ECDSA" {
+		t.Fatalf("dora's certificate: %+v, %s", id, first.PublicKeyAlgorithm)
+	}
+	if fi, _ := os.Stat(doraKey); fi.Mode().Perm() != 0o600 {
+		t.Fatalf("key mode %v", fi.Mode().Perm())
+	}
+	if _, err := runErr(dora, "person", "enroll", "dora", "--token-file", tokFile); err == nil || !strings.Contains(err.Error(), "exists") {
+		t.Fatalf("a second enrollment over the files: %v", err)
+	}
+	out = run(t, dora, "person", "list")
+	if !strings.Contains(out, ca.Serial(first)) {
+		t.Fatalf("person list as dora:\n%s", out)
+	}
+
+	out = run(t, dora, "person", "renew")
+	renewed := leafOf(t, doraCrt, doraKey)
+	if ca.Serial(renewed) == ca.Serial(first) || !strings.Contains(out, ca.Serial(renewed)) {
+		t.Fatalf("renew printed:\n%s", out)
+	}
+	if _, err := os.Stat(doraKey + ".new"); !os.IsNotExist(err) {
+		t.Fatalf("pending key left after the renewal: %v", err)
+	}
+	out = run(t, dora, "person", "list")
+	if !strings.Contains(out, ca.Serial(renewed)) {
+		t.Fatalf("person list with the renewed certificate:\n%s", out)
+	}
+	if _, err := runErr(officer, "person", "invite", "eve", "--role", "root"); err == nil || !strings.Contains(err.Error(), `role "root"`) {
+		t.Fatalf("invite with a bad role: %v", err)
+	}
+}
+
+func leafOf(t *testing.T, cert, key string) *x509.Certificate {
+	t.Helper()
+	pair, err := tls.LoadX509KeyPair(cert, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pair.Leaf
+}
+
+// run runs govnetctl with the arguments (strings and lists of them) and
+// returns what it printed; it fails the test on an error.
+func run(t *testing.T, args ...any) string {
+	t.Helper()
+	out, err := runErr(args...)
+	if err != nil {
+		t.Fatalf("govnetctl %v: %v\n%s", args, err, out)
+	}
+	return out
+}
+
+func runErr(args ...any) (string, error) {
+	var flat []string
+	for _, a := range args {
+		switch v := a.(type) {
+		case string:
+			flat = append(flat, v)
+		case []string:
+			flat = append(flat, v...)
+		}
+	}
+	var out bytes.Buffer
+	root := newRoot(&app{out: &out})
+	root.SetArgs(flat)
+	root.SetOut(&out)
+	root.SetErr(&out)
+	err := root.Execute()
+	return out.String(), err
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}

@@ -1,0 +1,148 @@
+// Package credfile keeps a person's credentials, a private key and a
+// certificate chain in two PEM files, and replaces them together: the new
+// key is written beside the old one (KEY.new) before it is used, the new
+// chain beside the old one (CERT.new) once it is issued, and both are
+// renamed into place. A crash in between is finished by Finish; a key
+// whose certificate never arrived stays in KEY.new for the next attempt.
+package credfile
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"github.com/govnet/govnet/internal/atomicfile"
+)
+
+// Key types a person's key may have: those the CA issues for.
+const (
+	P256    = "p256"
+	P384    = "p384"
+	RSA3072 = "rsa3072"
+)
+
+// Next is the suffix of the files a replacement writes first.
+const Next = ".new"
+
+// NewKey generates a key of type kind.
+func NewKey(kind string) (crypto.Signer, error) {
+	switch kind {
+	case P256:
+		return ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	case P384:
+		return ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	case RSA3072:
+		return rsa.GenerateKey(rand.Reader, 3072)
+	}
+	return nil, fmt.Errorf("key type %q: want %s, %s or %s", kind, P256, P384, RSA3072)
+}
+
+// KindOf names the type of key's public key, for a next key of the same.
+func KindOf(pub crypto.PublicKey) (string, error) {
+	switch k := pub.(type) {
+	case *ecdsa.PublicKey:
+		switch k.Curve {
+		case elliptic.P256():
+			return P256, nil
+		case elliptic.P384():
+			return P384, nil
+		}
+	case *rsa.PublicKey:
+		if k.N.BitLen() == 3072 {
+			return RSA3072, nil
+		}
+	}
+	return "", fmt.Errorf("a %T key is none of %s, %s, %s", pub, P256, P384, RSA3072)
+}
+
+// PendingKey returns the key waiting in keyPath+Next for its certificate,
+// or, if there is none, a new key of type kind written there (mode 0600).
+// Reusing a waiting key lets a renewal whose answer was lost be retried:
+// the controller renews again for that key.
+func PendingKey(keyPath, kind string) (key crypto.Signer, reused bool, err error) {
+	next := keyPath + Next
+	if b, err := os.ReadFile(next); err == nil {
+		key, err := parseKey(b)
+		if err != nil {
+			return nil, false, fmt.Errorf("%s: %w (remove it to start afresh)", next, err)
+		}
+		return key, true, nil
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return nil, false, err
+	}
+	if key, err = NewKey(kind); err != nil {
+		return nil, false, err
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, false, err
+	}
+	if err := atomicfile.Write(next, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		return nil, false, err
+	}
+	return key, false, nil
+}
+
+func parseKey(b []byte) (crypto.Signer, error) {
+	block, _ := pem.Decode(b)
+	if block == nil || block.Type != "PRIVATE KEY" {
+		return nil, errors.New("not a PEM PRIVATE KEY")
+	}
+	k, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+	if err != nil {
+		return nil, err
+	}
+	s, ok := k.(crypto.Signer)
+	if !ok {
+		return nil, fmt.Errorf("a %T cannot sign", k)
+	}
+	return s, nil
+}
+
+// Install puts chain (PEM) in place for the key waiting in keyPath+Next:
+// it writes certPath+Next, then renames the key and the chain over
+// keyPath and certPath.
+func Install(certPath, keyPath string, chain []byte) error {
+	if err := atomicfile.Write(certPath+Next, chain, 0o644); err != nil {
+		return err
+	}
+	_, err := Finish(certPath, keyPath)
+	return err
+}
+
+// Finish completes a replacement that a crash interrupted after the new
+// chain was written: it renames what is left of the new key and chain
+// into place and says whether there was anything to do. A new chain that
+// pairs with neither the new nor the current key is an error: nothing is
+// renamed.
+func Finish(certPath, keyPath string) (bool, error) {
+	certNext, keyNext := certPath+Next, keyPath+Next
+	if _, err := os.Stat(certNext); errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if _, err := tls.LoadX509KeyPair(certNext, keyNext); err == nil {
+		if err := os.Rename(keyNext, keyPath); err != nil {
+			return false, err
+		}
+	} else if _, err2 := tls.LoadX509KeyPair(certNext, keyPath); err2 != nil {
+		return false, fmt.Errorf("%s: pairs with neither %s nor %s: %w", certNext, keyNext, keyPath, err)
+	}
+	if err := os.Rename(certNext, certPath); err != nil {
+		return false, err
+	}
+	err := atomicfile.SyncDir(filepath.Dir(certPath))
+	if dir := filepath.Dir(keyPath); err == nil && dir != filepath.Dir(certPath) {
+		err = atomicfile.SyncDir(dir)
+	}
+	return true, err
+}
