@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net"
@@ -52,6 +53,10 @@ type Config struct {
 	// RateLimit bounds each client's requests per second on this node
 	// (a burst of twice as many is allowed); 0 means the default, 100.
 	RateLimit float64 `yaml:"rate_limit,omitempty"`
+	// MaxConnsPerIP caps the connections one client address holds open
+	// at once on each of the node's listeners (API, CRL/OCSP, raft);
+	// those over it are closed at once. 0 means the default, 256.
+	MaxConnsPerIP int `yaml:"max_conns_per_ip,omitempty"`
 	// AuditCheckpointEvery is how often the leader signs the audit
 	// chain's head and records the checkpoint in the replicated state
 	// (when the chain has grown since the last one); 0 means one hour.
@@ -166,6 +171,9 @@ func (c Config) Validate() error {
 	if c.ReportFlush < 0 {
 		errs = append(errs, fmt.Errorf("report_flush %s: want a positive duration, or 0 for %s", c.ReportFlush, reportFlush))
 	}
+	if c.MaxConnsPerIP < 0 {
+		errs = append(errs, fmt.Errorf("max_conns_per_ip %d: want a positive number, or 0 for %d", c.MaxConnsPerIP, defaultMaxConnsPerIP))
+	}
 	if c.CertArchiveAfter < 0 {
 		errs = append(errs, fmt.Errorf("cert_archive_after %s: want a positive duration, or 0 for %s", c.CertArchiveAfter, defaultCertArchiveAfter))
 	}
@@ -245,6 +253,9 @@ func (c Config) httpAddr() (string, error) {
 	}
 	return net.JoinHostPort(host, strconv.Itoa(p)), nil
 }
+
+// maxConnsPerIP is the configured cap, or the default.
+func (c Config) maxConnsPerIP() int { return cmp.Or(c.MaxConnsPerIP, defaultMaxConnsPerIP) }
 
 // profiles returns the configured lifetimes over the defaults.
 func (c Config) profiles() ca.Profiles {

@@ -43,6 +43,10 @@ func newNodeMetrics(n *Node) *nodeMetrics {
 	}
 	m.reg.MustRegister(
 		m.applyLatency,
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "govnet_connections_refused_total",
+			Help: "Connections closed on accept because their address already held max_conns_per_ip open (API, CRL/OCSP and raft listeners).",
+		}, func() float64 { return float64(n.connsRefused.Load()) }),
 		&nodeCollector{n: n},
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),

@@ -74,11 +74,12 @@ type Node struct {
 	reports  *groupCommit[GatewayReportRequest] // gateways' reports, committed in batches
 	refresh  *refresher                         // reports that change nothing, committed every reportFlush
 	// issueSlots bounds the renewals being signed at once (renewGateway).
-	issueSlots chan struct{}
-	renewals   *groupCommit[GatewayRenewRequest] // gateways' renewals, committed in batches
-	archiver   archiver                          // leaderDuties' certificates to archive
-	restoring  atomic.Bool                       // a backup restore is being read or installed here
-	metrics    *nodeMetrics                      // served at /metrics on the API, to operators and auditors
+	issueSlots   chan struct{}
+	renewals     *groupCommit[GatewayRenewRequest] // gateways' renewals, committed in batches
+	archiver     archiver                          // leaderDuties' certificates to archive
+	connsRefused atomic.Uint64                     // connections over max_conns_per_ip, on every listener
+	restoring    atomic.Bool                       // a backup restore is being read or installed here
+	metrics      *nodeMetrics                      // served at /metrics on the API, to operators and auditors
 	// startSettled is set once the node has caught up, compiled its views
 	// and given back its start's memory (releaseStartupMemory).
 	startSettled atomic.Bool

@@ -37,6 +37,7 @@ func (n *Node) newRaftTLS(bind string, advertise net.Addr) (*raftTLS, error) {
 	if err != nil {
 		return nil, err
 	}
+	ln = n.limitConns(ln)
 	verify := func(usage x509.ExtKeyUsage) func(tls.ConnectionState) error {
 		return func(cs tls.ConnectionState) error {
 			if len(cs.PeerCertificates) == 0 {

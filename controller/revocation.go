@@ -40,9 +40,11 @@ func (n *Node) listenHTTP() error {
 	if err != nil {
 		return err
 	}
-	if n.httpLn, err = net.Listen("tcp", addr); err != nil {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
 		return fmt.Errorf("http listen: %w", err)
 	}
+	n.httpLn = n.limitConns(ln)
 	return nil
 }
 

@@ -39,6 +39,7 @@ func (n *Node) serve() error {
 	if err != nil {
 		return fmt.Errorf("api listen: %w", err)
 	}
+	ln = n.limitConns(ln)
 	n.ln = ln
 	n.srv = &http.Server{
 		Handler:           n.routes(),

@@ -121,13 +121,15 @@ func (c *Cluster) run(args ...string) error {
 	return nil
 }
 
-// raftFlags are the nodes' raft timeouts. The three nodes share two
-// cores with the simulated gateways, so a node can wait hundreds of
-// milliseconds for a core: the election timeout is twice the default, and
+// nodeFlags are the nodes' raft timeouts and connection cap. The three
+// nodes share two cores with the simulated gateways, so a node can wait
+// hundreds of milliseconds for a core: the election timeout is twice the default, and
 // the leader lease is the default's (500 ms), which is what raft's own
 // defaults set; with 250 ms the leader stepped down four times in eight
-// rounds at 20,000 gateways.
-var raftFlags = []string{"--raft-heartbeat-timeout", "500ms", "--raft-election-timeout", "1s", "--raft-leader-lease-timeout", "500ms"}
+// rounds at 20,000 gateways. The simulated gateways all connect from
+// 127.0.0.1, so the cap on connections per address is lifted.
+var nodeFlags = []string{"--raft-heartbeat-timeout", "500ms", "--raft-election-timeout", "1s", "--raft-leader-lease-timeout", "500ms",
+	"--max-conns-per-ip", "1000000"}
 
 // setup creates the tokens and initialises the three nodes; nothing runs
 // afterwards. Gateway certificates live gatewayLifetime, so that a kept
@@ -162,7 +164,7 @@ func (c *Cluster) setup(gatewayLifetime time.Duration) error {
 			"--hsm-pin-file", c.path("hsm", "pin"), "--hsm-pin-env", "",
 			"--gateway-cert-lifetime", gatewayLifetime.String(),
 		}
-		args = append(args, raftFlags...)
+		args = append(args, nodeFlags...)
 		if i == 0 {
 			args = append(args, "--person", "op:operator", "--person", "off:officer", "--people-dir", c.path("people"))
 			if err := c.run(args...); err != nil {
@@ -204,7 +206,7 @@ func (c *Cluster) start(ctx context.Context) error {
 	for _, n := range c.nodes {
 		// The timeouts again: flags override the config, and a cached
 		// cluster's config has those of the harness that made it.
-		args := append([]string{"run", "--config", n.cfg, "--log-level", "warn"}, raftFlags...)
+		args := append([]string{"run", "--config", n.cfg, "--log-level", "warn"}, nodeFlags...)
 		if port := os.Getenv("GOVNET_LOAD_PPROF_PORT"); port != "" {
 			args = append(args, "--pprof-addr", net.JoinHostPort(n.ip, port)) // profiling the harness's nodes
 		}
