@@ -381,7 +381,11 @@ type Certificate struct {
 	NotAfter  time.Time `json:"not_after"`
 	Requester string    `json:"requester,omitempty"`
 	Approver  string    `json:"approver,omitempty"` // four-eyes: who approved the request behind it
-	Issued    time.Time `json:"issued,omitzero"`    // when the inventory recorded it (leader's clock)
+	// RenewedFrom is the certificate a gateway's or a person's renewal
+	// replaced (the approval behind it is that one's), or the node
+	// certificate before a node's own renewal.
+	RenewedFrom string    `json:"renewed_from,omitempty"`
+	Issued      time.Time `json:"issued,omitzero"` // when the inventory recorded it (leader's clock)
 	// IssuedIndex is the raft index of the command that recorded it; 0
 	// in records made before it was kept.
 	IssuedIndex uint64    `json:"issued_index,omitempty"`

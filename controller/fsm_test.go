@@ -259,6 +259,9 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	if got := f.State().Certificates(CertFilter{Agency: "000.00.00.H49"}); len(got) != 1 {
 		t.Fatalf("of H49: %+v", got)
 	}
+	if c, _ := f.State().Certificate("2c"); c.RenewedFrom != "2b" {
+		t.Fatalf("2c renewed from %q, want 2b", c.RenewedFrom)
+	}
 	if dave, _ := f.State().Person("dave"); dave.Serial != "d2" || dave.Previous != "d1" || dave.Role != "operator" || dave.Status != api.PersonActive {
 		t.Fatalf("dave %+v", dave)
 	}

@@ -439,7 +439,9 @@ func (s *State) checkGatewayRenew(r *GatewayRenewRequest) error {
 // renewGateway records a checked renewal.
 func (s *State) renewGateway(r *GatewayRenewRequest) {
 	g := s.gateways[r.Gateway]
-	s.addCert(r.Cert, r.At, r.Actor)
+	c := r.Cert
+	c.RenewedFrom = r.OldSerial
+	s.addCert(c, r.At, r.Actor)
 	g.CertSerial, g.CertExpires = r.Cert.Serial, r.Cert.NotAfter
 	g.RenewedFrom = []string{r.OldSerial}
 	if r.From != "" && r.From != r.OldSerial {

@@ -62,7 +62,7 @@ func (n *Node) renewNodeCertIfDue(ctx context.Context) error {
 		next, n.nextNodeCert = chain[0], chain[0]
 	}
 	rec := n.certRecord(next)
-	rec.Requester = "node:" + n.cfg.Node
+	rec.Requester, rec.RenewedFrom = "node:"+n.cfg.Node, ca.Serial(cur.Leaf)
 	if _, err := n.submit(ctx, CmdCertRecord, &CertRecordRequest{Meta: n.meta("node:" + n.cfg.Node), Certs: []api.Certificate{rec}}); err != nil && !errors.Is(err, ErrConflict) {
 		return fmt.Errorf("record the renewed node certificate %s: %w", rec.Serial, err)
 	}

@@ -54,7 +54,7 @@ func TestNodeCertRenewal(t *testing.T) {
 	})
 	serial := ca.Serial(renewed.Leaf)
 	rec, ok := n.State().Certificate(serial)
-	if !ok || rec.Kind != ca.KindNode || rec.Requester != "node:ctl1" || rec.Status != api.CertValid {
+	if !ok || rec.Kind != ca.KindNode || rec.Requester != "node:ctl1" || rec.Status != api.CertValid || rec.RenewedFrom != ca.Serial(first) {
 		t.Fatalf("inventory record of %s: %+v, %v", serial, rec, ok)
 	}
 	if got := renewed.Leaf; got.Subject.CommonName != "ctl1" || !slices.Equal(got.DNSNames, first.DNSNames) ||

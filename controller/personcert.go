@@ -127,7 +127,7 @@ func (s *State) applyPersonRenew(r *PersonRenewRequest) error {
 	if err := s.checkCert(&c); err != nil {
 		return err
 	}
-	c.Requester = r.Name
+	c.Requester, c.RenewedFrom = r.Name, p.Serial
 	s.addCert(c, r.At, r.Actor)
 	p.Serial, p.Previous = c.Serial, previous
 	return nil

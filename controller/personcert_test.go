@@ -122,6 +122,9 @@ func TestPersonCredentials(t *testing.T) {
 	if renewed.Serial == got.Serial || renewed.Role != ca.RoleAuditor {
 		t.Fatalf("renewed: %+v", renewed)
 	}
+	if rec, _ := n.State().Certificate(renewed.Serial); rec.RenewedFrom != got.Serial || rec.Requester != "dora" {
+		t.Fatalf("the renewed certificate's record: %+v", rec)
+	}
 	_, err = dora.AuditCheckpoints(ctx)
 	wantStatus(t, err, 403, "was renewed to "+renewed.Serial)
 	dora2 := personClient(t, cfg, n, key2, renewed)

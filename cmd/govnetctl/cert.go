@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/govnet/govnet/api"
+	"github.com/govnet/govnet/internal/certaudit"
 	"github.com/spf13/cobra"
 )
 
@@ -177,7 +178,38 @@ func (a *app) certCmd() *cobra.Command {
 	}
 	renewAll.Flags().StringVar(&renewReason, "reason", "", "why (the gateways log it)")
 	renewAll.Flags().BoolVar(&renewStatus, "status", false, "show the last call and the gateways whose certificate still predates it")
-	cmd.AddCommand(list, show, revoke, publishRoot, renewAll)
+	audit := &cobra.Command{
+		Use:   "audit",
+		Short: "Check that an approval accounts for every certificate the CA ever issued (archived ones too)",
+		Long: "Reads the whole inventory (cert list --archived) and lists the certificates no approval accounts for:\n" +
+			"a gateway's or a person's needs the officer who approved its enrollment token or invitation, or must\n" +
+			"renew one that has it (renewed_from, the same gateway or person); a person's may come from `govnetd init`;\n" +
+			"a node's must be its own and an intermediate its node's. Fails if it finds any.",
+		Example: "  govnetctl cert audit\n  govnetctl cert audit -o json",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return a.call(cmd, func(ctx context.Context, c *api.Client) error {
+				certs, err := c.Certificates(ctx, url.Values{"archived": {"true"}})
+				if err != nil {
+					return err
+				}
+				findings := certaudit.Check(certs)
+				if err := a.print(findings, "SERIAL\tKIND\tSUBJECT\tPROBLEM", func(w io.Writer) {
+					for _, f := range findings {
+						fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", f.Serial, f.Kind, f.Subject, f.Problem)
+					}
+				}); err != nil {
+					return err
+				}
+				if len(findings) > 0 {
+					return fmt.Errorf("%d of %d certificates: no approval accounts for them", len(findings), len(certs))
+				}
+				fmt.Fprintf(os.Stderr, "govnetctl: an approval accounts for each of the %d certificates\n", len(certs))
+				return nil
+			})
+		},
+	}
+	cmd.AddCommand(list, show, revoke, publishRoot, renewAll, audit)
 	return cmd
 }
 
@@ -208,6 +240,7 @@ func certDetail(w io.Writer, c api.Certificate) {
 	row("not after", ts(c.NotAfter))
 	row("requester", c.Requester)
 	row("approver", c.Approver)
+	row("renewed from", c.RenewedFrom)
 	row("recorded", ts(c.Issued))
 	row("status", c.Status)
 	if c.Status == api.CertRevoked {

@@ -105,6 +105,12 @@ func TestPersonCredentialsCLI(t *testing.T) {
 	if _, err := runErr(officer, "person", "invite", "eve", "--role", "root"); err == nil || !strings.Contains(err.Error(), `role "root"`) {
 		t.Fatalf("invite with a bad role: %v", err)
 	}
+	// Init's people, the node's certificates, dora's enrollment and her
+	// renewal: an approval accounts for each.
+	out = run(t, dora, "cert", "audit", "-o", "json")
+	if strings.TrimSpace(out) != "null" && strings.TrimSpace(out) != "[]" {
+		t.Fatalf("cert audit found:\n%s", out)
+	}
 }
 
 func leafOf(t *testing.T, cert, key string) *x509.Certificate {
