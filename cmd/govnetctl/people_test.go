@@ -105,6 +105,17 @@ func TestPersonCredentialsCLI(t *testing.T) {
 	if _, err := runErr(officer, "person", "invite", "eve", "--role", "root"); err == nil || !strings.Contains(err.Error(), `role "root"`) {
 		t.Fatalf("invite with a bad role: %v", err)
 	}
+	// An RSA 3072 key, as the government's existing PKI uses.
+	frankTok := filepath.Join(dir, "frank.token")
+	run(t, officer, "person", "invite", "frank", "--role", "operator", "--write", frankTok)
+	frankCrt, frankKey := filepath.Join(dir, "frank.crt"), filepath.Join(dir, "frank.key")
+	frank := as(frankCrt, frankKey)
+	run(t, frank, "person", "enroll", "frank", "--token-file", frankTok, "--key-type", "rsa3072")
+	run(t, frank, "person", "renew")
+	if leaf := leafOf(t, frankCrt, frankKey); leaf.PublicKeyAlgorithm.String() != "RSA" {
+		t.Fatalf("frank's renewed certificate: a %s key", leaf.PublicKeyAlgorithm)
+	}
+
 	// Init's people, the node's certificates, dora's enrollment and her
 	// renewal: an approval accounts for each.
 	out = run(t, dora, "cert", "audit", "-o", "json")
