@@ -45,6 +45,14 @@ func (n *Node) renewNodeCertIfDue(ctx context.Context) error {
 	if n.now().Before(nodeCertDue(cur.Leaf)) {
 		return nil
 	}
+	// A certificate never outlives its issuer: once the intermediate
+	// expires before the current certificate could be replaced by a
+	// longer-lived one, only a new intermediate (the ceremony) helps.
+	inter := n.ca.Intermediate()
+	if !inter.NotAfter.After(cur.Leaf.NotAfter) {
+		return fmt.Errorf("node certificate due for renewal, but its intermediate expires at %s, no later than it: have the custodians sign a new intermediate for this node",
+			inter.NotAfter.UTC().Format(time.RFC3339))
+	}
 	next := n.nextNodeCert
 	if next == nil || ca.Serial(next) == "" {
 		key, ok := cur.PrivateKey.(crypto.Signer)
@@ -59,12 +67,17 @@ func (n *Node) renewNodeCertIfDue(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("issue the node certificate: %w", err)
 		}
+		if !chain[0].NotAfter.After(cur.Leaf.NotAfter) {
+			return fmt.Errorf("the renewed node certificate would expire at %s, no later than the current one", chain[0].NotAfter.UTC().Format(time.RFC3339))
+		}
 		next, n.nextNodeCert = chain[0], chain[0]
 	}
 	rec := n.certRecord(next)
 	rec.Requester, rec.RenewedFrom = "node:"+n.cfg.Node, ca.Serial(cur.Leaf)
-	if _, err := n.submit(ctx, CmdCertRecord, &CertRecordRequest{Meta: n.meta("node:" + n.cfg.Node), Certs: []api.Certificate{rec}}); err != nil && !errors.Is(err, ErrConflict) {
-		return fmt.Errorf("record the renewed node certificate %s: %w", rec.Serial, err)
+	if _, recorded := n.State().Certificate(rec.Serial); !recorded {
+		if _, err := n.submit(ctx, CmdCertRecord, &CertRecordRequest{Meta: n.meta("node:" + n.cfg.Node), Certs: []api.Certificate{rec}}); err != nil && !errors.Is(err, ErrConflict) {
+			return fmt.Errorf("record the renewed node certificate %s: %w", rec.Serial, err)
+		}
 	}
 	if err := atomicfile.Write(n.cfg.pkiPath(nodeFile), ca.EncodePEM(next), 0o644); err != nil {
 		return fmt.Errorf("write the renewed node certificate: %w", err)

@@ -83,6 +83,48 @@ func TestNodeCertRenewal(t *testing.T) {
 	}
 }
 
+// TestNodeCertRenewalStopsAtIntermediate: a node certificate cut short
+// by its intermediate's expiry is not renewed again and again (each
+// renewal would end at the same moment, and be due at once).
+func TestNodeCertRenewalStopsAtIntermediate(t *testing.T) {
+	// Issued five years minus three minutes ago, for five years: the
+	// node certificate ends with its intermediate, three minutes from
+	// now, and is long due.
+	cfg := testConfig(t, func(o *InitOptions) {
+		o.Config.Profiles.Node = ca.IntermediateLifetime
+		o.Now = time.Now().Add(-ca.IntermediateLifetime + 3*time.Minute)
+	})
+	n := startNode(t, cfg)
+	defer n.Close()
+	first := n.cert.Load().Leaf
+	if !first.NotAfter.Equal(n.ca.Intermediate().NotAfter) {
+		t.Fatalf("node certificate ends %s, intermediate %s: want the same", first.NotAfter, n.ca.Intermediate().NotAfter)
+	}
+	count := func() int {
+		nodes := 0
+		for _, c := range n.State().Certificates(CertFilter{}) {
+			if c.Kind == ca.KindNode {
+				nodes++
+			}
+		}
+		return nodes
+	}
+	before := count()
+	for range 5 {
+		select {
+		case n.crlWake <- struct{}{}:
+		default:
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if got := n.cert.Load().Leaf; ca.Serial(got) != ca.Serial(first) {
+		t.Fatalf("renewed to %s, which ends %s", ca.Serial(got), got.NotAfter)
+	}
+	if after := count(); after != before {
+		t.Fatalf("%d node certificates recorded, were %d", after, before)
+	}
+}
+
 // servedSerial is the serial of the certificate n's API serves.
 func servedSerial(t *testing.T, n *Node) string {
 	t.Helper()
