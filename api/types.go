@@ -171,6 +171,10 @@ type TokenResponse struct {
 type InviteRequest struct {
 	Role string `json:"role"`
 	TTL  string `json:"ttl,omitempty"` // Go duration; default 1h
+	// KeySHA256, if set, binds the invitation to the invitee's key: the
+	// SHA-256 of its SubjectPublicKeyInfo (DER), hex (govnetctl person
+	// key prints it). Invite requests (four-eyes) must set it.
+	KeySHA256 string `json:"key_sha256,omitempty"`
 }
 
 // PersonEnrollRequest is a person's first certificate request, with the
@@ -335,6 +339,9 @@ type Request struct {
 	// Person requests: who, with which role (Serial is the certificate's).
 	PersonName string `json:"person_name,omitempty"`
 	PersonRole string `json:"person_role,omitempty"`
+	// Invite requests: the invitee's key (SHA-256 of its
+	// SubjectPublicKeyInfo, hex), which alone may enroll.
+	KeySHA256 string `json:"key_sha256,omitempty"`
 }
 
 // RequestCreate asks for a four-eyes change.
@@ -355,6 +362,9 @@ type RequestCreate struct {
 	// the certificate to register).
 	PersonName string `json:"person_name,omitempty"`
 	PersonRole string `json:"person_role,omitempty"`
+	// Invite requests: the invitee's key, SHA-256 of its
+	// SubjectPublicKeyInfo (DER), hex (govnetctl person key prints it).
+	KeySHA256 string `json:"key_sha256,omitempty"`
 }
 
 // Certificate statuses in the inventory.

@@ -268,6 +268,8 @@ type RequestCreateRequest struct {
 	// Person requests: who and which role (Serial: the certificate).
 	PersonName string `json:"person_name,omitempty"`
 	PersonRole string `json:"person_role,omitempty"`
+	// Invite requests: the invitee's key (SHA-256 of its SPKI, hex).
+	KeySHA256 string `json:"key_sha256,omitempty"`
 }
 
 // RequestDecideRequest approves or rejects a pending request. Approving a
@@ -432,6 +434,8 @@ type PersonInviteRequest struct {
 	Role      string    `json:"role"`
 	TokenHash string    `json:"token_hash"`
 	Expires   time.Time `json:"expires"`
+	// KeySHA256, if set, is the only key that may enroll with it.
+	KeySHA256 string `json:"key_sha256,omitempty"`
 }
 
 // PersonEnrollRequest registers the certificate a person enrolled for

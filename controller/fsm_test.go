@@ -87,7 +87,7 @@ func history() []struct {
 			Cert: api.Certificate{Serial: "d1", Kind: "person", Subject: "dave", Role: "operator", Issuer: "abcd", KeySHA256: "aa", NotBefore: t0, NotAfter: t0.Add(90 * 24 * time.Hour)}}},
 		{CmdPersonRenew, &PersonRenewRequest{Meta: meta("dave"), Name: "dave", From: "d1",
 			Cert: api.Certificate{Serial: "d2", Kind: "person", Subject: "dave", Role: "operator", Issuer: "abcd", KeySHA256: "bb", NotBefore: t0, NotAfter: t0.Add(90 * 24 * time.Hour)}}},
-		{CmdRequestCreate, &RequestCreateRequest{Meta: meta("off"), ID: "r8", Role: "officer", Kind: api.RequestInvite, PersonName: "frank", PersonRole: "auditor", TTL: time.Hour}},
+		{CmdRequestCreate, &RequestCreateRequest{Meta: meta("off"), ID: "r8", Role: "officer", Kind: api.RequestInvite, PersonName: "frank", PersonRole: "auditor", TTL: time.Hour, KeySHA256: strings.Repeat("cd", 32)}},
 		{CmdRequestDecide, &RequestDecideRequest{Meta: meta("off2"), ID: "r8", Role: "officer", Approve: true, TokenHash: "h5"}},
 		// The registry's operations (controller/agency.go): a province
 		// with a district and a commune, the commune moved under the
@@ -412,6 +412,9 @@ func TestApplyRejects(t *testing.T) {
 			Cert: api.Certificate{Serial: "d9", Kind: "person", Subject: "gina", Role: "auditor", Issuer: "abcd", NotBefore: t0, NotAfter: t0.Add(time.Hour)}}},
 		{"enroll for another role", CmdPersonEnroll, &PersonEnrollRequest{Meta: meta("frank"), Name: "frank", TokenHash: "h5",
 			Cert: api.Certificate{Serial: "d9", Kind: "person", Subject: "frank", Role: "officer", Issuer: "abcd", NotBefore: t0, NotAfter: t0.Add(time.Hour)}}},
+		{"enroll another key than the invitation's", CmdPersonEnroll, &PersonEnrollRequest{Meta: meta("frank"), Name: "frank", TokenHash: "h5",
+			Cert: api.Certificate{Serial: "d9", Kind: "person", Subject: "frank", Role: "auditor", Issuer: "abcd", KeySHA256: "ee", NotBefore: t0, NotAfter: t0.Add(time.Hour)}}},
+		{"invite request without the invitee's key", CmdRequestCreate, &RequestCreateRequest{Meta: meta("off"), ID: "r9", Role: "officer", Kind: api.RequestInvite, PersonName: "gina", PersonRole: "auditor", TTL: time.Hour}},
 		{"enroll with a used token", CmdPersonEnroll, &PersonEnrollRequest{Meta: meta("dave"), Name: "dave", TokenHash: "h4",
 			Cert: api.Certificate{Serial: "d9", Kind: "person", Subject: "dave", Role: "operator", Issuer: "abcd", NotBefore: t0, NotAfter: t0.Add(time.Hour)}}},
 		{"renew from a serial not current", CmdPersonRenew, &PersonRenewRequest{Meta: meta("dave"), Name: "dave", From: "c",

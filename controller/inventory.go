@@ -327,6 +327,7 @@ func (s *State) revoke(certs []*api.Certificate, gateway string, reason int, at 
 			for _, p := range s.people {
 				if p.Serial == c.Serial {
 					p.Status = api.PersonRevoked
+					s.personRevoked(p, at, actor)
 				}
 			}
 		}
@@ -356,7 +357,7 @@ func (s *State) applyCertRevoke(r *CertRevokeRequest) error {
 // inventory has no record of it.
 func (s *State) revokeChecked(certs []*api.Certificate, serial, gateway string, reason int, at time.Time, actor string) {
 	s.revoke(certs, gateway, reason, at, actor, s.applying)
-	s.revokePersonSerial(serial)
+	s.revokePersonSerial(serial, at, actor)
 }
 
 // activePersonWithSerial says whether an active person is registered
@@ -375,7 +376,7 @@ func (s *State) activePersonWithSerial(serial string) bool {
 // the inventory has no record of it (revoke, given the record, does it):
 // a person registered with a certificate issued elsewhere can be revoked
 // through a four-eyes request too.
-func (s *State) revokePersonSerial(serial string) {
+func (s *State) revokePersonSerial(serial string, at time.Time, actor string) {
 	serial = normSerial(serial)
 	if serial == "" || s.certs[serial] != nil {
 		return
@@ -383,6 +384,7 @@ func (s *State) revokePersonSerial(serial string) {
 	for _, p := range s.people {
 		if normSerial(p.Serial) == serial {
 			p.Status = api.PersonRevoked
+			s.personRevoked(p, at, actor)
 		}
 	}
 }

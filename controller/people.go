@@ -171,7 +171,7 @@ func (n *Node) handleRequestCreate(w http.ResponseWriter, r *http.Request, id ca
 			return
 		}
 		if rc.Kind == api.RequestInvite {
-			req.PersonName, req.PersonRole = rc.PersonName, rc.PersonRole
+			req.PersonName, req.PersonRole, req.KeySHA256 = rc.PersonName, rc.PersonRole, strings.ToLower(rc.KeySHA256)
 		}
 	case api.RequestRestore:
 		req.BackupSHA256 = strings.ToLower(rc.BackupSHA256)

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/govnet/govnet/api"
@@ -31,10 +32,13 @@ func (s *State) applyPersonInvite(r *PersonInviteRequest) error {
 	if r.TokenHash == "" {
 		return fmt.Errorf("%w: an invitation needs its token's hash", ErrBadRequest)
 	}
+	if r.KeySHA256 != "" && !isSHA256Hex(r.KeySHA256) {
+		return fmt.Errorf("%w: key_sha256 %q: want the SHA-256 of the invitee's SubjectPublicKeyInfo in lowercase hex", ErrBadRequest, r.KeySHA256)
+	}
 	if _, ok := s.tokens[r.TokenHash]; ok {
 		return fmt.Errorf("%w: token exists", ErrConflict)
 	}
-	s.tokens[r.TokenHash] = &tokenRecord{Person: r.Name, Role: r.Role, Hash: r.TokenHash, Expires: r.Expires, Issuer: r.Actor}
+	s.tokens[r.TokenHash] = &tokenRecord{Person: r.Name, Role: r.Role, KeySHA256: r.KeySHA256, Hash: r.TokenHash, Expires: r.Expires, Issuer: r.Actor}
 	return nil
 }
 
@@ -74,6 +78,9 @@ func (s *State) applyPersonEnroll(r *PersonEnrollRequest) error {
 	if err := checkPersonCert(&c, r.Name, t.Role); err != nil {
 		return err
 	}
+	if t.KeySHA256 != "" && c.KeySHA256 != t.KeySHA256 {
+		return fmt.Errorf("%w: the invitation of %s is for another key", ErrForbidden, r.Name)
+	}
 	reg := registration(r.Meta, r.Name, t.Role, c.Serial)
 	if err := s.checkPersonUpsert(reg); err != nil {
 		return err
@@ -84,14 +91,44 @@ func (s *State) applyPersonEnroll(r *PersonEnrollRequest) error {
 	// Who invited them asked for and approved this certificate.
 	c.Requester, c.Approver = cmp.Or(t.Requester, t.Issuer), t.Issuer
 	s.addCert(c, r.At, r.Actor)
+	var replaced []string // the certificates the new one replaces
 	if old, ok := s.people[r.Name]; ok && old.Status == api.PersonActive {
-		if oc := s.certs[normSerial(old.Serial)]; oc != nil && oc.Kind == ca.KindPerson && oc.Status == api.CertValid {
-			s.revoke([]*api.Certificate{oc}, "", int(ca.ReasonSuperseded), r.At, r.Actor, s.applying)
-		}
+		replaced = []string{old.Serial, old.Previous}
 	}
 	t.Used = true
+	s.cancelInvitations(r.Name)
 	s.upsertPerson(reg)
+	for _, serial := range replaced {
+		s.revokePersonCert(serial, ca.ReasonSuperseded, r.At, r.Actor)
+	}
 	return nil
+}
+
+// revokePersonCert revokes serial, a person's certificate, in the
+// inventory if it is valid there.
+func (s *State) revokePersonCert(serial string, reason ca.Reason, at time.Time, actor string) {
+	if c := s.certs[normSerial(serial)]; serial != "" && c != nil && c.Kind == ca.KindPerson && c.Status == api.CertValid {
+		s.revoke([]*api.Certificate{c}, "", int(reason), at, actor, s.applying)
+	}
+}
+
+// personRevoked withdraws what else a revoked person p holds: the
+// certificate their current one was renewed from (kept for a retry) and
+// every invitation not yet used.
+func (s *State) personRevoked(p *api.Person, at time.Time, actor string) {
+	previous := p.Previous
+	p.Previous = ""
+	s.revokePersonCert(previous, ca.ReasonPrivilegeWithdrawn, at, actor)
+	s.cancelInvitations(p.Name)
+}
+
+// cancelInvitations cancels name's invitations not used yet.
+func (s *State) cancelInvitations(name string) {
+	for _, t := range s.tokens {
+		if t.Person == name && !t.Used {
+			t.Used, t.Cancelled = true, true
+		}
+	}
 }
 
 // applyPersonRenew registers a person's renewed certificate in place of
@@ -106,7 +143,10 @@ func (s *State) applyPersonRenew(r *PersonRenewRequest) error {
 	if err := checkPersonCert(&c, r.Name, p.Role); err != nil {
 		return err
 	}
-	previous := p.Serial
+	// The new certificate replaces the current one, which stays valid for
+	// a retry (Previous); the one before it goes. A retry replaces the
+	// certificate whose answer was lost, which goes, and keeps Previous.
+	previous, dropped := p.Serial, p.Previous
 	switch from := normSerial(r.From); {
 	case from == normSerial(p.Serial):
 	case from != "" && from == normSerial(p.Previous):
@@ -114,7 +154,7 @@ func (s *State) applyPersonRenew(r *PersonRenewRequest) error {
 		if cur == nil || cur.KeySHA256 == "" || cur.KeySHA256 != c.KeySHA256 {
 			return fmt.Errorf("%w: renewing from %s, the certificate before %s's current one, takes a CSR for the current one's key", ErrForbidden, r.From, r.Name)
 		}
-		previous = p.Previous
+		previous, dropped = p.Previous, p.Serial
 	default:
 		return fmt.Errorf("%w: certificate %s is not %s's current certificate", ErrForbidden, r.From, r.Name)
 	}
@@ -130,6 +170,7 @@ func (s *State) applyPersonRenew(r *PersonRenewRequest) error {
 	c.Requester, c.RenewedFrom = r.Name, p.Serial
 	s.addCert(c, r.At, r.Actor)
 	p.Serial, p.Previous = c.Serial, previous
+	s.revokePersonCert(dropped, ca.ReasonSuperseded, r.At, r.Actor)
 	return nil
 }
 
@@ -167,7 +208,7 @@ func (n *Node) handleInvite(w http.ResponseWriter, r *http.Request, id ca.Identi
 	}
 	name := r.PathValue("name")
 	token, expires, ok := n.issueToken(w, r, id, req.TTL, func(m Meta, hash string, expires time.Time) (CommandType, any) {
-		return CmdPersonInvite, &PersonInviteRequest{Meta: m, Name: name, Role: req.Role, TokenHash: hash, Expires: expires}
+		return CmdPersonInvite, &PersonInviteRequest{Meta: m, Name: name, Role: req.Role, TokenHash: hash, Expires: expires, KeySHA256: strings.ToLower(req.KeySHA256)}
 	})
 	if !ok {
 		return
@@ -195,6 +236,10 @@ func (n *Node) handlePersonEnroll(w http.ResponseWriter, r *http.Request) {
 	csr, err := ca.ReadCSR([]byte(req.CSR))
 	if err != nil {
 		writeError(w, http.StatusBadRequest, "csr: "+err.Error())
+		return
+	}
+	if tok.KeySHA256 != "" && !keyIs(csr, tok.KeySHA256) {
+		n.fail(w, fmt.Errorf("%w: the invitation of %s is for another key (SHA-256 %s)", ErrForbidden, tok.Person, tok.KeySHA256))
 		return
 	}
 	// Sign first, then use the token up: if that loses a race, the
@@ -269,8 +314,13 @@ func (n *Node) handlePersonRenew(w http.ResponseWriter, r *http.Request) {
 // keyOfCert says whether csr is for the key the inventory recorded for serial.
 func (n *Node) keyOfCert(serial string, csr *x509.CertificateRequest) bool {
 	rec, ok := n.State().Certificate(serial)
-	sum := sha256.Sum256(csr.RawSubjectPublicKeyInfo)
-	return ok && rec.KeySHA256 != "" && rec.KeySHA256 == hex.EncodeToString(sum[:])
+	return ok && rec.KeySHA256 != "" && keyIs(csr, rec.KeySHA256)
+}
+
+// keyIs says whether csr is for the key whose SPKI has the SHA-256 sum (hex).
+func keyIs(csr *x509.CertificateRequest, sum string) bool {
+	got := sha256.Sum256(csr.RawSubjectPublicKeyInfo)
+	return hex.EncodeToString(got[:]) == sum
 }
 
 func (n *Node) personCertResponse(name, role string, chain []*x509.Certificate) api.PersonCertResponse {

@@ -6,7 +6,10 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
 	"encoding/pem"
 	"testing"
 	"time"
@@ -146,10 +149,25 @@ func TestPersonCredentials(t *testing.T) {
 	_, err = dora2.AuditCheckpoints(ctx)
 	wantStatus(t, err, 403, "not the one registered")
 	dora3 := personClient(t, cfg, n, key2, again)
+	// The certificate whose answer was lost is revoked; the first stays
+	// valid, for another retry.
+	wantCert := func(serial, status, reason string) {
+		t.Helper()
+		if c, _ := n.State().Certificate(serial); c.Status != status || c.ReasonName != reason {
+			t.Fatalf("certificate %s: %s (%s), want %s (%s)", serial, c.Status, c.ReasonName, status, reason)
+		}
+	}
+	wantCert(renewed.Serial, api.CertRevoked, "superseded")
+	wantCert(got.Serial, api.CertValid, "")
 
 	// A lost key: invited again, the person enrolls anew and the
 	// certificate before is revoked as superseded.
+	// Two invitations out: enrolling with one cancels the other.
 	inv2, err := off.Invite(ctx, "dora", api.InviteRequest{Role: ca.RoleAuditor})
+	if err != nil {
+		t.Fatal(err)
+	}
+	inv3, err := off.Invite(ctx, "dora", api.InviteRequest{Role: ca.RoleOfficer})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,19 +176,37 @@ func TestPersonCredentials(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if old, _ := n.State().Certificate(again.Serial); old.Status != api.CertRevoked || old.ReasonName != "superseded" {
-		t.Fatalf("the certificate before the new enrollment: %+v", old)
-	}
+	wantCert(again.Serial, api.CertRevoked, "superseded")
+	wantCert(got.Serial, api.CertRevoked, "superseded")
 	_, err = dora3.AuditCheckpoints(ctx)
 	wantStatus(t, err, 403, "not the one registered")
+	_, err = anon.EnrollPerson(ctx, api.PersonEnrollRequest{Name: "dora", Token: inv3.Token, CSR: personCSR(t, newKey(t), "dora")})
+	wantStatus(t, err, 403, "cancelled")
 
-	// Revoked: no renewal.
+	// Revoked: no renewal; the certificate before the current one and an
+	// invitation still out are withdrawn with it.
 	dora4 := personClient(t, cfg, n, key4, fresh)
+	key5 := newKey(t)
+	fifth, err := dora4.RenewPerson(ctx, api.PersonRenewRequest{CSR: personCSR(t, key5, "dora")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dora5 := personClient(t, cfg, n, key5, fifth)
+	inv4, err := off.Invite(ctx, "dora", api.InviteRequest{Role: ca.RoleOfficer})
+	if err != nil {
+		t.Fatal(err)
+	}
 	if _, err := off.RevokePerson(ctx, "dora"); err != nil {
 		t.Fatal(err)
 	}
-	_, err = dora4.RenewPerson(ctx, api.PersonRenewRequest{CSR: personCSR(t, newKey(t), "dora")})
+	wantCert(fifth.Serial, api.CertRevoked, "privilegeWithdrawn")
+	wantCert(fresh.Serial, api.CertRevoked, "privilegeWithdrawn")
+	_, err = dora5.RenewPerson(ctx, api.PersonRenewRequest{CSR: personCSR(t, key5, "dora")})
 	wantStatus(t, err, 403, "revoked")
+	_, err = dora4.RenewPerson(ctx, api.PersonRenewRequest{CSR: personCSR(t, key5, "dora")})
+	wantStatus(t, err, 403, "not the one registered")
+	_, err = anon.EnrollPerson(ctx, api.PersonEnrollRequest{Name: "dora", Token: inv4.Token, CSR: personCSR(t, newKey(t), "dora")})
+	wantStatus(t, err, 403, "cancelled")
 	// A person's renewal is no gateway's.
 	_, err = anon.RenewPerson(ctx, api.PersonRenewRequest{CSR: personCSR(t, key, "dora")})
 	wantStatus(t, err, 401, "client certificate")
@@ -188,7 +224,14 @@ func TestInviteFourEyes(t *testing.T) {
 	wantStatus(t, err, 403, "may not request invite")
 	_, err = off1.CreateRequest(ctx, api.RequestCreate{Kind: api.RequestInvite, PersonName: "erin", PersonRole: "root"})
 	wantStatus(t, err, 400, "role")
-	req, err := off1.CreateRequest(ctx, api.RequestCreate{Kind: api.RequestInvite, PersonName: "erin", PersonRole: ca.RoleOfficer, TTL: "30m"})
+	// The request names erin's key: the approver, who gets the token,
+	// cannot enroll a key of their own as erin.
+	_, err = off1.CreateRequest(ctx, api.RequestCreate{Kind: api.RequestInvite, PersonName: "erin", PersonRole: ca.RoleOfficer})
+	wantStatus(t, err, 400, "key_sha256")
+	key := newKey(t)
+	spki, _ := x509.MarshalPKIXPublicKey(key.Public())
+	sum := sha256.Sum256(spki)
+	req, err := off1.CreateRequest(ctx, api.RequestCreate{Kind: api.RequestInvite, PersonName: "erin", PersonRole: ca.RoleOfficer, TTL: "30m", KeySHA256: hex.EncodeToString(sum[:])})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -204,7 +247,8 @@ func TestInviteFourEyes(t *testing.T) {
 	if d := time.Until(ok.Token.Expires); d < 29*time.Minute || d > 31*time.Minute {
 		t.Fatalf("token expires in %s, want 30m", d)
 	}
-	key := newKey(t)
+	_, err = client(t, cfg, n, "", "").EnrollPerson(ctx, api.PersonEnrollRequest{Name: "erin", Token: ok.Token.Token, CSR: personCSR(t, newKey(t), "erin")})
+	wantStatus(t, err, 403, "another key")
 	got, err := client(t, cfg, n, "", "").EnrollPerson(ctx, api.PersonEnrollRequest{Name: "erin", Token: ok.Token.Token, CSR: personCSR(t, key, "erin")})
 	if err != nil {
 		t.Fatal(err)

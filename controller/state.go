@@ -30,13 +30,18 @@ var (
 // tokenRecord is a one-time enrollment token, kept only as a hash.
 type tokenRecord struct {
 	Gateway string `json:"gateway"`
-	// Person and Role: an invitation, with which a person enrolls.
-	Person  string    `json:"person,omitempty"`
-	Role    string    `json:"role,omitempty"`
-	Hash    string    `json:"hash"`
-	Expires time.Time `json:"expires"`
-	Used    bool      `json:"used"`
-	Issuer  string    `json:"issuer"`
+	// Person and Role: an invitation, with which a person enrolls; with
+	// KeySHA256 set, for that key only (SHA-256 of its SPKI, hex).
+	Person    string    `json:"person,omitempty"`
+	Role      string    `json:"role,omitempty"`
+	KeySHA256 string    `json:"key_sha256,omitempty"`
+	Hash      string    `json:"hash"`
+	Expires   time.Time `json:"expires"`
+	Used      bool      `json:"used"`
+	// Cancelled: an invitation withdrawn before use, because its person
+	// was revoked or enrolled with another one (Used is set too).
+	Cancelled bool   `json:"cancelled,omitempty"`
+	Issuer    string `json:"issuer"`
 	// Requester asked for the token in a four-eyes request that Issuer
 	// approved; empty for a one-step token.
 	Requester string `json:"requester,omitempty"`
@@ -317,6 +322,8 @@ func checkToken(t *tokenRecord, ok bool, now time.Time) error {
 	switch {
 	case !ok:
 		return fmt.Errorf("%w: unknown enrollment token", ErrForbidden)
+	case t.Cancelled:
+		return fmt.Errorf("%w: the invitation was cancelled (its person was revoked, or enrolled with another invitation)", ErrForbidden)
 	case t.Used:
 		return fmt.Errorf("%w: enrollment token was already used", ErrForbidden)
 	case !now.Before(t.Expires):
@@ -642,6 +649,9 @@ func (s *State) upsertPerson(r *PersonUpsertRequest) {
 			s.revoke([]*api.Certificate{c}, "", int(ca.ReasonPrivilegeWithdrawn), r.At, r.Actor, s.applying)
 		}
 	}
+	if old := s.people[r.Name]; old != nil && r.Status == api.PersonRevoked {
+		s.personRevoked(old, r.At, r.Actor)
+	}
 	s.people[r.Name] = &api.Person{Name: r.Name, Role: r.Role, Serial: serial, Status: r.Status, RevokedSerials: revoked}
 }
 
@@ -710,6 +720,11 @@ func (s *State) applyRequestCreate(r *RequestCreateRequest) error {
 		if err := s.checkInvite(r.PersonName, r.PersonRole); err != nil {
 			return err
 		}
+		// The approver gets the token: with the key named here, neither
+		// officer can enroll a key of their own as the invitee.
+		if !isSHA256Hex(r.KeySHA256) {
+			return fmt.Errorf("%w: key_sha256 %q: an invite request names the invitee's key, the SHA-256 of its SubjectPublicKeyInfo in lowercase hex (govnetctl person key prints it)", ErrBadRequest, r.KeySHA256)
+		}
 		if r.TTL <= 0 || r.TTL > maxTokenTTL {
 			return fmt.Errorf("%w: ttl %s: want up to %s", ErrBadRequest, r.TTL, maxTokenTTL)
 		}
@@ -717,7 +732,7 @@ func (s *State) applyRequestCreate(r *RequestCreateRequest) error {
 	req := &request{Request: api.Request{
 		ID: r.ID, Kind: r.Kind, Gateway: r.Gateway, PolicyName: r.PolicyName, PolicySource: r.PolicySource,
 		Reason: r.Reason, Requester: r.Actor, Created: r.At, Status: api.RequestPending, Serial: r.Serial, BackupSHA256: r.BackupSHA256,
-		PersonName: r.PersonName, PersonRole: r.PersonRole,
+		PersonName: r.PersonName, PersonRole: r.PersonRole, KeySHA256: r.KeySHA256,
 	}, TTLDur: r.TTL, ReasonCode: r.ReasonCode}
 	if r.Kind == api.RequestRevoke {
 		req.RevocationReason = ca.Reason(r.ReasonCode).String()
@@ -817,7 +832,8 @@ func (s *State) applyRequestDecide(r *RequestDecideRequest) error {
 		case api.RequestToken:
 			s.tokens[r.TokenHash] = &tokenRecord{Gateway: req.Gateway, Hash: r.TokenHash, Expires: r.At.Add(req.TTLDur), Issuer: r.Actor, Requester: req.Requester}
 		case api.RequestInvite:
-			s.tokens[r.TokenHash] = &tokenRecord{Person: req.PersonName, Role: req.PersonRole, Hash: r.TokenHash, Expires: r.At.Add(req.TTLDur), Issuer: r.Actor, Requester: req.Requester}
+			s.tokens[r.TokenHash] = &tokenRecord{Person: req.PersonName, Role: req.PersonRole, KeySHA256: req.KeySHA256,
+				Hash: r.TokenHash, Expires: r.At.Add(req.TTLDur), Issuer: r.Actor, Requester: req.Requester}
 		case api.RequestPolicy:
 			req.PolicyVersion = s.publish(req.PolicySource, r.Actor, r.At)
 		case api.RequestRevoke:

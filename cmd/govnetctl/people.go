@@ -80,7 +80,7 @@ func (a *app) personCmd() *cobra.Command {
 			})
 		},
 	}
-	cmd.AddCommand(list, add, revoke, a.inviteCmd(), a.enrollPersonCmd(), a.renewPersonCmd())
+	cmd.AddCommand(list, add, revoke, a.inviteCmd(), a.personKeyCmd(), a.enrollPersonCmd(), a.renewPersonCmd())
 	return cmd
 }
 
@@ -95,8 +95,9 @@ func (a *app) inviteCmd() *cobra.Command {
 			"the person makes their key on their own machine, and the name and role come from the invitation.\n" +
 			"Inviting a registered person replaces their certificate; the one before is revoked (superseded).\n" +
 			"In four-eyes mode this is a request: govnetctl request invite NAME --role ROLE.",
-		Example: "  govnetctl person invite dora --role auditor --write /tmp/dora.token",
-		Args:    cobra.ExactArgs(1),
+		Example: "  govnetctl person invite dora --role auditor --write /tmp/dora.token\n" +
+			"  govnetctl person invite dora --role auditor --key-sha256 9f86d081884c7d65... --write /tmp/dora.token",
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			req.TTL = ttl.String()
 			return a.call(cmd, func(ctx context.Context, c *api.Client) error {
@@ -109,6 +110,7 @@ func (a *app) inviteCmd() *cobra.Command {
 		},
 	}
 	invite.Flags().StringVar(&req.Role, "role", "", "operator, officer, auditor or custodian")
+	invite.Flags().StringVar(&req.KeySHA256, "key-sha256", "", "only this key may enroll: the SHA-256 that `govnetctl person key` printed for the invitee")
 	invite.Flags().DurationVar(&ttl, "ttl", time.Hour, "how long the token is valid (at most 168h)")
 	invite.Flags().StringVar(&out, "write", "", "write the token to this file (mode 0600) instead of printing it")
 	invite.MarkFlagRequired("role")
@@ -133,6 +135,41 @@ func tokenSubject(t *api.TokenResponse) string {
 		return t.Person + " (" + t.Role + ")"
 	}
 	return t.Gateway
+}
+
+func (a *app) personKeyCmd() *cobra.Command {
+	var keyType string
+	key := &cobra.Command{
+		Use:   "key",
+		Short: "Make the key you will enroll with, before you are invited, and print its SHA-256 for the invitation",
+		Long: "Writes a new private key beside --key (with .new appended, mode 0600), or keeps the one already there,\n" +
+			"and prints the SHA-256 of its public key. Give that to the officer who invites you: an invitation that\n" +
+			"names it (in four-eyes mode every one does) enrolls that key and no other. Then `person enroll` uses it.",
+		Example: "  govnetctl --key ~/.config/govnet/dora.key person key",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if a.cfg.Key == "" {
+				return fmt.Errorf("--key (or key in the config file) must name where your key goes")
+			}
+			k, reused, err := credfile.PendingKey(a.cfg.Key, keyType)
+			if err != nil {
+				return err
+			}
+			sum, err := credfile.KeySHA256(k.Public())
+			if err != nil {
+				return err
+			}
+			state := "new"
+			if reused {
+				state = "kept"
+			}
+			return a.print(map[string]string{"key": a.cfg.Key + credfile.Next, "key_sha256": sum}, "KEY\tSHA-256", func(w io.Writer) {
+				fmt.Fprintf(w, "%s (%s)\t%s\n", a.cfg.Key+credfile.Next, state, sum)
+			})
+		},
+	}
+	key.Flags().StringVar(&keyType, "key-type", credfile.P256, "p256, p384 or rsa3072 (for a new key)")
+	return key
 }
 
 func (a *app) enrollPersonCmd() *cobra.Command {
@@ -345,22 +382,26 @@ func (a *app) requestCmd() *cobra.Command {
 			})
 		},
 	}
-	var inviteRole string
+	var inviteRole, inviteKey string
 	invite := &cobra.Command{
-		Use:     "invite NAME --role ROLE",
-		Short:   "Ask for a one-time token with which a person enrolls for a certificate of ROLE (officer)",
-		Long:    "The officer who approves it gets the token in the answer (govnetctl request approve ID --write FILE).",
-		Example: "  govnetctl request invite dora --role auditor --ttl 24h --reason 'new security officer'",
+		Use:   "invite NAME --role ROLE --key-sha256 HEX",
+		Short: "Ask for a one-time token with which a person enrolls their key for a certificate of ROLE (officer)",
+		Long: "The invitee runs `govnetctl person key` and tells you the SHA-256 it prints (in person, or by a channel\n" +
+			"you trust); only that key can enroll with the token. The officer who approves it checks the fingerprint\n" +
+			"with the invitee too, and gets the token in the answer (govnetctl request approve ID --write FILE).",
+		Example: "  govnetctl request invite dora --role auditor --key-sha256 9f86d081884c7d65... --ttl 24h --reason 'new security officer'",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.call(cmd, func(ctx context.Context, c *api.Client) error {
-				return create(ctx, c, api.RequestCreate{Kind: api.RequestInvite, PersonName: args[0], PersonRole: inviteRole, TTL: ttl.String(), Reason: reason})
+				return create(ctx, c, api.RequestCreate{Kind: api.RequestInvite, PersonName: args[0], PersonRole: inviteRole, KeySHA256: inviteKey, TTL: ttl.String(), Reason: reason})
 			})
 		},
 	}
 	invite.Flags().StringVar(&inviteRole, "role", "", "operator, officer, auditor or custodian")
+	invite.Flags().StringVar(&inviteKey, "key-sha256", "", "the SHA-256 of the invitee's key, as `govnetctl person key` printed it")
 	invite.Flags().DurationVar(&ttl, "ttl", time.Hour, "how long the token is valid once approved")
 	invite.MarkFlagRequired("role")
+	invite.MarkFlagRequired("key-sha256")
 	var personRole, personSerial string
 	personReq := &cobra.Command{
 		Use:     "person NAME --role ROLE --serial HEX",
@@ -473,6 +514,9 @@ func requestRow(w io.Writer, r api.Request) {
 	}
 	if r.Kind == api.RequestPerson || r.Kind == api.RequestInvite {
 		subject = r.PersonName + " (" + r.PersonRole + ")"
+	}
+	if r.Kind == api.RequestInvite {
+		subject += " key sha256:" + r.KeySHA256[:min(16, len(r.KeySHA256))]
 	}
 	fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, r.Kind, dash(subject), r.Status, r.Requester, dash(r.Approver), r.Created.Format(time.RFC3339))
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"io"
 	"log/slog"
 	"net"
@@ -67,7 +68,20 @@ func TestPersonCredentialsCLI(t *testing.T) {
 	dora := as(doraCrt, doraKey)
 	tokFile := filepath.Join(dir, "dora.token")
 
-	out := run(t, officer, "person", "invite", "dora", "--role", "auditor", "--ttl", "10m", "--write", tokFile)
+	// dora makes her key first; the invitation names it.
+	out := run(t, dora, "person", "key", "--key-type", "p384", "-o", "json")
+	var key struct {
+		KeySHA256 string `json:"key_sha256"`
+	}
+	if err := json.Unmarshal([]byte(out), &key); err != nil || len(key.KeySHA256) != 64 {
+		t.Fatalf("person key printed %q (%v)", out, err)
+	}
+	other := strings.Repeat("ab", 32)
+	run(t, officer, "person", "invite", "dora", "--role", "auditor", "--key-sha256", other, "--write", tokFile)
+	if _, err := runErr(dora, "person", "enroll", "dora", "--token-file", tokFile); err == nil || !strings.Contains(err.Error(), "another key") {
+		t.Fatalf("enrollment of a key the invitation does not name: %v", err)
+	}
+	out = run(t, officer, "person", "invite", "dora", "--role", "auditor", "--ttl", "10m", "--key-sha256", key.KeySHA256, "--write", tokFile)
 	if !strings.Contains(out, "dora (auditor)") || !strings.Contains(out, "(in "+tokFile+")") {
 		t.Fatalf("invite printed:\n%s", out)
 	}

@@ -12,8 +12,10 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -63,6 +65,17 @@ func KindOf(pub crypto.PublicKey) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("a %T key is none of %s, %s, %s", pub, P256, P384, RSA3072)
+}
+
+// KeySHA256 is the SHA-256 of pub's SubjectPublicKeyInfo (DER), hex: the
+// fingerprint an invitation names and the inventory records.
+func KeySHA256(pub crypto.PublicKey) (string, error) {
+	der, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256(der)
+	return hex.EncodeToString(sum[:]), nil
 }
 
 // PendingKey returns the key waiting in keyPath+Next for its certificate,
@@ -122,27 +135,36 @@ func Install(certPath, keyPath string, chain []byte) error {
 
 // Finish completes a replacement that a crash interrupted after the new
 // chain was written: it renames what is left of the new key and chain
-// into place and says whether there was anything to do. A new chain that
+// into place, the key first (and makes that durable before the chain
+// follows), and says whether there was anything to do. A new chain that
 // pairs with neither the new nor the current key is an error: nothing is
 // renamed.
 func Finish(certPath, keyPath string) (bool, error) {
 	certNext, keyNext := certPath+Next, keyPath+Next
 	if _, err := os.Stat(certNext); errors.Is(err, fs.ErrNotExist) {
+		// The chain is in place; its key may not be (a file system that
+		// kept the second rename and lost the first).
+		if _, err := tls.LoadX509KeyPair(certPath, keyPath); err != nil {
+			if _, err := tls.LoadX509KeyPair(certPath, keyNext); err == nil {
+				return true, renameDurably(keyNext, keyPath)
+			}
+		}
 		return false, nil
 	}
 	if _, err := tls.LoadX509KeyPair(certNext, keyNext); err == nil {
-		if err := os.Rename(keyNext, keyPath); err != nil {
+		if err := renameDurably(keyNext, keyPath); err != nil {
 			return false, err
 		}
 	} else if _, err2 := tls.LoadX509KeyPair(certNext, keyPath); err2 != nil {
 		return false, fmt.Errorf("%s: pairs with neither %s nor %s: %w", certNext, keyNext, keyPath, err)
 	}
-	if err := os.Rename(certNext, certPath); err != nil {
-		return false, err
+	return true, renameDurably(certNext, certPath)
+}
+
+// renameDurably renames from to to and syncs the directory.
+func renameDurably(from, to string) error {
+	if err := os.Rename(from, to); err != nil {
+		return err
 	}
-	err := atomicfile.SyncDir(filepath.Dir(certPath))
-	if dir := filepath.Dir(keyPath); err == nil && dir != filepath.Dir(certPath) {
-		err = atomicfile.SyncDir(dir)
-	}
-	return true, err
+	return atomicfile.SyncDir(filepath.Dir(to))
 }

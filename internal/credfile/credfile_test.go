@@ -108,6 +108,16 @@ func TestFinish(t *testing.T) {
 			t.Fatalf("serial %d, want 2", got)
 		}
 	})
+	t.Run("the chain renamed, the key not", func(t *testing.T) {
+		certPath, keyPath, next := setup(t)
+		os.WriteFile(certPath, next, 0o644)
+		if done, err := Finish(certPath, keyPath); err != nil || !done {
+			t.Fatalf("finish: %v, %v", done, err)
+		}
+		if got := serialOf(t, certPath, keyPath); got != 2 {
+			t.Fatalf("serial %d, want 2", got)
+		}
+	})
 	t.Run("nothing to do", func(t *testing.T) {
 		certPath, keyPath, _ := setup(t)
 		if done, err := Finish(certPath, keyPath); err != nil || done {
