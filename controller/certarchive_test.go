@@ -311,7 +311,7 @@ func BenchmarkCertArchive(b *testing.B) {
 	mk := func(i int) *api.Certificate {
 		return &api.Certificate{Serial: fmt.Sprintf("%032x", 1<<60+i), Kind: ca.KindGateway, Subject: fmt.Sprintf("gw-%05d", i),
 			Gateway: fmt.Sprintf("gw-%05d", i), Agency: "000.12.04.H29", SANs: []string{fmt.Sprintf("gw-%05d.gw.govnet", i)},
-			Issuer: "5f0c2a9be0e34c3a8a3b7b2d9c1e4f60", KeySHA256: fmt.Sprintf("%064x", i), Requester: "gateway:gw", Approver: "officer1",
+			Issuer: "5f0c2a9be0e34c3a8a3b7b2d9c1e4f60", KeySHA256: fmt.Sprintf("%064x", i), Requester: "gateway:gw", RenewedFrom: fmt.Sprintf("%032x", 1<<59+i),
 			NotBefore: t0, NotAfter: t0.Add(24 * time.Hour), Issued: t0, IssuedIndex: uint64(i), Status: api.CertValid}
 	}
 	heap := func() uint64 {
