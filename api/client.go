@@ -262,8 +262,18 @@ func (c *Client) AddGateway(ctx context.Context, g Gateway) (*Gateway, error) {
 
 // IssueToken asks for a one-time enrollment token for a gateway.
 func (c *Client) IssueToken(ctx context.Context, gateway string, ttl time.Duration) (*TokenResponse, error) {
+	return c.token(ctx, gateway, TokenRequest{}, ttl)
+}
+
+// ReenrollToken issues a one-time token with which an enrolled gateway
+// enrolls again (officer): a new certificate and WireGuard key, the same
+// name and overlay address; its certificates before are revoked.
+func (c *Client) ReenrollToken(ctx context.Context, gateway string, ttl time.Duration) (*TokenResponse, error) {
+	return c.token(ctx, gateway, TokenRequest{Reenroll: true}, ttl)
+}
+
+func (c *Client) token(ctx context.Context, gateway string, req TokenRequest, ttl time.Duration) (*TokenResponse, error) {
 	var out TokenResponse
-	req := TokenRequest{}
 	if ttl > 0 {
 		req.TTL = ttl.String()
 	}

@@ -204,6 +204,10 @@ type PersonCertResponse struct {
 // TokenRequest asks for an enrollment token for a gateway.
 type TokenRequest struct {
 	TTL string `json:"ttl,omitempty"` // Go duration; default 1h
+	// Reenroll asks for a token for an enrolled gateway: enrolling with
+	// it replaces the gateway's certificate and WireGuard key and keeps
+	// its name and overlay address.
+	Reenroll bool `json:"reenroll,omitempty"`
 }
 
 // Policy is a published policy document.
@@ -342,6 +346,8 @@ type Request struct {
 	// Invite requests: the invitee's key (SHA-256 of its
 	// SubjectPublicKeyInfo, hex), which alone may enroll.
 	KeySHA256 string `json:"key_sha256,omitempty"`
+	// Token requests: the token re-enrolls an enrolled gateway.
+	Reenroll bool `json:"reenroll,omitempty"`
 }
 
 // RequestCreate asks for a four-eyes change.
@@ -365,6 +371,8 @@ type RequestCreate struct {
 	// Invite requests: the invitee's key, SHA-256 of its
 	// SubjectPublicKeyInfo (DER), hex (govnetctl person key prints it).
 	KeySHA256 string `json:"key_sha256,omitempty"`
+	// Token requests: for an enrolled gateway, to re-enroll it.
+	Reenroll bool `json:"reenroll,omitempty"`
 }
 
 // Certificate statuses in the inventory.

@@ -181,6 +181,10 @@ type TokenIssueRequest struct {
 	Gateway   string    `json:"gateway"`
 	TokenHash string    `json:"token_hash"`
 	Expires   time.Time `json:"expires"`
+	// Reenroll: a token for an enrolled gateway, which replaces its
+	// certificate and WireGuard key and keeps its overlay address (one
+	// whose certificate expired while it was off, a replaced machine).
+	Reenroll bool `json:"reenroll,omitempty"`
 }
 
 // GatewayEnrollRequest burns a token and binds the gateway's keys.
@@ -270,6 +274,8 @@ type RequestCreateRequest struct {
 	PersonRole string `json:"person_role,omitempty"`
 	// Invite requests: the invitee's key (SHA-256 of its SPKI, hex).
 	KeySHA256 string `json:"key_sha256,omitempty"`
+	// Token requests: a re-enrollment of an enrolled gateway.
+	Reenroll bool `json:"reenroll,omitempty"`
 }
 
 // RequestDecideRequest approves or rejects a pending request. Approving a

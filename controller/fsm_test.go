@@ -109,6 +109,9 @@ func history() []struct {
 			{Serial: "e5", Kind: "gateway", Subject: "gw4", Gateway: "gw4", Agency: "000.00.00.H01", Issuer: "ef01", NotBefore: t0, NotAfter: t0.Add(24 * time.Hour)},
 		}}},
 		{CmdGatewayDecommission, &GatewayDecommissionRequest{Meta: meta("off"), Gateway: "gw4", Reason: "replaced"}},
+		// gw1 enrolls again (a re-enrollment token): a new key, the same address.
+		{CmdTokenIssue, &TokenIssueRequest{Meta: meta("off"), Gateway: "gw1", TokenHash: "h6", Expires: t0.Add(time.Hour), Reenroll: true}},
+		{CmdGatewayEnroll, &GatewayEnrollRequest{Meta: meta("gateway:gw1"), Gateway: "gw1", TokenHash: "h6", PublicKey: "k1b", CertSerial: "1b", CertExpires: t0.Add(24 * time.Hour)}},
 		// Four days on: gw2's first two certificates (2a revoked) go to
 		// the archive; 2c, its current one, stays, as do 99 (unknown)
 		// and c (not expired).
@@ -262,6 +265,9 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	if c, _ := f.State().Certificate("2c"); c.RenewedFrom != "2b" {
 		t.Fatalf("2c renewed from %q, want 2b", c.RenewedFrom)
 	}
+	if gw1, _ := f.State().Gateway("gw1"); gw1.PublicKey != "k1b" || gw1.CertSerial != "1b" || gw1.OverlayIP != netip.MustParseAddr("100.64.0.1") || gw1.Status != api.StatusEnrolled {
+		t.Fatalf("gw1 after re-enrolling: %+v", gw1)
+	}
 	if dave, _ := f.State().Person("dave"); dave.Serial != "d2" || dave.Previous != "d1" || dave.Role != "operator" || dave.Status != api.PersonActive {
 		t.Fatalf("dave %+v", dave)
 	}
@@ -297,7 +303,9 @@ func TestApplyRejects(t *testing.T) {
 		{"token reuse", CmdGatewayEnroll, &GatewayEnrollRequest{Meta: meta("x"), Gateway: "gw1", TokenHash: "h1", PublicKey: "k9"}},
 		{"token expired", CmdGatewayEnroll, &GatewayEnrollRequest{Meta: Meta{At: t0.Add(2 * time.Hour)}, Gateway: "gw2", TokenHash: "h2", PublicKey: "k9"}},
 		{"token other gateway", CmdGatewayEnroll, &GatewayEnrollRequest{Meta: meta("x"), Gateway: "gw1", TokenHash: "h2", PublicKey: "k9"}},
-		{"duplicate wg key", CmdGatewayEnroll, &GatewayEnrollRequest{Meta: meta("x"), Gateway: "gw2", TokenHash: "h2", PublicKey: "k1"}},
+		{"duplicate wg key", CmdGatewayEnroll, &GatewayEnrollRequest{Meta: meta("x"), Gateway: "gw2", TokenHash: "h2", PublicKey: "k1b"}},
+		{"re-enroll a pending gateway", CmdTokenIssue, &TokenIssueRequest{Meta: meta("off"), Gateway: "gw3", TokenHash: "h9", Expires: t0.Add(time.Hour), Reenroll: true}},
+		{"a plain token for an enrolled gateway", CmdTokenIssue, &TokenIssueRequest{Meta: meta("off"), Gateway: "gw1", TokenHash: "h9", Expires: t0.Add(time.Hour)}},
 		{"report unknown", CmdGatewayReport, &GatewayReportRequest{Gateway: "nope"}},
 		{"reports empty", CmdGatewayReports, &GatewayReportsRequest{}},
 		{"refreshes empty", CmdGatewayRefreshes, &GatewayReportsRequest{}},

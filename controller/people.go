@@ -170,6 +170,7 @@ func (n *Node) handleRequestCreate(w http.ResponseWriter, r *http.Request, id ca
 			writeError(w, http.StatusBadRequest, err.Error())
 			return
 		}
+		req.Reenroll = rc.Kind == api.RequestToken && rc.Reenroll
 		if rc.Kind == api.RequestInvite {
 			req.PersonName, req.PersonRole, req.KeySHA256 = rc.PersonName, rc.PersonRole, strings.ToLower(rc.KeySHA256)
 		}

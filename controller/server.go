@@ -347,7 +347,11 @@ func (n *Node) handleEnroll(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	gw, ok := n.State().Gateway(tok.Gateway)
-	if !ok || gw.Status != api.StatusPending {
+	switch {
+	case tok.Reenroll && (!ok || gw.Status != api.StatusEnrolled):
+		n.fail(w, fmt.Errorf("%w: gateway %s is not enrolled: nothing to re-enroll", ErrConflict, tok.Gateway))
+		return
+	case !tok.Reenroll && (!ok || gw.Status != api.StatusPending):
 		n.fail(w, fmt.Errorf("%w: gateway %s is not pending enrollment", ErrConflict, tok.Gateway))
 		return
 	}
@@ -374,7 +378,7 @@ func (n *Node) handleEnroll(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	gw, _ = n.State().Gateway(gw.ID)
-	n.log.Info("gateway enrolled", "gateway", gw.ID, "agency", gw.Agency, "serial", ca.Serial(chain[0]))
+	n.log.Info("gateway enrolled", "gateway", gw.ID, "agency", gw.Agency, "serial", ca.Serial(chain[0]), "reenroll", tok.Reenroll)
 	writeJSON(w, http.StatusOK, api.EnrollResponse{
 		Gateway:       gw.ID,
 		Agency:        gw.Agency,
@@ -579,7 +583,7 @@ func (n *Node) handleToken(w http.ResponseWriter, r *http.Request, id ca.Identit
 	}
 	gw := r.PathValue("id")
 	token, expires, ok := n.issueToken(w, r, id, req.TTL, func(m Meta, hash string, expires time.Time) (CommandType, any) {
-		return CmdTokenIssue, &TokenIssueRequest{Meta: m, Gateway: gw, TokenHash: hash, Expires: expires}
+		return CmdTokenIssue, &TokenIssueRequest{Meta: m, Gateway: gw, TokenHash: hash, Expires: expires, Reenroll: req.Reenroll}
 	})
 	if ok {
 		writeJSON(w, http.StatusOK, api.TokenResponse{Gateway: gw, Token: token, Expires: expires})

@@ -32,12 +32,14 @@ type tokenRecord struct {
 	Gateway string `json:"gateway"`
 	// Person and Role: an invitation, with which a person enrolls; with
 	// KeySHA256 set, for that key only (SHA-256 of its SPKI, hex).
-	Person    string    `json:"person,omitempty"`
-	Role      string    `json:"role,omitempty"`
-	KeySHA256 string    `json:"key_sha256,omitempty"`
-	Hash      string    `json:"hash"`
-	Expires   time.Time `json:"expires"`
-	Used      bool      `json:"used"`
+	Person    string `json:"person,omitempty"`
+	Role      string `json:"role,omitempty"`
+	KeySHA256 string `json:"key_sha256,omitempty"`
+	// Reenroll: the token re-enrolls an enrolled gateway.
+	Reenroll bool      `json:"reenroll,omitempty"`
+	Hash     string    `json:"hash"`
+	Expires  time.Time `json:"expires"`
+	Used     bool      `json:"used"`
 	// Cancelled: an invitation withdrawn before use, because its person
 	// was revoked or enrolled with another one (Used is set too).
 	Cancelled bool   `json:"cancelled,omitempty"`
@@ -303,17 +305,13 @@ func validID(id string) bool {
 }
 
 func (s *State) applyTokenIssue(r *TokenIssueRequest) error {
-	g, ok := s.gateways[r.Gateway]
-	if !ok {
-		return fmt.Errorf("%w: gateway %s", ErrNotFound, r.Gateway)
-	}
-	if g.Status != api.StatusPending {
-		return fmt.Errorf("%w: gateway %s is %s, tokens are issued only to pending gateways", ErrConflict, g.ID, g.Status)
+	if err := s.canIssueToken(r.Gateway, r.Reenroll); err != nil {
+		return err
 	}
 	if _, ok := s.tokens[r.TokenHash]; ok {
 		return fmt.Errorf("%w: token exists", ErrConflict)
 	}
-	s.tokens[r.TokenHash] = &tokenRecord{Gateway: r.Gateway, Hash: r.TokenHash, Expires: r.Expires, Issuer: r.Actor}
+	s.tokens[r.TokenHash] = &tokenRecord{Gateway: r.Gateway, Hash: r.TokenHash, Expires: r.Expires, Issuer: r.Actor, Reenroll: r.Reenroll}
 	return nil
 }
 
@@ -341,7 +339,10 @@ func (s *State) applyGatewayEnroll(r *GatewayEnrollRequest) error {
 		return fmt.Errorf("%w: token is bound to another gateway", ErrForbidden)
 	}
 	g, ok := s.gateways[r.Gateway]
-	if !ok || g.Status != api.StatusPending {
+	switch {
+	case t.Reenroll && (!ok || g.Status != api.StatusEnrolled):
+		return fmt.Errorf("%w: gateway %s is not enrolled: nothing to re-enroll", ErrConflict, r.Gateway)
+	case !t.Reenroll && (!ok || g.Status != api.StatusPending):
 		return fmt.Errorf("%w: gateway %s is not pending enrollment", ErrConflict, r.Gateway)
 	}
 	if r.PublicKey == "" {
@@ -358,9 +359,15 @@ func (s *State) applyGatewayEnroll(r *GatewayEnrollRequest) error {
 			return err
 		}
 	}
-	addr, err := s.allocate()
-	if err != nil {
-		return err
+	// A re-enrollment keeps the gateway's address and replaces its
+	// certificates and key.
+	addr, replaced := g.OverlayIP, append([]string{g.CertSerial}, g.RenewedFrom...)
+	if !t.Reenroll {
+		var err error
+		if addr, err = s.allocate(); err != nil {
+			return err
+		}
+		replaced = nil
 	}
 	if c := r.Cert; c != nil {
 		rec := *c
@@ -372,6 +379,9 @@ func (s *State) applyGatewayEnroll(r *GatewayEnrollRequest) error {
 	t.Used = true
 	s.addrInUse[addr] = g.ID
 	g.OverlayIP = addr
+	if g.PublicKey != "" && g.PublicKey != r.PublicKey {
+		delete(s.keyOwner, g.PublicKey)
+	}
 	g.PublicKey = r.PublicKey
 	s.keyOwner[r.PublicKey] = g.ID
 	if r.Endpoint != "" {
@@ -380,6 +390,11 @@ func (s *State) applyGatewayEnroll(r *GatewayEnrollRequest) error {
 	g.CertSerial, g.RenewedFrom = r.CertSerial, nil
 	g.CertExpires = r.CertExpires
 	g.Status = api.StatusEnrolled
+	for _, serial := range replaced {
+		if c := s.certs[normSerial(serial)]; c != nil && c.Kind == ca.KindGateway && c.Gateway == g.ID && c.Status == api.CertValid {
+			s.revoke([]*api.Certificate{c}, "", int(ca.ReasonSuperseded), r.At, r.Actor, s.applying)
+		}
+	}
 	return nil
 }
 
@@ -694,7 +709,7 @@ func (s *State) applyRequestCreate(r *RequestCreateRequest) error {
 	}
 	switch r.Kind {
 	case api.RequestToken:
-		if err := s.canIssueToken(r.Gateway); err != nil {
+		if err := s.canIssueToken(r.Gateway, r.Reenroll); err != nil {
 			return err
 		}
 		if r.TTL <= 0 || r.TTL > maxTokenTTL {
@@ -732,7 +747,7 @@ func (s *State) applyRequestCreate(r *RequestCreateRequest) error {
 	req := &request{Request: api.Request{
 		ID: r.ID, Kind: r.Kind, Gateway: r.Gateway, PolicyName: r.PolicyName, PolicySource: r.PolicySource,
 		Reason: r.Reason, Requester: r.Actor, Created: r.At, Status: api.RequestPending, Serial: r.Serial, BackupSHA256: r.BackupSHA256,
-		PersonName: r.PersonName, PersonRole: r.PersonRole, KeySHA256: r.KeySHA256,
+		PersonName: r.PersonName, PersonRole: r.PersonRole, KeySHA256: r.KeySHA256, Reenroll: r.Reenroll,
 	}, TTLDur: r.TTL, ReasonCode: r.ReasonCode}
 	if r.Kind == api.RequestRevoke {
 		req.RevocationReason = ca.Reason(r.ReasonCode).String()
@@ -766,12 +781,18 @@ func (s *State) approvedRestore(sum string, now time.Time) (string, bool) {
 	return "", false
 }
 
-func (s *State) canIssueToken(gateway string) error {
+// canIssueToken says whether gateway may get an enrollment token: a
+// pending gateway, or for a re-enrollment an enrolled one.
+func (s *State) canIssueToken(gateway string, reenroll bool) error {
 	g, ok := s.gateways[gateway]
-	if !ok {
+	switch {
+	case !ok:
 		return fmt.Errorf("%w: gateway %s", ErrNotFound, gateway)
-	}
-	if g.Status != api.StatusPending {
+	case reenroll && g.Status != api.StatusEnrolled:
+		return fmt.Errorf("%w: gateway %s is %s: only an enrolled gateway re-enrolls", ErrConflict, g.ID, g.Status)
+	case !reenroll && g.Status == api.StatusEnrolled:
+		return fmt.Errorf("%w: gateway %s is enrolled: a token for it re-enrolls it (a new certificate and WireGuard key, the same address): ask for a re-enrollment token", ErrConflict, g.ID)
+	case !reenroll && g.Status != api.StatusPending:
 		return fmt.Errorf("%w: gateway %s is %s, tokens are issued only to pending gateways", ErrConflict, g.ID, g.Status)
 	}
 	return nil
@@ -808,7 +829,7 @@ func (s *State) applyRequestDecide(r *RequestDecideRequest) error {
 		switch req.Kind {
 		case api.RequestToken, api.RequestInvite:
 			if req.Kind == api.RequestToken {
-				if err := s.canIssueToken(req.Gateway); err != nil {
+				if err := s.canIssueToken(req.Gateway, req.Reenroll); err != nil {
 					return err
 				}
 			}
@@ -830,7 +851,7 @@ func (s *State) applyRequestDecide(r *RequestDecideRequest) error {
 		}
 		switch req.Kind {
 		case api.RequestToken:
-			s.tokens[r.TokenHash] = &tokenRecord{Gateway: req.Gateway, Hash: r.TokenHash, Expires: r.At.Add(req.TTLDur), Issuer: r.Actor, Requester: req.Requester}
+			s.tokens[r.TokenHash] = &tokenRecord{Gateway: req.Gateway, Hash: r.TokenHash, Expires: r.At.Add(req.TTLDur), Issuer: r.Actor, Requester: req.Requester, Reenroll: req.Reenroll}
 		case api.RequestInvite:
 			s.tokens[r.TokenHash] = &tokenRecord{Person: req.PersonName, Role: req.PersonRole, KeySHA256: req.KeySHA256,
 				Hash: r.TokenHash, Expires: r.At.Add(req.TTLDur), Issuer: r.Actor, Requester: req.Requester}

@@ -31,12 +31,28 @@ type Identity struct {
 // hsm: section in cfg the TLS key is generated in that token and never
 // leaves it (see keystore.go). rootFile is the govnet root certificate,
 // obtained out of band, that the controller must prove it chains to.
-func Enroll(ctx context.Context, cfg Config, token, rootFile string) (_ *Identity, err error) {
+func Enroll(ctx context.Context, cfg Config, token, rootFile string) (*Identity, error) {
+	return enroll(ctx, cfg, token, rootFile, false)
+}
+
+// Reenroll enrolls an enrolled gateway again, with a token an officer
+// issued for that (govnetctl gateway token --reenroll): new keys, the
+// same name and overlay address. Its files are replaced one by one, the
+// identity last; the agent must not run meanwhile.
+func Reenroll(ctx context.Context, cfg Config, token, rootFile string) (*Identity, error) {
+	return enroll(ctx, cfg, token, rootFile, true)
+}
+
+func enroll(ctx context.Context, cfg Config, token, rootFile string, again bool) (_ *Identity, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
-	if _, err := os.Stat(cfg.path(fileIdent)); err == nil {
-		return nil, fmt.Errorf("%s exists: this gateway is already enrolled", cfg.path(fileIdent))
+	_, statErr := os.Stat(cfg.path(fileIdent))
+	switch {
+	case !again && statErr == nil:
+		return nil, fmt.Errorf("%s exists: this gateway is already enrolled (to enroll it again, ask an officer for a re-enrollment token and use --reenroll)", cfg.path(fileIdent))
+	case again && statErr != nil:
+		return nil, fmt.Errorf("%s: this gateway is not enrolled yet: enroll it without --reenroll", cfg.path(fileIdent))
 	}
 	rootPEM, err := os.ReadFile(rootFile)
 	if err != nil {

@@ -563,3 +563,54 @@ func TestPendingRenewalFile(t *testing.T) {
 		t.Fatalf("read back %+v", got)
 	}
 }
+
+// TestReenroll: an enrolled gateway enrolls again with a re-enrollment
+// token: new TLS and WireGuard keys, a new certificate, the same name and
+// overlay address. A plain enrollment over it is refused, and so is a
+// re-enrollment of a gateway never enrolled.
+func TestReenroll(t *testing.T) {
+	hsmtest.Require(t)
+	c := startController(t)
+	ctx := context.Background()
+	if _, err := c.op.AddGateway(ctx, api.Gateway{ID: "gw9", Agency: "000.00.00.H29"}); err != nil {
+		t.Fatal(err)
+	}
+	tok, err := c.off.IssueToken(ctx, "gw9", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := DefaultConfig()
+	cfg.Controller, cfg.StateDir = c.base, filepath.Join(t.TempDir(), "agent")
+	if _, err := Reenroll(ctx, cfg, tok.Token, c.rootFile); err == nil || !strings.Contains(err.Error(), "not enrolled yet") {
+		t.Fatalf("re-enrolling a gateway never enrolled: %v", err)
+	}
+	first, err := Enroll(ctx, cfg, tok.Token, c.rootFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	read := func(name string) string {
+		b, err := os.ReadFile(cfg.path(name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	wg1, cert1 := read(fileWGKey), read(fileCert)
+	again, err := c.off.ReenrollToken(ctx, "gw9", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Enroll(ctx, cfg, again.Token, c.rootFile); err == nil || !strings.Contains(err.Error(), "--reenroll") {
+		t.Fatalf("a plain enrollment over an enrolled gateway: %v", err)
+	}
+	second, err := Reenroll(ctx, cfg, again.Token, c.rootFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if second.Gateway != first.Gateway || second.OverlayIP != first.OverlayIP {
+		t.Fatalf("re-enrolled as %+v, was %+v", second, first)
+	}
+	if read(fileWGKey) == wg1 || read(fileCert) == cert1 {
+		t.Fatal("the WireGuard key or the certificate did not change")
+	}
+}

@@ -53,6 +53,7 @@ func bindConfig(fs *pflag.FlagSet, c *netagent.Config) {
 func enrollCmd() *cobra.Command {
 	cfg := netagent.DefaultConfig()
 	var configPath, root, tokenFile string
+	var reenroll bool
 	cmd := &cobra.Command{
 		Use:   "enroll",
 		Short: "Generate this gateway's keys and enroll with a one-time token",
@@ -81,7 +82,11 @@ func enrollCmd() *cobra.Command {
 			if token == "" {
 				return errors.New("no token: set --token-file or GOVNET_TOKEN (ask an officer for `govnetctl gateway token`)")
 			}
-			id, err := netagent.Enroll(cmd.Context(), cfg, token, root)
+			enroll := netagent.Enroll
+			if reenroll {
+				enroll = netagent.Reenroll
+			}
+			id, err := enroll(cmd.Context(), cfg, token, root)
 			if err != nil {
 				return err
 			}
@@ -97,6 +102,7 @@ func enrollCmd() *cobra.Command {
 	fs.StringVar(&configPath, "config", "/etc/govnet/agent.yaml", "config file to write")
 	fs.StringVar(&root, "root", "", "govnet root certificate (PEM), obtained out of band")
 	fs.StringVar(&tokenFile, "token-file", "", "file holding the one-time enrollment token")
+	fs.BoolVar(&reenroll, "reenroll", false, "enroll this gateway again, with a re-enrollment token (govnetctl gateway token --reenroll): new keys, the same name and address; stop the agent first")
 	cmd.MarkFlagRequired("root")
 	cmd.MarkFlagRequired("controller")
 	return cmd

@@ -86,15 +86,24 @@ func (a *app) gatewayCmd() *cobra.Command {
 	}
 	var ttl time.Duration
 	var tokenOut string
+	var reenroll bool
 	token := &cobra.Command{
 		Use:   "token ID",
-		Short: "Issue a one-time enrollment token for a pending gateway (officer)",
+		Short: "Issue a one-time enrollment token for a pending gateway, or with --reenroll an enrolled one (officer)",
+		Long: "--reenroll: for an enrolled gateway whose certificate expired while it was off, or whose machine was\n" +
+			"replaced. It enrolls again (govnet-agent enroll --reenroll) with new keys and keeps its name and\n" +
+			"overlay address; its certificates before are revoked (superseded) and its peers get the new key.",
 		Example: "  govnetctl gateway token h29-gw1 --ttl 30m\n" +
-			"  govnetctl gateway token h29-gw1 --write /tmp/h29-gw1.token",
+			"  govnetctl gateway token h29-gw1 --write /tmp/h29-gw1.token\n" +
+			"  govnetctl gateway token h29-gw1 --reenroll --write /tmp/h29-gw1.token",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.call(cmd, func(ctx context.Context, c *api.Client) error {
-				t, err := c.IssueToken(ctx, args[0], ttl)
+				issue := c.IssueToken
+				if reenroll {
+					issue = c.ReenrollToken
+				}
+				t, err := issue(ctx, args[0], ttl)
 				if err != nil {
 					return err
 				}
@@ -111,6 +120,7 @@ func (a *app) gatewayCmd() *cobra.Command {
 	}
 	token.Flags().DurationVar(&ttl, "ttl", time.Hour, "how long the token is valid")
 	token.Flags().StringVar(&tokenOut, "write", "", "also write the token to this file (mode 0600)")
+	token.Flags().BoolVar(&reenroll, "reenroll", false, "a token that re-enrolls an enrolled gateway")
 	cmd.AddCommand(add, list, show, token, a.gatewayDecommissionCmd())
 	return cmd
 }

@@ -310,18 +310,21 @@ func (a *app) requestCmd() *cobra.Command {
 	create := a.createRequest
 	var ttl time.Duration
 	var reason string
+	var reenroll bool
 	token := &cobra.Command{
-		Use:     "token GATEWAY",
-		Short:   "Ask for a one-time enrollment token for a pending gateway",
-		Example: "  govnetctl request token h29-gw1 --ttl 30m",
-		Args:    cobra.ExactArgs(1),
+		Use:   "token GATEWAY",
+		Short: "Ask for a one-time enrollment token for a pending gateway, or with --reenroll an enrolled one",
+		Example: "  govnetctl request token h29-gw1 --ttl 30m\n" +
+			"  govnetctl request token h29-gw1 --reenroll --reason 'certificate expired during the outage'",
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.call(cmd, func(ctx context.Context, c *api.Client) error {
-				return create(ctx, c, api.RequestCreate{Kind: api.RequestToken, Gateway: args[0], TTL: ttl.String(), Reason: reason})
+				return create(ctx, c, api.RequestCreate{Kind: api.RequestToken, Gateway: args[0], TTL: ttl.String(), Reason: reason, Reenroll: reenroll})
 			})
 		},
 	}
 	token.Flags().DurationVar(&ttl, "ttl", time.Hour, "how long the token is valid once approved")
+	token.Flags().BoolVar(&reenroll, "reenroll", false, "a token that re-enrolls an enrolled gateway (new keys, same name and address)")
 	policy := &cobra.Command{
 		Use:     "policy FILE",
 		Short:   "Ask for a policy to be published (it is validated and tested now, and again on approval)",
@@ -517,6 +520,9 @@ func requestRow(w io.Writer, r api.Request) {
 	}
 	if r.Kind == api.RequestInvite {
 		subject += " key sha256:" + r.KeySHA256[:min(16, len(r.KeySHA256))]
+	}
+	if r.Kind == api.RequestToken && r.Reenroll {
+		subject += " (re-enroll)"
 	}
 	fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, r.Kind, dash(subject), r.Status, r.Requester, dash(r.Approver), r.Created.Format(time.RFC3339))
 }
