@@ -17,7 +17,7 @@ func TestConnLimit(t *testing.T) {
 		t.Fatal(err)
 	}
 	var refused atomic.Uint64
-	ln := newConnLimitListener(raw, 2, &refused, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	ln := newConnLimitListener(raw, 2, &refused, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	defer ln.Close()
 	accepted := make(chan net.Conn, 8)
 	go func() {

@@ -679,3 +679,55 @@ func TestRemovedNodes(t *testing.T) {
 		t.Fatal("ctl3 still counts as removed after an operator added it")
 	}
 }
+
+// TestPersonRevocationOutrunsRenewal: a revocation asked for with a
+// person's certificate that they renewed since (the request names the
+// old serial) still withdraws everything they hold, and the requests
+// they made or that would invite them are rejected with it.
+func TestPersonRevocationOutrunsRenewal(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		t    CommandType
+		req  any
+	}{
+		{"revoke the serial renewed from", CmdCertRevoke, &CertRevokeRequest{Meta: meta("off"), Serial: "d1", Reason: 1}},
+		{"revoke the person by the serial renewed from", CmdPersonUpsert, &PersonUpsertRequest{Meta: meta("off"), Name: "dave", Role: "operator", Serial: "d1", Status: api.PersonRevoked}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			f := NewFSM(slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+			h := history()
+			for i, c := range h {
+				if err := applyCmd(t, f, uint64(i+1), c.t, c.req); err != nil {
+					t.Fatal(err)
+				}
+			}
+			i := uint64(len(h))
+			for _, c := range []struct {
+				t   CommandType
+				req any
+			}{
+				{CmdRequestCreate, &RequestCreateRequest{Meta: meta("dave"), ID: "rd", Role: "operator", Kind: api.RequestPolicy, PolicyName: "p.yaml", PolicySource: "version: 1\n"}},
+				{CmdRequestCreate, &RequestCreateRequest{Meta: meta("off"), ID: "ri", Role: "officer", Kind: api.RequestInvite, PersonName: "dave", PersonRole: "officer", TTL: time.Hour, KeySHA256: strings.Repeat("ef", 32)}},
+				{tt.t, tt.req},
+			} {
+				i++
+				if err := applyCmd(t, f, i, c.t, c.req); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if p, _ := f.State().Person("dave"); p.Status != api.PersonRevoked || !slices.Contains(p.RevokedSerials, "d2") || !slices.Contains(p.RevokedSerials, "d1") {
+				t.Fatalf("dave %+v", p)
+			}
+			for _, serial := range []string{"d1", "d2"} {
+				if c, _ := f.State().Certificate(serial); c.Status != api.CertRevoked {
+					t.Fatalf("%s %+v", serial, c)
+				}
+			}
+			for _, id := range []string{"rd", "ri"} {
+				if r, _ := f.State().Request(id); r.Status != api.RequestRejected || r.Approver != "off" {
+					t.Fatalf("request %s: %+v", id, r)
+				}
+			}
+		})
+	}
+}

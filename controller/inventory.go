@@ -324,8 +324,11 @@ func (s *State) revoke(certs []*api.Certificate, gateway string, reason int, at 
 			}
 		}
 		if c.Kind == ca.KindPerson {
+			// The current certificate, or the one it was renewed from (a
+			// renewal made while the revocation was being asked for must
+			// not outrun it): the person is revoked.
 			for _, p := range s.people {
-				if p.Serial == c.Serial {
+				if p.Status == api.PersonActive && (p.Serial == c.Serial || p.Previous == c.Serial) {
 					p.Status = api.PersonRevoked
 					s.personRevoked(p, at, actor)
 				}

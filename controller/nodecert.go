@@ -53,6 +53,12 @@ func (n *Node) renewNodeCertIfDue(ctx context.Context) error {
 		return fmt.Errorf("node certificate due for renewal, but its intermediate expires at %s, no later than it: have the custodians sign a new intermediate for this node",
 			inter.NotAfter.UTC().Format(time.RFC3339))
 	}
+	// Nor does a renewal help that would end no later than the current
+	// certificate (profiles.node lowered below what is left of it): wait.
+	if end := time.Now().Add(n.cfg.profiles().Node); !end.After(cur.Leaf.NotAfter) {
+		return fmt.Errorf("node certificate due for renewal, but one issued now for profiles.node (%s) would end at %s, no later than the current one (%s)",
+			n.cfg.profiles().Node, end.UTC().Format(time.RFC3339), cur.Leaf.NotAfter.UTC().Format(time.RFC3339))
+	}
 	next := n.nextNodeCert
 	if next == nil || ca.Serial(next) == "" {
 		key, ok := cur.PrivateKey.(crypto.Signer)

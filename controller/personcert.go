@@ -112,14 +112,28 @@ func (s *State) revokePersonCert(serial string, reason ca.Reason, at time.Time, 
 	}
 }
 
-// personRevoked withdraws what else a revoked person p holds: the
-// certificate their current one was renewed from (kept for a retry) and
-// every invitation not yet used.
+// personRevoked withdraws everything p, a person just marked revoked,
+// holds: their current certificate and the one it was renewed from (kept
+// for a retry), every invitation not yet used, and the four-eyes requests
+// still pending that they made or that would invite them.
 func (s *State) personRevoked(p *api.Person, at time.Time, actor string) {
-	previous := p.Previous
+	serials := []string{p.Serial, p.Previous}
 	p.Previous = ""
-	s.revokePersonCert(previous, ca.ReasonPrivilegeWithdrawn, at, actor)
+	for _, serial := range serials {
+		if serial == "" {
+			continue
+		}
+		s.revokePersonCert(serial, ca.ReasonPrivilegeWithdrawn, at, actor)
+		if !slices.Contains(p.RevokedSerials, normSerial(serial)) {
+			p.RevokedSerials = append(p.RevokedSerials, normSerial(serial))
+		}
+	}
 	s.cancelInvitations(p.Name)
+	for _, r := range s.requests {
+		if r.Status == api.RequestPending && (r.Requester == p.Name || r.Kind == api.RequestInvite && r.PersonName == p.Name) {
+			r.Status, r.Approver, r.Decided = api.RequestRejected, actor, at
+		}
+	}
 }
 
 // cancelInvitations cancels name's invitations not used yet.

@@ -656,16 +656,19 @@ func (s *State) revokedSerialsOf(name string) []string {
 // upsertPerson applies a checked registration or revocation.
 func (s *State) upsertPerson(r *PersonUpsertRequest) {
 	serial := strings.ToLower(r.Serial)
+	if r.Status == api.PersonRevoked {
+		// The serial named, in the inventory too, so that CRLs and OCSP
+		// say so; and whatever the person holds now, which a renewal
+		// since the revocation was asked for may have changed.
+		s.revokePersonCert(serial, ca.ReasonPrivilegeWithdrawn, r.At, r.Actor)
+		if old := s.people[r.Name]; old != nil && old.Status == api.PersonActive {
+			old.Status = api.PersonRevoked
+			s.personRevoked(old, r.At, r.Actor)
+		}
+	}
 	revoked := s.revokedSerialsOf(r.Name)
 	if r.Status == api.PersonRevoked && !slices.Contains(revoked, normSerial(serial)) {
 		revoked = append(revoked, normSerial(serial))
-		// Its record in the inventory too, so that CRLs and OCSP say so.
-		if c := s.certs[normSerial(serial)]; c != nil && c.Kind == ca.KindPerson && c.Status == api.CertValid {
-			s.revoke([]*api.Certificate{c}, "", int(ca.ReasonPrivilegeWithdrawn), r.At, r.Actor, s.applying)
-		}
-	}
-	if old := s.people[r.Name]; old != nil && r.Status == api.PersonRevoked {
-		s.personRevoked(old, r.At, r.Actor)
 	}
 	s.people[r.Name] = &api.Person{Name: r.Name, Role: r.Role, Serial: serial, Status: r.Status, RevokedSerials: revoked}
 }
