@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/govnet/govnet/api"
+	"github.com/govnet/govnet/ca"
 	"github.com/govnet/govnet/internal/certaudit"
 	"github.com/spf13/cobra"
 )
@@ -193,7 +194,17 @@ func (a *app) certCmd() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				findings := certaudit.Check(certs)
+				people, err := c.People(ctx)
+				if err != nil {
+					return err
+				}
+				officers := map[string]bool{}
+				for _, p := range people {
+					if p.Role == ca.RoleOfficer {
+						officers[p.Name] = true
+					}
+				}
+				findings := certaudit.Check(certs, officers)
 				if err := a.print(findings, "SERIAL\tKIND\tSUBJECT\tPROBLEM", func(w io.Writer) {
 					for _, f := range findings {
 						fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", f.Serial, f.Kind, f.Subject, f.Problem)
