@@ -254,8 +254,9 @@ YAML
   "$BIN/labtool" matrix --policy "$ROOT/deploy/lab/policy.yaml" --agencies "$LAB/agencies.json" \
     --gateways "$LAB/gateways.json" --ports 22,443,8080 --ns-prefix "$P" --timeout 2s
 
-  say "auditor: the certificate inventory, and the audit chain verified offline against the ceremony's root"
+  say "auditor: the certificate inventory, each certificate's approval (renewals back to their enrollment), and the audit chain verified offline against the ceremony's root"
   ctl auditor cert list
+  ctl auditor cert audit
   ctl auditor audit export --out "$LAB/audit.jsonl" --checkpoint "$LAB/audit.checkpoint.json"
   ctl auditor audit verify "$LAB/audit.jsonl" --checkpoint "$LAB/audit.checkpoint.json"
 
