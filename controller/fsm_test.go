@@ -109,7 +109,9 @@ func history() []struct {
 			{Serial: "e5", Kind: "gateway", Subject: "gw4", Gateway: "gw4", Agency: "000.00.00.H01", Issuer: "ef01", NotBefore: t0, NotAfter: t0.Add(24 * time.Hour)},
 		}}},
 		{CmdGatewayDecommission, &GatewayDecommissionRequest{Meta: meta("off"), Gateway: "gw4", Reason: "replaced"}},
-		// gw1 enrolls again (a re-enrollment token): a new key, the same address.
+		// gw1 enrolls again (a re-enrollment token): a new key, the same
+		// address; the revocation request r4 is decided first.
+		{CmdRequestDecide, &RequestDecideRequest{Meta: meta("off2"), ID: "r4", Role: "officer", Approve: false}},
 		{CmdTokenIssue, &TokenIssueRequest{Meta: meta("off"), Gateway: "gw1", TokenHash: "h6", Expires: t0.Add(time.Hour), Reenroll: true}},
 		{CmdGatewayEnroll, &GatewayEnrollRequest{Meta: meta("gateway:gw1"), Gateway: "gw1", TokenHash: "h6", PublicKey: "k1b", CertSerial: "1b", CertExpires: t0.Add(24 * time.Hour)}},
 		// Four days on: gw2's first two certificates (2a revoked) go to
@@ -729,5 +731,59 @@ func TestPersonRevocationOutrunsRenewal(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestGatewayRevocationRaces: a renewal made while a revocation of the
+// certificate renewed from waited does not outrun it; a re-enrollment
+// waits for a pending revocation; a revoked officer's tokens go with them.
+func TestGatewayRevocationRaces(t *testing.T) {
+	f := NewFSM(slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	h := history()
+	cert := func(serial, gw string) *api.Certificate {
+		return &api.Certificate{Serial: serial, Kind: "gateway", Subject: gw, Gateway: gw, Agency: "000.00.00.H29", Issuer: "abcd", NotBefore: t0, NotAfter: t0.Add(24 * time.Hour)}
+	}
+	for _, c := range []struct {
+		t   CommandType
+		req any
+	}{
+		{CmdGatewayAdd, &GatewayAddRequest{Meta: meta("op"), ID: "gw5", Agency: "000.00.00.H29"}},
+		{CmdGatewayAdd, &GatewayAddRequest{Meta: meta("op"), ID: "gw6", Agency: "000.00.00.H29"}},
+		{CmdGatewayAdd, &GatewayAddRequest{Meta: meta("op"), ID: "gw7", Agency: "000.00.00.H29"}},
+		{CmdTokenIssue, &TokenIssueRequest{Meta: meta("off"), Gateway: "gw5", TokenHash: "t5", Expires: t0.Add(time.Hour)}},
+		{CmdTokenIssue, &TokenIssueRequest{Meta: meta("off"), Gateway: "gw6", TokenHash: "t6", Expires: t0.Add(time.Hour)}},
+		{CmdTokenIssue, &TokenIssueRequest{Meta: meta("off2"), Gateway: "gw7", TokenHash: "t7", Expires: t0.Add(time.Hour)}},
+		{CmdGatewayEnroll, &GatewayEnrollRequest{Meta: meta("gateway:gw5"), Gateway: "gw5", TokenHash: "t5", PublicKey: "k5", CertSerial: "51", CertExpires: t0.Add(24 * time.Hour), Cert: cert("51", "gw5")}},
+		{CmdGatewayEnroll, &GatewayEnrollRequest{Meta: meta("gateway:gw6"), Gateway: "gw6", TokenHash: "t6", PublicKey: "k6", CertSerial: "61", CertExpires: t0.Add(24 * time.Hour), Cert: cert("61", "gw6")}},
+		// gw5 renews while a revocation of 51 waits; then it is approved.
+		{CmdRequestCreate, &RequestCreateRequest{Meta: meta("op"), ID: "rv5", Role: "operator", Kind: api.RequestRevoke, Serial: "51", ReasonCode: 1}},
+		{CmdGatewayRenew, &GatewayRenewRequest{Meta: meta("gateway:gw5"), Gateway: "gw5", OldSerial: "51", Cert: *cert("52", "gw5")}},
+		{CmdRequestDecide, &RequestDecideRequest{Meta: meta("off"), ID: "rv5", Role: "officer", Approve: true}},
+		// A revocation of gw6's certificate waits.
+		{CmdRequestCreate, &RequestCreateRequest{Meta: meta("op"), ID: "rv6", Role: "operator", Kind: api.RequestRevoke, Serial: "61", ReasonCode: 1}},
+		// off2, who issued gw7's token, is revoked.
+		{CmdPersonUpsert, &PersonUpsertRequest{Meta: meta("off"), Name: "off2", Role: "officer", Serial: "0d", Status: api.PersonRevoked}},
+	} {
+		h = append(h, c)
+	}
+	for i, c := range h {
+		if err := applyCmd(t, f, uint64(i+1), c.t, c.req); err != nil {
+			t.Fatalf("command %d (%s): %v", i+1, c.t, err)
+		}
+	}
+	next := uint64(len(h) + 1)
+	if g, _ := f.State().Gateway("gw5"); g.Status != api.StatusRevoked {
+		t.Fatalf("gw5 renewed out of its revocation: %+v", g)
+	}
+	if c, _ := f.State().Certificate("52"); c.Status != api.CertRevoked {
+		t.Fatalf("52 %+v", c)
+	}
+	err := applyCmd(t, f, next, CmdTokenIssue, &TokenIssueRequest{Meta: meta("off"), Gateway: "gw6", TokenHash: "t6b", Expires: t0.Add(time.Hour), Reenroll: true})
+	if err == nil || !strings.Contains(err.Error(), "rv6") {
+		t.Fatalf("a re-enrollment token while rv6 waits: %v", err)
+	}
+	err = applyCmd(t, f, next, CmdGatewayEnroll, &GatewayEnrollRequest{Meta: meta("gateway:gw7"), Gateway: "gw7", TokenHash: "t7", PublicKey: "k7", CertSerial: "71", CertExpires: t0.Add(24 * time.Hour)})
+	if err == nil || !strings.Contains(err.Error(), "cancelled") {
+		t.Fatalf("enrollment with a revoked officer's token: %v", err)
 	}
 }

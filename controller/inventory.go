@@ -319,8 +319,17 @@ func (s *State) revoke(certs []*api.Certificate, gateway string, reason int, at 
 	for _, c := range certs {
 		c.Status, c.RevokedAt, c.Reason, c.ReasonName, c.RevokedBy = api.CertRevoked, at, reason, ca.Reason(reason).String(), actor
 		if c.Kind == ca.KindGateway {
-			if g, ok := s.gateways[c.Gateway]; ok && g.CertSerial == c.Serial && g.Status == api.StatusEnrolled {
+			// Its current certificate, or one the current one was renewed
+			// from (a renewal made while the revocation was being asked
+			// for must not outrun it): the gateway is revoked, with every
+			// certificate it holds.
+			if g, ok := s.gateways[c.Gateway]; ok && g.Status == api.StatusEnrolled && (g.CertSerial == c.Serial || slices.Contains(g.RenewedFrom, c.Serial)) {
 				g.Status = api.StatusRevoked
+				for _, serial := range append([]string{g.CertSerial}, g.RenewedFrom...) {
+					if other := s.certs[serial]; other != nil && other != c && other.Status == api.CertValid {
+						s.revoke([]*api.Certificate{other}, "", reason, at, actor, index)
+					}
+				}
 			}
 		}
 		if c.Kind == ca.KindPerson {

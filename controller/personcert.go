@@ -128,7 +128,7 @@ func (s *State) personRevoked(p *api.Person, at time.Time, actor string) {
 			p.RevokedSerials = append(p.RevokedSerials, normSerial(serial))
 		}
 	}
-	s.cancelInvitations(p.Name)
+	s.cancelTokensOf(p.Name)
 	for _, r := range s.requests {
 		if r.Status == api.RequestPending && (r.Requester == p.Name || r.Kind == api.RequestInvite && r.PersonName == p.Name) {
 			r.Status, r.Approver, r.Decided = api.RequestRejected, actor, at
@@ -140,6 +140,17 @@ func (s *State) personRevoked(p *api.Person, at time.Time, actor string) {
 func (s *State) cancelInvitations(name string) {
 	for _, t := range s.tokens {
 		if t.Person == name && !t.Used {
+			t.Used, t.Cancelled = true, true
+		}
+	}
+}
+
+// cancelTokensOf cancels the tokens not used yet that invite name, or
+// that name issued, approved or asked for: a revoked officer keeps no
+// token to enroll or re-enroll anything with.
+func (s *State) cancelTokensOf(name string) {
+	for _, t := range s.tokens {
+		if !t.Used && (t.Person == name || t.Issuer == name || t.Requester == name) {
 			t.Used, t.Cancelled = true, true
 		}
 	}

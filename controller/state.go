@@ -321,7 +321,7 @@ func checkToken(t *tokenRecord, ok bool, now time.Time) error {
 	case !ok:
 		return fmt.Errorf("%w: unknown enrollment token", ErrForbidden)
 	case t.Cancelled:
-		return fmt.Errorf("%w: the invitation was cancelled (its person was revoked, or enrolled with another invitation)", ErrForbidden)
+		return fmt.Errorf("%w: the token was cancelled (its person, or the officer who issued it, was revoked; or the person enrolled with another invitation)", ErrForbidden)
 	case t.Used:
 		return fmt.Errorf("%w: enrollment token was already used", ErrForbidden)
 	case !now.Before(t.Expires):
@@ -342,6 +342,8 @@ func (s *State) applyGatewayEnroll(r *GatewayEnrollRequest) error {
 	switch {
 	case t.Reenroll && (!ok || g.Status != api.StatusEnrolled):
 		return fmt.Errorf("%w: gateway %s is not enrolled: nothing to re-enroll", ErrConflict, r.Gateway)
+	case t.Reenroll && s.pendingRevocation(g) != "":
+		return fmt.Errorf("%w: gateway %s: a revocation of it is waiting for approval (request %s): decide that first", ErrConflict, g.ID, s.pendingRevocation(g))
 	case !t.Reenroll && (!ok || g.Status != api.StatusPending):
 		return fmt.Errorf("%w: gateway %s is not pending enrollment", ErrConflict, r.Gateway)
 	}
@@ -784,6 +786,18 @@ func (s *State) approvedRestore(sum string, now time.Time) (string, bool) {
 	return "", false
 }
 
+// pendingRevocation returns the id of a revocation request waiting for
+// approval that names g or one of the certificates it holds, or "".
+func (s *State) pendingRevocation(g *api.Gateway) string {
+	for _, r := range s.requestsSorted() {
+		if r.Status == api.RequestPending && r.Kind == api.RequestRevoke &&
+			(r.Gateway == g.ID || r.Serial != "" && (normSerial(r.Serial) == g.CertSerial || slices.Contains(g.RenewedFrom, normSerial(r.Serial)))) {
+			return r.ID
+		}
+	}
+	return ""
+}
+
 // canIssueToken says whether gateway may get an enrollment token: a
 // pending gateway, or for a re-enrollment an enrolled one.
 func (s *State) canIssueToken(gateway string, reenroll bool) error {
@@ -793,6 +807,8 @@ func (s *State) canIssueToken(gateway string, reenroll bool) error {
 		return fmt.Errorf("%w: gateway %s", ErrNotFound, gateway)
 	case reenroll && g.Status != api.StatusEnrolled:
 		return fmt.Errorf("%w: gateway %s is %s: only an enrolled gateway re-enrolls", ErrConflict, g.ID, g.Status)
+	case reenroll && s.pendingRevocation(g) != "":
+		return fmt.Errorf("%w: gateway %s: a revocation of it is waiting for approval (request %s): decide that first", ErrConflict, g.ID, s.pendingRevocation(g))
 	case !reenroll && g.Status == api.StatusEnrolled:
 		return fmt.Errorf("%w: gateway %s is enrolled: a token for it re-enrolls it (a new certificate and WireGuard key, the same address): ask for a re-enrollment token", ErrConflict, g.ID)
 	case !reenroll && g.Status != api.StatusPending:
