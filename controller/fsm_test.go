@@ -138,6 +138,25 @@ func history() []struct {
 	return h
 }
 
+// histCmd is one command of a test history.
+type histCmd = struct {
+	t   CommandType
+	req any
+}
+
+// historyFSM is an FSM that applied history() and then more; it returns
+// the next raft index.
+func historyFSM(t testing.TB, more ...histCmd) (*FSM, uint64) {
+	t.Helper()
+	f := NewFSM(slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	for i, c := range append(history(), more...) {
+		if err := applyCmd(t, f, uint64(i+1), c.t, c.req); err != nil {
+			t.Fatalf("command %d (%s): %v", i+1, c.t, err)
+		}
+	}
+	return f, uint64(len(history()) + len(more) + 1)
+}
+
 func manySerials(n int) []string {
 	out := make([]string, n)
 	for i := range out {
@@ -658,12 +677,7 @@ func TestPersonRevocationSticks(t *testing.T) {
 // TestRemovedNodes: the state remembers a removed node until it is added
 // again, through snapshots too.
 func TestRemovedNodes(t *testing.T) {
-	f := NewFSM(slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
-	for i, c := range history() {
-		if err := applyCmd(t, f, uint64(i+1), c.t, c.req); err != nil {
-			t.Fatal(err)
-		}
-	}
+	f, _ := historyFSM(t)
 	if at, ok := f.State().wasRemoved("ctl3"); !ok || !at.Equal(t0) {
 		t.Fatalf("ctl3 removed: %v at %v", ok, at)
 	}
@@ -696,27 +710,11 @@ func TestPersonRevocationOutrunsRenewal(t *testing.T) {
 		{"revoke the person by the serial renewed from", CmdPersonUpsert, &PersonUpsertRequest{Meta: meta("off"), Name: "dave", Role: "operator", Serial: "d1", Status: api.PersonRevoked}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			f := NewFSM(slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
-			h := history()
-			for i, c := range h {
-				if err := applyCmd(t, f, uint64(i+1), c.t, c.req); err != nil {
-					t.Fatal(err)
-				}
-			}
-			i := uint64(len(h))
-			for _, c := range []struct {
-				t   CommandType
-				req any
-			}{
-				{CmdRequestCreate, &RequestCreateRequest{Meta: meta("dave"), ID: "rd", Role: "operator", Kind: api.RequestPolicy, PolicyName: "p.yaml", PolicySource: "version: 1\n"}},
-				{CmdRequestCreate, &RequestCreateRequest{Meta: meta("off"), ID: "ri", Role: "officer", Kind: api.RequestInvite, PersonName: "dave", PersonRole: "officer", TTL: time.Hour, KeySHA256: strings.Repeat("ef", 32)}},
-				{tt.t, tt.req},
-			} {
-				i++
-				if err := applyCmd(t, f, i, c.t, c.req); err != nil {
-					t.Fatal(err)
-				}
-			}
+			f, _ := historyFSM(t,
+				histCmd{CmdRequestCreate, &RequestCreateRequest{Meta: meta("dave"), ID: "rd", Role: "operator", Kind: api.RequestPolicy, PolicyName: "p.yaml", PolicySource: "version: 1\n"}},
+				histCmd{CmdRequestCreate, &RequestCreateRequest{Meta: meta("off"), ID: "ri", Role: "officer", Kind: api.RequestInvite, PersonName: "dave", PersonRole: "officer", TTL: time.Hour, KeySHA256: strings.Repeat("ef", 32)}},
+				histCmd{tt.t, tt.req},
+			)
 			if p, _ := f.State().Person("dave"); p.Status != api.PersonRevoked || !slices.Contains(p.RevokedSerials, "d2") || !slices.Contains(p.RevokedSerials, "d1") {
 				t.Fatalf("dave %+v", p)
 			}
@@ -738,15 +736,10 @@ func TestPersonRevocationOutrunsRenewal(t *testing.T) {
 // certificate renewed from waited does not outrun it; a re-enrollment
 // waits for a pending revocation; a revoked officer's tokens go with them.
 func TestGatewayRevocationRaces(t *testing.T) {
-	f := NewFSM(slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
-	h := history()
 	cert := func(serial, gw string) *api.Certificate {
 		return &api.Certificate{Serial: serial, Kind: "gateway", Subject: gw, Gateway: gw, Agency: "000.00.00.H29", Issuer: "abcd", NotBefore: t0, NotAfter: t0.Add(24 * time.Hour)}
 	}
-	for _, c := range []struct {
-		t   CommandType
-		req any
-	}{
+	f, next := historyFSM(t, []histCmd{
 		{CmdGatewayAdd, &GatewayAddRequest{Meta: meta("op"), ID: "gw5", Agency: "000.00.00.H29"}},
 		{CmdGatewayAdd, &GatewayAddRequest{Meta: meta("op"), ID: "gw6", Agency: "000.00.00.H29"}},
 		{CmdGatewayAdd, &GatewayAddRequest{Meta: meta("op"), ID: "gw7", Agency: "000.00.00.H29"}},
@@ -763,15 +756,7 @@ func TestGatewayRevocationRaces(t *testing.T) {
 		{CmdRequestCreate, &RequestCreateRequest{Meta: meta("op"), ID: "rv6", Role: "operator", Kind: api.RequestRevoke, Serial: "61", ReasonCode: 1}},
 		// off2, who issued gw7's token, is revoked.
 		{CmdPersonUpsert, &PersonUpsertRequest{Meta: meta("off"), Name: "off2", Role: "officer", Serial: "0d", Status: api.PersonRevoked}},
-	} {
-		h = append(h, c)
-	}
-	for i, c := range h {
-		if err := applyCmd(t, f, uint64(i+1), c.t, c.req); err != nil {
-			t.Fatalf("command %d (%s): %v", i+1, c.t, err)
-		}
-	}
-	next := uint64(len(h) + 1)
+	}...)
 	if g, _ := f.State().Gateway("gw5"); g.Status != api.StatusRevoked {
 		t.Fatalf("gw5 renewed out of its revocation: %+v", g)
 	}

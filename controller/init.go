@@ -20,6 +20,7 @@ import (
 	"github.com/govnet/govnet/api"
 	"github.com/govnet/govnet/ca"
 	"github.com/govnet/govnet/hsm"
+	"github.com/govnet/govnet/internal/credfile"
 )
 
 // Files under <data_dir>/pki. They hold certificates only: every CA and
@@ -442,14 +443,13 @@ func issuePerson(ctx context.Context, authority *ca.CA, p Person, dir string) (*
 	if err != nil {
 		return nil, err
 	}
-	der, err := x509.MarshalPKCS8PrivateKey(key)
+	keyPEM, err := credfile.EncodeKey(key)
 	if err != nil {
 		return nil, err
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
 	if err := os.WriteFile(filepath.Join(dir, p.Name+".key"), keyPEM, 0o600); err != nil {
 		return nil, err
 	}

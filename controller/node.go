@@ -102,15 +102,8 @@ func start(ctx context.Context, cfg Config, log *slog.Logger, now func() time.Ti
 	n := &Node{cfg: cfg, log: log, now: now, limits: newLimiter(cfg.RateLimit, time.Now), crlWake: make(chan struct{}, 1)}
 	n.limits.member = n.isMemberNode
 	n.limits.memberHost = func(host string) bool {
-		if n.fsm == nil {
-			return false
-		}
-		for _, m := range n.State().Members() {
-			if h, _, err := net.SplitHostPort(m.APIAddr); err == nil && h == host {
-				return true
-			}
-		}
-		return false
+		ip, err := netip.ParseAddr(host)
+		return err == nil && n.isMemberAddr(ip.Unmap())
 	}
 	n.reports = &groupCommit[GatewayReportRequest]{commit: func(ctx context.Context, reps []GatewayReportRequest) error {
 		_, err := n.submit(ctx, CmdGatewayReports, &GatewayReportsRequest{Meta: n.meta("node:" + n.cfg.Node), Reports: reps})

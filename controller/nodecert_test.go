@@ -109,6 +109,13 @@ func TestNodeCertRenewalStopsAtIntermediate(t *testing.T) {
 		}
 		return nodes
 	}
+	// The node records its first certificate itself once it leads.
+	waitFor(t, 10*time.Second, "the first node certificate recorded", func() error {
+		if _, ok := n.State().Certificate(ca.Serial(first)); !ok {
+			return errString("not yet")
+		}
+		return nil
+	})
 	before := count()
 	for range 5 {
 		select {

@@ -3,10 +3,8 @@ package controller
 import (
 	"cmp"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
-	"encoding/hex"
 	"fmt"
 	"net/http"
 	"slices"
@@ -138,19 +136,20 @@ func (s *State) personRevoked(p *api.Person, at time.Time, actor string) {
 
 // cancelInvitations cancels name's invitations not used yet.
 func (s *State) cancelInvitations(name string) {
-	for _, t := range s.tokens {
-		if t.Person == name && !t.Used {
-			t.Used, t.Cancelled = true, true
-		}
-	}
+	s.cancelTokens(func(t *tokenRecord) bool { return t.Person == name })
 }
 
 // cancelTokensOf cancels the tokens not used yet that invite name, or
 // that name issued, approved or asked for: a revoked officer keeps no
 // token to enroll or re-enroll anything with.
 func (s *State) cancelTokensOf(name string) {
+	s.cancelTokens(func(t *tokenRecord) bool { return t.Person == name || t.Issuer == name || t.Requester == name })
+}
+
+// cancelTokens cancels the tokens not used yet that match.
+func (s *State) cancelTokens(match func(*tokenRecord) bool) {
 	for _, t := range s.tokens {
-		if !t.Used && (t.Person == name || t.Issuer == name || t.Requester == name) {
+		if !t.Used && match(t) {
 			t.Used, t.Cancelled = true, true
 		}
 	}
@@ -263,7 +262,7 @@ func (n *Node) handlePersonEnroll(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "csr: "+err.Error())
 		return
 	}
-	if tok.KeySHA256 != "" && !keyIs(csr, tok.KeySHA256) {
+	if tok.KeySHA256 != "" && spkiSHA256(csr.RawSubjectPublicKeyInfo) != tok.KeySHA256 {
 		n.fail(w, fmt.Errorf("%w: the invitation of %s is for another key (SHA-256 %s)", ErrForbidden, tok.Person, tok.KeySHA256))
 		return
 	}
@@ -339,13 +338,7 @@ func (n *Node) handlePersonRenew(w http.ResponseWriter, r *http.Request) {
 // keyOfCert says whether csr is for the key the inventory recorded for serial.
 func (n *Node) keyOfCert(serial string, csr *x509.CertificateRequest) bool {
 	rec, ok := n.State().Certificate(serial)
-	return ok && rec.KeySHA256 != "" && keyIs(csr, rec.KeySHA256)
-}
-
-// keyIs says whether csr is for the key whose SPKI has the SHA-256 sum (hex).
-func keyIs(csr *x509.CertificateRequest, sum string) bool {
-	got := sha256.Sum256(csr.RawSubjectPublicKeyInfo)
-	return hex.EncodeToString(got[:]) == sum
+	return ok && rec.KeySHA256 != "" && spkiSHA256(csr.RawSubjectPublicKeyInfo) == rec.KeySHA256
 }
 
 func (n *Node) personCertResponse(name, role string, chain []*x509.Certificate) api.PersonCertResponse {

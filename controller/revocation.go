@@ -299,13 +299,19 @@ func (n *Node) certRecord(cert *x509.Certificate) api.Certificate {
 	return rec
 }
 
+// spkiSHA256 is the SHA-256 of a SubjectPublicKeyInfo (DER), hex: how the
+// inventory records a certificate's key (KeySHA256).
+func spkiSHA256(spki []byte) string {
+	sum := sha256.Sum256(spki)
+	return hex.EncodeToString(sum[:])
+}
+
 // certRecordOf is the inventory record of a govnet certificate; its
 // issuer id is the issuing certificate's key id (ca.IssuerID).
 func certRecordOf(cert *x509.Certificate) api.Certificate {
-	key := sha256.Sum256(cert.RawSubjectPublicKeyInfo)
 	rec := api.Certificate{
 		Serial:    ca.Serial(cert),
-		KeySHA256: hex.EncodeToString(key[:]),
+		KeySHA256: spkiSHA256(cert.RawSubjectPublicKeyInfo),
 		Subject:   cert.Subject.CommonName,
 		Issuer:    hex.EncodeToString(cert.AuthorityKeyId),
 		NotBefore: cert.NotBefore.UTC(),
@@ -568,9 +574,7 @@ func (n *Node) renewGateway(ctx context.Context, gateway, presented, from, held 
 	g, _ := n.State().Gateway(gateway)
 	old := presented
 	if from != "" {
-		key := sha256.Sum256(csr.RawSubjectPublicKeyInfo)
-		cur, ok := n.State().Certificate(g.CertSerial)
-		if !ok || cur.KeySHA256 == "" || cur.KeySHA256 != hex.EncodeToString(key[:]) {
+		if !n.keyOfCert(g.CertSerial, csr) {
 			return nil, nil, fmt.Errorf("%w: certificate %s is not gateway %s's current certificate (%s); renewing from it takes a CSR for the key of %s, the renewal whose answer was lost",
 				ErrForbidden, presented, g.ID, g.CertSerial, g.CertSerial)
 		}

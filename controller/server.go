@@ -259,7 +259,7 @@ func (s *State) keyIsRecorded(leaf *x509.Certificate) error {
 	if !ok || rec.KeySHA256 == "" {
 		return nil
 	}
-	if sum := sha256.Sum256(leaf.RawSubjectPublicKeyInfo); hex.EncodeToString(sum[:]) != rec.KeySHA256 {
+	if spkiSHA256(leaf.RawSubjectPublicKeyInfo) != rec.KeySHA256 {
 		return fmt.Errorf("certificate %s does not carry the key recorded for it", rec.Serial)
 	}
 	return nil

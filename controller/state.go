@@ -342,10 +342,13 @@ func (s *State) applyGatewayEnroll(r *GatewayEnrollRequest) error {
 	switch {
 	case t.Reenroll && (!ok || g.Status != api.StatusEnrolled):
 		return fmt.Errorf("%w: gateway %s is not enrolled: nothing to re-enroll", ErrConflict, r.Gateway)
-	case t.Reenroll && s.pendingRevocation(g) != "":
-		return fmt.Errorf("%w: gateway %s: a revocation of it is waiting for approval (request %s): decide that first", ErrConflict, g.ID, s.pendingRevocation(g))
 	case !t.Reenroll && (!ok || g.Status != api.StatusPending):
 		return fmt.Errorf("%w: gateway %s is not pending enrollment", ErrConflict, r.Gateway)
+	}
+	if t.Reenroll {
+		if err := s.noPendingRevocation(g); err != nil {
+			return err
+		}
 	}
 	if r.PublicKey == "" {
 		return fmt.Errorf("%w: enrollment of gateway %s without a WireGuard key", ErrBadRequest, r.Gateway)
@@ -786,16 +789,17 @@ func (s *State) approvedRestore(sum string, now time.Time) (string, bool) {
 	return "", false
 }
 
-// pendingRevocation returns the id of a revocation request waiting for
-// approval that names g or one of the certificates it holds, or "".
-func (s *State) pendingRevocation(g *api.Gateway) string {
+// noPendingRevocation refuses a re-enrollment of g while a revocation
+// request naming g or one of the certificates it holds waits for approval
+// (the re-enrollment would revoke those certificates from under it).
+func (s *State) noPendingRevocation(g *api.Gateway) error {
 	for _, r := range s.requestsSorted() {
 		if r.Status == api.RequestPending && r.Kind == api.RequestRevoke &&
 			(r.Gateway == g.ID || r.Serial != "" && (normSerial(r.Serial) == g.CertSerial || slices.Contains(g.RenewedFrom, normSerial(r.Serial)))) {
-			return r.ID
+			return fmt.Errorf("%w: gateway %s: a revocation of it is waiting for approval (request %s): decide that first", ErrConflict, g.ID, r.ID)
 		}
 	}
-	return ""
+	return nil
 }
 
 // canIssueToken says whether gateway may get an enrollment token: a
@@ -807,11 +811,11 @@ func (s *State) canIssueToken(gateway string, reenroll bool) error {
 		return fmt.Errorf("%w: gateway %s", ErrNotFound, gateway)
 	case reenroll && g.Status != api.StatusEnrolled:
 		return fmt.Errorf("%w: gateway %s is %s: only an enrolled gateway re-enrolls", ErrConflict, g.ID, g.Status)
-	case reenroll && s.pendingRevocation(g) != "":
-		return fmt.Errorf("%w: gateway %s: a revocation of it is waiting for approval (request %s): decide that first", ErrConflict, g.ID, s.pendingRevocation(g))
-	case !reenroll && g.Status == api.StatusEnrolled:
+	case reenroll:
+		return s.noPendingRevocation(g)
+	case g.Status == api.StatusEnrolled:
 		return fmt.Errorf("%w: gateway %s is enrolled: a token for it re-enrolls it (a new certificate and WireGuard key, the same address): ask for a re-enrollment token", ErrConflict, g.ID)
-	case !reenroll && g.Status != api.StatusPending:
+	case g.Status != api.StatusPending:
 		return fmt.Errorf("%w: gateway %s is %s, tokens are issued only to pending gateways", ErrConflict, g.ID, g.Status)
 	}
 	return nil

@@ -2,13 +2,10 @@ package netagent
 
 import (
 	"crypto"
-	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/hex"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -19,6 +16,7 @@ import (
 
 	"github.com/govnet/govnet/ca"
 	"github.com/govnet/govnet/hsm"
+	"github.com/govnet/govnet/internal/credfile"
 )
 
 // Where the gateway's TLS private key lives. By default it is a PEM file
@@ -119,34 +117,17 @@ type fileKeys struct{}
 func (fileKeys) keyFile() string { return fileTLSKey }
 
 func (fileKeys) newKey() (crypto.Signer, []byte, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	key, err := credfile.NewKey(credfile.P256)
 	if err != nil {
 		return nil, nil, err
 	}
-	der, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return nil, nil, err
-	}
-	return key, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
+	data, err := credfile.EncodeKey(key)
+	return key, data, err
 }
 
 func (fileKeys) discard([]byte) error { return nil }
 
-func (fileKeys) loadKey(keyData []byte) (crypto.Signer, error) {
-	block, _ := pem.Decode(keyData)
-	if block == nil || block.Type != "PRIVATE KEY" {
-		return nil, errors.New("not a PEM PRIVATE KEY")
-	}
-	key, err := x509.ParsePKCS8PrivateKey(block.Bytes)
-	if err != nil {
-		return nil, err
-	}
-	s, ok := key.(crypto.Signer)
-	if !ok {
-		return nil, fmt.Errorf("a %T cannot sign", key)
-	}
-	return s, nil
-}
+func (fileKeys) loadKey(keyData []byte) (crypto.Signer, error) { return credfile.ParseKey(keyData) }
 
 func (fileKeys) loadPair(certFile, keyFile string) (tls.Certificate, error) {
 	return tls.LoadX509KeyPair(certFile, keyFile)

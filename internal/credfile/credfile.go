@@ -85,7 +85,7 @@ func KeySHA256(pub crypto.PublicKey) (string, error) {
 func PendingKey(keyPath, kind string) (key crypto.Signer, reused bool, err error) {
 	next := keyPath + Next
 	if b, err := os.ReadFile(next); err == nil {
-		key, err := parseKey(b)
+		key, err := ParseKey(b)
 		if err != nil {
 			return nil, false, fmt.Errorf("%s: %w (remove it to start afresh)", next, err)
 		}
@@ -96,17 +96,27 @@ func PendingKey(keyPath, kind string) (key crypto.Signer, reused bool, err error
 	if key, err = NewKey(kind); err != nil {
 		return nil, false, err
 	}
-	der, err := x509.MarshalPKCS8PrivateKey(key)
+	data, err := EncodeKey(key)
 	if err != nil {
 		return nil, false, err
 	}
-	if err := atomicfile.Write(next, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+	if err := atomicfile.Write(next, data, 0o600); err != nil {
 		return nil, false, err
 	}
 	return key, false, nil
 }
 
-func parseKey(b []byte) (crypto.Signer, error) {
+// EncodeKey is key as a PEM PRIVATE KEY (PKCS #8), as ParseKey reads it.
+func EncodeKey(key crypto.Signer) ([]byte, error) {
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, err
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
+}
+
+// ParseKey reads a PEM PRIVATE KEY (PKCS #8) that can sign.
+func ParseKey(b []byte) (crypto.Signer, error) {
 	block, _ := pem.Decode(b)
 	if block == nil || block.Type != "PRIVATE KEY" {
 		return nil, errors.New("not a PEM PRIVATE KEY")
