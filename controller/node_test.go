@@ -127,11 +127,17 @@ type enrolled struct {
 func enroll(t *testing.T, cfg Config, n *Node, token string) (*enrolled, error) {
 	t.Helper()
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	wg, _ := wgtypes.GeneratePrivateKey()
+	return enrollWith(t, cfg, n, token, key, wg)
+}
+
+// enrollWith is enroll with the keys given.
+func enrollWith(t *testing.T, cfg Config, n *Node, token string, key *ecdsa.PrivateKey, wg wgtypes.Key) (*enrolled, error) {
+	t.Helper()
 	csr, err := ca.NewCSR(key, "x")
 	if err != nil {
 		t.Fatal(err)
 	}
-	wg, _ := wgtypes.GeneratePrivateKey()
 	anon := client(t, cfg, n, "", "")
 	resp, err := anon.Enroll(context.Background(), api.EnrollRequest{
 		Token:     token,

@@ -2,10 +2,15 @@ package controller
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"testing"
 	"time"
 
 	"github.com/govnet/govnet/api"
+	"github.com/govnet/govnet/ca"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
 // TestGatewayReenroll: an enrolled gateway enrolls again with a
@@ -84,4 +89,81 @@ func TestGatewayReenroll(t *testing.T) {
 	}
 	_, err = enroll(t, cfg, n, tok.Token)
 	wantStatus(t, err, 403, "already used")
+}
+
+// TestEnrollAskedAgain: an enrollment whose answer was lost after it
+// committed is asked again with the same token and keys, and answered
+// with a new certificate for the same key (a renewal of the one lost),
+// first and re-enrollments alike. Asked with the same token but other
+// keys, or once the gateway's certificate is revoked, it is refused as
+// a used token, and nothing changes.
+func TestEnrollAskedAgain(t *testing.T) {
+	cfg := testConfig(t)
+	n := startNode(t, cfg)
+	defer n.Close()
+	ctx := context.Background()
+	op, off := person(t, cfg, n, "operator1"), person(t, cfg, n, "officer1")
+	if _, err := op.AddAgency(ctx, api.Agency{Code: "000.00.00.H29", Name: "Quảng Ninh"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := op.AddGateway(ctx, api.Gateway{ID: "gw1", Agency: "000.00.00.H29"}); err != nil {
+		t.Fatal(err)
+	}
+	first, err := off.IssueToken(ctx, "gw1", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, reenroll := range []bool{false, true} {
+		tok := first.Token
+		if reenroll {
+			rt, err := off.ReenrollToken(ctx, "gw1", time.Minute)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tok = rt.Token
+		}
+		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		wg, _ := wgtypes.GeneratePrivateKey()
+		lost, err := enrollWith(t, cfg, n, tok, key, wg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lostSerial := lost.resp.Certificate
+		got, err := enrollWith(t, cfg, n, tok, key, wg)
+		if err != nil {
+			t.Fatalf("reenroll=%v: asked again: %v", reenroll, err)
+		}
+		g, _ := n.State().Gateway("gw1")
+		chain, _ := ca.ParsePEM([]byte(got.resp.Certificate))
+		if got.resp.Certificate == lostSerial || ca.Serial(chain[0]) != g.CertSerial || !key.PublicKey.Equal(chain[0].PublicKey) ||
+			got.resp.OverlayIP != lost.resp.OverlayIP || got.resp.Gateway != "gw1" || g.PublicKey != wg.PublicKey().String() {
+			t.Fatalf("reenroll=%v: answered again %+v; gateway %+v", reenroll, got.resp, g)
+		}
+		rec, _ := n.State().Certificate(g.CertSerial)
+		lostChain, _ := ca.ParsePEM([]byte(lost.resp.Certificate))
+		if rec.RenewedFrom != ca.Serial(lostChain[0]) {
+			t.Fatalf("reenroll=%v: the certificate answered again renews %q, want the lost %s", reenroll, rec.RenewedFrom, ca.Serial(lostChain[0]))
+		}
+		if err := got.client.Report(ctx, api.Report{}); err != nil {
+			t.Fatalf("reenroll=%v: the certificate answered again: %v", reenroll, err)
+		}
+		// The same token with another WireGuard key, or another TLS key.
+		wg2, _ := wgtypes.GeneratePrivateKey()
+		_, err = enrollWith(t, cfg, n, tok, key, wg2)
+		wantStatus(t, err, 403, "already used")
+		key2, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		_, err = enrollWith(t, cfg, n, tok, key2, wg)
+		wantStatus(t, err, 403, "already used")
+		if g2, _ := n.State().Gateway("gw1"); g2.CertSerial != g.CertSerial || g2.PublicKey != g.PublicKey {
+			t.Fatalf("reenroll=%v: a refused repeat changed the gateway: %+v, was %+v", reenroll, g2, g)
+		}
+		if reenroll {
+			// Revoked: the enrollment is not answered again.
+			if _, err := off.Revoke(ctx, api.RevokeRequest{Gateway: "gw1", Reason: "keyCompromise"}); err != nil {
+				t.Fatal(err)
+			}
+			_, err = enrollWith(t, cfg, n, tok, key, wg)
+			wantStatus(t, err, 403, "already used")
+		}
+	}
 }

@@ -329,10 +329,6 @@ func (n *Node) handleEnroll(w http.ResponseWriter, r *http.Request) {
 	if !decode(w, r, maxBody, &req) {
 		return
 	}
-	tok, hash, ok := n.usableToken(w, req.Token)
-	if !ok {
-		return
-	}
 	if _, err := wgtypes.ParseKey(req.PublicKey); err != nil {
 		writeError(w, http.StatusBadRequest, "public_key: not a base64 WireGuard key")
 		return
@@ -340,6 +336,14 @@ func (n *Node) handleEnroll(w http.ResponseWriter, r *http.Request) {
 	csr, err := ca.ReadCSR([]byte(req.CSR))
 	if err != nil {
 		writeError(w, http.StatusBadRequest, "csr: "+err.Error())
+		return
+	}
+	hash := hashToken(req.Token)
+	tok, ok := n.State().token(hash)
+	if err := checkToken(&tok, ok, n.now()); err != nil {
+		if asked := n.enrollAgain(w, r.Context(), tok, req, csr); !asked {
+			n.fail(w, err)
+		}
 		return
 	}
 	if tok.Person != "" {
@@ -374,19 +378,61 @@ func (n *Node) handleEnroll(w http.ResponseWriter, r *http.Request) {
 		Cert:        &rec,
 	})
 	if err != nil {
+		// The attempt this one repeats may have committed first (the
+		// gateway asked again while it was in flight).
+		if tok, ok := n.State().token(hash); ok && tok.Used {
+			if n.enrollAgain(w, r.Context(), tok, req, csr) {
+				return
+			}
+		}
 		n.fail(w, err)
 		return
 	}
 	gw, _ = n.State().Gateway(gw.ID)
 	n.log.Info("gateway enrolled", "gateway", gw.ID, "agency", gw.Agency, "serial", ca.Serial(chain[0]), "reenroll", tok.Reenroll)
-	writeJSON(w, http.StatusOK, api.EnrollResponse{
+	writeJSON(w, http.StatusOK, n.enrollResponse(gw, string(ca.EncodePEM(chain...))))
+}
+
+func (n *Node) enrollResponse(gw api.Gateway, chainPEM string) *api.EnrollResponse {
+	return &api.EnrollResponse{
 		Gateway:       gw.ID,
 		Agency:        gw.Agency,
-		Certificate:   string(ca.EncodePEM(chain...)),
+		Certificate:   chainPEM,
 		Root:          string(ca.EncodePEM(n.ca.Root())),
 		OverlayIP:     gw.OverlayIP,
 		OverlayPrefix: n.State().Overlay(),
-	})
+	}
+}
+
+// enrollAgain answers an enrollment asked again after its answer was
+// lost: the token was used, by this very request's keys. The gateway
+// committed, then lost the connection, the leader or its own power
+// before it stored the certificate, and asks again with the same token,
+// WireGuard key and CSR (govnet-agent keeps them until it has the
+// answer). Holding the token, the WireGuard key the enrollment made the
+// gateway's and a CSR signed by the key its current certificate
+// certifies, it gets a new certificate for that key: a renewal of the
+// one it never received, so the usual rules hold (refused once that
+// certificate is revoked or expired, or the token expired). It answers
+// and returns true when the request is such a repeat; otherwise it
+// writes nothing, and the caller reports the token's own refusal.
+func (n *Node) enrollAgain(w http.ResponseWriter, ctx context.Context, tok tokenRecord, req api.EnrollRequest, csr *x509.CertificateRequest) bool {
+	if !tok.Used || tok.Cancelled || tok.Person != "" || !n.now().Before(tok.Expires) {
+		return false
+	}
+	gw, ok := n.State().Gateway(tok.Gateway)
+	if !ok || gw.Status != api.StatusEnrolled || gw.PublicKey != req.PublicKey || !n.keyOfCert(gw.CertSerial, csr) {
+		return false
+	}
+	renewed, _, err := n.renewGateway(ctx, gw.ID, gw.CertSerial, "", "", api.RenewRequest{CSR: req.CSR}, nil)
+	if err != nil {
+		n.fail(w, fmt.Errorf("enrollment asked again: %w", err))
+		return true
+	}
+	gw, _ = n.State().Gateway(gw.ID)
+	n.log.Info("gateway enrollment answered again", "gateway", gw.ID, "serial", renewed.Serial, "lost", gw.RenewedFrom)
+	writeJSON(w, http.StatusOK, n.enrollResponse(gw, renewed.Certificate))
+	return true
 }
 
 // handleWatch streams the gateway's view as JSON lines: the current view

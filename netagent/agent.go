@@ -55,6 +55,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	defer keys.Close()
+	if id, err := finishEnrollment(cfg, keys); err != nil {
+		return fmt.Errorf("complete an interrupted enrollment: %w", err)
+	} else if id != nil {
+		log.Info("completed an enrollment a crash interrupted", "gateway", id.Gateway)
+	}
 	if err := settleKeys(cfg, keys, log); err != nil {
 		log.Warn("complete an interrupted certificate renewal", "err", err)
 	}

@@ -2,8 +2,11 @@ package netagent
 
 import (
 	"context"
+	"crypto"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -37,15 +40,79 @@ func Enroll(ctx context.Context, cfg Config, token, rootFile string) (*Identity,
 
 // Reenroll enrolls an enrolled gateway again, with a token an officer
 // issued for that (govnetctl gateway token --reenroll): new keys, the
-// same name and overlay address. Its files are replaced one by one, the
-// identity last; the agent must not run meanwhile.
+// same name and overlay address. The agent must not run meanwhile.
 func Reenroll(ctx context.Context, cfg Config, token, rootFile string) (*Identity, error) {
 	return enroll(ctx, cfg, token, rootFile, true)
 }
 
-func enroll(ctx context.Context, cfg Config, token, rootFile string, again bool) (_ *Identity, err error) {
+// An enrollment survives a crash and a lost answer. Its keys are written
+// to fileEnrollPending before the request goes out, and the answer is
+// added to it before the first live file is replaced; the live files are
+// then written one by one, the identity last, and fileEnrollPending
+// removed. So:
+//   - a crash while the files are replaced: the next start of the agent,
+//     or the same enroll command again, finishes the installation
+//     (finishEnrollment);
+//   - an answer lost after the controllers committed (a connection, a
+//     leader or the gateway's power lost): the same command with the
+//     same token sends the same keys again, and the controllers, who
+//     know those keys as the gateway's, answer with a new certificate
+//     for them;
+//   - a refusal: the keys stay kept until an enrollment with another
+//     token replaces them (a refusal may have raced the commit of an
+//     earlier attempt with the same keys).
+const fileEnrollPending = "enroll.pending"
+
+// enrollFile is what fileEnrollPending holds (0600).
+type enrollFile struct {
+	TokenSHA256 string `json:"token_sha256"` // the token the keys were made for
+	Reenroll    bool   `json:"reenroll"`
+	Key         string `json:"key"` // the TLS key file's contents: PEM, or a token key's label
+	WGKey       string `json:"wg_key"`
+	// The controllers' answer, once it came.
+	Certificate string    `json:"certificate,omitempty"`
+	Root        string    `json:"root,omitempty"`
+	Identity    *Identity `json:"identity,omitempty"`
+}
+
+func readEnrollFile(cfg Config) (*enrollFile, error) {
+	data, err := os.ReadFile(cfg.path(fileEnrollPending))
+	if err != nil {
+		return nil, err
+	}
+	p := new(enrollFile)
+	if err := json.Unmarshal(data, p); err != nil {
+		return nil, fmt.Errorf("%s: %w", cfg.path(fileEnrollPending), err)
+	}
+	return p, nil
+}
+
+func writeEnrollFile(cfg Config, p *enrollFile) error {
+	data, err := json.Marshal(p)
+	if err != nil {
+		return err
+	}
+	return atomicfile.Write(cfg.path(fileEnrollPending), data, 0o600)
+}
+
+func tokenSHA256(token string) string {
+	sum := sha256.Sum256([]byte(token))
+	return hex.EncodeToString(sum[:])
+}
+
+func enroll(ctx context.Context, cfg Config, token, rootFile string, again bool) (*Identity, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("config: %w", err)
+	}
+	keys, err := openKeyStore(cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer keys.Close()
+	// An enrollment answered but not installed is finished first: the
+	// controllers made its keys the gateway's.
+	if id, err := finishEnrollment(cfg, keys); err != nil || id != nil {
+		return id, err
 	}
 	_, statErr := os.Stat(cfg.path(fileIdent))
 	switch {
@@ -62,39 +129,20 @@ func enroll(ctx context.Context, cfg Config, token, rootFile string, again bool)
 	if err != nil {
 		return nil, err
 	}
-	keys, err := openKeyStore(cfg)
-	if err != nil {
-		return nil, err
-	}
-	defer keys.Close()
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, err
 	}
-	key, keyData, err := keys.newKey()
-	if err != nil {
-		return nil, fmt.Errorf("TLS key: %w", err)
-	}
-	defer func() {
-		if err != nil { // a key in a token would otherwise stay there, unused
-			err = errors.Join(err, keys.discard(keyData))
-		}
-	}()
-	wgKey, err := wgtypes.GeneratePrivateKey()
+	p, key, wgKey, err := enrollKeys(cfg, keys, token, again)
 	if err != nil {
 		return nil, err
 	}
-	csr, err := ca.NewCSR(key, "gateway")
+	req, err := enrollRequest(cfg, token, key, wgKey)
 	if err != nil {
 		return nil, err
 	}
-	resp, err := api.NewClient(cfg.Controller, tlsCfg).Enroll(ctx, api.EnrollRequest{
-		Token:     token,
-		CSR:       string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr.Raw})),
-		PublicKey: wgKey.PublicKey().String(),
-		Endpoint:  cfg.Endpoint,
-	})
+	resp, err := api.NewClient(cfg.Controller, tlsCfg).Enroll(ctx, req)
 	if err != nil {
-		return nil, fmt.Errorf("enroll: %w", err)
+		return nil, fmt.Errorf("enroll: %w (the keys made for this enrollment stay in %s: if the controllers enrolled them before the answer was lost, the same command with the same token gets their certificate)", err, cfg.path(fileEnrollPending))
 	}
 	// Check what came back before keeping it.
 	chain, err := ca.ParsePEM([]byte(resp.Certificate))
@@ -107,34 +155,117 @@ func enroll(ctx context.Context, cfg Config, token, rootFile string, again bool)
 	if err := verifyChain(chain, rootPEM); err != nil {
 		return nil, err
 	}
-	id := &Identity{Gateway: resp.Gateway, Agency: resp.Agency, OverlayIP: resp.OverlayIP, OverlayPrefix: resp.OverlayPrefix}
-	idJSON, _ := json.MarshalIndent(id, "", "  ")
+	p.Certificate, p.Root = resp.Certificate, string(rootPEM)
+	p.Identity = &Identity{Gateway: resp.Gateway, Agency: resp.Agency, OverlayIP: resp.OverlayIP, OverlayPrefix: resp.OverlayPrefix}
+	if err := writeEnrollFile(cfg, p); err != nil {
+		return nil, err
+	}
+	return p.Identity, installEnrollment(cfg, keys, p)
+}
+
+// enrollRequest is what an enrollment with these keys sends.
+func enrollRequest(cfg Config, token string, key crypto.Signer, wgKey wgtypes.Key) (api.EnrollRequest, error) {
+	csr, err := ca.NewCSR(key, "gateway")
+	if err != nil {
+		return api.EnrollRequest{}, err
+	}
+	return api.EnrollRequest{
+		Token:     token,
+		CSR:       string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr.Raw})),
+		PublicKey: wgKey.PublicKey().String(),
+		Endpoint:  cfg.Endpoint,
+	}, nil
+}
+
+// enrollKeys returns the keys for an enrollment with token: those an
+// earlier attempt with the same token kept, or new ones, kept in
+// fileEnrollPending before they are sent anywhere. Keys kept for another
+// token are thrown away.
+func enrollKeys(cfg Config, keys keyStore, token string, again bool) (*enrollFile, crypto.Signer, wgtypes.Key, error) {
+	sum := tokenSHA256(token)
+	p, err := readEnrollFile(cfg)
+	switch {
+	case err == nil && p.TokenSHA256 == sum && p.Reenroll == again:
+		key, kerr := keys.loadKey([]byte(p.Key))
+		wgKey, werr := wgtypes.ParseKey(p.WGKey)
+		if err := errors.Join(kerr, werr); err != nil {
+			return nil, nil, wgtypes.Key{}, fmt.Errorf("%s: the keys kept for this token: %w (remove the file to start afresh with a new token)", cfg.path(fileEnrollPending), err)
+		}
+		return p, key, wgKey, nil
+	case err == nil:
+		if err := keys.discard([]byte(p.Key)); err != nil {
+			return nil, nil, wgtypes.Key{}, fmt.Errorf("%s: the key kept for another token: %w", cfg.path(fileEnrollPending), err)
+		}
+	case !errors.Is(err, os.ErrNotExist):
+		return nil, nil, wgtypes.Key{}, err
+	}
+	key, keyData, err := keys.newKey()
+	if err != nil {
+		return nil, nil, wgtypes.Key{}, fmt.Errorf("TLS key: %w", err)
+	}
+	wgKey, err := wgtypes.GeneratePrivateKey()
+	if err == nil {
+		p = &enrollFile{TokenSHA256: sum, Reenroll: again, Key: string(keyData), WGKey: wgKey.String()}
+		err = writeEnrollFile(cfg, p)
+	}
+	if err != nil { // a key in a token would otherwise stay there, unnamed
+		return nil, nil, wgtypes.Key{}, errors.Join(err, keys.discard(keyData))
+	}
+	return p, key, wgKey, nil
+}
+
+// finishEnrollment installs an enrollment that was answered but whose
+// files a crash left half written, and returns its identity; nil when
+// there is none.
+func finishEnrollment(cfg Config, keys keyStore) (*Identity, error) {
+	p, err := readEnrollFile(cfg)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return nil, nil
+	case err != nil:
+		return nil, err
+	case p.Identity == nil:
+		return nil, nil // asked, never answered: only enroll may ask again
+	}
+	return p.Identity, installEnrollment(cfg, keys, p)
+}
+
+// installEnrollment writes the answered enrollment p over the live files,
+// the identity last, then drops what belonged to the identity it
+// replaces and fileEnrollPending. Writing the same files again is
+// harmless, so a crash anywhere in it is finished by doing it again.
+func installEnrollment(cfg Config, keys keyStore, p *enrollFile) error {
+	idJSON, _ := json.MarshalIndent(p.Identity, "", "  ")
 	for _, f := range []struct {
 		name string
 		data []byte
 		mode os.FileMode
 	}{
-		{keys.keyFile(), keyData, 0o600},
-		{fileWGKey, []byte(wgKey.String() + "\n"), 0o600},
-		{fileCert, []byte(resp.Certificate), 0o644},
-		{fileRoot, rootPEM, 0o644},
+		{keys.keyFile(), []byte(p.Key), 0o600},
+		{fileWGKey, []byte(p.WGKey + "\n"), 0o600},
+		{fileCert, []byte(p.Certificate), 0o644},
+		{fileRoot, []byte(p.Root), 0o644},
 		{fileIdent, idJSON, 0o644}, // last: its presence means "enrolled"
 	} {
 		if err := atomicfile.Write(cfg.path(f.name), f.data, f.mode); err != nil {
-			return nil, err
+			return fmt.Errorf("enrollment answered, but %w: the next start of the agent finishes it", err)
 		}
 	}
-	// What an earlier, unfinished enrollment may have left: the other
-	// kind of key, keys in the token that nothing names.
+	// What the identity replaced may have left: the other kind of key, a
+	// renewal staged or unanswered (its certificate was revoked as
+	// superseded), keys in the token that nothing names.
 	for _, f := range []string{fileTLSKey, fileTLSKeyLabel} {
 		if f != keys.keyFile() {
 			os.Remove(cfg.path(f))
 		}
 	}
-	// ... and a renewal of the identity this one replaces.
-	os.Remove(cfg.path(filePendingRenewal))
+	for _, f := range []string{filePendingRenewal, keys.keyFile() + nextSuffix, fileCertNext, fileEnrollPending} {
+		if err := os.Remove(cfg.path(f)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
 	_, _ = keys.cleanup() // best effort: Run cleans up again at every start
-	return id, nil
+	return nil
 }
 
 func verifyChain(chain []*x509.Certificate, rootPEM []byte) error {

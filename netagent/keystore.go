@@ -237,6 +237,11 @@ func (k *tokenKeys) cleanup() ([]string, error) {
 	staged, _ := k.label(k.cfg.path(fileTLSKeyLabel + ".next"))
 	pending, _ := readPendingFile(k.cfg) // unreadable: nothing to spare
 	pendingKey := strings.TrimSpace(pending.Key)
+	// An enrollment's keys stay until it is installed or replaced.
+	var enrollKey string
+	if p, err := readEnrollFile(k.cfg); err == nil {
+		enrollKey = strings.TrimSpace(p.Key)
+	}
 	keys, err := k.tok.Keys()
 	if err != nil {
 		return nil, err
@@ -246,7 +251,7 @@ func (k *tokenKeys) cleanup() ([]string, error) {
 		errs []error
 	)
 	for _, ki := range keys {
-		if !strings.HasPrefix(ki.Label, k.prefix) || ki.Label == live || ki.Label == staged || ki.Label == pendingKey || slices.Contains(gone, ki.Label) {
+		if !strings.HasPrefix(ki.Label, k.prefix) || ki.Label == live || ki.Label == staged || ki.Label == pendingKey || ki.Label == enrollKey || slices.Contains(gone, ki.Label) {
 			continue
 		}
 		if err := k.tok.DestroyKey(ki.Label); err != nil && !errors.Is(err, hsm.ErrKeyNotFound) {

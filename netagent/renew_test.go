@@ -104,7 +104,11 @@ func tokenConfig(t *testing.T, cfg *Config) hsm.Config {
 // key is generated in the token, sensitive and not extractable, no
 // tls.key is ever written, and a renewal moves to a new key and destroys
 // the old one.
-func TestRenewLoop(t *testing.T) {
+func TestRenewLoop(t *testing.T) { forEachKeyStore(t, testRenewLoop) }
+
+// forEachKeyStore runs test against one real controller, as gateway gw1
+// with its TLS key in a file and as gw2 with its key in its own token.
+func forEachKeyStore(t *testing.T, test func(t *testing.T, c *testCtl, gateway string, token bool)) {
 	hsmtest.Require(t)
 	c := startController(t)
 	for _, tc := range []struct {
@@ -114,7 +118,7 @@ func TestRenewLoop(t *testing.T) {
 		{"file", "gw1", false},
 		{"token", "gw2", true},
 	} {
-		t.Run(tc.name, func(t *testing.T) { testRenewLoop(t, c, tc.gateway, tc.token) })
+		t.Run(tc.name, func(t *testing.T) { test(t, c, tc.gateway, tc.token) })
 	}
 }
 

@@ -61,7 +61,9 @@ func enrollCmd() *cobra.Command {
 			"with the token, and writes the certificate, the identity and a config file.\n" +
 			"The token is read from --token-file or the GOVNET_TOKEN environment variable.\n" +
 			"With --hsm-module and --hsm-token the TLS key is generated in that PKCS#11 token and\n" +
-			"never leaves it; its PIN comes from --hsm-pin-file or --hsm-pin-env, never a flag.",
+			"never leaves it; its PIN comes from --hsm-pin-file or --hsm-pin-env, never a flag.\n" +
+			"If it fails after sending its request, run it again with the same token: it keeps the\n" +
+			"keys it made (enroll.pending in the state directory) until it holds their certificate.",
 		Example: `  GOVNET_TOKEN=... govnet-agent enroll --config /etc/govnet/agent.yaml \
     --controller https://10.0.0.1:7443 --root /etc/govnet/root.crt --endpoint 192.0.2.10:51820
 
