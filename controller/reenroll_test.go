@@ -5,6 +5,8 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"encoding/pem"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -94,12 +96,14 @@ func TestGatewayReenroll(t *testing.T) {
 // TestEnrollAskedAgain: an enrollment whose answer was lost after it
 // committed is asked again with the same token and keys, and answered
 // with a new certificate for the same key (a renewal of the one lost),
-// first and re-enrollments alike. Asked with the same token but other
-// keys, or once the gateway's certificate is revoked, it is refused as
-// a used token, and nothing changes.
+// first and re-enrollments alike. It is refused as a used token, and
+// nothing changes, when asked with the same token but other keys, after
+// the gateway renewed (with a new key), once the gateway's certificate
+// expired, and once the gateway is revoked.
 func TestEnrollAskedAgain(t *testing.T) {
 	cfg := testConfig(t)
-	n := startNode(t, cfg)
+	var ahead atomic.Int64
+	n := startNodeAt(t, cfg, func() time.Time { return time.Now().Add(time.Duration(ahead.Load())) })
 	defer n.Close()
 	ctx := context.Background()
 	op, off := person(t, cfg, n, "operator1"), person(t, cfg, n, "officer1")
@@ -116,7 +120,7 @@ func TestEnrollAskedAgain(t *testing.T) {
 	for _, reenroll := range []bool{false, true} {
 		tok := first.Token
 		if reenroll {
-			rt, err := off.ReenrollToken(ctx, "gw1", time.Minute)
+			rt, err := off.ReenrollToken(ctx, "gw1", 48*time.Hour)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -128,42 +132,58 @@ func TestEnrollAskedAgain(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		lostSerial := lost.resp.Certificate
 		got, err := enrollWith(t, cfg, n, tok, key, wg)
 		if err != nil {
 			t.Fatalf("reenroll=%v: asked again: %v", reenroll, err)
 		}
 		g, _ := n.State().Gateway("gw1")
 		chain, _ := ca.ParsePEM([]byte(got.resp.Certificate))
-		if got.resp.Certificate == lostSerial || ca.Serial(chain[0]) != g.CertSerial || !key.PublicKey.Equal(chain[0].PublicKey) ||
+		lostChain, _ := ca.ParsePEM([]byte(lost.resp.Certificate))
+		if ca.Serial(chain[0]) == ca.Serial(lostChain[0]) || ca.Serial(chain[0]) != g.CertSerial || !key.PublicKey.Equal(chain[0].PublicKey) ||
 			got.resp.OverlayIP != lost.resp.OverlayIP || got.resp.Gateway != "gw1" || g.PublicKey != wg.PublicKey().String() {
 			t.Fatalf("reenroll=%v: answered again %+v; gateway %+v", reenroll, got.resp, g)
 		}
-		rec, _ := n.State().Certificate(g.CertSerial)
-		lostChain, _ := ca.ParsePEM([]byte(lost.resp.Certificate))
-		if rec.RenewedFrom != ca.Serial(lostChain[0]) {
+		if rec, _ := n.State().Certificate(g.CertSerial); rec.RenewedFrom != ca.Serial(lostChain[0]) {
 			t.Fatalf("reenroll=%v: the certificate answered again renews %q, want the lost %s", reenroll, rec.RenewedFrom, ca.Serial(lostChain[0]))
 		}
 		if err := got.client.Report(ctx, api.Report{}); err != nil {
 			t.Fatalf("reenroll=%v: the certificate answered again: %v", reenroll, err)
 		}
-		// The same token with another WireGuard key, or another TLS key.
-		wg2, _ := wgtypes.GeneratePrivateKey()
-		_, err = enrollWith(t, cfg, n, tok, key, wg2)
-		wantStatus(t, err, 403, "already used")
-		key2, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		_, err = enrollWith(t, cfg, n, tok, key2, wg)
-		wantStatus(t, err, 403, "already used")
-		if g2, _ := n.State().Gateway("gw1"); g2.CertSerial != g.CertSerial || g2.PublicKey != g.PublicKey {
-			t.Fatalf("reenroll=%v: a refused repeat changed the gateway: %+v, was %+v", reenroll, g2, g)
+		// Lost twice: answered again once more.
+		if got, err = enrollWith(t, cfg, n, tok, key, wg); err != nil {
+			t.Fatalf("reenroll=%v: asked a third time: %v", reenroll, err)
 		}
-		if reenroll {
-			// Revoked: the enrollment is not answered again.
-			if _, err := off.Revoke(ctx, api.RevokeRequest{Gateway: "gw1", Reason: "keyCompromise"}); err != nil {
+		g, _ = n.State().Gateway("gw1")
+		refused := func(step string, key *ecdsa.PrivateKey, wg wgtypes.Key) {
+			t.Helper()
+			_, err := enrollWith(t, cfg, n, tok, key, wg)
+			wantStatus(t, err, 403, "already used")
+			if g2, _ := n.State().Gateway("gw1"); g2.CertSerial != g.CertSerial || g2.PublicKey != g.PublicKey {
+				t.Fatalf("reenroll=%v: %s: a refused repeat changed the gateway: %+v, was %+v", reenroll, step, g2, g)
+			}
+		}
+		wg2, _ := wgtypes.GeneratePrivateKey()
+		refused("another WireGuard key", key, wg2)
+		key2, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		refused("another TLS key", key2, wg)
+		if !reenroll {
+			// The gateway renews (a new key, as the agent does): its
+			// enrollment is over.
+			csr, _ := ca.NewCSR(key2, "x")
+			if _, err := got.client.Renew(ctx, api.RenewRequest{CSR: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr.Raw}))}); err != nil {
 				t.Fatal(err)
 			}
-			_, err = enrollWith(t, cfg, n, tok, key, wg)
-			wantStatus(t, err, 403, "already used")
+			g, _ = n.State().Gateway("gw1")
+			refused("after a renewal", key, wg)
+			continue
 		}
+		ahead.Store(int64(g.CertExpires.Sub(time.Now()) + time.Minute))
+		refused("the certificate expired", key, wg)
+		ahead.Store(0)
+		if _, err := off.Revoke(ctx, api.RevokeRequest{Gateway: "gw1", Reason: "keyCompromise"}); err != nil {
+			t.Fatal(err)
+		}
+		g, _ = n.State().Gateway("gw1")
+		refused("revoked", key, wg)
 	}
 }

@@ -405,23 +405,32 @@ func (n *Node) enrollResponse(gw api.Gateway, chainPEM string) *api.EnrollRespon
 }
 
 // enrollAgain answers an enrollment asked again after its answer was
-// lost: the token was used, by this very request's keys. The gateway
-// committed, then lost the connection, the leader or its own power
-// before it stored the certificate, and asks again with the same token,
-// WireGuard key and CSR (govnet-agent keeps them until it has the
-// answer). Holding the token, the WireGuard key the enrollment made the
-// gateway's and a CSR signed by the key its current certificate
-// certifies, it gets a new certificate for that key: a renewal of the
-// one it never received, so the usual rules hold (refused once that
-// certificate is revoked or expired, or the token expired). It answers
-// and returns true when the request is such a repeat; otherwise it
-// writes nothing, and the caller reports the token's own refusal.
+// lost: the gateway committed, then lost the connection, the leader or
+// its own power before it stored the certificate, and asks again with
+// the same token, WireGuard key and CSR (govnet-agent keeps them until
+// it has the answer). The token must still be valid but for its use,
+// its officer still one, and the request must carry the keys the token
+// enrolled: the WireGuard key the gateway has, and a CSR for the key of
+// both the certificate the token enrolled and the gateway's current one
+// (the same certificate, or one answered again for it: the agent makes a
+// new key at every renewal, so a gateway that renewed since is refused).
+// It gets a new certificate for that key: a renewal of the one it never
+// received, under the rules of any renewal (not once that certificate
+// is revoked or expired, or a revocation of the gateway is pending). It
+// answers and returns true when the request is such a repeat; otherwise
+// it writes nothing, and the caller reports the token's own refusal.
 func (n *Node) enrollAgain(w http.ResponseWriter, ctx context.Context, tok tokenRecord, req api.EnrollRequest, csr *x509.CertificateRequest) bool {
-	if !tok.Used || tok.Cancelled || tok.Person != "" || !n.now().Before(tok.Expires) {
+	if !tok.Used || tok.Cancelled || tok.Person != "" || tok.Enrolled == "" || !n.now().Before(tok.Expires) {
 		return false
 	}
+	for _, who := range []string{tok.Issuer, tok.Requester} {
+		if p, ok := n.State().Person(who); who != "" && (!ok || p.Status != api.PersonActive) {
+			return false // withdrawn with its person (cancelTokens)
+		}
+	}
 	gw, ok := n.State().Gateway(tok.Gateway)
-	if !ok || gw.Status != api.StatusEnrolled || gw.PublicKey != req.PublicKey || !n.keyOfCert(gw.CertSerial, csr) {
+	if !ok || gw.Status != api.StatusEnrolled || gw.PublicKey != req.PublicKey || !n.now().Before(gw.CertExpires) ||
+		!n.keyOfCert(tok.Enrolled, csr) || !n.keyOfCert(gw.CertSerial, csr) {
 		return false
 	}
 	renewed, _, err := n.renewGateway(ctx, gw.ID, gw.CertSerial, "", "", api.RenewRequest{CSR: req.CSR}, nil)
@@ -430,7 +439,7 @@ func (n *Node) enrollAgain(w http.ResponseWriter, ctx context.Context, tok token
 		return true
 	}
 	gw, _ = n.State().Gateway(gw.ID)
-	n.log.Info("gateway enrollment answered again", "gateway", gw.ID, "serial", renewed.Serial, "lost", gw.RenewedFrom)
+	n.log.Info("gateway enrollment answered again", "gateway", gw.ID, "serial", renewed.Serial, "enrolled", tok.Enrolled)
 	writeJSON(w, http.StatusOK, n.enrollResponse(gw, renewed.Certificate))
 	return true
 }

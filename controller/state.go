@@ -47,6 +47,11 @@ type tokenRecord struct {
 	// Requester asked for the token in a four-eyes request that Issuer
 	// approved; empty for a one-step token.
 	Requester string `json:"requester,omitempty"`
+	// Enrolled is the serial of the certificate a gateway enrolled with
+	// the token (absent in records made before it was kept): an
+	// enrollment whose answer was lost is answered again for that
+	// certificate's key only (Node.enrollAgain).
+	Enrolled string `json:"enrolled,omitempty"`
 }
 
 // State is the replicated registry. Only the FSM writes it; readers take
@@ -381,7 +386,7 @@ func (s *State) applyGatewayEnroll(r *GatewayEnrollRequest) error {
 		rec.Requester, rec.Approver = cmp.Or(t.Requester, t.Issuer), t.Issuer
 		s.addCert(rec, r.At, r.Actor)
 	}
-	t.Used = true
+	t.Used, t.Enrolled = true, r.CertSerial
 	s.addrInUse[addr] = g.ID
 	g.OverlayIP = addr
 	if g.PublicKey != "" && g.PublicKey != r.PublicKey {

@@ -50,6 +50,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("config: %w", err)
 	}
+	unlock, err := lockState(cfg)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	keys, err := openKeyStore(cfg)
 	if err != nil {
 		return err

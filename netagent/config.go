@@ -9,10 +9,12 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/goccy/go-yaml"
@@ -149,3 +151,31 @@ const (
 	// renew.go's pendingFile.
 	filePendingRenewal = "renewal.pending"
 )
+
+// fileLock is the state directory's lock: one govnet-agent, running or
+// enrolling, uses the directory at a time (lockState).
+const fileLock = "lock"
+
+// lockState takes the state directory's lock for as long as the process
+// holds it (flock: released when the process ends, however it ends) and
+// returns its release. A directory that does not exist yet has nothing
+// to protect.
+func lockState(cfg Config) (release func(), err error) {
+	f, err := os.OpenFile(cfg.path(fileLock), os.O_RDWR|os.O_CREATE, 0o600)
+	if errors.Is(err, os.ErrNotExist) {
+		if _, serr := os.Stat(cfg.StateDir); errors.Is(serr, os.ErrNotExist) {
+			return func() {}, nil
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("state directory %s is in use by another govnet-agent (run or enroll): stop it first", cfg.StateDir)
+		}
+		return nil, fmt.Errorf("lock %s: %w", cfg.path(fileLock), err)
+	}
+	return func() { f.Close() }, nil
+}

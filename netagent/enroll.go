@@ -109,6 +109,14 @@ func enroll(ctx context.Context, cfg Config, token, rootFile string, again bool)
 		return nil, err
 	}
 	defer keys.Close()
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, err
+	}
+	unlock, err := lockState(cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	// An enrollment answered but not installed is finished first: the
 	// controllers made its keys the gateway's.
 	if id, err := finishEnrollment(cfg, keys); err != nil || id != nil {
@@ -129,9 +137,6 @@ func enroll(ctx context.Context, cfg Config, token, rootFile string, again bool)
 	if err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
-		return nil, err
-	}
 	p, key, wgKey, err := enrollKeys(cfg, keys, token, again)
 	if err != nil {
 		return nil, err
@@ -141,7 +146,11 @@ func enroll(ctx context.Context, cfg Config, token, rootFile string, again bool)
 		return nil, err
 	}
 	resp, err := api.NewClient(cfg.Controller, tlsCfg).Enroll(ctx, req)
-	if err != nil {
+	var refused *api.StatusError
+	switch {
+	case errors.As(err, &refused) && refused.Code < 500:
+		return nil, fmt.Errorf("enroll: %w", err)
+	case err != nil:
 		return nil, fmt.Errorf("enroll: %w (the keys made for this enrollment stay in %s: if the controllers enrolled them before the answer was lost, the same command with the same token gets their certificate)", err, cfg.path(fileEnrollPending))
 	}
 	// Check what came back before keeping it.

@@ -24,7 +24,8 @@ import (
 //   - a failure while the files are replaced: the next start finishes
 //     the installation;
 //   - keys kept by a refused attempt are thrown away when another token
-//     is used.
+//     is used;
+//   - no enrollment while an agent holds the state directory.
 func TestEnrollSurvivesFaults(t *testing.T) { forEachKeyStore(t, testEnrollSurvivesFaults) }
 
 func testEnrollSurvivesFaults(t *testing.T, c *testCtl, gw string, token bool) {
@@ -112,6 +113,16 @@ func testEnrollSurvivesFaults(t *testing.T, c *testCtl, gw string, token bool) {
 		t.Fatalf("enrollment asked again: %v", err)
 	}
 	installed("first enrollment asked again", p)
+
+	// A running agent holds the state directory: no enrollment meanwhile.
+	unlock, err := lockState(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Reenroll(ctx, cfg, "any", c.rootFile); err == nil || !strings.Contains(err.Error(), "in use by another govnet-agent") {
+		t.Fatalf("re-enrollment while the agent runs: %v", err)
+	}
+	unlock()
 
 	// A re-enrollment's answer lost, the agent started in between (it
 	// cannot connect: its certificate was revoked as superseded).

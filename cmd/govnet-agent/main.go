@@ -88,11 +88,13 @@ func enrollCmd() *cobra.Command {
 			if reenroll {
 				enroll = netagent.Reenroll
 			}
-			id, err := enroll(cmd.Context(), cfg, token, root)
-			if err != nil {
+			// The config first: a stop between the enrollment and the
+			// config would leave an enrolled gateway the agent cannot run.
+			if err := cfg.Save(configPath); err != nil {
 				return err
 			}
-			if err := cfg.Save(configPath); err != nil {
+			id, err := enroll(cmd.Context(), cfg, token, root)
+			if err != nil {
 				return err
 			}
 			fmt.Printf("enrolled gateway %s of agency %s: overlay address %s, config %s\n", id.Gateway, id.Agency, id.OverlayIP, configPath)
