@@ -284,6 +284,11 @@ type Person struct {
 	// Previous is the certificate Serial was renewed from: it may still
 	// renew (a renewal whose answer was lost), and do nothing else.
 	Previous string `json:"previous,omitempty"`
+	// FormerRoles are the roles the person held before Role, each once,
+	// in the order they were left: an auditor counts the approvals an
+	// officer made before they took another role (govnetctl cert audit).
+	// Empty in records made before it was kept.
+	FormerRoles []string `json:"former_roles,omitempty"`
 }
 
 // Kinds of four-eyes request.

@@ -222,7 +222,7 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	if p, _ := f.State().Policy(); p.Version != 2 || p.Actor != "off2" {
 		t.Fatalf("policy approved by off2: %+v", p)
 	}
-	if tok, ok := f.State().token("h3"); !ok || tok.Gateway != "gw2" || tok.Issuer != "off" || !tok.Expires.Equal(t0.Add(time.Hour)) {
+	if tok, ok := f.State().token("h3"); !ok || tok.Gateway != "gw2" || tok.Issuer != "off" || !tok.Expires.Equal(t0.Add(time.Hour)) || tok.Enrolled != "2a" {
 		t.Fatalf("token from the approved request: %+v", tok)
 	}
 	gw, _ := f.State().Gateway("gw1")
@@ -770,5 +770,25 @@ func TestGatewayRevocationRaces(t *testing.T) {
 	err = applyCmd(t, f, next, CmdGatewayEnroll, &GatewayEnrollRequest{Meta: meta("gateway:gw7"), Gateway: "gw7", TokenHash: "t7", PublicKey: "k7", CertSerial: "71", CertExpires: t0.Add(24 * time.Hour)})
 	if err == nil || !strings.Contains(err.Error(), "cancelled") {
 		t.Fatalf("enrollment with a revoked officer's token: %v", err)
+	}
+}
+
+// TestFormerRoles: a person registered again with another role keeps the
+// roles they held before, each once, through snapshot and restore.
+func TestFormerRoles(t *testing.T) {
+	f := NewFSM(slog.Default(), nil)
+	for i, role := range []string{"officer", "operator", "officer", "auditor"} {
+		if err := applyCmd(t, f, uint64(i+1), CmdPersonUpsert, &PersonUpsertRequest{Meta: meta("node:ctl1"), Name: "lan", Role: role, Serial: fmt.Sprintf("0%d", i+1), Status: api.PersonActive}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	g := NewFSM(slog.Default(), nil)
+	if err := g.Restore(io.NopCloser(bytes.NewReader(snapshotBytes(t, f)))); err != nil {
+		t.Fatal(err)
+	}
+	for _, fsm := range []*FSM{f, g} {
+		if p, _ := fsm.State().Person("lan"); p.Role != "auditor" || !slices.Equal(p.FormerRoles, []string{"officer", "operator"}) {
+			t.Fatalf("person %+v: want auditor, formerly officer and operator", p)
+		}
 	}
 }

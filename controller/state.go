@@ -680,7 +680,14 @@ func (s *State) upsertPerson(r *PersonUpsertRequest) {
 	if r.Status == api.PersonRevoked && !slices.Contains(revoked, normSerial(serial)) {
 		revoked = append(revoked, normSerial(serial))
 	}
-	s.people[r.Name] = &api.Person{Name: r.Name, Role: r.Role, Serial: serial, Status: r.Status, RevokedSerials: revoked}
+	var former []string
+	if old := s.people[r.Name]; old != nil {
+		former = old.FormerRoles
+		if old.Role != r.Role && !slices.Contains(former, old.Role) {
+			former = append(slices.Clone(former), old.Role)
+		}
+	}
+	s.people[r.Name] = &api.Person{Name: r.Name, Role: r.Role, Serial: serial, Status: r.Status, RevokedSerials: revoked, FormerRoles: former}
 }
 
 func validPersonName(n string) bool {

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/govnet/govnet/api"
-	"github.com/govnet/govnet/ca"
 	"github.com/govnet/govnet/internal/certaudit"
 	"github.com/spf13/cobra"
 )
@@ -198,13 +197,7 @@ func (a *app) certCmd() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				officers := map[string]bool{}
-				for _, p := range people {
-					if p.Role == ca.RoleOfficer {
-						officers[p.Name] = true
-					}
-				}
-				findings := certaudit.Check(certs, officers)
+				findings := certaudit.Check(certs, certaudit.Officers(people))
 				if err := a.print(findings, "SERIAL\tKIND\tSUBJECT\tPROBLEM", func(w io.Writer) {
 					for _, f := range findings {
 						fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", f.Serial, f.Kind, f.Subject, f.Problem)

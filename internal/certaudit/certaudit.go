@@ -5,12 +5,27 @@ package certaudit
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/govnet/govnet/api"
 	"github.com/govnet/govnet/ca"
 )
+
+// Officers returns the names of the people who hold, or held, the
+// officer's role: Check's approvers. An approval was checked against the
+// approver's role when it was made, so an officer who has another role
+// now still accounts for the approvals made before.
+func Officers(people []api.Person) map[string]bool {
+	out := map[string]bool{}
+	for _, p := range people {
+		if p.Role == ca.RoleOfficer || slices.Contains(p.FormerRoles, ca.RoleOfficer) {
+			out[p.Name] = true
+		}
+	}
+	return out
+}
 
 // Finding is a certificate no approval accounts for, and why.
 type Finding struct {

@@ -78,3 +78,16 @@ func TestCheckLongChain(t *testing.T) {
 		t.Fatalf("%d findings, the first %+v", len(f), f[0])
 	}
 }
+
+// TestOfficers: officers now and officers before, not the others.
+func TestOfficers(t *testing.T) {
+	got := Officers([]api.Person{
+		{Name: "a", Role: "officer"},
+		{Name: "b", Role: "operator", FormerRoles: []string{"officer"}},
+		{Name: "c", Role: "officer", Status: api.PersonRevoked},
+		{Name: "d", Role: "auditor", FormerRoles: []string{"operator"}},
+	})
+	if len(got) != 3 || !got["a"] || !got["b"] || !got["c"] {
+		t.Fatalf("officers %v, want a, b and c", got)
+	}
+}
