@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"bytes"
 	"cmp"
 	"errors"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 	"github.com/goccy/go-yaml"
 	"github.com/govnet/govnet/ca"
 	"github.com/govnet/govnet/hsm"
+	"github.com/govnet/govnet/internal/atomicfile"
 	"github.com/govnet/govnet/internal/yamlfile"
 )
 
@@ -148,21 +150,35 @@ func LoadConfig(path string) (Config, error) {
 // LoadFile reads a YAML config file over the values already in c.
 func (c *Config) LoadFile(path string) error { return yamlfile.Decode(path, c) }
 
-// WriteConfig writes cfg as YAML, refusing to overwrite a file.
+// WriteConfig writes cfg as YAML, whole (atomicfile), refusing to
+// overwrite a file that holds anything else.
 func WriteConfig(path string, cfg Config) error {
-	data, err := yaml.Marshal(cfg)
+	data, err := configFor(path, cfg)
 	if err != nil {
 		return err
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640)
+	if err := atomicfile.Write(path, data, 0o640); err != nil {
+		return fmt.Errorf("write config: %w", err)
+	}
+	return nil
+}
+
+// configFor returns what WriteConfig writes to path for cfg, or why it
+// may not: path must not exist, or hold this very config (the same
+// command run again after it stopped half way).
+func configFor(path string, cfg Config) ([]byte, error) {
+	data, err := yaml.Marshal(cfg)
 	if err != nil {
-		return fmt.Errorf("write config: %w", err)
+		return nil, err
 	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return fmt.Errorf("write config: %w", err)
+	old, err := os.ReadFile(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist) || err == nil && bytes.Equal(old, data):
+		return data, nil
+	case err != nil:
+		return nil, fmt.Errorf("write config: %w", err)
 	}
-	return f.Close()
+	return nil, fmt.Errorf("write config: %s exists and holds another config: remove it, or choose another path", path)
 }
 
 // Validate checks every key and says which one is wrong.

@@ -10,16 +10,19 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/govnet/govnet/api"
 	"github.com/govnet/govnet/ca"
 	"github.com/govnet/govnet/hsm"
+	"github.com/govnet/govnet/internal/atomicfile"
 	"github.com/govnet/govnet/internal/credfile"
 )
 
@@ -73,6 +76,9 @@ func Init(ctx context.Context, o InitOptions) error {
 	if _, err := os.Stat(cfg.pkiPath(rootFile)); err == nil {
 		return fmt.Errorf("%s exists: this node is already initialised", cfg.pkiPath(rootFile))
 	}
+	if err := checkInitInput(o); err != nil {
+		return err
+	}
 	if err := os.MkdirAll(filepath.Dir(cfg.pkiPath(rootFile)), 0o755); err != nil {
 		return err
 	}
@@ -86,7 +92,7 @@ func Init(ctx context.Context, o InitOptions) error {
 	}
 	defer tok.Close()
 
-	rootKey, err := tok.GenerateKey(RootKeyLabel, elliptic.P384())
+	rootKey, err := tokenKey(tok, RootKeyLabel, elliptic.P384())
 	if err != nil {
 		return err
 	}
@@ -94,7 +100,7 @@ func Init(ctx context.Context, o InitOptions) error {
 	if err != nil {
 		return err
 	}
-	interKey, err := tok.GenerateKey(IntermediateKeyLabel(cfg.Node), elliptic.P256())
+	interKey, err := tokenKey(tok, IntermediateKeyLabel(cfg.Node), elliptic.P256())
 	if err != nil {
 		return err
 	}
@@ -106,7 +112,7 @@ func Init(ctx context.Context, o InitOptions) error {
 	if err != nil {
 		return err
 	}
-	tlsKey, err := tok.GenerateKey(TLSKeyLabel(cfg.Node), elliptic.P256())
+	tlsKey, err := tokenKey(tok, TLSKeyLabel(cfg.Node), elliptic.P256())
 	if err != nil {
 		return err
 	}
@@ -114,16 +120,72 @@ func Init(ctx context.Context, o InitOptions) error {
 	if err != nil {
 		return err
 	}
-	if err := writeCerts(cfg, root, inter, node); err != nil {
+	if err := writeCert(cfg, intermediateFile, inter); err != nil {
+		return err
+	}
+	if err := writeCert(cfg, nodeFile, node); err != nil {
 		return err
 	}
 	if err := found(ctx, cfg, authority, o.People, o.PeopleDir); err != nil {
 		return err
 	}
 	if o.ConfigPath != "" {
-		return WriteConfig(o.ConfigPath, cfg)
+		if err := WriteConfig(o.ConfigPath, cfg); err != nil {
+			return err
+		}
 	}
-	return nil
+	return writeCert(cfg, rootFile, root) // last: its presence means "initialised"
+}
+
+// A crash, a full disk or a wrong argument can stop `govnetd init`,
+// `init --join` and `finish-join` half way. Each then runs again to the
+// end: its input is checked before anything is made, the keys an earlier
+// run made in the token are taken again (tokenKey), every file is
+// written whole (atomicfile) and may be written again, and the file that
+// says the step is done is written last (root.pem; intermediate.csr for
+// `init --join`).
+
+// checkInitInput refuses, before anything is made, what init would
+// refuse half way: bootstrap people the registry would not take, and a
+// config file that exists with other contents.
+func checkInitInput(o InitOptions) error {
+	var errs []error
+	seen := map[string]bool{}
+	for _, p := range o.People {
+		switch {
+		case !validPersonName(p.Name):
+			errs = append(errs, fmt.Errorf("person %q: use 1-63 letters, digits, '.', '_' and '-'", p.Name))
+		case seen[p.Name]:
+			errs = append(errs, fmt.Errorf("person %q is named twice", p.Name))
+		}
+		if !slices.Contains(roles, p.Role) {
+			errs = append(errs, fmt.Errorf("person %q: role %q: want one of %v", p.Name, p.Role, roles))
+		}
+		seen[p.Name] = true
+	}
+	if o.ConfigPath != "" {
+		if _, err := configFor(o.ConfigPath, o.Config); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// tokenKey returns the key labelled label in tok, generating it on curve
+// if the token has none: one that an interrupted run of the same step
+// generated is taken again.
+func tokenKey(tok *hsm.Token, label string, curve elliptic.Curve) (crypto.Signer, error) {
+	key, err := tok.Signer(label)
+	if errors.Is(err, hsm.ErrKeyNotFound) {
+		return tok.GenerateKey(label, curve)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if pub, ok := key.Public().(*ecdsa.PublicKey); !ok || pub.Curve != curve {
+		return nil, fmt.Errorf("token %q already holds a key %q that is not on %s: it was not made by this step; remove it, or use another token", tok.Label(), label, curve.Params().Name)
+	}
+	return key, nil
 }
 
 // found makes this node the founder of a new cluster: it issues the
@@ -143,7 +205,7 @@ func found(ctx context.Context, cfg Config, authority *ca.CA, ps []Person, peopl
 	if err := writeJSONFile(cfg.pkiPath(bootstrapPeopleFile), people); err != nil {
 		return err
 	}
-	return os.WriteFile(filepath.Join(cfg.DataDir, bootstrapFile), []byte("this node founds a new cluster on its first start\n"), 0o600)
+	return atomicfile.Write(filepath.Join(cfg.DataDir, bootstrapFile), []byte("this node founds a new cluster on its first start\n"), 0o600)
 }
 
 // Founding says whether the node at cfg is initialised to found a new
@@ -171,7 +233,7 @@ func writeJSONFile(path string, v any) error {
 	if err != nil {
 		return err
 	}
-	return os.WriteFile(path, append(b, '\n'), 0o644)
+	return atomicfile.Write(path, append(b, '\n'), 0o644)
 }
 
 // initCA is the authority `govnetd init` and `finish-join` issue the
@@ -214,13 +276,8 @@ func issueNodeCert(ctx context.Context, authority *ca.CA, cfg Config, hosts []st
 	return chain[0], nil
 }
 
-func writeCerts(cfg Config, root, inter, node *x509.Certificate) error {
-	for name, c := range map[string]*x509.Certificate{rootFile: root, intermediateFile: inter, nodeFile: node} {
-		if err := os.WriteFile(cfg.pkiPath(name), ca.EncodePEM(c), 0o644); err != nil {
-			return err
-		}
-	}
-	return nil
+func writeCert(cfg Config, name string, c *x509.Certificate) error {
+	return atomicfile.Write(cfg.pkiPath(name), ca.EncodePEM(c), 0o644)
 }
 
 // Adding a node to a cluster takes three steps, so that no key ever
@@ -276,6 +333,9 @@ func PrepareJoin(ctx context.Context, o InitOptions) ([]byte, error) {
 	if _, err := os.Stat(cfg.pkiPath(csrFile)); err == nil {
 		return nil, fmt.Errorf("%s exists: finish the join with the signed intermediate", cfg.pkiPath(csrFile))
 	}
+	if err := checkInitInput(o); err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(filepath.Dir(cfg.pkiPath(rootFile)), 0o755); err != nil {
 		return nil, err
 	}
@@ -288,11 +348,11 @@ func PrepareJoin(ctx context.Context, o InitOptions) ([]byte, error) {
 		return nil, err
 	}
 	defer tok.Close()
-	interKey, err := tok.GenerateKey(IntermediateKeyLabel(cfg.Node), elliptic.P256())
+	interKey, err := tokenKey(tok, IntermediateKeyLabel(cfg.Node), elliptic.P256())
 	if err != nil {
 		return nil, err
 	}
-	if _, err := tok.GenerateKey(TLSKeyLabel(cfg.Node), elliptic.P256()); err != nil {
+	if _, err := tokenKey(tok, TLSKeyLabel(cfg.Node), elliptic.P256()); err != nil {
 		return nil, err
 	}
 	csr, err := ca.NewCSR(interKey, IntermediateCN(cfg.Node))
@@ -304,16 +364,17 @@ func PrepareJoin(ctx context.Context, o InitOptions) ([]byte, error) {
 	if o.Found {
 		js.Found, js.People, js.PeopleDir = true, o.People, o.PeopleDir
 	}
-	if err := writeJSONFile(cfg.pkiPath(joinFile), js); err != nil {
-		return nil, err
-	}
-	if err := os.WriteFile(cfg.pkiPath(csrFile), csrPEM, 0o644); err != nil {
-		return nil, err
-	}
 	if o.ConfigPath != "" {
 		if err := WriteConfig(o.ConfigPath, cfg); err != nil {
 			return nil, err
 		}
+	}
+	if err := writeJSONFile(cfg.pkiPath(joinFile), js); err != nil {
+		return nil, err
+	}
+	// Last: its presence means "step 1 done".
+	if err := atomicfile.Write(cfg.pkiPath(csrFile), csrPEM, 0o644); err != nil {
+		return nil, err
 	}
 	return csrPEM, nil
 }
@@ -419,13 +480,18 @@ func FinishJoin(ctx context.Context, cfg Config, bundle []byte, now time.Time) e
 	if err != nil {
 		return err
 	}
-	if err := writeCerts(cfg, root, inter, node); err != nil {
+	if err := writeCert(cfg, intermediateFile, inter); err != nil {
+		return err
+	}
+	if err := writeCert(cfg, nodeFile, node); err != nil {
 		return err
 	}
 	if js.Found {
-		return found(ctx, cfg, authority, js.People, js.PeopleDir)
+		if err := found(ctx, cfg, authority, js.People, js.PeopleDir); err != nil {
+			return err
+		}
 	}
-	return nil
+	return writeCert(cfg, rootFile, root) // last: its presence means "initialised"
 }
 
 // issuePerson creates a key pair on this machine for a bootstrap person and
@@ -450,8 +516,8 @@ func issuePerson(ctx context.Context, authority *ca.CA, p Person, dir string) (*
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	if err := os.WriteFile(filepath.Join(dir, p.Name+".key"), keyPEM, 0o600); err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, p.Name+".key"), keyPEM, 0o600); err != nil {
 		return nil, err
 	}
-	return chain[0], os.WriteFile(filepath.Join(dir, p.Name+".crt"), ca.EncodePEM(chain...), 0o644)
+	return chain[0], atomicfile.Write(filepath.Join(dir, p.Name+".crt"), ca.EncodePEM(chain...), 0o644)
 }

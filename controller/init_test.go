@@ -1,8 +1,11 @@
 package controller
 
 import (
+	"bytes"
 	"context"
+	"crypto"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"io"
 	"math/big"
@@ -10,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -102,19 +106,8 @@ func TestFoundWithCeremonyRoot(t *testing.T) {
 	if got, _ := os.ReadFile(cfg.pkiPath(rootFile)); !strings.Contains(string(ca.EncodePEM(res.Root)), strings.TrimSpace(string(got))) {
 		t.Fatal("the node's root is not the ceremony's")
 	}
-	tok, err := hsm.Open(hc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tok.Close()
-	keys, err := tok.Keys()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, k := range keys {
-		if k.Label == RootKeyLabel {
-			t.Fatalf("the node's token holds a root key: %+v", k)
-		}
+	if labels := tokenLabels(t, hc); slices.Contains(labels, RootKeyLabel) {
+		t.Fatalf("the node's token holds a root key: %v", labels)
 	}
 
 	// Revoking an intermediate is a root operation too: one share is
@@ -182,4 +175,169 @@ func TestFoundWithCeremonyRoot(t *testing.T) {
 			t.Fatalf("openssl crl: %v\n%s", err, out)
 		}
 	}
+}
+
+// TestInitRunsAgain: init checks its input before it makes anything, and
+// runs again to the end after it stopped half way: the keys the first
+// run made are taken again, the files written again, root.pem last.
+// init --join likewise, with intermediate.csr last.
+func TestInitRunsAgain(t *testing.T) {
+	hsmtest.Require(t)
+	ctx := context.Background()
+	hc := hsmtest.NewToken(t)
+	dir := t.TempDir()
+	pinFile := filepath.Join(dir, "pin")
+	os.WriteFile(pinFile, []byte(hc.PIN+"\n"), 0o600)
+	cfg := Config{
+		Node: "ctl1", DataDir: filepath.Join(dir, "data"), RaftAddr: freePort(t), APIAddr: "127.0.0.1:0",
+		OverlayPrefix: "100.64.0.0/24",
+		HSM:           HSMConfig{Module: hc.Module, TokenLabel: hc.TokenLabel, PINFile: pinFile},
+	}
+	people := []Person{{"operator1", ca.RoleOperator}, {"officer1", ca.RoleOfficer}}
+	o := InitOptions{Config: cfg, People: people, PeopleDir: filepath.Join(dir, "people"), ConfigPath: filepath.Join(dir, "ctl1.yaml")}
+
+	// Bad input: refused before the token or the data directory is touched.
+	bad := o
+	bad.People = []Person{{"alice", "officr"}, {"bob/x", ca.RoleOperator}, {"alice", ca.RoleAuditor}}
+	err := Init(ctx, bad)
+	for _, want := range []string{`role "officr"`, `person "bob/x"`, `"alice" is named twice`} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Fatalf("init with bad people: %v, want it to say %s", err, want)
+		}
+	}
+	os.WriteFile(o.ConfigPath, []byte("node: other\n"), 0o640)
+	if err := Init(ctx, o); err == nil || !strings.Contains(err.Error(), "holds another config") {
+		t.Fatalf("init over another config file: %v", err)
+	}
+	os.Remove(o.ConfigPath)
+	if keys := tokenLabels(t, hc); len(keys) != 0 {
+		t.Fatalf("refused inits left keys in the token: %v", keys)
+	}
+	if _, err := os.Stat(cfg.DataDir); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("refused inits made the data directory: %v", err)
+	}
+
+	// Stopped before its last file: the next run finishes, with the same keys.
+	if err := Init(ctx, o); err != nil {
+		t.Fatal(err)
+	}
+	first, err := readCert(cfg.pkiPath(rootFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(cfg.pkiPath(rootFile))
+	if err := Init(ctx, o); err != nil {
+		t.Fatalf("init run again: %v", err)
+	}
+	again, err := readCert(cfg.pkiPath(rootFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !first.PublicKey.(interface{ Equal(crypto.PublicKey) bool }).Equal(again.PublicKey) {
+		t.Fatal("the run again made another root key")
+	}
+	if keys := tokenLabels(t, hc); len(keys) != 3 {
+		t.Fatalf("token keys %v, want the root's, the intermediate's and the TLS key", keys)
+	}
+	if err := Init(ctx, o); err == nil || !strings.Contains(err.Error(), "already initialised") {
+		t.Fatalf("init once done: %v", err)
+	}
+	n := startNode(t, cfg)
+	defer n.Close()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, ok := n.State().Person("officer1"); ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("bootstrap people not registered: %+v", n.State().People())
+		}
+	}
+	off := person(t, cfg, n, "officer1")
+	if _, err := off.People(ctx); err != nil {
+		t.Fatalf("the credentials of the run again: %v", err)
+	}
+
+	// init --join, stopped before its CSR: the next run writes it, for the
+	// same intermediate key.
+	hc2 := hsmtest.NewToken(t)
+	pin2 := filepath.Join(dir, "pin2")
+	os.WriteFile(pin2, []byte(hc2.PIN+"\n"), 0o600)
+	cfg2 := cfg
+	cfg2.Node, cfg2.DataDir, cfg2.HSM = "ctl2", filepath.Join(dir, "data2"), HSMConfig{Module: hc2.Module, TokenLabel: hc2.TokenLabel, PINFile: pin2}
+	jo := InitOptions{Config: cfg2, ConfigPath: filepath.Join(dir, "ctl2.yaml")}
+	csr1, err := PrepareJoin(ctx, jo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(cfg2.pkiPath(csrFile))
+	csr2, err := PrepareJoin(ctx, jo)
+	if err != nil {
+		t.Fatalf("init --join run again: %v", err)
+	}
+	r1, _ := ca.ParseCSR(csr1)
+	r2, _ := ca.ParseCSR(csr2)
+	if !bytes.Equal(r1.RawSubjectPublicKeyInfo, r2.RawSubjectPublicKeyInfo) {
+		t.Fatal("init --join run again made another intermediate key")
+	}
+	if _, err := PrepareJoin(ctx, jo); err == nil || !strings.Contains(err.Error(), "finish the join") {
+		t.Fatalf("init --join once done: %v", err)
+	}
+}
+
+// TestBootstrapPeopleResumed: a founding node whose first start
+// registered only some of the bootstrap people registers the rest at the
+// next start.
+func TestBootstrapPeopleResumed(t *testing.T) {
+	cfg := testConfig(t)
+	file := cfg.pkiPath(bootstrapPeopleFile)
+	all, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var people []bootstrapPerson
+	if err := json.Unmarshal(all, &people); err != nil || len(people) != 3 {
+		t.Fatalf("bootstrap people %s: %v", all, err)
+	}
+	if err := writeJSONFile(file, people[:1]); err != nil { // the start stops after the first
+		t.Fatal(err)
+	}
+	registered := func(n *Node, want int) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); len(n.State().People()) != want; time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("registered %+v, want %d people", n.State().People(), want)
+			}
+		}
+	}
+	n := startNode(t, cfg)
+	registered(n, 1)
+	n.Close()
+	if err := os.WriteFile(file, all, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	n = startNode(t, cfg)
+	defer n.Close()
+	registered(n, 3)
+	if _, err := person(t, cfg, n, "officer2").People(context.Background()); err != nil {
+		t.Fatalf("the last bootstrap person: %v", err)
+	}
+}
+
+// tokenLabels returns the labels of the keys in the token hc.
+func tokenLabels(t *testing.T, hc hsm.Config) []string {
+	t.Helper()
+	tok, err := hsm.Open(hc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tok.Close()
+	keys, err := tok.Keys()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var labels []string
+	for _, k := range keys {
+		labels = append(labels, k.Label)
+	}
+	return labels
 }

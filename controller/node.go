@@ -43,6 +43,9 @@ type Node struct {
 	token *hsm.Token
 	ca    *ca.CA
 	cert  atomic.Pointer[tls.Certificate] // this node's certificate chain and TLS key; nodecert.go renews it
+	// bootstrapped: every person of bootstrap-people.json is registered
+	// (registerBootstrap has nothing left to do).
+	bootstrapped atomic.Bool
 	// nextNodeCert is a renewed node certificate not yet recorded
 	// (issuerDuties' own).
 	nextNodeCert *x509.Certificate

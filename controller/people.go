@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/govnet/govnet/api"
@@ -47,24 +48,35 @@ func (n *Node) checkPerson(id ca.Identity, r *http.Request) error {
 // ErrUnauthorized refuses a caller the registry does not know or has revoked.
 var ErrUnauthorized = errors.New("unauthorized")
 
-// registerBootstrap records, once, the people `govnetd init` issued
-// credentials to (only the founding node has the list).
+// registerBootstrap records the people `govnetd init` issued credentials
+// to (only the founding node has the list) who are not in the registry
+// yet: all of them on the first start, and after a start that stopped
+// half way (a crash, a lost leadership) the rest.
 func (n *Node) registerBootstrap(ctx context.Context) {
-	if len(n.State().People()) > 0 {
+	if n.bootstrapped.Load() {
 		return
 	}
 	b, err := os.ReadFile(n.cfg.pkiPath(bootstrapPeopleFile))
-	if err != nil {
-		return // not the founding node
+	if errors.Is(err, os.ErrNotExist) {
+		n.bootstrapped.Store(true) // not the founding node
+		return
 	}
-	var people []bootstrapPerson
-	if err := json.Unmarshal(b, &people); err != nil {
+	if err != nil {
 		n.log.Error("bootstrap people", "err", err)
 		return
 	}
+	var people []bootstrapPerson
+	if err := json.Unmarshal(b, &people); err != nil {
+		n.log.Error("bootstrap people", "file", n.cfg.pkiPath(bootstrapPeopleFile), "err", err)
+		return
+	}
+	people = slices.DeleteFunc(people, func(p bootstrapPerson) bool {
+		_, registered := n.State().Person(p.Name)
+		return registered
+	})
 	var certs []api.Certificate
 	for _, p := range people {
-		if p.Cert != nil {
+		if _, recorded := n.State().Certificate(p.Serial); p.Cert != nil && !recorded {
 			certs = append(certs, *p.Cert)
 		}
 	}
@@ -82,6 +94,7 @@ func (n *Node) registerBootstrap(ctx context.Context) {
 			return
 		}
 	}
+	n.bootstrapped.Store(true)
 }
 
 func (n *Node) handlePeople(w http.ResponseWriter, r *http.Request, _ ca.Identity) {
