@@ -6,6 +6,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"encoding/pem"
+	"net/netip"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -185,5 +186,55 @@ func TestEnrollAskedAgain(t *testing.T) {
 		}
 		g, _ = n.State().Gateway("gw1")
 		refused("revoked", key, wg)
+	}
+}
+
+// TestGatewayLANs: a gateway's LANs are the source addresses its peers
+// attribute to it alone: the API refuses what would let one gateway
+// speak for others (a default route, the overlay, another gateway's
+// networks) and what the firewall cannot enforce (IPv6), and records
+// nothing.
+func TestGatewayLANs(t *testing.T) {
+	cfg := testConfig(t)
+	n := startNode(t, cfg)
+	defer n.Close()
+	ctx := context.Background()
+	op := person(t, cfg, n, "operator1")
+	if _, err := op.AddAgency(ctx, api.Agency{Code: "000.00.00.H29", Name: "Quảng Ninh"}); err != nil {
+		t.Fatal(err)
+	}
+	add := func(id string, lans ...string) error {
+		g := api.Gateway{ID: id, Agency: "000.00.00.H29"}
+		for _, l := range lans {
+			g.LANs = append(g.LANs, netip.MustParsePrefix(l))
+		}
+		_, err := op.AddGateway(ctx, g)
+		return err
+	}
+	if err := add("gw1", "10.29.1.0/24", "192.168.10.0/24"); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		lans []string
+		code int
+		want string
+	}{
+		{[]string{"0.0.0.0/0"}, 400, "wider than /8"},
+		{[]string{"100.64.0.0/16"}, 400, "overlaps the overlay network 100.64.0.0/24"},
+		{[]string{"100.64.0.7/32"}, 400, "overlaps the overlay"},
+		{[]string{"fd00::/64"}, 400, "only IPv4"},
+		{[]string{"127.0.0.0/8"}, 400, "not a unicast network"},
+		{[]string{"10.29.0.0/16"}, 409, "overlaps 10.29.1.0/24 of gateway gw1"},
+		{[]string{"10.30.0.0/24", "10.30.0.128/25"}, 400, "overlap"},
+		{[]string{"10.30.0.1/24"}, 400, "not a network address"},
+	} {
+		err := add("gw2", c.lans...)
+		wantStatus(t, err, c.code, c.want)
+	}
+	if _, ok := n.State().Gateway("gw2"); ok {
+		t.Fatal("a refused gateway was recorded")
+	}
+	if err := add("gw2", "10.29.2.0/24"); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -293,6 +294,59 @@ func (s *State) applyGatewayAdd(r *GatewayAddRequest) error {
 	s.gateways[r.ID] = &api.Gateway{
 		ID: r.ID, Agency: r.Agency, Name: r.Name, Endpoint: r.Endpoint,
 		LANs: slices.Clone(r.LANs), Status: api.StatusPending,
+	}
+	return nil
+}
+
+// minLANBits is the widest LAN prefix a gateway may register: an agency's
+// network, not a share of the address space.
+const minLANBits = 8
+
+// checkLANs says why a new gateway may not register lans: a gateway's
+// LANs are the source addresses its peers' firewalls and WireGuard
+// routes attribute to it alone, so they must be IPv4 networks (the
+// firewall is IPv4 only) of unicast addresses, no wider than /8, outside
+// the overlay and clear of every other gateway's LANs. The API checks
+// this before it submits a gateway (Apply keeps accepting what earlier
+// releases committed).
+func (s *State) checkLANs(lans []netip.Prefix) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var errs []error
+	for i, p := range lans {
+		a := p.Addr()
+		switch {
+		case !p.IsValid() || p != p.Masked():
+			errs = append(errs, fmt.Errorf("LAN prefix %s is not a network address", p))
+		case !a.Is4():
+			errs = append(errs, fmt.Errorf("LAN prefix %s: only IPv4 networks (the gateways' firewall is IPv4)", p))
+		case p.Bits() < minLANBits:
+			errs = append(errs, fmt.Errorf("LAN prefix %s is wider than /%d: register the agency's own networks", p, minLANBits))
+		case a.IsLoopback() || a.IsMulticast() || a.IsLinkLocalUnicast() || a.IsUnspecified() || p.Overlaps(netip.MustParsePrefix("240.0.0.0/4")):
+			errs = append(errs, fmt.Errorf("LAN prefix %s is not a unicast network", p))
+		case s.overlay.IsValid() && p.Overlaps(s.overlay):
+			errs = append(errs, fmt.Errorf("LAN prefix %s overlaps the overlay network %s", p, s.overlay))
+		}
+		for _, q := range lans[:i] {
+			if p.Overlaps(q) {
+				errs = append(errs, fmt.Errorf("LAN prefixes %s and %s overlap", q, p))
+			}
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%w: %w", ErrBadRequest, errors.Join(errs...))
+	}
+	for _, id := range slices.Sorted(maps.Keys(s.gateways)) {
+		for _, q := range s.gateways[id].LANs {
+			for _, p := range lans {
+				if p.Overlaps(q) {
+					errs = append(errs, fmt.Errorf("LAN prefix %s overlaps %s of gateway %s", p, q, id))
+				}
+			}
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%w: %w", ErrConflict, errors.Join(errs...))
 	}
 	return nil
 }
