@@ -49,6 +49,12 @@ type Node struct {
 	// nextNodeCert is a renewed node certificate not yet recorded
 	// (issuerDuties' own).
 	nextNodeCert *x509.Certificate
+	nextNodeKey  nodeKey
+	// tlsKeyLabel names the token key of cert; oldTLSKeysAt is when a
+	// renewal replaced the one before (issuerDuties' own; zero: none to
+	// destroy).
+	tlsKeyLabel  atomic.Pointer[string]
+	oldTLSKeysAt time.Time
 	verifier     *chain.Verifier // client certificates of the API; its Roots are the trust anchor
 
 	// peers makes node-to-node calls, authenticated by the node
@@ -216,10 +222,12 @@ func (n *Node) openCA() error {
 	if err != nil {
 		return err
 	}
-	tlsKey, err := n.token.Signer(TLSKeyLabel(n.cfg.Node))
+	tlsKey, label, err := nodeTLSKey(n.token, n.cfg.Node, node)
 	if err != nil {
 		return err
 	}
+	n.tlsKeyLabel.Store(&label)
+	n.oldTLSKeysAt = time.Now().Add(-oldTLSKeysGrace) // keys a renewal left: gone at the first duties
 	if n.ca, err = ca.New(root, inter, interKey, ca.WithProfiles(n.cfg.profiles()), ca.WithRevocationURLs(n.revocationURLs())); err != nil {
 		return err
 	}

@@ -3,22 +3,91 @@ package controller
 import (
 	"context"
 	"crypto"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/govnet/govnet/api"
 	"github.com/govnet/govnet/ca"
+	"github.com/govnet/govnet/hsm"
 	"github.com/govnet/govnet/internal/atomicfile"
 )
 
 // A node's certificate is what its API serves and what it presents to
 // the other nodes, over raft and the internal routes. The node renews it
-// itself, with its own intermediate and the same TLS key in its token,
-// two thirds into its life: one that expired would cut it off from the
-// cluster and its gateways.
+// itself, with its own intermediate, two thirds into its life: one that
+// expired would cut it off from the cluster and its gateways.
+//
+// Each renewal is for a new TLS key, generated in the node's token
+// (TLSKeyLabel(node) + "+" + random hex; init made TLSKeyLabel(node)),
+// so that a key serves one certificate's life. The certificate file says
+// which key is live: a start finds it by its public key (nodeTLSKey). The
+// key a renewal replaced is destroyed a little later (oldTLSKeysGrace,
+// for handshakes that began with it), and at every start.
+
+// oldTLSKeysGrace is how long a replaced node TLS key is kept.
+const oldTLSKeysGrace = time.Minute
+
+// nodeTLSKey returns the key in tok that cert, node's certificate,
+// certifies, and its label.
+func nodeTLSKey(tok *hsm.Token, node string, cert *x509.Certificate) (crypto.Signer, string, error) {
+	labels, err := nodeTLSKeyLabels(tok, node)
+	if err != nil {
+		return nil, "", err
+	}
+	for _, label := range labels {
+		key, err := tok.Signer(label)
+		if err != nil {
+			return nil, "", err
+		}
+		if k, ok := key.Public().(interface{ Equal(crypto.PublicKey) bool }); ok && k.Equal(cert.PublicKey) {
+			return key, label, nil
+		}
+	}
+	return nil, "", fmt.Errorf("token %q holds no TLS key of node %s for its certificate %s (keys %v)", tok.Label(), node, ca.Serial(cert), labels)
+}
+
+// nodeTLSKeyLabels returns the labels of node's TLS keys in tok.
+func nodeTLSKeyLabels(tok *hsm.Token, node string) ([]string, error) {
+	keys, err := tok.Keys()
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, k := range keys {
+		if k.Label == TLSKeyLabel(node) || strings.HasPrefix(k.Label, TLSKeyLabel(node)+"+") {
+			out = append(out, k.Label)
+		}
+	}
+	return out, nil
+}
+
+// dropOldTLSKeys destroys this node's TLS keys other than the live one.
+func (n *Node) dropOldTLSKeys() error {
+	labels, err := nodeTLSKeyLabels(n.token, n.cfg.Node)
+	if err != nil {
+		return err
+	}
+	live := n.tlsKeyLabel.Load()
+	var errs []error
+	for _, label := range labels {
+		if label == *live {
+			continue
+		}
+		if err := n.token.DestroyKey(label); err != nil && !errors.Is(err, hsm.ErrKeyNotFound) {
+			errs = append(errs, err)
+			continue
+		}
+		n.log.Info("destroyed a node TLS key no longer in use", "key", label)
+	}
+	return errors.Join(errs...)
+}
 
 func (n *Node) getCert(*tls.ClientHelloInfo) (*tls.Certificate, error) { return n.cert.Load(), nil }
 
@@ -41,6 +110,12 @@ func nodeCertDue(leaf *x509.Certificate) time.Time {
 // issuerDuties calls it; a certificate issued but not yet recorded (no
 // leader) is kept for the next attempt rather than issued again.
 func (n *Node) renewNodeCertIfDue(ctx context.Context) error {
+	if at := n.oldTLSKeysAt; !at.IsZero() && time.Since(at) >= oldTLSKeysGrace {
+		if err := n.dropOldTLSKeys(); err != nil {
+			n.log.Warn("destroy node TLS keys no longer in use", "err", err)
+		}
+		n.oldTLSKeysAt = time.Time{}
+	}
 	cur := n.cert.Load()
 	if n.now().Before(nodeCertDue(cur.Leaf)) {
 		return nil
@@ -59,24 +134,13 @@ func (n *Node) renewNodeCertIfDue(ctx context.Context) error {
 		return fmt.Errorf("node certificate due for renewal, but one issued now for profiles.node (%s) would end at %s, no later than the current one (%s)",
 			n.cfg.profiles().Node, end.UTC().Format(time.RFC3339), cur.Leaf.NotAfter.UTC().Format(time.RFC3339))
 	}
-	next := n.nextNodeCert
+	next, key := n.nextNodeCert, n.nextNodeKey
 	if next == nil || ca.Serial(next) == "" {
-		key, ok := cur.PrivateKey.(crypto.Signer)
-		if !ok {
-			return fmt.Errorf("node key %T cannot sign a CSR", cur.PrivateKey)
-		}
-		csr, err := ca.NewCSR(key, n.cfg.Node)
-		if err != nil {
+		var err error
+		if next, key, err = n.issueNodeCert(ctx, cur.Leaf); err != nil {
 			return err
 		}
-		chain, err := n.ca.Issue(ctx, csr, ca.NodeProfile(n.cfg.Node, cur.Leaf.DNSNames, cur.Leaf.IPAddresses))
-		if err != nil {
-			return fmt.Errorf("issue the node certificate: %w", err)
-		}
-		if !chain[0].NotAfter.After(cur.Leaf.NotAfter) {
-			return fmt.Errorf("the renewed node certificate would expire at %s, no later than the current one", chain[0].NotAfter.UTC().Format(time.RFC3339))
-		}
-		next, n.nextNodeCert = chain[0], chain[0]
+		n.nextNodeCert, n.nextNodeKey = next, key
 	}
 	rec := n.certRecord(next)
 	rec.Requester, rec.RenewedFrom = "node:"+n.cfg.Node, ca.Serial(cur.Leaf)
@@ -88,14 +152,52 @@ func (n *Node) renewNodeCertIfDue(ctx context.Context) error {
 	if err := atomicfile.Write(n.cfg.pkiPath(nodeFile), ca.EncodePEM(next), 0o644); err != nil {
 		return fmt.Errorf("write the renewed node certificate: %w", err)
 	}
-	n.cert.Store(&tls.Certificate{Certificate: [][]byte{next.Raw, n.ca.Intermediate().Raw}, PrivateKey: cur.PrivateKey, Leaf: next})
+	n.cert.Store(&tls.Certificate{Certificate: [][]byte{next.Raw, n.ca.Intermediate().Raw}, PrivateKey: key.signer, Leaf: next})
+	n.tlsKeyLabel.Store(&key.label)
+	n.oldTLSKeysAt = time.Now()
 	// The other nodes check a caller's certificate on every internal
 	// call, not only at the handshake: calls go on new connections, which
 	// present the renewed one, and the old connections close once idle.
 	old := n.peers.Swap(newPeerClient(n.verifier.Roots(), n.getClientCert))
 	old.CloseIdleConnections()
-	n.nextNodeCert = nil
-	n.log.Info("node certificate renewed", "serial", rec.Serial, "old_serial", ca.Serial(cur.Leaf),
+	n.nextNodeCert, n.nextNodeKey = nil, nodeKey{}
+	n.log.Info("node certificate renewed", "serial", rec.Serial, "old_serial", ca.Serial(cur.Leaf), "key", key.label,
 		"not_after", next.NotAfter.UTC().Format(time.RFC3339), "renew_at", nodeCertDue(next).UTC().Format(time.RFC3339))
 	return nil
+}
+
+// nodeKey is a node TLS key in the token.
+type nodeKey struct {
+	signer crypto.Signer
+	label  string
+}
+
+// issueNodeCert issues the certificate that renews cur, for a new key in
+// the token.
+func (n *Node) issueNodeCert(ctx context.Context, cur *x509.Certificate) (_ *x509.Certificate, key nodeKey, err error) {
+	b := make([]byte, 8)
+	if _, err := rand.Read(b); err != nil {
+		return nil, key, err
+	}
+	key.label = TLSKeyLabel(n.cfg.Node) + "+" + hex.EncodeToString(b)
+	if key.signer, err = n.token.GenerateKey(key.label, elliptic.P256()); err != nil {
+		return nil, key, fmt.Errorf("generate the next node TLS key: %w", err)
+	}
+	defer func() {
+		if err != nil { // the next attempt makes another
+			err = errors.Join(err, n.token.DestroyKey(key.label))
+		}
+	}()
+	csr, err := ca.NewCSR(key.signer, n.cfg.Node)
+	if err != nil {
+		return nil, key, err
+	}
+	chain, err := n.ca.Issue(ctx, csr, ca.NodeProfile(n.cfg.Node, cur.DNSNames, cur.IPAddresses))
+	if err != nil {
+		return nil, key, fmt.Errorf("issue the node certificate: %w", err)
+	}
+	if !chain[0].NotAfter.After(cur.NotAfter) {
+		return nil, key, fmt.Errorf("the renewed node certificate would expire at %s, no later than the current one", chain[0].NotAfter.UTC().Format(time.RFC3339))
+	}
+	return chain[0], key, nil
 }

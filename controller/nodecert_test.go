@@ -58,8 +58,13 @@ func TestNodeCertRenewal(t *testing.T) {
 		t.Fatalf("inventory record of %s: %+v, %v", serial, rec, ok)
 	}
 	if got := renewed.Leaf; got.Subject.CommonName != "ctl1" || !slices.Equal(got.DNSNames, first.DNSNames) ||
-		len(got.IPAddresses) != len(first.IPAddresses) || !bytes.Equal(got.RawSubjectPublicKeyInfo, first.RawSubjectPublicKeyInfo) {
-		t.Fatalf("renewed certificate: CN %q, DNS %v, IPs %v; was DNS %v, IPs %v, and the same key", got.Subject.CommonName, got.DNSNames, got.IPAddresses, first.DNSNames, first.IPAddresses)
+		len(got.IPAddresses) != len(first.IPAddresses) || bytes.Equal(got.RawSubjectPublicKeyInfo, first.RawSubjectPublicKeyInfo) {
+		t.Fatalf("renewed certificate: CN %q, DNS %v, IPs %v; was DNS %v, IPs %v, and another key", got.Subject.CommonName, got.DNSNames, got.IPAddresses, first.DNSNames, first.IPAddresses)
+	}
+	// The new key is in the token; the one it replaced goes after a grace.
+	live := *n.tlsKeyLabel.Load()
+	if labels, err := nodeTLSKeyLabels(n.token, "ctl1"); err != nil || !slices.Contains(labels, live) || !slices.Contains(labels, TLSKeyLabel("ctl1")) || live == TLSKeyLabel("ctl1") {
+		t.Fatalf("token keys after the renewal %v (%v): want init's and the live %s", labels, err, live)
 	}
 	if got := servedSerial(t, n); got != serial {
 		t.Fatalf("API serves %s, want the renewed %s", got, serial)
@@ -81,6 +86,15 @@ func TestNodeCertRenewal(t *testing.T) {
 	if got := servedSerial(t, n); got != serial {
 		t.Fatalf("after a restart the API serves %s, want %s", got, serial)
 	}
+	if got := *n.tlsKeyLabel.Load(); got != live {
+		t.Fatalf("after a restart the node uses key %s, want %s", got, live)
+	}
+	waitFor(t, 10*time.Second, "the replaced TLS key destroyed", func() error {
+		if labels, _ := nodeTLSKeyLabels(n.token, "ctl1"); !slices.Equal(labels, []string{live}) {
+			return fmt.Errorf("token keys %v", labels)
+		}
+		return nil
+	})
 }
 
 // TestNodeCertRenewalStopsAtIntermediate: a node certificate cut short
