@@ -18,6 +18,12 @@ import (
 	"github.com/govnet/govnet/internal/atomicfile"
 )
 
+// peerDevice is what apply and report need of the WireGuard device.
+type peerDevice interface {
+	ApplyPeers([]api.Peer) (bool, error)
+	Stats() (peers int, lastHandshake time.Time, err error)
+}
+
 // Agent reconciles one gateway to the controllers' view of it.
 type Agent struct {
 	cfg     Config
@@ -26,6 +32,7 @@ type Agent struct {
 	clients []*api.Client // one per controller node, in the configured order
 	cur     atomic.Int32  // index of the node the agent currently talks to
 	dev     *Device
+	peers   peerDevice // what apply changes peers through: dev (tests: another)
 	fw      *Firewall
 	metrics *agentMetrics
 	keys    keyStore // the TLS key: a file, or the gateway's token
@@ -111,6 +118,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	defer a.dev.Close()
+	a.peers = a.dev
 	if saved != nil {
 		if _, err := a.dev.ApplyPeers(saved.Peers); err != nil {
 			log.Error("restore saved peers", "err", err)
@@ -141,12 +149,15 @@ func (a *Agent) watchLoop(ctx context.Context) {
 	for ctx.Err() == nil {
 		node := a.cfg.endpoints()[a.cur.Load()]
 		err := a.client().Watch(ctx, a.appliedIndex(), func(v *api.View) error {
-			b.reset()
-			failures = 0
 			if err := a.apply(ctx, v); err != nil {
 				a.metrics.fail(stepApply)
 				return err
 			}
+			// Only a view applied counts as success: one that fails
+			// every time is retried with backoff, not in a loop over the
+			// controllers.
+			b.reset()
+			failures = 0
 			return nil
 		})
 		if ctx.Err() != nil {
@@ -192,7 +203,7 @@ func (a *Agent) apply(ctx context.Context, v *api.View) error {
 		return nil
 	}
 	start := time.Now()
-	peersChanged, err := a.dev.ApplyPeers(v.Peers)
+	peersChanged, err := a.peers.ApplyPeers(v.Peers)
 	if errors.Is(err, ErrInvalidPeer) {
 		// The valid peers are in place; the ones left out cannot send
 		// anything, so the rest of the view still applies.
@@ -202,9 +213,21 @@ func (a *Agent) apply(ctx context.Context, v *api.View) error {
 	}
 	rulesChanged := a.applied == nil || !reflect.DeepEqual(a.applied.Rules, v.Rules)
 	if rulesChanged {
-		if a.digest, err = a.applyRules(v.Rules); err != nil {
+		digest, err := a.applyRules(v.Rules)
+		if err != nil {
+			// The firewall kept the last view's rules: so do the peers,
+			// or a view that narrows what a kept peer may reach would
+			// take effect by halves.
+			var last []api.Peer // none before the first view: deny-all has no peers
+			if a.applied != nil {
+				last = a.applied.Peers
+			}
+			if _, perr := a.peers.ApplyPeers(last); perr != nil && !errors.Is(perr, ErrInvalidPeer) {
+				err = errors.Join(err, fmt.Errorf("restore the last view's peers: %w", perr))
+			}
 			return fmt.Errorf("apply firewall: %w", err)
 		}
+		a.digest = digest
 	}
 	a.applied = v
 	a.metrics.viewApplied(v)
@@ -232,7 +255,7 @@ func (a *Agent) report(ctx context.Context, always bool) {
 	if a.applied == nil {
 		return
 	}
-	peers, hs, err := a.dev.Stats()
+	peers, hs, err := a.peers.Stats()
 	if err != nil {
 		a.log.Warn("read wireguard stats", "err", err)
 	}

@@ -1,20 +1,25 @@
 package netagent
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"fmt"
 	"io"
 	"math/big"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
 	"github.com/govnet/govnet/api"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
@@ -148,5 +153,58 @@ func TestAgentMetrics(t *testing.T) {
 	}
 	if got := one("govnet_agent_ruleset_ok").GetGauge().GetValue(); got != 0 {
 		t.Errorf("ruleset_ok after a mismatch: %v", got)
+	}
+}
+
+// recordedPeers is a WireGuard device's peers as apply sets them.
+type recordedPeers struct{ peers []api.Peer }
+
+func (r *recordedPeers) ApplyPeers(p []api.Peer) (bool, error) {
+	changed := !slices.EqualFunc(r.peers, p, func(a, b api.Peer) bool { return a.PublicKey == b.PublicKey })
+	r.peers = slices.Clone(p)
+	return changed, nil
+}
+
+func (r *recordedPeers) Stats() (int, time.Time, error) { return len(r.peers), time.Time{}, nil }
+
+// TestApplyFailureKeepsLastView: a view whose firewall the kernel refuses
+// leaves the gateway on the last view whole: its rules (the batch was
+// refused), its peers (put back), its digest and its index, so the view
+// is asked for again.
+func TestApplyFailureKeepsLastView(t *testing.T) {
+	fw, _ := newTestFirewall(t, "wg0")
+	cfg := DefaultConfig()
+	cfg.StateDir = t.TempDir()
+	tc, _ := api.TLSConfig("/dev/null", "", "")
+	peers := &recordedPeers{}
+	a := &Agent{cfg: cfg, log: testLogger(t), fw: fw, peers: peers, id: &Identity{Gateway: "gw1"},
+		clients: []*api.Client{api.NewClient("https://127.0.0.1:1", tc)}} // reports fail, and are only logged
+	a.metrics = newAgentMetrics(a)
+	ctx := context.Background()
+	peer := func(i int) api.Peer {
+		return api.Peer{Gateway: fmt.Sprintf("gw%d", i), PublicKey: fmt.Sprintf("key%d", i)}
+	}
+	v1 := &api.View{Gateway: "gw1", RaftIndex: 10, Rules: smallRules, Peers: []api.Peer{peer(2)}}
+	if err := a.apply(ctx, v1); err != nil {
+		t.Fatal(err)
+	}
+	digest := a.digest
+	v2 := &api.View{Gateway: "gw1", RaftIndex: 11, Rules: bigRules(50), Peers: []api.Peer{peer(2), peer(3)}}
+	fw.beforeFlush = func(c *nftables.Conn, tbl *nftables.Table) {
+		c.AddRule(&nftables.Rule{Table: tbl, Chain: &nftables.Chain{Name: "input", Table: tbl},
+			Exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: "no-such-chain"}}})
+	}
+	if err := a.apply(ctx, v2); err == nil {
+		t.Fatal("a view whose firewall was refused applied")
+	}
+	if got, err := fw.Digest(); err != nil || got != digest || a.digest != digest || a.appliedIndex() != 10 || len(peers.peers) != 1 || peers.peers[0].PublicKey != "key2" {
+		t.Fatalf("after the refused view: table %s (%v), agent digest %s, want %s; applied index %d; peers %+v", got, err, a.digest, digest, a.appliedIndex(), peers.peers)
+	}
+	fw.beforeFlush = nil
+	if err := a.apply(ctx, v2); err != nil {
+		t.Fatal(err)
+	}
+	if a.appliedIndex() != 11 || len(peers.peers) != 2 || a.digest == digest {
+		t.Fatalf("the view asked again: applied index %d, peers %+v, digest %s", a.appliedIndex(), peers.peers, a.digest)
 	}
 }

@@ -282,6 +282,15 @@ func (p *ruleset) sets(t *nftables.Table) []setSpec {
 			set.Elems = append(set.Elems, nftables.SetElement{Key: a.AsSlice()})
 		}
 	}
+	// Each set is made whole in one batch: a size lets the kernel
+	// allocate its hash table at once instead of resizing it while the
+	// elements arrive, during which a read back (the agent's check of
+	// what it installed) could see elements twice or not at all. The
+	// kernel also holds a set to its size: the headroom leaves a hand
+	// edit possible, for the agent to find and undo as drift.
+	for i := range out {
+		out[i].Set.Set.Size = uint32(2*len(out[i].Elems) + 64)
+	}
 	return out
 }
 

@@ -182,9 +182,8 @@ func renderSetHeader(s *nftables.Set) string {
 	if s.HasTimeout && s.Timeout != 0 {
 		h += " timeout " + s.Timeout.String()
 	}
-	if s.Size != 0 {
-		h += " size " + strconv.FormatUint(uint64(s.Size), 10)
-	}
+	// The size is left out: it is a hint the kernel allocates by, not
+	// what the table admits, and digests stay those of earlier releases.
 	return h + "\n"
 }
 
