@@ -69,8 +69,9 @@ type Gateway struct {
 	Report      *Report `json:"report,omitempty"`
 	// ExpectedDigest is the digest of the ruleset the gateway's current
 	// view compiles to; Ruleset compares the report with it: "ok",
-	// "mismatch" (the gateway's table is not what it was sent), or
-	// "pending" (no report yet for the current view).
+	// "mismatch" (the gateway's table is not what it was sent), "failed"
+	// (the gateway could not apply the current view: Report.ApplyError),
+	// or "pending" (no report yet for the current view).
 	ExpectedDigest string `json:"expected_digest,omitempty"`
 	Ruleset        string `json:"ruleset,omitempty"`
 }
@@ -98,6 +99,7 @@ const (
 	RulesetOK       = "ok"
 	RulesetMismatch = "mismatch"
 	RulesetPending  = "pending"
+	RulesetFailed   = "failed"
 )
 
 // Report is what an agent says it applied.
@@ -108,6 +110,11 @@ type Report struct {
 	Peers         int       `json:"peers"`
 	LastHandshake time.Time `json:"last_handshake,omitzero"` // most recent WireGuard handshake of any peer
 	At            time.Time `json:"at,omitzero"`             // stamped by the controller
+	// FailedIndex and ApplyError name the newest view the agent received
+	// and could not apply (its raft index), and why; the fields above
+	// still describe the view it enforces. Empty once a view applies.
+	FailedIndex uint64 `json:"failed_index,omitempty"`
+	ApplyError  string `json:"apply_error,omitempty"`
 }
 
 // View is everything one gateway needs to configure itself: its peers and

@@ -161,7 +161,7 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descPolicy, float64(version))
 
 	statuses := map[string]int{api.StatusPending: 0, api.StatusEnrolled: 0, api.StatusRevoked: 0, api.StatusDecommissioned: 0}
-	rulesets := map[string]int{api.RulesetOK: 0, api.RulesetMismatch: 0, api.RulesetPending: 0, "none": 0}
+	rulesets := map[string]int{api.RulesetOK: 0, api.RulesetMismatch: 0, api.RulesetPending: 0, api.RulesetFailed: 0, "none": 0}
 	for _, g := range st.gatewayHealth() {
 		statuses[g.Status]++
 		if g.Status != api.StatusEnrolled {

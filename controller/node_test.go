@@ -289,6 +289,18 @@ func TestControllerEnrollWatchRestart(t *testing.T) {
 	if g, err := op.Gateway(ctx, "gw1"); err != nil || g.Ruleset != api.RulesetMismatch || !strings.HasPrefix(g.ExpectedDigest, "sha256:") {
 		t.Fatalf("attestation of a wrong digest: %+v %v", g, err)
 	}
+	// A gateway that could not apply its view says so, and why: failed,
+	// whatever the digest of the view it still enforces.
+	failed := api.Report{PolicyVersion: 0, RaftIndex: v.RaftIndex - 1, RulesetDigest: "sha256:y", FailedIndex: v.RaftIndex, ApplyError: "apply firewall: nftables: install table inet govnet (previous table kept): invalid argument"}
+	if err := gw1.client.Report(ctx, failed); err != nil {
+		t.Fatal(err)
+	}
+	if g, err := op.Gateway(ctx, "gw1"); err != nil || g.Ruleset != api.RulesetFailed || g.Report.ApplyError != failed.ApplyError {
+		t.Fatalf("attestation of a failed view: %+v %v", g, err)
+	}
+	if err := gw1.client.Report(ctx, api.Report{PolicyVersion: 1, RaftIndex: v.RaftIndex, RulesetDigest: "sha256:x"}); err != nil {
+		t.Fatal(err)
+	}
 	_ = gw2
 
 	// The same report again is a refresh: answered at once, held, and

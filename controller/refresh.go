@@ -49,7 +49,8 @@ type refresher struct {
 // time and the WireGuard handshake time, which a refresh carries.
 func sameReport(cur *api.Report, rep api.Report) bool {
 	return cur != nil && cur.PolicyVersion == rep.PolicyVersion && cur.RaftIndex == rep.RaftIndex &&
-		cur.RulesetDigest == rep.RulesetDigest && cur.Peers == rep.Peers
+		cur.RulesetDigest == rep.RulesetDigest && cur.Peers == rep.Peers &&
+		cur.FailedIndex == rep.FailedIndex && cur.ApplyError == rep.ApplyError
 }
 
 // record takes req as a refresh if the state already records what it

@@ -584,6 +584,8 @@ func (n *Node) attest(g *api.Gateway) {
 	}
 	g.ExpectedDigest = want
 	switch {
+	case g.Report != nil && g.Report.FailedIndex >= viewIndex:
+		g.Ruleset = api.RulesetFailed
 	case g.Report != nil && g.Report.RulesetDigest == want:
 		g.Ruleset = api.RulesetOK
 	case g.Report == nil || g.Report.RaftIndex < viewIndex:

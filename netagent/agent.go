@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"reflect"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -43,6 +44,10 @@ type Agent struct {
 	mu      sync.Mutex
 	applied *api.View // last view applied in full; nil before the first
 	digest  string    // digest of the table the last apply left in the kernel
+	// failedIndex and applyErr: a newer view that failed to apply, for
+	// the reports; zero once one applies.
+	failedIndex uint64
+	applyErr    string
 	// lastReport is the last report the controllers took, and when;
 	// zero after a failure. report compares with it.
 	lastReport   api.Report
@@ -195,6 +200,28 @@ func (a *Agent) appliedIndex() uint64 {
 func (a *Agent) apply(ctx context.Context, v *api.View) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	err := a.applyLocked(ctx, v)
+	if err != nil && v.Gateway == a.id.Gateway {
+		// The controllers learn that this view failed, and why; the
+		// report still describes the view enforced.
+		a.failedIndex, a.applyErr = v.RaftIndex, truncate(err.Error(), maxApplyError)
+		a.report(ctx, true)
+	}
+	return err
+}
+
+// maxApplyError bounds the reason a report carries.
+const maxApplyError = 1024
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return strings.ToValidUTF8(s[:n], "") + "…"
+}
+
+// applyLocked is apply with a.mu held.
+func (a *Agent) applyLocked(ctx context.Context, v *api.View) error {
 	if v.Gateway != a.id.Gateway {
 		return fmt.Errorf("view for gateway %q sent to %q", v.Gateway, a.id.Gateway)
 	}
@@ -230,6 +257,7 @@ func (a *Agent) apply(ctx context.Context, v *api.View) error {
 		a.digest = digest
 	}
 	a.applied = v
+	a.failedIndex, a.applyErr = 0, ""
 	a.metrics.viewApplied(v)
 	if err := a.saveView(v); err != nil {
 		a.log.Error("save view", "err", err)
@@ -265,11 +293,14 @@ func (a *Agent) report(ctx context.Context, always bool) {
 		RulesetDigest: a.digest,
 		Peers:         peers,
 		LastHandshake: hs,
+		FailedIndex:   a.failedIndex,
+		ApplyError:    a.applyErr,
 	}
 	last := a.lastReport
 	if !always && !a.lastReportAt.IsZero() && time.Since(a.lastReportAt) < cmp.Or(a.cfg.ReportRefresh, ReportRefresh) &&
 		last.PolicyVersion == rep.PolicyVersion && last.RaftIndex == rep.RaftIndex &&
-		last.RulesetDigest == rep.RulesetDigest && last.Peers == rep.Peers {
+		last.RulesetDigest == rep.RulesetDigest && last.Peers == rep.Peers &&
+		last.FailedIndex == rep.FailedIndex && last.ApplyError == rep.ApplyError {
 		return
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)

@@ -170,7 +170,7 @@ func (r *recordedPeers) Stats() (int, time.Time, error) { return len(r.peers), t
 // TestApplyFailureKeepsLastView: a view whose firewall the kernel refuses
 // leaves the gateway on the last view whole: its rules (the batch was
 // refused), its peers (put back), its digest and its index, so the view
-// is asked for again.
+// is asked for again; the next report says which view failed, and why.
 func TestApplyFailureKeepsLastView(t *testing.T) {
 	fw, _ := newTestFirewall(t, "wg0")
 	cfg := DefaultConfig()
@@ -200,9 +200,15 @@ func TestApplyFailureKeepsLastView(t *testing.T) {
 	if got, err := fw.Digest(); err != nil || got != digest || a.digest != digest || a.appliedIndex() != 10 || len(peers.peers) != 1 || peers.peers[0].PublicKey != "key2" {
 		t.Fatalf("after the refused view: table %s (%v), agent digest %s, want %s; applied index %d; peers %+v", got, err, a.digest, digest, a.appliedIndex(), peers.peers)
 	}
+	if a.failedIndex != 11 || !strings.Contains(a.applyErr, "apply firewall") {
+		t.Fatalf("the failure the next report carries: view %d, %q", a.failedIndex, a.applyErr)
+	}
 	fw.beforeFlush = nil
 	if err := a.apply(ctx, v2); err != nil {
 		t.Fatal(err)
+	}
+	if a.failedIndex != 0 || a.applyErr != "" {
+		t.Fatalf("a failure outlived the view that applied: view %d, %q", a.failedIndex, a.applyErr)
 	}
 	if a.appliedIndex() != 11 || len(peers.peers) != 2 || a.digest == digest {
 		t.Fatalf("the view asked again: applied index %d, peers %+v, digest %s", a.appliedIndex(), peers.peers, a.digest)

@@ -141,8 +141,11 @@ func gatewayRow(w io.Writer, g api.Gateway) {
 		at = ago(r.At)
 	}
 	ruleset := dash(g.Ruleset)
-	if g.Ruleset == api.RulesetMismatch {
+	switch g.Ruleset {
+	case api.RulesetMismatch:
 		ruleset = "MISMATCH" // the gateway's table is not what it was sent
+	case api.RulesetFailed:
+		ruleset = "FAILED" // the gateway could not apply its current view (report.apply_error)
 	}
 	fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", g.ID, g.Agency, g.Status, overlay, dash(g.Endpoint), pol, idx, ruleset, peers, hs, at)
 }
