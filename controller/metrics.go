@@ -99,7 +99,7 @@ var (
 	descGateways = prometheus.NewDesc("govnet_gateways",
 		"Registered gateways by status.", []string{"status"}, nil)
 	descRulesets = prometheus.NewDesc("govnet_gateway_rulesets",
-		"Enrolled gateways by ruleset attestation: ok, mismatch, pending (no report for the current view yet), none (no view).", []string{"state"}, nil)
+		"Enrolled gateways by ruleset attestation: ok, mismatch, failed (the gateway could not apply its current view), pending (no report for the current view yet), none (no view).", []string{"state"}, nil)
 )
 
 // nodeCollector reads a node's series at scrape time.
