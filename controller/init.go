@@ -92,7 +92,7 @@ func Init(ctx context.Context, o InitOptions) error {
 	}
 	defer tok.Close()
 
-	rootKey, err := tokenKey(tok, RootKeyLabel, elliptic.P384())
+	rootKey, err := tokenKey(tok, cfg, RootKeyLabel, elliptic.P384())
 	if err != nil {
 		return err
 	}
@@ -100,7 +100,7 @@ func Init(ctx context.Context, o InitOptions) error {
 	if err != nil {
 		return err
 	}
-	interKey, err := tokenKey(tok, IntermediateKeyLabel(cfg.Node), elliptic.P256())
+	interKey, err := tokenKey(tok, cfg, IntermediateKeyLabel(cfg.Node), elliptic.P256())
 	if err != nil {
 		return err
 	}
@@ -112,7 +112,7 @@ func Init(ctx context.Context, o InitOptions) error {
 	if err != nil {
 		return err
 	}
-	tlsKey, err := tokenKey(tok, TLSKeyLabel(cfg.Node), elliptic.P256())
+	tlsKey, err := tokenKey(tok, cfg, TLSKeyLabel(cfg.Node), elliptic.P256())
 	if err != nil {
 		return err
 	}
@@ -171,21 +171,57 @@ func checkInitInput(o InitOptions) error {
 	return errors.Join(errs...)
 }
 
+// madeKeysFile records the keys init (or init --join) made in the
+// node's token: label -> SHA-256 of the public key (SubjectPublicKeyInfo).
+const madeKeysFile = "token-keys.json"
+
 // tokenKey returns the key labelled label in tok, generating it on curve
-// if the token has none: one that an interrupted run of the same step
-// generated is taken again.
-func tokenKey(tok *hsm.Token, label string, curve elliptic.Curve) (crypto.Signer, error) {
+// if the token has none. A key the token already holds is taken only if
+// an interrupted run of this step made it (madeKeysFile says so): a key
+// left by an earlier cluster, or put there by someone else, is refused.
+func tokenKey(tok *hsm.Token, cfg Config, label string, curve elliptic.Curve) (crypto.Signer, error) {
+	made := map[string]string{}
+	b, err := os.ReadFile(cfg.pkiPath(madeKeysFile))
+	switch {
+	case err == nil:
+		if err := json.Unmarshal(b, &made); err != nil {
+			return nil, fmt.Errorf("%s: %w", cfg.pkiPath(madeKeysFile), err)
+		}
+	case !errors.Is(err, os.ErrNotExist):
+		return nil, err
+	}
 	key, err := tok.Signer(label)
 	if errors.Is(err, hsm.ErrKeyNotFound) {
-		return tok.GenerateKey(label, curve)
+		if key, err = tok.GenerateKey(label, curve); err != nil {
+			return nil, err
+		}
+		if made[label], err = publicKeySHA256(key.Public()); err != nil {
+			return nil, err
+		}
+		return key, writeJSONFile(cfg.pkiPath(madeKeysFile), made)
 	}
 	if err != nil {
 		return nil, err
 	}
+	sum, err := publicKeySHA256(key.Public())
+	if err != nil {
+		return nil, err
+	}
+	if made[label] != sum {
+		return nil, fmt.Errorf("token %q already holds a key %q that this node's init did not make (an earlier cluster's, or someone else's): use a fresh token, or destroy the key", tok.Label(), label)
+	}
 	if pub, ok := key.Public().(*ecdsa.PublicKey); !ok || pub.Curve != curve {
-		return nil, fmt.Errorf("token %q already holds a key %q that is not on %s: it was not made by this step; remove it, or use another token", tok.Label(), label, curve.Params().Name)
+		return nil, fmt.Errorf("token %q: key %q is not on %s", tok.Label(), label, curve.Params().Name)
 	}
 	return key, nil
+}
+
+func publicKeySHA256(pub crypto.PublicKey) (string, error) {
+	der, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		return "", err
+	}
+	return spkiSHA256(der), nil
 }
 
 // found makes this node the founder of a new cluster: it issues the
@@ -348,11 +384,11 @@ func PrepareJoin(ctx context.Context, o InitOptions) ([]byte, error) {
 		return nil, err
 	}
 	defer tok.Close()
-	interKey, err := tokenKey(tok, IntermediateKeyLabel(cfg.Node), elliptic.P256())
+	interKey, err := tokenKey(tok, cfg, IntermediateKeyLabel(cfg.Node), elliptic.P256())
 	if err != nil {
 		return nil, err
 	}
-	if _, err := tokenKey(tok, TLSKeyLabel(cfg.Node), elliptic.P256()); err != nil {
+	if _, err := tokenKey(tok, cfg, TLSKeyLabel(cfg.Node), elliptic.P256()); err != nil {
 		return nil, err
 	}
 	csr, err := ca.NewCSR(interKey, IntermediateCN(cfg.Node))

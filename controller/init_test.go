@@ -242,6 +242,13 @@ func TestInitRunsAgain(t *testing.T) {
 	if err := Init(ctx, o); err == nil || !strings.Contains(err.Error(), "already initialised") {
 		t.Fatalf("init once done: %v", err)
 	}
+	// A new data directory on the same token is a new cluster: the keys
+	// in the token are not its own, and none is taken.
+	other := o
+	other.Config.DataDir, other.ConfigPath, other.PeopleDir = filepath.Join(dir, "data-other"), "", filepath.Join(dir, "people-other")
+	if err := Init(ctx, other); err == nil || !strings.Contains(err.Error(), "did not make") {
+		t.Fatalf("init of another cluster on a used token: %v", err)
+	}
 	n := startNode(t, cfg)
 	defer n.Close()
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {

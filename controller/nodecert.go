@@ -41,16 +41,20 @@ func nodeTLSKey(tok *hsm.Token, node string, cert *x509.Certificate) (crypto.Sig
 	if err != nil {
 		return nil, "", err
 	}
+	var errs []error
 	for _, label := range labels {
+		// A key a crash left half destroyed (a private object without
+		// its public one) is not the live one: pass it.
 		key, err := tok.Signer(label)
 		if err != nil {
-			return nil, "", err
+			errs = append(errs, err)
+			continue
 		}
 		if k, ok := key.Public().(interface{ Equal(crypto.PublicKey) bool }); ok && k.Equal(cert.PublicKey) {
 			return key, label, nil
 		}
 	}
-	return nil, "", fmt.Errorf("token %q holds no TLS key of node %s for its certificate %s (keys %v)", tok.Label(), node, ca.Serial(cert), labels)
+	return nil, "", fmt.Errorf("token %q holds no TLS key of node %s for its certificate %s (keys %v): %w", tok.Label(), node, ca.Serial(cert), labels, errors.Join(errs...))
 }
 
 // nodeTLSKeyLabels returns the labels of node's TLS keys in tok.

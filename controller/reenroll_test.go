@@ -191,9 +191,9 @@ func TestEnrollAskedAgain(t *testing.T) {
 
 // TestGatewayLANs: a gateway's LANs are the source addresses its peers
 // attribute to it alone: the API refuses what would let one gateway
-// speak for others (a default route, the overlay, another gateway's
-// networks) and what the firewall cannot enforce (IPv6), and records
-// nothing.
+// speak for others (a default route, the overlay, the networks of
+// another gateway in service) and what the firewall cannot enforce
+// (IPv6), and records nothing.
 func TestGatewayLANs(t *testing.T) {
 	cfg := testConfig(t)
 	n := startNode(t, cfg)
@@ -236,5 +236,12 @@ func TestGatewayLANs(t *testing.T) {
 	}
 	if err := add("gw2", "10.29.2.0/24"); err != nil {
 		t.Fatal(err)
+	}
+	// A decommissioned gateway's networks go to the one that replaces it.
+	if _, err := person(t, cfg, n, "officer1").DecommissionGateway(ctx, "gw1", api.DecommissionRequest{Reason: "replaced by gw3"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := add("gw3", "10.29.1.0/24"); err != nil {
+		t.Fatalf("the LAN of a decommissioned gateway: %v", err)
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/govnet/govnet/api"
 	"github.com/govnet/govnet/ca"
@@ -534,11 +535,21 @@ func (n *Node) handleReport(w http.ResponseWriter, r *http.Request, id ca.Identi
 	w.WriteHeader(http.StatusNoContent)
 }
 
+// maxApplyError bounds a report's apply_error (the agent sends at most
+// 1 KiB and an ellipsis).
+const maxApplyError = 1100
+
 // recordReport commits a gateway's report. Reports arrive from every
 // gateway at once after a change: they are committed in batches
 // (CmdGatewayReports). A report that changes nothing but its time is held
 // and committed later with the others like it (controller/refresh.go).
 func (n *Node) recordReport(ctx context.Context, gateway string, rep api.Report) error {
+	if len(rep.ApplyError) > maxApplyError {
+		return fmt.Errorf("%w: apply_error: %d bytes, at most %d", ErrBadRequest, len(rep.ApplyError), maxApplyError)
+	}
+	if !utf8.ValidString(rep.ApplyError) {
+		return fmt.Errorf("%w: apply_error: not UTF-8", ErrBadRequest)
+	}
 	req := GatewayReportRequest{Meta: n.meta("gateway:" + gateway), Gateway: gateway, Report: rep}
 	if n.refresh.record(req) {
 		return nil

@@ -306,7 +306,8 @@ const minLANBits = 8
 // LANs are the source addresses its peers' firewalls and WireGuard
 // routes attribute to it alone, so they must be IPv4 networks (the
 // firewall is IPv4 only) of unicast addresses, no wider than /8, outside
-// the overlay and clear of every other gateway's LANs. The API checks
+// the overlay and clear of the LANs of every other gateway in service
+// (pending or enrolled). The API checks
 // this before it submits a gateway (Apply keeps accepting what earlier
 // releases committed).
 func (s *State) checkLANs(lans []netip.Prefix) error {
@@ -337,6 +338,9 @@ func (s *State) checkLANs(lans []netip.Prefix) error {
 		return fmt.Errorf("%w: %w", ErrBadRequest, errors.Join(errs...))
 	}
 	for _, id := range slices.Sorted(maps.Keys(s.gateways)) {
+		if st := s.gateways[id].Status; st == api.StatusDecommissioned || st == api.StatusRevoked {
+			continue // its networks are free for the gateway that replaces it
+		}
 		for _, q := range s.gateways[id].LANs {
 			for _, p := range lans {
 				if p.Overlaps(q) {

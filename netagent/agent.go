@@ -220,6 +220,25 @@ func truncate(s string, n int) string {
 	return strings.ToValidUTF8(s[:n], "") + "…"
 }
 
+// keptPeers returns the peers of last (nil: none, before the first view)
+// that next keeps, as last has them.
+func keptPeers(last, next *api.View) []api.Peer {
+	if last == nil {
+		return nil
+	}
+	keep := make(map[string]bool, len(next.Peers))
+	for _, p := range next.Peers {
+		keep[p.PublicKey] = true
+	}
+	var out []api.Peer
+	for _, p := range last.Peers {
+		if keep[p.PublicKey] {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
 // applyLocked is apply with a.mu held.
 func (a *Agent) applyLocked(ctx context.Context, v *api.View) error {
 	if v.Gateway != a.id.Gateway {
@@ -242,14 +261,11 @@ func (a *Agent) applyLocked(ctx context.Context, v *api.View) error {
 	if rulesChanged {
 		digest, err := a.applyRules(v.Rules)
 		if err != nil {
-			// The firewall kept the last view's rules: so do the peers,
-			// or a view that narrows what a kept peer may reach would
-			// take effect by halves.
-			var last []api.Peer // none before the first view: deny-all has no peers
-			if a.applied != nil {
-				last = a.applied.Peers
-			}
-			if _, perr := a.peers.ApplyPeers(last); perr != nil && !errors.Is(perr, ErrInvalidPeer) {
+			// The firewall kept the last view's rules: so do the peers
+			// the view keeps, or a view that narrows what a kept peer
+			// may reach would take effect by halves; the peers it
+			// removes (a revoked gateway) stay removed.
+			if _, perr := a.peers.ApplyPeers(keptPeers(a.applied, v)); perr != nil && !errors.Is(perr, ErrInvalidPeer) {
 				err = errors.Join(err, fmt.Errorf("restore the last view's peers: %w", perr))
 			}
 			return fmt.Errorf("apply firewall: %w", err)
@@ -358,8 +374,12 @@ func (a *Agent) reconcile() error {
 	if a.applied != nil {
 		rules = a.applied.Rules
 	}
-	a.digest, err = a.applyRules(rules)
-	return err
+	digest, err := a.applyRules(rules)
+	if err != nil {
+		return err // the kernel kept what it had: checked again next tick
+	}
+	a.digest = digest
+	return nil
 }
 
 // applyRules installs the table. Rules the firewall cannot express are left

@@ -168,9 +168,10 @@ func (r *recordedPeers) ApplyPeers(p []api.Peer) (bool, error) {
 func (r *recordedPeers) Stats() (int, time.Time, error) { return len(r.peers), time.Time{}, nil }
 
 // TestApplyFailureKeepsLastView: a view whose firewall the kernel refuses
-// leaves the gateway on the last view whole: its rules (the batch was
-// refused), its peers (put back), its digest and its index, so the view
-// is asked for again; the next report says which view failed, and why.
+// leaves the gateway on the last view: its rules (the batch was
+// refused), its peers (put back, but for those the view removes: a
+// revoked gateway stays out), its digest and its index, so the view is
+// asked for again; the next report says which view failed, and why.
 func TestApplyFailureKeepsLastView(t *testing.T) {
 	fw, _ := newTestFirewall(t, "wg0")
 	cfg := DefaultConfig()
@@ -184,12 +185,12 @@ func TestApplyFailureKeepsLastView(t *testing.T) {
 	peer := func(i int) api.Peer {
 		return api.Peer{Gateway: fmt.Sprintf("gw%d", i), PublicKey: fmt.Sprintf("key%d", i)}
 	}
-	v1 := &api.View{Gateway: "gw1", RaftIndex: 10, Rules: smallRules, Peers: []api.Peer{peer(2)}}
+	v1 := &api.View{Gateway: "gw1", RaftIndex: 10, Rules: smallRules, Peers: []api.Peer{peer(2), peer(3)}}
 	if err := a.apply(ctx, v1); err != nil {
 		t.Fatal(err)
 	}
 	digest := a.digest
-	v2 := &api.View{Gateway: "gw1", RaftIndex: 11, Rules: bigRules(50), Peers: []api.Peer{peer(2), peer(3)}}
+	v2 := &api.View{Gateway: "gw1", RaftIndex: 11, Rules: bigRules(50), Peers: []api.Peer{peer(2), peer(4)}} // gw3 revoked, gw4 new
 	fw.beforeFlush = func(c *nftables.Conn, tbl *nftables.Table) {
 		c.AddRule(&nftables.Rule{Table: tbl, Chain: &nftables.Chain{Name: "input", Table: tbl},
 			Exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: "no-such-chain"}}})
