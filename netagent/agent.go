@@ -296,16 +296,20 @@ const ReportRefresh = 2 * time.Minute
 // or the number of peers changed, the last report failed, or
 // report_refresh has passed. a.mu must be held.
 func (a *Agent) report(ctx context.Context, always bool) {
-	if a.applied == nil {
-		return
+	if a.applied == nil && a.failedIndex == 0 {
+		return // nothing applied, nothing failed: nothing to say yet
 	}
 	peers, hs, err := a.peers.Stats()
 	if err != nil {
 		a.log.Warn("read wireguard stats", "err", err)
 	}
+	var applied api.View // none yet: the first view failed
+	if a.applied != nil {
+		applied = *a.applied
+	}
 	rep := api.Report{
-		PolicyVersion: a.applied.PolicyVersion,
-		RaftIndex:     a.applied.RaftIndex,
+		PolicyVersion: applied.PolicyVersion,
+		RaftIndex:     applied.RaftIndex,
 		RulesetDigest: a.digest,
 		Peers:         peers,
 		LastHandshake: hs,

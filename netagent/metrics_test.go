@@ -191,10 +191,11 @@ func TestApplyFailureKeepsLastView(t *testing.T) {
 	}
 	digest := a.digest
 	v2 := &api.View{Gateway: "gw1", RaftIndex: 11, Rules: bigRules(50), Peers: []api.Peer{peer(2), peer(4)}} // gw3 revoked, gw4 new
-	fw.beforeFlush = func(c *nftables.Conn, tbl *nftables.Table) {
+	breakBatch := func(c *nftables.Conn, tbl *nftables.Table) {
 		c.AddRule(&nftables.Rule{Table: tbl, Chain: &nftables.Chain{Name: "input", Table: tbl},
 			Exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: "no-such-chain"}}})
 	}
+	fw.beforeFlush = breakBatch
 	if err := a.apply(ctx, v2); err == nil {
 		t.Fatal("a view whose firewall was refused applied")
 	}
@@ -211,6 +212,14 @@ func TestApplyFailureKeepsLastView(t *testing.T) {
 	if a.failedIndex != 0 || a.applyErr != "" {
 		t.Fatalf("a failure outlived the view that applied: view %d, %q", a.failedIndex, a.applyErr)
 	}
+	// A first view that fails is reported too (it was never applied).
+	fresh := &Agent{cfg: cfg, log: a.log, fw: fw, peers: &recordedPeers{}, id: a.id, clients: a.clients}
+	fresh.metrics = newAgentMetrics(fresh)
+	fw.beforeFlush = breakBatch
+	if err := fresh.apply(ctx, v1); err == nil || fresh.failedIndex != 10 || fresh.applied != nil {
+		t.Fatalf("a first view refused: %v, failed view %d, applied %v", err, fresh.failedIndex, fresh.applied)
+	}
+	fw.beforeFlush = nil
 	if a.appliedIndex() != 11 || len(peers.peers) != 2 || a.digest == digest {
 		t.Fatalf("the view asked again: applied index %d, peers %+v, digest %s", a.appliedIndex(), peers.peers, a.digest)
 	}
