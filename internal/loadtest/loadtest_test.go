@@ -2,6 +2,7 @@ package loadtest
 
 import (
 	"context"
+	"encoding/json"
 	"net"
 	"os"
 	"os/exec"
@@ -96,4 +97,17 @@ type testLog struct{ t *testing.T }
 func (l testLog) Write(p []byte) (int, error) {
 	l.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
+}
+
+// TestCountReissue: the ready mark counts the re-issues a kept cluster
+// went through, which retire it at maxKeptReissues.
+func TestCountReissue(t *testing.T) {
+	mark := []byte(`{"Gateways":50,"APIPort":17443}`)
+	for want := 1; want <= maxKeptReissues; want++ {
+		mark = countReissue(mark)
+		var st struct{ Gateways, APIPort, Reissues int }
+		if err := json.Unmarshal(mark, &st); err != nil || st.Reissues != want || st.Gateways != 50 || st.APIPort != 17443 {
+			t.Fatalf("mark %s (%v): want %d re-issues, the rest kept", mark, err, want)
+		}
+	}
 }

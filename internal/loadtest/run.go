@@ -317,7 +317,7 @@ func reissue(ctx context.Context, c *Cluster, dir string, fleet *Fleet, tr *trac
 		if werr := writeBack(filepath.Join(dir, "identities.jsonl"), tr); werr != nil {
 			err = errors.Join(err, werr)
 		} else if err == nil && mark != nil {
-			err = os.WriteFile(ready, mark, 0o600)
+			err = os.WriteFile(ready, countReissue(mark), 0o600)
 		}
 	}()
 	logf("re-issue: calling on every gateway to renew")
@@ -391,9 +391,37 @@ func ids(f *Fleet) []string {
 	return out
 }
 
+// maxKeptReissues is how many network-wide re-issues a kept cluster
+// goes through before it is set up again. Every re-issue adds a
+// generation of certificate records that the cluster keeps for the 30
+// days they are valid, where a network of 24-hour certificates renewed
+// at 16 hours holds three or four per gateway (the current one, the one
+// it renewed, and the expired ones until cert_archive_after): a cluster
+// kept through a dozen re-issues carried tens of MiB more heap than
+// such a network, and the collector's headroom on it came out as ~17 KB
+// per gateway more in controller.bytes_per_gateway (66,908 against 49,414
+// bytes on a fresh cluster of 1,000, 24 November).
+const maxKeptReissues = 3
+
+// countReissue returns the ready mark with one more re-issue counted.
+func countReissue(mark []byte) []byte {
+	st := map[string]any{}
+	if json.Unmarshal(mark, &st) != nil {
+		return mark
+	}
+	n, _ := st["Reissues"].(float64)
+	st["Reissues"] = n + 1
+	out, err := json.Marshal(st)
+	if err != nil {
+		return mark
+	}
+	return out
+}
+
 // prepare starts the cluster kept in dir, or sets one up, enrolls the
 // fleet and publishes its first policy. A cache is reused only when it is
-// complete (the ready file) and its certificates have a day left.
+// complete (the ready file), its certificates have a day left, and it has
+// been through fewer than maxKeptReissues re-issues.
 func prepare(ctx context.Context, dir string, o Options, fleet *Fleet, res *Result, logf func(string, ...any)) (*Cluster, bool, error) {
 	ready := filepath.Join(dir, "ready")
 	if b, err := os.ReadFile(ready); err == nil {
@@ -401,8 +429,9 @@ func prepare(ctx context.Context, dir string, o Options, fleet *Fleet, res *Resu
 			Gateways          int
 			Expires           time.Time
 			APIPort, RaftPort int
+			Reissues          int
 		}
-		if json.Unmarshal(b, &st) == nil && st.Gateways == o.Gateways && time.Until(st.Expires) > 24*time.Hour {
+		if json.Unmarshal(b, &st) == nil && st.Gateways == o.Gateways && time.Until(st.Expires) > 24*time.Hour && st.Reissues < maxKeptReissues {
 			c, err := newCluster(dir, o.Govnetd, st.APIPort, st.RaftPort, o.Log)
 			if err != nil {
 				return nil, false, err
@@ -412,7 +441,7 @@ func prepare(ctx context.Context, dir string, o Options, fleet *Fleet, res *Resu
 			}
 			return c, true, nil
 		}
-		logf("cache in %s is stale or for another size: setting up again", dir)
+		logf("cache in %s is stale, for another size, or through %d re-issues: setting up again", dir, maxKeptReissues)
 	}
 	if err := os.RemoveAll(dir); err != nil {
 		return nil, false, err
