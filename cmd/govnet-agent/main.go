@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 
@@ -90,6 +91,9 @@ func enrollCmd() *cobra.Command {
 			}
 			// The config first: a stop between the enrollment and the
 			// config would leave an enrolled gateway the agent cannot run.
+			if err := os.MkdirAll(filepath.Dir(configPath), 0o700); err != nil {
+				return err
+			}
 			if err := cfg.Save(configPath); err != nil {
 				return err
 			}
