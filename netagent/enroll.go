@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 
 	"github.com/govnet/govnet/api"
 	"github.com/govnet/govnet/ca"
@@ -34,15 +35,37 @@ type Identity struct {
 // hsm: section in cfg the TLS key is generated in that token and never
 // leaves it (see keystore.go). rootFile is the govnet root certificate,
 // obtained out of band, that the controller must prove it chains to.
-func Enroll(ctx context.Context, cfg Config, token, rootFile string) (*Identity, error) {
-	return enroll(ctx, cfg, token, rootFile, false)
+func Enroll(ctx context.Context, cfg Config, token, rootFile string, opts ...EnrollOption) (*Identity, error) {
+	return enroll(ctx, cfg, token, rootFile, false, opts)
+}
+
+// EnrollOption adjusts an enrollment.
+type EnrollOption func(*enrollOptions)
+
+type enrollOptions struct{ configFile string }
+
+// SaveConfig has the enrollment write cfg to path once its checks pass,
+// before its request goes out: a gateway the controllers enrolled always
+// has its config, and a refused enrollment leaves the file as it was.
+func SaveConfig(path string) EnrollOption {
+	return func(o *enrollOptions) { o.configFile = path }
+}
+
+func (o enrollOptions) saveConfig(cfg Config) error {
+	if o.configFile == "" {
+		return nil
+	}
+	if err := os.MkdirAll(filepath.Dir(o.configFile), 0o700); err != nil {
+		return err
+	}
+	return cfg.Save(o.configFile)
 }
 
 // Reenroll enrolls an enrolled gateway again, with a token an officer
 // issued for that (govnetctl gateway token --reenroll): new keys, the
 // same name and overlay address. The agent must not run meanwhile.
-func Reenroll(ctx context.Context, cfg Config, token, rootFile string) (*Identity, error) {
-	return enroll(ctx, cfg, token, rootFile, true)
+func Reenroll(ctx context.Context, cfg Config, token, rootFile string, opts ...EnrollOption) (*Identity, error) {
+	return enroll(ctx, cfg, token, rootFile, true, opts)
 }
 
 // An enrollment survives a crash and a lost answer. Its keys are written
@@ -100,7 +123,11 @@ func tokenSHA256(token string) string {
 	return hex.EncodeToString(sum[:])
 }
 
-func enroll(ctx context.Context, cfg Config, token, rootFile string, again bool) (*Identity, error) {
+func enroll(ctx context.Context, cfg Config, token, rootFile string, again bool, opts []EnrollOption) (*Identity, error) {
+	var o enrollOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
@@ -120,6 +147,9 @@ func enroll(ctx context.Context, cfg Config, token, rootFile string, again bool)
 	// An enrollment answered but not installed is finished first: the
 	// controllers made its keys the gateway's.
 	if id, err := finishEnrollment(cfg, keys); err != nil || id != nil {
+		if err == nil {
+			err = o.saveConfig(cfg)
+		}
 		return id, err
 	}
 	_, statErr := os.Stat(cfg.path(fileIdent))
@@ -135,6 +165,9 @@ func enroll(ctx context.Context, cfg Config, token, rootFile string, again bool)
 	}
 	tlsCfg, err := api.TLSConfig(rootFile, "", "")
 	if err != nil {
+		return nil, err
+	}
+	if err := o.saveConfig(cfg); err != nil {
 		return nil, err
 	}
 	p, key, wgKey, err := enrollKeys(cfg, keys, token, again)

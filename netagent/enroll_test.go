@@ -109,20 +109,29 @@ func testEnrollSurvivesFaults(t *testing.T, c *testCtl, gw string, token bool) {
 		t.Fatal(err)
 	}
 	p := lose(tok.Token, false)
-	if _, err := Enroll(ctx, cfg, tok.Token, c.rootFile); err != nil {
+	cfgFile := filepath.Join(t.TempDir(), "etc", "agent.yaml")
+	if _, err := Enroll(ctx, cfg, tok.Token, c.rootFile, SaveConfig(cfgFile)); err != nil {
 		t.Fatalf("enrollment asked again: %v", err)
 	}
 	installed("first enrollment asked again", p)
+	if got, err := LoadConfig(cfgFile); err != nil || got.StateDir != cfg.StateDir || got.Controller != cfg.Controller {
+		t.Fatalf("the config the enrollment saved: %+v, %v", got, err)
+	}
 
 	// A running agent holds the state directory: no enrollment meanwhile.
 	unlock, err := lockState(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Reenroll(ctx, cfg, "any", c.rootFile); err == nil || !strings.Contains(err.Error(), "in use by another govnet-agent") {
+	other := cfg
+	other.Endpoint = "192.0.2.99:51820"
+	if _, err := Reenroll(ctx, other, "any", c.rootFile, SaveConfig(cfgFile)); err == nil || !strings.Contains(err.Error(), "in use by another govnet-agent") {
 		t.Fatalf("re-enrollment while the agent runs: %v", err)
 	}
 	unlock()
+	if got, _ := LoadConfig(cfgFile); got.Endpoint == other.Endpoint {
+		t.Fatal("a refused enrollment rewrote the config file")
+	}
 
 	// A re-enrollment's answer lost, the agent started in between (it
 	// cannot connect: its certificate was revoked as superseded).

@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"strings"
 	"syscall"
 
@@ -89,15 +88,9 @@ func enrollCmd() *cobra.Command {
 			if reenroll {
 				enroll = netagent.Reenroll
 			}
-			// The config first: a stop between the enrollment and the
-			// config would leave an enrolled gateway the agent cannot run.
-			if err := os.MkdirAll(filepath.Dir(configPath), 0o700); err != nil {
-				return err
-			}
-			if err := cfg.Save(configPath); err != nil {
-				return err
-			}
-			id, err := enroll(cmd.Context(), cfg, token, root)
+			// The config is written once the checks pass, before the
+			// request: an enrolled gateway always has it.
+			id, err := enroll(cmd.Context(), cfg, token, root, netagent.SaveConfig(configPath))
 			if err != nil {
 				return err
 			}

@@ -47,7 +47,7 @@ func (a *app) gatewayCmd() *cobra.Command {
 	add.Flags().StringVar(&g.Agency, "agency", "", "agency code the gateway belongs to")
 	add.Flags().StringVar(&g.Name, "name", "", "a human name")
 	add.Flags().StringVar(&g.Endpoint, "endpoint", "", "host:port on the transport network (the agent may also report it)")
-	add.Flags().StringSliceVar(&lans, "lan", nil, "agency LAN prefix routed by the gateway (repeatable)")
+	add.Flags().StringSliceVar(&lans, "lan", nil, "agency LAN prefix routed by the gateway (repeatable): IPv4, /8 or narrower, outside the overlay, not another gateway's")
 	add.MarkFlagRequired("agency")
 
 	list := &cobra.Command{
