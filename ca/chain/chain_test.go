@@ -17,7 +17,7 @@ import (
 	"time"
 )
 
-var now = time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
+var now = time.Now().UTC().Truncate(time.Second) // real handshakes (TestServerConfig, TestClientConfig) check at the real clock
 
 type pki struct {
 	cert *x509.Certificate
