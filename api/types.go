@@ -117,6 +117,13 @@ type Report struct {
 	ApplyError  string `json:"apply_error,omitempty"`
 }
 
+// SameState says whether r and o report the same state of the gateway,
+// whatever their times (At, LastHandshake): o refreshes r.
+func (r Report) SameState(o Report) bool {
+	return r.PolicyVersion == o.PolicyVersion && r.RaftIndex == o.RaftIndex && r.RulesetDigest == o.RulesetDigest &&
+		r.Peers == o.Peers && r.FailedIndex == o.FailedIndex && r.ApplyError == o.ApplyError
+}
+
 // View is everything one gateway needs to configure itself: its peers and
 // the inbound flows it must accept. Everything else is dropped.
 type View struct {

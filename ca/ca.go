@@ -165,7 +165,7 @@ func New(root, inter *x509.Certificate, signer crypto.Signer, opts ...Option) (*
 	if err := inter.CheckSignatureFrom(root); err != nil {
 		return nil, fmt.Errorf("intermediate %q is not signed by root %q: %w", inter.Subject.CommonName, root.Subject.CommonName, err)
 	}
-	if !publicKeysEqual(inter.PublicKey, signer.Public()) {
+	if !SamePublicKey(inter.PublicKey, signer.Public()) {
 		return nil, fmt.Errorf("the HSM key does not match intermediate %q", inter.Subject.CommonName)
 	}
 	c := &CA{
@@ -201,7 +201,8 @@ func New(root, inter *x509.Certificate, signer crypto.Signer, opts ...Option) (*
 // key identifier in hex.
 func IssuerID(issuer *x509.Certificate) string { return hex.EncodeToString(issuer.SubjectKeyId) }
 
-func publicKeysEqual(a, b crypto.PublicKey) bool {
+// SamePublicKey reports whether a and b are the same public key.
+func SamePublicKey(a, b crypto.PublicKey) bool {
 	ka, ok := a.(interface{ Equal(crypto.PublicKey) bool })
 	return ok && ka.Equal(b)
 }

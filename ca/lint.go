@@ -556,7 +556,7 @@ func (l *Linter) signCertificate(what string, tmpl, parent *x509.Certificate, pu
 	if parent != nil {
 		issuerPub = parent.PublicKey
 	}
-	if !publicKeysEqual(issuerPub, signer.Public()) {
+	if !SamePublicKey(issuerPub, signer.Public()) {
 		return nil, fmt.Errorf("sign %s: the signing key is not the issuer's", what)
 	}
 	if err := completeTemplate(tmpl, pub); err != nil {

@@ -165,7 +165,7 @@ func OpenRoot(ctx context.Context, o RootOptions, shareFiles [][]byte) (*RootCA,
 		return nil, err
 	}
 	signer, err := tok.Signer(RootKeyLabel)
-	if err == nil && !publicKeysEqual(cert.PublicKey, signer.Public()) {
+	if err == nil && !SamePublicKey(cert.PublicKey, signer.Public()) {
 		err = errors.New("the root token's key does not match root.pem")
 	}
 	if err != nil {

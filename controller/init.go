@@ -15,7 +15,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"time"
 
@@ -152,14 +151,10 @@ func checkInitInput(o InitOptions) error {
 	var errs []error
 	seen := map[string]bool{}
 	for _, p := range o.People {
-		switch {
-		case !validPersonName(p.Name):
-			errs = append(errs, fmt.Errorf("person %q: use 1-63 letters, digits, '.', '_' and '-'", p.Name))
-		case seen[p.Name]:
+		if err := checkPersonNameRole(p.Name, p.Role); err != nil {
+			errs = append(errs, err)
+		} else if seen[p.Name] {
 			errs = append(errs, fmt.Errorf("person %q is named twice", p.Name))
-		}
-		if !slices.Contains(roles, p.Role) {
-			errs = append(errs, fmt.Errorf("person %q: role %q: want one of %v", p.Name, p.Role, roles))
 		}
 		seen[p.Name] = true
 	}
@@ -195,7 +190,7 @@ func tokenKey(tok *hsm.Token, cfg Config, label string, curve elliptic.Curve) (c
 		if key, err = tok.GenerateKey(label, curve); err != nil {
 			return nil, err
 		}
-		if made[label], err = publicKeySHA256(key.Public()); err != nil {
+		if made[label], err = credfile.KeySHA256(key.Public()); err != nil {
 			return nil, err
 		}
 		return key, writeJSONFile(cfg.pkiPath(madeKeysFile), made)
@@ -203,7 +198,7 @@ func tokenKey(tok *hsm.Token, cfg Config, label string, curve elliptic.Curve) (c
 	if err != nil {
 		return nil, err
 	}
-	sum, err := publicKeySHA256(key.Public())
+	sum, err := credfile.KeySHA256(key.Public())
 	if err != nil {
 		return nil, err
 	}
@@ -214,14 +209,6 @@ func tokenKey(tok *hsm.Token, cfg Config, label string, curve elliptic.Curve) (c
 		return nil, fmt.Errorf("token %q: key %q is not on %s", tok.Label(), label, curve.Params().Name)
 	}
 	return key, nil
-}
-
-func publicKeySHA256(pub crypto.PublicKey) (string, error) {
-	der, err := x509.MarshalPKIXPublicKey(pub)
-	if err != nil {
-		return "", err
-	}
-	return spkiSHA256(der), nil
 }
 
 // found makes this node the founder of a new cluster: it issues the

@@ -50,7 +50,7 @@ func nodeTLSKey(tok *hsm.Token, node string, cert *x509.Certificate) (crypto.Sig
 			errs = append(errs, err)
 			continue
 		}
-		if k, ok := key.Public().(interface{ Equal(crypto.PublicKey) bool }); ok && k.Equal(cert.PublicKey) {
+		if ca.SamePublicKey(key.Public(), cert.PublicKey) {
 			return key, label, nil
 		}
 	}

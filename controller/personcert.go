@@ -249,8 +249,9 @@ func (n *Node) handlePersonEnroll(w http.ResponseWriter, r *http.Request) {
 	if !decode(w, r, maxBody, &req) {
 		return
 	}
-	tok, hash, ok := n.usableToken(w, req.Token)
-	if !ok {
+	tok, hash, err := n.usableToken(req.Token)
+	if err != nil {
+		n.fail(w, err)
 		return
 	}
 	if tok.Person == "" || tok.Person != req.Name {

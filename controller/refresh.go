@@ -48,9 +48,7 @@ type refresher struct {
 // sameReport says whether rep changes nothing that cur records but its
 // time and the WireGuard handshake time, which a refresh carries.
 func sameReport(cur *api.Report, rep api.Report) bool {
-	return cur != nil && cur.PolicyVersion == rep.PolicyVersion && cur.RaftIndex == rep.RaftIndex &&
-		cur.RulesetDigest == rep.RulesetDigest && cur.Peers == rep.Peers &&
-		cur.FailedIndex == rep.FailedIndex && cur.ApplyError == rep.ApplyError
+	return cur != nil && cur.SameState(rep)
 }
 
 // record takes req as a refresh if the state already records what it

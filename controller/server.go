@@ -313,16 +313,12 @@ func hashToken(token string) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// usableToken returns the record and hash of token if it may enroll now;
-// if not, it writes why and returns false.
-func (n *Node) usableToken(w http.ResponseWriter, token string) (tokenRecord, string, bool) {
+// usableToken returns the record and hash of token, and why it may not
+// enroll now (nil if it may).
+func (n *Node) usableToken(token string) (tokenRecord, string, error) {
 	hash := hashToken(token)
 	tok, ok := n.State().token(hash)
-	if err := checkToken(&tok, ok, n.now()); err != nil {
-		n.fail(w, err)
-		return tok, hash, false
-	}
-	return tok, hash, true
+	return tok, hash, checkToken(&tok, ok, n.now())
 }
 
 func (n *Node) handleEnroll(w http.ResponseWriter, r *http.Request) {
@@ -339,9 +335,8 @@ func (n *Node) handleEnroll(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "csr: "+err.Error())
 		return
 	}
-	hash := hashToken(req.Token)
-	tok, ok := n.State().token(hash)
-	if err := checkToken(&tok, ok, n.now()); err != nil {
+	tok, hash, err := n.usableToken(req.Token)
+	if err != nil {
 		if asked := n.enrollAgain(w, r.Context(), tok, req, csr); !asked {
 			n.fail(w, err)
 		}

@@ -302,14 +302,16 @@ func (s *State) applyGatewayAdd(r *GatewayAddRequest) error {
 // network, not a share of the address space.
 const minLANBits = 8
 
+// reservedNet is IPv4's reserved class E, never a LAN.
+var reservedNet = netip.MustParsePrefix("240.0.0.0/4")
+
 // checkLANs says why a new gateway may not register lans: a gateway's
 // LANs are the source addresses its peers' firewalls and WireGuard
 // routes attribute to it alone, so they must be IPv4 networks (the
 // firewall is IPv4 only) of unicast addresses, no wider than /8, outside
 // the overlay and clear of the LANs of every other gateway in service
-// (pending or enrolled). The API checks
-// this before it submits a gateway (Apply keeps accepting what earlier
-// releases committed).
+// (pending or enrolled). The API checks this before it submits a gateway
+// (Apply keeps accepting what earlier releases committed).
 func (s *State) checkLANs(lans []netip.Prefix) error {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
@@ -323,7 +325,7 @@ func (s *State) checkLANs(lans []netip.Prefix) error {
 			errs = append(errs, fmt.Errorf("LAN prefix %s: only IPv4 networks (the gateways' firewall is IPv4)", p))
 		case p.Bits() < minLANBits:
 			errs = append(errs, fmt.Errorf("LAN prefix %s is wider than /%d: register the agency's own networks", p, minLANBits))
-		case a.IsLoopback() || a.IsMulticast() || a.IsLinkLocalUnicast() || a.IsUnspecified() || p.Overlaps(netip.MustParsePrefix("240.0.0.0/4")):
+		case a.IsLoopback() || a.IsMulticast() || a.IsLinkLocalUnicast() || a.IsUnspecified() || p.Overlaps(reservedNet):
 			errs = append(errs, fmt.Errorf("LAN prefix %s is not a unicast network", p))
 		case s.overlay.IsValid() && p.Overlaps(s.overlay):
 			errs = append(errs, fmt.Errorf("LAN prefix %s overlaps the overlay network %s", p, s.overlay))
@@ -684,11 +686,8 @@ func registration(m Meta, name, role, serial string) *PersonUpsertRequest {
 
 // checkPersonUpsert says whether a registration may apply.
 func (s *State) checkPersonUpsert(r *PersonUpsertRequest) error {
-	if !validPersonName(r.Name) {
-		return fmt.Errorf("%w: person name %q: use 1-63 letters, digits, '.', '_' and '-'", ErrBadRequest, r.Name)
-	}
-	if !slices.Contains(roles, r.Role) {
-		return fmt.Errorf("%w: role %q: want one of %v", ErrBadRequest, r.Role, roles)
+	if err := checkPersonNameRole(r.Name, r.Role); err != nil {
+		return fmt.Errorf("%w: %w", ErrBadRequest, err)
 	}
 	if r.Serial == "" || strings.Trim(strings.ToLower(r.Serial), "0123456789abcdef") != "" {
 		return fmt.Errorf("%w: serial %q: want the certificate serial in hex", ErrBadRequest, r.Serial)
@@ -746,6 +745,18 @@ func (s *State) upsertPerson(r *PersonUpsertRequest) {
 		}
 	}
 	s.people[r.Name] = &api.Person{Name: r.Name, Role: r.Role, Serial: serial, Status: r.Status, RevokedSerials: revoked, FormerRoles: former}
+}
+
+// checkPersonNameRole says what is wrong with a person's name and role.
+func checkPersonNameRole(name, role string) error {
+	var errs []error
+	if !validPersonName(name) {
+		errs = append(errs, fmt.Errorf("person %q: a name is 1-63 letters, digits, '.', '_' and '-'", name))
+	}
+	if !slices.Contains(roles, role) {
+		errs = append(errs, fmt.Errorf("person %q: role %q: want one of %v", name, role, roles))
+	}
+	return errors.Join(errs...)
 }
 
 func validPersonName(n string) bool {

@@ -317,10 +317,7 @@ func (a *Agent) report(ctx context.Context, always bool) {
 		ApplyError:    a.applyErr,
 	}
 	last := a.lastReport
-	if !always && !a.lastReportAt.IsZero() && time.Since(a.lastReportAt) < cmp.Or(a.cfg.ReportRefresh, ReportRefresh) &&
-		last.PolicyVersion == rep.PolicyVersion && last.RaftIndex == rep.RaftIndex &&
-		last.RulesetDigest == rep.RulesetDigest && last.Peers == rep.Peers &&
-		last.FailedIndex == rep.FailedIndex && last.ApplyError == rep.ApplyError {
+	if !always && !a.lastReportAt.IsZero() && time.Since(a.lastReportAt) < cmp.Or(a.cfg.ReportRefresh, ReportRefresh) && last.SameState(rep) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
