@@ -52,6 +52,12 @@ const (
 	CmdPersonInvite CommandType = 30
 	CmdPersonEnroll CommandType = 31
 	CmdPersonRenew  CommandType = 32
+	// A gateway registered with its LANs checked by the state machine
+	// against every gateway in service (State.lanProblems), so that two
+	// registrations committed at the same instant cannot both claim a
+	// network. Same body as CmdGatewayAdd, which still applies as it
+	// always did to the logs of earlier releases.
+	CmdGatewayRegister CommandType = 33
 	// Agency registry operations (controller/agency.go).
 	CmdAgencyImport        CommandType = 19
 	CmdAgencyMerge         CommandType = 20
@@ -116,6 +122,8 @@ func (t CommandType) String() string {
 		return "person-enroll"
 	case CmdPersonRenew:
 		return "person-renew"
+	case CmdGatewayRegister:
+		return "gateway-register"
 	case CmdAgencyImport:
 		return "agency-import"
 	case CmdAgencyMerge:
@@ -165,7 +173,8 @@ type AgencyUpsertRequest struct {
 	Parent string `json:"parent,omitempty"`
 }
 
-// GatewayAddRequest registers a gateway, pending enrollment.
+// GatewayAddRequest registers a gateway, pending enrollment
+// (CmdGatewayRegister; CmdGatewayAdd in earlier releases).
 type GatewayAddRequest struct {
 	Meta
 	ID       string         `json:"id"`

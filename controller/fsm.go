@@ -109,6 +109,8 @@ func (f *FSM) dispatch(t CommandType, body []byte) error {
 		return applyJSON(body, s.applyAgencyUpsert)
 	case CmdGatewayAdd:
 		return applyJSON(body, s.applyGatewayAdd)
+	case CmdGatewayRegister:
+		return applyJSON(body, s.applyGatewayRegister)
 	case CmdTokenIssue:
 		return applyJSON(body, s.applyTokenIssue)
 	case CmdGatewayEnroll:

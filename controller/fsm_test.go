@@ -118,6 +118,8 @@ func history() []struct {
 		// the archive; 2c, its current one, stays, as do 99 (unknown)
 		// and c (not expired).
 		{CmdCertArchive, &CertArchiveRequest{Meta: Meta{Actor: "node:ctl1", At: t0.Add(96 * time.Hour)}, Before: t0.Add(72 * time.Hour), Serials: []string{"2a", "2b", "2c", "99", "c"}}},
+		// A gateway registered with its LANs checked in Apply.
+		{CmdGatewayRegister, &GatewayAddRequest{Meta: meta("op"), ID: "gw8", Agency: "000.00.00.H29", LANs: []netip.Prefix{netip.MustParsePrefix("10.31.0.0/16")}}},
 	}
 	// A checkpoint of the chain's third entry, as the commands above make it.
 	scratch := NewFSM(slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
@@ -320,6 +322,9 @@ func TestApplyRejects(t *testing.T) {
 		{"dup gateway", CmdGatewayAdd, &GatewayAddRequest{ID: "gw1", Agency: "000.00.00.H29"}},
 		{"bad id", CmdGatewayAdd, &GatewayAddRequest{ID: "GW 1", Agency: "000.00.00.H29"}},
 		{"unmasked lan", CmdGatewayAdd, &GatewayAddRequest{ID: "gw3", Agency: "000.00.00.H29", LANs: []netip.Prefix{netip.MustParsePrefix("10.0.0.1/8")}}},
+		{"register a LAN of a gateway in service", CmdGatewayRegister, &GatewayAddRequest{ID: "gw9", Agency: "000.00.00.H29", LANs: []netip.Prefix{netip.MustParsePrefix("10.29.7.0/24")}}},
+		{"register a default route", CmdGatewayRegister, &GatewayAddRequest{ID: "gw9", Agency: "000.00.00.H29", LANs: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}}},
+		{"register the overlay", CmdGatewayRegister, &GatewayAddRequest{ID: "gw9", Agency: "000.00.00.H29", LANs: []netip.Prefix{netip.MustParsePrefix("100.64.0.9/32")}}},
 		{"token for enrolled", CmdTokenIssue, &TokenIssueRequest{Gateway: "gw1", TokenHash: "h9", Expires: t0.Add(time.Hour)}},
 		{"token reuse", CmdGatewayEnroll, &GatewayEnrollRequest{Meta: meta("x"), Gateway: "gw1", TokenHash: "h1", PublicKey: "k9"}},
 		{"token expired", CmdGatewayEnroll, &GatewayEnrollRequest{Meta: Meta{At: t0.Add(2 * time.Hour)}, Gateway: "gw2", TokenHash: "h2", PublicKey: "k9"}},
@@ -509,6 +514,21 @@ func FuzzAPIRequest(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestGatewayAddReplaysUnchecked: the logs of earlier releases replay as
+// they were committed (CmdGatewayAdd never checked a LAN against other
+// gateways); CmdGatewayRegister refuses the same LAN.
+func TestGatewayAddReplaysUnchecked(t *testing.T) {
+	f, next := historyFSM(t)
+	lan := []netip.Prefix{netip.MustParsePrefix("10.29.7.0/24")} // within gw1's 10.29.0.0/16
+	if err := applyCmd(t, f, next, CmdGatewayAdd, &GatewayAddRequest{Meta: meta("op"), ID: "gw9", Agency: "000.00.00.H29", LANs: lan}); err != nil {
+		t.Fatalf("gateway-add of an earlier release: %v", err)
+	}
+	err := applyCmd(t, f, next+1, CmdGatewayRegister, &GatewayAddRequest{Meta: meta("op"), ID: "gw10", Agency: "000.00.00.H29", LANs: lan})
+	if !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), "of gateway gw1") {
+		t.Fatalf("gateway-register of gw1's network: %v", err)
+	}
 }
 
 // TestEnrollIndexesSurviveRestore: the WireGuard key index refuses a key

@@ -6,7 +6,9 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"encoding/pem"
+	"fmt"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -190,7 +192,7 @@ func TestEnrollAskedAgain(t *testing.T) {
 }
 
 // TestGatewayLANs: a gateway's LANs are the source addresses its peers
-// attribute to it alone: the API refuses what would let one gateway
+// attribute to it alone: the controllers refuse what would let one gateway
 // speak for others (a default route, the overlay, the networks of
 // another gateway in service) and what the firewall cannot enforce
 // (IPv6), and records nothing.
@@ -243,5 +245,24 @@ func TestGatewayLANs(t *testing.T) {
 	}
 	if err := add("gw3", "10.29.1.0/24"); err != nil {
 		t.Fatalf("the LAN of a decommissioned gateway: %v", err)
+	}
+	// Registrations of one network at the same instant: the state
+	// machine decides, so exactly one gets it.
+	errs := make([]error, 8)
+	var wg sync.WaitGroup
+	for i := range errs {
+		wg.Go(func() { errs[i] = add(fmt.Sprintf("race%d", i), "10.40.0.0/24") })
+	}
+	wg.Wait()
+	won := 0
+	for _, err := range errs {
+		if err == nil {
+			won++
+			continue
+		}
+		wantStatus(t, err, 409, "overlaps 10.40.0.0/24 of gateway race")
+	}
+	if won != 1 {
+		t.Fatalf("%d registrations of 10.40.0.0/24 succeeded, want 1: %v", won, errs)
 	}
 }

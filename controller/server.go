@@ -616,12 +616,8 @@ func (n *Node) handleGatewayAdd(w http.ResponseWriter, r *http.Request, id ca.Id
 	if !decode(w, r, maxBody, &g) {
 		return
 	}
-	if err := n.State().checkLANs(g.LANs); err != nil {
-		n.fail(w, err)
-		return
-	}
 	req := &GatewayAddRequest{Meta: n.meta(id.Name), ID: g.ID, Agency: g.Agency, Name: g.Name, Endpoint: g.Endpoint, LANs: g.LANs}
-	if _, err := n.submit(r.Context(), CmdGatewayAdd, req); err != nil {
+	if _, err := n.submit(r.Context(), CmdGatewayRegister, req); err != nil {
 		n.fail(w, err)
 		return
 	}

@@ -305,16 +305,23 @@ const minLANBits = 8
 // reservedNet is IPv4's reserved class E, never a LAN.
 var reservedNet = netip.MustParsePrefix("240.0.0.0/4")
 
-// checkLANs says why a new gateway may not register lans: a gateway's
+// applyGatewayRegister is applyGatewayAdd with the LAN rules checked
+// here, in raft order, against the gateways as they stand at this index.
+func (s *State) applyGatewayRegister(r *GatewayAddRequest) error {
+	if err := s.lanProblems(r.LANs); err != nil {
+		return err
+	}
+	return s.applyGatewayAdd(r)
+}
+
+// lanProblems says why a new gateway may not register lans: a gateway's
 // LANs are the source addresses its peers' firewalls and WireGuard
 // routes attribute to it alone, so they must be IPv4 networks (the
 // firewall is IPv4 only) of unicast addresses, no wider than /8, outside
 // the overlay and clear of the LANs of every other gateway in service
-// (pending or enrolled). The API checks this before it submits a gateway
-// (Apply keeps accepting what earlier releases committed).
-func (s *State) checkLANs(lans []netip.Prefix) error {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
+// (pending or enrolled). CmdGatewayRegister checks this in Apply
+// (CmdGatewayAdd, of earlier releases, applies without it). s.mu held.
+func (s *State) lanProblems(lans []netip.Prefix) error {
 	var errs []error
 	for i, p := range lans {
 		a := p.Addr()

@@ -834,7 +834,7 @@ func (s *State) noteViewChange(t CommandType, body []byte) {
 		CmdStateRestored, // Restore itself touches everything
 		CmdAgencyClose:   // only an agency with no gateways and no active children closes
 		// Views name nothing these change.
-	case CmdGatewayAdd, CmdGatewayEnroll, CmdCertRevoke, CmdRequestDecide, CmdGatewayDecommission:
+	case CmdGatewayAdd, CmdGatewayRegister, CmdGatewayEnroll, CmdCertRevoke, CmdRequestDecide, CmdGatewayDecommission:
 		var r struct {
 			ID      string `json:"id"`
 			Gateway string `json:"gateway"`
@@ -845,7 +845,7 @@ func (s *State) noteViewChange(t CommandType, body []byte) {
 			return
 		}
 		switch t {
-		case CmdGatewayAdd:
+		case CmdGatewayAdd, CmdGatewayRegister:
 			s.touch(r.ID)
 		case CmdGatewayEnroll, CmdGatewayDecommission:
 			s.touch(r.Gateway)
