@@ -167,8 +167,14 @@ func checkInitInput(o InitOptions) error {
 }
 
 // madeKeysFile records the keys init (or init --join) made in the
-// node's token: label -> SHA-256 of the public key (SubjectPublicKeyInfo).
+// node's token: label -> SHA-256 of the public key (SubjectPublicKeyInfo),
+// or keyBeingMade from just before the key is generated until it is
+// recorded.
 const madeKeysFile = "token-keys.json"
+
+// keyBeingMade marks a label in madeKeysFile whose key this node's init
+// was generating: a key found under it is the one it made.
+const keyBeingMade = "being made"
 
 // tokenKey returns the key labelled label in tok, generating it on curve
 // if the token has none. A key the token already holds is taken only if
@@ -187,6 +193,12 @@ func tokenKey(tok *hsm.Token, cfg Config, label string, curve elliptic.Curve) (c
 	}
 	key, err := tok.Signer(label)
 	if errors.Is(err, hsm.ErrKeyNotFound) {
+		// Recorded before it is made, so that a stop in between leaves
+		// a key the next run takes.
+		made[label] = keyBeingMade
+		if err := writeJSONFile(cfg.pkiPath(madeKeysFile), made); err != nil {
+			return nil, err
+		}
 		if key, err = tok.GenerateKey(label, curve); err != nil {
 			return nil, err
 		}
@@ -202,11 +214,15 @@ func tokenKey(tok *hsm.Token, cfg Config, label string, curve elliptic.Curve) (c
 	if err != nil {
 		return nil, err
 	}
-	if made[label] != sum {
+	if made[label] != sum && made[label] != keyBeingMade {
 		return nil, fmt.Errorf("token %q already holds a key %q that this node's init did not make (an earlier cluster's, or someone else's): use a fresh token, or destroy the key", tok.Label(), label)
 	}
 	if pub, ok := key.Public().(*ecdsa.PublicKey); !ok || pub.Curve != curve {
 		return nil, fmt.Errorf("token %q: key %q is not on %s", tok.Label(), label, curve.Params().Name)
+	}
+	if made[label] == keyBeingMade {
+		made[label] = sum
+		return key, writeJSONFile(cfg.pkiPath(madeKeysFile), made)
 	}
 	return key, nil
 }

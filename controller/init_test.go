@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"maps"
 	"math/big"
 	"net/http"
 	"os"
@@ -226,8 +227,23 @@ func TestInitRunsAgain(t *testing.T) {
 		t.Fatal(err)
 	}
 	os.Remove(cfg.pkiPath(rootFile))
+	// Stopped, too, after each key was generated and before it was
+	// recorded: the keys are taken all the same.
+	made := map[string]string{}
+	if b, err := os.ReadFile(cfg.pkiPath(madeKeysFile)); err != nil || json.Unmarshal(b, &made) != nil || len(made) != 3 {
+		t.Fatalf("%s: %v %v", madeKeysFile, made, err)
+	}
+	for label := range made {
+		made[label] = keyBeingMade
+	}
+	if err := writeJSONFile(cfg.pkiPath(madeKeysFile), made); err != nil {
+		t.Fatal(err)
+	}
 	if err := Init(ctx, o); err != nil {
 		t.Fatalf("init run again: %v", err)
+	}
+	if b, err := os.ReadFile(cfg.pkiPath(madeKeysFile)); err != nil || json.Unmarshal(b, &made) != nil || slices.Contains(slices.Collect(maps.Values(made)), keyBeingMade) {
+		t.Fatalf("%s after the run again: %v %v", madeKeysFile, made, err)
 	}
 	again, err := readCert(cfg.pkiPath(rootFile))
 	if err != nil {
