@@ -512,9 +512,10 @@ func (s *httpSink) ID() string                  { return "http" }
 func (s *httpSink) Cancel() error               { return nil }
 func (s *httpSink) Close() error                { return nil }
 
-// handleSnapshotRestore replaces the whole cluster's state with a backup.
-// The backup is checked before raft sees it; raft keeps the current
-// membership and replicates the restored state to every node.
+// handleSnapshotRestore restores a backup: the registry goes back to the
+// backup's, the history stays (controller/restore.go). The backup is
+// checked before raft sees it; raft keeps the current membership and
+// replicates the restored state to every node.
 func (n *Node) handleSnapshotRestore(w http.ResponseWriter, r *http.Request, id ca.Identity) {
 	// One at a time: each holds its backup in memory, up to
 	// maxSnapshotBody, twice while it is checked.
@@ -554,24 +555,18 @@ func (n *Node) handleSnapshotRestore(w http.ResponseWriter, r *http.Request, id 
 		}
 	}
 	err = n.onLeaderRaw(r.Context(), actor, "/v1/internal/restore", b, func(ctx context.Context) error {
-		meta := &raft.SnapshotMeta{Version: raft.SnapshotVersionMax, Size: int64(len(b))}
-		if err := n.raft.Restore(meta, bytes.NewReader(b), timeoutOf(ctx)); err != nil {
-			if errors.Is(err, raft.ErrNotLeader) {
-				return ErrNotLeader
-			}
-			return fmt.Errorf("raft restore: %w", err)
+		info := restoreInfo{Actor: actor, At: n.now(), BackupSHA256: hex.EncodeToString(sum[:])}
+		if p, ok := n.State().Person(actor); ok {
+			info.Role = p.Role
 		}
-		// A command after the restore: every node applies it after the
-		// restored state, so reads that wait for its index see the restore
-		// (the backup's own index lies in the past), and the audit chain
-		// says who restored what.
-		var requestID string // the approval checked where the restore came in
-		if n.cfg.FourEyes {
-			requestID, _ = n.State().approvedRestore(hex.EncodeToString(sum[:]), n.now())
+		if n.cfg.FourEyes { // the approval checked where the restore came in
+			info.RequestID, _ = n.State().approvedRestore(info.BackupSHA256, info.At)
 		}
-		_, err := n.submit(ctx, CmdStateRestored, &StateRestoredRequest{Meta: n.meta(actor), BackupSHA256: hex.EncodeToString(sum[:]), BackupIndex: ns.index, RequestID: requestID})
-		n.log.Warn("state restored from a backup", "actor", actor, "raft_index", n.State().Index(), "backup_index", ns.index)
-		return err
+		if err := n.restoreBackup(ctx, b, info); err != nil {
+			return err
+		}
+		n.log.Warn("state restored from a backup", "actor", actor, "raft_index", n.State().Index(), "backup_index", ns.index, "backup_sha256", info.BackupSHA256)
+		return nil
 	})
 	if err != nil {
 		n.fail(w, err)

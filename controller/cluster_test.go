@@ -737,6 +737,10 @@ func TestClusterFaults(t *testing.T) {
 		if _, err := c.op[f].AddGateway(ctx, api.Gateway{ID: "after-backup", Agency: registerKeys[0]}); err != nil {
 			t.Fatal(err)
 		}
+		var before []api.AuditEntry // the history a restore must keep
+		if err := c.off[f].AuditExport(ctx, 0, func(e api.AuditEntry) error { before = append(before, e); return nil }); err != nil {
+			t.Fatal(err)
+		}
 		_, err = c.op[f].RestoreSnapshot(ctx, bytes.NewReader(backup.Bytes()))
 		wantStatus(t, err, 403, "officer")
 		_, err = c.off[f].RestoreSnapshot(ctx, strings.NewReader("not a snapshot"))
@@ -755,10 +759,11 @@ func TestClusterFaults(t *testing.T) {
 		if _, err := c.op[f].AddGateway(ctx, api.Gateway{ID: "after-restore", Agency: registerKeys[0]}); err != nil {
 			t.Fatal(err)
 		}
-		// Every node rebuilt the audit chain from the backup (its own file,
-		// controller/auditlog.go) and extended it alike: the same entries
-		// everywhere, an intact chain, ending with the restore's record
-		// and the write after it.
+		// Every node keeps the audit chain it had, the registration the
+		// restore undid included, with the restore's entry after it (the
+		// chain in its own file, controller/auditlog.go), and extends it
+		// alike: the same entries everywhere, an intact chain, ending with
+		// the restore's record and the write after it.
 		var first []api.AuditEntry
 		for i := range c.nodes {
 			waitFor(t, 15*time.Second, c.nodes[i].name+"'s audit chain to hold the write after the restore", func() error {
@@ -769,8 +774,11 @@ func TestClusterFaults(t *testing.T) {
 				if err := api.VerifyAudit(chain); err != nil {
 					return err
 				}
-				if n := len(chain); n < 2 || chain[n-2].Action != CmdStateRestored.String() || chain[n-1].Object != "after-restore" {
+				if n := len(chain); n < 2 || chain[n-2].Action != ActionRestore || chain[n-2].Actor != "officer1" || chain[n-1].Object != "after-restore" {
 					return fmt.Errorf("chain of %d entries does not end with the restore and the gateway after it", n)
+				}
+				if len(chain) < len(before) || !slices.Equal(chain[:len(before)], before) {
+					return fmt.Errorf("the chain before the restore (%d entries) was not kept", len(before))
 				}
 				if first == nil {
 					first = chain

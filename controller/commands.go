@@ -297,10 +297,11 @@ type RequestDecideRequest struct {
 	TokenHash string `json:"token_hash,omitempty"`
 }
 
-// StateRestoredRequest follows a restore from a backup: it records who
-// restored which backup in the audit chain, and its index, applied on
-// every node after the restored state, gives linearizable reads an index
-// that every node reaches.
+// StateRestoredRequest followed a restore from a backup in earlier
+// releases: it recorded who restored which backup in the audit chain, a
+// commit after the restore itself. The restore's entry is now part of the
+// restored state (controller/restore.go); the command still applies, as
+// nothing, to the logs of those releases.
 type StateRestoredRequest struct {
 	Meta
 	BackupSHA256 string `json:"backup_sha256"`

@@ -193,6 +193,11 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	s := f.state
 	s.mu.RLock()
 	defer s.mu.RUnlock()
+	return snapshotOf(s)
+}
+
+// snapshotOf copies s (s.mu held, or s private) into a snapshot.
+func snapshotOf(s *State) (*fsmSnapshot, error) {
 	snap := &fsmSnapshot{header: snapshotHeader{Format: snapshotFormat, Index: s.index}}
 	add := func(typ string, v any) error {
 		b, err := json.Marshal(v)

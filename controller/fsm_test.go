@@ -114,12 +114,12 @@ func history() []struct {
 		{CmdRequestDecide, &RequestDecideRequest{Meta: meta("off2"), ID: "r4", Role: "officer", Approve: false}},
 		{CmdTokenIssue, &TokenIssueRequest{Meta: meta("off"), Gateway: "gw1", TokenHash: "h6", Expires: t0.Add(time.Hour), Reenroll: true}},
 		{CmdGatewayEnroll, &GatewayEnrollRequest{Meta: meta("gateway:gw1"), Gateway: "gw1", TokenHash: "h6", PublicKey: "k1b", CertSerial: "1b", CertExpires: t0.Add(24 * time.Hour)}},
+		// A gateway registered with its LANs checked in Apply.
+		{CmdGatewayRegister, &GatewayAddRequest{Meta: meta("op"), ID: "gw8", Agency: "000.00.00.H29", LANs: []netip.Prefix{netip.MustParsePrefix("10.31.0.0/16")}}},
 		// Four days on: gw2's first two certificates (2a revoked) go to
 		// the archive; 2c, its current one, stays, as do 99 (unknown)
 		// and c (not expired).
 		{CmdCertArchive, &CertArchiveRequest{Meta: Meta{Actor: "node:ctl1", At: t0.Add(96 * time.Hour)}, Before: t0.Add(72 * time.Hour), Serials: []string{"2a", "2b", "2c", "99", "c"}}},
-		// A gateway registered with its LANs checked in Apply.
-		{CmdGatewayRegister, &GatewayAddRequest{Meta: meta("op"), ID: "gw8", Agency: "000.00.00.H29", LANs: []netip.Prefix{netip.MustParsePrefix("10.31.0.0/16")}}},
 	}
 	// A checkpoint of the chain's third entry, as the commands above make it.
 	scratch := NewFSM(slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
@@ -182,18 +182,12 @@ func snapshotBytes(t testing.TB, f *FSM) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sink := &memSink{}
+	sink := &memSnapshotSink{}
 	if err := snap.Persist(sink); err != nil {
 		t.Fatal(err)
 	}
 	return sink.Bytes()
 }
-
-type memSink struct{ bytes.Buffer }
-
-func (*memSink) ID() string    { return "mem" }
-func (*memSink) Cancel() error { return nil }
-func (*memSink) Close() error  { return nil }
 
 // TestSnapshotRoundTrip applies the history one command at a time and, after
 // each, checks that a snapshot restored into a fresh FSM reproduces the

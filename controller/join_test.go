@@ -190,7 +190,9 @@ func TestRestoreFourEyes(t *testing.T) {
 		t.Fatal(err)
 	}
 	chain, err := n.State().Audit(0)
-	if err != nil || !slices.ContainsFunc(chain, func(e api.AuditEntry) bool { return e.Action == "state-restored" && e.Actor == "officer1" }) {
+	if err != nil || !slices.ContainsFunc(chain, func(e api.AuditEntry) bool {
+		return e.Action == ActionRestore && e.Actor == "officer1" && e.Role == "officer" && strings.HasSuffix(e.Object, " request:"+req.ID)
+	}) {
 		t.Fatalf("no audit entry of the restore: %v", err)
 	}
 }

@@ -88,7 +88,10 @@ type Node struct {
 	archiver     archiver                          // leaderDuties' certificates to archive
 	connsRefused atomic.Uint64                     // connections over max_conns_per_ip, on every listener
 	restoring    atomic.Bool                       // a backup restore is being read or installed here
-	metrics      *nodeMetrics                      // served at /metrics on the API, to operators and auditors
+	// applyGate holds this node's writes (applyLocal) while it merges a
+	// backup into its state and hands raft the result (restoreBackup).
+	applyGate sync.RWMutex
+	metrics   *nodeMetrics // served at /metrics on the API, to operators and auditors
 	// startSettled is set once the node has caught up, compiled its views
 	// and given back its start's memory (releaseStartupMemory).
 	startSettled atomic.Bool
@@ -515,6 +518,8 @@ func (n *Node) submitOnce(ctx context.Context, t CommandType, b []byte) (index u
 
 // applyLocal applies on this node, which must lead.
 func (n *Node) applyLocal(ctx context.Context, t CommandType, b []byte) (uint64, error, error) {
+	n.applyGate.RLock()
+	defer n.applyGate.RUnlock()
 	f := n.raft.Apply(b, timeoutOf(ctx))
 	if err := f.Error(); err != nil {
 		switch {

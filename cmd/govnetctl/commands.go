@@ -428,9 +428,16 @@ func (a *app) clusterCmd() *cobra.Command {
 	}
 	restore := &cobra.Command{
 		Use:   "restore FILE",
-		Short: "Replace the whole cluster's state with a backup (officer; disaster recovery)",
-		Long: "The backup is checked, then the leader installs it and replicates it to every node; the\n" +
-			"cluster's membership is kept. Everything written since the backup is lost.",
+		Short: "Roll the registry back to a backup, or recover a lost cluster into a new one (officer)",
+		Long: "The backup is checked, then the leader merges it into the cluster's state and replicates\n" +
+			"the result to every node. A backup of this cluster rolls back the agencies, the gateways\n" +
+			"registered since (their certificates are revoked), each gateway's agency, name, endpoint\n" +
+			"and LANs, and the policy (published again as a new version). It keeps the audit chain, the\n" +
+			"certificates and every revocation, enrollments and renewals, people, tokens, requests\n" +
+			"and the membership, and appends a backup-restore entry to the chain.\n" +
+			"The backup of another cluster is accepted only by a new cluster with no gateway yet\n" +
+			"(recovery): its state and audit chain become the cluster's, beside the new cluster's\n" +
+			"members, issuers and people.",
 		Example: "  govnetctl cluster snapshot restore /var/backups/govnet-2026-11-23.snap",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {

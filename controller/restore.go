@@ -1,0 +1,275 @@
+package controller
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/govnet/govnet/api"
+	"github.com/govnet/govnet/ca"
+)
+
+// A restore rolls the network's registry back to a backup, never its
+// history. What an officer restores to undo a mistake is configuration:
+// the agencies, the gateways registered since (with their LANs) and the
+// agency each gateway belongs to, and the policy. What the cluster has
+// done since the backup stays done, because the world outside the
+// cluster remembers it: the audit chain and its signed checkpoints, the
+// certificate inventory with every revocation (a revoked certificate
+// would otherwise be good again on the CRL and at OCSP), the issuers'
+// CRL numbers, the policy versions published, enrollments and renewals,
+// people, tokens, four-eyes requests and the cluster's membership.
+//
+// The leader merges the backup into a copy of its state with writes held
+// (restoreBackup), appends the restore's own audit entry to that copy and
+// hands the result to raft as the snapshot every node installs: the
+// restore and its entry are one step.
+//
+// The backup of a lost cluster restores into a new one (recoverInto): its
+// state and history become the new cluster's.
+
+// restoreInfo says who restored which backup.
+type restoreInfo struct {
+	Actor, Role  string
+	At           time.Time
+	BackupSHA256 string // hex, of the backup file
+	RequestID    string // the approved restore request, in four-eyes mode
+}
+
+// ActionRestore is the audit chain's action for a backup restore.
+const ActionRestore = "backup-restore"
+
+// restoreBackup installs backup, merged into the current state, on every
+// node. It runs on the leader, with this node's writes held from the
+// merge until raft has the result, so that no command committed in
+// between is lost.
+func (n *Node) restoreBackup(ctx context.Context, backup []byte, r restoreInfo) error {
+	n.applyGate.Lock()
+	defer n.applyGate.Unlock()
+	if _, err := n.barrier(ctx); err != nil {
+		return err
+	}
+	merged, err := n.mergedSnapshot(backup, r)
+	if err != nil {
+		return err
+	}
+	meta := &raft.SnapshotMeta{Version: raft.SnapshotVersionMax, Size: int64(len(merged))}
+	if err := n.raft.Restore(meta, bytes.NewReader(merged), timeoutOf(ctx)); err != nil {
+		if errors.Is(err, raft.ErrNotLeader) {
+			return ErrNotLeader
+		}
+		return fmt.Errorf("raft restore: %w", err)
+	}
+	return nil
+}
+
+// mergedSnapshot returns the snapshot that results from restoring backup
+// into the current state (mergeBackup).
+func (n *Node) mergedSnapshot(backup []byte, r restoreInfo) ([]byte, error) {
+	cur, err := n.fsm.Snapshot()
+	if err != nil {
+		return nil, err
+	}
+	var b memSnapshotSink
+	if err := cur.Persist(&b); err != nil {
+		return nil, err
+	}
+	return mergeSnapshots(b.Bytes(), backup, n.fsm.spillDir, r)
+}
+
+// mergeSnapshots is mergeBackup on snapshots: cur, the current state's,
+// and backup's; their audit chains spill to spillDir while it runs.
+func mergeSnapshots(cur, backup []byte, spillDir string, r restoreInfo) ([]byte, error) {
+	m, err := readSnapshot(bytes.NewReader(cur), spillDir)
+	if err != nil {
+		return nil, fmt.Errorf("copy of the current state: %w", err)
+	}
+	defer m.close()
+	bk, err := readSnapshot(bytes.NewReader(backup), spillDir)
+	if err != nil {
+		return nil, err
+	}
+	defer bk.close()
+	res, err := mergeBackup(m, bk, r)
+	if err != nil {
+		return nil, err
+	}
+	snap, err := snapshotOf(res)
+	if err != nil {
+		return nil, err
+	}
+	var out memSnapshotSink
+	if err := snap.Persist(&out); err != nil {
+		return nil, err
+	}
+	return out.Bytes(), nil
+}
+
+// mergeBackup returns the state a restore of bk into m, a copy of the
+// current state, leaves: rollBack for a backup of this cluster (m's
+// audit chain extends bk's), recoverInto for another cluster's backup
+// restored into a new one (no gateway yet). Any other backup, or one of
+// another network (another overlay), is refused. It changes m and bk.
+func mergeBackup(m, bk *State, r restoreInfo) (*State, error) {
+	if m.overlay.IsValid() && bk.overlay.IsValid() && bk.overlay != m.overlay {
+		return nil, fmt.Errorf("%w: the backup is of another network (overlay %s; this one's is %s)", ErrConflict, bk.overlay, m.overlay)
+	}
+	if !chainExtends(m, bk) {
+		if len(m.gateways) > 0 {
+			return nil, fmt.Errorf("%w: the backup's audit chain is not the beginning of this cluster's: it is not a backup of this cluster, and another cluster's backup restores only into a new cluster, with no gateway yet", ErrConflict)
+		}
+		return bk, recoverInto(m, bk, r)
+	}
+	return m, rollBack(m, bk, r)
+}
+
+// chainExtends says whether m's audit chain extends bk's (bk is a backup
+// of m's cluster).
+func chainExtends(m, bk *State) bool {
+	k := bk.audit.len()
+	if k == 0 || k > m.audit.len() {
+		return k == 0
+	}
+	e, err := m.audit.entry(k)
+	return err == nil && e.Hash == bk.audit.head.Hash
+}
+
+// rollBack is mergeBackup for a backup of m's own cluster, into m,
+// deterministically:
+//
+//   - the agencies are the backup's;
+//   - a gateway registered since the backup is gone, and its valid
+//     certificates are revoked (cessationOfOperation) by the restorer;
+//     its unused tokens go with it;
+//   - a gateway the backup holds keeps what it became since (enrollment,
+//     keys, address, certificates, revocation or decommissioning) and
+//     takes back its agency, name, endpoint and LANs;
+//   - the backup's policy is published again, as the next version, if it
+//     is not the current one;
+//   - the rest is kept (see the comment at the top of this file), and the
+//     restore's entry is appended to the audit chain.
+func rollBack(m, bk *State, r restoreInfo) error {
+	index := m.index + 1 // the restore's place in the state's history
+	if !m.overlay.IsValid() {
+		m.overlay = bk.overlay
+	}
+	m.agencies = bk.agencies
+
+	var dropped []string
+	for _, id := range slices.Sorted(maps.Keys(m.gateways)) {
+		g := m.gateways[id]
+		old, ok := bk.gateways[id]
+		if !ok {
+			dropped = append(dropped, id)
+			continue
+		}
+		g.Agency, g.Name, g.Endpoint, g.LANs = old.Agency, old.Name, old.Endpoint, slices.Clone(old.LANs)
+	}
+	for _, id := range slices.Sorted(maps.Keys(bk.gateways)) {
+		if _, ok := m.gateways[id]; !ok { // gateways are never deleted: not this cluster's
+			return fmt.Errorf("%w: the backup holds gateway %s, which this cluster never had", ErrConflict, id)
+		}
+	}
+	for _, id := range dropped {
+		g := m.gateways[id]
+		delete(m.gateways, id)
+		if g.PublicKey != "" && m.keyOwner[g.PublicKey] == id {
+			delete(m.keyOwner, g.PublicKey)
+		}
+		if g.OverlayIP.IsValid() && m.addrInUse[g.OverlayIP] == id {
+			delete(m.addrInUse, g.OverlayIP)
+		}
+		var certs []*api.Certificate
+		for _, c := range m.certsSorted() {
+			if c.Gateway == id && c.Kind == ca.KindGateway && c.Status == api.CertValid {
+				certs = append(certs, c)
+			}
+		}
+		m.revoke(certs, "", int(ca.ReasonCessationOfOperation), r.At, r.Actor, index)
+		for h, t := range m.tokens {
+			if t.Gateway == id && !t.Used {
+				delete(m.tokens, h)
+			}
+		}
+	}
+	m.usedBelow = netip.Addr{} // the lowest free address is found again
+
+	if k := len(bk.policies); k > 0 {
+		want := bk.policies[k-1].Source
+		if l := len(m.policies); l == 0 || m.policies[l-1].Source != want {
+			m.publish(want, r.Actor, r.At)
+		}
+	}
+
+	object := "sha256:" + r.BackupSHA256
+	if r.RequestID != "" {
+		object += " request:" + r.RequestID
+	}
+	return appendRestoreEntry(m, index, object, r)
+}
+
+// recoverInto is mergeBackup for the backup of a lost cluster restored
+// into m, a new one with no gateway: the backup's state and history
+// become the cluster's, and what the new cluster holds of its own is kept
+// beside them: its membership, its nodes' issuers and certificates, and
+// the people, tokens and requests it registered (a person in both keeps
+// the credentials the new cluster gave them). Its audit chain so far (its
+// initialisation) gives way to the backup's; the restore's entry names
+// its length and head.
+func recoverInto(m, bk *State, r restoreInfo) error {
+	bk.members, bk.removed = m.members, m.removed
+	for name, p := range m.people {
+		bk.people[name] = p
+	}
+	for id, ir := range m.issuers {
+		if bk.issuers[id] == nil {
+			bk.issuers[id] = ir
+		}
+	}
+	for serial, c := range m.certs {
+		if archived, err := bk.archive.has(serial); err != nil {
+			return err
+		} else if bk.certs[serial] == nil && !archived {
+			bk.certs[serial] = c
+		}
+	}
+	for h, t := range m.tokens {
+		if bk.tokens[h] == nil {
+			bk.tokens[h] = t
+		}
+	}
+	for id, q := range m.requests {
+		if bk.requests[id] == nil {
+			bk.requests[id] = q
+		}
+	}
+	object := fmt.Sprintf("sha256:%s replaces:%d:%s", r.BackupSHA256, m.audit.len(), m.audit.head.Hash)
+	if r.RequestID != "" {
+		object += " request:" + r.RequestID
+	}
+	return appendRestoreEntry(bk, max(m.index, bk.index)+1, object, r)
+}
+
+// appendRestoreEntry appends the restore's entry to s's chain, at index.
+func appendRestoreEntry(s *State, index uint64, object string, r restoreInfo) error {
+	if err := s.appendAudit(api.AuditEntry{RaftIndex: index, At: r.At.UTC(), Actor: r.Actor, Role: r.Role,
+		Action: ActionRestore, Object: object, RequestSHA256: r.BackupSHA256}); err != nil {
+		return err
+	}
+	s.index = index
+	return nil
+}
+
+// memSnapshotSink keeps a snapshot in memory.
+type memSnapshotSink struct{ bytes.Buffer }
+
+func (*memSnapshotSink) ID() string    { return "memory" }
+func (*memSnapshotSink) Cancel() error { return nil }
+func (*memSnapshotSink) Close() error  { return nil }
