@@ -43,6 +43,24 @@ const (
 // it, and every later reconcile would move it back).
 var ErrInvalidPeer = errors.New("invalid peer")
 
+// InvalidPeersError is the error, wrapping ErrInvalidPeer, with which
+// ApplyPeers reports what it left out: one error per problem, each naming
+// the peer (its position in the list, gateway and key), and how many
+// peers they name.
+type InvalidPeersError struct {
+	// Peers is the number of listed peers not applied in full: left out
+	// (a bad key or endpoint, the device's own key, a duplicate), or
+	// applied without some of their allowed IPs (invalid, or claimed by
+	// another peer) or without the route to one (a default route). A
+	// peer with several problems counts once, so Peers can be less than
+	// len(Errs).
+	Peers int
+	Errs  []error
+}
+
+func (e *InvalidPeersError) Error() string   { return errors.Join(e.Errs...).Error() }
+func (e *InvalidPeersError) Unwrap() []error { return e.Errs }
+
 // Device is the gateway's WireGuard interface: a kernel WireGuard link when
 // the kernel has the module, otherwise an embedded wireguard-go device on a
 // TUN interface. Either way it is configured through wgctrl, so `wg show`
@@ -332,7 +350,8 @@ type peerState struct {
 // each allowed prefix outside the overlay prefix (agency LANs), and removes
 // such routes that are no longer wanted.
 //
-// Invalid peers are left out and reported in an error wrapping
+// Invalid peers are left out and reported in an [*InvalidPeersError]
+// (joined with any error configuring the kernel), which wraps
 // ErrInvalidPeer; the valid ones are still applied. Each allowed IP goes to
 // one peer: if several claim it, the peer that already held it keeps it,
 // otherwise the first in the list gets it; the other claims are refused.
@@ -373,7 +392,7 @@ func (d *Device) ApplyPeers(peers []api.Peer) (changed bool, err error) {
 		d.log.Info("wireguard peers applied", "mode", mode, "validated", len(p.cands), "peers", len(d.peers),
 			"ok", kerr == nil, "took", time.Since(start).Round(time.Microsecond))
 	}
-	return changed, errors.Join(errors.Join(p.errs...), kerr)
+	return changed, errors.Join(p.err(), kerr)
 }
 
 // Repair reads the device and the routing table and makes them equal to
@@ -413,6 +432,24 @@ type peerPlan struct {
 	cands   []*candidate // in list order
 	removed []*peerState // applied peers no longer (validly) listed
 	errs    []error
+	bad     map[int]bool // positions in the list of the peers errs name
+}
+
+// fail records err, about the peer at position i of the list.
+func (p *peerPlan) fail(i int, err error) {
+	p.errs = append(p.errs, err)
+	if p.bad == nil {
+		p.bad = map[int]bool{}
+	}
+	p.bad[i] = true
+}
+
+// err is what p left out, as ApplyPeers returns it; nil for nothing.
+func (p *peerPlan) err() error {
+	if len(p.errs) == 0 {
+		return nil
+	}
+	return &InvalidPeersError{Peers: len(p.bad), Errs: p.errs}
 }
 
 // plan compares peers with the applied state (d.peers, d.owner) and
@@ -449,7 +486,7 @@ func (d *Device) plan(peers []api.Peer, all bool) *peerPlan {
 			continue
 		}
 		bad := func(format string, args ...any) {
-			p.errs = append(p.errs, fmt.Errorf("%w: peer %d (%s, %s): %s", ErrInvalidPeer, i, ap.Gateway, ap.PublicKey, fmt.Sprintf(format, args...)))
+			p.fail(i, fmt.Errorf("%w: peer %d (%s, %s): %s", ErrInvalidPeer, i, ap.Gateway, ap.PublicKey, fmt.Sprintf(format, args...)))
 		}
 		var key wgtypes.Key
 		if old != nil {
@@ -520,7 +557,7 @@ func (d *Device) plan(peers []api.Peer, all bool) *peerPlan {
 	}
 	for _, c := range p.cands {
 		refuse := func(a netip.Prefix, holder wgtypes.Key) {
-			p.errs = append(p.errs, fmt.Errorf("%w: peer %d (%s, %s): allowed IP %s already belongs to %s",
+			p.fail(c.index, fmt.Errorf("%w: peer %d (%s, %s): allowed IP %s already belongs to %s",
 				ErrInvalidPeer, c.index, c.name, c.next.id, a, holder))
 			c.next.recheck = true
 		}
@@ -541,7 +578,7 @@ func (d *Device) plan(peers []api.Peer, all bool) *peerPlan {
 				// A default route into the tunnel would also capture the
 				// tunnel's own transport packets and the management path:
 				// WireGuard gets it, the routing table does not.
-				p.errs = append(p.errs, fmt.Errorf("%w: peer %d (%s, %s): not routing %s through %s",
+				p.fail(c.index, fmt.Errorf("%w: peer %d (%s, %s): not routing %s through %s",
 					ErrInvalidPeer, c.index, c.name, c.next.id, a, d.name))
 				c.next.recheck = true
 			}

@@ -73,6 +73,8 @@ type helperReply struct {
 	Routes        []string  `json:"routes,omitempty"`
 	Dump          []string  `json:"dump,omitempty"`
 	Timeout       bool      `json:"timeout,omitempty"`
+	// LeftOut is the InvalidPeersError's count of peers left out.
+	LeftOut int `json:"left_out,omitempty"`
 }
 
 // TestHelperProcess is not a test: it is the helper's entry point.
@@ -177,6 +179,9 @@ func helperServe(d *Device, wg *wgctrl.Client, req helperRequest) helperReply {
 		r := helperReply{Changed: changed}
 		if err != nil {
 			r.Error = err.Error()
+		}
+		if ip := (*InvalidPeersError)(nil); errors.As(err, &ip) {
+			r.LeftOut = ip.Peers
 		}
 		return r
 	case "dump":
@@ -600,7 +605,8 @@ func TestWireGuardTunnel(t *testing.T) {
 }
 
 // TestWireGuardInvalidPeers: bad peers are reported and left out, the good
-// ones applied.
+// ones applied; the error counts the peers not applied in full (conflict
+// is applied without the allowed IP ok holds).
 func TestWireGuardInvalidPeers(t *testing.T) {
 	netnstest.RequireTools(t, "wg")
 	netnstest.RequireTUN(t)
@@ -624,6 +630,9 @@ func TestWireGuardInvalidPeers(t *testing.T) {
 	if !r.Changed {
 		t.Error("valid peers not applied")
 	}
+	if r.LeftOut != 5 {
+		t.Errorf("%d peers left out, want 5 (all but ok)", r.LeftOut)
+	}
 	if got := h.peer(other1).AllowedIPs; !slices.Equal(got, []string{"10.250.0.2/32", "10.251.0.0/24"}) {
 		t.Errorf("ok peer allowed IPs %v", got)
 	}
@@ -645,16 +654,23 @@ func planDevice(self wgtypes.Key) *Device {
 
 // planCommit runs ApplyPeers' validation (incremental, or of every peer if
 // all) and records the result as applied, as ApplyPeers does. It returns
-// the sorted error messages.
-func (d *Device) planCommit(peers []api.Peer, all bool) []string {
+// the sorted error messages and the number of peers left out, as
+// ApplyPeers' error says them.
+func (d *Device) planCommit(peers []api.Peer, all bool) (errs []string, leftOut int) {
 	p := d.plan(peers, all)
 	d.commit(p)
-	var errs []string
-	for _, err := range p.errs {
+	var ip *InvalidPeersError
+	if err := p.err(); err != nil && (!errors.As(err, &ip) || !errors.Is(err, ErrInvalidPeer)) {
+		panic(fmt.Sprintf("ApplyPeers' error %T %v is not an InvalidPeersError", err, err))
+	}
+	if ip == nil {
+		return nil, 0
+	}
+	for _, err := range ip.Errs {
 		errs = append(errs, err.Error())
 	}
 	slices.Sort(errs)
-	return errs
+	return errs, ip.Peers
 }
 
 // grants renders who holds what ("gateway endpoint allowed-IPs" per peer,
@@ -712,44 +728,47 @@ func TestPeerPlan(t *testing.T) {
 		peers  []api.Peer
 		grants string
 		errs   []string // substrings, one per error, in sorted order
+		// leftOut: the peers the errors name (InvalidPeersError.Peers)
+		leftOut int
 	}{
 		{"start", []api.Peer{peer(1, ep, "10.1.0.0/24", "10.250.0.2/32"), peer(2, "", "10.2.0.0/24")},
-			"p1 198.18.0.1:51820 [10.1.0.0/24 10.250.0.2/32]; p2  [10.2.0.0/24]", nil},
+			"p1 198.18.0.1:51820 [10.1.0.0/24 10.250.0.2/32]; p2  [10.2.0.0/24]", nil, 0},
 		{"changed peer claims what an unchanged one holds",
 			[]api.Peer{peer(2, "", "10.1.0.0/24", "10.2.0.0/24"), peer(1, ep, "10.1.0.0/24", "10.250.0.2/32")},
 			"p1 198.18.0.1:51820 [10.1.0.0/24 10.250.0.2/32]; p2  [10.2.0.0/24]",
-			[]string{"peer 0 (p2, " + planKey(2).String() + "): allowed IP 10.1.0.0/24 already belongs to " + planKey(1).String()}},
+			[]string{"peer 0 (p2, " + planKey(2).String() + "): allowed IP 10.1.0.0/24 already belongs to " + planKey(1).String()}, 1},
 		{"same again: the error again",
 			[]api.Peer{peer(2, "", "10.1.0.0/24", "10.2.0.0/24"), peer(1, ep, "10.1.0.0/24", "10.250.0.2/32")},
 			"p1 198.18.0.1:51820 [10.1.0.0/24 10.250.0.2/32]; p2  [10.2.0.0/24]",
-			[]string{"allowed IP 10.1.0.0/24 already belongs to"}},
+			[]string{"allowed IP 10.1.0.0/24 already belongs to"}, 1},
 		{"holder lets go: the refused claim is granted",
 			[]api.Peer{peer(2, "", "10.1.0.0/24", "10.2.0.0/24"), peer(1, ep, "10.250.0.2/32")},
-			"p1 198.18.0.1:51820 [10.250.0.2/32]; p2  [10.1.0.0/24 10.2.0.0/24]", nil},
+			"p1 198.18.0.1:51820 [10.250.0.2/32]; p2  [10.1.0.0/24 10.2.0.0/24]", nil, 0},
 		{"new peer, first in the list, claims a held prefix",
 			[]api.Peer{peer(3, "", "10.2.0.0/24", "10.3.0.0/24"), peer(2, "", "10.1.0.0/24", "10.2.0.0/24"), peer(1, ep, "10.250.0.2/32")},
 			"p1 198.18.0.1:51820 [10.250.0.2/32]; p2  [10.1.0.0/24 10.2.0.0/24]; p3  [10.3.0.0/24]",
-			[]string{"peer 0 (p3"}},
+			[]string{"peer 0 (p3"}, 1},
 		{"holder removed: granted",
 			[]api.Peer{peer(3, "", "10.2.0.0/24", "10.3.0.0/24"), peer(1, ep, "10.250.0.2/32")},
-			"p1 198.18.0.1:51820 [10.250.0.2/32]; p3  [10.2.0.0/24 10.3.0.0/24]", nil},
+			"p1 198.18.0.1:51820 [10.250.0.2/32]; p3  [10.2.0.0/24 10.3.0.0/24]", nil, 0},
 		{"prefix moves between two changed peers",
 			[]api.Peer{peer(3, "", "10.3.0.0/24"), peer(1, ep, "10.250.0.2/32", "10.2.0.0/24")},
-			"p1 198.18.0.1:51820 [10.2.0.0/24 10.250.0.2/32]; p3  [10.3.0.0/24]", nil},
+			"p1 198.18.0.1:51820 [10.2.0.0/24 10.250.0.2/32]; p3  [10.3.0.0/24]", nil, 0},
 		{"two new claimants: the first in the list",
 			[]api.Peer{peer(3, "", "10.3.0.0/24"), peer(1, ep, "10.250.0.2/32", "10.2.0.0/24"),
 				peer(5, "", "10.5.0.0/24"), peer(4, "", "10.5.0.0/24", "10.4.0.0/24")},
 			"p1 198.18.0.1:51820 [10.2.0.0/24 10.250.0.2/32]; p3  [10.3.0.0/24]; p4  [10.4.0.0/24]; p5  [10.5.0.0/24]",
-			[]string{"peer 3 (p4"}},
+			[]string{"peer 3 (p4"}, 1},
 		{"incumbent keeps its prefix even when later in the list",
 			[]api.Peer{peer(4, "", "10.5.0.0/24", "10.4.0.0/24"), peer(5, "", "10.5.0.0/24", "10.6.0.0/24"),
 				peer(3, "", "10.3.0.0/24"), peer(1, ep, "10.250.0.2/32", "10.2.0.0/24")},
 			"p1 198.18.0.1:51820 [10.2.0.0/24 10.250.0.2/32]; p3  [10.3.0.0/24]; p4  [10.4.0.0/24]; p5  [10.5.0.0/24 10.6.0.0/24]",
-			[]string{"peer 0 (p4"}},
+			[]string{"peer 0 (p4"}, 1},
 		{"normalised: masked, unmapped, deduplicated, reordered; endpoint changed",
 			[]api.Peer{peer(1, "[::ffff:198.18.0.7]:51820", "10.2.0.9/24", "::ffff:10.250.0.2/128", "10.2.0.0/24"),
 				peer(3, "", "10.3.0.0/24"), peer(4, "", "10.4.0.0/24"), peer(5, "", "10.6.0.0/24", "10.5.0.0/24")},
-			"p1 [::ffff:198.18.0.7]:51820 [10.2.0.0/24 10.250.0.2/32]; p3  [10.3.0.0/24]; p4  [10.4.0.0/24]; p5  [10.5.0.0/24 10.6.0.0/24]", nil},
+			"p1 [::ffff:198.18.0.7]:51820 [10.2.0.0/24 10.250.0.2/32]; p3  [10.3.0.0/24]; p4  [10.4.0.0/24]; p5  [10.5.0.0/24 10.6.0.0/24]", nil, 0},
+		// p5 has two problems: one peer, two errors.
 		{"bad input: duplicate, bad key, own key, bad endpoint (p3 goes), invalid prefix, default route",
 			[]api.Peer{peer(1, "[::ffff:198.18.0.7]:51820", "10.2.0.9/24", "::ffff:10.250.0.2/128", "10.2.0.0/24"),
 				peer(1, "", "10.7.0.0/24"),
@@ -757,16 +776,16 @@ func TestPeerPlan(t *testing.T) {
 				{Gateway: "self", PublicKey: self.String()},
 				peer(3, "nonsense", "10.3.0.0/24"),
 				peer(4, "", "10.4.0.0/24", ""),
-				peer(5, "", "10.6.0.0/24", "10.5.0.0/24", "0.0.0.0/0")},
+				peer(5, "", "10.6.0.0/24", "10.5.0.0/24", "0.0.0.0/0", "")},
 			"p1 [::ffff:198.18.0.7]:51820 [10.2.0.0/24 10.250.0.2/32]; p4  [10.4.0.0/24]; p5  [0.0.0.0/0 10.5.0.0/24 10.6.0.0/24]",
-			[]string{"peer 1 (p1", "peer 2 (bad", "peer 3 (self", "peer 4 (p3", "peer 5 (p4", "peer 6 (p5"}},
-		{"empty", nil, "", nil},
+			[]string{"peer 1 (p1", "peer 2 (bad", "peer 3 (self", "peer 4 (p3", "peer 5 (p4", "peer 6 (p5", "peer 6 (p5"}, 6},
+		{"empty", nil, "", nil, 0},
 	}
 	inc, full := planDevice(self), planDevice(self)
 	for _, st := range steps {
 		t.Run(st.name, func(t *testing.T) {
-			errsInc := inc.planCommit(st.peers, false)
-			errsFull := full.planCommit(st.peers, true)
+			errsInc, leftInc := inc.planCommit(st.peers, false)
+			errsFull, leftFull := full.planCommit(st.peers, true)
 			gInc, gFull := grants(t, inc, names), grants(t, full, names)
 			if gInc != st.grants {
 				t.Errorf("incremental grants\n%s\nwant\n%s", gInc, st.grants)
@@ -776,6 +795,9 @@ func TestPeerPlan(t *testing.T) {
 			}
 			if !slices.Equal(errsInc, errsFull) {
 				t.Errorf("incremental errors %q, full %q", errsInc, errsFull)
+			}
+			if leftInc != st.leftOut || leftFull != st.leftOut {
+				t.Errorf("peers left out: incremental %d, full %d, want %d", leftInc, leftFull, st.leftOut)
 			}
 			if len(errsInc) != len(st.errs) {
 				t.Fatalf("errors %q, want %d: %q", errsInc, len(st.errs), st.errs)
@@ -829,11 +851,11 @@ func TestPeerPlanRandom(t *testing.T) {
 		case op < 9: // reorder
 			rng.Shuffle(len(peers), func(i, j int) { peers[i], peers[j] = peers[j], peers[i] })
 		}
-		errsInc := inc.planCommit(peers, false)
-		errsFull := full.planCommit(peers, true)
+		errsInc, leftInc := inc.planCommit(peers, false)
+		errsFull, leftFull := full.planCommit(peers, true)
 		gInc, gFull := grants(t, inc, names), grants(t, full, names)
-		if gInc != gFull || !slices.Equal(errsInc, errsFull) {
-			t.Fatalf("step %d: incremental and full differ:\ngrants %s\n  full %s\nerrors %q\n  full %q", step, gInc, gFull, errsInc, errsFull)
+		if gInc != gFull || !slices.Equal(errsInc, errsFull) || leftInc != leftFull {
+			t.Fatalf("step %d: incremental and full differ:\ngrants %s\n  full %s\nerrors %q\n  full %q\nleft out %d, full %d", step, gInc, gFull, errsInc, errsFull, leftInc, leftFull)
 		}
 	}
 }
