@@ -115,13 +115,23 @@ type Report struct {
 	// still describe the view it enforces. Empty once a view applies.
 	FailedIndex uint64 `json:"failed_index,omitempty"`
 	ApplyError  string `json:"apply_error,omitempty"`
+	// PeersLeftOut is how many peers of the view the agent enforces
+	// (RaftIndex) its WireGuard device does not hold in full: left out (a
+	// bad key or endpoint, the gateway's own key, a duplicate) or held
+	// without some of their allowed IPs or routes (an allowed IP another
+	// peer claims). The gateway does not reach them, or not all of their
+	// LANs. PeerError says why, one line per problem, each naming the
+	// peer. Zero once a view applies with every peer.
+	PeersLeftOut int    `json:"peers_left_out,omitempty"`
+	PeerError    string `json:"peer_error,omitempty"`
 }
 
 // SameState says whether r and o report the same state of the gateway,
 // whatever their times (At, LastHandshake): o refreshes r.
 func (r Report) SameState(o Report) bool {
 	return r.PolicyVersion == o.PolicyVersion && r.RaftIndex == o.RaftIndex && r.RulesetDigest == o.RulesetDigest &&
-		r.Peers == o.Peers && r.FailedIndex == o.FailedIndex && r.ApplyError == o.ApplyError
+		r.Peers == o.Peers && r.FailedIndex == o.FailedIndex && r.ApplyError == o.ApplyError &&
+		r.PeersLeftOut == o.PeersLeftOut && r.PeerError == o.PeerError
 }
 
 // View is everything one gateway needs to configure itself: its peers and

@@ -48,6 +48,12 @@ type Agent struct {
 	// the reports; zero once one applies.
 	failedIndex uint64
 	applyErr    string
+	// peersLeftOut and peerErr: the peers of the applied view that the
+	// WireGuard device does not hold in full, for the reports; zero
+	// once a view applies with all of them. A view that fails to apply
+	// leaves them as they were: the peers in place are the last view's.
+	peersLeftOut int
+	peerErr      string
 	// lastReport is the last report the controllers took, and when;
 	// zero after a failure. report compares with it.
 	lastReport   api.Report
@@ -125,9 +131,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	defer a.dev.Close()
 	a.peers = a.dev
 	if saved != nil {
-		if _, err := a.dev.ApplyPeers(saved.Peers); err != nil {
+		_, err := a.dev.ApplyPeers(saved.Peers)
+		if err != nil {
 			log.Error("restore saved peers", "err", err)
 		}
+		a.peersLeftOut, a.peerErr = leftOut(err)
 		a.applied = saved
 		a.metrics.viewApplied(saved)
 		log.Info("enforcing saved view until a controller answers", "raft_index", saved.RaftIndex, "policy_version", saved.PolicyVersion)
@@ -210,8 +218,19 @@ func (a *Agent) apply(ctx context.Context, v *api.View) error {
 	return err
 }
 
-// maxApplyError bounds the reason a report carries.
+// maxApplyError bounds the reasons a report carries (apply_error,
+// peer_error).
 const maxApplyError = 1024
+
+// leftOut returns the number of peers an ApplyPeers error says were not
+// applied in full and why, as a report carries them; 0 and "" for none.
+func leftOut(err error) (int, string) {
+	var ip *InvalidPeersError
+	if !errors.As(err, &ip) {
+		return 0, ""
+	}
+	return ip.Peers, truncate(ip.Error(), maxApplyError)
+}
 
 func truncate(s string, n int) string {
 	if len(s) <= n {
@@ -250,10 +269,12 @@ func (a *Agent) applyLocked(ctx context.Context, v *api.View) error {
 	}
 	start := time.Now()
 	peersChanged, err := a.peers.ApplyPeers(v.Peers)
-	if errors.Is(err, ErrInvalidPeer) {
+	peersLeftOut, peerErr := leftOut(err)
+	if peersLeftOut > 0 {
 		// The valid peers are in place; the ones left out cannot send
-		// anything, so the rest of the view still applies.
-		a.log.Error("peers left out of the WireGuard device", "err", err)
+		// anything, so the rest of the view still applies. The reports
+		// say which peers were left out.
+		a.log.Error("peers left out of the WireGuard device", "raft_index", v.RaftIndex, "peers_left_out", peersLeftOut, "err", err)
 	} else if err != nil {
 		return fmt.Errorf("apply peers: %w", err)
 	}
@@ -274,6 +295,7 @@ func (a *Agent) applyLocked(ctx context.Context, v *api.View) error {
 	}
 	a.applied = v
 	a.failedIndex, a.applyErr = 0, ""
+	a.peersLeftOut, a.peerErr = peersLeftOut, peerErr
 	a.metrics.viewApplied(v)
 	if err := a.saveView(v); err != nil {
 		a.log.Error("save view", "err", err)
@@ -292,9 +314,9 @@ const ReportRefresh = 2 * time.Minute
 
 // report tells the controller what is applied; a failure is logged and
 // retried on the next reconcile tick. Unless always, it reports only when
-// what the controllers know is out of date: the applied view, the ruleset
-// or the number of peers changed, the last report failed, or
-// report_refresh has passed. a.mu must be held.
+// what the controllers know is out of date: the applied view, the ruleset,
+// the number of peers or those left out changed, the last report failed,
+// or report_refresh has passed. a.mu must be held.
 func (a *Agent) report(ctx context.Context, always bool) {
 	if a.applied == nil && a.failedIndex == 0 {
 		return // nothing applied, nothing failed: nothing to say yet
@@ -315,6 +337,8 @@ func (a *Agent) report(ctx context.Context, always bool) {
 		LastHandshake: hs,
 		FailedIndex:   a.failedIndex,
 		ApplyError:    a.applyErr,
+		PeersLeftOut:  a.peersLeftOut,
+		PeerError:     a.peerErr,
 	}
 	last := a.lastReport
 	if !always && !a.lastReportAt.IsZero() && time.Since(a.lastReportAt) < cmp.Or(a.cfg.ReportRefresh, ReportRefresh) && last.SameState(rep) {

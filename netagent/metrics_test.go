@@ -5,18 +5,24 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
 	"math/big"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -156,13 +162,81 @@ func TestAgentMetrics(t *testing.T) {
 	}
 }
 
-// recordedPeers is a WireGuard device's peers as apply sets them.
+// recordedPeers is a WireGuard device's peers as apply sets them. Like
+// Device, it leaves out invalid peers (here: keys that start with "bad")
+// and says so in an InvalidPeersError.
 type recordedPeers struct{ peers []api.Peer }
 
 func (r *recordedPeers) ApplyPeers(p []api.Peer) (bool, error) {
-	changed := !slices.EqualFunc(r.peers, p, func(a, b api.Peer) bool { return a.PublicKey == b.PublicKey })
-	r.peers = slices.Clone(p)
+	var valid []api.Peer
+	var left *InvalidPeersError
+	for i, q := range p {
+		if !strings.HasPrefix(q.PublicKey, "bad") {
+			valid = append(valid, q)
+			continue
+		}
+		if left == nil {
+			left = &InvalidPeersError{}
+		}
+		left.Peers++
+		left.Errs = append(left.Errs, fmt.Errorf("%w: peer %d (%s, %s): public key: bad", ErrInvalidPeer, i, q.Gateway, q.PublicKey))
+	}
+	changed := !slices.EqualFunc(r.peers, valid, func(a, b api.Peer) bool { return a.PublicKey == b.PublicKey })
+	r.peers = valid
+	if left != nil {
+		return changed, left
+	}
 	return changed, nil
+}
+
+// TestLeftOutBounded: a report carries at most maxApplyError bytes of the
+// reasons peers were left out (and an ellipsis), cut on a character
+// boundary, and the exact number of peers however many lines were cut.
+func TestLeftOutBounded(t *testing.T) {
+	if n, msg := leftOut(errors.New("wireguard: configure wg0: no such device")); n != 0 || msg != "" {
+		t.Fatalf("an error that left no peer out: %d, %q", n, msg)
+	}
+	ip := &InvalidPeersError{Peers: 200}
+	for i := range 200 {
+		ip.Errs = append(ip.Errs, fmt.Errorf("%w: peer %d (ổổổ-%d, k%d): duplicate public key", ErrInvalidPeer, i, i, i))
+	}
+	if utf8.RuneStart(ip.Error()[maxApplyError]) {
+		t.Fatal("the test's messages are not cut inside a character")
+	}
+	n, msg := leftOut(fmt.Errorf("joined: %w", errors.Join(ip, errors.New("a kernel error"))))
+	if n != 200 || len(msg) > maxApplyError+len("…") || !utf8.ValidString(msg) || !strings.HasSuffix(msg, "…") ||
+		!strings.HasPrefix(msg, "invalid peer: peer 0 (ổổổ-0, k0)") || strings.Contains(msg, "kernel") {
+		t.Fatalf("%d peers, %d bytes (valid UTF-8: %v): %q", n, len(msg), utf8.ValidString(msg), msg)
+	}
+}
+
+// reportSink is a controller that takes reports and keeps them.
+type reportSink struct {
+	mu      sync.Mutex
+	reports []api.Report
+}
+
+func (s *reportSink) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	var rep api.Report
+	if r.URL.Path != "/v1/report" || json.NewDecoder(r.Body).Decode(&rep) != nil {
+		http.Error(w, `{"error":"not a report"}`, http.StatusBadRequest)
+		return
+	}
+	s.mu.Lock()
+	s.reports = append(s.reports, rep)
+	s.mu.Unlock()
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// last returns the last report taken.
+func (s *reportSink) last(t *testing.T) api.Report {
+	t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.reports) == 0 {
+		t.Fatal("no report")
+	}
+	return s.reports[len(s.reports)-1]
 }
 
 func (r *recordedPeers) Stats() (int, time.Time, error) { return len(r.peers), time.Time{}, nil }
@@ -171,23 +245,32 @@ func (r *recordedPeers) Stats() (int, time.Time, error) { return len(r.peers), t
 // leaves the gateway on the last view: its rules (the batch was
 // refused), its peers (put back, but for those the view removes: a
 // revoked gateway stays out), its digest and its index, so the view is
-// asked for again; the next report says which view failed, and why.
+// asked for again; the next report says which view failed, and why. It
+// still says which peers of the last view were left out (an invalid key):
+// they are still out, until a view applies with all its peers.
 func TestApplyFailureKeepsLastView(t *testing.T) {
 	fw, _ := newTestFirewall(t, "wg0")
 	cfg := DefaultConfig()
 	cfg.StateDir = t.TempDir()
-	tc, _ := api.TLSConfig("/dev/null", "", "")
+	sink := &reportSink{}
+	srv := httptest.NewTLSServer(sink)
+	defer srv.Close()
 	peers := &recordedPeers{}
 	a := &Agent{cfg: cfg, log: testLogger(t), fw: fw, peers: peers, id: &Identity{Gateway: "gw1"},
-		clients: []*api.Client{api.NewClient("https://127.0.0.1:1", tc)}} // reports fail, and are only logged
+		clients: []*api.Client{api.NewClient(srv.URL, &tls.Config{InsecureSkipVerify: true})}}
 	a.metrics = newAgentMetrics(a)
 	ctx := context.Background()
 	peer := func(i int) api.Peer {
 		return api.Peer{Gateway: fmt.Sprintf("gw%d", i), PublicKey: fmt.Sprintf("key%d", i)}
 	}
-	v1 := &api.View{Gateway: "gw1", RaftIndex: 10, Rules: smallRules, Peers: []api.Peer{peer(2), peer(3)}}
+	bad := api.Peer{Gateway: "gw5", PublicKey: "bad5"}
+	v1 := &api.View{Gateway: "gw1", RaftIndex: 10, Rules: smallRules, Peers: []api.Peer{peer(2), bad, peer(3)}}
 	if err := a.apply(ctx, v1); err != nil {
-		t.Fatal(err)
+		t.Fatalf("a view with a peer left out: %v", err)
+	}
+	if rep := sink.last(t); rep.RaftIndex != 10 || rep.Peers != 2 || rep.PeersLeftOut != 1 ||
+		!strings.Contains(rep.PeerError, "peer 1 (gw5, bad5)") || !strings.Contains(rep.PeerError, ErrInvalidPeer.Error()) {
+		t.Fatalf("the report of a view applied without one of its peers: %+v", rep)
 	}
 	digest := a.digest
 	v2 := &api.View{Gateway: "gw1", RaftIndex: 11, Rules: bigRules(50), Peers: []api.Peer{peer(2), peer(4)}} // gw3 revoked, gw4 new
@@ -205,12 +288,18 @@ func TestApplyFailureKeepsLastView(t *testing.T) {
 	if a.failedIndex != 11 || !strings.Contains(a.applyErr, "apply firewall") {
 		t.Fatalf("the failure the next report carries: view %d, %q", a.failedIndex, a.applyErr)
 	}
+	if rep := sink.last(t); rep.FailedIndex != 11 || rep.RaftIndex != 10 || rep.PeersLeftOut != 1 || !strings.Contains(rep.PeerError, "bad5") {
+		t.Fatalf("the report of the refused view: %+v", rep)
+	}
 	fw.beforeFlush = nil
 	if err := a.apply(ctx, v2); err != nil {
 		t.Fatal(err)
 	}
 	if a.failedIndex != 0 || a.applyErr != "" {
 		t.Fatalf("a failure outlived the view that applied: view %d, %q", a.failedIndex, a.applyErr)
+	}
+	if rep := sink.last(t); rep.RaftIndex != 11 || rep.FailedIndex != 0 || rep.ApplyError != "" || rep.PeersLeftOut != 0 || rep.PeerError != "" {
+		t.Fatalf("the report of a view applied with all its peers: %+v", rep)
 	}
 	// A first view that fails is reported too (it was never applied).
 	fresh := &Agent{cfg: cfg, log: a.log, fw: fw, peers: &recordedPeers{}, id: a.id, clients: a.clients}
