@@ -18,6 +18,10 @@ import (
 
 var t0 = time.Date(2026, 11, 23, 8, 0, 0, 0, time.UTC)
 
+// peerErrorGW1 is why gw1 reports, in history(), two peers left out.
+const peerErrorGW1 = "invalid peer: peer 0 (gw2, k2): allowed IP 10.49.0.0/16 already belongs to k9\n" +
+	"invalid peer: peer 3 (cổng-4, bad): public key: wgtypes: failed to parse base64-encoded key"
+
 func meta(actor string) Meta { return Meta{Actor: actor, At: t0} }
 
 // history is a run of commands that exercises every command type.
@@ -71,9 +75,11 @@ func history() []struct {
 		{CmdRequestCreate, &RequestCreateRequest{Meta: meta("op"), ID: "r5", Role: "operator", Kind: api.RequestRevoke, Gateway: "gw2", ReasonCode: 1, Reason: "key lost"}},
 		{CmdRequestDecide, &RequestDecideRequest{Meta: meta("off2"), ID: "r5", Role: "officer", Approve: true}},
 		{CmdGatewayReports, &GatewayReportsRequest{Meta: meta("node:ctl1"), Reports: []GatewayReportRequest{
-			{Meta: meta("gateway:gw1"), Gateway: "gw1", Report: api.Report{PolicyVersion: 1, RaftIndex: 10, RulesetDigest: "sha256:y"}}}}},
+			{Meta: meta("gateway:gw1"), Gateway: "gw1", Report: api.Report{PolicyVersion: 1, RaftIndex: 10, RulesetDigest: "sha256:y",
+				PeersLeftOut: 2, PeerError: peerErrorGW1}}}}},
 		{CmdGatewayRefreshes, &GatewayReportsRequest{Meta: meta("node:ctl2"), Reports: []GatewayReportRequest{
-			{Meta: Meta{Actor: "gateway:gw1", At: t0.Add(time.Minute)}, Gateway: "gw1", Report: api.Report{PolicyVersion: 1, RaftIndex: 10, RulesetDigest: "sha256:y", LastHandshake: t0}}}}},
+			{Meta: Meta{Actor: "gateway:gw1", At: t0.Add(time.Minute)}, Gateway: "gw1", Report: api.Report{PolicyVersion: 1, RaftIndex: 10, RulesetDigest: "sha256:y", LastHandshake: t0,
+				PeersLeftOut: 2, PeerError: peerErrorGW1}}}}},
 		{CmdStateRestored, &StateRestoredRequest{Meta: meta("off"), BackupSHA256: "ab", BackupIndex: 7}},
 		{CmdRenewCall, &RenewCallRequest{Meta: meta("off"), Reason: "intermediate re-keyed"}},
 		{CmdRequestCreate, &RequestCreateRequest{Meta: meta("off"), ID: "r6", Role: "officer", Kind: api.RequestRestore, BackupSHA256: strings.Repeat("ab", 32)}},
@@ -224,6 +230,16 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	gw, _ := f.State().Gateway("gw1")
 	if gw.Status != api.StatusEnrolled || gw.OverlayIP != netip.MustParseAddr("100.64.0.1") || !gw.Report.At.Equal(t0.Add(time.Minute)) || !gw.Report.LastHandshake.Equal(t0) {
 		t.Fatalf("gw1 %+v", gw)
+	}
+	// The peers gw1 left out, as applied and as a snapshot restores them.
+	restored := NewFSM(slog.Default(), nil)
+	if err := restored.Restore(io.NopCloser(bytes.NewReader(snapshotBytes(t, f)))); err != nil {
+		t.Fatal(err)
+	}
+	for name, st := range map[string]*State{"applied": f.State(), "restored": restored.State()} {
+		if rep := st.gatewayReport("gw1"); rep == nil || rep.PeersLeftOut != 2 || rep.PeerError != peerErrorGW1 {
+			t.Errorf("%s: gw1's report %+v", name, rep)
+		}
 	}
 	// The inventory: gw2 enrolled with 2a (token asked by op, approved by
 	// off), renewed to 2b, then in a batch to 2c, 2a revoked as
@@ -612,6 +628,13 @@ func TestRefreshNeverOvertakes(t *testing.T) {
 	apply(CmdGatewayRefreshes, &GatewayReportsRequest{Meta: meta("node:ctl3"), Reports: []GatewayReportRequest{report(4*time.Minute, "sha256:other")}})
 	if rep := f.State().gatewayReport("gw1"); rep.RulesetDigest != "sha256:new" || !rep.At.Equal(t0.Add(3*time.Minute)) {
 		t.Fatalf("a refresh saying something else changed the report: %+v", rep)
+	}
+	// So does one that says other peers were left out.
+	leftOut := report(4*time.Minute, "sha256:new")
+	leftOut.Report.PeersLeftOut, leftOut.Report.PeerError = 1, "invalid peer: peer 0 (gw2, k2): duplicate public key"
+	apply(CmdGatewayRefreshes, &GatewayReportsRequest{Meta: meta("node:ctl3"), Reports: []GatewayReportRequest{leftOut}})
+	if rep := f.State().gatewayReport("gw1"); rep.PeersLeftOut != 0 || rep.PeerError != "" || !rep.At.Equal(t0.Add(3*time.Minute)) {
+		t.Fatalf("a refresh saying other peers were left out changed the report: %+v", rep)
 	}
 }
 

@@ -100,6 +100,8 @@ var (
 		"Registered gateways by status.", []string{"status"}, nil)
 	descRulesets = prometheus.NewDesc("govnet_gateway_rulesets",
 		"Enrolled gateways by ruleset attestation: ok, mismatch, failed (the gateway could not apply its current view), pending (no report for the current view yet), none (no view).", []string{"state"}, nil)
+	descPeersLeftOut = prometheus.NewDesc("govnet_gateways_peers_left_out",
+		"Enrolled gateways whose last report says their WireGuard device does not hold some peers of the view they enforce in full (report.peers_left_out > 0; why: report.peer_error).", nil, nil)
 )
 
 // nodeCollector reads a node's series at scrape time.
@@ -108,7 +110,7 @@ type nodeCollector struct{ n *Node }
 func (c *nodeCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descRaftState, descRaftApplied, descRaftCommit, descRaftLast, descReady,
 		descStarted, descStreams, descViewIndex, descViewLag, descViewFailing, descIssued, descRevoked, descCerts, descExpiry,
-		descPolicy, descGateways, descRulesets} {
+		descPolicy, descGateways, descRulesets, descPeersLeftOut} {
 		ch <- d
 	}
 }
@@ -162,10 +164,14 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 
 	statuses := map[string]int{api.StatusPending: 0, api.StatusEnrolled: 0, api.StatusRevoked: 0, api.StatusDecommissioned: 0}
 	rulesets := map[string]int{api.RulesetOK: 0, api.RulesetMismatch: 0, api.RulesetPending: 0, api.RulesetFailed: 0, "none": 0}
+	peersLeftOut := 0
 	for _, g := range st.gatewayHealth() {
 		statuses[g.Status]++
 		if g.Status != api.StatusEnrolled {
 			continue
+		}
+		if g.Report != nil && g.Report.PeersLeftOut > 0 {
+			peersLeftOut++
 		}
 		n.attest(&g)
 		if g.Ruleset == "" {
@@ -179,6 +185,7 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 	for s, v := range rulesets {
 		gauge(descRulesets, float64(v), s)
 	}
+	gauge(descPeersLeftOut, float64(peersLeftOut))
 }
 
 func b2f(b bool) float64 {

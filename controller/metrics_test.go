@@ -133,8 +133,16 @@ func TestMetricsAndCoverage(t *testing.T) {
 	if err := clients["gw1"].Report(ctx, api.Report{PolicyVersion: v.PolicyVersion, RaftIndex: v.RaftIndex, RulesetDigest: want}); err != nil {
 		t.Fatal(err)
 	}
+	// gw2 also left a peer out of its WireGuard device, and so did gw3,
+	// which is revoked next: only gw2 counts.
 	v2 := firstView(t, clients["gw2"], 0)
-	if err := clients["gw2"].Report(ctx, api.Report{PolicyVersion: v2.PolicyVersion, RaftIndex: v2.RaftIndex, RulesetDigest: "sha256:tampered"}); err != nil {
+	if err := clients["gw2"].Report(ctx, api.Report{PolicyVersion: v2.PolicyVersion, RaftIndex: v2.RaftIndex, RulesetDigest: "sha256:tampered",
+		PeersLeftOut: 1, PeerError: "invalid peer: peer 0 (gw1, k1): duplicate public key"}); err != nil {
+		t.Fatal(err)
+	}
+	v3 := firstView(t, clients["gw3"], 0)
+	if err := clients["gw3"].Report(ctx, api.Report{PolicyVersion: v3.PolicyVersion, RaftIndex: v3.RaftIndex, RulesetDigest: "sha256:x",
+		PeersLeftOut: 2, PeerError: "invalid peer: peer 0 (gw1, k1): duplicate public key"}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := off.Revoke(ctx, api.RevokeRequest{Gateway: "gw3", Reason: "keyCompromise"}); err != nil {
@@ -176,6 +184,7 @@ func TestMetricsAndCoverage(t *testing.T) {
 		{"govnet_gateways", []string{"status", "revoked"}, 1},
 		{"govnet_gateway_rulesets", []string{"state", "ok"}, 1},
 		{"govnet_gateway_rulesets", []string{"state", "mismatch"}, 1},
+		{"govnet_gateways_peers_left_out", nil, 1},
 		{"govnet_certificates_issued_total", []string{"profile", "gateway"}, 3},
 		{"govnet_certificates_revoked_total", []string{"reason", "keyCompromise"}, 1},
 		{"govnet_certificates", []string{"status", "revoked"}, 1},

@@ -298,8 +298,48 @@ func TestControllerEnrollWatchRestart(t *testing.T) {
 	if g, err := op.Gateway(ctx, "gw1"); err != nil || g.Ruleset != api.RulesetFailed || g.Report.ApplyError != failed.ApplyError {
 		t.Fatalf("attestation of a failed view: %+v %v", g, err)
 	}
+	// A gateway that left peers out of its WireGuard device says which:
+	// stored with the report, shown as such; its ruleset is attested as
+	// before (the digest decides).
+	leftOut := api.Report{PolicyVersion: 1, RaftIndex: v.RaftIndex, RulesetDigest: "sha256:x", PeersLeftOut: 1,
+		PeerError: "invalid peer: peer 0 (gw2, " + v.Peers[0].PublicKey + "): allowed IP 10.0.0.0/24 already belongs to …"}
+	if err := gw1.client.Report(ctx, leftOut); err != nil {
+		t.Fatal(err)
+	}
+	if g, err := op.Gateway(ctx, "gw1"); err != nil || g.Ruleset != api.RulesetMismatch || g.Report.PeersLeftOut != 1 || g.Report.PeerError != leftOut.PeerError {
+		t.Fatalf("a report with peers left out: %+v %v", g, err)
+	}
+	// Reasons no agent sends are refused, whichever field, and nothing
+	// of them is recorded. (JSON carries no invalid UTF-8, which
+	// encoding/json replaces on both ends: that check is for callers of
+	// recordReport, as the stream is.)
+	for _, bad := range []struct {
+		rep  api.Report
+		want string
+		http bool // also sent over HTTPS
+	}{
+		{api.Report{PeersLeftOut: 1, PeerError: strings.Repeat("x", maxApplyError+1)}, "peer_error: 1101 bytes, at most 1100", true},
+		{api.Report{PeersLeftOut: 1, PeerError: "peer \xff"}, "peer_error: not UTF-8", false},
+		{api.Report{ApplyError: strings.Repeat("é", maxApplyError/2+1)}, "apply_error: 1102 bytes, at most 1100", true},
+		{api.Report{ApplyError: "\xc3("}, "apply_error: not UTF-8", false},
+		{api.Report{PeersLeftOut: -1}, "peers_left_out: -1, negative", true},
+	} {
+		bad.rep.PolicyVersion, bad.rep.RaftIndex, bad.rep.RulesetDigest = 1, v.RaftIndex, "sha256:z"
+		if bad.http {
+			wantStatus(t, gw1.client.Report(ctx, bad.rep), 400, bad.want)
+		}
+		if err := n.recordReport(ctx, "gw1", bad.rep); !errors.Is(err, ErrBadRequest) || !strings.Contains(err.Error(), bad.want) {
+			t.Fatalf("recordReport: %v, want a bad request saying %q", err, bad.want)
+		}
+		if got := n.State().gatewayReport("gw1"); !got.SameState(leftOut) {
+			t.Fatalf("a refused report (%s) changed the one recorded: %+v", bad.want, got)
+		}
+	}
 	if err := gw1.client.Report(ctx, api.Report{PolicyVersion: 1, RaftIndex: v.RaftIndex, RulesetDigest: "sha256:x"}); err != nil {
 		t.Fatal(err)
+	}
+	if g, err := op.Gateway(ctx, "gw1"); err != nil || g.Report.PeersLeftOut != 0 || g.Report.PeerError != "" {
+		t.Fatalf("a report with every peer applied left the peers left out recorded: %+v %v", g, err)
 	}
 	_ = gw2
 

@@ -530,20 +530,34 @@ func (n *Node) handleReport(w http.ResponseWriter, r *http.Request, id ca.Identi
 	w.WriteHeader(http.StatusNoContent)
 }
 
-// maxApplyError bounds a report's apply_error (the agent sends at most
-// 1 KiB and an ellipsis).
+// maxApplyError bounds a report's apply_error and peer_error (the agent
+// sends at most 1 KiB and an ellipsis of each).
 const maxApplyError = 1100
+
+// checkReport refuses a report that no agent sends: a reason too long or
+// not UTF-8, a negative count of peers left out.
+func checkReport(rep api.Report) error {
+	for _, f := range []struct{ name, text string }{{"apply_error", rep.ApplyError}, {"peer_error", rep.PeerError}} {
+		if len(f.text) > maxApplyError {
+			return fmt.Errorf("%w: %s: %d bytes, at most %d", ErrBadRequest, f.name, len(f.text), maxApplyError)
+		}
+		if !utf8.ValidString(f.text) {
+			return fmt.Errorf("%w: %s: not UTF-8", ErrBadRequest, f.name)
+		}
+	}
+	if rep.PeersLeftOut < 0 {
+		return fmt.Errorf("%w: peers_left_out: %d, negative", ErrBadRequest, rep.PeersLeftOut)
+	}
+	return nil
+}
 
 // recordReport commits a gateway's report. Reports arrive from every
 // gateway at once after a change: they are committed in batches
 // (CmdGatewayReports). A report that changes nothing but its time is held
 // and committed later with the others like it (controller/refresh.go).
 func (n *Node) recordReport(ctx context.Context, gateway string, rep api.Report) error {
-	if len(rep.ApplyError) > maxApplyError {
-		return fmt.Errorf("%w: apply_error: %d bytes, at most %d", ErrBadRequest, len(rep.ApplyError), maxApplyError)
-	}
-	if !utf8.ValidString(rep.ApplyError) {
-		return fmt.Errorf("%w: apply_error: not UTF-8", ErrBadRequest)
+	if err := checkReport(rep); err != nil {
+		return err
 	}
 	req := GatewayReportRequest{Meta: n.meta("gateway:" + gateway), Gateway: gateway, Report: rep}
 	if n.refresh.record(req) {
