@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/govnet/govnet/api"
 	"github.com/govnet/govnet/policy"
@@ -51,8 +52,11 @@ func (a *app) gatewayCmd() *cobra.Command {
 	add.MarkFlagRequired("agency")
 
 	list := &cobra.Command{
-		Use:     "list",
-		Short:   "List gateways with status, overlay address and applied policy",
+		Use:   "list",
+		Short: "List gateways with status, overlay address and applied policy",
+		Long: "RULESET is MISMATCH when the gateway's table is not what it was sent, FAILED when it could not apply\n" +
+			"its current view; PEERS is the number of peers in its WireGuard device, followed by (N LEFT OUT)\n" +
+			"when N peers of the view it enforces are not in it in full. `gateway show` says why.",
 		Example: "  govnetctl gateway list\n  govnetctl gateway list -o json",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -70,9 +74,12 @@ func (a *app) gatewayCmd() *cobra.Command {
 		},
 	}
 	show := &cobra.Command{
-		Use:     "show ID",
-		Short:   "Show one gateway",
-		Example: "  govnetctl gateway show h29-gw1 -o json",
+		Use:   "show ID",
+		Short: "Show one gateway, and why it could not apply its view or left peers out",
+		Long: "The gateway's row as in `gateway list`, then, from its last report, the view it could not apply\n" +
+			"and why (report.apply_error), and the peers its WireGuard device left out and why (report.peer_error:\n" +
+			"one line per problem, each naming the peer by its place in the view, gateway and key).",
+		Example: "  govnetctl gateway show h29-gw1\n  govnetctl gateway show h29-gw1 -o json",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.call(cmd, func(ctx context.Context, c *api.Client) error {
@@ -80,7 +87,10 @@ func (a *app) gatewayCmd() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				return a.print(g, gatewayHeader, func(w io.Writer) { gatewayRow(w, *g) })
+				return a.print(g, gatewayHeader, func(w io.Writer) {
+					gatewayRow(w, *g)
+					gatewayProblems(w, *g)
+				})
 			})
 		},
 	}
@@ -135,6 +145,9 @@ func gatewayRow(w io.Writer, g api.Gateway) {
 	pol, idx, peers, hs, at := "-", "-", "-", "-", "-"
 	if r := g.Report; r != nil {
 		pol, idx, peers = fmt.Sprintf("v%d", r.PolicyVersion), fmt.Sprint(r.RaftIndex), fmt.Sprint(r.Peers)
+		if r.PeersLeftOut > 0 {
+			peers += fmt.Sprintf(" (%d LEFT OUT)", r.PeersLeftOut) // not in its WireGuard device in full (report.peer_error)
+		}
 		if !r.LastHandshake.IsZero() {
 			hs = ago(r.LastHandshake)
 		}
@@ -148,6 +161,37 @@ func gatewayRow(w io.Writer, g api.Gateway) {
 		ruleset = "FAILED" // the gateway could not apply its current view (report.apply_error)
 	}
 	fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", g.ID, g.Agency, g.Status, overlay, dash(g.Endpoint), pol, idx, ruleset, peers, hs, at)
+}
+
+// gatewayProblems writes, under the gateway's row, why its last report
+// says it could not apply its view or left peers out, if it does. The
+// reasons come from the gateway: control characters are shown as \uFFFD,
+// not sent to the terminal.
+func gatewayProblems(w io.Writer, g api.Gateway) {
+	r := g.Report
+	if r == nil {
+		return
+	}
+	if r.ApplyError != "" {
+		fmt.Fprintf(w, "\nCould not apply view %d (it enforces view %d):\n", r.FailedIndex, r.RaftIndex)
+		indent(w, r.ApplyError)
+	}
+	if r.PeersLeftOut > 0 || r.PeerError != "" {
+		fmt.Fprintf(w, "\nPeers of view %d left out: %d (not in its WireGuard device in full):\n", r.RaftIndex, r.PeersLeftOut)
+		indent(w, r.PeerError)
+	}
+}
+
+// indent writes text's lines indented, control characters replaced.
+func indent(w io.Writer, text string) {
+	for line := range strings.SplitSeq(text, "\n") {
+		fmt.Fprintf(w, "  %s\n", strings.Map(func(r rune) rune {
+			if unicode.IsControl(r) {
+				return unicode.ReplacementChar
+			}
+			return r
+		}, line))
+	}
 }
 
 func ago(t time.Time) string {
