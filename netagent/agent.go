@@ -269,14 +269,17 @@ func (a *Agent) applyLocked(ctx context.Context, v *api.View) error {
 	}
 	start := time.Now()
 	peersChanged, err := a.peers.ApplyPeers(v.Peers)
+	if err != nil && !onlyInvalidPeers(err) {
+		// The device or the kernel failed (beside any peer left out): the
+		// view did not take effect; the device repairs at the next try.
+		return fmt.Errorf("apply peers: %w", err)
+	}
 	peersLeftOut, peerErr := leftOut(err)
 	if peersLeftOut > 0 {
 		// The valid peers are in place; the ones left out cannot send
 		// anything, so the rest of the view still applies. The reports
 		// say which peers were left out.
 		a.log.Error("peers left out of the WireGuard device", "raft_index", v.RaftIndex, "peers_left_out", peersLeftOut, "err", err)
-	} else if err != nil {
-		return fmt.Errorf("apply peers: %w", err)
 	}
 	rulesChanged := a.applied == nil || !reflect.DeepEqual(a.applied.Rules, v.Rules)
 	if rulesChanged {

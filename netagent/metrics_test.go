@@ -165,7 +165,12 @@ func TestAgentMetrics(t *testing.T) {
 // recordedPeers is a WireGuard device's peers as apply sets them. Like
 // Device, it leaves out invalid peers (here: keys that start with "bad")
 // and says so in an InvalidPeersError.
-type recordedPeers struct{ peers []api.Peer }
+type recordedPeers struct {
+	peers []api.Peer
+	// kernelErr, if set, is a failure of the device that ApplyPeers
+	// returns beside the peers it left out.
+	kernelErr error
+}
 
 func (r *recordedPeers) ApplyPeers(p []api.Peer) (bool, error) {
 	var valid []api.Peer
@@ -184,9 +189,9 @@ func (r *recordedPeers) ApplyPeers(p []api.Peer) (bool, error) {
 	changed := !slices.EqualFunc(r.peers, valid, func(a, b api.Peer) bool { return a.PublicKey == b.PublicKey })
 	r.peers = valid
 	if left != nil {
-		return changed, left
+		return changed, errors.Join(left, r.kernelErr)
 	}
-	return changed, nil
+	return changed, r.kernelErr
 }
 
 // TestLeftOutBounded: a report carries at most maxApplyError bytes of the
@@ -311,5 +316,15 @@ func TestApplyFailureKeepsLastView(t *testing.T) {
 	fw.beforeFlush = nil
 	if a.appliedIndex() != 11 || len(peers.peers) != 2 || a.digest == digest {
 		t.Fatalf("the view asked again: applied index %d, peers %+v, digest %s", a.appliedIndex(), peers.peers, a.digest)
+	} // A device that fails beside a peer left out: the view does not
+	// apply (it used to pass as applied, with the peer left out).
+	peers.kernelErr = errors.New("wireguard: configure wg0: no buffer space available")
+	v3 := &api.View{Gateway: "gw1", RaftIndex: 12, Rules: v2.Rules, Peers: []api.Peer{peer(2), bad}}
+	if err := a.apply(ctx, v3); err == nil || !strings.Contains(err.Error(), "no buffer space") || a.appliedIndex() != 11 || a.failedIndex != 12 {
+		t.Fatalf("a view the device failed: %v; applied index %d, failed %d", err, a.appliedIndex(), a.failedIndex)
+	}
+	peers.kernelErr = nil
+	if err := a.apply(ctx, v3); err != nil || a.appliedIndex() != 12 || a.peersLeftOut != 1 {
+		t.Fatalf("the view asked again: %v; applied index %d, left out %d", err, a.appliedIndex(), a.peersLeftOut)
 	}
 }

@@ -61,6 +61,25 @@ type InvalidPeersError struct {
 func (e *InvalidPeersError) Error() string   { return errors.Join(e.Errs...).Error() }
 func (e *InvalidPeersError) Unwrap() []error { return e.Errs }
 
+// onlyInvalidPeers says whether err, from ApplyPeers, is only about the
+// listed peers (an *InvalidPeersError), with no failure of the device
+// or the kernel beside it: the valid peers are then in place.
+func onlyInvalidPeers(err error) bool {
+	if _, ok := err.(*InvalidPeersError); ok {
+		return true
+	}
+	j, ok := err.(interface{ Unwrap() []error })
+	if !ok {
+		return false
+	}
+	for _, e := range j.Unwrap() {
+		if _, ok := e.(*InvalidPeersError); !ok {
+			return false
+		}
+	}
+	return true
+}
+
 // Device is the gateway's WireGuard interface: a kernel WireGuard link when
 // the kernel has the module, otherwise an embedded wireguard-go device on a
 // TUN interface. Either way it is configured through wgctrl, so `wg show`
