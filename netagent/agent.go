@@ -137,7 +137,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}
 		a.peersLeftOut, a.peerErr = leftOut(err)
 		a.applied = saved
-		a.metrics.viewApplied(saved)
+		a.metrics.viewApplied(saved, a.peersLeftOut)
 		log.Info("enforcing saved view until a controller answers", "raft_index", saved.RaftIndex, "policy_version", saved.PolicyVersion)
 	}
 
@@ -299,7 +299,7 @@ func (a *Agent) applyLocked(ctx context.Context, v *api.View) error {
 	a.applied = v
 	a.failedIndex, a.applyErr = 0, ""
 	a.peersLeftOut, a.peerErr = peersLeftOut, peerErr
-	a.metrics.viewApplied(v)
+	a.metrics.viewApplied(v, a.peersLeftOut)
 	if err := a.saveView(v); err != nil {
 		a.log.Error("save view", "err", err)
 	}

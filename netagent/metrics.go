@@ -41,6 +41,7 @@ type agentMetrics struct {
 	raftIndex       prometheus.Gauge
 	rulesetOK       prometheus.Gauge
 	connected       prometheus.Gauge
+	peersLeftOut    prometheus.Gauge
 
 	// ready: the first firewall (the saved view or deny-all) is installed.
 	ready atomic.Bool
@@ -78,6 +79,10 @@ func newAgentMetrics(a *Agent) *agentMetrics {
 			Name: "govnet_agent_ruleset_ok",
 			Help: "1 when the digest of the table in the kernel equals the one the controller computes from the applied view's rules, 0 on a mismatch.",
 		}),
+		peersLeftOut: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "govnet_agent_peers_left_out",
+			Help: "Peers of the applied view the WireGuard device does not hold in full (a bad key or endpoint, an allowed IP another peer claims); the agent's log says why.",
+		}),
 		connected: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "govnet_agent_controller_connected",
 			Help: "1 while a controller stream is up and the last report was accepted, else 0.",
@@ -89,7 +94,7 @@ func newAgentMetrics(a *Agent) *agentMetrics {
 	for _, w := range []string{"firewall", "wireguard"} {
 		m.drift.WithLabelValues(w)
 	}
-	m.reg.MustRegister(m.applySeconds, m.reconcileErrors, m.drift, m.policyVersion, m.raftIndex, m.rulesetOK, m.connected,
+	m.reg.MustRegister(m.applySeconds, m.reconcileErrors, m.drift, m.policyVersion, m.raftIndex, m.rulesetOK, m.connected, m.peersLeftOut,
 		&agentCollector{a: a},
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -114,9 +119,11 @@ func (m *agentMetrics) firewallApplied(took time.Duration, rules []api.Rule, dig
 	m.rulesetOK.Set(b2f(digest == want))
 }
 
-// viewApplied records the view now enforced.
-func (m *agentMetrics) viewApplied(v *api.View) {
+// viewApplied records the view now enforced, leftOut of its peers not
+// held in full.
+func (m *agentMetrics) viewApplied(v *api.View, leftOut int) {
 	m.policyVersion.Set(float64(v.PolicyVersion))
+	m.peersLeftOut.Set(float64(leftOut))
 	m.raftIndex.Set(float64(v.RaftIndex))
 	names := make(map[string]string, len(v.Peers))
 	for _, p := range v.Peers {

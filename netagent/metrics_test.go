@@ -27,6 +27,7 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/govnet/govnet/api"
+	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -82,7 +83,7 @@ func TestAgentMetrics(t *testing.T) {
 	}
 	a.metrics.ready.Store(true)
 	a.applied = v
-	a.metrics.viewApplied(v)
+	a.metrics.viewApplied(v, 2)
 	// Someone opens a port by hand; the reconcile puts the table back.
 	ns.Exec(t, "nft", "add", "element", "inet", "govnet", "allow4", "{ 10.9.9.9 . tcp . 443 }")
 	if err := a.reconcile(); err != nil {
@@ -133,6 +134,7 @@ func TestAgentMetrics(t *testing.T) {
 		{"govnet_agent_view_raft_index", nil, 42},
 		{"govnet_agent_ruleset_ok", nil, 1},
 		{"govnet_agent_controller_connected", nil, 0},
+		{"govnet_agent_peers_left_out", nil, 2},
 	} {
 		if got := one(c.name, c.labels...).GetGauge().GetValue(); got != c.want {
 			t.Errorf("%s = %v, want %v", c.name, got, c.want)
@@ -277,6 +279,9 @@ func TestApplyFailureKeepsLastView(t *testing.T) {
 		!strings.Contains(rep.PeerError, "peer 1 (gw5, bad5)") || !strings.Contains(rep.PeerError, ErrInvalidPeer.Error()) {
 		t.Fatalf("the report of a view applied without one of its peers: %+v", rep)
 	}
+	if got := gaugeValue(t, a.metrics.peersLeftOut); got != 1 {
+		t.Fatalf("govnet_agent_peers_left_out = %v, want 1", got)
+	}
 	digest := a.digest
 	v2 := &api.View{Gateway: "gw1", RaftIndex: 11, Rules: bigRules(50), Peers: []api.Peer{peer(2), peer(4)}} // gw3 revoked, gw4 new
 	breakBatch := func(c *nftables.Conn, tbl *nftables.Table) {
@@ -306,6 +311,9 @@ func TestApplyFailureKeepsLastView(t *testing.T) {
 	if rep := sink.last(t); rep.RaftIndex != 11 || rep.FailedIndex != 0 || rep.ApplyError != "" || rep.PeersLeftOut != 0 || rep.PeerError != "" {
 		t.Fatalf("the report of a view applied with all its peers: %+v", rep)
 	}
+	if got := gaugeValue(t, a.metrics.peersLeftOut); got != 0 {
+		t.Fatalf("govnet_agent_peers_left_out = %v, want 0", got)
+	}
 	// A first view that fails is reported too (it was never applied).
 	fresh := &Agent{cfg: cfg, log: a.log, fw: fw, peers: &recordedPeers{}, id: a.id, clients: a.clients}
 	fresh.metrics = newAgentMetrics(fresh)
@@ -327,4 +335,14 @@ func TestApplyFailureKeepsLastView(t *testing.T) {
 	if err := a.apply(ctx, v3); err != nil || a.appliedIndex() != 12 || a.peersLeftOut != 1 {
 		t.Fatalf("the view asked again: %v; applied index %d, left out %d", err, a.appliedIndex(), a.peersLeftOut)
 	}
+}
+
+// gaugeValue reads g.
+func gaugeValue(t *testing.T, g prometheus.Gauge) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := g.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetGauge().GetValue()
 }
