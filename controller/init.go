@@ -8,6 +8,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -172,9 +173,11 @@ func checkInitInput(o InitOptions) error {
 // recorded.
 const madeKeysFile = "token-keys.json"
 
-// keyBeingMade marks a label in madeKeysFile whose key this node's init
-// was generating: a key found under it is the one it made.
-const keyBeingMade = "being made"
+// keyBeingMade is what madeKeysFile records for a label while this
+// node's init generates its key: the token and the CKA_ID the key gets,
+// chosen before it exists. A key found later under the label is the one
+// init made only if it is in that token with that id.
+func keyBeingMade(token, id string) string { return "being made in token " + token + " with id " + id }
 
 // tokenKey returns the key labelled label in tok, generating it on curve
 // if the token has none. A key the token already holds is taken only if
@@ -195,12 +198,17 @@ func tokenKey(tok *hsm.Token, cfg Config, label string, curve elliptic.Curve) (c
 	if errors.Is(err, hsm.ErrKeyNotFound) {
 		// Recorded before it is made, so that a stop in between leaves
 		// a key the next run takes.
-		made[label] = keyBeingMade
+		id, err := hsm.NewKeyID()
+		if err != nil {
+			return nil, err
+		}
+		made[label] = keyBeingMade(tok.Label(), hex.EncodeToString(id))
 		if err := writeJSONFile(cfg.pkiPath(madeKeysFile), made); err != nil {
 			return nil, err
 		}
-		if key, err = tok.GenerateKey(label, curve); err != nil {
-			return nil, err
+		if key, err = tok.GenerateKeyID(label, id, curve); err != nil {
+			delete(made, label) // nothing was made
+			return nil, errors.Join(err, writeJSONFile(cfg.pkiPath(madeKeysFile), made))
 		}
 		if made[label], err = credfile.KeySHA256(key.Public()); err != nil {
 			return nil, err
@@ -214,13 +222,18 @@ func tokenKey(tok *hsm.Token, cfg Config, label string, curve elliptic.Curve) (c
 	if err != nil {
 		return nil, err
 	}
-	if made[label] != sum && made[label] != keyBeingMade {
+	var id string
+	if k, ok := key.(*hsm.Key); ok {
+		id = k.ID()
+	}
+	beingMade := made[label] == keyBeingMade(tok.Label(), id)
+	if made[label] != sum && !beingMade {
 		return nil, fmt.Errorf("token %q already holds a key %q that this node's init did not make (an earlier cluster's, or someone else's): use a fresh token, or destroy the key", tok.Label(), label)
 	}
 	if pub, ok := key.Public().(*ecdsa.PublicKey); !ok || pub.Curve != curve {
 		return nil, fmt.Errorf("token %q: key %q is not on %s", tok.Label(), label, curve.Params().Name)
 	}
-	if made[label] == keyBeingMade {
+	if beingMade {
 		made[label] = sum
 		return key, writeJSONFile(cfg.pkiPath(madeKeysFile), made)
 	}

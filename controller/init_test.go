@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto"
+	"crypto/elliptic"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
@@ -233,16 +234,25 @@ func TestInitRunsAgain(t *testing.T) {
 	if b, err := os.ReadFile(cfg.pkiPath(madeKeysFile)); err != nil || json.Unmarshal(b, &made) != nil || len(made) != 3 {
 		t.Fatalf("%s: %v %v", madeKeysFile, made, err)
 	}
-	for label := range made {
-		made[label] = keyBeingMade
+	tok, err := hsm.Open(hc)
+	if err != nil {
+		t.Fatal(err)
 	}
+	for label := range made {
+		k, err := tok.Signer(label)
+		if err != nil {
+			t.Fatal(err)
+		}
+		made[label] = keyBeingMade(hc.TokenLabel, k.(*hsm.Key).ID())
+	}
+	tok.Close()
 	if err := writeJSONFile(cfg.pkiPath(madeKeysFile), made); err != nil {
 		t.Fatal(err)
 	}
 	if err := Init(ctx, o); err != nil {
 		t.Fatalf("init run again: %v", err)
 	}
-	if b, err := os.ReadFile(cfg.pkiPath(madeKeysFile)); err != nil || json.Unmarshal(b, &made) != nil || slices.Contains(slices.Collect(maps.Values(made)), keyBeingMade) {
+	if b, err := os.ReadFile(cfg.pkiPath(madeKeysFile)); err != nil || json.Unmarshal(b, &made) != nil || slices.ContainsFunc(slices.Collect(maps.Values(made)), func(v string) bool { return strings.HasPrefix(v, "being made") }) {
 		t.Fatalf("%s after the run again: %v %v", madeKeysFile, made, err)
 	}
 	again, err := readCert(cfg.pkiPath(rootFile))
@@ -363,4 +373,43 @@ func tokenLabels(t *testing.T, hc hsm.Config) []string {
 		labels = append(labels, k.Label)
 	}
 	return labels
+}
+
+// TestTokenKeyTakesOnlyItsOwn: a generation that fails leaves no mark,
+// so a key someone else puts under the label later is refused; so is a
+// key under a label marked as being made, if it is not the one marked
+// (another id: made by someone else).
+func TestTokenKeyTakesOnlyItsOwn(t *testing.T) {
+	hsmtest.Require(t)
+	hc := hsmtest.NewToken(t)
+	cfg := Config{DataDir: t.TempDir()}
+	if err := os.MkdirAll(filepath.Dir(cfg.pkiPath(madeKeysFile)), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	tok, err := hsm.Open(hc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tok.Close()
+	// A generation that fails (a curve the token code refuses; in the
+	// field a full token, a session error).
+	if _, err := tokenKey(tok, cfg, "root", elliptic.P224()); err == nil {
+		t.Fatal("P-224 generated")
+	}
+	if _, err := tok.GenerateKey("root", elliptic.P256()); err != nil { // someone else's
+		t.Fatal(err)
+	}
+	if _, err := tokenKey(tok, cfg, "root", elliptic.P256()); err == nil || !strings.Contains(err.Error(), "did not make") {
+		t.Fatalf("a key made after a failed generation: %v", err)
+	}
+	// Marked as being made, with another id than the key's.
+	if err := writeJSONFile(cfg.pkiPath(madeKeysFile), map[string]string{"other": keyBeingMade(hc.TokenLabel, "00")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tok.GenerateKey("other", elliptic.P256()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tokenKey(tok, cfg, "other", elliptic.P256()); err == nil || !strings.Contains(err.Error(), "did not make") {
+		t.Fatalf("a key whose id is not the one marked: %v", err)
+	}
 }

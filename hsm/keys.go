@@ -111,15 +111,33 @@ func (k *Key) signOn(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle, digest []by
 // only verify. Both carry label and the same random CKA_ID. If any object
 // already carries label, GenerateKey fails with ErrKeyExists.
 func (t *Token) GenerateKey(label string, curve elliptic.Curve) (crypto.Signer, error) {
-	if label == "" {
-		return nil, fmt.Errorf("hsm: token %q: empty key label", t.label)
-	}
-	params, err := ecParams(curve)
+	id, err := NewKeyID()
 	if err != nil {
 		return nil, fmt.Errorf("hsm: token %q: key %q: %w", t.label, label, err)
 	}
+	return t.GenerateKeyID(label, id, curve)
+}
+
+// NewKeyID returns a random CKA_ID for GenerateKeyID (Key.ID is its hex).
+func NewKeyID() ([]byte, error) {
 	id := make([]byte, keyIDLen)
 	if _, err := rand.Read(id); err != nil {
+		return nil, err
+	}
+	return id, nil
+}
+
+// GenerateKeyID is GenerateKey with the CKA_ID chosen by the caller, who
+// can record it before the key exists (Key.ID tells it again).
+func (t *Token) GenerateKeyID(label string, id []byte, curve elliptic.Curve) (crypto.Signer, error) {
+	if label == "" {
+		return nil, fmt.Errorf("hsm: token %q: empty key label", t.label)
+	}
+	if len(id) == 0 {
+		return nil, fmt.Errorf("hsm: token %q: key %q: empty key id", t.label, label)
+	}
+	params, err := ecParams(curve)
+	if err != nil {
 		return nil, fmt.Errorf("hsm: token %q: key %q: %w", t.label, label, err)
 	}
 	// The existence check and the creation must not interleave with
