@@ -369,6 +369,9 @@ type Request struct {
 	PolicyVersion uint64 `json:"policy_version,omitempty"`
 	// BackupSHA256 names the backup a restore request is for (hex).
 	BackupSHA256 string `json:"backup_sha256,omitempty"`
+	// Restored is the raft index of the restore done under this approved
+	// restore request: an approval is good for one restore.
+	Restored uint64 `json:"restored,omitempty"`
 	// Person requests: who, with which role (Serial is the certificate's).
 	PersonName string `json:"person_name,omitempty"`
 	PersonRole string `json:"person_role,omitempty"`

@@ -192,7 +192,7 @@ func (n *Node) linearizable(ctx context.Context) error {
 
 func (n *Node) barrier(ctx context.Context) (uint64, error) {
 	if err := n.raft.Barrier(timeoutOf(ctx)).Error(); err != nil {
-		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {
+		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) || errors.Is(err, raft.ErrAbortedByRestore) {
 			return 0, ErrNotLeader // a barrier changes no state: safe to retry
 		}
 		return 0, fmt.Errorf("raft barrier: %w", err)

@@ -3,6 +3,7 @@ package controller
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/govnet/govnet/api"
 	"github.com/govnet/govnet/ca"
+	"github.com/govnet/govnet/policy"
 )
 
 // A restore rolls the network's registry back to a backup, never its
@@ -56,11 +58,14 @@ func (n *Node) restoreBackup(ctx context.Context, backup []byte, r restoreInfo) 
 	if _, err := n.barrier(ctx); err != nil {
 		return err
 	}
-	merged, err := n.mergedSnapshot(backup, r)
+	merged, index, err := n.mergedSnapshot(backup, r)
 	if err != nil {
 		return err
 	}
-	meta := &raft.SnapshotMeta{Version: raft.SnapshotVersionMax, Size: int64(len(merged))}
+	// raft gives the snapshot an index above both this one and its log's
+	// last: the state's index stays below every command after it (views
+	// and reads are stamped with it), even when the backup's is higher.
+	meta := &raft.SnapshotMeta{Version: raft.SnapshotVersionMax, Size: int64(len(merged)), Index: index}
 	if err := n.raft.Restore(meta, bytes.NewReader(merged), timeoutOf(ctx)); err != nil {
 		if errors.Is(err, raft.ErrNotLeader) {
 			return ErrNotLeader
@@ -72,62 +77,94 @@ func (n *Node) restoreBackup(ctx context.Context, backup []byte, r restoreInfo) 
 
 // mergedSnapshot returns the snapshot that results from restoring backup
 // into the current state (mergeBackup).
-func (n *Node) mergedSnapshot(backup []byte, r restoreInfo) ([]byte, error) {
+func (n *Node) mergedSnapshot(backup []byte, r restoreInfo) ([]byte, uint64, error) {
 	cur, err := n.fsm.Snapshot()
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	var b memSnapshotSink
 	if err := cur.Persist(&b); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	return mergeSnapshots(b.Bytes(), backup, n.fsm.spillDir, r)
 }
 
 // mergeSnapshots is mergeBackup on snapshots: cur, the current state's,
-// and backup's; their audit chains spill to spillDir while it runs.
-func mergeSnapshots(cur, backup []byte, spillDir string, r restoreInfo) ([]byte, error) {
+// and backup's; their audit chains spill to spillDir while it runs. It
+// returns the merged snapshot and its index.
+func mergeSnapshots(cur, backup []byte, spillDir string, r restoreInfo) ([]byte, uint64, error) {
 	m, err := readSnapshot(bytes.NewReader(cur), spillDir)
 	if err != nil {
-		return nil, fmt.Errorf("copy of the current state: %w", err)
+		return nil, 0, fmt.Errorf("copy of the current state: %w", err)
 	}
 	defer m.close()
 	bk, err := readSnapshot(bytes.NewReader(backup), spillDir)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	defer bk.close()
 	res, err := mergeBackup(m, bk, r)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	snap, err := snapshotOf(res)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	var out memSnapshotSink
 	if err := snap.Persist(&out); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	return out.Bytes(), nil
+	return out.Bytes(), res.index, nil
 }
 
 // mergeBackup returns the state a restore of bk into m, a copy of the
 // current state, leaves: rollBack for a backup of this cluster (m's
 // audit chain extends bk's), recoverInto for another cluster's backup
-// restored into a new one (no gateway yet). Any other backup, or one of
+// restored into a new one (newCluster). Any other backup, or one of
 // another network (another overlay), is refused. It changes m and bk.
 func mergeBackup(m, bk *State, r restoreInfo) (*State, error) {
-	if m.overlay.IsValid() && bk.overlay.IsValid() && bk.overlay != m.overlay {
+	// The format has no end: a file cut short still reads. What a
+	// backup of a running cluster always holds is checked here.
+	switch {
+	case m.overlay.IsValid() && !bk.overlay.IsValid():
+		return nil, fmt.Errorf("%w: the backup holds no network (overlay): a file cut short?", ErrBadRequest)
+	case m.overlay.IsValid() && bk.overlay != m.overlay:
 		return nil, fmt.Errorf("%w: the backup is of another network (overlay %s; this one's is %s)", ErrConflict, bk.overlay, m.overlay)
+	case bk.audit.len() == 0 && m.audit.len() > 0:
+		return nil, fmt.Errorf("%w: the backup holds no audit chain: a file cut short?", ErrBadRequest)
 	}
-	if !chainExtends(m, bk) {
-		if len(m.gateways) > 0 {
-			return nil, fmt.Errorf("%w: the backup's audit chain is not the beginning of this cluster's: it is not a backup of this cluster, and another cluster's backup restores only into a new cluster, with no gateway yet", ErrConflict)
+	if chainExtends(m, bk) {
+		return m, rollBack(m, bk, r)
+	}
+	fresh, err := newCluster(m)
+	if err != nil {
+		return nil, err
+	}
+	if !fresh {
+		return nil, fmt.Errorf("%w: the backup's audit chain is not the beginning of this cluster's: it is not a backup of this cluster, and another cluster's backup restores only into a new cluster, one that never had a gateway or a restore", ErrConflict)
+	}
+	return bk, recoverInto(m, bk, r)
+}
+
+// newCluster says whether m's cluster is new: its audit chain records no
+// gateway and no restore.
+func newCluster(m *State) (bool, error) {
+	fresh := true
+	err := eachAuditLine(m.audit.lines(0), func(line []byte) error {
+		var e struct {
+			Action string `json:"action"`
 		}
-		return bk, recoverInto(m, bk, r)
-	}
-	return m, rollBack(m, bk, r)
+		if err := json.Unmarshal(line, &e); err != nil {
+			return err
+		}
+		switch e.Action {
+		case CmdGatewayAdd.String(), CmdGatewayRegister.String(), ActionRestore, CmdStateRestored.String():
+			fresh = false
+		}
+		return nil
+	})
+	return fresh, err
 }
 
 // chainExtends says whether m's audit chain extends bk's (bk is a backup
@@ -173,8 +210,8 @@ func rollBack(m, bk *State, r restoreInfo) error {
 		g.Agency, g.Name, g.Endpoint, g.LANs = old.Agency, old.Name, old.Endpoint, slices.Clone(old.LANs)
 	}
 	for _, id := range slices.Sorted(maps.Keys(bk.gateways)) {
-		if _, ok := m.gateways[id]; !ok { // gateways are never deleted: not this cluster's
-			return fmt.Errorf("%w: the backup holds gateway %s, which this cluster never had", ErrConflict, id)
+		if _, ok := m.gateways[id]; !ok { // only a restore removes a gateway
+			return fmt.Errorf("%w: the backup holds gateway %s, which a restore since removed (its certificates revoked): restore a backup taken after that restore, or register the gateway again", ErrConflict, id)
 		}
 	}
 	for _, id := range dropped {
@@ -198,6 +235,12 @@ func rollBack(m, bk *State, r restoreInfo) error {
 				delete(m.tokens, h)
 			}
 		}
+		// Its pending requests would apply to whatever gets its id next.
+		for _, q := range m.requests {
+			if q.Gateway == id && q.Status == api.RequestPending {
+				q.Status, q.Approver, q.Decided = api.RequestRejected, r.Actor, r.At
+			}
+		}
 	}
 	m.usedBelow = netip.Addr{} // the lowest free address is found again
 
@@ -205,6 +248,19 @@ func rollBack(m, bk *State, r restoreInfo) error {
 		want := bk.policies[k-1].Source
 		if l := len(m.policies); l == 0 || m.policies[l-1].Source != want {
 			m.publish(want, r.Actor, r.At)
+		}
+	}
+	// The policy must still compile against the registry the restore
+	// leaves (the current one, kept when the backup has none, may name a
+	// gateway it removes): otherwise no view could be computed.
+	if l := len(m.policies); l > 0 {
+		cur := m.policies[l-1]
+		p, err := policy.Parse(fmt.Sprintf("policy-v%d.yaml", cur.Version), []byte(cur.Source))
+		if err == nil {
+			_, err = p.NewCompiler(&policy.Registry{Agencies: m.Agencies(), Gateways: m.Gateways()})
+		}
+		if err != nil {
+			return fmt.Errorf("%w: after this restore the policy (version %d) would not compile against the restored registry: %w; publish a policy that fits it first", ErrConflict, cur.Version, err)
 		}
 	}
 
@@ -216,7 +272,7 @@ func rollBack(m, bk *State, r restoreInfo) error {
 }
 
 // recoverInto is mergeBackup for the backup of a lost cluster restored
-// into m, a new one with no gateway: the backup's state and history
+// into m, a new one (newCluster): the backup's state and history
 // become the cluster's, and what the new cluster holds of its own is kept
 // beside them: its membership, its nodes' issuers and certificates, and
 // the people, tokens and requests it registered (a person in both keeps
@@ -257,8 +313,12 @@ func recoverInto(m, bk *State, r restoreInfo) error {
 	return appendRestoreEntry(bk, max(m.index, bk.index)+1, object, r)
 }
 
-// appendRestoreEntry appends the restore's entry to s's chain, at index.
+// appendRestoreEntry appends the restore's entry to s's chain, at index,
+// and spends the approval it was done under.
 func appendRestoreEntry(s *State, index uint64, object string, r restoreInfo) error {
+	if q := s.requests[r.RequestID]; q != nil {
+		q.Restored = index
+	}
 	if err := s.appendAudit(api.AuditEntry{RaftIndex: index, At: r.At.UTC(), Actor: r.Actor, Role: r.Role,
 		Action: ActionRestore, Object: object, RequestSHA256: r.BackupSHA256}); err != nil {
 		return err

@@ -2,6 +2,9 @@ package controller
 
 import (
 	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -21,7 +24,7 @@ import (
 // does.
 func mergedFSM(t *testing.T, f *FSM, backup []byte, r restoreInfo) (*FSM, error) {
 	t.Helper()
-	b, err := mergeSnapshots(snapshotBytes(t, f), backup, t.TempDir(), r)
+	b, _, err := mergeSnapshots(snapshotBytes(t, f), backup, t.TempDir(), r)
 	if err != nil {
 		return nil, err
 	}
@@ -241,5 +244,251 @@ func TestRestoreIntoNewCluster(t *testing.T) {
 	want := fmt.Sprintf("sha256:cd replaces:%d:%s", len(newChain), head.Hash)
 	if e := chain[len(chain)-1]; e.Action != ActionRestore || e.Object != want {
 		t.Errorf("restore entry %+v, want object %q", e, want)
+	}
+}
+
+// TestRestoreApprovalSpent: an approved restore request is good for one
+// restore: the same officer cannot restore the same file again with it,
+// undoing (dropping, revoking) what was registered since.
+func TestRestoreApprovalSpent(t *testing.T) {
+	_, n, op, off1, off2 := fourEyesNode(t)
+	ctx := context.Background()
+	var backup bytes.Buffer
+	if err := op.SaveSnapshot(ctx, &backup); err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(backup.Bytes())
+	req, err := off1.CreateRequest(ctx, api.RequestCreate{Kind: api.RequestRestore, BackupSHA256: hex.EncodeToString(sum[:]), Reason: "undo"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := off2.ApproveRequest(ctx, req.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := off1.RestoreSnapshot(ctx, bytes.NewReader(backup.Bytes())); err != nil {
+		t.Fatal(err)
+	}
+	// Work done after the approved restore.
+	if _, err := op.AddGateway(ctx, api.Gateway{ID: "after", Agency: "000.00.00.H29"}); err != nil {
+		t.Fatal(err)
+	}
+	// officer1 alone, no new approval.
+	_, err = off1.RestoreSnapshot(ctx, bytes.NewReader(backup.Bytes()))
+	wantStatus(t, err, 403, "needs a restore request for it")
+	if _, ok := n.State().Gateway("after"); !ok {
+		t.Fatal("a refused restore dropped the gateway registered since")
+	}
+	if r, _ := n.State().Request(req.ID); r.Restored == 0 {
+		t.Fatalf("the request does not say it was spent: %+v", r)
+	}
+}
+
+// TestRecoveryIndexMovesOn: a lost cluster's backup restored into a new
+// cluster, whose raft log is shorter than the backup's index: the
+// state's index never goes back (views, streams and agents compare it),
+// so a revocation after the recovery reaches the other gateways.
+func TestRecoveryIndexMovesOn(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	// The lost cluster: two gateways, and a history longer than the new
+	// cluster's.
+	cfgA := testConfig(t)
+	nA := startNode(t, cfgA)
+	opA, offA := person(t, cfgA, nA, "operator1"), person(t, cfgA, nA, "officer1")
+	if _, err := opA.AddAgency(ctx, api.Agency{Code: "000.00.00.H29", Name: "Quảng Ninh"}); err != nil {
+		t.Fatal(err)
+	}
+	const pol = "version: 1\ngroups:\n  provinces:\n    level: province\nrules:\n  - from: [provinces]\n    to: [provinces]\n    ports: [tcp/22]\n"
+	if _, err := offA.PublishPolicy(ctx, "p.yaml", pol); err != nil {
+		t.Fatal(err)
+	}
+	enrollNew(t, ctx, cfgA, nA, opA, offA, "gw-a", "000.00.00.H29")
+	enrollNew(t, ctx, cfgA, nA, opA, offA, "gw-b", "000.00.00.H29")
+	for i := 1; i <= 40; i++ {
+		if _, err := opA.AddAgency(ctx, api.Agency{Code: fmt.Sprintf("000.00.00.H%02d", 30+i), Name: fmt.Sprintf("P%d", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var backup bytes.Buffer
+	if err := opA.SaveSnapshot(ctx, &backup); err != nil {
+		t.Fatal(err)
+	}
+	nA.Close()
+
+	// The new cluster, same overlay, no gateway: it takes the backup.
+	cfgB := testConfig(t)
+	nB := startNode(t, cfgB)
+	t.Cleanup(func() { nB.Close() })
+	offB := person(t, cfgB, nB, "officer1")
+	if _, err := offB.RestoreSnapshot(ctx, bytes.NewReader(backup.Bytes())); err != nil {
+		t.Fatal(err)
+	}
+	restored := nB.State().Index()
+	waitFor(t, 10*time.Second, "gw-a's view after the restore", func() error {
+		if v, ok := nB.hub.view("gw-a"); !ok || v.head.RaftIndex < restored || v.peers.Len() != 1 {
+			return fmt.Errorf("no view at %d with gw-b yet", restored)
+		}
+		return nil
+	})
+	t.Logf("state index after the restore %d, raft last index %d", restored, nB.raft.LastIndex())
+
+	// A revocation after the restore: gw-a must lose gw-b as a peer.
+	if _, err := offB.Revoke(ctx, api.RevokeRequest{Gateway: "gw-b", Reason: "keyCompromise"}); err != nil {
+		t.Fatal(err)
+	}
+	after := nB.State().Index()
+	t.Logf("state index after the revocation %d", after)
+	if after <= restored {
+		t.Errorf("the state's index went back from %d to %d with the first command after the restore", restored, after)
+	}
+	waitFor(t, 10*time.Second, "gw-a's view without gw-b", func() error {
+		if v, ok := nB.hub.view("gw-a"); !ok || v.peers.Len() != 0 {
+			return fmt.Errorf("gw-b still a peer")
+		}
+		return nil
+	})
+	// A stream that sent gw-a the restored view (since = restored) sends
+	// the new one.
+	if _, v := nB.viewsToSend("gw-a", restored, nil, false); v == nil {
+		cur, _ := nB.hub.view("gw-a")
+		t.Errorf("gw-a's stream at %d sends nothing after gw-b's revocation: the view is stamped %d (%d peers)", restored, cur.head.RaftIndex, cur.peers.Len())
+	}
+}
+
+func restoredBy(at time.Time) restoreInfo {
+	return restoreInfo{Actor: "off2", Role: "officer", At: at, BackupSHA256: strings.Repeat("ab", 32)}
+}
+
+// TestRestoreNewerBackupAfterOlder: b0, then "late" registered, then b1
+// (holds late). Restoring b0 drops late (its certificates revoked);
+// restoring b1 next is refused, saying why: late is not brought back.
+func TestRestoreNewerBackupAfterOlder(t *testing.T) {
+	f, next := historyFSM(t)
+	b0 := snapshotBytes(t, f)
+	at := t0.Add(100 * time.Hour)
+	if err := applyCmd(t, f, next, CmdGatewayRegister, &GatewayAddRequest{Meta: Meta{Actor: "op", At: at}, ID: "late", Agency: "000.00.00.H29", LANs: []netip.Prefix{netip.MustParsePrefix("10.33.0.0/16")}}); err != nil {
+		t.Fatal(err)
+	}
+	b1 := snapshotBytes(t, f)
+	g, err := mergedFSM(t, f, b0, restoredBy(at.Add(time.Hour)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = mergedFSM(t, g, b1, restoredBy(at.Add(2*time.Hour)))
+	if !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), "holds gateway late, which a restore since removed") {
+		t.Fatalf("the newer backup after an older one: %v", err)
+	}
+}
+
+// TestRestoreRefusesTruncatedBackup: a backup cut off before its audit
+// chain (a partial download, a full disk: the format has no end marker)
+// is refused; taken for a backup of this cluster, it would drop every
+// gateway after the cut and revoke its certificates, for good.
+func TestRestoreRefusesTruncatedBackup(t *testing.T) {
+	f, _ := historyFSM(t)
+	full := snapshotBytes(t, f)
+	// Keep the header and the records up to the first gateway.
+	var cut []byte
+	for _, line := range bytes.SplitAfter(full, []byte("\n")) {
+		if bytes.Contains(line, []byte(`"type":"gateway"`)) {
+			break
+		}
+		cut = append(cut, line...)
+	}
+	for _, b := range [][]byte{cut, cut[:bytes.IndexByte(cut, '\n')+1]} {
+		if _, err := mergedFSM(t, f, b, restoredBy(t0.Add(200*time.Hour))); !errors.Is(err, ErrBadRequest) || !strings.Contains(err.Error(), "cut short") {
+			t.Errorf("a backup of %d of %d bytes: %v", len(b), len(full), err)
+		}
+	}
+}
+
+// TestRecoveryOnlyIntoNewCluster: a cluster whose gateways all came
+// after a backup restores that backup (no gateway left): it is not a new
+// cluster, and another cluster's backup does not replace its chain.
+func TestRecoveryOnlyIntoNewCluster(t *testing.T) {
+	// This cluster: an overlay, an agency, a backup, then a gateway.
+	f := NewFSM(slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	m := func(a string) Meta { return Meta{Actor: a, At: t0} }
+	cmds := []histCmd{
+		{CmdInitNetwork, &InitNetworkRequest{Meta: m("node:ctl1"), OverlayPrefix: netip.MustParsePrefix("100.64.0.0/24")}},
+		{CmdPersonUpsert, &PersonUpsertRequest{Meta: m("node:ctl1"), Name: "off2", Role: "officer", Serial: "0d", Status: api.PersonActive}},
+		{CmdAgencyUpsert, &AgencyUpsertRequest{Meta: m("op"), Code: "000.00.00.H29", Name: "Quảng Ninh"}},
+	}
+	for i, c := range cmds {
+		if err := applyCmd(t, f, uint64(i+1), c.t, c.req); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b0 := snapshotBytes(t, f)
+	if err := applyCmd(t, f, 4, CmdGatewayRegister, &GatewayAddRequest{Meta: m("op"), ID: "gw1", Agency: "000.00.00.H29"}); err != nil {
+		t.Fatal(err)
+	}
+	g, err := mergedFSM(t, f, b0, restoredBy(t0.Add(time.Hour)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	chainBefore, _ := g.State().Audit(0)
+	// Another cluster's backup.
+	other, _ := historyFSM(t)
+	if _, err := mergedFSM(t, g, snapshotBytes(t, other), restoredBy(t0.Add(2*time.Hour))); !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), "only into a new cluster") {
+		t.Fatalf("another cluster's backup into a cluster of %d audit entries, one a restore: %v", len(chainBefore), err)
+	}
+}
+
+// TestRestoreRejectsRequestsOfDroppedGateways: a token request for a
+// gateway the restore drops is rejected with it; approved once the id is
+// registered again (another agency, other LANs), it would issue a token
+// for the new gateway, which nobody asked for.
+func TestRestoreRejectsRequestsOfDroppedGateways(t *testing.T) {
+	f, next := historyFSM(t)
+	backup := snapshotBytes(t, f)
+	at := t0.Add(100 * time.Hour)
+	m := func(a string) Meta { return Meta{Actor: a, At: at} }
+	for i, c := range []histCmd{
+		{CmdGatewayRegister, &GatewayAddRequest{Meta: m("op"), ID: "late", Agency: "000.00.00.H29", LANs: []netip.Prefix{netip.MustParsePrefix("10.33.0.0/16")}}},
+		{CmdRequestCreate, &RequestCreateRequest{Meta: m("op"), ID: "rq-late", Role: "operator", Kind: api.RequestToken, Gateway: "late", TTL: time.Hour, Reason: "new Hạ Long gateway"}},
+	} {
+		if err := applyCmd(t, f, next+uint64(i), c.t, c.req); err != nil {
+			t.Fatal(err)
+		}
+	}
+	g, err := mergedFSM(t, f, backup, restoredBy(at.Add(time.Hour)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx := g.State().Index() + 2
+	if r, _ := g.State().Request("rq-late"); r.Status != api.RequestRejected || r.Approver != "off2" {
+		t.Fatalf("request rq-late for the dropped gateway: %+v", r)
+	}
+	if err := applyCmd(t, g, idx, CmdGatewayRegister, &GatewayAddRequest{Meta: m("op2"), ID: "late", Agency: "000.00.00.H49", LANs: []netip.Prefix{netip.MustParsePrefix("10.77.0.0/16")}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := applyCmd(t, g, idx+1, CmdRequestDecide, &RequestDecideRequest{Meta: m("off"), ID: "rq-late", Role: "officer", Approve: true, TokenHash: "hz"}); err == nil {
+		t.Errorf("a token request made for the dropped gateway was approved for the new gateway of that id")
+	}
+}
+
+// TestRestoreRefusesPolicyItBreaks: a backup taken before any policy was
+// published has none to publish again, so the current policy would stay;
+// it names a gateway registered since, which the restore removes: the
+// policy would no longer compile and no view could be computed, so the
+// restore is refused.
+func TestRestoreRefusesPolicyItBreaks(t *testing.T) {
+	x := newHubFixture(t)
+	x.agency("000.00.00.H29")
+	x.gateway("gw1", "000.00.00.H29", netip.MustParsePrefix("10.1.0.0/16"))
+	x.enroll("gw1")
+	backup := snapshotBytes(t, x.f) // no policy yet
+	x.gateway("gw2", "000.00.00.H29", netip.MustParsePrefix("10.2.0.0/16"))
+	x.enroll("gw2")
+	x.apply(CmdPolicyPublish, &PolicyPublishRequest{Meta: meta("off"), Name: "p.yaml",
+		Source: "version: 1\nrules:\n  - from: [gw1]\n    to: [gw2]\n    ports: [tcp/22]\n"})
+	if err := x.h.recompute(); err != nil {
+		t.Fatalf("before the restore: %v", err)
+	}
+	_, err := mergedFSM(t, x.f, backup, restoredBy(t0.Add(time.Hour)))
+	if !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), "would not compile") || !strings.Contains(err.Error(), "gw2") {
+		t.Fatalf("a restore that breaks the policy: %v", err)
 	}
 }

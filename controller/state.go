@@ -320,7 +320,9 @@ func (s *State) applyGatewayRegister(r *GatewayAddRequest) error {
 // firewall is IPv4 only) of unicast addresses, no wider than /8, outside
 // the overlay and clear of the LANs of every other gateway in service
 // (pending or enrolled). CmdGatewayRegister checks this in Apply
-// (CmdGatewayAdd, of earlier releases, applies without it). s.mu held.
+// (CmdGatewayAdd, of earlier releases, applies without it), so these
+// rules are part of the state machine: a change to them (minLANBits,
+// reservedNet) needs a new command type. s.mu held.
 func (s *State) lanProblems(lans []netip.Prefix) error {
 	var errs []error
 	for i, p := range lans {
@@ -869,7 +871,7 @@ func (s *State) approvedRestore(sum string, now time.Time) (string, bool) {
 	// either way does not refuse a fresh approval.
 	const skew = time.Minute
 	for _, r := range s.requests {
-		if r.Kind == api.RequestRestore && r.Status == api.RequestApproved && r.BackupSHA256 == sum &&
+		if r.Kind == api.RequestRestore && r.Status == api.RequestApproved && r.BackupSHA256 == sum && r.Restored == 0 &&
 			!r.Decided.After(now.Add(skew)) && now.Sub(r.Decided) <= api.RestoreApprovalTTL {
 			return r.ID, true
 		}

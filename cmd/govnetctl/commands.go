@@ -479,9 +479,9 @@ func (a *app) clusterCmd() *cobra.Command {
 			"and LANs, and the policy (published again as a new version). It keeps the audit chain, the\n" +
 			"certificates and every revocation, enrollments and renewals, people, tokens, requests\n" +
 			"and the membership, and appends a backup-restore entry to the chain.\n" +
-			"The backup of another cluster is accepted only by a new cluster with no gateway yet\n" +
-			"(recovery): its state and audit chain become the cluster's, beside the new cluster's\n" +
-			"members, issuers and people.",
+			"The backup of another cluster is accepted only by a new cluster, which never had a gateway\n" +
+			"or a restore (recovery): its state and audit chain become the cluster's, beside the new\n" +
+			"cluster's members, issuers and people. An approved restore request is good for one restore.",
 		Example: "  govnetctl cluster snapshot restore /var/backups/govnet-2026-11-23.snap",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
