@@ -186,8 +186,9 @@ func chainExtends(m, bk *State) bool {
 //     certificates are revoked (cessationOfOperation) by the restorer;
 //     its unused tokens go with it;
 //   - a gateway the backup holds keeps what it became since (enrollment,
-//     keys, address, certificates, revocation or decommissioning) and
-//     takes back its agency, name, endpoint and LANs;
+//     keys, endpoint, address, certificates, revocation or
+//     decommissioning) and takes back its agency (its name and LANs
+//     never change: a backup that says otherwise is refused);
 //   - the backup's policy is published again, as the next version, if it
 //     is not the current one;
 //   - the rest is kept (see the comment at the top of this file), and the
@@ -207,7 +208,13 @@ func rollBack(m, bk *State, r restoreInfo) error {
 			dropped = append(dropped, id)
 			continue
 		}
-		g.Agency, g.Name, g.Endpoint, g.LANs = old.Agency, old.Name, old.Endpoint, slices.Clone(old.LANs)
+		// A gateway's LANs never change once registered: a backup that
+		// says otherwise was altered (its LANs would go into every peer's
+		// firewall unchecked).
+		if !slices.Equal(g.LANs, old.LANs) {
+			return fmt.Errorf("%w: the backup gives gateway %s the LANs %v, which it never had (%v): an altered backup?", ErrBadRequest, id, old.LANs, g.LANs)
+		}
+		g.Agency = old.Agency
 	}
 	for _, id := range slices.Sorted(maps.Keys(bk.gateways)) {
 		if _, ok := m.gateways[id]; !ok { // only a restore removes a gateway

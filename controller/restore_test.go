@@ -492,3 +492,23 @@ func TestRestoreRefusesPolicyItBreaks(t *testing.T) {
 		t.Fatalf("a restore that breaks the policy: %v", err)
 	}
 }
+
+// TestRestoreRefusesAlteredLANs: a gateway's LANs never change once
+// registered, so a backup (with this cluster's real chain) that gives
+// one other LANs was altered, and is refused: its LANs would go into
+// every peer's firewall without the checks a registration makes.
+func TestRestoreRefusesAlteredLANs(t *testing.T) {
+	f, _ := historyFSM(t)
+	backup := snapshotBytes(t, f)
+	altered := bytes.Replace(backup, []byte(`"lans":["10.29.0.0/16"]`), []byte(`"lans":["0.0.0.0/0"]`), 1)
+	if bytes.Equal(altered, backup) {
+		t.Fatal("gw1's LANs not found in the backup")
+	}
+	_, err := mergedFSM(t, f, altered, restoredBy(t0.Add(time.Hour)))
+	if !errors.Is(err, ErrBadRequest) || !strings.Contains(err.Error(), "gateway gw1 the LANs [0.0.0.0/0]") {
+		t.Fatalf("a backup with gw1's LANs altered: %v", err)
+	}
+	if _, err := mergedFSM(t, f, backup, restoredBy(t0.Add(time.Hour))); err != nil {
+		t.Fatalf("the backup as saved: %v", err)
+	}
+}
