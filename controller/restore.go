@@ -253,6 +253,10 @@ func rollBack(m, bk *State, r restoreInfo) error {
 
 	if k := len(bk.policies); k > 0 {
 		want := bk.policies[k-1].Source
+		// Policies are never taken back: the backup's was published here.
+		if v := bk.policies[k-1].Version; v == 0 || v > uint64(len(m.policies)) || m.policies[v-1].Source != want {
+			return fmt.Errorf("%w: the backup's policy (version %d) is not the one this cluster published as that version: an altered backup?", ErrBadRequest, v)
+		}
 		if l := len(m.policies); l == 0 || m.policies[l-1].Source != want {
 			m.publish(want, r.Actor, r.At)
 		}

@@ -493,11 +493,12 @@ func TestRestoreRefusesPolicyItBreaks(t *testing.T) {
 	}
 }
 
-// TestRestoreRefusesAlteredLANs: a gateway's LANs never change once
+// TestRestoreRefusesAlteredBackup: a gateway's LANs never change once
 // registered, so a backup (with this cluster's real chain) that gives
 // one other LANs was altered, and is refused: its LANs would go into
-// every peer's firewall without the checks a registration makes.
-func TestRestoreRefusesAlteredLANs(t *testing.T) {
+// every peer's firewall without the checks a registration makes. So is
+// one whose policy is not the one published here as that version.
+func TestRestoreRefusesAlteredBackup(t *testing.T) {
 	f, _ := historyFSM(t)
 	backup := snapshotBytes(t, f)
 	altered := bytes.Replace(backup, []byte(`"lans":["10.29.0.0/16"]`), []byte(`"lans":["0.0.0.0/0"]`), 1)
@@ -507,6 +508,14 @@ func TestRestoreRefusesAlteredLANs(t *testing.T) {
 	_, err := mergedFSM(t, f, altered, restoredBy(t0.Add(time.Hour)))
 	if !errors.Is(err, ErrBadRequest) || !strings.Contains(err.Error(), "gateway gw1 the LANs [0.0.0.0/0]") {
 		t.Fatalf("a backup with gw1's LANs altered: %v", err)
+	}
+	// A policy this cluster never published as that version.
+	i := bytes.LastIndex(backup, []byte(`"type":"policy"`))
+	j := i + bytes.Index(backup[i:], []byte(`"source":"`)) + len(`"source":"`)
+	altered = append(append(bytes.Clone(backup[:j]), `rules: []\n`...), backup[j:]...)
+	_, err = mergedFSM(t, f, altered, restoredBy(t0.Add(time.Hour)))
+	if !errors.Is(err, ErrBadRequest) || !strings.Contains(err.Error(), "is not the one this cluster published") {
+		t.Fatalf("a backup with its policy altered: %v", err)
 	}
 	if _, err := mergedFSM(t, f, backup, restoredBy(t0.Add(time.Hour))); err != nil {
 		t.Fatalf("the backup as saved: %v", err)
