@@ -559,9 +559,6 @@ func (n *Node) handleSnapshotRestore(w http.ResponseWriter, r *http.Request, id 
 		if p, ok := n.State().Person(actor); ok {
 			info.Role = p.Role
 		}
-		if n.cfg.FourEyes { // the approval checked where the restore came in
-			info.RequestID, _ = n.State().approvedRestore(info.BackupSHA256, info.At)
-		}
 		if err := n.restoreBackup(ctx, b, info); err != nil {
 			return err
 		}

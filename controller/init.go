@@ -207,8 +207,10 @@ func tokenKey(tok *hsm.Token, cfg Config, label string, curve elliptic.Curve) (c
 			return nil, err
 		}
 		if key, err = tok.GenerateKeyID(label, id, curve); err != nil {
-			delete(made, label) // nothing was made
-			return nil, errors.Join(err, writeJSONFile(cfg.pkiPath(madeKeysFile), made))
+			// The mark stays: the key may exist all the same (a failure
+			// after the token made it), and only a key with that random
+			// id matches it.
+			return nil, err
 		}
 		if made[label], err = credfile.KeySHA256(key.Public()); err != nil {
 			return nil, err

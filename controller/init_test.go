@@ -375,10 +375,11 @@ func tokenLabels(t *testing.T, hc hsm.Config) []string {
 	return labels
 }
 
-// TestTokenKeyTakesOnlyItsOwn: a generation that fails leaves no mark,
-// so a key someone else puts under the label later is refused; so is a
-// key under a label marked as being made, if it is not the one marked
-// (another id: made by someone else).
+// TestTokenKeyTakesOnlyItsOwn: a generation that fails leaves its mark
+// (the key may exist all the same), which only a key with the random id
+// it names matches: a key someone else puts under the label later is
+// refused; so is a key under a label marked as being made with another
+// id.
 func TestTokenKeyTakesOnlyItsOwn(t *testing.T) {
 	hsmtest.Require(t)
 	hc := hsmtest.NewToken(t)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"github.com/govnet/govnet/agency"
 	"github.com/govnet/govnet/api"
 	"github.com/govnet/govnet/ca"
 	"github.com/govnet/govnet/policy"
@@ -57,6 +58,17 @@ func (n *Node) restoreBackup(ctx context.Context, backup []byte, r restoreInfo) 
 	defer n.applyGate.Unlock()
 	if _, err := n.barrier(ctx); err != nil {
 		return err
+	}
+	if n.cfg.FourEyes {
+		// Decided here, on the state every node will have: the node the
+		// officer called checked it too, but may lag (an approval this
+		// leader has seen spent looks unspent there).
+		id, ok := n.State().approvedRestore(r.BackupSHA256, r.At)
+		if !ok {
+			return fmt.Errorf("%w: four-eyes: restoring backup %s needs a restore request for it (govnetctl request restore FILE) that another officer approved within the last %s and that no restore has used",
+				ErrForbidden, r.BackupSHA256, api.RestoreApprovalTTL)
+		}
+		r.RequestID = id
 	}
 	merged, index, err := n.mergedSnapshot(backup, r)
 	if err != nil {
@@ -134,6 +146,9 @@ func mergeBackup(m, bk *State, r restoreInfo) (*State, error) {
 	case bk.audit.len() == 0 && m.audit.len() > 0:
 		return nil, fmt.Errorf("%w: the backup holds no audit chain: a file cut short?", ErrBadRequest)
 	}
+	if err := checkRegistry(bk); err != nil {
+		return nil, err
+	}
 	if chainExtends(m, bk) {
 		return m, rollBack(m, bk, r)
 	}
@@ -147,10 +162,50 @@ func mergeBackup(m, bk *State, r restoreInfo) (*State, error) {
 	return bk, recoverInto(m, bk, r)
 }
 
-// newCluster says whether m's cluster is new: its audit chain records no
-// gateway and no restore.
+// checkRegistry refuses a backup whose registry no command could have
+// made: an agency whose level is not its code's, whose parent is not
+// registered or not above it, a gateway of an unregistered agency. The
+// backup's registry goes into every view unchecked otherwise (a district
+// recorded as a province joins the provinces' groups).
+func checkRegistry(bk *State) error {
+	var errs []error
+	for _, code := range slices.Sorted(maps.Keys(bk.agencies)) {
+		a := bk.agencies[code]
+		c, err := agency.Parse(code)
+		if err != nil || a.Code != code {
+			errs = append(errs, fmt.Errorf("agency %q: not a valid code", code))
+			continue
+		}
+		if a.Level != c.Level().String() {
+			errs = append(errs, fmt.Errorf("agency %s: level %q, its code's is %s", code, a.Level, c.Level()))
+		}
+		if a.Parent != "" {
+			p, err := agency.Parse(a.Parent)
+			if _, ok := bk.agencies[a.Parent]; !ok || err != nil || p.Depth() >= c.Depth() {
+				errs = append(errs, fmt.Errorf("agency %s: parent %s is not a registered agency above it", code, a.Parent))
+			}
+		}
+	}
+	for _, id := range slices.Sorted(maps.Keys(bk.gateways)) {
+		if _, ok := bk.agencies[bk.gateways[id].Agency]; !ok {
+			errs = append(errs, fmt.Errorf("gateway %s: agency %s is not registered", id, bk.gateways[id].Agency))
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%w: the backup's registry is not one this cluster could have held (an altered backup?): %w", ErrBadRequest, errors.Join(errs...))
+	}
+	return nil
+}
+
+// errFound stops a scan of the audit chain.
+var errFound = errors.New("found")
+
+// newCluster says whether m's cluster is new: it holds no gateway, and
+// its audit chain records none and no restore.
 func newCluster(m *State) (bool, error) {
-	fresh := true
+	if len(m.gateways) > 0 {
+		return false, nil
+	}
 	err := eachAuditLine(m.audit.lines(0), func(line []byte) error {
 		var e struct {
 			Action string `json:"action"`
@@ -160,11 +215,14 @@ func newCluster(m *State) (bool, error) {
 		}
 		switch e.Action {
 		case CmdGatewayAdd.String(), CmdGatewayRegister.String(), ActionRestore, CmdStateRestored.String():
-			fresh = false
+			return errFound
 		}
 		return nil
 	})
-	return fresh, err
+	if errors.Is(err, errFound) {
+		return false, nil
+	}
+	return err == nil, err
 }
 
 // chainExtends says whether m's audit chain extends bk's (bk is a backup
@@ -212,7 +270,7 @@ func rollBack(m, bk *State, r restoreInfo) error {
 		// says otherwise was altered (its LANs would go into every peer's
 		// firewall unchecked).
 		if !slices.Equal(g.LANs, old.LANs) {
-			return fmt.Errorf("%w: the backup gives gateway %s the LANs %v, which it never had (%v): an altered backup?", ErrBadRequest, id, old.LANs, g.LANs)
+			return fmt.Errorf("%w: the backup gives gateway %s the LANs %v, which it does not have (%v): an altered backup, or a gateway a restore since removed and registered again", ErrBadRequest, id, old.LANs, g.LANs)
 		}
 		g.Agency = old.Agency
 	}

@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"slices"
 	"strings"
@@ -520,4 +522,167 @@ func TestRestoreRefusesAlteredBackup(t *testing.T) {
 	if _, err := mergedFSM(t, f, backup, restoredBy(t0.Add(time.Hour))); err != nil {
 		t.Fatalf("the backup as saved: %v", err)
 	}
+}
+
+// TestRestoreApprovalCheckedByLeader: the node an officer calls checks
+// the approval against its own state, which may lag; the leader checks
+// it again, on its state: a restore forwarded after its approval was
+// spent is refused.
+func TestRestoreApprovalCheckedByLeader(t *testing.T) {
+	cfg, n, op, off1, off2 := fourEyesNode(t)
+	ctx := context.Background()
+	var backup bytes.Buffer
+	if err := op.SaveSnapshot(ctx, &backup); err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(backup.Bytes())
+	req, err := off1.CreateRequest(ctx, api.RequestCreate{Kind: api.RequestRestore, BackupSHA256: hex.EncodeToString(sum[:]), Reason: "undo"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := off2.ApproveRequest(ctx, req.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := off1.RestoreSnapshot(ctx, bytes.NewReader(backup.Bytes())); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := op.AddGateway(ctx, api.Gateway{ID: "after", Agency: "000.00.00.H29"}); err != nil {
+		t.Fatal(err)
+	}
+	// The same restore as a follower that had checked the approval
+	// before it was spent forwards it (/v1/internal/restore, after
+	// internalNode admitted the node).
+	r := httptest.NewRequest(http.MethodPost, "/v1/internal/restore", bytes.NewReader(backup.Bytes()))
+	r.Header.Set(actorHeader, "officer1")
+	w := httptest.NewRecorder()
+	n.handleInternalRestore(w, r, ca.Identity{Kind: ca.KindNode, Name: cfg.Node})
+	if _, ok := n.State().Gateway("after"); !ok || w.Code != http.StatusForbidden || !strings.Contains(w.Body.String(), "no restore has used") {
+		t.Errorf("a restore under a spent approval: HTTP %d %s; gateway registered since kept: %v", w.Code, w.Body.String(), ok)
+	}
+}
+
+// TestRestoreRefusesForgedAgency: a backup whose district says it is a
+// province (no import, merger or re-parenting can make that) is refused:
+// its gateway would join the provinces' group, and reach their firewalls.
+func TestRestoreRefusesForgedAgency(t *testing.T) {
+	x := newHubFixture(t)
+	x.agency("000.00.00.H29")
+	x.agency("000.00.00.H31")
+	x.agency("000.00.04.H29") // a district of H29
+	x.gateway("gw-h29", "000.00.00.H29", netip.MustParsePrefix("10.29.0.0/16"))
+	x.gateway("gw-h31", "000.00.00.H31", netip.MustParsePrefix("10.31.0.0/16"))
+	x.gateway("gw-d", "000.00.04.H29", netip.MustParsePrefix("10.40.0.0/16"))
+	for _, id := range []string{"gw-h29", "gw-h31", "gw-d"} {
+		x.enroll(id)
+	}
+	x.publish("version: 1\ngroups:\n  provinces:\n    level: province\nrules:\n  - from: [provinces]\n    to: [provinces]\n    ports: [tcp/22]\n")
+	if hasPeerOf(views(t, x.f.State())["gw-h29"], "gw-d") {
+		t.Fatal("the district is a peer of a province before")
+	}
+	backup := snapshotBytes(t, x.f)
+	forged := bytes.Replace(backup, []byte(`"code":"000.00.04.H29","name":"agency 000.00.04.H29","parent":"000.00.00.H29","level":"district"`),
+		[]byte(`"code":"000.00.04.H29","name":"agency 000.00.04.H29","parent":"000.00.00.H29","level":"province"`), 1)
+	if bytes.Equal(forged, backup) {
+		t.Fatal("district record not found")
+	}
+	_, err := mergedFSM(t, x.f, forged, restoredBy(t0.Add(time.Hour)))
+	if !errors.Is(err, ErrBadRequest) || !strings.Contains(err.Error(), `agency 000.00.04.H29: level "province", its code's is district`) {
+		t.Fatalf("a backup that calls a district a province: %v", err)
+	}
+}
+
+// TestRecoveryPolicySameVersion: a new cluster published a policy
+// (version 1) before it recovered a lost cluster whose current policy is
+// also version 1, with another source: the view hub compiles the
+// recovered registry with the state's policy, not the one it had parsed
+// for that version.
+func TestRecoveryPolicySameVersion(t *testing.T) {
+	lost := newHubFixture(t)
+	lost.agency("000.00.00.H29")
+	lost.agency("000.00.00.H31")
+	lost.gateway("gw-h29", "000.00.00.H29", netip.MustParsePrefix("10.29.0.0/16"))
+	lost.gateway("gw-h31", "000.00.00.H31", netip.MustParsePrefix("10.31.0.0/16"))
+	lost.enroll("gw-h29")
+	lost.enroll("gw-h31")
+	lost.publish("version: 1\ngroups:\n  provinces:\n    level: province\nrules:\n  - from: [provinces]\n    to: [provinces]\n    ports: [tcp/22]\n")
+	backup := snapshotBytes(t, lost.f)
+
+	x := newHubFixture(t) // the new cluster, same overlay
+	x.publish("version: 1\nrules: []\n")
+	if err := x.h.recompute(); err != nil {
+		t.Fatal(err)
+	}
+	merged, _, err := mergeSnapshots(snapshotBytes(t, x.f), backup, t.TempDir(), restoredBy(t0.Add(time.Hour)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := x.f.Restore(io.NopCloser(bytes.NewReader(merged))); err != nil {
+		t.Fatal(err)
+	}
+	if err := x.h.recompute(); err != nil {
+		t.Fatal(err)
+	}
+	want := hasPeerOf(views(t, x.f.State())["gw-h29"], "gw-h31")
+	v, ok := x.h.view("gw-h29")
+	got := ok && v.peers.Len() == 1
+	if !want || got != want {
+		t.Errorf("gw-h29's view after the recovery: peer gw-h31 %v; the state's policy gives %v (hub policy version %d)", got, want, x.h.polVersion)
+	}
+}
+
+// TestRestoreThenRestart: a node restarted after a restore and a command
+// after it keeps the chain, the command and the restored registry.
+func TestRestoreThenRestart(t *testing.T) {
+	cfg := testConfig(t)
+	n := startNode(t, cfg)
+	ctx := context.Background()
+	op, off := person(t, cfg, n, "operator1"), person(t, cfg, n, "officer1")
+	if _, err := op.AddAgency(ctx, api.Agency{Code: "000.00.00.H29", Name: "Quảng Ninh"}); err != nil {
+		t.Fatal(err)
+	}
+	var backup bytes.Buffer
+	if err := op.SaveSnapshot(ctx, &backup); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := op.AddAgency(ctx, api.Agency{Code: "000.00.00.H31", Name: "Hải Phòng"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := off.RestoreSnapshot(ctx, bytes.NewReader(backup.Bytes())); err != nil {
+		t.Fatal(err)
+	}
+	restored := n.State().Index()
+	if _, err := op.AddAgency(ctx, api.Agency{Code: "000.00.00.H49", Name: "Hà Tĩnh"}); err != nil {
+		t.Fatal(err)
+	}
+	after := n.State().Index()
+	head, _ := n.State().AuditHead()
+	t.Logf("restored %d, after %d, raft last %d", restored, after, n.raft.LastIndex())
+	n.Close()
+	n = startNode(t, cfg)
+	t.Cleanup(func() { n.Close() })
+	op = person(t, cfg, n, "operator1")
+	if _, err := op.Agencies(ctx); err != nil {
+		t.Fatal(err)
+	}
+	h2, _ := n.State().AuditHead()
+	t.Logf("after restart: index %d, head %d", n.State().Index(), h2.Seq)
+	e, err := n.State().audit.entry(head.Seq)
+	if n.State().Index() < after || err != nil || e.Hash != head.Hash {
+		t.Errorf("after restart index %d head %d, before %d head %d", n.State().Index(), h2.Seq, after, head.Seq)
+	}
+	if _, ok := agencyByCode(n.State(), "000.00.00.H49"); !ok {
+		t.Error("H49 lost after restart")
+	}
+	if _, ok := agencyByCode(n.State(), "000.00.00.H31"); ok {
+		t.Error("H31 back after restart")
+	}
+}
+
+func agencyByCode(s *State, code string) (api.Agency, bool) {
+	for _, a := range s.Agencies() {
+		if a.Code == code {
+			return a, true
+		}
+	}
+	return api.Agency{}, false
 }

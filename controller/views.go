@@ -64,6 +64,7 @@ type viewHub struct {
 	passes       hubPasses
 
 	polVersion uint64
+	polSource  string // the source h.pol was parsed from: a recovery can give a version another one
 	pol        *policy.Policy
 	// comp is the policy resolved against the registry as of the last
 	// pass: made on a full pass, then kept current with the touched
@@ -161,12 +162,12 @@ func (h *viewHub) recompute() error {
 	}
 	s.mu.RUnlock()
 
-	if h.polVersion != cur.Version && cur.Version != 0 {
+	if (h.polVersion != cur.Version || h.polSource != cur.Source) && cur.Version != 0 {
 		p, err := policy.Parse(fmt.Sprintf("policy-v%d.yaml", cur.Version), []byte(cur.Source))
 		if err != nil {
 			return h.fail(fmt.Errorf("policy version %d: %w", cur.Version, err))
 		}
-		h.pol, h.polVersion = p, cur.Version
+		h.pol, h.polVersion, h.polSource = p, cur.Version, cur.Source
 	}
 	h.mu.Lock()
 	full := all || !h.complete || h.viewsVersion != cur.Version || h.viewsOverlay != overlay || h.comp == nil && cur.Version != 0
