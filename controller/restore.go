@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"net/netip"
 	"slices"
 	"time"
 
@@ -21,8 +20,8 @@ import (
 
 // A restore rolls the network's registry back to a backup, never its
 // history. What an officer restores to undo a mistake is configuration:
-// the agencies, the gateways registered since (with their LANs) and the
-// agency each gateway belongs to, and the policy. What the cluster has
+// the agencies, the gateways registered since (decommissioned, their
+// LANs free) and the agency each gateway belongs to, and the policy. What the cluster has
 // done since the backup stays done, because the world outside the
 // cluster remembers it: the audit chain and its signed checkpoints, the
 // certificate inventory with every revocation (a revoked certificate
@@ -187,7 +186,9 @@ func checkRegistry(bk *State) error {
 		}
 	}
 	for _, id := range slices.Sorted(maps.Keys(bk.gateways)) {
-		if _, ok := bk.agencies[bk.gateways[id].Agency]; !ok {
+		// A decommissioned gateway may belong to an agency a restore
+		// took back (it was registered after that restore's backup).
+		if _, ok := bk.agencies[bk.gateways[id].Agency]; !ok && bk.gateways[id].Status != api.StatusDecommissioned {
 			errs = append(errs, fmt.Errorf("gateway %s: agency %s is not registered", id, bk.gateways[id].Agency))
 		}
 	}
@@ -240,9 +241,10 @@ func chainExtends(m, bk *State) bool {
 // deterministically:
 //
 //   - the agencies are the backup's;
-//   - a gateway registered since the backup is gone, and its valid
-//     certificates are revoked (cessationOfOperation) by the restorer;
-//     its unused tokens go with it;
+//   - a gateway registered since the backup is decommissioned by the
+//     restorer: its valid certificates revoked (cessationOfOperation),
+//     its unused tokens gone, its pending requests rejected, its LANs
+//     free, its id kept;
 //   - a gateway the backup holds keeps what it became since (enrollment,
 //     keys, endpoint, address, certificates, revocation or
 //     decommissioning) and takes back its agency (its name and LANs
@@ -258,12 +260,12 @@ func rollBack(m, bk *State, r restoreInfo) error {
 	}
 	m.agencies = bk.agencies
 
-	var dropped []string
+	var added []string // registered since the backup
 	for _, id := range slices.Sorted(maps.Keys(m.gateways)) {
 		g := m.gateways[id]
 		old, ok := bk.gateways[id]
 		if !ok {
-			dropped = append(dropped, id)
+			added = append(added, id)
 			continue
 		}
 		// A gateway's LANs never change once registered: a backup that
@@ -275,18 +277,17 @@ func rollBack(m, bk *State, r restoreInfo) error {
 		g.Agency = old.Agency
 	}
 	for _, id := range slices.Sorted(maps.Keys(bk.gateways)) {
-		if _, ok := m.gateways[id]; !ok { // only a restore removes a gateway
-			return fmt.Errorf("%w: the backup holds gateway %s, which a restore since removed (its certificates revoked): restore a backup taken after that restore, or register the gateway again", ErrConflict, id)
+		if _, ok := m.gateways[id]; !ok { // gateways are never deleted
+			return fmt.Errorf("%w: the backup holds gateway %s, which this cluster never had", ErrConflict, id)
 		}
 	}
-	for _, id := range dropped {
+	for _, id := range added {
+		// Decommissioned, as an officer would: its certificates revoked,
+		// out of every view, its LANs free, its id kept (ids are never
+		// given again, so nothing issued for it can apply to another).
 		g := m.gateways[id]
-		delete(m.gateways, id)
-		if g.PublicKey != "" && m.keyOwner[g.PublicKey] == id {
-			delete(m.keyOwner, g.PublicKey)
-		}
-		if g.OverlayIP.IsValid() && m.addrInUse[g.OverlayIP] == id {
-			delete(m.addrInUse, g.OverlayIP)
+		if g.Status == api.StatusDecommissioned {
+			continue
 		}
 		var certs []*api.Certificate
 		for _, c := range m.certsSorted() {
@@ -295,19 +296,18 @@ func rollBack(m, bk *State, r restoreInfo) error {
 			}
 		}
 		m.revoke(certs, "", int(ca.ReasonCessationOfOperation), r.At, r.Actor, index)
+		g.Status = api.StatusDecommissioned
 		for h, t := range m.tokens {
 			if t.Gateway == id && !t.Used {
 				delete(m.tokens, h)
 			}
 		}
-		// Its pending requests would apply to whatever gets its id next.
 		for _, q := range m.requests {
 			if q.Gateway == id && q.Status == api.RequestPending {
 				q.Status, q.Approver, q.Decided = api.RequestRejected, r.Actor, r.At
 			}
 		}
 	}
-	m.usedBelow = netip.Addr{} // the lowest free address is found again
 
 	if k := len(bk.policies); k > 0 {
 		want := bk.policies[k-1].Source
