@@ -272,7 +272,7 @@ func rollBack(m, bk *State, r restoreInfo) error {
 		// says otherwise was altered (its LANs would go into every peer's
 		// firewall unchecked).
 		if !slices.Equal(g.LANs, old.LANs) {
-			return fmt.Errorf("%w: the backup gives gateway %s the LANs %v, which it does not have (%v): an altered backup, or a gateway a restore since removed and registered again", ErrBadRequest, id, old.LANs, g.LANs)
+			return fmt.Errorf("%w: the backup gives gateway %s the LANs %v, which it does not have (%v): an altered backup?", ErrBadRequest, id, old.LANs, g.LANs)
 		}
 		g.Agency = old.Agency
 	}
@@ -321,7 +321,7 @@ func rollBack(m, bk *State, r restoreInfo) error {
 	}
 	// The policy must still compile against the registry the restore
 	// leaves (the current one, kept when the backup has none, may name a
-	// gateway it removes): otherwise no view could be computed.
+	// gateway the backup does not hold): otherwise no view could be computed.
 	if l := len(m.policies); l > 0 {
 		cur := m.policies[l-1]
 		p, err := policy.Parse(fmt.Sprintf("policy-v%d.yaml", cur.Version), []byte(cur.Source))

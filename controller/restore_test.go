@@ -40,7 +40,7 @@ func mergedFSM(t *testing.T, f *FSM, backup []byte, r restoreInfo) (*FSM, error)
 // TestRestoreKeepsHistory: a restore rolls the registry back (an agency
 // and a gateway added since, the policy) and keeps what happened since:
 // the audit chain, a revocation, the certificate of the gateway it
-// removes (revoked now), the policy versions, with the restore's own
+// decommissions (revoked now), the policy versions, with the restore's own
 // entry on the chain.
 func TestRestoreKeepsHistory(t *testing.T) {
 	f, next := historyFSM(t)
@@ -92,7 +92,7 @@ func TestRestoreKeepsHistory(t *testing.T) {
 	// Its certificate stays in the inventory, revoked by the restorer; its
 	// issuer's CRL is due again.
 	if c, ok := s.Certificate("1a7e"); !ok || c.Status != api.CertRevoked || c.Reason != int(ca.ReasonCessationOfOperation) || c.RevokedBy != "off2" || !c.RevokedAt.Equal(r.At) {
-		t.Errorf("the removed gateway's certificate: %+v", c)
+		t.Errorf("the decommissioned gateway's certificate: %+v", c)
 	}
 	if ir, _ := s.issuer("abcd"); ir.LastRevocation != indexBefore+1 {
 		t.Errorf("issuer's last revocation %d, want the restore's index %d", ir.LastRevocation, indexBefore+1)
@@ -255,7 +255,7 @@ func TestRestoreIntoNewCluster(t *testing.T) {
 
 // TestRestoreApprovalSpent: an approved restore request is good for one
 // restore: the same officer cannot restore the same file again with it,
-// undoing (dropping, revoking) what was registered since.
+// undoing (decommissioning) what was registered since.
 func TestRestoreApprovalSpent(t *testing.T) {
 	_, n, op, off1, off2 := fourEyesNode(t)
 	ctx := context.Background()
@@ -281,8 +281,8 @@ func TestRestoreApprovalSpent(t *testing.T) {
 	// officer1 alone, no new approval.
 	_, err = off1.RestoreSnapshot(ctx, bytes.NewReader(backup.Bytes()))
 	wantStatus(t, err, 403, "needs a restore request for it")
-	if _, ok := n.State().Gateway("after"); !ok {
-		t.Fatal("a refused restore dropped the gateway registered since")
+	if g, _ := n.State().Gateway("after"); g.Status != api.StatusPending {
+		t.Fatalf("a refused restore decommissioned the gateway registered since: %+v", g)
 	}
 	if r, _ := n.State().Request(req.ID); r.Restored == 0 {
 		t.Fatalf("the request does not say it was spent: %+v", r)
@@ -567,8 +567,8 @@ func TestRestoreApprovalCheckedByLeader(t *testing.T) {
 	r.Header.Set(actorHeader, "officer1")
 	w := httptest.NewRecorder()
 	n.handleInternalRestore(w, r, ca.Identity{Kind: ca.KindNode, Name: cfg.Node})
-	if _, ok := n.State().Gateway("after"); !ok || w.Code != http.StatusForbidden || !strings.Contains(w.Body.String(), "no restore has used") {
-		t.Errorf("a restore under a spent approval: HTTP %d %s; gateway registered since kept: %v", w.Code, w.Body.String(), ok)
+	if g, _ := n.State().Gateway("after"); g.Status != api.StatusPending || w.Code != http.StatusForbidden || !strings.Contains(w.Body.String(), "no restore has used") {
+		t.Errorf("a restore under a spent approval: HTTP %d %s; gateway registered since: %+v", w.Code, w.Body.String(), g)
 	}
 }
 
