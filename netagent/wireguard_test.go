@@ -482,7 +482,10 @@ func TestWireGuardTunnel(t *testing.T) {
 	if !hA.apply(peerB) || !hB.apply(peerA) {
 		t.Fatal("first ApplyPeers reported no change")
 	}
-	if r := hA.dial(overlayB, 10*time.Second); r.Error != "" {
+	// The first handshake may be lost to a collision or a loaded
+	// machine; wireguard-go tries again every 5 s (REKEY_TIMEOUT), and
+	// TCP resends its SYN after 1, 3, 7 and 15 s: wait for three tries.
+	if r := hA.dial(overlayB, 20*time.Second); r.Error != "" {
 		t.Fatalf("TCP through the tunnel: %s", r.Error)
 	}
 	out := a.Exec(t, "wg", "show", nameA, "latest-handshakes")
