@@ -21,9 +21,9 @@ import (
 // A restore rolls the network's registry back to a backup, never its
 // history. What an officer restores to undo a mistake is configuration:
 // the agencies, the gateways registered since (decommissioned, their
-// LANs free) and the agency each gateway belongs to, and the policy. What the cluster has
-// done since the backup stays done, because the world outside the
-// cluster remembers it: the audit chain and its signed checkpoints, the
+// LANs free), the agency each gateway belongs to, and the policy. What
+// the cluster has done since the backup stays done, because the world
+// outside the cluster remembers it: the audit chain and its signed checkpoints, the
 // certificate inventory with every revocation (a revoked certificate
 // would otherwise be good again on the CRL and at OCSP), the issuers'
 // CRL numbers, the policy versions published, enrollments and renewals,
@@ -333,11 +333,7 @@ func rollBack(m, bk *State, r restoreInfo) error {
 		}
 	}
 
-	object := "sha256:" + r.BackupSHA256
-	if r.RequestID != "" {
-		object += " request:" + r.RequestID
-	}
-	return appendRestoreEntry(m, index, object, r)
+	return appendRestoreEntry(m, index, "sha256:"+r.BackupSHA256, r)
 }
 
 // recoverInto is mergeBackup for the backup of a lost cluster restored
@@ -375,18 +371,18 @@ func recoverInto(m, bk *State, r restoreInfo) error {
 			bk.requests[id] = q
 		}
 	}
-	object := fmt.Sprintf("sha256:%s replaces:%d:%s", r.BackupSHA256, m.audit.len(), m.audit.head.Hash)
-	if r.RequestID != "" {
-		object += " request:" + r.RequestID
-	}
-	return appendRestoreEntry(bk, max(m.index, bk.index)+1, object, r)
+	return appendRestoreEntry(bk, max(m.index, bk.index)+1, fmt.Sprintf("sha256:%s replaces:%d:%s", r.BackupSHA256, m.audit.len(), m.audit.head.Hash), r)
 }
 
 // appendRestoreEntry appends the restore's entry to s's chain, at index,
-// and spends the approval it was done under.
+// its object naming the approved request it was done under, if any, which
+// it spends.
 func appendRestoreEntry(s *State, index uint64, object string, r restoreInfo) error {
 	if q := s.requests[r.RequestID]; q != nil {
 		q.Restored = index
+	}
+	if r.RequestID != "" {
+		object += " request:" + r.RequestID
 	}
 	if err := s.appendAudit(api.AuditEntry{RaftIndex: index, At: r.At.UTC(), Actor: r.Actor, Role: r.Role,
 		Action: ActionRestore, Object: object, RequestSHA256: r.BackupSHA256}); err != nil {

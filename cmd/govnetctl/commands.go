@@ -475,8 +475,8 @@ func (a *app) clusterCmd() *cobra.Command {
 		Short: "Roll the registry back to a backup, or recover a lost cluster into a new one (officer)",
 		Long: "The backup is checked, then the leader merges it into the cluster's state and replicates\n" +
 			"the result to every node. A backup of this cluster rolls back the agencies, the gateways\n" +
-			"registered since (decommissioned: their certificates revoked), each gateway's agency, and the\n" +
-			"policy (published again as a new version). It keeps the audit chain, the\n" +
+			"registered since (decommissioned: their certificates revoked), each gateway's agency,\n" +
+			"and the policy (published again as a new version). It keeps the audit chain, the\n" +
 			"certificates and every revocation, enrollments and renewals, people, tokens, requests\n" +
 			"and the membership, and appends a backup-restore entry to the chain.\n" +
 			"The backup of another cluster is accepted only by a new cluster, which never had a gateway\n" +
