@@ -1,7 +1,6 @@
 package api
 
 import (
-	"cmp"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -47,11 +46,6 @@ type WatchEvent struct {
 	Renew string `json:"renew,omitempty"`
 	// Renewed answers a renewal on the stream (with Ack).
 	Renewed *RenewResponse `json:"renewed,omitempty"`
-}
-
-// CompareRules is the order of View.Rules: by source, protocol, port.
-func CompareRules(a, b Rule) int {
-	return cmp.Or(a.Source.Compare(b.Source), strings.Compare(a.Protocol, b.Protocol), cmp.Compare(a.Port, b.Port))
 }
 
 // ComparePeers is the order of View.Peers: by gateway id.

@@ -297,8 +297,7 @@ func (r *resolver) compileFor(want, only bitset) map[string]*api.View {
 		if !slices.IsSortedFunc(peers, api.ComparePeers) {
 			slices.SortFunc(peers, api.ComparePeers)
 		}
-		slices.SortFunc(a.rules, api.CompareRules)
-		rules := slices.Clip(slices.Compact(a.rules))
+		rules := slices.Clip(api.SortRules(a.rules))
 		if rules == nil {
 			rules = []api.Rule{}
 		}
