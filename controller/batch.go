@@ -14,6 +14,11 @@ type groupCommit[T any] struct {
 	// commit submits one batch; its error is the batch's verdict.
 	commit func(ctx context.Context, items []T) error
 	max    int // items per batch; 0 means maxRecordBatch
+	// weigh, when set, bounds a batch by the sum of its items' weights
+	// (an upper bound of each item's encoded size) to maxWeight as well;
+	// a batch always takes at least one item.
+	weigh     func(T) int
+	maxWeight int
 
 	mu      sync.Mutex
 	pending []*pendingItem[T]
@@ -53,10 +58,8 @@ func (g *groupCommit[T]) run() {
 	}
 	for {
 		g.mu.Lock()
-		batch := g.pending
-		if len(batch) > limit {
-			batch = batch[:limit:limit]
-		}
+		k := g.fits(limit)
+		batch := g.pending[:k:k]
 		g.pending = g.pending[len(batch):]
 		if len(batch) == 0 {
 			g.pending, g.running = nil, false
@@ -66,6 +69,23 @@ func (g *groupCommit[T]) run() {
 		g.mu.Unlock()
 		g.commitBatch(batch)
 	}
+}
+
+// fits returns how many of the pending items the next batch takes: at
+// most limit, and no more than maxWeight of them when items are weighed.
+// g.mu is held.
+func (g *groupCommit[T]) fits(limit int) int {
+	n := min(len(g.pending), limit)
+	if g.weigh == nil {
+		return n
+	}
+	w := 0
+	for i, p := range g.pending[:n] {
+		if w += g.weigh(p.item); w > g.maxWeight && i > 0 {
+			return i
+		}
+	}
+	return n
 }
 
 // commitBatch commits batch as one command. The state machine takes a

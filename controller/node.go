@@ -117,10 +117,7 @@ func start(ctx context.Context, cfg Config, log *slog.Logger, now func() time.Ti
 		ip, err := netip.ParseAddr(host)
 		return err == nil && n.isMemberAddr(ip.Unmap())
 	}
-	n.reports = &groupCommit[GatewayReportRequest]{commit: func(ctx context.Context, reps []GatewayReportRequest) error {
-		_, err := n.submit(ctx, CmdGatewayReports, &GatewayReportsRequest{Meta: n.meta("node:" + n.cfg.Node), Reports: reps})
-		return err
-	}}
+	n.reports = newReportRecorder(n)
 	n.refresh = &refresher{n: n, heartbeat: n.cfg.Raft.withDefaults().HeartbeatTimeout}
 	n.issueSlots = make(chan struct{}, 2*runtime.GOMAXPROCS(0))
 	n.streams = newStreamSender(n) // before raft: applying a renewal call wakes the streams

@@ -566,6 +566,33 @@ func (n *Node) recordReport(ctx context.Context, gateway string, rep api.Report)
 	return n.reports.Record(ctx, req)
 }
 
+// Reports committed at once (not refreshes) go in batches of at most
+// maxReportBatch reports and maxReportWeight bytes: after a policy
+// change every gateway reports within seconds, and at 512 a batch, the
+// bound certificate records have, a node serving 6,700 of 20,000 gateways
+// committed thirteen batches one after the other and its gateways waited
+// for the last. A report's weight bounds its encoded size (JSON escapes
+// a byte into at most six), so that a batch stays under the leader's
+// limit for a forwarded command (2 × maxPolicyBody).
+const (
+	maxReportBatch  = 4096
+	maxReportWeight = 2 << 20
+)
+
+func reportWeight(r GatewayReportRequest) int {
+	return 256 + 6*(2*len(r.Gateway)+len(r.Report.RulesetDigest)+len(r.Report.ApplyError)+len(r.Report.PeerError))
+}
+
+// newReportRecorder commits reports that change the state in batches
+// (CmdGatewayReports).
+func newReportRecorder(n *Node) *groupCommit[GatewayReportRequest] {
+	return &groupCommit[GatewayReportRequest]{max: maxReportBatch, weigh: reportWeight, maxWeight: maxReportWeight,
+		commit: func(ctx context.Context, reps []GatewayReportRequest) error {
+			_, err := n.submit(ctx, CmdGatewayReports, &GatewayReportsRequest{Meta: n.meta("node:" + n.cfg.Node), Reports: reps})
+			return err
+		}}
+}
+
 func (n *Node) handleAgencies(w http.ResponseWriter, r *http.Request, _ ca.Identity) {
 	writeJSON(w, http.StatusOK, n.State().Agencies())
 }
