@@ -230,15 +230,22 @@ func (r *resolver) compileFor(want, only bitset) map[string]*api.View {
 			return fromAll
 		}
 		var src []int // sources that can enter the views compiled: those in only
-		srcDone := false
+		srcPrefixes, srcDone := 0, false
 		for _, to := range rule.To {
 			ports := r.ports(rule, to)
 			dstSet := r.ref(to.Name)
 			for _, d := range within(dstSet.has, dstSet.members, wantList, want != nil) {
 				if !srcDone {
 					src, srcDone = within(inFrom, allFrom, onlyList, only != nil), true
+					for _, s := range src {
+						srcPrefixes += len(sources[s])
+					}
 				}
 				a := accOf(d)
+				// Room for what follows at once: a view behind a national
+				// service gains tens of thousands of rules here.
+				a.rules = slices.Grow(a.rules, srcPrefixes*len(ports))
+				a.peers = slices.Grow(a.peers, len(src))
 				for _, s := range src {
 					if s == d {
 						continue
@@ -259,6 +266,7 @@ func (r *resolver) compileFor(want, only bitset) map[string]*api.View {
 			dst := within(dstSet.has, dstSet.members, onlyList, only != nil)
 			for _, s := range senders {
 				a := accOf(s)
+				a.peers = slices.Grow(a.peers, len(dst))
 				for _, d := range dst {
 					if s != d {
 						a.peers = append(a.peers, d)
