@@ -4,9 +4,12 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/govnet/govnet/api"
 )
 
 // TestGroupCommitBatches holds the first commit until every other item is
@@ -90,7 +93,13 @@ func TestReportWeightBoundsEncoding(t *testing.T) {
 	if len(b)-64 > reportWeight(r) {
 		t.Errorf("a report encodes to %d bytes, weighs %d", len(b)-64, reportWeight(r))
 	}
-	if maxReportBatch*reportWeight(GatewayReportRequest{Gateway: "gw-00001"}) > maxReportWeight*2 {
-		t.Errorf("a batch of ordinary reports is cut by weight long before maxReportBatch")
+	// An ordinary report (an agent's digest, a short id): maxReportBatch
+	// of them fit the weight bound, which fits the forwarding limit.
+	ordinary := GatewayReportRequest{Gateway: "c-12345", Report: api.Report{RulesetDigest: "sha256:" + strings.Repeat("0", 64)}}
+	if w := reportWeight(ordinary); maxReportBatch*w > maxReportWeight {
+		t.Errorf("%d ordinary reports weigh %d, over maxReportWeight %d: batches are cut by weight first", maxReportBatch, maxReportBatch*w, maxReportWeight)
+	}
+	if maxReportWeight > 2*maxPolicyBody {
+		t.Errorf("maxReportWeight %d is over the leader's limit for a forwarded command, %d", maxReportWeight, 2*maxPolicyBody)
 	}
 }

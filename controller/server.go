@@ -576,7 +576,7 @@ func (n *Node) recordReport(ctx context.Context, gateway string, rep api.Report)
 // limit for a forwarded command (2 × maxPolicyBody).
 const (
 	maxReportBatch  = 4096
-	maxReportWeight = 2 << 20
+	maxReportWeight = 4 << 20
 )
 
 func reportWeight(r GatewayReportRequest) int {
