@@ -86,12 +86,14 @@ func TestReportWeightBoundsEncoding(t *testing.T) {
 	r.Report.ApplyError = string(make([]byte, maxApplyError)) // NUL bytes: \u0000 each
 	r.Report.PeerError = "<<<>>>&&&\u2028"
 	r.Report.PolicyVersion, r.Report.RaftIndex, r.Report.Peers, r.Report.PeersLeftOut = 1<<62, 1<<62, 1<<30, 1<<30
-	b, err := encodeCommand(CmdGatewayReports, &GatewayReportsRequest{Reports: []GatewayReportRequest{r}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(b)-64 > reportWeight(r) {
-		t.Errorf("a report encodes to %d bytes, weighs %d", len(b)-64, reportWeight(r))
+	for _, typ := range []CommandType{CmdGatewayReports, CmdGatewayReportsPacked} {
+		b, err := encodeCommand(typ, &GatewayReportsRequest{Reports: []GatewayReportRequest{r}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(b)-64 > reportWeight(r) {
+			t.Errorf("%s: a report encodes to %d bytes, weighs %d", typ, len(b)-64, reportWeight(r))
+		}
 	}
 	// An ordinary report (an agent's digest, a short id): maxReportBatch
 	// of them fit the weight bound, which fits the forwarding limit.

@@ -353,6 +353,9 @@ func (n *Node) handleInternalApply(w http.ResponseWriter, r *http.Request, id ca
 
 // restamp sets a forwarded command's "at" to the leader's time.
 func restamp(b []byte, at time.Time) ([]byte, error) {
+	if CommandType(b[0]).packed() {
+		return restampPacked(b, at)
+	}
 	var fields map[string]json.RawMessage
 	if err := json.Unmarshal(b[1:], &fields); err != nil {
 		return nil, fmt.Errorf("forwarded command: %v", err)

@@ -58,6 +58,11 @@ const (
 	// network. Same body as CmdGatewayAdd, which still applies as it
 	// always did to the logs of earlier releases.
 	CmdGatewayRegister CommandType = 33
+	// The bodies of CmdGatewayReports and CmdGatewayRefreshes packed in
+	// binary (controller/reportcodec.go) instead of JSON: what nodes
+	// write since this release. The JSON types still apply as they did.
+	CmdGatewayReportsPacked   CommandType = 34 | IgnoreUnknownTypeFlag
+	CmdGatewayRefreshesPacked CommandType = 35 | IgnoreUnknownTypeFlag
 	// Agency registry operations (controller/agency.go).
 	CmdAgencyImport        CommandType = 19
 	CmdAgencyMerge         CommandType = 20
@@ -65,6 +70,11 @@ const (
 	CmdAgencyClose         CommandType = 22
 	CmdGatewayDecommission CommandType = 23
 )
+
+// packed says whether t's body is a packed report batch, not JSON.
+func (t CommandType) packed() bool {
+	return t == CmdGatewayReportsPacked || t == CmdGatewayRefreshesPacked
+}
 
 func (t CommandType) String() string {
 	switch t {
@@ -124,6 +134,10 @@ func (t CommandType) String() string {
 		return "person-renew"
 	case CmdGatewayRegister:
 		return "gateway-register"
+	case CmdGatewayReportsPacked:
+		return "gateway-reports-packed"
+	case CmdGatewayRefreshesPacked:
+		return "gateway-refreshes-packed"
 	case CmdAgencyImport:
 		return "agency-import"
 	case CmdAgencyMerge:
@@ -433,8 +447,16 @@ type GatewayDecommissionRequest struct {
 	Reason  string `json:"reason,omitempty"`
 }
 
-// encodeCommand frames a command as its type byte followed by JSON.
+// encodeCommand frames a command as its type byte followed by JSON, or
+// by the packed form for the packed types.
 func encodeCommand(t CommandType, req any) ([]byte, error) {
+	if t.packed() {
+		r, ok := req.(*GatewayReportsRequest)
+		if !ok {
+			return nil, fmt.Errorf("encode %s: a %T, want *GatewayReportsRequest", t, req)
+		}
+		return append([]byte{byte(t)}, encodeReportsPacked(r)...), nil
+	}
 	body, err := json.Marshal(req)
 	if err != nil {
 		return nil, fmt.Errorf("encode %s: %w", t, err)

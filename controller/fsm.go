@@ -91,6 +91,10 @@ func (f *FSM) dispatch(t CommandType, body []byte) error {
 		return applyJSON(body, s.applyAuditCheckpoint)
 	case CmdGatewayReports:
 		return applyJSON(body, s.applyGatewayReports)
+	case CmdGatewayReportsPacked:
+		return applyPacked(body, s.applyGatewayReports)
+	case CmdGatewayRefreshesPacked:
+		return applyPacked(body, s.applyGatewayRefreshes)
 	case CmdGatewayRefreshes:
 		return applyJSON(body, s.applyGatewayRefreshes)
 	case CmdRenewCall:
@@ -166,6 +170,14 @@ func applyJSON[T any](body []byte, apply func(*T) error) error {
 	req := new(T)
 	if err := json.Unmarshal(body, req); err != nil {
 		return fmt.Errorf("%w: decode command: %v", ErrBadRequest, err)
+	}
+	return apply(req)
+}
+
+func applyPacked(body []byte, apply func(*GatewayReportsRequest) error) error {
+	req, err := decodeReportsPacked(body)
+	if err != nil {
+		return fmt.Errorf("decode command: %w", err)
 	}
 	return apply(req)
 }

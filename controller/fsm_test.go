@@ -80,6 +80,14 @@ func history() []struct {
 		{CmdGatewayRefreshes, &GatewayReportsRequest{Meta: meta("node:ctl2"), Reports: []GatewayReportRequest{
 			{Meta: Meta{Actor: "gateway:gw1", At: t0.Add(time.Minute)}, Gateway: "gw1", Report: api.Report{PolicyVersion: 1, RaftIndex: 10, RulesetDigest: "sha256:y", LastHandshake: t0,
 				PeersLeftOut: 2, PeerError: peerErrorGW1}}}}},
+		// The same, packed (controller/reportcodec.go): gw2 failed to
+		// apply a newer view, then refreshed.
+		{CmdGatewayReportsPacked, &GatewayReportsRequest{Meta: meta("node:ctl3"), Reports: []GatewayReportRequest{
+			{Meta: meta("gateway:gw2"), Gateway: "gw2", Report: api.Report{PolicyVersion: 1, RaftIndex: 9, RulesetDigest: "sha256:z", Peers: 1,
+				FailedIndex: 10, ApplyError: "nft: netlink: cannot allocate memory"}}}}},
+		{CmdGatewayRefreshesPacked, &GatewayReportsRequest{Meta: meta("node:ctl3"), Reports: []GatewayReportRequest{
+			{Meta: Meta{Actor: "gateway:gw2", At: t0.Add(time.Minute)}, Gateway: "gw2", Report: api.Report{PolicyVersion: 1, RaftIndex: 9, RulesetDigest: "sha256:z", Peers: 1,
+				LastHandshake: t0.Add(30 * time.Second), FailedIndex: 10, ApplyError: "nft: netlink: cannot allocate memory"}}}}},
 		{CmdStateRestored, &StateRestoredRequest{Meta: meta("off"), BackupSHA256: "ab", BackupIndex: 7}},
 		{CmdRenewCall, &RenewCallRequest{Meta: meta("off"), Reason: "intermediate re-keyed"}},
 		{CmdRequestCreate, &RequestCreateRequest{Meta: meta("off"), ID: "r6", Role: "officer", Kind: api.RequestRestore, BackupSHA256: strings.Repeat("ab", 32)}},
@@ -240,6 +248,11 @@ func TestSnapshotRoundTrip(t *testing.T) {
 		if rep := st.gatewayReport("gw1"); rep == nil || rep.PeersLeftOut != 2 || rep.PeerError != peerErrorGW1 {
 			t.Errorf("%s: gw1's report %+v", name, rep)
 		}
+		// gw2's, packed: the refresh moved only its times on.
+		if rep := st.gatewayReport("gw2"); rep == nil || rep.RulesetDigest != "sha256:z" || rep.FailedIndex != 10 || rep.ApplyError != "nft: netlink: cannot allocate memory" ||
+			rep.Peers != 1 || !rep.At.Equal(t0.Add(time.Minute)) || !rep.LastHandshake.Equal(t0.Add(30*time.Second)) {
+			t.Errorf("%s: gw2's report %+v", name, rep)
+		}
 	}
 	// The inventory: gw2 enrolled with 2a (token asked by op, approved by
 	// off), renewed to 2b, then in a batch to 2c, 2a revoked as
@@ -259,6 +272,11 @@ func TestSnapshotRoundTrip(t *testing.T) {
 		return e.Action == "gateway-renews" && e.Actor == "node:ctl1" && e.Object == "gw2"
 	}) {
 		t.Fatal("no audit entry names the gateway the batch renewed")
+	}
+	if !slices.ContainsFunc(chain, func(e api.AuditEntry) bool {
+		return e.Action == "gateway-reports-packed" && e.Actor == "node:ctl3" && e.Role == "node" && e.At.Equal(t0)
+	}) {
+		t.Fatal("no audit entry for the packed reports, with the batch's actor and time")
 	}
 	if !slices.ContainsFunc(chain, func(e api.AuditEntry) bool {
 		return e.Action == "cert-archive" && e.Object == "2a,2b,2c,99,c"
@@ -356,6 +374,9 @@ func TestApplyRejects(t *testing.T) {
 			{Meta: meta("gateway:gw1"), Gateway: "gw1", OldSerial: "01", Cert: api.Certificate{Serial: "1d", Kind: "gateway", Subject: "gw1", Gateway: "gw1", Agency: "000.00.00.H29", Issuer: "abcd", NotBefore: t0, NotAfter: t0.Add(24 * time.Hour)}},
 			{Meta: meta("gateway:gw1"), Gateway: "gw1", OldSerial: "01", Cert: api.Certificate{Serial: "1e", Kind: "gateway", Subject: "gw1", Gateway: "gw1", Agency: "000.00.00.H29", Issuer: "abcd", NotBefore: t0, NotAfter: t0.Add(24 * time.Hour)}}}}},
 		{"reports one unknown", CmdGatewayReports, &GatewayReportsRequest{Reports: []GatewayReportRequest{{Gateway: "gw1"}, {Gateway: "nope"}}}},
+		{"packed reports empty", CmdGatewayReportsPacked, &GatewayReportsRequest{}},
+		{"packed reports one unknown", CmdGatewayReportsPacked, &GatewayReportsRequest{Reports: []GatewayReportRequest{{Gateway: "gw1"}, {Gateway: "nope"}}}},
+		{"packed refreshes one unknown", CmdGatewayRefreshesPacked, &GatewayReportsRequest{Reports: []GatewayReportRequest{{Gateway: "gw1"}, {Gateway: "nope"}}}},
 		{"member bad name", CmdMemberUpsert, &MemberUpsertRequest{Node: "CTL 9", RaftAddr: "127.0.0.19:7000", APIAddr: "127.0.0.19:7443"}},
 		{"member bad addr", CmdMemberUpsert, &MemberUpsertRequest{Node: "ctl9", RaftAddr: "ctl9:7000", APIAddr: "127.0.0.19:7443"}},
 		{"member addr taken", CmdMemberUpsert, &MemberUpsertRequest{Node: "ctl9", RaftAddr: "127.0.0.11:7000", APIAddr: "127.0.0.19:7443"}},

@@ -19,7 +19,7 @@ import (
 // few tens of milliseconds, and every raft snapshot copied the audit
 // chain they grew. A node now answers a refresh at once and commits the
 // refreshes it received together, every reportFlush, as one
-// CmdGatewayRefreshes entry per maxRefreshBatch gateways, which moves on
+// CmdGatewayRefreshesPacked entry per maxRefreshBatch gateways, which moves on
 // only the times of a report that still says the same. A report that
 // changes what the state records (the applied view, the ruleset digest,
 // the number of peers) is committed at once, as before.
@@ -131,7 +131,7 @@ func (r *refresher) commit(ctx context.Context, batch []GatewayReportRequest) er
 	if len(batch) == 0 {
 		return nil
 	}
-	_, err := r.n.submit(ctx, CmdGatewayRefreshes, &GatewayReportsRequest{Meta: r.n.meta("node:" + r.n.cfg.Node), Reports: batch})
+	_, err := r.n.submit(ctx, CmdGatewayRefreshesPacked, &GatewayReportsRequest{Meta: r.n.meta("node:" + r.n.cfg.Node), Reports: batch})
 	if isVerdict(err) {
 		r.n.log.Warn("gateway report refreshes refused", "reports", len(batch), "err", err)
 		return nil

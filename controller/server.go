@@ -553,7 +553,7 @@ func checkReport(rep api.Report) error {
 
 // recordReport commits a gateway's report. Reports arrive from every
 // gateway at once after a change: they are committed in batches
-// (CmdGatewayReports). A report that changes nothing but its time is held
+// (CmdGatewayReportsPacked). A report that changes nothing but its time is held
 // and committed later with the others like it (controller/refresh.go).
 func (n *Node) recordReport(ctx context.Context, gateway string, rep api.Report) error {
 	if err := checkReport(rep); err != nil {
@@ -571,9 +571,10 @@ func (n *Node) recordReport(ctx context.Context, gateway string, rep api.Report)
 // change every gateway reports within seconds, and at 512 a batch, the
 // bound certificate records have, a node serving 6,700 of 20,000 gateways
 // committed thirteen batches one after the other and its gateways waited
-// for the last. A report's weight bounds its encoded size (JSON escapes
-// a byte into at most six), so that a batch stays under the leader's
-// limit for a forwarded command (2 × maxPolicyBody).
+// for the last. A report's weight bounds its encoded size as JSON
+// (which escapes a byte into at most six) and so also packed, the
+// smaller form batches are committed in: a batch stays under the
+// leader's limit for a forwarded command (2 × maxPolicyBody).
 const (
 	maxReportBatch  = 4096
 	maxReportWeight = 4 << 20
@@ -584,11 +585,11 @@ func reportWeight(r GatewayReportRequest) int {
 }
 
 // newReportRecorder commits reports that change the state in batches
-// (CmdGatewayReports).
+// (CmdGatewayReportsPacked).
 func newReportRecorder(n *Node) *groupCommit[GatewayReportRequest] {
 	return &groupCommit[GatewayReportRequest]{max: maxReportBatch, weigh: reportWeight, maxWeight: maxReportWeight,
 		commit: func(ctx context.Context, reps []GatewayReportRequest) error {
-			_, err := n.submit(ctx, CmdGatewayReports, &GatewayReportsRequest{Meta: n.meta("node:" + n.cfg.Node), Reports: reps})
+			_, err := n.submit(ctx, CmdGatewayReportsPacked, &GatewayReportsRequest{Meta: n.meta("node:" + n.cfg.Node), Reports: reps})
 			return err
 		}}
 }

@@ -1030,7 +1030,12 @@ type auditFields struct {
 // reads only the command and the state.
 func (s *State) auditEntry(index uint64, t CommandType, data []byte) api.AuditEntry {
 	var f auditFields
-	_ = json.Unmarshal(data[1:], &f) // a command that does not decode is refused anyway
+	if t.packed() {
+		m, _ := packedMeta(data[1:]) // a batch names no one object
+		f.Actor, f.At = m.Actor, m.At
+	} else {
+		_ = json.Unmarshal(data[1:], &f) // a command that does not decode is refused anyway
+	}
 	role := ""
 	switch {
 	case strings.HasPrefix(f.Actor, "node:"):

@@ -829,7 +829,7 @@ func (s *State) touchAll() {
 // attributed).
 func (s *State) noteViewChange(t CommandType, body []byte) {
 	switch t {
-	case CmdGatewayReport, CmdGatewayReports, CmdGatewayRefreshes, CmdRenewCall, CmdMemberUpsert, CmdMemberRemove, CmdPersonUpsert, CmdRequestCreate,
+	case CmdGatewayReport, CmdGatewayReports, CmdGatewayRefreshes, CmdGatewayReportsPacked, CmdGatewayRefreshesPacked, CmdRenewCall, CmdMemberUpsert, CmdMemberRemove, CmdPersonUpsert, CmdRequestCreate,
 		CmdTokenIssue, CmdCertRecord, CmdGatewayRenew, CmdGatewayRenews, CmdCRLPublish, CmdIssuerUpsert, CmdAuditCheckpoint, CmdCertArchive,
 		CmdPersonInvite, CmdPersonEnroll, CmdPersonRenew,
 		CmdStateRestored, // Restore itself touches everything
