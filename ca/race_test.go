@@ -1,0 +1,5 @@
+//go:build race
+
+package ca
+
+func init() { raceEnabled = true }
