@@ -6,10 +6,12 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"path/filepath"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -166,6 +168,36 @@ func TestGatewayStream(t *testing.T) {
 	}
 	if g, _ := n.State().Gateway("gw1"); g.Report.RulesetDigest != "sha256:ef" {
 		t.Fatalf("report from Watch's callback not recorded: %+v", g.Report)
+	}
+
+	// Reports made at once are each answered (the senders write the
+	// answers, streamSender.ack, several in one write when they queue
+	// up), and the stream goes on.
+	err = gw.client.Watch(wctx, 0, func(v *api.View) error {
+		errs := make(chan error, 16)
+		var wg sync.WaitGroup
+		for i := range 16 {
+			wg.Go(func() {
+				errs <- gw.client.Report(wctx, api.Report{RaftIndex: v.RaftIndex, RulesetDigest: fmt.Sprintf("sha256:%02x", i)})
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				return err
+			}
+		}
+		if err := gw.client.Report(wctx, api.Report{RaftIndex: v.RaftIndex, RulesetDigest: "sha256:last"}); err != nil {
+			return err
+		}
+		return context.Canceled
+	})
+	if err != context.Canceled {
+		t.Fatalf("Watch: %v", err)
+	}
+	if g, _ := n.State().Gateway("gw1"); g.Report.RulesetDigest != "sha256:last" {
+		t.Fatalf("the last report is not the one recorded: %+v", g.Report)
 	}
 
 	// One stream per gateway on a node: a newer one closes the older,
