@@ -135,10 +135,8 @@ func restampPacked(b []byte, at time.Time) ([]byte, error) {
 	if len(b) < 1+packedTimeLen {
 		return nil, fmt.Errorf("forwarded command: %v: %d bytes, too short", errPacked, len(b))
 	}
-	out := append([]byte(nil), b...)
-	binary.BigEndian.PutUint64(out[1:], uint64(at.Unix()))
-	binary.BigEndian.PutUint32(out[9:], uint32(at.Nanosecond()))
-	return out, nil
+	out := appendPackedTime(append(make([]byte, 0, len(b)), b[0]), at)
+	return append(out, b[1+packedTimeLen:]...), nil
 }
 
 func appendPackedTime(b []byte, t time.Time) []byte {
