@@ -200,111 +200,136 @@ type snapshotNetwork struct {
 }
 
 // Snapshot implements raft.FSM: it copies the state under the read lock
-// and writes it out later, off the apply path.
+// and writes it out later, off the apply path. Raft calls it between two
+// applies, so its time under the lock is time no command is applied:
+// the thousands of agencies, gateways, tokens and certificates are
+// copied as values here and encoded in Persist.
 func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	s := f.state
+	start := time.Now()
 	s.mu.RLock()
-	defer s.mu.RUnlock()
-	return snapshotOf(s)
-}
-
-// snapshotOf copies s (s.mu held, or s private) into a snapshot.
-func snapshotOf(s *State) (*fsmSnapshot, error) {
-	snap := &fsmSnapshot{header: snapshotHeader{Format: snapshotFormat, Index: s.index}}
-	add := func(typ string, v any) error {
-		b, err := json.Marshal(v)
-		if err != nil {
-			return fmt.Errorf("snapshot %s: %w", typ, err)
-		}
-		snap.records = append(snap.records, snapshotRecord{Type: typ, Data: b})
-		return nil
-	}
-	var err error
-	if s.overlay.IsValid() {
-		err = errors.Join(err, add("network", snapshotNetwork{Overlay: s.overlay}))
-	}
-	for _, a := range s.agenciesSorted() {
-		err = errors.Join(err, add("agency", a))
-	}
-	for _, g := range s.gatewaysSorted() {
-		err = errors.Join(err, add("gateway", g))
-	}
-	tokens := make([]*tokenRecord, 0, len(s.tokens))
-	for _, t := range s.tokens {
-		tokens = append(tokens, t)
-	}
-	sortBy(tokens, func(t *tokenRecord) string { return t.Hash })
-	for _, t := range tokens {
-		err = errors.Join(err, add("token", t))
-	}
-	for _, p := range s.policies {
-		err = errors.Join(err, add("policy", p))
-	}
-	for _, m := range s.membersSorted() {
-		err = errors.Join(err, add("member", m))
-	}
-	for _, node := range slices.Sorted(maps.Keys(s.removed)) {
-		err = errors.Join(err, add("removed-node", removedNode{Node: node, At: s.removed[node]}))
-	}
-	for _, p := range s.peopleSorted() {
-		err = errors.Join(err, add("person", p))
-	}
-	for _, r := range s.requestsSorted() {
-		err = errors.Join(err, add("request", r))
-	}
-	for _, c := range s.certsSorted() {
-		err = errors.Join(err, add("cert", c))
-	}
-	for _, r := range s.issuersSorted() {
-		err = errors.Join(err, add("issuer", r))
-	}
-	if s.renewCall != nil {
-		err = errors.Join(err, add("renew-call", s.renewCall))
-	}
-	// The archive and the audit chain, the bulk of a snapshot, are copied
-	// line by line in Persist, off the lock; the records after them are
-	// kept apart.
-	snap.archived, snap.audit, snap.tail = s.archive.from(0), s.audit.lines(0), len(snap.records)
-	for _, c := range s.checkpoints {
-		err = errors.Join(err, add("checkpoint", c))
+	snap, err := snapshotOf(s)
+	s.mu.RUnlock()
+	if err == nil {
+		snap.log, snap.took = f.log, time.Since(start)
 	}
 	return snap, err
 }
 
+// snapshotOf copies s (s.mu held, or s private) into a snapshot. The
+// records' order is the file's: see readSnapshot.
+func snapshotOf(s *State) (*fsmSnapshot, error) {
+	snap := &fsmSnapshot{header: snapshotHeader{Format: snapshotFormat, Index: s.index}}
+	var err error
+	// add encodes one of the few records of a kind at once.
+	add := func(typ string, v any) {
+		b, e := json.Marshal(v)
+		if e != nil {
+			err = errors.Join(err, fmt.Errorf("snapshot %s: %w", typ, e))
+			return
+		}
+		snap.parts = append(snap.parts, func(w *bufio.Writer) error { return writeSnapshotRecord(w, typ, b) })
+	}
+	if s.overlay.IsValid() {
+		add("network", snapshotNetwork{Overlay: s.overlay})
+	}
+	snap.parts = append(snap.parts,
+		valueRecords("agency", s.agencies, func(a *api.Agency) api.Agency { return *a }, func(a *api.Agency) string { return a.Code }),
+		valueRecords("gateway", s.gateways, copyGateway, func(g *api.Gateway) string { return g.ID }),
+		valueRecords("token", s.tokens, func(t *tokenRecord) tokenRecord { return *t }, func(t *tokenRecord) string { return t.Hash }))
+	for _, p := range s.policies {
+		add("policy", p)
+	}
+	for _, m := range s.membersSorted() {
+		add("member", m)
+	}
+	for _, node := range slices.Sorted(maps.Keys(s.removed)) {
+		add("removed-node", removedNode{Node: node, At: s.removed[node]})
+	}
+	for _, p := range s.peopleSorted() {
+		add("person", p)
+	}
+	for _, r := range s.requestsSorted() {
+		add("request", r)
+	}
+	// A certificate's SANs are replaced, never changed in place, so a
+	// copy of the record may share them.
+	snap.parts = append(snap.parts, valueRecords("cert", s.certs, func(c *api.Certificate) api.Certificate { return *c }, func(c *api.Certificate) string { return c.Serial }))
+	for _, r := range s.issuersSorted() {
+		add("issuer", r)
+	}
+	if s.renewCall != nil {
+		add("renew-call", s.renewCall)
+	}
+	// The archive and the audit chain, the bulk of a snapshot, are
+	// appended to; their lines up to now are copied in Persist.
+	snap.parts = append(snap.parts, copyLines("archived", s.archive.from(0)), copyLines("audit", s.audit.lines(0)))
+	for _, c := range s.checkpoints {
+		add("checkpoint", c)
+	}
+	return snap, err
+}
+
+// fsmSnapshot is a state copied for Persist: each part writes one kind
+// of record, in the file's order.
 type fsmSnapshot struct {
-	header  snapshotHeader
-	records []snapshotRecord
-	// The archived certificates' and the audit chain's lines, written in
-	// that order before records[tail:].
-	archived, audit *io.SectionReader
-	tail            int
+	header snapshotHeader
+	parts  []func(*bufio.Writer) error
+	// log, when set, is told how long the copy took (applies wait for
+	// it) and how long the writing.
+	log  *slog.Logger
+	took time.Duration
+}
+
+// valueRecords copies the records of m (with clone: nothing the state may
+// change later is shared); the part it returns writes them sorted by key.
+func valueRecords[T any](typ string, m map[string]*T, clone func(*T) T, key func(*T) string) func(*bufio.Writer) error {
+	vals := make([]T, 0, len(m))
+	for _, v := range m {
+		vals = append(vals, clone(v))
+	}
+	return func(w *bufio.Writer) error {
+		sorted := make([]*T, len(vals))
+		for i := range vals {
+			sorted[i] = &vals[i]
+		}
+		sortBy(sorted, key)
+		for _, v := range sorted {
+			b, err := json.Marshal(v)
+			if err != nil {
+				return fmt.Errorf("snapshot %s: %w", typ, err)
+			}
+			if err := writeSnapshotRecord(w, typ, b); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+}
+
+// copyLines returns a part that writes each line of r (JSON) as a record.
+func copyLines(typ string, r io.Reader) func(*bufio.Writer) error {
+	return func(w *bufio.Writer) error {
+		return eachAuditLine(r, func(line []byte) error { return writeSnapshotRecord(w, typ, line) })
+	}
+}
+
+// writeSnapshotRecord writes a record line as json.Encoder writes a
+// snapshotRecord whose Data is data (compact JSON, as json.Marshal makes).
+func writeSnapshotRecord(w *bufio.Writer, typ string, data []byte) error {
+	w.WriteString(`{"type":"` + typ + `","data":`)
+	w.Write(data)
+	_, err := w.WriteString("}\n")
+	return err
 }
 
 func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
-	w := bufio.NewWriterSize(sink, 64<<10)
-	enc := json.NewEncoder(w)
-	err := enc.Encode(s.header)
-	for i := 0; err == nil && i < s.tail; i++ {
-		err = enc.Encode(s.records[i])
-	}
-	// Each line as enc.Encode(snapshotRecord{Type: typ, Data: line})
-	// writes it.
-	copyLines := func(typ string, r io.Reader) error {
-		return eachAuditLine(r, func(line []byte) error {
-			w.WriteString(`{"type":"` + typ + `","data":`)
-			w.Write(line)
-			_, err := w.WriteString("}\n")
-			return err
-		})
-	}
-	if err == nil {
-		err = copyLines("archived", s.archived)
-	}
-	if err == nil {
-		err = copyLines("audit", s.audit)
-	}
-	for i := s.tail; err == nil && i < len(s.records); i++ {
-		err = enc.Encode(s.records[i])
+	start := time.Now()
+	cw := &countingWriter{w: sink}
+	w := bufio.NewWriterSize(cw, 64<<10)
+	err := json.NewEncoder(w).Encode(s.header)
+	for i := 0; err == nil && i < len(s.parts); i++ {
+		err = s.parts[i](w)
 	}
 	if err == nil {
 		err = w.Flush()
@@ -313,7 +338,25 @@ func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
 		sink.Cancel()
 		return fmt.Errorf("persist snapshot: %w", err)
 	}
-	return sink.Close()
+	if err := sink.Close(); err != nil {
+		return err
+	}
+	if s.log != nil {
+		s.log.Info("state snapshot written", "index", s.header.Index, "bytes", cw.n,
+			"copy_ms", s.took.Milliseconds(), "write_ms", time.Since(start).Milliseconds())
+	}
+	return nil
+}
+
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
 }
 
 func (s *fsmSnapshot) Release() {}

@@ -203,6 +203,36 @@ func snapshotBytes(t testing.TB, f *FSM) []byte {
 	return sink.Bytes()
 }
 
+// TestSnapshotIsACopy takes a snapshot after every command of the history
+// and persists it only after the rest of the history was applied (which
+// changes gateways, tokens and certificates in place): each must write
+// the state as it was when it was taken, as Persist runs off the lock.
+func TestSnapshotIsACopy(t *testing.T) {
+	f := NewFSM(slog.Default(), nil)
+	var want [][]byte
+	var snaps []raft.FSMSnapshot
+	for i, c := range history() {
+		if err := applyCmd(t, f, uint64(i+1), c.t, c.req); err != nil {
+			t.Fatalf("%s: %v", c.t, err)
+		}
+		want = append(want, snapshotBytes(t, f))
+		snap, err := f.Snapshot()
+		if err != nil {
+			t.Fatal(err)
+		}
+		snaps = append(snaps, snap)
+	}
+	for i, snap := range snaps {
+		sink := &memSnapshotSink{}
+		if err := snap.Persist(sink); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(sink.Bytes(), want[i]) {
+			t.Errorf("the snapshot taken after command %d (%s) wrote later changes:\n%s\n---\n%s", i+1, history()[i].t, want[i], sink.Bytes())
+		}
+	}
+}
+
 // TestSnapshotRoundTrip applies the history one command at a time and, after
 // each, checks that a snapshot restored into a fresh FSM reproduces the
 // state exactly: every command type survives snapshot and restore.
