@@ -294,17 +294,20 @@ func valueRecords[T any](typ string, m map[string]*T, clone func(*T) T, key func
 			sorted[i] = &vals[i]
 		}
 		sortBy(sorted, key)
+		enc := json.NewEncoder(w) // straight into w: no garbage per record
 		for _, v := range sorted {
-			b, err := json.Marshal(v)
-			if err != nil {
+			if err := enc.Encode(typedRecord[T]{Type: typ, Data: v}); err != nil {
 				return fmt.Errorf("snapshot %s: %w", typ, err)
-			}
-			if err := writeSnapshotRecord(w, typ, b); err != nil {
-				return err
 			}
 		}
 		return nil
 	}
+}
+
+// typedRecord is a snapshotRecord whose data is encoded from a value.
+type typedRecord[T any] struct {
+	Type string `json:"type"`
+	Data *T     `json:"data"`
 }
 
 // copyLines returns a part that writes each line of r (JSON) as a record.
