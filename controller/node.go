@@ -74,20 +74,19 @@ type Node struct {
 	cancel context.CancelFunc
 
 	// The plain-HTTP listener for CRLs and OCSP, and this node's issuer.
-	httpLn   net.Listener
-	httpSrv  *http.Server
-	issuerID string
-	ocsp     *ca.OCSPResponder
-	crlWake  chan struct{}                      // a command was applied: is the CRL behind?
-	streams  *streamSender                      // writes to gateways' streams
-	reports  *groupCommit[GatewayReportRequest] // gateways' reports, committed in batches
-	refresh  *refresher                         // reports that change nothing, committed every reportFlush
-	// issueSlots bounds the renewals being signed at once (renewGateway).
-	issueSlots   chan struct{}
-	renewals     *groupCommit[GatewayRenewRequest] // gateways' renewals, committed in batches
-	archiver     archiver                          // leaderDuties' certificates to archive
-	connsRefused atomic.Uint64                     // connections over max_conns_per_ip, on every listener
-	restoring    atomic.Bool                       // a backup restore is being read or installed here
+	httpLn       net.Listener
+	httpSrv      *http.Server
+	issuerID     string
+	ocsp         *ca.OCSPResponder
+	crlWake      chan struct{}                      // a command was applied: is the CRL behind?
+	streams      *streamSender                      // writes to gateways' streams
+	reports      *groupCommit[GatewayReportRequest] // gateways' reports, committed in batches
+	refresh      *refresher                         // reports that change nothing, committed every reportFlush
+	issues       *issuePool                         // where certificates are issued (Node.issue)
+	renewals     *groupCommit[GatewayRenewRequest]  // gateways' renewals, committed in batches
+	archiver     archiver                           // leaderDuties' certificates to archive
+	connsRefused atomic.Uint64                      // connections over max_conns_per_ip, on every listener
+	restoring    atomic.Bool                        // a backup restore is being read or installed here
 	// applyGate holds this node's writes (applyLocal) while it merges a
 	// backup into its state and hands raft the result (restoreBackup).
 	applyGate sync.RWMutex
@@ -119,7 +118,7 @@ func start(ctx context.Context, cfg Config, log *slog.Logger, now func() time.Ti
 	}
 	n.reports = newReportRecorder(n)
 	n.refresh = &refresher{n: n, heartbeat: n.cfg.Raft.withDefaults().HeartbeatTimeout}
-	n.issueSlots = make(chan struct{}, 2*runtime.GOMAXPROCS(0))
+	n.issues = newIssuePool()
 	n.streams = newStreamSender(n) // before raft: applying a renewal call wakes the streams
 	n.renewals = newRenewRecorder(n)
 	n.metrics = newNodeMetrics(n)
@@ -151,6 +150,11 @@ func start(ctx context.Context, cfg Config, log *slog.Logger, now func() time.Ti
 		go func() { defer n.wg.Done(); n.streams.run(ctx, tick) }()
 	}
 	context.AfterFunc(ctx, beats.Stop)
+	n.issues.stop = ctx.Done()
+	for range 2 * runtime.GOMAXPROCS(0) {
+		n.wg.Add(1)
+		go func() { defer n.wg.Done(); n.issues.run(ctx) }()
+	}
 	if err := n.serve(); err != nil {
 		return nil, err
 	}

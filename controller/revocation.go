@@ -580,16 +580,7 @@ func (n *Node) renewGateway(ctx context.Context, gateway, presented, from, held 
 		}
 		old = g.CertSerial
 	}
-	// At most issueSlots renewals sign at once: a network renewing on
-	// an officer's call queues here instead of thousands of issuances
-	// sharing the cores with raft.
-	select {
-	case n.issueSlots <- struct{}{}:
-	case <-ctx.Done():
-		return nil, nil, ctx.Err()
-	}
-	chain, err := n.ca.Issue(ctx, csr, ca.GatewayProfile(g.ID, g.Agency))
-	<-n.issueSlots
+	chain, err := n.issue(ctx, csr, ca.GatewayProfile(g.ID, g.Agency))
 	if err != nil {
 		return nil, nil, err
 	}

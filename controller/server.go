@@ -357,7 +357,7 @@ func (n *Node) handleEnroll(w http.ResponseWriter, r *http.Request) {
 	}
 	// Sign first, then burn the token: if the burn loses a race, the
 	// certificate is never handed out.
-	chain, err := n.ca.Issue(r.Context(), csr, ca.GatewayProfile(gw.ID, gw.Agency))
+	chain, err := n.issue(r.Context(), csr, ca.GatewayProfile(gw.ID, gw.Agency))
 	if err != nil {
 		n.fail(w, err)
 		return

@@ -186,7 +186,9 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 
 	// Fan-out: publish, then wait for every gateway's acknowledgement.
 	var lat []float64
+	pids := c.pids()
 	for r := range o.Rounds {
+		nodesCPU, host := cpuSeconds(pids), readHostCPU()
 		p, err := c.Officer.PublishPolicy(ctx, "load.yaml", fleet.Policy(int(pol.Version)+1+r))
 		if err != nil {
 			return nil, fmt.Errorf("publish: %w", err)
@@ -205,8 +207,10 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 			last = max(last, d)
 		}
 		res.FinalVersion = p.Version
-		logf("round %d: policy version %d acknowledged by all %d gateways %.3fs after its commit (views arrived: p50 %.3fs, p99 %.3fs)",
-			r+1, p.Version, o.Gateways, last, quantile(recv, 0.5), quantile(recv, 0.99))
+		hostNow := readHostCPU()
+		logf("round %d: policy version %d acknowledged by all %d gateways %.3fs after its commit (views arrived: p50 %.3fs, p99 %.3fs); CPU s: nodes %.2f, machine %.2f busy, %.2f stolen",
+			r+1, p.Version, o.Gateways, last, quantile(recv, 0.5), quantile(recv, 0.99),
+			cpuSeconds(pids)-nodesCPU, hostNow.busy-host.busy, hostNow.steal-host.steal)
 	}
 	res.FanoutP50, res.FanoutP99, res.FanoutMax = quantile(lat, 0.5), quantile(lat, 0.99), quantile(lat, 1)
 	for _, id := range ids(fleet) {
@@ -237,7 +241,6 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	// join's window is not that join's cost; the mean is logged beside it.
 	ws.tell(cmdPauseReports)
 	time.Sleep(5 * time.Second) // reports in flight land
-	pids := c.pids()
 	stamp := strconv.FormatInt(time.Now().Unix()%1e6, 36)
 	var joined []FleetGateway
 	var each []float64
@@ -264,7 +267,8 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	}
 	res.CPUPerChange = quantile(each, 0.5)
 	ws.tell(cmdResumeReports)
-	logf("%d gateways joined: %.3f CPU s per change, median (mean %.3f, max %.3f; idle %.3f CPU s/s on average subtracted)", o.Changes, res.CPUPerChange, mean, slices.Max(each), res.IdleCPU)
+	logf("%d gateways joined: %.3f CPU s per change, median (mean %.3f, max %.3f; idle %.3f CPU s/s on average subtracted); each: %s",
+		o.Changes, res.CPUPerChange, mean, slices.Max(each), res.IdleCPU, formatSeconds(each))
 
 	// Revocation: from the call to the last peer's acknowledged view
 	// without the gateway.
@@ -773,6 +777,37 @@ func cpuSeconds(pids []int) float64 {
 
 const clockTicks = 100 // USER_HZ on Linux
 
+// hostCPU is the machine's CPU time since boot, in seconds: busy (every
+// state but idle, iowait and steal) and steal (taken by the hypervisor
+// for other guests: a run's figures vary with it).
+type hostCPU struct{ busy, steal float64 }
+
+func readHostCPU() hostCPU {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return hostCPU{}
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line) // cpu user nice system idle iowait irq softirq steal ...
+	if len(f) < 9 || f[0] != "cpu" {
+		return hostCPU{}
+	}
+	var h hostCPU
+	for i, v := range f[1:] {
+		n, _ := strconv.ParseFloat(v, 64)
+		switch i {
+		case 3, 4: // idle, iowait
+		case 7:
+			h.steal = n / clockTicks
+		default:
+			if i < 7 {
+				h.busy += n / clockTicks
+			}
+		}
+	}
+	return h
+}
+
 // rss sums the processes' anonymous resident memory (RssAnon: heap,
 // stacks), in bytes. Not VmRSS: that also counts the pages of the raft
 // log's memory-mapped file that replaying it at start read in, page cache
@@ -829,4 +864,13 @@ func raiseFDLimit() {
 		l.Cur = l.Max
 		syscall.Setrlimit(syscall.RLIMIT_NOFILE, &l)
 	}
+}
+
+// formatSeconds lists figures as the log shows them: "0.031 0.029 ...".
+func formatSeconds(vs []float64) string {
+	parts := make([]string, len(vs))
+	for i, v := range vs {
+		parts[i] = strconv.FormatFloat(v, 'f', 3, 64)
+	}
+	return strings.Join(parts, " ")
 }
