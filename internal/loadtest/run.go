@@ -59,6 +59,11 @@ type Result struct {
 	ConnectSeconds float64 // from starting the workers to every gateway's first acknowledged view
 
 	FanoutP50, FanoutP99, FanoutMax float64 // policy commit -> each gateway's acknowledged report
+	// RoundsBusyCPU is the machine's CPU time in use during the rounds
+	// (every process, the kernel's too) and RoundsStolenCPU the time the
+	// hypervisor gave other guests meanwhile: the rounds are CPU-bound,
+	// so stolen time lengthens them (docs/performance.md).
+	RoundsBusyCPU, RoundsStolenCPU float64
 
 	// CPUPerChange is the controllers' CPU seconds (all three nodes,
 	// user+system) per one-gateway change (a gateway joins: add, token,
@@ -208,6 +213,8 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		}
 		res.FinalVersion = p.Version
 		hostNow := readHostCPU()
+		res.RoundsBusyCPU += hostNow.busy - host.busy
+		res.RoundsStolenCPU += hostNow.steal - host.steal
 		logf("round %d: policy version %d acknowledged by all %d gateways %.3fs after its commit (views arrived: p50 %.3fs, p99 %.3fs); CPU s: nodes %.2f, machine %.2f busy, %.2f stolen",
 			r+1, p.Version, o.Gateways, last, quantile(recv, 0.5), quantile(recv, 0.99),
 			cpuSeconds(pids)-nodesCPU, hostNow.busy-host.busy, hostNow.steal-host.steal)

@@ -78,9 +78,9 @@ func run(ctx context.Context, sizes, cache, govnetd string, workers, rounds, cha
 		cpu[n] = r.CPUPerChange
 		fmt.Printf("loadtest: %d gateways: enroll %.1fs (0: cached), connect %.1fs, anonymous RSS %d -> %d MiB, idle CPU %.3f s/s, load average: %s\n",
 			n, r.EnrollSeconds, r.ConnectSeconds, r.RSSBefore>>20, r.RSSAfter>>20, r.IdleCPU, r.Load)
-		fmt.Printf("BenchmarkFanout/gateways=%d \t1\t%.3f p50-s\t%.3f p99-s\t%.3f max-s\t%.4f cpu-s/change\t%.0f B/gateway\t%.3f revoke-p50-s\t%.3f revoke-p99-s\t%.1f connect-s\t%.2f reissue-s\t%.2f reissue-p50-s\t%.0f reissue-node-cpu-us\t%.0f reissue-gateway-cpu-us\n",
+		fmt.Printf("BenchmarkFanout/gateways=%d \t1\t%.3f p50-s\t%.3f p99-s\t%.3f max-s\t%.4f cpu-s/change\t%.0f B/gateway\t%.3f revoke-p50-s\t%.3f revoke-p99-s\t%.1f connect-s\t%.2f reissue-s\t%.2f reissue-p50-s\t%.0f reissue-node-cpu-us\t%.0f reissue-gateway-cpu-us\t%.2f rounds-busy-cpu-s\t%.2f rounds-stolen-cpu-s\n",
 			n, r.FanoutP50, r.FanoutP99, r.FanoutMax, r.CPUPerChange, r.BytesPerGateway, r.RevokeP50, r.RevokeP99, r.ConnectSeconds, r.ReissueSeconds, r.ReissueP50,
-			r.ReissueNodeCPU*1e6, r.ReissueGatewayCPU*1e6)
+			r.ReissueNodeCPU*1e6, r.ReissueGatewayCPU*1e6, r.RoundsBusyCPU, r.RoundsStolenCPU)
 	}
 	// CPU per change at each larger size over that at 1,000 (issue 4's
 	// target is for 20,000).
