@@ -8,10 +8,12 @@ import (
 	"github.com/govnet/govnet/ca"
 )
 
-// issuePool runs certificate issuances on a few long-lived goroutines.
-// At most their number sign at once: a network renewing on an officer's
-// call queues here instead of thousands of issuances sharing the cores
-// with raft. And the deep stack an issuance needs (ASN.1 encoding, the
+// issuePool runs gateways' certificate issuances (enrollments and
+// renewals) on a few long-lived goroutines. At most their number sign at
+// once: a network renewing on an officer's call queues here instead of
+// thousands of issuances sharing the cores with raft. People's and the
+// nodes' own certificates, few and asked for by someone waiting, do not
+// queue behind such a wave: they are issued where they are asked for. And the deep stack an issuance needs (ASN.1 encoding, the
 // lints) is grown once per pool goroutine instead of on each of the
 // thousands of stream goroutines that ask for one: growing and copying
 // those stacks was 5.5% of the nodes' CPU in a re-issue of 20,000
@@ -52,7 +54,7 @@ func (p *issuePool) do(ctx context.Context, f func()) error {
 	return nil
 }
 
-// issue issues a certificate on the node's issuance pool.
+// issue issues a gateway's certificate on the node's issuance pool.
 func (n *Node) issue(ctx context.Context, csr *x509.CertificateRequest, p ca.Profile) (chain []*x509.Certificate, err error) {
 	if perr := n.issues.do(ctx, func() { chain, err = n.ca.Issue(ctx, csr, p) }); perr != nil {
 		return nil, perr

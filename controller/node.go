@@ -82,7 +82,7 @@ type Node struct {
 	streams      *streamSender                      // writes to gateways' streams
 	reports      *groupCommit[GatewayReportRequest] // gateways' reports, committed in batches
 	refresh      *refresher                         // reports that change nothing, committed every reportFlush
-	issues       *issuePool                         // where certificates are issued (Node.issue)
+	issues       *issuePool                         // where gateways' certificates are issued (Node.issue)
 	renewals     *groupCommit[GatewayRenewRequest]  // gateways' renewals, committed in batches
 	archiver     archiver                           // leaderDuties' certificates to archive
 	connsRefused atomic.Uint64                      // connections over max_conns_per_ip, on every listener

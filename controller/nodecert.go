@@ -196,7 +196,7 @@ func (n *Node) issueNodeCert(ctx context.Context, cur *x509.Certificate) (_ *x50
 	if err != nil {
 		return nil, key, err
 	}
-	chain, err := n.issue(ctx, csr, ca.NodeProfile(n.cfg.Node, cur.DNSNames, cur.IPAddresses))
+	chain, err := n.ca.Issue(ctx, csr, ca.NodeProfile(n.cfg.Node, cur.DNSNames, cur.IPAddresses))
 	if err != nil {
 		return nil, key, fmt.Errorf("issue the node certificate: %w", err)
 	}

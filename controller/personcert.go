@@ -269,7 +269,7 @@ func (n *Node) handlePersonEnroll(w http.ResponseWriter, r *http.Request) {
 	}
 	// Sign first, then use the token up: if that loses a race, the
 	// certificate is never handed out.
-	chain, err := n.issue(r.Context(), csr, ca.PersonProfile(tok.Person, tok.Role))
+	chain, err := n.ca.Issue(r.Context(), csr, ca.PersonProfile(tok.Person, tok.Role))
 	if err != nil {
 		n.fail(w, err)
 		return
@@ -321,7 +321,7 @@ func (n *Node) handlePersonRenew(w http.ResponseWriter, r *http.Request) {
 			ErrForbidden, p.Previous, p.Serial, p.Serial))
 		return
 	}
-	chain, err := n.issue(r.Context(), csr, ca.PersonProfile(p.Name, p.Role))
+	chain, err := n.ca.Issue(r.Context(), csr, ca.PersonProfile(p.Name, p.Role))
 	if err != nil {
 		n.fail(w, err)
 		return
