@@ -880,3 +880,40 @@ func TestFormerRoles(t *testing.T) {
 		}
 	}
 }
+
+// TestLANClashesInIDOrder registers a gateway whose LAN overlaps those of
+// several gateways in service: the refusal names each of them, in id
+// order whatever the map's, so that every node applies the same verdict.
+func TestLANClashesInIDOrder(t *testing.T) {
+	for range 5 {
+		f := NewFSM(slog.Default(), nil)
+		cmds := []histCmd{
+			{CmdInitNetwork, &InitNetworkRequest{OverlayPrefix: netip.MustParsePrefix("100.64.0.0/16")}},
+			{CmdAgencyUpsert, &AgencyUpsertRequest{Meta: meta("op"), Code: "000.00.00.H29", Name: "Ủy ban nhân dân tỉnh Quảng Ninh"}},
+		}
+		for _, id := range []string{"gw-d", "gw-b", "gw-c", "gw-a"} {
+			lan := map[string]string{"gw-a": "10.50.2.0/24", "gw-b": "10.50.1.0/24", "gw-c": "10.70.0.0/24", "gw-d": "10.50.3.0/24"}[id]
+			cmds = append(cmds, histCmd{CmdGatewayRegister, &GatewayAddRequest{Meta: meta("op"), ID: id, Agency: "000.00.00.H29", LANs: []netip.Prefix{netip.MustParsePrefix(lan)}}})
+		}
+		for i, c := range cmds {
+			if err := applyCmd(t, f, uint64(i+1), c.t, c.req); err != nil {
+				t.Fatalf("%s: %v", c.t, err)
+			}
+		}
+		err := applyCmd(t, f, uint64(len(cmds)+1), CmdGatewayRegister, &GatewayAddRequest{Meta: meta("op"), ID: "gw-new", Agency: "000.00.00.H29",
+			LANs: []netip.Prefix{netip.MustParsePrefix("10.50.0.0/16"), netip.MustParsePrefix("10.80.0.0/24")}})
+		want := "LAN prefix 10.50.0.0/16 overlaps 10.50.2.0/24 of gateway gw-a\n" +
+			"LAN prefix 10.50.0.0/16 overlaps 10.50.1.0/24 of gateway gw-b\n" +
+			"LAN prefix 10.50.0.0/16 overlaps 10.50.3.0/24 of gateway gw-d"
+		if !errors.Is(err, ErrConflict) || !strings.HasSuffix(err.Error(), want) {
+			t.Fatalf("got %v, want a conflict ending\n%s", err, want)
+		}
+		if _, ok := f.State().Gateway("gw-new"); ok {
+			t.Fatal("the refused gateway was registered")
+		}
+		// No LAN at all: nothing to clash with.
+		if err := applyCmd(t, f, uint64(len(cmds)+2), CmdGatewayRegister, &GatewayAddRequest{Meta: meta("op"), ID: "gw-e", Agency: "000.00.00.H29"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -348,22 +347,37 @@ func (s *State) lanProblems(lans []netip.Prefix) error {
 	if len(errs) > 0 {
 		return fmt.Errorf("%w: %w", ErrBadRequest, errors.Join(errs...))
 	}
-	for _, id := range slices.Sorted(maps.Keys(s.gateways)) {
-		if st := s.gateways[id].Status; st == api.StatusDecommissioned || st == api.StatusRevoked {
+	if len(lans) == 0 {
+		return nil
+	}
+	// One pass over the gateways in map order (a join at 20,000 gateways
+	// sorted all their ids on every node: two thirds of its CPU); the
+	// clashes found are then named in id order, the same on every node.
+	var clashes []*api.Gateway
+	for _, g := range s.gateways {
+		if g.Status == api.StatusDecommissioned || g.Status == api.StatusRevoked {
 			continue // its networks are free for the gateway that replaces it
 		}
-		for _, q := range s.gateways[id].LANs {
+		if slices.ContainsFunc(g.LANs, func(q netip.Prefix) bool {
+			return slices.ContainsFunc(lans, q.Overlaps)
+		}) {
+			clashes = append(clashes, g)
+		}
+	}
+	if len(clashes) == 0 {
+		return nil
+	}
+	sortBy(clashes, func(g *api.Gateway) string { return g.ID })
+	for _, g := range clashes {
+		for _, q := range g.LANs {
 			for _, p := range lans {
 				if p.Overlaps(q) {
-					errs = append(errs, fmt.Errorf("LAN prefix %s overlaps %s of gateway %s", p, q, id))
+					errs = append(errs, fmt.Errorf("LAN prefix %s overlaps %s of gateway %s", p, q, g.ID))
 				}
 			}
 		}
 	}
-	if len(errs) > 0 {
-		return fmt.Errorf("%w: %w", ErrConflict, errors.Join(errs...))
-	}
-	return nil
+	return fmt.Errorf("%w: %w", ErrConflict, errors.Join(errs...))
 }
 
 func validID(id string) bool {
