@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
+	"sync"
 
 	"github.com/govnet/govnet/ca"
 )
@@ -25,18 +26,23 @@ type issuePool struct {
 
 var errShuttingDown = errors.New("the node is shutting down")
 
-func newIssuePool() *issuePool { return &issuePool{jobs: make(chan func())} }
-
-// run serves jobs until ctx ends; the node starts 2 × GOMAXPROCS of them.
-func (p *issuePool) run(ctx context.Context) {
-	for {
-		select {
-		case f := <-p.jobs:
-			f()
-		case <-ctx.Done():
-			return
-		}
+// startIssuePool starts size goroutines, counted in wg, that serve jobs
+// until ctx ends.
+func startIssuePool(ctx context.Context, wg *sync.WaitGroup, size int) *issuePool {
+	p := &issuePool{jobs: make(chan func()), stop: ctx.Done()}
+	for range size {
+		wg.Go(func() {
+			for {
+				select {
+				case f := <-p.jobs:
+					f()
+				case <-ctx.Done():
+					return
+				}
+			}
+		})
 	}
+	return p
 }
 
 // do runs f on a pool goroutine and returns once it has run, or without

@@ -3,15 +3,15 @@ package controller
 import (
 	"context"
 	"errors"
+	"sync"
 	"testing"
 	"time"
 )
 
 func TestIssuePool(t *testing.T) {
 	ctx, stop := context.WithCancel(context.Background())
-	p := newIssuePool()
-	p.stop = ctx.Done()
-	go p.run(ctx) // one goroutine
+	var wg sync.WaitGroup
+	p := startIssuePool(ctx, &wg, 1)
 
 	ran := false
 	if err := p.do(context.Background(), func() { ran = true }); err != nil || !ran {
@@ -31,6 +31,7 @@ func TestIssuePool(t *testing.T) {
 	close(release)
 
 	stop() // wakes the idle goroutine out of its select: no send can reach it
+	wg.Wait()
 	if err := p.do(context.Background(), func() { t.Error("ran on a stopped pool") }); !errors.Is(err, errShuttingDown) {
 		t.Fatalf("stopped pool: %v", err)
 	}

@@ -118,7 +118,6 @@ func start(ctx context.Context, cfg Config, log *slog.Logger, now func() time.Ti
 	}
 	n.reports = newReportRecorder(n)
 	n.refresh = &refresher{n: n, heartbeat: n.cfg.Raft.withDefaults().HeartbeatTimeout}
-	n.issues = newIssuePool()
 	n.streams = newStreamSender(n) // before raft: applying a renewal call wakes the streams
 	n.renewals = newRenewRecorder(n)
 	n.metrics = newNodeMetrics(n)
@@ -150,11 +149,7 @@ func start(ctx context.Context, cfg Config, log *slog.Logger, now func() time.Ti
 		go func() { defer n.wg.Done(); n.streams.run(ctx, tick) }()
 	}
 	context.AfterFunc(ctx, beats.Stop)
-	n.issues.stop = ctx.Done()
-	for range 2 * runtime.GOMAXPROCS(0) {
-		n.wg.Add(1)
-		go func() { defer n.wg.Done(); n.issues.run(ctx) }()
-	}
+	n.issues = startIssuePool(ctx, &n.wg, 2*runtime.GOMAXPROCS(0)) // before serve: handlers issue on it
 	if err := n.serve(); err != nil {
 		return nil, err
 	}

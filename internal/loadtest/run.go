@@ -799,20 +799,12 @@ func readHostCPU() hostCPU {
 	if len(f) < 9 || f[0] != "cpu" {
 		return hostCPU{}
 	}
-	var h hostCPU
-	for i, v := range f[1:] {
-		n, _ := strconv.ParseFloat(v, 64)
-		switch i {
-		case 3, 4: // idle, iowait
-		case 7:
-			h.steal = n / clockTicks
-		default:
-			if i < 7 {
-				h.busy += n / clockTicks
-			}
-		}
+	var t [8]float64
+	for i := range t {
+		t[i], _ = strconv.ParseFloat(f[1+i], 64)
+		t[i] /= clockTicks
 	}
-	return h
+	return hostCPU{busy: t[0] + t[1] + t[2] + t[5] + t[6], steal: t[7]}
 }
 
 // rss sums the processes' anonymous resident memory (RssAnon: heap,
