@@ -31,7 +31,11 @@ import (
 // follower retry, so a write is never applied twice.
 const (
 	notLeaderHeader = "X-Govnet-Not-Leader"
-	actorHeader     = "X-Govnet-Actor"
+	// leadershipLostHeader marks an error answer to a forwarded write
+	// that was in the leader's log when it lost leadership
+	// (errLeadershipLost).
+	leadershipLostHeader = "X-Govnet-Leadership-Lost"
+	actorHeader          = "X-Govnet-Actor"
 	// ConsistencyHeader asks for a linearizable read: the answering node
 	// first catches up with everything the leader had committed when the
 	// request arrived.
@@ -141,6 +145,9 @@ func (n *Node) peerCall(ctx context.Context, apiAddr, path, ctype string, body i
 		_ = json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&e)
 		if resp.Header.Get(notLeaderHeader) != "" {
 			return fmt.Errorf("%w: %s", ErrNotLeader, e.Error)
+		}
+		if resp.Header.Get(leadershipLostHeader) != "" {
+			return fmt.Errorf("leader at %s: %w", apiAddr, errLeadershipLost)
 		}
 		for _, k := range []struct {
 			code int

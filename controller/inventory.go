@@ -543,15 +543,27 @@ func newCertRecorder(n *Node, actor string) *certRecorder {
 }
 
 // newRenewRecorder commits renewals in batches (CmdGatewayRenews), a
-// lone one as CmdGatewayRenew.
+// lone one as CmdGatewayRenew. A batch that a leader's step-down leaves
+// in doubt is settled (Node.submitSettled): when the whole network
+// renews at once, the step-downs a saturated cluster has would otherwise
+// throw away certificates already signed for hundreds of gateways, which
+// then wait, reconnect and renew again.
 func newRenewRecorder(n *Node) *groupCommit[GatewayRenewRequest] {
 	return &groupCommit[GatewayRenewRequest]{max: maxRecordBatch, commit: func(ctx context.Context, rs []GatewayRenewRequest) error {
-		if len(rs) == 1 {
-			_, err := n.submit(ctx, CmdGatewayRenew, &rs[0])
-			return err
+		recorded := func(s *State) bool {
+			s.mu.RLock()
+			defer s.mu.RUnlock()
+			for i := range rs {
+				if _, ok := s.certs[rs[i].Cert.Serial]; !ok {
+					return false
+				}
+			}
+			return true
 		}
-		_, err := n.submit(ctx, CmdGatewayRenews, &GatewayRenewsRequest{Meta: n.meta("node:" + n.cfg.Node), Renewals: rs})
-		return err
+		if len(rs) == 1 {
+			return n.submitSettled(ctx, CmdGatewayRenew, &rs[0], recorded)
+		}
+		return n.submitSettled(ctx, CmdGatewayRenews, &GatewayRenewsRequest{Meta: n.meta("node:" + n.cfg.Node), Renewals: rs}, recorded)
 	}}
 }
 

@@ -460,6 +460,12 @@ var ErrNoLeader = errors.New("no raft leader is known")
 // being committed: it may or may not have taken effect.
 var ErrUnknownOutcome = errors.New("leadership changed while committing: the write may or may not have taken effect")
 
+// errLeadershipLost is the ErrUnknownOutcome of a write that was in the
+// log of a leader that then lost leadership (raft.ErrLeadershipLost), as
+// opposed to one whose forwarding failed in transit: nothing can still
+// be submitting it, so submitSettled can find out what became of it.
+var errLeadershipLost = fmt.Errorf("%w", ErrUnknownOutcome)
+
 // submit commits a command through raft, on this node if it leads or
 // forwarded to the leader, and returns its index and the state machine's
 // verdict. It retries while no write can have happened (no leader, or the
@@ -494,6 +500,39 @@ func (n *Node) submit(ctx context.Context, t CommandType, req any) (uint64, erro
 	}
 }
 
+// submitSettled is submit for a write that must not be left in doubt
+// when its leader loses leadership while committing it (a renewal, whose
+// certificate the gateway is waiting for). Once the next leader has
+// committed a barrier and this node has applied as far, an entry of the
+// earlier term either was applied or never will be (raft's leader
+// completeness); committed says, from the state, which. A write that
+// did not take effect is submitted again, up to three times in all.
+func (n *Node) submitSettled(ctx context.Context, t CommandType, req any, committed func(*State) bool) error {
+	return n.settle(ctx, t, func() error {
+		_, err := n.submit(ctx, t, req)
+		return err
+	}, committed)
+}
+
+// settle runs submit, and again while it fails with errLeadershipLost
+// and committed says the write did not take effect (three times in all).
+func (n *Node) settle(ctx context.Context, t CommandType, submit func() error, committed func(*State) bool) error {
+	for try := 1; ; try++ {
+		err := submit()
+		if !errors.Is(err, errLeadershipLost) || try == 3 {
+			return err
+		}
+		if lerr := n.linearizable(ctx); lerr != nil {
+			return err
+		}
+		if committed(n.fsm.State()) {
+			n.log.Info("a write left in doubt by a leadership change was committed", "command", t.String())
+			return nil
+		}
+		n.log.Info("a write lost to a leadership change: submitting it again", "command", t.String())
+	}
+}
+
 // submitOnce makes one attempt. verdict is the state machine's answer to
 // a committed command; err is raft's or the transport's, and wraps
 // ErrNotLeader or ErrNoLeader only when nothing was written.
@@ -522,7 +561,7 @@ func (n *Node) applyLocal(ctx context.Context, t CommandType, b []byte) (uint64,
 		case errors.Is(err, raft.ErrNotLeader):
 			return 0, nil, ErrNotLeader
 		case errors.Is(err, raft.ErrLeadershipLost):
-			return 0, nil, fmt.Errorf("raft apply %s: %w", t, ErrUnknownOutcome)
+			return 0, nil, fmt.Errorf("raft apply %s: %w", t, errLeadershipLost)
 		}
 		return 0, nil, fmt.Errorf("raft apply %s: %w", t, err)
 	}

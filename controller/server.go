@@ -363,7 +363,8 @@ func (n *Node) handleEnroll(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rec := n.certRecord(chain[0])
-	_, err = n.submit(r.Context(), CmdGatewayEnroll, &GatewayEnrollRequest{
+	recorded := func(s *State) bool { _, ok := s.Certificate(rec.Serial); return ok }
+	err = n.submitSettled(r.Context(), CmdGatewayEnroll, &GatewayEnrollRequest{
 		Meta:        n.meta("gateway:" + gw.ID),
 		Gateway:     gw.ID,
 		TokenHash:   hash,
@@ -372,7 +373,7 @@ func (n *Node) handleEnroll(w http.ResponseWriter, r *http.Request) {
 		CertSerial:  ca.Serial(chain[0]),
 		CertExpires: chain[0].NotAfter.UTC(),
 		Cert:        &rec,
-	})
+	}, recorded)
 	if err != nil {
 		// The attempt this one repeats may have committed first (the
 		// gateway asked again while it was in flight).
@@ -589,7 +590,14 @@ func reportWeight(r GatewayReportRequest) int {
 func newReportRecorder(n *Node) *groupCommit[GatewayReportRequest] {
 	return &groupCommit[GatewayReportRequest]{max: maxReportBatch, weigh: reportWeight, maxWeight: maxReportWeight,
 		commit: func(ctx context.Context, reps []GatewayReportRequest) error {
-			_, err := n.submit(ctx, CmdGatewayReportsPacked, &GatewayReportsRequest{Meta: n.meta("node:" + n.cfg.Node), Reports: reps})
+			req := &GatewayReportsRequest{Meta: n.meta("node:" + n.cfg.Node), Reports: reps}
+			_, err := n.submit(ctx, CmdGatewayReportsPacked, req)
+			if errors.Is(err, errLeadershipLost) {
+				// A report says what a gateway holds: applied twice, it
+				// says it twice. Submitted again at once, rather than
+				// each gateway of the batch retrying after its wait.
+				_, err = n.submit(ctx, CmdGatewayReportsPacked, req)
+			}
 			return err
 		}}
 }
@@ -821,8 +829,11 @@ func CheckPolicy(name string, src []byte, s *State) error {
 // fail maps an error to a status; internal causes are logged, not sent.
 func (n *Node) fail(w http.ResponseWriter, err error) {
 	status, msg := n.errorStatus(err)
-	if errors.Is(err, ErrNotLeader) {
+	switch {
+	case errors.Is(err, ErrNotLeader):
 		w.Header().Set(notLeaderHeader, "1")
+	case errors.Is(err, errLeadershipLost):
+		w.Header().Set(leadershipLostHeader, "1")
 	}
 	writeError(w, status, msg)
 }
