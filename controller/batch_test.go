@@ -15,8 +15,8 @@ import (
 // TestGroupCommitBatches holds the first commit until every other item is
 // waiting, then checks how the rest are cut: in arrival order, at most max
 // items and maxWeight of weight a batch, an item heavier than maxWeight
-// alone, and a refused batch committed item by item so that only the bad
-// item fails.
+// alone, and a refused batch committed in halves, a refused half halved
+// again, so that only the bad item fails.
 func TestGroupCommitBatches(t *testing.T) {
 	release := make(chan struct{})
 	var mu sync.Mutex
@@ -74,7 +74,7 @@ func TestGroupCommitBatches(t *testing.T) {
 			t.Errorf("item %d: %v", it, err)
 		}
 	}
-	want := [][]int{{0}, {1, 2, 3, 4}, {5, 6, 112}, {113}, {200}, {7, 8, 13, 9}, {7}, {8}, {13}, {9}}
+	want := [][]int{{0}, {1, 2, 3, 4}, {5, 6, 112}, {113}, {200}, {7, 8, 13, 9}, {7, 8}, {13, 9}, {13}, {9}}
 	if fmt.Sprint(batches) != fmt.Sprint(want) {
 		t.Errorf("batches %v, want %v", batches, want)
 	}

@@ -567,20 +567,30 @@ func (n *Node) renewableFrom(gateway, serial string) bool {
 // lost answer can be retried with. issued, if set, learns the new serial
 // before it is committed.
 func (n *Node) renewGateway(ctx context.Context, gateway, presented, from, held string, req api.RenewRequest, issued func(serial string)) (*api.RenewResponse, *x509.Certificate, error) {
-	csr, err := ca.ReadCSR([]byte(req.CSR))
-	if err != nil {
-		return nil, nil, fmt.Errorf("%w: csr: %w", ErrBadRequest, err)
-	}
 	g, _ := n.State().Gateway(gateway)
 	old := presented
 	if from != "" {
-		if !n.keyOfCert(g.CertSerial, csr) {
-			return nil, nil, fmt.Errorf("%w: certificate %s is not gateway %s's current certificate (%s); renewing from it takes a CSR for the key of %s, the renewal whose answer was lost",
-				ErrForbidden, presented, g.ID, g.CertSerial, g.CertSerial)
-		}
 		old = g.CertSerial
 	}
-	chain, err := n.issue(ctx, csr, ca.GatewayProfile(g.ID, g.Agency))
+	var chain []*x509.Certificate
+	var err error
+	// The CSR is parsed on the issuance pool too: its ASN.1 parsing
+	// grows a stream goroutine's stack as signing would (issuePool),
+	// which was 4% of the nodes' CPU in a re-issue of 20,000 gateways.
+	if perr := n.issues.do(ctx, func() {
+		csr, cerr := ca.ReadCSR([]byte(req.CSR))
+		switch {
+		case cerr != nil:
+			err = fmt.Errorf("%w: csr: %w", ErrBadRequest, cerr)
+		case from != "" && !n.keyOfCert(g.CertSerial, csr):
+			err = fmt.Errorf("%w: certificate %s is not gateway %s's current certificate (%s); renewing from it takes a CSR for the key of %s, the renewal whose answer was lost",
+				ErrForbidden, presented, g.ID, g.CertSerial, g.CertSerial)
+		default:
+			chain, err = n.ca.Issue(ctx, csr, ca.GatewayProfile(g.ID, g.Agency))
+		}
+	}); perr != nil {
+		return nil, nil, perr
+	}
 	if err != nil {
 		return nil, nil, err
 	}
