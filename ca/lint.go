@@ -126,24 +126,10 @@ func lintRegistry() (lint.Registry, error) {
 		for name := range LintExclusions {
 			exclude = append(exclude, name)
 		}
-		var r lint.Registry
-		r, registryErr = lint.GlobalRegistry().Filter(lint.FilterOptions{IncludeSources: LintSources, ExcludeNames: exclude})
-		if registryErr == nil {
-			registry = namesOnce{r, r.Names()}
-		}
+		registry, registryErr = lint.GlobalRegistry().Filter(lint.FilterOptions{IncludeSources: LintSources, ExcludeNames: exclude})
 	})
 	return registry, registryErr
 }
-
-// namesOnce is a registry whose Names are sorted once: zlint asks for
-// them on every certificate (to size its results), and zlint's registry
-// sorts them afresh each time, 8% of a lint.
-type namesOnce struct {
-	lint.Registry
-	names []string
-}
-
-func (r namesOnce) Names() []string { return slices.Clone(r.names) }
 
 // ZlintNames returns the zlint lints run before signing (for listing in
 // documentation and audits).
