@@ -526,10 +526,10 @@ func (n *Node) settle(ctx context.Context, t CommandType, submit func() error, c
 			return err
 		}
 		if committed(n.fsm.State()) {
-			n.log.Info("a write left in doubt by a leadership change was committed", "command", t.String())
+			n.log.Warn("a write left in doubt by a leadership change was committed", "command", t.String())
 			return nil
 		}
-		n.log.Info("a write lost to a leadership change: submitting it again", "command", t.String())
+		n.log.Warn("a write lost to a leadership change: submitting it again", "command", t.String())
 	}
 }
 

@@ -596,6 +596,7 @@ func newReportRecorder(n *Node) *groupCommit[GatewayReportRequest] {
 				// A report says what a gateway holds: applied twice, it
 				// says it twice. Submitted again at once, rather than
 				// each gateway of the batch retrying after its wait.
+				n.log.Warn("a batch of reports left in doubt by a leadership change: submitting it again", "reports", len(reps))
 				_, err = n.submit(ctx, CmdGatewayReportsPacked, req)
 			}
 			return err
