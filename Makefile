@@ -95,13 +95,16 @@ bench: deps
 # so a rerun skips enrollment (remove the directory to start afresh).
 # Prints the figures and merges them into bench-results.json;
 # docs/performance.md, "Controller fan-out under load", explains them.
-FANOUT_SIZES ?= 1000,5000,20000
-FANOUT_LOG   := $(BIN)/bench-fanout.log
+# Each round's time and CPU, the re-issue and the nodes' warnings (raft
+# elections, step-downs) go to $(FANOUT_PROGRESS).
+FANOUT_SIZES    ?= 1000,5000,20000
+FANOUT_LOG      := $(BIN)/bench-fanout.log
+FANOUT_PROGRESS := $(BIN)/bench-fanout-progress.log
 bench-fanout: SHELL := /bin/bash
 bench-fanout: build
 	@$(GO) build -o $(BIN)/ ./internal/loadtest/cmd/govnet-load; \
 	uptime | tee $(FANOUT_LOG); \
-	$(BIN)/govnet-load -govnetd $(BIN)/govnetd -gateways $(FANOUT_SIZES) -cache-dir .bench-cache 2>&1 | tee -a $(FANOUT_LOG); \
+	$(BIN)/govnet-load -govnetd $(BIN)/govnetd -gateways $(FANOUT_SIZES) -cache-dir .bench-cache -progress $(FANOUT_PROGRESS) 2>&1 | tee -a $(FANOUT_LOG); \
 	st=$${PIPESTATUS[0]}; \
 	uptime | tee -a $(FANOUT_LOG); \
 	grep -E '^(fanout\.|controller\.bytes_per_gateway |revoke\.enforced_p99_s |ca\.reissue_((p50_)?20000_s|(node|gateway)_cpu_us_20000) )' $(BENCH_MAP) >$(BIN)/fanout.map; \

@@ -5,6 +5,12 @@
 //
 //	govnet-load -govnetd bin/govnetd -gateways 1000,5000,20000 -cache-dir .bench-cache
 //
+// With -verbose (to stderr) or -progress FILE it also records each size's
+// progress: every policy round's time and CPU (the nodes', the machine's
+// in use and stolen), each join's CPU, the re-issue, and the nodes'
+// warnings (raft elections, step-downs, writes left in doubt), which say
+// why a run's figures differ from another's.
+//
 // A size that fails (the cluster does not hold it) prints a FAIL line and
 // the others are still measured; the exit status is then 1.
 package main
@@ -13,6 +19,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"strconv"
@@ -36,17 +43,31 @@ func main() {
 	apiPort := flag.Int("api-port", 17443, "API port of every node (the next port serves plain HTTP)")
 	raftPort := flag.Int("raft-port", 17000, "raft port of every node")
 	verbose := flag.Bool("verbose", false, "log progress and the nodes' warnings to stderr")
+	progressFile := flag.String("progress", "", "also write progress and the nodes' warnings to this file (created or truncated)")
 	flag.Parse()
 
+	var progress []io.Writer
+	if *verbose {
+		progress = append(progress, os.Stderr)
+	}
+	if *progressFile != "" {
+		f, err := os.Create(*progressFile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "govnet-load:", err)
+			os.Exit(1)
+		}
+		defer f.Close()
+		progress = append(progress, f)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *sizes, *cache, *govnetd, *workers, *rounds, *changes, *connectRate, *reportEvery, *apiPort, *raftPort, *verbose); err != nil {
+	if err := run(ctx, *sizes, *cache, *govnetd, *workers, *rounds, *changes, *connectRate, *reportEvery, *apiPort, *raftPort, progress); err != nil {
 		fmt.Fprintln(os.Stderr, "govnet-load:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, sizes, cache, govnetd string, workers, rounds, changes int, connectRate float64, reportEvery time.Duration, apiPort, raftPort int, verbose bool) error {
+func run(ctx context.Context, sizes, cache, govnetd string, workers, rounds, changes int, connectRate float64, reportEvery time.Duration, apiPort, raftPort int, progress []io.Writer) error {
 	var ns []int
 	for _, s := range strings.Split(sizes, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
@@ -64,8 +85,8 @@ func run(ctx context.Context, sizes, cache, govnetd string, workers, rounds, cha
 		if cache != "" {
 			o.CacheDir = fmt.Sprintf("%s/n%d", cache, n)
 		}
-		if verbose {
-			o.Log = os.Stderr
+		if len(progress) > 0 {
+			o.Log = io.MultiWriter(progress...)
 		}
 		r, err := loadtest.Run(ctx, o)
 		if err != nil {
