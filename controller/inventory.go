@@ -122,6 +122,20 @@ func (s *State) Certificate(serial string) (api.Certificate, bool) {
 	return c, ok
 }
 
+// recorded says whether every certificate of serials is in the inventory
+// or the archive (how submitSettled learns what became of a write that
+// records them).
+func (s *State) recorded(serials ...string) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	for _, serial := range serials {
+		if _, ok, _ := s.findCert(normSerial(serial)); !ok {
+			return false
+		}
+	}
+	return true
+}
+
 // LookupCertificate is Certificate with the archive's read error.
 func (s *State) LookupCertificate(serial string) (api.Certificate, bool, error) {
 	s.mu.RLock()
@@ -550,16 +564,11 @@ func newCertRecorder(n *Node, actor string) *certRecorder {
 // then wait, reconnect and renew again.
 func newRenewRecorder(n *Node) *groupCommit[GatewayRenewRequest] {
 	return &groupCommit[GatewayRenewRequest]{max: maxRecordBatch, commit: func(ctx context.Context, rs []GatewayRenewRequest) error {
-		recorded := func(s *State) bool {
-			s.mu.RLock()
-			defer s.mu.RUnlock()
-			for i := range rs {
-				if _, ok := s.certs[rs[i].Cert.Serial]; !ok {
-					return false
-				}
-			}
-			return true
+		serials := make([]string, len(rs))
+		for i := range rs {
+			serials[i] = rs[i].Cert.Serial
 		}
+		recorded := func(s *State) bool { return s.recorded(serials...) }
 		if len(rs) == 1 {
 			return n.submitSettled(ctx, CmdGatewayRenew, &rs[0], recorded)
 		}

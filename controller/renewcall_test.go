@@ -226,6 +226,10 @@ func TestRenewRetryAfterLostAnswer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// What a node settling a renewal left in doubt would find.
+	if !n.State().recorded(s, strings.ToUpper(lost.Serial)) || n.State().recorded(lost.Serial, "f"+lost.Serial) {
+		t.Fatalf("recorded(%s, %s) wrong", s, lost.Serial)
+	}
 	// Again with S, for another key: refused, nothing recorded.
 	k3, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	_, err = first.Renew(ctx, csrOf(k3))

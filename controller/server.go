@@ -363,7 +363,7 @@ func (n *Node) handleEnroll(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rec := n.certRecord(chain[0])
-	recorded := func(s *State) bool { _, ok := s.Certificate(rec.Serial); return ok }
+	recorded := func(s *State) bool { return s.recorded(rec.Serial) }
 	err = n.submitSettled(r.Context(), CmdGatewayEnroll, &GatewayEnrollRequest{
 		Meta:        n.meta("gateway:" + gw.ID),
 		Gateway:     gw.ID,
