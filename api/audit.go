@@ -1,15 +1,14 @@
 package api
 
 import (
-	"crypto/ecdsa"
 	"crypto/sha256"
 	"crypto/x509"
-	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"time"
+
+	certchain "github.com/govnet/govnet/ca/chain"
 )
 
 // AuditEntry is one link of the audit chain that the controllers keep in
@@ -118,22 +117,9 @@ func (c AuditCheckpoint) CheckpointMessage() []byte {
 // against roots, and that entries (an export from seq 1) reach its head
 // unchanged: a chain cut short or rewritten before the head fails.
 func VerifyCheckpoint(cp AuditCheckpoint, roots *x509.CertPool, entries []AuditEntry) error {
-	var certs []*x509.Certificate
-	rest := []byte(cp.Chain)
-	for {
-		var b *pem.Block
-		b, rest = pem.Decode(rest)
-		if b == nil {
-			break
-		}
-		c, err := x509.ParseCertificate(b.Bytes)
-		if err != nil {
-			return fmt.Errorf("checkpoint chain: %w", err)
-		}
-		certs = append(certs, c)
-	}
-	if len(certs) == 0 {
-		return fmt.Errorf("checkpoint carries no certificate")
+	certs, err := certchain.ParsePEM([]byte(cp.Chain))
+	if err != nil {
+		return fmt.Errorf("checkpoint: %w", err)
 	}
 	inter := x509.NewCertPool()
 	for _, c := range certs[1:] {
@@ -142,11 +128,8 @@ func VerifyCheckpoint(cp AuditCheckpoint, roots *x509.CertPool, entries []AuditE
 	if _, err := certs[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
 		return fmt.Errorf("checkpoint certificate: %w", err)
 	}
-	pub, ok := certs[0].PublicKey.(*ecdsa.PublicKey)
-	sig, err := base64.StdEncoding.DecodeString(cp.Signature)
-	digest := sha256.Sum256(cp.CheckpointMessage())
-	if !ok || err != nil || !ecdsa.VerifyASN1(pub, digest[:], sig) {
-		return fmt.Errorf("checkpoint signature does not verify")
+	if err := checkSHA256Signature(certs[0], cp.CheckpointMessage(), cp.Signature); err != nil {
+		return fmt.Errorf("checkpoint: %w", err)
 	}
 	for _, e := range entries {
 		if e.Seq == cp.Seq {

@@ -342,7 +342,10 @@ func (c *Client) Metrics(ctx context.Context) (string, error) {
 	return string(b), err
 }
 
-// SaveSnapshot writes a backup of the replicated state to w.
+// SaveSnapshot writes a backup of the replicated state to w. When the
+// client trusts a root (TLSConfig), it checks the backup's signature
+// line as it writes (BackupDigest): a backup cut short, or signed by no
+// node of that root, is an error.
 func (c *Client) SaveSnapshot(ctx context.Context, w io.Writer) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/v1/cluster/snapshot", nil)
 	if err != nil {
@@ -356,8 +359,17 @@ func (c *Client) SaveSnapshot(ctx context.Context, w io.Writer) error {
 	if err := checkStatus(resp); err != nil {
 		return err
 	}
-	_, err = io.Copy(w, resp.Body)
-	return err
+	d := NewBackupDigest()
+	if _, err := io.Copy(io.MultiWriter(w, d), resp.Body); err != nil {
+		return err
+	}
+	if c.conns.tls == nil || c.conns.tls.RootCAs == nil {
+		return nil
+	}
+	if _, _, err := d.Verify(c.conns.tls.RootCAs); err != nil {
+		return fmt.Errorf("the backup received does not check out: %w", err)
+	}
+	return nil
 }
 
 // RestoreSnapshot replaces the whole cluster's state with a backup.

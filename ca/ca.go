@@ -26,6 +26,8 @@ import (
 	"github.com/smallstep/certificates/authority"
 	"github.com/smallstep/certificates/authority/provisioner"
 	casapi "github.com/smallstep/certificates/cas/apiv1"
+
+	certchain "github.com/govnet/govnet/ca/chain"
 )
 
 // Default lifetimes.
@@ -478,26 +480,5 @@ func EncodePEM(certs ...*x509.Certificate) []byte {
 	return out
 }
 
-// ParsePEM decodes a PEM chain of certificates.
-func ParsePEM(data []byte) ([]*x509.Certificate, error) {
-	var certs []*x509.Certificate
-	for {
-		var block *pem.Block
-		block, data = pem.Decode(data)
-		if block == nil {
-			break
-		}
-		if block.Type != "CERTIFICATE" {
-			continue
-		}
-		c, err := x509.ParseCertificate(block.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("parse certificate: %w", err)
-		}
-		certs = append(certs, c)
-	}
-	if len(certs) == 0 {
-		return nil, errors.New("no PEM certificate found")
-	}
-	return certs, nil
-}
+// ParsePEM decodes a PEM chain of certificates (chain.ParsePEM).
+func ParsePEM(data []byte) ([]*x509.Certificate, error) { return certchain.ParsePEM(data) }

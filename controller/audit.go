@@ -55,21 +55,33 @@ func (n *Node) handleCheckpoints(w http.ResponseWriter, r *http.Request, _ ca.Id
 // TLS key; the checkpoint carries the certificate chain that proves it.
 func (n *Node) signCheckpoint(head api.AuditEntry) (api.AuditCheckpoint, error) {
 	cp := api.AuditCheckpoint{Seq: head.Seq, Hash: head.Hash, At: n.now().UTC(), Node: n.cfg.Node}
-	cert := n.cert.Load()
-	signer, ok := cert.PrivateKey.(crypto.Signer)
-	if !ok {
-		return cp, fmt.Errorf("node key %T cannot sign", cert.PrivateKey)
-	}
-	digest := sha256.Sum256(cp.CheckpointMessage())
-	sig, err := signer.Sign(rand.Reader, digest[:], crypto.SHA256)
+	var err error
+	cp.Signature, cp.Chain, err = n.signStatement(cp.CheckpointMessage())
 	if err != nil {
 		return cp, fmt.Errorf("sign checkpoint: %w", err)
 	}
-	cp.Signature = base64.StdEncoding.EncodeToString(sig)
-	for _, der := range cert.Certificate {
-		cp.Chain += string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
-	}
 	return cp, nil
+}
+
+// signStatement signs the SHA-256 of msg, a statement of this node's
+// (an audit checkpoint, a backup), with its TLS key. It returns the
+// signature in base64 and the certificate chain that proves the key, in
+// PEM: the node certificate, its intermediate.
+func (n *Node) signStatement(msg []byte) (sig, chain string, err error) {
+	cert := n.cert.Load()
+	signer, ok := cert.PrivateKey.(crypto.Signer)
+	if !ok {
+		return "", "", fmt.Errorf("node key %T cannot sign", cert.PrivateKey)
+	}
+	digest := sha256.Sum256(msg)
+	raw, err := signer.Sign(rand.Reader, digest[:], crypto.SHA256)
+	if err != nil {
+		return "", "", err
+	}
+	for _, der := range cert.Certificate {
+		chain += string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
+	}
+	return base64.StdEncoding.EncodeToString(raw), chain, nil
 }
 
 // checkpointIfDue runs on the leader: once the configured period has

@@ -498,7 +498,8 @@ func (n *Node) writeStatus(w http.ResponseWriter, r *http.Request) {
 }
 
 // handleSnapshotSave streams a backup: the state as of a linearizable
-// read, in the snapshot format raft itself stores.
+// read, in the snapshot format raft itself stores, and this node's
+// signature of it (writeBackup).
 func (n *Node) handleSnapshotSave(w http.ResponseWriter, r *http.Request, _ ca.Identity) {
 	if err := n.linearizable(r.Context()); err != nil {
 		n.fail(w, err)
@@ -510,7 +511,9 @@ func (n *Node) handleSnapshotSave(w http.ResponseWriter, r *http.Request, _ ca.I
 		return
 	}
 	w.Header().Set("Content-Type", "application/x-ndjson")
-	if err := snap.Persist(&httpSink{w: w}); err != nil {
+	if err := n.writeBackup(w, snap.(*fsmSnapshot)); err != nil {
+		// The answer has begun: the client sees a backup without its
+		// signature line, which it and every restore refuse.
 		n.log.Error("snapshot save", "err", err)
 	}
 }
@@ -539,7 +542,12 @@ func (n *Node) handleSnapshotRestore(w http.ResponseWriter, r *http.Request, id 
 		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("snapshot: %v", err))
 		return
 	}
-	ns, err := readSnapshot(bytes.NewReader(b), n.fsm.spillDir)
+	state, sig, err := n.checkBackup(b)
+	if err != nil {
+		n.fail(w, err)
+		return
+	}
+	ns, err := readSnapshot(bytes.NewReader(state), n.fsm.spillDir)
 	if errors.Is(err, errSpillIO) { // this node's disk, not the backup
 		writeError(w, http.StatusInternalServerError, "check the backup: "+err.Error())
 		return
@@ -569,10 +577,11 @@ func (n *Node) handleSnapshotRestore(w http.ResponseWriter, r *http.Request, id 
 		if p, ok := n.State().Person(actor); ok {
 			info.Role = p.Role
 		}
-		if err := n.restoreBackup(ctx, b, info); err != nil {
+		if err := n.restoreBackup(ctx, state, info); err != nil {
 			return err
 		}
-		n.log.Warn("state restored from a backup", "actor", actor, "raft_index", n.State().Index(), "backup_index", ns.index, "backup_sha256", info.BackupSHA256)
+		n.log.Warn("state restored from a backup", "actor", actor, "raft_index", n.State().Index(), "backup_index", ns.index, "backup_sha256", info.BackupSHA256,
+			"signed_by", sig.Node, "signed_at", sig.At)
 		return nil
 	})
 	if err != nil {

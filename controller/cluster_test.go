@@ -754,7 +754,7 @@ func TestClusterFaults(t *testing.T) {
 		_, err = c.op[f].RestoreSnapshot(ctx, bytes.NewReader(backup.Bytes()))
 		wantStatus(t, err, 403, "officer")
 		_, err = c.off[f].RestoreSnapshot(ctx, strings.NewReader("not a snapshot"))
-		wantStatus(t, err, 400, "header")
+		wantStatus(t, err, 400, "does not end with a signature line")
 		if _, err := c.off[f].RestoreSnapshot(ctx, bytes.NewReader(backup.Bytes())); err != nil {
 			t.Fatal(err)
 		}

@@ -46,6 +46,20 @@ func freePort(t *testing.T) string {
 // its config; people operator1 and officer1 get credentials in dir/people.
 func testConfig(t *testing.T, opts ...func(*InitOptions)) Config {
 	t.Helper()
+	o := testInitOptions(t)
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if err := Init(context.Background(), o); err != nil {
+		t.Fatal(err)
+	}
+	return o.Config
+}
+
+// testInitOptions is a node's configuration, with its own token, and the
+// bootstrap people of a test cluster.
+func testInitOptions(t *testing.T) InitOptions {
+	t.Helper()
 	hsmtest.Require(t)
 	hc := hsmtest.NewToken(t)
 	dir := t.TempDir()
@@ -58,15 +72,30 @@ func testConfig(t *testing.T, opts ...func(*InitOptions)) Config {
 		OverlayPrefix: "100.64.0.0/24",
 		HSM:           HSMConfig{Module: hc.Module, TokenLabel: hc.TokenLabel, PINFile: pinFile},
 	}
-	o := InitOptions{
+	return InitOptions{
 		Config:    cfg,
 		People:    []Person{{"operator1", ca.RoleOperator}, {"officer1", ca.RoleOfficer}, {"officer2", ca.RoleOfficer}},
 		PeopleDir: filepath.Join(dir, "people"),
 	}
-	for _, opt := range opts {
-		opt(&o)
+}
+
+// testConfigUnder is testConfig for a new cluster under the root of
+// another's first node, rootCfg: what a lost cluster's custodians make
+// to recover it (the root survives in its own token).
+func testConfigUnder(t *testing.T, rootCfg Config) Config {
+	t.Helper()
+	ctx := context.Background()
+	o := testInitOptions(t)
+	o.Found = true
+	csr, err := PrepareJoin(ctx, o)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if err := Init(context.Background(), o); err != nil {
+	bundle, err := SignIntermediate(ctx, rootCfg, csr, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := FinishJoin(ctx, o.Config, bundle, time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	return o.Config

@@ -48,8 +48,9 @@ type restoreInfo struct {
 // ActionRestore is the audit chain's action for a backup restore.
 const ActionRestore = "backup-restore"
 
-// restoreBackup installs backup, merged into the current state, on every
-// node. It runs on the leader, with this node's writes held from the
+// restoreBackup installs backup (a backup's state: checkBackup checked
+// its signature line and cut it off), merged into the current state, on
+// every node. It runs on the leader, with this node's writes held from the
 // merge until raft has the result, so that no command committed in
 // between is lost.
 func (n *Node) restoreBackup(ctx context.Context, backup []byte, r restoreInfo) error {

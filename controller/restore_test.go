@@ -335,8 +335,9 @@ func TestRecoveryIndexMovesOn(t *testing.T) {
 	}
 	nA.Close()
 
-	// The new cluster, same overlay, no gateway: it takes the backup.
-	cfgB := testConfig(t)
+	// The new cluster, same overlay and root, no gateway: it takes the
+	// backup.
+	cfgB := testConfigUnder(t, cfgA)
 	nB := startNode(t, cfgB)
 	t.Cleanup(func() { nB.Close() })
 	offB := person(t, cfgB, nB, "officer1")

@@ -443,8 +443,11 @@ func (a *app) clusterCmd() *cobra.Command {
 	}
 	snapshot := &cobra.Command{Use: "snapshot", Short: "Back up and restore the replicated state"}
 	save := &cobra.Command{
-		Use:     "save FILE",
-		Short:   "Write a backup of the replicated state, as of now, to FILE (operator, auditor)",
+		Use:   "save FILE",
+		Short: "Write a backup of the replicated state, as of now, to FILE (operator, auditor)",
+		Long: "The backup is the replicated state followed by a line in which the node that saved it signs\n" +
+			"its length and SHA-256. The line is checked against the root as the backup is saved: a backup\n" +
+			"cut short in transit is an error, and FILE is left as it was.",
 		Example: "  govnetctl cluster snapshot save /var/backups/govnet-$(date +%F).snap",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -473,15 +476,18 @@ func (a *app) clusterCmd() *cobra.Command {
 	restore := &cobra.Command{
 		Use:   "restore FILE",
 		Short: "Roll the registry back to a backup, or recover a lost cluster into a new one (officer)",
-		Long: "The backup is checked, then the leader merges it into the cluster's state and replicates\n" +
-			"the result to every node. A backup of this cluster rolls back the agencies, the gateways\n" +
+		Long: "The backup's signature line is checked first (saved by a controller node under this cluster's\n" +
+			"root, not altered since, the signer not revoked as compromised), then its content, then the\n" +
+			"leader merges it into the cluster's state and replicates the result to every node.\n" +
+			"A backup of this cluster rolls back the agencies, the gateways\n" +
 			"registered since (decommissioned: their certificates revoked), each gateway's agency,\n" +
 			"and the policy (published again as a new version). It keeps the audit chain, the\n" +
 			"certificates and every revocation, enrollments and renewals, people, tokens, requests\n" +
 			"and the membership, and appends a backup-restore entry to the chain.\n" +
 			"The backup of another cluster is accepted only by a new cluster, which never had a gateway\n" +
 			"or a restore (recovery): its state and audit chain become the cluster's, beside the new\n" +
-			"cluster's members, issuers and people. An approved restore request is good for one restore.",
+			"cluster's members, issuers and people; that cluster must be founded under the same root.\n" +
+			"An approved restore request is good for one restore.",
 		Example: "  govnetctl cluster snapshot restore /var/backups/govnet-2026-11-23.snap",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
