@@ -505,13 +505,13 @@ func (n *Node) handleSnapshotSave(w http.ResponseWriter, r *http.Request, _ ca.I
 		n.fail(w, err)
 		return
 	}
-	snap, err := n.fsm.Snapshot()
+	snap, err := n.fsm.snapshot()
 	if err != nil {
 		n.fail(w, err)
 		return
 	}
 	w.Header().Set("Content-Type", "application/x-ndjson")
-	if err := n.writeBackup(w, snap.(*fsmSnapshot)); err != nil {
+	if err := n.writeBackup(w, snap); err != nil {
 		// The answer has begun: the client sees a backup without its
 		// signature line, which it and every restore refuse.
 		n.log.Error("snapshot save", "err", err)

@@ -74,6 +74,12 @@ var (
 		"Last raft index this node knows to be committed.", nil, nil)
 	descRaftLast = prometheus.NewDesc("govnet_raft_last_index",
 		"Last raft index in this node's log.", nil, nil)
+	descSnapshots = prometheus.NewDesc("govnet_raft_snapshots_total",
+		"Raft snapshots of the state this node wrote since it started.", nil, nil)
+	descSnapshotBytes = prometheus.NewDesc("govnet_raft_snapshot_bytes",
+		"Size of the last raft snapshot this node wrote or restored.", nil, nil)
+	descSinceSnapshot = prometheus.NewDesc("govnet_raft_applied_bytes_since_snapshot",
+		"Bytes of the log entries applied since that snapshot: the node takes the next one when they reach its size (and at least 8,192 entries).", nil, nil)
 	descReady = prometheus.NewDesc("govnet_ready",
 		"1 when this node is ready to serve (as /readyz), else 0.", nil, nil)
 	descStarted = prometheus.NewDesc("govnet_start_settled",
@@ -108,7 +114,8 @@ var (
 type nodeCollector struct{ n *Node }
 
 func (c *nodeCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descRaftState, descRaftApplied, descRaftCommit, descRaftLast, descReady,
+	for _, d := range []*prometheus.Desc{descRaftState, descRaftApplied, descRaftCommit, descRaftLast,
+		descSnapshots, descSnapshotBytes, descSinceSnapshot, descReady,
 		descStarted, descStreams, descViewIndex, descViewLag, descViewFailing, descIssued, descRevoked, descCerts, descExpiry,
 		descPolicy, descGateways, descRulesets, descPeersLeftOut} {
 		ch <- d
@@ -134,6 +141,10 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 	if n.fsm == nil || n.hub == nil {
 		return
 	}
+	written, size, since := n.fsm.snapshotStats()
+	ch <- prometheus.MustNewConstMetric(descSnapshots, prometheus.CounterValue, float64(written))
+	gauge(descSnapshotBytes, float64(size))
+	gauge(descSinceSnapshot, float64(since))
 	st := n.State()
 	gauge(descStreams, float64(n.hub.watchers()))
 	computed, failing := n.hub.compiledAt()

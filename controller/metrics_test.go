@@ -203,6 +203,12 @@ func TestMetricsAndCoverage(t *testing.T) {
 	if lag, ok := value(mfs, "govnet_view_lag_raft_indexes"); !ok || lag < 0 || lag > applied {
 		t.Errorf("view lag %v (present %v)", lag, ok)
 	}
+	if since, ok := value(mfs, "govnet_raft_applied_bytes_since_snapshot"); !ok || since < 1000 {
+		t.Errorf("bytes applied since the last snapshot %v (present %v): the writes above add up to more", since, ok)
+	}
+	if _, ok := value(mfs, "govnet_raft_snapshots_total"); !ok {
+		t.Error("no govnet_raft_snapshots_total")
+	}
 	if n, ok := value(mfs, "govnet_raft_apply_seconds"); !ok || n < 10 {
 		t.Errorf("apply latency samples %v (present %v): every write above was one", n, ok)
 	}

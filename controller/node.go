@@ -154,13 +154,37 @@ func start(ctx context.Context, cfg Config, log *slog.Logger, now func() time.Ti
 		return nil, err
 	}
 	n.serveHTTP()
-	n.wg.Add(5)
+	n.wg.Add(6)
+	go func() { defer n.wg.Done(); n.snapshotWhenDue(ctx) }()
 	go func() { defer n.wg.Done(); n.refresh.run(ctx) }()
 	go func() { defer n.wg.Done(); n.releaseStartupMemory(ctx) }()
 	go func() { defer n.wg.Done(); n.issuerDuties(ctx) }()
 	go func() { defer n.wg.Done(); n.leaderDuties(ctx) }()
 	go func() { defer n.wg.Done(); n.autoJoin(ctx) }()
 	return n, nil
+}
+
+// snapshotCheckEvery is how often a node asks FSM.snapshotDue.
+const snapshotCheckEvery = 10 * time.Second
+
+// snapshotWhenDue has raft take a snapshot whenever FSM.snapshotDue says
+// so.
+func (n *Node) snapshotWhenDue(ctx context.Context) {
+	tick := time.NewTicker(snapshotCheckEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		if !n.fsm.snapshotDue(n.raft.AppliedIndex()) {
+			continue
+		}
+		if err := n.raft.Snapshot().Error(); err != nil && !errors.Is(err, raft.ErrNothingNewToSnapshot) && ctx.Err() == nil {
+			n.log.Error("raft snapshot", "err", err)
+		}
+	}
 }
 
 // releaseStartupMemory gives the operating system back, once, the memory
@@ -318,6 +342,9 @@ func (n *Node) startRaft() error {
 	// timeout when the leader is busy; it still ends on leadership loss.
 	rc.BatchApplyCh = true
 	rc.MaxAppendEntries = 512
+	// Snapshots are taken by snapshotWhenDue; raft's threshold only
+	// bounds the log (FSM.snapshotDue).
+	rc.SnapshotThreshold = snapshotMaxEntries
 	rc.Logger = newRaftLogger(n.log)
 
 	logs, stable, err := n.openLogStore(dir)

@@ -90,7 +90,7 @@ func (n *Node) restoreBackup(ctx context.Context, backup []byte, r restoreInfo) 
 // mergedSnapshot returns the snapshot that results from restoring backup
 // into the current state (mergeBackup).
 func (n *Node) mergedSnapshot(backup []byte, r restoreInfo) ([]byte, uint64, error) {
-	cur, err := n.fsm.Snapshot()
+	cur, err := n.fsm.snapshot()
 	if err != nil {
 		return nil, 0, err
 	}
