@@ -326,6 +326,30 @@ func (c *Cluster) waitSettled(ctx context.Context, timeout time.Duration) error 
 	return nil
 }
 
+// snapshots is how many raft snapshots the nodes wrote since they
+// started (govnet_raft_snapshots_total on their /metrics), or -1 when a
+// node's could not be read.
+func (c *Cluster) snapshots(ctx context.Context) int {
+	total := 0
+	for i := range c.nodes {
+		text, err := c.operatorAt(i).Metrics(ctx)
+		if err != nil {
+			return -1
+		}
+		_, v, ok := strings.Cut(text, "\ngovnet_raft_snapshots_total ")
+		if !ok {
+			return -1
+		}
+		v, _, _ = strings.Cut(v, "\n")
+		k, err := strconv.Atoi(v)
+		if err != nil {
+			return -1
+		}
+		total += k
+	}
+	return total
+}
+
 // pids are the node processes' ids.
 func (c *Cluster) pids() []int {
 	var p []int

@@ -193,7 +193,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	var lat []float64
 	pids := c.pids()
 	for r := range o.Rounds {
-		nodesCPU, host := cpuSeconds(pids), readHostCPU()
+		nodesCPU, host, snaps := cpuSeconds(pids), readHostCPU(), c.snapshots(ctx)
 		p, err := c.Officer.PublishPolicy(ctx, "load.yaml", fleet.Policy(int(pol.Version)+1+r))
 		if err != nil {
 			return nil, fmt.Errorf("publish: %w", err)
@@ -215,9 +215,9 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		hostNow := readHostCPU()
 		res.RoundsBusyCPU += hostNow.busy - host.busy
 		res.RoundsStolenCPU += hostNow.steal - host.steal
-		logf("round %d: policy version %d acknowledged by all %d gateways %.3fs after its commit (views arrived: p50 %.3fs, p99 %.3fs); CPU s: nodes %.2f, machine %.2f busy, %.2f stolen",
+		logf("round %d: policy version %d acknowledged by all %d gateways %.3fs after its commit (views arrived: p50 %.3fs, p99 %.3fs); CPU s: nodes %.2f, machine %.2f busy, %.2f stolen; raft snapshots %s",
 			r+1, p.Version, o.Gateways, last, quantile(recv, 0.5), quantile(recv, 0.99),
-			cpuSeconds(pids)-nodesCPU, hostNow.busy-host.busy, hostNow.steal-host.steal)
+			cpuSeconds(pids)-nodesCPU, hostNow.busy-host.busy, hostNow.steal-host.steal, countSince(snaps, c.snapshots(ctx)))
 	}
 	res.FanoutP50, res.FanoutP99, res.FanoutMax = quantile(lat, 0.5), quantile(lat, 0.99), quantile(lat, 1)
 	for _, id := range ids(fleet) {
@@ -332,7 +332,7 @@ func reissue(ctx context.Context, c *Cluster, dir string, fleet *Fleet, tr *trac
 		}
 	}()
 	logf("re-issue: calling on every gateway to renew")
-	nodeCPU, gwCPU := cpuSeconds(c.pids()), cpuSeconds(workerPids)
+	nodeCPU, gwCPU, snaps := cpuSeconds(c.pids()), cpuSeconds(workerPids), c.snapshots(ctx)
 	t0 := time.Now()
 	if _, err := c.Officer.RenewAll(ctx, "load test: re-issue every gateway certificate"); err != nil {
 		return fmt.Errorf("renewal call: %w", err)
@@ -354,8 +354,8 @@ func reissue(ctx context.Context, c *Cluster, dir string, fleet *Fleet, tr *trac
 	if st.Pending != 0 {
 		return fmt.Errorf("after the re-issue %d of %d enrolled gateways still hold a certificate from before the call (%v)", st.Pending, st.Gateways, st.Waiting)
 	}
-	logf("re-issue: %d gateway certificates renewed on the controllers' call, the last %.2fs after it (median %.2fs); CPU per renewal: nodes %.0f µs, simulated gateways %.0f µs",
-		len(took), res.ReissueSeconds, res.ReissueP50, res.ReissueNodeCPU*1e6, res.ReissueGatewayCPU*1e6)
+	logf("re-issue: %d gateway certificates renewed on the controllers' call, the last %.2fs after it (median %.2fs); CPU per renewal: nodes %.0f µs, simulated gateways %.0f µs; raft snapshots %s",
+		len(took), res.ReissueSeconds, res.ReissueP50, res.ReissueNodeCPU*1e6, res.ReissueGatewayCPU*1e6, countSince(snaps, c.snapshots(ctx)))
 	return nil
 }
 
@@ -783,6 +783,14 @@ func cpuSeconds(pids []int) float64 {
 }
 
 const clockTicks = 100 // USER_HZ on Linux
+
+// countSince renders the growth of a count read twice (-1: unread).
+func countSince(before, after int) string {
+	if before < 0 || after < 0 {
+		return "unknown"
+	}
+	return strconv.Itoa(after - before)
+}
 
 // hostCPU is the machine's CPU time since boot, in seconds: busy (every
 // state but idle, iowait and steal) and steal (taken by the hypervisor
