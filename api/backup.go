@@ -56,44 +56,60 @@ func (s BackupSignature) Message() []byte {
 type BackupDigest struct {
 	h    hash.Hash
 	n    int64  // bytes hashed
-	tail []byte // bytes written but not hashed yet
+	tail []byte // the bytes written since: at least the last maxBackupTrailer, at most twice that
 }
 
 // NewBackupDigest returns an empty BackupDigest.
 func NewBackupDigest() *BackupDigest { return &BackupDigest{h: sha256.New()} }
 
 func (d *BackupDigest) Write(p []byte) (int, error) {
-	d.tail = append(d.tail, p...)
-	if over := len(d.tail) - maxBackupTrailer; over > maxBackupTrailer {
-		d.h.Write(d.tail[:over])
-		d.n += int64(over)
-		d.tail = append(d.tail[:0], d.tail[over:]...)
+	if len(d.tail)+len(p) <= 2*maxBackupTrailer {
+		d.tail = append(d.tail, p...)
+		return len(p), nil
 	}
+	// Hash all but the last maxBackupTrailer bytes of tail and p.
+	if len(p) >= maxBackupTrailer {
+		k := len(p) - maxBackupTrailer
+		d.h.Write(d.tail)
+		d.h.Write(p[:k])
+		d.n += int64(len(d.tail) + k)
+		d.tail = append(d.tail[:0], p[k:]...)
+		return len(p), nil
+	}
+	k := len(d.tail) + len(p) - maxBackupTrailer
+	d.h.Write(d.tail[:k])
+	d.n += int64(k)
+	d.tail = append(d.tail[:copy(d.tail, d.tail[k:])], p...)
 	return len(p), nil
 }
 
 // Verify checks the signature line of what was written: the length and
 // digest of the rest, the signature, and the signer's certificate chain
-// against roots at the time it signed. It returns the line and the
-// verified chain (leaf, intermediate, root); the caller decides whether
-// the leaf may sign backups.
+// against roots at the time it says it signed. It returns the line and
+// the verified chain (leaf, intermediate, root); the caller decides
+// whether the leaf may sign backups, and whether to believe the time.
 func (d *BackupDigest) Verify(roots *x509.CertPool) (BackupSignature, []*x509.Certificate, error) {
 	var sig BackupSignature
+	// The last line, and the blank space after it, must lie within the
+	// last maxBackupTrailer bytes, which tail always holds, with the end
+	// of the line before it: however the backup was written.
 	body := bytes.TrimRight(d.tail, "\r\n\t ")
 	start := bytes.LastIndexByte(body, '\n') + 1
-	if start == 0 && d.n > 0 {
-		return sig, nil, errors.New("the backup's last line is longer than a signature line: not a govnet backup, or one saved before backups were signed (save a new one)")
+	if len(d.tail)-start >= maxBackupTrailer || start == 0 && d.n > 0 {
+		return sig, nil, fmt.Errorf("the backup's last line, with what follows it, is longer than a signature line (%d KiB): not a govnet backup, or one saved before backups were signed (save a new one)", maxBackupTrailer>>10)
 	}
-	line := body[start:]
-	if err := json.Unmarshal(line, &sig); err != nil || sig.Format != BackupSignatureFormat {
+	if err := json.Unmarshal(body[start:], &sig); err != nil || sig.Format != BackupSignatureFormat {
 		return sig, nil, errors.New("the backup does not end with a signature line: a file cut short, not a govnet backup, or one saved before backups were signed (save a new one)")
 	}
-	h := d.h
-	h.Write(d.tail[:start])
 	size := d.n + int64(start)
 	if sig.Bytes != size {
 		return sig, nil, fmt.Errorf("the backup holds %d bytes before its signature line, and its signature says %d: a file cut short or added to", size, sig.Bytes)
 	}
+	h, err := d.h.(hash.Cloner).Clone() // Verify leaves the digest as it was
+	if err != nil {
+		return sig, nil, err
+	}
+	h.Write(d.tail[:start])
 	if got := hex.EncodeToString(h.Sum(nil)); got != sig.SHA256 {
 		return sig, nil, fmt.Errorf("the backup's SHA-256 is %s, and its signature says %s: the file was altered", got, sig.SHA256)
 	}
@@ -103,7 +119,7 @@ func (d *BackupDigest) Verify(roots *x509.CertPool) (BackupSignature, []*x509.Ce
 	}
 	chain, err := certchain.NewVerifier(roots).Verify(certs, x509.ExtKeyUsageServerAuth, sig.At)
 	if err != nil {
-		return sig, nil, fmt.Errorf("the backup was signed by %s (serial %x), whose certificate does not verify under this cluster's root at %s, when it signed: %w",
+		return sig, nil, fmt.Errorf("the backup was signed by %s (serial %x), whose certificate does not verify under this cluster's root at %s, when it says it signed: %w",
 			certs[0].Subject.CommonName, certs[0].SerialNumber, sig.At.UTC().Format(time.RFC3339), err)
 	}
 	if err := checkSHA256Signature(chain[0], sig.Message(), sig.Signature); err != nil {
@@ -120,7 +136,6 @@ func VerifyBackup(r io.Reader, roots *x509.CertPool) (BackupSignature, []*x509.C
 	}
 	return d.Verify(roots)
 }
-
 
 // checkSHA256Signature checks sig (base64), made by cert's key over the
 // SHA-256 of msg: ASN.1 ECDSA, or RSA PKCS #1 v1.5.

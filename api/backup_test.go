@@ -106,15 +106,17 @@ func TestBackupSignature(t *testing.T) {
 		if err == nil && (len(chain) != 3 || chain[0].Subject.CommonName != "ctl1") {
 			t.Fatalf("verified chain %v", chain)
 		}
-		// The same, written in pieces of 1,000 bytes.
-		d := NewBackupDigest()
-		for rest := b; len(rest) > 0; {
-			k := min(1000, len(rest))
-			d.Write(rest[:k])
-			rest = rest[k:]
-		}
-		if _, _, err2 := d.Verify(roots); (err == nil) != (err2 == nil) {
-			t.Fatalf("all at once: %v; in pieces: %v", err, err2)
+		// The same, written in pieces.
+		for _, piece := range []int{1000, 50000, 70000} {
+			d := NewBackupDigest()
+			for rest := b; len(rest) > 0; {
+				k := min(piece, len(rest))
+				d.Write(rest[:k])
+				rest = rest[k:]
+			}
+			if _, _, err2 := d.Verify(roots); (err == nil) != (err2 == nil) {
+				t.Fatalf("all at once: %v; in pieces of %d bytes: %v", err, piece, err2)
+			}
 		}
 		return sig, err
 	}
@@ -132,6 +134,18 @@ func TestBackupSignature(t *testing.T) {
 	if _, err := check(small, p.roots); err != nil {
 		t.Fatalf("a backup smaller than the digest's window: %v", err)
 	}
+
+	d := NewBackupDigest()
+	d.Write(good)
+	if _, _, err := d.Verify(p.roots); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := d.Verify(p.roots); err != nil {
+		t.Fatalf("verified twice: %v", err)
+	}
+	// A signature line padded to 70 KiB (still valid JSON, the signature
+	// covers its fields): refused however it is written.
+	padded := append(append(bytes.Clone(good[:len(state)+1]), bytes.Repeat([]byte(" "), 70<<10)...), good[len(state)+1:]...)
 
 	altered := bytes.Clone(good)
 	altered[1000] = 'X'
@@ -151,6 +165,9 @@ func TestBackupSignature(t *testing.T) {
 		{"signed after the certificate expired", later, "does not verify under this cluster's root"},
 		{"empty", nil, "does not end with a signature line"},
 		{"a long last line", bytes.Repeat([]byte("x"), 200<<10), "longer than a signature line"},
+		{"a padded signature line", padded, "longer than a signature line"},
+		{"a padded signature line alone", padded[len(state):], "longer than a signature line"},
+		{"70 KiB of blank lines after the signature", append(bytes.Clone(good), bytes.Repeat([]byte("\n"), 70<<10)...), "longer than a signature line"},
 	} {
 		if _, err := check(tc.b, p.roots); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: got %v, want %q", tc.name, err, tc.want)

@@ -2,6 +2,7 @@ package controller
 
 import (
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -14,9 +15,9 @@ import (
 
 // A backup is the state in raft's snapshot format, then a line in which
 // the node that saved it signs its length and digest (api.BackupSignature):
-// a restore reads nothing of a backup before that line checks out, and
-// the node that wrote it must be a controller of this cluster's root
-// whose certificate was not revoked before it signed.
+// a restore reads nothing of a backup before that line checks out
+// (checkBackup), and the node that wrote it must be a controller under
+// this cluster's root whose certificate was not revoked (checkSigner).
 
 // maxBackupClockSkew is how far ahead of this node's clock a backup's
 // signing time may be.
@@ -44,36 +45,67 @@ func (n *Node) writeBackup(w io.Writer, snap *fsmSnapshot) error {
 }
 
 // checkBackup checks backup's signature line (api.BackupDigest.Verify),
-// that a controller node signed it, and that the inventory does not say
-// the signer's certificate or its intermediate was revoked by then (or
-// ever, for a compromised key). It returns the state part of backup: what
-// the signature covers.
-func (n *Node) checkBackup(backup []byte) ([]byte, api.BackupSignature, error) {
+// that a controller node signed it under its own name, not ahead of this
+// node's clock. It returns the state part of backup (what the signature
+// covers), for checkSigner to finish with.
+func (n *Node) checkBackup(backup []byte) ([]byte, api.BackupSignature, []*x509.Certificate, error) {
 	d := api.NewBackupDigest()
 	d.Write(backup)
 	sig, chain, err := d.Verify(n.verifier.Roots())
 	if err != nil {
-		return nil, sig, fmt.Errorf("%w: %w", ErrBadRequest, err)
+		return nil, sig, nil, fmt.Errorf("%w: %w", ErrBadRequest, err)
 	}
-	signer := fmt.Sprintf("%s (certificate %s)", sig.Node, ca.Serial(chain[0]))
+	signer := fmt.Sprintf("%s (certificate %s)", chain[0].Subject.CommonName, ca.Serial(chain[0]))
 	if id, err := ca.IdentityOf(chain[0]); err != nil || id.Kind != ca.KindNode {
-		return nil, sig, fmt.Errorf("%w: the backup was signed by %s, which is not a controller node's certificate", ErrBadRequest, signer)
+		return nil, sig, nil, fmt.Errorf("%w: the backup was signed by %s, which is not a controller node's certificate", ErrBadRequest, signer)
+	} else if id.Name != sig.Node {
+		return nil, sig, nil, fmt.Errorf("%w: the backup was signed by %s, and its signature line names node %q", ErrBadRequest, signer, sig.Node)
 	}
 	if now := n.now(); sig.At.After(now.Add(maxBackupClockSkew)) {
-		return nil, sig, fmt.Errorf("%w: the backup was signed by %s at %s, ahead of this node's clock (%s)", ErrBadRequest, signer,
+		return nil, sig, nil, fmt.Errorf("%w: the backup was signed by %s at %s, ahead of this node's clock (%s)", ErrBadRequest, signer,
 			sig.At.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339))
 	}
-	st := n.State()
-	for _, c := range chain[:len(chain)-1] { // the root is revoked by replacing it
-		rec, ok := st.Certificate(ca.Serial(c))
-		if !ok || rec.Status != api.CertRevoked {
-			continue
+	return backup[:sig.Bytes], sig, chain, nil
+}
+
+// checkSigner finishes checkBackup once the backup's state, bk, is read.
+// The signing time is the signer's own claim, so it is held to the
+// backup's content: not before the backup's last audit entry (the
+// leader's clock, within maxBackupClockSkew), and the backup's index is
+// the one signed. The signer's certificate must be in this cluster's
+// inventory or the backup's (a lost cluster's node, in a recovery), and
+// neither may say that it or its intermediate was revoked, but for a
+// renewal (superseded) after the signature.
+func (n *Node) checkSigner(sig api.BackupSignature, chain []*x509.Certificate, bk *State) error {
+	signer := fmt.Sprintf("%s (certificate %s)", sig.Node, ca.Serial(chain[0]))
+	if bk.index != sig.RaftIndex {
+		return fmt.Errorf("%w: the backup's state is at raft index %d, and its signature says %d", ErrBadRequest, bk.index, sig.RaftIndex)
+	}
+	if head := bk.audit.head; head.Seq > 0 && head.At.After(sig.At.Add(maxBackupClockSkew)) {
+		return fmt.Errorf("%w: the backup was signed by %s at %s, before its last audit entry (seq %d, %s): a backdated signature",
+			ErrBadRequest, signer, sig.At.UTC().Format(time.RFC3339), head.Seq, head.At.UTC().Format(time.RFC3339))
+	}
+	for i, c := range chain[:len(chain)-1] { // the root is revoked by replacing it
+		var recs []api.Certificate
+		for _, st := range []*State{n.State(), bk} {
+			rec, ok, err := st.LookupCertificate(ca.Serial(c))
+			if err != nil {
+				return err // this node's disk, or the backup's archive
+			}
+			if ok {
+				recs = append(recs, rec)
+			}
 		}
-		compromised := ca.Reason(rec.Reason) == ca.ReasonKeyCompromise || ca.Reason(rec.Reason) == ca.ReasonCACompromise
-		if compromised || !rec.RevokedAt.After(sig.At) {
-			return nil, sig, fmt.Errorf("%w: the backup was signed by %s at %s, and certificate %s (%s) was revoked at %s (%s)", ErrBadRequest, signer,
-				sig.At.UTC().Format(time.RFC3339), rec.Serial, rec.Subject, rec.RevokedAt.UTC().Format(time.RFC3339), rec.ReasonName)
+		if len(recs) == 0 && i == 0 {
+			return fmt.Errorf("%w: the backup was signed by %s, which neither this cluster's inventory nor the backup's records: its revocation cannot be checked (save a backup on another node)", ErrBadRequest, signer)
+		}
+		for _, rec := range recs {
+			if rec.Status != api.CertRevoked || ca.Reason(rec.Reason) == ca.ReasonSuperseded && rec.RevokedAt.After(sig.At) {
+				continue
+			}
+			return fmt.Errorf("%w: the backup was signed by %s, and certificate %s (%s) was revoked at %s (%s)", ErrBadRequest, signer,
+				rec.Serial, rec.Subject, rec.RevokedAt.UTC().Format(time.RFC3339), rec.ReasonName)
 		}
 	}
-	return backup[:sig.Bytes], sig, nil
+	return nil
 }

@@ -531,7 +531,7 @@ func (s *httpSink) Close() error                { return nil }
 // replicates the restored state to every node.
 func (n *Node) handleSnapshotRestore(w http.ResponseWriter, r *http.Request, id ca.Identity) {
 	// One at a time: each holds its backup in memory, up to
-	// maxSnapshotBody, twice while it is checked.
+	// maxSnapshotBody, and its state decoded while it is checked.
 	if !n.restoring.CompareAndSwap(false, true) {
 		writeError(w, http.StatusConflict, "a restore is already in progress on this node")
 		return
@@ -542,7 +542,7 @@ func (n *Node) handleSnapshotRestore(w http.ResponseWriter, r *http.Request, id 
 		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("snapshot: %v", err))
 		return
 	}
-	state, sig, err := n.checkBackup(b)
+	state, sig, chain, err := n.checkBackup(b)
 	if err != nil {
 		n.fail(w, err)
 		return
@@ -556,7 +556,12 @@ func (n *Node) handleSnapshotRestore(w http.ResponseWriter, r *http.Request, id 
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
+	err = n.checkSigner(sig, chain, ns)
 	ns.close()
+	if err != nil {
+		n.fail(w, err)
+		return
+	}
 	actor := actorOf(r, id)
 	sum := sha256.Sum256(b)
 	if id.Kind == ca.KindPerson {

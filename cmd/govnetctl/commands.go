@@ -477,7 +477,8 @@ func (a *app) clusterCmd() *cobra.Command {
 		Use:   "restore FILE",
 		Short: "Roll the registry back to a backup, or recover a lost cluster into a new one (officer)",
 		Long: "The backup's signature line is checked first (saved by a controller node under this cluster's\n" +
-			"root, not altered since, the signer not revoked as compromised), then its content, then the\n" +
+			"root, not altered since, its signing time within the backup's and this node's clock, the\n" +
+			"signer not revoked but for a renewal after it signed), then its content, then the\n" +
 			"leader merges it into the cluster's state and replicates the result to every node.\n" +
 			"A backup of this cluster rolls back the agencies, the gateways\n" +
 			"registered since (decommissioned: their certificates revoked), each gateway's agency,\n" +
