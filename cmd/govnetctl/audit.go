@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -89,19 +88,14 @@ func (a *app) auditCmd() *cobra.Command {
 				return err
 			}
 			if cpIn != "" {
-				if a.cfg.Root == "" {
-					return fmt.Errorf("--checkpoint needs the root certificate (--root or the config file)")
+				roots, err := a.roots("--checkpoint")
+				if err != nil {
+					return err
 				}
 				cps, err := readCheckpoints(cpIn)
 				if err != nil {
 					return err
 				}
-				rootPEM, err := os.ReadFile(a.cfg.Root)
-				if err != nil {
-					return err
-				}
-				roots := x509.NewCertPool()
-				roots.AppendCertsFromPEM(rootPEM)
 				for _, cp := range cps {
 					if err := api.VerifyCheckpoint(cp, roots, entries); err != nil {
 						return fmt.Errorf("%s: NOT VALID: checkpoint seq %d: %w", args[0], cp.Seq, err)

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"net/netip"
@@ -14,6 +16,7 @@ import (
 	"unicode"
 
 	"github.com/govnet/govnet/api"
+	"github.com/govnet/govnet/ca"
 	"github.com/govnet/govnet/policy"
 	"github.com/spf13/cobra"
 )
@@ -506,9 +509,57 @@ func (a *app) clusterCmd() *cobra.Command {
 			})
 		},
 	}
-	snapshot.AddCommand(save, restore)
+	verify := &cobra.Command{
+		Use:   "verify FILE",
+		Short: "Check a backup's signature offline: whole, unaltered, saved by a controller node under the root",
+		Long: "Checks the backup's signature line against the root (--root or the config file): the length and\n" +
+			"SHA-256 of what precedes it, and the certificate chain and signature of the node that saved it.\n" +
+			"A restore checks more (revocations, the signing time against the backup's content), which needs\n" +
+			"the cluster. Prints the whole file's SHA-256, which `request restore` names. Needs no controller.",
+		Example: "  govnetctl cluster snapshot verify /var/backups/govnet-2026-11-23.snap",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			roots, err := a.roots("snapshot verify")
+			if err != nil {
+				return err
+			}
+			f, err := os.Open(args[0])
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			whole := sha256.New()
+			sig, chain, err := api.VerifyBackup(io.TeeReader(f, whole), roots)
+			if err == nil {
+				if id, ierr := ca.IdentityOf(chain[0]); ierr != nil || id.Kind != ca.KindNode || id.Name != sig.Node {
+					err = fmt.Errorf("the backup was signed by %s (certificate %s), not by controller node %s", chain[0].Subject.CommonName, ca.Serial(chain[0]), sig.Node)
+				}
+			}
+			if err != nil {
+				return fmt.Errorf("%s: NOT VALID: %w", args[0], err)
+			}
+			v := backupVerified{File: args[0], FileSHA256: hex.EncodeToString(whole.Sum(nil)), Node: sig.Node, Certificate: ca.Serial(chain[0]),
+				At: sig.At, RaftIndex: sig.RaftIndex, Bytes: sig.Bytes}
+			return a.print(v, "", func(w io.Writer) {
+				fmt.Fprintf(w, "%s: saved by node %s (certificate %s) at %s, raft index %d; signature verifies\nSHA-256 of the file: %s\n",
+					v.File, v.Node, v.Certificate, v.At.UTC().Format(time.RFC3339), v.RaftIndex, v.FileSHA256)
+			})
+		},
+	}
+	snapshot.AddCommand(save, restore, verify)
 	cmd.AddCommand(status, join, remove, snapshot)
 	return cmd
+}
+
+// backupVerified is what `cluster snapshot verify` found.
+type backupVerified struct {
+	File        string    `json:"file"`
+	FileSHA256  string    `json:"file_sha256"` // what a restore request names
+	Node        string    `json:"node"`
+	Certificate string    `json:"certificate"` // the node certificate's serial
+	At          time.Time `json:"at"`
+	RaftIndex   uint64    `json:"raft_index"`
+	Bytes       int64     `json:"bytes"` // the state's, before the signature line
 }
 
 func (a *app) printStatus(st *api.ClusterStatus) error {

@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -118,6 +119,23 @@ func (a *app) client() (*api.Client, error) {
 		}
 	}
 	return api.NewClient(a.cfg.Controller, tlsCfg), nil
+}
+
+// roots reads the root certificate the config or --root names, for a
+// check (what) that needs no controller.
+func (a *app) roots(what string) (*x509.CertPool, error) {
+	if a.cfg.Root == "" {
+		return nil, fmt.Errorf("%s needs the root certificate (--root or the config file)", what)
+	}
+	b, err := os.ReadFile(a.cfg.Root)
+	if err != nil {
+		return nil, err
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(b) {
+		return nil, fmt.Errorf("root certificate %s: no PEM certificate in it", a.cfg.Root)
+	}
+	return roots, nil
 }
 
 // anonClient is a client without credentials of its own (enrollment).

@@ -130,6 +130,26 @@ func TestPersonCredentialsCLI(t *testing.T) {
 		t.Fatalf("frank's renewed certificate: a %s key", leaf.PublicKeyAlgorithm)
 	}
 
+	// An auditor saves a backup; anyone with the root checks it offline.
+	snap := filepath.Join(dir, "backup.snap")
+	run(t, dora, "cluster", "snapshot", "save", snap)
+	rootOnly := base // no credentials: verify needs none, nor the controller
+	out = run(t, rootOnly, "cluster", "snapshot", "verify", snap)
+	if !strings.Contains(out, "saved by node ctl1") || !strings.Contains(out, "signature verifies") {
+		t.Fatalf("snapshot verify printed:\n%s", out)
+	}
+	b, err := os.ReadFile(snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[100] ^= 1
+	if err := os.WriteFile(snap, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := runErr(rootOnly, "cluster", "snapshot", "verify", snap); err == nil || !strings.Contains(err.Error(), "NOT VALID") || !strings.Contains(err.Error(), "altered") {
+		t.Fatalf("snapshot verify of an altered backup: %v", err)
+	}
+
 	// Init's people, the node's certificates, dora's enrollment and her
 	// renewal: an approval accounts for each.
 	out = run(t, dora, "cert", "audit", "-o", "json")
