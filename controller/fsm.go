@@ -34,16 +34,17 @@ type FSM struct {
 	onApply  func(index uint64, t CommandType) // called after a command took effect, outside the lock
 
 	applied   atomic.Int64 // bytes of the log entries applied since the node started
+	entries   atomic.Int64 // and how many
 	snapshots atomic.Int64 // raft snapshots written since the node started
 	snapMu    sync.Mutex
 	lastSnap  snapMark // the last snapshot raft took or restored
 }
 
-// snapMark is where a raft snapshot stood: the state's index in it,
-// FSM.applied when it was taken, and its size.
+// snapMark is where a raft snapshot stood: FSM.entries and FSM.applied
+// when it was taken or restored (counts, not raft indexes: a recovered
+// cluster's state index runs ahead of its raft log's), and its size.
 type snapMark struct {
-	index         uint64
-	applied, size int64
+	entries, applied, size int64
 }
 
 // Raft snapshots (snapshotDue): raft's own count of entries
@@ -60,13 +61,12 @@ const (
 	snapshotMaxEntries = 131072
 )
 
-// snapshotDue says whether the node should take a snapshot, index being
-// the last index applied.
-func (f *FSM) snapshotDue(index uint64) bool {
+// snapshotDue says whether the node should take a snapshot now.
+func (f *FSM) snapshotDue() bool {
 	f.snapMu.Lock()
 	m := f.lastSnap
 	f.snapMu.Unlock()
-	return index >= m.index+snapshotMinEntries && f.applied.Load()-m.applied >= m.size
+	return f.entries.Load()-m.entries >= snapshotMinEntries && f.applied.Load()-m.applied >= m.size
 }
 
 // snapshotStats returns the raft snapshots written since the start, the
@@ -108,6 +108,7 @@ func (f *FSM) Apply(l *raft.Log) any {
 		return nil
 	}
 	f.applied.Add(int64(len(l.Data)))
+	f.entries.Add(1)
 	t, body := CommandType(l.Data[0]), l.Data[1:]
 	s := f.state
 	s.mu.Lock()
@@ -262,7 +263,7 @@ type snapshotNetwork struct {
 func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	snap, err := f.snapshot()
 	if err == nil {
-		m := snapMark{index: snap.header.Index, applied: f.applied.Load()}
+		m := snapMark{entries: f.entries.Load(), applied: f.applied.Load()}
 		snap.persisted = func(size int64) { m.size = size; f.markSnapshot(m); f.snapshots.Add(1) }
 	}
 	return snap, err
@@ -466,7 +467,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	if err != nil {
 		return err
 	}
-	f.markSnapshot(snapMark{index: ns.index, applied: f.applied.Load(), size: cr.n})
+	f.markSnapshot(snapMark{entries: f.entries.Load(), applied: f.applied.Load(), size: cr.n})
 	s := f.state
 	s.mu.Lock()
 	s.overlay, s.agencies, s.gateways, s.tokens, s.policies, s.addrInUse, s.members, s.people, s.requests, s.audit =

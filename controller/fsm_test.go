@@ -936,11 +936,11 @@ func TestSnapshotDue(t *testing.T) {
 	}
 	// No snapshot yet: raft's count alone.
 	apply(snapshotMinEntries - 1)
-	if f.snapshotDue(index) {
+	if f.snapshotDue() {
 		t.Fatalf("due after %d entries", index)
 	}
 	apply(1)
-	if !f.snapshotDue(index) {
+	if !f.snapshotDue() {
 		t.Fatalf("not due after %d entries and no snapshot", index)
 	}
 	// A backup's copy of the state is not a snapshot of raft's.
@@ -948,33 +948,31 @@ func TestSnapshotDue(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := snap.Persist(&memSnapshotSink{}); err != nil || !f.snapshotDue(index) {
+	if err := snap.Persist(&memSnapshotSink{}); err != nil || !f.snapshotDue() {
 		t.Fatalf("a backup's persist moved the mark (%v)", err)
 	}
 	// Raft's snapshot: the state is larger than the next 8,192 entries.
 	b := snapshotBytes(t, f)
 	per := f.applied.Load() / int64(index)
-	if f.snapshotDue(index) {
+	if f.snapshotDue() {
 		t.Fatal("due right after a snapshot")
 	}
 	apply(snapshotMinEntries)
 	if int64(len(b)) <= per*snapshotMinEntries {
 		t.Fatalf("state of %d bytes, entries of %d: the test needs a larger state", len(b), per)
 	}
-	if f.snapshotDue(index) {
+	if f.snapshotDue() {
 		t.Fatalf("due after %d entries of %d bytes, since a snapshot of %d bytes", snapshotMinEntries, per*snapshotMinEntries, len(b))
 	}
 	apply(int(int64(len(b))/per) - snapshotMinEntries + 1)
-	if !f.snapshotDue(index) {
+	if !f.snapshotDue() {
 		t.Fatalf("not due after %d bytes of entries since a snapshot of %d", f.applied.Load()-f.lastSnap.applied, len(b))
 	}
 	// A restored snapshot moves the mark too.
-	g := NewFSM(slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
-	t.Cleanup(func() { g.State().close() })
-	if err := g.Restore(io.NopCloser(bytes.NewReader(b))); err != nil {
+	if err := f.Restore(io.NopCloser(bytes.NewReader(b))); err != nil {
 		t.Fatal(err)
 	}
-	if g.lastSnap.size != int64(len(b)) || g.snapshotDue(g.State().Index()+snapshotMinEntries) {
-		t.Fatalf("after a restore: mark %+v", g.lastSnap)
+	if f.lastSnap.size != int64(len(b)) || f.snapshotDue() {
+		t.Fatalf("after a restore: mark %+v", f.lastSnap)
 	}
 }

@@ -178,7 +178,7 @@ func (n *Node) snapshotWhenDue(ctx context.Context) {
 			return
 		case <-tick.C:
 		}
-		if !n.fsm.snapshotDue(n.raft.AppliedIndex()) {
+		if !n.fsm.snapshotDue() {
 			continue
 		}
 		if err := n.raft.Snapshot().Error(); err != nil && !errors.Is(err, raft.ErrNothingNewToSnapshot) && ctx.Err() == nil {
