@@ -52,10 +52,12 @@ type snapMark struct {
 // every 8,192 entries, however large the state: at 20,000 gateways
 // 60–100 MB and 1–1.5 CPU s a time, every few minutes while gateways
 // reconnect or renew in bulk. A node takes one instead once the entries
-// applied since the last add up to that snapshot's size (replaying them
-// at a restart then costs about what writing the state does), and at
-// least snapshotMinEntries of them; raft's own threshold,
-// snapshotMaxEntries, only bounds the log's length.
+// applied since the last add up to that snapshot's size (a restart then
+// replays about as many bytes of log as a snapshot writes), and number at
+// least snapshotMinEntries; or at snapshotMaxEntries whatever their size
+// (raft's own threshold too, which raft checks only every 2–4 minutes):
+// that bounds the log, and a restart's replay, when the state grows
+// faster than the log (each command adds an audit entry).
 const (
 	snapshotMinEntries = 8192
 	snapshotMaxEntries = 131072
@@ -66,7 +68,8 @@ func (f *FSM) snapshotDue() bool {
 	f.snapMu.Lock()
 	m := f.lastSnap
 	f.snapMu.Unlock()
-	return f.entries.Load()-m.entries >= snapshotMinEntries && f.applied.Load()-m.applied >= m.size
+	entries := f.entries.Load() - m.entries
+	return entries >= snapshotMaxEntries || entries >= snapshotMinEntries && f.applied.Load()-m.applied >= m.size
 }
 
 // snapshotStats returns the raft snapshots written since the start, the
@@ -79,9 +82,13 @@ func (f *FSM) snapshotStats() (written, size, since int64) {
 	return f.snapshots.Load(), m.size, f.applied.Load() - m.applied
 }
 
+// markSnapshot moves the mark to m, unless it is already past it (a
+// snapshot restored while an older one was being written).
 func (f *FSM) markSnapshot(m snapMark) {
 	f.snapMu.Lock()
-	f.lastSnap = m
+	if m.entries >= f.lastSnap.entries {
+		f.lastSnap = m
+	}
 	f.snapMu.Unlock()
 }
 

@@ -968,11 +968,27 @@ func TestSnapshotDue(t *testing.T) {
 	if !f.snapshotDue() {
 		t.Fatalf("not due after %d bytes of entries since a snapshot of %d", f.applied.Load()-f.lastSnap.applied, len(b))
 	}
-	// A restored snapshot moves the mark too.
+	// A restored snapshot moves the mark too, and an older snapshot
+	// written after it does not move it back.
+	older := f.lastSnap
 	if err := f.Restore(io.NopCloser(bytes.NewReader(b))); err != nil {
 		t.Fatal(err)
 	}
 	if f.lastSnap.size != int64(len(b)) || f.snapshotDue() {
 		t.Fatalf("after a restore: mark %+v", f.lastSnap)
+	}
+	restored := f.lastSnap
+	f.markSnapshot(older)
+	if f.lastSnap != restored {
+		t.Fatalf("an older snapshot moved the mark back: %+v, want %+v", f.lastSnap, restored)
+	}
+	// However large the state, snapshotMaxEntries entries make one due.
+	f.lastSnap = snapMark{entries: f.entries.Load() - snapshotMaxEntries + 1, applied: f.applied.Load(), size: 1 << 40}
+	if f.snapshotDue() {
+		t.Fatal("due before snapshotMaxEntries entries")
+	}
+	apply(1)
+	if !f.snapshotDue() {
+		t.Fatalf("not due after snapshotMaxEntries entries: mark %+v, %d entries", f.lastSnap, f.entries.Load())
 	}
 }

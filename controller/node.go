@@ -164,25 +164,41 @@ func start(ctx context.Context, cfg Config, log *slog.Logger, now func() time.Ti
 	return n, nil
 }
 
-// snapshotCheckEvery is how often a node asks FSM.snapshotDue.
-const snapshotCheckEvery = 10 * time.Second
+// snapshotCheckEvery is how often a node asks FSM.snapshotDue; after a
+// snapshot fails it waits snapshotRetryAfter, doubled at each failure up
+// to snapshotRetryMax, before it tries again (each try copies the state).
+const (
+	snapshotCheckEvery = 10 * time.Second
+	snapshotRetryAfter = 2 * time.Minute
+	snapshotRetryMax   = 16 * time.Minute
+)
 
 // snapshotWhenDue has raft take a snapshot whenever FSM.snapshotDue says
 // so.
 func (n *Node) snapshotWhenDue(ctx context.Context) {
 	tick := time.NewTicker(snapshotCheckEvery)
 	defer tick.Stop()
+	var retryAt time.Time
+	backoff := snapshotRetryAfter
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
 		}
-		if !n.fsm.snapshotDue() {
+		if ctx.Err() != nil || time.Now().Before(retryAt) || !n.fsm.snapshotDue() {
 			continue
 		}
-		if err := n.raft.Snapshot().Error(); err != nil && !errors.Is(err, raft.ErrNothingNewToSnapshot) && ctx.Err() == nil {
-			n.log.Error("raft snapshot", "err", err)
+		err := n.raft.Snapshot().Error()
+		switch {
+		case err == nil || errors.Is(err, raft.ErrNothingNewToSnapshot):
+			backoff = snapshotRetryAfter
+		case errors.Is(err, raft.ErrRaftShutdown):
+			return
+		case ctx.Err() == nil:
+			n.log.Error("raft snapshot", "err", err, "retry_in", backoff)
+			retryAt = time.Now().Add(backoff)
+			backoff = min(2*backoff, snapshotRetryMax)
 		}
 	}
 }
