@@ -161,7 +161,8 @@ func (a *app) call(cmd *cobra.Command, fn func(context.Context, *api.Client) err
 	return fn(ctx, c)
 }
 
-// print writes v as JSON, or as the table that rows renders.
+// print writes v as JSON, or as the table that rows renders under
+// header (none when empty).
 func (a *app) print(v any, header string, rows func(w io.Writer)) error {
 	if a.output == "json" {
 		enc := json.NewEncoder(a.out)
@@ -169,7 +170,11 @@ func (a *app) print(v any, header string, rows func(w io.Writer)) error {
 		return enc.Encode(v)
 	}
 	tw := tabwriter.NewWriter(a.out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, header)
-	rows(tw)
+	if header != "" {
+		fmt.Fprintln(tw, header)
+	}
+	if rows != nil {
+		rows(tw)
+	}
 	return tw.Flush()
 }

@@ -260,6 +260,15 @@ YAML
   ctl auditor audit export --out "$LAB/audit.jsonl" --checkpoint "$LAB/audit.checkpoint.json"
   ctl auditor audit verify "$LAB/audit.jsonl" --checkpoint "$LAB/audit.checkpoint.json"
 
+  say "auditor: a backup of the replicated state, signed by the node that saved it and checked offline; a copy with one agency renamed is refused"
+  ctl auditor cluster snapshot save "$LAB/backup.snap"
+  ctl auditor cluster snapshot verify "$LAB/backup.snap"
+  sed '0,/Quảng Ninh/s//Quảng Minh/' "$LAB/backup.snap" > "$LAB/backup-altered.snap"
+  if cmp -s "$LAB/backup.snap" "$LAB/backup-altered.snap" || ctl auditor cluster snapshot verify "$LAB/backup-altered.snap"; then
+    echo "lab: the altered backup was not refused" >&2
+    exit 1
+  fi
+
   cat <<EOT
 
 The lab stays up. Explore it:
