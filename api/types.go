@@ -337,6 +337,12 @@ const (
 // backup be restored.
 const RestoreApprovalTTL = time.Hour
 
+// RestoreTimeout bounds a restore, from the call to every node holding
+// the restored state: the leader merges the backup into a copy of the
+// state and raft installs the result on every node, seconds to minutes
+// for a large network.
+const RestoreTimeout = 10 * time.Minute
+
 // Request statuses.
 const (
 	RequestPending  = "pending"

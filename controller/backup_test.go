@@ -12,6 +12,8 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -186,5 +188,33 @@ func TestSavedBackupSignature(t *testing.T) {
 	}
 	if id, _ := ca.IdentityOf(chain[0]); id.Kind != ca.KindNode || id.Name != "ctl1" {
 		t.Fatalf("signed by %+v", id)
+	}
+}
+
+// flagAtAnswer records whether a restore was still marked in progress
+// when the answer's status was written.
+type flagAtAnswer struct {
+	*httptest.ResponseRecorder
+	n    *Node
+	busy bool
+}
+
+func (f *flagAtAnswer) WriteHeader(code int) {
+	f.busy = f.n.restoring.Load()
+	f.ResponseRecorder.WriteHeader(code)
+}
+
+// TestRestoreFreedBeforeAnswer: a node lets go of its one restore before
+// it answers, so that a follower told "not the leader" can send the same
+// restore straight back to it, re-elected, without a 409.
+func TestRestoreFreedBeforeAnswer(t *testing.T) {
+	n, _, backup, _ := backupFixture(t, false)
+	for _, body := range [][]byte{[]byte("not a backup"), backup[:len(backup)/2]} {
+		w := &flagAtAnswer{ResponseRecorder: httptest.NewRecorder(), n: n}
+		r := httptest.NewRequest(http.MethodPost, "/v1/cluster/snapshot", bytes.NewReader(body))
+		n.handleSnapshotRestore(w, r, ca.Identity{Kind: ca.KindPerson, Name: "officer1"})
+		if w.Code != http.StatusBadRequest || w.busy {
+			t.Fatalf("HTTP %d %s; restore still in progress when answered: %v", w.Code, w.Body.String(), w.busy)
+		}
 	}
 }

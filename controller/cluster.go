@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"sync"
 	"syscall"
 	"time"
 
@@ -132,7 +133,13 @@ func (n *Node) peerCall(ctx context.Context, apiAddr, path, ctype string, body i
 	if actor != "" {
 		req.Header.Set(actorHeader, actor)
 	}
-	resp, err := n.peers.Load().Do(req)
+	client := n.peers.Load()
+	if d, ok := ctx.Deadline(); ok && time.Until(d) > client.Timeout {
+		long := *client // the same connections, bounded by ctx alone (a restore)
+		long.Timeout = 0
+		client = &long
+	}
+	resp, err := client.Do(req)
 	if err != nil {
 		if errors.Is(err, syscall.ECONNREFUSED) {
 			return fmt.Errorf("%w: leader at %s: %v", ErrNotLeader, apiAddr, err)
@@ -175,7 +182,7 @@ func (n *Node) onLeader(ctx context.Context, actor, path string, in, out any, lo
 	if err != nil {
 		return err
 	}
-	return n.routeToLeader(ctx, actor, path, "application/json", body, out, local)
+	return n.routeToLeader(ctx, applyTimeout, actor, path, "application/json", body, out, local)
 }
 
 // linearizable makes this node's state include every write committed
@@ -536,6 +543,10 @@ func (n *Node) handleSnapshotRestore(w http.ResponseWriter, r *http.Request, id 
 		writeError(w, http.StatusConflict, "a restore is already in progress on this node")
 		return
 	}
+	// Free before the answer goes out: a follower that forwarded this
+	// restore and hears "not the leader" may send it straight back here,
+	// re-elected.
+	w = &beforeAnswer{ResponseWriter: w, f: func() { n.restoring.Store(false) }}
 	defer n.restoring.Store(false)
 	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxSnapshotBody))
 	if err != nil {
@@ -577,7 +588,7 @@ func (n *Node) handleSnapshotRestore(w http.ResponseWriter, r *http.Request, id 
 			}
 		}
 	}
-	err = n.onLeaderRaw(r.Context(), actor, "/v1/internal/restore", b, func(ctx context.Context) error {
+	err = n.onLeaderRestore(r.Context(), actor, "/v1/internal/restore", b, func(ctx context.Context) error {
 		info := restoreInfo{Actor: actor, At: n.now(), BackupSHA256: hex.EncodeToString(sum[:])}
 		if p, ok := n.State().Person(actor); ok {
 			info.Role = p.Role
@@ -596,16 +607,37 @@ func (n *Node) handleSnapshotRestore(w http.ResponseWriter, r *http.Request, id 
 	n.writeStatus(w, r)
 }
 
-// onLeaderRaw is onLeader for a body that is not JSON.
-func (n *Node) onLeaderRaw(ctx context.Context, actor, path string, body []byte, local func(context.Context) error) error {
-	return n.routeToLeader(ctx, actor, path, "application/octet-stream", body, nil, local)
+// beforeAnswer calls f once, before the answer's status or body is
+// written.
+type beforeAnswer struct {
+	http.ResponseWriter
+	once sync.Once
+	f    func()
+}
+
+func (b *beforeAnswer) WriteHeader(code int) {
+	b.once.Do(b.f)
+	b.ResponseWriter.WriteHeader(code)
+}
+
+func (b *beforeAnswer) Write(p []byte) (int, error) {
+	b.once.Do(b.f)
+	return b.ResponseWriter.Write(p)
+}
+
+// onLeaderRestore is onLeader for a restore: a body that is not JSON,
+// and up to api.RestoreTimeout, not applyTimeout (merging a large state
+// and installing it on every node takes a while).
+func (n *Node) onLeaderRestore(ctx context.Context, actor, path string, body []byte, local func(context.Context) error) error {
+	return n.routeToLeader(ctx, api.RestoreTimeout, actor, path, "application/octet-stream", body, nil, local)
 }
 
 // routeToLeader runs local if this node leads, or POSTs body to path on
 // the leader and decodes its answer into out (when not nil), retrying
 // while there is no leader or the leader moved: nothing was done then.
-func (n *Node) routeToLeader(ctx context.Context, actor, path, contentType string, body []byte, out any, local func(context.Context) error) error {
-	ctx, cancel := context.WithTimeout(ctx, applyTimeout)
+// It gives up after timeout.
+func (n *Node) routeToLeader(ctx context.Context, timeout time.Duration, actor, path, contentType string, body []byte, out any, local func(context.Context) error) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	for {
 		var err error

@@ -500,7 +500,7 @@ func (a *app) clusterCmd() *cobra.Command {
 				return err
 			}
 			defer f.Close()
-			return a.call(cmd, func(ctx context.Context, c *api.Client) error {
+			return a.callFor(cmd, api.RestoreTimeout, func(ctx context.Context, c *api.Client) error {
 				st, err := c.RestoreSnapshot(ctx, f)
 				if err != nil {
 					return err

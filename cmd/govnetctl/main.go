@@ -150,13 +150,18 @@ func (a *app) anonClient() (*api.Client, error) {
 	return api.NewClient(a.cfg.Controller, tlsCfg), nil
 }
 
-// call runs fn with a client and a bounded context.
+// call runs fn with a client and a context bounded at 30 s.
 func (a *app) call(cmd *cobra.Command, fn func(context.Context, *api.Client) error) error {
+	return a.callFor(cmd, 30*time.Second, fn)
+}
+
+// callFor is call with the context bounded at timeout.
+func (a *app) callFor(cmd *cobra.Command, timeout time.Duration, fn func(context.Context, *api.Client) error) error {
 	c, err := a.client()
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
 	defer cancel()
 	return fn(ctx, c)
 }
