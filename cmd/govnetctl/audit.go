@@ -25,7 +25,7 @@ func (a *app) auditCmd() *cobra.Command {
 			"  govnetctl audit export --since 1200",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return a.call(cmd, func(ctx context.Context, c *api.Client) error {
+			return a.callFor(cmd, transferTimeout, func(ctx context.Context, c *api.Client) error {
 				w := a.out
 				if out != "" {
 					f, err := os.OpenFile(out, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)

@@ -454,7 +454,7 @@ func (a *app) clusterCmd() *cobra.Command {
 		Example: "  govnetctl cluster snapshot save /var/backups/govnet-$(date +%F).snap",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return a.call(cmd, func(ctx context.Context, c *api.Client) error {
+			return a.callFor(cmd, transferTimeout, func(ctx context.Context, c *api.Client) error {
 				tmp := args[0] + ".part"
 				f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 				if err != nil {

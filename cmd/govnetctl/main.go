@@ -150,6 +150,11 @@ func (a *app) anonClient() (*api.Client, error) {
 	return api.NewClient(a.cfg.Controller, tlsCfg), nil
 }
 
+// transferTimeout bounds the commands that move the whole state or its
+// history (a backup saved, the audit chain exported): hundreds of MB on
+// a large network.
+const transferTimeout = 10 * time.Minute
+
 // call runs fn with a client and a context bounded at 30 s.
 func (a *app) call(cmd *cobra.Command, fn func(context.Context, *api.Client) error) error {
 	return a.callFor(cmd, 30*time.Second, fn)
