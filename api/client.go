@@ -137,16 +137,25 @@ func NewClient(base string, tlsConfig *tls.Config) *Client {
 	return &Client{base: base, conns: cs}
 }
 
-// TLSConfig builds a client TLS config that trusts the root in rootFile and,
-// when certFile is set, presents that certificate chain and key.
-func TLSConfig(rootFile, certFile, keyFile string) (*tls.Config, error) {
-	rootPEM, err := os.ReadFile(rootFile)
+// LoadRoots reads the root certificates of a PEM file.
+func LoadRoots(file string) (*x509.CertPool, error) {
+	rootPEM, err := os.ReadFile(file)
 	if err != nil {
 		return nil, fmt.Errorf("root certificate: %w", err)
 	}
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(rootPEM) {
-		return nil, fmt.Errorf("root certificate %s: no PEM certificate in it", rootFile)
+		return nil, fmt.Errorf("root certificate %s: no PEM certificate in it", file)
+	}
+	return pool, nil
+}
+
+// TLSConfig builds a client TLS config that trusts the root in rootFile and,
+// when certFile is set, presents that certificate chain and key.
+func TLSConfig(rootFile, certFile, keyFile string) (*tls.Config, error) {
+	pool, err := LoadRoots(rootFile)
+	if err != nil {
+		return nil, err
 	}
 	cfg := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS13}
 	if certFile != "" {

@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
@@ -49,9 +50,7 @@ func (n *Node) writeBackup(w io.Writer, snap *fsmSnapshot) error {
 // node's clock. It returns the state part of backup (what the signature
 // covers), for checkSigner to finish with.
 func (n *Node) checkBackup(backup []byte) ([]byte, api.BackupSignature, []*x509.Certificate, error) {
-	d := api.NewBackupDigest()
-	d.Write(backup)
-	sig, chain, err := d.Verify(n.verifier.Roots())
+	sig, chain, err := api.VerifyBackup(bytes.NewReader(backup), n.verifier.Roots())
 	if err != nil {
 		return nil, sig, nil, fmt.Errorf("%w: %w", ErrBadRequest, err)
 	}

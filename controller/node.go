@@ -615,12 +615,17 @@ func (n *Node) applyLocal(ctx context.Context, t CommandType, b []byte) (uint64,
 	return res.Index, res.Err, nil
 }
 
-func timeoutOf(ctx context.Context) time.Duration {
-	timeout := applyTimeout
+// timeoutOf is what raft may take of ctx for a write: what is left of
+// ctx, at most applyTimeout.
+func timeoutOf(ctx context.Context) time.Duration { return timeoutWithin(ctx, applyTimeout) }
+
+// timeoutWithin is what is left of ctx, at most limit (and at least a
+// millisecond: raft takes 0 for no limit).
+func timeoutWithin(ctx context.Context, limit time.Duration) time.Duration {
 	if d, ok := ctx.Deadline(); ok {
-		timeout = min(timeout, time.Until(d))
+		limit = min(limit, time.Until(d))
 	}
-	return max(timeout, time.Millisecond)
+	return max(limit, time.Millisecond)
 }
 
 // pause waits d or until ctx ends.

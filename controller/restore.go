@@ -78,11 +78,7 @@ func (n *Node) restoreBackup(ctx context.Context, backup []byte, r restoreInfo) 
 	// last: the state's index stays below every command after it (views
 	// and reads are stamped with it), even when the backup's is higher.
 	meta := &raft.SnapshotMeta{Version: raft.SnapshotVersionMax, Size: int64(len(merged)), Index: index}
-	wait := api.RestoreTimeout
-	if d, ok := ctx.Deadline(); ok {
-		wait = max(time.Until(d), time.Millisecond)
-	}
-	if err := n.raft.Restore(meta, bytes.NewReader(merged), wait); err != nil {
+	if err := n.raft.Restore(meta, bytes.NewReader(merged), timeoutWithin(ctx, api.RestoreTimeout)); err != nil {
 		if errors.Is(err, raft.ErrNotLeader) {
 			return ErrNotLeader
 		}

@@ -127,15 +127,7 @@ func (a *app) roots(what string) (*x509.CertPool, error) {
 	if a.cfg.Root == "" {
 		return nil, fmt.Errorf("%s needs the root certificate (--root or the config file)", what)
 	}
-	b, err := os.ReadFile(a.cfg.Root)
-	if err != nil {
-		return nil, err
-	}
-	roots := x509.NewCertPool()
-	if !roots.AppendCertsFromPEM(b) {
-		return nil, fmt.Errorf("root certificate %s: no PEM certificate in it", a.cfg.Root)
-	}
-	return roots, nil
+	return api.LoadRoots(a.cfg.Root)
 }
 
 // anonClient is a client without credentials of its own (enrollment).
