@@ -16,7 +16,7 @@ import (
 )
 
 // BenchmarkIssue measures in-process issuance through SoftHSM2: CSR
-// check, profile, lint before sign (throwaway signature + zlint + govnet
+// check, profile, lint before sign (pre-certificate + zlint + govnet
 // lints) and the HSM signature. It reports certs/s for `make bench`.
 func BenchmarkIssue(b *testing.B) {
 	c, _ := newCA(b)
@@ -70,7 +70,7 @@ func cpuTime(b *testing.B) time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// BenchmarkLint is the pre-issuance lint alone (throwaway signature,
+// BenchmarkLint is the pre-issuance lint alone (pre-certificate,
 // parse, zlint, govnet lints), to see its share of issuance.
 func BenchmarkLint(b *testing.B) {
 	c, _ := newCA(b)
@@ -92,8 +92,8 @@ func BenchmarkLint(b *testing.B) {
 // one goroutine (docs/performance.md uses them to account for
 // BenchmarkIssue): a CSR signature check (done once per issuance by the
 // authority), an ECDSA P-256 verification and signature in Go, one
-// SoftHSM2 signature, the pre-certificate (template marshalled and
-// signed with the throwaway key, which crypto/x509 verifies), zcrypto's
+// SoftHSM2 signature, the pre-certificate (template marshalled by
+// crypto/x509, the throwaway signature value set in), zcrypto's
 // parse, zlint alone, and the whole lint (parse, zlint, govnet lints).
 func BenchmarkIssueParts(b *testing.B) {
 	c, _ := newCA(b)

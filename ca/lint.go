@@ -7,10 +7,12 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha1"
+	"crypto/sha256"
 	"crypto/x509"
 	"encoding/asn1"
 	"errors"
 	"fmt"
+	"io"
 	"regexp"
 	"slices"
 	"sort"
@@ -22,17 +24,20 @@ import (
 	zx509 "github.com/zmap/zcrypto/x509"
 	"github.com/zmap/zlint/v3"
 	"github.com/zmap/zlint/v3/lint"
+	"golang.org/x/crypto/cryptobyte"
+	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
 )
 
 // Lint before sign.
 //
-// Every certificate and CRL the CA makes is first built in full, signed
-// with a throwaway key of the issuer's key type (never the HSM key) and
+// Every certificate and CRL the CA makes is first built in full as a
+// pre-certificate (a pre-CRL): what crypto/x509 signs, with the signature
+// of a throwaway key of the issuer's key type (never the HSM key), and
 // linted: zlint v3 with the sources in LintSources, and govnet's own lints
 // (GovnetLints) beside it. Any finding of level warning or worse blocks
 // the real signature with a *LintError naming every failing lint. Only
-// then is the same template signed by the HSM, so what was linted is what
-// is issued, byte for byte except for the signature.
+// then does the HSM sign that very TBSCertificate, so what was linted is
+// what is issued, byte for byte except for the signature.
 
 // LintSources are the zlint sources run before signing. The CA/B Forum
 // (CABF_BR, CABF_EV, CABF_SMIME_BR, CABF_CS_BR), browser root-program
@@ -444,7 +449,7 @@ func (l *Linter) govnet(c *x509.Certificate) []Finding {
 }
 
 // throwaway returns a fresh software key of the same type and size as
-// pub, used only to sign what is linted.
+// pub: its public key stands for the issuer's in what is linted.
 func throwaway(pub crypto.PublicKey) (crypto.Signer, error) {
 	switch k := pub.(type) {
 	case *ecdsa.PublicKey:
@@ -455,11 +460,21 @@ func throwaway(pub crypto.PublicKey) (crypto.Signer, error) {
 	return nil, fmt.Errorf("%w: issuer key %T", ErrKeyType, pub)
 }
 
-// lintKeys caches one throwaway key per issuer key type: generating
-// RSA keys is slow, and the key never signs anything that is kept.
-var lintKeys sync.Map // string -> crypto.Signer
+// lintKey is the throwaway key of one issuer key type, and one signature
+// it made: the signature value a pre-certificate carries. A linter reads
+// the TBSCertificate and the signature's form, never checks the value
+// (a pre-certificate has no issuer to check it with), and the issued
+// certificate gets the HSM's signature instead.
+type lintKey struct {
+	signer crypto.Signer
+	sig    []byte
+}
 
-func lintKeyFor(pub crypto.PublicKey) (crypto.Signer, error) {
+// lintKeys caches one lintKey per issuer key type: generating RSA keys is
+// slow, and the key never signs anything that is kept.
+var lintKeys sync.Map // string -> *lintKey
+
+func lintKeyFor(pub crypto.PublicKey) (*lintKey, error) {
 	var kind string
 	switch k := pub.(type) {
 	case *ecdsa.PublicKey:
@@ -469,15 +484,41 @@ func lintKeyFor(pub crypto.PublicKey) (crypto.Signer, error) {
 	default:
 		return nil, fmt.Errorf("%w: issuer key %T", ErrKeyType, pub)
 	}
-	if s, ok := lintKeys.Load(kind); ok {
-		return s.(crypto.Signer), nil
+	if k, ok := lintKeys.Load(kind); ok {
+		return k.(*lintKey), nil
 	}
 	s, err := throwaway(pub)
 	if err != nil {
 		return nil, err
 	}
-	actual, _ := lintKeys.LoadOrStore(kind, s)
-	return actual.(crypto.Signer), nil
+	digest := sha256.Sum256([]byte("govnet pre-certificate"))
+	sig, err := s.Sign(rand.Reader, digest[:], crypto.SHA256)
+	if err != nil {
+		return nil, err
+	}
+	actual, _ := lintKeys.LoadOrStore(kind, &lintKey{signer: s, sig: sig})
+	return actual.(*lintKey), nil
+}
+
+// tbsCatcher is a crypto.Signer that signs nothing: crypto/x509 hands it
+// the TBSCertificate it marshalled (crypto.MessageSigner), and it keeps
+// that and stops the signature with errTBSCaught.
+type tbsCatcher struct {
+	pub crypto.PublicKey
+	tbs []byte
+}
+
+var errTBSCaught = errors.New("TBSCertificate caught")
+
+func (c *tbsCatcher) Public() crypto.PublicKey { return c.pub }
+
+func (c *tbsCatcher) SignMessage(_ io.Reader, msg []byte, _ crypto.SignerOpts) ([]byte, error) {
+	c.tbs = msg
+	return nil, errTBSCaught
+}
+
+func (c *tbsCatcher) Sign(io.Reader, []byte, crypto.SignerOpts) ([]byte, error) {
+	return nil, errors.New("crypto/x509 asked for a signature of a digest, not of the TBSCertificate")
 }
 
 // completeTemplate fixes the fields that signing would otherwise fill in
@@ -518,8 +559,13 @@ func subjectKeyID(pub crypto.PublicKey) ([]byte, error) {
 	return sum[:], nil
 }
 
-// precertificate signs tmpl as parent would, but with a throwaway key of
-// the issuer's key type. parent nil means self-signed.
+// precertificate is tmpl as crypto/x509 would sign it under parent (nil
+// means self-signed), but for the signature value: crypto/x509 marshals
+// the TBSCertificate, with every check it makes before signing, and the
+// issuer key type's throwaway signature stands in for the signature.
+// Signing with the throwaway key and checking that signature, as
+// crypto/x509 does, would cost two ECDSA operations per certificate and
+// prove nothing about what is issued (signTBS checks the HSM's).
 func precertificate(tmpl, parent *x509.Certificate, pub, issuerPub crypto.PublicKey) ([]byte, error) {
 	key, err := lintKeyFor(issuerPub)
 	if err != nil {
@@ -531,12 +577,39 @@ func precertificate(tmpl, parent *x509.Certificate, pub, issuerPub crypto.Public
 	} else {
 		fake = *parent
 	}
-	fake.PublicKey = key.Public()
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, &fake, pub, key)
+	catch := &tbsCatcher{pub: key.signer.Public()}
+	fake.PublicKey = catch.pub
+	if _, err := x509.CreateCertificate(rand.Reader, tmpl, &fake, pub, catch); !errors.Is(err, errTBSCaught) {
+		if err == nil {
+			err = errors.New("signed without the signer")
+		}
+		return nil, fmt.Errorf("pre-certificate: %w", err)
+	}
+	alg, err := tbsSignatureAlgorithm(catch.tbs)
 	if err != nil {
 		return nil, fmt.Errorf("pre-certificate: %w", err)
 	}
-	return der, nil
+	var b cryptobyte.Builder
+	b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+		b.AddBytes(catch.tbs)
+		b.AddBytes(alg)
+		b.AddASN1BitString(key.sig)
+	})
+	return b.Bytes()
+}
+
+// tbsSignatureAlgorithm returns the DER of a TBSCertificate's signature
+// AlgorithmIdentifier, which the certificate repeats outside it.
+func tbsSignatureAlgorithm(tbs []byte) ([]byte, error) {
+	in := cryptobyte.String(tbs)
+	var body, alg cryptobyte.String
+	if !in.ReadASN1(&body, cbasn1.SEQUENCE) || !in.Empty() ||
+		!body.SkipOptionalASN1(cbasn1.Tag(0).Constructed().ContextSpecific()) || // version
+		!body.SkipASN1(cbasn1.INTEGER) || // serialNumber
+		!body.ReadASN1Element(&alg, cbasn1.SEQUENCE) {
+		return nil, errors.New("malformed TBSCertificate")
+	}
+	return alg, nil
 }
 
 // lintCertificate lints tmpl as it would be signed under parent (nil for
@@ -644,8 +717,8 @@ func (l *Linter) signCRL(what string, tmpl *x509.RevocationList, issuer *x509.Ce
 		return nil, err
 	}
 	fake := *issuer
-	fake.PublicKey = key.Public()
-	pre, err := x509.CreateRevocationList(rand.Reader, tmpl, &fake, key)
+	fake.PublicKey = key.signer.Public()
+	pre, err := x509.CreateRevocationList(rand.Reader, tmpl, &fake, key.signer)
 	if err != nil {
 		return nil, fmt.Errorf("%s: pre-CRL: %w", what, err)
 	}

@@ -1,6 +1,7 @@
 package ca
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -8,8 +9,11 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"errors"
+	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"net/url"
 	"slices"
@@ -209,4 +213,88 @@ func mustURL(t *testing.T, s string) *url.URL {
 		t.Fatal(err)
 	}
 	return u
+}
+
+// The pre-certificate is what crypto/x509 signs, byte for byte, but for
+// the signature value: its TBSCertificate is the one crypto/x509 makes
+// with a real key of the issuer's type, its outer algorithm matches, and
+// the HSM's signature of it verifies under the issuer. For a CA and a
+// leaf, under ECDSA and RSA issuers, and self-signed.
+func TestPrecertificateIsTheTBS(t *testing.T) {
+	keys := subjectKeys()
+	for _, iname := range []string{"P-256", "P-384", "RSA-3072"} {
+		for _, selfSigned := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/self-signed=%t", iname, selfSigned), func(t *testing.T) {
+				issuer := keys[iname]
+				parentTmpl := &x509.Certificate{
+					SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: "issuer"},
+					NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour),
+					IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+					SubjectKeyId: []byte{1, 2, 3},
+				}
+				der, err := x509.CreateCertificate(rand.Reader, parentTmpl, parentTmpl, issuer.Public(), issuer)
+				if err != nil {
+					t.Fatal(err)
+				}
+				parent, _ := x509.ParseCertificate(der)
+				tmpl := &x509.Certificate{
+					SerialNumber: big.NewInt(42), Subject: pkix.Name{CommonName: "leaf"},
+					NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour),
+					KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+				}
+				pub := keys["P-256"].Public()
+				if selfSigned {
+					tmpl, parent, pub = parentTmpl, nil, issuer.Public()
+				}
+				if err := completeTemplate(tmpl, pub); err != nil {
+					t.Fatal(err)
+				}
+				pre, err := precertificate(tmpl, parent, pub, issuer.Public())
+				if err != nil {
+					t.Fatal(err)
+				}
+				c, err := x509.ParseCertificate(pre) // refuses inner and outer algorithms that differ
+				if err != nil {
+					t.Fatal(err)
+				}
+				// What crypto/x509 signs with a real key of the type.
+				key, _ := lintKeyFor(issuer.Public())
+				fake := parentTmpl
+				if !selfSigned {
+					f := *parent
+					fake = &f
+				}
+				fake = func() *x509.Certificate { f := *fake; f.PublicKey = key.signer.Public(); return &f }()
+				want, err := x509.CreateCertificate(rand.Reader, tmpl, fake, pub, key.signer)
+				if err != nil {
+					t.Fatal(err)
+				}
+				w, _ := x509.ParseCertificate(want)
+				if !bytes.Equal(c.RawTBSCertificate, w.RawTBSCertificate) || c.SignatureAlgorithm != w.SignatureAlgorithm {
+					t.Fatalf("pre-certificate's TBS differs from crypto/x509's (algorithm %v, want %v)", c.SignatureAlgorithm, w.SignatureAlgorithm)
+				}
+				signed, err := signTBS(c, issuer)
+				if err != nil {
+					t.Fatal(err)
+				}
+				cert, err := x509.ParseCertificate(signed)
+				if err != nil {
+					t.Fatal(err)
+				}
+				check := parent
+				if selfSigned {
+					check = cert
+				}
+				if err := cert.CheckSignatureFrom(check); err != nil {
+					t.Fatal(err)
+				}
+				if !bytes.Equal(cert.RawTBSCertificate, c.RawTBSCertificate) {
+					t.Fatal("the signed certificate's TBS is not the linted one")
+				}
+			})
+		}
+	}
+	if _, err := tbsSignatureAlgorithm([]byte{0x30, 0x03, 0x02, 0x01, 0x01}); err == nil {
+		t.Error("a TBSCertificate without an algorithm was read")
+	}
 }
