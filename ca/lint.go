@@ -589,7 +589,7 @@ func precertificate(tmpl, parent *x509.Certificate, pub, issuerPub crypto.Public
 	if err != nil {
 		return nil, fmt.Errorf("pre-certificate: %w", err)
 	}
-	var b cryptobyte.Builder
+	b := cryptobyte.NewBuilder(make([]byte, 0, len(catch.tbs)+len(alg)+len(key.sig)+16))
 	b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
 		b.AddBytes(catch.tbs)
 		b.AddBytes(alg)
@@ -649,20 +649,26 @@ func (l *Linter) signCertificate(what string, tmpl, parent *x509.Certificate, pu
 	if err != nil {
 		return nil, err
 	}
-	der, err := signTBS(pre, signer)
+	der, sig, err := signTBS(pre, signer)
 	if err != nil {
 		return nil, fmt.Errorf("sign %s: %w", what, err)
 	}
-	return x509.ParseCertificate(der)
+	// The certificate is pre but for its DER and signature value: every
+	// other field crypto/x509 parses comes from the TBSCertificate and
+	// the signature algorithm, which are pre's byte for byte. Parsing der
+	// again would cost a tenth of the lint.
+	cert := *pre
+	cert.Raw, cert.Signature = der, sig
+	return &cert, nil
 }
 
 // signTBS signs the TBSCertificate of the pre-certificate pre with signer
 // and returns the certificate: pre's TBSCertificate and signature
-// algorithm with signer's signature. Like crypto/x509.CreateCertificate it
-// checks the signature with signer's public key before returning it, so
-// that a faulty signer never hands out a certificate that does not
-// verify.
-func signTBS(pre *x509.Certificate, signer crypto.Signer) ([]byte, error) {
+// algorithm with signer's signature (also returned alone). Like
+// crypto/x509.CreateCertificate it checks the signature with signer's
+// public key before returning it, so that a faulty signer never hands out
+// a certificate that does not verify.
+func signTBS(pre *x509.Certificate, signer crypto.Signer) (der, sig []byte, err error) {
 	var h crypto.Hash
 	switch pre.SignatureAlgorithm {
 	case x509.ECDSAWithSHA256, x509.SHA256WithRSA:
@@ -672,27 +678,28 @@ func signTBS(pre *x509.Certificate, signer crypto.Signer) ([]byte, error) {
 	case x509.ECDSAWithSHA512, x509.SHA512WithRSA:
 		h = crypto.SHA512
 	default:
-		return nil, fmt.Errorf("signature algorithm %v not supported", pre.SignatureAlgorithm)
+		return nil, nil, fmt.Errorf("signature algorithm %v not supported", pre.SignatureAlgorithm)
 	}
 	var outer struct {
 		TBS, Algorithm asn1.RawValue
 		Signature      asn1.BitString
 	}
 	if rest, err := asn1.Unmarshal(pre.Raw, &outer); err != nil || len(rest) > 0 {
-		return nil, fmt.Errorf("pre-certificate does not parse: %v", err)
+		return nil, nil, fmt.Errorf("pre-certificate does not parse: %v", err)
 	}
 	d := h.New()
 	d.Write(outer.TBS.FullBytes)
 	digest := d.Sum(nil)
-	sig, err := signer.Sign(rand.Reader, digest, h)
+	sig, err = signer.Sign(rand.Reader, digest, h)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if err := verifyDigest(signer.Public(), h, digest, sig); err != nil {
-		return nil, fmt.Errorf("the signer's signature does not verify with its public key: %w", err)
+		return nil, nil, fmt.Errorf("the signer's signature does not verify with its public key: %w", err)
 	}
 	outer.Signature = asn1.BitString{Bytes: sig, BitLength: 8 * len(sig)}
-	return asn1.Marshal(outer)
+	der, err = asn1.Marshal(outer)
+	return der, sig, err
 }
 
 // verifyDigest checks sig over digest with pub (ECDSA, or RSA PKCS #1 v1.5).

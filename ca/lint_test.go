@@ -16,6 +16,7 @@ import (
 	"math/big"
 	"net"
 	"net/url"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -72,6 +73,11 @@ func TestEveryProfileLintsClean(t *testing.T) {
 					t.Fatal(err)
 				}
 				leaf := chain[0]
+				// The certificate handed out is what its DER parses to
+				// (signCertificate builds it from the pre-certificate).
+				if parsed, err := x509.ParseCertificate(leaf.Raw); err != nil || !reflect.DeepEqual(parsed, leaf) {
+					t.Fatalf("the issued certificate is not what its DER parses to (%v)", err)
+				}
 				if fs := c.linter.Certificate(leaf.Raw); len(fs) > 0 {
 					t.Fatalf("issued certificate has findings: %v", fs)
 				}
@@ -273,7 +279,7 @@ func TestPrecertificateIsTheTBS(t *testing.T) {
 				if !bytes.Equal(c.RawTBSCertificate, w.RawTBSCertificate) || c.SignatureAlgorithm != w.SignatureAlgorithm {
 					t.Fatalf("pre-certificate's TBS differs from crypto/x509's (algorithm %v, want %v)", c.SignatureAlgorithm, w.SignatureAlgorithm)
 				}
-				signed, err := signTBS(c, issuer)
+				signed, _, err := signTBS(c, issuer)
 				if err != nil {
 					t.Fatal(err)
 				}
