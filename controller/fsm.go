@@ -58,18 +58,34 @@ type snapMark struct {
 // (raft's own threshold too, which raft checks only every 2–4 minutes):
 // that bounds the log, and a restart's replay, when the state grows
 // faster than the log (each command adds an audit entry).
+//
+// A snapshot due in a burst of writes (a network-wide re-issue, a policy
+// round, gateways reconnecting by the thousand) waits for the burst to
+// end, until the log since the last snapshot is twice its size: writing
+// the state competes with the burst for the CPU, and copying it holds
+// the applies. A burst is a check period (snapshotCheckEvery) in which
+// the entries applied added up to more than 1/snapshotQuietShare of the
+// last snapshot's size.
 const (
 	snapshotMinEntries = 8192
 	snapshotMaxEntries = 131072
+	snapshotQuietShare = 32
 )
 
-// snapshotDue says whether the node should take a snapshot now.
-func (f *FSM) snapshotDue() bool {
+// snapshotDue says whether the node should take a snapshot now; recent
+// is the bytes of log entries applied in the check period just ended.
+func (f *FSM) snapshotDue(recent int64) bool {
 	f.snapMu.Lock()
 	m := f.lastSnap
 	f.snapMu.Unlock()
-	entries := f.entries.Load() - m.entries
-	return entries >= snapshotMaxEntries || entries >= snapshotMinEntries && f.applied.Load()-m.applied >= m.size
+	entries, bytes := f.entries.Load()-m.entries, f.applied.Load()-m.applied
+	switch {
+	case entries >= snapshotMaxEntries:
+		return true
+	case entries < snapshotMinEntries || bytes < m.size:
+		return false
+	}
+	return bytes >= 2*m.size || recent <= m.size/snapshotQuietShare
 }
 
 // snapshotStats returns the raft snapshots written since the start, the

@@ -920,7 +920,7 @@ func TestLANClashesInIDOrder(t *testing.T) {
 
 // TestSnapshotDue: a node snapshots once at least snapshotMinEntries
 // were applied since the last snapshot and their commands add up to that
-// snapshot's size; raft's snapshots (Snapshot, Restore) move the mark,
+// snapshot's size, or twice that in a burst of writes; raft's snapshots (Snapshot, Restore) move the mark,
 // backups and restores' copies of the state (snapshot) do not.
 func TestSnapshotDue(t *testing.T) {
 	f := NewFSM(slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
@@ -936,11 +936,11 @@ func TestSnapshotDue(t *testing.T) {
 	}
 	// No snapshot yet: raft's count alone.
 	apply(snapshotMinEntries - 1)
-	if f.snapshotDue() {
+	if f.snapshotDue(0) {
 		t.Fatalf("due after %d entries", index)
 	}
 	apply(1)
-	if !f.snapshotDue() {
+	if !f.snapshotDue(0) {
 		t.Fatalf("not due after %d entries and no snapshot", index)
 	}
 	// A backup's copy of the state is not a snapshot of raft's.
@@ -948,33 +948,51 @@ func TestSnapshotDue(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := snap.Persist(&memSnapshotSink{}); err != nil || !f.snapshotDue() {
+	if err := snap.Persist(&memSnapshotSink{}); err != nil || !f.snapshotDue(0) {
 		t.Fatalf("a backup's persist moved the mark (%v)", err)
 	}
 	// Raft's snapshot: the state is larger than the next 8,192 entries.
 	b := snapshotBytes(t, f)
 	per := f.applied.Load() / int64(index)
-	if f.snapshotDue() {
+	if f.snapshotDue(0) {
 		t.Fatal("due right after a snapshot")
 	}
 	apply(snapshotMinEntries)
 	if int64(len(b)) <= per*snapshotMinEntries {
 		t.Fatalf("state of %d bytes, entries of %d: the test needs a larger state", len(b), per)
 	}
-	if f.snapshotDue() {
+	if f.snapshotDue(0) {
 		t.Fatalf("due after %d entries of %d bytes, since a snapshot of %d bytes", snapshotMinEntries, per*snapshotMinEntries, len(b))
 	}
 	apply(int(int64(len(b))/per) - snapshotMinEntries + 1)
-	if !f.snapshotDue() {
+	if !f.snapshotDue(0) {
 		t.Fatalf("not due after %d bytes of entries since a snapshot of %d", f.applied.Load()-f.lastSnap.applied, len(b))
 	}
+	// In a burst it waits, until the log is twice the snapshot's size.
+	burst := int64(len(b))/snapshotQuietShare + 1
+	if !f.snapshotDue(burst - 1) {
+		t.Fatal("not due after a quiet period")
+	}
+	if f.snapshotDue(burst) {
+		t.Fatalf("due in a burst of %d bytes, with %d bytes of log since a snapshot of %d", burst, f.applied.Load()-f.lastSnap.applied, len(b))
+	}
+	mark := f.lastSnap
+	f.lastSnap.applied = f.applied.Load() - 2*int64(len(b)) + 1
+	if f.snapshotDue(burst) {
+		t.Fatal("due in a burst before the log is twice the snapshot's size")
+	}
+	f.lastSnap.applied--
+	if !f.snapshotDue(burst) {
+		t.Fatal("not due in a burst with a log twice the snapshot's size")
+	}
+	f.lastSnap = mark
 	// A restored snapshot moves the mark too, and an older snapshot
 	// written after it does not move it back.
 	older := f.lastSnap
 	if err := f.Restore(io.NopCloser(bytes.NewReader(b))); err != nil {
 		t.Fatal(err)
 	}
-	if f.lastSnap.size != int64(len(b)) || f.snapshotDue() {
+	if f.lastSnap.size != int64(len(b)) || f.snapshotDue(0) {
 		t.Fatalf("after a restore: mark %+v", f.lastSnap)
 	}
 	restored := f.lastSnap
@@ -982,13 +1000,14 @@ func TestSnapshotDue(t *testing.T) {
 	if f.lastSnap != restored {
 		t.Fatalf("an older snapshot moved the mark back: %+v, want %+v", f.lastSnap, restored)
 	}
-	// However large the state, snapshotMaxEntries entries make one due.
+	// However large the state, snapshotMaxEntries entries make one due,
+	// in a burst too.
 	f.lastSnap = snapMark{entries: f.entries.Load() - snapshotMaxEntries + 1, applied: f.applied.Load(), size: 1 << 40}
-	if f.snapshotDue() {
+	if f.snapshotDue(0) {
 		t.Fatal("due before snapshotMaxEntries entries")
 	}
 	apply(1)
-	if !f.snapshotDue() {
+	if !f.snapshotDue(1 << 40) {
 		t.Fatalf("not due after snapshotMaxEntries entries: mark %+v, %d entries", f.lastSnap, f.entries.Load())
 	}
 }

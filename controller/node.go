@@ -174,19 +174,23 @@ const (
 )
 
 // snapshotWhenDue has raft take a snapshot whenever FSM.snapshotDue says
-// so.
+// so, given what the node applied since the last check.
 func (n *Node) snapshotWhenDue(ctx context.Context) {
 	tick := time.NewTicker(snapshotCheckEvery)
 	defer tick.Stop()
 	var retryAt time.Time
 	backoff := snapshotRetryAfter
+	last := n.fsm.applied.Load()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
 		}
-		if ctx.Err() != nil || time.Now().Before(retryAt) || !n.fsm.snapshotDue() {
+		now := n.fsm.applied.Load()
+		recent := now - last
+		last = now
+		if ctx.Err() != nil || time.Now().Before(retryAt) || !n.fsm.snapshotDue(recent) {
 			continue
 		}
 		err := n.raft.Snapshot().Error()
