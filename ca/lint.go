@@ -30,14 +30,19 @@ import (
 
 // Lint before sign.
 //
-// Every certificate and CRL the CA makes is first built in full as a
-// pre-certificate (a pre-CRL): what crypto/x509 signs, with the signature
-// of a throwaway key of the issuer's key type (never the HSM key), and
+// Every certificate and CRL the CA makes is first built in full and
 // linted: zlint v3 with the sources in LintSources, and govnet's own lints
 // (GovnetLints) beside it. Any finding of level warning or worse blocks
-// the real signature with a *LintError naming every failing lint. Only
-// then does the HSM sign that very TBSCertificate, so what was linted is
-// what is issued, byte for byte except for the signature.
+// the real signature with a *LintError naming every failing lint.
+//
+// A certificate is linted as a pre-certificate (precertificate): the
+// TBSCertificate crypto/x509 marshals and would sign, with a signature
+// value a throwaway key of the issuer's key type (never the HSM key) made
+// once. Only then does the HSM sign that very TBSCertificate (signTBS),
+// so what was linted is what is issued, byte for byte except for the
+// signature. A CRL is linted as crypto/x509 signs it with the throwaway
+// key, then made again from the same template and signed by the HSM
+// (signCRL).
 
 // LintSources are the zlint sources run before signing. The CA/B Forum
 // (CABF_BR, CABF_EV, CABF_SMIME_BR, CABF_CS_BR), browser root-program

@@ -53,7 +53,8 @@ type snapMark struct {
 // 60–100 MB and 1–1.5 CPU s a time, every few minutes while gateways
 // reconnect or renew in bulk. A node takes one instead once the entries
 // applied since the last add up to that snapshot's size (a restart then
-// replays about as many bytes of log as a snapshot writes), and number at
+// replays about as many bytes of log as a snapshot writes, twice as many
+// after a burst, below), and number at
 // least snapshotMinEntries; or at snapshotMaxEntries whatever their size
 // (raft's own threshold too, which raft checks only every 2–4 minutes):
 // that bounds the log, and a restart's replay, when the state grows
@@ -65,7 +66,9 @@ type snapMark struct {
 // the state competes with the burst for the CPU, and copying it holds
 // the applies. A burst is a check period (snapshotCheckEvery) in which
 // the entries applied added up to more than 1/snapshotQuietShare of the
-// last snapshot's size.
+// last snapshot's size. The agents' periodic reports are far below that
+// (at 20,000 gateways, a report each every 2 minutes, well under 1 MB a
+// period against 3 MB for a 100 MB state).
 const (
 	snapshotMinEntries = 8192
 	snapshotMaxEntries = 131072
