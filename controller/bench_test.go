@@ -143,7 +143,7 @@ func cpuTime(b *testing.B) time.Duration {
 
 // restoredFixture is a hub fixture whose state is restored from a
 // snapshot of the registry and the policy, as a node restores one.
-func restoredFixture(b *testing.B, agencies []api.Agency, gateways []api.Gateway, pol string) *hubFixture {
+func restoredFixture(b testing.TB, agencies []api.Agency, gateways []api.Gateway, pol string) *hubFixture {
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
 	const index = 1

@@ -81,6 +81,42 @@ type viewHub struct {
 	// digests caches the expected ruleset digest of each gateway's view,
 	// computed on first use; an entry is valid for the view it was made from.
 	digests map[string]expectedDigest
+	// shared caches the digests of small rule sets by their rules
+	// (digestKey): the communes behind one policy have the same few
+	// rules, so a policy version costs one digest per distinct set rather
+	// than one per gateway. At most maxSharedDigests entries.
+	shared map[string]string
+}
+
+// maxSharedDigestRules is the largest rule set kept in viewHub.shared,
+// and maxSharedDigests how many sets it keeps (it starts afresh when
+// full).
+const (
+	maxSharedDigestRules = 32
+	maxSharedDigests     = 4096
+)
+
+// digestKey encodes rules, in order, as a key of viewHub.shared; "" for a
+// set too large to be shared by many gateways.
+func digestKey(rules []api.Rule) string {
+	if len(rules) > maxSharedDigestRules {
+		return ""
+	}
+	b := make([]byte, 0, len(rules)*24)
+	for _, r := range rules {
+		a := r.Source.Addr()
+		b16 := a.As16()
+		var fam byte
+		if a.Is4() {
+			fam = 4
+		}
+		b = append(b, fam)
+		b = append(b, b16[:]...)
+		b = append(b, byte(r.Source.Bits()), byte(r.Port>>8), byte(r.Port))
+		b = append(b, r.Protocol...)
+		b = append(b, 0)
+	}
+	return string(b)
 }
 
 // hubPasses counts the hub's passes by kind.
@@ -711,10 +747,17 @@ func (h *viewHub) expected(id string) (digest string, raftIndex uint64, ok bool)
 	// Rules the firewall cannot express are left out by the agent too, so
 	// the digest that comes with ErrUnsupportedRule is still the expectation.
 	_, rules := v.lists()
-	d, err := nft.ExpectedDigest(rules)
-	if err != nil && !errors.Is(err, nft.ErrUnsupportedRule) {
-		h.log.Error("expected ruleset digest", "gateway", id, "err", err)
-		return "", v.head.RaftIndex, true
+	key := digestKey(rules)
+	h.mu.Lock()
+	d, shared := h.shared[key]
+	h.mu.Unlock()
+	if !shared || key == "" {
+		var err error
+		d, err = nft.ExpectedDigest(rules)
+		if err != nil && !errors.Is(err, nft.ErrUnsupportedRule) {
+			h.log.Error("expected ruleset digest", "gateway", id, "err", err)
+			return "", v.head.RaftIndex, true
+		}
 	}
 	h.mu.Lock()
 	if h.digests == nil {
@@ -722,6 +765,12 @@ func (h *viewHub) expected(id string) (digest string, raftIndex uint64, ok bool)
 	}
 	if h.views[id] == v {
 		h.digests[id] = expectedDigest{view: v, digest: d}
+	}
+	if key != "" && !shared {
+		if h.shared == nil || len(h.shared) >= maxSharedDigests {
+			h.shared = map[string]string{}
+		}
+		h.shared[key] = d
 	}
 	h.mu.Unlock()
 	return d, v.head.RaftIndex, true

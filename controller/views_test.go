@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -13,6 +14,8 @@ import (
 
 	"github.com/govnet/govnet/api"
 	"github.com/govnet/govnet/policy"
+	"github.com/govnet/govnet/policy/nft"
+	"github.com/govnet/govnet/policy/policytest"
 )
 
 // hubFixture drives a state machine and its view hub without raft: the
@@ -367,5 +370,76 @@ func TestViewsIncrementalRandom(t *testing.T) {
 	t.Logf("passes: %v", kinds)
 	if kinds["patched"] == 0 || kinds["incremental"] == 0 || kinds["joined"] == 0 {
 		t.Errorf("passes %v: want patched, joined and incremental ones", kinds)
+	}
+}
+
+// TestExpectedDigestShared: the digest a node expects in each gateway's
+// report is nft.ExpectedDigest of its view's rules, whether computed or
+// taken from the cache of small rule sets that gateways share, which holds
+// one entry per distinct set.
+func TestExpectedDigestShared(t *testing.T) {
+	agencies, gateways := policytest.National(2, 13)
+	x := restoredFixture(t, agencies, gateways, policytest.Policy)
+	if err := x.h.recompute(); err != nil {
+		t.Fatal(err)
+	}
+	x.h.mu.Lock()
+	views := maps.Clone(x.h.views)
+	x.h.mu.Unlock()
+	distinct := map[string]bool{}
+	for range 2 { // computed, then all from the caches
+		for id, v := range views {
+			_, rules := v.lists()
+			want, err := nft.ExpectedDigest(rules)
+			if err != nil && !errors.Is(err, nft.ErrUnsupportedRule) {
+				t.Fatal(err)
+			}
+			if got, _, ok := x.h.expected(id); !ok || got != want {
+				t.Fatalf("gateway %s: expected digest %q, want %q", id, got, want)
+			}
+			if k := digestKey(rules); k != "" {
+				distinct[k] = true
+			}
+		}
+		x.h.mu.Lock()
+		x.h.digests = nil // the second pass reads the shared cache only
+		x.h.mu.Unlock()
+	}
+	if len(x.h.shared) != len(distinct) || len(distinct)*10 > len(views) {
+		t.Fatalf("%d shared digests for %d distinct small rule sets among %d views", len(x.h.shared), len(distinct), len(views))
+	}
+}
+
+// TestDigestKey: rule sets differ in their keys whenever their rules
+// differ, in order, address family, prefix, protocol or port.
+func TestDigestKey(t *testing.T) {
+	r := func(src string, proto string, port uint16) api.Rule {
+		return api.Rule{Source: netip.MustParsePrefix(src), Protocol: proto, Port: port}
+	}
+	base := []api.Rule{r("100.64.0.1/32", api.ProtoTCP, 9100), r("100.64.0.2/32", api.ProtoTCP, 9100)}
+	variants := [][]api.Rule{
+		nil,
+		base[:1],
+		{base[1], base[0]},
+		{r("100.64.0.1/32", api.ProtoTCP, 9100), r("100.64.0.2/32", api.ProtoUDP, 9100)},
+		{r("100.64.0.1/32", api.ProtoTCP, 9100), r("100.64.0.2/32", api.ProtoTCP, 9101)},
+		{r("100.64.0.1/32", api.ProtoTCP, 9100), r("100.64.0.0/24", api.ProtoTCP, 9100)},
+		{r("100.64.0.1/32", api.ProtoTCP, 9100), r("::ffff:100.64.0.2/128", api.ProtoTCP, 9100)},
+		{r("100.64.0.1/32", api.ProtoTCP, 9100), {Protocol: api.ProtoTCP, Port: 9100}},
+	}
+	seen := map[string]int{digestKey(base): -1}
+	for i, v := range variants {
+		k := digestKey(v)
+		if j, dup := seen[k]; dup {
+			t.Errorf("variant %d has the key of %d", i, j)
+		}
+		seen[k] = i
+	}
+	if digestKey(slices.Clone(base)) != digestKey(base) {
+		t.Error("equal rule sets, different keys")
+	}
+	big := make([]api.Rule, maxSharedDigestRules+1)
+	if digestKey(big) != "" {
+		t.Error("a large set is keyed")
 	}
 }

@@ -221,6 +221,18 @@ type setSpec struct {
 // packet from 1,000 to 100,000 elements; docs/performance.md.) Nested
 // prefixes on the same service are dropped by outermost: they would be
 // redundant, a packet matching the inner one matches the outer one.
+// elements returns set elements of keys, whose bytes share one array.
+func elements(keys [][12]byte) []nftables.SetElement {
+	flat := make([]byte, 12*len(keys))
+	out := make([]nftables.SetElement, len(keys))
+	for i, k := range keys {
+		key := flat[12*i : 12*(i+1) : 12*(i+1)]
+		copy(key, k[:])
+		out[i].Key = key
+	}
+	return out
+}
+
 func (p *ruleset) sets(t *nftables.Table) []setSpec {
 	// Set IDs only need to be unique within the batch; setting them here
 	// keeps google/nftables from using its global, unsynchronised counter.
@@ -239,10 +251,7 @@ func (p *ruleset) sets(t *nftables.Table) []setSpec {
 		keys = append(keys, k)
 	}
 	slices.SortFunc(keys, func(a, b [12]byte) int { return bytes.Compare(a[:], b[:]) })
-	exact.Elems = make([]nftables.SetElement, 0, len(keys))
-	for _, k := range keys {
-		exact.Elems = append(exact.Elems, nftables.SetElement{Key: bytes.Clone(k[:])})
-	}
+	exact.Elems = elements(keys)
 
 	// TCP/UDP prefixes, grouped by length, each group sorted by key.
 	byLen := map[int][][12]byte{}
@@ -255,10 +264,7 @@ func (p *ruleset) sets(t *nftables.Table) []setSpec {
 		ks := byLen[bits]
 		slices.SortFunc(ks, func(a, b [12]byte) int { return bytes.Compare(a[:], b[:]) })
 		set := add(SetAllow4Net(bits), concatKeyType, false, bits)
-		set.Elems = make([]nftables.SetElement, 0, len(ks))
-		for _, k := range ks {
-			set.Elems = append(set.Elems, nftables.SetElement{Key: bytes.Clone(k[:])})
-		}
+		set.Elems = elements(ks)
 	}
 
 	icmp := add(SetAllow4ICMP, nftables.TypeIPAddr, true, 32)
