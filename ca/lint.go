@@ -40,9 +40,8 @@ import (
 // value a throwaway key of the issuer's key type (never the HSM key) made
 // once. Only then does the HSM sign that very TBSCertificate (signTBS),
 // so what was linted is what is issued, byte for byte except for the
-// signature. A CRL is linted as crypto/x509 signs it with the throwaway
-// key, then made again from the same template and signed by the HSM
-// (signCRL).
+// signature. A CRL is linted and signed the same way, as a pre-CRL of its
+// TBSCertList (signCRL).
 
 // LintSources are the zlint sources run before signing. The CA/B Forum
 // (CABF_BR, CABF_EV, CABF_SMIME_BR, CABF_CS_BR), browser root-program
@@ -584,21 +583,34 @@ func precertificate(tmpl, parent *x509.Certificate, pub, issuerPub crypto.Public
 	}
 	catch := &tbsCatcher{pub: key.signer.Public()}
 	fake.PublicKey = catch.pub
-	if _, err := x509.CreateCertificate(rand.Reader, tmpl, &fake, pub, catch); !errors.Is(err, errTBSCaught) {
-		if err == nil {
-			err = errors.New("signed without the signer")
-		}
-		return nil, fmt.Errorf("pre-certificate: %w", err)
-	}
-	alg, err := tbsSignatureAlgorithm(catch.tbs)
+	_, err = x509.CreateCertificate(rand.Reader, tmpl, &fake, pub, catch)
+	der, err := catch.signed(err, key.sig, tbsSignatureAlgorithm)
 	if err != nil {
 		return nil, fmt.Errorf("pre-certificate: %w", err)
 	}
-	b := cryptobyte.NewBuilder(make([]byte, 0, len(catch.tbs)+len(alg)+len(key.sig)+16))
+	return der, nil
+}
+
+// signed returns what the signer caught, as crypto/x509 would have
+// signed it but with sig for the signature value; err is what the
+// crypto/x509 call returned, and algOf finds the signature algorithm in
+// the caught TBS.
+func (c *tbsCatcher) signed(err error, sig []byte, algOf func([]byte) ([]byte, error)) ([]byte, error) {
+	if !errors.Is(err, errTBSCaught) {
+		if err == nil {
+			err = errors.New("signed without the signer")
+		}
+		return nil, err
+	}
+	alg, err := algOf(c.tbs)
+	if err != nil {
+		return nil, err
+	}
+	b := cryptobyte.NewBuilder(make([]byte, 0, len(c.tbs)+len(alg)+len(sig)+16))
 	b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-		b.AddBytes(catch.tbs)
+		b.AddBytes(c.tbs)
 		b.AddBytes(alg)
-		b.AddASN1BitString(key.sig)
+		b.AddASN1BitString(sig)
 	})
 	return b.Bytes()
 }
@@ -613,6 +625,19 @@ func tbsSignatureAlgorithm(tbs []byte) ([]byte, error) {
 		!body.SkipASN1(cbasn1.INTEGER) || // serialNumber
 		!body.ReadASN1Element(&alg, cbasn1.SEQUENCE) {
 		return nil, errors.New("malformed TBSCertificate")
+	}
+	return alg, nil
+}
+
+// tbsCertListSignatureAlgorithm is tbsSignatureAlgorithm for a
+// TBSCertList (RFC 5280 5.1: an optional version, then the algorithm).
+func tbsCertListSignatureAlgorithm(tbs []byte) ([]byte, error) {
+	in := cryptobyte.String(tbs)
+	var body, alg cryptobyte.String
+	if !in.ReadASN1(&body, cbasn1.SEQUENCE) || !in.Empty() ||
+		!body.SkipOptionalASN1(cbasn1.INTEGER) || // version
+		!body.ReadASN1Element(&alg, cbasn1.SEQUENCE) {
+		return nil, errors.New("malformed TBSCertList")
 	}
 	return alg, nil
 }
@@ -674,8 +699,14 @@ func (l *Linter) signCertificate(what string, tmpl, parent *x509.Certificate, pu
 // public key before returning it, so that a faulty signer never hands out
 // a certificate that does not verify.
 func signTBS(pre *x509.Certificate, signer crypto.Signer) (der, sig []byte, err error) {
+	return signOuter(pre.Raw, pre.SignatureAlgorithm, signer)
+}
+
+// signOuter is signTBS for any DER of the form SEQUENCE { tbs, algorithm,
+// signature } (a certificate or a CRL) whose algorithm is alg.
+func signOuter(pre []byte, alg x509.SignatureAlgorithm, signer crypto.Signer) (der, sig []byte, err error) {
 	var h crypto.Hash
-	switch pre.SignatureAlgorithm {
+	switch alg {
 	case x509.ECDSAWithSHA256, x509.SHA256WithRSA:
 		h = crypto.SHA256
 	case x509.ECDSAWithSHA384, x509.SHA384WithRSA:
@@ -683,13 +714,13 @@ func signTBS(pre *x509.Certificate, signer crypto.Signer) (der, sig []byte, err 
 	case x509.ECDSAWithSHA512, x509.SHA512WithRSA:
 		h = crypto.SHA512
 	default:
-		return nil, nil, fmt.Errorf("signature algorithm %v not supported", pre.SignatureAlgorithm)
+		return nil, nil, fmt.Errorf("signature algorithm %v not supported", alg)
 	}
 	var outer struct {
 		TBS, Algorithm asn1.RawValue
 		Signature      asn1.BitString
 	}
-	if rest, err := asn1.Unmarshal(pre.Raw, &outer); err != nil || len(rest) > 0 {
+	if rest, err := asn1.Unmarshal(pre, &outer); err != nil || len(rest) > 0 {
 		return nil, nil, fmt.Errorf("pre-certificate does not parse: %v", err)
 	}
 	d := h.New()
@@ -721,23 +752,32 @@ func verifyDigest(pub crypto.PublicKey, h crypto.Hash, digest, sig []byte) error
 	return fmt.Errorf("%w: signer key %T", ErrKeyType, pub)
 }
 
-// signCRL lints tmpl under a throwaway key, then signs it with signer as
-// issuer.
+// signCRL lints the CRL tmpl makes under issuer, then has signer sign
+// that very TBSCertList, as signCertificate does for a certificate.
 func (l *Linter) signCRL(what string, tmpl *x509.RevocationList, issuer *x509.Certificate, signer crypto.Signer, maxValidity time.Duration) ([]byte, error) {
+	if !SamePublicKey(issuer.PublicKey, signer.Public()) {
+		return nil, fmt.Errorf("sign %s: the signing key is not the issuer's", what)
+	}
 	key, err := lintKeyFor(signer.Public())
 	if err != nil {
 		return nil, err
 	}
 	fake := *issuer
-	fake.PublicKey = key.signer.Public()
-	pre, err := x509.CreateRevocationList(rand.Reader, tmpl, &fake, key.signer)
+	catch := &tbsCatcher{pub: key.signer.Public()}
+	fake.PublicKey = catch.pub
+	_, err = x509.CreateRevocationList(rand.Reader, tmpl, &fake, catch)
+	pre, err := catch.signed(err, key.sig, tbsCertListSignatureAlgorithm)
 	if err != nil {
 		return nil, fmt.Errorf("%s: pre-CRL: %w", what, err)
 	}
 	if fs := l.crlFindings(pre, maxValidity); len(fs) > 0 {
 		return nil, &LintError{What: what, Findings: fs}
 	}
-	der, err := x509.CreateRevocationList(rand.Reader, tmpl, issuer, signer)
+	r, err := x509.ParseRevocationList(pre) // crlFindings parsed it too
+	if err != nil {
+		return nil, fmt.Errorf("%s: pre-CRL: %w", what, err)
+	}
+	der, _, err := signOuter(pre, r.SignatureAlgorithm, signer)
 	if err != nil {
 		return nil, fmt.Errorf("sign %s: %w", what, err)
 	}

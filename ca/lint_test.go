@@ -304,3 +304,53 @@ func TestPrecertificateIsTheTBS(t *testing.T) {
 		t.Error("a TBSCertificate without an algorithm was read")
 	}
 }
+
+// A CRL is signed as its pre-CRL was linted: the TBSCertList crypto/x509
+// makes from the template with a real key of the issuer's type, byte for
+// byte, signed by the issuer's key; a signer that is not the issuer's is
+// refused.
+func TestPreCRLIsTheTBSCertList(t *testing.T) {
+	l, err := NewLinter(DefaultProfiles())
+	if err != nil {
+		t.Fatal(err)
+	}
+	issuerKey := subjectKeys()["P-256"]
+	itmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: "issuer"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		SubjectKeyId: []byte{1, 2, 3},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, itmpl, itmpl, issuerKey.Public(), issuerKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	issuer, _ := x509.ParseCertificate(der)
+	now := time.Now().UTC().Truncate(time.Second)
+	tmpl := &x509.RevocationList{
+		Number: big.NewInt(3), ThisUpdate: now, NextUpdate: now.Add(time.Hour),
+		RevokedCertificateEntries: []x509.RevocationListEntry{{SerialNumber: big.NewInt(99), RevocationTime: now.Add(-time.Minute)}},
+	}
+	signed, err := l.signCRL("test CRL", tmpl, issuer, issuerKey, MaxCRLValidity)
+	if err != nil {
+		t.Fatal(err)
+	}
+	crl, err := x509.ParseRevocationList(signed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := crl.CheckSignatureFrom(issuer); err != nil {
+		t.Fatal(err)
+	}
+	want, err := x509.CreateRevocationList(rand.Reader, tmpl, issuer, issuerKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, _ := x509.ParseRevocationList(want)
+	if !bytes.Equal(crl.RawTBSRevocationList, w.RawTBSRevocationList) {
+		t.Fatal("the signed CRL's TBSCertList is not crypto/x509's")
+	}
+	if _, err := l.signCRL("test CRL", tmpl, issuer, subjectKeys()["P-384"], MaxCRLValidity); err == nil {
+		t.Fatal("a CRL signed by a key that is not the issuer's")
+	}
+}
