@@ -250,25 +250,31 @@ func (l *Linter) lint(der []byte, selfSigned bool) (*x509.Certificate, []Finding
 
 // CRL lints a DER CRL of an intermediate (nextUpdate at most
 // MaxCRLValidity ahead).
-func (l *Linter) CRL(der []byte) []Finding { return l.crlFindings(der, MaxCRLValidity) }
+func (l *Linter) CRL(der []byte) []Finding {
+	_, fs := l.lintCRL(der, MaxCRLValidity)
+	return fs
+}
 
-func (l *Linter) crlFindings(der []byte, maxValidity time.Duration) []Finding {
+// lintCRL lints der, a CRL whose nextUpdate may be at most maxValidity
+// after its thisUpdate, and also returns it parsed by crypto/x509 (nil if
+// it does not parse).
+func (l *Linter) lintCRL(der []byte, maxValidity time.Duration) (*x509.RevocationList, []Finding) {
 	reg, _ := lintRegistry()
 	zr, err := zx509.ParseRevocationList(der)
 	if err != nil {
-		return []Finding{{Lint: "e_govnet_parse", Source: GovnetLintSource, Severity: SeverityFatal, Details: "zcrypto: " + err.Error()}}
+		return nil, []Finding{{Lint: "e_govnet_parse", Source: GovnetLintSource, Severity: SeverityFatal, Details: "zcrypto: " + err.Error()}}
 	}
 	out := zlintFindings(zlint.LintRevocationListEx(zr, reg).Results)
 	r, err := x509.ParseRevocationList(der)
 	if err != nil {
 		out = append(out, Finding{Lint: "e_govnet_parse", Source: GovnetLintSource, Severity: SeverityFatal, Details: "crypto/x509: " + err.Error()})
-		return sortFindings(out)
+		return nil, sortFindings(out)
 	}
 	if max := maxValidity; r.NextUpdate.Sub(r.ThisUpdate) > max {
 		out = append(out, Finding{Lint: "e_govnet_crl_next_update_bound", Source: GovnetLintSource, Severity: SeverityError,
 			Details: fmt.Sprintf("nextUpdate is %v after thisUpdate, at most %v", r.NextUpdate.Sub(r.ThisUpdate), max)})
 	}
-	return sortFindings(out)
+	return r, sortFindings(out)
 }
 
 // GovnetLintSource is the Source of govnet's own lints.
@@ -770,12 +776,9 @@ func (l *Linter) signCRL(what string, tmpl *x509.RevocationList, issuer *x509.Ce
 	if err != nil {
 		return nil, fmt.Errorf("%s: pre-CRL: %w", what, err)
 	}
-	if fs := l.crlFindings(pre, maxValidity); len(fs) > 0 {
+	r, fs := l.lintCRL(pre, maxValidity)
+	if len(fs) > 0 {
 		return nil, &LintError{What: what, Findings: fs}
-	}
-	r, err := x509.ParseRevocationList(pre) // crlFindings parsed it too
-	if err != nil {
-		return nil, fmt.Errorf("%s: pre-CRL: %w", what, err)
 	}
 	der, _, err := signOuter(pre, r.SignatureAlgorithm, signer)
 	if err != nil {

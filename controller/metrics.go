@@ -79,7 +79,7 @@ var (
 	descSnapshotBytes = prometheus.NewDesc("govnet_raft_snapshot_bytes",
 		"Size of the last raft snapshot this node wrote or restored.", nil, nil)
 	descSinceSnapshot = prometheus.NewDesc("govnet_raft_applied_bytes_since_snapshot",
-		"Bytes of the commands applied since that snapshot (those replayed at a start included): the node takes the next one when they reach its size and number at least 8,192 entries, or at 131,072 entries.", nil, nil)
+		"Bytes of the commands applied since that snapshot (those replayed at a start included): the node takes the next one when they reach its size and number at least 8,192 entries (in a burst of writes, once 10 s pass with less than 1/32 of its size applied, or at twice its size), or at 131,072 entries.", nil, nil)
 	descReady = prometheus.NewDesc("govnet_ready",
 		"1 when this node is ready to serve (as /readyz), else 0.", nil, nil)
 	descStarted = prometheus.NewDesc("govnet_start_settled",

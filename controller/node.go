@@ -24,6 +24,7 @@ import (
 	"github.com/govnet/govnet/ca"
 	"github.com/govnet/govnet/ca/chain"
 	"github.com/govnet/govnet/hsm"
+	"github.com/govnet/govnet/internal/workpool"
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	"go.etcd.io/bbolt"
@@ -82,7 +83,7 @@ type Node struct {
 	streams      *streamSender                      // writes to gateways' streams
 	reports      *groupCommit[GatewayReportRequest] // gateways' reports, committed in batches
 	refresh      *refresher                         // reports that change nothing, committed every reportFlush
-	issues       *issuePool                         // where gateways' certificates are issued (Node.issue)
+	issues       *workpool.Pool                     // where gateways' certificates are issued (Node.issue)
 	renewals     *groupCommit[GatewayRenewRequest]  // gateways' renewals, committed in batches
 	archiver     archiver                           // leaderDuties' certificates to archive
 	connsRefused atomic.Uint64                      // connections over max_conns_per_ip, on every listener
@@ -149,7 +150,7 @@ func start(ctx context.Context, cfg Config, log *slog.Logger, now func() time.Ti
 		go func() { defer n.wg.Done(); n.streams.run(ctx, tick) }()
 	}
 	context.AfterFunc(ctx, beats.Stop)
-	n.issues = startIssuePool(ctx, &n.wg, 2*runtime.GOMAXPROCS(0)) // before serve: handlers issue on it
+	n.issues = workpool.Start(ctx, &n.wg, 2*runtime.GOMAXPROCS(0)) // before serve: handlers issue on it
 	if err := n.serve(); err != nil {
 		return nil, err
 	}

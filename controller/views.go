@@ -96,11 +96,11 @@ const (
 	maxSharedDigests     = 4096
 )
 
-// digestKey encodes rules, in order, as a key of viewHub.shared; "" for a
-// set too large to be shared by many gateways.
-func digestKey(rules []api.Rule) string {
+// digestKey encodes rules, in order, as a key of viewHub.shared; ok is
+// false for a set too large to be shared by many gateways.
+func digestKey(rules []api.Rule) (key string, ok bool) {
 	if len(rules) > maxSharedDigestRules {
-		return ""
+		return "", false
 	}
 	b := make([]byte, 0, len(rules)*24)
 	for _, r := range rules {
@@ -116,7 +116,7 @@ func digestKey(rules []api.Rule) string {
 		b = append(b, r.Protocol...)
 		b = append(b, 0)
 	}
-	return string(b)
+	return string(b), true
 }
 
 // hubPasses counts the hub's passes by kind.
@@ -747,11 +747,15 @@ func (h *viewHub) expected(id string) (digest string, raftIndex uint64, ok bool)
 	// Rules the firewall cannot express are left out by the agent too, so
 	// the digest that comes with ErrUnsupportedRule is still the expectation.
 	_, rules := v.lists()
-	key := digestKey(rules)
-	h.mu.Lock()
-	d, shared := h.shared[key]
-	h.mu.Unlock()
-	if !shared || key == "" {
+	key, sharable := digestKey(rules)
+	var d string
+	shared := false
+	if sharable {
+		h.mu.Lock()
+		d, shared = h.shared[key]
+		h.mu.Unlock()
+	}
+	if !shared {
 		var err error
 		d, err = nft.ExpectedDigest(rules)
 		if err != nil && !errors.Is(err, nft.ErrUnsupportedRule) {
@@ -766,7 +770,7 @@ func (h *viewHub) expected(id string) (digest string, raftIndex uint64, ok bool)
 	if h.views[id] == v {
 		h.digests[id] = expectedDigest{view: v, digest: d}
 	}
-	if key != "" && !shared {
+	if sharable && !shared {
 		if h.shared == nil || len(h.shared) >= maxSharedDigests {
 			h.shared = map[string]string{}
 		}

@@ -27,6 +27,7 @@ import (
 
 	"github.com/govnet/govnet/api"
 	"github.com/govnet/govnet/ca"
+	"github.com/govnet/govnet/internal/workpool"
 	"github.com/govnet/govnet/policy/nft"
 )
 
@@ -128,7 +129,7 @@ func runWorker(in io.Reader, out io.Writer) error {
 
 	em := &emitter{w: bufio.NewWriterSize(out, 1<<16)}
 	go em.flushLoop(ctx)
-	keys := newKeyMaker(ctx, runtime.GOMAXPROCS(0))
+	keys := workpool.Start(ctx, nil, runtime.GOMAXPROCS(0))
 	gws := make([]*simGateway, 0, spec.To-spec.From)
 	for i := spec.From; i < spec.To; i++ {
 		cert, err := tls.X509KeyPair([]byte(ids[i].Cert), []byte(ids[i].Key))
@@ -213,7 +214,7 @@ type simGateway struct {
 
 	cert     atomic.Pointer[tls.Certificate]
 	renewing atomic.Bool
-	keys     keyMaker
+	keys     *workpool.Pool // makes renewals' keys and CSRs
 
 	mu      sync.Mutex
 	applied *api.View
@@ -344,7 +345,21 @@ func (g *simGateway) renewCalled(string) {
 // renew makes a new key, renews (retrying, as the agent's backoff does)
 // and installs the certificate; ev gets the new identity.
 func (g *simGateway) renew(ctx context.Context, ev *event) error {
-	key, csr, err := g.keys.newKey(ctx)
+	// The key and CSR are made on the worker's pool (keys), as the agent
+	// makes them on its long-lived renewal loop: a goroutine started for
+	// one renewal grows its stack, by copying, to the depth encoding/asn1
+	// needs, which in a re-issue was a fifth of the simulated gateways'
+	// CPU, a cost no gateway pays.
+	var key *ecdsa.PrivateKey
+	var csr *x509.CertificateRequest
+	var err error
+	if perr := g.keys.Do(ctx, func() {
+		if key, err = ecdsa.GenerateKey(elliptic.P256(), crand.Reader); err == nil {
+			csr, err = ca.NewCSR(key, "gateway")
+		}
+	}); perr != nil {
+		return perr
+	}
 	if err != nil {
 		return err
 	}
@@ -385,63 +400,6 @@ func (g *simGateway) renew(ctx context.Context, ev *event) error {
 	ev.Renewed, ev.Cert = resp.Serial, resp.Certificate
 	ev.Key = string(pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}))
 	return nil
-}
-
-// keyMaker makes renewals' keys and CSRs on a few long-lived goroutines,
-// as the agent makes them on its long-lived renewal loop: a goroutine
-// started for one renewal grows its stack, by copying, to the depth that
-// encoding/asn1 needs, which in a re-issue was a fifth of the simulated
-// gateways' CPU, a cost no gateway pays.
-type keyMaker chan keyRequest
-
-type keyRequest struct {
-	ctx  context.Context
-	done chan keyResult
-}
-
-type keyResult struct {
-	key *ecdsa.PrivateKey
-	csr *x509.CertificateRequest
-	err error
-}
-
-// newKeyMaker starts n goroutines that serve requests until ctx ends.
-func newKeyMaker(ctx context.Context, n int) keyMaker {
-	m := make(keyMaker)
-	for range n {
-		go func() {
-			for {
-				select {
-				case <-ctx.Done():
-					return
-				case r := <-m:
-					if r.ctx.Err() != nil {
-						r.done <- keyResult{err: r.ctx.Err()}
-						continue
-					}
-					var res keyResult
-					res.key, res.err = ecdsa.GenerateKey(elliptic.P256(), crand.Reader)
-					if res.err == nil {
-						res.csr, res.err = ca.NewCSR(res.key, "gateway")
-					}
-					r.done <- res
-				}
-			}
-		}()
-	}
-	return m
-}
-
-// newKey returns a fresh P-256 key and a CSR for it.
-func (m keyMaker) newKey(ctx context.Context) (*ecdsa.PrivateKey, *x509.CertificateRequest, error) {
-	r := keyRequest{ctx: ctx, done: make(chan keyResult, 1)}
-	select {
-	case <-ctx.Done():
-		return nil, nil, ctx.Err()
-	case m <- r:
-	}
-	res := <-r.done
-	return res.key, res.csr, res.err
 }
 
 // Commands the harness sends a worker on its stdin: the periodic reports

@@ -203,6 +203,18 @@ type setSpec struct {
 	bits int
 }
 
+// elements returns set elements of keys, whose bytes share one array.
+func elements(keys [][12]byte) []nftables.SetElement {
+	flat := make([]byte, 12*len(keys))
+	out := make([]nftables.SetElement, len(keys))
+	for i, k := range keys {
+		key := flat[12*i : 12*(i+1) : 12*(i+1)]
+		copy(key, k[:])
+		out[i].Key = key
+	}
+	return out
+}
+
 // sets builds the sets with their elements, in a deterministic order:
 // allow4, then allow4_net_<len> by decreasing length, allow4_icmp, then
 // allow4_icmp_net_<len> by decreasing length. Only the prefix lengths the
@@ -221,18 +233,6 @@ type setSpec struct {
 // packet from 1,000 to 100,000 elements; docs/performance.md.) Nested
 // prefixes on the same service are dropped by outermost: they would be
 // redundant, a packet matching the inner one matches the outer one.
-// elements returns set elements of keys, whose bytes share one array.
-func elements(keys [][12]byte) []nftables.SetElement {
-	flat := make([]byte, 12*len(keys))
-	out := make([]nftables.SetElement, len(keys))
-	for i, k := range keys {
-		key := flat[12*i : 12*(i+1) : 12*(i+1)]
-		copy(key, k[:])
-		out[i].Key = key
-	}
-	return out
-}
-
 func (p *ruleset) sets(t *nftables.Table) []setSpec {
 	// Set IDs only need to be unique within the batch; setting them here
 	// keeps google/nftables from using its global, unsynchronised counter.
