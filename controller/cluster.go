@@ -538,7 +538,8 @@ func (s *httpSink) Close() error                { return nil }
 // replicates the restored state to every node.
 func (n *Node) handleSnapshotRestore(w http.ResponseWriter, r *http.Request, id ca.Identity) {
 	// One at a time: each holds its backup in memory, up to
-	// maxSnapshotBody, and its state decoded while it is checked.
+	// maxSnapshotBody, and on the leader its state decoded until the
+	// restore ends.
 	if !n.restoring.CompareAndSwap(false, true) {
 		writeError(w, http.StatusConflict, "a restore is already in progress on this node")
 		return
@@ -567,9 +568,18 @@ func (n *Node) handleSnapshotRestore(w http.ResponseWriter, r *http.Request, id 
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	err = n.checkSigner(sig, chain, ns)
-	ns.close()
-	if err != nil {
+	// The backup as checked is what this node merges if it leads
+	// (decoding it again would hold its writes that much longer). A
+	// node that forwards the restore lets it go at once, and a second
+	// try here (the first failed, the leader moved and came back)
+	// decodes it afresh: a merge changes it.
+	parsed, backupIndex := ns, ns.index
+	defer func() {
+		if parsed != nil {
+			parsed.close()
+		}
+	}()
+	if err := n.checkSigner(sig, chain, ns); err != nil {
 		n.fail(w, err)
 		return
 	}
@@ -588,15 +598,27 @@ func (n *Node) handleSnapshotRestore(w http.ResponseWriter, r *http.Request, id 
 			}
 		}
 	}
+	if n.raft.State() != raft.Leader {
+		parsed.close()
+		parsed = nil
+	}
 	err = n.onLeaderRestore(r.Context(), actor, "/v1/internal/restore", b, func(ctx context.Context) error {
 		info := restoreInfo{Actor: actor, At: n.now(), BackupSHA256: hex.EncodeToString(sum[:])}
 		if p, ok := n.State().Person(actor); ok {
 			info.Role = p.Role
 		}
-		if err := n.restoreBackup(ctx, state, info); err != nil {
+		bk := parsed
+		parsed = nil
+		if bk == nil {
+			var err error
+			if bk, err = readSnapshot(bytes.NewReader(state), n.fsm.spillDir); err != nil {
+				return err
+			}
+		}
+		if err := n.restoreBackup(ctx, bk, info); err != nil {
 			return err
 		}
-		n.log.Warn("state restored from a backup", "actor", actor, "raft_index", n.State().Index(), "backup_index", ns.index, "backup_sha256", info.BackupSHA256,
+		n.log.Warn("state restored from a backup", "actor", actor, "raft_index", n.State().Index(), "backup_index", backupIndex, "backup_sha256", info.BackupSHA256,
 			"signed_by", sig.Node, "signed_at", sig.At)
 		return nil
 	})

@@ -514,10 +514,13 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 // readSnapshot decodes a snapshot into a fresh state, whose audit chain
 // spills to spillDir; it is also how an uploaded backup is checked before
 // it is handed to raft.
-func readSnapshot(r io.Reader, spillDir string) (_ *State, err error) {
-	dec := json.NewDecoder(bufio.NewReader(r))
+func readSnapshot(r io.Reader, spillDir string) (*State, error) {
+	return readRecords(newRecordReader(r), spillDir)
+}
+
+func readRecords(rr *recordReader, spillDir string) (_ *State, err error) {
 	var hdr snapshotHeader
-	if err := dec.Decode(&hdr); err != nil {
+	if err := rr.header(&hdr); err != nil {
 		return nil, fmt.Errorf("restore: header: %w", err)
 	}
 	if hdr.Format != snapshotFormat {
@@ -537,18 +540,31 @@ func readSnapshot(r io.Reader, spillDir string) (_ *State, err error) {
 	ns.index = hdr.Index
 	for n := 1; ; n++ {
 		var rec snapshotRecord
-		if err := dec.Decode(&rec); err == io.EOF {
+		byHand, err := rr.next(&rec)
+		if err == io.EOF {
 			break
 		} else if err != nil {
 			return nil, fmt.Errorf("restore: record %d: %w", n, err)
 		}
-		if err := ns.restoreRecord(rec); err != nil {
+		err = ns.restoreRecord(rec)
+		if err != nil && byHand && !json.Valid(rec.Data) {
+			// Not a record on a line of its own after all: what failed
+			// to decode changed nothing, and encoding/json reads it.
+			if err := rr.again(&rec); err != nil {
+				return nil, fmt.Errorf("restore: record %d: %w", n, err)
+			}
+			err = ns.restoreRecord(rec)
+		}
+		if err != nil {
 			return nil, fmt.Errorf("restore: record %d (%s): %w", n, rec.Type, err)
 		}
 	}
 	return ns, nil
 }
 
+// restoreRecord adds a snapshot's record to s. It must change nothing
+// when rec.Data is not JSON (readRecords then reads the record again),
+// and keep nothing of rec.Data, which may be the reader's buffer.
 func (s *State) restoreRecord(rec snapshotRecord) error {
 	switch rec.Type {
 	case "network":

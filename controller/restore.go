@@ -48,12 +48,14 @@ type restoreInfo struct {
 // ActionRestore is the audit chain's action for a backup restore.
 const ActionRestore = "backup-restore"
 
-// restoreBackup installs backup (a backup's state: checkBackup checked
-// its signature line and cut it off), merged into the current state, on
-// every node. It runs on the leader, with this node's writes held from the
-// merge until raft has the result, so that no command committed in
-// between is lost.
-func (n *Node) restoreBackup(ctx context.Context, backup []byte, r restoreInfo) error {
+// restoreBackup installs bk (a backup's state, as readSnapshot read it
+// once checkBackup had checked its signature line), merged into the
+// current state, on every node, and closes bk. It runs on the leader, with
+// this node's writes held from the merge until raft has the result, so
+// that no command committed in between is lost; the backup was decoded
+// before, with writes flowing.
+func (n *Node) restoreBackup(ctx context.Context, bk *State, r restoreInfo) error {
+	defer bk.close()
 	n.applyGate.Lock()
 	defer n.applyGate.Unlock()
 	if _, err := n.barrier(ctx); err != nil {
@@ -70,7 +72,7 @@ func (n *Node) restoreBackup(ctx context.Context, backup []byte, r restoreInfo) 
 		}
 		r.RequestID = id
 	}
-	merged, index, err := n.mergedSnapshot(backup, r)
+	merged, index, err := n.mergedSnapshot(bk, r)
 	if err != nil {
 		return err
 	}
@@ -87,9 +89,9 @@ func (n *Node) restoreBackup(ctx context.Context, backup []byte, r restoreInfo) 
 	return nil
 }
 
-// mergedSnapshot returns the snapshot that results from restoring backup
+// mergedSnapshot returns the snapshot that results from restoring bk
 // into the current state (mergeBackup).
-func (n *Node) mergedSnapshot(backup []byte, r restoreInfo) ([]byte, uint64, error) {
+func (n *Node) mergedSnapshot(bk *State, r restoreInfo) ([]byte, uint64, error) {
 	cur, err := n.fsm.snapshot()
 	if err != nil {
 		return nil, 0, err
@@ -98,23 +100,28 @@ func (n *Node) mergedSnapshot(backup []byte, r restoreInfo) ([]byte, uint64, err
 	if err := cur.Persist(&b); err != nil {
 		return nil, 0, err
 	}
-	return mergeSnapshots(b.Bytes(), backup, n.fsm.spillDir, r)
+	return mergeInto(b.Bytes(), bk, n.fsm.spillDir, r)
 }
 
 // mergeSnapshots is mergeBackup on snapshots: cur, the current state's,
 // and backup's; their audit chains spill to spillDir while it runs. It
 // returns the merged snapshot and its index.
 func mergeSnapshots(cur, backup []byte, spillDir string, r restoreInfo) ([]byte, uint64, error) {
-	m, err := readSnapshot(bytes.NewReader(cur), spillDir)
-	if err != nil {
-		return nil, 0, fmt.Errorf("copy of the current state: %w", err)
-	}
-	defer m.close()
 	bk, err := readSnapshot(bytes.NewReader(backup), spillDir)
 	if err != nil {
 		return nil, 0, err
 	}
 	defer bk.close()
+	return mergeInto(cur, bk, spillDir, r)
+}
+
+// mergeInto is mergeSnapshots with the backup decoded (it changes bk).
+func mergeInto(cur []byte, bk *State, spillDir string, r restoreInfo) ([]byte, uint64, error) {
+	m, err := readSnapshot(bytes.NewReader(cur), spillDir)
+	if err != nil {
+		return nil, 0, fmt.Errorf("copy of the current state: %w", err)
+	}
+	defer m.close()
 	res, err := mergeBackup(m, bk, r)
 	if err != nil {
 		return nil, 0, err
