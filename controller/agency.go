@@ -389,11 +389,7 @@ func (s *State) applyGatewayDecommission(r *GatewayDecommissionRequest) error {
 	var certs []*api.Certificate
 	if g.Status == api.StatusRevoked {
 		// Its current certificate is revoked already; an older one may not be.
-		for _, c := range s.certsSorted() {
-			if c.Gateway == g.ID && c.Kind == ca.KindGateway && c.Status == api.CertValid {
-				certs = append(certs, c)
-			}
-		}
+		certs = s.validGatewayCerts(map[string]bool{g.ID: true})[g.ID]
 	} else {
 		var err error
 		if certs, err = s.checkRevoke("", g.ID, reason); err != nil {

@@ -176,8 +176,8 @@ func restoredFixture(b testing.TB, agencies []api.Agency, gateways []api.Gateway
 // (real raft over TCP on 127.0.0.11-13, bbolt log stores, file snapshots,
 // one SoftHSM2 token each, the production raft timeouts) and returns
 // them and the leader once every node is ready and a voter. The nodes are
-// closed when the benchmark ends.
-func inProcessCluster(b *testing.B) (nodes []*Node, leader *Node) {
+// closed when the benchmark or test ends.
+func inProcessCluster(b testing.TB) (nodes []*Node, leader *Node) {
 	c := newTestCluster(b, 3)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	for i, p := range c.nodes {

@@ -537,6 +537,12 @@ func (s *httpSink) Close() error                { return nil }
 // checked before raft sees it; raft keeps the current membership and
 // replicates the restored state to every node.
 func (n *Node) handleSnapshotRestore(w http.ResponseWriter, r *http.Request, id ca.Identity) {
+	n.restoreSnapshot(w, r, id, false)
+}
+
+// restoreSnapshot is handleSnapshotRestore; forwarded says another node
+// sent the restore here, as the leader (handleInternalRestore).
+func (n *Node) restoreSnapshot(w http.ResponseWriter, r *http.Request, id ca.Identity, forwarded bool) {
 	// One at a time: each holds its backup in memory, up to
 	// maxSnapshotBody, and on the leader its state decoded until the
 	// restore ends.
@@ -602,7 +608,11 @@ func (n *Node) handleSnapshotRestore(w http.ResponseWriter, r *http.Request, id 
 		parsed.close()
 		parsed = nil
 	}
-	err = n.onLeaderRestore(r.Context(), actor, "/v1/internal/restore", b, func(ctx context.Context) error {
+	route := n.onLeaderRestore
+	if forwarded {
+		route = n.onLeaderHere
+	}
+	err = route(r.Context(), actor, "/v1/internal/restore", b, func(ctx context.Context) error {
 		info := restoreInfo{Actor: actor, At: n.now(), BackupSHA256: hex.EncodeToString(sum[:])}
 		if p, ok := n.State().Person(actor); ok {
 			info.Role = p.Role
@@ -654,6 +664,22 @@ func (n *Node) onLeaderRestore(ctx context.Context, actor, path string, body []b
 	return n.routeToLeader(ctx, api.RestoreTimeout, actor, path, "application/octet-stream", body, nil, local)
 }
 
+// onLeaderHere is onLeaderRestore for a restore another node forwarded
+// here: it runs local only while this node leads, and otherwise fails
+// with ErrNotLeader, for that node to try again with the new leader.
+// Forwarding it on could bring it back to that node, whose own restore is
+// this one (at 20,000 gateways a leader lost its lease while merging,
+// sent the restore on to the new leader, the node the officer had
+// called, and the officer got "a restore is already in progress").
+func (n *Node) onLeaderHere(ctx context.Context, _, _ string, _ []byte, local func(context.Context) error) error {
+	if n.raft.State() != raft.Leader {
+		return ErrNotLeader
+	}
+	ctx, cancel := context.WithTimeout(ctx, api.RestoreTimeout)
+	defer cancel()
+	return local(ctx)
+}
+
 // routeToLeader runs local if this node leads, or POSTs body to path on
 // the leader and decodes its answer into out (when not nil), retrying
 // while there is no leader or the leader moved: nothing was done then.
@@ -686,5 +712,5 @@ func (n *Node) handleInternalRestore(w http.ResponseWriter, r *http.Request, id 
 		n.fail(w, ErrNotLeader)
 		return
 	}
-	n.handleSnapshotRestore(w, r, id)
+	n.restoreSnapshot(w, r, id, true)
 }

@@ -521,12 +521,19 @@ func (s *State) applyIssuerUpsert(r *IssuerUpsertRequest) error {
 	return nil
 }
 
-func (s *State) certsSorted() []*api.Certificate {
-	out := make([]*api.Certificate, 0, len(s.certs))
+// validGatewayCerts returns the valid certificates of the gateways ids,
+// each gateway's by serial, in one pass over the inventory however many
+// gateways are asked for.
+func (s *State) validGatewayCerts(ids map[string]bool) map[string][]*api.Certificate {
+	out := map[string][]*api.Certificate{}
 	for _, c := range s.certs {
-		out = append(out, c)
+		if ids[c.Gateway] && c.Kind == ca.KindGateway && c.Status == api.CertValid {
+			out[c.Gateway] = append(out[c.Gateway], c)
+		}
 	}
-	sortBy(out, func(c *api.Certificate) string { return c.Serial })
+	for _, certs := range out {
+		sortBy(certs, func(c *api.Certificate) string { return c.Serial })
+	}
 	return out
 }
 

@@ -289,31 +289,34 @@ func rollBack(m, bk *State, r restoreInfo) error {
 			return fmt.Errorf("%w: the backup holds gateway %s, which this cluster never had", ErrConflict, id)
 		}
 	}
+	// The gateways registered since are decommissioned, as an officer
+	// would: their certificates revoked, out of every view, their LANs
+	// free, their unused tokens gone, their pending requests rejected,
+	// their ids kept (ids are never given again, so nothing issued for
+	// one can apply to another). One pass over the inventory, the tokens
+	// and the requests for all of them: one per gateway held the leader's
+	// writes for 6 s at 20,000 gateways, with 300 registered since.
+	leaving := map[string]bool{}
 	for _, id := range added {
-		// Decommissioned, as an officer would: its certificates revoked,
-		// out of every view, its LANs free, its id kept (ids are never
-		// given again, so nothing issued for it can apply to another).
-		g := m.gateways[id]
-		if g.Status == api.StatusDecommissioned {
-			continue
+		if m.gateways[id].Status != api.StatusDecommissioned {
+			leaving[id] = true
 		}
-		var certs []*api.Certificate
-		for _, c := range m.certsSorted() {
-			if c.Gateway == id && c.Kind == ca.KindGateway && c.Status == api.CertValid {
-				certs = append(certs, c)
-			}
+	}
+	certsOf := m.validGatewayCerts(leaving)
+	for _, id := range added {
+		if leaving[id] {
+			m.revoke(certsOf[id], "", int(ca.ReasonCessationOfOperation), r.At, r.Actor, index)
+			m.gateways[id].Status = api.StatusDecommissioned
 		}
-		m.revoke(certs, "", int(ca.ReasonCessationOfOperation), r.At, r.Actor, index)
-		g.Status = api.StatusDecommissioned
-		for h, t := range m.tokens {
-			if t.Gateway == id && !t.Used {
-				delete(m.tokens, h)
-			}
+	}
+	for h, t := range m.tokens {
+		if leaving[t.Gateway] && !t.Used {
+			delete(m.tokens, h)
 		}
-		for _, q := range m.requests {
-			if q.Gateway == id && q.Status == api.RequestPending {
-				q.Status, q.Approver, q.Decided = api.RequestRejected, r.Actor, r.At
-			}
+	}
+	for _, q := range m.requests {
+		if leaving[q.Gateway] && q.Status == api.RequestPending {
+			q.Status, q.Approver, q.Decided = api.RequestRejected, r.Actor, r.At
 		}
 	}
 

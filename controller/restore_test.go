@@ -462,7 +462,8 @@ func TestRecoveryOnlyIntoNewCluster(t *testing.T) {
 
 // TestRestoreRejectsRequestsOfDecommissioned: a token request for a
 // gateway the restore decommissions is rejected with it, and cannot be
-// approved after.
+// approved after; each such gateway's unused token goes, the others'
+// stay.
 func TestRestoreRejectsRequestsOfDecommissioned(t *testing.T) {
 	f, next := historyFSM(t)
 	backup := snapshotBytes(t, f)
@@ -471,6 +472,8 @@ func TestRestoreRejectsRequestsOfDecommissioned(t *testing.T) {
 	for i, c := range []histCmd{
 		{CmdGatewayRegister, &GatewayAddRequest{Meta: m("op"), ID: "late", Agency: "000.00.00.H29", LANs: []netip.Prefix{netip.MustParsePrefix("10.33.0.0/16")}}},
 		{CmdRequestCreate, &RequestCreateRequest{Meta: m("op"), ID: "rq-late", Role: "operator", Kind: api.RequestToken, Gateway: "late", TTL: time.Hour, Reason: "new Hạ Long gateway"}},
+		{CmdGatewayRegister, &GatewayAddRequest{Meta: m("op"), ID: "later", Agency: "000.00.00.H29"}},
+		{CmdTokenIssue, &TokenIssueRequest{Meta: m("off"), Gateway: "later", TokenHash: "h-later", Expires: at.Add(time.Hour)}},
 	} {
 		if err := applyCmd(t, f, next+uint64(i), c.t, c.req); err != nil {
 			t.Fatal(err)
@@ -483,6 +486,17 @@ func TestRestoreRejectsRequestsOfDecommissioned(t *testing.T) {
 	idx := g.State().Index() + 2
 	if r, _ := g.State().Request("rq-late"); r.Status != api.RequestRejected || r.Approver != "off2" {
 		t.Fatalf("request rq-late for the decommissioned gateway: %+v", r)
+	}
+	for _, id := range []string{"late", "later"} {
+		if gw, _ := g.State().Gateway(id); gw.Status != api.StatusDecommissioned {
+			t.Errorf("gateway %s registered since the backup: %s after the restore", id, gw.Status)
+		}
+	}
+	if tok := g.State().tokens["h-later"]; tok != nil {
+		t.Errorf("the unused token of a decommissioned gateway: %+v", tok)
+	}
+	if len(g.State().tokens) == 0 {
+		t.Error("the restore removed every token")
 	}
 	if err := applyCmd(t, g, idx, CmdRequestDecide, &RequestDecideRequest{Meta: m("off"), ID: "rq-late", Role: "officer", Approve: true, TokenHash: "hz"}); err == nil {
 		t.Errorf("a token request for the decommissioned gateway was approved")
@@ -673,4 +687,27 @@ func agencyByCode(s *State, code string) (api.Agency, bool) {
 		}
 	}
 	return api.Agency{}, false
+}
+
+// TestForwardedRestoreStaysHere: a restore another node forwarded runs
+// on this node only while it leads, and otherwise fails with
+// ErrNotLeader for the forwarding node to retry: it is never forwarded on
+// (it could come back to that node, busy with the same restore, whose
+// officer would then hear that a restore is already in progress).
+func TestForwardedRestoreStaysHere(t *testing.T) {
+	nodes, leader := inProcessCluster(t)
+	ran := 0
+	local := func(context.Context) error { ran++; return nil }
+	for _, n := range nodes {
+		err := n.onLeaderHere(context.Background(), "officer1", "/v1/internal/restore", nil, local)
+		switch {
+		case n == leader && err != nil:
+			t.Errorf("%s, the leader: %v", n.cfg.Node, err)
+		case n != leader && !errors.Is(err, ErrNotLeader):
+			t.Errorf("%s, a follower: %v, want ErrNotLeader", n.cfg.Node, err)
+		}
+	}
+	if ran != 1 {
+		t.Errorf("the restore ran %d times, want once (on the leader)", ran)
+	}
 }
