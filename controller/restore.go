@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"slices"
 	"time"
@@ -90,18 +91,39 @@ func (n *Node) restoreBackup(ctx context.Context, bk *State, r restoreInfo) erro
 }
 
 // mergedSnapshot returns the snapshot that results from restoring bk
-// into the current state (mergeBackup).
+// into the current state (mergeBackup). The copy of the current state is
+// read back as it is written, through a pipe: encoding and decoding it
+// run side by side, with writes held.
 func (n *Node) mergedSnapshot(bk *State, r restoreInfo) ([]byte, uint64, error) {
 	cur, err := n.fsm.snapshot()
 	if err != nil {
 		return nil, 0, err
 	}
-	var b memSnapshotSink
-	if err := cur.Persist(&b); err != nil {
-		return nil, 0, err
+	pr, pw := io.Pipe()
+	persisted := make(chan error, 1)
+	go func() {
+		err := cur.Persist(&pipeSnapshotSink{pw})
+		pw.CloseWithError(err) // nil: the reader sees the end
+		persisted <- err
+	}()
+	m, err := readSnapshot(pr, n.fsm.spillDir)
+	pr.CloseWithError(errors.New("the copy of the state was not read to its end")) // a writer still writing stops
+	if perr := <-persisted; err == nil && perr != nil {
+		m.close()
+		err = perr
 	}
-	return mergeInto(b.Bytes(), bk, n.fsm.spillDir, r)
+	if err != nil {
+		return nil, 0, fmt.Errorf("copy of the current state: %w", err)
+	}
+	return mergeInto(m, bk, r)
 }
+
+// pipeSnapshotSink hands a snapshot to the pipe's reader.
+type pipeSnapshotSink struct{ *io.PipeWriter }
+
+func (pipeSnapshotSink) ID() string      { return "pipe" }
+func (s pipeSnapshotSink) Cancel() error { return s.CloseWithError(errors.New("snapshot cancelled")) }
+func (pipeSnapshotSink) Close() error    { return nil } // the writer's goroutine closes the pipe
 
 // mergeSnapshots is mergeBackup on snapshots: cur, the current state's,
 // and backup's; their audit chains spill to spillDir while it runs. It
@@ -112,15 +134,16 @@ func mergeSnapshots(cur, backup []byte, spillDir string, r restoreInfo) ([]byte,
 		return nil, 0, err
 	}
 	defer bk.close()
-	return mergeInto(cur, bk, spillDir, r)
-}
-
-// mergeInto is mergeSnapshots with the backup decoded (it changes bk).
-func mergeInto(cur []byte, bk *State, spillDir string, r restoreInfo) ([]byte, uint64, error) {
 	m, err := readSnapshot(bytes.NewReader(cur), spillDir)
 	if err != nil {
 		return nil, 0, fmt.Errorf("copy of the current state: %w", err)
 	}
+	return mergeInto(m, bk, r)
+}
+
+// mergeInto is mergeSnapshots with both states decoded: m, the current
+// state's copy, which it closes, and bk, which it changes.
+func mergeInto(m, bk *State, r restoreInfo) ([]byte, uint64, error) {
 	defer m.close()
 	res, err := mergeBackup(m, bk, r)
 	if err != nil {
