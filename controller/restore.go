@@ -107,16 +107,23 @@ func (n *Node) mergedSnapshot(bk *State, r restoreInfo) ([]byte, uint64, error) 
 		persisted <- err
 	}()
 	m, err := readSnapshot(pr, n.fsm.spillDir)
-	pr.CloseWithError(errors.New("the copy of the state was not read to its end")) // a writer still writing stops
-	if perr := <-persisted; err == nil && perr != nil {
+	pr.CloseWithError(errCopyNotRead) // a writer still writing stops
+	switch perr := <-persisted; {
+	case perr == nil:
+	case err == nil:
 		m.close()
 		err = perr
+	case !errors.Is(perr, errCopyNotRead):
+		err = perr // the writer failed first: the reader saw "snapshot cancelled"
 	}
 	if err != nil {
 		return nil, 0, fmt.Errorf("copy of the current state: %w", err)
 	}
 	return mergeInto(m, bk, r)
 }
+
+// errCopyNotRead stops the writing of a state's copy that its reader gave up.
+var errCopyNotRead = errors.New("the copy of the state was not read to its end")
 
 // pipeSnapshotSink hands a snapshot to the pipe's reader.
 type pipeSnapshotSink struct{ *io.PipeWriter }
