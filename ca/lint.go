@@ -727,7 +727,7 @@ func signOuter(pre []byte, alg x509.SignatureAlgorithm, signer crypto.Signer) (d
 		Signature      asn1.BitString
 	}
 	if rest, err := asn1.Unmarshal(pre, &outer); err != nil || len(rest) > 0 {
-		return nil, nil, fmt.Errorf("pre-certificate does not parse: %v", err)
+		return nil, nil, fmt.Errorf("the DER to sign does not parse: %v", err)
 	}
 	d := h.New()
 	d.Write(outer.TBS.FullBytes)

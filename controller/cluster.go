@@ -608,11 +608,7 @@ func (n *Node) restoreSnapshot(w http.ResponseWriter, r *http.Request, id ca.Ide
 		parsed.close()
 		parsed = nil
 	}
-	route := n.onLeaderRestore
-	if forwarded {
-		route = n.onLeaderHere
-	}
-	err = route(r.Context(), actor, "/v1/internal/restore", b, func(ctx context.Context) error {
+	run := func(ctx context.Context) error {
 		info := restoreInfo{Actor: actor, At: n.now(), BackupSHA256: hex.EncodeToString(sum[:])}
 		if p, ok := n.State().Person(actor); ok {
 			info.Role = p.Role
@@ -631,7 +627,12 @@ func (n *Node) restoreSnapshot(w http.ResponseWriter, r *http.Request, id ca.Ide
 		n.log.Warn("state restored from a backup", "actor", actor, "raft_index", n.State().Index(), "backup_index", backupIndex, "backup_sha256", info.BackupSHA256,
 			"signed_by", sig.Node, "signed_at", sig.At)
 		return nil
-	})
+	}
+	if forwarded {
+		err = n.onLeaderHere(r.Context(), run)
+	} else {
+		err = n.onLeaderRestore(r.Context(), actor, "/v1/internal/restore", b, run)
+	}
 	if err != nil {
 		n.fail(w, err)
 		return
@@ -671,7 +672,7 @@ func (n *Node) onLeaderRestore(ctx context.Context, actor, path string, body []b
 // this one (at 20,000 gateways a leader lost its lease while merging,
 // sent the restore on to the new leader, the node the officer had
 // called, and the officer got "a restore is already in progress").
-func (n *Node) onLeaderHere(ctx context.Context, _, _ string, _ []byte, local func(context.Context) error) error {
+func (n *Node) onLeaderHere(ctx context.Context, local func(context.Context) error) error {
 	if n.raft.State() != raft.Leader {
 		return ErrNotLeader
 	}

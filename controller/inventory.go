@@ -297,13 +297,7 @@ func (s *State) checkRevoke(serial, gateway string, reason int) ([]*api.Certific
 		if err := s.canRevoke(gateway); err != nil {
 			return nil, err
 		}
-		var certs []*api.Certificate
-		for _, c := range s.certs {
-			if c.Gateway == gateway && c.Kind == ca.KindGateway && c.Status == api.CertValid {
-				certs = append(certs, c)
-			}
-		}
-		return certs, nil
+		return s.validGatewayCerts(map[string]bool{gateway: true})[gateway], nil
 	case serial != "":
 		c, ok := s.certs[normSerial(serial)]
 		if !ok {

@@ -699,7 +699,7 @@ func TestForwardedRestoreStaysHere(t *testing.T) {
 	ran := 0
 	local := func(context.Context) error { ran++; return nil }
 	for _, n := range nodes {
-		err := n.onLeaderHere(context.Background(), "officer1", "/v1/internal/restore", nil, local)
+		err := n.onLeaderHere(context.Background(), local)
 		switch {
 		case n == leader && err != nil:
 			t.Errorf("%s, the leader: %v", n.cfg.Node, err)
