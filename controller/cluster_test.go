@@ -29,6 +29,7 @@ import (
 	"github.com/govnet/govnet/ca"
 	"github.com/govnet/govnet/hsm"
 	"github.com/govnet/govnet/hsm/hsmtest"
+	"github.com/hashicorp/raft"
 )
 
 // childNodeEnv, when set to a config file, makes the test binary run one
@@ -36,6 +37,12 @@ import (
 // start real nodes as separate OS processes, so that kill -9 and SIGSTOP
 // hit a whole node.
 const childNodeEnv = "GOVNET_TEST_NODE_CONFIG"
+
+// freezeLeaderFile, when a test writes it into a child node's data
+// directory, makes that node, if it leads, stop itself (SIGSTOP) as soon
+// as it has taken a restored state: a leader lost at the worst moment of
+// a restore.
+const freezeLeaderFile = "test-freeze-after-restore"
 
 func runChildNode(path string) int {
 	cfg, err := LoadConfig(path)
@@ -51,6 +58,13 @@ func runChildNode(path string) int {
 		fmt.Fprintln(os.Stderr, "start:", err)
 		return 1
 	}
+	freeze := func() { // once, when the test asks for it
+		if n.raft.State() == raft.Leader && os.Remove(filepath.Join(cfg.DataDir, freezeLeaderFile)) == nil {
+			fmt.Fprintln(os.Stderr, "test: the leader stops itself after applying a restore")
+			syscall.Kill(os.Getpid(), syscall.SIGSTOP)
+		}
+	}
+	n.fsm.restored.Store(&freeze)
 	<-ctx.Done()
 	if err := n.Close(); err != nil {
 		fmt.Fprintln(os.Stderr, "close:", err)

@@ -63,6 +63,10 @@ const (
 	// write since this release. The JSON types still apply as they did.
 	CmdGatewayReportsPacked   CommandType = 34 | IgnoreUnknownTypeFlag
 	CmdGatewayRefreshesPacked CommandType = 35 | IgnoreUnknownTypeFlag
+	// A backup of this cluster restored (controller/restore.go): a
+	// command like any other, committed by a quorum before any node
+	// applies it. Its body is binary (BackupRestoreRequest.encode).
+	CmdBackupRestore CommandType = 36
 	// Agency registry operations (controller/agency.go).
 	CmdAgencyImport        CommandType = 19
 	CmdAgencyMerge         CommandType = 20
@@ -138,6 +142,8 @@ func (t CommandType) String() string {
 		return "gateway-reports-packed"
 	case CmdGatewayRefreshesPacked:
 		return "gateway-refreshes-packed"
+	case CmdBackupRestore:
+		return "backup-restore"
 	case CmdAgencyImport:
 		return "agency-import"
 	case CmdAgencyMerge:
@@ -450,6 +456,13 @@ type GatewayDecommissionRequest struct {
 // encodeCommand frames a command as its type byte followed by JSON, or
 // by the packed form for the packed types.
 func encodeCommand(t CommandType, req any) ([]byte, error) {
+	if t == CmdBackupRestore {
+		r, ok := req.(*BackupRestoreRequest)
+		if !ok {
+			return nil, fmt.Errorf("encode %s: a %T, want *BackupRestoreRequest", t, req)
+		}
+		return r.encode()
+	}
 	if t.packed() {
 		r, ok := req.(*GatewayReportsRequest)
 		if !ok {

@@ -38,6 +38,10 @@ type FSM struct {
 	snapshots atomic.Int64 // raft snapshots written since the node started
 	snapMu    sync.Mutex
 	lastSnap  snapMark // the last snapshot raft took or restored
+
+	// restored, when set (by the fault tests only), is called at the
+	// end of every Restore, with the new state in place.
+	restored atomic.Pointer[func()]
 }
 
 // snapMark is where a raft snapshot stood: FSM.entries and FSM.applied
@@ -136,6 +140,9 @@ func (f *FSM) Apply(l *raft.Log) any {
 	f.applied.Add(int64(len(l.Data)))
 	f.entries.Add(1)
 	t, body := CommandType(l.Data[0]), l.Data[1:]
+	if t == CmdBackupRestore {
+		return f.applyBackupRestore(l.Index, body)
+	}
 	s := f.state
 	s.mu.Lock()
 	entry := s.auditEntry(l.Index, t, l.Data)
@@ -482,8 +489,7 @@ type removedNode struct {
 
 // Restore implements raft.FSM: it replaces the state with a snapshot's.
 //
-// The state's index never moves backwards: when an operator restores an
-// older backup into a running cluster (raft.Restore), readers waiting for
+// The state's index never moves backwards (install): readers waiting for
 // an index they have already seen must not wait for ever. The next
 // command sets the index to its raft index again.
 func (f *FSM) Restore(rc io.ReadCloser) error {
@@ -494,6 +500,17 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 		return err
 	}
 	f.markSnapshot(snapMark{entries: f.entries.Load(), applied: f.applied.Load(), size: cr.n})
+	f.install(ns)
+	f.onApply(f.state.Index(), 0)
+	if hook := f.restored.Load(); hook != nil {
+		(*hook)()
+	}
+	return nil
+}
+
+// install puts ns's contents in the state's place (the State itself
+// stays: readers hold it), with every view to recompute.
+func (f *FSM) install(ns *State) {
 	s := f.state
 	s.mu.Lock()
 	s.overlay, s.agencies, s.gateways, s.tokens, s.policies, s.addrInUse, s.members, s.people, s.requests, s.audit =
@@ -505,10 +522,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	s.renewCall = ns.renewCall
 	s.touchAll()
 	s.setIndex(max(s.index, ns.index))
-	index := s.index
 	s.mu.Unlock()
-	f.onApply(index, 0)
-	return nil
 }
 
 // readSnapshot decodes a snapshot into a fresh state, whose audit chain

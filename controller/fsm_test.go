@@ -151,7 +151,23 @@ func history() []struct {
 		t   CommandType
 		req any
 	}{CmdAuditCheckpoint, &AuditCheckpointRequest{Meta: meta("node:ctl1"), Node: "ctl1", Checkpoint: cp}})
-	return h
+	// Last, a backup of the state so far restored: nothing was
+	// registered since, so it adds its audit entry and changes nothing
+	// else.
+	b, _ := encodeCommand(h[len(h)-1].t, h[len(h)-1].req)
+	scratch.Apply(&raft.Log{Index: uint64(len(h)), Type: raft.LogCommand, Data: b})
+	snap, err := scratch.Snapshot()
+	var backup memSnapshotSink
+	if err == nil {
+		err = snap.Persist(&backup)
+	}
+	if err != nil {
+		panic(fmt.Sprintf("backup of the history: %v", err))
+	}
+	return append(h, struct {
+		t   CommandType
+		req any
+	}{CmdBackupRestore, &BackupRestoreRequest{Meta: meta("off2"), Role: "officer", BackupSHA256: strings.Repeat("ab", 32), State: backup.Bytes()}})
 }
 
 // histCmd is one command of a test history.
@@ -546,7 +562,8 @@ func TestApplyRejects(t *testing.T) {
 // FuzzAPIRequest feeds arbitrary bodies to every command type: the FSM
 // must never panic, and a refused command must change nothing.
 func FuzzAPIRequest(f *testing.F) {
-	for _, c := range history() {
+	h := history()
+	for _, c := range h {
 		b, _ := encodeCommand(c.t, c.req)
 		f.Add(b)
 	}
@@ -561,7 +578,7 @@ func FuzzAPIRequest(f *testing.F) {
 			return // unknown, non-ignorable types halt the node by design
 		}
 		fsm := NewFSM(slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
-		for i, c := range history() {
+		for i, c := range h {
 			if err := applyCmd(t, fsm, uint64(i+1), c.t, c.req); err != nil {
 				t.Fatal(err)
 			}

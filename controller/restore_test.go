@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +18,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/raft"
 
 	"github.com/govnet/govnet/api"
 	"github.com/govnet/govnet/ca"
@@ -344,7 +348,19 @@ func TestRecoveryIndexMovesOn(t *testing.T) {
 	if _, err := offB.RestoreSnapshot(ctx, bytes.NewReader(backup.Bytes())); err != nil {
 		t.Fatal(err)
 	}
-	restored := nB.State().Index()
+	// The restore's own index (a command the node makes on its own, a
+	// CRL's, may follow it before the state is read here, and change no
+	// view).
+	var restored uint64
+	chain, err := nB.State().Audit(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range chain {
+		if e.Action == ActionRestore {
+			restored = e.RaftIndex
+		}
+	}
 	waitFor(t, 10*time.Second, "gw-a's view after the restore", func() error {
 		if v, ok := nB.hub.view("gw-a"); !ok || v.head.RaftIndex < restored || v.peers.Len() != 1 {
 			return fmt.Errorf("no view at %d with gw-b yet", restored)
@@ -710,4 +726,85 @@ func TestForwardedRestoreStaysHere(t *testing.T) {
 	if ran != 1 {
 		t.Errorf("the restore ran %d times, want once (on the leader)", ran)
 	}
+}
+
+// TestBackupRestoreCommand: a backup of this cluster restored by the
+// command every node applies. Two nodes that apply it end with the same
+// state, in which the gateway registered since the backup is
+// decommissioned and the restore's entry, at the command's index, ends
+// the chain. A command whose backup is not one, is of another network,
+// or is cut short, and a command that does not decode, is refused alike
+// and changes nothing.
+func TestBackupRestoreCommand(t *testing.T) {
+	f0, _ := historyFSM(t)
+	backup := snapshotBytes(t, f0)
+	since := histCmd{CmdGatewayRegister, &GatewayAddRequest{Meta: meta("op"), ID: "gw9", Agency: "000.00.00.H29"}}
+	sum := strings.Repeat("cd", 32)
+	restore := &BackupRestoreRequest{Meta: meta("off2"), Role: "officer", BackupSHA256: sum, State: backup}
+
+	var snaps [][]byte
+	for range 2 {
+		f, next := historyFSM(t, since)
+		if err := applyCmd(t, f, next, CmdBackupRestore, restore); err != nil {
+			t.Fatal(err)
+		}
+		if g, _ := f.State().Gateway("gw9"); g.Status != api.StatusDecommissioned {
+			t.Errorf("gw9, registered after the backup: %s", g.Status)
+		}
+		if i := f.State().Index(); i != next {
+			t.Errorf("index %d after the restore at %d", i, next)
+		}
+		chain, err := f.State().Audit(0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := api.VerifyAudit(chain); err != nil {
+			t.Fatal(err)
+		}
+		if e := chain[len(chain)-1]; e.Action != ActionRestore || e.RaftIndex != next || e.Actor != "off2" || e.Role != "officer" || e.RequestSHA256 != sum {
+			t.Errorf("the chain ends with %+v", e)
+		}
+		snaps = append(snaps, snapshotBytes(t, f))
+	}
+	if !bytes.Equal(snaps[0], snaps[1]) {
+		t.Error("two nodes that applied the same restore hold different states")
+	}
+
+	cut := backup[:bytes.IndexByte(backup, '\n')+1] // the header alone
+	other := bytes.Replace(backup, []byte(`"100.64.0.0/24"`), []byte(`"100.65.0.0/24"`), 1)
+	head, _ := json.Marshal(&BackupRestoreRequest{Meta: meta("off2")})
+	plain := append(append(append([]byte{byte(CmdBackupRestore)}, binary.AppendUvarint(nil, uint64(len(head)))...), head...), "plain text"...)
+	for _, tc := range []struct {
+		name, want string
+		data       []byte
+	}{
+		{"not a snapshot", "the backup", mustEncode(t, &BackupRestoreRequest{Meta: meta("off2"), State: []byte("not a snapshot")})},
+		{"cut short", "no network", mustEncode(t, &BackupRestoreRequest{Meta: meta("off2"), State: cut})},
+		{"another network", "another network", mustEncode(t, &BackupRestoreRequest{Meta: meta("off2"), State: other})},
+		{"head longer than the body", "no head", []byte{byte(CmdBackupRestore), 0xff, 0x01, '{'}},
+		{"head not JSON", "decode command", []byte{byte(CmdBackupRestore), 1, '{'}},
+		{"state not compressed", "the backup", plain},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f, next := historyFSM(t, since)
+			before := snapshotBytes(t, f)
+			res := f.Apply(&raft.Log{Index: next, Type: raft.LogCommand, Data: tc.data}).(ApplyResult)
+			if res.Err == nil || !strings.Contains(res.Err.Error(), tc.want) {
+				t.Fatalf("got %v, want an error saying %q", res.Err, tc.want)
+			}
+			after := snapshotBytes(t, f)
+			if !bytes.Equal(before[bytes.IndexByte(before, '\n'):], after[bytes.IndexByte(after, '\n'):]) {
+				t.Fatal("a refused restore changed the state")
+			}
+		})
+	}
+}
+
+func mustEncode(t *testing.T, r *BackupRestoreRequest) []byte {
+	t.Helper()
+	b, err := encodeCommand(CmdBackupRestore, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

@@ -8,7 +8,8 @@
 # officer restores the backup through 127.0.0.12 (a follower or the
 # leader, as elections had it). It prints the restore's time, the longest
 # and median registration, and each node's peak RSS; it stops the nodes
-# and removes the copy when it ends, even on failure.
+# and removes the copy when it ends, even on failure (keeping the nodes'
+# logs in $RESTORE_TIMING_LOGS, if set).
 #
 #   make build bench-fanout   # once: the cluster and its people
 #   deploy/scripts/restore-timing.sh [CLUSTER_DIR]
@@ -24,6 +25,7 @@ cleanup() {
   [ -n "$loop" ] && kill "$loop" 2>/dev/null
   [ ${#pids[@]} -gt 0 ] && kill "${pids[@]}" 2>/dev/null
   wait 2>/dev/null || true
+  [ -n "${RESTORE_TIMING_LOGS:-}" ] && mkdir -p "$RESTORE_TIMING_LOGS" && cp "$work"/ctl*.log "$RESTORE_TIMING_LOGS"/
   rm -rf "$work"
 }
 trap cleanup EXIT
