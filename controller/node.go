@@ -89,7 +89,8 @@ type Node struct {
 	connsRefused atomic.Uint64                      // connections over max_conns_per_ip, on every listener
 	restoring    atomic.Bool                        // a backup restore is being read or installed here
 	// applyGate holds this node's writes (applyLocal) while it merges a
-	// backup into its state and hands raft the result (restoreBackup).
+	// lost cluster's backup into its state and hands raft the result
+	// (recoverBackup).
 	applyGate sync.RWMutex
 	metrics   *nodeMetrics // served at /metrics on the API, to operators and auditors
 	// startSettled is set once the node has caught up, compiled its views

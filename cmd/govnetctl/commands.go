@@ -481,8 +481,9 @@ func (a *app) clusterCmd() *cobra.Command {
 		Short: "Roll the registry back to a backup, or recover a lost cluster into a new one (officer)",
 		Long: "The backup's signature line is checked first (saved by a controller node under this cluster's\n" +
 			"root, not altered since, its signing time within the backup's and this node's clock, the\n" +
-			"signer not revoked but for a renewal after it signed), then its content, then the\n" +
-			"leader merges it into the cluster's state and replicates the result to every node.\n" +
+			"signer not revoked but for a renewal after it signed), then its content; then the\n" +
+			"restore is committed in the raft log like any write, and every node merges the backup\n" +
+			"into its state as it applies it.\n" +
 			"A backup of this cluster rolls back the agencies, the gateways\n" +
 			"registered since (decommissioned: their certificates revoked), each gateway's agency,\n" +
 			"and the policy (published again as a new version). It keeps the audit chain, the\n" +
@@ -490,7 +491,8 @@ func (a *app) clusterCmd() *cobra.Command {
 			"and the membership, and appends a backup-restore entry to the chain.\n" +
 			"The backup of another cluster is accepted only by a new cluster, which never had a gateway\n" +
 			"or a restore (recovery): its state and audit chain become the cluster's, beside the new\n" +
-			"cluster's members, issuers and people; that cluster must be founded under the same root.\n" +
+			"cluster's members, issuers and people; that cluster must be founded under the same root,\n" +
+			"and have a single node until the recovery is done (join the others after it).\n" +
 			"An approved restore request is good for one restore.",
 		Example: "  govnetctl cluster snapshot restore /var/backups/govnet-2026-11-23.snap",
 		Args:    cobra.ExactArgs(1),
