@@ -62,7 +62,17 @@ const ActionRestore = "backup-restore"
 // has it. A lost cluster's backup is recovered into a new cluster of one
 // node (recoverBackup).
 func (n *Node) restoreBackup(ctx context.Context, bk *State, state []byte, r restoreInfo) error {
-	if !n.State().extends(bk) {
+	// Decided on a state that holds every command committed before: a
+	// leader just elected may not have applied the backup's last entry
+	// yet.
+	if _, err := n.barrier(ctx); err != nil {
+		bk.close()
+		return err
+	}
+	if extends, err := n.State().extends(bk); err != nil {
+		bk.close()
+		return fmt.Errorf("this node's audit chain: %w", err)
+	} else if !extends {
 		return n.recoverBackup(ctx, bk, r)
 	}
 	bk.close()
@@ -93,12 +103,8 @@ func (n *Node) restoreBackup(ctx context.Context, bk *State, state []byte, r res
 // is done there, before the other nodes join.
 func (n *Node) recoverBackup(ctx context.Context, bk *State, r restoreInfo) error {
 	defer bk.close()
-	cfg := n.raft.GetConfiguration()
-	if err := cfg.Error(); err != nil {
-		return fmt.Errorf("raft configuration: %w", err)
-	}
-	if voters := countVoters(cfg.Configuration()); voters != 1 {
-		return fmt.Errorf("%w: the backup is not of this cluster (its audit chain is not the beginning of this one's); another cluster's backup is recovered only into a new cluster of a single node: restore it on the first node, then join the others (this cluster has %d voters)", ErrConflict, voters)
+	if err := n.singleVoter(); err != nil {
+		return err
 	}
 	n.applyGate.Lock()
 	defer n.applyGate.Unlock()
@@ -117,6 +123,12 @@ func (n *Node) recoverBackup(ctx context.Context, bk *State, r restoreInfo) erro
 	}
 	merged, index, err := n.mergedSnapshot(bk, r)
 	if err != nil {
+		return err
+	}
+	// Again, as close to the restore as can be: a node may have joined
+	// meanwhile (a join's membership record waits for the gate, but
+	// not a raft configuration change already under way).
+	if err := n.singleVoter(); err != nil {
 		return err
 	}
 	// raft gives the snapshot an index above both this one and its log's
@@ -139,15 +151,22 @@ func notApproved(sum string) error {
 		ErrForbidden, sum, api.RestoreApprovalTTL)
 }
 
-// countVoters is the number of voters in c.
-func countVoters(c raft.Configuration) int {
-	k := 0
-	for _, s := range c.Servers {
+// singleVoter refuses a recovery in a cluster of more than one voter.
+func (n *Node) singleVoter() error {
+	cfg := n.raft.GetConfiguration()
+	if err := cfg.Error(); err != nil {
+		return fmt.Errorf("raft configuration: %w", err)
+	}
+	voters := 0
+	for _, s := range cfg.Configuration().Servers {
 		if s.Suffrage == raft.Voter {
-			k++
+			voters++
 		}
 	}
-	return k
+	if voters != 1 {
+		return fmt.Errorf("%w: the backup is not of this cluster (its audit chain is not the beginning of this one's); another cluster's backup is recovered only into a new cluster of a single node: restore it on the first node, then join the others (this cluster has %d voters)", ErrConflict, voters)
+	}
+	return nil
 }
 
 // BackupRestoreRequest restores a backup of this cluster: who restored
@@ -239,7 +258,7 @@ func (f *FSM) restoredState(index uint64, body []byte) (*State, error) {
 	if err != nil {
 		return nil, err
 	}
-	bk, err := readSnapshot(state, f.spillDir)
+	bk, err := readSnapshot(&boundedReader{r: state, n: maxSnapshotBody}, f.spillDir)
 	if errors.Is(err, errSpillIO) {
 		panic(fmt.Sprintf("raft index %d: the backup: %v", index, err))
 	}
@@ -248,8 +267,11 @@ func (f *FSM) restoredState(index uint64, body []byte) (*State, error) {
 	}
 	defer bk.close()
 	m, err := f.copyState()
-	if err != nil {
+	if errors.Is(err, errSpillIO) {
 		panic(fmt.Sprintf("raft index %d: copy of the state: %v", index, err))
+	}
+	if err != nil { // the same on every node: a state that does not read back
+		return nil, fmt.Errorf("copy of the state: %w", err)
 	}
 	info := restoreInfo{Actor: r.Actor, Role: r.Role, At: r.At, BackupSHA256: r.BackupSHA256}
 	if r.FourEyes {
@@ -262,7 +284,13 @@ func (f *FSM) restoredState(index uint64, body []byte) (*State, error) {
 	if err == nil {
 		err = checkBackupFits(m, bk)
 	}
-	if err == nil && !chainExtends(m, bk) {
+	extends := false
+	if err == nil {
+		if extends, err = chainExtends(m, bk); err != nil {
+			panic(fmt.Sprintf("raft index %d: the copy's audit chain: %v", index, err))
+		}
+	}
+	if err == nil && !extends {
 		err = fmt.Errorf("%w: the backup's audit chain is not the beginning of this cluster's: it is not a backup of this cluster (another cluster's backup is recovered into a new cluster of one node)", ErrConflict)
 	}
 	if err == nil {
@@ -278,9 +306,33 @@ func (f *FSM) restoredState(index uint64, body []byte) (*State, error) {
 	return m, nil
 }
 
+// boundedReader reads up to n bytes of r and fails past them: a backup's
+// state, decompressed, is at most what an upload may be, and a command
+// past that is refused rather than read to the end of memory (or cut
+// short: the format has no end, and a prefix still reads).
+type boundedReader struct {
+	r io.Reader
+	n int64
+}
+
+func (b *boundedReader) Read(p []byte) (int, error) {
+	if b.n <= 0 {
+		var one [1]byte
+		k, err := b.r.Read(one[:])
+		if k > 0 {
+			return 0, fmt.Errorf("the backup's state is over %d bytes", int64(maxSnapshotBody))
+		}
+		return 0, err
+	}
+	p = p[:min(int64(len(p)), b.n)]
+	k, err := b.r.Read(p)
+	b.n -= int64(k)
+	return k, err
+}
+
 // extends says whether s's audit chain extends bk's: bk is a backup of
 // this cluster.
-func (s *State) extends(bk *State) bool {
+func (s *State) extends(bk *State) (bool, error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	return chainExtends(s, bk)
@@ -319,6 +371,7 @@ func (f *FSM) copyState() (*State, error) {
 	if err != nil {
 		return nil, err
 	}
+	cur.log = nil // not a raft snapshot: nothing to log
 	pr, pw := io.Pipe()
 	persisted := make(chan error, 1)
 	go func() {
@@ -393,7 +446,9 @@ func mergeBackup(m, bk *State, r restoreInfo) (*State, error) {
 	if err := checkBackupFits(m, bk); err != nil {
 		return nil, err
 	}
-	if chainExtends(m, bk) {
+	if extends, err := chainExtends(m, bk); err != nil {
+		return nil, err
+	} else if extends {
 		return m, rollBack(m, bk, r, m.index+1)
 	}
 	fresh, err := newCluster(m)
@@ -488,13 +543,17 @@ func newCluster(m *State) (bool, error) {
 
 // chainExtends says whether m's audit chain extends bk's (bk is a backup
 // of m's cluster).
-func chainExtends(m, bk *State) bool {
+// An error is m's: its chain could not be read.
+func chainExtends(m, bk *State) (bool, error) {
 	k := bk.audit.len()
 	if k == 0 || k > m.audit.len() {
-		return k == 0
+		return k == 0, nil
 	}
 	e, err := m.audit.entry(k)
-	return err == nil && e.Hash == bk.audit.head.Hash
+	if err != nil {
+		return false, err
+	}
+	return e.Hash == bk.audit.head.Hash, nil
 }
 
 // rollBack is mergeBackup for a backup of m's own cluster, into m,

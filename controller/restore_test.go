@@ -808,3 +808,83 @@ func mustEncode(t *testing.T, r *BackupRestoreRequest) []byte {
 	}
 	return b
 }
+
+// TestBackupRestoreDeterministic: the nodes applying a four-eyes restore
+// spend the same approved request when two name the backup (map order
+// picked one per node), and a node that replays the restore from a
+// snapshot taken before it ends where the nodes that applied it live did.
+func TestBackupRestoreDeterministic(t *testing.T) {
+	f0, _ := historyFSM(t)
+	backup := snapshotBytes(t, f0)
+	sum := strings.Repeat("ef", 32)
+	more := []histCmd{
+		{CmdRequestCreate, &RequestCreateRequest{Meta: meta("off"), ID: "ra", Role: "officer", Kind: api.RequestRestore, BackupSHA256: sum}},
+		{CmdRequestDecide, &RequestDecideRequest{Meta: meta("off2"), ID: "ra", Role: "officer", Approve: true}},
+		{CmdRequestCreate, &RequestCreateRequest{Meta: meta("off"), ID: "rb", Role: "officer", Kind: api.RequestRestore, BackupSHA256: sum}},
+		{CmdRequestDecide, &RequestDecideRequest{Meta: meta("off2"), ID: "rb", Role: "officer", Approve: true}},
+		{CmdGatewayRegister, &GatewayAddRequest{Meta: meta("op"), ID: "gw9", Agency: "000.00.00.H29"}},
+	}
+	restore := &BackupRestoreRequest{Meta: meta("off2"), Role: "officer", BackupSHA256: sum, FourEyes: true, State: backup}
+	var first []byte
+	for i := range 6 {
+		f, next := historyFSM(t, more...)
+		if err := applyCmd(t, f, next, CmdBackupRestore, restore); err != nil {
+			t.Fatal(err)
+		}
+		snap := snapshotBytes(t, f)
+		if i == 0 {
+			first = snap
+			if !bytes.Contains(snap, []byte(" request:ra")) {
+				t.Fatal("the restore did not spend ra, the first approved")
+			}
+		} else if !bytes.Equal(snap, first) {
+			t.Fatalf("node %d holds another state after the same restore", i)
+		}
+	}
+	// Replayed after a restart from the snapshot before it.
+	f, next := historyFSM(t, more...)
+	re := NewFSM(slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	if err := re.Restore(io.NopCloser(bytes.NewReader(snapshotBytes(t, f)))); err != nil {
+		t.Fatal(err)
+	}
+	if err := applyCmd(t, re, next, CmdBackupRestore, restore); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(snapshotBytes(t, re), first) {
+		t.Fatal("the restore replayed after a restart left another state")
+	}
+}
+
+// TestChainExtendsReportsDisk: a chain that cannot be read is an error
+// (the node stops), not "another cluster's backup" (a refusal on this
+// node alone).
+func TestChainExtendsReportsDisk(t *testing.T) {
+	f0, _ := historyFSM(t)
+	bk, err := readSnapshot(bytes.NewReader(snapshotBytes(t, f0)), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bk.close()
+	f, _ := historyFSM(t, histCmd{CmdGatewayRegister, &GatewayAddRequest{Meta: meta("op"), ID: "gw9", Agency: "000.00.00.H29"}})
+	m, err := f.copyState()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := chainExtends(m, bk); !ok || err != nil {
+		t.Fatalf("a backup of this cluster: %v, %v", ok, err)
+	}
+	m.audit.f.Close() // this node's disk fails
+	if _, err := chainExtends(m, bk); !errors.Is(err, errSpillIO) {
+		t.Fatalf("a chain that cannot be read: %v", err)
+	}
+}
+
+// TestBoundedReader: a state past the bound fails; one at it reads whole.
+func TestBoundedReader(t *testing.T) {
+	if b, err := io.ReadAll(&boundedReader{r: strings.NewReader("abcdef"), n: 6}); err != nil || string(b) != "abcdef" {
+		t.Fatalf("at the bound: %q, %v", b, err)
+	}
+	if _, err := io.ReadAll(&boundedReader{r: strings.NewReader("abcdef"), n: 5}); err == nil || !strings.Contains(err.Error(), "is over") {
+		t.Fatalf("past the bound: %v", err)
+	}
+}

@@ -885,7 +885,9 @@ func (s *State) approvedRestore(sum string, now time.Time) (string, bool) {
 	// Decided is the leader's clock, now this node's: a minute of skew
 	// either way does not refuse a fresh approval.
 	const skew = time.Minute
-	for _, r := range s.requests {
+	// Oldest first: every node applying a restore picks the same request
+	// when two were approved for one backup.
+	for _, r := range s.requestsSorted() {
 		if r.Kind == api.RequestRestore && r.Status == api.RequestApproved && r.BackupSHA256 == sum && r.Restored == 0 &&
 			!r.Decided.After(now.Add(skew)) && now.Sub(r.Decided) <= api.RestoreApprovalTTL {
 			return r.ID, true
