@@ -33,10 +33,11 @@ import (
 // people, tokens, four-eyes requests and the cluster's membership.
 //
 // A restore is a command (CmdBackupRestore) that carries the backup's
-// state: each node, as it applies it, merges the backup into a copy of
-// its own state, appends the restore's audit entry and puts the result in
-// its state's place. The restore and its entry are one step, and a
-// quorum holds it before any node applies it.
+// state: each node, as it applies it, checks the backup against its own
+// state (checkRollBack), then rolls it back into the state
+// (applyRollBack) and appends the restore's audit entry. The restore and
+// its entry are one step, and a quorum holds it before any node applies
+// it.
 //
 // The backup of a lost cluster restores into a new one (recoverInto): its
 // state and history become the new cluster's, through raft.Restore, on
@@ -48,6 +49,7 @@ type restoreInfo struct {
 	At           time.Time
 	BackupSHA256 string // hex, of the backup file
 	RequestID    string // the approved restore request, in four-eyes mode
+	fourEyes     bool   // the restore needs an approved request (CmdBackupRestore)
 }
 
 // ActionRestore is the audit chain's action for a backup restore.
@@ -227,83 +229,91 @@ func decodeBackupRestore(body []byte) (*BackupRestoreRequest, io.Reader, error) 
 }
 
 // applyBackupRestore applies a CmdBackupRestore committed at index: the
-// backup merged into a copy of the state (rollBack) takes the state's
-// place. A backup that does not fit is refused alike on every node and
-// changes nothing. The merge runs off the state's lock: readers see the
-// state before until it is replaced, and commands wait, as they wait for
-// any command before them.
+// backup is checked against the state (checkRollBack) with readers
+// flowing, then rolled back into it (applyRollBack) under the state's
+// lock. A backup that does not fit is refused alike on every node and
+// changes nothing. A failure of this node's own (its disk) stops the
+// node: the others applied the restore, and its state would part from
+// theirs.
 func (f *FSM) applyBackupRestore(index uint64, body []byte) ApplyResult {
-	m, err := f.restoredState(index, body)
+	s := f.state
+	start := time.Now()
+	bk, info, err := f.readRestore(index, body)
+	read := time.Since(start)
+	if err == nil {
+		defer bk.close()
+		err = f.checkRestore(index, bk, &info)
+	}
 	if err != nil {
-		s := f.state
 		s.mu.Lock()
 		s.setIndex(index)
 		s.mu.Unlock()
 		return ApplyResult{Index: index, Err: err}
 	}
-	f.install(m)
+	checked := time.Since(start)
+	s.mu.Lock()
+	s.applying = index
+	if err := applyRollBack(s, bk, info, index); err != nil {
+		s.mu.Unlock()
+		panic(fmt.Sprintf("raft index %d: %v", index, err))
+	}
+	s.touchAll()
+	s.setIndex(index)
+	s.mu.Unlock()
 	f.onApply(index, CmdBackupRestore)
+	if f.log != nil {
+		f.log.Warn("backup restored", "raft_index", index, "command_bytes", len(body), "read_backup_ms", read.Milliseconds(),
+			"check_ms", (checked - read).Milliseconds(), "roll_back_ms", (time.Since(start) - checked).Milliseconds())
+	}
 	if hook := f.restored.Load(); hook != nil {
 		(*hook)()
 	}
 	return ApplyResult{Index: index}
 }
 
-// restoredState is the state a CmdBackupRestore at index leaves. A
-// failure of this node's own (its disk, its copy of the state) stops the
-// node: the others applied the restore, and its state would part from
-// theirs.
-func (f *FSM) restoredState(index uint64, body []byte) (*State, error) {
+// readRestore decodes a CmdBackupRestore's body: the backup's state, and
+// who restored it.
+func (f *FSM) readRestore(index uint64, body []byte) (*State, restoreInfo, error) {
 	r, state, err := decodeBackupRestore(body)
 	if err != nil {
-		return nil, err
+		return nil, restoreInfo{}, err
 	}
 	bk, err := readSnapshot(&boundedReader{r: state, n: maxSnapshotBody}, f.spillDir)
 	if errors.Is(err, errSpillIO) {
 		panic(fmt.Sprintf("raft index %d: the backup: %v", index, err))
 	}
 	if err != nil {
-		return nil, fmt.Errorf("%w: the backup: %w", ErrBadRequest, err)
+		return nil, restoreInfo{}, fmt.Errorf("%w: the backup: %w", ErrBadRequest, err)
 	}
-	defer bk.close()
-	m, err := f.copyState()
-	if errors.Is(err, errSpillIO) {
-		panic(fmt.Sprintf("raft index %d: copy of the state: %v", index, err))
-	}
-	if err != nil { // the same on every node: a state that does not read back
-		return nil, fmt.Errorf("copy of the state: %w", err)
-	}
-	info := restoreInfo{Actor: r.Actor, Role: r.Role, At: r.At, BackupSHA256: r.BackupSHA256}
-	if r.FourEyes {
-		id, ok := m.approvedRestore(r.BackupSHA256, r.At)
+	return bk, restoreInfo{Actor: r.Actor, Role: r.Role, At: r.At, BackupSHA256: r.BackupSHA256, fourEyes: r.FourEyes}, nil
+}
+
+// checkRestore refuses a restore of bk that the state cannot take, and
+// names in info the approved request a four-eyes restore spends. It
+// changes nothing; only the FSM's goroutine writes the state, so what it
+// read still holds when the restore takes the lock.
+func (f *FSM) checkRestore(index uint64, bk *State, info *restoreInfo) error {
+	s := f.state
+	if info.fourEyes {
+		id, ok := s.approvedRestore(info.BackupSHA256, info.At)
 		if !ok {
-			err = notApproved(r.BackupSHA256)
+			return notApproved(info.BackupSHA256)
 		}
 		info.RequestID = id
 	}
-	if err == nil {
-		err = checkBackupFits(m, bk)
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if err := checkBackupFits(s, bk); err != nil {
+		return err
 	}
-	extends := false
-	if err == nil {
-		if extends, err = chainExtends(m, bk); err != nil {
-			panic(fmt.Sprintf("raft index %d: the copy's audit chain: %v", index, err))
-		}
-	}
-	if err == nil && !extends {
-		err = fmt.Errorf("%w: the backup's audit chain is not the beginning of this cluster's: it is not a backup of this cluster (another cluster's backup is recovered into a new cluster of one node)", ErrConflict)
-	}
-	if err == nil {
-		err = rollBack(m, bk, info, index)
-	}
-	if errors.Is(err, errSpillIO) {
-		panic(fmt.Sprintf("raft index %d: %v", index, err))
-	}
+	extends, err := chainExtends(s, bk)
 	if err != nil {
-		m.close()
-		return nil, err
+		panic(fmt.Sprintf("raft index %d: this node's audit chain: %v", index, err))
 	}
-	return m, nil
+	if !extends {
+		return fmt.Errorf("%w: the backup's audit chain is not the beginning of this cluster's: it is not a backup of this cluster (another cluster's backup is recovered into a new cluster of one node)", ErrConflict)
+	}
+	return checkRollBack(s, bk)
 }
 
 // boundedReader reads up to n bytes of r and fails past them: a backup's
@@ -575,30 +585,87 @@ func chainExtends(m, bk *State) (bool, error) {
 //
 // index is the restore's place in the state's history.
 func rollBack(m, bk *State, r restoreInfo, index uint64) error {
-	if !m.overlay.IsValid() {
-		m.overlay = bk.overlay
+	if err := checkRollBack(m, bk); err != nil {
+		return err
 	}
-	m.agencies = bk.agencies
+	return applyRollBack(m, bk, r, index)
+}
 
-	var added []string // registered since the backup
+// checkRollBack refuses a backup of m's cluster that rollBack cannot
+// restore into m, and changes nothing.
+func checkRollBack(m, bk *State) error {
 	for _, id := range slices.Sorted(maps.Keys(m.gateways)) {
-		g := m.gateways[id]
-		old, ok := bk.gateways[id]
-		if !ok {
-			added = append(added, id)
-			continue
-		}
 		// A gateway's LANs never change once registered: a backup that
 		// says otherwise was altered (its LANs would go into every peer's
 		// firewall unchecked).
-		if !slices.Equal(g.LANs, old.LANs) {
-			return fmt.Errorf("%w: the backup gives gateway %s the LANs %v, which it does not have (%v): an altered backup?", ErrBadRequest, id, old.LANs, g.LANs)
+		if old, ok := bk.gateways[id]; ok && !slices.Equal(m.gateways[id].LANs, old.LANs) {
+			return fmt.Errorf("%w: the backup gives gateway %s the LANs %v, which it does not have (%v): an altered backup?", ErrBadRequest, id, old.LANs, m.gateways[id].LANs)
 		}
-		g.Agency = old.Agency
 	}
 	for _, id := range slices.Sorted(maps.Keys(bk.gateways)) {
 		if _, ok := m.gateways[id]; !ok { // gateways are never deleted
 			return fmt.Errorf("%w: the backup holds gateway %s, which this cluster never had", ErrConflict, id)
+		}
+	}
+	var last *api.Policy // the policy after the restore
+	if l := len(m.policies); l > 0 {
+		last = &m.policies[l-1]
+	}
+	if k := len(bk.policies); k > 0 {
+		want := bk.policies[k-1].Source
+		// Policies are never taken back: the backup's was published here.
+		if v := bk.policies[k-1].Version; v == 0 || v > uint64(len(m.policies)) || m.policies[v-1].Source != want {
+			return fmt.Errorf("%w: the backup's policy (version %d) is not the one this cluster published as that version: an altered backup?", ErrBadRequest, v)
+		}
+		if last.Source != want {
+			last = &api.Policy{Version: last.Version + 1, Source: want}
+		}
+	}
+	// The policy must still compile against the registry the restore
+	// leaves (the current one, kept when the backup has none, may name a
+	// gateway the backup does not hold): otherwise no view could be computed.
+	if last != nil {
+		p, err := policy.Parse(fmt.Sprintf("policy-v%d.yaml", last.Version), []byte(last.Source))
+		if err == nil {
+			_, err = p.NewCompiler(rolledBackRegistry(m, bk))
+		}
+		if err != nil {
+			return fmt.Errorf("%w: after this restore the policy (version %d) would not compile against the restored registry: %w; publish a policy that fits it first", ErrConflict, last.Version, err)
+		}
+	}
+	return nil
+}
+
+// rolledBackRegistry is the registry applyRollBack leaves: the backup's
+// agencies, each gateway with the backup's agency, the gateways
+// registered since decommissioned.
+func rolledBackRegistry(m, bk *State) *policy.Registry {
+	gws := make([]api.Gateway, 0, len(m.gateways))
+	for _, g := range m.gatewaysSorted() {
+		c := copyGateway(g)
+		if old, ok := bk.gateways[g.ID]; ok {
+			c.Agency = old.Agency
+		} else {
+			c.Status = api.StatusDecommissioned
+		}
+		gws = append(gws, c)
+	}
+	return &policy.Registry{Agencies: bk.Agencies(), Gateways: gws}
+}
+
+// applyRollBack restores bk into m once checkRollBack accepted it; it
+// fails only when m's audit chain cannot be written.
+func applyRollBack(m, bk *State, r restoreInfo, index uint64) error {
+	if !m.overlay.IsValid() {
+		m.overlay = bk.overlay
+	}
+	m.agencies = bk.agencies
+	var added []string // registered since the backup
+	for _, id := range slices.Sorted(maps.Keys(m.gateways)) {
+		if old, ok := bk.gateways[id]; ok {
+			m.gateways[id].Agency = old.Agency
+		} else {
+			added = append(added, id)
 		}
 	}
 	// The gateways registered since are decommissioned, as an officer
@@ -631,31 +698,11 @@ func rollBack(m, bk *State, r restoreInfo, index uint64) error {
 			q.Status, q.Approver, q.Decided = api.RequestRejected, r.Actor, r.At
 		}
 	}
-
 	if k := len(bk.policies); k > 0 {
-		want := bk.policies[k-1].Source
-		// Policies are never taken back: the backup's was published here.
-		if v := bk.policies[k-1].Version; v == 0 || v > uint64(len(m.policies)) || m.policies[v-1].Source != want {
-			return fmt.Errorf("%w: the backup's policy (version %d) is not the one this cluster published as that version: an altered backup?", ErrBadRequest, v)
-		}
-		if l := len(m.policies); l == 0 || m.policies[l-1].Source != want {
+		if want := bk.policies[k-1].Source; m.policies[len(m.policies)-1].Source != want {
 			m.publish(want, r.Actor, r.At)
 		}
 	}
-	// The policy must still compile against the registry the restore
-	// leaves (the current one, kept when the backup has none, may name a
-	// gateway the backup does not hold): otherwise no view could be computed.
-	if l := len(m.policies); l > 0 {
-		cur := m.policies[l-1]
-		p, err := policy.Parse(fmt.Sprintf("policy-v%d.yaml", cur.Version), []byte(cur.Source))
-		if err == nil {
-			_, err = p.NewCompiler(&policy.Registry{Agencies: m.Agencies(), Gateways: m.Gateways()})
-		}
-		if err != nil {
-			return fmt.Errorf("%w: after this restore the policy (version %d) would not compile against the restored registry: %w; publish a policy that fits it first", ErrConflict, cur.Version, err)
-		}
-	}
-
 	return appendRestoreEntry(m, index, "sha256:"+r.BackupSHA256, r)
 }
 

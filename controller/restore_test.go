@@ -745,6 +745,11 @@ func TestBackupRestoreCommand(t *testing.T) {
 	var snaps [][]byte
 	for range 2 {
 		f, next := historyFSM(t, since)
+		// What the restore leaves, merged into a copy of the state.
+		want, _, err := mergeSnapshots(snapshotBytes(t, f), backup, t.TempDir(), restoreInfo{Actor: "off2", Role: "officer", At: t0, BackupSHA256: sum})
+		if err != nil {
+			t.Fatal(err)
+		}
 		if err := applyCmd(t, f, next, CmdBackupRestore, restore); err != nil {
 			t.Fatal(err)
 		}
@@ -765,6 +770,9 @@ func TestBackupRestoreCommand(t *testing.T) {
 			t.Errorf("the chain ends with %+v", e)
 		}
 		snaps = append(snaps, snapshotBytes(t, f))
+		if !bytes.Equal(snaps[len(snaps)-1], want) {
+			t.Errorf("the restore, applied in place, left another state than merged into a copy:\n%s\n---\n%s", snaps[len(snaps)-1], want)
+		}
 	}
 	if !bytes.Equal(snaps[0], snaps[1]) {
 		t.Error("two nodes that applied the same restore hold different states")
