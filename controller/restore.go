@@ -173,8 +173,8 @@ func (n *Node) singleVoter() error {
 
 // BackupRestoreRequest restores a backup of this cluster: who restored
 // which backup, and the backup's state as its file holds it. Every node
-// merges the backup into its own state as it applies the command
-// (FSM.applyBackupRestore, rollBack).
+// checks the backup against its own state and rolls it back into it as
+// it applies the command (FSM.applyBackupRestore).
 type BackupRestoreRequest struct {
 	Meta
 	Role         string `json:"role,omitempty"`

@@ -789,6 +789,8 @@ func TestBackupRestoreCommand(t *testing.T) {
 		{"not a snapshot", "the backup", mustEncode(t, &BackupRestoreRequest{Meta: meta("off2"), State: []byte("not a snapshot")})},
 		{"cut short", "no network", mustEncode(t, &BackupRestoreRequest{Meta: meta("off2"), State: cut})},
 		{"another network", "another network", mustEncode(t, &BackupRestoreRequest{Meta: meta("off2"), State: other})},
+		{"altered LANs", "the LANs", mustEncode(t, &BackupRestoreRequest{Meta: meta("off2"), State: bytes.Replace(backup, []byte(`"10.29.0.0/16"`), []byte(`"10.30.0.0/16"`), 1)})},
+		{"policy not published here", "not the one this cluster published", mustEncode(t, &BackupRestoreRequest{Meta: meta("off2"), State: bytes.Replace(backup, []byte(`"source":"version: 1\n"`), []byte(`"source":"version: 1\n# altered\n"`), -1)})},
 		{"head longer than the body", "no head", []byte{byte(CmdBackupRestore), 0xff, 0x01, '{'}},
 		{"head not JSON", "decode command", []byte{byte(CmdBackupRestore), 1, '{'}},
 		{"state not compressed", "the backup", plain},
