@@ -16,7 +16,12 @@ type CommandType uint8
 
 // IgnoreUnknownTypeFlag marks a command that a node which does not know
 // its type may skip instead of halting: set it on commands whose loss
-// cannot corrupt state (reports, for example).
+// cannot corrupt state (reports, for example). A node that skips one
+// still appends an audit entry for it, named by its number
+// ("command(N)"), where a node that knows it names it: their audit
+// chains part from that entry on. So a new ignorable type is safe only
+// once no node of an older release can see it (the leader upgraded last,
+// installer.md); TestIgnorableTypes lists the ones released.
 const IgnoreUnknownTypeFlag CommandType = 128
 
 const (

@@ -1028,3 +1028,22 @@ func TestSnapshotDue(t *testing.T) {
 		t.Fatalf("not due after snapshotMaxEntries entries: mark %+v, %d entries", f.lastSnap, f.entries.Load())
 	}
 }
+
+// TestIgnorableTypes: the command types an older node may skip. A node
+// that skips one records it in its audit chain under another name than
+// the nodes that know it (IgnoreUnknownTypeFlag), so adding one is an
+// upgrade hazard to weigh and document (installer.md, "Upgrades and
+// removal"), not a detail: this list changes only with that.
+func TestIgnorableTypes(t *testing.T) {
+	var got []CommandType
+	for i := range 256 {
+		if c := CommandType(i); c&IgnoreUnknownTypeFlag != 0 && c.known() {
+			got = append(got, c)
+		}
+	}
+	want := []CommandType{CmdGatewayReport, CmdGatewayReports, CmdGatewayRefreshes, CmdGatewayReportsPacked, CmdGatewayRefreshesPacked}
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Fatalf("ignorable command types %v, want %v", got, want)
+	}
+}
