@@ -278,7 +278,7 @@ func (f *FSM) readRestore(index uint64, body []byte) (*State, restoreInfo, error
 	if err != nil {
 		return nil, restoreInfo{}, err
 	}
-	bk, err := readSnapshot(&boundedReader{r: state, n: maxSnapshotBody}, f.spillDir)
+	bk, err := readSnapshot(newBoundedReader(state, maxSnapshotBody), f.spillDir)
 	if errors.Is(err, errSpillIO) {
 		panic(fmt.Sprintf("raft index %d: the backup: %v", index, err))
 	}
@@ -321,8 +321,13 @@ func (f *FSM) checkRestore(index uint64, bk *State, info *restoreInfo) error {
 // past that is refused rather than read to the end of memory (or cut
 // short: the format has no end, and a prefix still reads).
 type boundedReader struct {
-	r io.Reader
-	n int64
+	r     io.Reader
+	n     int64 // what may still be read
+	limit int64
+}
+
+func newBoundedReader(r io.Reader, limit int64) *boundedReader {
+	return &boundedReader{r: r, n: limit, limit: limit}
 }
 
 func (b *boundedReader) Read(p []byte) (int, error) {
@@ -330,7 +335,7 @@ func (b *boundedReader) Read(p []byte) (int, error) {
 		var one [1]byte
 		k, err := b.r.Read(one[:])
 		if k > 0 {
-			return 0, fmt.Errorf("the backup's state is over %d bytes", int64(maxSnapshotBody))
+			return 0, fmt.Errorf("the backup's state is over %d bytes", b.limit)
 		}
 		return 0, err
 	}

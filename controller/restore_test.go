@@ -891,10 +891,10 @@ func TestChainExtendsReportsDisk(t *testing.T) {
 
 // TestBoundedReader: a state past the bound fails; one at it reads whole.
 func TestBoundedReader(t *testing.T) {
-	if b, err := io.ReadAll(&boundedReader{r: strings.NewReader("abcdef"), n: 6}); err != nil || string(b) != "abcdef" {
+	if b, err := io.ReadAll(newBoundedReader(strings.NewReader("abcdef"), 6)); err != nil || string(b) != "abcdef" {
 		t.Fatalf("at the bound: %q, %v", b, err)
 	}
-	if _, err := io.ReadAll(&boundedReader{r: strings.NewReader("abcdef"), n: 5}); err == nil || !strings.Contains(err.Error(), "is over") {
+	if _, err := io.ReadAll(newBoundedReader(strings.NewReader("abcdef"), 5)); err == nil || !strings.Contains(err.Error(), "is over 5 bytes") {
 		t.Fatalf("past the bound: %v", err)
 	}
 }
