@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -244,14 +245,8 @@ func (n *Node) removeMember(ctx context.Context, actor, node string) error {
 		if err := cf.Error(); err != nil {
 			return err
 		}
-		voters, found := 0, false
-		for _, s := range cf.Configuration().Servers {
-			if s.Suffrage == raft.Voter {
-				voters++
-			}
-			found = found || s.ID == raft.ServerID(node)
-		}
-		if found && voters <= 1 {
+		found := slices.ContainsFunc(cf.Configuration().Servers, func(s raft.Server) bool { return s.ID == raft.ServerID(node) })
+		if found && countVoters(cf.Configuration()) <= 1 {
 			return fmt.Errorf("%w: %s is the last voter", ErrConflict, node)
 		}
 		if _, ok := n.fsm.State().Member(node); ok {
@@ -269,6 +264,17 @@ func (n *Node) removeMember(ctx context.Context, actor, node string) error {
 		n.log.Info("node removed from the cluster", "node", node, "actor", actor)
 		return nil
 	})
+}
+
+// countVoters is the number of voters in c.
+func countVoters(c raft.Configuration) int {
+	k := 0
+	for _, s := range c.Servers {
+		if s.Suffrage == raft.Voter {
+			k++
+		}
+	}
+	return k
 }
 
 // autoJoin asks the members listed in the join key to add this node,

@@ -502,10 +502,15 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	f.markSnapshot(snapMark{entries: f.entries.Load(), applied: f.applied.Load(), size: cr.n})
 	f.install(ns)
 	f.onApply(f.state.Index(), 0)
+	f.afterRestore()
+	return nil
+}
+
+// afterRestore calls the fault tests' hook, if one is set.
+func (f *FSM) afterRestore() {
 	if hook := f.restored.Load(); hook != nil {
 		(*hook)()
 	}
-	return nil
 }
 
 // install puts ns's contents in the state's place (the State itself

@@ -67,24 +67,28 @@ func (n *Node) restoreBackup(ctx context.Context, bk *State, state []byte, r res
 	// Decided on a state that holds every command committed before: a
 	// leader just elected may not have applied the backup's last entry
 	// yet.
-	if _, err := n.barrier(ctx); err != nil {
-		bk.close()
-		return err
+	_, err := n.barrier(ctx)
+	extends := false
+	if err == nil {
+		if extends, err = n.State().extends(bk); err != nil {
+			err = fmt.Errorf("this node's audit chain: %w", err)
+		}
 	}
-	if extends, err := n.State().extends(bk); err != nil {
-		bk.close()
-		return fmt.Errorf("this node's audit chain: %w", err)
-	} else if !extends {
+	if err == nil && !extends {
 		return n.recoverBackup(ctx, bk, r)
 	}
 	bk.close()
+	if err != nil {
+		return err
+	}
 	req := &BackupRestoreRequest{Meta: Meta{Actor: r.Actor, At: r.At.UTC()}, Role: r.Role, BackupSHA256: r.BackupSHA256,
 		FourEyes: n.cfg.FourEyes, State: state}
 	b, err := req.encode()
 	if err != nil {
 		return err
 	}
-	seq := n.State().auditLen()
+	last, _ := n.State().AuditHead() // Seq is the chain's length
+	seq := last.Seq
 	return n.settle(ctx, CmdBackupRestore, func() error {
 		_, verdict, err := n.applyLocal(ctx, CmdBackupRestore, b)
 		if err != nil {
@@ -159,13 +163,7 @@ func (n *Node) singleVoter() error {
 	if err := cfg.Error(); err != nil {
 		return fmt.Errorf("raft configuration: %w", err)
 	}
-	voters := 0
-	for _, s := range cfg.Configuration().Servers {
-		if s.Suffrage == raft.Voter {
-			voters++
-		}
-	}
-	if voters != 1 {
+	if voters := countVoters(cfg.Configuration()); voters != 1 {
 		return fmt.Errorf("%w: the backup is not of this cluster (its audit chain is not the beginning of this one's); another cluster's backup is recovered only into a new cluster of a single node: restore it on the first node, then join the others (this cluster has %d voters)", ErrConflict, voters)
 	}
 	return nil
@@ -265,9 +263,7 @@ func (f *FSM) applyBackupRestore(index uint64, body []byte) ApplyResult {
 		f.log.Warn("backup restored", "raft_index", index, "command_bytes", len(body), "read_backup_ms", read.Milliseconds(),
 			"check_ms", (checked - read).Milliseconds(), "roll_back_ms", (time.Since(start) - checked).Milliseconds())
 	}
-	if hook := f.restored.Load(); hook != nil {
-		(*hook)()
-	}
+	f.afterRestore()
 	return ApplyResult{Index: index}
 }
 
@@ -351,13 +347,6 @@ func (s *State) extends(bk *State) (bool, error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	return chainExtends(s, bk)
-}
-
-// auditLen is the audit chain's length.
-func (s *State) auditLen() uint64 {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	return s.audit.len()
 }
 
 // restoredSince says whether the chain's entries after seq record the
