@@ -272,6 +272,10 @@ type ClusterStatus struct {
 	NotReady  string   `json:"not_ready,omitempty"` // why not
 	Watchers  int      `json:"watchers"`            // gateway streams served by this node
 	Members   []Member `json:"members,omitempty"`   // the cluster as this node sees it
+	// Level is the cluster's level; ReleaseLevel the answering node's
+	// release's (installer.md, "Upgrades and removal").
+	Level        int `json:"level,omitempty"`
+	ReleaseLevel int `json:"release_level,omitempty"`
 }
 
 // Member is one controller node of the cluster.
@@ -281,6 +285,8 @@ type Member struct {
 	APIAddr  string `json:"api_addr,omitempty"`
 	Suffrage string `json:"suffrage,omitempty"` // voter, nonvoter; empty if not in raft's configuration
 	Leader   bool   `json:"leader,omitempty"`
+	// Level is the release level the node reported (0: none yet).
+	Level int `json:"level,omitempty"`
 }
 
 // JoinRequest asks the cluster to add a controller node as a voter.
@@ -288,6 +294,9 @@ type JoinRequest struct {
 	Node     string `json:"node"`
 	RaftAddr string `json:"raft_addr"`
 	APIAddr  string `json:"api_addr"`
+	// Level is the joining node's release level, when the node asks
+	// itself; a node below the cluster's level is refused.
+	Level int `json:"level,omitempty"`
 }
 
 // Person statuses.

@@ -13,6 +13,7 @@ import (
 	"io"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -223,9 +224,16 @@ func (n *Node) addMember(ctx context.Context, actor string, req api.JoinRequest)
 			return fmt.Errorf("%w: node %s was removed from the cluster at %s: only an operator adds it back (govnetctl cluster join)",
 				ErrForbidden, req.Node, at.UTC().Format(time.RFC3339))
 		}
-		_, err := n.submit(ctx, CmdMemberUpsert, &MemberUpsertRequest{Meta: n.meta(actor), Node: req.Node, RaftAddr: req.RaftAddr, APIAddr: req.APIAddr})
+		if cur := n.State().Level(); req.Level != 0 && req.Level < cur {
+			return fmt.Errorf("%w: node %s runs a release of level %d and the cluster is at level %d: install the cluster's release on it first",
+				ErrConflict, req.Node, req.Level, cur)
+		}
+		_, err := n.submit(ctx, CmdMemberUpsert, &MemberUpsertRequest{Meta: n.meta(actor), Node: req.Node, RaftAddr: req.RaftAddr, APIAddr: req.APIAddr, Level: req.Level})
 		if err != nil {
 			return err
+		}
+		if n.isVoterAt(req.Node, req.RaftAddr) {
+			return nil // joined before: its record is all that changed
 		}
 		if err := n.raft.AddVoter(raft.ServerID(req.Node), raft.ServerAddress(req.RaftAddr), 0, timeoutOf(ctx)).Error(); err != nil {
 			if errors.Is(err, raft.ErrNotLeader) {
@@ -283,16 +291,23 @@ func (n *Node) autoJoin(ctx context.Context) {
 	if len(n.cfg.Join) == 0 {
 		return
 	}
-	req := api.JoinRequest{Node: n.cfg.Node, RaftAddr: n.cfg.RaftAddr, APIAddr: n.advertisedAPI()}
-	body, _ := json.Marshal(req)
+	req := api.JoinRequest{Node: n.cfg.Node, RaftAddr: n.cfg.RaftAddr, APIAddr: n.advertisedAPI(), Level: releaseLevel}
 	for attempt := 0; ; attempt++ {
 		if cf := n.raft.GetConfiguration(); cf.Error() == nil && len(cf.Configuration().Servers) > 0 {
 			return
 		}
 		addr := n.cfg.Join[attempt%len(n.cfg.Join)]
+		body, _ := json.Marshal(req)
 		cctx, cancel := context.WithTimeout(ctx, applyTimeout)
 		err := n.peerCall(cctx, addr, "/v1/cluster/members", "application/json", bytes.NewReader(body), "", nil)
 		cancel()
+		if err != nil && errors.Is(err, ErrBadRequest) && strings.Contains(err.Error(), `unknown field "level"`) {
+			// A node of a release before levels: it records none, and
+			// this node reports its level once it is a member.
+			req.Level = 0
+			n.log.Info("the cluster's node runs a release before levels: joining without one", "via", addr)
+			continue
+		}
 		if err == nil {
 			n.log.Info("joined the cluster", "via", addr)
 		} else {
@@ -482,6 +497,9 @@ func (n *Node) writeStatus(w http.ResponseWriter, r *http.Request) {
 		Leader:    string(leader),
 		RaftIndex: n.State().Index(),
 		Watchers:  n.hub.watchers(),
+		Level:     n.State().Level(),
+
+		ReleaseLevel: releaseLevel,
 	}
 	if err := n.Ready(); err != nil {
 		st.NotReady = err.Error()

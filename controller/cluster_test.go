@@ -44,6 +44,10 @@ const childNodeEnv = "GOVNET_TEST_NODE_CONFIG"
 // a restore.
 const freezeLeaderFile = "test-freeze-after-restore"
 
+// releaseLevelEnv, when set, is the release level of a child node: one
+// that stands for a node of another release (controller/level.go).
+const releaseLevelEnv = "GOVNET_TEST_RELEASE_LEVEL"
+
 func runChildNode(path string) int {
 	cfg, err := LoadConfig(path)
 	if err != nil {
@@ -51,6 +55,12 @@ func runChildNode(path string) int {
 		return 2
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	if v := os.Getenv(releaseLevelEnv); v != "" {
+		if releaseLevel, err = strconv.Atoi(v); err != nil {
+			fmt.Fprintln(os.Stderr, releaseLevelEnv+":", err)
+			return 2
+		}
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	n, err := Start(ctx, cfg, log)
@@ -82,6 +92,7 @@ type procNode struct {
 	cfg     Config
 	cfgPath string
 	logPath string
+	env     []string // added to the test's environment at the next start
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -95,7 +106,7 @@ func (p *procNode) start(t *testing.T) {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), childNodeEnv+"="+p.cfgPath) // SOFTHSM2_CONF is inherited
+	cmd.Env = append(append(os.Environ(), childNodeEnv+"="+p.cfgPath), p.env...) // SOFTHSM2_CONF is inherited
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// If the test process dies, so do its nodes.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

@@ -11,7 +11,8 @@ import (
 )
 
 // CommandType names a replicated command. The list is append-only: a
-// value, once released, keeps its meaning forever.
+// value, once released, keeps its meaning forever; a new one has the
+// level of its release (controller/level.go).
 type CommandType uint8
 
 // IgnoreUnknownTypeFlag marks a command that a node which does not know
@@ -19,9 +20,11 @@ type CommandType uint8
 // cannot corrupt state (reports, for example). A node that skips one
 // still appends an audit entry for it, named by its number
 // ("command(N)"), where a node that knows it names it: their audit
-// chains part from that entry on. So a new ignorable type is safe only
-// once no node of an older release can see it (the leader upgraded last,
-// installer.md); TestIgnorableTypes lists the ones released.
+// chains part from that entry on. So a new type, ignorable or not, is
+// written only once no node of an older release can see it: give it the
+// level of the release that adds it (CommandType.level,
+// controller/level.go). TestIgnorableTypes lists the ignorable ones
+// released.
 const IgnoreUnknownTypeFlag CommandType = 128
 
 const (
@@ -72,6 +75,8 @@ const (
 	// command like any other, committed by a quorum before any node
 	// applies it. Its body is binary (BackupRestoreRequest.encode).
 	CmdBackupRestore CommandType = 36
+	// The cluster's level raised (controller/level.go).
+	CmdClusterLevel CommandType = 37
 	// Agency registry operations (controller/agency.go).
 	CmdAgencyImport        CommandType = 19
 	CmdAgencyMerge         CommandType = 20
@@ -149,6 +154,8 @@ func (t CommandType) String() string {
 		return "gateway-refreshes-packed"
 	case CmdBackupRestore:
 		return "backup-restore"
+	case CmdClusterLevel:
+		return "cluster-level"
 	case CmdAgencyImport:
 		return "agency-import"
 	case CmdAgencyMerge:
@@ -182,10 +189,13 @@ type AuditCheckpointRequest struct {
 	Checkpoint api.AuditCheckpoint `json:"checkpoint"`
 }
 
-// InitNetworkRequest sets the overlay address plan, once.
+// InitNetworkRequest sets the overlay address plan, once, and the
+// cluster's first level: the initialising leader's release level (none,
+// in the logs of releases before levels: level 1).
 type InitNetworkRequest struct {
 	Meta
 	OverlayPrefix netip.Prefix `json:"overlay_prefix"`
+	Level         int          `json:"level,omitempty"`
 }
 
 // AgencyUpsertRequest registers or renames an agency. Parent, when set,
@@ -267,6 +277,14 @@ type MemberUpsertRequest struct {
 	Node     string `json:"node"`
 	RaftAddr string `json:"raft_addr"`
 	APIAddr  string `json:"api_addr"`
+	// Level is the release level the node runs (0: not known, as when an
+	// operator adds it). Report marks the node's own report of it, which
+	// changes only the level of its record, and only while the record
+	// has these addresses: a report that crosses the node's removal
+	// brings no record back. (A node of a release before levels ignores
+	// both fields and records the addresses.)
+	Level  int  `json:"level,omitempty"`
+	Report bool `json:"report,omitempty"`
 }
 
 // MemberRemoveRequest forgets a controller node's record.

@@ -148,9 +148,10 @@ func (f *FSM) Apply(l *raft.Log) any {
 	entry := s.auditEntry(l.Index, t, l.Data)
 	s.applying = l.Index
 	err := f.dispatch(t, body)
-	if errors.Is(err, errSpillIO) {
+	if errors.Is(err, errSpillIO) || errors.Is(err, errUpgradeNode) {
 		// The command could not take effect here, and did on the nodes
-		// whose disks work: this node's state would part from theirs.
+		// whose disks work (or whose release follows it): this node's
+		// state would part from theirs.
 		s.mu.Unlock()
 		panic(fmt.Sprintf("raft index %d: %v", l.Index, err))
 	}
@@ -187,6 +188,8 @@ func (f *FSM) dispatch(t CommandType, body []byte) error {
 		return applyJSON(body, s.applyGatewayRefreshes)
 	case CmdRenewCall:
 		return applyJSON(body, s.applyRenewCall)
+	case CmdClusterLevel:
+		return applyJSON(body, s.applyClusterLevel)
 	case CmdCertArchive:
 		return applyJSON(body, s.applyCertArchive)
 	case CmdPersonInvite:
@@ -285,6 +288,10 @@ type snapshotRecord struct {
 
 type snapshotNetwork struct {
 	Overlay netip.Prefix `json:"overlay"`
+	// Level is the cluster's level, written from level 2 on (a
+	// release before levels ignores it, and is never part of a cluster
+	// at level 2).
+	Level int `json:"level,omitempty"`
 }
 
 // Snapshot implements raft.FSM: it copies the state under the read lock
@@ -331,7 +338,11 @@ func snapshotOf(s *State) (*fsmSnapshot, error) {
 		snap.parts = append(snap.parts, func(w *bufio.Writer) error { return writeSnapshotRecord(w, typ, b) })
 	}
 	if s.overlay.IsValid() {
-		add("network", snapshotNetwork{Overlay: s.overlay})
+		rec := snapshotNetwork{Overlay: s.overlay}
+		if l := s.Level(); l > 1 {
+			rec.Level = l
+		}
+		add("network", rec)
 	}
 	snap.parts = append(snap.parts,
 		valueRecords("agency", s.agencies, func(a *api.Agency) api.Agency { return *a }, func(a *api.Agency) string { return a.Code }),
@@ -499,6 +510,10 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	if err != nil {
 		return err
 	}
+	if l := ns.Level(); l > releaseLevel {
+		ns.close()
+		return fmt.Errorf("restore: the snapshot's cluster level is %d and this node's release is of level %d: %w to the cluster's release", l, releaseLevel, errUpgradeNode)
+	}
 	f.markSnapshot(snapMark{entries: f.entries.Load(), applied: f.applied.Load(), size: cr.n})
 	f.install(ns)
 	f.onApply(f.state.Index(), 0)
@@ -520,6 +535,7 @@ func (f *FSM) install(ns *State) {
 	s.mu.Lock()
 	s.overlay, s.agencies, s.gateways, s.tokens, s.policies, s.addrInUse, s.members, s.people, s.requests, s.audit =
 		ns.overlay, ns.agencies, ns.gateways, ns.tokens, ns.policies, ns.addrInUse, ns.members, ns.people, ns.requests, ns.audit
+	s.level.Store(ns.level.Load())
 	s.removed = ns.removed
 	s.certs, s.archive, s.issuers, s.keyOwner = ns.certs, ns.archive, ns.issuers, ns.keyOwner
 	s.usedBelow = netip.Addr{}
@@ -592,6 +608,7 @@ func (s *State) restoreRecord(rec snapshotRecord) error {
 			return err
 		}
 		s.overlay = n.Overlay
+		s.level.Store(int32(max(1, n.Level)))
 	case "agency":
 		a := new(api.Agency)
 		if err := json.Unmarshal(rec.Data, a); err != nil {

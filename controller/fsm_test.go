@@ -2,6 +2,7 @@ package controller
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -134,6 +135,12 @@ func history() []struct {
 		// the archive; 2c, its current one, stays, as do 99 (unknown)
 		// and c (not expired).
 		{CmdCertArchive, &CertArchiveRequest{Meta: Meta{Actor: "node:ctl1", At: t0.Add(96 * time.Hour)}, Before: t0.Add(72 * time.Hour), Serials: []string{"2a", "2b", "2c", "99", "c"}}},
+		// Levels (controller/level.go): ctl1 recorded at level 2, ctl2,
+		// added by an operator, reports it; the cluster, initialised
+		// before levels (level 1), is raised.
+		{CmdMemberUpsert, &MemberUpsertRequest{Meta: meta("node:ctl1"), Node: "ctl1", RaftAddr: "127.0.0.11:7000", APIAddr: "127.0.0.11:7443", Level: 2}},
+		{CmdMemberUpsert, &MemberUpsertRequest{Meta: meta("node:ctl2"), Node: "ctl2", RaftAddr: "127.0.0.12:7000", APIAddr: "127.0.0.12:7443", Level: 2, Report: true}},
+		{CmdClusterLevel, &ClusterLevelRequest{Meta: meta("node:ctl1"), Level: 2}},
 	}
 	// A checkpoint of the chain's third entry, as the commands above make it.
 	scratch := NewFSM(slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
@@ -576,6 +583,10 @@ func FuzzAPIRequest(f *testing.F) {
 		typ := CommandType(data[0])
 		if !typ.known() && typ&IgnoreUnknownTypeFlag == 0 {
 			return // unknown, non-ignorable types halt the node by design
+		}
+		var raise ClusterLevelRequest
+		if typ == CmdClusterLevel && json.Unmarshal(data[1:], &raise) == nil && raise.Level > releaseLevel {
+			return // so does a level past this node's release
 		}
 		fsm := NewFSM(slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
 		for i, c := range h {

@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -88,6 +89,10 @@ type Node struct {
 	archiver     archiver                           // leaderDuties' certificates to archive
 	connsRefused atomic.Uint64                      // connections over max_conns_per_ip, on every listener
 	restoring    atomic.Bool                        // a backup restore is being read or installed here
+
+	// levelReported is when reportLevel last reported this node's
+	// release level (leaderDuties' own).
+	levelReported time.Time
 	// applyGate holds this node's writes (applyLocal) while it merges a
 	// lost cluster's backup into its state and hands raft the result
 	// (recoverBackup).
@@ -441,7 +446,9 @@ func (f closerFunc) Close() error { return f() }
 
 // leaderDuties runs on every node and acts while it leads: it records the
 // overlay plan once and keeps this node's member record current, so that
-// followers know where to forward writes.
+// followers know where to forward writes, and raises the cluster's level
+// when every node can follow (controller/level.go). On a node that does
+// not lead, it reports the node's release level.
 func (n *Node) leaderDuties(ctx context.Context) {
 	prefix := netip.MustParsePrefix(n.cfg.OverlayPrefix)
 	tick := time.NewTicker(250 * time.Millisecond)
@@ -450,13 +457,13 @@ func (n *Node) leaderDuties(ctx context.Context) {
 		if n.raft.State() == raft.Leader {
 			st := n.fsm.State()
 			if !st.Overlay().IsValid() {
-				if _, err := n.submit(ctx, CmdInitNetwork, &InitNetworkRequest{Meta: n.meta("node:" + n.cfg.Node), OverlayPrefix: prefix}); err != nil && ctx.Err() == nil {
+				if _, err := n.submit(ctx, CmdInitNetwork, &InitNetworkRequest{Meta: n.meta("node:" + n.cfg.Node), OverlayPrefix: prefix, Level: releaseLevel}); err != nil && ctx.Err() == nil {
 					n.log.Error("init network", "err", err)
 				}
 			}
-			self := api.Member{Node: n.cfg.Node, RaftAddr: n.cfg.RaftAddr, APIAddr: n.advertisedAPI()}
+			self := api.Member{Node: n.cfg.Node, RaftAddr: n.cfg.RaftAddr, APIAddr: n.advertisedAPI(), Level: releaseLevel}
 			if m, ok := st.Member(n.cfg.Node); (!ok || m != self) && n.isVoter() {
-				req := &MemberUpsertRequest{Meta: n.meta("node:" + n.cfg.Node), Node: self.Node, RaftAddr: self.RaftAddr, APIAddr: self.APIAddr}
+				req := &MemberUpsertRequest{Meta: n.meta("node:" + n.cfg.Node), Node: self.Node, RaftAddr: self.RaftAddr, APIAddr: self.APIAddr, Level: self.Level}
 				if _, err := n.submit(ctx, CmdMemberUpsert, req); err != nil && ctx.Err() == nil {
 					n.log.Error("record this node's addresses", "err", err)
 				}
@@ -468,6 +475,11 @@ func (n *Node) leaderDuties(ctx context.Context) {
 			if err := n.archiveIfDue(ctx); err != nil && ctx.Err() == nil {
 				n.log.Error("certificate archive", "err", err)
 			}
+			if err := n.raiseLevel(ctx); err != nil && ctx.Err() == nil {
+				n.log.Error("raise the cluster's level", "err", err)
+			}
+		} else if err := n.reportLevel(ctx); err != nil && ctx.Err() == nil {
+			n.log.Warn("release level", "err", err)
 		}
 		select {
 		case <-ctx.Done():
@@ -491,6 +503,18 @@ func (n *Node) isVoter() bool {
 		}
 	}
 	return false
+}
+
+// isVoterAt says whether node is a voter at raftAddr in raft's latest
+// configuration.
+func (n *Node) isVoterAt(node, raftAddr string) bool {
+	cf := n.raft.GetConfiguration()
+	if cf.Error() != nil {
+		return false
+	}
+	return slices.ContainsFunc(cf.Configuration().Servers, func(s raft.Server) bool {
+		return s.ID == raft.ServerID(node) && s.Address == raft.ServerAddress(raftAddr) && s.Suffrage == raft.Voter
+	})
 }
 
 // advertisedAPI is the API address other nodes reach this one at.
@@ -602,6 +626,9 @@ func (n *Node) submitOnce(ctx context.Context, t CommandType, b []byte) (index u
 
 // applyLocal applies on this node, which must lead.
 func (n *Node) applyLocal(ctx context.Context, t CommandType, b []byte) (uint64, error, error) {
+	if err := n.fsm.State().checkLevel(t); err != nil {
+		return 0, nil, err
+	}
 	n.applyGate.RLock()
 	defer n.applyGate.RUnlock()
 	f := n.raft.Apply(b, timeoutOf(ctx))

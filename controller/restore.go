@@ -112,6 +112,10 @@ func (n *Node) recoverBackup(ctx context.Context, bk *State, r restoreInfo) erro
 	if err := n.singleVoter(); err != nil {
 		return err
 	}
+	if l := bk.Level(); l > releaseLevel {
+		return fmt.Errorf("%w: the backup is of a cluster at level %d and this node's release is of level %d: recover it with a release of level %d or later",
+			ErrConflict, l, releaseLevel, l)
+	}
 	n.applyGate.Lock()
 	defer n.applyGate.Unlock()
 	if _, err := n.barrier(ctx); err != nil {
@@ -710,6 +714,7 @@ func applyRollBack(m, bk *State, r restoreInfo, index uint64) error {
 // its length and head.
 func recoverInto(m, bk *State, r restoreInfo) error {
 	bk.members, bk.removed = m.members, m.removed
+	bk.level.Store(int32(max(m.Level(), bk.Level()))) // the new cluster's nodes run its release
 	for name, p := range m.people {
 		bk.people[name] = p
 	}

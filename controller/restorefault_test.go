@@ -50,16 +50,7 @@ func TestRestoreLeaderLost(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.op[old].AddAgency(ctx, api.Agency{Code: registerKeys[0], Name: "v0"}); err != nil {
-		t.Fatal(err)
-	}
-	var backup bytes.Buffer
-	if err := c.op[old].SaveSnapshot(ctx, &backup); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.op[old].AddGateway(ctx, api.Gateway{ID: "after-backup", Agency: registerKeys[0]}); err != nil {
-		t.Fatal(err)
-	}
+	backup := c.backupBeforeGateway(ctx, t, old)
 
 	if err := os.WriteFile(filepath.Join(c.nodes[old].cfg.DataDir, freezeLeaderFile), nil, 0o600); err != nil {
 		t.Fatal(err)
@@ -68,7 +59,7 @@ func TestRestoreLeaderLost(t *testing.T) {
 	go func() {
 		ctx, cancel := context.WithTimeout(ctx, 90*time.Second)
 		defer cancel()
-		_, err := c.off[old].RestoreSnapshot(ctx, bytes.NewReader(backup.Bytes()))
+		_, err := c.off[old].RestoreSnapshot(ctx, bytes.NewReader(backup))
 		restored <- err
 	}()
 	waitFor(t, 60*time.Second, c.nodes[old].name+" to stop after applying the restore", func() error {
@@ -126,6 +117,24 @@ func TestRestoreLeaderLost(t *testing.T) {
 	}
 	c.waitHealthy(60 * time.Second)
 	same("the same registry and audit chain after a restart")
+}
+
+// backupBeforeGateway registers an agency through node i, saves a backup
+// there, and then registers the gateway "after-backup", which a restore
+// of the backup decommissions.
+func (c *testCluster) backupBeforeGateway(ctx context.Context, t *testing.T, i int) []byte {
+	t.Helper()
+	if _, err := c.op[i].AddAgency(ctx, api.Agency{Code: registerKeys[0], Name: "v0"}); err != nil {
+		t.Fatal(err)
+	}
+	var backup bytes.Buffer
+	if err := c.op[i].SaveSnapshot(ctx, &backup); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.op[i].AddGateway(ctx, api.Gateway{ID: "after-backup", Agency: registerKeys[0]}); err != nil {
+		t.Fatal(err)
+	}
+	return backup.Bytes()
 }
 
 // stopped says whether the node's process is stopped (state T).

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/govnet/govnet/api"
@@ -57,9 +58,13 @@ type tokenRecord struct {
 // State is the replicated registry. Only the FSM writes it; readers take
 // the read lock through the accessor methods.
 type State struct {
-	mu        sync.RWMutex
-	index     uint64 // raft index of the last applied command
-	overlay   netip.Prefix
+	mu      sync.RWMutex
+	index   uint64 // raft index of the last applied command
+	overlay netip.Prefix
+	// level is the cluster's level (controller/level.go; 0 before the
+	// network is initialised, read as 1); written with mu held, read
+	// without it (applyLocal, on every write).
+	level     atomic.Int32
 	agencies  map[string]*api.Agency
 	gateways  map[string]*api.Gateway
 	tokens    map[string]*tokenRecord // by hash
@@ -267,6 +272,7 @@ func (s *State) applyInitNetwork(r *InitNetworkRequest) error {
 		return fmt.Errorf("%w: overlay prefix %s must be an IPv4 prefix of /30 or wider", ErrBadRequest, r.OverlayPrefix)
 	}
 	s.overlay, s.usedBelow = r.OverlayPrefix.Masked(), netip.Addr{}
+	s.level.Store(int32(max(1, r.Level)))
 	return nil
 }
 
@@ -618,7 +624,15 @@ func (s *State) applyMemberUpsert(r *MemberUpsertRequest) error {
 			return fmt.Errorf("%w: node %s already uses one of these addresses", ErrConflict, m.Node)
 		}
 	}
-	s.members[r.Node] = &api.Member{Node: r.Node, RaftAddr: r.RaftAddr, APIAddr: r.APIAddr}
+	if r.Report {
+		m := s.members[r.Node]
+		if m == nil || m.RaftAddr != r.RaftAddr || m.APIAddr != r.APIAddr {
+			return fmt.Errorf("%w: node %s is not a member at these addresses: its release level is not recorded", ErrNotFound, r.Node)
+		}
+		m.Level = r.Level
+		return nil
+	}
+	s.members[r.Node] = &api.Member{Node: r.Node, RaftAddr: r.RaftAddr, APIAddr: r.APIAddr, Level: r.Level}
 	delete(s.removed, r.Node)
 	return nil
 }

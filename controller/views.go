@@ -884,7 +884,7 @@ func (s *State) noteViewChange(t CommandType, body []byte) {
 	switch t {
 	case CmdGatewayReport, CmdGatewayReports, CmdGatewayRefreshes, CmdGatewayReportsPacked, CmdGatewayRefreshesPacked, CmdRenewCall, CmdMemberUpsert, CmdMemberRemove, CmdPersonUpsert, CmdRequestCreate,
 		CmdTokenIssue, CmdCertRecord, CmdGatewayRenew, CmdGatewayRenews, CmdCRLPublish, CmdIssuerUpsert, CmdAuditCheckpoint, CmdCertArchive,
-		CmdPersonInvite, CmdPersonEnroll, CmdPersonRenew,
+		CmdPersonInvite, CmdPersonEnroll, CmdPersonRenew, CmdClusterLevel,
 		CmdStateRestored, // Restore itself touches everything
 		CmdAgencyClose:   // only an agency with no gateways and no active children closes
 		// Views name nothing these change.

@@ -386,7 +386,7 @@ func (a *app) clusterCmd() *cobra.Command {
 	var wait time.Duration
 	status := &cobra.Command{
 		Use:   "status",
-		Short: "Show the answering node's raft state and readiness, and the members",
+		Short: "Show the answering node's raft state and readiness, the members, and their release levels",
 		Example: "  govnetctl cluster status\n" +
 			"  govnetctl cluster status --wait 30s   # until the node is ready, or fail",
 		Args: cobra.NoArgs,
@@ -564,22 +564,30 @@ type backupVerified struct {
 	Bytes       int64     `json:"bytes"` // the state's, before the signature line
 }
 
+// level shows a cluster or release level; "-" for none reported.
+func level(l int) string {
+	if l == 0 {
+		return "-"
+	}
+	return strconv.Itoa(l)
+}
+
 func (a *app) printStatus(st *api.ClusterStatus) error {
-	return a.print(st, "NODE\tSTATE\tLEADER\tRAFT INDEX\tREADY\tWATCHERS", func(w io.Writer) {
+	return a.print(st, "NODE\tSTATE\tLEADER\tRAFT INDEX\tREADY\tWATCHERS\tCLUSTER LEVEL", func(w io.Writer) {
 		ready := "yes"
 		if !st.Ready {
 			ready = "no: " + st.NotReady
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%d\n", st.Node, st.State, dash(st.Leader), st.RaftIndex, ready, st.Watchers)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%d\t%s\n", st.Node, st.State, dash(st.Leader), st.RaftIndex, ready, st.Watchers, level(st.Level))
 		if len(st.Members) > 0 {
 			fmt.Fprintln(w)
-			fmt.Fprintln(w, "MEMBER\tSUFFRAGE\tRAFT\tAPI\tLEADER")
+			fmt.Fprintln(w, "MEMBER\tSUFFRAGE\tRAFT\tAPI\tLEADER\tRELEASE LEVEL")
 			for _, m := range st.Members {
 				leader := ""
 				if m.Leader {
 					leader = "*"
 				}
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", m.Node, dash(m.Suffrage), m.RaftAddr, dash(m.APIAddr), leader)
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", m.Node, dash(m.Suffrage), m.RaftAddr, dash(m.APIAddr), leader, level(m.Level))
 			}
 		}
 	})

@@ -52,6 +52,13 @@ for _ in $(seq 120); do
 done
 cat "$work/status"
 sleep 20 # the start settles
+# A restore needs cluster level 2, which a cluster kept from a release
+# before levels reaches once its three nodes have reported theirs.
+for _ in $(seq 30); do
+  as op --controller https://127.0.0.11:17443 cluster status -o json |
+    python3 -c 'import json,sys; sys.exit(json.load(sys.stdin).get("level", 1) < 2)' && break
+  sleep 2
+done
 agency=$(as op --controller https://127.0.0.11:17443 agency list -o json |
   python3 -c 'import json,sys; print(next(a["code"] for a in json.load(sys.stdin) if a.get("level")=="commune"))')
 

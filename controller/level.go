@@ -1,0 +1,180 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/raft"
+)
+
+// Cluster levels keep a cluster whose nodes run different releases (an
+// upgrade under way) from writing what some of its nodes cannot apply.
+//
+// Each release has a level: the highest cluster level its nodes apply.
+// Every node records its release's level in its member record (the
+// leader its own in leaderDuties, the others by reporting it, reportLevel),
+// and the cluster's level, in the replicated state, is raised by the
+// leader to the lowest level of the nodes in raft's configuration once it
+// is above the cluster's (raiseLevel). It never goes down.
+//
+// A command type introduced by a release of level L is written only once
+// the cluster is at level L (CommandType.level, checked by the leader
+// before it appends a command to its log, applyLocal): until then no node
+// of an earlier release can be asked to apply it, nor skip it (an
+// ignorable type) and so part its audit chain from the others'. Likewise,
+// a release that changes what an existing command does makes the new
+// behaviour depend on the level (State.Level), not on the release: the
+// nodes of both releases then apply the command alike.
+//
+// A node whose release is below the cluster's level stops instead of
+// applying what it does not know: at the level's command, or at a
+// snapshot of a higher level (FSM.Restore).
+
+// ReleaseLevel is this release's level. Raise it, by one, in a release
+// that adds a command type (give the type that level in
+// CommandType.level) or changes what a command does.
+//
+//	1: releases before levels: every command type up to 35.
+//	2: a backup restored by a command (36), levels (37).
+const ReleaseLevel = 2
+
+// releaseLevel is ReleaseLevel, except in the fault tests' nodes that
+// stand for nodes of an earlier release.
+var releaseLevel = ReleaseLevel
+
+// level is the cluster level from which t may be written.
+func (t CommandType) level() int {
+	switch t {
+	case CmdBackupRestore:
+		return 2
+	}
+	// CmdClusterLevel itself is written when every node has the level it
+	// raises the cluster to (raiseLevel).
+	return 1
+}
+
+// ClusterLevelRequest raises the cluster's level.
+type ClusterLevelRequest struct {
+	Meta
+	Level int `json:"level"`
+}
+
+// errUpgradeNode is the verdict of a command this node's release cannot
+// follow: Apply stops the node rather than let its state part from the
+// others'.
+var errUpgradeNode = errors.New("upgrade this node")
+
+// Level is the cluster's level.
+func (s *State) Level() int { return max(1, int(s.level.Load())) }
+
+func (s *State) applyClusterLevel(r *ClusterLevelRequest) error {
+	if cur := s.Level(); r.Level <= cur {
+		return fmt.Errorf("%w: the cluster is at level %d already, and levels never go down", ErrConflict, cur)
+	}
+	if r.Level > releaseLevel {
+		return fmt.Errorf("the cluster's level is raised to %d and this node's release is of level %d: %w to the cluster's release", r.Level, releaseLevel, errUpgradeNode)
+	}
+	s.level.Store(int32(r.Level))
+	return nil
+}
+
+// belowLevel lists the members whose recorded release level is below
+// level (0: none recorded), sorted, as "name (level N)".
+func (s *State) belowLevel(level int) []string {
+	var out []string
+	for _, m := range s.Members() {
+		if m.Level < level {
+			out = append(out, fmt.Sprintf("%s (%s)", m.Node, levelName(m.Level)))
+		}
+	}
+	return out
+}
+
+func levelName(l int) string {
+	if l == 0 {
+		return "level not reported"
+	}
+	return fmt.Sprintf("level %d", l)
+}
+
+// checkLevel refuses a command the cluster's level does not allow yet.
+func (s *State) checkLevel(t CommandType) error {
+	need, cur := t.level(), s.Level()
+	if need <= cur {
+		return nil
+	}
+	msg := fmt.Sprintf("%s needs cluster level %d, and the cluster is at level %d until every node runs a release of level %d or later (govnetctl cluster status)", t, need, cur, need)
+	if below := s.belowLevel(need); len(below) > 0 {
+		msg += ": below it: " + strings.Join(below, ", ")
+	}
+	return fmt.Errorf("%w: %s", ErrConflict, msg)
+}
+
+// nodesLevel is the lowest release level recorded for the servers of c
+// (0 for one with none recorded).
+func nodesLevel(s *State, c raft.Configuration) int {
+	low := -1
+	for _, srv := range c.Servers {
+		m, _ := s.Member(string(srv.ID))
+		if low < 0 || m.Level < low {
+			low = m.Level
+		}
+	}
+	return max(low, 0)
+}
+
+// raiseLevel, on the leader, raises the cluster's level to the lowest
+// release level of its nodes when that is above it.
+func (n *Node) raiseLevel(ctx context.Context) error {
+	cf := n.raft.GetConfiguration()
+	if err := cf.Error(); err != nil {
+		return err
+	}
+	st := n.fsm.State()
+	if to := min(nodesLevel(st, cf.Configuration()), releaseLevel); to <= st.Level() {
+		return nil
+	}
+	// Decide on a current state: a member's report may be in flight.
+	if _, err := n.barrier(ctx); err != nil {
+		return err
+	}
+	if cf = n.raft.GetConfiguration(); cf.Error() != nil {
+		return cf.Error()
+	}
+	from, to := st.Level(), min(nodesLevel(st, cf.Configuration()), releaseLevel)
+	if to <= from {
+		return nil
+	}
+	if _, err := n.submit(ctx, CmdClusterLevel, &ClusterLevelRequest{Meta: n.meta("node:" + n.cfg.Node), Level: to}); err != nil {
+		return err
+	}
+	n.log.Info("cluster level raised: every node runs a release of this level or later", "from", from, "to", to)
+	return nil
+}
+
+// levelReportEvery bounds how often a node that is not the leader
+// reports its release level while its record shows another.
+const levelReportEvery = 5 * time.Second
+
+// reportLevel, on a voter that does not lead, records its release level
+// in its member record when the record shows another (after an upgrade,
+// or when an operator added the node).
+func (n *Node) reportLevel(ctx context.Context) error {
+	if time.Since(n.levelReported) < levelReportEvery || !n.caughtUp() {
+		return nil
+	}
+	m, ok := n.fsm.State().Member(n.cfg.Node)
+	if !ok || m.Level == releaseLevel || !n.isVoter() {
+		return nil
+	}
+	n.levelReported = time.Now()
+	req := &MemberUpsertRequest{Meta: n.meta("node:" + n.cfg.Node), Node: m.Node, RaftAddr: m.RaftAddr, APIAddr: m.APIAddr, Level: releaseLevel, Report: true}
+	if _, err := n.submit(ctx, CmdMemberUpsert, req); err != nil {
+		return fmt.Errorf("report this node's release level: %w", err)
+	}
+	n.log.Info("reported this node's release level", "level", releaseLevel, "was", m.Level)
+	return nil
+}

@@ -1,0 +1,276 @@
+package controller
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/govnet/govnet/api"
+	"github.com/hashicorp/raft"
+)
+
+// TestClusterLevel: the level a network starts at, how it is raised and
+// refused, what a snapshot keeps, and a node whose release is below it.
+func TestClusterLevel(t *testing.T) {
+	newFSM := func() *FSM { return NewFSM(slog.New(slog.NewTextHandler(io.Discard, nil)), nil) }
+	prefix := netip.MustParsePrefix("100.64.0.0/24")
+
+	// Initialised by a release before levels: level 1, and its
+	// snapshots' network record as they were.
+	f := newFSM()
+	if err := applyCmd(t, f, 1, CmdInitNetwork, &InitNetworkRequest{Meta: meta("node:ctl1"), OverlayPrefix: prefix}); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.State().Level(); got != 1 {
+		t.Fatalf("level after an init without one: %d, want 1", got)
+	}
+	if snap := snapshotBytes(t, f); !bytes.Contains(snap, []byte(`{"type":"network","data":{"overlay":"100.64.0.0/24"}}`)) {
+		t.Fatalf("a level-1 snapshot's network record changed:\n%s", snap)
+	}
+	// By this release: its level.
+	g := newFSM()
+	if err := applyCmd(t, g, 1, CmdInitNetwork, &InitNetworkRequest{Meta: meta("node:ctl1"), OverlayPrefix: prefix, Level: 2}); err != nil {
+		t.Fatal(err)
+	}
+	if got := g.State().Level(); got != 2 {
+		t.Fatalf("level after an init at 2: %d", got)
+	}
+
+	// Raised, once; never lowered.
+	if err := applyCmd(t, f, 2, CmdClusterLevel, &ClusterLevelRequest{Meta: meta("node:ctl1"), Level: 2}); err != nil {
+		t.Fatal(err)
+	}
+	before := snapshotBytes(t, f)
+	for _, l := range []int{2, 1, 0} {
+		err := applyCmd(t, f, 3, CmdClusterLevel, &ClusterLevelRequest{Meta: meta("node:ctl1"), Level: l})
+		if !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), "at level 2 already") {
+			t.Fatalf("level %d at level 2: %v", l, err)
+		}
+	}
+	after := snapshotBytes(t, f)
+	if !bytes.Equal(stripIndex(before), stripIndex(after)) {
+		t.Fatal("a refused level command changed the state")
+	}
+	if !bytes.Contains(after, []byte(`"overlay":"100.64.0.0/24","level":2}`)) {
+		t.Fatalf("the snapshot does not keep level 2:\n%s", after)
+	}
+	r := newFSM()
+	if err := r.Restore(io.NopCloser(bytes.NewReader(after))); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.State().Level(); got != 2 {
+		t.Fatalf("level after a restore: %d", got)
+	}
+
+	// A node whose release is below: it stops at the command that raises
+	// the cluster past it, and refuses a snapshot past it.
+	defer func(l int) { releaseLevel = l }(releaseLevel)
+	releaseLevel = 1
+	h := newFSM()
+	if err := applyCmd(t, h, 1, CmdInitNetwork, &InitNetworkRequest{Meta: meta("node:ctl1"), OverlayPrefix: prefix}); err != nil {
+		t.Fatal(err)
+	}
+	func() {
+		defer func() {
+			if p := recover(); p == nil || !strings.Contains(p.(string), "this node's release is of level 1: upgrade this node") {
+				t.Errorf("a level-1 node applying level 2: panic %v", p)
+			}
+		}()
+		applyCmd(t, h, 2, CmdClusterLevel, &ClusterLevelRequest{Meta: meta("node:ctl1"), Level: 2})
+	}()
+	if got := h.State().Level(); got != 1 {
+		t.Fatalf("the level-1 node moved to level %d", got)
+	}
+	err := h.Restore(io.NopCloser(bytes.NewReader(after)))
+	if !errors.Is(err, errUpgradeNode) || !strings.Contains(err.Error(), "cluster level is 2 and this node's release is of level 1") {
+		t.Fatalf("a level-1 node restoring a level-2 snapshot: %v", err)
+	}
+	if got := h.State().Level(); got != 1 || !h.State().Overlay().IsValid() {
+		t.Fatal("a refused snapshot changed the state")
+	}
+}
+
+// stripIndex drops a snapshot's header line (its index moves with every
+// command, refused or not).
+func stripIndex(snap []byte) []byte {
+	_, rest, _ := bytes.Cut(snap, []byte("\n"))
+	return rest
+}
+
+// TestLevelReports: a node's report changes only the level of its own
+// record, and brings back no record of a node removed meanwhile.
+func TestLevelReports(t *testing.T) {
+	f := NewFSM(slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	idx := uint64(0)
+	apply := func(typ CommandType, req any) error {
+		idx++
+		return applyCmd(t, f, idx, typ, req)
+	}
+	if err := apply(CmdInitNetwork, &InitNetworkRequest{Meta: meta("node:ctl1"), OverlayPrefix: netip.MustParsePrefix("100.64.0.0/24")}); err != nil {
+		t.Fatal(err)
+	}
+	up := func(node string, level int, report bool) *MemberUpsertRequest {
+		ip := map[string]string{"ctl1": "127.0.0.11", "ctl2": "127.0.0.12", "ctl3": "127.0.0.13"}[node]
+		return &MemberUpsertRequest{Meta: meta("node:" + node), Node: node, RaftAddr: ip + ":7000", APIAddr: ip + ":7443", Level: level, Report: report}
+	}
+	for _, r := range []*MemberUpsertRequest{up("ctl1", 2, false), up("ctl2", 0, false), up("ctl3", 1, false)} {
+		if err := apply(CmdMemberUpsert, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	levels := func() map[string]int {
+		out := map[string]int{}
+		for _, m := range f.State().Members() {
+			out[m.Node] = m.Level
+		}
+		return out
+	}
+	st := f.State()
+	err := st.checkLevel(CmdBackupRestore)
+	if !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(),
+		"backup-restore needs cluster level 2, and the cluster is at level 1 until every node runs a release of level 2 or later (govnetctl cluster status): below it: ctl2 (level not reported), ctl3 (level 1)") {
+		t.Fatalf("checkLevel at level 1: %v", err)
+	}
+	if err := st.checkLevel(CmdGatewayRegister); err != nil {
+		t.Fatalf("a level-1 command at level 1: %v", err)
+	}
+	all := raft.Configuration{Servers: []raft.Server{{ID: "ctl1"}, {ID: "ctl2"}, {ID: "ctl3"}}}
+	if got := nodesLevel(st, all); got != 0 {
+		t.Fatalf("nodes' level with ctl2 unreported: %d", got)
+	}
+
+	if err := apply(CmdMemberUpsert, up("ctl2", 2, true)); err != nil {
+		t.Fatal(err)
+	}
+	if err := apply(CmdMemberUpsert, up("ctl3", 2, true)); err != nil {
+		t.Fatal(err)
+	}
+	if got := levels(); got["ctl1"] != 2 || got["ctl2"] != 2 || got["ctl3"] != 2 {
+		t.Fatalf("levels after the reports: %v", got)
+	}
+	if got := nodesLevel(st, all); got != 2 {
+		t.Fatalf("nodes' level: %d, want 2", got)
+	}
+	if got := nodesLevel(st, raft.Configuration{Servers: append(all.Servers, raft.Server{ID: "ctl4"})}); got != 0 {
+		t.Fatalf("nodes' level with a server that has no record: %d", got)
+	}
+
+	// A report from other addresses, or crossing the node's removal.
+	moved := up("ctl3", 3, true)
+	moved.APIAddr = "127.0.0.99:7443"
+	if err := apply(CmdMemberUpsert, moved); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("a report from other addresses: %v", err)
+	}
+	if err := apply(CmdMemberRemove, &MemberRemoveRequest{Meta: meta("op"), Node: "ctl3"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := apply(CmdMemberUpsert, up("ctl3", 2, true)); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("a report after the removal: %v", err)
+	}
+	if _, ok := st.Member("ctl3"); ok {
+		t.Fatal("a report brought back a removed node's record")
+	}
+	if _, ok := st.wasRemoved("ctl3"); !ok {
+		t.Fatal("a report cleared a node's removal")
+	}
+}
+
+// TestClusterLevelUpgrade: a cluster with a node of an earlier release
+// (level 1) writes no command of level 2, and says which node holds it
+// back; once that node is upgraded, the leader raises the cluster's level
+// and the command goes through. A node taken back to the earlier release
+// then stops instead of applying what it does not know, and a node of
+// that release is not let in.
+func TestClusterLevelUpgrade(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a 3-node cluster of processes")
+	}
+	c := newTestCluster(t, 3)
+	earlier := releaseLevelEnv + "=1"
+	c.nodes[0].env = []string{earlier} // ctl1 initialises the network, at level 1
+	c.startThree(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	levels := func(want string) func() error {
+		return func() error {
+			for i := range c.nodes {
+				if !c.nodes[i].running() {
+					continue
+				}
+				st, err := c.status(i)
+				if err != nil {
+					return err
+				}
+				got := fmt.Sprintf("cluster %d;", st.Level)
+				for _, m := range st.Members {
+					got += fmt.Sprintf(" %s %d", m.Node, m.Level)
+				}
+				if got != want {
+					return fmt.Errorf("%s: %s", st.Node, got)
+				}
+			}
+			return nil
+		}
+	}
+	waitFor(t, 30*time.Second, "every node's level recorded", levels("cluster 1; ctl1 1 ctl2 2 ctl3 2"))
+
+	l, err := c.leader()
+	if err != nil {
+		t.Fatal(err)
+	}
+	backup := c.backupBeforeGateway(ctx, t, l)
+	_, err = c.off[l].RestoreSnapshot(ctx, bytes.NewReader(backup))
+	wantStatus(t, err, 409, "backup-restore needs cluster level 2, and the cluster is at level 1")
+	wantStatus(t, err, 409, "below it: ctl1 (level 1)")
+	if v, err := c.view(ctx, l); err != nil || !strings.Contains(v, `"after-backup" pending`) || strings.Contains(v, "backup-restore") {
+		t.Fatalf("a refused restore changed the state: %s, %v", v, err)
+	}
+
+	// ctl1 upgraded.
+	c.nodes[0].stop()
+	c.nodes[0].env = nil
+	c.nodes[0].start(t)
+	waitFor(t, 60*time.Second, "the cluster raised to level 2", levels("cluster 2; ctl1 2 ctl2 2 ctl3 2"))
+	c.waitHealthy(30 * time.Second)
+	if l, err = c.leader(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.off[l].RestoreSnapshot(ctx, bytes.NewReader(backup)); err != nil {
+		t.Fatalf("the restore at level 2: %v", err)
+	}
+	if v, err := c.view(ctx, l); err != nil || !strings.Contains(v, `"after-backup" decommissioned`) || !strings.Contains(v, "cluster-level") {
+		t.Fatalf("after the restore: %s, %v", v, err)
+	}
+
+	// ctl3 taken back to the earlier release: it stops at the command
+	// that raised the cluster past it, and the others go on.
+	c.nodes[2].stop()
+	c.nodes[2].env = []string{earlier}
+	c.nodes[2].start(t)
+	if !c.nodes[2].wait(60 * time.Second) {
+		t.Fatal("ctl3, of an earlier release, still runs")
+	}
+	if b, _ := os.ReadFile(c.nodes[2].logPath); !bytes.Contains(b, []byte("this node's release is of level 1: upgrade this node")) {
+		t.Fatalf("ctl3's log does not say why it stopped:\n%s", tail(b, 3000))
+	}
+	waitFor(t, 30*time.Second, "a leader of the two others", func() error {
+		l, err = c.leader(2)
+		return err
+	})
+	if _, err := c.op[l].AddGateway(ctx, api.Gateway{ID: "after-downgrade", Agency: registerKeys[0]}); err != nil {
+		t.Fatal(err)
+	}
+	// A node of the earlier release asking to join.
+	_, err = c.op[l].JoinNode(ctx, api.JoinRequest{Node: "ctl9", RaftAddr: "127.0.0.19:7000", APIAddr: "127.0.0.19:7443", Level: 1})
+	wantStatus(t, err, 409, "node ctl9 runs a release of level 1 and the cluster is at level 2")
+}
+
+func tail(b []byte, n int) []byte { return b[max(0, len(b)-n):] }
