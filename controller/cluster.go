@@ -600,8 +600,8 @@ func (n *Node) restoreSnapshot(w http.ResponseWriter, r *http.Request, id ca.Ide
 	}
 	// The backup as checked is what this node recovers if it leads and
 	// the backup is another cluster's (decoding it again would hold its
-	// writes that much longer; a backup of this cluster goes into a
-	// command as bytes, which every node decodes as it applies it). A
+	// writes that much longer; of a backup of this cluster, what the
+	// restore takes goes into a command, rollbackOf). A
 	// node that forwards the restore lets it go at once, and a second
 	// try here (the first failed, the leader moved and came back)
 	// decodes it afresh: a merge changes it.
@@ -647,7 +647,7 @@ func (n *Node) restoreSnapshot(w http.ResponseWriter, r *http.Request, id ca.Ide
 				return err
 			}
 		}
-		if err := n.restoreBackup(ctx, bk, state, info); err != nil {
+		if err := n.restoreBackup(ctx, bk, info); err != nil {
 			return err
 		}
 		n.log.Warn("state restored from a backup", "actor", actor, "raft_index", n.State().Index(), "backup_index", backupIndex, "backup_sha256", info.BackupSHA256,

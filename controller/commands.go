@@ -77,6 +77,11 @@ const (
 	CmdBackupRestore CommandType = 36
 	// The cluster's level raised (controller/level.go).
 	CmdClusterLevel CommandType = 37
+	// A backup of this cluster restored, as CmdBackupRestore, carrying
+	// only what the restore takes from the backup (controller/rollback.go):
+	// what nodes write since this release. CmdBackupRestore still
+	// applies as it did.
+	CmdBackupRollBack CommandType = 38
 	// Agency registry operations (controller/agency.go).
 	CmdAgencyImport        CommandType = 19
 	CmdAgencyMerge         CommandType = 20
@@ -156,6 +161,8 @@ func (t CommandType) String() string {
 		return "backup-restore"
 	case CmdClusterLevel:
 		return "cluster-level"
+	case CmdBackupRollBack:
+		return "backup-rollback"
 	case CmdAgencyImport:
 		return "agency-import"
 	case CmdAgencyMerge:
@@ -479,12 +486,12 @@ type GatewayDecommissionRequest struct {
 // encodeCommand frames a command as its type byte followed by JSON, or
 // by the packed form for the packed types.
 func encodeCommand(t CommandType, req any) ([]byte, error) {
-	if t == CmdBackupRestore {
+	if t == CmdBackupRestore || t == CmdBackupRollBack {
 		r, ok := req.(*BackupRestoreRequest)
 		if !ok {
 			return nil, fmt.Errorf("encode %s: a %T, want *BackupRestoreRequest", t, req)
 		}
-		return r.encode()
+		return r.encode(t)
 	}
 	if t.packed() {
 		r, ok := req.(*GatewayReportsRequest)

@@ -140,8 +140,8 @@ func (f *FSM) Apply(l *raft.Log) any {
 	f.applied.Add(int64(len(l.Data)))
 	f.entries.Add(1)
 	t, body := CommandType(l.Data[0]), l.Data[1:]
-	if t == CmdBackupRestore {
-		return f.applyBackupRestore(l.Index, body)
+	if t == CmdBackupRestore || t == CmdBackupRollBack {
+		return f.applyBackupRestore(t, l.Index, body)
 	}
 	s := f.state
 	s.mu.Lock()

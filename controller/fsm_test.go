@@ -171,10 +171,15 @@ func history() []struct {
 	if err != nil {
 		panic(fmt.Sprintf("backup of the history: %v", err))
 	}
-	return append(h, struct {
-		t   CommandType
-		req any
-	}{CmdBackupRestore, &BackupRestoreRequest{Meta: meta("off2"), Role: "officer", BackupSHA256: strings.Repeat("ab", 32), State: backup.Bytes()}})
+	// Restored as an earlier release wrote it (the whole backup), then as
+	// this one does (what the restore takes from it).
+	bk, err := readSnapshot(bytes.NewReader(backup.Bytes()), "")
+	if err != nil {
+		panic(fmt.Sprintf("backup of the history: %v", err))
+	}
+	defer bk.close()
+	return append(h, histCmd{CmdBackupRestore, &BackupRestoreRequest{Meta: meta("off2"), Role: "officer", BackupSHA256: strings.Repeat("ab", 32), State: backup.Bytes()}},
+		histCmd{CmdBackupRollBack, &BackupRestoreRequest{Meta: meta("off"), Role: "officer", BackupSHA256: strings.Repeat("ab", 32), RollBack: rollbackOf(bk)}})
 }
 
 // histCmd is one command of a test history.

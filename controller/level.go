@@ -38,7 +38,7 @@ import (
 // CommandType.level) or changes what a command does.
 //
 //	1: releases before levels: every command type up to 35.
-//	2: a backup restored by a command (36), levels (37).
+//	2: a backup restored by a command (36, 38), levels (37).
 const ReleaseLevel = 2
 
 // releaseLevel is ReleaseLevel, except in the fault tests' nodes that
@@ -48,7 +48,7 @@ var releaseLevel = ReleaseLevel
 // level is the cluster level from which t may be written.
 func (t CommandType) level() int {
 	switch t {
-	case CmdBackupRestore:
+	case CmdBackupRestore, CmdBackupRollBack:
 		return 2
 	}
 	// CmdClusterLevel itself is written when every node has the level it

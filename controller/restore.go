@@ -32,10 +32,10 @@ import (
 // CRL numbers, the policy versions published, enrollments and renewals,
 // people, tokens, four-eyes requests and the cluster's membership.
 //
-// A restore is a command (CmdBackupRestore) that carries the backup's
-// state: each node, as it applies it, checks the backup against its own
-// state (checkRollBack), then rolls it back into the state
-// (applyRollBack) and appends the restore's audit entry. The restore and
+// A restore is a command (CmdBackupRollBack) that carries what it takes
+// from the backup (rollback): each node, as it applies it, checks it
+// against its own state (checkRollBack), then rolls it back into the
+// state (applyRollBack) and appends the restore's audit entry. The restore and
 // its entry are one step, and a quorum holds it before any node applies
 // it.
 //
@@ -49,28 +49,29 @@ type restoreInfo struct {
 	At           time.Time
 	BackupSHA256 string // hex, of the backup file
 	RequestID    string // the approved restore request, in four-eyes mode
-	fourEyes     bool   // the restore needs an approved request (CmdBackupRestore)
+	fourEyes     bool   // the restore needs an approved request (CmdBackupRollBack)
 }
 
 // ActionRestore is the audit chain's action for a backup restore.
 const ActionRestore = "backup-restore"
 
 // restoreBackup restores bk (a backup's state, as readSnapshot read it
-// from state once checkBackup had checked its signature line) on every
-// node, and closes bk. It runs on the leader.
+// once checkBackup had checked its signature line) on every node, and
+// closes bk. It runs on the leader.
 //
-// A backup of this cluster is restored by a command (CmdBackupRestore,
-// carrying state), which every node applies like any other once a quorum
-// has it. A lost cluster's backup is recovered into a new cluster of one
-// node (recoverBackup).
-func (n *Node) restoreBackup(ctx context.Context, bk *State, state []byte, r restoreInfo) error {
+// A backup of this cluster is restored by a command (CmdBackupRollBack,
+// carrying what the restore takes from it), which every node applies like
+// any other once a quorum has it. A lost cluster's backup is recovered
+// into a new cluster of one node (recoverBackup).
+func (n *Node) restoreBackup(ctx context.Context, bk *State, r restoreInfo) error {
 	// Decided on a state that holds every command committed before: a
 	// leader just elected may not have applied the backup's last entry
 	// yet.
 	_, err := n.barrier(ctx)
 	extends := false
+	rb := rollbackOf(bk)
 	if err == nil {
-		if extends, err = n.State().extends(bk); err != nil {
+		if extends, err = n.State().extends(rb); err != nil {
 			err = fmt.Errorf("this node's audit chain: %w", err)
 		}
 	}
@@ -82,15 +83,15 @@ func (n *Node) restoreBackup(ctx context.Context, bk *State, state []byte, r res
 		return err
 	}
 	req := &BackupRestoreRequest{Meta: Meta{Actor: r.Actor, At: r.At.UTC()}, Role: r.Role, BackupSHA256: r.BackupSHA256,
-		FourEyes: n.cfg.FourEyes, State: state}
-	b, err := req.encode()
+		FourEyes: n.cfg.FourEyes, RollBack: rb}
+	b, err := req.encode(CmdBackupRollBack)
 	if err != nil {
 		return err
 	}
 	last, _ := n.State().AuditHead() // Seq is the chain's length
 	seq := last.Seq
-	return n.settle(ctx, CmdBackupRestore, func() error {
-		_, verdict, err := n.applyLocal(ctx, CmdBackupRestore, b)
+	return n.settle(ctx, CmdBackupRollBack, func() error {
+		_, verdict, err := n.applyLocal(ctx, CmdBackupRollBack, b)
 		if err != nil {
 			return err
 		}
@@ -184,40 +185,49 @@ type BackupRestoreRequest struct {
 	// FourEyes: the restore needs a restore request for this backup that
 	// another officer approved, and spends it (the leader's
 	// configuration decides).
-	FourEyes bool   `json:"four_eyes,omitempty"`
-	State    []byte `json:"-"` // the backup's state (a snapshot, up to maxSnapshotBody), as its file holds it
+	FourEyes bool `json:"four_eyes,omitempty"`
+	// What the command carries: the backup's state (a snapshot, up to
+	// maxSnapshotBody) as its file holds it, in a CmdBackupRestore of an
+	// earlier release; what the restore takes of it, in a
+	// CmdBackupRollBack.
+	State    []byte    `json:"-"`
+	RollBack *rollback `json:"-"`
 }
 
-// encode lays the command out as its type, the length of its JSON head
-// (uvarint), the head, and the state compressed (flate, fastest): a
-// backup's JSON lines shrink about four times, and what raft writes to
-// every node's log and sends to every follower with them (77 MB at
-// 20,000 gateways), for a second of the leader's CPU.
-func (r *BackupRestoreRequest) encode() ([]byte, error) {
+// encode lays the command of type t (CmdBackupRestore, or
+// CmdBackupRollBack) out as its type, the length of its JSON head
+// (uvarint), the head, and what it carries compressed (flate, fastest):
+// JSON shrinks about four times, and so does what raft writes to every
+// node's log and sends to every follower.
+func (r *BackupRestoreRequest) encode(t CommandType) ([]byte, error) {
 	head, err := json.Marshal(r)
+	body := r.State
+	if err == nil && t == CmdBackupRollBack {
+		body, err = json.Marshal(r.RollBack)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("encode %s: %w", CmdBackupRestore, err)
+		return nil, fmt.Errorf("encode %s: %w", t, err)
 	}
 	var b bytes.Buffer
-	b.Grow(len(r.State) / 3)
-	b.WriteByte(byte(CmdBackupRestore))
+	b.Grow(len(body) / 3)
+	b.WriteByte(byte(t))
 	b.Write(binary.AppendUvarint(nil, uint64(len(head))))
 	b.Write(head)
 	zw, err := flate.NewWriter(&b, flate.BestSpeed)
 	if err == nil {
-		_, err = zw.Write(r.State)
+		_, err = zw.Write(body)
 	}
 	if err == nil {
 		err = zw.Close()
 	}
 	if err != nil {
-		return nil, fmt.Errorf("encode %s: %w", CmdBackupRestore, err)
+		return nil, fmt.Errorf("encode %s: %w", t, err)
 	}
 	return b.Bytes(), nil
 }
 
 // decodeBackupRestore reads the body encode wrote after the type: the
-// request, without its State, and a reader of the state.
+// request, without what it carries, and a reader of that.
 func decodeBackupRestore(body []byte) (*BackupRestoreRequest, io.Reader, error) {
 	n, k := binary.Uvarint(body)
 	if k <= 0 || n > uint64(len(body)-k) {
@@ -230,20 +240,19 @@ func decodeBackupRestore(body []byte) (*BackupRestoreRequest, io.Reader, error) 
 	return r, flate.NewReader(bytes.NewReader(body[k+int(n):])), nil
 }
 
-// applyBackupRestore applies a CmdBackupRestore committed at index: the
-// backup is checked against the state (checkRollBack) with readers
-// flowing, then rolled back into it (applyRollBack) under the state's
-// lock. A backup that does not fit is refused alike on every node and
-// changes nothing. A failure of this node's own (its disk) stops the
-// node: the others applied the restore, and its state would part from
-// theirs.
-func (f *FSM) applyBackupRestore(index uint64, body []byte) ApplyResult {
+// applyBackupRestore applies a restore (t: CmdBackupRollBack, or
+// CmdBackupRestore) committed at index: the backup is checked against
+// the state (checkRollBack) with readers flowing, then rolled back into
+// it (applyRollBack) under the state's lock. A backup that does not fit
+// is refused alike on every node and changes nothing. A failure of this
+// node's own (its disk) stops the node: the others applied the restore,
+// and its state would part from theirs.
+func (f *FSM) applyBackupRestore(t CommandType, index uint64, body []byte) ApplyResult {
 	s := f.state
 	start := time.Now()
-	bk, info, err := f.readRestore(index, body)
+	bk, info, err := f.readRestore(t, index, body)
 	read := time.Since(start)
 	if err == nil {
-		defer bk.close()
 		err = f.checkRestore(index, bk, &info)
 	}
 	if err != nil {
@@ -262,7 +271,7 @@ func (f *FSM) applyBackupRestore(index uint64, body []byte) ApplyResult {
 	s.touchAll()
 	s.setIndex(index)
 	s.mu.Unlock()
-	f.onApply(index, CmdBackupRestore)
+	f.onApply(index, t)
 	if f.log != nil {
 		f.log.Warn("backup restored", "raft_index", index, "command_bytes", len(body), "read_backup_ms", read.Milliseconds(),
 			"check_ms", (checked - read).Milliseconds(), "roll_back_ms", (time.Since(start) - checked).Milliseconds())
@@ -271,28 +280,39 @@ func (f *FSM) applyBackupRestore(index uint64, body []byte) ApplyResult {
 	return ApplyResult{Index: index}
 }
 
-// readRestore decodes a CmdBackupRestore's body: the backup's state, and
-// who restored it.
-func (f *FSM) readRestore(index uint64, body []byte) (*State, restoreInfo, error) {
-	r, state, err := decodeBackupRestore(body)
+// readRestore decodes a restore's body: what it takes from the backup,
+// and who restored it. A CmdBackupRestore (an earlier release's) carries
+// the backup's whole state.
+func (f *FSM) readRestore(t CommandType, index uint64, body []byte) (*rollback, restoreInfo, error) {
+	r, carried, err := decodeBackupRestore(body)
 	if err != nil {
 		return nil, restoreInfo{}, err
 	}
-	bk, err := readSnapshot(newBoundedReader(state, maxSnapshotBody), f.spillDir)
-	if errors.Is(err, errSpillIO) {
-		panic(fmt.Sprintf("raft index %d: the backup: %v", index, err))
+	var rb *rollback
+	if t == CmdBackupRollBack {
+		rb, err = readRollback(carried)
+	} else {
+		var bk *State
+		bk, err = readSnapshot(newBoundedReader(carried, maxSnapshotBody), f.spillDir)
+		if errors.Is(err, errSpillIO) {
+			panic(fmt.Sprintf("raft index %d: the backup: %v", index, err))
+		}
+		if err == nil {
+			rb = rollbackOf(bk)
+			bk.close()
+		}
 	}
 	if err != nil {
 		return nil, restoreInfo{}, fmt.Errorf("%w: the backup: %w", ErrBadRequest, err)
 	}
-	return bk, restoreInfo{Actor: r.Actor, Role: r.Role, At: r.At, BackupSHA256: r.BackupSHA256, fourEyes: r.FourEyes}, nil
+	return rb, restoreInfo{Actor: r.Actor, Role: r.Role, At: r.At, BackupSHA256: r.BackupSHA256, fourEyes: r.FourEyes}, nil
 }
 
 // checkRestore refuses a restore of bk that the state cannot take, and
 // names in info the approved request a four-eyes restore spends. It
 // changes nothing; only the FSM's goroutine writes the state, so what it
 // read still holds when the restore takes the lock.
-func (f *FSM) checkRestore(index uint64, bk *State, info *restoreInfo) error {
+func (f *FSM) checkRestore(index uint64, bk *rollback, info *restoreInfo) error {
 	s := f.state
 	if info.fourEyes {
 		id, ok := s.approvedRestore(info.BackupSHA256, info.At)
@@ -347,7 +367,7 @@ func (b *boundedReader) Read(p []byte) (int, error) {
 
 // extends says whether s's audit chain extends bk's: bk is a backup of
 // this cluster.
-func (s *State) extends(bk *State) (bool, error) {
+func (s *State) extends(bk *rollback) (bool, error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	return chainExtends(s, bk)
@@ -451,13 +471,14 @@ func mergeInto(m, bk *State, r restoreInfo) ([]byte, uint64, error) {
 // restored into a new one (newCluster). Any other backup, or one of
 // another network (another overlay), is refused. It changes m and bk.
 func mergeBackup(m, bk *State, r restoreInfo) (*State, error) {
-	if err := checkBackupFits(m, bk); err != nil {
+	rb := rollbackOf(bk)
+	if err := checkBackupFits(m, rb); err != nil {
 		return nil, err
 	}
-	if extends, err := chainExtends(m, bk); err != nil {
+	if extends, err := chainExtends(m, rb); err != nil {
 		return nil, err
 	} else if extends {
-		return m, rollBack(m, bk, r, m.index+1)
+		return m, rollBack(m, rb, r, m.index+1)
 	}
 	fresh, err := newCluster(m)
 	if err != nil {
@@ -472,13 +493,13 @@ func mergeBackup(m, bk *State, r restoreInfo) (*State, error) {
 // checkBackupFits refuses a backup that cannot be restored into m at
 // all. The format has no end: a file cut short still reads. What a backup
 // of a running cluster always holds is checked here.
-func checkBackupFits(m, bk *State) error {
+func checkBackupFits(m *State, bk *rollback) error {
 	switch {
-	case m.overlay.IsValid() && !bk.overlay.IsValid():
+	case m.overlay.IsValid() && !bk.Overlay.IsValid():
 		return fmt.Errorf("%w: the backup holds no network (overlay): a file cut short?", ErrBadRequest)
-	case m.overlay.IsValid() && bk.overlay != m.overlay:
-		return fmt.Errorf("%w: the backup is of another network (overlay %s; this one's is %s)", ErrConflict, bk.overlay, m.overlay)
-	case bk.audit.len() == 0 && m.audit.len() > 0:
+	case m.overlay.IsValid() && bk.Overlay != m.overlay:
+		return fmt.Errorf("%w: the backup is of another network (overlay %s; this one's is %s)", ErrConflict, bk.Overlay, m.overlay)
+	case bk.AuditLen == 0 && m.audit.len() > 0:
 		return fmt.Errorf("%w: the backup holds no audit chain: a file cut short?", ErrBadRequest)
 	}
 	return checkRegistry(bk)
@@ -489,12 +510,13 @@ func checkBackupFits(m, bk *State) error {
 // registered or not above it, a gateway of an unregistered agency. The
 // backup's registry goes into every view unchecked otherwise (a district
 // recorded as a province joins the provinces' groups).
-func checkRegistry(bk *State) error {
+func checkRegistry(bk *rollback) error {
 	var errs []error
-	for _, code := range slices.Sorted(maps.Keys(bk.agencies)) {
-		a := bk.agencies[code]
+	for i := range bk.Agencies {
+		a := &bk.Agencies[i]
+		code := a.Code
 		c, err := agency.Parse(code)
-		if err != nil || a.Code != code {
+		if err != nil {
 			errs = append(errs, fmt.Errorf("agency %q: not a valid code", code))
 			continue
 		}
@@ -508,11 +530,11 @@ func checkRegistry(bk *State) error {
 			}
 		}
 	}
-	for _, id := range slices.Sorted(maps.Keys(bk.gateways)) {
+	for _, g := range bk.Gateways {
 		// A decommissioned gateway may belong to an agency a restore
 		// took back (it was registered after that restore's backup).
-		if _, ok := bk.agencies[bk.gateways[id].Agency]; !ok && bk.gateways[id].Status != api.StatusDecommissioned {
-			errs = append(errs, fmt.Errorf("gateway %s: agency %s is not registered", id, bk.gateways[id].Agency))
+		if _, ok := bk.agencies[g.Agency]; !ok && g.Status != api.StatusDecommissioned {
+			errs = append(errs, fmt.Errorf("gateway %s: agency %s is not registered", g.ID, g.Agency))
 		}
 	}
 	if len(errs) > 0 {
@@ -552,8 +574,8 @@ func newCluster(m *State) (bool, error) {
 // chainExtends says whether m's audit chain extends bk's (bk is a backup
 // of m's cluster).
 // An error is m's: its chain could not be read.
-func chainExtends(m, bk *State) (bool, error) {
-	k := bk.audit.len()
+func chainExtends(m *State, bk *rollback) (bool, error) {
+	k := bk.AuditLen
 	if k == 0 || k > m.audit.len() {
 		return k == 0, nil
 	}
@@ -561,7 +583,7 @@ func chainExtends(m, bk *State) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	return e.Hash == bk.audit.head.Hash, nil
+	return e.Hash == bk.AuditHead, nil
 }
 
 // rollBack is mergeBackup for a backup of m's own cluster, into m,
@@ -582,7 +604,7 @@ func chainExtends(m, bk *State) (bool, error) {
 //     restore's entry is appended to the audit chain.
 //
 // index is the restore's place in the state's history.
-func rollBack(m, bk *State, r restoreInfo, index uint64) error {
+func rollBack(m *State, bk *rollback, r restoreInfo, index uint64) error {
 	if err := checkRollBack(m, bk); err != nil {
 		return err
 	}
@@ -591,7 +613,7 @@ func rollBack(m, bk *State, r restoreInfo, index uint64) error {
 
 // checkRollBack refuses a backup of m's cluster that rollBack cannot
 // restore into m, and changes nothing.
-func checkRollBack(m, bk *State) error {
+func checkRollBack(m *State, bk *rollback) error {
 	for _, id := range slices.Sorted(maps.Keys(m.gateways)) {
 		// A gateway's LANs never change once registered: a backup that
 		// says otherwise was altered (its LANs would go into every peer's
@@ -600,19 +622,19 @@ func checkRollBack(m, bk *State) error {
 			return fmt.Errorf("%w: the backup gives gateway %s the LANs %v, which it does not have (%v): an altered backup?", ErrBadRequest, id, old.LANs, m.gateways[id].LANs)
 		}
 	}
-	for _, id := range slices.Sorted(maps.Keys(bk.gateways)) {
-		if _, ok := m.gateways[id]; !ok { // gateways are never deleted
-			return fmt.Errorf("%w: the backup holds gateway %s, which this cluster never had", ErrConflict, id)
+	for _, g := range bk.Gateways {
+		if _, ok := m.gateways[g.ID]; !ok { // gateways are never deleted
+			return fmt.Errorf("%w: the backup holds gateway %s, which this cluster never had", ErrConflict, g.ID)
 		}
 	}
 	var last *api.Policy // the policy after the restore
 	if l := len(m.policies); l > 0 {
 		last = &m.policies[l-1]
 	}
-	if k := len(bk.policies); k > 0 {
-		want := bk.policies[k-1].Source
+	if bk.Policy != nil {
+		want := bk.Policy.Source
 		// Policies are never taken back: the backup's was published here.
-		if v := bk.policies[k-1].Version; v == 0 || v > uint64(len(m.policies)) || m.policies[v-1].Source != want {
+		if v := bk.Policy.Version; v == 0 || v > uint64(len(m.policies)) || m.policies[v-1].Source != want {
 			return fmt.Errorf("%w: the backup's policy (version %d) is not the one this cluster published as that version: an altered backup?", ErrBadRequest, v)
 		}
 		if last.Source != want {
@@ -637,7 +659,7 @@ func checkRollBack(m, bk *State) error {
 // rolledBackRegistry is the registry applyRollBack leaves: the backup's
 // agencies, each gateway with the backup's agency, the gateways
 // registered since decommissioned.
-func rolledBackRegistry(m, bk *State) *policy.Registry {
+func rolledBackRegistry(m *State, bk *rollback) *policy.Registry {
 	gws := make([]api.Gateway, 0, len(m.gateways))
 	for _, g := range m.gatewaysSorted() {
 		c := copyGateway(g)
@@ -648,14 +670,14 @@ func rolledBackRegistry(m, bk *State) *policy.Registry {
 		}
 		gws = append(gws, c)
 	}
-	return &policy.Registry{Agencies: bk.Agencies(), Gateways: gws}
+	return &policy.Registry{Agencies: slices.Clone(bk.Agencies), Gateways: gws}
 }
 
 // applyRollBack restores bk into m once checkRollBack accepted it; it
 // fails only when m's audit chain cannot be written.
-func applyRollBack(m, bk *State, r restoreInfo, index uint64) error {
+func applyRollBack(m *State, bk *rollback, r restoreInfo, index uint64) error {
 	if !m.overlay.IsValid() {
-		m.overlay = bk.overlay
+		m.overlay = bk.Overlay
 	}
 	m.agencies = bk.agencies
 	var added []string // registered since the backup
@@ -696,8 +718,8 @@ func applyRollBack(m, bk *State, r restoreInfo, index uint64) error {
 			q.Status, q.Approver, q.Decided = api.RequestRejected, r.Actor, r.At
 		}
 	}
-	if k := len(bk.policies); k > 0 {
-		if want := bk.policies[k-1].Source; m.policies[len(m.policies)-1].Source != want {
+	if bk.Policy != nil {
+		if want := bk.Policy.Source; m.policies[len(m.policies)-1].Source != want {
 			m.publish(want, r.Actor, r.At)
 		}
 	}

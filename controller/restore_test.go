@@ -2,6 +2,7 @@ package controller
 
 import (
 	"bytes"
+	"compress/flate"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
@@ -729,8 +730,10 @@ func TestForwardedRestoreStaysHere(t *testing.T) {
 }
 
 // TestBackupRestoreCommand: a backup of this cluster restored by the
-// command every node applies. Two nodes that apply it end with the same
-// state, in which the gateway registered since the backup is
+// command every node applies, carrying what the restore takes from the
+// backup (CmdBackupRollBack) or, as an earlier release wrote it, the
+// whole backup (CmdBackupRestore). Two nodes that apply either end with
+// the same state, in which the gateway registered since the backup is
 // decommissioned and the restore's entry, at the command's index, ends
 // the chain. A command whose backup is not one, is of another network,
 // or is cut short, and a command that does not decode, is refused alike
@@ -740,17 +743,22 @@ func TestBackupRestoreCommand(t *testing.T) {
 	backup := snapshotBytes(t, f0)
 	since := histCmd{CmdGatewayRegister, &GatewayAddRequest{Meta: meta("op"), ID: "gw9", Agency: "000.00.00.H29"}}
 	sum := strings.Repeat("cd", 32)
-	restore := &BackupRestoreRequest{Meta: meta("off2"), Role: "officer", BackupSHA256: sum, State: backup}
+	rb := rollbackFrom(t, backup)
+	restores := []histCmd{
+		{CmdBackupRollBack, &BackupRestoreRequest{Meta: meta("off2"), Role: "officer", BackupSHA256: sum, RollBack: rb}},
+		{CmdBackupRollBack, &BackupRestoreRequest{Meta: meta("off2"), Role: "officer", BackupSHA256: sum, RollBack: rb}},
+		{CmdBackupRestore, &BackupRestoreRequest{Meta: meta("off2"), Role: "officer", BackupSHA256: sum, State: backup}},
+	}
 
 	var snaps [][]byte
-	for range 2 {
+	for _, restore := range restores {
 		f, next := historyFSM(t, since)
 		// What the restore leaves, merged into a copy of the state.
 		want, _, err := mergeSnapshots(snapshotBytes(t, f), backup, t.TempDir(), restoreInfo{Actor: "off2", Role: "officer", At: t0, BackupSHA256: sum})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := applyCmd(t, f, next, CmdBackupRestore, restore); err != nil {
+		if err := applyCmd(t, f, next, restore.t, restore.req); err != nil {
 			t.Fatal(err)
 		}
 		if g, _ := f.State().Gateway("gw9"); g.Status != api.StatusDecommissioned {
@@ -777,6 +785,22 @@ func TestBackupRestoreCommand(t *testing.T) {
 	if !bytes.Equal(snaps[0], snaps[1]) {
 		t.Error("two nodes that applied the same restore hold different states")
 	}
+	if !bytes.Equal(snaps[0], snaps[2]) {
+		t.Error("a restore carrying the whole backup (an earlier release's) left another state")
+	}
+	rollbackCmd := func(change func(*rollback)) []byte {
+		c := rollbackFrom(t, backup)
+		change(c)
+		b, err := encodeCommand(CmdBackupRollBack, &BackupRestoreRequest{Meta: meta("off2"), RollBack: c})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	var notJSON bytes.Buffer
+	zw, _ := flate.NewWriter(&notJSON, flate.BestSpeed)
+	zw.Write([]byte(`{"overlay":`))
+	zw.Close()
 
 	cut := backup[:bytes.IndexByte(backup, '\n')+1] // the header alone
 	other := bytes.Replace(backup, []byte(`"100.64.0.0/24"`), []byte(`"100.65.0.0/24"`), 1)
@@ -794,6 +818,13 @@ func TestBackupRestoreCommand(t *testing.T) {
 		{"head longer than the body", "no head", []byte{byte(CmdBackupRestore), 0xff, 0x01, '{'}},
 		{"head not JSON", "decode command", []byte{byte(CmdBackupRestore), 1, '{'}},
 		{"state not compressed", "the backup", plain},
+		{"rollback: another network", "another network", rollbackCmd(func(c *rollback) { c.Overlay = netip.MustParsePrefix("100.65.0.0/24") })},
+		{"rollback: altered LANs", "the LANs", rollbackCmd(func(c *rollback) { c.Gateways[0].LANs = []netip.Prefix{netip.MustParsePrefix("10.30.0.0/16")} })},
+		{"rollback: a gateway twice", "gateway gw1 is listed twice", rollbackCmd(func(c *rollback) { c.Gateways = append(c.Gateways, c.Gateways[0]) })},
+		{"rollback: an agency twice", "is listed twice", rollbackCmd(func(c *rollback) { c.Agencies = append(c.Agencies, c.Agencies[0]) })},
+		{"rollback: an unregistered agency", "is not registered", rollbackCmd(func(c *rollback) { c.Gateways[0].Agency = "000.00.00.H30" })},
+		{"rollback: empty", "no network", rollbackCmd(func(c *rollback) { *c = rollback{} })},
+		{"rollback: not JSON", "the backup", append(append(append([]byte{byte(CmdBackupRollBack)}, binary.AppendUvarint(nil, uint64(len(head)))...), head...), notJSON.Bytes()...)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f, next := historyFSM(t, since)
@@ -808,6 +839,17 @@ func TestBackupRestoreCommand(t *testing.T) {
 			}
 		})
 	}
+}
+
+// rollbackFrom is what a restore takes from backup.
+func rollbackFrom(t *testing.T, backup []byte) *rollback {
+	t.Helper()
+	bk, err := readSnapshot(bytes.NewReader(backup), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bk.close()
+	return rollbackOf(bk)
 }
 
 func mustEncode(t *testing.T, r *BackupRestoreRequest) []byte {
@@ -880,11 +922,11 @@ func TestChainExtendsReportsDisk(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ok, err := chainExtends(m, bk); !ok || err != nil {
+	if ok, err := chainExtends(m, rollbackOf(bk)); !ok || err != nil {
 		t.Fatalf("a backup of this cluster: %v, %v", ok, err)
 	}
 	m.audit.f.Close() // this node's disk fails
-	if _, err := chainExtends(m, bk); !errors.Is(err, errSpillIO) {
+	if _, err := chainExtends(m, rollbackOf(bk)); !errors.Is(err, errSpillIO) {
 		t.Fatalf("a chain that cannot be read: %v", err)
 	}
 }
