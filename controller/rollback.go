@@ -24,7 +24,7 @@ type rollback struct {
 	AuditLen  uint64            `json:"audit_len"`
 	AuditHead string            `json:"audit_head,omitempty"` // the last entry's hash
 
-	agencies map[string]*api.Agency     // Agencies by code (index)
+	agencies map[string]*api.Agency      // Agencies by code (index)
 	gateways map[string]*rollbackGateway // Gateways by id (index)
 }
 
