@@ -224,9 +224,27 @@ func (n *Node) addMember(ctx context.Context, actor string, req api.JoinRequest)
 			return fmt.Errorf("%w: node %s was removed from the cluster at %s: only an operator adds it back (govnetctl cluster join)",
 				ErrForbidden, req.Node, at.UTC().Format(time.RFC3339))
 		}
-		if cur := n.State().Level(); req.Level != 0 && req.Level < cur {
+		n.memberMu.Lock() // no level raised meanwhile (raiseLevel)
+		defer n.memberMu.Unlock()
+		if _, err := n.barrier(ctx); err != nil { // the level as committed
+			return err
+		}
+		cur := n.State().Level()
+		switch {
+		case req.Level != 0 && req.Level < cur:
 			return fmt.Errorf("%w: node %s runs a release of level %d and the cluster is at level %d: install the cluster's release on it first",
 				ErrConflict, req.Node, req.Level, cur)
+		case req.Level == 0 && cur > 1 && actor == "node:"+req.Node:
+			// A node asking itself names its level from level 2 on.
+			return fmt.Errorf("%w: node %s runs a release before levels (level 1) and the cluster is at level %d: install the cluster's release on it first",
+				ErrConflict, req.Node, cur)
+		case req.Level == 0:
+			// An operator's join: the node reports its level once it runs;
+			// a node joined again at the same addresses keeps the one it
+			// reported.
+			if m, ok := n.State().Member(req.Node); ok && m.RaftAddr == req.RaftAddr && m.APIAddr == req.APIAddr {
+				req.Level = m.Level
+			}
 		}
 		_, err := n.submit(ctx, CmdMemberUpsert, &MemberUpsertRequest{Meta: n.meta(actor), Node: req.Node, RaftAddr: req.RaftAddr, APIAddr: req.APIAddr, Level: req.Level})
 		if err != nil {
@@ -474,11 +492,24 @@ func (n *Node) handleJoin(w http.ResponseWriter, r *http.Request) {
 		n.fail(w, err)
 		return
 	}
-	n.writeStatus(w, r)
+	n.writeStatusAfter(w, r)
 }
 
 func (n *Node) handleRemove(w http.ResponseWriter, r *http.Request, id ca.Identity) {
 	if err := n.removeMember(r.Context(), id.Name, r.PathValue("node")); err != nil {
+		n.fail(w, err)
+		return
+	}
+	n.writeStatusAfter(w, r)
+}
+
+// writeStatusAfter answers a membership change, done on the leader, with
+// this node's status once it has applied the change too: a follower's
+// answer listed a removed node whose record it had not yet dropped
+// (raft's configuration moves as entries arrive, the state as they
+// apply).
+func (n *Node) writeStatusAfter(w http.ResponseWriter, r *http.Request) {
+	if err := n.linearizable(r.Context()); err != nil {
 		n.fail(w, err)
 		return
 	}

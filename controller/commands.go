@@ -286,10 +286,11 @@ type MemberUpsertRequest struct {
 	APIAddr  string `json:"api_addr"`
 	// Level is the release level the node runs (0: not known, as when an
 	// operator adds it). Report marks the node's own report of it, which
-	// changes only the level of its record, and only while the record
-	// has these addresses: a report that crosses the node's removal
-	// brings no record back. (A node of a release before levels ignores
-	// both fields and records the addresses.)
+	// from cluster level 2 on changes only the level of its record, and
+	// only while the record has these addresses: a report that crosses
+	// the node's removal brings no record back. At level 1 it is an
+	// upsert, as a node of a release before levels, which ignores both
+	// fields, applies it.
 	Level  int  `json:"level,omitempty"`
 	Report bool `json:"report,omitempty"`
 }

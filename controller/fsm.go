@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"maps"
+	"math"
 	"net/netip"
 	"slices"
 	"sync"
@@ -274,11 +275,18 @@ func applyPacked(body []byte, apply func(*GatewayReportsRequest) error) error {
 }
 
 // Snapshot format: a header line, then one typed JSON record per line.
-const snapshotFormat = "govnet-state/1"
+// A state at a cluster level above 1 is written as format 2, whose header
+// names the level: the records are the same, and a release before levels
+// refuses it (it could not follow a cluster at that level).
+const (
+	snapshotFormat       = "govnet-state/1"
+	snapshotFormatLevels = "govnet-state/2"
+)
 
 type snapshotHeader struct {
 	Format string `json:"format"`
 	Index  uint64 `json:"index"`
+	Level  int    `json:"level,omitempty"` // format 2's cluster level
 }
 
 type snapshotRecord struct {
@@ -288,10 +296,6 @@ type snapshotRecord struct {
 
 type snapshotNetwork struct {
 	Overlay netip.Prefix `json:"overlay"`
-	// Level is the cluster's level, written from level 2 on (a
-	// release before levels ignores it, and is never part of a cluster
-	// at level 2).
-	Level int `json:"level,omitempty"`
 }
 
 // Snapshot implements raft.FSM: it copies the state under the read lock
@@ -327,6 +331,9 @@ func (f *FSM) snapshot() (*fsmSnapshot, error) {
 // records' order is the file's: see readSnapshot.
 func snapshotOf(s *State) (*fsmSnapshot, error) {
 	snap := &fsmSnapshot{header: snapshotHeader{Format: snapshotFormat, Index: s.index}}
+	if l := s.Level(); l > 1 {
+		snap.header.Format, snap.header.Level = snapshotFormatLevels, l
+	}
 	var err error
 	// add encodes one of the few records of a kind at once.
 	add := func(typ string, v any) {
@@ -338,11 +345,7 @@ func snapshotOf(s *State) (*fsmSnapshot, error) {
 		snap.parts = append(snap.parts, func(w *bufio.Writer) error { return writeSnapshotRecord(w, typ, b) })
 	}
 	if s.overlay.IsValid() {
-		rec := snapshotNetwork{Overlay: s.overlay}
-		if l := s.Level(); l > 1 {
-			rec.Level = l
-		}
-		add("network", rec)
+		add("network", snapshotNetwork{Overlay: s.overlay})
 	}
 	snap.parts = append(snap.parts,
 		valueRecords("agency", s.agencies, func(a *api.Agency) api.Agency { return *a }, func(a *api.Agency) string { return a.Code }),
@@ -535,7 +538,7 @@ func (f *FSM) install(ns *State) {
 	s.mu.Lock()
 	s.overlay, s.agencies, s.gateways, s.tokens, s.policies, s.addrInUse, s.members, s.people, s.requests, s.audit =
 		ns.overlay, ns.agencies, ns.gateways, ns.tokens, ns.policies, ns.addrInUse, ns.members, ns.people, ns.requests, ns.audit
-	s.level.Store(ns.level.Load())
+	s.level.Store(max(s.level.Load(), ns.level.Load())) // levels never go down
 	s.removed = ns.removed
 	s.certs, s.archive, s.issuers, s.keyOwner = ns.certs, ns.archive, ns.issuers, ns.keyOwner
 	s.usedBelow = netip.Addr{}
@@ -558,10 +561,14 @@ func readRecords(rr *recordReader, spillDir string) (_ *State, err error) {
 	if err := rr.header(&hdr); err != nil {
 		return nil, fmt.Errorf("restore: header: %w", err)
 	}
-	if hdr.Format != snapshotFormat {
-		return nil, fmt.Errorf("restore: snapshot format %q, want %q", hdr.Format, snapshotFormat)
+	switch {
+	case hdr.Format == snapshotFormat && hdr.Level == 0:
+	case hdr.Format == snapshotFormatLevels && hdr.Level > 1 && hdr.Level <= math.MaxInt32:
+	default:
+		return nil, fmt.Errorf("restore: snapshot format %q (level %d), want %q, or %q with a level above 1", hdr.Format, hdr.Level, snapshotFormat, snapshotFormatLevels)
 	}
 	ns := newState(spillDir)
+	ns.level.Store(int32(hdr.Level))
 	ns.audit.buffered, ns.archive.buffered = true, true
 	defer func() {
 		ns.audit.buffered, ns.archive.buffered = false, false
@@ -608,7 +615,6 @@ func (s *State) restoreRecord(rec snapshotRecord) error {
 			return err
 		}
 		s.overlay = n.Overlay
-		s.level.Store(int32(max(1, n.Level)))
 	case "agency":
 		a := new(api.Agency)
 		if err := json.Unmarshal(rec.Data, a); err != nil {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 
@@ -30,8 +32,12 @@ import (
 // nodes of both releases then apply the command alike.
 //
 // A node whose release is below the cluster's level stops instead of
-// applying what it does not know: at the level's command, or at a
-// snapshot of a higher level (FSM.Restore).
+// applying what it does not know: at the command that raised the level
+// (or the init that set it), or at a snapshot of a higher level
+// (FSM.Restore). Snapshots of a level above 1 have a format of their own
+// (snapshotFormatLevels), which releases before levels refuse; and a
+// node asking to join below the cluster's level is refused (addMember),
+// as is one of a release before levels, whose request names no level.
 
 // ReleaseLevel is this release's level. Raise it, by one, in a release
 // that adds a command type (give the type that level in
@@ -81,13 +87,39 @@ func (s *State) applyClusterLevel(r *ClusterLevelRequest) error {
 	return nil
 }
 
-// belowLevel lists the members whose recorded release level is below
-// level (0: none recorded), sorted, as "name (level N)".
-func (s *State) belowLevel(level int) []string {
-	var out []string
+// nodeLevels is the release level of every node of the cluster: each
+// server of c and each node with a member record (one being added has
+// its record before it is a server), 0 where none is recorded.
+func nodeLevels(s *State, c raft.Configuration) map[string]int {
+	out := map[string]int{}
 	for _, m := range s.Members() {
-		if m.Level < level {
-			out = append(out, fmt.Sprintf("%s (%s)", m.Node, levelName(m.Level)))
+		out[m.Node] = m.Level
+	}
+	for _, srv := range c.Servers {
+		if _, ok := out[string(srv.ID)]; !ok {
+			out[string(srv.ID)] = 0
+		}
+	}
+	return out
+}
+
+// nodesLevel is the lowest of nodeLevels (0 for a cluster of no node).
+func nodesLevel(s *State, c raft.Configuration) int {
+	levels := nodeLevels(s, c)
+	if len(levels) == 0 {
+		return 0
+	}
+	return slices.Min(slices.Collect(maps.Values(levels)))
+}
+
+// belowLevel names the nodes of nodeLevels below level, sorted, as
+// "name (level N)".
+func belowLevel(s *State, c raft.Configuration, level int) []string {
+	levels := nodeLevels(s, c)
+	var out []string
+	for _, node := range slices.Sorted(maps.Keys(levels)) {
+		if l := levels[node]; l < level {
+			out = append(out, fmt.Sprintf("%s (%s)", node, levelName(l)))
 		}
 	}
 	return out
@@ -101,29 +133,19 @@ func levelName(l int) string {
 }
 
 // checkLevel refuses a command the cluster's level does not allow yet.
-func (s *State) checkLevel(t CommandType) error {
-	need, cur := t.level(), s.Level()
+func (n *Node) checkLevel(t CommandType) error {
+	st := n.fsm.State()
+	need, cur := t.level(), st.Level()
 	if need <= cur {
 		return nil
 	}
 	msg := fmt.Sprintf("%s needs cluster level %d, and the cluster is at level %d until every node runs a release of level %d or later (govnetctl cluster status)", t, need, cur, need)
-	if below := s.belowLevel(need); len(below) > 0 {
-		msg += ": below it: " + strings.Join(below, ", ")
-	}
-	return fmt.Errorf("%w: %s", ErrConflict, msg)
-}
-
-// nodesLevel is the lowest release level recorded for the servers of c
-// (0 for one with none recorded).
-func nodesLevel(s *State, c raft.Configuration) int {
-	low := -1
-	for _, srv := range c.Servers {
-		m, _ := s.Member(string(srv.ID))
-		if low < 0 || m.Level < low {
-			low = m.Level
+	if cf := n.raft.GetConfiguration(); cf.Error() == nil {
+		if below := belowLevel(st, cf.Configuration(), need); len(below) > 0 {
+			msg += ": below it: " + strings.Join(below, ", ")
 		}
 	}
-	return max(low, 0)
+	return fmt.Errorf("%w: %s", ErrConflict, msg)
 }
 
 // raiseLevel, on the leader, raises the cluster's level to the lowest
@@ -137,7 +159,10 @@ func (n *Node) raiseLevel(ctx context.Context) error {
 	if to := min(nodesLevel(st, cf.Configuration()), releaseLevel); to <= st.Level() {
 		return nil
 	}
-	// Decide on a current state: a member's report may be in flight.
+	// Decide on a current state (a member's report may be in flight),
+	// with no node being added meanwhile (addMember).
+	n.memberMu.Lock()
+	defer n.memberMu.Unlock()
 	if _, err := n.barrier(ctx); err != nil {
 		return err
 	}

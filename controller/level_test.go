@@ -59,8 +59,14 @@ func TestClusterLevel(t *testing.T) {
 	if !bytes.Equal(stripIndex(before), stripIndex(after)) {
 		t.Fatal("a refused level command changed the state")
 	}
-	if !bytes.Contains(after, []byte(`"overlay":"100.64.0.0/24","level":2}`)) {
+	// Format 2 names the level; a release before levels refuses it.
+	if !bytes.HasPrefix(after, []byte(`{"format":"govnet-state/2","index":3,"level":2}`+"\n")) {
 		t.Fatalf("the snapshot does not keep level 2:\n%s", after)
+	}
+	for _, hdr := range []string{`{"format":"govnet-state/2","index":3}`, `{"format":"govnet-state/2","index":3,"level":1}`, `{"format":"govnet-state/1","index":3,"level":2}`} {
+		if _, err := readSnapshot(strings.NewReader(hdr+"\n"), t.TempDir()); err == nil || !strings.Contains(err.Error(), "snapshot format") {
+			t.Errorf("header %s: %v", hdr, err)
+		}
 	}
 	r := newFSM()
 	if err := r.Restore(io.NopCloser(bytes.NewReader(after))); err != nil {
@@ -68,6 +74,21 @@ func TestClusterLevel(t *testing.T) {
 	}
 	if got := r.State().Level(); got != 2 {
 		t.Fatalf("level after a restore: %d", got)
+	}
+	// Nothing lowers it: not a snapshot of level 1, nor an init after
+	// the raise (one that failed before it, say).
+	if err := r.Restore(io.NopCloser(bytes.NewReader(snapshotBytes(t, g0(t))))); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.State().Level(); got != 2 {
+		t.Fatalf("level after a level-1 snapshot: %d", got)
+	}
+	k := newFSM()
+	if err := applyCmd(t, k, 1, CmdClusterLevel, &ClusterLevelRequest{Meta: meta("node:ctl1"), Level: 2}); err != nil {
+		t.Fatal(err)
+	}
+	if err := applyCmd(t, k, 2, CmdInitNetwork, &InitNetworkRequest{Meta: meta("node:ctl1"), OverlayPrefix: prefix}); err != nil || k.State().Level() != 2 {
+		t.Fatalf("an init without a level after the raise: %v, level %d", err, k.State().Level())
 	}
 
 	// A node whose release is below: it stops at the command that raises
@@ -86,6 +107,14 @@ func TestClusterLevel(t *testing.T) {
 		}()
 		applyCmd(t, h, 2, CmdClusterLevel, &ClusterLevelRequest{Meta: meta("node:ctl1"), Level: 2})
 	}()
+	func() {
+		defer func() {
+			if p := recover(); p == nil || !strings.Contains(p.(string), "initialised at level 2 and this node's release is of level 1: upgrade this node") {
+				t.Errorf("a level-1 node applying an init at level 2: panic %v", p)
+			}
+		}()
+		applyCmd(t, newFSM(), 1, CmdInitNetwork, &InitNetworkRequest{Meta: meta("node:ctl1"), OverlayPrefix: prefix, Level: 2})
+	}()
 	if got := h.State().Level(); got != 1 {
 		t.Fatalf("the level-1 node moved to level %d", got)
 	}
@@ -98,6 +127,15 @@ func TestClusterLevel(t *testing.T) {
 	}
 }
 
+// g0 is a network initialised at level 1, with nothing else.
+func g0(t *testing.T) *FSM {
+	f := NewFSM(slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	if err := applyCmd(t, f, 1, CmdInitNetwork, &InitNetworkRequest{Meta: meta("node:ctl1"), OverlayPrefix: netip.MustParsePrefix("100.64.0.0/24")}); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
 // stripIndex drops a snapshot's header line (its index moves with every
 // command, refused or not).
 func stripIndex(snap []byte) []byte {
@@ -105,8 +143,9 @@ func stripIndex(snap []byte) []byte {
 	return rest
 }
 
-// TestLevelReports: a node's report changes only the level of its own
-// record, and brings back no record of a node removed meanwhile.
+// TestLevelReports: which nodes hold the cluster's level back; from
+// level 2 on, a node's report changes only the level of its own record,
+// and brings back no record of a node removed meanwhile.
 func TestLevelReports(t *testing.T) {
 	f := NewFSM(slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
 	idx := uint64(0)
@@ -118,7 +157,7 @@ func TestLevelReports(t *testing.T) {
 		t.Fatal(err)
 	}
 	up := func(node string, level int, report bool) *MemberUpsertRequest {
-		ip := map[string]string{"ctl1": "127.0.0.11", "ctl2": "127.0.0.12", "ctl3": "127.0.0.13"}[node]
+		ip := map[string]string{"ctl1": "127.0.0.11", "ctl2": "127.0.0.12", "ctl3": "127.0.0.13", "ctl4": "127.0.0.14"}[node]
 		return &MemberUpsertRequest{Meta: meta("node:" + node), Node: node, RaftAddr: ip + ":7000", APIAddr: ip + ":7443", Level: level, Report: report}
 	}
 	for _, r := range []*MemberUpsertRequest{up("ctl1", 2, false), up("ctl2", 0, false), up("ctl3", 1, false)} {
@@ -134,17 +173,15 @@ func TestLevelReports(t *testing.T) {
 		return out
 	}
 	st := f.State()
-	err := st.checkLevel(CmdBackupRestore)
-	if !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(),
-		"backup-restore needs cluster level 2, and the cluster is at level 1 until every node runs a release of level 2 or later (govnetctl cluster status): below it: ctl2 (level not reported), ctl3 (level 1)") {
-		t.Fatalf("checkLevel at level 1: %v", err)
-	}
-	if err := st.checkLevel(CmdGatewayRegister); err != nil {
-		t.Fatalf("a level-1 command at level 1: %v", err)
-	}
 	all := raft.Configuration{Servers: []raft.Server{{ID: "ctl1"}, {ID: "ctl2"}, {ID: "ctl3"}}}
+	if got := fmt.Sprint(belowLevel(st, all, 2)); got != "[ctl2 (level not reported) ctl3 (level 1)]" {
+		t.Fatalf("below level 2: %s", got)
+	}
 	if got := nodesLevel(st, all); got != 0 {
 		t.Fatalf("nodes' level with ctl2 unreported: %d", got)
+	}
+	if CmdBackupRollBack.level() != 2 || CmdGatewayRegister.level() != 1 {
+		t.Fatal("command levels")
 	}
 
 	if err := apply(CmdMemberUpsert, up("ctl2", 2, true)); err != nil {
@@ -161,6 +198,31 @@ func TestLevelReports(t *testing.T) {
 	}
 	if got := nodesLevel(st, raft.Configuration{Servers: append(all.Servers, raft.Server{ID: "ctl4"})}); got != 0 {
 		t.Fatalf("nodes' level with a server that has no record: %d", got)
+	}
+	// A node being added has its record before it is a server.
+	if err := apply(CmdMemberUpsert, up("ctl4", 1, false)); err != nil {
+		t.Fatal(err)
+	}
+	if got, below := nodesLevel(st, all), belowLevel(st, all, 2); got != 1 || fmt.Sprint(below) != "[ctl4 (level 1)]" {
+		t.Fatalf("nodes' level with ctl4 recorded, not yet a server: %d, %v", got, below)
+	}
+	if err := apply(CmdMemberRemove, &MemberRemoveRequest{Meta: meta("op"), Node: "ctl4"}); err != nil {
+		t.Fatal(err)
+	}
+	// At level 1 a report is an upsert, as a release before levels
+	// applies it: one crossing the node's removal brings its record back
+	// on every node alike.
+	if err := apply(CmdMemberUpsert, up("ctl4", 2, true)); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := st.Member("ctl4"); !ok {
+		t.Fatal("at level 1, a report is not applied as an upsert")
+	}
+	if err := apply(CmdMemberRemove, &MemberRemoveRequest{Meta: meta("op"), Node: "ctl4"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := apply(CmdClusterLevel, &ClusterLevelRequest{Meta: meta("node:ctl1"), Level: 2}); err != nil {
+		t.Fatal(err)
 	}
 
 	// A report from other addresses, or crossing the node's removal.
@@ -228,7 +290,7 @@ func TestClusterLevelUpgrade(t *testing.T) {
 	}
 	backup := c.backupBeforeGateway(ctx, t, l)
 	_, err = c.off[l].RestoreSnapshot(ctx, bytes.NewReader(backup))
-	wantStatus(t, err, 409, "backup-restore needs cluster level 2, and the cluster is at level 1")
+	wantStatus(t, err, 409, "backup-rollback needs cluster level 2, and the cluster is at level 1")
 	wantStatus(t, err, 409, "below it: ctl1 (level 1)")
 	if v, err := c.view(ctx, l); err != nil || !strings.Contains(v, `"after-backup" pending`) || strings.Contains(v, "backup-restore") {
 		t.Fatalf("a refused restore changed the state: %s, %v", v, err)
@@ -268,9 +330,14 @@ func TestClusterLevelUpgrade(t *testing.T) {
 	if _, err := c.op[l].AddGateway(ctx, api.Gateway{ID: "after-downgrade", Agency: registerKeys[0]}); err != nil {
 		t.Fatal(err)
 	}
-	// A node of the earlier release asking to join.
+	// A node of the earlier release asking to join, and one of a release
+	// before levels (its request names none), asking with its own
+	// certificate.
 	_, err = c.op[l].JoinNode(ctx, api.JoinRequest{Node: "ctl9", RaftAddr: "127.0.0.19:7000", APIAddr: "127.0.0.19:7443", Level: 1})
 	wantStatus(t, err, 409, "node ctl9 runs a release of level 1 and the cluster is at level 2")
+	cfg3 := c.nodes[2].cfg
+	_, err = c.nodeClient(t, 2, l).JoinNode(ctx, api.JoinRequest{Node: cfg3.Node, RaftAddr: cfg3.RaftAddr, APIAddr: cfg3.APIAddr})
+	wantStatus(t, err, 409, "node ctl3 runs a release before levels (level 1) and the cluster is at level 2")
 }
 
 func tail(b []byte, n int) []byte { return b[max(0, len(b)-n):] }

@@ -93,6 +93,9 @@ type Node struct {
 	// levelReported is when reportLevel last reported this node's
 	// release level (leaderDuties' own).
 	levelReported time.Time
+	// memberMu keeps, on the leader, a node from being added between
+	// raiseLevel's decision and its command.
+	memberMu sync.Mutex
 	// applyGate holds this node's writes (applyLocal) while it merges a
 	// lost cluster's backup into its state and hands raft the result
 	// (recoverBackup).
@@ -626,7 +629,7 @@ func (n *Node) submitOnce(ctx context.Context, t CommandType, b []byte) (index u
 
 // applyLocal applies on this node, which must lead.
 func (n *Node) applyLocal(ctx context.Context, t CommandType, b []byte) (uint64, error, error) {
-	if err := n.fsm.State().checkLevel(t); err != nil {
+	if err := n.checkLevel(t); err != nil {
 		return 0, nil, err
 	}
 	n.applyGate.RLock()

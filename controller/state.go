@@ -271,8 +271,11 @@ func (s *State) applyInitNetwork(r *InitNetworkRequest) error {
 	if !r.OverlayPrefix.IsValid() || !r.OverlayPrefix.Addr().Is4() || r.OverlayPrefix.Bits() > 30 {
 		return fmt.Errorf("%w: overlay prefix %s must be an IPv4 prefix of /30 or wider", ErrBadRequest, r.OverlayPrefix)
 	}
+	if r.Level > releaseLevel {
+		return fmt.Errorf("the network is initialised at level %d and this node's release is of level %d: %w to the cluster's release", r.Level, releaseLevel, errUpgradeNode)
+	}
 	s.overlay, s.usedBelow = r.OverlayPrefix.Masked(), netip.Addr{}
-	s.level.Store(int32(max(1, r.Level)))
+	s.level.Store(max(s.level.Load(), int32(r.Level)))
 	return nil
 }
 
@@ -624,7 +627,9 @@ func (s *State) applyMemberUpsert(r *MemberUpsertRequest) error {
 			return fmt.Errorf("%w: node %s already uses one of these addresses", ErrConflict, m.Node)
 		}
 	}
-	if r.Report {
+	if r.Report && s.Level() > 1 {
+		// At level 1 a report is an upsert, as a release before levels
+		// applies it: every node of the cluster applies it alike.
 		m := s.members[r.Node]
 		if m == nil || m.RaftAddr != r.RaftAddr || m.APIAddr != r.APIAddr {
 			return fmt.Errorf("%w: node %s is not a member at these addresses: its release level is not recorded", ErrNotFound, r.Node)

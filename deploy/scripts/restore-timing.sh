@@ -47,7 +47,7 @@ as() { # as ROLE ARGS...: govnetctl as the cluster's operator (op) or officer (o
 now() { date +%s.%N; }
 
 for _ in $(seq 120); do
-  as op --controller https://127.0.0.11:17443 cluster status >"$work/status" 2>&1 && grep -q Leader "$work/status" && break
+  as op --controller https://127.0.0.11:17443 cluster status >"$work/status" 2>&1 && grep -q '^ctl[0-9]* *voter.*\*' "$work/status" && break
   sleep 2
 done
 cat "$work/status"
