@@ -80,6 +80,13 @@ func (s *State) applyClusterLevel(r *ClusterLevelRequest) error {
 	if cur := s.Level(); r.Level <= cur {
 		return fmt.Errorf("%w: the cluster is at level %d already, and levels never go down", ErrConflict, cur)
 	}
+	for _, m := range s.membersSorted() {
+		// Records are written before a node is added (addMember): one
+		// below is a node being added that a leader's raise missed.
+		if m.Level < r.Level {
+			return fmt.Errorf("%w: node %s runs a release of %s, below level %d", ErrConflict, m.Node, levelName(m.Level), r.Level)
+		}
+	}
 	if r.Level > releaseLevel {
 		return fmt.Errorf("the cluster's level is raised to %d and this node's release is of level %d: %w to the cluster's release", r.Level, releaseLevel, errUpgradeNode)
 	}
@@ -173,10 +180,37 @@ func (n *Node) raiseLevel(ctx context.Context) error {
 	if to <= from {
 		return nil
 	}
-	if _, err := n.submit(ctx, CmdClusterLevel, &ClusterLevelRequest{Meta: n.meta("node:" + n.cfg.Node), Level: to}); err != nil {
+	if err := n.submitHere(ctx, CmdClusterLevel, &ClusterLevelRequest{Meta: n.meta("node:" + n.cfg.Node), Level: to}); err != nil {
 		return err
 	}
 	n.log.Info("cluster level raised: every node runs a release of this level or later", "from", from, "to", to)
+	return nil
+}
+
+// promoteNonvoters, on the leader, makes a voter of each nonvoter (a node
+// an operator added from level 2 on, addMember) whose record shows a
+// release of the cluster's level or later.
+func (n *Node) promoteNonvoters(ctx context.Context) error {
+	cf := n.raft.GetConfiguration()
+	if err := cf.Error(); err != nil {
+		return err
+	}
+	st := n.fsm.State()
+	for _, s := range cf.Configuration().Servers {
+		if s.Suffrage != raft.Nonvoter {
+			continue
+		}
+		if m, ok := st.Member(string(s.ID)); !ok || m.Level < st.Level() {
+			continue
+		}
+		n.memberMu.Lock()
+		err := n.raft.AddVoter(s.ID, s.Address, 0, timeoutOf(ctx)).Error()
+		n.memberMu.Unlock()
+		if err != nil {
+			return fmt.Errorf("%s: %w", s.ID, err)
+		}
+		n.log.Info("node made a voter: it runs a release of the cluster's level", "node", s.ID)
+	}
 	return nil
 }
 
@@ -192,7 +226,10 @@ func (n *Node) reportLevel(ctx context.Context) error {
 		return nil
 	}
 	m, ok := n.fsm.State().Member(n.cfg.Node)
-	if !ok || m.Level == releaseLevel || !n.isVoter() {
+	if !ok || m.Level == releaseLevel {
+		return nil
+	}
+	if _, ok := n.serverAt(n.cfg.Node, ""); !ok {
 		return nil
 	}
 	n.levelReported = time.Now()

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -206,6 +207,16 @@ func TestLevelReports(t *testing.T) {
 	if got, below := nodesLevel(st, all), belowLevel(st, all, 2); got != 1 || fmt.Sprint(below) != "[ctl4 (level 1)]" {
 		t.Fatalf("nodes' level with ctl4 recorded, not yet a server: %d, %v", got, below)
 	}
+	// A raise that missed it (a leader's decision crossed its join) is
+	// refused, on every node alike.
+	before := snapshotBytes(t, f)
+	err := apply(CmdClusterLevel, &ClusterLevelRequest{Meta: meta("node:ctl1"), Level: 2})
+	if !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), "node ctl4 runs a release of level 1, below level 2") {
+		t.Fatalf("a raise past a member's level: %v", err)
+	}
+	if !bytes.Equal(stripIndex(before), stripIndex(snapshotBytes(t, f))) {
+		t.Fatal("a refused raise changed the state")
+	}
 	if err := apply(CmdMemberRemove, &MemberRemoveRequest{Meta: meta("op"), Node: "ctl4"}); err != nil {
 		t.Fatal(err)
 	}
@@ -338,6 +349,20 @@ func TestClusterLevelUpgrade(t *testing.T) {
 	cfg3 := c.nodes[2].cfg
 	_, err = c.nodeClient(t, 2, l).JoinNode(ctx, api.JoinRequest{Node: cfg3.Node, RaftAddr: cfg3.RaftAddr, APIAddr: cfg3.APIAddr})
 	wantStatus(t, err, 409, "node ctl3 runs a release before levels (level 1) and the cluster is at level 2")
+
+	// A node removed through its own API answers at once (the leader no
+	// longer answers it: it once waited for it, and failed).
+	if _, err := c.op[l].RemoveNode(ctx, "ctl3"); err != nil {
+		t.Fatal(err)
+	}
+	self := 1 - l // the other of ctl1 and ctl2
+	st, err := c.op[self].RemoveNode(ctx, c.nodes[self].name)
+	if err != nil {
+		t.Fatalf("%s removed through its own API: %v", c.nodes[self].name, err)
+	}
+	if slices.ContainsFunc(st.Members, func(m api.Member) bool { return m.Node == c.nodes[self].name && m.Suffrage != "" }) {
+		t.Fatalf("%s still a server: %+v", c.nodes[self].name, st.Members)
+	}
 }
 
 func tail(b []byte, n int) []byte { return b[max(0, len(b)-n):] }

@@ -16,7 +16,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -478,6 +477,9 @@ func (n *Node) leaderDuties(ctx context.Context) {
 			if err := n.archiveIfDue(ctx); err != nil && ctx.Err() == nil {
 				n.log.Error("certificate archive", "err", err)
 			}
+			if err := n.promoteNonvoters(ctx); err != nil && ctx.Err() == nil {
+				n.log.Error("make a node a voter", "err", err)
+			}
 			if err := n.raiseLevel(ctx); err != nil && ctx.Err() == nil {
 				n.log.Error("raise the cluster's level", "err", err)
 			}
@@ -508,16 +510,19 @@ func (n *Node) isVoter() bool {
 	return false
 }
 
-// isVoterAt says whether node is a voter at raftAddr in raft's latest
-// configuration.
-func (n *Node) isVoterAt(node, raftAddr string) bool {
+// serverAt returns node's entry in raft's latest configuration, if it is
+// there at raftAddr ("": at any address).
+func (n *Node) serverAt(node, raftAddr string) (raft.Server, bool) {
 	cf := n.raft.GetConfiguration()
 	if cf.Error() != nil {
-		return false
+		return raft.Server{}, false
 	}
-	return slices.ContainsFunc(cf.Configuration().Servers, func(s raft.Server) bool {
-		return s.ID == raft.ServerID(node) && s.Address == raft.ServerAddress(raftAddr) && s.Suffrage == raft.Voter
-	})
+	for _, s := range cf.Configuration().Servers {
+		if s.ID == raft.ServerID(node) && (raftAddr == "" || s.Address == raft.ServerAddress(raftAddr)) {
+			return s, true
+		}
+	}
+	return raft.Server{}, false
 }
 
 // advertisedAPI is the API address other nodes reach this one at.
@@ -625,6 +630,27 @@ func (n *Node) submitOnce(ctx context.Context, t CommandType, b []byte) (index u
 		return 0, nil, fmt.Errorf("%w: leader %s has not recorded its API address yet", ErrNoLeader, leader)
 	}
 	return n.forwardApply(ctx, m.APIAddr, b)
+}
+
+// submitHere commits a command on this node, which must lead, and
+// waits until the state has applied it: what a leader decided under its
+// own locks (addMember, raiseLevel) is not carried out by another leader
+// that did not decide it (submit would forward it there).
+func (n *Node) submitHere(ctx context.Context, t CommandType, req any) error {
+	b, err := encodeCommand(t, req)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, applyTimeout)
+	defer cancel()
+	idx, verdict, err := n.applyLocal(ctx, t, b)
+	if err != nil {
+		return err
+	}
+	if err := n.fsm.State().waitIndex(ctx, idx); err != nil {
+		return err
+	}
+	return verdict
 }
 
 // applyLocal applies on this node, which must lead.

@@ -416,7 +416,7 @@ func (a *app) clusterCmd() *cobra.Command {
 	status.Flags().DurationVar(&wait, "wait", 0, "wait up to this long for the node to be ready")
 	join := &cobra.Command{
 		Use:     "join NODE RAFT_ADDR API_ADDR",
-		Short:   "Add an initialised, running controller node to the cluster as a voter (operator)",
+		Short:   "Add an initialised, running controller node to the cluster: a voter once it reports a release of the cluster's level (operator)",
 		Example: "  govnetctl cluster join ctl2 10.0.0.2:7000 10.0.0.2:7443",
 		Args:    cobra.ExactArgs(3),
 		RunE: func(cmd *cobra.Command, args []string) error {
