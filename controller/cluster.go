@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -258,8 +257,8 @@ func (n *Node) addMember(ctx context.Context, actor string, req api.JoinRequest)
 		// reports a level the cluster's (promoteNonvoters): one of an
 		// earlier release never counts towards a quorum it cannot keep.
 		add, as := n.raft.AddVoter, "voter"
-		if req.Level < cur && cur > 1 {
-			add, as = n.raft.AddNonvoter, "nonvoter"
+		if s, ok := n.serverAt(req.Node, ""); req.Level < cur && cur > 1 && (!ok || s.Suffrage != raft.Voter) {
+			add, as = n.raft.AddNonvoter, "nonvoter" // (a voter moved to new addresses stays one)
 		}
 		if err := add(raft.ServerID(req.Node), raft.ServerAddress(req.RaftAddr), 0, timeoutOf(ctx)).Error(); err != nil {
 			if errors.Is(err, raft.ErrNotLeader) {
@@ -275,16 +274,18 @@ func (n *Node) addMember(ctx context.Context, actor string, req api.JoinRequest)
 // removeMember takes a node out of the cluster and forgets its record.
 func (n *Node) removeMember(ctx context.Context, actor, node string) error {
 	return n.onLeader(ctx, actor, "/v1/internal/members/remove", api.JoinRequest{Node: node}, nil, func(ctx context.Context) error {
+		n.memberMu.Lock() // no node made a voter meanwhile (promoteNonvoters)
+		defer n.memberMu.Unlock()
 		cf := n.raft.GetConfiguration()
 		if err := cf.Error(); err != nil {
 			return err
 		}
-		found := slices.ContainsFunc(cf.Configuration().Servers, func(s raft.Server) bool { return s.ID == raft.ServerID(node) })
-		if found && countVoters(cf.Configuration()) <= 1 {
+		srv, found := n.serverAt(node, "")
+		if found && srv.Suffrage == raft.Voter && countVoters(cf.Configuration()) <= 1 {
 			return fmt.Errorf("%w: %s is the last voter", ErrConflict, node)
 		}
 		if _, ok := n.fsm.State().Member(node); ok {
-			if _, err := n.submit(ctx, CmdMemberRemove, &MemberRemoveRequest{Meta: n.meta(actor), Node: node}); err != nil {
+			if err := n.submitHere(ctx, CmdMemberRemove, &MemberRemoveRequest{Meta: n.meta(actor), Node: node}); err != nil {
 				return err
 			}
 		} else if !found {

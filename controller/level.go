@@ -191,25 +191,30 @@ func (n *Node) raiseLevel(ctx context.Context) error {
 // an operator added from level 2 on, addMember) whose record shows a
 // release of the cluster's level or later.
 func (n *Node) promoteNonvoters(ctx context.Context) error {
+	due := func(st *State, s raft.Server) bool {
+		m, ok := st.Member(string(s.ID))
+		return s.Suffrage == raft.Nonvoter && ok && m.Level >= st.Level() && m.RaftAddr == string(s.Address)
+	}
 	cf := n.raft.GetConfiguration()
-	if err := cf.Error(); err != nil {
+	if err := cf.Error(); err != nil || !slices.ContainsFunc(cf.Configuration().Servers, func(s raft.Server) bool { return due(n.fsm.State(), s) }) {
 		return err
 	}
-	st := n.fsm.State()
+	// Decided under the lock that joins and removals take, on the
+	// configuration as it is then: raft refuses the change if it moved.
+	n.memberMu.Lock()
+	defer n.memberMu.Unlock()
+	if cf = n.raft.GetConfiguration(); cf.Error() != nil {
+		return cf.Error()
+	}
 	for _, s := range cf.Configuration().Servers {
-		if s.Suffrage != raft.Nonvoter {
+		if !due(n.fsm.State(), s) {
 			continue
 		}
-		if m, ok := st.Member(string(s.ID)); !ok || m.Level < st.Level() {
-			continue
-		}
-		n.memberMu.Lock()
-		err := n.raft.AddVoter(s.ID, s.Address, 0, timeoutOf(ctx)).Error()
-		n.memberMu.Unlock()
-		if err != nil {
+		if err := n.raft.AddVoter(s.ID, s.Address, cf.Index(), timeoutOf(ctx)).Error(); err != nil {
 			return fmt.Errorf("%s: %w", s.ID, err)
 		}
 		n.log.Info("node made a voter: it runs a release of the cluster's level", "node", s.ID)
+		return nil // one a turn: the configuration moved
 	}
 	return nil
 }
@@ -218,7 +223,7 @@ func (n *Node) promoteNonvoters(ctx context.Context) error {
 // reports its release level while its record shows another.
 const levelReportEvery = 5 * time.Second
 
-// reportLevel, on a voter that does not lead, records its release level
+// reportLevel, on a node of the cluster that does not lead, records its release level
 // in its member record when the record shows another (after an upgrade,
 // or when an operator added the node).
 func (n *Node) reportLevel(ctx context.Context) error {

@@ -406,6 +406,17 @@ func TestClusterLevelUpgrade(t *testing.T) {
 		}
 		return errors.New("no leader")
 	})
+
+	// One voter left: a nonvoter an operator added by mistake is removed
+	// (it is not the last voter).
+	if _, err := c.op[l].JoinNode(ctx, api.JoinRequest{Node: cfg3.Node, RaftAddr: cfg3.RaftAddr, APIAddr: cfg3.APIAddr}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.op[l].RemoveNode(ctx, "ctl3"); err != nil {
+		t.Fatalf("a nonvoter beside the last voter: %v", err)
+	}
+	_, err = c.op[l].RemoveNode(ctx, c.nodes[l].name)
+	wantStatus(t, err, 409, "is the last voter")
 }
 
 func tail(b []byte, n int) []byte { return b[max(0, len(b)-n):] }

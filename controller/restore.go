@@ -162,14 +162,15 @@ func notApproved(sum string) error {
 		ErrForbidden, sum, api.RestoreApprovalTTL)
 }
 
-// singleVoter refuses a recovery in a cluster of more than one voter.
+// singleVoter refuses a recovery in a cluster of more than one node
+// (voters, or nonvoters a leader may make voters).
 func (n *Node) singleVoter() error {
 	cfg := n.raft.GetConfiguration()
 	if err := cfg.Error(); err != nil {
 		return fmt.Errorf("raft configuration: %w", err)
 	}
-	if voters := countVoters(cfg.Configuration()); voters != 1 {
-		return fmt.Errorf("%w: the backup is not of this cluster (its audit chain is not the beginning of this one's); another cluster's backup is recovered only into a new cluster of a single node: restore it on the first node, then join the others (this cluster has %d voters)", ErrConflict, voters)
+	if nodes := len(cfg.Configuration().Servers); nodes != 1 {
+		return fmt.Errorf("%w: the backup is not of this cluster (its audit chain is not the beginning of this one's); another cluster's backup is recovered only into a new cluster of a single node: restore it on the first node, then join the others (this cluster has %d nodes)", ErrConflict, nodes)
 	}
 	return nil
 }
