@@ -477,10 +477,11 @@ func (n *Node) leaderDuties(ctx context.Context) {
 			if err := n.archiveIfDue(ctx); err != nil && ctx.Err() == nil {
 				n.log.Error("certificate archive", "err", err)
 			}
-			if err := n.promoteNonvoters(ctx); err != nil && ctx.Err() == nil {
+			// (Leadership lost meanwhile is the next leader's to do.)
+			if err := n.promoteNonvoters(ctx); err != nil && ctx.Err() == nil && !lostLead(err) {
 				n.log.Error("make a node a voter", "err", err)
 			}
-			if err := n.raiseLevel(ctx); err != nil && ctx.Err() == nil {
+			if err := n.raiseLevel(ctx); err != nil && ctx.Err() == nil && !lostLead(err) {
 				n.log.Error("raise the cluster's level", "err", err)
 			}
 		} else if err := n.reportLevel(ctx); err != nil && ctx.Err() == nil {
@@ -493,6 +494,12 @@ func (n *Node) leaderDuties(ctx context.Context) {
 		case <-tick.C:
 		}
 	}
+}
+
+// lostLead says whether err is raft's or this node's word that it no
+// longer leads.
+func lostLead(err error) bool {
+	return errors.Is(err, ErrNotLeader) || errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) || errors.Is(err, errLeadershipLost)
 }
 
 // isVoter says whether this node is a voter in raft's latest
