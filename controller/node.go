@@ -505,16 +505,8 @@ func lostLead(err error) bool {
 // isVoter says whether this node is a voter in raft's latest
 // configuration (a node being removed is not).
 func (n *Node) isVoter() bool {
-	cf := n.raft.GetConfiguration()
-	if cf.Error() != nil {
-		return false
-	}
-	for _, s := range cf.Configuration().Servers {
-		if s.ID == raft.ServerID(n.cfg.Node) {
-			return s.Suffrage == raft.Voter
-		}
-	}
-	return false
+	s, ok := n.serverAt(n.cfg.Node, "")
+	return ok && s.Suffrage == raft.Voter
 }
 
 // serverAt returns node's entry in raft's latest configuration, if it is
