@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/big"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -199,10 +200,30 @@ func (o *CeremonyOptions) validate() error {
 	return errors.Join(errs...)
 }
 
+// CeremonyPendingFile holds an interrupted ceremony's transcript so far
+// (no secret: the custodians' share hashes and the secret's check value),
+// from just before the token is activated until the ceremony is done.
+// ResumeCeremony finishes from it.
+const CeremonyPendingFile = "ceremony.pending.json"
+
+// pendingCeremony is what CeremonyPendingFile holds.
+type pendingCeremony struct {
+	Transcript *Transcript `json:"transcript"`
+	CommonName string      `json:"common_name"`
+}
+
 // RunCeremony performs the root key ceremony (see the package comment
 // above). It refuses to run into a directory that holds an earlier
 // ceremony and, because it replaces the token's PINs, can run on a token
-// only once.
+// only once; a token that holds any key or certificate is refused before
+// anything changes.
+//
+// Everything that can be checked is checked before the token is touched:
+// the options, the output directory, and the root certificate itself,
+// linted with a software key of the root key's type. If anything fails
+// after the token was activated, the share files and CeremonyPendingFile
+// stay and the error says so: ResumeCeremony, with M of the shares,
+// finishes the ceremony on the same token.
 func RunCeremony(o CeremonyOptions) (_ *CeremonyResult, err error) {
 	if err := o.validate(); err != nil {
 		return nil, fmt.Errorf("ceremony: %w", err)
@@ -227,10 +248,20 @@ func RunCeremony(o CeremonyOptions) (_ *CeremonyResult, err error) {
 	}
 	tr.CeremonyID = hex.EncodeToString(id)
 
+	if _, err := os.Stat(filepath.Join(o.OutDir, CeremonyPendingFile)); err == nil {
+		return nil, fmt.Errorf("ceremony: %s holds an interrupted ceremony: finish it with govnetd ceremony resume", o.OutDir)
+	}
 	for _, f := range []string{CeremonyRootFile, CeremonyTranscriptFile, CeremonySignatureFile} {
 		if _, err := os.Stat(filepath.Join(o.OutDir, f)); err == nil {
 			return nil, fmt.Errorf("ceremony: %s already exists: an earlier ceremony's output", filepath.Join(o.OutDir, f))
 		}
+	}
+	// The root certificate as it will be, linted with a software key of
+	// the root key's type: a subject the lint refuses (a common name over
+	// 64 characters, say) is refused here, not after the token is handed
+	// over to the quorum.
+	if err := preflightRoot(o.CommonName, o.Now()); err != nil {
+		return nil, fmt.Errorf("ceremony: %w", err)
 	}
 	sharesDir := filepath.Join(o.OutDir, CeremonySharesDir)
 	if err := os.MkdirAll(sharesDir, 0o700); err != nil {
@@ -248,21 +279,34 @@ func RunCeremony(o CeremonyOptions) (_ *CeremonyResult, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("ceremony: %w", err)
 	}
-	if err := checkAllSubsets(shares, o.Threshold, secret); err != nil {
+	defer func() {
+		for _, sh := range shares {
+			clear(sh)
+		}
+	}()
+	checked, subsets, err := checkSubsets(shares, o.Threshold, secret)
+	if err != nil {
 		return nil, fmt.Errorf("ceremony: %w", err)
 	}
-	step("generated a 256-bit activation secret and split it %d-of-%d; every %d-subset of shares checked", o.Threshold, len(o.Custodians), o.Threshold)
+	if subsets.IsInt64() && int64(checked) == subsets.Int64() {
+		step("generated a 256-bit activation secret and split it %d-of-%d; every %d-subset of shares (%d) checked", o.Threshold, len(o.Custodians), o.Threshold, subsets)
+	} else {
+		step("generated a 256-bit activation secret and split it %d-of-%d; %d of the %d %d-subsets of shares checked", o.Threshold, len(o.Custodians), checked, subsets, o.Threshold)
+	}
 
 	// Share files first: a token must never be activated without its
-	// shares on disk. If activation fails they are removed; after it they
-	// are kept whatever happens, since they are the only way in.
+	// shares on disk. If activation fails with the token unchanged they
+	// are removed; otherwise they are kept whatever happens, since they
+	// are the only way in.
 	res := &CeremonyResult{ShareFiles: map[string]string{}}
-	activated := false
+	pending := filepath.Join(o.OutDir, CeremonyPendingFile)
+	keep := false
 	defer func() {
-		if err != nil && !activated {
+		if err != nil && !keep {
 			for _, p := range res.ShareFiles {
 				os.Remove(p)
 			}
+			os.Remove(pending)
 		}
 	}()
 	for i, name := range o.Custodians {
@@ -272,115 +316,292 @@ func RunCeremony(o CeremonyOptions) (_ *CeremonyResult, err error) {
 		sf := ShareFile{Version: 1, Kind: shareKind, CeremonyID: tr.CeremonyID, Custodian: name,
 			Threshold: o.Threshold, Shares: len(o.Custodians), Share: base64.StdEncoding.EncodeToString(shares[i])}
 		b, _ := json.MarshalIndent(sf, "", "  ")
-		if err := writeOnce(path, append(b, '\n'), 0o600); err != nil {
+		err := writeOnce(path, append(b, '\n'), 0o600)
+		clear(b)
+		if err != nil {
 			return nil, fmt.Errorf("ceremony: share of %s: %w", name, err)
 		}
 		res.ShareFiles[name] = path
 	}
+	step("wrote %d share files (0600, created exclusively), one per custodian: %v", len(o.Custodians), o.Custodians)
+	// The journal of the ceremony so far, which ResumeCeremony needs.
+	pb, err := json.MarshalIndent(pendingCeremony{Transcript: tr, CommonName: o.CommonName}, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	if err := writeOnce(pending, append(pb, '\n'), 0o600); err != nil {
+		return nil, fmt.Errorf("ceremony: %w", err)
+	}
+	if err := syncDir(sharesDir); err != nil {
+		return nil, fmt.Errorf("ceremony: %w", err)
+	}
+	if err := syncDir(o.OutDir); err != nil {
+		return nil, fmt.Errorf("ceremony: %w", err)
+	}
 
 	// 2. Hand the token over to the quorum.
-	step("wrote %d share files (0600, created exclusively), one per custodian: %v", len(o.Custodians), o.Custodians)
 	if err := hsm.ActivateToken(o.HSM, o.SOPIN, secret, o.HSMOptions...); err != nil {
-		return nil, fmt.Errorf("ceremony: %w", err)
+		if errors.Is(err, hsm.ErrTokenUnchanged) {
+			return nil, fmt.Errorf("ceremony: %w", err)
+		}
+		keep = true
+		return nil, interrupted(o.OutDir, err)
 	}
-	activated = true
+	keep = true
 	step("token %q: user PIN and SO PIN replaced by values derived from the secret (the administrator's SO PIN no longer works)", o.HSM.TokenLabel)
 
-	// 3. The root key and certificate.
-	cfg := o.HSM
-	cfg.PIN = hsm.UserPIN(secret)
-	tok, err := hsm.Open(cfg, o.HSMOptions...)
+	// 3. and 4.
+	if err := finishCeremony(o.HSM, o.HSMOptions, o.OutDir, o.CommonName, o.Now, tr, secret, res, false); err != nil {
+		return nil, interrupted(o.OutDir, err)
+	}
+	return res, nil
+}
+
+// interrupted is the error of a ceremony that failed after activating its
+// token.
+func interrupted(dir string, err error) error {
+	return fmt.Errorf("ceremony: %w\nThe root token may already be under quorum control: the share files in %s are the only way into it; do not delete them. "+
+		"Fix the cause, then finish the ceremony with M of them: govnetd ceremony resume --out %s --shares ...",
+		err, filepath.Join(dir, CeremonySharesDir), dir)
+}
+
+// preflightRoot lints the root certificate for commonName as NewRoot
+// would make it, with a software key of the root key's type.
+func preflightRoot(commonName string, now time.Time) error {
+	k, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
 	if err != nil {
-		return nil, fmt.Errorf("ceremony: open the activated token: %w", err)
+		return err
+	}
+	_, err = NewRoot(k, commonName, now)
+	return err
+}
+
+// ResumeOptions say how to finish an interrupted ceremony.
+type ResumeOptions struct {
+	// Dir is the interrupted ceremony's directory (CeremonyPendingFile).
+	Dir string
+	// Module overrides the PKCS#11 module the ceremony recorded.
+	Module     string
+	HSMOptions []hsm.Option
+	// ShareFiles are M custodians' share files (their contents).
+	ShareFiles [][]byte
+	Operator   string // who resumes it, for the transcript
+	Now        func() time.Time
+}
+
+// ResumeCeremony finishes a ceremony that failed or was interrupted
+// after its token was put under quorum control: with M of its shares it
+// opens the token, keeps the root key if it was made (generates it if
+// not) and root.pem if it was written for that key, and writes the signed
+// transcript, which records the resumption. A directory with no
+// CeremonyPendingFile is refused, and so is a token holding anything but
+// the one root key.
+func ResumeCeremony(o ResumeOptions) (*CeremonyResult, error) {
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Operator == "" {
+		return nil, errors.New("resume ceremony: no operator named")
+	}
+	b, err := os.ReadFile(filepath.Join(o.Dir, CeremonyPendingFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("resume ceremony: %s holds no interrupted ceremony (%s)", o.Dir, CeremonyPendingFile)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("resume ceremony: %w", err)
+	}
+	var p pendingCeremony
+	if err := json.Unmarshal(b, &p); err != nil || p.Transcript == nil || p.Transcript.Kind != transcriptKind || p.CommonName == "" {
+		return nil, fmt.Errorf("resume ceremony: %s: not a govnet ceremony journal (%v)", filepath.Join(o.Dir, CeremonyPendingFile), err)
+	}
+	tr := p.Transcript
+	secret, names, err := combineShareFiles(tr, o.ShareFiles)
+	if err != nil {
+		return nil, fmt.Errorf("resume ceremony %s: %w", tr.CeremonyID, err)
+	}
+	defer clear(secret)
+	tr.Steps = append(tr.Steps, Step{At: o.Now().UTC(), Action: fmt.Sprintf("ceremony resumed by %s with the shares of %v", o.Operator, names)})
+	cfg := hsm.Config{Module: tr.Token.Module, TokenLabel: tr.Token.Label}
+	if o.Module != "" {
+		cfg.Module = o.Module
+	}
+	res := &CeremonyResult{ShareFiles: map[string]string{}}
+	for _, c := range tr.Custodians {
+		res.ShareFiles[c.Name] = filepath.Join(o.Dir, c.ShareFile)
+	}
+	if err := finishCeremony(cfg, o.HSMOptions, o.Dir, p.CommonName, o.Now, tr, secret, res, true); err != nil {
+		return nil, fmt.Errorf("resume ceremony %s: %w", tr.CeremonyID, err)
+	}
+	return res, nil
+}
+
+// finishCeremony makes the root key in the activated token (or, resuming,
+// keeps the one there), the root certificate (or keeps root.pem if it is
+// that key's) and the signed transcript, and removes the journal.
+func finishCeremony(cfg hsm.Config, opts []hsm.Option, dir, commonName string, now func() time.Time, tr *Transcript, secret []byte, res *CeremonyResult, resume bool) error {
+	step := func(format string, args ...any) {
+		tr.Steps = append(tr.Steps, Step{At: now().UTC(), Action: fmt.Sprintf(format, args...)})
+	}
+	cfg.PIN = hsm.UserPIN(secret)
+	tok, err := hsm.Open(cfg, opts...)
+	if err != nil {
+		return fmt.Errorf("open the activated token: %w", err)
 	}
 	defer tok.Close()
-	if keys, err := tok.Keys(); err != nil {
-		return nil, fmt.Errorf("ceremony: %w", err)
-	} else if len(keys) > 0 {
-		return nil, fmt.Errorf("ceremony: token %q already holds %d private key(s); the root token must be fresh", o.HSM.TokenLabel, len(keys))
-	}
-	key, err := tok.GenerateKey(RootKeyLabel, elliptic.P384())
-	if err != nil {
-		return nil, fmt.Errorf("ceremony: %w", err)
-	}
 	keys, err := tok.Keys()
+	if err != nil {
+		return err
+	}
+	var key crypto.Signer
+	generated := len(keys) == 0
+	switch {
+	case generated:
+		if key, err = tok.GenerateKey(RootKeyLabel, elliptic.P384()); err != nil {
+			return err
+		}
+	case resume && len(keys) == 1 && keys[0].Label == RootKeyLabel:
+		if key, err = tok.Signer(RootKeyLabel); err != nil {
+			return err
+		}
+	default:
+		return fmt.Errorf("token %q already holds %d private key(s); the root token must hold the root key alone", cfg.TokenLabel, len(keys))
+	}
+	keys, err = tok.Keys()
 	if err != nil || len(keys) != 1 {
-		return nil, fmt.Errorf("ceremony: read back the root key: %d keys, %v", len(keys), err)
+		return fmt.Errorf("read back the root key: %d keys, %v", len(keys), err)
 	}
 	k := keys[0]
 	tr.RootKey.Label, tr.RootKey.ID, tr.RootKey.Type, tr.RootKey.Curve = k.Label, k.ID, k.KeyType, k.Curve
 	tr.RootKey.Sensitive, tr.RootKey.Extractable = k.Sensitive, k.Extractable
 	tr.RootKey.AlwaysSensitive, tr.RootKey.NeverExtractable = k.AlwaysSensitive, k.NeverExtractable
-	if !k.Sensitive || k.Extractable || !k.AlwaysSensitive || !k.NeverExtractable {
-		return nil, fmt.Errorf("ceremony: root key %s: sensitive=%v extractable=%v: refusing", k.ID, k.Sensitive, k.Extractable)
+	if !k.Sensitive || k.Extractable || !k.AlwaysSensitive || !k.NeverExtractable || k.Curve != "P-384" {
+		return fmt.Errorf("root key %s: sensitive=%v extractable=%v curve %s: refusing", k.ID, k.Sensitive, k.Extractable, k.Curve)
 	}
-	step("generated root key %q (id %s, EC %s) in the token: sensitive, never extractable", k.Label, k.ID, k.Curve)
-	root, err := NewRoot(key, o.CommonName, o.Now())
+	if generated {
+		step("generated root key %q (id %s, EC %s) in the token: sensitive, never extractable", k.Label, k.ID, k.Curve)
+	} else {
+		step("kept root key %q (id %s, EC %s), generated in the token before the interruption: sensitive, never extractable", k.Label, k.ID, k.Curve)
+	}
+
+	rootPath := filepath.Join(dir, CeremonyRootFile)
+	root, err := resumedRoot(rootPath, key, resume)
 	if err != nil {
-		return nil, fmt.Errorf("ceremony: %w", err)
+		return err
+	}
+	if root == nil {
+		if root, err = NewRoot(key, commonName, now()); err != nil {
+			return err
+		}
+		if err := writeOnce(rootPath, EncodePEM(root), 0o644); err != nil {
+			return err
+		}
 	}
 	tr.RootCertificate = certRecord(root)
 	res.Root = root
-	step("self-signed root certificate %q, serial %s, SHA-256 %s, linted clean", o.CommonName, Serial(root), Fingerprint(root))
+	step("self-signed root certificate %q, serial %s, SHA-256 %s, linted clean", commonName, Serial(root), Fingerprint(root))
 
-	// 4. Root certificate and transcript.
-	if err := writeOnce(filepath.Join(o.OutDir, CeremonyRootFile), EncodePEM(root), 0o644); err != nil {
-		return nil, fmt.Errorf("ceremony: %w", err)
+	// An unsigned transcript left by an interruption is rewritten.
+	trPath, sigPath := filepath.Join(dir, CeremonyTranscriptFile), filepath.Join(dir, CeremonySignatureFile)
+	if resume {
+		os.Remove(sigPath)
+		os.Remove(trPath)
 	}
-	tr.FinishedAt = o.Now().UTC()
+	tr.FinishedAt = now().UTC()
 	step("transcript signed by the root key")
 	body, err := json.MarshalIndent(tr, "", "  ")
 	if err != nil {
-		return nil, err
+		return err
 	}
 	body = append(body, '\n')
 	sig, err := signTranscript(key, body)
 	if err != nil {
-		return nil, fmt.Errorf("ceremony: sign transcript: %w", err)
+		return fmt.Errorf("sign transcript: %w", err)
 	}
-	if err := writeOnce(filepath.Join(o.OutDir, CeremonyTranscriptFile), body, 0o644); err != nil {
-		return nil, fmt.Errorf("ceremony: %w", err)
+	// The signature is written last: a transcript without one is an
+	// interrupted ceremony's, and LoadCeremony refuses it.
+	if err := writeOnce(trPath, body, 0o644); err != nil {
+		return err
 	}
-	if err := writeOnce(filepath.Join(o.OutDir, CeremonySignatureFile), sig, 0o644); err != nil {
-		return nil, fmt.Errorf("ceremony: %w", err)
+	if err := writeOnce(sigPath, sig, 0o644); err != nil {
+		return err
+	}
+	if err := syncDir(dir); err != nil {
+		return err
+	}
+	if err := os.Remove(filepath.Join(dir, CeremonyPendingFile)); err != nil {
+		return err
 	}
 	res.Transcript = tr
-	return res, nil
+	return syncDir(dir)
 }
 
-// checkAllSubsets combines every M-subset of shares (or, if there are
-// more than 2000 of them, the first 2000) and compares with secret.
-func checkAllSubsets(shares [][]byte, m int, secret []byte) error {
+// resumedRoot returns the root certificate at path if resuming and it is
+// key's, nil if there is none to keep; a root.pem of another key is
+// refused.
+func resumedRoot(path string, key crypto.Signer, resume bool) (*x509.Certificate, error) {
+	if !resume {
+		return nil, nil
+	}
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	certs, err := ParsePEM(b)
+	if err != nil || len(certs) != 1 {
+		return nil, fmt.Errorf("%s: not the one certificate a ceremony writes (%v): move it away and resume again", path, err)
+	}
+	if !SamePublicKey(certs[0].PublicKey, key.Public()) {
+		return nil, fmt.Errorf("%s is not the root token's key's certificate", path)
+	}
+	return certs[0], nil
+}
+
+// maxSubsetChecks bounds how many M-subsets of the shares a ceremony
+// combines (all of them for every committee of a usual size: 5-of-9 has
+// 126, 7-of-15 6,435).
+const maxSubsetChecks = 10000
+
+// checkSubsets combines every M-subset of shares (or, if there are more
+// than maxSubsetChecks of them, the first maxSubsetChecks), compares each
+// with secret, and returns how many it checked of how many there are.
+func checkSubsets(shares [][]byte, m int, secret []byte) (checked int, total *big.Int, _ error) {
+	total = new(big.Int).Binomial(int64(len(shares)), int64(m))
 	idx := make([]int, m)
 	for i := range idx {
 		idx[i] = i
 	}
-	for tried := 0; tried < 2000; tried++ {
-		sub := make([][]byte, m)
+	sub := make([][]byte, m)
+	for checked < maxSubsetChecks {
 		for i, j := range idx {
 			sub[i] = shares[j]
 		}
 		got, err := hsm.CombineShares(sub)
 		if err != nil {
-			return err
+			return checked, total, err
 		}
-		if !bytes.Equal(got, secret) {
-			return fmt.Errorf("shares %v do not reconstruct the secret", idx)
+		ok := bytes.Equal(got, secret)
+		clear(got)
+		if !ok {
+			return checked, total, fmt.Errorf("shares %v do not reconstruct the secret", idx)
 		}
+		checked++
 		// next combination
 		i := m - 1
 		for i >= 0 && idx[i] == len(shares)-m+i {
 			i--
 		}
 		if i < 0 {
-			return nil
+			break
 		}
 		idx[i]++
 		for j := i + 1; j < m; j++ {
 			idx[j] = idx[j-1] + 1
 		}
 	}
-	return nil
+	return checked, total, nil
 }
 
 func signTranscript(key crypto.Signer, body []byte) ([]byte, error) {
@@ -414,12 +635,17 @@ func VerifyTranscript(body, sig []byte, root *x509.Certificate) (*Transcript, er
 }
 
 // writeOnce creates path (never overwriting) with mode perm and writes
-// data.
-func writeOnce(path string, data []byte, perm os.FileMode) error {
+// and syncs data; a file it could not write whole is removed.
+func writeOnce(path string, data []byte, perm os.FileMode) (err error) {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
 	if err != nil {
 		return err
 	}
+	defer func() {
+		if err != nil {
+			os.Remove(path)
+		}
+	}()
 	if _, err := f.Write(data); err != nil {
 		f.Close()
 		return err
@@ -429,4 +655,14 @@ func writeOnce(path string, data []byte, perm os.FileMode) error {
 		return err
 	}
 	return f.Close()
+}
+
+// syncDir makes the entries of directory dir durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	return errors.Join(err, d.Close())
 }

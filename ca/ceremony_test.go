@@ -267,3 +267,153 @@ func TestRootQuorum(t *testing.T) {
 		}
 	}
 }
+
+// TestCeremonyRefusesBeforeTouchingToken: a token that has been used and
+// a root certificate the lint refuses are refused before the token's PINs
+// change, and nothing is left in the directory.
+func TestCeremonyRefusesBeforeTouchingToken(t *testing.T) {
+	used := hsmtest.NewToken(t)
+	tok, err := hsm.Open(used)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tok.GenerateKey("govnet-intermediate-ctl1", elliptic.P256()); err != nil {
+		t.Fatal(err)
+	}
+	tok.Close()
+	fresh := hsmtest.NewToken(t)
+	for _, tt := range []struct {
+		name string
+		cfg  hsm.Config
+		cn   string
+		want string
+	}{
+		{"used token", used, "", "not fresh"},
+		{"common name over 64 characters", fresh, "Tổ chức chứng thực điện tử gốc chuyên dùng Chính phủ - Ban Cơ yếu Chính phủ", "e_subject_common_name_max_length"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "ceremony")
+			_, err := RunCeremony(CeremonyOptions{HSM: tt.cfg, SOPIN: hsmtest.SOPIN(tt.cfg.TokenLabel),
+				Custodians: custodians, Threshold: 3, OutDir: dir, Operator: "o", CommonName: tt.cn})
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("got %v, want an error naming %q", err, tt.want)
+			}
+			t.Log(err)
+			tok, err := hsm.Open(tt.cfg) // the administrator's user PIN still works
+			if err != nil {
+				t.Fatalf("the refused ceremony changed the token: %v", err)
+			}
+			tok.Close()
+			left, _ := filepath.Glob(filepath.Join(dir, "*", "*"))
+			more, _ := filepath.Glob(filepath.Join(dir, "*.*"))
+			if len(left)+len(more) > 0 {
+				t.Errorf("left behind: %v %v", left, more)
+			}
+		})
+	}
+}
+
+// crashAt returns a clock that panics at its n-th reading, standing in
+// for a crash at that point of a ceremony.
+func crashAt(n int) func() time.Time {
+	calls := 0
+	return func() time.Time {
+		calls++
+		if calls == n {
+			panic("crash")
+		}
+		return time.Now()
+	}
+}
+
+// TestCeremonyResume: a ceremony that stops at any point after its token
+// was activated is finished by ResumeCeremony with M shares, and the
+// result is a ceremony directory like any other.
+func TestCeremonyResume(t *testing.T) {
+	for _, tt := range []struct {
+		name  string
+		crash int // reading of the clock that crashes
+		key   bool
+		root  bool
+	}{
+		// Readings: 1 start, 2 lint, 3 and 4 steps, then activation.
+		{"activated, no key", 5, false, false},
+		{"key generated, no root.pem", 7, true, false},
+		{"root.pem written", 8, true, true},
+		{"transcript not written", 9, true, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := hsmtest.NewToken(t)
+			dir := filepath.Join(t.TempDir(), "ceremony")
+			func() {
+				defer func() {
+					if recover() == nil {
+						t.Fatal("the ceremony did not crash")
+					}
+				}()
+				RunCeremony(CeremonyOptions{HSM: cfg, SOPIN: hsmtest.SOPIN(cfg.TokenLabel),
+					Custodians: custodians, Threshold: 3, OutDir: dir, Operator: "o", Now: crashAt(tt.crash)})
+			}()
+			if _, err := hsm.Open(cfg); !errors.Is(err, hsm.ErrWrongPIN) {
+				t.Fatalf("the token is not activated at this crash: %v", err)
+			}
+			var before []byte
+			if tt.root {
+				if before, _ = os.ReadFile(filepath.Join(dir, CeremonyRootFile)); before == nil {
+					t.Fatal("no root.pem at this crash")
+				}
+			}
+			if _, err := os.Stat(filepath.Join(dir, CeremonyRootFile)); tt.root != (err == nil) {
+				t.Fatalf("root.pem: %v", err)
+			}
+			if _, _, err := LoadCeremony(dir); err == nil {
+				t.Fatal("an interrupted ceremony loads")
+			}
+			if _, err := RunCeremony(CeremonyOptions{HSM: cfg, SOPIN: "x", Custodians: custodians, Threshold: 3, OutDir: dir, Operator: "o"}); err == nil || !strings.Contains(err.Error(), "resume") {
+				t.Fatalf("a new ceremony into the interrupted one's directory: %v", err)
+			}
+
+			_, err := ResumeCeremony(ResumeOptions{Dir: dir, ShareFiles: shareFiles(t, dir, "an", "em"), Operator: "o2"})
+			if !errors.Is(err, ErrQuorum) {
+				t.Fatalf("resume with M-1 shares: %v", err)
+			}
+			res, err := ResumeCeremony(ResumeOptions{Dir: dir, ShareFiles: shareFiles(t, dir, "an", "cuong", "em"), Operator: "o2"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tt.root {
+				after, _ := os.ReadFile(filepath.Join(dir, CeremonyRootFile))
+				if string(after) != string(before) {
+					t.Error("resuming replaced the root certificate written for the same key")
+				}
+			}
+			tr, root, err := LoadCeremony(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !root.Equal(res.Root) || tr.CeremonyID != res.Transcript.CeremonyID {
+				t.Fatal("the resumed ceremony's directory does not hold its root and transcript")
+			}
+			var steps []string
+			for _, s := range tr.Steps {
+				steps = append(steps, s.Action)
+			}
+			all := strings.Join(steps, "\n")
+			if !strings.Contains(all, "resumed by o2 with the shares of [an cuong em]") ||
+				strings.Contains(all, "generated root key") == tt.key || strings.Contains(all, "kept root key") != tt.key {
+				t.Errorf("transcript steps:\n%s", all)
+			}
+			if _, err := os.Stat(filepath.Join(dir, CeremonyPendingFile)); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("journal left: %v", err)
+			}
+			r, err := OpenRoot(context.Background(), RootOptions{Dir: dir}, shareFiles(t, dir, "binh", "dung", "em"))
+			if err != nil {
+				t.Fatalf("open the resumed root: %v", err)
+			}
+			r.Close()
+			if _, err := ResumeCeremony(ResumeOptions{Dir: dir, ShareFiles: shareFiles(t, dir, "an", "cuong", "em"), Operator: "o2"}); err == nil || !strings.Contains(err.Error(), "no interrupted ceremony") {
+				t.Errorf("resume a finished ceremony: %v", err)
+			}
+		})
+	}
+}

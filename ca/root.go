@@ -224,6 +224,9 @@ func combineShareFiles(tr *Transcript, files [][]byte) ([]byte, []string, error)
 		return nil, names, fmt.Errorf("%w: %d of %d shares given; the ceremony requires %d", ErrQuorum, len(shares), tr.Threshold, tr.Threshold)
 	}
 	secret, err := hsm.CombineShares(shares)
+	for _, sh := range shares {
+		clear(sh)
+	}
 	if err != nil {
 		return nil, names, fmt.Errorf("%w: %v", ErrSharesMismatch, err)
 	}

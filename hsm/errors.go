@@ -74,6 +74,17 @@ func needsFreshSession(err error) bool {
 	)
 }
 
+// deviceGone reports whether err means the token or its device went away
+// (or failed) under the session: the session is dead, and no retry on the
+// same device state can help.
+func deviceGone(err error) bool {
+	return isCKR(err,
+		pkcs11.CKR_DEVICE_REMOVED,
+		pkcs11.CKR_TOKEN_NOT_PRESENT,
+		pkcs11.CKR_DEVICE_ERROR,
+	)
+}
+
 // handleInvalid reports whether err means an object handle went stale.
 func handleInvalid(err error) bool {
 	return isCKR(err, pkcs11.CKR_KEY_HANDLE_INVALID, pkcs11.CKR_OBJECT_HANDLE_INVALID)

@@ -36,6 +36,12 @@ var (
 	// ErrTokenInUse: the token is open in this process, so its login
 	// state cannot be changed.
 	ErrTokenInUse = errors.New("token is in use in this process")
+	// ErrNotFresh: ActivateToken found objects on the token; a token put
+	// under quorum control must hold nothing else.
+	ErrNotFresh = errors.New("the token is not fresh")
+	// ErrTokenUnchanged is wrapped by an ActivateToken error when the
+	// token was left as it was (its PINs unchanged).
+	ErrTokenUnchanged = errors.New("the token was not changed")
 )
 
 // NewSecret returns a fresh random activation secret.
@@ -116,77 +122,113 @@ func SOPIN(secret []byte) string {
 }
 
 // ActivateToken puts the token cfg.TokenLabel under quorum control: it
-// logs in as security officer with soPIN, sets the user PIN to
-// UserPIN(secret) (C_InitPIN) and changes the SO PIN to SOPIN(secret)
-// (C_SetPIN). cfg.PIN is ignored. Afterwards soPIN no longer works and
-// the token can be opened only with a PIN derived from the secret.
+// logs in as security officer with soPIN, checks that the token holds no
+// object an SO can see (every key pair has a public half, so a token that
+// has been used for keys or certificates is refused with ErrNotFresh),
+// sets the user PIN to UserPIN(secret) (C_InitPIN) and changes the SO PIN
+// to SOPIN(secret) (C_SetPIN). cfg.PIN is ignored. Afterwards soPIN no
+// longer works and the token can be opened only with a PIN derived from
+// the secret.
 //
-// The token must not be open in this process (ErrTokenInUse).
+// An error that left the token as it was wraps ErrTokenUnchanged; any
+// other error may come after a PIN was changed, so the secret must be
+// kept. The token must not be open in this process (ErrTokenInUse).
 func ActivateToken(cfg Config, soPIN string, secret []byte, opts ...Option) error {
 	o := options{allowed: DefaultModules}
 	for _, opt := range opts {
 		opt(&o)
 	}
 	if len(secret) != SecretSize {
-		return fmt.Errorf("hsm: token %q: activation secret is %d bytes, want %d", cfg.TokenLabel, len(secret), SecretSize)
+		return fmt.Errorf("hsm: token %q: activation secret is %d bytes, want %d: %w", cfg.TokenLabel, len(secret), SecretSize, ErrTokenUnchanged)
 	}
 	if soPIN == "" {
-		return fmt.Errorf("hsm: token %q: SO PIN: %w", cfg.TokenLabel, ErrNoPIN)
+		return fmt.Errorf("hsm: token %q: SO PIN: %w (%w)", cfg.TokenLabel, ErrNoPIN, ErrTokenUnchanged)
 	}
 	path, err := checkModule(cfg.Module, o.allowed)
 	if err != nil {
-		return err
+		return fmt.Errorf("%w (%w)", err, ErrTokenUnchanged)
 	}
 	mod, err := acquireModule(path)
 	if err != nil {
-		return err
+		return fmt.Errorf("%w (%w)", err, ErrTokenUnchanged)
 	}
-	err = activate(mod, cfg.TokenLabel, soPIN, UserPIN(secret), SOPIN(secret))
-	return errors.Join(err, mod.release())
+	changed, err := activate(mod, cfg.TokenLabel, soPIN, UserPIN(secret), SOPIN(secret))
+	if err != nil && !changed {
+		err = fmt.Errorf("%w (%w)", err, ErrTokenUnchanged)
+	}
+	if rerr := mod.release(); rerr != nil {
+		// The token's PINs may have changed: never report this as
+		// unchanged.
+		err = errors.Join(err, fmt.Errorf("hsm: token %q: release the module after activation: %w", cfg.TokenLabel, rerr))
+	}
+	return err
 }
 
-func activate(mod *module, label, soPIN, userPIN, newSOPIN string) error {
+// activate does ActivateToken's work; changed says whether a PIN may have
+// changed.
+func activate(mod *module, label, soPIN, userPIN, newSOPIN string) (changed bool, _ error) {
 	ctx := mod.ctx
 	slot, err := findSlot(ctx, label)
 	if err != nil {
-		return err
+		return false, err
 	}
 	ti, err := ctx.GetTokenInfo(slot)
 	if err != nil {
-		return fmt.Errorf("hsm: token %q: token info: %w", label, err)
+		return false, fmt.Errorf("hsm: token %q: token info: %w", label, err)
 	}
 	if ti.MaxPinLen < uint(len(userPIN)) {
-		return fmt.Errorf("hsm: token %q: PINs of %d characters are not accepted (max %d)", label, len(userPIN), ti.MaxPinLen)
+		return false, fmt.Errorf("hsm: token %q: PINs of %d characters are not accepted (max %d)", label, len(userPIN), ti.MaxPinLen)
 	}
 	// Hold the module's login lock: no Token of this process may log in
 	// while the SO is logged in.
 	mod.mu.Lock()
 	defer mod.mu.Unlock()
 	if _, ok := mod.logins[slot]; ok {
-		return fmt.Errorf("hsm: token %q: %w", label, ErrTokenInUse)
+		return false, fmt.Errorf("hsm: token %q: %w", label, ErrTokenInUse)
 	}
 	sh, err := ctx.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
 	if err != nil {
-		return fmt.Errorf("hsm: token %q: open session: %w", label, err)
+		return false, fmt.Errorf("hsm: token %q: open session: %w", label, err)
 	}
 	defer ctx.CloseSession(sh)
 	if err := ctx.Login(sh, pkcs11.CKU_SO, soPIN); err != nil {
 		switch {
 		case isCKR(err, pkcs11.CKR_PIN_INCORRECT, pkcs11.CKR_PIN_INVALID, pkcs11.CKR_PIN_LEN_RANGE):
-			return fmt.Errorf("hsm: token %q: SO login: %w", label, ErrWrongPIN)
+			return false, fmt.Errorf("hsm: token %q: SO login: %w", label, ErrWrongPIN)
 		case isCKR(err, pkcs11.CKR_PIN_LOCKED):
-			return fmt.Errorf("hsm: token %q: SO login: %w", label, ErrPINLocked)
+			return false, fmt.Errorf("hsm: token %q: SO login: %w", label, ErrPINLocked)
 		case isCKR(err, pkcs11.CKR_USER_ANOTHER_ALREADY_LOGGED_IN, pkcs11.CKR_USER_ALREADY_LOGGED_IN):
-			return fmt.Errorf("hsm: token %q: SO login: %w", label, ErrTokenInUse)
+			return false, fmt.Errorf("hsm: token %q: SO login: %w", label, ErrTokenInUse)
 		}
-		return fmt.Errorf("hsm: token %q: SO login: %w", label, err)
+		return false, fmt.Errorf("hsm: token %q: SO login: %w", label, err)
 	}
 	defer ctx.Logout(sh)
+	n, err := countObjects(ctx, sh)
+	if err != nil {
+		return false, fmt.Errorf("hsm: token %q: list objects: %w", label, err)
+	}
+	if n > 0 {
+		return false, fmt.Errorf("hsm: token %q holds %d object(s) (keys or certificates): %w; put a token initialized for this alone under quorum control", label, n, ErrNotFresh)
+	}
 	if err := ctx.InitPIN(sh, userPIN); err != nil {
-		return fmt.Errorf("hsm: token %q: set user PIN: %w", label, err)
+		// C_InitPIN either sets the PIN or fails; a real HSM may not
+		// say which, so the secret is kept.
+		return true, fmt.Errorf("hsm: token %q: set user PIN: %w", label, err)
 	}
 	if err := ctx.SetPIN(sh, soPIN, newSOPIN); err != nil {
-		return fmt.Errorf("hsm: token %q: change SO PIN (the user PIN is already set; run again with the old SO PIN): %w", label, err)
+		return true, fmt.Errorf("hsm: token %q: change SO PIN (the user PIN is already derived from the secret): %w", label, err)
 	}
-	return nil
+	return true, nil
+}
+
+// countObjects counts the objects session sh can see, up to 64.
+func countObjects(ctx *pkcs11.Ctx, sh pkcs11.SessionHandle) (int, error) {
+	if err := ctx.FindObjectsInit(sh, nil); err != nil {
+		return 0, err
+	}
+	objs, _, err := ctx.FindObjects(sh, 64)
+	if ferr := ctx.FindObjectsFinal(sh); err == nil {
+		err = ferr
+	}
+	return len(objs), err
 }

@@ -100,9 +100,36 @@ func TestActivateToken(t *testing.T) {
 	if err := tok.Close(); err != nil {
 		t.Fatal(err)
 	}
-	// The custodians (who can derive the SO PIN) can re-key the token.
+	// A token that holds keys is never put under a new secret, not even
+	// by the custodians (who can derive its SO PIN): its PINs stay.
 	next, _ := hsm.NewSecret()
-	if err := hsm.ActivateToken(cfg, hsm.SOPIN(secret), next); err != nil {
-		t.Fatalf("re-activate with the derived SO PIN: %v", err)
+	err = hsm.ActivateToken(cfg, hsm.SOPIN(secret), next)
+	if !errors.Is(err, hsm.ErrNotFresh) || !errors.Is(err, hsm.ErrTokenUnchanged) {
+		t.Fatalf("re-activate a token holding a key: %v", err)
+	}
+	open(t, activated).Close()
+}
+
+// TestActivateRefusesUsedToken: a token that has been used (here, a node
+// token holding a key) keeps its PINs when a ceremony is pointed at it
+// by mistake.
+func TestActivateRefusesUsedToken(t *testing.T) {
+	cfg := hsmtest.NewToken(t)
+	tok := open(t, cfg)
+	if _, err := tok.GenerateKey("govnet-intermediate-ctl1", elliptic.P256()); err != nil {
+		t.Fatal(err)
+	}
+	if err := tok.Close(); err != nil {
+		t.Fatal(err)
+	}
+	secret, _ := hsm.NewSecret()
+	err := hsm.ActivateToken(cfg, hsmtest.SOPIN(cfg.TokenLabel), secret)
+	if !errors.Is(err, hsm.ErrNotFresh) || !errors.Is(err, hsm.ErrTokenUnchanged) {
+		t.Fatalf("activate a used token: %v", err)
+	}
+	t.Log(err)
+	open(t, cfg).Close() // its own PIN still works
+	if err := hsm.ActivateToken(cfg, "wrong", secret); !errors.Is(err, hsm.ErrWrongPIN) || !errors.Is(err, hsm.ErrTokenUnchanged) {
+		t.Fatalf("wrong SO PIN: %v", err)
 	}
 }

@@ -263,6 +263,12 @@ func (t *Token) run(fresh bool, fn func(sh pkcs11.SessionHandle) error) error {
 	defer t.release(s)
 	if !fresh {
 		err = fn(s.h)
+		if deviceGone(err) {
+			// The session died with the device: it goes back to the
+			// pool closed, so the next caller opens a new one.
+			t.dropSession(s)
+			return err
+		}
 		if !needsFreshSession(err) {
 			return err
 		}
@@ -274,7 +280,11 @@ func (t *Token) run(fresh bool, fn func(sh pkcs11.SessionHandle) error) error {
 		}
 		return rerr
 	}
-	return fn(s.h)
+	err = fn(s.h)
+	if deviceGone(err) {
+		t.dropSession(s)
+	}
+	return err
 }
 
 // requireLogin fails with CKR_USER_NOT_LOGGED_IN (which makes withSession

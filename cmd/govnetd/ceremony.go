@@ -21,7 +21,7 @@ func ceremonyCmd() *cobra.Command {
 		Use:   "ceremony",
 		Short: "Root key ceremony and M-of-N root operations (Cipher Committee)",
 	}
-	cmd.AddCommand(ceremonyInitCmd(), ceremonySignIntermediateCmd(), ceremonyCRLCmd())
+	cmd.AddCommand(ceremonyInitCmd(), ceremonyResumeCmd(), ceremonySignIntermediateCmd(), ceremonyCRLCmd())
 	return cmd
 }
 
@@ -58,7 +58,12 @@ key in the token (ECDSA P-384, sensitive, never extractable), self-signs
 the root certificate and writes OUT/root.pem, OUT/transcript.json and its
 detached signature by the root key, OUT/transcript.json.sig. The secret is
 never shown or stored. Hand each share file to its custodian and delete it
-from this machine.`,
+from this machine.
+
+A token that holds any key or certificate is refused, its PINs unchanged,
+and the root certificate is linted before the token is touched. If the
+ceremony fails after the token's PINs were replaced, the share files and
+OUT/ceremony.pending.json stay: finish it with "govnetd ceremony resume".`,
 		Example: `  softhsm2-util --init-token --free --label govnet-root --so-pin "$(cat so.pin)" --pin unused-0000
   govnetd ceremony init --root-token govnet-root --so-pin-file so.pin \
     --custodians an,binh,cuong,dung,em --threshold 3 --out /srv/ceremony`,
@@ -76,13 +81,7 @@ from this machine.`,
 			if err != nil {
 				return err
 			}
-			tr := res.Transcript
-			fmt.Printf("ceremony %s done: root %q\n  SHA-256 %s\n  root key %s (id %s) in token %q\n  %d-of-%d shares:\n",
-				tr.CeremonyID, res.Root.Subject.CommonName, ca.Fingerprint(res.Root), tr.RootKey.Label, tr.RootKey.ID, tr.Token.Label, tr.Threshold, tr.Shares)
-			for _, c := range tr.Custodians {
-				fmt.Printf("    %-12s %s\n", c.Name, res.ShareFiles[c.Name])
-			}
-			fmt.Printf("  transcript %s/%s, signature %s/%s\n", o.OutDir, ca.CeremonyTranscriptFile, o.OutDir, ca.CeremonySignatureFile)
+			printCeremony(res, o.OutDir)
 			return nil
 		},
 	}
@@ -100,6 +99,77 @@ from this machine.`,
 		cmd.MarkFlagRequired(f)
 	}
 	return cmd
+}
+
+func ceremonyResumeCmd() *cobra.Command {
+	var (
+		o      ca.ResumeOptions
+		shares []string
+	)
+	cmd := &cobra.Command{
+		Use:   "resume",
+		Short: "Finish a root key ceremony that failed after its token was put under quorum control, with M custodians' shares",
+		Long: `resume finishes the ceremony whose journal (ceremony.pending.json) is in
+OUT: a ceremony that failed or was interrupted after it replaced the root
+token's PINs. With M of its share files it opens the token, keeps the root
+key if it was generated (generates it if not) and root.pem if it was
+written for that key, and writes the transcript, which records the
+resumption, and its signature.`,
+		Example: `  govnetd ceremony resume --out /srv/ceremony \
+    --shares /srv/ceremony/shares/an.share,/srv/ceremony/shares/cuong.share,/srv/ceremony/shares/em.share`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			files, err := ca.ReadShareFiles(shares...)
+			if err != nil {
+				return err
+			}
+			defer clearAll(files)
+			o.ShareFiles = files
+			res, err := ca.ResumeCeremony(o)
+			if err != nil {
+				return err
+			}
+			printCeremony(res, o.Dir)
+			return nil
+		},
+	}
+	fs := cmd.Flags()
+	fs.StringVar(&o.Dir, "out", "", "the interrupted ceremony's directory")
+	fs.StringVar(&o.Module, "hsm-module", "", "PKCS#11 module path (default: the one the ceremony recorded)")
+	fs.StringSliceVar(&shares, "shares", nil, "custodians' share files, comma-separated (at least M)")
+	fs.StringVar(&o.Operator, "operator", currentUser(), "who resumes the ceremony (recorded in the transcript)")
+	for _, f := range []string{"out", "shares"} {
+		cmd.MarkFlagRequired(f)
+	}
+	return cmd
+}
+
+// readShares reads share files for a root operation; a file that cannot
+// be read is a refusal, audited like the others.
+func readShares(ctx context.Context, o ca.RootOptions, paths []string) ([][]byte, error) {
+	files, err := ca.ReadShareFiles(paths...)
+	if err != nil {
+		o.Audit(ctx, ca.AuditEvent{Time: time.Now().UTC(), Action: ca.ActionRootOpen, Outcome: ca.AuditRefused, Actor: o.Actor, Detail: err.Error()})
+	}
+	return files, err
+}
+
+// clearAll overwrites share files' contents once they are used.
+func clearAll(files [][]byte) {
+	for _, f := range files {
+		clear(f)
+	}
+}
+
+// printCeremony says what a ceremony made.
+func printCeremony(res *ca.CeremonyResult, dir string) {
+	tr := res.Transcript
+	fmt.Printf("ceremony %s done: root %q\n  SHA-256 %s\n  root key %s (id %s) in token %q\n  %d-of-%d shares:\n",
+		tr.CeremonyID, res.Root.Subject.CommonName, ca.Fingerprint(res.Root), tr.RootKey.Label, tr.RootKey.ID, tr.Token.Label, tr.Threshold, tr.Shares)
+	for _, c := range tr.Custodians {
+		fmt.Printf("    %-12s %s\n", c.Name, res.ShareFiles[c.Name])
+	}
+	fmt.Printf("  transcript %s/%s, signature %s/%s\n", dir, ca.CeremonyTranscriptFile, dir, ca.CeremonySignatureFile)
 }
 
 func ceremonySignIntermediateCmd() *cobra.Command {
@@ -136,11 +206,12 @@ func ceremonySignIntermediateCmd() *cobra.Command {
 			if node == "" {
 				node = strings.TrimPrefix(csr.Subject.CommonName, ca.IntermediateCommonName(""))
 			}
-			files, err := ca.ReadShareFiles(shares...)
+			o.Audit = auditToStderr
+			files, err := readShares(ctx, o, shares)
 			if err != nil {
 				return err
 			}
-			o.Audit = auditToStderr
+			defer clearAll(files)
 			o.RootCRLURL = rootCRLURL
 			root, err := ca.OpenRoot(ctx, o, files)
 			if err != nil {
@@ -211,11 +282,12 @@ the CRL to an officer to publish: govnetctl cert publish-root-crl FILE.`,
 				}
 				add = append(add, ca.RootRevocation{Serial: serial, Reason: reason, At: time.Now().UTC(), Actor: o.Actor})
 			}
-			files, err := ca.ReadShareFiles(shares...)
+			o.Audit = auditToStderr
+			files, err := readShares(ctx, o, shares)
 			if err != nil {
 				return err
 			}
-			o.Audit = auditToStderr
+			defer clearAll(files)
 			root, err := ca.OpenRoot(ctx, o, files)
 			if err != nil {
 				return err
