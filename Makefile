@@ -46,6 +46,7 @@ fuzz:
 	$(GO) test ./controller -run '^$$' -fuzz FuzzStreamLine -fuzztime $(FUZZTIME)
 	$(GO) test ./controller -run '^$$' -fuzz '^FuzzSnapshot$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./api -run '^$$' -fuzz FuzzBackupSignature -fuzztime $(FUZZTIME)
+	$(GO) test ./api -run '^$$' -fuzz FuzzViewDelta -fuzztime $(FUZZTIME)
 	$(GO) test ./controller -run '^$$' -fuzz '^FuzzPackedReports$$' -fuzztime $(FUZZTIME)
 
 # Benchmarks on the real kernel, SoftHSM2 and wireguard-go (root; they fail

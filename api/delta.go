@@ -145,7 +145,7 @@ func applyPeers(base, set []Peer, removed []string) ([]Peer, error) {
 	if !slices.IsSortedFunc(set, ComparePeers) || !slices.IsSorted(removed) {
 		return nil, fmt.Errorf("%w: peers out of order", ErrDeltaBase)
 	}
-	out := make([]Peer, 0, len(base)+len(set)-len(removed))
+	out := make([]Peer, 0, max(0, len(base)+len(set)-len(removed)))
 	i, j, k := 0, 0, 0
 	for i < len(base) || j < len(set) {
 		var c int
@@ -188,7 +188,7 @@ func applyRules(base, added, removed []Rule) ([]Rule, error) {
 	if !slices.IsSortedFunc(added, CompareRules) || !slices.IsSortedFunc(removed, CompareRules) {
 		return nil, fmt.Errorf("%w: rules out of order", ErrDeltaBase)
 	}
-	out := make([]Rule, 0, len(base)+len(added)-len(removed))
+	out := make([]Rule, 0, max(0, len(base)+len(added)-len(removed)))
 	i, j, k := 0, 0, 0
 	for i < len(base) || j < len(added) {
 		var c int

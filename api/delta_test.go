@@ -1,6 +1,7 @@
 package api
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -94,6 +95,53 @@ func TestApplyRejectsWrongBase(t *testing.T) {
 	if _, err := dup.Apply(a); !errors.Is(err, ErrDeltaBase) {
 		t.Errorf("duplicate rule: got %v, want ErrDeltaBase", err)
 	}
+}
+
+// A delta that removes more than its base holds is refused, not a panic
+// (it made a slice of negative capacity before it was checked).
+func TestApplyRemovesMoreThanBase(t *testing.T) {
+	base := &View{Gateway: "gw", RaftIndex: 1}
+	for name, d := range map[string]*ViewDelta{
+		"peers": {Gateway: "gw", BaseIndex: 1, RaftIndex: 2, PeersRemoved: []string{"gw-x"}},
+		"rules": {Gateway: "gw", BaseIndex: 1, RaftIndex: 2, RulesRemoved: []Rule{{Protocol: "tcp", Port: 22}}},
+	} {
+		if _, err := d.Apply(base); !errors.Is(err, ErrDeltaBase) {
+			t.Errorf("%s: got %v, want ErrDeltaBase", name, err)
+		}
+	}
+}
+
+// FuzzViewDelta: a delta from the stream, whatever it holds, is applied
+// or refused with ErrDeltaBase, never a panic; what it yields is sorted
+// and, diffed against its base, gives the delta's effect back.
+func FuzzViewDelta(f *testing.F) {
+	r := rand.New(rand.NewPCG(5, 6))
+	a, b := randomView(r, 1), randomView(r, 2)
+	ja, _ := json.Marshal(a)
+	jd, _ := json.Marshal(Diff(a, b))
+	f.Add(ja, jd)
+	f.Add(ja, []byte(`{"gateway":"gw","base_index":1,"raft_index":2,"peers_removed":["p00","p01","zz"]}`))
+	f.Fuzz(func(t *testing.T, view, delta []byte) {
+		var v View
+		var d ViewDelta
+		if json.Unmarshal(view, &v) != nil || json.Unmarshal(delta, &d) != nil {
+			return
+		}
+		slices.SortFunc(v.Peers, ComparePeers)
+		v.Peers = slices.CompactFunc(v.Peers, func(x, y Peer) bool { return x.Gateway == y.Gateway })
+		slices.SortFunc(v.Rules, CompareRules)
+		v.Rules = slices.Compact(v.Rules)
+		got, err := d.Apply(&v)
+		if err != nil {
+			if !errors.Is(err, ErrDeltaBase) {
+				t.Fatalf("error not ErrDeltaBase: %v", err)
+			}
+			return
+		}
+		if !slices.IsSortedFunc(got.Peers, ComparePeers) || !slices.IsSortedFunc(got.Rules, CompareRules) {
+			t.Fatal("applied view out of order")
+		}
+	})
 }
 
 func BenchmarkDiff(b *testing.B) {
