@@ -279,6 +279,10 @@ func TestControllerEnrollWatchRestart(t *testing.T) {
 	_, err = client(t, cfg, n, "", "").Enroll(ctx, api.EnrollRequest{Token: tokens["gw2"], PublicKey: wg.PublicKey().String(),
 		CSR: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: forged}))})
 	wantStatus(t, err, 400, "signature does not verify")
+	// So is an endpoint that is not IP:port.
+	_, err = client(t, cfg, n, "", "").Enroll(ctx, api.EnrollRequest{Token: tokens["gw2"], PublicKey: wg.PublicKey().String(),
+		CSR: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr.Raw})), Endpoint: "192.0.2.11:0"})
+	wantStatus(t, err, 400, `endpoint "192.0.2.11:0": port 0`)
 
 	gw2, err := enroll(t, cfg, n, tokens["gw2"])
 	if err != nil {

@@ -233,6 +233,8 @@ func TestGatewayLANs(t *testing.T) {
 		err := add("gw2", c.lans...)
 		wantStatus(t, err, c.code, c.want)
 	}
+	_, err := op.AddGateway(ctx, api.Gateway{ID: "gw2", Agency: "000.00.00.H29", Endpoint: "gw2.example:51820"})
+	wantStatus(t, err, 400, `endpoint "gw2.example:51820": want IP:port`)
 	if _, ok := n.State().Gateway("gw2"); ok {
 		t.Fatal("a refused gateway was recorded")
 	}

@@ -330,6 +330,12 @@ func (n *Node) handleEnroll(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "public_key: not a base64 WireGuard key")
 		return
 	}
+	if req.Endpoint != "" {
+		if err := api.CheckEndpoint(req.Endpoint); err != nil {
+			writeError(w, http.StatusBadRequest, err.Error())
+			return
+		}
+	}
 	csr, err := ca.ReadCSR([]byte(req.CSR))
 	if err != nil {
 		writeError(w, http.StatusBadRequest, "csr: "+err.Error())
@@ -666,6 +672,12 @@ func (n *Node) handleGatewayAdd(w http.ResponseWriter, r *http.Request, id ca.Id
 	var g api.Gateway
 	if !decode(w, r, maxBody, &g) {
 		return
+	}
+	if g.Endpoint != "" {
+		if err := api.CheckEndpoint(g.Endpoint); err != nil {
+			writeError(w, http.StatusBadRequest, err.Error())
+			return
+		}
 	}
 	req := &GatewayAddRequest{Meta: n.meta(id.Name), ID: g.ID, Agency: g.Agency, Name: g.Name, Endpoint: g.Endpoint, LANs: g.LANs}
 	if _, err := n.submit(r.Context(), CmdGatewayRegister, req); err != nil {

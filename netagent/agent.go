@@ -7,7 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
+	"net/url"
 	"os"
 	"reflect"
 	"strings"
@@ -129,6 +131,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	defer a.dev.Close()
+	a.dev.Shield(controllerAddrs(ctx, cfg.endpoints(), log))
 	a.peers = a.dev
 	if saved != nil {
 		_, err := a.dev.ApplyPeers(saved.Peers)
@@ -239,6 +242,31 @@ func truncate(s string, n int) string {
 	return strings.ToValidUTF8(s[:n], "") + "…"
 }
 
+// controllerAddrs returns the addresses of the controllers at urls,
+// looked up once at start (a name that does not resolve is logged and
+// left out), for the device's shield.
+func controllerAddrs(ctx context.Context, urls []string, log *slog.Logger) []netip.Addr {
+	var out []netip.Addr
+	for _, s := range urls {
+		u, err := url.Parse(s)
+		if err != nil || u.Hostname() == "" {
+			continue
+		}
+		if a, err := netip.ParseAddr(u.Hostname()); err == nil {
+			out = append(out, a)
+			continue
+		}
+		lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		addrs, err := net.DefaultResolver.LookupNetIP(lctx, "ip", u.Hostname())
+		cancel()
+		if err != nil {
+			log.Warn("controller address not resolved: peers' LANs are not kept from routing it into the tunnel", "controller", s, "err", err)
+		}
+		out = append(out, addrs...)
+	}
+	return out
+}
+
 // keptPeers returns the peers of last (nil: none, before the first view)
 // that next keeps, as last has them.
 func keptPeers(last, next *api.View) []api.Peer {
@@ -271,7 +299,13 @@ func (a *Agent) applyLocked(ctx context.Context, v *api.View) error {
 	peersChanged, err := a.peers.ApplyPeers(v.Peers)
 	if err != nil && !onlyInvalidPeers(err) {
 		// The device or the kernel failed (beside any peer left out): the
-		// view did not take effect; the device repairs at the next try.
+		// view did not take effect. As when the firewall fails below, the
+		// device's desired state goes back to the last view's peers that
+		// this one keeps, so that its repairs do not enforce half of a
+		// view the firewall never got; the next try applies it again.
+		if _, perr := a.peers.ApplyPeers(keptPeers(a.applied, v)); perr != nil && !errors.Is(perr, ErrInvalidPeer) {
+			err = errors.Join(err, fmt.Errorf("restore the last view's peers: %w", perr))
+		}
 		return fmt.Errorf("apply peers: %w", err)
 	}
 	peersLeftOut, peerErr := leftOut(err)

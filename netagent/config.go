@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/goccy/go-yaml"
+	"github.com/govnet/govnet/api"
 	"github.com/govnet/govnet/internal/atomicfile"
 	"github.com/govnet/govnet/internal/yamlfile"
 )
@@ -103,6 +104,11 @@ func (c Config) Validate() error {
 	}
 	if c.Interface == "" || len(c.Interface) > 15 {
 		errs = append(errs, fmt.Errorf("interface %q: want 1-15 characters", c.Interface))
+	}
+	if c.Endpoint != "" {
+		if err := api.CheckEndpoint(c.Endpoint); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if c.ListenPort < 1 || c.ListenPort > 65535 {
 		errs = append(errs, fmt.Errorf("listen_port %d: out of range", c.ListenPort))

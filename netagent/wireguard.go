@@ -114,6 +114,19 @@ type Device struct {
 	// without reading the kernel first.
 	applied, synced bool
 	gen, markGen    uint64 // generations of ApplyPeers and of repair marks
+
+	// The shield: addresses that no route of ours may capture (see
+	// Shield), the controllers' (fixed) and the peers' endpoints (counted
+	// per peer holding them), sorted in shieldSorted when not dirty.
+	shieldFixed  map[netip.Addr]bool
+	shieldCount  map[netip.Addr]int
+	shieldSorted []netip.Addr
+	shieldDirty  bool
+	// foreign: prefixes whose route could not be added because a route
+	// not ours exists; logged once, tried again at every repair.
+	foreign map[netip.Prefix]bool
+	// withheld: prefixes not routed for the shield, logged once.
+	withheld map[netip.Prefix]bool
 }
 
 // OpenDevice creates (or, for a kernel link left by a previous run, takes
@@ -135,7 +148,8 @@ func OpenDevice(name string, privateKey wgtypes.Key, listenPort int, addr netip.
 		log = slog.New(slog.DiscardHandler)
 	}
 	d := &Device{name: name, addr: addr, log: log.With("iface", name), self: privateKey.PublicKey(),
-		peers: map[string]*peerState{}, owner: map[netip.Prefix]*peerState{}}
+		peers: map[string]*peerState{}, owner: map[netip.Prefix]*peerState{},
+		shieldFixed: map[netip.Addr]bool{}, shieldCount: map[netip.Addr]int{}, foreign: map[netip.Prefix]bool{}, withheld: map[netip.Prefix]bool{}}
 	if err := d.create(); err != nil {
 		return nil, err
 	}
@@ -414,6 +428,84 @@ func (d *Device) ApplyPeers(peers []api.Peer) (changed bool, err error) {
 	return changed, errors.Join(p.err(), kerr)
 }
 
+// Shield names addresses that no route through the device may capture:
+// the controllers' addresses, so that a peer's LAN never cuts the gateway
+// off from the controllers that could correct it. The peers' endpoints
+// are shielded the same way without being named (a route into the tunnel
+// for a peer's own endpoint would carry its transport packets into the
+// tunnel). A prefix that contains a shielded address stays among its
+// peer's allowed IPs in WireGuard, but gets no route: traffic to it keeps
+// following the routing table. Shield replaces the addresses named
+// before; the next ApplyPeers repairs the routes.
+func (d *Device) Shield(addrs []netip.Addr) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	clear(d.shieldFixed)
+	for _, a := range addrs {
+		if a.IsValid() {
+			d.shieldFixed[a.Unmap()] = true
+		}
+	}
+	d.shieldDirty, d.synced = true, false
+}
+
+// endpointAddr is the address of w's endpoint, if it has one.
+func endpointAddr(w *peerState) (netip.Addr, bool) {
+	if w == nil || w.endpointUDP == nil {
+		return netip.Addr{}, false
+	}
+	a := w.endpointUDP.AddrPort().Addr().Unmap()
+	return a, a.IsValid()
+}
+
+// shieldPeer counts w's endpoint into the shield (by +1) or out of it (-1).
+func (d *Device) shieldPeer(w *peerState, by int) {
+	a, ok := endpointAddr(w)
+	if !ok {
+		return
+	}
+	n := d.shieldCount[a] + by
+	if n <= 0 {
+		delete(d.shieldCount, a)
+	} else {
+		d.shieldCount[a] = n
+	}
+	if n <= 0 || n == by { // the address came or went
+		d.shieldDirty = true
+	}
+}
+
+// shielded returns a shielded address that prefix a contains, if any.
+func (d *Device) shielded(a netip.Prefix) (netip.Addr, bool) {
+	if d.shieldDirty {
+		d.shieldSorted = d.shieldSorted[:0]
+		for x := range d.shieldFixed {
+			d.shieldSorted = append(d.shieldSorted, x)
+		}
+		for x := range d.shieldCount {
+			if !d.shieldFixed[x] {
+				d.shieldSorted = append(d.shieldSorted, x)
+			}
+		}
+		slices.SortFunc(d.shieldSorted, netip.Addr.Compare)
+		d.shieldDirty = false
+	}
+	first := a.Masked().Addr()
+	i, _ := slices.BinarySearchFunc(d.shieldSorted, first, netip.Addr.Compare)
+	if i < len(d.shieldSorted) && a.Contains(d.shieldSorted[i]) {
+		return d.shieldSorted[i], true
+	}
+	return netip.Addr{}, false
+}
+
+// containing appends to out every prefix that contains address x.
+func containing(out []netip.Prefix, x netip.Addr) []netip.Prefix {
+	for bits := 0; bits <= x.BitLen(); bits++ {
+		out = append(out, netip.PrefixFrom(x, bits).Masked())
+	}
+	return out
+}
+
 // Repair reads the device and the routing table and makes them equal to
 // the desired state the last [Device.ApplyPeers] computed: peers added,
 // removed or edited behind the agent's back are put back, stray peers and
@@ -615,15 +707,18 @@ func (d *Device) plan(peers []api.Peer, all bool) *peerPlan {
 func (d *Device) commit(p *peerPlan) {
 	for _, w := range p.removed {
 		d.release(w)
+		d.shieldPeer(w, -1)
 		delete(d.peers, w.id)
 	}
 	for _, c := range p.cands {
 		if c.old != nil {
 			d.release(c.old)
+			d.shieldPeer(c.old, -1)
 		}
 	}
 	for _, c := range p.cands {
 		w := c.next
+		d.shieldPeer(w, +1)
 		w.seen, w.validated = p.gen, p.gen
 		if c.old != nil {
 			w.sentEndpoint = c.old.sentEndpoint
@@ -652,7 +747,19 @@ func (d *Device) routed(a netip.Prefix) bool {
 		return false
 	}
 	overlay := d.addr.Masked()
-	return !(overlay.Bits() <= a.Bits() && overlay.Contains(a.Addr()))
+	if overlay.Bits() <= a.Bits() && overlay.Contains(a.Addr()) {
+		return false
+	}
+	if x, ok := d.shielded(a); ok {
+		if !d.withheld[a] {
+			d.withheld[a] = true
+			d.log.Warn("not routing an allowed IP through the tunnel: it contains a controller's or a peer's transport address",
+				"prefix", a, "address", x, "peer", d.owner[a].id, "device", d.name)
+		}
+		return false
+	}
+	delete(d.withheld, a)
+	return true
 }
 
 // keepaliveFor returns the persistent keepalive for a peer. Setting one
@@ -730,6 +837,24 @@ func (d *Device) applyChanges(p *peerPlan) (changed bool, err error) {
 		removes = append(removes, wgtypes.PeerConfig{PublicKey: w.key, Remove: true})
 		touched = append(touched, w.allowed...)
 	}
+	// An endpoint that moves can shield or unshield a prefix of a peer
+	// that did not change: every prefix containing a changed endpoint is
+	// touched too (routed says no for the ones nobody holds).
+	for _, c := range p.cands {
+		was, okWas := endpointAddr(c.old)
+		is, okIs := endpointAddr(c.next)
+		if okWas && (!okIs || was != is) {
+			touched = containing(touched, was)
+		}
+		if okIs && (!okWas || was != is) {
+			touched = containing(touched, is)
+		}
+	}
+	for _, w := range p.removed {
+		if x, ok := endpointAddr(w); ok {
+			touched = containing(touched, x)
+		}
+	}
 	slices.SortFunc(touched, comparePrefix)
 	touched = slices.Compact(touched)
 	before := make([]bool, len(touched))
@@ -754,11 +879,13 @@ func (d *Device) applyChanges(p *peerPlan) (changed bool, err error) {
 			after := d.routed(a)
 			switch {
 			case pass == 0 && after && !before[i]:
-				if err := d.addRoute(a); err != nil {
+				ok, err := d.addRoute(a)
+				if err != nil {
 					errs = append(errs, err)
-					continue
 				}
-				added++
+				if ok {
+					added++
+				}
 			case pass == 1 && before[i] && !after:
 				r := netlink.Route{LinkIndex: d.linkIndex, Dst: prefixToIPNet(a), Scope: netlink.SCOPE_LINK, Protocol: RouteProtocol}
 				if err := netlink.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) {
@@ -776,15 +903,26 @@ func (d *Device) applyChanges(p *peerPlan) (changed bool, err error) {
 	return changed, errors.Join(errs...)
 }
 
-func (d *Device) addRoute(a netip.Prefix) error {
+// addRoute routes a through the device. A route to a that is not ours
+// (the site's own network, say) is left alone and is not an error: the
+// prefix stays among its peer's allowed IPs, and traffic to it follows
+// the site's route; every repair tries again, and the warning is logged
+// once. added says whether the route is now ours.
+func (d *Device) addRoute(a netip.Prefix) (added bool, _ error) {
 	r := &netlink.Route{LinkIndex: d.linkIndex, Dst: prefixToIPNet(a), Scope: netlink.SCOPE_LINK, Protocol: RouteProtocol}
 	if err := netlink.RouteAdd(r); err != nil {
 		if errors.Is(err, unix.EEXIST) {
-			err = errors.New("a route to it exists already (not ours: left alone)")
+			if !d.foreign[a] {
+				d.foreign[a] = true
+				d.log.Warn("not routing an allowed IP through the tunnel: a route to it that is not ours exists (left alone)",
+					"prefix", a, "peer", d.owner[a].id, "device", d.name)
+			}
+			return false, nil
 		}
-		return fmt.Errorf("wireguard: add route %s dev %s: %w", a, d.name, err)
+		return false, fmt.Errorf("wireguard: add route %s dev %s: %w", a, d.name, err)
 	}
-	return nil
+	delete(d.foreign, a)
+	return true, nil
 }
 
 // repair is the full path: read the device, diff it against the applied
@@ -874,12 +1012,16 @@ func (d *Device) repairRoutes() (changed bool, err error) {
 	}
 	slices.SortFunc(add, comparePrefix)
 	var errs []error
+	added := 0
 	for _, a := range add {
-		if err := d.addRoute(a); err != nil {
+		ok, err := d.addRoute(a)
+		if err != nil {
 			errs = append(errs, err)
-			continue
 		}
-		changed = true
+		if ok {
+			changed = true
+			added++
+		}
 	}
 	for _, r := range stray {
 		if err := netlink.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) {
@@ -889,7 +1031,7 @@ func (d *Device) repairRoutes() (changed bool, err error) {
 		changed = true
 	}
 	if changed {
-		d.log.Info("wireguard routes repaired", "added", len(add), "removed", len(stray), "routes", len(have)+len(add))
+		d.log.Info("wireguard routes repaired", "added", added, "removed", len(stray), "routes", len(have)+added)
 	}
 	return changed, errors.Join(errs...)
 }

@@ -48,8 +48,9 @@ type helperConfig struct {
 }
 
 type helperRequest struct {
-	Op      string     `json:"op"` // apply, apply-full, repair, dump, stats, peer, routes, dial
+	Op      string     `json:"op"` // apply, apply-full, repair, shield, dump, stats, peer, routes, dial
 	Peers   []api.Peer `json:"peers,omitempty"`
+	Addrs   []string   `json:"addrs,omitempty"` // shield
 	Key     string     `json:"key,omitempty"`
 	Addr    string     `json:"addr,omitempty"`
 	Timeout string     `json:"timeout,omitempty"`
@@ -184,6 +185,13 @@ func helperServe(d *Device, wg *wgctrl.Client, req helperRequest) helperReply {
 			r.LeftOut = ip.Peers
 		}
 		return r
+	case "shield":
+		var addrs []netip.Addr
+		for _, a := range req.Addrs {
+			addrs = append(addrs, netip.MustParseAddr(a))
+		}
+		d.Shield(addrs)
+		return helperReply{}
 	case "dump":
 		lines, err := dumpDevice(wg, d.Name())
 		if err != nil {
@@ -652,7 +660,8 @@ func TestWireGuardInvalidPeers(t *testing.T) {
 // commit, the validation and bookkeeping of ApplyPeers.
 func planDevice(self wgtypes.Key) *Device {
 	return &Device{name: "x", addr: pfx("10.250.0.1/24"), self: self, log: slog.New(slog.DiscardHandler),
-		peers: map[string]*peerState{}, owner: map[netip.Prefix]*peerState{}}
+		peers: map[string]*peerState{}, owner: map[netip.Prefix]*peerState{},
+		shieldFixed: map[netip.Addr]bool{}, shieldCount: map[netip.Addr]int{}, foreign: map[netip.Prefix]bool{}, withheld: map[netip.Prefix]bool{}}
 }
 
 // planCommit runs ApplyPeers' validation (incremental, or of every peer if
@@ -959,6 +968,57 @@ func TestWireGuardIncrementalAndRepair(t *testing.T) {
 	// device).
 	peers = slices.Delete(slices.Clone(peers), i13, i13+1)
 	step("the holder leaves", peers, true, "")
+
+	// LANs that would capture a controller's address, a peer's endpoint
+	// (peer 8's, 198.18.99.8) or a destination the site routes itself:
+	// WireGuard gets them, the routing table does not, and the rest of
+	// the view applies.
+	for _, h := range []*helper{hInc, hFull} {
+		if r := h.call(helperRequest{Op: "shield", Addrs: []string{"203.0.113.10"}}); r.Error != "" {
+			t.Fatal(r.Error)
+		}
+	}
+	for _, ns := range []*netnstest.NS{nsInc, nsFull} {
+		ns.Exec(t, "ip", "route", "add", "blackhole", "10.95.0.0/24")
+	}
+	at := func(i int) int {
+		return slices.IndexFunc(peers, func(p api.Peer) bool { return p.PublicKey == key(i) })
+	}
+	peers = slices.Clone(peers)
+	for i, extra := range map[int]string{14: "203.0.113.0/24", 15: "198.18.99.0/24", 16: "10.95.0.0/24"} {
+		peers[at(i)].AllowedIPs = append(slices.Clone(peers[at(i)].AllowedIPs), pfx(extra))
+	}
+	step("LANs over a controller, a peer's endpoint, a site's route", peers, true, "")
+	routeOf := func(h *helper, p string) bool { return slices.Contains(dump(h), "route "+p) }
+	for _, p := range []string{"203.0.113.0/24", "198.18.99.0/24", "10.95.0.0/24"} {
+		if routeOf(hInc, p) {
+			t.Errorf("%s routed through the tunnel", p)
+		}
+	}
+	k14, _ := wgtypes.ParseKey(key(14))
+	if got := hInc.peer(k14); !slices.Contains(got.AllowedIPs, "203.0.113.0/24") {
+		t.Errorf("peer 14 lost its allowed IP: %v", got.AllowedIPs)
+	}
+	// Peer 8's endpoint moves away: peer 15's LAN (unchanged) is routed.
+	peers = slices.Clone(peers)
+	peers[at(8)].Endpoint = "198.18.77.8:51820"
+	step("the endpoint inside a LAN moves away", peers, true, "")
+	if !routeOf(hInc, "198.18.99.0/24") {
+		t.Error("198.18.99.0/24 not routed once no endpoint is in it")
+	}
+	// The site's route goes: the next repair routes the prefix.
+	for _, ns := range []*netnstest.NS{nsInc, nsFull} {
+		ns.Exec(t, "ip", "route", "del", "blackhole", "10.95.0.0/24")
+	}
+	for _, h := range []*helper{hInc, hFull} {
+		if r := h.call(helperRequest{Op: "repair"}); r.Error != "" || !r.Changed {
+			t.Fatalf("repair once the site's route is gone: changed %v, %s", r.Changed, r.Error)
+		}
+	}
+	if !routeOf(hInc, "10.95.0.0/24") {
+		t.Error("10.95.0.0/24 not routed once the site's route is gone")
+	}
+	converged("after the site's route went")
 
 	rev := slices.Clone(peers)
 	slices.Reverse(rev)

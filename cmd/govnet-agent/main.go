@@ -62,6 +62,7 @@ func enrollCmd() *cobra.Command {
 			"The token is read from --token-file or the GOVNET_TOKEN environment variable.\n" +
 			"With --hsm-module and --hsm-token the TLS key is generated in that PKCS#11 token and\n" +
 			"never leaves it; its PIN comes from --hsm-pin-file or --hsm-pin-env, never a flag.\n" +
+			"An existing --config file is read first (flags override its keys) and written back.\n" +
 			"If it fails after sending its request, run it again with the same token: it keeps the\n" +
 			"keys it made (enroll.pending in the state directory) until it holds their certificate.",
 		Example: `  GOVNET_TOKEN=... govnet-agent enroll --config /etc/govnet/agent.yaml \
@@ -84,6 +85,14 @@ func enrollCmd() *cobra.Command {
 			if token == "" {
 				return errors.New("no token: set --token-file or GOVNET_TOKEN (ask an officer for `govnetctl gateway token`)")
 			}
+			// A config file already there (the one a re-enrollment
+			// replaces, or one written beforehand) keeps every key the
+			// flags do not set: failover nodes, metrics, the hsm: section.
+			if _, err := os.Stat(configPath); err == nil {
+				if err := cli.LoadConfig(cmd.Flags(), configPath, cfg.LoadFile); err != nil {
+					return err
+				}
+			}
 			enroll := netagent.Enroll
 			if reenroll {
 				enroll = netagent.Reenroll
@@ -100,7 +109,7 @@ func enrollCmd() *cobra.Command {
 	}
 	fs := cmd.Flags()
 	bindConfig(fs, &cfg)
-	fs.StringVar(&configPath, "config", "/etc/govnet/agent.yaml", "config file to write")
+	fs.StringVar(&configPath, "config", "/etc/govnet/agent.yaml", "config file to write; if it exists, its keys are kept where no flag sets them")
 	fs.StringVar(&root, "root", "", "govnet root certificate (PEM), obtained out of band")
 	fs.StringVar(&tokenFile, "token-file", "", "file holding the one-time enrollment token")
 	fs.BoolVar(&reenroll, "reenroll", false, "enroll this gateway again, with a re-enrollment token (govnetctl gateway token --reenroll): new keys, the same name and address; stop the agent first")
