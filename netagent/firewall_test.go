@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"maps"
 	"math/rand/v2"
@@ -91,7 +92,8 @@ func TestFirewallApplyAndList(t *testing.T) {
 		"set allow4_icmp_net_24 {", "10.30.0.0", "10.30.1.0",
 		"chain input {", "type filter hook input priority filter; policy accept;",
 		"chain forward {", "type filter hook forward priority filter; policy accept;",
-		`iifname "wg0" ct state established,related accept`,
+		`iifname "wg0" ct state related accept`,
+		`iifname "wg0" ct direction reply ct state established accept`,
 		`iifname "wg0" ip saddr . meta l4proto . th dport @allow4 accept`,
 		`iifname "wg0" ip saddr & 255.255.255.0 . meta l4proto . th dport @allow4_net_24 accept`,
 		`iifname "wg0" ip saddr & 255.255.0.0 . meta l4proto . th dport @allow4_net_16 accept`,
@@ -139,7 +141,8 @@ set allow4_net_24 type ipv4_addr . inet_proto . inet_service keylen 12 flags con
 	elem 10.40.1.0 . tcp . 443
 	elem 10.40.2.0 . udp . 443
 chain forward type filter hook forward priority 0 policy accept
-	rule [ meta dreg=1 key=iifname ] [ cmp sreg=1 op=eq data=$IFACE ] [ ct dreg=1 key=state ] [ bitwise sreg=1 dreg=1 len=4 mask=0x06000000 xor=0x00000000 ] [ cmp sreg=1 op=neq data=0x00000000 ] [ immediate dreg=0 data=verdict accept ]
+	rule [ meta dreg=1 key=iifname ] [ cmp sreg=1 op=eq data=$IFACE ] [ ct dreg=1 key=state ] [ bitwise sreg=1 dreg=1 len=4 mask=0x04000000 xor=0x00000000 ] [ cmp sreg=1 op=neq data=0x00000000 ] [ immediate dreg=0 data=verdict accept ]
+	rule [ meta dreg=1 key=iifname ] [ cmp sreg=1 op=eq data=$IFACE ] [ ct dreg=1 key=direction ] [ cmp sreg=1 op=eq data=0x01 ] [ ct dreg=1 key=state ] [ bitwise sreg=1 dreg=1 len=4 mask=0x02000000 xor=0x00000000 ] [ cmp sreg=1 op=neq data=0x00000000 ] [ immediate dreg=0 data=verdict accept ]
 	rule [ meta dreg=1 key=iifname ] [ cmp sreg=1 op=eq data=$IFACE ] [ meta dreg=1 key=nfproto ] [ cmp sreg=1 op=eq data=0x02 ] [ payload dreg=1 base=network offset=12 len=4 ] [ meta dreg=9 key=l4proto ] [ payload dreg=10 base=transport offset=2 len=2 ] [ lookup set="allow4" sreg=1 ] [ immediate dreg=0 data=verdict accept ]
 	rule [ meta dreg=1 key=iifname ] [ cmp sreg=1 op=eq data=$IFACE ] [ meta dreg=1 key=nfproto ] [ cmp sreg=1 op=eq data=0x02 ] [ payload dreg=1 base=network offset=12 len=4 ] [ bitwise sreg=1 dreg=1 len=4 mask=0xffffff00 xor=0x00000000 ] [ meta dreg=9 key=l4proto ] [ payload dreg=10 base=transport offset=2 len=2 ] [ lookup set="allow4_net_24" sreg=1 ] [ immediate dreg=0 data=verdict accept ]
 	rule [ meta dreg=1 key=iifname ] [ cmp sreg=1 op=eq data=$IFACE ] [ meta dreg=1 key=nfproto ] [ cmp sreg=1 op=eq data=0x02 ] [ payload dreg=1 base=network offset=12 len=4 ] [ bitwise sreg=1 dreg=1 len=4 mask=0xffff0000 xor=0x00000000 ] [ meta dreg=9 key=l4proto ] [ payload dreg=10 base=transport offset=2 len=2 ] [ lookup set="allow4_net_16" sreg=1 ] [ immediate dreg=0 data=verdict accept ]
@@ -147,7 +150,8 @@ chain forward type filter hook forward priority 0 policy accept
 	rule [ meta dreg=1 key=iifname ] [ cmp sreg=1 op=eq data=$IFACE ] [ meta dreg=1 key=l4proto ] [ cmp sreg=1 op=eq data=0x01 ] [ meta dreg=1 key=nfproto ] [ cmp sreg=1 op=eq data=0x02 ] [ payload dreg=1 base=network offset=12 len=4 ] [ bitwise sreg=1 dreg=1 len=4 mask=0xffffff00 xor=0x00000000 ] [ lookup set="allow4_icmp_net_24" sreg=1 ] [ immediate dreg=0 data=verdict accept ]
 	rule [ meta dreg=1 key=iifname ] [ cmp sreg=1 op=eq data=$IFACE ] [ counter ] [ immediate dreg=0 data=verdict drop ]
 chain input type filter hook input priority 0 policy accept
-	rule [ meta dreg=1 key=iifname ] [ cmp sreg=1 op=eq data=$IFACE ] [ ct dreg=1 key=state ] [ bitwise sreg=1 dreg=1 len=4 mask=0x06000000 xor=0x00000000 ] [ cmp sreg=1 op=neq data=0x00000000 ] [ immediate dreg=0 data=verdict accept ]
+	rule [ meta dreg=1 key=iifname ] [ cmp sreg=1 op=eq data=$IFACE ] [ ct dreg=1 key=state ] [ bitwise sreg=1 dreg=1 len=4 mask=0x04000000 xor=0x00000000 ] [ cmp sreg=1 op=neq data=0x00000000 ] [ immediate dreg=0 data=verdict accept ]
+	rule [ meta dreg=1 key=iifname ] [ cmp sreg=1 op=eq data=$IFACE ] [ ct dreg=1 key=direction ] [ cmp sreg=1 op=eq data=0x01 ] [ ct dreg=1 key=state ] [ bitwise sreg=1 dreg=1 len=4 mask=0x02000000 xor=0x00000000 ] [ cmp sreg=1 op=neq data=0x00000000 ] [ immediate dreg=0 data=verdict accept ]
 	rule [ meta dreg=1 key=iifname ] [ cmp sreg=1 op=eq data=$IFACE ] [ meta dreg=1 key=nfproto ] [ cmp sreg=1 op=eq data=0x02 ] [ payload dreg=1 base=network offset=12 len=4 ] [ meta dreg=9 key=l4proto ] [ payload dreg=10 base=transport offset=2 len=2 ] [ lookup set="allow4" sreg=1 ] [ immediate dreg=0 data=verdict accept ]
 	rule [ meta dreg=1 key=iifname ] [ cmp sreg=1 op=eq data=$IFACE ] [ meta dreg=1 key=nfproto ] [ cmp sreg=1 op=eq data=0x02 ] [ payload dreg=1 base=network offset=12 len=4 ] [ bitwise sreg=1 dreg=1 len=4 mask=0xffffff00 xor=0x00000000 ] [ meta dreg=9 key=l4proto ] [ payload dreg=10 base=transport offset=2 len=2 ] [ lookup set="allow4_net_24" sreg=1 ] [ immediate dreg=0 data=verdict accept ]
 	rule [ meta dreg=1 key=iifname ] [ cmp sreg=1 op=eq data=$IFACE ] [ meta dreg=1 key=nfproto ] [ cmp sreg=1 op=eq data=0x02 ] [ payload dreg=1 base=network offset=12 len=4 ] [ bitwise sreg=1 dreg=1 len=4 mask=0xffff0000 xor=0x00000000 ] [ meta dreg=9 key=l4proto ] [ payload dreg=10 base=transport offset=2 len=2 ] [ lookup set="allow4_net_16" sreg=1 ] [ immediate dreg=0 data=verdict accept ]
@@ -550,8 +554,8 @@ func TestCompileRules(t *testing.T) {
 				t.Fatalf("%d chains, want input and forward", len(d.Chains))
 			}
 			for _, ch := range d.Chains {
-				if got := len(ch.Rules); got != len(sets)+2 {
-					t.Errorf("chain %s: %d rules for %d sets, want one per set plus established and drop", ch.Chain.Name, got, len(sets))
+				if got := len(ch.Rules); got != len(sets)+3 {
+					t.Errorf("chain %s: %d rules for %d sets, want one per set plus related, replies and drop", ch.Chain.Name, got, len(sets))
 				}
 			}
 			var n int
@@ -609,6 +613,10 @@ func TestFirewallPackets(t *testing.T) {
 				}
 				go func() {
 					defer c.Close()
+					if strings.HasSuffix(addr, ":7005") { // echoes until closed
+						io.Copy(c, c)
+						return
+					}
 					buf := make([]byte, 64)
 					n, _ := c.Read(buf)
 					c.Write(buf[:n])
@@ -622,6 +630,7 @@ func TestFirewallPackets(t *testing.T) {
 	closed := serve(b, "198.18.0.2:7003")
 	wider := serve(b, "198.18.0.2:7004")
 	inA := serve(a, "198.18.0.1:7100")
+	long := serve(b, "198.18.0.2:7005")
 
 	dial := func(from *netnstest.NS, addr string, timeout time.Duration) error {
 		return from.Do(func() error {
@@ -664,6 +673,7 @@ func TestFirewallPackets(t *testing.T) {
 
 	if _, err := fw.Apply([]api.Rule{
 		tcp("198.18.0.1/32", 7001),
+		tcp("198.18.0.1/32", 7005),
 		tcp("198.18.0.0/24", 7002), // a LAN prefix rule
 		tcp("198.16.0.0/14", 7004), // another prefix length: another set
 		icmp("198.18.0.0/25"),      // an ICMP prefix rule
@@ -679,9 +689,37 @@ func TestFirewallPackets(t *testing.T) {
 		t.Errorf("ping allowed: %v", err)
 	}
 
+	// A connection a opened while the policy allowed it.
+	var open net.Conn
+	if err := a.Do(func() (err error) {
+		open, err = net.DialTimeout("tcp4", long, 10*time.Second)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer open.Close()
+	echo := func(c net.Conn) error {
+		c.SetDeadline(time.Now().Add(700 * time.Millisecond))
+		if _, err := c.Write([]byte("ping")); err != nil {
+			return err
+		}
+		_, err := io.ReadFull(c, make([]byte, 4))
+		return err
+	}
+	for range 2 {
+		if err := echo(open); err != nil {
+			t.Fatalf("echo on a connection the policy allows: %v", err)
+		}
+	}
+
 	// Deny-all.
 	if _, err := fw.Apply(nil); err != nil {
 		t.Fatal(err)
+	}
+	// The connection opened before is cut too: conntrack's established
+	// state lets replies through, not what a peer sends.
+	if err := echo(open); err == nil {
+		t.Error("a connection opened under the last policy still passes the one that no longer allows it")
 	}
 	wantDropped(a, allowed, "empty policy")
 	wantDropped(a, lanPort, "empty policy")

@@ -434,14 +434,18 @@ func ifname(name string) []byte {
 
 // chainRules are, for each chain:
 //
-//	iifname IFACE ct state established,related accept
+//	iifname IFACE ct state related accept
+//	iifname IFACE ct direction reply ct state established accept
 //	iifname IFACE ip saddr . meta l4proto . th dport @allow4 accept
 //	iifname IFACE ip saddr & MASK(L) . meta l4proto . th dport @allow4_net_L accept   (each L in use)
 //	iifname IFACE meta l4proto icmp ip saddr @allow4_icmp accept
 //	iifname IFACE meta l4proto icmp ip saddr & MASK(L) @allow4_icmp_net_L accept      (each L in use)
 //	iifname IFACE counter drop
 //
-// in the order of sets (see [ruleset.sets]).
+// in the order of sets (see [ruleset.sets]). Only replies pass on
+// conntrack's word alone: a packet a peer sends in a connection it opened
+// is checked against the sets like its first, so a policy that no longer
+// allows a flow stops the connections already open too.
 func chainRules(t *nftables.Table, ch *nftables.Chain, sets []setSpec, iface string) []*nftables.Rule {
 	onIface := []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
@@ -483,14 +487,23 @@ func chainRules(t *nftables.Table, ch *nftables.Chain, sets []setSpec, iface str
 	lookup := func(s *nftables.Set) []expr.Any {
 		return []expr.Any{&expr.Lookup{SourceRegister: 1, SetName: s.Name, SetID: s.ID}}
 	}
-	established := []expr.Any{
-		&expr.Ct{Key: expr.CtKeySTATE, Register: 1},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
-			Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitESTABLISHED | expr.CtStateBitRELATED),
-			Xor:  binaryutil.NativeEndian.PutUint32(0)},
-		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(0)},
+	ctState := func(bits uint32) []expr.Any {
+		return []expr.Any{
+			&expr.Ct{Key: expr.CtKeySTATE, Register: 1},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+				Mask: binaryutil.NativeEndian.PutUint32(bits),
+				Xor:  binaryutil.NativeEndian.PutUint32(0)},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(0)},
+		}
 	}
-	rules := []*nftables.Rule{rule(onIface, established, accept)}
+	reply := []expr.Any{
+		&expr.Ct{Key: expr.CtKeyDIRECTION, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{1}}, // IP_CT_DIR_REPLY
+	}
+	rules := []*nftables.Rule{
+		rule(onIface, ctState(expr.CtStateBitRELATED), accept),
+		rule(onIface, reply, ctState(expr.CtStateBitESTABLISHED), accept),
+	}
 	for _, s := range sets {
 		if s.icmp {
 			rules = append(rules, rule(onIface, isICMP, ipv4, saddr(s.bits), lookup(s.Set.Set), accept))
