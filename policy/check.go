@@ -2,6 +2,8 @@ package policy
 
 import (
 	"fmt"
+	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/govnet/govnet/api"
@@ -176,20 +178,26 @@ func allowed(views map[string]*api.View, from, to *api.Gateway, proto string, po
 	if proto == api.ProtoICMP {
 		port = 0
 	}
+	// A view's rules are sorted (api.CompareRules: by masked source, its
+	// length, then the source as written): the rules whose source holds
+	// ip are found by one search per prefix length, not a scan of the
+	// view (a test against a 20,000-gateway registry scanned 0.65 s).
 	ip := from.OverlayIP.Unmap()
-	for _, rule := range dv.Rules {
-		if rule.Protocol == proto && rule.Port == port && rule.Source.Contains(ip) {
-			return true
+	for bits := 0; bits <= ip.BitLen(); bits++ {
+		key := netip.PrefixFrom(ip, bits).Masked()
+		i, _ := slices.BinarySearchFunc(dv.Rules, api.Rule{Source: key}, api.CompareRules)
+		for ; i < len(dv.Rules) && dv.Rules[i].Source.Bits() == bits && dv.Rules[i].Source.Masked() == key; i++ {
+			if rule := dv.Rules[i]; rule.Protocol == proto && rule.Port == port {
+				return true
+			}
 		}
 	}
 	return false
 }
 
+// hasPeer says whether v lists gateway as a peer (v.Peers is sorted by
+// gateway, api.ComparePeers).
 func hasPeer(v *api.View, gateway string) bool {
-	for _, p := range v.Peers {
-		if p.Gateway == gateway {
-			return true
-		}
-	}
-	return false
+	_, ok := slices.BinarySearchFunc(v.Peers, gateway, func(p api.Peer, id string) int { return strings.Compare(p.Gateway, id) })
+	return ok
 }

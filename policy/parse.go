@@ -53,6 +53,9 @@ func Parse(filename string, src []byte) (*Policy, error) {
 // parseYAML turns a panic of the YAML parser into an error: a policy comes
 // from a person and must never take the controller down.
 func parseYAML(src []byte) (f *ast.File, err error) {
+	if err := checkFlowDepth(src); err != nil {
+		return nil, err
+	}
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("YAML parser failed: %v", r)
@@ -70,6 +73,11 @@ func (ps *parseState) yamlError(err error) {
 	var ye interface {
 		GetToken() *token.Token
 		GetMessage() string
+	}
+	var de *DepthError
+	if errors.As(err, &de) {
+		ps.add(de.At, "write nested lists and maps in block style", "flow collections ([...] or {...}) nested deeper than %d", MaxFlowDepth)
+		return
 	}
 	if errors.As(err, &ye) {
 		at := Pos{Line: 1, Column: 1}
@@ -619,7 +627,7 @@ func (p *Policy) checkDocument(nm names) ErrorList {
 	}
 	slices.Sort(groupNames)
 	unknownGroup := func(r Ref, what string) {
-		hint := didYouMean(r.Name, groupNames)
+		hint := e.hint(r.Name, groupNames)
 		if _, isService := nm.services[r.Name]; isService {
 			hint = r.Name + " is a service"
 		}

@@ -30,13 +30,22 @@ func Diff(before, after map[string]*api.View, reg *Registry) *api.PolicyPlan {
 	owner := map[netip.Prefix]string{}
 	agencyOf := map[string]string{}
 	if reg != nil {
-		for _, g := range reg.Gateways {
-			agencyOf[g.ID] = g.Agency
-			if g.OverlayIP.IsValid() {
-				owner[netip.PrefixFrom(g.OverlayIP, g.OverlayIP.BitLen())] = g.ID
-			}
-			for _, lan := range g.LANs {
-				owner[lan.Masked()] = g.ID
+		// A revoked or decommissioned gateway's LANs are free for the
+		// gateway that replaces it: a gateway in service owns its
+		// addresses over one out of it, whatever the registry's order.
+		for _, inService := range []bool{false, true} {
+			for i := range reg.Gateways {
+				g := &reg.Gateways[i]
+				agencyOf[g.ID] = g.Agency
+				if Participates(g) != inService {
+					continue
+				}
+				if a := g.OverlayIP.Unmap(); a.IsValid() {
+					owner[netip.PrefixFrom(a, a.BitLen())] = g.ID
+				}
+				for _, lan := range g.LANs {
+					owner[lan.Masked()] = g.ID
+				}
 			}
 		}
 	}

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
@@ -42,6 +43,16 @@ func TestDiff(t *testing.T) {
 		}
 		if !strings.Contains(RenderPlan(p), "  + from h49-gw1 (100.64.0.6/32) tcp/443\n") {
 			t.Fatalf("rendering:\n%s", RenderPlan(p))
+		}
+	})
+	t.Run("a LAN a retired gateway held", func(t *testing.T) {
+		reg := testRegistry()
+		reg.Gateways = append(reg.Gateways, api.Gateway{ID: "zz-old", Agency: "000.00.00.H29",
+			Status: api.StatusDecommissioned, LANs: reg.Gateways[slices.IndexFunc(reg.Gateways, func(g api.Gateway) bool { return g.ID == "h49-gw1" })].LANs})
+		after := compileSrc(t, reg, "version: 1\nrules:\n  - {from: [h49-gw1], to: [g22-gw1], ports: [tcp/443]}\n")
+		out := RenderPlan(Diff(nil, after, reg))
+		if !strings.Contains(out, "+ from h49-gw1 (10.49.0.0/24) tcp/443") || strings.Contains(out, "zz-old") {
+			t.Fatalf("the plan names the retired gateway for the LAN its successor holds:\n%s", out)
 		}
 	})
 	t.Run("new service", func(t *testing.T) {

@@ -139,6 +139,9 @@ func ParseRegistry(filename string, src []byte) (*Registry, error) {
 // decodeRegistry decodes strictly, turning a panic of the YAML decoder
 // (it has some on malformed input) into an error.
 func decodeRegistry(src []byte) (rf RegistryFile, err error) {
+	if err := checkFlowDepth(src); err != nil {
+		return rf, err
+	}
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("YAML decoder failed: %v", r)

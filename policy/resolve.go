@@ -287,7 +287,7 @@ func (v *validator) run() {
 			case v.nm.services[ref.Name] != nil:
 				v.add(ref.Pos, "a rule goes from groups or gateways; name the service's group or gateways", "%s: from %s: %s is a service", what, ref.Name, ref.Name)
 			default:
-				v.add(ref.Pos, didYouMean(ref.Name, v.groupNames, v.ix.gatewayIDs), "%s: from: unknown group or gateway %s", what, ref.Name)
+				v.add(ref.Pos, v.hint(ref.Name, v.groupNames, v.ix.gatewayIDs), "%s: from: unknown group or gateway %s", what, ref.Name)
 			}
 		}
 		for _, ref := range r.To {
@@ -305,7 +305,7 @@ func (v *validator) run() {
 					v.add(ref.Pos, "add ports: [tcp/N, ...] or name a service", "%s: to %s: a rule to a %s needs ports", what, ref.Name, kind)
 				}
 			default:
-				v.add(ref.Pos, didYouMean(ref.Name, v.serviceNames, v.groupNames, v.ix.gatewayIDs), "%s: to: unknown service, group or gateway %s", what, ref.Name)
+				v.add(ref.Pos, v.hint(ref.Name, v.serviceNames, v.groupNames, v.ix.gatewayIDs), "%s: to: unknown service, group or gateway %s", what, ref.Name)
 			}
 		}
 	}
@@ -314,7 +314,7 @@ func (v *validator) run() {
 		if isCode(t.From.Name) {
 			v.agency(t.From, what+": from")
 		} else if v.ix.gateways[t.From.Name] == nil {
-			hint := didYouMean(t.From.Name, v.ix.gatewayIDs)
+			hint := v.hint(t.From.Name, v.ix.gatewayIDs)
 			if v.nm.groups[t.From.Name] != nil || v.nm.services[t.From.Name] != nil {
 				hint = "a test goes from an agency code or a gateway id"
 			}
@@ -323,7 +323,7 @@ func (v *validator) run() {
 		if isCode(t.To.Name) {
 			v.agency(t.To, what+": to")
 		} else if v.nm.services[t.To.Name] == nil && v.ix.gateways[t.To.Name] == nil {
-			hint := didYouMean(t.To.Name, v.serviceNames, v.ix.gatewayIDs)
+			hint := v.hint(t.To.Name, v.serviceNames, v.ix.gatewayIDs)
 			if v.nm.groups[t.To.Name] != nil {
 				hint = "a test goes to a service, a gateway id or an agency code"
 			}
@@ -334,13 +334,13 @@ func (v *validator) run() {
 
 func (v *validator) agency(r Ref, what string) {
 	if !v.ix.agencies[r.Name] {
-		v.add(r.Pos, didYouMean(r.Name, v.ix.agencyCodes), "%s: unknown agency %s", what, r.Name)
+		v.add(r.Pos, v.hint(r.Name, v.ix.agencyCodes), "%s: unknown agency %s", what, r.Name)
 	}
 }
 
 func (v *validator) gateway(r Ref, what string) {
 	if v.ix.gateways[r.Name] == nil {
-		v.add(r.Pos, didYouMean(r.Name, v.ix.gatewayIDs), "%s: unknown gateway %s", what, r.Name)
+		v.add(r.Pos, v.hint(r.Name, v.ix.gatewayIDs), "%s: unknown gateway %s", what, r.Name)
 	}
 }
 
