@@ -94,7 +94,7 @@ func TestRenderIfaceIndependent(t *testing.T) {
 	if a != b {
 		t.Fatalf("renderings differ:\n%s\n---\n%s", a, b)
 	}
-	if n := strings.Count(a, "data="+IfacePlaceholder); n != 2*(5+2) { // 5 sets
+	if n := strings.Count(a, "data="+IfacePlaceholder); n != 2*(5+3) { // 5 sets, related, replies, drop
 		t.Errorf("%d placeholders, want one per rule:\n%s", n, a)
 	}
 	// Built for wg0 but rendered for wg1: the interface is shown as hex.
@@ -240,7 +240,7 @@ func TestBuildShape(t *testing.T) {
 		t.Fatalf("chains %+v", d.Chains)
 	}
 	for _, ch := range d.Chains {
-		if len(ch.Rules) != len(d.Sets)+2 {
+		if len(ch.Rules) != len(d.Sets)+3 { // related, replies, drop
 			t.Errorf("chain %s: %d rules", ch.Chain.Name, len(ch.Rules))
 		}
 		for _, r := range ch.Rules {
