@@ -164,6 +164,7 @@ func (a *Agent) watchLoop(ctx context.Context) {
 	failures := 0
 	for ctx.Err() == nil {
 		node := a.cfg.endpoints()[a.cur.Load()]
+		opened := time.Now()
 		err := a.client().Watch(ctx, a.appliedIndex(), func(v *api.View) error {
 			if err := a.apply(ctx, v); err != nil {
 				a.metrics.fail(stepApply)
@@ -178,6 +179,14 @@ func (a *Agent) watchLoop(ctx context.Context) {
 		})
 		if ctx.Err() != nil {
 			return
+		}
+		if time.Since(opened) >= healthyStream {
+			// A stream that lasted counts as a success too: a
+			// reconnection with nothing new to apply sends no view, and
+			// the backoff of an outage long past must not delay the
+			// next one.
+			b.reset()
+			failures = 0
 		}
 		if errors.Is(err, api.ErrConnectionsReset) {
 			// A renewal closed the stream: reopen it, on the same node,
@@ -196,6 +205,10 @@ func (a *Agent) watchLoop(ctx context.Context) {
 		}
 	}
 }
+
+// healthyStream is how long a controller stream must have lasted for its
+// end to start the failover and backoff afresh.
+const healthyStream = time.Minute
 
 func (a *Agent) appliedIndex() uint64 {
 	a.mu.Lock()

@@ -197,12 +197,33 @@ func enroll(ctx context.Context, cfg Config, token, rootFile string, again bool,
 	if err := verifyChain(chain, rootPEM); err != nil {
 		return nil, err
 	}
+	if err := checkEnrollAnswer(resp, chain[0]); err != nil {
+		return nil, err
+	}
 	p.Certificate, p.Root = resp.Certificate, string(rootPEM)
 	p.Identity = &Identity{Gateway: resp.Gateway, Agency: resp.Agency, OverlayIP: resp.OverlayIP, OverlayPrefix: resp.OverlayPrefix}
 	if err := writeEnrollFile(cfg, p); err != nil {
 		return nil, err
 	}
 	return p.Identity, installEnrollment(cfg, keys, p)
+}
+
+// checkEnrollAnswer checks that an enrollment answer agrees with the
+// certificate it carries and gives a usable overlay address, before any
+// of it is kept: a gateway that kept a wrong name or address would refuse
+// every view, or fail to bring its interface up, until enrolled again.
+func checkEnrollAnswer(resp *api.EnrollResponse, cert *x509.Certificate) error {
+	id, err := ca.IdentityOf(cert)
+	if err != nil {
+		return fmt.Errorf("enroll: certificate: %w", err)
+	}
+	switch {
+	case id.Kind != ca.KindGateway || id.Name != resp.Gateway || id.Agency != resp.Agency:
+		return fmt.Errorf("enroll: the answer names gateway %q of agency %q, its certificate %s %q of agency %q", resp.Gateway, resp.Agency, id.Kind, id.Name, id.Agency)
+	case !resp.OverlayPrefix.IsValid() || !resp.OverlayIP.IsValid() || !resp.OverlayPrefix.Contains(resp.OverlayIP):
+		return fmt.Errorf("enroll: overlay address %s is not inside the overlay network %s", resp.OverlayIP, resp.OverlayPrefix)
+	}
+	return nil
 }
 
 // enrollRequest is what an enrollment with these keys sends.

@@ -2,7 +2,10 @@ package netagent
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
+	"math/big"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -206,5 +209,30 @@ func testEnrollSurvivesFaults(t *testing.T, c *testCtl, gw string, token bool) {
 	})
 	if data, _ := os.ReadFile(cfg.path(fileWGKey)); strings.TrimSpace(string(data)) == refused.WGKey {
 		t.Fatal("the WireGuard key kept for the refused token was used with another")
+	}
+}
+
+// TestCheckEnrollAnswer: an answer whose name, agency or overlay address
+// disagrees with its certificate or itself is refused before it is kept.
+func TestCheckEnrollAnswer(t *testing.T) {
+	cert := &x509.Certificate{SerialNumber: big.NewInt(7),
+		URIs: ca.Identity{Kind: ca.KindGateway, Name: "gw-1", Agency: "000.00.00.H29"}.URIs()}
+	good := api.EnrollResponse{Gateway: "gw-1", Agency: "000.00.00.H29",
+		OverlayIP: netip.MustParseAddr("100.64.0.7"), OverlayPrefix: netip.MustParsePrefix("100.64.0.0/16")}
+	if err := checkEnrollAnswer(&good, cert); err != nil {
+		t.Fatal(err)
+	}
+	for name, change := range map[string]func(*api.EnrollResponse){
+		"another gateway":    func(r *api.EnrollResponse) { r.Gateway = "gw-2" },
+		"another agency":     func(r *api.EnrollResponse) { r.Agency = "000.00.00.H49" },
+		"no overlay address": func(r *api.EnrollResponse) { r.OverlayIP = netip.Addr{} },
+		"address outside":    func(r *api.EnrollResponse) { r.OverlayIP = netip.MustParseAddr("10.0.0.1") },
+		"no overlay prefix":  func(r *api.EnrollResponse) { r.OverlayPrefix = netip.Prefix{} },
+	} {
+		r := good
+		change(&r)
+		if err := checkEnrollAnswer(&r, cert); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
 	}
 }

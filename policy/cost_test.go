@@ -110,3 +110,10 @@ func TestAllowedMatchesScan(t *testing.T) {
 		}
 	}
 }
+
+// TestParseBOM: a policy saved with a byte order mark parses.
+func TestParseBOM(t *testing.T) {
+	if _, err := Parse("p.yaml", []byte("\ufeffversion: 1\n")); err != nil {
+		t.Fatal(err)
+	}
+}

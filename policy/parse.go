@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"slices"
@@ -21,6 +22,9 @@ import (
 // services, cycles). References into the registry are Validate's job. On
 // failure the error is an ErrorList and the Policy is nil.
 func Parse(filename string, src []byte) (*Policy, error) {
+	// A byte order mark, as some editors write, is not part of the first
+	// key.
+	src = bytes.TrimPrefix(src, []byte("\ufeff"))
 	ps := &parseState{errs: errs{file: filename}}
 	f, err := parseYAML(src)
 	if err != nil {
