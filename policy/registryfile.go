@@ -89,6 +89,10 @@ func ParseRegistry(filename string, src []byte) (*Registry, error) {
 		reg.Agencies = append(reg.Agencies, a)
 	}
 	for i, a := range reg.Agencies {
+		if a.Parent == a.Code {
+			bad(fmt.Sprintf("$.agencies[%d]", i), "agency %s: its own parent", a.Code)
+			continue
+		}
 		if a.Parent != "" && !codes[a.Parent] {
 			bad(fmt.Sprintf("$.agencies[%d]", i), "agency %s: its parent %s is not in the file (list every agency above it)", a.Code, a.Parent)
 		}
@@ -116,6 +120,15 @@ func ParseRegistry(filename string, src []byte) (*Registry, error) {
 		ids[g.ID] = true
 		if g.Status == "" {
 			g.Status = api.StatusEnrolled
+		}
+		switch g.Status {
+		case api.StatusPending, api.StatusEnrolled, api.StatusRevoked, api.StatusDecommissioned:
+		default:
+			// A misspelt status would leave the gateway out of every
+			// view without a word.
+			bad(fmt.Sprintf("$.gateways[%d]", i), "gateways[%d]: gateway %s: status %q: want %s, %s, %s or %s", i, g.ID, g.Status,
+				api.StatusPending, api.StatusEnrolled, api.StatusRevoked, api.StatusDecommissioned)
+			continue
 		}
 		if g.Status == api.StatusEnrolled {
 			if !g.OverlayIP.IsValid() {

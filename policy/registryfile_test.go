@@ -107,6 +107,8 @@ func TestRegistryFileErrors(t *testing.T) {
 		{"gateway agency", "agencies: [{code: 000.00.00.H29, name: a}]\ngateways:\n  - {id: x, agency: 000.00.00.H49}\n", "r.yaml:3:5: gateways[0]: gateway x: agency \"000.00.00.H49\" is not in the file"},
 		{"gateway twice", "agencies: [{code: 000.00.00.H29, name: a}]\ngateways:\n  - {id: x, agency: 000.00.00.H29}\n  - {id: x, agency: 000.00.00.H29}\n", "gateways[1]: gateway x appears twice"},
 		{"no id", "agencies: [{code: 000.00.00.H29, name: a}]\ngateways:\n  - {agency: 000.00.00.H29}\n", "gateways[0]: no id"},
+		{"misspelt status", "agencies: [{code: 000.00.00.H29, name: a}]\ngateways:\n  - {id: x, agency: 000.00.00.H29, status: enroled}\n", `r.yaml:3:5: gateways[0]: gateway x: status "enroled": want pending, enrolled, revoked or decommissioned`},
+		{"own parent", "agencies:\n  - {code: 000.00.00.H29, name: a, parent: 000.00.00.H29}\n", "r.yaml:2:5: agency 000.00.00.H29: its own parent"},
 		{"bad address", "agencies: [{code: 000.00.00.H29, name: a}]\ngateways:\n  - {id: x, agency: 000.00.00.H29, overlay_ip: 1.2.3}\n", "r.yaml"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
