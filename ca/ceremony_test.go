@@ -417,3 +417,46 @@ func TestCeremonyResume(t *testing.T) {
 		})
 	}
 }
+
+// TestRootCRLRecordChecked: the last signed root CRL (root.crl) is the
+// authority on what the root revoked: a lost record is rebuilt from it,
+// one that lost a serial or its number is refused.
+func TestRootCRLRecordChecked(t *testing.T) {
+	dir, _, _ := runCeremony(t)
+	ctx := context.Background()
+	r, err := OpenRoot(ctx, RootOptions{Dir: dir}, shareFiles(t, dir, "an", "binh", "cuong"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if _, err := r.RevokeAndSignCRL(ctx, []RootRevocation{{Serial: "5cfd", Reason: "keyCompromise", At: time.Now().UTC(), Actor: "o"}}); err != nil {
+		t.Fatal(err)
+	}
+	record := filepath.Join(dir, RootCRLStateFile)
+
+	// Lost: rebuilt, the next CRL still lists the serial, numbered on.
+	os.Remove(record)
+	der, err := r.RevokeAndSignCRL(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	crl, err := x509.ParseRevocationList(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if crl.Number.Int64() != 2 || len(crl.RevokedCertificateEntries) != 1 || crl.RevokedCertificateEntries[0].SerialNumber.Text(16) != "5cfd" {
+		t.Fatalf("CRL after the record was lost: number %v, %d entries", crl.Number, len(crl.RevokedCertificateEntries))
+	}
+
+	// Altered: a serial dropped, or the number set back.
+	for name, st := range map[string]RootCRLState{
+		"serial dropped": {Number: 2},
+		"number back":    {Number: 1, Revoked: []RootRevocation{{Serial: "5cfd", Reason: "keyCompromise"}}},
+	} {
+		b, _ := json.Marshal(st)
+		os.WriteFile(record, b, 0o644)
+		if _, err := r.RevokeAndSignCRL(ctx, nil); err == nil || !strings.Contains(err.Error(), "restore the record") {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+}

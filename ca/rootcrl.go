@@ -2,6 +2,7 @@ package ca
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,6 +16,12 @@ import (
 // revoked and the number of its last CRL, so that each new root CRL lists
 // every earlier revocation and numbers increase.
 const RootCRLStateFile = "root-crl.json"
+
+// RootCRLFile, in the ceremony directory, is the last root CRL signed
+// (DER). It is the authority on what the root has revoked: a record
+// (RootCRLStateFile) that lost any of its serials, or its number, is
+// refused, and a record that is gone is rebuilt from it.
+const RootCRLFile = "root.crl"
 
 // RootCRLState is the content of RootCRLStateFile.
 type RootCRLState struct {
@@ -60,6 +67,9 @@ func (r *RootCA) RevokeAndSignCRL(ctx context.Context, add []RootRevocation) ([]
 	if err != nil {
 		return nil, err
 	}
+	if st, err = r.checkLastCRL(st); err != nil {
+		return nil, err
+	}
 	seen := map[string]bool{}
 	for _, rv := range st.Revoked {
 		seen[rv.Serial] = true
@@ -103,5 +113,58 @@ func (r *RootCA) RevokeAndSignCRL(ctx context.Context, add []RootRevocation) ([]
 	if err := os.Rename(tmp, path); err != nil {
 		return nil, err
 	}
-	return der, nil
+	crlPath := filepath.Join(r.o.Dir, RootCRLFile)
+	os.Remove(crlPath + ".tmp")
+	if err := writeOnce(crlPath+".tmp", der, 0o644); err != nil {
+		return nil, err
+	}
+	if err := os.Rename(crlPath+".tmp", crlPath); err != nil {
+		return nil, err
+	}
+	return der, syncDir(r.o.Dir)
+}
+
+// checkLastCRL compares the record st with the last root CRL signed
+// (RootCRLFile), checked against the root: a record without a CRL file
+// is taken as it is (a ceremony directory of an earlier release); an
+// empty record beside a CRL file is rebuilt from the CRL; a record that
+// lacks a serial of the CRL or is numbered below it is refused.
+func (r *RootCA) checkLastCRL(st RootCRLState) (RootCRLState, error) {
+	path := filepath.Join(r.o.Dir, RootCRLFile)
+	der, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return st, nil
+	}
+	if err != nil {
+		return st, err
+	}
+	crl, err := x509.ParseRevocationList(der)
+	if err != nil {
+		return st, fmt.Errorf("%s: %w", path, err)
+	}
+	if err := crl.CheckSignatureFrom(r.cert); err != nil {
+		return st, fmt.Errorf("%s: not signed by this root: %w", path, err)
+	}
+	if st.Number == 0 && len(st.Revoked) == 0 {
+		// The record is gone: the signed CRL says what it held (but who
+		// asked for each revocation).
+		st.Number = crl.Number.Uint64()
+		for _, e := range crl.RevokedCertificateEntries {
+			st.Revoked = append(st.Revoked, RootRevocation{Serial: e.SerialNumber.Text(16), Reason: Reason(e.ReasonCode).String(), At: e.RevocationTime.UTC(), Actor: "(rebuilt from " + RootCRLFile + ")"})
+		}
+		return st, nil
+	}
+	have := map[string]bool{}
+	for _, rv := range st.Revoked {
+		have[rv.Serial] = true
+	}
+	for _, e := range crl.RevokedCertificateEntries {
+		if !have[e.SerialNumber.Text(16)] {
+			return st, fmt.Errorf("%s lacks serial %s, which the last root CRL (%s, number %s) lists: restore the record", RootCRLStateFile, e.SerialNumber.Text(16), RootCRLFile, crl.Number)
+		}
+	}
+	if crl.Number.Cmp(new(big.Int).SetUint64(st.Number)) > 0 {
+		return st, fmt.Errorf("%s is at number %d, the last root CRL (%s) at %s: restore the record", RootCRLStateFile, st.Number, RootCRLFile, crl.Number)
+	}
+	return st, nil
 }
