@@ -22,6 +22,8 @@ func CheckEndpoint(s string) error {
 		return fmt.Errorf("endpoint %q: port 0: want 1-65535", s)
 	case a.IsUnspecified() || a.IsMulticast():
 		return fmt.Errorf("endpoint %q: %s is not a unicast address", s, a)
+	case a.Zone() != "" || a.IsLinkLocalUnicast():
+		return fmt.Errorf("endpoint %q: a link-local address does not reach other sites", s)
 	}
 	return nil
 }

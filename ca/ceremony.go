@@ -448,9 +448,18 @@ func finishCeremony(cfg hsm.Config, opts []hsm.Option, dir, commonName string, n
 		return fmt.Errorf("open the activated token: %w", err)
 	}
 	defer tok.Close()
+	if resume {
+		step("token %q opens with the PIN derived from the secret: its PINs were replaced before the interruption", cfg.TokenLabel)
+	}
 	keys, err := tok.Keys()
 	if err != nil {
 		return err
+	}
+	rootPath := filepath.Join(dir, CeremonyRootFile)
+	if _, err := os.Stat(rootPath); resume && err == nil && len(keys) == 0 {
+		// Checked before a key is made: a root.pem for no key in the
+		// token is not this ceremony's.
+		return fmt.Errorf("%s exists but the token holds no root key: it is not this ceremony's; move it away and resume again", rootPath)
 	}
 	var key crypto.Signer
 	generated := len(keys) == 0
@@ -483,7 +492,6 @@ func finishCeremony(cfg hsm.Config, opts []hsm.Option, dir, commonName string, n
 		step("kept root key %q (id %s, EC %s), generated in the token before the interruption: sensitive, never extractable", k.Label, k.ID, k.Curve)
 	}
 
-	rootPath := filepath.Join(dir, CeremonyRootFile)
 	root, err := resumedRoot(rootPath, key, resume)
 	if err != nil {
 		return err

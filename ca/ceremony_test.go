@@ -460,3 +460,35 @@ func TestRootCRLRecordChecked(t *testing.T) {
 		}
 	}
 }
+
+// TestCeremonyResumeForeignRoot: a root.pem beside a token holding no
+// root key is refused before any key is made, and resuming once it is
+// moved away works.
+func TestCeremonyResumeForeignRoot(t *testing.T) {
+	otherDir, _, _ := runCeremony(t)
+	cfg := hsmtest.NewToken(t)
+	dir := filepath.Join(t.TempDir(), "ceremony")
+	func() {
+		defer func() { recover() }()
+		RunCeremony(CeremonyOptions{HSM: cfg, SOPIN: hsmtest.SOPIN(cfg.TokenLabel),
+			Custodians: custodians, Threshold: 3, OutDir: dir, Operator: "o", Now: crashAt(5)})
+	}()
+	foreign, _ := os.ReadFile(filepath.Join(otherDir, CeremonyRootFile))
+	os.WriteFile(filepath.Join(dir, CeremonyRootFile), foreign, 0o644)
+	shares := shareFiles(t, dir, "an", "cuong", "em")
+	if _, err := ResumeCeremony(ResumeOptions{Dir: dir, ShareFiles: shares, Operator: "o2"}); err == nil || !strings.Contains(err.Error(), "not this ceremony's") {
+		t.Fatalf("resume beside another ceremony's root.pem: %v", err)
+	}
+	os.Remove(filepath.Join(dir, CeremonyRootFile))
+	res, err := ResumeCeremony(ResumeOptions{Dir: dir, ShareFiles: shares, Operator: "o2"})
+	if err != nil {
+		t.Fatalf("resume once it is moved away (a key made by the refused attempt?): %v", err)
+	}
+	var all []string
+	for _, s := range res.Transcript.Steps {
+		all = append(all, s.Action)
+	}
+	if !strings.Contains(strings.Join(all, "\n"), "its PINs were replaced before the interruption") {
+		t.Errorf("the resumed transcript does not record the activation:\n%s", strings.Join(all, "\n"))
+	}
+}

@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"github.com/goccy/go-yaml"
-	"github.com/govnet/govnet/api"
 	"github.com/govnet/govnet/internal/atomicfile"
 	"github.com/govnet/govnet/internal/yamlfile"
 )
@@ -30,7 +29,7 @@ type Config struct {
 	StateDir    string        `yaml:"state_dir"`   // keys, certificate, last applied view
 	Interface   string        `yaml:"interface"`   // WireGuard interface name, unique on the machine
 	ListenPort  int           `yaml:"listen_port"`
-	Endpoint    string        `yaml:"endpoint"`  // host:port peers reach this gateway at
+	Endpoint    string        `yaml:"endpoint"`  // IP:port peers reach this gateway at (sent at enrollment)
 	Reconcile   time.Duration `yaml:"reconcile"` // how often the kernel state is checked for drift
 	// ReportRefresh is how often the agent reports when nothing changed,
 	// so the controllers know it is alive; 0 means 2 minutes. Every report
@@ -104,11 +103,6 @@ func (c Config) Validate() error {
 	}
 	if c.Interface == "" || len(c.Interface) > 15 {
 		errs = append(errs, fmt.Errorf("interface %q: want 1-15 characters", c.Interface))
-	}
-	if c.Endpoint != "" {
-		if err := api.CheckEndpoint(c.Endpoint); err != nil {
-			errs = append(errs, err)
-		}
 	}
 	if c.ListenPort < 1 || c.ListenPort > 65535 {
 		errs = append(errs, fmt.Errorf("listen_port %d: out of range", c.ListenPort))

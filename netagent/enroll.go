@@ -131,6 +131,13 @@ func enroll(ctx context.Context, cfg Config, token, rootFile string, again bool,
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
+	// Checked here, not in Validate: only an enrollment sends it, and an
+	// agent enrolled with a name before names were refused still runs.
+	if cfg.Endpoint != "" {
+		if err := api.CheckEndpoint(cfg.Endpoint); err != nil {
+			return nil, fmt.Errorf("config: %w", err)
+		}
+	}
 	keys, err := openKeyStore(cfg)
 	if err != nil {
 		return nil, err

@@ -735,6 +735,8 @@ func (d *Device) release(w *peerState) {
 	for _, a := range w.allowed {
 		if d.owner[a] == w {
 			delete(d.owner, a)
+			delete(d.foreign, a)
+			delete(d.withheld, a)
 		}
 	}
 }

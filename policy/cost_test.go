@@ -21,6 +21,16 @@ func TestFlowDepth(t *testing.T) {
 		t.Fatalf("deep registry: %v", err)
 	}
 
+	// An apostrophe inside a plain scalar opens no quote.
+	for _, src := range []string{
+		"description: it's\nx: " + strings.Repeat("[", 20000) + strings.Repeat("]", 20000) + "\n",
+		"a: \"open\nx: " + strings.Repeat("[", 20000) + strings.Repeat("]", 20000) + "\n", // a quote never closed
+	} {
+		if err := checkFlowDepth([]byte(src)); err == nil {
+			t.Errorf("deep nesting after %q let through", src[:12])
+		}
+	}
+
 	ok := "version: 1 # [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\n" +
 		"groups:\n  g: {gateways: [gw-1]}\n" +
 		"services:\n  s: {group: g, ports: [tcp/22], description: \"" + strings.Repeat("[", 70) + "\"}\n" +

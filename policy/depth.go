@@ -23,10 +23,24 @@ func (e *DepthError) Error() string {
 // inside a plain scalar as flow indicators: that only refuses a document
 // with more than MaxFlowDepth of them open, which no policy has.
 func checkFlowDepth(src []byte) error {
+	closed, err := scanFlowDepth(src, true)
+	if err == nil && !closed {
+		// A quote that never closed: the scan may have taken a plain
+		// scalar's apostrophe for one and skipped the rest. Count every
+		// bracket instead.
+		_, err = scanFlowDepth(src, false)
+	}
+	return err
+}
+
+// scanFlowDepth is checkFlowDepth's scan; with quotes unset it counts
+// brackets inside quotes too. closed says whether every quote it opened
+// was closed.
+func scanFlowDepth(src []byte, quotes bool) (closed bool, err error) {
 	line, col := 1, 0
 	depth := 0
 	var quote byte // ' or " while inside a quoted scalar
-	prev := byte('\n')
+	prev := byte('\n') // the start of the file is a line's
 	for i := 0; i < len(src); i++ {
 		c := src[i]
 		col++
@@ -54,11 +68,11 @@ func checkFlowDepth(src []byte) error {
 			for i+1 < len(src) && src[i+1] != '\n' {
 				i++
 			}
-		case c == '"' || c == '\'':
+		case quotes && (c == '"' || c == '\'') && scalarStart(prev):
 			quote = c
 		case c == '[' || c == '{':
 			if depth++; depth > MaxFlowDepth {
-				return &DepthError{At: Pos{Line: line, Column: col}}
+				return true, &DepthError{At: Pos{Line: line, Column: col}}
 			}
 		case c == ']' || c == '}':
 			if depth > 0 {
@@ -67,5 +81,15 @@ func checkFlowDepth(src []byte) error {
 		}
 		prev = c
 	}
-	return nil
+	return quote == 0, nil
+}
+
+// scalarStart says whether a quote after prev can open a quoted scalar
+// (in "it's" the apostrophe is part of a plain scalar).
+func scalarStart(prev byte) bool {
+	switch prev {
+	case ' ', '\t', '\n', '\r', '[', '{', ',':
+		return true
+	}
+	return false
 }

@@ -39,7 +39,7 @@ func bindConfig(fs *pflag.FlagSet, c *netagent.Config) {
 	fs.StringVar(&c.StateDir, "state-dir", c.StateDir, "directory for keys, certificate and the last applied view")
 	fs.StringVar(&c.Interface, "interface", c.Interface, "WireGuard interface name")
 	fs.IntVar(&c.ListenPort, "listen-port", c.ListenPort, "WireGuard UDP port")
-	fs.StringVar(&c.Endpoint, "endpoint", c.Endpoint, "host:port peers reach this gateway at")
+	fs.StringVar(&c.Endpoint, "endpoint", c.Endpoint, "IP:port peers reach this gateway at (sent at enrollment)")
 	fs.DurationVar(&c.Reconcile, "reconcile", c.Reconcile, "how often to check the kernel for drift")
 	fs.DurationVar(&c.ReportRefresh, "report-refresh", c.ReportRefresh, "how often to report when nothing changed (0: 2m)")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", c.MetricsAddr, "host:port for /metrics, /healthz and /readyz over plain HTTP (empty: off)")
