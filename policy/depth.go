@@ -39,7 +39,7 @@ func checkFlowDepth(src []byte) error {
 func scanFlowDepth(src []byte, quotes bool) (closed bool, err error) {
 	line, col := 1, 0
 	depth := 0
-	var quote byte // ' or " while inside a quoted scalar
+	var quote byte     // ' or " while inside a quoted scalar
 	prev := byte('\n') // the start of the file is a line's
 	for i := 0; i < len(src); i++ {
 		c := src[i]
