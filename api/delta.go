@@ -28,6 +28,9 @@ type ViewDelta struct {
 	PeersRemoved  []string     `json:"peers_removed,omitempty"` // gateway ids
 	RulesAdded    []Rule       `json:"rules_added,omitempty"`
 	RulesRemoved  []Rule       `json:"rules_removed,omitempty"`
+	// LANs are the view's LANs, whole (see View.LANs; absent from deltas
+	// of earlier releases, like from their views).
+	LANs []netip.Prefix `json:"lans"`
 }
 
 // WatchEvent is one line of a watch stream opened with deltas: either a
@@ -62,7 +65,7 @@ func SamePeer(a, b Peer) bool {
 func Diff(old, cur *View) *ViewDelta {
 	d := &ViewDelta{
 		Gateway: cur.Gateway, BaseIndex: old.RaftIndex, RaftIndex: cur.RaftIndex, PolicyVersion: cur.PolicyVersion,
-		OverlayIP: cur.OverlayIP, OverlayPrefix: cur.OverlayPrefix,
+		OverlayIP: cur.OverlayIP, OverlayPrefix: cur.OverlayPrefix, LANs: cur.LANs,
 	}
 	i, j := 0, 0
 	for i < len(old.Peers) || j < len(cur.Peers) {
@@ -129,7 +132,7 @@ func (d *ViewDelta) Apply(base *View) (*View, error) {
 	}
 	v := &View{
 		Gateway: d.Gateway, RaftIndex: d.RaftIndex, PolicyVersion: d.PolicyVersion,
-		OverlayIP: d.OverlayIP, OverlayPrefix: d.OverlayPrefix,
+		OverlayIP: d.OverlayIP, OverlayPrefix: d.OverlayPrefix, LANs: d.LANs,
 	}
 	var err error
 	if v.Peers, err = applyPeers(base.Peers, d.PeersSet, d.PeersRemoved); err != nil {

@@ -39,6 +39,12 @@ func randomView(r *rand.Rand, index uint64) *View {
 			Protocol: []string{"icmp", "tcp", "udp"}[i%3], Port: uint16(i%3) * 443})
 	}
 	slices.SortFunc(v.Rules, CompareRules)
+	switch r.IntN(3) { // the gateway's LANs: not known, none, some
+	case 1:
+		v.LANs = []netip.Prefix{}
+	case 2:
+		v.LANs = []netip.Prefix{netip.MustParsePrefix("10.9.0.0/24"), netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 10, byte(r.IntN(4)), 0}), 24)}
+	}
 	return v
 }
 
@@ -56,6 +62,14 @@ func TestDiffApply(t *testing.T) {
 		got, err := d.Apply(prev)
 		if err != nil {
 			t.Fatalf("step %d: %v", step, err)
+		}
+		// Through the stream's JSON, LANs not known stay apart from none.
+		var wire ViewDelta
+		if b, err := json.Marshal(d); err != nil || json.Unmarshal(b, &wire) != nil {
+			t.Fatalf("step %d: delta JSON: %v", step, err)
+		}
+		if w, err := wire.Apply(prev); err != nil || (w.LANs == nil) != (cur.LANs == nil) || !slices.Equal(w.LANs, cur.LANs) {
+			t.Fatalf("step %d: LANs %v through JSON, want %v (%v)", step, w.LANs, cur.LANs, err)
 		}
 		if !reflect.DeepEqual(got, cur) {
 			t.Fatalf("step %d: apply(diff) differs:\n got %+v\nwant %+v", step, got, cur)

@@ -144,6 +144,11 @@ type View struct {
 	OverlayPrefix netip.Prefix `json:"overlay_prefix"`
 	Peers         []Peer       `json:"peers"`
 	Rules         []Rule       `json:"rules"`
+	// LANs are the gateway's own LAN prefixes, the only destinations its
+	// firewall forwards traffic from the overlay to. Absent (nil) in
+	// views of controllers of earlier releases: the agent then checks no
+	// destination; empty: the gateway forwards nothing.
+	LANs []netip.Prefix `json:"lans"`
 }
 
 // Peer is a WireGuard peer of a gateway.

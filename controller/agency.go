@@ -451,7 +451,7 @@ func planAgencyChange(agencies []api.Agency, gateways []api.Gateway, cur *api.Po
 		views := map[string]*api.View{}
 		for _, g := range reg.Gateways {
 			if policy.Participates(&g) {
-				views[g.ID] = &api.View{Gateway: g.ID, OverlayIP: g.OverlayIP}
+				views[g.ID] = &api.View{Gateway: g.ID, OverlayIP: g.OverlayIP, LANs: policy.OwnLANs(&g)}
 			}
 		}
 		return views, nil

@@ -98,11 +98,22 @@ const (
 
 // digestKey encodes rules, in order, as a key of viewHub.shared; ok is
 // false for a set too large to be shared by many gateways.
-func digestKey(rules []api.Rule) (key string, ok bool) {
+func digestKey(rules []api.Rule, lans []netip.Prefix) (key string, ok bool) {
 	if len(rules) > maxSharedDigestRules {
 		return "", false
 	}
-	b := make([]byte, 0, len(rules)*24)
+	b := make([]byte, 0, len(rules)*24+len(lans)*5+2)
+	// The gateway's LANs first (their sets come into the digest too), nil
+	// and empty apart.
+	if lans != nil {
+		b = append(b, 1)
+	}
+	for _, l := range lans {
+		a := l.Addr().Unmap().As4()
+		b = append(b, a[:]...)
+		b = append(b, byte(l.Bits()))
+	}
+	b = append(b, 0)
 	for _, r := range rules {
 		a := r.Source.Addr()
 		b16 := a.As16()
@@ -232,7 +243,7 @@ func (h *viewHub) recompute() error {
 		for _, g := range touched {
 			updates[g.ID] = nil
 			if g.Status == api.StatusEnrolled {
-				updates[g.ID] = newHubView(&api.View{Gateway: g.ID, OverlayIP: g.OverlayIP})
+				updates[g.ID] = newHubView(&api.View{Gateway: g.ID, OverlayIP: g.OverlayIP, LANs: policy.OwnLANs(&g)})
 			}
 		}
 		h.install(index, overlay, 0, updates, nil, touched, passIncremental)
@@ -292,7 +303,7 @@ func (h *viewHub) recomputeAll(index uint64, overlay netip.Prefix, version uint6
 		// No policy yet: every enrolled gateway gets a view that denies all.
 		for _, g := range reg.Gateways {
 			if g.Status == api.StatusEnrolled {
-				views[g.ID] = &api.View{Gateway: g.ID, OverlayIP: g.OverlayIP}
+				views[g.ID] = &api.View{Gateway: g.ID, OverlayIP: g.OverlayIP, LANs: policy.OwnLANs(&g)}
 			}
 		}
 	} else {
@@ -519,7 +530,7 @@ func (h *viewHub) install(index uint64, overlay netip.Prefix, version uint64, up
 			delete(h.deltas, id)
 		} else {
 			d.Gateway, d.BaseIndex, d.RaftIndex, d.PolicyVersion = id, old.head.RaftIndex, index, version
-			d.OverlayIP, d.OverlayPrefix = v.head.OverlayIP, overlay
+			d.OverlayIP, d.OverlayPrefix, d.LANs = v.head.OverlayIP, overlay, v.head.LANs
 			if h.deltas == nil {
 				h.deltas = map[string][]*api.ViewDelta{}
 			}
@@ -690,7 +701,8 @@ func (h *viewHub) fail(err error) error {
 func sameView(x, y *hubView) bool {
 	a, b := &x.head, &y.head
 	if a.Gateway != b.Gateway || a.PolicyVersion != b.PolicyVersion || a.OverlayIP != b.OverlayIP ||
-		a.OverlayPrefix != b.OverlayPrefix || x.peers.Len() != y.peers.Len() || x.rules.Len() != y.rules.Len() {
+		a.OverlayPrefix != b.OverlayPrefix || !slices.Equal(a.LANs, b.LANs) || (a.LANs == nil) != (b.LANs == nil) ||
+		x.peers.Len() != y.peers.Len() || x.rules.Len() != y.rules.Len() {
 		return false
 	}
 	xp, xr := x.lists()
@@ -747,7 +759,7 @@ func (h *viewHub) expected(id string) (digest string, raftIndex uint64, ok bool)
 	// Rules the firewall cannot express are left out by the agent too, so
 	// the digest that comes with ErrUnsupportedRule is still the expectation.
 	_, rules := v.lists()
-	key, sharable := digestKey(rules)
+	key, sharable := digestKey(rules, v.head.LANs)
 	var d string
 	shared := false
 	if sharable {
@@ -757,7 +769,7 @@ func (h *viewHub) expected(id string) (digest string, raftIndex uint64, ok bool)
 	}
 	if !shared {
 		var err error
-		d, err = nft.ExpectedDigest(rules)
+		d, err = nft.ExpectedDigest(rules, v.head.LANs)
 		if err != nil && !errors.Is(err, nft.ErrUnsupportedRule) {
 			h.log.Error("expected ruleset digest", "gateway", id, "err", err)
 			return "", v.head.RaftIndex, true

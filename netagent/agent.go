@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -119,10 +120,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		log.Warn("ignoring saved view", "err", err)
 	}
 	rules := []api.Rule{}
+	var lans []netip.Prefix
 	if saved != nil {
-		rules = saved.Rules
+		rules, lans = saved.Rules, saved.LANs
 	}
-	if a.digest, err = a.applyRules(rules); err != nil {
+	if a.digest, err = a.applyRules(rules, lans); err != nil {
 		return fmt.Errorf("initial firewall: %w", err)
 	}
 	a.metrics.ready.Store(true)
@@ -328,9 +330,10 @@ func (a *Agent) applyLocked(ctx context.Context, v *api.View) error {
 		// say which peers were left out.
 		a.log.Error("peers left out of the WireGuard device", "raft_index", v.RaftIndex, "peers_left_out", peersLeftOut, "err", err)
 	}
-	rulesChanged := a.applied == nil || !reflect.DeepEqual(a.applied.Rules, v.Rules)
+	rulesChanged := a.applied == nil || !reflect.DeepEqual(a.applied.Rules, v.Rules) ||
+		!slices.Equal(a.applied.LANs, v.LANs) || (a.applied.LANs == nil) != (v.LANs == nil)
 	if rulesChanged {
-		digest, err := a.applyRules(v.Rules)
+		digest, err := a.applyRules(v.Rules, v.LANs)
 		if err != nil {
 			// The firewall kept the last view's rules: so do the peers
 			// the view keeps, or a view that narrows what a kept peer
@@ -446,10 +449,11 @@ func (a *Agent) reconcile() error {
 	a.log.Warn("firewall drifted from the applied view; restoring", "want", a.digest, "got", got, "read_err", err)
 	a.metrics.drift.WithLabelValues("firewall").Inc()
 	rules := []api.Rule{}
+	var lans []netip.Prefix
 	if a.applied != nil {
-		rules = a.applied.Rules
+		rules, lans = a.applied.Rules, a.applied.LANs
 	}
-	digest, err := a.applyRules(rules)
+	digest, err := a.applyRules(rules, lans)
 	if err != nil {
 		return err // the kernel kept what it had: checked again next tick
 	}
@@ -459,10 +463,10 @@ func (a *Agent) reconcile() error {
 
 // applyRules installs the table. Rules the firewall cannot express are left
 // out (which only blocks more: fail closed) and logged; the rest applies.
-func (a *Agent) applyRules(rules []api.Rule) (string, error) {
+func (a *Agent) applyRules(rules []api.Rule, lans []netip.Prefix) (string, error) {
 	start := time.Now()
-	digest, err := a.fw.Apply(rules)
-	a.metrics.firewallApplied(time.Since(start), rules, digest, err)
+	digest, err := a.fw.Apply(rules, lans)
+	a.metrics.firewallApplied(time.Since(start), rules, lans, digest, err)
 	if errors.Is(err, ErrUnsupportedRule) {
 		a.log.Error("rules left out of the firewall", "err", err)
 		return digest, nil

@@ -148,9 +148,11 @@ func (f *Firewall) conn(elements int) (*nftables.Conn, error) {
 }
 
 // Apply replaces table inet govnet with one that accepts, on the WireGuard
-// interface, exactly the flows in rules (plus replies to established
-// connections) and drops everything else arriving there. An empty rules
-// list means deny-all on the overlay. The table is built by [nft.Build].
+// interface, exactly the flows in rules (plus replies to connections
+// opened from this side), forwards them only to the gateway's own LANs
+// lans (nil: not known, any destination), and drops everything else
+// arriving there. An empty rules list means deny-all on the overlay. The
+// table is built by [nft.Build].
 //
 // The whole table is built and sent in one netlink batch (add table, delete
 // it, add it again with its sets, elements and chains), which the kernel
@@ -163,15 +165,15 @@ func (f *Firewall) conn(elements int) (*nftables.Conn, error) {
 // denies more, so the rest is still installed, and the returned error wraps
 // ErrUnsupportedRule alongside a valid digest.
 //
-// On success the digest equals [nft.ExpectedDigest](rules), which the
+// On success the digest equals [nft.ExpectedDigest](rules, lans), which the
 // controller computes for the gateway; if it does not (a kernel that stores
 // the table differently), Apply logs it as an error but still succeeds.
-func (f *Firewall) Apply(rules []api.Rule) (digest string, err error) {
+func (f *Firewall) Apply(rules []api.Rule, lans []netip.Prefix) (digest string, err error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	start := time.Now()
 
-	d, ruleErr := nft.Build(rules, f.iface)
+	d, ruleErr := nft.Build(rules, lans, f.iface)
 	c, err := f.conn(d.Elements())
 	if err != nil {
 		return "", err
@@ -219,7 +221,7 @@ func (f *Firewall) Apply(rules []api.Rule) (digest string, err error) {
 		return "", verr
 	}
 	digest = kt.Digest(f.iface)
-	// The same digest as nft.ExpectedDigest(rules), the controller's
+	// The same digest as nft.ExpectedDigest(rules, lans), the controller's
 	// expectation, unless this kernel stores the table differently.
 	if want, err := d.Digest(); err != nil || want != digest {
 		f.log.Error("digest of the installed table differs from the one the controller expects",

@@ -132,7 +132,7 @@ func BenchmarkFirewallApply(b *testing.B) {
 				b.Fatal(err)
 			}
 			policies := [2][]api.Rule{benchPolicy(n, 0), benchPolicy(n, 1)}
-			if _, err := fw.Apply(policies[1]); err != nil { // the table being replaced
+			if _, err := fw.Apply(policies[1], nil); err != nil { // the table being replaced
 				b.Fatal(err)
 			}
 			rec.take()
@@ -140,7 +140,7 @@ func BenchmarkFirewallApply(b *testing.B) {
 			i := 0
 			for b.Loop() {
 				start := time.Now()
-				if _, err := fw.Apply(policies[i%2]); err != nil {
+				if _, err := fw.Apply(policies[i%2], nil); err != nil {
 					b.Fatal(err)
 				}
 				applies = append(applies, ms(time.Since(start)))
@@ -341,7 +341,7 @@ func BenchmarkFirewallPacket(b *testing.B) {
 			b.Fatal(err)
 		}
 		start := time.Now()
-		if _, err := fw.Apply(packetPolicy(size.n)); err != nil {
+		if _, err := fw.Apply(packetPolicy(size.n), nil); err != nil {
 			b.Fatal(err)
 		}
 		b.Logf("receiver %s (%s): %d elements applied in %v", size.label, rcv.Name(), size.n, time.Since(start).Round(time.Millisecond))

@@ -74,7 +74,7 @@ var smallRules = []api.Rule{
 
 func TestFirewallApplyAndList(t *testing.T) {
 	fw, ns := newTestFirewall(t, "wg0")
-	digest, err := fw.Apply(smallRules)
+	digest, err := fw.Apply(smallRules, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,7 +120,7 @@ func TestFirewallApplyAndList(t *testing.T) {
 		t.Errorf("rendering differs from golden:\n--- got\n%s\n--- want\n%s", text, goldenSmall)
 	}
 	// The controller's side renders the same text without a kernel.
-	if exp, err := nft.ExpectedRender(smallRules); err != nil || exp != goldenSmall {
+	if exp, err := nft.ExpectedRender(smallRules, nil); err != nil || exp != goldenSmall {
 		t.Errorf("ExpectedRender = %v:\n%s\nwant the golden rendering", err, exp)
 	}
 }
@@ -162,7 +162,7 @@ chain input type filter hook input priority 0 policy accept
 
 func TestFirewallIdempotent(t *testing.T) {
 	fw, ns := newTestFirewall(t, "wg0")
-	d1, err := fw.Apply(smallRules)
+	d1, err := fw.Apply(smallRules, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -172,7 +172,7 @@ func TestFirewallIdempotent(t *testing.T) {
 	shuffled := slices.Clone(smallRules)
 	shuffled = append(shuffled, smallRules[0], smallRules[4])
 	rand.Shuffle(len(shuffled), func(i, j int) { shuffled[i], shuffled[j] = shuffled[j], shuffled[i] })
-	d2, err := fw.Apply(shuffled)
+	d2, err := fw.Apply(shuffled, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -194,7 +194,7 @@ func TestFirewallIdempotent(t *testing.T) {
 		t.Fatalf("new Firewall Digest() = %s, %v; want %s", d, err, d1)
 	}
 	// Different rules, different digest; and back.
-	d3, err := fw.Apply(smallRules[1:])
+	d3, err := fw.Apply(smallRules[1:], nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -208,7 +208,7 @@ func TestFirewallIdempotent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d4, err := fw3.Apply(smallRules); err != nil || d4 != d1 {
+	if d4, err := fw3.Apply(smallRules, nil); err != nil || d4 != d1 {
 		t.Fatalf("other iface: digest %s, %v; wg0 gave %s", d4, err, d1)
 	}
 	if out := ns.Exec(t, "nft", "list", "table", "inet", "govnet"); !strings.Contains(out, `iifname "wg1"`) || strings.Contains(out, `"wg0"`) {
@@ -227,7 +227,7 @@ func TestFirewallEveryPrefixLength(t *testing.T) {
 			api.Rule{Source: netip.PrefixFrom(netip.MustParseAddr("10.1.2.3"), bits), Protocol: api.ProtoTCP, Port: uint16(1000 + bits)})
 	}
 	rules = append(rules, icmp("0.0.0.0/0"), icmp("10.0.0.0/8"))
-	if _, err := fw.Apply(rules); err != nil {
+	if _, err := fw.Apply(rules, nil); err != nil {
 		t.Fatal(err)
 	}
 	out := ns.Exec(t, "nft", "list", "chain", "inet", "govnet", "input")
@@ -242,7 +242,7 @@ func TestFirewallEveryPrefixLength(t *testing.T) {
 
 func TestFirewallEmptyIsDenyAll(t *testing.T) {
 	fw, ns := newTestFirewall(t, "wg0")
-	if _, err := fw.Apply(nil); err != nil {
+	if _, err := fw.Apply(nil, nil); err != nil {
 		t.Fatal(err)
 	}
 	out := ns.Exec(t, "nft", "list", "table", "inet", "govnet")
@@ -289,7 +289,7 @@ func TestFirewallLarge(t *testing.T) {
 	for _, n := range []int{10_000, 10_001} {
 		rules := bigRules(n)
 		start := time.Now()
-		d, err := fw.Apply(rules)
+		d, err := fw.Apply(rules, nil)
 		took := time.Since(start)
 		if err != nil {
 			t.Fatal(err)
@@ -351,11 +351,11 @@ var handEdits = [][]string{
 // back.
 func TestFirewallHandEdit(t *testing.T) {
 	fw, ns := newTestFirewall(t, "wg0")
-	want, err := fw.Apply(smallRules)
+	want, err := fw.Apply(smallRules, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	expected, err := nft.ExpectedDigest(smallRules)
+	expected, err := nft.ExpectedDigest(smallRules, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -376,7 +376,7 @@ func TestFirewallHandEdit(t *testing.T) {
 			if got == expected {
 				t.Fatalf("nft %s: the digest still equals ExpectedDigest", strings.Join(edit, " "))
 			}
-			d, err := fw.Apply(smallRules)
+			d, err := fw.Apply(smallRules, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -391,7 +391,7 @@ func TestFirewallHandEdit(t *testing.T) {
 // traffic; the digest must not.
 func TestFirewallCountersDoNotChangeDigest(t *testing.T) {
 	fw, ns := newTestFirewall(t, "lo")
-	want, err := fw.Apply(nil)
+	want, err := fw.Apply(nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -421,10 +421,10 @@ func TestFirewallOtherTablesUntouched(t *testing.T) {
 	ns.Exec(t, "nft", "add", "table", "ip", "govnet") // same name, other family
 	before := ns.Exec(t, "nft", "list", "ruleset")
 
-	if _, err := fw.Apply(smallRules); err != nil {
+	if _, err := fw.Apply(smallRules, nil); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := fw.Apply(bigRules(3000)); err != nil {
+	if _, err := fw.Apply(bigRules(3000), nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := fw.Remove(); err != nil {
@@ -443,7 +443,7 @@ func TestFirewallRemove(t *testing.T) {
 	if _, err := fw.Digest(); !errors.Is(err, ErrNoTable) {
 		t.Fatalf("Digest without table: %v, want ErrNoTable", err)
 	}
-	if _, err := fw.Apply(smallRules); err != nil {
+	if _, err := fw.Apply(smallRules, nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := fw.Remove(); err != nil {
@@ -466,7 +466,7 @@ func TestFirewallFailedBatchKeepsOld(t *testing.T) {
 	}
 
 	fw.beforeFlush = breakBatch
-	if _, err := fw.Apply(smallRules); err == nil {
+	if _, err := fw.Apply(smallRules, nil); err == nil {
 		t.Fatal("broken batch accepted")
 	}
 	if _, err := fw.Digest(); !errors.Is(err, ErrNoTable) {
@@ -474,14 +474,14 @@ func TestFirewallFailedBatchKeepsOld(t *testing.T) {
 	}
 
 	fw.beforeFlush = nil
-	want, err := fw.Apply(smallRules)
+	want, err := fw.Apply(smallRules, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	before := ns.Exec(t, "nft", "list", "table", "inet", "govnet")
 
 	fw.beforeFlush = breakBatch
-	_, err = fw.Apply(bigRules(5000))
+	_, err = fw.Apply(bigRules(5000), nil)
 	if err == nil {
 		t.Fatal("broken batch accepted")
 	}
@@ -528,7 +528,7 @@ func TestCompileRules(t *testing.T) {
 		}, sets: "allow4=1 allow4_icmp=0", bad: 5},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			d, err := nft.Build(tc.rules, "wg0")
+			d, err := nft.Build(tc.rules, nil, "wg0")
 			sets := d.Sets
 			var got []string
 			total := 0
@@ -574,7 +574,7 @@ func TestCompileRules(t *testing.T) {
 
 func TestFirewallApplyPartial(t *testing.T) {
 	fw, ns := newTestFirewall(t, "wg0")
-	d, err := fw.Apply([]api.Rule{tcp("10.0.0.1/32", 443), tcp("2001:db8::1/128", 443)})
+	d, err := fw.Apply([]api.Rule{tcp("10.0.0.1/32", 443), tcp("2001:db8::1/128", 443)}, nil)
 	if !errors.Is(err, ErrUnsupportedRule) || d == "" {
 		t.Fatalf("Apply = %q, %v; want a digest and ErrUnsupportedRule", d, err)
 	}
@@ -677,7 +677,7 @@ func TestFirewallPackets(t *testing.T) {
 		tcp("198.18.0.0/24", 7002), // a LAN prefix rule
 		tcp("198.16.0.0/14", 7004), // another prefix length: another set
 		icmp("198.18.0.0/25"),      // an ICMP prefix rule
-	}); err != nil {
+	}, nil); err != nil {
 		t.Fatal(err)
 	}
 	wantOK(a, allowed, "allowed /32 rule")
@@ -713,7 +713,7 @@ func TestFirewallPackets(t *testing.T) {
 	}
 
 	// Deny-all.
-	if _, err := fw.Apply(nil); err != nil {
+	if _, err := fw.Apply(nil, nil); err != nil {
 		t.Fatal(err)
 	}
 	// The connection opened before is cut too: conntrack's established
@@ -734,7 +734,7 @@ func TestFirewallPackets(t *testing.T) {
 
 	// Other sources of the LAN prefix are not the /32.
 	if _, err := fw.Apply([]api.Rule{tcp("198.18.0.99/32", 7001), tcp("198.18.1.0/24", 7002),
-		tcp("198.20.0.0/14", 7004), tcp("198.18.0.0/24", 7003), icmp("198.18.0.128/25")}); err != nil {
+		tcp("198.20.0.0/14", 7004), tcp("198.18.0.0/24", 7003), icmp("198.18.0.128/25")}, nil); err != nil {
 		t.Fatal(err)
 	}
 	wantDropped(a, allowed, "rule for another /32")
@@ -832,7 +832,7 @@ func TestExpectedDigestMatchesKernel(t *testing.T) {
 		errs := &errorCounter{}
 		if fw, err := NewFirewall(iface, WithNetNS(ns.Fd()), WithLogger(slog.New(errs))); err != nil {
 			t.Fatal(err)
-		} else if _, err := fw.Apply(smallRules); err != nil {
+		} else if _, err := fw.Apply(smallRules, nil); err != nil {
 			t.Fatal(err)
 		}
 		if errs.n.Load() != 0 {
@@ -840,31 +840,42 @@ func TestExpectedDigestMatchesKernel(t *testing.T) {
 		}
 		for _, name := range slices.Sorted(maps.Keys(cases)) {
 			rules := cases[name]
-			t.Run(iface+"/"+name, func(t *testing.T) {
-				applied, err := fw.Apply(rules)
-				if err != nil {
-					t.Fatal(err)
+			// The gateway's own LANs: not known, none, and LANs of two
+			// lengths (sets and the forward chain's destination rule).
+			for _, lc := range []struct {
+				name string
+				lans []netip.Prefix
+			}{{"", nil}, {"/no-lans", []netip.Prefix{}}, {"/lans", []netip.Prefix{pfx("10.9.0.0/24"), pfx("10.9.1.0/24"), pfx("172.20.0.0/16")}}} {
+				if lc.lans != nil && len(rules) >= 100 {
+					continue
 				}
-				got, err := fw.Digest()
-				if err != nil {
-					t.Fatal(err)
-				}
-				want, err := nft.ExpectedDigest(rules)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if got != want || applied != want {
-					kernel, _ := fw.Render()
-					expected, _ := nft.ExpectedRender(rules)
-					t.Fatalf("Digest() = %s, Apply = %s, ExpectedDigest = %s\n%s", got, applied, want, firstDiff(kernel, expected))
-				}
-				if len(rules) < 100 {
-					kernel, _ := fw.Render()
-					if strings.Contains(kernel, iface) {
-						t.Errorf("rendering names the interface %q:\n%s", iface, kernel)
+				lans := lc.lans
+				t.Run(iface+"/"+name+lc.name, func(t *testing.T) {
+					applied, err := fw.Apply(rules, lans)
+					if err != nil {
+						t.Fatal(err)
 					}
-				}
-			})
+					got, err := fw.Digest()
+					if err != nil {
+						t.Fatal(err)
+					}
+					want, err := nft.ExpectedDigest(rules, lans)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if got != want || applied != want {
+						kernel, _ := fw.Render()
+						expected, _ := nft.ExpectedRender(rules, lans)
+						t.Fatalf("Digest() = %s, Apply = %s, ExpectedDigest = %s\n%s", got, applied, want, firstDiff(kernel, expected))
+					}
+					if len(rules) < 100 {
+						kernel, _ := fw.Render()
+						if strings.Contains(kernel, iface) {
+							t.Errorf("rendering names the interface %q:\n%s", iface, kernel)
+						}
+					}
+				})
+			}
 		}
 	}
 }
@@ -905,22 +916,22 @@ func TestExpectedDigestUnsupported(t *testing.T) {
 	mixed = append(mixed, bad[3:]...)
 	mixed = append(mixed, good[2])
 
-	wantGood, err := nft.ExpectedDigest(good)
+	wantGood, err := nft.ExpectedDigest(good, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want, err := nft.ExpectedDigest(mixed)
+	want, err := nft.ExpectedDigest(mixed, nil)
 	if !errors.Is(err, nft.ErrUnsupportedRule) || !errors.Is(err, ErrUnsupportedRule) {
-		t.Fatalf("ExpectedDigest(mixed) error %v, want ErrUnsupportedRule", err)
+		t.Fatalf("ExpectedDigest(mixed, nil) error %v, want ErrUnsupportedRule", err)
 	}
 	if want != wantGood {
-		t.Fatalf("ExpectedDigest(mixed) = %s, ExpectedDigest(supported rules only) = %s", want, wantGood)
+		t.Fatalf("ExpectedDigest(mixed, nil) = %s, ExpectedDigest(supported rules only, nil) = %s", want, wantGood)
 	}
-	onlyBad, err := nft.ExpectedDigest(bad)
+	onlyBad, err := nft.ExpectedDigest(bad, nil)
 	if !errors.Is(err, ErrUnsupportedRule) {
-		t.Fatalf("ExpectedDigest(bad) error %v", err)
+		t.Fatalf("ExpectedDigest(bad, nil) error %v", err)
 	}
-	if deny, _ := nft.ExpectedDigest(nil); onlyBad != deny {
+	if deny, _ := nft.ExpectedDigest(nil, nil); onlyBad != deny {
 		t.Fatalf("only unsupported rules: %s, want the deny-all digest %s", onlyBad, deny)
 	}
 
@@ -929,7 +940,7 @@ func TestExpectedDigestUnsupported(t *testing.T) {
 		rules []api.Rule
 		want  string
 	}{{mixed, want}, {bad, onlyBad}} {
-		d, err := fw.Apply(tc.rules)
+		d, err := fw.Apply(tc.rules, nil)
 		if !errors.Is(err, ErrUnsupportedRule) {
 			t.Fatalf("Apply error %v, want ErrUnsupportedRule", err)
 		}
@@ -960,12 +971,90 @@ func TestFirewallLargeReadBack(t *testing.T) {
 	fw, _ := newTestFirewall(t, "wg0")
 	for i := range 3 {
 		rules := bigRules(100_000 + i)
-		got, err := fw.Apply(rules)
+		got, err := fw.Apply(rules, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if want, _ := nft.ExpectedDigest(rules); got != want {
+		if want, _ := nft.ExpectedDigest(rules, nil); got != want {
 			t.Fatalf("apply %d: read-back digest %s, want %s", i, got, want)
+		}
+	}
+}
+
+// TestFirewallForwardsOnlyToLANs sends real packets through a gateway:
+// ns a is a peer, b the gateway (its veth from a plays the WireGuard
+// interface), c a host on one of b's LANs, d a host b routes to that is
+// on none (its uplink, say). A flow the policy allows reaches c, never d,
+// once the view says which LANs are b's; a view that does not say (an
+// earlier controller) checks no destination, and a gateway with no LAN
+// forwards nothing.
+func TestFirewallForwardsOnlyToLANs(t *testing.T) {
+	netnstest.RequireTools(t, "nft", "ip", "sysctl")
+	a, b, c, d := netnstest.New(t), netnstest.New(t), netnstest.New(t), netnstest.New(t)
+	_, ifB := netnstest.Veth(t, a, b, pfx("198.18.0.1/24"), pfx("198.18.0.2/24"))
+	netnstest.Veth(t, b, c, pfx("198.19.0.1/24"), pfx("198.19.0.2/24"))
+	netnstest.Veth(t, b, d, pfx("198.20.0.1/24"), pfx("198.20.0.2/24"))
+	b.Exec(t, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+	a.Exec(t, "ip", "route", "add", "198.19.0.0/24", "via", "198.18.0.2")
+	a.Exec(t, "ip", "route", "add", "198.20.0.0/24", "via", "198.18.0.2")
+	c.Exec(t, "ip", "route", "add", "default", "via", "198.19.0.1")
+	d.Exec(t, "ip", "route", "add", "default", "via", "198.20.0.1")
+	fw, err := NewFirewall(ifB, WithNetNS(b.Fd()), WithLogger(testLogger(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	serve := func(ns *netnstest.NS, addr string) {
+		var ln net.Listener
+		if err := ns.Do(func() (err error) { ln, err = net.Listen("tcp4", addr); return err }); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		go func() {
+			for {
+				conn, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				conn.Write([]byte("hi"))
+				conn.Close()
+			}
+		}()
+	}
+	serve(c, "198.19.0.2:7001")
+	serve(d, "198.20.0.2:7001")
+	reach := func(addr string) error {
+		return a.Do(func() error {
+			conn, err := net.DialTimeout("tcp4", addr, 700*time.Millisecond)
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			conn.SetDeadline(time.Now().Add(time.Second))
+			_, err = io.ReadFull(conn, make([]byte, 2))
+			return err
+		})
+	}
+	rules := []api.Rule{tcp("198.18.0.1/32", 7001)}
+	for _, tc := range []struct {
+		name     string
+		lans     []netip.Prefix
+		toC, toD bool
+	}{
+		{"LANs not known", nil, true, true},
+		{"c's network is b's LAN", []netip.Prefix{pfx("198.19.0.0/24")}, true, false},
+		{"a LAN of another length too", []netip.Prefix{pfx("198.19.0.0/24"), pfx("10.7.0.0/16")}, true, false},
+		{"no LAN", []netip.Prefix{}, false, false},
+	} {
+		if _, err := fw.Apply(rules, tc.lans); err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range []struct {
+			addr string
+			want bool
+		}{{"198.19.0.2:7001", tc.toC}, {"198.20.0.2:7001", tc.toD}} {
+			if err := reach(p.addr); (err == nil) != p.want {
+				t.Errorf("%s: a -> %s: %v, want reached %v", tc.name, p.addr, err, p.want)
+			}
 		}
 	}
 }

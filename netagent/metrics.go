@@ -6,6 +6,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"net/netip"
 	"sync/atomic"
 	"time"
 
@@ -107,12 +108,12 @@ func (m *agentMetrics) fail(step string) { m.reconcileErrors.WithLabelValues(ste
 
 // firewallApplied records one install of the table: how long it took and
 // whether what the kernel holds is what the controller expects of rules.
-func (m *agentMetrics) firewallApplied(took time.Duration, rules []api.Rule, digest string, err error) {
+func (m *agentMetrics) firewallApplied(took time.Duration, rules []api.Rule, lans []netip.Prefix, digest string, err error) {
 	m.applySeconds.Observe(took.Seconds())
 	if err != nil && !errors.Is(err, ErrUnsupportedRule) {
 		return // the previous table is still in place
 	}
-	want, werr := nft.ExpectedDigest(rules)
+	want, werr := nft.ExpectedDigest(rules, lans)
 	if werr != nil && !errors.Is(werr, nft.ErrUnsupportedRule) {
 		return
 	}

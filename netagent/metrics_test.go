@@ -78,7 +78,7 @@ func TestAgentMetrics(t *testing.T) {
 	}
 
 	v := &api.View{Gateway: "gw1", RaftIndex: 42, PolicyVersion: 3, Rules: smallRules}
-	if a.digest, err = a.applyRules(v.Rules); err != nil {
+	if a.digest, err = a.applyRules(v.Rules, v.LANs); err != nil {
 		t.Fatal(err)
 	}
 	a.metrics.ready.Store(true)
@@ -154,7 +154,7 @@ func TestAgentMetrics(t *testing.T) {
 		t.Errorf("certificate expires in %v s, want about 3600", left)
 	}
 	// A digest the kernel does not hold is a mismatch.
-	a.metrics.firewallApplied(time.Millisecond, v.Rules, "sha256:other", nil)
+	a.metrics.firewallApplied(time.Millisecond, v.Rules, v.LANs, "sha256:other", nil)
 	_, body = get("/metrics")
 	if mfs, err = p.TextToMetricFamilies(strings.NewReader(body)); err != nil {
 		t.Fatal(err)

@@ -309,7 +309,7 @@ func (r *resolver) compileFor(want, only bitset) map[string]*api.View {
 		if rules == nil {
 			rules = []api.Rule{}
 		}
-		views[gw.ID] = &api.View{Gateway: gw.ID, OverlayIP: gw.OverlayIP, Peers: peers, Rules: rules}
+		views[gw.ID] = &api.View{Gateway: gw.ID, OverlayIP: gw.OverlayIP, Peers: peers, Rules: rules, LANs: OwnLANs(gw)}
 		*a = acc{}
 	}
 	return views

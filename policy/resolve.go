@@ -25,6 +25,19 @@ func Participates(gw *api.Gateway) bool {
 	return gw.Status == api.StatusEnrolled && gw.PublicKey != "" && gw.OverlayIP.IsValid()
 }
 
+// OwnLANs are the LANs of gw as its view carries them (api.View.LANs):
+// masked and sorted, never nil (a gateway without LANs forwards nothing).
+func OwnLANs(gw *api.Gateway) []netip.Prefix {
+	out := make([]netip.Prefix, 0, len(gw.LANs))
+	for _, l := range gw.LANs {
+		if l.IsValid() {
+			out = append(out, l.Masked())
+		}
+	}
+	slices.SortFunc(out, netip.Prefix.Compare)
+	return slices.Compact(out)
+}
+
 // index is a registry arranged for lookups. Members are the participating
 // gateways, sorted by id; sets of gateways are bitsets over their indices.
 //

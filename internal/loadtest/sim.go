@@ -279,7 +279,7 @@ func (g *simGateway) apply(ctx context.Context, v *api.View) error {
 	}
 	// The agent reports the digest of the table it read back from the
 	// kernel; the simulation reports the one the rules compile to.
-	d, err := nft.ExpectedDigest(v.Rules)
+	d, err := nft.ExpectedDigest(v.Rules, v.LANs)
 	if err != nil && !errors.Is(err, nft.ErrUnsupportedRule) {
 		return err
 	}

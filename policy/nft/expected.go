@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -16,8 +17,8 @@ import (
 const expectIface = "govnet0"
 
 // ExpectedDigest returns the digest a gateway whose compiled view holds
-// rules must report: exactly what the agent's Firewall.Digest returns after
-// Firewall.Apply(rules) on a real kernel, for any WireGuard interface name.
+// rules and own LANs lans must report: exactly what the agent's
+// Firewall.Digest returns after Firewall.Apply(rules, lans) on a real kernel, for any WireGuard interface name.
 // It needs no kernel and depends only on the rules (not on their order or
 // duplicates).
 //
@@ -31,10 +32,10 @@ const expectIface = "govnet0"
 // table has, not on their elements, and their rendering is kept per such
 // layout (see expectedChains), which makes a small gateway's digest about
 // five times cheaper than rendering the whole expected table.
-func ExpectedDigest(rules []api.Rule) (string, error) {
-	p, ruleErr := compileRules(rules) // its only errors wrap ErrUnsupportedRule
+func ExpectedDigest(rules []api.Rule, lans []netip.Prefix) (string, error) {
+	p, ruleErr := compileRules(rules, lans) // its only errors wrap ErrUnsupportedRule
 	specs := p.sets(NewTable())
-	chains, err := expectedChains(specs)
+	chains, err := expectedChains(specs, p.dstCheck)
 	if err != nil {
 		return "", err
 	}
@@ -69,10 +70,11 @@ var (
 
 // expectedChains returns what Render writes for the chains of the
 // expected table whose sets are specs.
-func expectedChains(specs []setSpec) (string, error) {
+func expectedChains(specs []setSpec, dstCheck bool) (string, error) {
 	var key strings.Builder
+	fmt.Fprintf(&key, "%t:", dstCheck)
 	for _, s := range specs {
-		fmt.Fprintf(&key, "%s/%d/%d/%t,", s.Set.Set.Name, s.Set.Set.ID, s.bits, s.icmp)
+		fmt.Fprintf(&key, "%s/%d/%d/%t/%t,", s.Set.Set.Name, s.Set.Set.ID, s.bits, s.icmp, s.dst)
 	}
 	if v, ok := chainRenders.Load(key.String()); ok {
 		return v.(string), nil
@@ -80,7 +82,7 @@ func expectedChains(specs []setSpec) (string, error) {
 	t := NewTable()
 	d := &Desired{Table: t, iface: expectIface}
 	for _, ch := range chains(t) {
-		d.Chains = append(d.Chains, Chain{Chain: ch, Rules: chainRules(t, ch, specs, expectIface)})
+		d.Chains = append(d.Chains, Chain{Chain: ch, Rules: chainRules(t, ch, specs, expectIface, dstCheck)})
 	}
 	et, err := d.Expect()
 	if err != nil {
@@ -97,8 +99,8 @@ func expectedChains(specs []setSpec) (string, error) {
 // ExpectedRender is the canonical text whose digest [ExpectedDigest]
 // returns (the text Firewall.Render returns after Firewall.Apply(rules)),
 // to show how a gateway's table differs from what it should hold.
-func ExpectedRender(rules []api.Rule) (string, error) {
-	t, err := expect(rules)
+func ExpectedRender(rules []api.Rule, lans []netip.Prefix) (string, error) {
+	t, err := expect(rules, lans)
 	if t == nil {
 		return "", err
 	}
@@ -107,8 +109,8 @@ func ExpectedRender(rules []api.Rule) (string, error) {
 
 // expect returns the expected table and nil, or the expected table and an
 // error wrapping ErrUnsupportedRule, or nil and another error.
-func expect(rules []api.Rule) (*Table, error) {
-	d, ruleErr := Build(rules, expectIface)
+func expect(rules []api.Rule, lans []netip.Prefix) (*Table, error) {
+	d, ruleErr := Build(rules, lans, expectIface)
 	t, err := d.Expect()
 	if err != nil {
 		return nil, err

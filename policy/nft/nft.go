@@ -50,7 +50,17 @@ const (
 	// send ICMP: allow4_icmp_net_<len>, hash sets of ipv4_addr, one per
 	// prefix length. See [SetAllow4ICMPNet].
 	SetAllow4ICMPNetPrefix = "allow4_icmp_net_"
+	// SetLAN4NetPrefix names the sets of the gateway's own LANs, the only
+	// destinations the forward chain lets the overlay reach:
+	// lan4_net_<len>, hash sets of ipv4_addr holding each LAN's (masked)
+	// address, matched on the destination address masked to that length.
+	// See [SetLAN4Net].
+	SetLAN4NetPrefix = "lan4_net_"
 )
+
+// SetLAN4Net is the name of the set of the gateway's LANs of length bits,
+// e.g. lan4_net_24.
+func SetLAN4Net(bits int) string { return SetLAN4NetPrefix + strconv.Itoa(bits) }
 
 // SetAllow4Net is the name of the TCP/UDP set for source prefixes of
 // length bits (0–31), e.g. allow4_net_24.
@@ -99,15 +109,31 @@ type ruleset struct {
 	nets     map[service][]netip.Prefix // wider sources, TCP/UDP
 	icmp     map[netip.Addr]struct{}    // /32 sources, ICMP
 	icmpNets []netip.Prefix             // wider sources, ICMP
+	// lans are the gateway's own LANs, the destinations forwarded from
+	// the overlay; dstCheck says whether they are known (a view of an
+	// earlier controller does not say, and nothing is checked then).
+	lans     []netip.Prefix
+	dstCheck bool
 }
 
-func compileRules(rules []api.Rule) (*ruleset, error) {
+// compileRules compiles rules, and the gateway's own LANs (nil: not
+// known, no destination check; empty: none, nothing is forwarded).
+func compileRules(rules []api.Rule, lans []netip.Prefix) (*ruleset, error) {
 	p := &ruleset{
-		exact: map[[12]byte]struct{}{},
-		nets:  map[service][]netip.Prefix{},
-		icmp:  map[netip.Addr]struct{}{},
+		exact:    map[[12]byte]struct{}{},
+		nets:     map[service][]netip.Prefix{},
+		icmp:     map[netip.Addr]struct{}{},
+		dstCheck: lans != nil,
 	}
 	var errs []error
+	for _, l := range lans {
+		if !l.IsValid() || !l.Addr().Unmap().Is4() {
+			errs = append(errs, fmt.Errorf("%w: LAN %s: only IPv4 LANs are supported", ErrUnsupportedRule, l))
+			continue
+		}
+		p.lans = append(p.lans, netip.PrefixFrom(l.Addr().Unmap(), l.Bits()-unmapBits(l.Addr())).Masked())
+	}
+	p.lans = outermost(p.lans)
 	for i, r := range rules {
 		bad := func(why string) {
 			errs = append(errs, fmt.Errorf("%w: rule %d (%s %s %d): %s", ErrUnsupportedRule, i, r.Source, r.Protocol, r.Port, why))
@@ -201,6 +227,9 @@ type setSpec struct {
 	// bits is the source prefix length the set holds: its rule masks the
 	// packet's source address to it (32: exact, no mask).
 	bits int
+	// dst: the set holds the gateway's LANs of length bits, matched on the
+	// destination address (see SetLAN4NetPrefix).
+	dst bool
 }
 
 // elements returns set elements of keys, whose bytes share one array.
@@ -288,6 +317,18 @@ func (p *ruleset) sets(t *nftables.Table) []setSpec {
 			set.Elems = append(set.Elems, nftables.SetElement{Key: a.AsSlice()})
 		}
 	}
+	// The gateway's LANs, grouped by length.
+	lanByLen := map[int][]netip.Addr{}
+	for _, pfx := range p.lans {
+		lanByLen[pfx.Bits()] = append(lanByLen[pfx.Bits()], pfx.Addr())
+	}
+	for _, bits := range slices.Backward(slices.Sorted(maps.Keys(lanByLen))) {
+		set := add(SetLAN4Net(bits), nftables.TypeIPAddr, true, bits)
+		set.icmp, set.dst = false, true
+		for _, a := range lanByLen[bits] {
+			set.Elems = append(set.Elems, nftables.SetElement{Key: a.AsSlice()})
+		}
+	}
 	// Each set is made whole in one batch: a size lets the kernel
 	// allocate its hash table at once instead of resizing it while the
 	// elements arrive, during which a read back (the agent's check of
@@ -327,8 +368,15 @@ type Desired struct {
 // Rules that cannot be expressed are left out; Build then returns the table
 // of the others together with an error wrapping [ErrUnsupportedRule]. It
 // returns no other error.
-func Build(rules []api.Rule, iface string) (*Desired, error) {
-	p, err := compileRules(rules)
+//
+// lans are the gateway's own LANs: when they are known (not nil), the
+// forward chain drops what arrives on iface for any other destination
+// before the flows are looked at, so a flow the policy allows to this
+// gateway never reaches beyond it (its uplink, the transport network, the
+// Internet). nil, from a controller of an earlier release, checks no
+// destination.
+func Build(rules []api.Rule, lans []netip.Prefix, iface string) (*Desired, error) {
+	p, err := compileRules(rules, lans)
 	t := NewTable()
 	specs := p.sets(t)
 	d := &Desired{Table: t, iface: iface}
@@ -336,7 +384,7 @@ func Build(rules []api.Rule, iface string) (*Desired, error) {
 		d.Sets = append(d.Sets, s.Set)
 	}
 	for _, ch := range chains(t) {
-		d.Chains = append(d.Chains, Chain{Chain: ch, Rules: chainRules(t, ch, specs, iface)})
+		d.Chains = append(d.Chains, Chain{Chain: ch, Rules: chainRules(t, ch, specs, iface, p.dstCheck)})
 	}
 	return d, err
 }
@@ -446,7 +494,7 @@ func ifname(name string) []byte {
 // conntrack's word alone: a packet a peer sends in a connection it opened
 // is checked against the sets like its first, so a policy that no longer
 // allows a flow stops the connections already open too.
-func chainRules(t *nftables.Table, ch *nftables.Chain, sets []setSpec, iface string) []*nftables.Rule {
+func chainRules(t *nftables.Table, ch *nftables.Chain, sets []setSpec, iface string, dstCheck bool) []*nftables.Rule {
 	onIface := []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(iface)},
@@ -504,7 +552,29 @@ func chainRules(t *nftables.Table, ch *nftables.Chain, sets []setSpec, iface str
 		rule(onIface, ctState(expr.CtStateBitRELATED), accept),
 		rule(onIface, reply, ctState(expr.CtStateBitESTABLISHED), accept),
 	}
+	if dstCheck && ch.Hooknum != nil && *ch.Hooknum == *nftables.ChainHookForward {
+		// Forwarded only to the gateway's own LANs: a packet whose
+		// destination is in none of them is dropped (one inverted lookup
+		// per LAN length, all in one rule; no LAN at all: everything).
+		e := slices.Concat(onIface, ipv4)
+		for _, s := range sets {
+			if !s.dst {
+				continue
+			}
+			e = append(e, &expr.Payload{OperationType: expr.PayloadLoad, DestRegister: 1,
+				Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4})
+			if s.bits < 32 {
+				e = append(e, &expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+					Mask: net.CIDRMask(s.bits, 32), Xor: make([]byte, 4)})
+			}
+			e = append(e, &expr.Lookup{SourceRegister: 1, SetName: s.Set.Set.Name, SetID: s.Set.Set.ID, Invert: true})
+		}
+		rules = append(rules, rule(e, []expr.Any{&expr.Counter{}, &expr.Verdict{Kind: expr.VerdictDrop}}))
+	}
 	for _, s := range sets {
+		if s.dst {
+			continue
+		}
 		if s.icmp {
 			rules = append(rules, rule(onIface, isICMP, ipv4, saddr(s.bits), lookup(s.Set.Set), accept))
 		} else {

@@ -2,6 +2,7 @@ package nft
 
 import (
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"net/netip"
 	"slices"
@@ -44,7 +45,7 @@ func TestKeyEncoding(t *testing.T) {
 // TestExpectedDigestPure: the expectation depends on the rules as a set,
 // not on their order or duplicates, and changes with them.
 func TestExpectedDigestPure(t *testing.T) {
-	want, err := ExpectedDigest(sample)
+	want, err := ExpectedDigest(sample, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,23 +55,23 @@ func TestExpectedDigestPure(t *testing.T) {
 	for range 20 {
 		r := append(slices.Clone(sample), sample[rand.IntN(len(sample))], sample[rand.IntN(len(sample))])
 		rand.Shuffle(len(r), func(i, j int) { r[i], r[j] = r[j], r[i] })
-		if got, err := ExpectedDigest(r); err != nil || got != want {
+		if got, err := ExpectedDigest(r, nil); err != nil || got != want {
 			t.Fatalf("shuffled with duplicates: %s, %v; want %s", got, err, want)
 		}
 	}
 	for i := range sample {
 		other := slices.Delete(slices.Clone(sample), i, i+1)
 		if i == 3 { // 10.20.5.0/24 is nested in 10.20.0.0/16: not installed
-			if got, _ := ExpectedDigest(other); got != want {
+			if got, _ := ExpectedDigest(other, nil); got != want {
 				t.Errorf("dropping a nested prefix changed the digest")
 			}
 			continue
 		}
-		if got, _ := ExpectedDigest(other); got == want {
+		if got, _ := ExpectedDigest(other, nil); got == want {
 			t.Errorf("without rule %d: same digest", i)
 		}
 	}
-	if a, _ := ExpectedDigest(nil); a == want {
+	if a, _ := ExpectedDigest(nil, nil); a == want {
 		t.Error("deny-all has the digest of the sample")
 	}
 }
@@ -80,7 +81,7 @@ func TestExpectedDigestPure(t *testing.T) {
 // the same place does not.
 func TestRenderIfaceIndependent(t *testing.T) {
 	render := func(iface string) string {
-		d, err := Build(sample, iface)
+		d, err := Build(sample, nil, iface)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -98,7 +99,7 @@ func TestRenderIfaceIndependent(t *testing.T) {
 		t.Errorf("%d placeholders, want one per rule:\n%s", n, a)
 	}
 	// Built for wg0 but rendered for wg1: the interface is shown as hex.
-	d, _ := Build(sample, "wg0")
+	d, _ := Build(sample, nil, "wg0")
 	tbl, _ := d.Expect()
 	if got := tbl.Render("wg1"); got == a || strings.Contains(got, IfacePlaceholder) ||
 		!strings.Contains(got, "0x77673000000000000000000000000000") {
@@ -114,11 +115,11 @@ func TestExpectedDigestUnsupported(t *testing.T) {
 		rule("10.0.0.1/32", "sctp", 1),
 		{Protocol: api.ProtoTCP, Port: 1},
 	}, good...)
-	want, err := ExpectedDigest(good)
+	want, err := ExpectedDigest(good, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := ExpectedDigest(mixed)
+	got, err := ExpectedDigest(mixed, nil)
 	if !errors.Is(err, ErrUnsupportedRule) {
 		t.Fatalf("error %v, want ErrUnsupportedRule", err)
 	}
@@ -128,7 +129,7 @@ func TestExpectedDigestUnsupported(t *testing.T) {
 	if got != want {
 		t.Fatalf("with unsupported rules %s, without %s", got, want)
 	}
-	text, err := ExpectedRender(mixed)
+	text, err := ExpectedRender(mixed, nil)
 	if !errors.Is(err, ErrUnsupportedRule) || !strings.Contains(text, "elem 10.0.0.1 . tcp . 443") {
 		t.Fatalf("ExpectedRender = %v:\n%s", err, text)
 	}
@@ -222,7 +223,7 @@ func TestRenderNormalises(t *testing.T) {
 }
 
 func TestBuildShape(t *testing.T) {
-	d, err := Build(sample, "wg0")
+	d, err := Build(sample, nil, "wg0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -269,11 +270,11 @@ func TestExpectedDigestMatchesRender(t *testing.T) {
 			}
 			rules = append(rules, r)
 		}
-		text, rerr := ExpectedRender(rules)
-		d, err := Build(rules, "wg-x")
+		text, rerr := ExpectedRender(rules, nil)
+		d, err := Build(rules, nil, "wg-x")
 		built, xerr := d.Digest()
 		for range 2 {
-			got, gerr := ExpectedDigest(rules)
+			got, gerr := ExpectedDigest(rules, nil)
 			if got != digestOf([]byte(text)) || got != built || (gerr == nil) != (rerr == nil) || (gerr == nil) != (err == nil) || xerr != nil {
 				t.Fatalf("case %d %v: ExpectedDigest %s (%v), rendered %s (%v), built %s (%v)", i, rules, got, gerr, digestOf([]byte(text)), rerr, built, xerr)
 			}
@@ -289,7 +290,7 @@ func BenchmarkExpectedDigestSmall(b *testing.B) {
 	}
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := ExpectedDigest(rules); err != nil {
+		if _, err := ExpectedDigest(rules, nil); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -306,8 +307,51 @@ func BenchmarkExpectedDigest(b *testing.B) {
 		rules = append(rules, api.Rule{Source: netip.PrefixFrom(a, 24), Protocol: api.ProtoTCP, Port: 443})
 	}
 	for b.Loop() {
-		if _, err := ExpectedDigest(rules); err != nil {
+		if _, err := ExpectedDigest(rules, nil); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestBuildLANs: with the gateway's LANs known, they get sets of their
+// own by length and the forward chain (only it) one rule that drops what
+// is bound for none of them; nil (not known) and empty (no LAN) differ
+// from each other and from LANs in the digest.
+func TestBuildLANs(t *testing.T) {
+	lans := []netip.Prefix{netip.MustParsePrefix("10.9.0.0/24"), netip.MustParsePrefix("10.9.1.7/24"), netip.MustParsePrefix("172.20.0.0/16")}
+	d, err := Build(sample, lans, "wg0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lanSets []string
+	for _, s := range d.Sets {
+		if strings.HasPrefix(s.Set.Name, SetLAN4NetPrefix) {
+			lanSets = append(lanSets, fmt.Sprintf("%s:%d", s.Set.Name, len(s.Elems)))
+		}
+	}
+	if got := strings.Join(lanSets, " "); got != "lan4_net_24:2 lan4_net_16:1" {
+		t.Errorf("LAN sets %s", got)
+	}
+	plain, _ := Build(sample, nil, "wg0")
+	for i, ch := range d.Chains {
+		extra := len(ch.Rules) - len(plain.Chains[i].Rules)
+		if want := map[string]int{"input": 0, "forward": 1}[ch.Chain.Name]; extra != want {
+			t.Errorf("chain %s: %d more rules with LANs, want %d", ch.Chain.Name, extra, want)
+		}
+	}
+	digests := map[string]bool{}
+	for _, l := range [][]netip.Prefix{nil, {}, lans} {
+		dg, err := ExpectedDigest(sample, l)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := Build(sample, l, "wg0")
+		if bd, _ := b.Digest(); bd != dg {
+			t.Errorf("LANs %v: Build's digest %s, ExpectedDigest %s", l, bd, dg)
+		}
+		digests[dg] = true
+	}
+	if len(digests) != 3 {
+		t.Errorf("%d digests for unknown, no and some LANs", len(digests))
 	}
 }
