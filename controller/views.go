@@ -102,18 +102,20 @@ func digestKey(rules []api.Rule, lans []netip.Prefix) (key string, ok bool) {
 	if len(rules) > maxSharedDigestRules {
 		return "", false
 	}
-	b := make([]byte, 0, len(rules)*24+len(lans)*5+2)
-	// The gateway's LANs first (their sets come into the digest too), nil
-	// and empty apart.
-	if lans != nil {
-		b = append(b, 1)
+	b := make([]byte, 0, len(rules)*24+len(lans)*17+3)
+	// The gateway's LANs first (their sets come into the digest too):
+	// whether known, how many, then each as 16 bytes and a length (a LAN
+	// of an earlier release may be IPv6).
+	if lans == nil {
+		b = append(b, 0)
+	} else {
+		b = append(b, 1, byte(len(lans)>>8), byte(len(lans)))
 	}
 	for _, l := range lans {
-		a := l.Addr().Unmap().As4()
+		a := l.Addr().As16()
 		b = append(b, a[:]...)
 		b = append(b, byte(l.Bits()))
 	}
-	b = append(b, 0)
 	for _, r := range rules {
 		a := r.Source.Addr()
 		b16 := a.As16()

@@ -452,11 +452,14 @@ func TestDigestKey(t *testing.T) {
 	}
 	// The LANs are part of the key: unknown, none, and each set apart.
 	lanKeys := map[string]bool{}
-	for _, lans := range [][]netip.Prefix{nil, {}, {netip.MustParsePrefix("10.1.0.0/24")}, {netip.MustParsePrefix("10.1.0.0/16")}, {netip.MustParsePrefix("10.2.0.0/24")}} {
+	lists := [][]netip.Prefix{nil, {}, {netip.MustParsePrefix("10.1.0.0/24")}, {netip.MustParsePrefix("10.1.0.0/16")},
+		{netip.MustParsePrefix("10.2.0.0/24")}, {netip.MustParsePrefix("fd00:1::/64")}, // a LAN of an earlier release
+		{netip.MustParsePrefix("10.2.0.0/24"), netip.MustParsePrefix("fd00:1::/64")}}
+	for _, lans := range lists {
 		k, _ := digestKey(base, lans)
 		lanKeys[k] = true
 	}
-	if len(lanKeys) != 5 {
-		t.Errorf("%d keys for 5 LAN lists", len(lanKeys))
+	if len(lanKeys) != len(lists) {
+		t.Errorf("%d keys for %d LAN lists", len(lanKeys), len(lists))
 	}
 }

@@ -215,10 +215,23 @@ const healthyStream = time.Minute
 func (a *Agent) appliedIndex() uint64 {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.applied == nil {
+	if a.applied == nil || a.applied.LANs == nil {
+		// A view that does not say which LANs are the gateway's (saved by
+		// an earlier release, or sent by an earlier controller): ask for
+		// the whole view, which a controller of this release sends with
+		// them even at the same raft index.
 		return 0
 	}
 	return a.applied.RaftIndex
+}
+
+// stale says whether v adds nothing to applied: an older view, or the same
+// one, unless it brings the gateway's LANs that applied lacks.
+func stale(applied, v *api.View) bool {
+	if applied == nil || v.RaftIndex > applied.RaftIndex {
+		return false
+	}
+	return v.RaftIndex < applied.RaftIndex || applied.LANs != nil || v.LANs == nil
 }
 
 // apply makes the kernel match v: peers added before rules admit them,
@@ -306,7 +319,7 @@ func (a *Agent) applyLocked(ctx context.Context, v *api.View) error {
 	if v.Gateway != a.id.Gateway {
 		return fmt.Errorf("view for gateway %q sent to %q", v.Gateway, a.id.Gateway)
 	}
-	if a.applied != nil && v.RaftIndex <= a.applied.RaftIndex {
+	if stale(a.applied, v) {
 		a.log.Debug("ignoring stale view", "raft_index", v.RaftIndex, "applied", a.applied.RaftIndex)
 		return nil
 	}
