@@ -16,6 +16,7 @@ import (
 	"math/big"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"os"
 	"slices"
 	"strings"
@@ -271,7 +272,7 @@ func TestApplyFailureKeepsLastView(t *testing.T) {
 		return api.Peer{Gateway: fmt.Sprintf("gw%d", i), PublicKey: fmt.Sprintf("key%d", i)}
 	}
 	bad := api.Peer{Gateway: "gw5", PublicKey: "bad5"}
-	v1 := &api.View{Gateway: "gw1", RaftIndex: 10, Rules: smallRules, Peers: []api.Peer{peer(2), bad, peer(3)}}
+	v1 := &api.View{Gateway: "gw1", RaftIndex: 10, Rules: smallRules, LANs: []netip.Prefix{}, Peers: []api.Peer{peer(2), bad, peer(3)}}
 	if err := a.apply(ctx, v1); err != nil {
 		t.Fatalf("a view with a peer left out: %v", err)
 	}
@@ -283,7 +284,7 @@ func TestApplyFailureKeepsLastView(t *testing.T) {
 		t.Fatalf("govnet_agent_peers_left_out = %v, want 1", got)
 	}
 	digest := a.digest
-	v2 := &api.View{Gateway: "gw1", RaftIndex: 11, Rules: bigRules(50), Peers: []api.Peer{peer(2), peer(4)}} // gw3 revoked, gw4 new
+	v2 := &api.View{Gateway: "gw1", RaftIndex: 11, Rules: bigRules(50), LANs: []netip.Prefix{}, Peers: []api.Peer{peer(2), peer(4)}} // gw3 revoked, gw4 new
 	breakBatch := func(c *nftables.Conn, tbl *nftables.Table) {
 		c.AddRule(&nftables.Rule{Table: tbl, Chain: &nftables.Chain{Name: "input", Table: tbl},
 			Exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: "no-such-chain"}}})
@@ -327,7 +328,7 @@ func TestApplyFailureKeepsLastView(t *testing.T) {
 	} // A device that fails beside a peer left out: the view does not
 	// apply (it used to pass as applied, with the peer left out).
 	peers.kernelErr = errors.New("wireguard: configure wg0: no buffer space available")
-	v3 := &api.View{Gateway: "gw1", RaftIndex: 12, Rules: v2.Rules, Peers: []api.Peer{peer(2), bad}}
+	v3 := &api.View{Gateway: "gw1", RaftIndex: 12, Rules: v2.Rules, LANs: []netip.Prefix{}, Peers: []api.Peer{peer(2), bad}}
 	if err := a.apply(ctx, v3); err == nil || !strings.Contains(err.Error(), "no buffer space") || a.appliedIndex() != 11 || a.failedIndex != 12 {
 		t.Fatalf("a view the device failed: %v; applied index %d, failed %d", err, a.appliedIndex(), a.failedIndex)
 	}
