@@ -221,20 +221,7 @@ func (l *lab) addGateway(id, agency, addr string) *gateway {
 	l.startAgent(g)
 	// Serve the ports the tests probe, inside the gateway's namespace.
 	for _, port := range []string{"22", "443"} {
-		var ln net.Listener
-		if err := g.ns.Do(func() (err error) { ln, err = net.Listen("tcp", ":"+port); return err }); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { ln.Close() })
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				c.Close()
-			}
-		}()
+		g.ns.ServeTCP(t, ":"+port, func(net.Conn) {})
 	}
 	l.gws[id] = g
 	return g

@@ -595,35 +595,18 @@ func TestFirewallPackets(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// Servers in b (behind the firewall) and in a.
+	// Servers in b (behind the firewall) and in a: one echo, then closed
+	// (7005 echoes until the client closes).
 	serve := func(ns *netnstest.NS, addr string) string {
-		var ln net.Listener
-		if err := ns.Do(func() (err error) {
-			ln, err = net.Listen("tcp4", addr)
-			return err
-		}); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { ln.Close() })
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				go func() {
-					defer c.Close()
-					if strings.HasSuffix(addr, ":7005") { // echoes until closed
-						io.Copy(c, c)
-						return
-					}
-					buf := make([]byte, 64)
-					n, _ := c.Read(buf)
-					c.Write(buf[:n])
-				}()
+		return ns.ServeTCP(t, addr, func(c net.Conn) {
+			if strings.HasSuffix(addr, ":7005") {
+				io.Copy(c, c)
+				return
 			}
-		}()
-		return ln.Addr().String()
+			buf := make([]byte, 64)
+			n, _ := c.Read(buf)
+			c.Write(buf[:n])
+		})
 	}
 	allowed := serve(b, "198.18.0.2:7001")
 	lanPort := serve(b, "198.18.0.2:7002")
@@ -1003,25 +986,9 @@ func TestFirewallForwardsOnlyToLANs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	serve := func(ns *netnstest.NS, addr string) {
-		var ln net.Listener
-		if err := ns.Do(func() (err error) { ln, err = net.Listen("tcp4", addr); return err }); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { ln.Close() })
-		go func() {
-			for {
-				conn, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				conn.Write([]byte("hi"))
-				conn.Close()
-			}
-		}()
-	}
-	serve(c, "198.19.0.2:7001")
-	serve(d, "198.20.0.2:7001")
+	hi := func(conn net.Conn) { conn.Write([]byte("hi")) }
+	c.ServeTCP(t, "198.19.0.2:7001", hi)
+	d.ServeTCP(t, "198.20.0.2:7001", hi)
 	reach := func(addr string) error {
 		return a.Do(func() error {
 			conn, err := net.DialTimeout("tcp4", addr, 700*time.Millisecond)
