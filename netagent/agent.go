@@ -36,7 +36,8 @@ type Agent struct {
 	clients []*api.Client // one per controller node, in the configured order
 	cur     atomic.Int32  // index of the node the agent currently talks to
 	dev     *Device
-	peers   peerDevice // what apply changes peers through: dev (tests: another)
+	shield  *controllerShield // the controllers' addresses in dev's shield
+	peers   peerDevice        // what apply changes peers through: dev (tests: another)
 	fw      *Firewall
 	metrics *agentMetrics
 	keys    keyStore // the TLS key: a file, or the gateway's token
@@ -133,7 +134,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	defer a.dev.Close()
-	a.dev.Shield(controllerAddrs(ctx, cfg.endpoints(), log))
+	a.shield = &controllerShield{urls: cfg.endpoints()}
+	addrs, _ := a.shield.refresh(ctx, log)
+	a.dev.Shield(addrs)
 	a.peers = a.dev
 	if saved != nil {
 		_, err := a.dev.ApplyPeers(saved.Peers)
@@ -270,29 +273,72 @@ func truncate(s string, n int) string {
 	return strings.ToValidUTF8(s[:n], "") + "…"
 }
 
-// controllerAddrs returns the addresses of the controllers at urls,
-// looked up once at start (a name that does not resolve is logged and
-// left out), for the device's shield.
-func controllerAddrs(ctx context.Context, urls []string, log *slog.Logger) []netip.Addr {
-	var out []netip.Addr
-	for _, s := range urls {
+// controllerShield is what the device's shield holds for the controllers:
+// the addresses of each controller URL's host, a name looked up again at
+// every reconcile tick (a lookup that fails keeps the addresses it had:
+// DNS down is no reason to let a LAN capture a controller).
+type controllerShield struct {
+	urls   []string
+	byHost map[string][]netip.Addr
+	// lookup resolves a host name (nil: the system's resolver).
+	lookup func(ctx context.Context, host string) ([]netip.Addr, error)
+}
+
+// refresh looks the controllers' names up and says whether the addresses
+// changed; log gets the lookups that failed for a name with no address
+// yet.
+func (c *controllerShield) refresh(ctx context.Context, log *slog.Logger) (addrs []netip.Addr, changed bool) {
+	if c.byHost == nil {
+		c.byHost = map[string][]netip.Addr{}
+	}
+	for _, s := range c.urls {
 		u, err := url.Parse(s)
 		if err != nil || u.Hostname() == "" {
 			continue
 		}
-		if a, err := netip.ParseAddr(u.Hostname()); err == nil {
-			out = append(out, a)
-			continue
+		host := u.Hostname()
+		var got []netip.Addr
+		if a, err := netip.ParseAddr(host); err == nil {
+			got = []netip.Addr{a}
+		} else {
+			lookup := c.lookup
+			if lookup == nil {
+				lookup = func(ctx context.Context, host string) ([]netip.Addr, error) {
+					return net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+				}
+			}
+			lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			got, err = lookup(lctx, host)
+			cancel()
+			if err != nil {
+				if len(c.byHost[host]) == 0 {
+					log.Warn("controller address not resolved: peers' LANs are not kept from routing it into the tunnel", "controller", s, "err", err)
+				}
+				continue // keeps what it had
+			}
 		}
-		lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		addrs, err := net.DefaultResolver.LookupNetIP(lctx, "ip", u.Hostname())
-		cancel()
-		if err != nil {
-			log.Warn("controller address not resolved: peers' LANs are not kept from routing it into the tunnel", "controller", s, "err", err)
+		slices.SortFunc(got, netip.Addr.Compare)
+		if !slices.Equal(got, c.byHost[host]) {
+			c.byHost[host], changed = got, true
 		}
-		out = append(out, addrs...)
 	}
-	return out
+	for _, a := range c.byHost {
+		addrs = append(addrs, a...)
+	}
+	return addrs, changed
+}
+
+// named says whether any controller is named by a host name (whose
+// addresses can change).
+func (c *controllerShield) named() bool {
+	for _, s := range c.urls {
+		if u, err := url.Parse(s); err == nil {
+			if _, err := netip.ParseAddr(u.Hostname()); err != nil && u.Hostname() != "" {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // keptPeers returns the peers of last (nil: none, before the first view)
@@ -434,6 +480,13 @@ func (a *Agent) reconcileLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		}
+		if a.shield != nil && a.shield.named() {
+			// Outside a.mu: a lookup may take seconds.
+			if addrs, changed := a.shield.refresh(ctx, a.log); changed {
+				a.log.Info("controller addresses changed: shielding them from peers' LANs", "addresses", addrs)
+				a.dev.Shield(addrs) // the repair below reroutes
+			}
 		}
 		a.mu.Lock()
 		if err := a.reconcile(); err != nil {

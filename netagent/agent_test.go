@@ -1,7 +1,10 @@
 package netagent
 
 import (
+	"context"
+	"errors"
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/govnet/govnet/api"
@@ -39,5 +42,54 @@ func TestViewWithoutLANs(t *testing.T) {
 		if got := !stale(c.applied, c.v); got != c.wantApplied {
 			t.Errorf("%s: applied %v, want %v", c.name, got, c.wantApplied)
 		}
+	}
+}
+
+// TestControllerShield: controllers' names are looked up again at each
+// refresh, a change is reported once, and a lookup that fails keeps the
+// addresses the name had (the lookups are the test's own: nothing is
+// asked of DNS).
+func TestControllerShield(t *testing.T) {
+	log := testLogger(t)
+	ctx := context.Background()
+	ips := &controllerShield{urls: []string{"https://192.0.2.1:7443", "https://[2001:db8::1]:7443"},
+		lookup: func(context.Context, string) ([]netip.Addr, error) {
+			t.Fatal("an IP literal looked up")
+			return nil, nil
+		}}
+	if ips.named() {
+		t.Error("IP literals reported as names")
+	}
+	addrs, changed := ips.refresh(ctx, log)
+	if !changed || len(addrs) != 2 {
+		t.Fatalf("first refresh: %v %v", addrs, changed)
+	}
+	if _, changed := ips.refresh(ctx, log); changed {
+		t.Error("the same addresses reported as a change")
+	}
+
+	answer := map[string][]netip.Addr{"ctl1.gov": {netip.MustParseAddr("192.0.2.11")}, "ctl2.gov": {netip.MustParseAddr("192.0.2.12")}}
+	c := &controllerShield{urls: []string{"https://ctl1.gov:7443", "https://ctl2.gov:7443"},
+		lookup: func(_ context.Context, host string) ([]netip.Addr, error) {
+			if a, ok := answer[host]; ok {
+				return a, nil
+			}
+			return nil, errors.New("no such host")
+		}}
+	if !c.named() {
+		t.Error("names not reported")
+	}
+	if addrs, changed := c.refresh(ctx, log); !changed || len(addrs) != 2 {
+		t.Fatalf("first lookup: %v %v", addrs, changed)
+	}
+	answer["ctl1.gov"] = []netip.Addr{netip.MustParseAddr("192.0.2.21")} // moved
+	addrs, changed = c.refresh(ctx, log)
+	if !changed || !slices.Contains(addrs, netip.MustParseAddr("192.0.2.21")) || slices.Contains(addrs, netip.MustParseAddr("192.0.2.11")) {
+		t.Errorf("a controller that moved: %v (changed %v)", addrs, changed)
+	}
+	delete(answer, "ctl2.gov") // DNS fails for it
+	addrs, changed = c.refresh(ctx, log)
+	if changed || !slices.Contains(addrs, netip.MustParseAddr("192.0.2.12")) {
+		t.Errorf("a failed lookup dropped the name's addresses: %v (changed %v)", addrs, changed)
 	}
 }
