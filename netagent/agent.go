@@ -171,6 +171,11 @@ func (a *Agent) watchLoop(ctx context.Context) {
 		node := a.cfg.endpoints()[a.cur.Load()]
 		opened := time.Now()
 		err := a.client().Watch(ctx, a.appliedIndex(), func(v *api.View) error {
+			if a.staleView(v) {
+				// Nothing new (a whole view asked for again, from a
+				// controller that sends no LANs): no success either.
+				return nil
+			}
 			if err := a.apply(ctx, v); err != nil {
 				a.metrics.fail(stepApply)
 				return err
@@ -228,6 +233,13 @@ func (a *Agent) appliedIndex() uint64 {
 	return a.applied.RaftIndex
 }
 
+// staleView is stale against the view applied.
+func (a *Agent) staleView(v *api.View) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return stale(a.applied, v)
+}
+
 // stale says whether v adds nothing to applied: an older view, or the same
 // one, unless it brings the gateway's LANs that applied lacks.
 func stale(applied, v *api.View) bool {
@@ -275,11 +287,13 @@ func truncate(s string, n int) string {
 
 // controllerShield is what the device's shield holds for the controllers:
 // the addresses of each controller URL's host, a name looked up again at
-// every reconcile tick (a lookup that fails keeps the addresses it had:
-// DNS down is no reason to let a LAN capture a controller).
+// every reconcile tick. Addresses are only added: a lookup that fails
+// keeps the ones the name had (DNS down is no reason to let a LAN capture
+// a controller), and a round-robin answer may hold a subset of them.
 type controllerShield struct {
 	urls   []string
-	byHost map[string][]netip.Addr
+	byHost map[string][]netip.Addr // every address a name ever had: a DNS answer may hold a subset
+	warned map[string]bool
 	// lookup resolves a host name (nil: the system's resolver).
 	lookup func(ctx context.Context, host string) ([]netip.Addr, error)
 }
@@ -311,15 +325,20 @@ func (c *controllerShield) refresh(ctx context.Context, log *slog.Logger) (addrs
 			got, err = lookup(lctx, host)
 			cancel()
 			if err != nil {
-				if len(c.byHost[host]) == 0 {
+				if len(c.byHost[host]) == 0 && !c.warned[host] {
+					if c.warned == nil {
+						c.warned = map[string]bool{}
+					}
+					c.warned[host] = true
 					log.Warn("controller address not resolved: peers' LANs are not kept from routing it into the tunnel", "controller", s, "err", err)
 				}
 				continue // keeps what it had
 			}
 		}
-		slices.SortFunc(got, netip.Addr.Compare)
-		if !slices.Equal(got, c.byHost[host]) {
-			c.byHost[host], changed = got, true
+		for _, a := range got {
+			if !slices.Contains(c.byHost[host], a) {
+				c.byHost[host], changed = append(c.byHost[host], a), true
+			}
 		}
 	}
 	for _, a := range c.byHost {
@@ -485,7 +504,12 @@ func (a *Agent) reconcileLoop(ctx context.Context) {
 			// Outside a.mu: a lookup may take seconds.
 			if addrs, changed := a.shield.refresh(ctx, a.log); changed {
 				a.log.Info("controller addresses changed: shielding them from peers' LANs", "addresses", addrs)
-				a.dev.Shield(addrs) // the repair below reroutes
+				a.dev.Shield(addrs)
+				// Rerouted now, so that the drift check below does not
+				// count the agent's own change.
+				if _, err := a.dev.Repair(); err != nil {
+					a.log.Error("wireguard repair after the controllers' addresses changed", "err", err)
+				}
 			}
 		}
 		a.mu.Lock()
