@@ -537,6 +537,16 @@ type PolicyPlan struct {
 	// ClosedRefs are the places where the draft names an agency code the
 	// registry has closed: it compiles, and they select nothing.
 	ClosedRefs []PolicyRef `json:"closed_refs,omitempty"`
+	// IdleRules are the draft's rules that allow nothing with the gateways
+	// enrolled now (one side selects none of them).
+	IdleRules []IdleRule `json:"idle_rules,omitempty"`
+}
+
+// IdleRule is a policy rule that allows nothing as the registry stands.
+type IdleRule struct {
+	Rule  int    `json:"rule"`  // 1-based
+	Where string `json:"where"` // file:line:column
+	Why   string `json:"why"`
 }
 
 // GatewayPlan is one gateway's part of a PolicyPlan.

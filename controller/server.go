@@ -823,6 +823,13 @@ func PlanPolicy(name string, src []byte, s *State) (*api.PolicyPlan, error) {
 	for _, r := range draft.ClosedRefs(reg) {
 		plan.ClosedRefs = append(plan.ClosedRefs, api.PolicyRef{Code: r.Code, Where: r.Where(), What: r.What})
 	}
+	idle, err := draft.IdleRules(reg)
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range idle {
+		plan.IdleRules = append(plan.IdleRules, api.IdleRule{Rule: r.Index, Where: r.Where(name), Why: r.Why})
+	}
 	return plan, nil
 }
 

@@ -258,7 +258,12 @@ func TestCLIRegistry(t *testing.T) {
 		if len(plan.ClosedRefs) != 1 || plan.ClosedRefs[0].Code != "000.00.00.H01" || plan.ClosedRefs[0].Where != "policy.yaml:4:18" {
 			t.Fatalf("policy plan closed refs %+v", plan.ClosedRefs)
 		}
-		if out := l.mustCtl("op", "policy", "plan", f); !strings.Contains(out, "note: policy.yaml:4:18: group h01: subtree names 000.00.00.H01, a closed agency code") {
+		// Its rule on h01 allows nothing: the plan says that too.
+		if len(plan.IdleRules) != 1 || plan.IdleRules[0].Rule != 2 || plan.IdleRules[0].Where != "policy.yaml:7:5" {
+			t.Fatalf("policy plan idle rules %+v", plan.IdleRules)
+		}
+		if out := l.mustCtl("op", "policy", "plan", f); !strings.Contains(out, "note: policy.yaml:4:18: group h01: subtree names 000.00.00.H01, a closed agency code") ||
+			!strings.Contains(out, "note: policy.yaml:7:5: rule 2 allows nothing now: no enrolled gateway in from or in to") {
 			t.Fatalf("policy plan:\n%s", out)
 		}
 	})

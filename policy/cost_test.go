@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -125,5 +126,40 @@ func TestAllowedMatchesScan(t *testing.T) {
 func TestParseBOM(t *testing.T) {
 	if _, err := Parse("p.yaml", []byte("\ufeffversion: 1\n")); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestIdleRules: the rules that allow nothing with the gateways enrolled
+// now are named, with why; the others are not.
+func TestIdleRules(t *testing.T) {
+	src := `version: 1
+groups:
+  nowhere:
+    level: central
+    subtree: 000.00.00.H29
+  provinces:
+    level: province
+rules:
+  - {from: [nowhere], to: [g22-gw1], ports: [tcp/443]}
+  - {from: [h49-gw1], to: [h49-gw1], ports: [tcp/22]}
+  - {from: [provinces], to: [h49-gw2], ports: [tcp/22]}
+  - {from: [provinces], to: [g22-gw1], ports: [tcp/443]}
+`
+	p := mustParse(t, "p.yaml", src)
+	idle, err := p.IdleRules(testRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, r := range idle {
+		got = append(got, fmt.Sprintf("%d %s %s", r.Index, r.Where("p.yaml"), r.Why))
+	}
+	want := []string{
+		"1 p.yaml:9:5 no enrolled gateway in from",
+		"2 p.yaml:10:5 from and to are the same gateway, h49-gw1",
+		"3 p.yaml:11:5 no enrolled gateway in to",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("idle rules:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }

@@ -523,6 +523,57 @@ func (p *Policy) CodeRefs(codes map[string]bool) []CodeRef {
 	return out
 }
 
+// IdleRule is a rule that allows nothing with the registry as it is.
+type IdleRule struct {
+	Index int // 1-based
+	Pos   Pos
+	Why   string // "no enrolled gateway in from", ...
+}
+
+// IdleRules lists the rules that allow nothing with the gateways that take
+// part now: one side selects none of them, or both only the same one (a
+// selector that contradicts itself, say {level: central, subtree:
+// 000.00.00.H29}, or gateways not enrolled yet). Such a policy is valid;
+// a plan says so, because it may not be what its author meant.
+func (p *Policy) IdleRules(reg *Registry) ([]IdleRule, error) {
+	r, err := p.resolve(reg)
+	if err != nil {
+		return nil, err
+	}
+	n := len(r.ix.members)
+	var out []IdleRule
+	for _, rule := range p.Rules {
+		from, to := newBitset(n), newBitset(n)
+		for _, ref := range rule.From {
+			from.or(r.ref(ref.Name))
+		}
+		for _, ref := range rule.To {
+			to.or(r.ref(ref.Name))
+		}
+		f, t := from.members(), to.members()
+		why := ""
+		switch {
+		case len(f) == 0 && len(t) == 0:
+			why = "no enrolled gateway in from or in to"
+		case len(f) == 0:
+			why = "no enrolled gateway in from"
+		case len(t) == 0:
+			why = "no enrolled gateway in to"
+		case len(f) == 1 && len(t) == 1 && f[0] == t[0]:
+			why = "from and to are the same gateway, " + r.ix.members[f[0]].ID
+		default:
+			continue
+		}
+		out = append(out, IdleRule{Index: rule.Index, Pos: rule.Pos, Why: why})
+	}
+	return out, nil
+}
+
+// Where is the rule's place, file:line:column.
+func (ir IdleRule) Where(file string) string {
+	return fmt.Sprintf("%s:%d:%d", file, ir.Pos.Line, ir.Pos.Column)
+}
+
 // ClosedRefs lists the places where the policy names an agency code that
 // the registry has closed. Such a policy still compiles: a closed code
 // has no gateways and nothing under it, so it selects nothing. A policy

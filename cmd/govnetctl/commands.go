@@ -308,6 +308,9 @@ func (a *app) policyCmd() *cobra.Command {
 				for _, r := range p.ClosedRefs {
 					fmt.Fprintf(a.out, "note: %s: %s names %s, a closed agency code: it selects nothing\n", r.Where, r.What, r.Code)
 				}
+				for _, r := range p.IdleRules {
+					fmt.Fprintf(a.out, "note: %s: rule %d allows nothing now: %s\n", r.Where, r.Rule, r.Why)
+				}
 				return err
 			})
 		},
