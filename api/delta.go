@@ -60,6 +60,10 @@ func SamePeer(a, b Peer) bool {
 		a.Endpoint == b.Endpoint && slices.Equal(a.AllowedIPs, b.AllowedIPs)
 }
 
+// SameLANs says whether two views' LANs are equal, LANs not known (nil)
+// apart from none.
+func SameLANs(a, b []netip.Prefix) bool { return (a == nil) == (b == nil) && slices.Equal(a, b) }
+
 // Diff returns the delta that turns old into cur. Both must be views of
 // the same gateway with sorted peers and rules (as the controller makes them).
 func Diff(old, cur *View) *ViewDelta {

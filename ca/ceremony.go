@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/govnet/govnet/hsm"
+	"github.com/govnet/govnet/internal/atomicfile"
 )
 
 // The Cipher Committee's root key ceremony.
@@ -332,10 +333,10 @@ func RunCeremony(o CeremonyOptions) (_ *CeremonyResult, err error) {
 	if err := writeOnce(pending, append(pb, '\n'), 0o600); err != nil {
 		return nil, fmt.Errorf("ceremony: %w", err)
 	}
-	if err := syncDir(sharesDir); err != nil {
+	if err := atomicfile.SyncDir(sharesDir); err != nil {
 		return nil, fmt.Errorf("ceremony: %w", err)
 	}
-	if err := syncDir(o.OutDir); err != nil {
+	if err := atomicfile.SyncDir(o.OutDir); err != nil {
 		return nil, fmt.Errorf("ceremony: %w", err)
 	}
 
@@ -533,14 +534,14 @@ func finishCeremony(cfg hsm.Config, opts []hsm.Option, dir, commonName string, n
 	if err := writeOnce(sigPath, sig, 0o644); err != nil {
 		return err
 	}
-	if err := syncDir(dir); err != nil {
+	if err := atomicfile.SyncDir(dir); err != nil {
 		return err
 	}
 	if err := os.Remove(filepath.Join(dir, CeremonyPendingFile)); err != nil {
 		return err
 	}
 	res.Transcript = tr
-	return syncDir(dir)
+	return atomicfile.SyncDir(dir)
 }
 
 // resumedRoot returns the root certificate at path if resuming and it is
@@ -663,14 +664,4 @@ func writeOnce(path string, data []byte, perm os.FileMode) (err error) {
 		return err
 	}
 	return f.Close()
-}
-
-// syncDir makes the entries of directory dir durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	return errors.Join(err, d.Close())
 }

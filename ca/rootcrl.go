@@ -10,6 +10,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/govnet/govnet/internal/atomicfile"
 )
 
 // RootCRLStateFile, in the ceremony directory, records what the root has
@@ -104,24 +106,15 @@ func (r *RootCA) RevokeAndSignCRL(ctx context.Context, add []RootRevocation) ([]
 	if err != nil {
 		return nil, err
 	}
-	path := filepath.Join(r.o.Dir, RootCRLStateFile)
-	tmp := path + ".tmp"
-	os.Remove(tmp) // a leftover of an interrupted run
-	if err := writeOnce(tmp, append(b, '\n'), 0o644); err != nil {
+	// The record first: one a crash leaves ahead of root.crl still
+	// covers it.
+	if err := atomicfile.Write(filepath.Join(r.o.Dir, RootCRLStateFile), append(b, '\n'), 0o644); err != nil {
 		return nil, err
 	}
-	if err := os.Rename(tmp, path); err != nil {
+	if err := atomicfile.Write(filepath.Join(r.o.Dir, RootCRLFile), der, 0o644); err != nil {
 		return nil, err
 	}
-	crlPath := filepath.Join(r.o.Dir, RootCRLFile)
-	os.Remove(crlPath + ".tmp")
-	if err := writeOnce(crlPath+".tmp", der, 0o644); err != nil {
-		return nil, err
-	}
-	if err := os.Rename(crlPath+".tmp", crlPath); err != nil {
-		return nil, err
-	}
-	return der, syncDir(r.o.Dir)
+	return der, nil
 }
 
 // checkLastCRL compares the record st with the last root CRL signed

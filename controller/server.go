@@ -308,6 +308,19 @@ func (n *Node) handleRoot(w http.ResponseWriter, r *http.Request) {
 	w.Write(ca.EncodePEM(n.ca.Root()))
 }
 
+// endpointRefused answers 400 and says true when a gateway's endpoint is
+// given and is not IP:port (api.CheckEndpoint).
+func endpointRefused(w http.ResponseWriter, endpoint string) bool {
+	if endpoint == "" {
+		return false
+	}
+	if err := api.CheckEndpoint(endpoint); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return true
+	}
+	return false
+}
+
 func hashToken(token string) string {
 	sum := sha256.Sum256([]byte(token))
 	return hex.EncodeToString(sum[:])
@@ -330,11 +343,8 @@ func (n *Node) handleEnroll(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "public_key: not a base64 WireGuard key")
 		return
 	}
-	if req.Endpoint != "" {
-		if err := api.CheckEndpoint(req.Endpoint); err != nil {
-			writeError(w, http.StatusBadRequest, err.Error())
-			return
-		}
+	if endpointRefused(w, req.Endpoint) {
+		return
 	}
 	csr, err := ca.ReadCSR([]byte(req.CSR))
 	if err != nil {
@@ -673,11 +683,8 @@ func (n *Node) handleGatewayAdd(w http.ResponseWriter, r *http.Request, id ca.Id
 	if !decode(w, r, maxBody, &g) {
 		return
 	}
-	if g.Endpoint != "" {
-		if err := api.CheckEndpoint(g.Endpoint); err != nil {
-			writeError(w, http.StatusBadRequest, err.Error())
-			return
-		}
+	if endpointRefused(w, g.Endpoint) {
+		return
 	}
 	req := &GatewayAddRequest{Meta: n.meta(id.Name), ID: g.ID, Agency: g.Agency, Name: g.Name, Endpoint: g.Endpoint, LANs: g.LANs}
 	if _, err := n.submit(r.Context(), CmdGatewayRegister, req); err != nil {

@@ -703,7 +703,7 @@ func (h *viewHub) fail(err error) error {
 func sameView(x, y *hubView) bool {
 	a, b := &x.head, &y.head
 	if a.Gateway != b.Gateway || a.PolicyVersion != b.PolicyVersion || a.OverlayIP != b.OverlayIP ||
-		a.OverlayPrefix != b.OverlayPrefix || !slices.Equal(a.LANs, b.LANs) || (a.LANs == nil) != (b.LANs == nil) ||
+		a.OverlayPrefix != b.OverlayPrefix || !api.SameLANs(a.LANs, b.LANs) ||
 		x.peers.Len() != y.peers.Len() || x.rules.Len() != y.rules.Len() {
 		return false
 	}

@@ -138,23 +138,24 @@ func ActivateToken(cfg Config, soPIN string, secret []byte, opts ...Option) erro
 	for _, opt := range opts {
 		opt(&o)
 	}
+	unchanged := func(err error) error { return fmt.Errorf("%w (%w)", err, ErrTokenUnchanged) }
 	if len(secret) != SecretSize {
-		return fmt.Errorf("hsm: token %q: activation secret is %d bytes, want %d: %w", cfg.TokenLabel, len(secret), SecretSize, ErrTokenUnchanged)
+		return unchanged(fmt.Errorf("hsm: token %q: activation secret is %d bytes, want %d", cfg.TokenLabel, len(secret), SecretSize))
 	}
 	if soPIN == "" {
-		return fmt.Errorf("hsm: token %q: SO PIN: %w (%w)", cfg.TokenLabel, ErrNoPIN, ErrTokenUnchanged)
+		return unchanged(fmt.Errorf("hsm: token %q: SO PIN: %w", cfg.TokenLabel, ErrNoPIN))
 	}
 	path, err := checkModule(cfg.Module, o.allowed)
 	if err != nil {
-		return fmt.Errorf("%w (%w)", err, ErrTokenUnchanged)
+		return unchanged(err)
 	}
 	mod, err := acquireModule(path)
 	if err != nil {
-		return fmt.Errorf("%w (%w)", err, ErrTokenUnchanged)
+		return unchanged(err)
 	}
 	changed, err := activate(mod, cfg.TokenLabel, soPIN, UserPIN(secret), SOPIN(secret))
 	if err != nil && !changed {
-		err = fmt.Errorf("%w (%w)", err, ErrTokenUnchanged)
+		err = unchanged(err)
 	}
 	if rerr := mod.release(); rerr != nil {
 		// The token's PINs may have changed: never report this as

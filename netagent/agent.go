@@ -408,8 +408,7 @@ func (a *Agent) applyLocked(ctx context.Context, v *api.View) error {
 		// say which peers were left out.
 		a.log.Error("peers left out of the WireGuard device", "raft_index", v.RaftIndex, "peers_left_out", peersLeftOut, "err", err)
 	}
-	rulesChanged := a.applied == nil || !reflect.DeepEqual(a.applied.Rules, v.Rules) ||
-		!slices.Equal(a.applied.LANs, v.LANs) || (a.applied.LANs == nil) != (v.LANs == nil)
+	rulesChanged := a.applied == nil || !reflect.DeepEqual(a.applied.Rules, v.Rules) || !api.SameLANs(a.applied.LANs, v.LANs)
 	if rulesChanged {
 		digest, err := a.applyRules(v.Rules, v.LANs)
 		if err != nil {

@@ -245,8 +245,9 @@ func elements(keys [][12]byte) []nftables.SetElement {
 }
 
 // sets builds the sets with their elements, in a deterministic order:
-// allow4, then allow4_net_<len> by decreasing length, allow4_icmp, then
-// allow4_icmp_net_<len> by decreasing length. Only the prefix lengths the
+// allow4, then allow4_net_<len> by decreasing length, allow4_icmp,
+// allow4_icmp_net_<len> by decreasing length, then lan4_net_<len> by
+// decreasing length. Only the prefix lengths the
 // policy uses get a set (and a rule), so their number is bounded by the 32
 // possible lengths, not by the policy's size.
 //
@@ -266,15 +267,17 @@ func (p *ruleset) sets(t *nftables.Table) []setSpec {
 	// Set IDs only need to be unique within the batch; setting them here
 	// keeps google/nftables from using its global, unsynchronised counter.
 	var out []setSpec
-	add := func(name string, keyType nftables.SetDatatype, icmp bool, bits int) *setSpec {
-		out = append(out, setSpec{icmp: icmp, bits: bits, Set: Set{Set: &nftables.Set{
+	// add adds a set: of source . protocol . port (concatenated), of ICMP
+	// sources (icmp), or of the gateway's LANs (dst).
+	add := func(name string, keyType nftables.SetDatatype, bits int, icmp, dst bool) *setSpec {
+		out = append(out, setSpec{icmp: icmp, dst: dst, bits: bits, Set: Set{Set: &nftables.Set{
 			Table: t, ID: uint32(len(out) + 1), Name: name, KeyType: keyType,
-			Concatenation: !icmp,
+			Concatenation: !icmp && !dst,
 		}}})
 		return &out[len(out)-1]
 	}
 
-	exact := add(SetAllow4, concatKeyType, false, 32)
+	exact := add(SetAllow4, concatKeyType, 32, false, false)
 	keys := make([][12]byte, 0, len(p.exact))
 	for k := range p.exact {
 		keys = append(keys, k)
@@ -292,11 +295,11 @@ func (p *ruleset) sets(t *nftables.Table) []setSpec {
 	for _, bits := range slices.Backward(slices.Sorted(maps.Keys(byLen))) {
 		ks := byLen[bits]
 		slices.SortFunc(ks, func(a, b [12]byte) int { return bytes.Compare(a[:], b[:]) })
-		set := add(SetAllow4Net(bits), concatKeyType, false, bits)
+		set := add(SetAllow4Net(bits), concatKeyType, bits, false, false)
 		set.Elems = elements(ks)
 	}
 
-	icmp := add(SetAllow4ICMP, nftables.TypeIPAddr, true, 32)
+	icmp := add(SetAllow4ICMP, nftables.TypeIPAddr, 32, true, false)
 	addrs := make([]netip.Addr, 0, len(p.icmp))
 	for a := range p.icmp {
 		addrs = append(addrs, a)
@@ -306,29 +309,22 @@ func (p *ruleset) sets(t *nftables.Table) []setSpec {
 		icmp.Elems = append(icmp.Elems, nftables.SetElement{Key: a.AsSlice()})
 	}
 
-	// ICMP prefixes (sorted by outermost), grouped by length.
-	icmpByLen := map[int][]netip.Addr{}
-	for _, pfx := range p.icmpNets {
-		icmpByLen[pfx.Bits()] = append(icmpByLen[pfx.Bits()], pfx.Addr())
-	}
-	for _, bits := range slices.Backward(slices.Sorted(maps.Keys(icmpByLen))) {
-		set := add(SetAllow4ICMPNet(bits), nftables.TypeIPAddr, true, bits)
-		for _, a := range icmpByLen[bits] {
-			set.Elems = append(set.Elems, nftables.SetElement{Key: a.AsSlice()})
+	// Address sets of prefixes (in the order given), one per length, by
+	// decreasing length: ICMP sources, then the gateway's LANs.
+	byLength := func(prefixes []netip.Prefix, name func(int) string, icmp, dst bool) {
+		byLen := map[int][]netip.Addr{}
+		for _, pfx := range prefixes {
+			byLen[pfx.Bits()] = append(byLen[pfx.Bits()], pfx.Addr())
+		}
+		for _, bits := range slices.Backward(slices.Sorted(maps.Keys(byLen))) {
+			set := add(name(bits), nftables.TypeIPAddr, bits, icmp, dst)
+			for _, a := range byLen[bits] {
+				set.Elems = append(set.Elems, nftables.SetElement{Key: a.AsSlice()})
+			}
 		}
 	}
-	// The gateway's LANs, grouped by length.
-	lanByLen := map[int][]netip.Addr{}
-	for _, pfx := range p.lans {
-		lanByLen[pfx.Bits()] = append(lanByLen[pfx.Bits()], pfx.Addr())
-	}
-	for _, bits := range slices.Backward(slices.Sorted(maps.Keys(lanByLen))) {
-		set := add(SetLAN4Net(bits), nftables.TypeIPAddr, true, bits)
-		set.icmp, set.dst = false, true
-		for _, a := range lanByLen[bits] {
-			set.Elems = append(set.Elems, nftables.SetElement{Key: a.AsSlice()})
-		}
-	}
+	byLength(p.icmpNets, SetAllow4ICMPNet, true, false) // sorted by outermost
+	byLength(p.lans, SetLAN4Net, false, true)
 	// Each set is made whole in one batch: a size lets the kernel
 	// allocate its hash table at once instead of resizing it while the
 	// elements arrive, during which a read back (the agent's check of
@@ -484,6 +480,7 @@ func ifname(name string) []byte {
 //
 //	iifname IFACE ct state related accept
 //	iifname IFACE ct direction reply ct state established accept
+//	iifname IFACE meta nfproto ipv4 ip daddr & MASK(L) != @lan4_net_L ... counter drop  (forward, LANs known)
 //	iifname IFACE ip saddr . meta l4proto . th dport @allow4 accept
 //	iifname IFACE ip saddr & MASK(L) . meta l4proto . th dport @allow4_net_L accept   (each L in use)
 //	iifname IFACE meta l4proto icmp ip saddr @allow4_icmp accept
@@ -515,10 +512,11 @@ func chainRules(t *nftables.Table, ch *nftables.Chain, sets []setSpec, iface str
 		}
 		return &nftables.Rule{Table: t, Chain: ch, Exprs: e}
 	}
-	// saddr loads the source address into register 1, masked to bits.
-	saddr := func(bits int) []expr.Any {
+	// addr loads the IPv4 header's address at offset (12: source, 16:
+	// destination) into register 1, masked to bits.
+	addr := func(offset uint32, bits int) []expr.Any {
 		e := []expr.Any{&expr.Payload{OperationType: expr.PayloadLoad, DestRegister: 1,
-			Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4}}
+			Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: 4}}
 		if bits < 32 {
 			e = append(e, &expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
 				Mask: net.CIDRMask(bits, 32), Xor: make([]byte, 4)})
@@ -561,12 +559,7 @@ func chainRules(t *nftables.Table, ch *nftables.Chain, sets []setSpec, iface str
 			if !s.dst {
 				continue
 			}
-			e = append(e, &expr.Payload{OperationType: expr.PayloadLoad, DestRegister: 1,
-				Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4})
-			if s.bits < 32 {
-				e = append(e, &expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
-					Mask: net.CIDRMask(s.bits, 32), Xor: make([]byte, 4)})
-			}
+			e = append(e, addr(16, s.bits)...)
 			e = append(e, &expr.Lookup{SourceRegister: 1, SetName: s.Set.Set.Name, SetID: s.Set.Set.ID, Invert: true})
 		}
 		rules = append(rules, rule(e, []expr.Any{&expr.Counter{}, &expr.Verdict{Kind: expr.VerdictDrop}}))
@@ -576,9 +569,9 @@ func chainRules(t *nftables.Table, ch *nftables.Chain, sets []setSpec, iface str
 			continue
 		}
 		if s.icmp {
-			rules = append(rules, rule(onIface, isICMP, ipv4, saddr(s.bits), lookup(s.Set.Set), accept))
+			rules = append(rules, rule(onIface, isICMP, ipv4, addr(12, s.bits), lookup(s.Set.Set), accept))
 		} else {
-			rules = append(rules, rule(onIface, ipv4, saddr(s.bits), protoPort, lookup(s.Set.Set), accept))
+			rules = append(rules, rule(onIface, ipv4, addr(12, s.bits), protoPort, lookup(s.Set.Set), accept))
 		}
 	}
 	return append(rules, rule(onIface, []expr.Any{&expr.Counter{}, &expr.Verdict{Kind: expr.VerdictDrop}}))
