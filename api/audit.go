@@ -50,7 +50,9 @@ func (e *AuditError) Error() string {
 // VerifyAudit recomputes a chain exported from its first entry (seq 1) or
 // from any later one (then the first entry's Prev is taken on trust) and
 // returns an *AuditError for the first entry that was altered, or after a
-// removal or reordering.
+// removal or reordering. It proves nothing about who wrote the chain: an
+// adversary can recompute every hash after an entry they alter; only a
+// signed checkpoint (VerifyCheckpoint) pins the entries up to its seq.
 func VerifyAudit(entries []AuditEntry) error {
 	present := make(map[uint64]bool, len(entries))
 	for _, e := range entries {
@@ -62,6 +64,9 @@ func VerifyAudit(entries []AuditEntry) error {
 			return &AuditError{line, e.Seq, "entry altered: its hash does not match its contents"}
 		}
 		if i == 0 {
+			if e.Seq == 0 {
+				return &AuditError{line, e.Seq, "no entry has seq 0: the chain starts at seq 1"}
+			}
 			if e.Seq == 1 && e.Prev != "" {
 				return &AuditError{line, e.Seq, "the first entry names a predecessor"}
 			}
@@ -74,7 +79,13 @@ func VerifyAudit(entries []AuditEntry) error {
 		case e.Seq != p.Seq+1:
 			return &AuditError{line, e.Seq, fmt.Sprintf("entries removed: seq %d follows seq %d", e.Seq, p.Seq)}
 		case e.Prev != p.Hash:
-			return &AuditError{line, e.Seq, "chain broken: prev is not the hash of the entry before it (that entry was altered or replaced)"}
+			// Both hashes hold, so one of the two entries was altered and
+			// its hash recomputed. If it was e (its prev), the link after
+			// e breaks too; if that link holds, or there is none, p was.
+			if i+1 < len(entries) && entries[i+1].Prev != e.Hash && entries[i+1].Seq == e.Seq+1 {
+				return &AuditError{line, e.Seq, "entry altered and its hash recomputed: its prev is not the hash of the entry before it, nor is its hash the prev of the entry after it"}
+			}
+			return &AuditError{line - 1, p.Seq, fmt.Sprintf("entry altered and its hash recomputed: seq %d, after it, names another hash as its predecessor (or, less likely, seq %d's prev was altered)", e.Seq, e.Seq)}
 		}
 	}
 	return nil

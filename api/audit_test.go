@@ -32,7 +32,10 @@ func TestVerifyAudit(t *testing.T) {
 		{"intact", func(c []AuditEntry) []AuditEntry { return c }, 0, ""},
 		{"suffix export", func(c []AuditEntry) []AuditEntry { return c[2:] }, 0, ""},
 		{"altered", func(c []AuditEntry) []AuditEntry { c[2].Actor = "mallory"; return c }, 3, "altered"},
-		{"altered and rehashed", func(c []AuditEntry) []AuditEntry { c[2].Actor = "mallory"; c[2].Hash = c[2].ComputeHash(); return c }, 4, "chain broken"},
+		{"altered and rehashed", func(c []AuditEntry) []AuditEntry { c[2].Actor = "mallory"; c[2].Hash = c[2].ComputeHash(); return c }, 3, "altered and its hash recomputed"},
+		{"prev altered and rehashed", func(c []AuditEntry) []AuditEntry { c[2].Prev = c[0].Hash; c[2].Hash = c[2].ComputeHash(); return c }, 3, "altered and its hash recomputed"},
+		{"next to last altered and rehashed", func(c []AuditEntry) []AuditEntry { c[3].Actor = "mallory"; c[3].Hash = c[3].ComputeHash(); return c }, 4, "altered and its hash recomputed"},
+		{"seq 0", func(c []AuditEntry) []AuditEntry { c[0].Seq = 0; c[0].Hash = c[0].ComputeHash(); return c }, 1, "seq 0"},
 		{"removed", func(c []AuditEntry) []AuditEntry { return slices.Delete(c, 2, 3) }, 3, "removed"},
 		{"reordered", func(c []AuditEntry) []AuditEntry { c[2], c[3] = c[3], c[2]; return c }, 3, "reordered"},
 	} {
