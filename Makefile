@@ -48,6 +48,7 @@ fuzz:
 	$(GO) test ./api -run '^$$' -fuzz FuzzBackupSignature -fuzztime $(FUZZTIME)
 	$(GO) test ./api -run '^$$' -fuzz FuzzViewDelta -fuzztime $(FUZZTIME)
 	$(GO) test ./controller -run '^$$' -fuzz '^FuzzPackedReports$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./api -run '^$$' -fuzz '^FuzzReadAuditExport$$' -fuzztime $(FUZZTIME)
 
 # Benchmarks on the real kernel, SoftHSM2 and wireguard-go (root; they fail
 # rather than skip), ~4 minutes, then bench-fanout (~9 minutes with its

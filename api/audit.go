@@ -1,11 +1,15 @@
 package api
 
 import (
+	"bufio"
+	"bytes"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"time"
 
 	certchain "github.com/govnet/govnet/ca/chain"
@@ -44,7 +48,68 @@ type AuditError struct {
 }
 
 func (e *AuditError) Error() string {
+	if e.Seq == 0 {
+		return fmt.Sprintf("line %d: %s", e.Line, e.Msg)
+	}
 	return fmt.Sprintf("line %d (seq %d): %s", e.Line, e.Seq, e.Msg)
+}
+
+// MaxAuditLine bounds a line of the audit chain, in the controllers'
+// files and in an export: an entry is a few hundred bytes, but its object
+// may name every gateway of a batch.
+const MaxAuditLine = 16 << 20
+
+// ReadAuditExport reads an export of the audit chain (`govnetctl audit
+// export`): one entry a line, each exactly as the controllers encode it
+// (AuditEntry's JSON with its time in UTC, then a newline). A line in any
+// other form is refused with an *AuditError naming it, even one that
+// decodes to an entry whose hash holds: encoding/json matches keys in any
+// case, takes the last of a key given twice and skips unknown fields, so
+// such a line could show another reader (jq, a script, a person) an
+// actor, action or object other than the one its hash covers.
+func ReadAuditExport(r io.Reader) ([]AuditEntry, error) {
+	var out []AuditEntry
+	br := bufio.NewReaderSize(r, 64<<10)
+	for line := 1; ; line++ {
+		b, err := ReadLine(br, MaxAuditLine)
+		switch {
+		case err == io.EOF:
+			return out, nil
+		case errors.Is(err, ErrLineTooLong):
+			return nil, &AuditError{Line: line, Msg: fmt.Sprintf("longer than an entry may be (%d bytes)", MaxAuditLine)}
+		case err == io.ErrUnexpectedEOF:
+			return nil, &AuditError{Line: line, Msg: "cut off: the file ends inside this line (an export ends every line with a newline)"}
+		case err != nil:
+			return nil, fmt.Errorf("line %d: %w", line, err)
+		}
+		e, err := parseAuditLine(b)
+		if err != nil {
+			return nil, &AuditError{Line: line, Seq: e.Seq, Msg: err.Error()}
+		}
+		out = append(out, e)
+	}
+}
+
+// parseAuditLine decodes one line of an export and checks that it is the
+// entry's own encoding.
+func parseAuditLine(line []byte) (AuditEntry, error) {
+	var e AuditEntry
+	dec := json.NewDecoder(bytes.NewReader(line))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&e); err != nil {
+		return AuditEntry{}, fmt.Errorf("not an audit entry: %w", err)
+	}
+	canon := e
+	canon.At = e.At.UTC()
+	want, err := json.Marshal(canon)
+	if err != nil {
+		return AuditEntry{}, fmt.Errorf("not an audit entry: %w", err)
+	}
+	if !bytes.Equal(line, want) {
+		return e, errors.New("not written as the controllers write entries (keys twice or in another case, other spacing, escapes, number or time formats, or a second entry on the line): " +
+			"what another reader sees on this line may differ from what its hash covers")
+	}
+	return e, nil
 }
 
 // VerifyAudit recomputes a chain exported from its first entry (seq 1) or

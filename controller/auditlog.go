@@ -79,9 +79,9 @@ func (l *auditLog) lines(since uint64) *io.SectionReader {
 	return l.from(l.offs[since])
 }
 
-// maxAuditLine bounds a line of the chain: an entry is a few hundred
-// bytes, but its object may name every gateway of a batch.
-const maxAuditLine = 16 << 20
+// maxAuditLine bounds a line of the chain; an export's lines, the same,
+// are held to the same bound by audit verify.
+const maxAuditLine = api.MaxAuditLine
 
 // eachAuditLine calls fn with every line r holds, without its newline;
 // the slice is only valid during the call.

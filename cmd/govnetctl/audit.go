@@ -77,10 +77,10 @@ func (a *app) auditCmd() *cobra.Command {
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			entries, err := readAudit(args[0])
-			if err != nil {
-				return err
+			if err == nil {
+				err = api.VerifyAudit(entries)
 			}
-			if err := api.VerifyAudit(entries); err != nil {
+			if err != nil {
 				var ae *api.AuditError
 				if errors.As(err, &ae) {
 					return fmt.Errorf("%s: NOT VALID at %w", args[0], err)
@@ -147,17 +147,7 @@ func readAudit(path string) ([]api.AuditEntry, error) {
 		return nil, err
 	}
 	defer f.Close()
-	var out []api.AuditEntry
-	dec := json.NewDecoder(bufio.NewReader(f))
-	for line := 1; ; line++ {
-		var e api.AuditEntry
-		if err := dec.Decode(&e); err == io.EOF {
-			return out, nil
-		} else if err != nil {
-			return nil, fmt.Errorf("%s: entry %d: %w", path, line, err)
-		}
-		out = append(out, e)
-	}
+	return api.ReadAuditExport(f)
 }
 
 // readCheckpoints reads one checkpoint (audit export --checkpoint) or a

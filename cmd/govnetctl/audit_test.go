@@ -1,0 +1,210 @@
+package main
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/base64"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/govnet/govnet/api"
+)
+
+// testPKI is a root, an intermediate and leaves made here, shaped as
+// govnet's CA makes them, for the offline audit checks: they need no HSM.
+type testPKI struct {
+	t        *testing.T
+	root     *x509.Certificate
+	rootKey  *ecdsa.PrivateKey
+	inter    *x509.Certificate
+	interKey *ecdsa.PrivateKey
+	rootFile string
+	serial   int64
+}
+
+func newTestPKI(t *testing.T) *testPKI {
+	t.Helper()
+	p := &testPKI{t: t, serial: 1}
+	p.rootKey, p.root = p.ca("govnet Root CA", nil, nil)
+	p.interKey, p.inter = p.ca("govnet Intermediate CA ctl1", p.root, p.rootKey)
+	p.rootFile = filepath.Join(t.TempDir(), "root.pem")
+	if err := os.WriteFile(p.rootFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: p.root.Raw}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func (p *testPKI) sign(tmpl, parent *x509.Certificate, pub crypto.PublicKey, key *ecdsa.PrivateKey) *x509.Certificate {
+	p.t.Helper()
+	p.serial++
+	tmpl.SerialNumber = big.NewInt(p.serial)
+	if parent == nil {
+		parent = tmpl
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, key)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	return c
+}
+
+func (p *testPKI) ca(cn string, parent *x509.Certificate, parentKey *ecdsa.PrivateKey) (*ecdsa.PrivateKey, *x509.Certificate) {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if parentKey == nil {
+		parentKey = key
+	}
+	tmpl := &x509.Certificate{Subject: pkix.Name{Organization: []string{"govnet"}, CommonName: cn},
+		NotBefore: time.Now().Add(-10 * 365 * 24 * time.Hour), NotAfter: time.Now().Add(10 * 365 * 24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign}
+	return key, p.sign(tmpl, parent, &key.PublicKey, parentKey)
+}
+
+// leaf issues a certificate of the intermediate naming kind/name (node,
+// person, gateway), valid from notBefore to notAfter.
+func (p *testPKI) leaf(kind, name string, notBefore, notAfter time.Time, usages ...x509.ExtKeyUsage) (*ecdsa.PrivateKey, []*x509.Certificate) {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{Subject: pkix.Name{Organization: []string{"govnet"}, CommonName: name},
+		NotBefore: notBefore, NotAfter: notAfter, KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: usages,
+		URIs: []*url.URL{{Scheme: "govnet", Host: kind + ".govnet", Path: "/" + name}}}
+	return key, []*x509.Certificate{p.sign(tmpl, p.inter, &key.PublicKey, p.interKey), p.inter}
+}
+
+// nodeLeaf is a controller node's certificate, valid now.
+func (p *testPKI) nodeLeaf(name string) (*ecdsa.PrivateKey, []*x509.Certificate) {
+	return p.leaf("node", name, time.Now().Add(-time.Hour), time.Now().Add(365*24*time.Hour), x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth)
+}
+
+// checkpoint signs e as the chain's head, at at, as node with key and chain.
+func checkpoint(t *testing.T, e api.AuditEntry, at time.Time, node string, key *ecdsa.PrivateKey, chain []*x509.Certificate) api.AuditCheckpoint {
+	t.Helper()
+	cp := api.AuditCheckpoint{Seq: e.Seq, Hash: e.Hash, At: at.UTC(), Node: node}
+	digest := sha256.Sum256(cp.CheckpointMessage())
+	sig, err := ecdsa.SignASN1(rand.Reader, key, digest[:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp.Signature = base64.StdEncoding.EncodeToString(sig)
+	for _, c := range chain {
+		cp.Chain += string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw}))
+	}
+	return cp
+}
+
+// auditChain is n entries as the controllers make them.
+func auditChain(n int) []api.AuditEntry {
+	return auditChainAt(n, time.Date(2026, 11, 23, 8, 0, 0, 0, time.UTC))
+}
+
+// auditChainAt is n entries written a second apart after at.
+func auditChainAt(n int, at time.Time) []api.AuditEntry {
+	var out []api.AuditEntry
+	prev := ""
+	for i := 1; i <= n; i++ {
+		e := api.AuditEntry{Seq: uint64(i), RaftIndex: uint64(10 + i), At: at.Add(time.Duration(i) * time.Second).UTC(),
+			Actor: "officer1", Role: "officer", Action: "gateway-add", Object: fmt.Sprintf("gw%d", i), RequestSHA256: strings.Repeat("ab", 32), Prev: prev}
+		e.Hash = e.ComputeHash()
+		prev = e.Hash
+		out = append(out, e)
+	}
+	return out
+}
+
+// exportLines encodes entries as audit export writes them.
+func exportLines(t *testing.T, entries []api.AuditEntry) []string {
+	t.Helper()
+	var lines []string
+	for _, e := range entries {
+		b, err := json.Marshal(e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines = append(lines, string(b))
+	}
+	return lines
+}
+
+func writeFile(t *testing.T, name, content string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func writeCheckpoints(t *testing.T, cps ...api.AuditCheckpoint) string {
+	t.Helper()
+	b, err := json.Marshal(cps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return writeFile(t, "checkpoints.json", string(b))
+}
+
+// TestAuditVerifyLines: audit verify reads only lines exactly as audit
+// export writes them. A line that decodes to the entry its hash covers
+// but reads otherwise (a key in other case or twice, which encoding/json
+// takes the last of and jq the first; a field the entry has not; a time
+// in another zone or format) would let an export show an auditor's tools
+// something else than what verify checked.
+func TestAuditVerifyLines(t *testing.T) {
+	entries := auditChain(3)
+	lines := exportLines(t, entries)
+	second := lines[1]
+	for _, tt := range []struct {
+		name, line2 string // the second line, in place of the real one
+		whole       string // or the whole file
+		wantLine    int
+		wantMsg     string
+	}{
+		{name: "key in other case", line2: strings.Replace(second, `"actor":"officer1"`, `"actor":"mallory","ACTOR":"officer1"`, 1), wantLine: 2},
+		{name: "key twice", line2: strings.Replace(second, `"actor":"officer1"`, `"actor":"mallory","actor":"officer1"`, 1), wantLine: 2},
+		{name: "unknown field", line2: strings.Replace(second, `"actor":"officer1"`, `"actor":"officer1","approved_by":"officer2"`, 1), wantLine: 2},
+		{name: "time in another zone", line2: strings.Replace(second, `"2026-11-23T08:00:02Z"`, `"2026-11-23T15:00:02+07:00"`, 1), wantLine: 2},
+		{name: "time in another format", line2: strings.Replace(second, `"2026-11-23T08:00:02Z"`, `"2026-11-23T08:00:02.000Z"`, 1), wantLine: 2},
+		{name: "escaped letters", line2: strings.Replace(second, `"officer1"`, `"\u006ffficer1"`, 1), wantLine: 2},
+		{name: "spaces", line2: strings.Replace(second, `,"actor"`, `, "actor"`, 1), wantLine: 2},
+		{name: "blank line", whole: lines[0] + "\n\n" + lines[1] + "\n" + lines[2] + "\n", wantLine: 2},
+		{name: "two entries on a line", whole: lines[0] + "\n" + lines[1] + lines[2] + "\n", wantLine: 2},
+		{name: "an entry over two lines", whole: lines[0] + "\n" + strings.Replace(lines[1], `,"actor"`, ",\n\"actor\"", 1) + "\n" + lines[2] + "\n", wantLine: 2},
+		{name: "last line cut off", whole: lines[0] + "\n" + lines[1] + "\n" + lines[2][:len(lines[2])-1], wantLine: 3, wantMsg: "cut off"},
+		{name: "huge line", line2: strings.Replace(second, `"gw2"`, `"`+strings.Repeat("x", api.MaxAuditLine)+`"`, 1), wantLine: 2, wantMsg: "longer than"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			content := tt.whole
+			if content == "" {
+				content = lines[0] + "\n" + tt.line2 + "\n" + lines[2] + "\n"
+			}
+			file := writeFile(t, "audit.jsonl", content)
+			out, err := runErr("audit", "verify", file)
+			want := fmt.Sprintf("NOT VALID at line %d", tt.wantLine)
+			if err == nil || !strings.Contains(err.Error(), want) {
+				t.Fatalf("audit verify: %v, want %q\n%s", err, want, out)
+			}
+			if !strings.Contains(err.Error(), tt.wantMsg) {
+				t.Fatalf("audit verify: %v, want %q", err, tt.wantMsg)
+			}
+		})
+	}
+	file := writeFile(t, "audit.jsonl", strings.Join(lines, "\n")+"\n")
+	if out, err := runErr("audit", "verify", file); err != nil || !strings.Contains(out, "3 entries") {
+		t.Fatalf("audit verify of the export as written: %v\n%s", err, out)
+	}
+}
