@@ -189,35 +189,55 @@ func (c AuditCheckpoint) CheckpointMessage() []byte {
 	return fmt.Appendf(nil, "govnet-audit-checkpoint/1\n%d\n%s\n%s\n%s\n", c.Seq, c.Hash, c.At.UTC().Format(time.RFC3339Nano), c.Node)
 }
 
-// VerifyCheckpoint checks a checkpoint's signature and certificate chain
-// against roots, and that entries (an export from seq 1) reach its head
-// unchanged: a chain cut short or rewritten before the head fails.
-func VerifyCheckpoint(cp AuditCheckpoint, roots *x509.CertPool, entries []AuditEntry) error {
+// maxCheckpointSkew is how far a checkpoint's time may precede the time
+// of the entry it signs: both are leaders' clocks.
+const maxCheckpointSkew = 5 * time.Minute
+
+// VerifyCheckpoint checks a checkpoint's signature, and its certificate
+// chain against roots at the time the checkpoint says it was signed (node
+// certificates expire long before the chain they signed is audited), and
+// that entries (an export from seq 1 or a later one) hold its head
+// unchanged: a chain cut short or rewritten before the head fails. It
+// returns the verified chain (leaf, intermediate, root): the caller
+// decides whether the leaf may sign checkpoints, as only a controller
+// node's certificate naming cp.Node may.
+func VerifyCheckpoint(cp AuditCheckpoint, roots *x509.CertPool, entries []AuditEntry) ([]*x509.Certificate, error) {
 	certs, err := certchain.ParsePEM([]byte(cp.Chain))
 	if err != nil {
-		return fmt.Errorf("checkpoint: %w", err)
+		return nil, fmt.Errorf("checkpoint: %w", err)
 	}
-	inter := x509.NewCertPool()
-	for _, c := range certs[1:] {
-		inter.AddCert(c)
+	chain, err := certchain.NewVerifier(roots).Verify(certs, x509.ExtKeyUsageServerAuth, cp.At)
+	if err != nil {
+		return nil, fmt.Errorf("signed by %s (serial %x), whose certificate does not verify under this cluster's root at %s, when it says it signed: %w",
+			certs[0].Subject.CommonName, certs[0].SerialNumber, cp.At.UTC().Format(time.RFC3339), err)
 	}
-	if _, err := certs[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
-		return fmt.Errorf("checkpoint certificate: %w", err)
-	}
-	if err := checkSHA256Signature(certs[0], cp.CheckpointMessage(), cp.Signature); err != nil {
-		return fmt.Errorf("checkpoint: %w", err)
+	if err := checkSHA256Signature(chain[0], cp.CheckpointMessage(), cp.Signature); err != nil {
+		return nil, fmt.Errorf("checkpoint: %w", err)
 	}
 	for _, e := range entries {
-		if e.Seq == cp.Seq {
-			if e.Hash != cp.Hash {
-				return fmt.Errorf("entry %d differs from the signed checkpoint: the chain up to it was rewritten", e.Seq)
-			}
-			return nil
+		if e.Seq != cp.Seq {
+			continue
 		}
+		if e.Hash != cp.Hash {
+			return nil, fmt.Errorf("entry %d differs from the signed checkpoint: the chain up to it was rewritten", e.Seq)
+		}
+		if cp.At.Add(maxCheckpointSkew).Before(e.At) {
+			return nil, fmt.Errorf("signed at %s, before the entry it signs was written (%s): a backdated checkpoint",
+				cp.At.UTC().Format(time.RFC3339), e.At.UTC().Format(time.RFC3339))
+		}
+		return chain, nil
 	}
 	last := uint64(0)
 	if len(entries) > 0 {
 		last = entries[len(entries)-1].Seq
 	}
-	return fmt.Errorf("the export ends at seq %d but node %s signed seq %d at %s: entries were removed", last, cp.Node, cp.Seq, cp.At.Format(time.RFC3339))
+	if len(entries) > 0 && cp.Seq < entries[0].Seq {
+		return nil, fmt.Errorf("%w: the export starts at seq %d, after the checkpoint's seq %d", ErrCheckpointBeforeExport, entries[0].Seq, cp.Seq)
+	}
+	return nil, fmt.Errorf("the export ends at seq %d but node %s signed seq %d at %s: entries from seq %d on were removed", last, cp.Node, cp.Seq, cp.At.UTC().Format(time.RFC3339), last+1)
 }
+
+// ErrCheckpointBeforeExport is VerifyCheckpoint's error for a checkpoint
+// of an entry before the export's first (`audit export --since`): it
+// says nothing about the entries exported.
+var ErrCheckpointBeforeExport = errors.New("the checkpoint is before the export")

@@ -53,7 +53,7 @@ func TestPeriodicCheckpoints(t *testing.T) {
 		if err := api.VerifyAudit(entries); err != nil {
 			t.Fatal(err)
 		}
-		if err := api.VerifyCheckpoint(cp, roots, entries); err != nil {
+		if _, err := api.VerifyCheckpoint(cp, roots, entries); err != nil {
 			t.Fatalf("recorded checkpoint seq %d: %v", cp.Seq, err)
 		}
 	}

@@ -639,11 +639,11 @@ func TestFourEyesAndPeople(t *testing.T) {
 	}
 	roots := x509.NewCertPool()
 	roots.AddCert(n.ca.Root())
-	if err := api.VerifyCheckpoint(*cp, roots, entries); err != nil {
+	if _, err := api.VerifyCheckpoint(*cp, roots, entries); err != nil {
 		t.Fatal(err)
 	}
 	cut := entries[:len(entries)-3]
-	if err := api.VerifyCheckpoint(*cp, roots, cut); err == nil || !strings.Contains(err.Error(), "removed") {
+	if _, err := api.VerifyCheckpoint(*cp, roots, cut); err == nil || !strings.Contains(err.Error(), "removed") {
 		t.Fatalf("truncated export: %v", err)
 	}
 	_, err = op.AuditCheckpoint(ctx)

@@ -2,15 +2,19 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/govnet/govnet/api"
+	"github.com/govnet/govnet/ca"
 	"github.com/spf13/cobra"
 )
 
@@ -70,45 +74,27 @@ func (a *app) auditCmd() *cobra.Command {
 	verify := &cobra.Command{
 		Use:   "verify FILE",
 		Short: "Recompute an exported chain offline; name the first entry altered, removed or reordered",
-		Long: "Checks every entry's hash and its link to the one before. With --checkpoint it also checks the\n" +
-			"node's signature (against --root) and that the export reaches the signed head unchanged, which\n" +
-			"catches entries cut from the end. Needs no controller.",
+		Long: "Reads the export's lines, which must be exactly as audit export writes them, and checks every\n" +
+			"entry's hash and its link to the one before. With --checkpoint it also checks each checkpoint's\n" +
+			"signature by a controller node of this cluster (against --root, at the time it was signed) and\n" +
+			"that the export holds the signed head unchanged, which catches entries rewritten, or cut from\n" +
+			"the end, up to it. It then says which entries no checkpoint covers (NOT COVERED): without a\n" +
+			"checkpoint, the chain proves nothing, as anyone can recompute one. Needs no controller.",
 		Example: "  govnetctl audit verify audit.jsonl --checkpoint audit.checkpoint.json --root root.pem",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			entries, err := readAudit(args[0])
-			if err == nil {
-				err = api.VerifyAudit(entries)
-			}
-			if err != nil {
-				var ae *api.AuditError
-				if errors.As(err, &ae) {
-					return fmt.Errorf("%s: NOT VALID at %w", args[0], err)
-				}
-				return err
-			}
+			var cps []api.AuditCheckpoint
+			var roots *x509.CertPool
 			if cpIn != "" {
-				roots, err := a.roots("--checkpoint")
-				if err != nil {
+				var err error
+				if roots, err = a.roots("--checkpoint"); err != nil {
 					return err
 				}
-				cps, err := readCheckpoints(cpIn)
-				if err != nil {
+				if cps, err = readCheckpoints(cpIn); err != nil {
 					return err
 				}
-				for _, cp := range cps {
-					if err := api.VerifyCheckpoint(cp, roots, entries); err != nil {
-						return fmt.Errorf("%s: NOT VALID: checkpoint seq %d: %w", args[0], cp.Seq, err)
-					}
-					fmt.Fprintf(a.out, "%s: checkpoint seq %d signed by node %s at %s verifies\n", args[0], cp.Seq, cp.Node, cp.At.Format(time.RFC3339))
-				}
 			}
-			last := uint64(0)
-			if len(entries) > 0 {
-				last = entries[len(entries)-1].Seq
-			}
-			fmt.Fprintf(a.out, "%s: %d entries, chain intact up to seq %d\n", args[0], len(entries), last)
-			return nil
+			return verifyAuditFile(a.out, args[0], cps, roots)
 		},
 	}
 	verify.Flags().StringVar(&cpIn, "checkpoint", "", "signed checkpoints: one written by audit export --checkpoint, or the list audit checkpoints -o json writes")
@@ -148,6 +134,69 @@ func readAudit(path string) ([]api.AuditEntry, error) {
 	}
 	defer f.Close()
 	return api.ReadAuditExport(f)
+}
+
+// verifyAuditFile checks the export in file against the checkpoints cps
+// (none without --checkpoint), whose signers' chains must lead to roots,
+// and says what they prove: the checkpoints, oldest first, and which
+// entries no checkpoint covers.
+func verifyAuditFile(w io.Writer, file string, cps []api.AuditCheckpoint, roots *x509.CertPool) error {
+	entries, err := readAudit(file)
+	if err == nil {
+		err = api.VerifyAudit(entries)
+	}
+	if err != nil {
+		var ae *api.AuditError
+		if errors.As(err, &ae) {
+			return fmt.Errorf("%s: NOT VALID at %w", file, err)
+		}
+		return err
+	}
+	if len(entries) == 0 {
+		return fmt.Errorf("%s: NOT VALID: no entries: an export holds at least the entries of the cluster's initialisation", file)
+	}
+	first, last := entries[0].Seq, entries[len(entries)-1].Seq
+	cps = slices.Clone(cps)
+	slices.SortStableFunc(cps, func(x, y api.AuditCheckpoint) int { return cmp.Compare(x.Seq, y.Seq) })
+	covered := first - 1 // the last seq a checkpoint proves
+	for _, cp := range cps {
+		chain, err := api.VerifyCheckpoint(cp, roots, entries)
+		if errors.Is(err, api.ErrCheckpointBeforeExport) {
+			fmt.Fprintf(w, "%s: checkpoint seq %d not checked: the export starts at seq %d\n", file, cp.Seq, first)
+			continue
+		}
+		if err == nil {
+			if id, ierr := ca.IdentityOf(chain[0]); ierr != nil || id.Kind != ca.KindNode {
+				err = fmt.Errorf("signed by %s (certificate %s), which is not a controller node's certificate", chain[0].Subject.CommonName, ca.Serial(chain[0]))
+			} else if id.Name != cp.Node {
+				err = fmt.Errorf("signed by node %s (certificate %s), and the checkpoint names node %s", id.Name, ca.Serial(chain[0]), cp.Node)
+			}
+		}
+		if err != nil {
+			if covered >= first {
+				err = fmt.Errorf("%w (seq %d to %d verified by the checkpoint of seq %d: what was altered or removed is after it)", err, first, covered, covered)
+			}
+			return fmt.Errorf("%s: NOT VALID: checkpoint seq %d: %w", file, cp.Seq, err)
+		}
+		fmt.Fprintf(w, "%s: checkpoint seq %d signed by node %s (certificate %s) at %s verifies\n", file, cp.Seq, cp.Node, ca.Serial(chain[0]), cp.At.UTC().Format(time.RFC3339))
+		covered = max(covered, cp.Seq)
+	}
+	fmt.Fprintf(w, "%s: %d entries, seq %d to %d, each linked to the one before\n", file, len(entries), first, last)
+	if first > 1 {
+		fmt.Fprintf(w, "%s: NOT COVERED: seq 1 to %d are not in this export; that seq %d follows them is taken on trust\n", file, first-1, first)
+	}
+	switch {
+	case len(cps) == 0:
+		fmt.Fprintf(w, "%s: NOT COVERED: seq %d to %d: no signed checkpoint given (--checkpoint), and anyone can recompute a chain: nothing proves these entries are the cluster's\n", file, first, last)
+	case covered < first:
+		fmt.Fprintf(w, "%s: NOT COVERED: seq %d to %d: no checkpoint given signs an entry of this export\n", file, first, last)
+	default:
+		fmt.Fprintf(w, "%s: seq %d to %d verified against the checkpoint of seq %d\n", file, first, covered, covered)
+		if covered < last {
+			fmt.Fprintf(w, "%s: NOT COVERED: seq %d to %d come after the last checkpoint: nothing proves they were not altered, nor that none followed them (audit export --checkpoint signs the head)\n", file, covered+1, last)
+		}
+	}
+	return nil
 }
 
 // readCheckpoints reads one checkpoint (audit export --checkpoint) or a

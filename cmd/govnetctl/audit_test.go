@@ -208,3 +208,118 @@ func TestAuditVerifyLines(t *testing.T) {
 		t.Fatalf("audit verify of the export as written: %v\n%s", err, out)
 	}
 }
+
+// TestAuditVerifyCheckpointSigner: a checkpoint counts only when a
+// controller node of this cluster signed it, under its own name, with a
+// certificate valid when it says it signed; not a person's or a
+// gateway's certificate from the same CA, another node's, a foreign CA's.
+// A node's certificate that has expired since (they live a year, the
+// chain far longer) still proves the checkpoints it signed.
+func TestAuditVerifyCheckpointSigner(t *testing.T) {
+	p := newTestPKI(t)
+	now := time.Now().Truncate(time.Second)
+	year := 365 * 24 * time.Hour
+	entries := auditChainAt(5, now.Add(-2*year)) // written two years ago
+	file := writeFile(t, "audit.jsonl", strings.Join(exportLines(t, entries), "\n")+"\n")
+	head := entries[4]
+	nodeKey, nodeChain := p.nodeLeaf("ctl1")
+	personKey, personChain := p.leaf("person", "mallory", now.Add(-time.Hour), now.Add(time.Hour), x509.ExtKeyUsageClientAuth)
+	gwKey, gwChain := p.leaf("gateway", "gw-h01", now.Add(-time.Hour), now.Add(time.Hour), x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth)
+	oldKey, oldChain := p.leaf("node", "ctl1", now.Add(-3*year), now.Add(-2*year+24*time.Hour), x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth)
+	foreign := newTestPKI(t)
+	foreignKey, foreignChain := foreign.nodeLeaf("ctl1")
+
+	for _, tt := range []struct {
+		name string
+		cp   api.AuditCheckpoint
+		want string // in the error; "" if it verifies
+	}{
+		{"node", checkpoint(t, head, now, "ctl1", nodeKey, nodeChain), ""},
+		{"node expired since", checkpoint(t, head, now.Add(-2*year+time.Hour), "ctl1", oldKey, oldChain), ""},
+		{"node backdated", checkpoint(t, head, now.Add(-2*year-time.Hour), "ctl1", oldKey, oldChain), "backdated"},
+		{"node expired when it signed", checkpoint(t, head, now, "ctl1", oldKey, oldChain), "expired"},
+		{"person of the same CA", checkpoint(t, head, now, "ctl1", personKey, personChain), "incompatible key usage"},
+		{"gateway of the same CA", checkpoint(t, head, now, "ctl1", gwKey, gwChain), "not a controller node's certificate"},
+		{"another node's name", checkpoint(t, head, now, "ctl2", nodeKey, nodeChain), "names node"},
+		{"foreign CA", checkpoint(t, head, now, "ctl1", foreignKey, foreignChain), "unknown authority"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			out, err := runErr("--root", p.rootFile, "audit", "verify", file, "--checkpoint", writeCheckpoints(t, tt.cp))
+			switch {
+			case tt.want == "" && err != nil:
+				t.Fatalf("audit verify: %v\n%s", err, out)
+			case tt.want == "" && !strings.Contains(out, "checkpoint seq 5 signed by node ctl1"):
+				t.Fatalf("audit verify printed:\n%s", out)
+			case tt.want != "" && (err == nil || !strings.Contains(err.Error(), "NOT VALID") || !strings.Contains(err.Error(), tt.want)):
+				t.Fatalf("audit verify: %v, want NOT VALID ... %q\n%s", err, tt.want, out)
+			}
+		})
+	}
+}
+
+// TestAuditVerifyCoverage: audit verify says which entries its
+// checkpoints prove and which none does (after the last checkpoint,
+// before an export's first entry, all of them without a checkpoint); it
+// refuses an empty export, and an export cut or rewritten before a
+// checkpoint, naming the entries still proven.
+func TestAuditVerifyCoverage(t *testing.T) {
+	p := newTestPKI(t)
+	key, chain := p.nodeLeaf("ctl1")
+	start := time.Now().Add(-time.Hour)
+	entries := auditChainAt(5, start)
+	at := time.Now()
+	cp := func(seq int) api.AuditCheckpoint { return checkpoint(t, entries[seq-1], at, "ctl1", key, chain) }
+	export := func(from, to int) string {
+		return writeFile(t, "audit.jsonl", strings.Join(exportLines(t, entries[from-1:to]), "\n")+"\n")
+	}
+	rewritten := auditChainAt(5, start)
+	rewritten[2].Actor = "mallory"
+	for i := 2; i < 5; i++ {
+		rewritten[i].Prev = rewritten[i-1].Hash
+		rewritten[i].Hash = rewritten[i].ComputeHash()
+	}
+	rewrittenFile := writeFile(t, "audit.jsonl", strings.Join(exportLines(t, rewritten), "\n")+"\n")
+	for _, tt := range []struct {
+		name     string
+		file     string
+		cps      []api.AuditCheckpoint
+		want     []string // in the output
+		wantFail string   // in the error
+	}{
+		{name: "all covered", file: export(1, 5), cps: []api.AuditCheckpoint{cp(3), cp(5)},
+			want: []string{"seq 1 to 5 verified against the checkpoint of seq 5"}},
+		{name: "tail after the last checkpoint", file: export(1, 5), cps: []api.AuditCheckpoint{cp(3)},
+			want: []string{"seq 1 to 3 verified", "NOT COVERED: seq 4 to 5 come after the last checkpoint"}},
+		{name: "no checkpoint", file: export(1, 5),
+			want: []string{"NOT COVERED: seq 1 to 5: no signed checkpoint"}},
+		{name: "since export", file: export(3, 5), cps: []api.AuditCheckpoint{cp(2), cp(4)},
+			want: []string{"checkpoint seq 2 not checked", "NOT COVERED: seq 1 to 2 are not in this export", "seq 3 to 4 verified", "NOT COVERED: seq 5 to 5"}},
+		{name: "empty", file: writeFile(t, "audit.jsonl", ""), cps: []api.AuditCheckpoint{cp(5)}, wantFail: "no entries"},
+		{name: "cut after a checkpoint", file: export(1, 3), cps: []api.AuditCheckpoint{cp(2), cp(5)},
+			wantFail: "entries from seq 4 on were removed (seq 1 to 2 verified"},
+		{name: "rewritten", file: rewrittenFile, cps: []api.AuditCheckpoint{cp(5), cp(2)},
+			wantFail: "checkpoint seq 5: entry 5 differs from the signed checkpoint: the chain up to it was rewritten (seq 1 to 2 verified"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			args := []string{"--root", p.rootFile, "audit", "verify", tt.file}
+			if len(tt.cps) > 0 {
+				args = append(args, "--checkpoint", writeCheckpoints(t, tt.cps...))
+			}
+			out, err := runErr(args)
+			if tt.wantFail != "" {
+				if err == nil || !strings.Contains(err.Error(), "NOT VALID") || !strings.Contains(err.Error(), tt.wantFail) {
+					t.Fatalf("audit verify: %v, want NOT VALID ... %q\n%s", err, tt.wantFail, out)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("audit verify: %v\n%s", err, out)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(out, w) {
+					t.Errorf("audit verify printed no %q:\n%s", w, out)
+				}
+			}
+		})
+	}
+}
