@@ -220,19 +220,29 @@ func (o *OCSPResponder) write(w http.ResponseWriter, r *http.Request, resp []byt
 	w.Write(resp)
 }
 
+// maxPathAttempts bounds how many suffixes of a GET path are decoded in
+// full: one is the request unless a suffix that looks like one comes first.
+const maxPathAttempts = 4
+
 // requestFromPath finds the base64 request at the end of a GET path.
 // RFC 6960 A.1 asks clients to URL-encode it, but many do not, and base64
-// contains '/': so try every suffix that starts after a '/', longest
-// first, and take the first that decodes to an OCSP request.
+// contains '/': so try the suffixes that start after a '/', longest first,
+// and take the first that decodes to an OCSP request. Only a suffix whose
+// first characters decode to a DER SEQUENCE header announcing exactly its
+// length is decoded in full, and at most maxPathAttempts are: the work is
+// linear in the path, which anyone may send (decoding every suffix was
+// quadratic, tens of milliseconds of CPU for one path of slashes).
 func requestFromPath(u *url.URL) ([]byte, bool) {
 	p := u.Path // already unescaped
 	if len(p) > 2*maxOCSPRequest {
 		return nil, false
 	}
-	for i := 0; i < len(p); i++ {
-		if p[i] != '/' {
+	attempts := 0
+	for i := 0; i < len(p) && attempts < maxPathAttempts; i++ {
+		if p[i] != '/' || !wholeDERSequence(p[i+1:]) {
 			continue
 		}
+		attempts++
 		b, err := base64.StdEncoding.DecodeString(p[i+1:])
 		if err != nil {
 			continue
@@ -242,6 +252,33 @@ func requestFromPath(u *url.URL) ([]byte, bool) {
 		}
 	}
 	return nil, false
+}
+
+// wholeDERSequence says whether s, standard base64, starts with a DER
+// SEQUENCE header whose length, at most maxOCSPRequest, is all of s.
+func wholeDERSequence(s string) bool {
+	if len(s) < 8 || len(s)%4 != 0 {
+		return false
+	}
+	var src [8]byte
+	var h [6]byte
+	copy(src[:], s)
+	if _, err := base64.StdEncoding.Decode(h[:], src[:]); err != nil || h[0] != 0x30 {
+		return false
+	}
+	var n int
+	switch h[1] {
+	case 0x81:
+		n = 3 + int(h[2])
+	case 0x82:
+		n = 4 + int(h[2])<<8 | int(h[3])
+	default:
+		if h[1] >= 0x80 {
+			return false
+		}
+		n = 2 + int(h[1])
+	}
+	return n <= maxOCSPRequest && base64.StdEncoding.EncodedLen(n) == len(s)
 }
 
 // Respond answers one DER OCSP request; cacheable is false for error

@@ -304,3 +304,44 @@ func TestOCSPResponder(t *testing.T) {
 func opensslSerial(n *big.Int) string {
 	return fmt.Sprintf("%X", n.Bytes())
 }
+
+// TestOCSPGetPathWork: the GET path is searched for the request in time
+// linear in its length. A path of 8 KiB of slashes (or of "MDA/", base64
+// that decodes to a DER SEQUENCE header at every slash) made the responder
+// decode every suffix: 87 ms of CPU for one request, anyone's to send at
+// the rate limit's 100 a second.
+func TestOCSPGetPathWork(t *testing.T) {
+	c, _ := newCA(t)
+	leaf := issueLeaf(t, c, "gw-path")
+	req, err := ocsp.CreateRequest(leaf, c.Intermediate(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b64 := base64.StdEncoding.EncodeToString(req)
+	for _, p := range []string{
+		"/ocsp/x/" + strings.Repeat("/", 2*maxOCSPRequest-10),
+		"/ocsp/x/" + strings.Repeat("MDA/", (2*maxOCSPRequest-10)/4),
+		"/ocsp/x/" + strings.Repeat("MDAw", (2*maxOCSPRequest-10)/4),
+	} {
+		u := &neturl.URL{Path: p}
+		if allocs := testing.AllocsPerRun(5, func() { requestFromPath(u) }); allocs > 20 {
+			t.Errorf("%.20s… (%d bytes): %v allocations, want a bounded few", p, len(p), allocs)
+		}
+	}
+	// Requests still found: raw or escaped, after any number of
+	// segments, and with slashes of their own.
+	for _, p := range []string{
+		"/ocsp/x/" + b64,
+		"/a/b/c/d/e/f/g/h/i/j/" + b64,
+		"/" + b64,
+		"/ocsp/x/MDAw/" + b64,
+	} {
+		u, err := neturl.Parse("http://h" + p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, ok := requestFromPath(u); !ok || !bytes.Equal(got, req) {
+			t.Errorf("%s: request not found", p)
+		}
+	}
+}
