@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/asn1"
 	"encoding/base64"
 	"errors"
@@ -247,7 +248,7 @@ func requestFromPath(u *url.URL) ([]byte, bool) {
 		if err != nil {
 			continue
 		}
-		if _, err := ocsp.ParseRequest(b); err == nil {
+		if _, err := parseOCSPRequest(b); err == nil {
 			return b, true
 		}
 	}
@@ -284,7 +285,7 @@ func wholeDERSequence(s string) bool {
 // Respond answers one DER OCSP request; cacheable is false for error
 // responses.
 func (o *OCSPResponder) Respond(ctx context.Context, raw []byte) (resp []byte, cacheable bool) {
-	req, err := ocsp.ParseRequest(raw)
+	req, err := parseOCSPRequest(raw)
 	if err != nil {
 		return ocsp.MalformedRequestErrorResponse, false
 	}
@@ -318,6 +319,72 @@ func (o *OCSPResponder) Respond(ctx context.Context, raw []byte) (resp []byte, c
 		return ocsp.InternalErrorErrorResponse, false
 	}
 	return der, true
+}
+
+// RFC 6960 4.1.1's OCSPRequest, as parseOCSPRequest reads it.
+type ocspRequest struct {
+	TBSRequest        tbsRequest
+	OptionalSignature asn1.RawValue `asn1:"explicit,tag:0,optional"`
+}
+
+type tbsRequest struct {
+	Version       int           `asn1:"explicit,tag:0,default:0,optional"`
+	RequestorName asn1.RawValue `asn1:"explicit,tag:1,optional"`
+	RequestList   []singleRequest
+	Extensions    []pkix.Extension `asn1:"explicit,tag:2,optional"`
+}
+
+type singleRequest struct {
+	Cert       certID
+	Extensions []pkix.Extension `asn1:"explicit,tag:0,optional"`
+}
+
+type certID struct {
+	HashAlgorithm pkix.AlgorithmIdentifier
+	NameHash      []byte
+	IssuerKeyHash []byte
+	SerialNumber  *big.Int
+}
+
+// certIDHashes are the CertID hash algorithms a request may use (those
+// x/crypto/ocsp can answer with).
+var certIDHashes = []struct {
+	oid  asn1.ObjectIdentifier
+	hash crypto.Hash
+}{
+	{asn1.ObjectIdentifier{1, 3, 14, 3, 2, 26}, crypto.SHA1},
+	{asn1.ObjectIdentifier{2, 16, 840, 1, 101, 3, 4, 2, 1}, crypto.SHA256},
+	{asn1.ObjectIdentifier{2, 16, 840, 1, 101, 3, 4, 2, 2}, crypto.SHA384},
+	{asn1.ObjectIdentifier{2, 16, 840, 1, 101, 3, 4, 2, 3}, crypto.SHA512},
+}
+
+// parseOCSPRequest reads a DER OCSPRequest asking about exactly one
+// certificate. Unlike ocsp.ParseRequest it answers a signed request (RFC
+// 6960 4.1.2: a requestor may sign; this responder requires no signature
+// and ignores it: openssl ocsp -signer was told "malformed"), and it
+// refuses a request for several certificates rather than take the first
+// (RFC 5019 2.1.1: one Request per OCSPRequest; a response can only say
+// what was asked of the first, which left the client with no status for
+// the others).
+func parseOCSPRequest(der []byte) (*ocsp.Request, error) {
+	var req ocspRequest
+	rest, err := asn1.Unmarshal(der, &req)
+	if err != nil {
+		return nil, fmt.Errorf("OCSP request: %w", err)
+	}
+	if len(rest) > 0 {
+		return nil, errors.New("OCSP request: trailing data")
+	}
+	if n := len(req.TBSRequest.RequestList); n != 1 {
+		return nil, fmt.Errorf("OCSP request: %d certificates asked about, want 1", n)
+	}
+	id := req.TBSRequest.RequestList[0].Cert
+	for _, h := range certIDHashes {
+		if id.HashAlgorithm.Algorithm.Equal(h.oid) {
+			return &ocsp.Request{HashAlgorithm: h.hash, IssuerNameHash: id.NameHash, IssuerKeyHash: id.IssuerKeyHash, SerialNumber: id.SerialNumber}, nil
+		}
+	}
+	return nil, fmt.Errorf("OCSP request: CertID hash %v not supported", id.HashAlgorithm.Algorithm)
 }
 
 // issuedByUs compares the request's issuer name and key hashes with ours.

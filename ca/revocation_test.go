@@ -345,3 +345,48 @@ func TestOCSPGetPathWork(t *testing.T) {
 		}
 	}
 }
+
+// TestOCSPRequestForms: openssl ocsp with a signed request (-signer) is
+// answered, the signature ignored as RFC 6960 4.1.2 allows a responder
+// that does not require one; a request for two certificates at once,
+// which the responder cannot answer in full, is malformed rather than
+// answered for the first alone.
+func TestOCSPRequestForms(t *testing.T) {
+	requireOpenSSL(t)
+	c, _ := newCA(t)
+	a, b := issueLeaf(t, c, "gw-a"), issueLeaf(t, c, "gw-b")
+	inv := &inventory{m: map[string]CertStatus{}}
+	inv.set(a.SerialNumber, CertStatus{State: StateGood})
+	inv.set(b.SerialNumber, CertStatus{State: StateRevoked, RevokedAt: time.Now().Add(-time.Hour), Reason: ReasonKeyCompromise})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: c.OCSPResponder(inv.lookup)}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	url := "http://" + ln.Addr().String() + "/ocsp/x"
+
+	dir := t.TempDir()
+	issuer := writeFile(t, dir, "inter.pem", EncodePEM(c.Intermediate()))
+	root := writeFile(t, dir, "root.pem", EncodePEM(c.Root()))
+	pa, pb := writeFile(t, dir, "a.pem", EncodePEM(a)), writeFile(t, dir, "b.pem", EncodePEM(b))
+	key, cert := filepath.Join(dir, "req.key"), filepath.Join(dir, "req.pem")
+	openssl(t, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=requestor",
+		"-keyout", key, "-out", cert, "-days", "1")
+
+	out := openssl(t, "ocsp", "-issuer", issuer, "-cert", pa, "-url", url, "-CAfile", root, "-signer", cert, "-signkey", key)
+	if !strings.Contains(out, "Response verify OK") || !strings.Contains(out, ": good") {
+		t.Errorf("signed request:\n%s", out)
+	}
+	out, _ = runOpenSSL("ocsp", "-issuer", issuer, "-cert", pa, "-cert", pb, "-url", url, "-CAfile", root)
+	if !strings.Contains(out, "malformedrequest") {
+		t.Errorf("request for two certificates:\n%s", out)
+	}
+}
+
+// runOpenSSL is openssl's combined output, whether or not it failed.
+func runOpenSSL(args ...string) (string, error) {
+	out, err := exec.Command("openssl", args...).CombinedOutput()
+	return string(out), err
+}
