@@ -188,14 +188,14 @@ func (o *OCSPResponder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case http.MethodPost:
 		b, err := io.ReadAll(io.LimitReader(r.Body, maxOCSPRequest+1))
 		if err != nil || len(b) > maxOCSPRequest {
-			o.write(w, r, ocsp.MalformedRequestErrorResponse, false)
+			o.write(w, r, ocspAnswer{der: ocsp.MalformedRequestErrorResponse})
 			return
 		}
 		raw = b
 	case http.MethodGet:
 		b, ok := requestFromPath(r.URL)
 		if !ok {
-			o.write(w, r, ocsp.MalformedRequestErrorResponse, false)
+			o.write(w, r, ocspAnswer{der: ocsp.MalformedRequestErrorResponse})
 			return
 		}
 		raw = b
@@ -204,21 +204,26 @@ func (o *OCSPResponder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "OCSP takes GET or POST", http.StatusMethodNotAllowed)
 		return
 	}
-	resp, cacheable := o.Respond(r.Context(), raw)
-	o.write(w, r, resp, cacheable)
+	o.write(w, r, o.respond(r.Context(), raw))
 }
 
-func (o *OCSPResponder) write(w http.ResponseWriter, r *http.Request, resp []byte, cacheable bool) {
+// write sends an answer. A signed answer to a GET may be cached as RFC
+// 5019 6.2 says: Last-Modified its thisUpdate, Expires its nextUpdate,
+// max-age the seconds left to nextUpdate; anything else may not.
+func (o *OCSPResponder) write(w http.ResponseWriter, r *http.Request, a ocspAnswer) {
 	h := w.Header()
 	h.Set("Content-Type", "application/ocsp-response")
-	h.Set("Content-Length", strconv.Itoa(len(resp)))
-	if cacheable && r.Method == http.MethodGet {
-		h.Set("Cache-Control", fmt.Sprintf("max-age=%d, public, no-transform, must-revalidate", int(OCSPValidity/time.Second)))
+	h.Set("Content-Length", strconv.Itoa(len(a.der)))
+	left := int(a.nextUpdate.Sub(o.now()) / time.Second)
+	if !a.nextUpdate.IsZero() && r.Method == http.MethodGet && left > 0 {
+		h.Set("Last-Modified", a.thisUpdate.UTC().Format(http.TimeFormat))
+		h.Set("Expires", a.nextUpdate.UTC().Format(http.TimeFormat))
+		h.Set("Cache-Control", fmt.Sprintf("max-age=%d, public, no-transform, must-revalidate", left))
 	} else {
 		h.Set("Cache-Control", "no-store")
 	}
 	w.WriteHeader(http.StatusOK)
-	w.Write(resp)
+	w.Write(a.der)
 }
 
 // maxPathAttempts bounds how many suffixes of a GET path are decoded in
@@ -282,19 +287,29 @@ func wholeDERSequence(s string) bool {
 	return n <= maxOCSPRequest && base64.StdEncoding.EncodedLen(n) == len(s)
 }
 
-// Respond answers one DER OCSP request; cacheable is false for error
-// responses.
-func (o *OCSPResponder) Respond(ctx context.Context, raw []byte) (resp []byte, cacheable bool) {
+// An ocspAnswer is a DER OCSP response and, if it is a signed one, the
+// thisUpdate and nextUpdate it holds (zero for an error response).
+type ocspAnswer struct {
+	der                    []byte
+	thisUpdate, nextUpdate time.Time
+}
+
+// Respond answers one DER OCSP request with a DER OCSP response.
+func (o *OCSPResponder) Respond(ctx context.Context, raw []byte) []byte {
+	return o.respond(ctx, raw).der
+}
+
+func (o *OCSPResponder) respond(ctx context.Context, raw []byte) ocspAnswer {
 	req, err := parseOCSPRequest(raw)
 	if err != nil {
-		return ocsp.MalformedRequestErrorResponse, false
+		return ocspAnswer{der: ocsp.MalformedRequestErrorResponse}
 	}
 	if !o.issuedByUs(req) {
-		return ocsp.UnauthorizedErrorResponse, false
+		return ocspAnswer{der: ocsp.UnauthorizedErrorResponse}
 	}
 	st, err := o.lookup(ctx, req.SerialNumber)
 	if err != nil {
-		return ocsp.InternalErrorErrorResponse, false
+		return ocspAnswer{der: ocsp.InternalErrorErrorResponse}
 	}
 	now := o.now().UTC().Truncate(time.Second)
 	tmpl := ocsp.Response{
@@ -316,9 +331,9 @@ func (o *OCSPResponder) Respond(ctx context.Context, raw []byte) (resp []byte, c
 	}
 	der, err := ocsp.CreateResponse(o.issuer, o.issuer, tmpl, o.signer)
 	if err != nil {
-		return ocsp.InternalErrorErrorResponse, false
+		return ocspAnswer{der: ocsp.InternalErrorErrorResponse}
 	}
-	return der, true
+	return ocspAnswer{der: der, thisUpdate: tmpl.ThisUpdate, nextUpdate: tmpl.NextUpdate}
 }
 
 // RFC 6960 4.1.1's OCSPRequest, as parseOCSPRequest reads it.

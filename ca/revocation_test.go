@@ -11,6 +11,7 @@ import (
 	"math/big"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	neturl "net/url"
 	"os"
 	"os/exec"
@@ -389,4 +390,49 @@ func TestOCSPRequestForms(t *testing.T) {
 func runOpenSSL(args ...string) (string, error) {
 	out, err := exec.Command("openssl", args...).CombinedOutput()
 	return string(out), err
+}
+
+// TestOCSPCacheHeaders: a GET answer carries the headers RFC 5019 6.2
+// asks of a cacheable response, consistent with the response itself:
+// Last-Modified its thisUpdate, Expires its nextUpdate, max-age no later
+// than nextUpdate. A POST answer and an error are not cached.
+func TestOCSPCacheHeaders(t *testing.T) {
+	now := time.Now().UTC().Truncate(time.Second)
+	c, _ := newCA(t, WithClock(func() time.Time { return now }))
+	leaf := issueLeaf(t, c, "gw-cache")
+	inv := &inventory{m: map[string]CertStatus{}}
+	inv.set(leaf.SerialNumber, CertStatus{State: StateGood})
+	o := c.OCSPResponder(inv.lookup)
+	req, _ := ocsp.CreateRequest(leaf, c.Intermediate(), nil)
+
+	w := httptest.NewRecorder()
+	o.ServeHTTP(w, httptest.NewRequest(http.MethodGet, "/ocsp/x/"+neturl.PathEscape(base64.StdEncoding.EncodeToString(req)), nil))
+	r, err := ocsp.ParseResponseForCert(w.Body.Bytes(), leaf, c.Intermediate())
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := w.Header()
+	lm, err := http.ParseTime(h.Get("Last-Modified"))
+	if err != nil || !lm.Equal(r.ThisUpdate) {
+		t.Errorf("Last-Modified %q, want thisUpdate %v", h.Get("Last-Modified"), r.ThisUpdate)
+	}
+	exp, err := http.ParseTime(h.Get("Expires"))
+	if err != nil || !exp.Equal(r.NextUpdate) {
+		t.Errorf("Expires %q, want nextUpdate %v", h.Get("Expires"), r.NextUpdate)
+	}
+	var maxAge int
+	if _, err := fmt.Sscanf(h.Get("Cache-Control"), "max-age=%d,", &maxAge); err != nil || now.Add(time.Duration(maxAge)*time.Second).After(r.NextUpdate) {
+		t.Errorf("Cache-Control %q: beyond nextUpdate %v", h.Get("Cache-Control"), r.NextUpdate)
+	}
+
+	w = httptest.NewRecorder()
+	o.ServeHTTP(w, httptest.NewRequest(http.MethodPost, "/ocsp/x", bytes.NewReader(req)))
+	if h := w.Header(); h.Get("Cache-Control") != "no-store" || h.Get("Expires") != "" || h.Get("Last-Modified") != "" {
+		t.Errorf("POST: headers %v", h)
+	}
+	w = httptest.NewRecorder()
+	o.ServeHTTP(w, httptest.NewRequest(http.MethodGet, "/ocsp/x/MAA=", nil))
+	if h := w.Header(); h.Get("Cache-Control") != "no-store" || h.Get("Expires") != "" {
+		t.Errorf("malformed: headers %v", h)
+	}
 }
