@@ -324,7 +324,13 @@ func (o *OCSPResponder) respond(ctx context.Context, raw []byte) ocspAnswer {
 		tmpl.Status = ocsp.Good
 	case StateRevoked:
 		tmpl.Status = ocsp.Revoked
+		// Another node's clock stamped the revocation: a response may
+		// not say it happened after its own thisUpdate (the CRL clamps
+		// it the same way).
 		tmpl.RevokedAt = st.RevokedAt.UTC()
+		if tmpl.RevokedAt.After(now) {
+			tmpl.RevokedAt = now
+		}
 		tmpl.RevocationReason = int(st.Reason)
 	default:
 		tmpl.Status = ocsp.Unknown

@@ -436,3 +436,24 @@ func TestOCSPCacheHeaders(t *testing.T) {
 		t.Errorf("malformed: headers %v", h)
 	}
 }
+
+// TestOCSPRevokedInFuture: a revocation stamped by another node's clock,
+// ahead of this one's, is not answered as revoked after the response's
+// own thisUpdate (the CRL clamps it the same way).
+func TestOCSPRevokedInFuture(t *testing.T) {
+	now := time.Now().UTC().Truncate(time.Second)
+	c, _ := newCA(t, WithClock(func() time.Time { return now }))
+	leaf := issueLeaf(t, c, "gw-future")
+	inv := &inventory{m: map[string]CertStatus{}}
+	inv.set(leaf.SerialNumber, CertStatus{State: StateRevoked, RevokedAt: now.Add(3 * time.Second), Reason: ReasonKeyCompromise})
+	req, _ := ocsp.CreateRequest(leaf, c.Intermediate(), nil)
+	w := httptest.NewRecorder()
+	c.OCSPResponder(inv.lookup).ServeHTTP(w, httptest.NewRequest(http.MethodPost, "/ocsp/x", bytes.NewReader(req)))
+	r, err := ocsp.ParseResponseForCert(w.Body.Bytes(), leaf, c.Intermediate())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Status != ocsp.Revoked || !r.RevokedAt.Equal(r.ThisUpdate) || r.RevocationReason != ocsp.KeyCompromise {
+		t.Errorf("status %d revoked at %v (reason %d), thisUpdate %v", r.Status, r.RevokedAt, r.RevocationReason, r.ThisUpdate)
+	}
+}
