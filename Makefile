@@ -42,6 +42,7 @@ fuzz:
 	$(GO) test ./policy -run '^$$' -fuzz '^FuzzParseRegistry$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./internal/agencycsv -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./ca -run '^$$' -fuzz FuzzParseCSR -fuzztime $(FUZZTIME)
+	$(GO) test ./ca -run '^$$' -fuzz FuzzOCSPRequest -fuzztime $(FUZZTIME)
 	$(GO) test ./controller -run '^$$' -fuzz FuzzAPIRequest -fuzztime $(FUZZTIME)
 	$(GO) test ./controller -run '^$$' -fuzz FuzzStreamLine -fuzztime $(FUZZTIME)
 	$(GO) test ./controller -run '^$$' -fuzz '^FuzzSnapshot$$' -fuzztime $(FUZZTIME)

@@ -52,7 +52,7 @@ func openssl(t *testing.T, args ...string) string {
 	return string(out)
 }
 
-func issueLeaf(t *testing.T, c *CA, id string) *x509.Certificate {
+func issueLeaf(t testing.TB, c *CA, id string) *x509.Certificate {
 	t.Helper()
 	chain, err := c.Issue(context.Background(), csrFor(t, subjectKeys()["P-256"]), GatewayProfile(id, "000.00.00.H29"))
 	if err != nil {
