@@ -34,7 +34,8 @@ type Config struct {
 	// relying parties at: <base>/crl/<issuer id>.crl and
 	// <base>/ocsp/<issuer id>. Every node serves every issuer's CRL and
 	// answers (or routes) OCSP for every issuer, so a name that resolves
-	// to any controller fits. Empty: http://<http_addr>.
+	// to any controller fits; its path, if any, is served too
+	// (underRevocationPath). Empty: http://<http_addr>.
 	RevocationURL string `yaml:"revocation_url,omitempty"`
 	// Profiles sets certificate lifetimes per profile (gateway, person,
 	// node); unset ones take the defaults (24 h, 90 days, one year).

@@ -96,7 +96,8 @@ func (n *Node) serveHTTP() {
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
 	mux.HandleFunc("GET /readyz", n.handleReady)
 	mux.HandleFunc("GET /crl/{file}", n.handleCRL)
-	n.httpSrv = &http.Server{Handler: n.limits.middleware(n.ocspBeforeMux(mux)), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second}
+	h := n.cfg.underRevocationPath(n.limits.middleware(n.ocspBeforeMux(mux)))
+	n.httpSrv = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second}
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
@@ -105,6 +106,29 @@ func (n *Node) serveHTTP() {
 		}
 	}()
 	n.log.Info("crl and ocsp listening", "addr", n.httpLn.Addr().String(), "issuer", n.issuerID)
+}
+
+// underRevocationPath serves h's paths also under the path of
+// revocation_url, if it has one: certificates name <base>/crl/... and
+// <base>/ocsp/..., and a name that reaches a node directly (no proxy in
+// between to strip the path) must find them there.
+func (c Config) underRevocationPath(h http.Handler) http.Handler {
+	u, err := url.Parse(c.RevocationURL)
+	prefix := ""
+	if err == nil {
+		prefix = strings.TrimRight(u.Path, "/")
+	}
+	if prefix == "" {
+		return h
+	}
+	strip := http.StripPrefix(prefix, h)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, prefix+"/") {
+			strip.ServeHTTP(w, r)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // ocspBeforeMux sends /ocsp/{issuer}[/{request}] to handleOCSP before

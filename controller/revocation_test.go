@@ -7,6 +7,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/pem"
 	"io"
@@ -352,5 +353,50 @@ func waitUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestRevocationURLPath: with a revocation_url that has a path, which the
+// configuration allows and certificates then name
+// (http://host:port/pki/crl/<issuer>.crl), a node that the name reaches
+// serves the CRL and OCSP there, as well as at the bare paths.
+func TestRevocationURLPath(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.HTTPAddr = freePort(t)
+	cfg.RevocationURL = "http://" + cfg.HTTPAddr + "/pki/govnet/"
+	n := startNode(t, cfg)
+	defer n.Close()
+	waitUntil(t, 10*time.Second, "the first CRL and the node's certificate in the inventory", func() bool {
+		ir, _ := n.State().issuer(n.issuerID)
+		_, ok := n.State().Certificate(ca.Serial(n.cert.Load().Leaf))
+		return ir.CRL != nil && ok
+	})
+	crlURL, ocspURL := n.ca.URLs()
+	if want := "http://" + cfg.HTTPAddr + "/pki/govnet/crl/" + n.issuerID + ".crl"; crlURL != want {
+		t.Fatalf("CRL URL %s, want %s", crlURL, want)
+	}
+	leaf := n.cert.Load().Leaf
+	req, err := ocsp.CreateRequest(leaf, n.ca.Intermediate(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, base := range []string{"http://" + cfg.HTTPAddr + "/pki/govnet", "http://" + cfg.HTTPAddr} {
+		der, ctype := httpGet(t, base+"/crl/"+n.issuerID+".crl")
+		if _, err := x509.ParseRevocationList(der); err != nil || ctype != "application/pkix-crl" {
+			t.Fatalf("%s: CRL %q: %v", base, ctype, err)
+		}
+		u := base + "/ocsp/" + n.issuerID
+		if base != "http://"+cfg.HTTPAddr {
+			u = ocspURL
+		}
+		resp, err := http.Post(u, "application/ocsp-request", bytes.NewReader(req))
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if r, err := ocsp.ParseResponseForCert(body, leaf, n.ca.Intermediate()); err != nil || r.Status != ocsp.Good {
+			t.Fatalf("OCSP at %s: HTTP %d: %v", u, resp.StatusCode, err)
+		}
 	}
 }
