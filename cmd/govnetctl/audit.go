@@ -6,11 +6,13 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/govnet/govnet/api"
@@ -71,6 +73,7 @@ func (a *app) auditCmd() *cobra.Command {
 	export.Flags().StringVar(&cpOut, "checkpoint", "", "also write a signed checkpoint of the head to this file")
 	export.Flags().Uint64Var(&since, "since", 0, "only entries after this seq")
 	var cpIn string
+	var crlIn []string
 	verify := &cobra.Command{
 		Use:   "verify FILE",
 		Short: "Recompute an exported chain offline; name the first entry altered, removed or reordered",
@@ -78,10 +81,14 @@ func (a *app) auditCmd() *cobra.Command {
 			"entry's hash and its link to the one before. With --checkpoint it also checks each checkpoint's\n" +
 			"signature by a controller node of this cluster (against --root, at the time it was signed) and\n" +
 			"that the export holds the signed head unchanged, which catches entries rewritten, or cut from\n" +
-			"the end, up to it. It then says which entries no checkpoint covers (NOT COVERED): without a\n" +
-			"checkpoint, the chain proves nothing, as anyone can recompute one. Needs no controller.",
-		Example: "  govnetctl audit verify audit.jsonl --checkpoint audit.checkpoint.json --root root.pem",
-		Args:    cobra.ExactArgs(1),
+			"the end, up to it. With --crl it refuses a checkpoint whose signer's certificate was revoked\n" +
+			"before it signed, or for key compromise at any time. It then says which entries no checkpoint\n" +
+			"covers (NOT COVERED), and what it could not check (NOT CHECKED): without a checkpoint, the\n" +
+			"chain proves nothing, as anyone can recompute one. Needs no controller.",
+		Example: "  govnetctl audit verify audit.jsonl --checkpoint audit.checkpoint.json --root root.pem\n" +
+			"  curl -so ctl1.crl http://ctl1.govnet.example:7444/crl/ISSUER.crl   # the URL a NOT CHECKED line names\n" +
+			"  govnetctl audit verify audit.jsonl --checkpoint checkpoints.json --root root.pem --crl ctl1.crl",
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var cps []api.AuditCheckpoint
 			var roots *x509.CertPool
@@ -94,10 +101,19 @@ func (a *app) auditCmd() *cobra.Command {
 					return err
 				}
 			}
-			return verifyAuditFile(a.out, args[0], cps, roots)
+			var crls []*x509.RevocationList
+			for _, f := range crlIn {
+				crl, err := readCRL(f)
+				if err != nil {
+					return err
+				}
+				crls = append(crls, crl)
+			}
+			return verifyAuditFile(a.out, args[0], cps, roots, crls)
 		},
 	}
 	verify.Flags().StringVar(&cpIn, "checkpoint", "", "signed checkpoints: one written by audit export --checkpoint, or the list audit checkpoints -o json writes")
+	verify.Flags().StringSliceVar(&crlIn, "crl", nil, "CRLs (DER or PEM) of the intermediates that issued the checkpoints' signers, to check their revocation; repeatable")
 	checkpoints := &cobra.Command{
 		Use:   "checkpoints",
 		Short: "List the signed checkpoints of the chain's head that the leaders recorded",
@@ -140,7 +156,7 @@ func readAudit(path string) ([]api.AuditEntry, error) {
 // (none without --checkpoint), whose signers' chains must lead to roots,
 // and says what they prove: the checkpoints, oldest first, and which
 // entries no checkpoint covers.
-func verifyAuditFile(w io.Writer, file string, cps []api.AuditCheckpoint, roots *x509.CertPool) error {
+func verifyAuditFile(w io.Writer, file string, cps []api.AuditCheckpoint, roots *x509.CertPool, crls []*x509.RevocationList) error {
 	entries, err := readAudit(file)
 	if err == nil {
 		err = api.VerifyAudit(entries)
@@ -158,7 +174,8 @@ func verifyAuditFile(w io.Writer, file string, cps []api.AuditCheckpoint, roots 
 	first, last := entries[0].Seq, entries[len(entries)-1].Seq
 	cps = slices.Clone(cps)
 	slices.SortStableFunc(cps, func(x, y api.AuditCheckpoint) int { return cmp.Compare(x.Seq, y.Seq) })
-	covered := first - 1 // the last seq a checkpoint proves
+	covered := first - 1   // the last seq a checkpoint proves
+	var unchecked []string // signers whose revocation no CRL given tells
 	for _, cp := range cps {
 		chain, err := api.VerifyCheckpoint(cp, roots, entries)
 		if errors.Is(err, api.ErrCheckpointBeforeExport) {
@@ -172,14 +189,30 @@ func verifyAuditFile(w io.Writer, file string, cps []api.AuditCheckpoint, roots 
 				err = fmt.Errorf("signed by node %s (certificate %s), and the checkpoint names node %s", id.Name, ca.Serial(chain[0]), cp.Node)
 			}
 		}
+		revocation := ""
+		if err == nil {
+			var crl *x509.RevocationList
+			switch crl, err = api.CheckSignerRevocation(chain, cp.At, crls); {
+			case err != nil:
+			case crl == nil:
+				if u := fmt.Sprintf("certificate %s (CRL %s)", ca.Serial(chain[0]), strings.Join(chain[0].CRLDistributionPoints, " ")); !slices.Contains(unchecked, u) {
+					unchecked = append(unchecked, u)
+				}
+			default:
+				revocation = fmt.Sprintf(", not revoked on its issuer's CRL of %s", crl.ThisUpdate.UTC().Format(time.RFC3339))
+			}
+		}
 		if err != nil {
 			if covered >= first {
 				err = fmt.Errorf("%w (seq %d to %d verified by the checkpoint of seq %d: what was altered or removed is after it)", err, first, covered, covered)
 			}
 			return fmt.Errorf("%s: NOT VALID: checkpoint seq %d: %w", file, cp.Seq, err)
 		}
-		fmt.Fprintf(w, "%s: checkpoint seq %d signed by node %s (certificate %s) at %s verifies\n", file, cp.Seq, cp.Node, ca.Serial(chain[0]), cp.At.UTC().Format(time.RFC3339))
+		fmt.Fprintf(w, "%s: checkpoint seq %d signed by node %s (certificate %s) at %s verifies%s\n", file, cp.Seq, cp.Node, ca.Serial(chain[0]), cp.At.UTC().Format(time.RFC3339), revocation)
 		covered = max(covered, cp.Seq)
+	}
+	for _, u := range unchecked {
+		fmt.Fprintf(w, "%s: NOT CHECKED: whether %s was revoked: give --crl with its issuer's CRL\n", file, u)
 	}
 	fmt.Fprintf(w, "%s: %d entries, seq %d to %d, each linked to the one before\n", file, len(entries), first, last)
 	if first > 1 {
@@ -218,4 +251,23 @@ func readCheckpoints(path string) ([]api.AuditCheckpoint, error) {
 		return nil, fmt.Errorf("%s: no checkpoints", path)
 	}
 	return cps, nil
+}
+
+// readCRL reads a CRL file, DER or PEM.
+func readCRL(path string) (*x509.RevocationList, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	if blk, _ := pem.Decode(b); blk != nil {
+		if blk.Type != "X509 CRL" {
+			return nil, fmt.Errorf("%s: a PEM %q block, not an X509 CRL", path, blk.Type)
+		}
+		b = blk.Bytes
+	}
+	crl, err := x509.ParseRevocationList(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: not a CRL: %w", path, err)
+	}
+	return crl, nil
 }

@@ -323,3 +323,74 @@ func TestAuditVerifyCoverage(t *testing.T) {
 		})
 	}
 }
+
+// crl is the intermediate's CRL, this update at thisUpdate, listing
+// entries; key signs it (the intermediate's, unless testing another).
+func (p *testPKI) crl(thisUpdate time.Time, key *ecdsa.PrivateKey, entries ...x509.RevocationListEntry) string {
+	p.t.Helper()
+	der, err := x509.CreateRevocationList(rand.Reader, &x509.RevocationList{
+		Number: big.NewInt(thisUpdate.Unix()), ThisUpdate: thisUpdate, NextUpdate: thisUpdate.Add(24 * time.Hour),
+		RevokedCertificateEntries: entries,
+	}, p.inter, key)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	f := filepath.Join(p.t.TempDir(), "inter.crl")
+	if err := os.WriteFile(f, der, 0o644); err != nil {
+		p.t.Fatal(err)
+	}
+	return f
+}
+
+// TestAuditVerifyRevokedSigner: with --crl, a checkpoint whose signer was
+// revoked before it signed, or for key compromise whenever, is refused; a
+// signer revoked after it signed (a node taken out of the cluster), or
+// not on the CRL, still counts. A CRL its issuer did not sign tells
+// nothing, and without one the signer's revocation is NOT CHECKED.
+func TestAuditVerifyRevokedSigner(t *testing.T) {
+	p := newTestPKI(t)
+	now := time.Now().Truncate(time.Second)
+	entries := auditChainAt(3, now.Add(-time.Hour))
+	file := writeFile(t, "audit.jsonl", strings.Join(exportLines(t, entries), "\n")+"\n")
+	key, chain := p.nodeLeaf("ctl1")
+	cp := writeCheckpoints(t, checkpoint(t, entries[2], now.Add(-10*time.Minute), "ctl1", key, chain))
+	revoked := func(at time.Time, reason int) x509.RevocationListEntry {
+		return x509.RevocationListEntry{SerialNumber: chain[0].SerialNumber, RevocationTime: at, ReasonCode: reason}
+	}
+	const cessation, compromise = 5, 1
+	other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	for _, tt := range []struct {
+		name     string
+		crls     []string
+		want     string // in the output
+		wantFail string // in the error
+	}{
+		{name: "no CRL", want: "NOT CHECKED: whether certificate " + fmt.Sprintf("%x", chain[0].SerialNumber)},
+		{name: "not revoked", crls: []string{p.crl(now, p.interKey)}, want: "not revoked on its issuer's CRL of"},
+		{name: "revoked after it signed", crls: []string{p.crl(now, p.interKey, revoked(now.Add(-time.Minute), cessation))}, want: "not revoked on its issuer's CRL"},
+		{name: "revoked before it signed", crls: []string{p.crl(now, p.interKey, revoked(now.Add(-20*time.Minute), cessation))}, wantFail: "signer revoked"},
+		{name: "key compromise after it signed", crls: []string{p.crl(now, p.interKey, revoked(now.Add(-time.Minute), compromise))}, wantFail: "key compromise"},
+		{name: "newest CRL counts", crls: []string{p.crl(now, p.interKey, revoked(now.Add(-20*time.Minute), cessation)), p.crl(now.Add(-30*time.Minute), p.interKey)}, wantFail: "signer revoked"},
+		{name: "CRL not signed by the issuer", crls: []string{p.crl(now, other, revoked(now.Add(-20*time.Minute), cessation))}, want: "NOT CHECKED: whether certificate"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			args := []string{"--root", p.rootFile, "audit", "verify", file, "--checkpoint", cp}
+			for _, c := range tt.crls {
+				args = append(args, "--crl", c)
+			}
+			out, err := runErr(args)
+			if tt.wantFail != "" {
+				if err == nil || !strings.Contains(err.Error(), "NOT VALID") || !strings.Contains(err.Error(), tt.wantFail) {
+					t.Fatalf("audit verify: %v, want NOT VALID ... %q\n%s", err, tt.wantFail, out)
+				}
+				return
+			}
+			if err != nil || !strings.Contains(out, tt.want) {
+				t.Fatalf("audit verify: %v; want %q in:\n%s", err, tt.want, out)
+			}
+		})
+	}
+	if _, err := runErr("--root", p.rootFile, "audit", "verify", file, "--checkpoint", cp, "--crl", file); err == nil || !strings.Contains(err.Error(), "not a CRL") {
+		t.Fatalf("audit verify --crl of an export: %v, want not a CRL", err)
+	}
+}

@@ -11,6 +11,7 @@ pkgs=(
   iproute2          # ip netns, veth, bridge
   openssl           # certificate checks in tests
   iputils-ping      # ping across the lab's overlay
+  curl              # the demo fetches a CRL as an auditor does
   gcc               # cgo, for PKCS#11
   libc6-dev
   wireguard-tools:--no-install-recommends  # wg; without recommends it would pull a kernel image
