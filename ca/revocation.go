@@ -17,6 +17,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/crypto/ocsp"
@@ -174,6 +175,32 @@ type OCSPResponder struct {
 	signer crypto.Signer
 	lookup StatusLookup
 	now    func() time.Time
+
+	mu     sync.Mutex
+	signed map[ocspKey]signedAnswer // answers signed lately, by what they answer
+}
+
+// ocspReuse is how long a signed answer is given again to the same
+// question while the certificate's status stays as it said: anyone may
+// ask, and each new answer is an HSM signature, so a flood of requests
+// for a few serials costs one signature per serial a minute. A change of
+// status is answered anew at once.
+const ocspReuse = time.Minute
+
+// maxSignedAnswers bounds the answers kept for reuse; past it they are
+// all dropped (a flood over many serials is what the rate limit is for).
+const maxSignedAnswers = 1 << 16
+
+// ocspKey is what an answer answers: the serial, and the hash the
+// request's CertID used, which the answer's CertID repeats.
+type ocspKey struct {
+	serial string
+	hash   crypto.Hash
+}
+
+type signedAnswer struct {
+	ocspAnswer
+	status CertStatus
 }
 
 // OCSPResponder returns an http.Handler that answers OCSP requests for
@@ -312,6 +339,10 @@ func (o *OCSPResponder) respond(ctx context.Context, raw []byte) ocspAnswer {
 		return ocspAnswer{der: ocsp.InternalErrorErrorResponse}
 	}
 	now := o.now().UTC().Truncate(time.Second)
+	key := ocspKey{req.SerialNumber.String(), req.HashAlgorithm}
+	if a, ok := o.reuse(key, st, now); ok {
+		return a
+	}
 	tmpl := ocsp.Response{
 		SerialNumber: req.SerialNumber,
 		IssuerHash:   req.HashAlgorithm,
@@ -339,7 +370,34 @@ func (o *OCSPResponder) respond(ctx context.Context, raw []byte) ocspAnswer {
 	if err != nil {
 		return ocspAnswer{der: ocsp.InternalErrorErrorResponse}
 	}
-	return ocspAnswer{der: der, thisUpdate: tmpl.ThisUpdate, nextUpdate: tmpl.NextUpdate}
+	a := ocspAnswer{der: der, thisUpdate: tmpl.ThisUpdate, nextUpdate: tmpl.NextUpdate}
+	o.keep(key, st, a)
+	return a
+}
+
+// reuse returns the answer signed for key within ocspReuse of now, if the
+// status it gave is still st.
+func (o *OCSPResponder) reuse(key ocspKey, st CertStatus, now time.Time) (ocspAnswer, bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	s, ok := o.signed[key]
+	if !ok || !sameStatus(s.status, st) || now.Sub(s.thisUpdate) >= ocspReuse || now.Before(s.thisUpdate) {
+		return ocspAnswer{}, false
+	}
+	return s.ocspAnswer, true
+}
+
+func (o *OCSPResponder) keep(key ocspKey, st CertStatus, a ocspAnswer) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.signed == nil || len(o.signed) >= maxSignedAnswers {
+		o.signed = make(map[ocspKey]signedAnswer)
+	}
+	o.signed[key] = signedAnswer{a, st}
+}
+
+func sameStatus(a, b CertStatus) bool {
+	return a.State == b.State && a.RevokedAt.Equal(b.RevokedAt) && a.Reason == b.Reason
 }
 
 // RFC 6960 4.1.1's OCSPRequest, as parseOCSPRequest reads it.

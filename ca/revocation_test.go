@@ -3,6 +3,7 @@ package ca
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/x509"
 	"encoding/base64"
 	"errors"
@@ -455,5 +456,49 @@ func TestOCSPRevokedInFuture(t *testing.T) {
 	}
 	if r.Status != ocsp.Revoked || !r.RevokedAt.Equal(r.ThisUpdate) || r.RevocationReason != ocsp.KeyCompromise {
 		t.Errorf("status %d revoked at %v (reason %d), thisUpdate %v", r.Status, r.RevokedAt, r.RevocationReason, r.ThisUpdate)
+	}
+}
+
+// TestOCSPAnswersReused: the same question is given the same signed
+// answer for ocspReuse while the status stays (no HSM signature per
+// request), a new one at once when the status changes, and a fresh one
+// once the reuse time has passed; each CertID hash gets its own.
+func TestOCSPAnswersReused(t *testing.T) {
+	now := time.Now().UTC().Truncate(time.Second)
+	c, _ := newCA(t, WithClock(func() time.Time { return now }))
+	leaf := issueLeaf(t, c, "gw-reused")
+	inv := &inventory{m: map[string]CertStatus{}}
+	inv.set(leaf.SerialNumber, CertStatus{State: StateGood})
+	o := c.OCSPResponder(inv.lookup)
+	ask := func(h crypto.Hash) (*ocsp.Response, []byte) {
+		t.Helper()
+		req, err := ocsp.CreateRequest(leaf, c.Intermediate(), &ocsp.RequestOptions{Hash: h})
+		if err != nil {
+			t.Fatal(err)
+		}
+		w := httptest.NewRecorder()
+		o.ServeHTTP(w, httptest.NewRequest(http.MethodPost, "/ocsp/x", bytes.NewReader(req)))
+		r, err := ocsp.ParseResponseForCert(w.Body.Bytes(), leaf, c.Intermediate())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r, w.Body.Bytes()
+	}
+	first, der := ask(crypto.SHA1)
+	now = now.Add(30 * time.Second)
+	if again, der2 := ask(crypto.SHA1); !bytes.Equal(der, der2) || !again.ThisUpdate.Equal(first.ThisUpdate) {
+		t.Errorf("asked again within the minute: a new answer (thisUpdate %v, first %v)", again.ThisUpdate, first.ThisUpdate)
+	}
+	if other, _ := ask(crypto.SHA256); other.IssuerHash != crypto.SHA256 || !other.ThisUpdate.Equal(now) {
+		t.Errorf("SHA-256 CertID: answered with hash %v, thisUpdate %v", other.IssuerHash, other.ThisUpdate)
+	}
+	inv.set(leaf.SerialNumber, CertStatus{State: StateRevoked, RevokedAt: now, Reason: ReasonKeyCompromise})
+	if r, _ := ask(crypto.SHA1); r.Status != ocsp.Revoked || !r.ThisUpdate.Equal(now) {
+		t.Errorf("after revocation: status %d, thisUpdate %v, want revoked at %v", r.Status, r.ThisUpdate, now)
+	}
+	revokedAnswer := now
+	now = now.Add(ocspReuse)
+	if r, _ := ask(crypto.SHA1); r.Status != ocsp.Revoked || !r.ThisUpdate.Equal(now) || r.ThisUpdate.Equal(revokedAnswer) {
+		t.Errorf("a minute later: status %d, thisUpdate %v, want a new answer at %v", r.Status, r.ThisUpdate, now)
 	}
 }
