@@ -368,9 +368,16 @@ func (r *renewer) renew(ctx context.Context) (err error) {
 	if err := verifyChain(chain, rootPEM); err != nil {
 		return fmt.Errorf("renewed certificate: %w", err)
 	}
+	// The gateway's kind and name must not change. Its agency may: a
+	// merger moves the gateway to the surviving agency, and the
+	// controller certifies the agency the registry holds now.
 	curID, _ := ca.IdentityOf(cur)
-	if id, err := ca.IdentityOf(chain[0]); err != nil || id != curID {
-		return fmt.Errorf("renewed certificate names %+v, want %+v", id, curID)
+	id, err := ca.IdentityOf(chain[0])
+	if err != nil || id.Kind != curID.Kind || id.Name != curID.Name || id.Role != curID.Role || id.Agency == "" {
+		return fmt.Errorf("renewed certificate names %+v, want %+v (its agency may differ)", id, curID)
+	}
+	if id.Agency != curID.Agency {
+		r.log.Info("the renewed certificate names another agency: the gateway was moved", "agency", id.Agency, "old_agency", curID.Agency)
 	}
 	if err := stageRenewal(r.cfg, r.keys, keyData, []byte(resp.Certificate)); err != nil {
 		return fmt.Errorf("install renewed certificate: %w", err)

@@ -630,3 +630,62 @@ func TestReenroll(t *testing.T) {
 		t.Fatal("the WireGuard key or the certificate did not change")
 	}
 }
+
+// TestRenewAfterMerge: a gateway whose agency was merged into another
+// renews into a certificate that names the survivor (the controller
+// issues for the agency the registry holds now), and the agent installs
+// it: its name, not its agency, is what must not change. Refusing it
+// left the gateway on a certificate the controller no longer accepts.
+func TestRenewAfterMerge(t *testing.T) {
+	hsmtest.Require(t)
+	c := startController(t)
+	ctx := context.Background()
+	const h01, h29 = "000.00.00.H01", "000.00.00.H29"
+	if _, err := c.op.AddAgency(ctx, api.Agency{Code: h01, Name: "Hà Giang"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.op.AddGateway(ctx, api.Gateway{ID: "gw-h01", Agency: h01}); err != nil {
+		t.Fatal(err)
+	}
+	tok, err := c.off.IssueToken(ctx, "gw-h01", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := DefaultConfig()
+	cfg.Controller, cfg.StateDir = c.base, filepath.Join(t.TempDir(), "agent")
+	if _, err := Enroll(ctx, cfg, tok.Token, c.rootFile); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.op.MergeAgencies(ctx, api.AgencyMerge{Sources: []string{h01}, Into: h29}); err != nil {
+		t.Fatal(err)
+	}
+	keys, err := openKeyStore(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { keys.Close() })
+	_, _, tlsCfg, err := loadIdentity(cfg, keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := api.NewClient(c.base, reloadingClientCert(cfg, keys, tlsCfg))
+	r := newRenewer(cfg, keys, func() *api.Client { return client }, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	first, _ := r.current()
+	if id, _ := ca.IdentityOf(first); id.Agency != h01 {
+		t.Fatalf("enrolled as %+v", id)
+	}
+	r.onRenewed = client.ResetConnections
+	if err := r.renew(ctx); err != nil {
+		t.Fatalf("renewal after the merge: %v", err)
+	}
+	cur, _ := r.current()
+	if id, _ := ca.IdentityOf(cur); id.Agency != h29 || id.Name != "gw-h01" || id.Kind != ca.KindGateway {
+		t.Fatalf("renewed as %+v, want gateway gw-h01 of %s", id, h29)
+	}
+	if g, err := c.op.Gateway(ctx, "gw-h01"); err != nil || g.CertSerial != ca.Serial(cur) {
+		t.Fatalf("the controller's current certificate: %+v, %v; the agent holds %s", g, err, ca.Serial(cur))
+	}
+	if err := client.Report(ctx, api.Report{}); err != nil {
+		t.Fatalf("a call with the renewed certificate: %v", err)
+	}
+}
