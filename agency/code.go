@@ -1,6 +1,7 @@
 // Package agency parses the electronic identifier codes of agencies in the
 // QCVN 102:2016 form V1V2V3.Z1Z2.Y1Y2.MX1X2 and answers questions about the
-// hierarchy they encode: level, parent, and whether one code lies under another.
+// hierarchy they encode: level, parent, and whether one code lies under
+// another; and it keeps agencies' names in one form (Name).
 package agency
 
 import (

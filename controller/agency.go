@@ -183,6 +183,30 @@ func checkImport(agencies map[string]*api.Agency, rows []api.AgencyRow) (*import
 	return plan, nil
 }
 
+// cleanNames puts the names of rows in the one form the registry keeps
+// (agency.Name: NFC, white space collapsed, no invisible characters), so
+// that a name written in NFD is the same name, not a rename, and a name
+// of nothing visible is refused. The handlers do it before the command
+// is written: the state machine applies the names as they come, as
+// earlier releases do.
+func cleanNames(rows []api.AgencyRow) error {
+	for i := range rows {
+		name, err := agency.Name(rows[i].Name)
+		if err != nil {
+			where := ""
+			switch {
+			case rows[i].Line > 0:
+				where = fmt.Sprintf("line %d: ", rows[i].Line)
+			case len(rows) > 1:
+				where = fmt.Sprintf("agency %d: ", i+1)
+			}
+			return fmt.Errorf("%s%w: agency %s: %v", where, ErrBadRequest, strings.TrimSpace(rows[i].Code), err)
+		}
+		rows[i].Name = name
+	}
+	return nil
+}
+
 func (s *State) applyAgencyImport(r *AgencyImportRequest) error {
 	plan, err := checkImport(s.agencies, r.Agencies)
 	if err != nil {
@@ -487,6 +511,10 @@ func planAgencyChange(agencies []api.Agency, gateways []api.Gateway, cur *api.Po
 func (n *Node) handleAgencyImport(w http.ResponseWriter, r *http.Request, id ca.Identity) {
 	var req api.AgencyImport
 	if !decode(w, r, maxPolicyBody, &req) {
+		return
+	}
+	if err := cleanNames(req.Agencies); err != nil {
+		n.fail(w, err)
 		return
 	}
 	res, err := n.State().PreviewImport(req.Agencies)

@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"context"
 	"log/slog"
 	"net/netip"
 	"reflect"
@@ -8,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/text/unicode/norm"
 
 	"github.com/govnet/govnet/api"
 	"github.com/govnet/govnet/policy"
@@ -343,4 +346,39 @@ func TestDecommission(t *testing.T) {
 
 func hasPeerOf(v *api.View, id string) bool {
 	return slices.ContainsFunc(v.Peers, func(p api.Peer) bool { return p.Gateway == id })
+}
+
+// TestAgencyNames: names reach the registry in one form, whatever form
+// they were typed or exported in: a name in NFD (as macOS writes files)
+// is the same name as in NFC, not a rename, and a name of nothing
+// visible is refused, by add and by import.
+func TestAgencyNames(t *testing.T) {
+	cfg := testConfig(t)
+	n := startNode(t, cfg)
+	defer n.Close()
+	ctx := context.Background()
+	op := person(t, cfg, n, "operator1")
+	const qn = "Ủy ban nhân dân tỉnh Quảng Ninh"
+	nfd := norm.NFD.String(qn)
+	if nfd == qn {
+		t.Fatal("the test name has no decomposition")
+	}
+	if a, err := op.AddAgency(ctx, api.Agency{Code: "000.00.00.H29", Name: nfd}); err != nil || a.Name != qn {
+		t.Fatalf("added %+v, %v; want the name in NFC", a, err)
+	}
+	res, err := op.ImportAgencies(ctx, api.AgencyImport{Agencies: []api.AgencyRow{
+		{Code: "000.00.00.H29", Name: " " + nfd + "\u200b", Line: 2},
+		{Code: "000.00.04.H29", Name: norm.NFD.String("Thành phố  Hạ Long"), Line: 3},
+	}})
+	if err != nil || res.Unchanged != 1 || len(res.Renamed) != 0 || len(res.Added) != 1 || res.Added[0].Name != "Thành phố Hạ Long" {
+		t.Fatalf("import of the same names in NFD: %+v, %v", res, err)
+	}
+	_, err = op.AddAgency(ctx, api.Agency{Code: "000.00.00.H01", Name: "\u200b"})
+	wantStatus(t, err, 400, "it is empty")
+	_, err = op.ImportAgencies(ctx, api.AgencyImport{Agencies: []api.AgencyRow{
+		{Code: "000.00.00.H01", Name: "Hà Nội", Line: 2}, {Code: "000.00.00.H02", Name: "\ufeff ", Line: 3}}})
+	wantStatus(t, err, 400, "line 3: ")
+	if ags, _ := op.Agencies(ctx); len(ags) != 2 {
+		t.Fatalf("agencies %+v", ags)
+	}
 }

@@ -628,7 +628,12 @@ func (n *Node) handleAgencyAdd(w http.ResponseWriter, r *http.Request, id ca.Ide
 	if !decode(w, r, maxBody, &a) {
 		return
 	}
-	if _, err := n.submit(r.Context(), CmdAgencyUpsert, &AgencyUpsertRequest{Meta: n.meta(id.Name), Code: a.Code, Name: a.Name, Parent: a.Parent}); err != nil {
+	row := []api.AgencyRow{{Code: a.Code, Name: a.Name}}
+	if err := cleanNames(row); err != nil {
+		n.fail(w, err)
+		return
+	}
+	if _, err := n.submit(r.Context(), CmdAgencyUpsert, &AgencyUpsertRequest{Meta: n.meta(id.Name), Code: a.Code, Name: row[0].Name, Parent: a.Parent}); err != nil {
 		n.fail(w, err)
 		return
 	}

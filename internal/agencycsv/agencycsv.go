@@ -30,8 +30,9 @@ const maxErrors = 20
 // parent, in any order (a UTF-8 byte order mark is allowed, as
 // spreadsheets write one). Rows keep the order of the file, which is the
 // order a controller registers them in: a parent may come earlier in the
-// file. Every row's code and parent are checked and made canonical;
-// whether the parents exist is for the controller to say.
+// file. Every row's code and parent are checked and made canonical, and
+// its name put in the form the registry keeps (agency.Name: NFC, white
+// space collapsed); whether the parents exist is for the controller to say.
 func Parse(name string, r io.Reader) ([]api.AgencyRow, error) {
 	src, err := io.ReadAll(io.LimitReader(r, 64<<20))
 	if err != nil {
@@ -101,15 +102,15 @@ func Parse(name string, r io.Reader) ([]api.AgencyRow, error) {
 			bad("not UTF-8: save the file as UTF-8")
 			continue
 		}
-		row := api.AgencyRow{Name: strings.TrimSpace(rec[col["name"]]), Line: line}
+		row := api.AgencyRow{Line: line}
 		code, err := agency.Parse(strings.TrimSpace(rec[col["code"]]))
 		if err != nil {
 			bad("%v", err)
 			continue
 		}
 		row.Code = code.String()
-		if row.Name == "" {
-			bad("agency %s has no name", row.Code)
+		if row.Name, err = agency.Name(rec[col["name"]]); err != nil {
+			bad("agency %s has no usable name: %v", row.Code, err)
 			continue
 		}
 		if hasParent {

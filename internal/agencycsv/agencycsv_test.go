@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 
+	"golang.org/x/text/unicode/norm"
+
 	"github.com/govnet/govnet/agency"
 	"github.com/govnet/govnet/api"
 )
@@ -24,6 +26,12 @@ func TestParse(t *testing.T) {
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("got %+v", got)
 	}
+	// A file saved in NFD with CRLF line ends (as macOS and Windows
+	// tools write them): the names come out in NFC, white space collapsed.
+	got, err = Parse("nfd.csv", strings.NewReader(norm.NFD.String("code,name\r\n000.00.00.H29,\"Ủy ban  nhân dân\r\ntỉnh Quảng Ninh\"\r\n")))
+	if err != nil || len(got) != 1 || got[0].Name != "Ủy ban nhân dân tỉnh Quảng Ninh" {
+		t.Fatalf("got %+v, %v", got, err)
+	}
 	// Columns in another order, no parent column.
 	got, err = Parse("b.csv", strings.NewReader("Name,Code\nVăn phòng Chính phủ,000.00.00.G22\n"))
 	if err != nil || len(got) != 1 || got[0].Code != "000.00.00.G22" || got[0].Parent != "" {
@@ -39,7 +47,9 @@ func TestParseErrors(t *testing.T) {
 		{"name,parent\n", "f.csv:1: no code column"},
 		{"code,name\n", "f.csv: no agencies after the header"},
 		{"code,name\n000.00.00.H29,A\nH29,B\n", "f.csv:3: agency code \"H29\""},
-		{"code,name\n000.00.00.H29,\n", "f.csv:2: agency 000.00.00.H29 has no name"},
+		{"code,name\n000.00.00.H29,\n", "f.csv:2: agency 000.00.00.H29 has no usable name"},
+		{"code,name\r\n000.00.00.H29,\u200b\u00a0\r\n", "f.csv:2: agency 000.00.00.H29 has no usable name"},
+		{"code,name\n000.00.00.H29,A\x01B\n", "f.csv:2: agency 000.00.00.H29 has no usable name"},
 		{"code,name,parent\n000.00.04.H29,A,29\n", "f.csv:2: parent: agency code \"29\""},
 		{"code,name,parent\n000.00.04.H29,A,000.00.04.H29\n", "f.csv:2: agency 000.00.04.H29 is its own parent"},
 		{"code,name\n000.00.00.H29,A\n000.00.00.H29,B\n", "f.csv:3: agency 000.00.00.H29 is already on line 2"},
@@ -70,7 +80,7 @@ func FuzzParse(f *testing.F) {
 		seen := map[string]bool{}
 		for _, r := range rows {
 			c, err := agency.Parse(r.Code)
-			if err != nil || c.String() != r.Code || r.Name == "" || r.Line < 2 || seen[r.Code] {
+			if n, nerr := agency.Name(r.Name); err != nil || nerr != nil || n != r.Name || c.String() != r.Code || r.Line < 2 || seen[r.Code] {
 				t.Fatalf("accepted %+v", r)
 			}
 			seen[r.Code] = true
