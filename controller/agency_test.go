@@ -382,3 +382,26 @@ func TestAgencyNames(t *testing.T) {
 		t.Fatalf("agencies %+v", ags)
 	}
 }
+
+// TestAgencyClosedHasNoGateways: from level 3 a gateway is not
+// registered under a closed code (it would enroll with a certificate
+// naming it, and a policy's subtree of the closed code would select it
+// again); at level 2 the command applies as nodes of earlier releases
+// apply it.
+func TestAgencyClosedHasNoGateways(t *testing.T) {
+	r := newMergeRegistry(t)
+	r.must(CmdAgencyMerge, &AgencyMergeRequest{Meta: meta("op"), Sources: []string{"000.00.00.H01"}, Code: "000.00.00.H29"})
+	r.must(CmdClusterLevel, &ClusterLevelRequest{Meta: meta("node:ctl1"), Level: 2})
+	r.must(CmdGatewayRegister, &GatewayAddRequest{Meta: meta("op"), ID: "at-level-2", Agency: "000.00.00.H01"})
+	r.must(CmdClusterLevel, &ClusterLevelRequest{Meta: meta("node:ctl1"), Level: 3})
+	for _, typ := range []CommandType{CmdGatewayRegister, CmdGatewayAdd} {
+		err := r.apply(typ, &GatewayAddRequest{Meta: meta("op"), ID: "late", Agency: "000.00.00.H01"})
+		if err == nil || !strings.Contains(err.Error(), "merged into 000.00.00.H29") || !strings.Contains(err.Error(), "active agency") {
+			t.Fatalf("%s under a closed code: %v", typ, err)
+		}
+	}
+	if _, ok := r.f.State().Gateway("late"); ok {
+		t.Fatal("a gateway was registered under a closed code")
+	}
+	r.must(CmdGatewayRegister, &GatewayAddRequest{Meta: meta("op"), ID: "late", Agency: "000.00.00.H29"})
+}

@@ -45,7 +45,8 @@ import (
 //
 //	1: releases before levels: every command type up to 35.
 //	2: a backup restored by a command (36, 38), levels (37).
-const ReleaseLevel = 2
+//	3: a gateway is not registered under a closed agency (3, 33).
+const ReleaseLevel = 3
 
 // releaseLevel is ReleaseLevel, except in the fault tests' nodes that
 // stand for nodes of an earlier release.

@@ -293,7 +293,7 @@ func TestClusterLevelUpgrade(t *testing.T) {
 			return nil
 		}
 	}
-	waitFor(t, 30*time.Second, "every node's level recorded", levels("cluster 1; ctl1 1 ctl2 2 ctl3 2"))
+	waitFor(t, 30*time.Second, "every node's level recorded", levels(fmt.Sprintf("cluster 1; ctl1 1 ctl2 %d ctl3 %d", ReleaseLevel, ReleaseLevel)))
 
 	l, err := c.leader()
 	if err != nil {
@@ -311,7 +311,7 @@ func TestClusterLevelUpgrade(t *testing.T) {
 	c.nodes[0].stop()
 	c.nodes[0].env = nil
 	c.nodes[0].start(t)
-	waitFor(t, 60*time.Second, "the cluster raised to level 2", levels("cluster 2; ctl1 2 ctl2 2 ctl3 2"))
+	waitFor(t, 60*time.Second, "the cluster raised to this release's level", levels(fmt.Sprintf("cluster %[1]d; ctl1 %[1]d ctl2 %[1]d ctl3 %[1]d", ReleaseLevel)))
 	c.waitHealthy(30 * time.Second)
 	if l, err = c.leader(); err != nil {
 		t.Fatal(err)
@@ -345,10 +345,10 @@ func TestClusterLevelUpgrade(t *testing.T) {
 	// before levels (its request names none), asking with its own
 	// certificate.
 	_, err = c.op[l].JoinNode(ctx, api.JoinRequest{Node: "ctl9", RaftAddr: "127.0.0.19:7000", APIAddr: "127.0.0.19:7443", Level: 1})
-	wantStatus(t, err, 409, "node ctl9 runs a release of level 1 and the cluster is at level 2")
+	wantStatus(t, err, 409, fmt.Sprintf("node ctl9 runs a release of level 1 and the cluster is at level %d", ReleaseLevel))
 	cfg3 := c.nodes[2].cfg
 	_, err = c.nodeClient(t, 2, l).JoinNode(ctx, api.JoinRequest{Node: cfg3.Node, RaftAddr: cfg3.RaftAddr, APIAddr: cfg3.APIAddr})
-	wantStatus(t, err, 409, "node ctl3 runs a release before levels (level 1) and the cluster is at level 2")
+	wantStatus(t, err, 409, fmt.Sprintf("node ctl3 runs a release before levels (level 1) and the cluster is at level %d", ReleaseLevel))
 
 	// An operator adds ctl3 back, its level unknown: it joins without a
 	// vote, and stays so, its release below the cluster's (it stops

@@ -291,8 +291,14 @@ func (s *State) applyGatewayAdd(r *GatewayAddRequest) error {
 	if _, ok := s.gateways[r.ID]; ok {
 		return fmt.Errorf("%w: gateway %s exists", ErrConflict, r.ID)
 	}
-	if _, ok := s.agencies[r.Agency]; !ok {
+	a, ok := s.agencies[r.Agency]
+	if !ok {
 		return fmt.Errorf("%w: agency %s is not registered", ErrBadRequest, r.Agency)
+	}
+	if a.Closed() && s.Level() >= 3 {
+		// From level 3 (before it, nodes of earlier releases apply the
+		// command without this check): a closed code has no gateways.
+		return fmt.Errorf("%w: register the gateway under an active agency", closedErr(a))
 	}
 	for _, p := range r.LANs {
 		if !p.IsValid() || p != p.Masked() {
