@@ -405,3 +405,33 @@ func TestAgencyClosedHasNoGateways(t *testing.T) {
 	}
 	r.must(CmdGatewayRegister, &GatewayAddRequest{Meta: meta("op"), ID: "late", Agency: "000.00.00.H29"})
 }
+
+// TestAgencyAuditObjects: from level 3 the audit entry of a merge names
+// the codes it closed, and a re-parenting's the new parent (before, the
+// chain named only the survivor and the moved code); at level 2 the
+// entries are as earlier releases write them.
+func TestAgencyAuditObjects(t *testing.T) {
+	r := newMergeRegistry(t)
+	last := func() api.AuditEntry {
+		t.Helper()
+		chain, err := r.f.State().Audit(0)
+		if err != nil || len(chain) == 0 {
+			t.Fatalf("audit chain: %v (%d entries)", err, len(chain))
+		}
+		return chain[len(chain)-1]
+	}
+	r.must(CmdClusterLevel, &ClusterLevelRequest{Meta: meta("node:ctl1"), Level: 2})
+	r.must(CmdAgencyReparent, &AgencyReparentRequest{Meta: meta("op"), Code: "000.13.04.H01", Parent: "000.00.04.H01"})
+	if e := last(); e.Action != "agency-reparent" || e.Object != "000.13.04.H01" {
+		t.Errorf("level 2: %s %q", e.Action, e.Object)
+	}
+	r.must(CmdClusterLevel, &ClusterLevelRequest{Meta: meta("node:ctl1"), Level: 3})
+	r.must(CmdAgencyReparent, &AgencyReparentRequest{Meta: meta("op"), Code: "000.13.04.H01", Parent: "000.00.00.H01"})
+	if e := last(); e.Object != "000.13.04.H01 under 000.00.00.H01" {
+		t.Errorf("level 3 re-parenting: object %q", e.Object)
+	}
+	r.must(CmdAgencyMerge, &AgencyMergeRequest{Meta: meta("op"), Sources: []string{"000.00.00.H01"}, Code: "000.00.00.H29"})
+	if e := last(); e.Action != "agency-merge" || e.Object != "000.00.00.H29 merged from 000.00.00.H01" {
+		t.Errorf("level 3 merge: %s %q", e.Action, e.Object)
+	}
+}

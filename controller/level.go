@@ -45,7 +45,9 @@ import (
 //
 //	1: releases before levels: every command type up to 35.
 //	2: a backup restored by a command (36, 38), levels (37).
-//	3: a gateway is not registered under a closed agency (3, 33).
+//	3: a gateway is not registered under a closed agency (3, 33); the
+//	   audit entries of a merge and a re-parenting name the codes merged
+//	   and the new parent (20, 21).
 const ReleaseLevel = 3
 
 // releaseLevel is ReleaseLevel, except in the fault tests' nodes that

@@ -1105,8 +1105,32 @@ func (s *State) auditEntry(index uint64, t CommandType, data []byte) api.AuditEn
 	if object == "" && len(f.Serials) > 0 {
 		object = strings.Join(f.Serials, ",")
 	}
+	if s.Level() >= 3 {
+		object = agencyObject(t, data[1:], object)
+	}
 	sum := sha256.Sum256(data)
 	return api.AuditEntry{RaftIndex: index, At: f.At.UTC(), Actor: f.Actor, Role: role, Action: t.String(), Object: object, RequestSHA256: hex.EncodeToString(sum[:])}
+}
+
+// agencyObject is the object of a merge's or a re-parenting's audit entry
+// from level 3 on: the codes it closed or the new parent, which the chain
+// named only by the request's digest before ("000.00.00.H29 merged from
+// 000.00.00.H01,000.00.00.H05", "000.12.04.H29 under 000.00.05.H29").
+// Other commands keep object.
+func agencyObject(t CommandType, body []byte, object string) string {
+	switch t {
+	case CmdAgencyMerge:
+		var r AgencyMergeRequest
+		if json.Unmarshal(body, &r) == nil && len(r.Sources) > 0 {
+			return r.Code + " merged from " + strings.Join(r.Sources, ",")
+		}
+	case CmdAgencyReparent:
+		var r AgencyReparentRequest
+		if json.Unmarshal(body, &r) == nil && r.Parent != "" {
+			return r.Code + " under " + r.Parent
+		}
+	}
+	return object
 }
 
 // appendAudit adds e to the chain. An error means this node can no longer
