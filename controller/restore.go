@@ -763,8 +763,18 @@ func recoverInto(m, bk *State, r restoreInfo) error {
 			bk.requests[id] = q
 		}
 	}
-	return appendRestoreEntry(bk, max(m.index, bk.index)+1, fmt.Sprintf("sha256:%s replaces:%d:%s", r.BackupSHA256, m.audit.len(), m.audit.head.Hash), r)
+	return appendRestoreEntry(bk, max(m.index, bk.index)+recoveryIndexGap, fmt.Sprintf("sha256:%s replaces:%d:%s", r.BackupSHA256, m.audit.len(), m.audit.head.Hash), r)
 }
+
+// recoveryIndexGap is how far a recovery moves the state's index past the
+// backup's. The lost cluster went on after its backup was saved, and its
+// gateways hold views stamped with its later indexes: a stream resumes
+// from the index of the view the gateway holds, and gets nothing until
+// the cluster's index passes it. So the recovered cluster starts where
+// the lost one cannot have reached (2^40 commands: centuries at a hundred
+// a second), and every gateway gets the recovered cluster's view at once.
+// raft leaves a hole in its log at the restore's snapshot in any case.
+const recoveryIndexGap = 1 << 40
 
 // appendRestoreEntry appends the restore's entry to s's chain, at index,
 // its object naming the approved request it was done under, if any, which

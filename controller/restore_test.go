@@ -338,6 +338,24 @@ func TestRecoveryIndexMovesOn(t *testing.T) {
 	if err := opA.SaveSnapshot(ctx, &backup); err != nil {
 		t.Fatal(err)
 	}
+	// The lost cluster goes on after its backup: its gateways hold views
+	// stamped with indexes the backup never reached.
+	for i := 41; i <= 60; i++ {
+		if _, err := opA.AddAgency(ctx, api.Agency{Code: fmt.Sprintf("000.00.00.H%02d", 30+i), Name: fmt.Sprintf("P%d", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := offA.PublishPolicy(ctx, "p.yaml", pol+"  - from: [provinces]\n    to: [provinces]\n    ports: [tcp/443]\n"); err != nil {
+		t.Fatal(err)
+	}
+	var lost uint64
+	waitFor(t, 10*time.Second, "gw-a's last view on the lost cluster", func() error {
+		if v, ok := nA.hub.view("gw-a"); ok && v.head.RaftIndex >= nA.State().Index()-1 {
+			lost = v.head.RaftIndex
+			return nil
+		}
+		return fmt.Errorf("not yet")
+	})
 	nA.Close()
 
 	// The new cluster, same overlay and root, no gateway: it takes the
@@ -385,6 +403,12 @@ func TestRecoveryIndexMovesOn(t *testing.T) {
 		}
 		return nil
 	})
+	// A gateway resuming from the lost cluster's last view gets the
+	// recovered cluster's.
+	if _, v := nB.viewsToSend("gw-a", lost, nil, false); v == nil {
+		cur, _ := nB.hub.view("gw-a")
+		t.Errorf("gw-a's stream resuming at %d (the lost cluster's view after its backup) sends nothing: the recovered view is stamped %d", lost, cur.head.RaftIndex)
+	}
 	// A stream that sent gw-a the restored view (since = restored) sends
 	// the new one.
 	if _, v := nB.viewsToSend("gw-a", restored, nil, false); v == nil {
