@@ -52,6 +52,10 @@ const (
 	fileCertNext = fileCert + nextSuffix
 )
 
+// renewRecheck is how often a renewer waiting for the renewal time reads
+// the wall clock again (renewer.recheck).
+const renewRecheck = time.Minute
+
 // renewTimeout bounds one renewal attempt.
 const renewTimeout = 2 * time.Minute
 
@@ -72,6 +76,12 @@ type renewer struct {
 	retry     *backoff
 	called    <-chan string // the controllers' calls to renew now; nil for none
 	spread    time.Duration // a called renewal waits a random part of it
+	// recheck bounds one sleep before the renewal time is computed again
+	// from the wall clock: timers run on the monotonic clock, so a wait
+	// computed before the wall clock was set right (a gateway that
+	// booted without a good real-time clock, then NTP) would otherwise
+	// run its whole wrong length.
+	recheck time.Duration
 
 	// pending is the key of a renewal whose answer never came (a
 	// connection or the controllers' leader lost): it may have been
@@ -104,6 +114,7 @@ func newRenewer(cfg Config, keys keyStore, client func() *api.Client, log *slog.
 		onRenewed: func() { client().ResetConnections() },
 		retry:     newBackoff(5*time.Second, 10*time.Minute),
 		spread:    api.RenewCallSpread,
+		recheck:   renewRecheck,
 	}
 	r.pending = r.loadPending()
 	return r
@@ -214,6 +225,7 @@ func (a *Agent) renewLoop(ctx context.Context) {
 }
 
 func (r *renewer) run(ctx context.Context) {
+	var scheduled string // the serial whose renewal time was logged
 	for ctx.Err() == nil {
 		cert, err := r.current()
 		if err != nil {
@@ -224,13 +236,23 @@ func (r *renewer) run(ctx context.Context) {
 			continue
 		}
 		if wait := renewAt(cert).Sub(r.now()); wait > 0 {
-			r.log.Debug("certificate renewal scheduled", "serial", ca.Serial(cert), "in", wait.Round(time.Second).String())
-			t := time.NewTimer(wait)
+			if s := ca.Serial(cert); s != scheduled {
+				scheduled = s
+				r.log.Debug("certificate renewal scheduled", "serial", s, "in", wait.Round(time.Second).String())
+			}
+			sleep := wait
+			if r.recheck > 0 {
+				sleep = min(wait, r.recheck)
+			}
+			t := time.NewTimer(sleep)
 			select {
 			case <-ctx.Done():
 				t.Stop()
 				return
 			case <-t.C:
+				if sleep < wait {
+					continue // not due yet, unless the wall clock moved: read it again
+				}
 			case reason := <-r.called:
 				t.Stop()
 				r.log.Info("the controllers call for a certificate renewal now", "serial", ca.Serial(cert), "reason", reason)

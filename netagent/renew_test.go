@@ -689,3 +689,53 @@ func TestRenewAfterMerge(t *testing.T) {
 		t.Fatalf("a call with the renewed certificate: %v", err)
 	}
 }
+
+// TestRenewAfterClockJump: a gateway whose clock was far behind when the
+// renewal was scheduled (a machine that booted without a good real-time
+// clock, before NTP set it) renews as soon as the clock is set right,
+// not after the long wait computed from the wrong time, which would let
+// its certificate expire and lock it out for good.
+func TestRenewAfterClockJump(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.StateDir = t.TempDir()
+	keyPEM, certPEM := selfSigned(t)
+	os.WriteFile(cfg.path(fileTLSKey), keyPEM, 0o600)
+	os.WriteFile(cfg.path(fileCert), certPEM, 0o644)
+	attempts := make(chan struct{}, 1)
+	// Nothing listens there: the attempt fails, and is seen as the
+	// renewer asks for the client.
+	client := api.NewClient("https://127.0.0.1:1", &tls.Config{})
+	r := newRenewer(cfg, fileKeys{}, func() *api.Client {
+		select {
+		case attempts <- struct{}{}:
+		default:
+		}
+		return client
+	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	cert, err := r.current()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var clock atomic.Pointer[time.Time]
+	behind := cert.NotBefore.AddDate(-1, 0, 0) // a year behind
+	clock.Store(&behind)
+	r.now = func() time.Time { return *clock.Load() }
+	r.recheck = 20 * time.Millisecond
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); r.run(ctx) }()
+	defer func() { cancel(); <-done }()
+	select {
+	case <-attempts:
+		t.Fatal("renewed with the clock a year before the certificate's life")
+	case <-time.After(100 * time.Millisecond):
+	}
+	due := renewAt(cert).Add(time.Second) // NTP sets the clock: the renewal is due
+	clock.Store(&due)
+	select {
+	case <-attempts:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no renewal after the clock jumped past the renewal time: the renewer still sleeps on the wait computed from the wrong clock")
+	}
+}
