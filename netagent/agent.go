@@ -118,7 +118,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	// is never open: the saved view, or deny-all.
 	saved, err := a.loadView()
 	if err != nil {
-		log.Warn("ignoring saved view", "err", err)
+		// Never trusted in part: the overlay is closed until a controller
+		// sends the view again.
+		log.Error("saved view refused: enforcing deny-all on the overlay until a controller sends the gateway's view", "err", err)
 	}
 	rules := []api.Rule{}
 	var lans []netip.Prefix

@@ -304,10 +304,12 @@ func TestFailStaticRestart(t *testing.T) {
 			cmd, out := l.start()
 			l.waitFor("deny-all", l.digestIs(denyAll))
 			l.waitFor("the refusal logged", func() error {
-				if !strings.Contains(out.String(), l.cfg.path(fileView)) {
-					return errors.New("the saved view's file not named")
+				for _, line := range strings.Split(out.String(), "\n") {
+					if strings.Contains(line, "level=ERROR") && strings.Contains(line, l.cfg.path(fileView)) && strings.Contains(line, "deny-all") {
+						return nil
+					}
 				}
-				return nil
+				return errors.New("no error that names the saved view's file and says deny-all is enforced")
 			})
 			if bad := watch(); len(bad) > 0 {
 				t.Errorf("table while refusing the saved view: %q", bad[:min(len(bad), 5)])
