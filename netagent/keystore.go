@@ -28,10 +28,13 @@ import (
 // ever holds it. A keyStore hides the difference from enrollment, renewal
 // and the TLS client.
 //
-// Token keys are labelled keyLabelPrefix + interface + "-" + random hex.
-// The interface name is unique on the machine, so several agents may
-// share one token; each destroys only its own keys that no state file
-// names (the key replaced by a renewal, keys a crash left behind).
+// Token keys are labelled keyLabelPrefix + interface + "-" + 16 random
+// hex digits. The interface name is unique on the machine, so several
+// agents may share one token; each destroys only its own keys that no
+// state file names (the key replaced by a renewal, keys a crash left
+// behind). Interface names may contain '-', so the prefix of agent "gv"
+// also begins the labels of agent "gv-x": a label is this agent's only if
+// exactly the random suffix follows the prefix (see own).
 
 // fileTLSKeyLabel names the token key in use; renewals stage the next one
 // in fileTLSKeyLabel + ".next" (see finishRenewal).
@@ -145,8 +148,11 @@ type tokenKeys struct {
 
 func (k *tokenKeys) keyFile() string { return fileTLSKeyLabel }
 
+// keySuffixLen is the number of random hex digits that end a key label.
+const keySuffixLen = 16
+
 func (k *tokenKeys) newKey() (crypto.Signer, []byte, error) {
-	b := make([]byte, 8)
+	b := make([]byte, keySuffixLen/2)
 	if _, err := rand.Read(b); err != nil {
 		return nil, nil, err
 	}
@@ -158,11 +164,28 @@ func (k *tokenKeys) newKey() (crypto.Signer, []byte, error) {
 	return s, []byte(label + "\n"), nil
 }
 
+// own reports whether label is one of this agent's key labels: its
+// prefix followed by exactly keySuffixLen lower-case hex digits. The
+// prefix alone is not enough: it also begins the labels of an agent whose
+// interface name extends this one's with '-' (gv and gv-x).
+func (k *tokenKeys) own(label string) bool {
+	suffix, ok := strings.CutPrefix(label, k.prefix)
+	if !ok || len(suffix) != keySuffixLen {
+		return false
+	}
+	for _, c := range []byte(suffix) {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
 // ownLabel is the label keyData names, if it is one of this agent's.
 func (k *tokenKeys) ownLabel(keyData []byte) (string, error) {
 	label := strings.TrimSpace(string(keyData))
-	if !strings.HasPrefix(label, k.prefix) {
-		return "", fmt.Errorf("key %q is not this agent's (labels begin %q)", label, k.prefix)
+	if !k.own(label) {
+		return "", fmt.Errorf("key %q is not this agent's (labels are %q and %d hex digits)", label, k.prefix, keySuffixLen)
 	}
 	return label, nil
 }
@@ -251,7 +274,7 @@ func (k *tokenKeys) cleanup() ([]string, error) {
 		errs []error
 	)
 	for _, ki := range keys {
-		if !strings.HasPrefix(ki.Label, k.prefix) || ki.Label == live || ki.Label == staged || ki.Label == pendingKey || ki.Label == enrollKey || slices.Contains(gone, ki.Label) {
+		if !k.own(ki.Label) || ki.Label == live || ki.Label == staged || ki.Label == pendingKey || ki.Label == enrollKey || slices.Contains(gone, ki.Label) {
 			continue
 		}
 		if err := k.tok.DestroyKey(ki.Label); err != nil && !errors.Is(err, hsm.ErrKeyNotFound) {

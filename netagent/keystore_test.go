@@ -240,3 +240,54 @@ func TestConfigHSM(t *testing.T) {
 		t.Fatalf("unknown key hsm.pin: %v", err)
 	}
 }
+
+// TestCleanupSparesOtherInterfaces: interface names may contain '-', so
+// the label prefix of agent "gv" ("govnet-agent-tls-gv-") also begins
+// every label of agent "gv-x" sharing the token. Cleanup and loadKey must
+// treat as this agent's only its prefix followed by the random suffix.
+func TestCleanupSparesOtherInterfaces(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.StateDir = t.TempDir()
+	cfg.Interface = "gv"
+	tokenConfig(t, &cfg)
+	keys, err := openKeyStore(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer keys.Close()
+	tok := keys.(*tokenKeys).tok
+	other := keyLabelPrefix + "gv-x-0123456789abcdef" // agent of interface gv-x
+	if _, err := tok.GenerateKey(other, elliptic.P256()); err != nil {
+		t.Fatal(err)
+	}
+	_, live, err := keys.newKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(cfg.path(fileTLSKeyLabel), live, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, stale, err := keys.newKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone, err := keys.cleanup()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{strings.TrimSpace(string(stale))}; !slices.Equal(gone, want) {
+		t.Errorf("cleanup destroyed %q, want %q", gone, want)
+	}
+	if _, err := tok.Signer(other); err != nil {
+		t.Errorf("the key of agent gv-x is gone: %v", err)
+	}
+	if _, err := keys.loadKey([]byte(other + "\n")); err == nil {
+		t.Errorf("agent gv loads the key of agent gv-x as its own")
+	}
+	if err := keys.discard([]byte(other + "\n")); err == nil {
+		t.Errorf("agent gv discards the key of agent gv-x")
+	}
+	if _, err := tok.Signer(other); err != nil {
+		t.Errorf("the key of agent gv-x is gone: %v", err)
+	}
+}
