@@ -238,6 +238,9 @@ func TestTokenNotFound(t *testing.T) {
 	if !strings.Contains(err.Error(), `"no-such-token"`) || !strings.Contains(err.Error(), cfg.TokenLabel) {
 		t.Errorf("error %q should name the label asked for and list %q", err, cfg.TokenLabel)
 	}
+	if !strings.Contains(err.Error(), cfg.Module) {
+		t.Errorf("error %q does not name the module %q", err, cfg.Module)
+	}
 	if n := hsm.ModuleRefs(resolved(t, cfg.Module)); n != 0 {
 		t.Errorf("module still referenced %d times after failed Open", n)
 	}

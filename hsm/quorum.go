@@ -169,7 +169,7 @@ func ActivateToken(cfg Config, soPIN string, secret []byte, opts ...Option) erro
 // changed.
 func activate(mod *module, label, soPIN, userPIN, newSOPIN string) (changed bool, _ error) {
 	ctx := mod.ctx
-	slot, err := findSlot(ctx, label)
+	slot, err := findSlot(ctx, mod.path, label)
 	if err != nil {
 		return false, err
 	}

@@ -45,11 +45,12 @@ func WithSessions(n int) Option {
 // Token is an open, logged-in PKCS#11 token. It is safe for concurrent
 // use: operations borrow a session from a small pool and give it back.
 type Token struct {
-	mod   *module
-	ctx   *pkcs11.Ctx
-	slot  uint
-	label string
-	pin   string
+	mod    *module
+	ctx    *pkcs11.Ctx
+	slot   uint
+	label  string
+	module string // as configured, for errors
+	pin    string
 
 	pool chan *session // idle sessions; cap == number of sessions
 	size int
@@ -90,13 +91,14 @@ func Open(cfg Config, opts ...Option) (*Token, error) {
 		return nil, err
 	}
 	t := &Token{
-		mod:   mod,
-		ctx:   mod.ctx,
-		label: cfg.TokenLabel,
-		pin:   cfg.PIN,
-		pool:  make(chan *session, o.sessions),
-		size:  o.sessions,
-		done:  make(chan struct{}),
+		mod:    mod,
+		ctx:    mod.ctx,
+		label:  cfg.TokenLabel,
+		module: cfg.Module,
+		pin:    cfg.PIN,
+		pool:   make(chan *session, o.sessions),
+		size:   o.sessions,
+		done:   make(chan struct{}),
 	}
 	if err := t.open(); err != nil {
 		return nil, errors.Join(err, mod.release())
@@ -107,7 +109,7 @@ func Open(cfg Config, opts ...Option) (*Token, error) {
 // open finds the slot, verifies the PIN with a first session and fills
 // the pool.
 func (t *Token) open() error {
-	slot, err := findSlot(t.ctx, t.label)
+	slot, err := findSlot(t.ctx, t.module, t.label)
 	if err != nil {
 		return err
 	}
@@ -140,11 +142,12 @@ func (t *Token) loginError(err error) error {
 
 // findSlot returns the slot holding the one initialized token labelled
 // label. SoftHSM2 assigns random slot IDs, so tokens are always chosen by
-// label.
-func findSlot(ctx *pkcs11.Ctx, label string) (uint, error) {
+// label. Its errors name the module too: the same label means different
+// tokens to different modules (and to SoftHSM2 configurations).
+func findSlot(ctx *pkcs11.Ctx, module, label string) (uint, error) {
 	slots, err := ctx.GetSlotList(true)
 	if err != nil {
-		return 0, fmt.Errorf("hsm: token %q: list slots: %w", label, err)
+		return 0, fmt.Errorf("hsm: token %q in module %s: list slots: %w", label, module, err)
 	}
 	var (
 		found  []uint
@@ -168,10 +171,14 @@ func findSlot(ctx *pkcs11.Ctx, label string) (uint, error) {
 	case 1:
 		return found[0], nil
 	case 0:
-		slices.Sort(labels)
-		return 0, fmt.Errorf("hsm: token %q: %w (tokens present: %q)", label, ErrTokenNotFound, labels)
+		present := "none"
+		if len(labels) > 0 {
+			slices.Sort(labels)
+			present = fmt.Sprintf("%q", labels)
+		}
+		return 0, fmt.Errorf("hsm: token %q in module %s: %w (tokens present: %s)", label, module, ErrTokenNotFound, present)
 	default:
-		return 0, fmt.Errorf("hsm: token %q: %w (%d tokens carry it)", label, ErrTokenAmbiguous, len(found))
+		return 0, fmt.Errorf("hsm: token %q in module %s: %w (%d tokens carry it)", label, module, ErrTokenAmbiguous, len(found))
 	}
 }
 

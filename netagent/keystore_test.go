@@ -8,6 +8,7 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"io"
 	"log/slog"
 	"math/big"
@@ -289,5 +290,27 @@ func TestCleanupSparesOtherInterfaces(t *testing.T) {
 	}
 	if _, err := tok.Signer(other); err != nil {
 		t.Errorf("the key of agent gv-x is gone: %v", err)
+	}
+}
+
+// TestKeyStoreTokenMissing: an agent whose token is missing at start
+// stops with an error that names the token label and the module.
+func TestKeyStoreTokenMissing(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.StateDir = t.TempDir()
+	tokenConfig(t, &cfg)
+	cfg.HSM.TokenLabel = "gw-tls-missing"
+	keys, err := openKeyStore(cfg)
+	if err == nil {
+		keys.Close()
+		t.Fatal("opened a missing token")
+	}
+	if !errors.Is(err, hsm.ErrTokenNotFound) {
+		t.Errorf("error %v does not wrap ErrTokenNotFound", err)
+	}
+	for _, want := range []string{`"gw-tls-missing"`, cfg.HSM.Module} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not name %s", err, want)
+		}
 	}
 }
