@@ -17,7 +17,9 @@
 // # Tokens and sessions
 //
 // Tokens are selected by label, never by slot ID (SoftHSM2 gives slots
-// random IDs). A Token logs in with the user PIN (see ReadPIN) and keeps a
+// random IDs). The label must match exactly, except for trailing blanks,
+// which PKCS#11 uses to pad labels to 32 bytes; a longer label is refused.
+// Two tokens with the requested label are refused (ErrTokenAmbiguous). A Token logs in with the user PIN (see ReadPIN) and keeps a
 // small pool of read-write sessions (WithSessions, default
 // DefaultSessions); every operation borrows one and returns it, so a Token
 // and its signers are safe for concurrent use. An operation that fails

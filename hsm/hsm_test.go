@@ -246,6 +246,40 @@ func TestTokenNotFound(t *testing.T) {
 	}
 }
 
+// TestTokenLabelPadding: PKCS#11 token labels are 32 bytes padded with
+// spaces, so a label given with trailing spaces (as softhsm2-util --label
+// accepts it) names the same token as without them; a label longer than
+// 32 bytes can name none and is refused as such; a prefix of a label, or
+// the label with leading spaces, names no token.
+func TestTokenLabelPadding(t *testing.T) {
+	cfg := hsmtest.NewToken(t)
+	padded := cfg
+	padded.TokenLabel = cfg.TokenLabel + "   "
+	tok := open(t, padded)
+	if tok.Label() != cfg.TokenLabel {
+		t.Errorf("Label() = %q, want %q", tok.Label(), cfg.TokenLabel)
+	}
+	for _, label := range []string{
+		cfg.TokenLabel[:len(cfg.TokenLabel)-1],
+		" " + cfg.TokenLabel,
+		cfg.TokenLabel + strings.Repeat("x", 33-len(cfg.TokenLabel)),
+	} {
+		bad := cfg
+		bad.TokenLabel = label
+		if tok, err := hsm.Open(bad); !errors.Is(err, hsm.ErrTokenNotFound) {
+			if err == nil {
+				tok.Close()
+			}
+			t.Errorf("Open(%q): %v, want ErrTokenNotFound", label, err)
+		}
+	}
+	long := cfg
+	long.TokenLabel = strings.Repeat("x", 33)
+	if _, err := hsm.Open(long); err == nil || !strings.Contains(err.Error(), "32 bytes") {
+		t.Errorf("Open with a 33-byte label: %v, want an error saying labels are at most 32 bytes", err)
+	}
+}
+
 func resolved(t testing.TB, path string) string {
 	t.Helper()
 	r, err := filepath.EvalSymlinks(path)

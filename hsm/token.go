@@ -17,6 +17,9 @@ type Config struct {
 	PIN        string // user PIN; see ReadPIN
 }
 
+// maxTokenLabel is the size of CK_TOKEN_INFO.label.
+const maxTokenLabel = 32
+
 // DefaultSessions is the size of a Token's session pool unless WithSessions
 // says otherwise.
 const DefaultSessions = 4
@@ -76,6 +79,9 @@ func Open(cfg Config, opts ...Option) (*Token, error) {
 	for _, opt := range opts {
 		opt(&o)
 	}
+	// Token labels are blank-padded to 32 bytes: trailing spaces are not
+	// part of a label, and the token reports none.
+	cfg.TokenLabel = strings.TrimRight(cfg.TokenLabel, " ")
 	if cfg.TokenLabel == "" {
 		return nil, fmt.Errorf("hsm: token label is empty: %w", ErrTokenNotFound)
 	}
@@ -145,6 +151,12 @@ func (t *Token) loginError(err error) error {
 // label. Its errors name the module too: the same label means different
 // tokens to different modules (and to SoftHSM2 configurations).
 func findSlot(ctx *pkcs11.Ctx, module, label string) (uint, error) {
+	// CK_TOKEN_INFO.label is 32 bytes padded with blanks: compare without
+	// trailing blanks on both sides, and say so when label cannot fit.
+	label = strings.TrimRight(label, " ")
+	if len(label) > maxTokenLabel {
+		return 0, fmt.Errorf("hsm: token %q: %w: the label is %d bytes; PKCS#11 token labels are at most %d bytes", label, ErrTokenNotFound, len(label), maxTokenLabel)
+	}
 	slots, err := ctx.GetSlotList(true)
 	if err != nil {
 		return 0, fmt.Errorf("hsm: token %q in module %s: list slots: %w", label, module, err)
