@@ -678,6 +678,66 @@ func TestReadPIN(t *testing.T) {
 	}
 }
 
+// TestReadPINFileKinds: a PIN file is a small regular file. One that is
+// huge (a wrong path given) is refused, not read whole into memory and
+// sent to the token as a "wrong PIN"; a FIFO or a directory is refused at
+// once instead of blocking the start or failing obscurely; CRLF and other
+// trailing white space are trimmed.
+func TestReadPINFileKinds(t *testing.T) {
+	dir := t.TempDir()
+	huge := filepath.Join(dir, "huge")
+	if err := os.WriteFile(huge, []byte(strings.Repeat("1", 1<<20)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sub := filepath.Join(dir, "dir")
+	if err := os.Mkdir(sub, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	crlf := filepath.Join(dir, "crlf")
+	if err := os.WriteFile(crlf, []byte("12 34\r\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ name, file, inMsg string }{
+		{"huge", huge, "too large"},
+		{"fifo", fifo, "not a regular file"},
+		{"directory", sub, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			type result struct {
+				pin string
+				err error
+			}
+			done := make(chan result, 1)
+			go func() {
+				pin, err := hsm.ReadPIN(tc.file, "")
+				done <- result{pin, err}
+			}()
+			select {
+			case r := <-done:
+				if r.err == nil || !strings.Contains(r.err.Error(), tc.inMsg) {
+					t.Fatalf("ReadPIN = %d bytes, %v; want an error saying %q", len(r.pin), r.err, tc.inMsg)
+				}
+				if !strings.Contains(r.err.Error(), tc.file) {
+					t.Errorf("error %q does not name the file", r.err)
+				}
+			case <-time.After(5 * time.Second):
+				// Unblock the reader so the test process can end.
+				if f, err := os.OpenFile(tc.file, os.O_WRONLY, 0); err == nil {
+					f.Close()
+				}
+				t.Fatal("ReadPIN blocked")
+			}
+		})
+	}
+	if pin, err := hsm.ReadPIN(crlf, ""); err != nil || pin != "12 34" {
+		t.Fatalf("ReadPIN(CRLF) = %q, %v; want %q", pin, err, "12 34")
+	}
+}
+
 func TestOpenValidation(t *testing.T) {
 	cfg := hsmtest.NewToken(t)
 	noPIN := cfg
