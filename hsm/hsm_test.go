@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -277,6 +278,41 @@ func TestTokenLabelPadding(t *testing.T) {
 	long.TokenLabel = strings.Repeat("x", 33)
 	if _, err := hsm.Open(long); err == nil || !strings.Contains(err.Error(), "32 bytes") {
 		t.Errorf("Open with a 33-byte label: %v, want an error saying labels are at most 32 bytes", err)
+	}
+}
+
+// TestTokenLabelNotUnique: two initialized tokens with one label are
+// refused with ErrTokenAmbiguous, never one picked. SoftHSM2 reads its
+// token directory only in C_Initialize and hsmtest's tokens have unique
+// labels, so the test runs itself again in a child process whose own
+// SOFTHSM2_CONF holds the two tokens before the module is loaded.
+func TestTokenLabelNotUnique(t *testing.T) {
+	hsmtest.Require(t)
+	if conf := os.Getenv("GOVNET_TEST_DUP_CONF"); conf != "" {
+		os.Setenv("SOFTHSM2_CONF", conf)
+		_, err := hsm.Open(hsm.Config{Module: hsmtest.Module(), TokenLabel: "dup", PIN: "1234"})
+		if !errors.Is(err, hsm.ErrTokenAmbiguous) || !strings.Contains(err.Error(), `"dup"`) {
+			t.Fatalf("Open: %v, want ErrTokenAmbiguous naming the label", err)
+		}
+		return
+	}
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "softhsm2.conf")
+	body := "directories.tokendir = " + dir + "\nobjectstore.backend = file\nlog.level = ERROR\n"
+	if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		cmd := exec.Command("softhsm2-util", "--init-token", "--free", "--label", "dup", "--so-pin", "5678", "--pin", "1234")
+		cmd.Env = append(os.Environ(), "SOFTHSM2_CONF="+conf)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("softhsm2-util: %v\n%s", err, out)
+		}
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestTokenLabelNotUnique$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "GOVNET_TEST_DUP_CONF="+conf)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("child: %v\n%s", err, out)
 	}
 }
 
