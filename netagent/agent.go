@@ -152,8 +152,10 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 
 	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() { defer wg.Done(); a.reconcileLoop(ctx) }()
+	wg.Add(3)
+	fwChanged := make(chan struct{}, 1)
+	go func() { defer wg.Done(); a.watchFirewall(ctx, fwChanged) }()
+	go func() { defer wg.Done(); a.reconcileLoop(ctx, fwChanged) }()
 	go func() { defer wg.Done(); a.renewLoop(ctx) }()
 	a.watchLoop(ctx)
 	wg.Wait()
@@ -491,14 +493,23 @@ func (a *Agent) report(ctx context.Context, always bool) {
 
 // reconcileLoop checks the kernel for drift every period: a table edited
 // by hand is put back, WireGuard peers and routes changed behind the
-// agent's back are repaired, and the report is refreshed.
-func (a *Agent) reconcileLoop(ctx context.Context) {
+// agent's back are repaired, and the report is refreshed. The table is
+// also checked as soon as fwChanged says another process changed it.
+func (a *Agent) reconcileLoop(ctx context.Context, fwChanged <-chan struct{}) {
 	t := time.NewTicker(a.cfg.Reconcile)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-fwChanged:
+			a.mu.Lock()
+			if err := a.reconcile(); err != nil {
+				a.log.Error("reconcile", "err", err)
+				a.metrics.fail(stepFirewall)
+			}
+			a.mu.Unlock()
+			continue
 		case <-t.C:
 		}
 		if a.shield != nil && a.shield.named() {
@@ -527,6 +538,29 @@ func (a *Agent) reconcileLoop(ctx context.Context) {
 		}
 		a.report(ctx, false)
 		a.mu.Unlock()
+	}
+}
+
+// watchFirewall tells kick whenever another process changes the table
+// (Firewall.Watch). When it cannot listen it says so and tries again; the
+// reconcile tick covers the table meanwhile.
+func (a *Agent) watchFirewall(ctx context.Context, kick chan<- struct{}) {
+	for ctx.Err() == nil {
+		err := a.fw.Watch(ctx, func() {
+			select {
+			case kick <- struct{}{}:
+			default: // a check is due already
+			}
+		})
+		if ctx.Err() != nil {
+			return
+		}
+		a.log.Warn("cannot watch the firewall table for changes by other processes: the reconcile tick still checks it", "err", err, "reconcile", a.cfg.Reconcile.String())
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(30 * time.Second):
+		}
 	}
 }
 

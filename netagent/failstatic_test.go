@@ -329,3 +329,29 @@ func TestFailStaticRestart(t *testing.T) {
 		})
 	}
 }
+
+// TestFlushRulesetRestored: `nft flush ruleset` (what nftables.service
+// runs on every start and reload) deletes the agent's table with every
+// other; the agent puts it back as soon as the kernel says so, not at
+// its next reconcile tick (an hour here), during which the overlay's
+// packets would meet no govnet rule.
+func TestFlushRulesetRestored(t *testing.T) {
+	netnstest.RequireTools(t, "nft", "wg")
+	l := newFailStaticLab(t, time.Now().Add(24*time.Hour))
+	l.cfg.Reconcile = time.Hour
+	want, err := nft.ExpectedDigest(l.view.Rules, l.view.LANs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd, out := l.start()
+	l.waitFor("the saved view's table", l.digestIs(want))
+	time.Sleep(200 * time.Millisecond) // the watch has joined
+	for i := range 3 {
+		l.ns.Exec(t, "nft", "flush", "ruleset")
+		l.waitFor(fmt.Sprintf("the table back after flush %d", i+1), l.digestIs(want))
+	}
+	if n := strings.Count(out.String(), "firewall drifted"); n < 3 {
+		t.Errorf("%d drift repairs logged, want 3", n)
+	}
+	l.stop(cmd)
+}

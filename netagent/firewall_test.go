@@ -1025,3 +1025,55 @@ func TestFirewallForwardsOnlyToLANs(t *testing.T) {
 		}
 	}
 }
+
+// TestFirewallWatch: Watch reports a change another process makes to the
+// table (a rule added by hand, a set element deleted, the whole ruleset
+// flushed as nftables.service does), and neither the agent's own applies
+// nor other tables' changes.
+func TestFirewallWatch(t *testing.T) {
+	fw, ns := newTestFirewall(t, "wg0")
+	if _, err := fw.Apply(smallRules, nil); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	changes := make(chan struct{}, 16)
+	done := make(chan error, 1)
+	go func() { done <- fw.Watch(ctx, func() { changes <- struct{}{} }) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Watch: %v", err)
+		}
+	})
+	quiet := func(what string) {
+		t.Helper()
+		select {
+		case <-changes:
+			t.Fatalf("%s was reported as another's change", what)
+		case <-time.After(300 * time.Millisecond):
+		}
+	}
+	reported := func(what string) {
+		t.Helper()
+		select {
+		case <-changes:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s was not reported", what)
+		}
+	}
+	time.Sleep(100 * time.Millisecond) // joined the group
+	if _, err := fw.Apply(smallRules[:3], nil); err != nil {
+		t.Fatal(err)
+	}
+	quiet("the agent's own apply")
+	ns.Exec(t, "nft", "add", "table", "inet", "other")
+	ns.Exec(t, "nft", "add", "chain", "inet", "other", "c")
+	quiet("another table's change")
+	ns.Exec(t, "nft", "add", "rule", "inet", TableName, "input", "accept")
+	reported("a rule added by hand")
+	ns.Exec(t, "nft", "flush", "ruleset")
+	reported("nft flush ruleset")
+	if _, err := fw.Digest(); !errors.Is(err, ErrNoTable) {
+		t.Fatalf("after flush ruleset: %v, want ErrNoTable", err)
+	}
+}
