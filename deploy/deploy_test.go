@@ -88,6 +88,43 @@ func TestExampleConfigsCheck(t *testing.T) {
 	}
 }
 
+// commentedKey matches an example's optional key left commented out, "# key:
+// value" at any indentation under the "# ", and nothing of the prose
+// comments (they start with a capital or are not a key).
+var commentedKey = regexp.MustCompile(`(?m)^# ( *[a-z_]+:(?: .*)?)$`)
+
+// TestExampleConfigsOptionalKeys: the keys an example shows commented out
+// (the optional ones, most with their defaults) are keys the programs
+// accept, with values they accept: an installer who uncomments one gets a
+// config that passes --check, not "unknown field".
+func TestExampleConfigsOptionalKeys(t *testing.T) {
+	for _, tc := range []struct {
+		bin, example string
+		min          int // commented keys the example is known to hold
+	}{
+		{"govnetd", "govnetd.yaml", 10},
+		{"govnet-agent", "agent.yaml", 6},
+	} {
+		t.Run(tc.bin, func(t *testing.T) {
+			src, err := os.ReadFile(filepath.Join("examples", tc.example))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n := len(commentedKey.FindAllIndex(src, -1)); n < tc.min {
+				t.Fatalf("%s: %d commented keys, want at least %d: the pattern no longer finds them", tc.example, n, tc.min)
+			}
+			path := filepath.Join(t.TempDir(), tc.example)
+			if err := os.WriteFile(path, commentedKey.ReplaceAll(src, []byte("$1")), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			out, code := runBin(t, tc.bin, "run", "--config", path, "--check")
+			if code != 0 || !strings.Contains(out, "config ok") {
+				t.Fatalf("%s with its commented keys uncommented: exit %d, want 0 and \"config ok\":\n%s", tc.example, code, out)
+			}
+		})
+	}
+}
+
 // setKey returns src with the line of key (at any indentation) replaced by
 // key: value, or with extra appended after the line of key when value is
 // empty. It fails the test if the key is not in src, so that an example
