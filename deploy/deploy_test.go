@@ -2,6 +2,7 @@ package deploy
 
 import (
 	"bufio"
+	"debug/elf"
 	"fmt"
 	"os"
 	"os/exec"
@@ -361,5 +362,96 @@ func TestPackagingSources(t *testing.T) {
 				t.Errorf("%s: %v", c, err)
 			}
 		}
+	}
+}
+
+// glibcVersion returns the highest GLIBC_x.y symbol version the ELF file
+// needs, as {x, y}, or nil if it needs none (a static binary).
+func glibcVersion(t *testing.T, path string) []int {
+	t.Helper()
+	f, err := elf.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	syms, err := f.ImportedSymbols()
+	if err != nil && err != elf.ErrNoSymbols {
+		t.Fatalf("%s: %v", path, err)
+	}
+	var max []int
+	for _, s := range syms {
+		if v, ok := parseVersion(strings.TrimPrefix(s.Version, "GLIBC_")); ok && strings.HasPrefix(s.Version, "GLIBC_") && versionLess(max, v) {
+			max = v
+		}
+	}
+	return max
+}
+
+// parseVersion parses "2.34" into {2, 34}.
+func parseVersion(s string) ([]int, bool) {
+	var v []int
+	for _, p := range strings.Split(s, ".") {
+		var n int
+		if _, err := fmt.Sscanf(p, "%d", &n); err != nil || fmt.Sprint(n) != p {
+			return nil, false
+		}
+		v = append(v, n)
+	}
+	return v, len(v) > 0
+}
+
+// versionString formats {2, 34} as "2.34".
+func versionString(v []int) string {
+	s := make([]string, len(v))
+	for i, n := range v {
+		s[i] = fmt.Sprint(n)
+	}
+	return strings.Join(s, ".")
+}
+
+// versionLess reports whether a < b (a nil a is less than anything).
+func versionLess(a, b []int) bool {
+	for i := 0; i < max(len(a), len(b)); i++ {
+		var x, y int
+		if i < len(a) {
+			x = a[i]
+		}
+		if i < len(b) {
+			y = b[i]
+		}
+		if x != y {
+			return x < y
+		}
+	}
+	return false
+}
+
+// TestPackagingLibcDependency: a package whose program links glibc (cgo:
+// the PKCS#11 loader) declares a libc6 at least as new as the symbol
+// versions the program needs. An unversioned "libc6" lets dpkg install it
+// on a release whose glibc is older, where the program fails to start
+// ("version `GLIBC_2.34' not found").
+func TestPackagingLibcDependency(t *testing.T) {
+	depRE := regexp.MustCompile(`(?m)^\s*-\s*libc6(?:\s*\(>=\s*([0-9.]+)\))?\s*$`)
+	for _, b := range []string{"govnetd", "govnet-agent"} {
+		t.Run(b, func(t *testing.T) {
+			need := glibcVersion(t, filepath.Join(binDir, b))
+			if need == nil {
+				t.Skipf("%s needs no glibc symbol version (static)", b)
+			}
+			src, err := os.ReadFile(filepath.Join("packaging", b+".yaml"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			m := depRE.FindSubmatch(src)
+			if m == nil {
+				t.Fatalf("packaging/%s.yaml: no libc6 dependency; %s needs GLIBC_%s", b, b, versionString(need))
+			}
+			have, ok := parseVersion(string(m[1]))
+			if !ok || versionLess(have, need) {
+				t.Errorf("packaging/%s.yaml: depends on %q; %s needs GLIBC_%s: declare libc6 (>= %[4]s)",
+					b, strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(string(m[0])), "-")), b, versionString(need))
+			}
+		})
 	}
 }
