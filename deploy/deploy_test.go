@@ -433,7 +433,7 @@ func versionLess(a, b []int) bool {
 // ("version `GLIBC_2.34' not found").
 func TestPackagingLibcDependency(t *testing.T) {
 	depRE := regexp.MustCompile(`(?m)^\s*-\s*libc6(?:\s*\(>=\s*([0-9.]+)\))?\s*$`)
-	for _, b := range []string{"govnetd", "govnet-agent"} {
+	for _, b := range []string{"govnetd", "govnet-agent", "govnetctl"} {
 		t.Run(b, func(t *testing.T) {
 			need := glibcVersion(t, filepath.Join(binDir, b))
 			if need == nil {
