@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -451,6 +452,73 @@ func TestPackagingLibcDependency(t *testing.T) {
 			if !ok || versionLess(have, need) {
 				t.Errorf("packaging/%s.yaml: depends on %q; %s needs GLIBC_%s: declare libc6 (>= %[4]s)",
 					b, strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(string(m[0])), "-")), b, versionString(need))
+			}
+		})
+	}
+}
+
+// unitSettings parses a systemd unit into section.Key -> values, in order
+// (a key set several times keeps every value; an empty assignment resets).
+func unitSettings(t *testing.T, name string) map[string][]string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("systemd", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	settings := map[string][]string{}
+	section := ""
+	for _, line := range strings.Split(string(b), "\n") {
+		line = strings.TrimSpace(line)
+		switch {
+		case line == "" || strings.HasPrefix(line, "#") || strings.HasPrefix(line, ";"):
+		case strings.HasPrefix(line, "["):
+			section = strings.Trim(line, "[]")
+		default:
+			k, v, ok := strings.Cut(line, "=")
+			if !ok {
+				t.Fatalf("%s: not a setting: %q", name, line)
+			}
+			key := section + "." + strings.TrimSpace(k)
+			if v = strings.TrimSpace(v); v == "" {
+				settings[key] = []string{}
+			} else {
+				settings[key] = append(settings[key], v)
+			}
+		}
+	}
+	return settings
+}
+
+// TestUnitSettings pins what the units must say for the programs to work
+// and for the security office's expectations to hold, each with the
+// reason; systemd-analyze (TestSystemdUnits) checks only that they parse.
+func TestUnitSettings(t *testing.T) {
+	for _, tc := range []struct {
+		unit, key string
+		want      []string // nil: must not be set
+		why       string
+	}{
+		{"govnetd.service", "Service.User", []string{"govnet"}, "the postinst's unprivileged user"},
+		{"govnetd.service", "Service.CapabilityBoundingSet", []string{}, "no capability: every port is above 1024"},
+		{"govnetd.service", "Service.StateDirectory", []string{"govnet govnet-hsm"}, "data_dir and the SoftHSM2 token directory of softhsm2.conf, writable under ProtectSystem=strict"},
+		{"govnetd.service", "Service.ProcSubset", nil, "the process collector's process_start_time_seconds reads the boot time from /proc/stat, which ProcSubset=pid hides"},
+		{"govnet-agent.service", "Service.CapabilityBoundingSet", []string{"CAP_NET_ADMIN"}, "nftables, TUN, WireGuard links, addresses, routes: nothing else"},
+		{"govnet-agent.service", "Service.AmbientCapabilities", []string{"CAP_NET_ADMIN"}, "the same, effective"},
+		{"govnet-agent.service", "Service.DeviceAllow", []string{"/dev/net/tun rw"}, "the embedded wireguard-go's TUN device"},
+		{"govnet-agent.service", "Service.RestrictAddressFamilies", []string{"AF_INET AF_INET6 AF_UNIX AF_NETLINK"}, "netlink for nftables and wgctrl, unix for the UAPI socket"},
+		{"govnet-agent.service", "Service.StateDirectory", []string{"govnet-agent"}, "state_dir of the example config"},
+		// Fail static: nothing may run at stop that could remove the table.
+		{"govnet-agent.service", "Service.ExecStop", nil, "fail static: the table stays when the agent stops"},
+		{"govnet-agent.service", "Service.ExecStopPost", nil, "fail static: the table stays when the agent stops"},
+		{"govnet-agent.service", "Service.Restart", []string{"always"}, "an agent that exits is brought back to reconcile"},
+	} {
+		t.Run(tc.unit+"/"+tc.key, func(t *testing.T) {
+			got, set := unitSettings(t, tc.unit)[tc.key]
+			switch {
+			case tc.want == nil && set:
+				t.Errorf("%s sets %s=%q; it must not: %s", tc.unit, tc.key, got, tc.why)
+			case tc.want != nil && !slices.Equal(got, tc.want):
+				t.Errorf("%s: %s=%q, want %q: %s", tc.unit, tc.key, got, tc.want, tc.why)
 			}
 		})
 	}
