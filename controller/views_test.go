@@ -27,6 +27,9 @@ type hubFixture struct {
 	h     *viewHub
 	index uint64
 	seq   int
+	// want holds, after each pass, every view as a full compile of the
+	// state makes it, stamped as the hub stamps its views.
+	want map[string]*api.View
 }
 
 func newHubFixture(t testing.TB) *hubFixture {
@@ -88,7 +91,7 @@ func (x *hubFixture) pass() string {
 	if err := x.h.recompute(); err != nil {
 		x.t.Fatal(err)
 	}
-	x.check()
+	x.want = x.check()
 	x.checkDeltas(prev)
 	after := x.h.passCounts()
 	switch {
@@ -140,7 +143,11 @@ func (x *hubFixture) checkDeltas(prev map[string]*hubView) {
 	}
 }
 
-func (x *hubFixture) check() {
+// check compares the hub with a full compile of the state: its views, its
+// reverse index, its source prefixes and their counts, and the views of
+// its Compiler, kept current since the last full pass. It returns the
+// full compile's views.
+func (x *hubFixture) check() map[string]*api.View {
 	t, s, h := x.t, x.f.State(), x.h
 	t.Helper()
 	reg := &policy.Registry{Agencies: s.Agencies(), Gateways: s.Gateways()}
@@ -208,6 +215,28 @@ func (x *hubFixture) check() {
 	if !maps.Equal(h.srcCount, counts) {
 		t.Fatalf("source counts %v, want %v", h.srcCount, counts)
 	}
+	sources := map[string][]netip.Prefix{}
+	for i := range reg.Gateways {
+		if g := &reg.Gateways[i]; policy.Participates(g) {
+			sources[g.ID] = sourcesOf(g)
+		}
+	}
+	if !maps.EqualFunc(h.sources, sources, slices.Equal) {
+		t.Fatalf("sources %v, want %v", h.sources, sources)
+	}
+	if h.comp != nil {
+		// The Compiler, updated gateway by gateway, resolves as a new one would.
+		all := h.comp.All()
+		if got, exp := slices.Sorted(maps.Keys(all)), slices.Sorted(maps.Keys(want)); !slices.Equal(got, exp) {
+			t.Fatalf("the hub's compiler has views of %v, want %v", got, exp)
+		}
+		for id, v := range all {
+			if w := want[id]; !slices.Equal(v.Rules, w.Rules) || !slices.EqualFunc(v.Peers, w.Peers, api.SamePeer) || !api.SameLANs(v.LANs, w.LANs) {
+				t.Fatalf("the hub's compiler: view of %s differs from a full compile:\n got %+v\nwant %+v", id, v, w)
+			}
+		}
+	}
+	return want
 }
 
 const (
