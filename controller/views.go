@@ -27,7 +27,9 @@ import (
 // patched out of its peers' views without compiling anything. A command
 // the state machine cannot attribute to gateways (a new policy, an agency
 // registry change) recomputes every view, as does the first pass and the
-// pass after a failed compile.
+// pass after a failed compile. A pass that cannot compile (the policy no
+// longer validates) keeps the views, but still cuts the gateways that
+// left out of them (cutLeaving): a revocation never waits for a policy.
 //
 // Triggers coalesce, so a burst of commands costs one pass over the union
 // of what they touched. Subscribers hold a one-slot channel: a slow stream
@@ -214,7 +216,7 @@ func (h *viewHub) recompute() error {
 	if (h.polVersion != cur.Version || h.polSource != cur.Source) && cur.Version != 0 {
 		p, err := policy.Parse(fmt.Sprintf("policy-v%d.yaml", cur.Version), []byte(cur.Source))
 		if err != nil {
-			return h.fail(fmt.Errorf("policy version %d: %w", cur.Version, err))
+			return h.cutLeaving(index, overlay, touched, fmt.Errorf("policy version %d: %w", cur.Version, err))
 		}
 		h.pol, h.polVersion, h.polSource = p, cur.Version, cur.Source
 	}
@@ -229,7 +231,10 @@ func (h *viewHub) recompute() error {
 		}
 	}
 	if full {
-		return h.recomputeAll(index, overlay, cur.Version)
+		if err := h.recomputeAll(index, overlay, cur.Version); err != nil {
+			return h.cutLeaving(index, overlay, touched, err)
+		}
+		return nil
 	}
 	if len(ids) == 0 {
 		h.install(index, overlay, cur.Version, nil, nil, nil, passIdle)
@@ -324,6 +329,55 @@ func (h *viewHub) recomputeAll(index uint64, overlay netip.Prefix, version uint6
 	h.mu.Unlock()
 	h.install(index, overlay, version, hubViews(views), nil, reg.Gateways, passFull)
 	return nil
+}
+
+// cutLeaving is what a pass does when the views cannot be compiled (err,
+// which it returns): the policy no longer validates against the registry,
+// as when a gateway is registered under the name of a policy group. The
+// views stay as they were (fail static) until a pass compiles them all,
+// but the touched gateways that no longer participate (revoked,
+// decommissioned) leave them all the same: each loses its own view and
+// its peer entry in the others', with the rules that admit its prefixes
+// but those another gateway also sends from (they may be that one's).
+// Their revocation is then enforced, and waitGone says so.
+func (h *viewHub) cutLeaving(index uint64, overlay netip.Prefix, touched []api.Gateway, err error) error {
+	var leaving []api.Gateway
+	for _, g := range touched {
+		if !policy.Participates(&g) {
+			leaving = append(leaving, g)
+		}
+	}
+	if len(leaving) == 0 {
+		return h.fail(err)
+	}
+	h.mu.Lock()
+	updates := map[string]*hubView{}
+	for _, g := range leaving {
+		if _, had := h.views[g.ID]; had {
+			updates[g.ID] = nil
+		}
+	}
+	for _, g := range leaving {
+		var src []netip.Prefix
+		for _, p := range h.sources[g.ID] {
+			if h.srcCount[p] <= 1 {
+				src = append(src, p)
+			}
+		}
+		for d := range h.peersOf[g.ID] {
+			base, again := updates[d]
+			if !again {
+				base = h.views[d]
+			}
+			if base != nil {
+				updates[d], _ = withoutPeer(base, g.ID, src)
+			}
+		}
+	}
+	version := h.viewsVersion // the views kept are of the last policy compiled
+	h.mu.Unlock()
+	h.install(index, overlay, version, updates, nil, leaving, passPatched)
+	return h.fail(err)
 }
 
 // patchLeaving returns the views that change when the touched gateways

@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -9,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -490,5 +492,80 @@ func TestDigestKey(t *testing.T) {
 	}
 	if len(lanKeys) != len(lists) {
 		t.Errorf("%d keys for %d LAN lists", len(lanKeys), len(lists))
+	}
+}
+
+// TestViewsLeaveWhileCompileFails: a gateway registered under the name of
+// a policy group makes the policy invalid, and no view compiles until a
+// policy that validates is published. Meanwhile the views stay as they
+// were (fail static), but a gateway revoked or decommissioned must still
+// leave every view, and the revocation must be seen as enforced: its peer
+// entry goes, and the rules for its prefixes but one another gateway
+// still sends from.
+func TestViewsLeaveWhileCompileFails(t *testing.T) {
+	x := newHubFixture(t)
+	x.agency("000.00.00.G22")
+	x.agency("000.00.00.H01")
+	x.agency("000.00.00.H02")
+	x.gateway("gw-ndxp", "000.00.00.G22", lan(1))
+	x.gateway("p1", "000.00.00.H01", lan(2))
+	x.gateway("p2", "000.00.00.H02", lan(3))
+	x.gateway("p3", "000.00.00.H02", lan(3)) // shares p2's LAN
+	for _, id := range []string{"gw-ndxp", "p1", "p2", "p3"} {
+		x.enroll(id)
+	}
+	x.publish(viewsPolicy2)
+	x.pass()
+	before, _ := x.h.view("gw-ndxp")
+
+	x.gateway("provinces", "000.00.00.H01", lan(4)) // viewsPolicy2 has a group of that name
+	x.revoke("p2")
+	if err := x.h.recompute(); err == nil {
+		t.Fatal("a policy with a group named like a gateway compiled")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Millisecond)
+	defer cancel()
+	if err := x.h.waitGone(ctx, "p2", x.index); err != nil {
+		t.Fatalf("the revocation is not enforced: %v", err)
+	}
+	if _, failing := x.h.compiledAt(); !failing {
+		t.Error("the hub does not say that its compile fails")
+	}
+	after, _ := x.h.view("gw-ndxp")
+	p2, _ := x.f.State().Gateway("p2")
+	var wantPeers []string
+	for _, p := range before.View().Peers {
+		if p.Gateway != "p2" {
+			wantPeers = append(wantPeers, p.Gateway)
+		}
+	}
+	var gotPeers []string
+	for _, p := range after.View().Peers {
+		gotPeers = append(gotPeers, p.Gateway)
+	}
+	if !slices.Equal(gotPeers, wantPeers) {
+		t.Errorf("gw-ndxp's peers %v, want %v", gotPeers, wantPeers)
+	}
+	wantRules := slices.DeleteFunc(slices.Clone(before.View().Rules), func(r api.Rule) bool {
+		return r.Source == netip.PrefixFrom(p2.OverlayIP, 32)
+	})
+	if !slices.Equal(after.View().Rules, wantRules) {
+		t.Errorf("gw-ndxp's rules %v, want %v (p3's LAN, shared with p2, stays)", after.View().Rules, wantRules)
+	}
+
+	// A decommission while the policy still fails, then a policy that
+	// validates: every view is compiled again.
+	x.apply(CmdGatewayDecommission, &GatewayDecommissionRequest{Meta: meta("off"), Gateway: "p1"})
+	if err := x.h.recompute(); err == nil {
+		t.Fatal("a policy with a group named like a gateway compiled")
+	}
+	x.h.mu.Lock()
+	if x.h.inAnyView("p1") {
+		t.Error("decommissioned p1 is still in a view")
+	}
+	x.h.mu.Unlock()
+	x.publish(strings.ReplaceAll(viewsPolicy2, "provinces", "provs"))
+	if got := x.pass(); got != "full" {
+		t.Errorf("a policy that validates: a %s pass, want full", got)
 	}
 }
