@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -46,6 +47,11 @@ const (
 
 // maxSnapshotBody bounds an uploaded backup.
 const maxSnapshotBody = 1 << 30
+
+// restoreBodyTimeout bounds the upload of a backup to restore: govnetctl
+// gives the whole restore api.RestoreTimeout, so a body still arriving
+// after that is nobody's (a variable for tests).
+var restoreBodyTimeout = api.RestoreTimeout
 
 func newPeerClient(roots *x509.CertPool, cert func(*tls.CertificateRequestInfo) (*tls.Certificate, error)) *http.Client {
 	return &http.Client{
@@ -617,6 +623,9 @@ func (n *Node) restoreSnapshot(w http.ResponseWriter, r *http.Request, id ca.Ide
 		writeError(w, http.StatusConflict, "a restore is already in progress on this node")
 		return
 	}
+	// A body that trickles in would hold the slot, its goroutine and
+	// what it sent so far for as long as its client liked.
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(restoreBodyTimeout))
 	// Free before the answer goes out: a follower that forwarded this
 	// restore and hears "not the leader" may send it straight back here,
 	// re-elected.
@@ -624,7 +633,16 @@ func (n *Node) restoreSnapshot(w http.ResponseWriter, r *http.Request, id ca.Ide
 	defer n.restoring.Store(false)
 	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxSnapshotBody))
 	if err != nil {
-		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("snapshot: %v", err))
+		var tooBig *http.MaxBytesError
+		var timeout net.Error
+		switch {
+		case errors.As(err, &tooBig):
+			writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("snapshot: a backup is at most %d bytes", maxSnapshotBody))
+		case errors.As(err, &timeout) && timeout.Timeout():
+			writeError(w, http.StatusRequestTimeout, fmt.Sprintf("snapshot: the backup did not arrive within %s", restoreBodyTimeout))
+		default:
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("snapshot: reading the backup: %v", err))
+		}
 		return
 	}
 	state, sig, chain, err := n.checkBackup(b)
