@@ -20,9 +20,27 @@ import (
 
 // handleAudit streams the audit chain as JSON lines, from ?since=SEQ.
 func (n *Node) handleAudit(w http.ResponseWriter, r *http.Request, _ ca.Identity) {
-	since, _ := strconv.ParseUint(r.URL.Query().Get("since"), 10, 64)
+	since, ok := sinceParam(w, r)
+	if !ok {
+		return
+	}
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	io.Copy(w, n.State().AuditLines(since))
+}
+
+// sinceParam reads ?since=N, an unsigned integer (0 when absent); on
+// anything else it answers 400 and returns false.
+func sinceParam(w http.ResponseWriter, r *http.Request) (uint64, bool) {
+	s := r.URL.Query().Get("since")
+	if s == "" {
+		return 0, true
+	}
+	since, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("since %q: want an unsigned integer", s))
+		return 0, false
+	}
+	return since, true
 }
 
 // defaultCheckpointEvery is how often the leader signs and records the

@@ -65,3 +65,46 @@ func TestRestoreBodyDeadline(t *testing.T) {
 	_, err = off.RestoreSnapshot(context.Background(), strings.NewReader("not a backup\n"))
 	wantStatus(t, err, http.StatusBadRequest, "")
 }
+
+// Query parameters that do not parse are refused with 400 naming the
+// parameter, not read as their zero value.
+func TestQueryParamsRefused(t *testing.T) {
+	cfg := testConfig(t)
+	n := startNode(t, cfg)
+	defer n.Close()
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: personTLS(t, cfg, "officer1")}, Timeout: 10 * time.Second}
+	for _, c := range []struct{ path, field string }{
+		{"/v1/audit?since=abc", "since"},
+		{"/v1/audit?since=-1", "since"},
+		{"/v1/certificates?expiring=213504d", "expiring"},
+		{"/v1/certificates?expiring=99999999999999999999d", "expiring"},
+	} {
+		t.Run(c.path, func(t *testing.T) {
+			resp, err := hc.Get("https://" + n.Addr().String() + c.path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(b), c.field) {
+				t.Fatalf("got HTTP %d %.200s, want 400 naming %s", resp.StatusCode, b, c.field)
+			}
+		})
+	}
+	// The gateway's watch too.
+	ctx := context.Background()
+	op, off := person(t, cfg, n, "operator1"), person(t, cfg, n, "officer1")
+	if _, err := op.AddAgency(ctx, api.Agency{Code: "000.00.00.H29", Name: "Quảng Ninh"}); err != nil {
+		t.Fatal(err)
+	}
+	e := enrollNew(t, ctx, cfg, n, op, off, "gw-1", "000.00.00.H29")
+	gc := &http.Client{Transport: &http.Transport{TLSClientConfig: e.tls}, Timeout: 10 * time.Second}
+	resp, err := gc.Get("https://" + n.Addr().String() + "/v1/watch?since=x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest {
+		t.Fatalf("watch?since=x: got HTTP %d, want 400", resp.StatusCode)
+	}
+}

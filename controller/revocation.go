@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"math/big"
 	"net"
 	"net/http"
@@ -452,6 +453,10 @@ func ParseDays(s string) (time.Duration, error) {
 		days, err := strconv.Atoi(d)
 		if err != nil {
 			return 0, fmt.Errorf("duration %q: %w", s, err)
+		}
+		// More would wrap around (213504d came out as 25 minutes).
+		if max := int(math.MaxInt64 / int64(24*time.Hour)); days > max || days < -max {
+			return 0, fmt.Errorf("duration %q: at most %dd", s, max)
 		}
 		return time.Duration(days) * 24 * time.Hour, nil
 	}

@@ -13,7 +13,6 @@ import (
 	"net"
 	"net/http"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -463,7 +462,10 @@ func (n *Node) enrollAgain(w http.ResponseWriter, ctx context.Context, tok token
 // the difference from the view sent before. Agents use the gateway stream
 // (stream.go) instead, which carries the same lines.
 func (n *Node) handleWatch(w http.ResponseWriter, r *http.Request, id ca.Identity) {
-	since, _ := strconv.ParseUint(r.URL.Query().Get("since"), 10, 64)
+	since, ok := sinceParam(w, r)
+	if !ok {
+		return
+	}
 	deltas := r.URL.Query().Get("deltas") == "1"
 	flusher, ok := w.(http.Flusher)
 	if !ok {
