@@ -5,6 +5,9 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"go/ast"
+	"go/parser"
+	"go/token"
 	"io"
 	"net/http"
 	"path/filepath"
@@ -106,5 +109,97 @@ func TestQueryParamsRefused(t *testing.T) {
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusBadRequest {
 		t.Fatalf("watch?since=x: got HTTP %d, want 400", resp.StatusCode)
+	}
+}
+
+// TestRouteTable walks every route of the API and checks, for a caller
+// without a client certificate, that only health, readiness and the root
+// certificate (and the enrollments, whose token is the credential) are
+// reached, and that a body larger than the route's limit is refused with
+// 413 before anything is read. A new route gets these checks by being in
+// the table, and TestRoutesOnlyInTable keeps every route there.
+func TestRouteTable(t *testing.T) {
+	cfg := testConfig(t)
+	n := startNode(t, cfg)
+	defer n.Close()
+	anon := personTLS(t, cfg, "")
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: anon}, Timeout: 10 * time.Second}
+	seen := map[string]bool{}
+	for _, rt := range n.routeTable() {
+		if seen[rt.pattern] {
+			t.Errorf("%s: registered twice", rt.pattern)
+		}
+		seen[rt.pattern] = true
+		method, path, ok := strings.Cut(rt.pattern, " ")
+		if !ok {
+			t.Errorf("%s: a route names its method", rt.pattern)
+			continue
+		}
+		path = strings.NewReplacer("{code}", "000.00.00.H29", "{id}", "x", "{serial}", "01", "{node}", "ctl9", "{name}", "x").Replace(path)
+		if rt.maxBody <= 0 || rt.maxBody > maxSnapshotBody {
+			t.Errorf("%s: body limit %d", rt.pattern, rt.maxBody)
+		}
+		t.Run(rt.pattern, func(t *testing.T) {
+			req, _ := http.NewRequest(method, "https://"+n.Addr().String()+path, nil)
+			resp, err := hc.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			want := map[string]int{byAnyone: http.StatusOK, byToken: http.StatusBadRequest}[rt.access]
+			if want == 0 {
+				want = http.StatusUnauthorized
+			}
+			if resp.StatusCode != want {
+				t.Errorf("without a client certificate: HTTP %d %.200s, want %d (%s)", resp.StatusCode, b, want, rt.access)
+			}
+
+			conn, err := tls.Dial("tcp", n.Addr().String(), anon)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			fmt.Fprintf(conn, "%s %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n", method, path, rt.maxBody+1)
+			conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+			big, err := http.ReadResponse(bufio.NewReader(conn), nil)
+			if err != nil {
+				t.Fatalf("body of %d bytes: %v", rt.maxBody+1, err)
+			}
+			b, _ = io.ReadAll(big.Body)
+			if big.StatusCode != http.StatusRequestEntityTooLarge {
+				t.Errorf("body of %d bytes: HTTP %d %.200s, want 413", rt.maxBody+1, big.StatusCode, b)
+			}
+		})
+	}
+}
+
+// TestRoutesOnlyInTable: the API's mux is built from routeTable alone
+// (and the plain-HTTP listener serves its three public routes), so no
+// route escapes TestRouteTable.
+func TestRoutesOnlyInTable(t *testing.T) {
+	want := map[string]int{"server.go": 1, "revocation.go": 3}
+	got := map[string]int{}
+	files, _ := filepath.Glob("*.go")
+	fset := token.NewFileSet()
+	for _, f := range files {
+		if strings.HasSuffix(f, "_test.go") {
+			continue
+		}
+		file, err := parser.ParseFile(fset, f, nil, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ast.Inspect(file, func(x ast.Node) bool {
+			if call, ok := x.(*ast.CallExpr); ok {
+				if sel, ok := call.Fun.(*ast.SelectorExpr); ok && (sel.Sel.Name == "HandleFunc" || sel.Sel.Name == "Handle") {
+					got[f]++
+				}
+			}
+			return true
+		})
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("routes registered: %v, want %v (add API routes to routeTable)", got, want)
 	}
 }

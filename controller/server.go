@@ -79,72 +79,120 @@ func (n *Node) serve() error {
 	return nil
 }
 
+// Who may call a route (checked by its handler; apiRoute.access states it
+// for the tests that walk the table).
+const (
+	byAnyone       = "anyone"         // health, readiness, the root certificate
+	byToken        = "token"          // a one-time token in the body is the credential
+	byGateway      = "gateway"        // an enrolled gateway's certificate
+	byPerson       = "person"         // a registered person's certificate, of a role the handler names
+	byPersonOrNode = "person or node" // an operator, or a node adding itself
+	byNode         = "node"           // a member node of the cluster forwarding to the leader
+)
+
+// apiRoute is one route of the API: its pattern, who may call it, and the
+// largest request body it takes. Every route is in routeTable, and the
+// body limit is enforced before its handler runs (limitBody).
+type apiRoute struct {
+	pattern string
+	access  string
+	maxBody int64
+	h       http.HandlerFunc
+}
+
 func (n *Node) routes() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
-	mux.HandleFunc("GET /readyz", n.handleReady)
-	mux.HandleFunc("GET /v1/ca/root", n.handleRoot)
-	mux.HandleFunc("POST /v1/enroll", n.handleEnroll)
-	mux.HandleFunc("GET /v1/watch", n.gateway(n.handleWatch))
-	mux.HandleFunc("POST /v1/report", n.gateway(n.handleReport))
-	mux.HandleFunc("POST /v1/renew", n.handleRenew) // admits the certificate before the current one too
-	anyone := []string{ca.RoleOperator, ca.RoleOfficer, ca.RoleAuditor}
-	mux.HandleFunc("GET /v1/agencies", n.person(anyone, n.handleAgencies))
-	mux.HandleFunc("POST /v1/agencies", n.person([]string{ca.RoleOperator}, n.handleAgencyAdd))
-	mux.HandleFunc("POST /v1/agencies/import", n.person([]string{ca.RoleOperator}, n.handleAgencyImport))
-	mux.HandleFunc("POST /v1/agencies/merge", n.person([]string{ca.RoleOperator}, n.handleAgencyMerge))
-	mux.HandleFunc("POST /v1/agencies/{code}/reparent", n.person([]string{ca.RoleOperator}, n.handleAgencyReparent))
-	mux.HandleFunc("POST /v1/agencies/{code}/close", n.person([]string{ca.RoleOperator}, n.handleAgencyClose))
-	mux.HandleFunc("POST /v1/gateways/{id}/decommission", n.person([]string{ca.RoleOfficer}, n.handleDecommission))
-	mux.HandleFunc("GET /v1/gateways", n.person(anyone, n.handleGateways))
-	mux.HandleFunc("GET /v1/gateways/{id}", n.person(anyone, n.handleGateway))
-	mux.HandleFunc("POST /v1/gateways", n.person([]string{ca.RoleOperator}, n.handleGatewayAdd))
-	mux.HandleFunc("POST /v1/gateways/{id}/token", n.person([]string{ca.RoleOfficer}, n.handleToken))
-	mux.HandleFunc("GET /v1/policy", n.person(anyone, n.handlePolicy))
-	mux.HandleFunc("GET /v1/cluster/status", n.person(anyone, n.handleClusterStatus))
-	mux.HandleFunc("PUT /v1/policy", n.person([]string{ca.RoleOfficer}, n.handlePolicyPublish))
-	mux.HandleFunc("GET /v1/policy/history", n.person(anyone, n.handlePolicyHistory))
-	mux.HandleFunc("POST /v1/policy/plan", n.person(anyone, n.handlePolicyPlan))
-	mux.HandleFunc("GET /v1/certificates", n.person(anyone, n.handleCertificates))
-	mux.HandleFunc("GET /v1/certificates/{serial}", n.person(anyone, n.handleCertificate))
-	mux.HandleFunc("POST /v1/certificates/renew-all", n.person([]string{ca.RoleOfficer}, n.handleRenewAll))
-	mux.HandleFunc("GET /v1/certificates/renew-all", n.person(anyone, n.handleRenewAllStatus))
-	mux.HandleFunc("POST /v1/crl/root", n.person([]string{ca.RoleOfficer}, n.handleRootCRLPublish))
-	mux.HandleFunc("POST /v1/revoke", n.person([]string{ca.RoleOfficer}, n.handleRevoke))
-	mux.HandleFunc("GET /v1/reports/coverage", n.person(anyone, n.handleCoverage))
-
-	mux.HandleFunc("POST /v1/cluster/members", n.handleJoin)
-	mux.HandleFunc("DELETE /v1/cluster/members/{node}", n.person([]string{ca.RoleOperator}, n.handleRemove))
-	mux.HandleFunc("GET /v1/cluster/snapshot", n.person([]string{ca.RoleOperator, ca.RoleAuditor}, n.handleSnapshotSave))
-	mux.HandleFunc("POST /v1/cluster/snapshot", n.person([]string{ca.RoleOfficer}, n.handleSnapshotRestore))
-
-	mux.HandleFunc("GET /v1/people", n.person(anyone, n.handlePeople))
-	mux.HandleFunc("POST /v1/people", n.person([]string{ca.RoleOfficer}, n.handlePersonAdd))
-	mux.HandleFunc("POST /v1/people/{name}/revoke", n.person([]string{ca.RoleOfficer}, n.handlePersonRevoke))
-	mux.HandleFunc("POST /v1/people/{name}/invite", n.person([]string{ca.RoleOfficer}, n.handleInvite))
-	mux.HandleFunc("POST /v1/people/enroll", n.handlePersonEnroll) // the invitation's token is the credential
-	mux.HandleFunc("POST /v1/people/renew", n.handlePersonRenew)   // any registered person, with their own certificate
-	mux.HandleFunc("GET /v1/audit", n.person([]string{ca.RoleAuditor, ca.RoleOfficer}, n.handleAudit))
-	// Prometheus scrapes with an operator's or an auditor's certificate:
-	// the series say how many gateways, certificates and revocations
-	// there are, which an unauthenticated caller has no business knowing.
-	metrics := n.metrics.handler()
-	mux.HandleFunc("GET /metrics", n.person([]string{ca.RoleOperator, ca.RoleAuditor}, func(w http.ResponseWriter, r *http.Request, _ ca.Identity) {
-		metrics.ServeHTTP(w, r)
-	}))
-	mux.HandleFunc("POST /v1/audit/checkpoint", n.person([]string{ca.RoleAuditor, ca.RoleOfficer}, n.handleCheckpoint))
-	mux.HandleFunc("GET /v1/audit/checkpoints", n.person([]string{ca.RoleAuditor, ca.RoleOfficer}, n.handleCheckpoints))
-	mux.HandleFunc("GET /v1/requests", n.person(anyone, n.handleRequests))
-	mux.HandleFunc("POST /v1/requests", n.person([]string{ca.RoleOperator, ca.RoleOfficer}, n.handleRequestCreate))
-	mux.HandleFunc("POST /v1/requests/{id}/approve", n.person([]string{ca.RoleOfficer}, n.handleRequestDecide(true)))
-	mux.HandleFunc("POST /v1/requests/{id}/reject", n.person([]string{ca.RoleOfficer}, n.handleRequestDecide(false)))
-
-	mux.HandleFunc("POST /v1/internal/apply", n.internalNode(n.handleInternalApply))
-	mux.HandleFunc("POST /v1/internal/barrier", n.internalNode(n.handleInternalBarrier))
-	mux.HandleFunc("POST /v1/internal/members", n.internalNode(n.handleInternalMembers))
-	mux.HandleFunc("POST /v1/internal/members/remove", n.internalNode(n.handleInternalMembers))
-	mux.HandleFunc("POST /v1/internal/restore", n.internalNode(n.handleInternalRestore))
+	for _, rt := range n.routeTable() {
+		mux.HandleFunc(rt.pattern, limitBody(rt.maxBody, rt.h))
+	}
 	return n.limits.middleware(n.whenCaughtUp(mux))
+}
+
+// limitBody refuses a request whose declared body is larger than limit
+// (413, before any check of the caller: nothing of it is read) and caps
+// what the handler can read of the body at limit.
+func limitBody(limit int64, h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if r.ContentLength > limit {
+			// Closed after the answer: net/http would otherwise read
+			// (and discard) up to 256 KiB of the body first.
+			w.Header().Set("Connection", "close")
+			writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body is larger than %d bytes", limit))
+			return
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, limit)
+		h(w, r)
+	}
+}
+
+// routeTable is every route of the API. A route that takes no body, or
+// a small JSON one, is limited to maxBody.
+func (n *Node) routeTable() []apiRoute {
+	anyone := []string{ca.RoleOperator, ca.RoleOfficer, ca.RoleAuditor}
+	metrics := n.metrics.handler()
+	return []apiRoute{
+		{"GET /healthz", byAnyone, maxBody, func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) }},
+		{"GET /readyz", byAnyone, maxBody, n.handleReady},
+		{"GET /v1/ca/root", byAnyone, maxBody, n.handleRoot},
+		{"POST /v1/enroll", byToken, maxBody, n.handleEnroll},
+		{"GET /v1/watch", byGateway, maxBody, n.gateway(n.handleWatch)},
+		{"POST /v1/report", byGateway, maxBody, n.gateway(n.handleReport)},
+		{"POST /v1/renew", byGateway, maxBody, n.handleRenew}, // admits the certificate before the current one too
+		{"GET /v1/agencies", byPerson, maxBody, n.person(anyone, n.handleAgencies)},
+		{"POST /v1/agencies", byPerson, maxBody, n.person([]string{ca.RoleOperator}, n.handleAgencyAdd)},
+		{"POST /v1/agencies/import", byPerson, maxPolicyBody, n.person([]string{ca.RoleOperator}, n.handleAgencyImport)},
+		{"POST /v1/agencies/merge", byPerson, maxBody, n.person([]string{ca.RoleOperator}, n.handleAgencyMerge)},
+		{"POST /v1/agencies/{code}/reparent", byPerson, maxBody, n.person([]string{ca.RoleOperator}, n.handleAgencyReparent)},
+		{"POST /v1/agencies/{code}/close", byPerson, maxBody, n.person([]string{ca.RoleOperator}, n.handleAgencyClose)},
+		{"POST /v1/gateways/{id}/decommission", byPerson, maxBody, n.person([]string{ca.RoleOfficer}, n.handleDecommission)},
+		{"GET /v1/gateways", byPerson, maxBody, n.person(anyone, n.handleGateways)},
+		{"GET /v1/gateways/{id}", byPerson, maxBody, n.person(anyone, n.handleGateway)},
+		{"POST /v1/gateways", byPerson, maxBody, n.person([]string{ca.RoleOperator}, n.handleGatewayAdd)},
+		{"POST /v1/gateways/{id}/token", byPerson, maxBody, n.person([]string{ca.RoleOfficer}, n.handleToken)},
+		{"GET /v1/policy", byPerson, maxBody, n.person(anyone, n.handlePolicy)},
+		{"GET /v1/cluster/status", byPerson, maxBody, n.person(anyone, n.handleClusterStatus)},
+		{"PUT /v1/policy", byPerson, maxPolicyBody, n.person([]string{ca.RoleOfficer}, n.handlePolicyPublish)},
+		{"GET /v1/policy/history", byPerson, maxBody, n.person(anyone, n.handlePolicyHistory)},
+		{"POST /v1/policy/plan", byPerson, maxPolicyBody, n.person(anyone, n.handlePolicyPlan)},
+		{"GET /v1/certificates", byPerson, maxBody, n.person(anyone, n.handleCertificates)},
+		{"GET /v1/certificates/{serial}", byPerson, maxBody, n.person(anyone, n.handleCertificate)},
+		{"POST /v1/certificates/renew-all", byPerson, maxBody, n.person([]string{ca.RoleOfficer}, n.handleRenewAll)},
+		{"GET /v1/certificates/renew-all", byPerson, maxBody, n.person(anyone, n.handleRenewAllStatus)},
+		{"POST /v1/crl/root", byPerson, maxRootCRL, n.person([]string{ca.RoleOfficer}, n.handleRootCRLPublish)},
+		{"POST /v1/revoke", byPerson, maxBody, n.person([]string{ca.RoleOfficer}, n.handleRevoke)},
+		{"GET /v1/reports/coverage", byPerson, maxBody, n.person(anyone, n.handleCoverage)},
+
+		{"POST /v1/cluster/members", byPersonOrNode, maxBody, n.handleJoin},
+		{"DELETE /v1/cluster/members/{node}", byPerson, maxBody, n.person([]string{ca.RoleOperator}, n.handleRemove)},
+		{"GET /v1/cluster/snapshot", byPerson, maxBody, n.person([]string{ca.RoleOperator, ca.RoleAuditor}, n.handleSnapshotSave)},
+		{"POST /v1/cluster/snapshot", byPerson, maxSnapshotBody, n.person([]string{ca.RoleOfficer}, n.handleSnapshotRestore)},
+
+		{"GET /v1/people", byPerson, maxBody, n.person(anyone, n.handlePeople)},
+		{"POST /v1/people", byPerson, maxBody, n.person([]string{ca.RoleOfficer}, n.handlePersonAdd)},
+		{"POST /v1/people/{name}/revoke", byPerson, maxBody, n.person([]string{ca.RoleOfficer}, n.handlePersonRevoke)},
+		{"POST /v1/people/{name}/invite", byPerson, maxBody, n.person([]string{ca.RoleOfficer}, n.handleInvite)},
+		{"POST /v1/people/enroll", byToken, maxBody, n.handlePersonEnroll}, // the invitation's token is the credential
+		{"POST /v1/people/renew", byPerson, maxBody, n.handlePersonRenew},  // any registered person, with their own certificate
+		{"GET /v1/audit", byPerson, maxBody, n.person([]string{ca.RoleAuditor, ca.RoleOfficer}, n.handleAudit)},
+		// Prometheus scrapes with an operator's or an auditor's certificate:
+		// the series say how many gateways, certificates and revocations
+		// there are, which an unauthenticated caller has no business knowing.
+		{"GET /metrics", byPerson, maxBody, n.person([]string{ca.RoleOperator, ca.RoleAuditor}, func(w http.ResponseWriter, r *http.Request, _ ca.Identity) {
+			metrics.ServeHTTP(w, r)
+		})},
+		{"POST /v1/audit/checkpoint", byPerson, maxBody, n.person([]string{ca.RoleAuditor, ca.RoleOfficer}, n.handleCheckpoint)},
+		{"GET /v1/audit/checkpoints", byPerson, maxBody, n.person([]string{ca.RoleAuditor, ca.RoleOfficer}, n.handleCheckpoints)},
+		{"GET /v1/requests", byPerson, maxBody, n.person(anyone, n.handleRequests)},
+		{"POST /v1/requests", byPerson, maxPolicyBody, n.person([]string{ca.RoleOperator, ca.RoleOfficer}, n.handleRequestCreate)},
+		{"POST /v1/requests/{id}/approve", byPerson, maxBody, n.person([]string{ca.RoleOfficer}, n.handleRequestDecide(true))},
+		{"POST /v1/requests/{id}/reject", byPerson, maxBody, n.person([]string{ca.RoleOfficer}, n.handleRequestDecide(false))},
+
+		{"POST /v1/internal/apply", byNode, 2 * maxPolicyBody, n.internalNode(n.handleInternalApply)},
+		{"POST /v1/internal/barrier", byNode, maxBody, n.internalNode(n.handleInternalBarrier)},
+		{"POST /v1/internal/members", byNode, maxBody, n.internalNode(n.handleInternalMembers)},
+		{"POST /v1/internal/members/remove", byNode, maxBody, n.internalNode(n.handleInternalMembers)},
+		{"POST /v1/internal/restore", byNode, maxSnapshotBody, n.internalNode(n.handleInternalRestore)},
+	}
 }
 
 // whenCaughtUp answers 503 to every API call that reads or writes the
