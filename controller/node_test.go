@@ -31,7 +31,7 @@ func TestMain(m *testing.M) {
 	// Tests here keep tokens open while others start (leaked nodes close
 	// late, clusters hold three), so every token the package needs is
 	// made before the first is opened (hsmtest's package documentation).
-	hsmtest.BatchSize = 56
+	hsmtest.BatchSize = 60
 	code := m.Run()
 	hsmtest.Cleanup()
 	os.Exit(code)
