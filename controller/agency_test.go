@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net/netip"
 	"reflect"
@@ -434,4 +435,28 @@ func TestAgencyAuditObjects(t *testing.T) {
 	if e := last(); e.Action != "agency-merge" || e.Object != "000.00.00.H29 merged from 000.00.00.H01" {
 		t.Errorf("level 3 merge: %s %q", e.Action, e.Object)
 	}
+}
+
+// TestGatewayNamedLikePolicy: from level 3 a gateway whose id is a group
+// or a service of the current policy is refused (the policy would no
+// longer compile, and every view would stay as it was); at level 2 it
+// is registered, as earlier releases do.
+func TestGatewayNamedLikePolicy(t *testing.T) {
+	r := newMergeRegistry(t)
+	r.must(CmdPolicyPublish, &PolicyPublishRequest{Meta: meta("off"), Name: "p.yaml", Source: "version: 1\ngroups:\n  provinces:\n    level: province\nservices:\n  portal:\n    group: provinces\n    ports: [tcp/443]\nrules:\n  - from: [provinces]\n    to: [portal]\n"})
+	r.must(CmdClusterLevel, &ClusterLevelRequest{Meta: meta("node:ctl1"), Level: 2})
+	r.must(CmdGatewayRegister, &GatewayAddRequest{Meta: meta("op"), ID: "portal", Agency: "000.00.00.H29"})
+	r.must(CmdClusterLevel, &ClusterLevelRequest{Meta: meta("node:ctl1"), Level: 3})
+	for _, tt := range []struct{ id, what string }{{"provinces", "group"}, {"portal2", ""}} {
+		err := r.apply(CmdGatewayRegister, &GatewayAddRequest{Meta: meta("op"), ID: tt.id, Agency: "000.00.00.H29"})
+		switch {
+		case tt.what == "" && err != nil:
+			t.Errorf("%s: %v", tt.id, err)
+		case tt.what != "" && (!errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), "name of a "+tt.what)):
+			t.Errorf("%s: %v, want a conflict naming the %s", tt.id, err, tt.what)
+		}
+	}
+	// A new policy without the group frees the name.
+	r.must(CmdPolicyPublish, &PolicyPublishRequest{Meta: meta("off"), Name: "p.yaml", Source: mergePolicy})
+	r.must(CmdGatewayRegister, &GatewayAddRequest{Meta: meta("op"), ID: "provinces", Agency: "000.00.00.H29"})
 }

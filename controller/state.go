@@ -18,6 +18,7 @@ import (
 
 	"github.com/govnet/govnet/api"
 	"github.com/govnet/govnet/ca"
+	"github.com/govnet/govnet/policy"
 )
 
 // Errors from the state machine that callers decide on.
@@ -90,6 +91,13 @@ type State struct {
 	renewCall   *api.RenewCall // the last call on gateways to renew, if any
 
 	applying uint64 // raft index of the command being applied
+
+	// policyNames are the current policy's group and service names by
+	// kind (policyNameOf), for the policy source they were read from.
+	policyNames struct {
+		source string
+		kind   map[string]string
+	}
 
 	// views collects which gateways' part in the network map the applied
 	// commands changed, for the view hub (see touch, in views.go).
@@ -300,6 +308,12 @@ func (s *State) applyGatewayAdd(r *GatewayAddRequest) error {
 		// command without this check): a closed code has no gateways.
 		return fmt.Errorf("%w: register the gateway under an active agency", closedErr(a))
 	}
+	if what := s.policyNameOf(r.ID); what != "" && s.Level() >= 3 {
+		// From level 3: a gateway named like a policy's group or service
+		// makes the policy invalid, and every view would stay as it was
+		// until another is published.
+		return fmt.Errorf("%w: gateway id %s is the name of a %s of the current policy: rules could not tell them apart; choose another id", ErrConflict, r.ID, what)
+	}
 	for _, p := range r.LANs {
 		if !p.IsValid() || p != p.Masked() {
 			return fmt.Errorf("%w: LAN prefix %s is not a network address", ErrBadRequest, p)
@@ -310,6 +324,29 @@ func (s *State) applyGatewayAdd(r *GatewayAddRequest) error {
 		LANs: slices.Clone(r.LANs), Status: api.StatusPending,
 	}
 	return nil
+}
+
+// policyNameOf says whether name is a group or a service of the current
+// policy ("group", "service"; "" if neither). The names are read from the
+// policy's source once (derived state, never snapshotted);
+// a source that no longer parses names nothing.
+func (s *State) policyNameOf(name string) string {
+	if len(s.policies) == 0 {
+		return ""
+	}
+	cur := s.policies[len(s.policies)-1]
+	if s.policyNames.kind == nil || s.policyNames.source != cur.Source {
+		s.policyNames.source, s.policyNames.kind = cur.Source, map[string]string{}
+		if p, err := policy.Parse("policy.yaml", []byte(cur.Source)); err == nil {
+			for _, g := range p.Groups {
+				s.policyNames.kind[g.Name] = "group"
+			}
+			for _, sv := range p.Services {
+				s.policyNames.kind[sv.Name] = "service"
+			}
+		}
+	}
+	return s.policyNames.kind[name]
 }
 
 // minLANBits is the widest LAN prefix a gateway may register: an agency's
