@@ -207,17 +207,10 @@ func TestOCSPResponder(t *testing.T) {
 
 	_, ocspURL := c.URLs()
 	path := strings.TrimPrefix(ocspURL, DefaultOCSPURL[:len("http://ca.govnet")])
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	// The responder serves the path as it comes: an http.ServeMux in front
 	// would redirect a raw base64 request holding "//" to a cleaned path
 	// (the controller routes OCSP before its mux for that reason).
-	srv := &http.Server{Handler: c.OCSPResponder(inv.lookup)}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	url := "http://" + ln.Addr().String() + path
+	url := serveOCSP(t, c.OCSPResponder(inv.lookup)) + path
 
 	// Revocation shows at once: the responder asks the inventory on every
 	// request.
@@ -360,14 +353,7 @@ func TestOCSPRequestForms(t *testing.T) {
 	inv := &inventory{m: map[string]CertStatus{}}
 	inv.set(a.SerialNumber, CertStatus{State: StateGood})
 	inv.set(b.SerialNumber, CertStatus{State: StateRevoked, RevokedAt: time.Now().Add(-time.Hour), Reason: ReasonKeyCompromise})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: c.OCSPResponder(inv.lookup)}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	url := "http://" + ln.Addr().String() + "/ocsp/x"
+	url := serveOCSP(t, c.OCSPResponder(inv.lookup)) + "/ocsp/x"
 
 	dir := t.TempDir()
 	issuer := writeFile(t, dir, "inter.pem", EncodePEM(c.Intermediate()))
@@ -501,4 +487,18 @@ func TestOCSPAnswersReused(t *testing.T) {
 	if r, _ := ask(crypto.SHA1); r.Status != ocsp.Revoked || !r.ThisUpdate.Equal(now) || r.ThisUpdate.Equal(revokedAnswer) {
 		t.Errorf("a minute later: status %d, thisUpdate %v, want a new answer at %v", r.Status, r.ThisUpdate, now)
 	}
+}
+
+// serveOCSP serves h on a loopback port until the test ends and returns
+// its base URL.
+func serveOCSP(t *testing.T, h http.Handler) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: h}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return "http://" + ln.Addr().String()
 }
