@@ -20,6 +20,7 @@ import (
 
 	"github.com/govnet/govnet/api"
 	"github.com/govnet/govnet/internal/atomicfile"
+	"github.com/govnet/govnet/policy/nft"
 )
 
 // peerDevice is what apply and report need of the WireGuard device.
@@ -498,17 +499,24 @@ func (a *Agent) report(ctx context.Context, always bool) {
 func (a *Agent) reconcileLoop(ctx context.Context, fwChanged <-chan struct{}) {
 	t := time.NewTicker(a.cfg.Reconcile)
 	defer t.Stop()
+	pace := repairPace{max: a.cfg.Reconcile}
+	var paced <-chan time.Time // a paced repair due
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-fwChanged:
-			a.mu.Lock()
-			if err := a.reconcile(); err != nil {
-				a.log.Error("reconcile", "err", err)
-				a.metrics.fail(stepFirewall)
+			if wait := pace.wait(time.Now()); wait > 0 {
+				// Repairs come one after another: another process
+				// changes the table back each time. Slow down.
+				paced = time.After(wait)
+				continue
 			}
-			a.mu.Unlock()
+			a.watchRepair(&pace)
+			continue
+		case <-paced:
+			paced = nil
+			a.watchRepair(&pace)
 			continue
 		case <-t.C:
 		}
@@ -525,7 +533,7 @@ func (a *Agent) reconcileLoop(ctx context.Context, fwChanged <-chan struct{}) {
 			}
 		}
 		a.mu.Lock()
-		if err := a.reconcile(); err != nil {
+		if _, err := a.reconcile(false); err != nil {
 			a.log.Error("reconcile", "err", err)
 			a.metrics.fail(stepFirewall)
 		}
@@ -564,12 +572,65 @@ func (a *Agent) watchFirewall(ctx context.Context, kick chan<- struct{}) {
 	}
 }
 
+// watchRepair is the check that a notification of another process's
+// change to the table brings, paced by pace.
+func (a *Agent) watchRepair(pace *repairPace) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	repaired, err := a.reconcile(true)
+	if err != nil {
+		a.log.Error("reconcile", "err", err)
+		a.metrics.fail(stepFirewall)
+	}
+	if repaired || err != nil {
+		pace.repaired(time.Now())
+	}
+}
+
+// repairPaceMin is the least delay between two repairs that
+// notifications bring one right after the other.
+const repairPaceMin = 250 * time.Millisecond
+
+// repairPace spaces the repairs that notifications bring. The first is
+// made at once (nftables.service flushed the ruleset); one that follows
+// the last closely (another process changes the table back each time
+// the agent restores it: a second agent, a configuration manager) waits
+// twice as long as the one before, up to max, the reconcile period; a
+// quiet spell starts afresh. Without it the agent and the other process
+// would take turns as fast as netlink carries their commits.
+type repairPace struct {
+	last time.Time     // the last repair
+	gap  time.Duration // the delay after it
+	max  time.Duration
+}
+
+// wait is how long a repair due at now waits.
+func (p *repairPace) wait(now time.Time) time.Duration {
+	return max(0, p.last.Add(p.gap).Sub(now))
+}
+
+// repaired records a repair made at now.
+func (p *repairPace) repaired(now time.Time) {
+	if !p.last.IsZero() && now.Sub(p.last) < 2*p.gap+repairPaceMin {
+		p.gap = min(max(2*p.gap, repairPaceMin), p.max)
+	} else {
+		p.gap = 0
+	}
+	p.last = now
+}
+
 // reconcile restores the firewall if the kernel no longer holds what was
-// applied. a.mu must be held.
-func (a *Agent) reconcile() error {
+// applied, and says whether it did. Strict (another process changed the
+// table) also restores a table whose digest is not the one its rules
+// give: an apply's read-back names what the kernel held just after it,
+// which takes in a change another process committed meanwhile.
+// a.mu must be held.
+func (a *Agent) reconcile(strict bool) (bool, error) {
 	got, err := a.fw.Digest()
 	if err == nil && got == a.digest {
-		return nil
+		if want := a.expectedDigest(); !strict || want == "" || got == want {
+			return false, nil
+		}
 	}
 	a.log.Warn("firewall drifted from the applied view; restoring", "want", a.digest, "got", got, "read_err", err)
 	a.metrics.drift.WithLabelValues("firewall").Inc()
@@ -580,10 +641,22 @@ func (a *Agent) reconcile() error {
 	}
 	digest, err := a.applyRules(rules, lans)
 	if err != nil {
-		return err // the kernel kept what it had: checked again next tick
+		return true, err // the kernel kept what it had: checked again next tick
 	}
 	a.digest = digest
-	return nil
+	return true, nil
+}
+
+// expectedDigest is the digest of the table the applied view's rules
+// give (nft.ExpectedDigest), or "" when it cannot be computed.
+func (a *Agent) expectedDigest() string {
+	rules := []api.Rule{}
+	var lans []netip.Prefix
+	if a.applied != nil {
+		rules, lans = a.applied.Rules, a.applied.LANs
+	}
+	d, _ := nft.ExpectedDigest(rules, lans) // a digest beside ErrUnsupportedRule too
+	return d
 }
 
 // applyRules installs the table. Rules the firewall cannot express are left

@@ -23,6 +23,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/govnet/govnet/api"
@@ -353,5 +355,56 @@ func TestFlushRulesetRestored(t *testing.T) {
 	if n := strings.Count(out.String(), "firewall drifted"); n < 3 {
 		t.Errorf("%d drift repairs logged, want 3", n)
 	}
+	l.stop(cmd)
+}
+
+// TestFirewallFightPaced: another process that changes the table back
+// whenever the agent restores it (a second agent, a configuration
+// manager) makes every restore a notification of another's change. The
+// agent's repairs slow down instead of following it as fast as netlink
+// goes, and the table is back once the other process stops.
+func TestFirewallFightPaced(t *testing.T) {
+	netnstest.RequireTools(t, "nft", "wg")
+	l := newFailStaticLab(t, time.Now().Add(24*time.Hour))
+	l.cfg.Reconcile = time.Hour
+	want, err := nft.ExpectedDigest(l.view.Rules, l.view.LANs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd, out := l.start()
+	l.waitFor("the saved view's table", l.digestIs(want))
+	time.Sleep(200 * time.Millisecond) // the watch has joined
+
+	// The other process: this test's, whose own commits its watch skips.
+	addRule := func() error {
+		c, err := nftables.New(nftables.WithNetNSFd(l.ns.Fd()))
+		if err != nil {
+			return err
+		}
+		c.AddRule(&nftables.Rule{
+			Table: &nftables.Table{Name: TableName, Family: nftables.TableFamilyINet},
+			Chain: &nftables.Chain{Name: "input"},
+			Exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictAccept}},
+		})
+		return c.Flush()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- l.fw.Watch(ctx, func() { addRule() }) }()
+	time.Sleep(200 * time.Millisecond)
+	if err := addRule(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * time.Second)
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Watch: %v", err)
+	}
+	n := strings.Count(out.String(), "firewall drifted")
+	t.Logf("%d repairs in 3 s of a fight", n)
+	if n > 12 {
+		t.Errorf("%d repairs in 3 s of a fight: the agent follows the other process as fast as it can", n)
+	}
+	l.waitFor("the table back after the fight", l.digestIs(want))
 	l.stop(cmd)
 }

@@ -87,7 +87,7 @@ func TestAgentMetrics(t *testing.T) {
 	a.metrics.viewApplied(v, 2)
 	// Someone opens a port by hand; the reconcile puts the table back.
 	ns.Exec(t, "nft", "add", "element", "inet", "govnet", "allow4", "{ 10.9.9.9 . tcp . 443 }")
-	if err := a.reconcile(); err != nil {
+	if _, err := a.reconcile(false); err != nil {
 		t.Fatal(err)
 	}
 	if code, _ := get("/readyz"); code != http.StatusOK {
