@@ -237,45 +237,51 @@ func VerifyCheckpoint(cp AuditCheckpoint, roots *x509.CertPool, entries []AuditE
 	return nil, fmt.Errorf("the export ends at seq %d but node %s signed seq %d at %s: entries from seq %d on were removed", last, cp.Node, cp.Seq, cp.At.UTC().Format(time.RFC3339), last+1)
 }
 
-// CheckSignerRevocation looks for a checkpoint signer's certificate
-// (chain[0], issued by chain[1], as VerifyCheckpoint returns them) on the
-// CRLs given: a CRL counts only if chain[1] signed it. A certificate
-// revoked at or before at may not have signed then; one revoked for key
-// compromise (reason 1) signs nothing the verifier can trust, whenever it
-// says it signed, as whoever holds the key can date a checkpoint as they
-// like. checked is false when no CRL of chain[1] is among crls; crl is the
-// one consulted, the newest.
-func CheckSignerRevocation(chain []*x509.Certificate, at time.Time, crls []*x509.RevocationList) (crl *x509.RevocationList, err error) {
+// CheckSignerRevocation looks for each certificate of a checkpoint
+// signer's chain but the root (chain[0], the signer, issued by chain[1],
+// the node's intermediate, issued by the root, as VerifyCheckpoint returns
+// them) on the CRLs given: a CRL counts for chain[i] only if chain[i+1]
+// signed it, and the newest such is consulted. A certificate revoked at
+// or before at may not have signed then (nor issued the signer); one
+// revoked for key compromise (reason 1) vouches for nothing, whenever the
+// checkpoint says it was signed, as whoever holds the key can date one as
+// they like. used[i] is the CRL consulted for chain[i], nil when none of
+// crls is its issuer's.
+func CheckSignerRevocation(chain []*x509.Certificate, at time.Time, crls []*x509.RevocationList) (used []*x509.RevocationList, err error) {
 	if len(chain) < 2 {
 		return nil, errors.New("no issuer in the signer's chain")
 	}
-	leaf, issuer := chain[0], chain[1]
-	for _, l := range crls {
-		if !bytes.Equal(l.RawIssuer, issuer.RawSubject) || l.CheckSignatureFrom(issuer) != nil {
+	used = make([]*x509.RevocationList, len(chain)-1)
+	for i := range used {
+		cert, issuer := chain[i], chain[i+1]
+		var crl *x509.RevocationList
+		for _, l := range crls {
+			if !bytes.Equal(l.RawIssuer, issuer.RawSubject) || l.CheckSignatureFrom(issuer) != nil {
+				continue
+			}
+			if crl == nil || l.ThisUpdate.After(crl.ThisUpdate) {
+				crl = l
+			}
+		}
+		if used[i] = crl; crl == nil {
 			continue
 		}
-		if crl == nil || l.ThisUpdate.After(crl.ThisUpdate) {
-			crl = l
+		for _, r := range crl.RevokedCertificateEntries {
+			if r.SerialNumber.Cmp(cert.SerialNumber) != 0 {
+				continue
+			}
+			const keyCompromise = 1
+			switch {
+			case r.ReasonCode == keyCompromise:
+				return used, fmt.Errorf("%w: certificate %x (%s) was revoked at %s for key compromise: anything its key signed may be forged",
+					ErrSignerRevoked, cert.SerialNumber, cert.Subject.CommonName, r.RevocationTime.UTC().Format(time.RFC3339))
+			case !r.RevocationTime.After(at):
+				return used, fmt.Errorf("%w: certificate %x (%s) was revoked at %s (reason %d), before %s, when the checkpoint says it was signed",
+					ErrSignerRevoked, cert.SerialNumber, cert.Subject.CommonName, r.RevocationTime.UTC().Format(time.RFC3339), r.ReasonCode, at.UTC().Format(time.RFC3339))
+			}
 		}
 	}
-	if crl == nil {
-		return nil, nil
-	}
-	for _, r := range crl.RevokedCertificateEntries {
-		if r.SerialNumber.Cmp(leaf.SerialNumber) != 0 {
-			continue
-		}
-		const keyCompromise = 1
-		switch {
-		case r.ReasonCode == keyCompromise:
-			return crl, fmt.Errorf("%w: certificate %x was revoked at %s for key compromise: anything its key signed may be forged",
-				ErrSignerRevoked, leaf.SerialNumber, r.RevocationTime.UTC().Format(time.RFC3339))
-		case !r.RevocationTime.After(at):
-			return crl, fmt.Errorf("%w: certificate %x was revoked at %s (reason %d), before %s, when the checkpoint says it was signed",
-				ErrSignerRevoked, leaf.SerialNumber, r.RevocationTime.UTC().Format(time.RFC3339), r.ReasonCode, at.UTC().Format(time.RFC3339))
-		}
-	}
-	return crl, nil
+	return used, nil
 }
 
 // ErrSignerRevoked is CheckSignerRevocation's error for a signer that was

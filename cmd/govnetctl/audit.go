@@ -175,7 +175,7 @@ func verifyAuditFile(w io.Writer, file string, cps []api.AuditCheckpoint, roots 
 	cps = slices.Clone(cps)
 	slices.SortStableFunc(cps, func(x, y api.AuditCheckpoint) int { return cmp.Compare(x.Seq, y.Seq) })
 	covered := first - 1   // the last seq a checkpoint proves
-	var unchecked []string // signers whose revocation no CRL given tells
+	var unchecked []string // certificates of signers' chains whose revocation no CRL given tells
 	for _, cp := range cps {
 		chain, err := api.VerifyCheckpoint(cp, roots, entries)
 		if errors.Is(err, api.ErrCheckpointBeforeExport) {
@@ -191,15 +191,24 @@ func verifyAuditFile(w io.Writer, file string, cps []api.AuditCheckpoint, roots 
 		}
 		revocation := ""
 		if err == nil {
-			var crl *x509.RevocationList
-			switch crl, err = api.CheckSignerRevocation(chain, cp.At, crls); {
-			case err != nil:
-			case crl == nil:
-				if u := fmt.Sprintf("certificate %s (CRL %s)", ca.Serial(chain[0]), strings.Join(chain[0].CRLDistributionPoints, " ")); !slices.Contains(unchecked, u) {
+			var used []*x509.RevocationList
+			used, err = api.CheckSignerRevocation(chain, cp.At, crls)
+			var of []string
+			for i, crl := range used {
+				if crl != nil {
+					of = append(of, fmt.Sprintf("%s's of %s", chain[i+1].Subject.CommonName, crl.ThisUpdate.UTC().Format(time.RFC3339)))
+					continue
+				}
+				u := fmt.Sprintf("whether certificate %s (%s) was revoked: give --crl with %s's CRL", ca.Serial(chain[i]), chain[i].Subject.CommonName, chain[i+1].Subject.CommonName)
+				if len(chain[i].CRLDistributionPoints) > 0 {
+					u += " (" + strings.Join(chain[i].CRLDistributionPoints, " ") + ")"
+				}
+				if !slices.Contains(unchecked, u) {
 					unchecked = append(unchecked, u)
 				}
-			default:
-				revocation = fmt.Sprintf(", not revoked on its issuer's CRL of %s", crl.ThisUpdate.UTC().Format(time.RFC3339))
+			}
+			if err == nil && len(of) > 0 {
+				revocation = ", not revoked on the CRL " + strings.Join(of, ", the CRL ")
 			}
 		}
 		if err != nil {
@@ -212,7 +221,7 @@ func verifyAuditFile(w io.Writer, file string, cps []api.AuditCheckpoint, roots 
 		covered = max(covered, cp.Seq)
 	}
 	for _, u := range unchecked {
-		fmt.Fprintf(w, "%s: NOT CHECKED: whether %s was revoked: give --crl with its issuer's CRL\n", file, u)
+		fmt.Fprintf(w, "%s: NOT CHECKED: %s\n", file, u)
 	}
 	fmt.Fprintf(w, "%s: %d entries, seq %d to %d, each linked to the one before\n", file, len(entries), first, last)
 	if first > 1 {

@@ -327,15 +327,20 @@ func TestAuditVerifyCoverage(t *testing.T) {
 // crl is the intermediate's CRL, this update at thisUpdate, listing
 // entries; key signs it (the intermediate's, unless testing another).
 func (p *testPKI) crl(thisUpdate time.Time, key *ecdsa.PrivateKey, entries ...x509.RevocationListEntry) string {
+	return p.crlOf(p.inter, thisUpdate, key, entries...)
+}
+
+// crlOf is issuer's CRL, signed with key.
+func (p *testPKI) crlOf(issuer *x509.Certificate, thisUpdate time.Time, key *ecdsa.PrivateKey, entries ...x509.RevocationListEntry) string {
 	p.t.Helper()
 	der, err := x509.CreateRevocationList(rand.Reader, &x509.RevocationList{
 		Number: big.NewInt(thisUpdate.Unix()), ThisUpdate: thisUpdate, NextUpdate: thisUpdate.Add(24 * time.Hour),
 		RevokedCertificateEntries: entries,
-	}, p.inter, key)
+	}, issuer, key)
 	if err != nil {
 		p.t.Fatal(err)
 	}
-	f := filepath.Join(p.t.TempDir(), "inter.crl")
+	f := filepath.Join(p.t.TempDir(), "issuer.crl")
 	if err := os.WriteFile(f, der, 0o644); err != nil {
 		p.t.Fatal(err)
 	}
@@ -366,8 +371,12 @@ func TestAuditVerifyRevokedSigner(t *testing.T) {
 		wantFail string // in the error
 	}{
 		{name: "no CRL", want: "NOT CHECKED: whether certificate " + fmt.Sprintf("%x", chain[0].SerialNumber)},
-		{name: "not revoked", crls: []string{p.crl(now, p.interKey)}, want: "not revoked on its issuer's CRL of"},
-		{name: "revoked after it signed", crls: []string{p.crl(now, p.interKey, revoked(now.Add(-time.Minute), cessation))}, want: "not revoked on its issuer's CRL"},
+		{name: "not revoked", crls: []string{p.crl(now, p.interKey)}, want: "not revoked on the CRL govnet Intermediate CA ctl1's of"},
+		{name: "revoked after it signed", crls: []string{p.crl(now, p.interKey, revoked(now.Add(-time.Minute), cessation))}, want: "not revoked on the CRL govnet Intermediate CA ctl1's"},
+		{name: "intermediate not checked", crls: []string{p.crl(now, p.interKey)}, want: "NOT CHECKED: whether certificate " + fmt.Sprintf("%x", p.inter.SerialNumber) + " (govnet Intermediate CA ctl1) was revoked: give --crl with govnet Root CA's CRL"},
+		{name: "both checked", crls: []string{p.crl(now, p.interKey), p.crlOf(p.root, now, p.rootKey)}, want: "not revoked on the CRL govnet Intermediate CA ctl1's of " + now.UTC().Format(time.RFC3339) + ", the CRL govnet Root CA's of"},
+		{name: "intermediate revoked before", crls: []string{p.crl(now, p.interKey), p.crlOf(p.root, now, p.rootKey, x509.RevocationListEntry{SerialNumber: p.inter.SerialNumber, RevocationTime: now.Add(-time.Hour), ReasonCode: cessation})}, wantFail: "(govnet Intermediate CA ctl1) was revoked at"},
+		{name: "intermediate compromised", crls: []string{p.crlOf(p.root, now, p.rootKey, x509.RevocationListEntry{SerialNumber: p.inter.SerialNumber, RevocationTime: now, ReasonCode: compromise})}, wantFail: "key compromise"},
 		{name: "revoked before it signed", crls: []string{p.crl(now, p.interKey, revoked(now.Add(-20*time.Minute), cessation))}, wantFail: "signer revoked"},
 		{name: "key compromise after it signed", crls: []string{p.crl(now, p.interKey, revoked(now.Add(-time.Minute), compromise))}, wantFail: "key compromise"},
 		{name: "newest CRL counts", crls: []string{p.crl(now, p.interKey, revoked(now.Add(-20*time.Minute), cessation)), p.crl(now.Add(-30*time.Minute), p.interKey)}, wantFail: "signer revoked"},

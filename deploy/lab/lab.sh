@@ -259,11 +259,20 @@ YAML
   ctl auditor cert audit
   ctl auditor audit export --out "$LAB/audit.jsonl" --checkpoint "$LAB/audit.checkpoint.json"
   ctl auditor audit verify "$LAB/audit.jsonl" --checkpoint "$LAB/audit.checkpoint.json" | tee "$LAB/audit.verify"
-  # The checkpoint's signer against its intermediate's CRL, from the URL
-  # the NOT CHECKED line names (the one in the signer's certificate).
-  crl_url=$(sed -n 's/.*NOT CHECKED: whether certificate [0-9a-f]* (CRL \(http[^ )]*\)).*/\1/p' "$LAB/audit.verify" | head -1)
-  nsx "$CTL" curl -sfo "$LAB/signer.crl" "$crl_url"
-  ctl auditor audit verify "$LAB/audit.jsonl" --checkpoint "$LAB/audit.checkpoint.json" --crl "$LAB/signer.crl"
+  # The checkpoint's signer (and its intermediate, when the root's CRL is
+  # published) against their issuers' CRLs, from the URLs the NOT CHECKED
+  # lines name (those in the certificates).
+  crls=()
+  n=0
+  for url in $(sed -n 's/.*NOT CHECKED: .* CRL (\(http[^ )]*\))$/\1/p' "$LAB/audit.verify"); do
+    n=$((n + 1))
+    if nsx "$CTL" curl -sfo "$LAB/signer-$n.crl" "$url"; then
+      crls+=(--crl "$LAB/signer-$n.crl")
+    else
+      echo "lab: no CRL at $url (not published)"
+    fi
+  done
+  ctl auditor audit verify "$LAB/audit.jsonl" --checkpoint "$LAB/audit.checkpoint.json" "${crls[@]}"
 
   say "auditor: a backup of the replicated state, signed by the node that saved it and checked offline; a copy with one agency renamed is refused"
   ctl auditor cluster snapshot save "$LAB/backup.snap"
