@@ -415,6 +415,24 @@ func TestRecoveryIndexMovesOn(t *testing.T) {
 		cur, _ := nB.hub.view("gw-a")
 		t.Errorf("gw-a's stream at %d sends nothing after gw-b's revocation: the view is stamped %d (%d peers)", restored, cur.head.RaftIndex, cur.peers.Len())
 	}
+
+	// A restart: raft's log has a hole at the recovery's snapshot; the
+	// node comes back at the index it had, with the revocation.
+	nB.Close()
+	nB = startNode(t, cfgB)
+	t.Cleanup(func() { nB.Close() })
+	if got := nB.State().Index(); got < after {
+		t.Errorf("after a restart the index is %d, before it %d", got, after)
+	}
+	waitFor(t, 10*time.Second, "gw-a's view after the restart", func() error {
+		if v, ok := nB.hub.view("gw-a"); !ok || v.head.RaftIndex < after || v.peers.Len() != 0 {
+			return fmt.Errorf("no view at %d without gw-b yet", after)
+		}
+		return nil
+	})
+	if _, err := person(t, cfgB, nB, "operator1").AddAgency(ctx, api.Agency{Code: "000.00.00.H95", Name: "P95"}); err != nil {
+		t.Fatalf("a write after the restart: %v", err)
+	}
 }
 
 func restoredBy(at time.Time) restoreInfo {
