@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/govnet/govnet/api"
+	"github.com/govnet/govnet/ca"
 	"github.com/govnet/govnet/internal/cli"
 	"github.com/govnet/govnet/internal/credfile"
 	"github.com/govnet/govnet/internal/yamlfile"
@@ -111,7 +112,11 @@ func (a *app) client() (*api.Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	if leaf := tlsCfg.Certificates[0].Leaf; leaf != nil && !a.renewing {
+	leaf := tlsCfg.Certificates[0].Leaf
+	if leaf != nil && time.Now().After(leaf.NotAfter) {
+		return nil, expiredError(a.cfg.Cert, a.cfg.Key, leaf)
+	}
+	if leaf != nil && !a.renewing {
 		life := leaf.NotAfter.Sub(leaf.NotBefore)
 		if time.Now().After(leaf.NotBefore.Add(life * 2 / 3)) {
 			fmt.Fprintf(os.Stderr, "govnetctl: your certificate %s expires at %s: renew it now with `govnetctl person renew`\n",
@@ -119,6 +124,20 @@ func (a *app) client() (*api.Client, error) {
 		}
 	}
 	return api.NewClient(a.cfg.Controller, tlsCfg), nil
+}
+
+// expiredError says that the certificate in cert (key beside it) expired,
+// and what its holder does: the controllers refuse it in the TLS handshake,
+// and it cannot renew, so only a new invitation brings the person back.
+func expiredError(cert, key string, leaf *x509.Certificate) error {
+	name, role := "NAME", "ROLE"
+	if id, err := ca.IdentityOf(leaf); err == nil && id.Kind == ca.KindPerson {
+		name, role = id.Name, id.Role
+	}
+	return fmt.Errorf("your certificate %s expired at %s: the controllers refuse it and it cannot renew. "+
+		"Ask an officer to invite you again (govnetctl person invite %s --role %s), move %s and %s aside, "+
+		"then enroll (govnetctl person enroll %s --token-file FILE)",
+		cert, leaf.NotAfter.UTC().Format(time.RFC3339), name, role, cert, key, name)
 }
 
 // roots reads the root certificate the config or --root names, for a
