@@ -72,3 +72,21 @@ func TestExpiredPersonCertificate(t *testing.T) {
 		}
 	}
 }
+
+// TestEmptyListsJSON: a list with nothing in it is [] in -o json, never
+// null (which `jq '.[]'` refuses), whatever the controller sent.
+func TestEmptyListsJSON(t *testing.T) {
+	as := testNode(t, time.Time{}, controller.Person{Name: "officer1", Role: ca.RoleOfficer})
+	for _, args := range [][]string{
+		{"agency", "list"}, {"agency", "list", "--search", "hue"}, {"gateway", "list"}, {"policy", "history"},
+		{"request", "list"}, {"cert", "list", "--revoked"}, {"cert", "audit"},
+	} {
+		out, err := runErr(as["officer1"], args, "-o", "json")
+		if err != nil {
+			t.Errorf("govnetctl %v -o json: %v", args, err)
+		}
+		if strings.TrimSpace(out) != "[]" {
+			t.Errorf("govnetctl %v -o json printed %q, want []", args, out)
+		}
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"reflect"
 	"text/tabwriter"
 	"time"
 
@@ -183,9 +184,13 @@ func (a *app) callFor(cmd *cobra.Command, timeout time.Duration, fn func(context
 }
 
 // print writes v as JSON, or as the table that rows renders under
-// header (none when empty).
+// header (none when empty). An empty list is [] in JSON, never null,
+// whether or not the controller sent one.
 func (a *app) print(v any, header string, rows func(w io.Writer)) error {
 	if a.output == "json" {
+		if rv := reflect.ValueOf(v); rv.Kind() == reflect.Slice && rv.IsNil() {
+			v = []struct{}{}
+		}
 		enc := json.NewEncoder(a.out)
 		enc.SetIndent("", "  ")
 		return enc.Encode(v)
