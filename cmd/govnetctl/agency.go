@@ -15,6 +15,7 @@ import (
 	"golang.org/x/text/transform"
 	"golang.org/x/text/unicode/norm"
 
+	"github.com/govnet/govnet/agency"
 	"github.com/govnet/govnet/api"
 	"github.com/govnet/govnet/internal/agencycsv"
 	"github.com/govnet/govnet/policy"
@@ -44,6 +45,18 @@ func agencyStatus(a api.Agency) string {
 	return a.Status
 }
 
+// checkCodes checks agency codes given on the command line by the rule the
+// controller applies (agency.Parse), so that a mistyped code is named as
+// such rather than answered "not registered", or with an empty list.
+func checkCodes(codes ...string) error {
+	for _, c := range codes {
+		if _, err := agency.Parse(c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func dash(s string) string {
 	if s == "" {
 		return "-"
@@ -63,6 +76,11 @@ func (a *app) agencyAddCmd() *cobra.Command {
 			`  govnetctl agency add 000.13.04.H01 --name "Xã Phong Quang" --parent 000.00.00.H29`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if parent != "" {
+				if err := checkCodes(parent); err != nil {
+					return fmt.Errorf("--parent: %w", err)
+				}
+			}
 			return a.call(cmd, func(ctx context.Context, c *api.Client) error {
 				ag, err := c.AddAgency(ctx, api.Agency{Code: args[0], Name: name, Parent: parent})
 				if err != nil {
@@ -217,6 +235,9 @@ func (a *app) agencyTreeCmd() *cobra.Command {
 		Example: "  govnetctl agency tree\n  govnetctl agency tree 000.00.00.H29 -o json",
 		Args:    cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkCodes(args...); err != nil {
+				return err
+			}
 			return a.call(cmd, func(ctx context.Context, c *api.Client) error {
 				ags, gws, err := registry(ctx, c)
 				if err != nil {
@@ -304,6 +325,9 @@ func (a *app) agencyShowCmd() *cobra.Command {
 		Example: "  govnetctl agency show 000.00.00.H29\n  govnetctl agency show 000.00.00.H01 -o json",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkCodes(args...); err != nil {
+				return err
+			}
 			return a.call(cmd, func(ctx context.Context, c *api.Client) error {
 				ags, gws, err := registry(ctx, c)
 				if err != nil {
@@ -364,6 +388,12 @@ func (a *app) agencyMergeCmd() *cobra.Command {
 			"  govnetctl agency merge 000.00.00.H01 000.00.00.H02 --into 000.00.00.H29 --yes",
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkCodes(args...); err != nil {
+				return err
+			}
+			if err := checkCodes(into); err != nil {
+				return fmt.Errorf("--into: %w", err)
+			}
 			return a.call(cmd, func(ctx context.Context, c *api.Client) error {
 				plan, err := c.MergeAgencies(ctx, api.AgencyMerge{Sources: args, Into: into, DryRun: !yes})
 				if err != nil {
@@ -392,6 +422,9 @@ func (a *app) agencyReparentCmd() *cobra.Command {
 			"  govnetctl agency reparent 000.12.04.H01 --parent 000.00.00.H29 --yes -o json",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkCodes(args[0], parent); err != nil {
+				return err
+			}
 			return a.call(cmd, func(ctx context.Context, c *api.Client) error {
 				plan, err := c.ReparentAgency(ctx, args[0], api.AgencyReparent{Parent: parent, DryRun: !yes})
 				if err != nil {
@@ -456,6 +489,9 @@ func (a *app) agencyCloseCmd() *cobra.Command {
 		Example: "  govnetctl agency close 000.00.04.H01",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkCodes(args[0]); err != nil {
+				return err
+			}
 			return a.call(cmd, func(ctx context.Context, c *api.Client) error {
 				ag, err := c.CloseAgency(ctx, args[0])
 				if err != nil {

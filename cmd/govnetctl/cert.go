@@ -33,6 +33,9 @@ func (a *app) certCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			q := url.Values{}
 			if agency != "" {
+				if err := checkCodes(agency); err != nil {
+					return fmt.Errorf("--agency: %w", err)
+				}
 				q.Set("agency", agency)
 			}
 			if revoked {

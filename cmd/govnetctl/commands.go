@@ -32,6 +32,9 @@ func (a *app) gatewayCmd() *cobra.Command {
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			g.ID = args[0]
+			if err := checkCodes(g.Agency); err != nil {
+				return fmt.Errorf("--agency: %w", err)
+			}
 			for _, l := range lans {
 				p, err := netip.ParsePrefix(l)
 				if err != nil {
