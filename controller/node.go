@@ -2,6 +2,9 @@ package controller
 
 import (
 	"context"
+	"crypto"
+	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -43,7 +46,12 @@ type Node struct {
 	now   func() time.Time
 	token *hsm.Token
 	ca    *ca.CA
-	cert  atomic.Pointer[tls.Certificate] // this node's certificate chain and TLS key; nodecert.go renews it
+	// interKey is the intermediate's key in the token (the CA's signer);
+	// probeHSM signs with it and with the TLS key.
+	interKey crypto.Signer
+	// hsmErr is why the last probeHSM failed (nil: the token signed).
+	hsmErr atomic.Pointer[error]
+	cert   atomic.Pointer[tls.Certificate] // this node's certificate chain and TLS key; nodecert.go renews it
 	// bootstrapped: every person of bootstrap-people.json is registered
 	// (registerBootstrap has nothing left to do).
 	bootstrapped atomic.Bool
@@ -163,7 +171,8 @@ func start(ctx context.Context, cfg Config, log *slog.Logger, now func() time.Ti
 		return nil, err
 	}
 	n.serveHTTP()
-	n.wg.Add(6)
+	n.wg.Add(7)
+	go func() { defer n.wg.Done(); n.watchHSM(ctx) }()
 	go func() { defer n.wg.Done(); n.snapshotWhenDue(ctx) }()
 	go func() { defer n.wg.Done(); n.refresh.run(ctx) }()
 	go func() { defer n.wg.Done(); n.releaseStartupMemory(ctx) }()
@@ -280,6 +289,7 @@ func (n *Node) openCA() error {
 	}
 	n.tlsKeyLabel.Store(&label)
 	n.oldTLSKeysAt = time.Now().Add(-oldTLSKeysGrace) // keys a renewal left: gone at the first duties
+	n.interKey = interKey
 	if n.ca, err = ca.New(root, inter, interKey, ca.WithProfiles(n.cfg.profiles()), ca.WithRevocationURLs(n.revocationURLs())); err != nil {
 		return err
 	}
@@ -436,6 +446,59 @@ func (n *Node) startRaft() error {
 	// enrolled gateway it is unknown.
 	n.bootIndex = n.raft.LastIndex()
 	return nil
+}
+
+// hsmProbeEvery is how often watchHSM has the token sign.
+var hsmProbeEvery = 10 * time.Second
+
+// watchHSM has the token sign every hsmProbeEvery (probeHSM): a node
+// whose token stopped signing can complete no TLS handshake with its
+// key there, issue nothing and sign no CRL, so Ready says so and a load
+// balancer stops sending it agents and people.
+func (n *Node) watchHSM(ctx context.Context) {
+	tick := time.NewTicker(hsmProbeEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		n.probeHSM()
+	}
+}
+
+// probeHSM signs a fixed digest with the intermediate's key and the node's
+// TLS key, records the outcome for Ready, and logs when it changes: an
+// error needs an operator (the token, its device or its PIN).
+func (n *Node) probeHSM() {
+	digest := sha256.Sum256([]byte("govnet hsm probe"))
+	var err error
+	for _, k := range []struct {
+		what string
+		key  any
+	}{{"intermediate key", n.interKey}, {"TLS key", n.cert.Load().PrivateKey}} {
+		s, ok := k.key.(crypto.Signer)
+		if !ok {
+			continue
+		}
+		if _, serr := s.Sign(rand.Reader, digest[:], crypto.SHA256); serr != nil {
+			err = fmt.Errorf("%s: %w", k.what, serr)
+			break
+		}
+	}
+	var prev *error
+	if err == nil {
+		prev = n.hsmErr.Swap(nil)
+	} else {
+		prev = n.hsmErr.Swap(&err)
+	}
+	switch {
+	case err != nil && prev == nil:
+		n.log.Error("HSM token cannot sign: this node is not ready", "token", n.cfg.HSM.TokenLabel, "err", err)
+	case err == nil && prev != nil:
+		n.log.Info("HSM token signs again: this node is ready again", "token", n.cfg.HSM.TokenLabel)
+	}
 }
 
 // caughtUp reports whether the state machine has applied everything that
@@ -704,6 +767,9 @@ func pause(ctx context.Context, d time.Duration) error {
 // Ready reports whether the node can serve: a leader is known and the
 // overlay plan is in place.
 func (n *Node) Ready() error {
+	if err := n.hsmErr.Load(); err != nil {
+		return fmt.Errorf("HSM token %q cannot sign: %w", n.cfg.HSM.TokenLabel, *err)
+	}
 	if addr, _ := n.raft.LeaderWithID(); addr == "" {
 		return errors.New("no raft leader")
 	}

@@ -1,0 +1,85 @@
+package controller
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// syncBuffer is a bytes.Buffer a logger and a test may share.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestReadyNeedsHSM: a node whose HSM token no longer signs (here its
+// sessions are gone: the token is closed under it) can complete no TLS
+// handshake with its key, issue nothing and sign no CRL. Its /readyz on
+// the plain-HTTP listener, where a load balancer checks it, must say 503
+// with the reason, and the operator must read it at ERROR. Before, /readyz
+// looked at raft and the state only and kept answering 200.
+func TestReadyNeedsHSM(t *testing.T) {
+	cfg := testConfig(t)
+	var logs syncBuffer
+	n, err := start(context.Background(), cfg, slog.New(slog.NewJSONHandler(&logs, nil)), time.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { n.Close() }()
+	for deadline := time.Now().Add(15 * time.Second); n.Ready() != nil; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("node not ready: %v", n.Ready())
+		}
+	}
+
+	readyz := func() (int, string) {
+		t.Helper()
+		resp, err := http.Get("http://" + n.httpLn.Addr().String() + "/readyz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+	n.probeHSM()
+	if code, body := readyz(); code != http.StatusOK {
+		t.Fatalf("healthy node: /readyz %d %s", code, body)
+	}
+
+	if err := n.token.Close(); err != nil {
+		t.Fatal(err)
+	}
+	n.probeHSM()
+	if err := n.Ready(); err == nil || !strings.Contains(err.Error(), "HSM") {
+		t.Errorf("Ready with a token that cannot sign: %v", err)
+	}
+	if code, body := readyz(); code != http.StatusServiceUnavailable || !strings.Contains(body, "HSM") {
+		t.Errorf("/readyz with a token that cannot sign: %d %s", code, body)
+	}
+	if got := logs.String(); !strings.Contains(got, `"level":"ERROR"`) || !strings.Contains(got, "HSM token cannot sign") {
+		t.Errorf("no ERROR record for the token:\n%s", got)
+	}
+	n.probeHSM() // still failing: said once
+	if c := strings.Count(logs.String(), "HSM token cannot sign"); c != 1 {
+		t.Errorf("the failure was logged %d times, want once until it changes", c)
+	}
+}
