@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -81,5 +82,50 @@ func TestReadyNeedsHSM(t *testing.T) {
 	n.probeHSM() // still failing: said once
 	if c := strings.Count(logs.String(), "HSM token cannot sign"); c != 1 {
 		t.Errorf("the failure was logged %d times, want once until it changes", c)
+	}
+}
+
+// TestCRLSignFailureLogged: when the node's CA cannot sign its CRL (the
+// token stopped), the operator reads it at ERROR, with the nextUpdate of
+// the CRL in force, once a minute. Before, issuerDuties logged the
+// failure at DEBUG and retried every second: at the default level
+// nothing said so until relying parties refused the expired CRL.
+func TestCRLSignFailureLogged(t *testing.T) {
+	cfg := testConfig(t)
+	var logs syncBuffer
+	var skew atomic.Int64
+	now := func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }
+	n, err := start(context.Background(), cfg, slog.New(slog.NewJSONHandler(&logs, nil)), now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { n.Close() }()
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if rec, _ := n.State().issuer(n.issuerID); n.Ready() == nil && rec.CRL != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("node not ready or no CRL: %v", n.Ready())
+		}
+	}
+	if err := n.token.Close(); err != nil {
+		t.Fatal(err)
+	}
+	skew.Store(int64(crlRefresh + time.Minute)) // the CRL is due for its refresh
+	n.crlWake <- struct{}{}
+	const msg = "this node's CRL cannot be signed"
+	for deadline := time.Now().Add(5 * time.Second); !strings.Contains(logs.String(), msg); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no record of the CRL that cannot be signed:\n%s", logs.String())
+		}
+	}
+	for line := range strings.SplitSeq(logs.String(), "\n") {
+		if strings.Contains(line, msg) && (!strings.Contains(line, `"level":"ERROR"`) || !strings.Contains(line, `"next_update"`)) {
+			t.Errorf("want ERROR with next_update: %s", line)
+		}
+	}
+	time.Sleep(1500 * time.Millisecond) // retried every second: said once a minute
+	if c := strings.Count(logs.String(), msg); c != 1 {
+		t.Errorf("logged %d times in 1.5 s, want once a minute", c)
 	}
 }

@@ -27,6 +27,12 @@ import (
 	"golang.org/x/crypto/ocsp"
 )
 
+// errSignCRL: this node's CA could not sign its CRL (its HSM token, most
+// likely). Unlike the other failures of issuerDuties (no leader, not a
+// member yet), which pass by themselves, it needs an operator: the CRL
+// in force runs out at its nextUpdate.
+var errSignCRL = errors.New("sign CRL")
+
 // crlRefresh is how often an issuer's CRL is re-signed when nothing was
 // revoked: half of ca.MaxCRLValidity, so that a relying party always holds
 // one with a day of validity left to the next.
@@ -208,12 +214,22 @@ func (n *Node) issuerDuties(ctx context.Context) {
 	renew := time.NewTimer(time.Hour)
 	defer renew.Stop()
 	var retry <-chan time.Time
-	var warned time.Time // the last warning of a failed renewal of the node's certificate
+	var warned time.Time    // the last warning of a failed renewal of the node's certificate
+	var crlWarned time.Time // the last error about a CRL this node could not sign
 	for {
 		if n.caughtUp() {
 			err := n.recordIssuer(ctx)
 			if err == nil {
 				err = n.publishCRL(ctx)
+				if errors.Is(err, errSignCRL) && ctx.Err() == nil && time.Since(crlWarned) > time.Minute {
+					var next time.Time
+					if rec, _ := n.State().issuer(n.issuerID); rec.CRL != nil {
+						next = rec.CRL.NextUpdate
+					}
+					n.log.Error("this node's CRL cannot be signed: relying parties fail once the one in force runs out",
+						"issuer", n.issuerID, "err", err, "next_update", next.UTC().Format(time.RFC3339))
+					crlWarned = time.Now()
+				}
 			}
 			if err == nil {
 				if err = n.renewNodeCertIfDue(ctx); err != nil && ctx.Err() == nil && time.Since(warned) > time.Minute {
@@ -300,7 +316,7 @@ func (n *Node) publishCRL(ctx context.Context) error {
 	}
 	der, err := n.ca.CRL(entries, new(big.Int).SetUint64(number), now)
 	if err != nil {
-		return fmt.Errorf("sign CRL %d: %w", number, err)
+		return fmt.Errorf("%w %d: %w", errSignCRL, number, err)
 	}
 	crl, err := x509.ParseRevocationList(der)
 	if err != nil {
