@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/govnet/govnet/api"
+	"github.com/govnet/govnet/ca"
 	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -106,6 +107,10 @@ var (
 		"Registered gateways by status.", []string{"status"}, nil)
 	descRulesets = prometheus.NewDesc("govnet_gateway_rulesets",
 		"Enrolled gateways by ruleset attestation: ok, mismatch, failed (the gateway could not apply its current view), pending (no report for the current view yet), none (no view).", []string{"state"}, nil)
+	descCRLNextUpdate = prometheus.NewDesc("govnet_crl_next_update_timestamp_seconds",
+		"Unix time of the nextUpdate of each issuer's CRL in force (one issuer per controller node), from the replicated state: relying parties refuse a CRL past it.", []string{"issuer"}, nil)
+	descOwnCertExpiry = prometheus.NewDesc("govnet_node_certificate_expiry_timestamp_seconds",
+		"Unix time at which this node's own certificates expire: its TLS certificate (node, renewed by the node) and its intermediate (signed by the root's custodians).", []string{"certificate"}, nil)
 	descPeersLeftOut = prometheus.NewDesc("govnet_gateways_peers_left_out",
 		"Enrolled gateways whose last report says their WireGuard device does not hold some peers of the view they enforce in full (report.peers_left_out > 0; why: report.peer_error).", nil, nil)
 )
@@ -117,7 +122,7 @@ func (c *nodeCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descRaftState, descRaftApplied, descRaftCommit, descRaftLast,
 		descSnapshots, descSnapshotBytes, descSinceSnapshot, descReady,
 		descStarted, descStreams, descViewIndex, descViewLag, descViewFailing, descIssued, descRevoked, descCerts, descExpiry,
-		descPolicy, descGateways, descRulesets, descPeersLeftOut} {
+		descPolicy, descGateways, descRulesets, descPeersLeftOut, descCRLNextUpdate, descOwnCertExpiry} {
 		ch <- d
 	}
 }
@@ -151,6 +156,18 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descViewIndex, float64(computed))
 	gauge(descViewLag, float64(st.Index()-min(computed, st.Index())))
 	gauge(descViewFailing, b2f(failing))
+
+	for issuer, next := range st.crlNextUpdates() {
+		gauge(descCRLNextUpdate, float64(next.Unix()), issuer)
+	}
+	if c := n.cert.Load(); c != nil && c.Leaf != nil {
+		gauge(descOwnCertExpiry, float64(c.Leaf.NotAfter.Unix()), ca.KindNode)
+	}
+	if n.ca != nil {
+		if inter := n.ca.Intermediate(); inter != nil {
+			gauge(descOwnCertExpiry, float64(inter.NotAfter.Unix()), kindIntermediate)
+		}
+	}
 
 	cs := st.certStats(n.now())
 	for profile, v := range cs.issued {
@@ -272,6 +289,19 @@ func (s *State) certStats(now time.Time) certStats {
 
 // reasonLabel is a revoked certificate's reason as the metrics name it.
 func reasonLabel(c *api.Certificate) string { return cmp.Or(c.ReasonName, "unspecified") }
+
+// crlNextUpdates returns the nextUpdate of every issuer's CRL in force.
+func (s *State) crlNextUpdates() map[string]time.Time {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make(map[string]time.Time, len(s.issuers))
+	for id, r := range s.issuers {
+		if r.CRL != nil {
+			out[id] = r.CRL.NextUpdate
+		}
+	}
+	return out
+}
 
 // gatewayHealth returns, per gateway, the fields attestation needs: id,
 // status and report.

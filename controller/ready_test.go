@@ -129,3 +129,35 @@ func TestCRLSignFailureLogged(t *testing.T) {
 		t.Errorf("logged %d times in 1.5 s, want once a minute", c)
 	}
 }
+
+// TestMetricsCRLAndOwnCertificates: an operator can alert on a CRL about
+// to run out and on this node's own certificates (TLS and intermediate)
+// nearing expiry; before, no series said either (the inventory histogram
+// counts certificates by profile, not which one is this node's, and no
+// series read a CRL's nextUpdate).
+func TestMetricsCRLAndOwnCertificates(t *testing.T) {
+	cfg := testConfig(t)
+	n := startNode(t, cfg)
+	defer func() { n.Close() }()
+	var rec issuerRecord
+	for deadline := time.Now().Add(10 * time.Second); rec.CRL == nil; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no CRL published")
+		}
+		rec, _ = n.State().issuer(n.issuerID)
+	}
+	mfs := scrape(t, person(t, cfg, n, "operator1"))
+	for _, tc := range []struct {
+		name   string
+		labels []string
+		want   time.Time
+	}{
+		{"govnet_crl_next_update_timestamp_seconds", []string{"issuer", n.issuerID}, rec.CRL.NextUpdate},
+		{"govnet_node_certificate_expiry_timestamp_seconds", []string{"certificate", "node"}, n.cert.Load().Leaf.NotAfter},
+		{"govnet_node_certificate_expiry_timestamp_seconds", []string{"certificate", "intermediate"}, n.ca.Intermediate().NotAfter},
+	} {
+		if v, ok := value(mfs, tc.name, tc.labels...); !ok || int64(v) != tc.want.Unix() {
+			t.Errorf("%s%v = %v (present %v), want %d", tc.name, tc.labels, v, ok, tc.want.Unix())
+		}
+	}
+}
