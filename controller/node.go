@@ -46,9 +46,6 @@ type Node struct {
 	now   func() time.Time
 	token *hsm.Token
 	ca    *ca.CA
-	// interKey is the intermediate's key in the token (the CA's signer);
-	// probeHSM signs with it and with the TLS key.
-	interKey crypto.Signer
 	// hsmErr is why the last probeHSM failed (nil: the token signed).
 	hsmErr atomic.Pointer[error]
 	cert   atomic.Pointer[tls.Certificate] // this node's certificate chain and TLS key; nodecert.go renews it
@@ -289,7 +286,6 @@ func (n *Node) openCA() error {
 	}
 	n.tlsKeyLabel.Store(&label)
 	n.oldTLSKeysAt = time.Now().Add(-oldTLSKeysGrace) // keys a renewal left: gone at the first duties
-	n.interKey = interKey
 	if n.ca, err = ca.New(root, inter, interKey, ca.WithProfiles(n.cfg.profiles()), ca.WithRevocationURLs(n.revocationURLs())); err != nil {
 		return err
 	}
@@ -448,6 +444,22 @@ func (n *Node) startRaft() error {
 	return nil
 }
 
+// intermediateKeyPresent says whether the token still holds the
+// intermediate's key, able to sign, without having it sign.
+func (n *Node) intermediateKeyPresent() error {
+	keys, err := n.token.Keys()
+	if err != nil {
+		return fmt.Errorf("intermediate key: %w", err)
+	}
+	label := IntermediateKeyLabel(n.cfg.Node)
+	for _, k := range keys {
+		if k.Label == label && k.Sign {
+			return nil
+		}
+	}
+	return fmt.Errorf("intermediate key: no key %q that may sign on the token", label)
+}
+
 // hsmProbeEvery is how often watchHSM has the token sign.
 var hsmProbeEvery = 10 * time.Second
 
@@ -468,24 +480,21 @@ func (n *Node) watchHSM(ctx context.Context) {
 	}
 }
 
-// probeHSM signs a fixed digest with the intermediate's key and the node's
-// TLS key, records the outcome for Ready, and logs when it changes: an
-// error needs an operator (the token, its device or its PIN).
+// probeHSM has the node's TLS key sign a fixed digest and checks that the
+// intermediate's key is still on the token, records the outcome for
+// Ready, and logs when it changes: an error needs an operator (the token,
+// its device or its PIN). The intermediate's key is looked up, not made
+// to sign: a CA key signs certificates and CRLs, and nothing else.
 func (n *Node) probeHSM() {
-	digest := sha256.Sum256([]byte("govnet hsm probe"))
 	var err error
-	for _, k := range []struct {
-		what string
-		key  any
-	}{{"intermediate key", n.interKey}, {"TLS key", n.cert.Load().PrivateKey}} {
-		s, ok := k.key.(crypto.Signer)
-		if !ok {
-			continue
-		}
+	if s, ok := n.cert.Load().PrivateKey.(crypto.Signer); ok {
+		digest := sha256.Sum256([]byte("govnet hsm probe"))
 		if _, serr := s.Sign(rand.Reader, digest[:], crypto.SHA256); serr != nil {
-			err = fmt.Errorf("%s: %w", k.what, serr)
-			break
+			err = fmt.Errorf("TLS key: %w", serr)
 		}
+	}
+	if err == nil {
+		err = n.intermediateKeyPresent()
 	}
 	var prev *error
 	if err == nil {
