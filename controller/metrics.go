@@ -45,6 +45,10 @@ func newNodeMetrics(n *Node) *nodeMetrics {
 	m.reg.MustRegister(
 		m.applyLatency,
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "govnet_raft_leader_changes_total",
+			Help: "Changes of the cluster's leader this node saw since it started (a new leader, or none while an election runs); more than a few an hour means elections: a node or the network between them is struggling.",
+		}, func() float64 { return float64(n.leaderChanges.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "govnet_connections_refused_total",
 			Help: "Connections closed on accept because their address already held max_conns_per_ip open (API, CRL/OCSP and raft listeners).",
 		}, func() float64 { return float64(n.connsRefused.Load()) }),

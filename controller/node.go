@@ -92,7 +92,11 @@ type Node struct {
 	renewals     *groupCommit[GatewayRenewRequest]  // gateways' renewals, committed in batches
 	archiver     archiver                           // leaderDuties' certificates to archive
 	connsRefused atomic.Uint64                      // connections over max_conns_per_ip, on every listener
-	restoring    atomic.Bool                        // a backup restore is being read or installed here
+	// leaderChanges counts the changes of leader this node saw (a new
+	// leader, or none while an election runs), from leaderObs.
+	leaderChanges atomic.Uint64
+	leaderObs     chan raft.Observation
+	restoring     atomic.Bool // a backup restore is being read or installed here
 
 	// levelReported is when reportLevel last reported this node's
 	// release level (leaderDuties' own).
@@ -168,7 +172,8 @@ func start(ctx context.Context, cfg Config, log *slog.Logger, now func() time.Ti
 		return nil, err
 	}
 	n.serveHTTP()
-	n.wg.Add(7)
+	n.wg.Add(8)
+	go func() { defer n.wg.Done(); n.countLeaderChanges(ctx) }()
 	go func() { defer n.wg.Done(); n.watchHSM(ctx) }()
 	go func() { defer n.wg.Done(); n.snapshotWhenDue(ctx) }()
 	go func() { defer n.wg.Done(); n.refresh.run(ctx) }()
@@ -437,11 +442,29 @@ func (n *Node) startRaft() error {
 	if n.raft, err = raft.NewRaft(rc, n.fsm, logs, stable, snaps, trans); err != nil {
 		return fmt.Errorf("start raft: %w", err)
 	}
+	// Before the first election can end (a heartbeat timeout away).
+	n.leaderObs = make(chan raft.Observation, 16)
+	n.raft.RegisterObserver(raft.NewObserver(n.leaderObs, false, func(o *raft.Observation) bool {
+		_, ok := o.Data.(raft.LeaderObservation)
+		return ok
+	}))
 	// Everything this node logged before it stopped must be applied again
 	// before it answers from its state: an empty state would tell an
 	// enrolled gateway it is unknown.
 	n.bootIndex = n.raft.LastIndex()
 	return nil
+}
+
+// countLeaderChanges counts what leaderObs reports until ctx ends.
+func (n *Node) countLeaderChanges(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-n.leaderObs:
+			n.leaderChanges.Add(1)
+		}
+	}
 }
 
 // intermediateKeyPresent says whether the token still holds the
