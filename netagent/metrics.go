@@ -142,7 +142,11 @@ func b2f(b bool) float64 {
 
 var (
 	descHandshakeAge = prometheus.NewDesc("govnet_agent_wireguard_handshake_age_seconds",
-		"Seconds since the latest WireGuard handshake with each peer of the applied view (+Inf: none yet).", []string{"peer"}, nil)
+		"Seconds since the latest WireGuard handshake with each peer of the applied view (+Inf: none yet); only while the view has at most 256 peers.", []string{"peer"}, nil)
+	descHandshakeAges = prometheus.NewDesc("govnet_agent_wireguard_peer_handshake_age_seconds",
+		"Histogram of the seconds since the latest WireGuard handshake with the peers of the applied view that have had one.", nil, nil)
+	descNoHandshake = prometheus.NewDesc("govnet_agent_wireguard_peers_without_handshake",
+		"Peers of the applied view with no WireGuard handshake yet.", nil, nil)
 	descCertExpiry = prometheus.NewDesc("govnet_agent_certificate_expiry_seconds",
 		"Seconds until the gateway's certificate expires (negative once it has).", nil, nil)
 	descReady = prometheus.NewDesc("govnet_agent_ready",
@@ -155,6 +159,8 @@ type agentCollector struct{ a *Agent }
 
 func (c *agentCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descHandshakeAge
+	ch <- descHandshakeAges
+	ch <- descNoHandshake
 	ch <- descCertExpiry
 	ch <- descReady
 }
@@ -174,19 +180,53 @@ func (c *agentCollector) Collect(ch chan<- prometheus.Metric) {
 	if err != nil {
 		return
 	}
-	// One series per peer of the applied view: a key the view does not
-	// name (a stray the next repair removes) is left out.
-	for key, gw := range *names {
+	for _, m := range handshakeMetrics(*names, hs, now) {
+		ch <- m
+	}
+}
+
+// maxPeerSeries bounds the per-peer handshake series: a gateway most of
+// the network peers with (an NDXP gateway, 20,000 peers) would give every
+// scrape as many; past it the histogram alone says how the peers fare.
+const maxPeerSeries = 256
+
+// handshakeBuckets are the histogram's bounds, in seconds: WireGuard
+// handshakes every 2 minutes while traffic flows.
+var handshakeBuckets = []float64{120, 300, 900, 3600, 6 * 3600, 86400}
+
+// handshakeMetrics are the handshake series of the peers of the applied
+// view (names: public key -> gateway) that the device holds (hs): a key
+// the view does not name (a stray the next repair removes) is left out.
+func handshakeMetrics(names map[string]string, hs map[string]time.Time, now time.Time) []prometheus.Metric {
+	var out []prometheus.Metric
+	buckets := make(map[float64]uint64, len(handshakeBuckets))
+	var count, never uint64
+	var sum float64
+	for key, gw := range names {
 		t, ok := hs[key]
 		if !ok {
 			continue
 		}
 		age := math.Inf(1)
-		if !t.IsZero() {
+		if t.IsZero() {
+			never++
+		} else {
 			age = now.Sub(t).Seconds()
+			count++
+			sum += age
+			for _, b := range handshakeBuckets {
+				if age <= b {
+					buckets[b]++
+				}
+			}
 		}
-		ch <- prometheus.MustNewConstMetric(descHandshakeAge, prometheus.GaugeValue, age, gw)
+		if len(names) <= maxPeerSeries {
+			out = append(out, prometheus.MustNewConstMetric(descHandshakeAge, prometheus.GaugeValue, age, gw))
+		}
 	}
+	return append(out,
+		prometheus.MustNewConstHistogram(descHandshakeAges, count, sum, buckets),
+		prometheus.MustNewConstMetric(descNoHandshake, prometheus.GaugeValue, float64(never)))
 }
 
 // handshakes returns the latest handshake time of every peer the device

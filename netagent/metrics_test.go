@@ -347,3 +347,67 @@ func gaugeValue(t *testing.T, g prometheus.Gauge) float64 {
 	}
 	return m.GetGauge().GetValue()
 }
+
+// TestHandshakeMetrics: one series per peer while the view has at most
+// maxPeerSeries peers, and always the histogram of ages and the count of
+// peers without a handshake; keys the view does not name are left out.
+func TestHandshakeMetrics(t *testing.T) {
+	now := time.Now()
+	series := func(peers int) (perPeer int, h *dto.Histogram, never float64) {
+		t.Helper()
+		names, hs := map[string]string{}, map[string]time.Time{"stray": now}
+		for i := range peers {
+			key := fmt.Sprintf("key%d", i)
+			names[key] = fmt.Sprintf("gw%d", i)
+			switch i % 3 {
+			case 0:
+				hs[key] = time.Time{} // never
+			case 1:
+				hs[key] = now.Add(-time.Minute)
+			case 2:
+				hs[key] = now.Add(-2 * time.Hour)
+			}
+		}
+		for _, m := range handshakeMetrics(names, hs, now) {
+			var d dto.Metric
+			if err := m.Write(&d); err != nil {
+				t.Fatal(err)
+			}
+			switch desc := m.Desc(); {
+			case desc == descHandshakeAge:
+				perPeer++
+			case desc == descHandshakeAges:
+				h = d.GetHistogram()
+			case desc == descNoHandshake:
+				never = d.GetGauge().GetValue()
+			}
+		}
+		return perPeer, h, never
+	}
+	for _, peers := range []int{3, maxPeerSeries, maxPeerSeries + 1, 20000} {
+		perPeer, h, never := series(peers)
+		wantPerPeer := peers
+		if peers > maxPeerSeries {
+			wantPerPeer = 0
+		}
+		wantNever := (peers + 2) / 3
+		if perPeer != wantPerPeer || h == nil || int(h.GetSampleCount()) != peers-wantNever || int(never) != wantNever {
+			t.Errorf("%d peers: %d per-peer series (want %d), histogram %v, %v without a handshake (want %d)", peers, perPeer, wantPerPeer, h, never, wantNever)
+			continue
+		}
+		// Bucket 120 s holds the minute-old ones, 3600 s not the two-hour-old.
+		for _, b := range h.GetBucket() {
+			minuteOld := (peers + 1) / 3
+			switch b.GetUpperBound() {
+			case 120, 3600:
+				if int(b.GetCumulativeCount()) != minuteOld {
+					t.Errorf("%d peers: bucket %v holds %d, want %d", peers, b.GetUpperBound(), b.GetCumulativeCount(), minuteOld)
+				}
+			case 86400:
+				if int(b.GetCumulativeCount()) != peers-wantNever {
+					t.Errorf("%d peers: bucket 86400 holds %d, want %d", peers, b.GetCumulativeCount(), peers-wantNever)
+				}
+			}
+		}
+	}
+}
