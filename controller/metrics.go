@@ -45,6 +45,15 @@ func newNodeMetrics(n *Node) *nodeMetrics {
 	m.reg.MustRegister(
 		m.applyLatency,
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "govnet_hsm_failures_total",
+			Help: "Operations on this node's HSM token that ended in a PKCS#11 error (after the retry on a fresh session) since it started: the token, its device or its PIN needs an operator.",
+		}, func() float64 {
+			if n.token == nil {
+				return 0
+			}
+			return float64(n.token.Failures())
+		}),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "govnet_raft_leader_changes_total",
 			Help: "Changes of the cluster's leader this node saw since it started (a new leader, or none while an election runs); more than a few an hour means elections: a node or the network between them is struggling.",
 		}, func() float64 { return float64(n.leaderChanges.Load()) }),

@@ -206,6 +206,9 @@ func TestMetricsAndCoverage(t *testing.T) {
 	if since, ok := value(mfs, "govnet_raft_applied_bytes_since_snapshot"); !ok || since < 1000 {
 		t.Errorf("bytes applied since the last snapshot %v (present %v): the writes above add up to more", since, ok)
 	}
+	if failures, ok := value(mfs, "govnet_hsm_failures_total"); !ok || failures != 0 {
+		t.Errorf("HSM failures %v (present %v), want 0", failures, ok)
+	}
 	if changes, ok := value(mfs, "govnet_raft_leader_changes_total"); !ok || changes < 1 {
 		t.Errorf("leader changes %v (present %v): the node saw itself become leader", changes, ok)
 	}

@@ -71,3 +71,12 @@ func ModuleRefs(path string) int {
 }
 
 var CheckModule = checkModule
+
+// FailOnce runs an operation the token refuses with a PKCS#11 error: a
+// signature never initialised (CKR_OPERATION_NOT_INITIALIZED).
+func FailOnce(t *Token) error {
+	return t.withSession(func(sh pkcs11.SessionHandle) error {
+		_, err := t.ctx.Sign(sh, []byte("not initialised"))
+		return err
+	})
+}

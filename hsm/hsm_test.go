@@ -635,6 +635,17 @@ func TestSessionRecovery(t *testing.T) {
 			t.Fatalf("Keys() = %v, %v", keys, err)
 		}
 	})
+	// What a fresh session recovered is no failure; what the token
+	// refused is one.
+	if n := tok.Failures(); n != 0 {
+		t.Errorf("Failures() = %d after recoveries, want 0", n)
+	}
+	if err := hsm.FailOnce(tok); err == nil {
+		t.Fatal("a signature never initialised did not fail")
+	}
+	if n := tok.Failures(); n != 1 {
+		t.Errorf("Failures() = %d after a refused operation, want 1", n)
+	}
 }
 
 // SoftHSM2 reads its token directory in C_Initialize only. This test

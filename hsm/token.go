@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/miekg/pkcs11"
 )
@@ -61,7 +62,14 @@ type Token struct {
 
 	closeOnce sync.Once
 	closeErr  error
+
+	failures atomic.Uint64 // operations that ended in a PKCS#11 error
 }
+
+// Failures is how many operations on the token ended in a PKCS#11 error,
+// after the retry on a fresh session, since it was opened: a count that
+// grows is a token, a device or a PIN an operator must look at.
+func (t *Token) Failures() uint64 { return t.failures.Load() }
 
 // session is one pool entry; when open is false, the handle is not valid
 // and the session is opened (and logged in) on next use.
@@ -274,7 +282,15 @@ func (t *Token) withFreshSession(fn func(sh pkcs11.SessionHandle) error) error {
 	return t.run(true, fn)
 }
 
-func (t *Token) run(fresh bool, fn func(sh pkcs11.SessionHandle) error) error {
+func (t *Token) run(fresh bool, fn func(sh pkcs11.SessionHandle) error) (err error) {
+	defer func() {
+		// A handle gone invalid is found again by the caller (refind),
+		// on a fresh session: not a failure unless that fails too.
+		var pe pkcs11.Error
+		if errors.As(err, &pe) && !handleInvalid(err) {
+			t.failures.Add(1)
+		}
+	}()
 	s, err := t.acquire()
 	if err != nil {
 		return err
