@@ -10,6 +10,7 @@ import (
 	"go/token"
 	"io"
 	"net/http"
+	"net/http/httptrace"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -201,5 +202,55 @@ func TestRoutesOnlyInTable(t *testing.T) {
 	}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("routes registered: %v, want %v (add API routes to routeTable)", got, want)
+	}
+}
+
+// TestOversizedBodyHTTP2: over HTTP/2 a body past a route's limit gets
+// 413 and the connection goes on serving (other requests may share it);
+// only HTTP/1.1, which would read the refused body first, is closed.
+func TestOversizedBodyHTTP2(t *testing.T) {
+	cfg := testConfig(t)
+	n := startNode(t, cfg)
+	defer n.Close()
+	tc := personTLS(t, cfg, "operator1")
+	tc.NextProtos = []string{"h2"}
+	tr := &http.Transport{TLSClientConfig: tc, ForceAttemptHTTP2: true}
+	defer tr.CloseIdleConnections()
+	hc := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	base := "https://" + n.Addr().String()
+	var conns []string
+	get := func(method, path string, body io.Reader, size int64) int {
+		t.Helper()
+		req, err := http.NewRequest(method, base+path, body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.ContentLength = size
+		req = req.WithContext(httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{
+			GotConn: func(i httptrace.GotConnInfo) { conns = append(conns, i.Conn.LocalAddr().String()) },
+		}))
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		io.Copy(io.Discard, resp.Body)
+		if resp.ProtoMajor != 2 {
+			t.Fatalf("%s %s: HTTP/%d.%d, want HTTP/2", method, path, resp.ProtoMajor, resp.ProtoMinor)
+		}
+		return resp.StatusCode
+	}
+	if code := get(http.MethodGet, "/v1/agencies", nil, 0); code != http.StatusOK {
+		t.Fatalf("GET /v1/agencies: %d", code)
+	}
+	big := strings.Repeat("x", maxBody+1)
+	if code := get(http.MethodPost, "/v1/agencies", strings.NewReader(big), int64(len(big))); code != http.StatusRequestEntityTooLarge {
+		t.Fatalf("oversized POST /v1/agencies: %d, want 413", code)
+	}
+	if code := get(http.MethodGet, "/v1/agencies", nil, 0); code != http.StatusOK {
+		t.Fatalf("GET /v1/agencies after the 413: %d", code)
+	}
+	if len(conns) != 3 || conns[0] != conns[1] || conns[1] != conns[2] {
+		t.Fatalf("connections used %v: the 413 closed the HTTP/2 connection", conns)
 	}
 }

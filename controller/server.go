@@ -114,9 +114,14 @@ func (n *Node) routes() http.Handler {
 func limitBody(limit int64, h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if r.ContentLength > limit {
-			// Closed after the answer: net/http would otherwise read
-			// (and discard) up to 256 KiB of the body first.
-			w.Header().Set("Connection", "close")
+			// An HTTP/1.1 connection is closed after the answer:
+			// net/http would otherwise read (and discard) up to 256
+			// KiB of the body first. An HTTP/2 stream is reset on its
+			// own; "Connection: close" there would end the whole
+			// connection and every other request on it.
+			if r.ProtoMajor == 1 {
+				w.Header().Set("Connection", "close")
+			}
 			writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body is larger than %d bytes", limit))
 			return
 		}
