@@ -460,3 +460,24 @@ func TestGatewayNamedLikePolicy(t *testing.T) {
 	r.must(CmdPolicyPublish, &PolicyPublishRequest{Meta: meta("off"), Name: "p.yaml", Source: mergePolicy})
 	r.must(CmdGatewayRegister, &GatewayAddRequest{Meta: meta("op"), ID: "provinces", Agency: "000.00.00.H29"})
 }
+
+// TestPolicyNamedLikeGateway: from level 3 a publication whose group or
+// service is named as a registered gateway is refused in Apply (a
+// registration may come between the node's check and the publication);
+// at level 2 it is published, as earlier releases do.
+func TestPolicyNamedLikeGateway(t *testing.T) {
+	r := newMergeRegistry(t)
+	r.must(CmdGatewayRegister, &GatewayAddRequest{Meta: meta("op"), ID: "provinces", Agency: "000.00.00.H29"})
+	src := "version: 1\ngroups:\n  provinces:\n    level: province\nrules:\n  - from: [provinces]\n    to: [provinces]\n    ports: [tcp/22]\n"
+	r.must(CmdClusterLevel, &ClusterLevelRequest{Meta: meta("node:ctl1"), Level: 2})
+	r.must(CmdPolicyPublish, &PolicyPublishRequest{Meta: meta("off"), Name: "p.yaml", Source: src})
+	r.must(CmdClusterLevel, &ClusterLevelRequest{Meta: meta("node:ctl1"), Level: 3})
+	before, _ := r.f.State().Policy()
+	err := r.apply(CmdPolicyPublish, &PolicyPublishRequest{Meta: meta("off"), Name: "p.yaml", Source: src})
+	if !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), "group provinces: name is also a gateway id") {
+		t.Fatalf("a policy naming a group as a gateway at level 3: %v", err)
+	}
+	if after, _ := r.f.State().Policy(); after.Version != before.Version {
+		t.Fatalf("the refused policy was published: version %d, before %d", after.Version, before.Version)
+	}
+}

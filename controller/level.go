@@ -46,7 +46,9 @@ import (
 //	1: releases before levels: every command type up to 35.
 //	2: a backup restored by a command (36, 38), levels (37).
 //	3: a gateway is not registered under a closed agency, nor with the
-//	   id of a group or service of the current policy (3, 33); the
+//	   id of a group or service of the current policy (3, 33), nor a
+//	   policy published with a group or service named as a gateway
+//	   (6, and 12 approving a policy request); the
 //	   audit entries of a merge and a re-parenting name the codes merged
 //	   and the new parent (20, 21).
 const ReleaseLevel = 3

@@ -567,7 +567,37 @@ func (s *State) allocate() (netip.Addr, error) {
 }
 
 func (s *State) applyPolicyPublish(r *PolicyPublishRequest) error {
+	if err := s.policyClash(r.Source); err != nil {
+		return err
+	}
 	s.publish(r.Source, r.Actor, r.At)
+	return nil
+}
+
+// policyClash refuses, from level 3, a policy with a group or service
+// named as a gateway is: the node that took the publication checked the
+// whole policy against the registry it had, and a gateway registered
+// since, in raft order before the publication, would make it one that
+// does not compile (every view would stay as it was). Before level 3,
+// nodes of earlier releases publish it as it comes.
+func (s *State) policyClash(source string) error {
+	if s.Level() < 3 {
+		return nil
+	}
+	p, err := policy.Parse("policy.yaml", []byte(source))
+	if err != nil {
+		return nil // checked in full where it was submitted
+	}
+	for _, g := range p.Groups {
+		if _, ok := s.gateways[g.Name]; ok {
+			return fmt.Errorf("%w: group %s: name is also a gateway id: rename the group", ErrConflict, g.Name)
+		}
+	}
+	for _, sv := range p.Services {
+		if _, ok := s.gateways[sv.Name]; ok {
+			return fmt.Errorf("%w: service %s: name is also a gateway id: rename the service", ErrConflict, sv.Name)
+		}
+	}
 	return nil
 }
 
@@ -1038,6 +1068,10 @@ func (s *State) applyRequestDecide(r *RequestDecideRequest) error {
 			}
 		case api.RequestPerson:
 			if err := s.checkPersonUpsert(registration(r.Meta, req.PersonName, req.PersonRole, req.Serial)); err != nil {
+				return err
+			}
+		case api.RequestPolicy:
+			if err := s.policyClash(req.PolicySource); err != nil {
 				return err
 			}
 		}
