@@ -2,9 +2,9 @@ package main
 
 import (
 	"reflect"
-	"strings"
 	"testing"
 
+	"github.com/govnet/govnet/internal/cli"
 	"github.com/govnet/govnet/netagent"
 	"github.com/spf13/pflag"
 )
@@ -18,26 +18,7 @@ func TestEveryConfigKeyHasAFlag(t *testing.T) {
 	c := netagent.DefaultConfig()
 	fs := pflag.NewFlagSet("run", pflag.ContinueOnError)
 	bindConfig(fs, &c)
-	var walk func(prefix string, typ reflect.Type)
-	walk = func(prefix string, typ reflect.Type) {
-		for f := range typ.Fields() {
-			key, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
-			if key == "" || key == "-" {
-				continue
-			}
-			key = prefix + key
-			if f.Type.Kind() == reflect.Struct && f.Type.PkgPath() != "time" {
-				walk(key+".", f.Type)
-				continue
-			}
-			flag, ok := renamed[key]
-			if !ok {
-				flag = strings.NewReplacer(".", "-", "_", "-").Replace(key)
-			}
-			if fs.Lookup(flag) == nil {
-				t.Errorf("config key %s has no flag --%s", key, flag)
-			}
-		}
+	for _, m := range cli.KeysWithoutFlags(fs, reflect.TypeFor[netagent.Config](), renamed) {
+		t.Errorf("config key without its flag: %s", m)
 	}
-	walk("", reflect.TypeFor[netagent.Config]())
 }

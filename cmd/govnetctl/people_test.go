@@ -2,12 +2,9 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
-	"io"
-	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -30,39 +27,13 @@ func TestMain(m *testing.M) {
 // an officer invites a person, who enrolls with the token and a key made
 // here, works with the new credentials and renews them.
 func TestPersonCredentialsCLI(t *testing.T) {
-	hsmtest.Require(t)
-	hc := hsmtest.NewToken(t)
+	people := testNode(t, time.Now(), controller.Person{Name: "officer1", Role: ca.RoleOfficer})
 	dir := t.TempDir()
-	pinFile := filepath.Join(dir, "pin")
-	if err := os.WriteFile(pinFile, []byte(hc.PIN+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cfg := controller.Config{
-		Node: "ctl1", DataDir: filepath.Join(dir, "data"), RaftAddr: freeAddr(t), APIAddr: "127.0.0.1:0",
-		OverlayPrefix: "100.64.0.0/24",
-		HSM:           controller.HSMConfig{Module: hc.Module, TokenLabel: hc.TokenLabel, PINFile: pinFile},
-	}
-	people := filepath.Join(dir, "people")
-	err := controller.Init(context.Background(), controller.InitOptions{Config: cfg, PeopleDir: people,
-		People: []controller.Person{{Name: "officer1", Role: ca.RoleOfficer}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	n, err := controller.Start(context.Background(), cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer n.Close()
-	for deadline := time.Now().Add(15 * time.Second); n.Ready() != nil; time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("node not ready: %v", n.Ready())
-		}
-	}
-	base := []string{"--controller", "https://" + n.Addr().String(), "--root", filepath.Join(cfg.DataDir, "pki", "root.pem")}
+	base := people["officer1"][:4] // --controller and --root
 	as := func(cert, key string) []string {
 		return append(append([]string(nil), base...), "--cert", cert, "--key", key)
 	}
-	officer := as(filepath.Join(people, "officer1.crt"), filepath.Join(people, "officer1.key"))
+	officer := people["officer1"]
 	doraCrt, doraKey := filepath.Join(dir, "dora", "dora.crt"), filepath.Join(dir, "dora", "dora.key")
 	os.Mkdir(filepath.Dir(doraCrt), 0o700)
 	dora := as(doraCrt, doraKey)
