@@ -332,22 +332,31 @@ func TestFailStaticRestart(t *testing.T) {
 	}
 }
 
+// startWatching runs an agent whose reconcile tick is an hour away, so
+// that only its watch of the table can repair it, once it enforces the
+// saved view (digest want).
+func startWatching(t *testing.T) (l *failStaticLab, want string, cmd *exec.Cmd, out *lockedBuffer) {
+	t.Helper()
+	netnstest.RequireTools(t, "nft", "wg")
+	l = newFailStaticLab(t, time.Now().Add(24*time.Hour))
+	l.cfg.Reconcile = time.Hour
+	want, err := nft.ExpectedDigest(l.view.Rules, l.view.LANs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd, out = l.start()
+	l.waitFor("the saved view's table", l.digestIs(want))
+	time.Sleep(200 * time.Millisecond) // the watch has joined
+	return l, want, cmd, out
+}
+
 // TestFlushRulesetRestored: `nft flush ruleset` (what nftables.service
 // runs on every start and reload) deletes the agent's table with every
 // other; the agent puts it back as soon as the kernel says so, not at
 // its next reconcile tick (an hour here), during which the overlay's
 // packets would meet no govnet rule.
 func TestFlushRulesetRestored(t *testing.T) {
-	netnstest.RequireTools(t, "nft", "wg")
-	l := newFailStaticLab(t, time.Now().Add(24*time.Hour))
-	l.cfg.Reconcile = time.Hour
-	want, err := nft.ExpectedDigest(l.view.Rules, l.view.LANs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd, out := l.start()
-	l.waitFor("the saved view's table", l.digestIs(want))
-	time.Sleep(200 * time.Millisecond) // the watch has joined
+	l, want, cmd, out := startWatching(t)
 	for i := range 3 {
 		l.ns.Exec(t, "nft", "flush", "ruleset")
 		l.waitFor(fmt.Sprintf("the table back after flush %d", i+1), l.digestIs(want))
@@ -364,16 +373,7 @@ func TestFlushRulesetRestored(t *testing.T) {
 // agent's repairs slow down instead of following it as fast as netlink
 // goes, and the table is back once the other process stops.
 func TestFirewallFightPaced(t *testing.T) {
-	netnstest.RequireTools(t, "nft", "wg")
-	l := newFailStaticLab(t, time.Now().Add(24*time.Hour))
-	l.cfg.Reconcile = time.Hour
-	want, err := nft.ExpectedDigest(l.view.Rules, l.view.LANs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd, out := l.start()
-	l.waitFor("the saved view's table", l.digestIs(want))
-	time.Sleep(200 * time.Millisecond) // the watch has joined
+	l, want, cmd, out := startWatching(t)
 
 	// The other process: this test's, whose own commits its watch skips.
 	addRule := func() error {
