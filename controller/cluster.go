@@ -616,6 +616,15 @@ func (n *Node) handleSnapshotRestore(w http.ResponseWriter, r *http.Request, id 
 // restoreSnapshot is handleSnapshotRestore; forwarded says another node
 // sent the restore here, as the leader (handleInternalRestore).
 func (n *Node) restoreSnapshot(w http.ResponseWriter, r *http.Request, id ca.Identity, forwarded bool) {
+	if _, ok := n.State().approvedRestore("", time.Now()); n.cfg.FourEyes && !ok {
+		// Refused before up to maxSnapshotBody of it is read: no
+		// backup may be restored now (which one is checked once read).
+		if r.ProtoMajor == 1 {
+			w.Header().Set("Connection", "close")
+		}
+		writeError(w, http.StatusForbidden, "four-eyes: restoring a backup needs a restore request for it (govnetctl request restore FILE) that another officer approved within the last "+api.RestoreApprovalTTL.String()+" and that no restore has used: none is, for any backup")
+		return
+	}
 	// One at a time: each holds its backup in memory, up to
 	// maxSnapshotBody, and on the leader its state decoded until the
 	// restore ends.

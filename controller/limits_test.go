@@ -254,3 +254,31 @@ func TestOversizedBodyHTTP2(t *testing.T) {
 		t.Fatalf("connections used %v: the 413 closed the HTTP/2 connection", conns)
 	}
 }
+
+// TestRestoreRefusedUnread: in four-eyes mode with no restore request
+// approved, a restore is refused before its body is read (up to 1 GiB a
+// caller could make the node hold, for nothing).
+func TestRestoreRefusedUnread(t *testing.T) {
+	defer func(d time.Duration) { restoreBodyTimeout = d }(restoreBodyTimeout)
+	restoreBodyTimeout = time.Minute
+	cfg := testConfig(t)
+	cfg.FourEyes = true
+	n := startNode(t, cfg)
+	defer n.Close()
+	conn, err := tls.Dial("tcp", n.Addr().String(), personTLS(t, cfg, "officer1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	// Promise 512 MiB and send nothing: the answer must not wait for it.
+	fmt.Fprintf(conn, "POST /v1/cluster/snapshot HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ndjson\r\nContent-Length: %d\r\n\r\n", 512<<20)
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("no answer before the body: %v", err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusForbidden || !strings.Contains(string(b), "needs a restore request") {
+		t.Fatalf("got HTTP %d %s, want 403", resp.StatusCode, b)
+	}
+}

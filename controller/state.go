@@ -971,7 +971,7 @@ func isSHA256Hex(s string) bool {
 // approvedRestore returns the id of a restore request for the backup whose
 // SHA-256 is sum that an officer approved at most api.RestoreApprovalTTL
 // before now.
-func (s *State) approvedRestore(sum string, now time.Time) (string, bool) {
+func (s *State) approvedRestore(sum string, now time.Time) (string, bool) { // sum "": of any backup
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	// Decided is the leader's clock, now this node's: a minute of skew
@@ -980,7 +980,7 @@ func (s *State) approvedRestore(sum string, now time.Time) (string, bool) {
 	// Oldest first: every node applying a restore picks the same request
 	// when two were approved for one backup.
 	for _, r := range s.requestsSorted() {
-		if r.Kind == api.RequestRestore && r.Status == api.RequestApproved && r.BackupSHA256 == sum && r.Restored == 0 &&
+		if r.Kind == api.RequestRestore && r.Status == api.RequestApproved && (sum == "" || r.BackupSHA256 == sum) && r.Restored == 0 &&
 			!r.Decided.After(now.Add(skew)) && now.Sub(r.Decided) <= api.RestoreApprovalTTL {
 			return r.ID, true
 		}
