@@ -49,6 +49,7 @@ type Agent struct {
 	mu      sync.Mutex
 	applied *api.View // last view applied in full; nil before the first
 	digest  string    // digest of the table the last apply left in the kernel
+	want    string    // nft.ExpectedDigest of the rules the last apply installed ("": none computed)
 	// failedIndex and applyErr: a newer view that failed to apply, for
 	// the reports; zero once one applies.
 	failedIndex uint64
@@ -627,10 +628,8 @@ func (p *repairPace) repaired(now time.Time) {
 // a.mu must be held.
 func (a *Agent) reconcile(strict bool) (bool, error) {
 	got, err := a.fw.Digest()
-	if err == nil && got == a.digest {
-		if want := a.expectedDigest(); !strict || want == "" || got == want {
-			return false, nil
-		}
+	if err == nil && got == a.digest && (!strict || a.want == "" || got == a.want) {
+		return false, nil
 	}
 	a.log.Warn("firewall drifted from the applied view; restoring", "want", a.digest, "got", got, "read_err", err)
 	a.metrics.drift.WithLabelValues("firewall").Inc()
@@ -647,24 +646,21 @@ func (a *Agent) reconcile(strict bool) (bool, error) {
 	return true, nil
 }
 
-// expectedDigest is the digest of the table the applied view's rules
-// give (nft.ExpectedDigest), or "" when it cannot be computed.
-func (a *Agent) expectedDigest() string {
-	rules := []api.Rule{}
-	var lans []netip.Prefix
-	if a.applied != nil {
-		rules, lans = a.applied.Rules, a.applied.LANs
-	}
-	d, _ := nft.ExpectedDigest(rules, lans) // a digest beside ErrUnsupportedRule too
-	return d
-}
-
 // applyRules installs the table. Rules the firewall cannot express are left
 // out (which only blocks more: fail closed) and logged; the rest applies.
+// The digest the rules give (nft.ExpectedDigest, the controllers'
+// expectation) is kept in a.want once they are installed.
 func (a *Agent) applyRules(rules []api.Rule, lans []netip.Prefix) (string, error) {
 	start := time.Now()
 	digest, err := a.fw.Apply(rules, lans)
-	a.metrics.firewallApplied(time.Since(start), rules, lans, digest, err)
+	want, werr := nft.ExpectedDigest(rules, lans) // a digest beside ErrUnsupportedRule too
+	if werr != nil && !errors.Is(werr, nft.ErrUnsupportedRule) {
+		want = ""
+	}
+	a.metrics.firewallApplied(time.Since(start), want, digest, err)
+	if err == nil || errors.Is(err, ErrUnsupportedRule) {
+		a.want = want
+	}
 	if errors.Is(err, ErrUnsupportedRule) {
 		a.log.Error("rules left out of the firewall", "err", err)
 		return digest, nil

@@ -6,12 +6,10 @@ import (
 	"math"
 	"net"
 	"net/http"
-	"net/netip"
 	"sync/atomic"
 	"time"
 
 	"github.com/govnet/govnet/api"
-	"github.com/govnet/govnet/policy/nft"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -107,15 +105,12 @@ func newAgentMetrics(a *Agent) *agentMetrics {
 func (m *agentMetrics) fail(step string) { m.reconcileErrors.WithLabelValues(step).Inc() }
 
 // firewallApplied records one install of the table: how long it took and
-// whether what the kernel holds is what the controller expects of rules.
-func (m *agentMetrics) firewallApplied(took time.Duration, rules []api.Rule, lans []netip.Prefix, digest string, err error) {
+// whether what the kernel holds is want, what the controller expects of
+// the rules ("": not known).
+func (m *agentMetrics) firewallApplied(took time.Duration, want, digest string, err error) {
 	m.applySeconds.Observe(took.Seconds())
-	if err != nil && !errors.Is(err, ErrUnsupportedRule) {
-		return // the previous table is still in place
-	}
-	want, werr := nft.ExpectedDigest(rules, lans)
-	if werr != nil && !errors.Is(werr, nft.ErrUnsupportedRule) {
-		return
+	if err != nil && !errors.Is(err, ErrUnsupportedRule) || want == "" {
+		return // the previous table is still in place, or nothing to compare
 	}
 	m.rulesetOK.Set(b2f(digest == want))
 }

@@ -28,6 +28,7 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/govnet/govnet/api"
+	"github.com/govnet/govnet/policy/nft"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
@@ -155,7 +156,11 @@ func TestAgentMetrics(t *testing.T) {
 		t.Errorf("certificate expires in %v s, want about 3600", left)
 	}
 	// A digest the kernel does not hold is a mismatch.
-	a.metrics.firewallApplied(time.Millisecond, v.Rules, v.LANs, "sha256:other", nil)
+	want, err := nft.ExpectedDigest(v.Rules, v.LANs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.metrics.firewallApplied(time.Millisecond, want, "sha256:other", nil)
 	_, body = get("/metrics")
 	if mfs, err = p.TextToMetricFamilies(strings.NewReader(body)); err != nil {
 		t.Fatal(err)
