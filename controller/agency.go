@@ -510,7 +510,7 @@ func planAgencyChange(agencies []api.Agency, gateways []api.Gateway, cur *api.Po
 
 func (n *Node) handleAgencyImport(w http.ResponseWriter, r *http.Request, id ca.Identity) {
 	var req api.AgencyImport
-	if !decode(w, r, maxPolicyBody, &req) {
+	if !decode(w, r, &req) {
 		return
 	}
 	if err := cleanNames(req.Agencies); err != nil {
@@ -539,7 +539,7 @@ func (n *Node) handleAgencyImport(w http.ResponseWriter, r *http.Request, id ca.
 
 func (n *Node) handleAgencyMerge(w http.ResponseWriter, r *http.Request, id ca.Identity) {
 	var req api.AgencyMerge
-	if !decode(w, r, maxBody, &req) {
+	if !decode(w, r, &req) {
 		return
 	}
 	n.agencyChange(w, r, id, kindMerge, req.Sources, req.Into, req.DryRun)
@@ -547,7 +547,7 @@ func (n *Node) handleAgencyMerge(w http.ResponseWriter, r *http.Request, id ca.I
 
 func (n *Node) handleAgencyReparent(w http.ResponseWriter, r *http.Request, id ca.Identity) {
 	var req api.AgencyReparent
-	if !decode(w, r, maxBody, &req) {
+	if !decode(w, r, &req) {
 		return
 	}
 	n.agencyChange(w, r, id, kindReparent, []string{r.PathValue("code")}, req.Parent, req.DryRun)
@@ -604,7 +604,7 @@ func (n *Node) handleAgencyClose(w http.ResponseWriter, r *http.Request, id ca.I
 // then only an already revoked gateway is decommissioned in one step.
 func (n *Node) handleDecommission(w http.ResponseWriter, r *http.Request, id ca.Identity) {
 	var req api.DecommissionRequest
-	if r.ContentLength != 0 && !decode(w, r, maxBody, &req) {
+	if r.ContentLength != 0 && !decode(w, r, &req) {
 		return
 	}
 	gw := r.PathValue("id")

@@ -396,7 +396,7 @@ func actorOf(r *http.Request, id ca.Identity) string {
 }
 
 func (n *Node) handleInternalApply(w http.ResponseWriter, r *http.Request, id ca.Identity) {
-	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 2*maxPolicyBody))
+	b, err := io.ReadAll(r.Body) // bounded by the route's limit (limitBody)
 	if err != nil || len(b) < 2 {
 		writeError(w, http.StatusBadRequest, "request body: want an encoded command")
 		return
@@ -452,7 +452,7 @@ func (n *Node) handleInternalBarrier(w http.ResponseWriter, r *http.Request, _ c
 
 func (n *Node) handleInternalMembers(w http.ResponseWriter, r *http.Request, id ca.Identity) {
 	var req api.JoinRequest
-	if !decode(w, r, maxBody, &req) {
+	if !decode(w, r, &req) {
 		return
 	}
 	if n.raft.State() != raft.Leader {
@@ -481,7 +481,7 @@ func (n *Node) handleJoin(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var req api.JoinRequest
-	if !decode(w, r, maxBody, &req) {
+	if !decode(w, r, &req) {
 		return
 	}
 	actor := id.Name
@@ -640,7 +640,7 @@ func (n *Node) restoreSnapshot(w http.ResponseWriter, r *http.Request, id ca.Ide
 	// re-elected.
 	w = &beforeAnswer{ResponseWriter: w, f: func() { n.restoring.Store(false) }}
 	defer n.restoring.Store(false)
-	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxSnapshotBody))
+	b, err := io.ReadAll(r.Body) // bounded by the route's limit, maxSnapshotBody (limitBody)
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		var timeout net.Error

@@ -108,7 +108,7 @@ func (n *Node) handlePersonAdd(w http.ResponseWriter, r *http.Request, id ca.Ide
 		return
 	}
 	var p api.Person
-	if !decode(w, r, maxBody, &p) {
+	if !decode(w, r, &p) {
 		return
 	}
 	req := &PersonUpsertRequest{Meta: n.meta(id.Name), Name: p.Name, Role: p.Role, Serial: p.Serial, Status: api.PersonActive}
@@ -156,7 +156,7 @@ func newID() (string, error) {
 // handleRequestCreate opens a four-eyes request (operator or officer).
 func (n *Node) handleRequestCreate(w http.ResponseWriter, r *http.Request, id ca.Identity) {
 	var rc api.RequestCreate
-	if !decode(w, r, maxPolicyBody, &rc) {
+	if !decode(w, r, &rc) {
 		return
 	}
 	req := &RequestCreateRequest{Meta: n.meta(id.Name), Role: id.Role, Kind: rc.Kind, Gateway: rc.Gateway,

@@ -227,7 +227,7 @@ func (n *Node) handleInvite(w http.ResponseWriter, r *http.Request, id ca.Identi
 		return
 	}
 	var req api.InviteRequest
-	if !decode(w, r, maxBody, &req) {
+	if !decode(w, r, &req) {
 		return
 	}
 	name := r.PathValue("name")
@@ -246,7 +246,7 @@ func (n *Node) handleInvite(w http.ResponseWriter, r *http.Request, id ca.Identi
 // credential). The name and role come from the invitation.
 func (n *Node) handlePersonEnroll(w http.ResponseWriter, r *http.Request) {
 	var req api.PersonEnrollRequest
-	if !decode(w, r, maxBody, &req) {
+	if !decode(w, r, &req) {
 		return
 	}
 	tok, hash, err := n.usableToken(req.Token)
@@ -307,7 +307,7 @@ func (n *Node) handlePersonRenew(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	var req api.PersonRenewRequest
-	if !decode(w, r, maxBody, &req) {
+	if !decode(w, r, &req) {
 		return
 	}
 	csr, err := ca.ReadCSR([]byte(req.CSR))

@@ -116,7 +116,7 @@ func (s *State) renewCallStatus() api.RenewCallStatus {
 
 func (n *Node) handleRenewAll(w http.ResponseWriter, r *http.Request, id ca.Identity) {
 	var req api.RenewCall
-	if !decode(w, r, maxBody, &req) {
+	if !decode(w, r, &req) {
 		return
 	}
 	if _, err := n.submit(r.Context(), CmdRenewCall, &RenewCallRequest{Meta: n.meta(id.Name), Reason: req.Reason}); err != nil {

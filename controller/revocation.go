@@ -499,7 +499,7 @@ func (n *Node) handleRevoke(w http.ResponseWriter, r *http.Request, id ca.Identi
 		return
 	}
 	var req api.RevokeRequest
-	if !decode(w, r, maxBody, &req) {
+	if !decode(w, r, &req) {
 		return
 	}
 	reason := ca.ReasonUnspecified
@@ -581,7 +581,7 @@ func (n *Node) handleRenew(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var req api.RenewRequest
-	if !decode(w, r, maxBody, &req) {
+	if !decode(w, r, &req) {
 		return
 	}
 	resp, _, err := n.renewGateway(r.Context(), id.Name, ca.Serial(leaf), from, from, req, nil)

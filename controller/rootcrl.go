@@ -24,7 +24,7 @@ const maxRootCRL = 1 << 20
 // than the one in force.
 func (n *Node) handleRootCRLPublish(w http.ResponseWriter, r *http.Request, id ca.Identity) {
 	var req api.RootCRLPublish
-	if !decode(w, r, maxRootCRL, &req) {
+	if !decode(w, r, &req) {
 		return
 	}
 	root := n.ca.Root()

@@ -388,7 +388,7 @@ func (n *Node) usableToken(token string) (tokenRecord, string, error) {
 
 func (n *Node) handleEnroll(w http.ResponseWriter, r *http.Request) {
 	var req api.EnrollRequest
-	if !decode(w, r, maxBody, &req) {
+	if !decode(w, r, &req) {
 		return
 	}
 	if _, err := wgtypes.ParseKey(req.PublicKey); err != nil {
@@ -592,7 +592,7 @@ func (n *Node) viewsToSend(gateway string, since uint64, sent *hubView, deltas b
 
 func (n *Node) handleReport(w http.ResponseWriter, r *http.Request, id ca.Identity) {
 	var rep api.Report
-	if !decode(w, r, maxBody, &rep) {
+	if !decode(w, r, &rep) {
 		return
 	}
 	if err := n.recordReport(r.Context(), id.Name, rep); err != nil {
@@ -680,7 +680,7 @@ func (n *Node) handleAgencies(w http.ResponseWriter, r *http.Request, _ ca.Ident
 
 func (n *Node) handleAgencyAdd(w http.ResponseWriter, r *http.Request, id ca.Identity) {
 	var a api.Agency
-	if !decode(w, r, maxBody, &a) {
+	if !decode(w, r, &a) {
 		return
 	}
 	row := []api.AgencyRow{{Code: a.Code, Name: a.Name}}
@@ -740,7 +740,7 @@ func (n *Node) handleGateway(w http.ResponseWriter, r *http.Request, _ ca.Identi
 
 func (n *Node) handleGatewayAdd(w http.ResponseWriter, r *http.Request, id ca.Identity) {
 	var g api.Gateway
-	if !decode(w, r, maxBody, &g) {
+	if !decode(w, r, &g) {
 		return
 	}
 	if endpointRefused(w, g.Endpoint) {
@@ -771,7 +771,7 @@ func (n *Node) handleToken(w http.ResponseWriter, r *http.Request, id ca.Identit
 		return
 	}
 	var req api.TokenRequest
-	if r.ContentLength != 0 && !decode(w, r, maxBody, &req) {
+	if r.ContentLength != 0 && !decode(w, r, &req) {
 		return
 	}
 	gw := r.PathValue("id")
@@ -824,7 +824,7 @@ func (n *Node) handlePolicyPublish(w http.ResponseWriter, r *http.Request, id ca
 		return
 	}
 	var req api.PolicyRequest
-	if !decode(w, r, maxPolicyBody, &req) {
+	if !decode(w, r, &req) {
 		return
 	}
 	if req.Name == "" {
@@ -852,7 +852,7 @@ func (n *Node) handlePolicyHistory(w http.ResponseWriter, r *http.Request, _ ca.
 // peers gained and lost. Nothing is committed.
 func (n *Node) handlePolicyPlan(w http.ResponseWriter, r *http.Request, _ ca.Identity) {
 	var req api.PolicyRequest
-	if !decode(w, r, maxPolicyBody, &req) {
+	if !decode(w, r, &req) {
 		return
 	}
 	if req.Name == "" {
@@ -948,13 +948,14 @@ func (n *Node) errorStatus(err error) (int, string) {
 // bodyTimeout bounds the reading of a request body that decode reads.
 const bodyTimeout = 30 * time.Second
 
-// decode reads a JSON body of at most limit bytes: one value, whose
-// unknown fields are errors, and nothing after it but white space.
-func decode(w http.ResponseWriter, r *http.Request, limit int64, v any) bool {
+// decode reads a JSON body, which limitBody bounds to the route's limit:
+// one value, whose unknown fields are errors, and nothing after it but
+// white space.
+func decode(w http.ResponseWriter, r *http.Request, v any) bool {
 	// A client that sends its body a byte at a time holds a goroutine
 	// for bodyTimeout at most. (Not every ResponseWriter supports it.)
 	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(bodyTimeout))
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, limit))
+	dec := json.NewDecoder(r.Body) // bounded by the route's limit (limitBody)
 	dec.DisallowUnknownFields()
 	err := dec.Decode(v)
 	if err == nil {
@@ -965,7 +966,7 @@ func decode(w http.ResponseWriter, r *http.Request, limit int64, v any) bool {
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
-			writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body is larger than %d bytes", limit))
+			writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body is larger than %d bytes", tooBig.Limit))
 		} else {
 			writeError(w, http.StatusBadRequest, "request body: "+err.Error())
 		}

@@ -31,7 +31,8 @@ func TestDecode(t *testing.T) {
 		}
 		w := httptest.NewRecorder()
 		r := httptest.NewRequest(http.MethodPost, "/", strings.NewReader(tt.body))
-		ok := decode(w, r, 64, &v)
+		ok := false
+		limitBody(64, func(w http.ResponseWriter, r *http.Request) { ok = decode(w, r, &v) })(w, r)
 		switch {
 		case tt.code == 0 && (!ok || v.Name != "a"):
 			t.Errorf("%q refused: %d %s", tt.body, w.Code, w.Body)
