@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -336,17 +337,25 @@ func (s *State) policyNameOf(name string) string {
 	}
 	cur := s.policies[len(s.policies)-1]
 	if s.policyNames.kind == nil || s.policyNames.source != cur.Source {
-		s.policyNames.source, s.policyNames.kind = cur.Source, map[string]string{}
-		if p, err := policy.Parse("policy.yaml", []byte(cur.Source)); err == nil {
-			for _, g := range p.Groups {
-				s.policyNames.kind[g.Name] = "group"
-			}
-			for _, sv := range p.Services {
-				s.policyNames.kind[sv.Name] = "service"
-			}
-		}
+		s.policyNames.source, s.policyNames.kind = cur.Source, policyNames(cur.Source)
 	}
 	return s.policyNames.kind[name]
+}
+
+// policyNames maps the group and service names of a policy source to
+// their kind ("group", "service"); a source that does not parse names
+// nothing (it was checked in full where it was submitted).
+func policyNames(source string) map[string]string {
+	names := map[string]string{}
+	if p, err := policy.Parse("policy.yaml", []byte(source)); err == nil {
+		for _, g := range p.Groups {
+			names[g.Name] = "group"
+		}
+		for _, sv := range p.Services {
+			names[sv.Name] = "service"
+		}
+	}
+	return names
 }
 
 // minLANBits is the widest LAN prefix a gateway may register: an agency's
@@ -584,18 +593,10 @@ func (s *State) policyClash(source string) error {
 	if s.Level() < 3 {
 		return nil
 	}
-	p, err := policy.Parse("policy.yaml", []byte(source))
-	if err != nil {
-		return nil // checked in full where it was submitted
-	}
-	for _, g := range p.Groups {
-		if _, ok := s.gateways[g.Name]; ok {
-			return fmt.Errorf("%w: group %s: name is also a gateway id: rename the group", ErrConflict, g.Name)
-		}
-	}
-	for _, sv := range p.Services {
-		if _, ok := s.gateways[sv.Name]; ok {
-			return fmt.Errorf("%w: service %s: name is also a gateway id: rename the service", ErrConflict, sv.Name)
+	names := policyNames(source)
+	for _, name := range slices.Sorted(maps.Keys(names)) {
+		if _, ok := s.gateways[name]; ok {
+			return fmt.Errorf("%w: %s %s: name is also a gateway id: rename the %[2]s", ErrConflict, names[name], name)
 		}
 	}
 	return nil
@@ -969,9 +970,9 @@ func isSHA256Hex(s string) bool {
 }
 
 // approvedRestore returns the id of a restore request for the backup whose
-// SHA-256 is sum that an officer approved at most api.RestoreApprovalTTL
-// before now.
-func (s *State) approvedRestore(sum string, now time.Time) (string, bool) { // sum "": of any backup
+// SHA-256 is sum ("": for any backup) that an officer approved at most
+// api.RestoreApprovalTTL before now.
+func (s *State) approvedRestore(sum string, now time.Time) (string, bool) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	// Decided is the leader's clock, now this node's: a minute of skew
