@@ -81,13 +81,14 @@ func (a *app) auditCmd() *cobra.Command {
 			"entry's hash and its link to the one before. With --checkpoint it also checks each checkpoint's\n" +
 			"signature by a controller node of this cluster (against --root, at the time it was signed) and\n" +
 			"that the export holds the signed head unchanged, which catches entries rewritten, or cut from\n" +
-			"the end, up to it. With --crl it refuses a checkpoint whose signer's certificate was revoked\n" +
-			"before it signed, or for key compromise at any time. It then says which entries no checkpoint\n" +
-			"covers (NOT COVERED), and what it could not check (NOT CHECKED): without a checkpoint, the\n" +
-			"chain proves nothing, as anyone can recompute one. Needs no controller.",
+			"the end, up to it. With --crl it refuses a checkpoint whose signer's certificate, or the\n" +
+			"intermediate that issued it, was revoked before it signed, or for key compromise at any time.\n" +
+			"It then says which entries no checkpoint covers (NOT COVERED), and what it could not check\n" +
+			"(NOT CHECKED): without a checkpoint, the chain proves nothing, as anyone can recompute one.\n" +
+			"Needs no controller.",
 		Example: "  govnetctl audit verify audit.jsonl --checkpoint audit.checkpoint.json --root root.pem\n" +
 			"  curl -so ctl1.crl http://ctl1.govnet.example:7444/crl/ISSUER.crl   # the URL a NOT CHECKED line names\n" +
-			"  govnetctl audit verify audit.jsonl --checkpoint checkpoints.json --root root.pem --crl ctl1.crl",
+			"  govnetctl audit verify audit.jsonl --checkpoint checkpoints.json --root root.pem --crl ctl1.crl --crl root.crl",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var cps []api.AuditCheckpoint
@@ -113,7 +114,7 @@ func (a *app) auditCmd() *cobra.Command {
 		},
 	}
 	verify.Flags().StringVar(&cpIn, "checkpoint", "", "signed checkpoints: one written by audit export --checkpoint, or the list audit checkpoints -o json writes")
-	verify.Flags().StringSliceVar(&crlIn, "crl", nil, "CRLs (DER or PEM) of the intermediates that issued the checkpoints' signers, to check their revocation; repeatable")
+	verify.Flags().StringSliceVar(&crlIn, "crl", nil, "CRLs (DER or PEM) of the issuers in the checkpoints' signers' chains (the intermediate's, the root's), to check their revocation; repeatable")
 	checkpoints := &cobra.Command{
 		Use:   "checkpoints",
 		Short: "List the signed checkpoints of the chain's head that the leaders recorded",
