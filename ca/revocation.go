@@ -321,11 +321,7 @@ type ocspAnswer struct {
 	thisUpdate, nextUpdate time.Time
 }
 
-// Respond answers one DER OCSP request with a DER OCSP response.
-func (o *OCSPResponder) Respond(ctx context.Context, raw []byte) []byte {
-	return o.respond(ctx, raw).der
-}
-
+// respond answers one DER OCSP request.
 func (o *OCSPResponder) respond(ctx context.Context, raw []byte) ocspAnswer {
 	req, err := parseOCSPRequest(raw)
 	if err != nil {
