@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
@@ -89,7 +90,7 @@ func ourTable(body []byte) bool {
 		return false
 	}
 	name, ok := attr(body[4:], 1)
-	return ok && string(trimNUL(name)) == TableName
+	return ok && strings.TrimRight(string(name), "\x00") == TableName
 }
 
 // genPID is the id a NEWGEN notification names as the committer
@@ -126,11 +127,4 @@ func attr(b []byte, typ uint16) ([]byte, bool) {
 		}
 	}
 	return nil, false
-}
-
-func trimNUL(b []byte) []byte {
-	for len(b) > 0 && b[len(b)-1] == 0 {
-		b = b[:len(b)-1]
-	}
-	return b
 }
